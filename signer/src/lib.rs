@@ -1,0 +1,1 @@
+//! CVMFS keys, repository certificate, whitelist and manifest signing and verification.
