@@ -12,3 +12,6 @@ pub mod entry;
 pub mod hash;
 pub mod tree;
 pub mod zlib;
+pub mod namespace;
+mod error;
+pub use error::{Error, Result};

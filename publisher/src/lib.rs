@@ -1,4 +1,4 @@
 //! CVMFS object stores, repository home and locking, transactions, history, reflog and checks.
 
 pub mod store;
-pub use store::ObjectStore;
+pub use store::{ContentIndex, ObjectStore};

@@ -18,3 +18,13 @@ pub trait ObjectStore: Send + Sync {
     /// Human-readable location, for messages.
     fn describe(&self) -> String;
 }
+
+/// Plaintext content index: lets the pipeline skip compression of content it has stored before.
+/// Keys are the SHA-1 of the uncompressed bytes of a whole file or of one chunk, plus the size
+/// and the suffix the object would get. A hit must be checked with `ObjectStore::contains`
+/// before it is trusted (objects may have been removed by GC).
+pub trait ContentIndex: Send + Sync {
+    fn lookup(&self, plain_sha1: &[u8; 20], size: u64, suffix: Suffix) -> Option<(ContentHash, u64)>;
+    /// Records that plaintext `plain_sha1` is stored as `object` (`compressed_size` bytes).
+    fn record(&self, plain_sha1: &[u8; 20], size: u64, suffix: Suffix, object: ContentHash, compressed_size: u64);
+}
