@@ -1,0 +1,265 @@
+//! Reading stored catalogs for `check` and `info`: loading one catalog object into a temporary
+//! SQLite file, and walking the nested-catalog tree to find every object it references.
+
+use crate::error::{Error, Result};
+use crate::store::ObjectStore;
+use crate::tempdb::TempDb;
+use catalog_writer::hash::{ContentHash, Suffix};
+use catalog_writer::namespace::CatalogRef;
+use std::collections::{BTreeMap, HashSet};
+
+/// Upper bound for inflating a catalog whose size is not known.
+const MAX_CATALOG_BYTES: u64 = 4 << 30;
+
+const FLAG_DIR: i64 = 1;
+const FLAG_FILE: i64 = 4;
+const FLAG_LINK: i64 = 8;
+const FLAG_SPECIAL: i64 = 16;
+const FLAG_CHUNKED: i64 = 64;
+const FLAG_EXTERNAL: i64 = 128;
+
+/// What an object referenced by a catalog should inflate to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Expect {
+    /// Plain size of the content (catalog row, chunk row, nested-catalog link), if known.
+    pub size: Option<u64>,
+    /// False for files stored uncompressed (compression bits = 1).
+    pub compressed: bool,
+}
+
+/// A loaded catalog (temporary copy) and what it cost to load.
+pub struct LoadedCatalog {
+    db: TempDb,
+    pub stored_bytes: u64,
+}
+
+impl LoadedCatalog {
+    pub fn conn(&self) -> &rusqlite::Connection {
+        self.db.conn()
+    }
+
+    /// The 24 (or however many are stored) `statistics` counters.
+    pub fn statistics(&self) -> Result<BTreeMap<String, i64>> {
+        let what = self.db.what().to_string();
+        let mut stmt = self
+            .conn()
+            .prepare("SELECT counter, value FROM statistics")
+            .map_err(|e| Error::sql(what.as_str(), e))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+            .map_err(|e| Error::sql(what.as_str(), e))?;
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(|e| Error::sql(what, e))
+    }
+
+    /// A `properties` value.
+    pub fn property(&self, key: &str) -> Result<Option<String>> {
+        use rusqlite::OptionalExtension;
+        self.conn()
+            .query_row("SELECT value FROM properties WHERE key = ?1", [key], |r| {
+                r.get::<_, Option<String>>(0)
+            })
+            .optional()
+            .map(Option::flatten)
+            .map_err(|e| Error::sql(self.db.what(), e))
+    }
+}
+
+/// Fetches catalog `cat`; checks the stored bytes' hash when `verify_hash`, and that the
+/// inflated size equals `cat.size` when that is > 0.
+pub fn load_catalog(
+    store: &dyn ObjectStore,
+    cat: &CatalogRef,
+    verify_hash: bool,
+) -> Result<LoadedCatalog> {
+    let what = format!("catalog {}", cat.hash.object_path(Suffix::Catalog));
+    let stored = store
+        .get(&cat.hash, Suffix::Catalog)
+        .map_err(|e| Error::io(what.as_str(), e))?;
+    if verify_hash && ContentHash::of(&stored) != cat.hash {
+        return Err(Error::corrupt(
+            what,
+            format!("stored bytes hash to {}", ContentHash::of(&stored)),
+        ));
+    }
+    let limit = if cat.size > 0 {
+        cat.size
+    } else {
+        MAX_CATALOG_BYTES
+    };
+    let raw = catalog_writer::zlib::decompress(&stored, limit)
+        .map_err(|e| Error::io(format!("{what}: inflate"), e))?;
+    if cat.size > 0 && raw.len() as u64 != cat.size {
+        return Err(Error::corrupt(
+            what,
+            format!("inflates to {} bytes, expected {}", raw.len(), cat.size),
+        ));
+    }
+    Ok(LoadedCatalog {
+        db: TempDb::from_bytes(&what, &raw, true)?,
+        stored_bytes: stored.len() as u64,
+    })
+}
+
+/// Everything found by walking all catalogs.
+#[derive(Debug, Default)]
+pub struct CatalogWalk {
+    /// Catalogs loaded successfully.
+    pub catalogs: usize,
+    /// Rows of all catalogs' `catalog` tables.
+    pub entries: u64,
+    /// Compressed bytes of all catalogs.
+    pub catalog_bytes: u64,
+    /// Objects named by catalog rows and nested-catalog links (catalogs themselves included,
+    /// with `Expect.size` = uncompressed catalog size).
+    pub objects: BTreeMap<(ContentHash, Suffix), Expect>,
+    pub problems: Vec<String>,
+}
+
+/// Walks the catalog tree from `root` (depth first). Problems are collected, not fatal.
+pub fn walk_catalogs(store: &dyn ObjectStore, root: CatalogRef, verify_hash: bool) -> CatalogWalk {
+    let mut walk = CatalogWalk::default();
+    let mut seen = HashSet::new();
+    let mut stack = vec![(String::new(), root)];
+    while let Some((path, cat)) = stack.pop() {
+        walk.objects.insert(
+            (cat.hash, Suffix::Catalog),
+            Expect {
+                size: (cat.size > 0).then_some(cat.size),
+                compressed: true,
+            },
+        );
+        if !seen.insert(cat.hash) {
+            continue;
+        }
+        let label = if path.is_empty() { "/" } else { path.as_str() };
+        let loaded = match load_catalog(store, &cat, verify_hash) {
+            Ok(l) => l,
+            Err(e) => {
+                walk.problems.push(format!("catalog for {label}: {e}"));
+                continue;
+            }
+        };
+        walk.catalogs += 1;
+        walk.catalog_bytes += loaded.stored_bytes;
+        if let Err(e) = scan_catalog(&loaded, &mut walk, &mut stack) {
+            walk.problems
+                .push(format!("catalog for {label} ({}): {e}", cat.hash));
+        }
+    }
+    walk
+}
+
+/// Adds one catalog's rows, chunks and nested links to `walk`/`stack`.
+fn scan_catalog(
+    cat: &LoadedCatalog,
+    walk: &mut CatalogWalk,
+    stack: &mut Vec<(String, CatalogRef)>,
+) -> Result<()> {
+    let what = cat.db.what().to_string();
+    let sql = |e| Error::sql(what.as_str(), e);
+    let conn = cat.conn();
+    let rows: i64 = conn
+        .query_row("SELECT count(*) FROM catalog", [], |r| r.get(0))
+        .map_err(sql)?;
+    walk.entries += u64::try_from(rows).unwrap_or(0);
+
+    let mut stmt = conn
+        .prepare("SELECT hash, flags, size, name FROM catalog WHERE hash IS NOT NULL")
+        .map_err(sql)?;
+    let mut q = stmt.query([]).map_err(sql)?;
+    while let Some(r) = q.next().map_err(sql)? {
+        let hash: Vec<u8> = r.get(0).map_err(sql)?;
+        let flags: i64 = r.get::<_, Option<i64>>(1).map_err(sql)?.unwrap_or(0);
+        let size: i64 = r.get::<_, Option<i64>>(2).map_err(sql)?.unwrap_or(0);
+        let name = text_of(r, 3);
+        let Some(hash) = ContentHash::from_slice(&hash) else {
+            walk.problems.push(format!(
+                "{what}: entry {name:?} has a {}-byte hash",
+                hash.len()
+            ));
+            continue;
+        };
+        if flags & FLAG_DIR != 0 {
+            walk.problems
+                .push(format!("{what}: directory {name:?} carries a hash"));
+            continue;
+        }
+        let regular = flags & FLAG_FILE != 0 && flags & (FLAG_LINK | FLAG_SPECIAL) == 0;
+        if !regular || flags & (FLAG_CHUNKED | FLAG_EXTERNAL) != 0 {
+            continue;
+        }
+        walk.objects.insert(
+            (hash, Suffix::None),
+            Expect {
+                size: u64::try_from(size).ok(),
+                compressed: (flags >> 11) & 7 != 1,
+            },
+        );
+    }
+
+    let mut stmt = conn
+        .prepare(
+            "SELECT c.hash, c.size, k.flags FROM chunks c LEFT JOIN catalog k \
+             ON c.md5path_1 = k.md5path_1 AND c.md5path_2 = k.md5path_2",
+        )
+        .map_err(sql)?;
+    let mut q = stmt.query([]).map_err(sql)?;
+    while let Some(r) = q.next().map_err(sql)? {
+        let hash: Option<Vec<u8>> = r.get(0).map_err(sql)?;
+        let size: i64 = r.get::<_, Option<i64>>(1).map_err(sql)?.unwrap_or(0);
+        let flags: i64 = r.get::<_, Option<i64>>(2).map_err(sql)?.unwrap_or(0);
+        if flags & FLAG_EXTERNAL != 0 {
+            continue;
+        }
+        match hash.as_deref().and_then(ContentHash::from_slice) {
+            Some(h) => {
+                walk.objects.insert(
+                    (h, Suffix::Partial),
+                    Expect {
+                        size: u64::try_from(size).ok(),
+                        compressed: (flags >> 11) & 7 != 1,
+                    },
+                );
+            }
+            None => walk
+                .problems
+                .push(format!("{what}: chunk row without a valid hash")),
+        }
+    }
+
+    let mut stmt = conn
+        .prepare("SELECT path, sha1, size FROM nested_catalogs")
+        .map_err(sql)?;
+    let mut q = stmt.query([]).map_err(sql)?;
+    while let Some(r) = q.next().map_err(sql)? {
+        let path = text_of(r, 0);
+        let text: String = r
+            .get::<_, Option<String>>(1)
+            .map_err(sql)?
+            .unwrap_or_default();
+        let size: i64 = r.get::<_, Option<i64>>(2).map_err(sql)?.unwrap_or(0);
+        match ContentHash::from_hex(&text) {
+            Some(hash) => stack.push((
+                path,
+                CatalogRef {
+                    hash,
+                    size: u64::try_from(size).unwrap_or(0),
+                },
+            )),
+            None => walk.problems.push(format!(
+                "{what}: nested catalog {path}: invalid hash {text:?}"
+            )),
+        }
+    }
+    Ok(())
+}
+
+/// A TEXT (or BLOB) column as lossy UTF-8; names are raw bytes in catalogs.
+fn text_of(r: &rusqlite::Row<'_>, idx: usize) -> String {
+    use rusqlite::types::ValueRef;
+    match r.get_ref(idx) {
+        Ok(ValueRef::Text(b)) | Ok(ValueRef::Blob(b)) => String::from_utf8_lossy(b).into_owned(),
+        _ => String::new(),
+    }
+}

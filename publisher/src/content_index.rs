@@ -1,0 +1,239 @@
+//! `SqliteContentIndex`: the dedup index in `<home>/<fqrn>/state/content.db`. Local state only
+//! (never published), so WAL mode is fine here.
+
+use crate::error::{Error, Result};
+use crate::store::ContentIndex;
+use catalog_writer::hash::{ContentHash, Suffix};
+use rusqlite::{params, Connection, OptionalExtension};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// Pending records are written in one transaction once this many have accumulated.
+const BATCH: usize = 512;
+
+struct Record {
+    plain: [u8; 20],
+    size: u64,
+    suffix: Suffix,
+    object: ContentHash,
+    compressed_size: u64,
+}
+
+struct Inner {
+    conn: Connection,
+    pending: Vec<Record>,
+}
+
+/// Thread-safe plaintext → object index with batched writes.
+pub struct SqliteContentIndex {
+    path: PathBuf,
+    inner: Mutex<Inner>,
+}
+
+fn i64_of(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+impl SqliteContentIndex {
+    /// Opens or creates the index database at `path`.
+    pub fn open(path: &Path) -> Result<SqliteContentIndex> {
+        let what = path.display().to_string();
+        let conn = Connection::open(path).map_err(|e| Error::sql(what.as_str(), e))?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+             CREATE TABLE IF NOT EXISTS content ( \
+               plain BLOB NOT NULL, size INTEGER NOT NULL, suffix TEXT NOT NULL, \
+               object BLOB NOT NULL, compressed_size INTEGER NOT NULL, \
+               PRIMARY KEY (plain, size, suffix)); \
+             CREATE INDEX IF NOT EXISTS content_object ON content (object);",
+        )
+        .map_err(|e| Error::sql(what.as_str(), e))?;
+        Ok(SqliteContentIndex {
+            path: path.to_path_buf(),
+            inner: Mutex::new(Inner {
+                conn,
+                pending: Vec::new(),
+            }),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves at worst unflushed records: keep going.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes pending records.
+    pub fn flush(&self) -> Result<()> {
+        let mut inner = self.lock();
+        self.flush_locked(&mut inner)
+    }
+
+    fn flush_locked(&self, inner: &mut Inner) -> Result<()> {
+        if inner.pending.is_empty() {
+            return Ok(());
+        }
+        let what = self.path.display().to_string();
+        let Inner { conn, pending } = inner;
+        let tx = conn
+            .transaction()
+            .map_err(|e| Error::sql(what.as_str(), e))?;
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO content (plain, size, suffix, object, compressed_size) \
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )
+                .map_err(|e| Error::sql(what.as_str(), e))?;
+            for r in pending.iter() {
+                stmt.execute(params![
+                    &r.plain[..],
+                    i64_of(r.size),
+                    r.suffix.as_str(),
+                    &r.object.0[..],
+                    i64_of(r.compressed_size)
+                ])
+                .map_err(|e| Error::sql(what.as_str(), e))?;
+            }
+        }
+        tx.commit().map_err(|e| Error::sql(what.as_str(), e))?;
+        pending.clear();
+        Ok(())
+    }
+
+    /// Forgets every entry pointing at `object` (e.g. after it was found missing).
+    pub fn invalidate(&self, object: &ContentHash) -> Result<()> {
+        let mut inner = self.lock();
+        inner.pending.retain(|r| r.object != *object);
+        inner
+            .conn
+            .execute("DELETE FROM content WHERE object = ?1", [&object.0[..]])
+            .map(|_| ())
+            .map_err(|e| Error::sql(self.path.display().to_string(), e))
+    }
+
+    fn lookup_db(
+        inner: &Inner,
+        plain: &[u8; 20],
+        size: u64,
+        suffix: Suffix,
+    ) -> rusqlite::Result<Option<(Vec<u8>, i64)>> {
+        inner
+            .conn
+            .query_row(
+                "SELECT object, compressed_size FROM content WHERE plain = ?1 AND size = ?2 AND suffix = ?3",
+                params![&plain[..], i64_of(size), suffix.as_str()],
+                |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?)),
+            )
+            .optional()
+    }
+}
+
+impl ContentIndex for SqliteContentIndex {
+    fn lookup(
+        &self,
+        plain_sha1: &[u8; 20],
+        size: u64,
+        suffix: Suffix,
+    ) -> Option<(ContentHash, u64)> {
+        let inner = self.lock();
+        if let Some(r) = inner
+            .pending
+            .iter()
+            .rev()
+            .find(|r| r.plain == *plain_sha1 && r.size == size && r.suffix == suffix)
+        {
+            return Some((r.object, r.compressed_size));
+        }
+        // A failing read is a cache miss: the pipeline then simply compresses again.
+        let (object, csize) =
+            SqliteContentIndex::lookup_db(&inner, plain_sha1, size, suffix).ok()??;
+        Some((
+            ContentHash::from_slice(&object)?,
+            u64::try_from(csize).ok()?,
+        ))
+    }
+
+    fn record(
+        &self,
+        plain_sha1: &[u8; 20],
+        size: u64,
+        suffix: Suffix,
+        object: ContentHash,
+        compressed_size: u64,
+    ) {
+        let mut inner = self.lock();
+        inner.pending.push(Record {
+            plain: *plain_sha1,
+            size,
+            suffix,
+            object,
+            compressed_size,
+        });
+        if inner.pending.len() >= BATCH {
+            // The index is an optimisation; a failed batch only costs recompression later.
+            let _ = self.flush_locked(&mut inner);
+        }
+    }
+}
+
+impl Drop for SqliteContentIndex {
+    fn drop(&mut self) {
+        let _ = self.flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_lookup_persist_invalidate() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("content.db");
+        let obj = ContentHash([7; 20]);
+        {
+            let idx = SqliteContentIndex::open(&path).unwrap();
+            assert!(idx.lookup(&[1; 20], 10, Suffix::None).is_none());
+            idx.record(&[1; 20], 10, Suffix::None, obj, 8);
+            assert_eq!(idx.lookup(&[1; 20], 10, Suffix::None), Some((obj, 8)));
+            assert!(idx.lookup(&[1; 20], 10, Suffix::Partial).is_none());
+            for i in 0..(BATCH as u64 + 3) {
+                idx.record(&[2; 20], i, Suffix::Partial, ContentHash([3; 20]), i);
+            }
+        }
+        let idx = SqliteContentIndex::open(&path).unwrap();
+        assert_eq!(idx.lookup(&[1; 20], 10, Suffix::None), Some((obj, 8)));
+        assert_eq!(
+            idx.lookup(&[2; 20], BATCH as u64 + 2, Suffix::Partial),
+            Some((ContentHash([3; 20]), BATCH as u64 + 2))
+        );
+        idx.invalidate(&obj).unwrap();
+        assert!(idx.lookup(&[1; 20], 10, Suffix::None).is_none());
+    }
+
+    #[test]
+    fn usable_from_threads() {
+        let dir = tempfile::tempdir().unwrap();
+        let idx = std::sync::Arc::new(SqliteContentIndex::open(&dir.path().join("c.db")).unwrap());
+        let handles: Vec<_> = (0..4u8)
+            .map(|t| {
+                let idx = idx.clone();
+                std::thread::spawn(move || {
+                    for i in 0..200u64 {
+                        idx.record(&[t; 20], i, Suffix::None, ContentHash([t; 20]), i + 1);
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        idx.flush().unwrap();
+        for t in 0..4u8 {
+            assert_eq!(
+                idx.lookup(&[t; 20], 199, Suffix::None),
+                Some((ContentHash([t; 20]), 200))
+            );
+        }
+    }
+}

@@ -1,0 +1,193 @@
+//! `LocalStore`: a stratum-0 storage directory on a local file system.
+
+use crate::error::{Error, Result};
+use crate::store::ObjectStore;
+use catalog_writer::hash::{ContentHash, Suffix};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Objects under `<dir>/data/XX/…`, scratch files in `<dir>/data/txn`, root files in `<dir>`.
+#[derive(Debug)]
+pub struct LocalStore {
+    root: PathBuf,
+    counter: AtomicU64,
+}
+
+impl LocalStore {
+    /// Creates `dir` (if needed) with `data/00`..`data/ff` and `data/txn`, and nothing else.
+    pub fn create(dir: &Path) -> Result<LocalStore> {
+        let data = dir.join("data");
+        for i in 0..=255u8 {
+            let sub = data.join(format!("{i:02x}"));
+            fs::create_dir_all(&sub).map_err(|e| Error::io_path(&sub, e))?;
+        }
+        let txn = data.join("txn");
+        fs::create_dir_all(&txn).map_err(|e| Error::io_path(&txn, e))?;
+        LocalStore::open(dir)
+    }
+
+    /// Opens an existing storage directory (it must contain `data/`).
+    pub fn open(dir: &Path) -> Result<LocalStore> {
+        let data = dir.join("data");
+        if !data.is_dir() {
+            return Err(Error::Invalid(format!(
+                "{} is not a CVMFS storage directory (no data/)",
+                dir.display()
+            )));
+        }
+        Ok(LocalStore {
+            root: dir.to_path_buf(),
+            counter: AtomicU64::new(0),
+        })
+    }
+
+    /// The storage directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Absolute location of an object file.
+    pub fn object_path(&self, hash: &ContentHash, suffix: Suffix) -> PathBuf {
+        self.root.join(hash.object_path(suffix))
+    }
+
+    /// Makes every write done so far durable, with one `syncfs` on the storage file system
+    /// (cheaper than an fsync per object; called once before the manifest is replaced).
+    pub fn sync(&self) -> io::Result<()> {
+        let dir = File::open(self.root.join("data"))?;
+        use std::os::fd::AsRawFd;
+        // SAFETY: `dir` is an open descriptor for the duration of the call.
+        let rc = unsafe { libc::syncfs(dir.as_raw_fd()) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// A fresh scratch file name in `data/txn` (unique per process and call).
+    fn temp_path(&self, tag: &str) -> PathBuf {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        self.root
+            .join("data/txn")
+            .join(format!("tmp.{}.{}.{}", std::process::id(), n, tag))
+    }
+
+    /// Writes `bytes` to a new scratch file with mode 0644; `durable` adds an fsync.
+    fn write_temp(&self, tag: &str, bytes: &[u8], durable: bool) -> io::Result<PathBuf> {
+        let tmp = self.temp_path(tag);
+        let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+        let res = (|| {
+            f.write_all(bytes)?;
+            // Explicit chmod: the umask must not decide what the web server may read.
+            f.set_permissions(fs::Permissions::from_mode(0o644))?;
+            if durable {
+                f.sync_all()?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = res {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+        Ok(tmp)
+    }
+}
+
+fn with_path(path: &Path, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+}
+
+/// Renames `from` to `to` unless `to` exists; returns whether the rename happened.
+fn rename_noreplace(from: &Path, to: &Path) -> io::Result<bool> {
+    let c_from = std::ffi::CString::new(from.as_os_str().as_bytes())?;
+    let c_to = std::ffi::CString::new(to.as_os_str().as_bytes())?;
+    // SAFETY: both strings are valid NUL-terminated paths for the duration of the call.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            c_from.as_ptr(),
+            libc::AT_FDCWD,
+            c_to.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let err = io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::EEXIST) => Ok(false),
+        // File systems without RENAME_NOREPLACE: a hard link fails the same way on EEXIST.
+        Some(libc::EINVAL) | Some(libc::ENOSYS) => match fs::hard_link(from, to) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(e),
+        },
+        _ => Err(err),
+    }
+}
+
+fn fsync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+impl ObjectStore for LocalStore {
+    fn contains(&self, hash: &ContentHash, suffix: Suffix) -> io::Result<bool> {
+        let path = self.object_path(hash, suffix);
+        match fs::symlink_metadata(&path) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(with_path(&path, e)),
+        }
+    }
+
+    fn put(&self, hash: &ContentHash, suffix: Suffix, bytes: &[u8]) -> io::Result<()> {
+        let dest = self.object_path(hash, suffix);
+        if self.contains(hash, suffix)? {
+            return Ok(());
+        }
+        let tmp = self
+            .write_temp(&hash.to_hex(), bytes, false)
+            .map_err(|e| with_path(&dest, e))?;
+        let moved = rename_noreplace(&tmp, &dest);
+        // After a hard-link fallback, or when another writer won the race, the temp remains.
+        if !matches!(moved, Ok(true)) || tmp.exists() {
+            let _ = fs::remove_file(&tmp);
+        }
+        moved.map(|_| ()).map_err(|e| with_path(&dest, e))
+    }
+
+    fn get(&self, hash: &ContentHash, suffix: Suffix) -> io::Result<Vec<u8>> {
+        let path = self.object_path(hash, suffix);
+        fs::read(&path).map_err(|e| with_path(&path, e))
+    }
+
+    fn put_root_file(&self, name: &str, bytes: &[u8]) -> io::Result<()> {
+        let dest = self.root.join(name);
+        let tmp = self
+            .write_temp(name.trim_start_matches('.'), bytes, true)
+            .map_err(|e| with_path(&dest, e))?;
+        if let Err(e) = fs::rename(&tmp, &dest) {
+            let _ = fs::remove_file(&tmp);
+            return Err(with_path(&dest, e));
+        }
+        fsync_dir(&self.root).map_err(|e| with_path(&self.root, e))
+    }
+
+    fn get_root_file(&self, name: &str) -> io::Result<Option<Vec<u8>>> {
+        let path = self.root.join(name);
+        match fs::read(&path) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(with_path(&path, e)),
+        }
+    }
+
+    fn describe(&self) -> String {
+        self.root.display().to_string()
+    }
+}

@@ -1,0 +1,528 @@
+//! `Repository`: creating a repository (home, keys, storage, revision 1), opening it, reporting
+//! on it, re-signing its whitelist, and the publish tail shared by `init` and commits.
+
+use crate::catalogs::load_catalog;
+use crate::config::{validate_fqrn, Chunking, Config, RepoHome};
+use crate::content_index::SqliteContentIndex;
+use crate::error::{Error, Result};
+use crate::history::History;
+use crate::local::LocalStore;
+use crate::reflog::{RefKind, Reflog};
+use crate::store::{root_files, ObjectStore, StoreObjects};
+use crate::txn::{fault_point, Transaction};
+use catalog_writer::hash::{ContentHash, Suffix};
+use catalog_writer::namespace::{CatalogRef, CommitOptions, Namespace};
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Choices for [`Repository::init`]; `Default` gives cvmfs_server's defaults.
+#[derive(Clone, Debug)]
+pub struct InitOptions {
+    /// Keys directory; default `<home>/<fqrn>/keys`. Existing keys there are reused.
+    pub keys_dir: Option<PathBuf>,
+    pub ttl: u32,
+    pub whitelist_days: u32,
+    pub chunking: Chunking,
+    pub max_catalog_entries: u64,
+    pub gc: bool,
+    pub memory_budget: u64,
+}
+
+impl Default for InitOptions {
+    fn default() -> InitOptions {
+        let c = Config::new("a.b", Path::new(""), Path::new(""));
+        InitOptions {
+            keys_dir: None,
+            ttl: c.ttl,
+            whitelist_days: c.whitelist_days,
+            chunking: c.chunking,
+            max_catalog_entries: c.max_catalog_entries,
+            gc: c.gc,
+            memory_budget: c.memory_budget,
+        }
+    }
+}
+
+/// A summary of the published state.
+#[derive(Clone, Debug)]
+pub struct RepoInfo {
+    pub fqrn: String,
+    pub storage: PathBuf,
+    pub public_key: PathBuf,
+    pub revision: u64,
+    pub root_catalog: String,
+    pub root_size: u64,
+    /// Manifest `T`.
+    pub timestamp: i64,
+    pub ttl: u32,
+    /// Whitelist expiry (unix seconds), if the whitelist could be read.
+    pub whitelist_expires: Option<i64>,
+    /// Root catalog `statistics` (`self_regular`, `subtree_dir`, ...).
+    pub statistics: BTreeMap<String, i64>,
+}
+
+/// An existing repository: its home (config, lock, state) and its local storage.
+#[derive(Debug)]
+pub struct Repository {
+    home: RepoHome,
+    config: Config,
+    store: Arc<LocalStore>,
+}
+
+pub(crate) fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn create_dir(path: &Path) -> Result<()> {
+    fs::create_dir_all(path).map_err(|e| Error::io_path(path, e))
+}
+
+impl Repository {
+    /// Creates `<home>/<fqrn>/`, keys (reusing keys already in the keys directory), the
+    /// storage directory and revision 1 (an empty root directory).
+    pub fn init(home: &Path, fqrn: &str, storage: &Path, opts: InitOptions) -> Result<Repository> {
+        validate_fqrn(fqrn)?;
+        let home = std::path::absolute(home).map_err(|e| Error::io_path(home, e))?;
+        let repo_home = RepoHome::new(&home, fqrn);
+        if repo_home.config_path().exists() {
+            return Err(Error::Invalid(format!(
+                "repository {fqrn} already exists in {}",
+                repo_home.dir().display()
+            )));
+        }
+        if storage.join(root_files::MANIFEST).exists() {
+            return Err(Error::Invalid(format!(
+                "{} already holds a repository (.cvmfspublished exists)",
+                storage.display()
+            )));
+        }
+        let config = init_config(&repo_home, fqrn, storage, &opts)?;
+        create_dir(repo_home.dir())?;
+        create_dir(&repo_home.state_dir())?;
+        open_lock_file(&repo_home.lock_path())?;
+        let keys = create_or_load_keys(&config)?;
+        let store = Arc::new(LocalStore::create(&config.storage)?);
+        // The storage path may have been a dangling symlink into the keys' tree: check again.
+        config.check_keys_outside_storage()?;
+        publish_first_revision(&store, &keys, &config)?;
+        // Written last: a home with config.json is a complete repository.
+        config.save(&repo_home.config_path())?;
+        Ok(Repository {
+            home: repo_home,
+            config,
+            store,
+        })
+    }
+
+    /// Opens the repository `fqrn` whose home is `<home>/<fqrn>/`.
+    pub fn open(home: &Path, fqrn: &str) -> Result<Repository> {
+        validate_fqrn(fqrn)?;
+        let repo_home = RepoHome::new(home, fqrn);
+        let path = repo_home.config_path();
+        if !path.exists() {
+            return Err(Error::Invalid(format!(
+                "no repository {fqrn} in {} (missing {})",
+                home.display(),
+                path.display()
+            )));
+        }
+        let config = Config::load(&path)?;
+        if config.fqrn != fqrn {
+            return Err(Error::Invalid(format!(
+                "{}: names repository {:?}, expected {fqrn:?}",
+                path.display(),
+                config.fqrn
+            )));
+        }
+        config.check_keys_outside_storage()?;
+        let store = Arc::new(LocalStore::open(&config.storage)?);
+        Ok(Repository {
+            home: repo_home,
+            config,
+            store,
+        })
+    }
+
+    pub fn fqrn(&self) -> &str {
+        &self.config.fqrn
+    }
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+    pub fn home(&self) -> &RepoHome {
+        &self.home
+    }
+    pub fn store(&self) -> Arc<LocalStore> {
+        self.store.clone()
+    }
+
+    /// The dedup index in `state/content.db`.
+    pub fn content_index(&self) -> Result<SqliteContentIndex> {
+        create_dir(&self.home.state_dir())?;
+        SqliteContentIndex::open(&self.home.content_db_path())
+    }
+
+    /// Starts a transaction (see [`Transaction`]); `wait` blocks on a busy lock.
+    pub fn begin(&self, wait: bool) -> Result<Transaction> {
+        Transaction::begin(self, wait)
+    }
+
+    /// Current revision, root catalog, timestamps and root catalog counters (no verification).
+    pub fn info(&self) -> Result<RepoInfo> {
+        let bytes = self
+            .store
+            .get_root_file(root_files::MANIFEST)
+            .map_err(|e| Error::io(self.store.describe(), e))?
+            .ok_or_else(|| {
+                Error::Invalid(format!("{}: no .cvmfspublished", self.store.describe()))
+            })?;
+        let m = signer::Manifest::parse(&bytes)
+            .map_err(|e| Error::signature(".cvmfspublished", e))?
+            .manifest;
+        let root = CatalogRef {
+            hash: parse_hash_field("C", &m.root_catalog)?,
+            size: m.root_size,
+        };
+        let statistics = load_catalog(self.store.as_ref(), &root, false)?.statistics()?;
+        let whitelist_expires = self
+            .store
+            .get_root_file(root_files::WHITELIST)
+            .ok()
+            .flatten()
+            .and_then(|b| signer::Whitelist::parse(&b).ok())
+            .map(|w| w.whitelist.expires);
+        Ok(RepoInfo {
+            fqrn: self.config.fqrn.clone(),
+            storage: self.config.storage.clone(),
+            public_key: self.config.public_key_path(),
+            revision: m.revision,
+            root_catalog: m.root_catalog,
+            root_size: m.root_size,
+            timestamp: m.timestamp,
+            ttl: m.ttl,
+            whitelist_expires,
+            statistics,
+        })
+    }
+
+    /// Signs a fresh whitelist valid for `config.whitelist_days`; needs the master key.
+    /// Returns the new expiry (unix seconds). Waits for the repository lock, so do not call it
+    /// while this process holds an open [`Transaction`].
+    pub fn resign(&self) -> Result<i64> {
+        let _lock = lock(&self.home.lock_path(), &self.config.fqrn, true)?;
+        let keys = load_keys(&self.config)?;
+        let master = keys.master.as_ref().ok_or_else(|| {
+            Error::Invalid(format!(
+                "master key {} not available: cannot re-sign the whitelist of {}",
+                self.config
+                    .keys_dir
+                    .join(format!("{}.masterkey", self.config.fqrn))
+                    .display(),
+                self.config.fqrn
+            ))
+        })?;
+        let now = now_unix();
+        write_whitelist(
+            &self.store,
+            &keys,
+            master,
+            &self.config.fqrn,
+            now,
+            self.config.whitelist_days,
+        )
+    }
+
+    /// Lines of a client configuration for this repository (`/etc/cvmfs/config.d/<fqrn>.conf`).
+    pub fn client_config(&self) -> Vec<String> {
+        let fqrn = &self.config.fqrn;
+        vec![
+            format!(
+                "# serve {} at http://<host>/cvmfs/{fqrn} and use CVMFS_SERVER_URL=http://<host>/cvmfs/@fqrn@",
+                self.config.storage.display()
+            ),
+            format!("CVMFS_SERVER_URL=file://{}", self.config.storage.display()),
+            format!("CVMFS_PUBLIC_KEY={}", self.config.public_key_path().display()),
+            "CVMFS_HTTP_PROXY=DIRECT".to_string(),
+        ]
+    }
+}
+
+/// The configuration of a new repository, keys directory checked against the storage.
+fn init_config(
+    repo_home: &RepoHome,
+    fqrn: &str,
+    storage: &Path,
+    opts: &InitOptions,
+) -> Result<Config> {
+    let storage = std::path::absolute(storage).map_err(|e| Error::io_path(storage, e))?;
+    let mut config = Config::new(fqrn, &storage, repo_home.dir());
+    if let Some(k) = &opts.keys_dir {
+        config.keys_dir = std::path::absolute(k).map_err(|e| Error::io_path(k, e))?;
+    }
+    config.ttl = opts.ttl;
+    config.whitelist_days = opts.whitelist_days;
+    config.chunking = opts.chunking.clone();
+    config.max_catalog_entries = opts.max_catalog_entries;
+    config.gc = opts.gc;
+    config.memory_budget = opts.memory_budget;
+    config.check_keys_outside_storage()?;
+    Ok(config)
+}
+
+/// Whitelist, empty root catalog with revision 1 (clients special-case 0), history, manifest.
+fn publish_first_revision(
+    store: &LocalStore,
+    keys: &signer::RepoKeys,
+    config: &Config,
+) -> Result<()> {
+    let now = now_unix();
+    let master = keys.master.as_ref().ok_or_else(|| {
+        Error::Invalid(format!(
+            "{}: master key missing, cannot sign the whitelist",
+            config.keys_dir.display()
+        ))
+    })?;
+    write_whitelist(
+        store,
+        keys,
+        master,
+        &config.fqrn,
+        now,
+        config.whitelist_days,
+    )?;
+    let commit = Namespace::empty(now).commit(
+        &CommitOptions {
+            revision: 1,
+            timestamp: now,
+            ttl: config.ttl,
+            max_entries: config.max_catalog_entries,
+            apply_dirtab: false,
+        },
+        &StoreObjects(store),
+    )?;
+    publish_revision(&PublishInput {
+        store,
+        keys,
+        config,
+        root: commit.root,
+        revision: 1,
+        timestamp: now,
+        previous: None,
+        expected_manifest: None,
+    })?;
+    Ok(())
+}
+
+fn parse_hash_field(field: &str, text: &str) -> Result<ContentHash> {
+    ContentHash::from_hex(text).ok_or_else(|| {
+        Error::corrupt(
+            ".cvmfspublished",
+            format!("{field} is not a hash text: {text:?}"),
+        )
+    })
+}
+
+pub(crate) fn open_lock_file(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|e| Error::io_path(path, e))
+}
+
+/// Takes the exclusive publisher lock (released when the file is dropped).
+pub(crate) fn lock(path: &Path, fqrn: &str, wait: bool) -> Result<File> {
+    let file = open_lock_file(path)?;
+    if wait {
+        file.lock().map_err(|e| Error::io_path(path, e))?;
+    } else {
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(Error::Locked {
+                    fqrn: fqrn.to_string(),
+                    path: path.to_path_buf(),
+                })
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(Error::io_path(path, e)),
+        }
+    }
+    Ok(file)
+}
+
+pub(crate) fn load_keys(config: &Config) -> Result<signer::RepoKeys> {
+    signer::RepoKeys::load(&config.keys_dir, &config.fqrn).map_err(|e| {
+        Error::signature(
+            format!("keys of {} in {}", config.fqrn, config.keys_dir.display()),
+            e,
+        )
+    })
+}
+
+/// Reuses keys already in the keys directory (e.g. re-creating a repository), else makes new ones.
+fn create_or_load_keys(config: &Config) -> Result<signer::RepoKeys> {
+    if config
+        .keys_dir
+        .join(format!("{}.key", config.fqrn))
+        .exists()
+    {
+        return load_keys(config);
+    }
+    create_dir(&config.keys_dir)?;
+    let keys = signer::RepoKeys::generate(&config.fqrn)
+        .map_err(|e| Error::signature(format!("generating keys for {}", config.fqrn), e))?;
+    keys.write(&config.keys_dir, &config.fqrn).map_err(|e| {
+        Error::signature(format!("writing keys to {}", config.keys_dir.display()), e)
+    })?;
+    Ok(keys)
+}
+
+fn write_whitelist(
+    store: &LocalStore,
+    keys: &signer::RepoKeys,
+    master: &openssl::pkey::PKey<openssl::pkey::Private>,
+    fqrn: &str,
+    now: i64,
+    days: u32,
+) -> Result<i64> {
+    let fingerprint = keys
+        .fingerprint()
+        .map_err(|e| Error::signature("certificate fingerprint", e))?;
+    let whitelist = signer::Whitelist::new(fqrn, fingerprint, now, days);
+    let bytes = whitelist
+        .sign(master)
+        .map_err(|e| Error::signature(".cvmfswhitelist", e))?;
+    store
+        .put_root_file(root_files::WHITELIST, &bytes)
+        .map_err(|e| Error::io(format!("{}/.cvmfswhitelist", store.describe()), e))?;
+    Ok(whitelist.expires)
+}
+
+/// Everything needed to finish a revision once its catalogs are stored.
+pub(crate) struct PublishInput<'a> {
+    pub store: &'a LocalStore,
+    pub keys: &'a signer::RepoKeys,
+    pub config: &'a Config,
+    pub root: CatalogRef,
+    pub revision: u64,
+    pub timestamp: i64,
+    /// The manifest being replaced (`None` for the first revision).
+    pub previous: Option<&'a signer::Manifest>,
+    /// Exact bytes `.cvmfspublished` must still have (compare-and-swap); `None` = must not exist.
+    pub expected_manifest: Option<&'a [u8]>,
+}
+
+/// Certificate → history → sync → compare-and-swap → reflog → signed manifest.
+pub(crate) fn publish_revision(p: &PublishInput<'_>) -> Result<signer::Manifest> {
+    let store = p.store;
+    let fqrn = p.config.fqrn.as_str();
+    let pem = p
+        .keys
+        .certificate_pem()
+        .map_err(|e| Error::signature("repository certificate", e))?;
+    let cert_obj = catalog_writer::zlib::compress(pem.as_ref());
+    let cert = ContentHash::of(&cert_obj);
+    store
+        .put(&cert, Suffix::Certificate, &cert_obj)
+        .map_err(|e| Error::io(format!("certificate object {cert}"), e))?;
+
+    let old_history = match p.previous.and_then(|m| m.history.as_deref()) {
+        Some(text) => Some(parse_hash_field("H", text)?),
+        None => None,
+    };
+    let mut history = match &old_history {
+        Some(h) => History::load(store, h)?,
+        None => History::create(fqrn)?,
+    };
+    if let Some(h) = &old_history {
+        history.set_previous_revision(h)?;
+    }
+    history.advance_trunk(p.root.hash, p.revision, p.timestamp, p.root.size)?;
+    let history = history.store(store)?;
+    fault_point("after-history");
+
+    // The reflog is prepared in memory (its hash goes into Y) but written only right before
+    // the manifest: the two root files can only disagree if we die between two renames.
+    let reflog = updated_reflog(
+        store,
+        fqrn,
+        &[
+            (p.root.hash, RefKind::Catalog),
+            (cert, RefKind::Certificate),
+            (history, RefKind::History),
+        ],
+        p.timestamp,
+    )?;
+    store
+        .sync()
+        .map_err(|e| Error::io(format!("{}: syncfs", store.describe()), e))?;
+
+    let manifest = signer::Manifest {
+        root_catalog: p.root.hash.to_hex(),
+        root_size: p.root.size,
+        ttl: p.config.ttl,
+        revision: p.revision,
+        gc: p.config.gc,
+        alt: false,
+        fqrn: fqrn.to_string(),
+        certificate: cert.to_hex(),
+        history: Some(history.to_hex()),
+        timestamp: p.timestamp,
+        meta_info: p.previous.and_then(|m| m.meta_info.clone()),
+        reflog: Some(ContentHash::of(&reflog).to_hex()),
+    };
+    let signed = manifest
+        .sign(&p.keys.repo_key)
+        .map_err(|e| Error::signature(".cvmfspublished", e))?;
+    // Last check before anything visible changes: a lost race must not touch the winner's files.
+    compare_and_swap_check(store, p.expected_manifest)?;
+    fault_point("before-manifest");
+    store
+        .put_root_file(root_files::REFLOG, &reflog)
+        .map_err(|e| Error::io(format!("{}/.cvmfsreflog", store.describe()), e))?;
+    store
+        .put_root_file(root_files::MANIFEST, &signed)
+        .map_err(|e| Error::io(format!("{}/.cvmfspublished", store.describe()), e))?;
+    Ok(manifest)
+}
+
+/// The current `.cvmfsreflog` (or a new one) plus `refs`, as file bytes.
+fn updated_reflog(
+    store: &LocalStore,
+    fqrn: &str,
+    refs: &[(ContentHash, RefKind)],
+    now: i64,
+) -> Result<Vec<u8>> {
+    let what = format!("{}/.cvmfsreflog", store.describe());
+    let mut log = match store
+        .get_root_file(root_files::REFLOG)
+        .map_err(|e| Error::io(what.as_str(), e))?
+    {
+        Some(bytes) => Reflog::from_bytes(&bytes, &what)?,
+        None => Reflog::create(fqrn)?,
+    };
+    for (hash, kind) in refs {
+        log.add(hash, *kind, now)?;
+    }
+    log.to_bytes()
+}
+
+fn compare_and_swap_check(store: &LocalStore, expected: Option<&[u8]>) -> Result<()> {
+    let what = format!("{}/.cvmfspublished", store.describe());
+    let current = store
+        .get_root_file(root_files::MANIFEST)
+        .map_err(|e| Error::io(what.as_str(), e))?;
+    if current.as_deref() == expected {
+        return Ok(());
+    }
+    Err(Error::Conflict {
+        path: store.root().join(root_files::MANIFEST),
+    })
+}

@@ -1,0 +1,247 @@
+//! `Transaction`: one publish. Holds the repository lock, the verified base manifest and the
+//! namespace being changed; `commit` writes catalogs and replaces the manifest last.
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::local::LocalStore;
+use crate::repo::{load_keys, lock, now_unix, publish_revision, PublishInput, Repository};
+use crate::store::{root_files, ObjectStore, StoreObjects};
+use catalog_writer::hash::{ContentHash, Suffix};
+use catalog_writer::namespace::{CatalogRef, CommitOptions, Namespace};
+use std::fs::File;
+use std::sync::Arc;
+
+/// Environment variable naming the fault point at which the process aborts (crash tests).
+pub const CRASH_ENV: &str = "CVMFS_OCI_CRASH_AT";
+
+/// Aborts the process when `CVMFS_OCI_CRASH_AT` equals `name`. Points used by the publisher:
+/// `after-catalogs`, `after-history`, `before-manifest`; the ingest pipeline uses `after-objects`.
+pub fn fault_point(name: &str) {
+    if std::env::var_os(CRASH_ENV).is_some_and(|v| v == name) {
+        eprintln!("{CRASH_ENV}={name}: aborting on purpose");
+        std::process::abort();
+    }
+}
+
+/// Options of one commit.
+#[derive(Clone, Debug)]
+pub struct CommitSettings {
+    /// Publish time; `None` = now. Never goes below the previous manifest's `T`.
+    pub timestamp: Option<i64>,
+    /// Apply `/.cvmfsdirtab` rules when writing catalogs.
+    pub apply_dirtab: bool,
+}
+
+impl Default for CommitSettings {
+    fn default() -> CommitSettings {
+        CommitSettings {
+            timestamp: None,
+            apply_dirtab: true,
+        }
+    }
+}
+
+/// What a commit did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CommitOutcome {
+    /// Nothing changed: no catalogs written, the manifest is untouched.
+    Unchanged {
+        revision: u64,
+    },
+    Published(Published),
+}
+
+/// A new revision.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Published {
+    pub revision: u64,
+    pub root: CatalogRef,
+    /// Manifest `T` (also `last_modified` of the written catalogs).
+    pub timestamp: i64,
+    pub catalogs_written: usize,
+    pub catalogs_total: usize,
+    /// The history object (`H`).
+    pub history: ContentHash,
+}
+
+/// An open publish. Dropping it without `commit` leaves the published repository untouched
+/// (objects already written are unreferenced and harmless).
+pub struct Transaction {
+    config: Config,
+    store: Arc<LocalStore>,
+    keys: signer::RepoKeys,
+    base_bytes: Vec<u8>,
+    base: signer::Manifest,
+    namespace: Namespace,
+    _lock: File,
+}
+
+impl Transaction {
+    pub(crate) fn begin(repo: &Repository, wait: bool) -> Result<Transaction> {
+        let config = repo.config().clone();
+        let lock = lock(&repo.home().lock_path(), &config.fqrn, wait)?;
+        let store = repo.store();
+        let keys = load_keys(&config)?;
+        let base_bytes = store
+            .get_root_file(root_files::MANIFEST)
+            .map_err(|e| Error::io(store.describe(), e))?
+            .ok_or_else(|| Error::Invalid(format!("{}: no .cvmfspublished", store.describe())))?;
+        let base = verify_published(store.as_ref(), &base_bytes, &config.fqrn, &keys)?;
+        let root = CatalogRef {
+            hash: ContentHash::from_hex(&base.root_catalog).ok_or_else(|| {
+                Error::corrupt(
+                    ".cvmfspublished",
+                    format!("C is not a hash text: {:?}", base.root_catalog),
+                )
+            })?,
+            size: base.root_size,
+        };
+        let namespace = Namespace::open(root, &StoreObjects(store.as_ref()))?;
+        Ok(Transaction {
+            config,
+            store,
+            keys,
+            base_bytes,
+            base,
+            namespace,
+            _lock: lock,
+        })
+    }
+
+    /// The manifest this transaction started from.
+    pub fn base_manifest(&self) -> &signer::Manifest {
+        &self.base
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn namespace(&self) -> &Namespace {
+        &self.namespace
+    }
+
+    pub fn namespace_mut(&mut self) -> &mut Namespace {
+        &mut self.namespace
+    }
+
+    /// The object store, for the ingest pipeline (`Arc<dyn ObjectStore>`).
+    pub fn objects(&self) -> Arc<dyn ObjectStore> {
+        self.store.clone()
+    }
+
+    /// The namespace together with the adapter it needs for loading/storing catalogs.
+    pub fn namespace_and_objects(&mut self) -> (&mut Namespace, StoreObjects<'_>) {
+        (&mut self.namespace, StoreObjects(self.store.as_ref()))
+    }
+
+    /// Publishes the changes as revision `S + 1` (or nothing if the namespace is unchanged).
+    pub fn commit(mut self, settings: &CommitSettings) -> Result<CommitOutcome> {
+        if !self.namespace.is_dirty() {
+            return Ok(CommitOutcome::Unchanged {
+                revision: self.base.revision,
+            });
+        }
+        let revision = self.base.revision + 1;
+        let timestamp = settings
+            .timestamp
+            .unwrap_or_else(now_unix)
+            .max(self.base.timestamp);
+        let report = self.namespace.commit(
+            &CommitOptions {
+                revision,
+                timestamp,
+                ttl: self.config.ttl,
+                max_entries: self.config.max_catalog_entries,
+                apply_dirtab: settings.apply_dirtab,
+            },
+            &StoreObjects(self.store.as_ref()),
+        )?;
+        fault_point("after-catalogs");
+        let manifest = publish_revision(&PublishInput {
+            store: &self.store,
+            keys: &self.keys,
+            config: &self.config,
+            root: report.root,
+            revision,
+            timestamp,
+            previous: Some(&self.base),
+            expected_manifest: Some(&self.base_bytes),
+        })?;
+        let history = manifest
+            .history
+            .as_deref()
+            .and_then(ContentHash::from_hex)
+            .ok_or_else(|| Error::corrupt(".cvmfspublished", "new manifest lacks H"))?;
+        Ok(CommitOutcome::Published(Published {
+            revision,
+            root: report.root,
+            timestamp,
+            catalogs_written: report.catalogs_written,
+            catalogs_total: report.catalogs_total,
+            history,
+        }))
+    }
+}
+
+/// The client's chain: manifest signed by the certificate `X` (whose object hash must match),
+/// whitelist signed by our master public key, for this fqrn, unexpired, listing the certificate.
+fn verify_published(
+    store: &LocalStore,
+    bytes: &[u8],
+    fqrn: &str,
+    keys: &signer::RepoKeys,
+) -> Result<signer::Manifest> {
+    let what = format!("{}/.cvmfspublished", store.describe());
+    let parsed = signer::Manifest::parse(bytes)
+        .map_err(|e| Error::signature(what.as_str(), e))?
+        .manifest;
+    let x = ContentHash::from_hex(&parsed.certificate).ok_or_else(|| {
+        Error::corrupt(
+            what.as_str(),
+            format!("X is not a hash text: {:?}", parsed.certificate),
+        )
+    })?;
+    let obj = store
+        .get(&x, Suffix::Certificate)
+        .map_err(|e| Error::io(format!("certificate {x}"), e))?;
+    if ContentHash::of(&obj) != x {
+        return Err(Error::corrupt(
+            x.object_path(Suffix::Certificate),
+            "stored bytes do not match the name",
+        ));
+    }
+    let pem = catalog_writer::zlib::decompress(&obj, 1 << 20)
+        .map_err(|e| Error::io(format!("certificate {x}: inflate"), e))?;
+    let cert = signer::parse_certificate_pem(&pem)
+        .map_err(|e| Error::signature(format!("certificate {x}"), e))?;
+    let manifest =
+        signer::Manifest::verify(bytes, &cert).map_err(|e| Error::signature(what.as_str(), e))?;
+    if manifest.fqrn != fqrn {
+        return Err(Error::corrupt(
+            what,
+            format!("N is {:?}, expected {fqrn:?}", manifest.fqrn),
+        ));
+    }
+    let wl_what = format!("{}/.cvmfswhitelist", store.describe());
+    let wl_bytes = store
+        .get_root_file(root_files::WHITELIST)
+        .map_err(|e| Error::io(wl_what.as_str(), e))?
+        .ok_or_else(|| Error::Invalid(format!("{wl_what}: missing")))?;
+    let whitelist = signer::Whitelist::verify(
+        &wl_bytes,
+        std::slice::from_ref(&keys.master_public),
+        fqrn,
+        now_unix(),
+    )
+    .map_err(|e| Error::signature(format!("{wl_what} (re-sign it with `resign`)"), e))?;
+    let fp = signer::certificate_fingerprint(&cert)
+        .map_err(|e| Error::signature(format!("certificate {x}"), e))?;
+    if !whitelist.lists_fingerprint(&fp) {
+        return Err(Error::signature(
+            wl_what,
+            format!("does not list the certificate fingerprint {fp}"),
+        ));
+    }
+    Ok(manifest)
+}
