@@ -214,6 +214,11 @@ impl Repository {
     /// Returns the new expiry (unix seconds). Waits for the repository lock, so do not call it
     /// while this process holds an open [`Transaction`].
     pub fn resign(&self) -> Result<i64> {
+        self.resign_for(self.config.whitelist_days)
+    }
+
+    /// Like [`Repository::resign`], with a validity of `days` days.
+    pub fn resign_for(&self, days: u32) -> Result<i64> {
         let _lock = lock(&self.home.lock_path(), &self.config.fqrn, true)?;
         let keys = load_keys(&self.config)?;
         let master = keys.master.as_ref().ok_or_else(|| {
@@ -233,7 +238,7 @@ impl Repository {
             master,
             &self.config.fqrn,
             now,
-            self.config.whitelist_days,
+            days,
         )
     }
 

@@ -1,0 +1,194 @@
+//! Command-line definitions.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "cvmfs-oci",
+    version,
+    about = "Turn container images and directory trees into signed CernVM-FS repositories"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Global {
+    /// Holds each repository's config, keys (unless --keys), lock and local state.
+    /// Default: $CVMFS_OCI_HOME, else /var/lib/cvmfs-oci for root, else ~/.local/share/cvmfs-oci.
+    #[arg(long, global = true, env = "CVMFS_OCI_HOME")]
+    pub home: Option<PathBuf>,
+    /// Directory with the repository keys (FQRN.masterkey, FQRN.key, FQRN.crt, FQRN.pub).
+    #[arg(long, global = true)]
+    pub keys: Option<PathBuf>,
+    /// One JSON object per line on stdout instead of human-readable text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Fail instead of waiting when another publisher holds the repository lock.
+    #[arg(long, global = true)]
+    pub no_wait: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create a repository: storage, keys, whitelist, empty root catalog, history, manifest.
+    Init(InitArgs),
+    /// Publish a local directory tree at a path of the repository, as a new revision.
+    Publish(PublishArgs),
+    /// Publish a tar stream (file or `-` for stdin; gzip, zstd or plain) as a new revision.
+    Ingest(IngestArgs),
+    /// Verify signatures, catalogs and objects of a repository.
+    Check(CheckArgs),
+    /// Renew the whitelist (needs the master key).
+    Resign(ResignArgs),
+    /// Show revision, root hash, whitelist expiry and counts.
+    Info(FqrnArg),
+    /// Convert container images into the repository (DUCC-compatible layout).
+    Convert(ConvertArgs),
+    /// Convert what a DUCC wishlist (YAML) lists and is new or changed.
+    Sync(SyncArgs),
+    /// Run the bundled demo: create a repository in a temporary directory, publish a sample
+    /// tree, check it and print how to mount it.
+    Demo(DemoArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct FqrnArg {
+    /// Fully qualified repository name, e.g. sw.example.org
+    pub fqrn: String,
+}
+
+#[derive(Args, Debug)]
+pub struct InitArgs {
+    pub fqrn: String,
+    /// Stratum-0 storage directory (what an HTTP server serves).
+    #[arg(long)]
+    pub storage: PathBuf,
+    /// Whitelist validity in days.
+    #[arg(long, default_value_t = 30)]
+    pub whitelist_days: u32,
+    /// Catalog TTL in seconds.
+    #[arg(long, default_value_t = 240)]
+    pub ttl: u32,
+    /// Declare the repository garbage-collectable (manifest G=yes).
+    #[arg(long)]
+    pub gc: bool,
+    /// Largest number of entries in one catalog before it is split automatically (0 = never).
+    #[arg(long, default_value_t = 100_000)]
+    pub max_catalog_entries: u64,
+    /// Do not cut large files into chunks (like `cvmfs_server ingest`).
+    #[arg(long)]
+    pub no_chunking: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct TuningArgs {
+    /// Do not cut large files into chunks.
+    #[arg(long)]
+    pub no_chunking: bool,
+    /// Worker threads for compression (default: all cores).
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Memory for in-flight buffers, in MiB.
+    #[arg(long)]
+    pub memory_mib: Option<usize>,
+}
+
+#[derive(Args, Debug)]
+pub struct PublishArgs {
+    pub fqrn: String,
+    pub source: PathBuf,
+    /// Repository path to publish at (default: the root).
+    #[arg(long, default_value = "/")]
+    pub path: String,
+    #[command(flatten)]
+    pub tuning: TuningArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct IngestArgs {
+    pub fqrn: String,
+    /// Tar file, or `-` for standard input.
+    pub tar: String,
+    #[arg(long, default_value = "/")]
+    pub path: String,
+    /// Remove these repository paths in the same revision.
+    #[arg(long = "delete")]
+    pub delete: Vec<String>,
+    #[command(flatten)]
+    pub tuning: TuningArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    /// Repository name; with --storage it names the repository to check there.
+    pub fqrn: String,
+    /// Also re-hash and inflate every object.
+    #[arg(long)]
+    pub full: bool,
+    /// Check this storage directory or http(s) URL instead of a configured repository.
+    #[arg(long)]
+    pub storage: Option<String>,
+    /// Master public key(s) to trust (with --storage).
+    #[arg(long = "key")]
+    pub key: Vec<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct ResignArgs {
+    pub fqrn: String,
+    #[arg(long, default_value_t = 30)]
+    pub days: u32,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RegistryArgs {
+    /// Registry credentials USER:PASS (else Docker config / REGISTRY_AUTH_FILE).
+    #[arg(long, env = "CVMFS_OCI_CREDS", hide_env_values = true)]
+    pub creds: Option<String>,
+    /// Allow plain HTTP for this registry host[:port] (repeatable).
+    #[arg(long = "insecure-registry")]
+    pub insecure_registry: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ConvertArgs {
+    pub fqrn: String,
+    /// docker://REGISTRY/REPO[:TAG|@DIGEST], oci:DIR[:TAG] or docker-archive:FILE
+    #[arg(required = true)]
+    pub images: Vec<String>,
+    /// os/arch[/variant] to convert from a multi-platform image (default: this host's).
+    #[arg(long, conflicts_with = "all_platforms")]
+    pub platform: Option<String>,
+    /// Convert every platform of a multi-platform image.
+    #[arg(long)]
+    pub all_platforms: bool,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    #[command(flatten)]
+    pub tuning: TuningArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct SyncArgs {
+    pub fqrn: String,
+    pub recipe: PathBuf,
+    /// Remove links of images no longer listed.
+    #[arg(long)]
+    pub prune: bool,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    #[command(flatten)]
+    pub tuning: TuningArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// Keep the demo repository in this directory instead of a temporary one.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+}

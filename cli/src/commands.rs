@@ -1,0 +1,325 @@
+//! One function per command; each returns the process exit code.
+
+use crate::args::*;
+use crate::output::{event_json, Output};
+use crate::paths::{home_dir, repo_path};
+use anyhow::{anyhow, bail, Context, Result};
+use catalog_writer::entry::Entry;
+use catalog_writer::tree::{Dir, Node};
+use publisher::{CommitOutcome, CommitSettings, InitOptions, Repository};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+mod convert;
+
+pub fn run(cli: Cli, out: Output) -> Result<i32> {
+    let g = cli.global;
+    let home = home_dir(g.home.clone());
+    match cli.command {
+        Command::Init(a) => init(&home, &g, &a, out),
+        Command::Publish(a) => publish(&home, &g, &a, out),
+        Command::Ingest(a) => ingest_tar(&home, &g, &a, out),
+        Command::Check(a) => check(&home, &a, out),
+        Command::Resign(a) => resign(&home, &a, out),
+        Command::Info(a) => info(&home, &a.fqrn, out),
+        Command::Convert(a) => convert::convert(&home, &g, &a, out),
+        Command::Sync(a) => convert::sync(&home, &g, &a, out),
+        Command::Demo(a) => crate::demo::run(&a, out),
+    }
+}
+
+pub fn init(home: &Path, g: &Global, a: &InitArgs, out: Output) -> Result<i32> {
+    let mut opts = InitOptions {
+        keys_dir: g.keys.clone(),
+        ttl: a.ttl,
+        whitelist_days: a.whitelist_days,
+        gc: a.gc,
+        max_catalog_entries: a.max_catalog_entries,
+        ..InitOptions::default()
+    };
+    opts.chunking.enabled = !a.no_chunking;
+    let repo = Repository::init(home, &a.fqrn, &a.storage, opts)
+        .with_context(|| format!("init {}", a.fqrn))?;
+    let info = repo.info()?;
+    out.event(
+        &format!(
+            "created {} (revision {}) storage {} keys {}",
+            a.fqrn,
+            info.revision,
+            a.storage.display(),
+            repo.config().keys_dir.display()
+        ),
+        event_json(
+            "init",
+            json!({"fqrn": a.fqrn, "revision": info.revision, "storage": a.storage,
+                   "keys": repo.config().keys_dir, "client_config": repo.client_config()}),
+        ),
+    );
+    print_client_config(&repo, out);
+    Ok(0)
+}
+
+fn print_client_config(repo: &Repository, out: Output) {
+    out.say("client settings (e.g. /etc/cvmfs/config.d/<fqrn>.conf), with the storage served over HTTP:");
+    for line in repo.client_config() {
+        out.say(&format!("  {line}"));
+    }
+}
+
+/// Settings of the object pipeline from the repository config and command-line tuning.
+pub fn pipeline_config(repo: &Repository, t: &TuningArgs) -> Result<ingest::pipeline::PipelineConfig> {
+    let c = repo.config();
+    let chunking = if c.chunking.enabled && !t.no_chunking {
+        Some(
+            ingest::chunker::ChunkSizes::new(
+                c.chunking.min as usize,
+                c.chunking.avg as usize,
+                c.chunking.max as usize,
+            )
+                .map_err(|e| anyhow!("{}: chunking settings: {e}", c.fqrn))?,
+        )
+    } else {
+        None
+    };
+    let mut cfg = ingest::pipeline::PipelineConfig {
+        chunking,
+        ..Default::default()
+    };
+    if let Some(w) = t.workers {
+        cfg.workers = w.max(1);
+    }
+    cfg.memory_budget = match t.memory_mib {
+        Some(m) => m.max(16) << 20,
+        None => c.memory_budget as usize,
+    };
+    Ok(cfg)
+}
+
+fn open_repo(home: &Path, fqrn: &str) -> Result<Repository> {
+    Repository::open(home, fqrn).with_context(|| format!("repository {fqrn}"))
+}
+
+/// Grafts `tree` at `path` (root when empty) and commits; prints the outcome.
+fn graft_and_commit(
+    mut txn: publisher::Transaction,
+    path: &[u8],
+    tree: Dir,
+    deletes: &[Vec<u8>],
+    what: &str,
+    started: Instant,
+    stats: &ingest::pipeline::PipelineStats,
+    out: Output,
+) -> Result<i32> {
+    let now = unix_now();
+    {
+        let (ns, objects) = txn.namespace_and_objects();
+        for d in deletes {
+            ns.remove(d, &objects)
+                .with_context(|| format!("--delete {}", String::from_utf8_lossy(d)))?;
+        }
+        let parent = Entry::directory(0o755, 0, 0, now);
+        ns.replace(path, Node::Dir(tree), &parent, &objects)
+            .with_context(|| format!("{what}: grafting at {:?}", String::from_utf8_lossy(path)))?;
+    }
+    publisher::fault_point("after-objects");
+    let outcome = txn.commit(&CommitSettings::default())?;
+    report_outcome(what, &outcome, started, stats, out);
+    Ok(0)
+}
+
+pub fn report_outcome(
+    what: &str,
+    outcome: &CommitOutcome,
+    started: Instant,
+    s: &ingest::pipeline::PipelineStats,
+    out: Output,
+) {
+    let secs = started.elapsed().as_secs_f64();
+    let mbps = s.bytes_in as f64 / 1e6 / secs.max(1e-9);
+    let (revision, changed) = match outcome {
+        CommitOutcome::Unchanged { revision } => (*revision, false),
+        CommitOutcome::Published(p) => (p.revision, true),
+    };
+    let text = if changed {
+        format!(
+            "{what}: published revision {revision}: {} files, {:.1} MB in, {} new objects, {} already stored, {:.2} s ({mbps:.1} MB/s)",
+            s.files, s.bytes_in as f64 / 1e6, s.objects_new, s.objects_existing, secs
+        )
+    } else {
+        format!("{what}: nothing changed, still revision {revision}")
+    };
+    out.event(
+        &text,
+        event_json(
+            "publish",
+            json!({"source": what, "revision": revision, "changed": changed, "files": s.files,
+                   "bytes_in": s.bytes_in, "bytes_compressed": s.bytes_compressed,
+                   "objects_new": s.objects_new, "objects_existing": s.objects_existing,
+                   "index_hits": s.index_hits, "seconds": secs}),
+        ),
+    );
+}
+
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn new_pipeline(
+    repo: &Repository,
+    txn: &publisher::Transaction,
+    t: &TuningArgs,
+) -> Result<ingest::pipeline::ObjectPipeline> {
+    let index: Arc<dyn publisher::ContentIndex> = Arc::new(repo.content_index()?);
+    Ok(ingest::pipeline::ObjectPipeline::new(
+        txn.objects(),
+        Some(index),
+        pipeline_config(repo, t)?,
+    )?)
+}
+
+pub fn publish(home: &Path, g: &Global, a: &PublishArgs, out: Output) -> Result<i32> {
+    let path = repo_path(&a.path)?;
+    let meta = std::fs::symlink_metadata(&a.source)
+        .with_context(|| format!("publish source {}", a.source.display()))?;
+    if !meta.is_dir() {
+        bail!("publish source {}: not a directory", a.source.display());
+    }
+    let repo = open_repo(home, &a.fqrn)?;
+    let started = Instant::now();
+    let txn = repo.begin(!g.no_wait)?;
+    let pipeline = new_pipeline(&repo, &txn, &a.tuning)?;
+    let tree = ingest::tree_from_dir(&a.source, &pipeline)
+        .with_context(|| format!("publish {}", a.source.display()))?;
+    let stats = pipeline.finish()?.stats;
+    let what = a.source.display().to_string();
+    graft_and_commit(txn, &path, tree, &[], &what, started, &stats, out)
+}
+
+pub fn ingest_tar(home: &Path, g: &Global, a: &IngestArgs, out: Output) -> Result<i32> {
+    let path = repo_path(&a.path)?;
+    let deletes = a
+        .delete
+        .iter()
+        .map(|d| repo_path(d))
+        .collect::<Result<Vec<_>>>()?;
+    let repo = open_repo(home, &a.fqrn)?;
+    let reader: Box<dyn std::io::Read + Send> = if a.tar == "-" {
+        Box::new(std::io::stdin())
+    } else {
+        Box::new(
+            std::fs::File::open(&a.tar).with_context(|| format!("ingest source {}", a.tar))?,
+        )
+    };
+    let started = Instant::now();
+    let txn = repo.begin(!g.no_wait)?;
+    let pipeline = new_pipeline(&repo, &txn, &a.tuning)?;
+    let what = if a.tar == "-" { "stdin".to_string() } else { a.tar.clone() };
+    let opts = ingest::TarOptions {
+        archive_name: what.clone(),
+        ..Default::default()
+    };
+    let tree = ingest::tree_from_tar(reader, &pipeline, &opts)?;
+    let stats = pipeline.finish()?.stats;
+    graft_and_commit(txn, &path, tree, &deletes, &what, started, &stats, out)
+}
+
+pub fn check(home: &Path, a: &CheckArgs, out: Output) -> Result<i32> {
+    let started = Instant::now();
+    let (store, keys): (Box<dyn publisher::ObjectStore>, Vec<PathBuf>) = match &a.storage {
+        Some(s) if s.starts_with("http://") || s.starts_with("https://") => {
+            (Box::new(publisher::HttpStore::new(s)?), a.key.clone())
+        }
+        Some(s) => (
+            Box::new(publisher::LocalStore::open(Path::new(s))?),
+            a.key.clone(),
+        ),
+        None => {
+            let repo = open_repo(home, &a.fqrn)?;
+            let mut keys = a.key.clone();
+            if keys.is_empty() {
+                keys.push(repo.config().public_key_path());
+            }
+            (Box::new(publisher::LocalStore::open(&repo.config().storage)?), keys)
+        }
+    };
+    if keys.is_empty() {
+        bail!("check --storage needs at least one --key (the master public key)");
+    }
+    let masters = keys
+        .iter()
+        .map(|k| signer::load_public_key(k).with_context(|| format!("key {}", k.display())))
+        .collect::<Result<Vec<_>>>()?;
+    let report = publisher::check_repository(store.as_ref(), &a.fqrn, &masters, a.full)?;
+    for p in &report.problems {
+        out.event(p, event_json("problem", json!({"fqrn": a.fqrn, "problem": p})));
+    }
+    let ok = report.problems.is_empty();
+    out.event(
+        &format!(
+            "{}: {} (revision {}, {} catalogs, {} entries, {} objects, {:.1} MB read, {:.2} s)",
+            a.fqrn,
+            if ok { "OK" } else { "FAILED" },
+            report.revision,
+            report.catalogs,
+            report.entries,
+            report.objects,
+            report.bytes as f64 / 1e6,
+            started.elapsed().as_secs_f64()
+        ),
+        event_json(
+            "check",
+            json!({"fqrn": a.fqrn, "ok": ok, "problems": report.problems.len(),
+                   "revision": report.revision, "catalogs": report.catalogs,
+                   "entries": report.entries, "objects": report.objects, "full": a.full}),
+        ),
+    );
+    Ok(if ok { 0 } else { 1 })
+}
+
+pub fn resign(home: &Path, a: &ResignArgs, out: Output) -> Result<i32> {
+    let repo = open_repo(home, &a.fqrn)?;
+    let expires = repo.resign_for(a.days)?;
+    out.event(
+        &format!("{}: whitelist renewed, expires {}", a.fqrn, signer::utc_stamp(expires)),
+        event_json("resign", json!({"fqrn": a.fqrn, "expires": expires})),
+    );
+    Ok(0)
+}
+
+pub fn info(home: &Path, fqrn: &str, out: Output) -> Result<i32> {
+    let repo = open_repo(home, fqrn)?;
+    let i = repo.info()?;
+    let stat = |k: &str| i.statistics.get(k).copied().unwrap_or(0);
+    let files = stat("self_regular") + stat("subtree_regular");
+    let dirs = stat("self_dir") + stat("subtree_dir");
+    let catalogs = 1 + stat("self_nested") + stat("subtree_nested");
+    let bytes = stat("self_file_size") + stat("subtree_file_size");
+    let text = format!(
+        "{fqrn}\n  revision     {}\n  root catalog {} ({} bytes)\n  published    {}\n  whitelist    expires {}\n  storage      {}\n  public key   {}\n  files {files}, directories {dirs}, catalogs {catalogs}, {:.1} MB of file data",
+        i.revision,
+        i.root_catalog,
+        i.root_size,
+        signer::utc_stamp(i.timestamp),
+        i.whitelist_expires.map(signer::utc_stamp).unwrap_or_else(|| "unreadable".into()),
+        i.storage.display(),
+        i.public_key.display(),
+        bytes as f64 / 1e6
+    );
+    out.event(
+        &text,
+        event_json(
+            "info",
+            json!({"fqrn": fqrn, "revision": i.revision, "root_catalog": i.root_catalog,
+                   "root_size": i.root_size, "timestamp": i.timestamp,
+                   "whitelist_expires": i.whitelist_expires, "storage": i.storage,
+                   "files": files, "directories": dirs, "catalogs": catalogs, "file_bytes": bytes,
+                   "statistics": i.statistics}),
+        ),
+    );
+    Ok(0)
+}
