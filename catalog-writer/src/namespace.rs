@@ -1,12 +1,20 @@
 //! The repository namespace: a tree of catalogs loaded lazily, changed in memory, and written
 //! back bottom-up (only catalogs on changed paths are rewritten).
 //!
-//! API CONTRACT (bodies are being implemented; signatures are what other crates build against).
+//! Directories are held in memory as [`DirNode`]s; a nested catalog that was not needed yet is
+//! a stub (its hash, size and mountpoint row). Every change marks the directories on its path
+//! dirty, so a catalog must be rewritten exactly when its root directory is dirty.
 
+use crate::entry::{Entry, EntryKind};
 use crate::hash::{ContentHash, Suffix};
-use crate::entry::Entry;
+use crate::node::{self, Child, DirNode, LinkIds, MARKER};
+use crate::pathhash::display;
+use crate::sql::Counts;
 use crate::tree::Node;
+use crate::{Error, Result};
+use std::collections::HashMap;
 use std::io;
+use std::sync::Mutex;
 
 /// Access to the object store, as the namespace needs it (publisher adapts its ObjectStore).
 pub trait Objects: Sync {
@@ -48,55 +56,367 @@ pub struct CommitReport {
 
 /// The repository namespace.
 pub struct Namespace {
-    _private: (),
+    root: DirNode,
+    ids: LinkIds,
+    /// `self + subtree` counters of stored catalogs seen so far, by catalog hash.
+    known: Mutex<HashMap<ContentHash, Counts>>,
+    /// Paths to mark dirty after the current operation (see `flush_pending`).
+    pending: Vec<Vec<u8>>,
+}
+
+/// How [`Namespace::dir_mut`] treats the directories on the way.
+#[derive(Clone, Copy)]
+enum Walk<'a> {
+    /// Only look; a missing or non-directory component gives `None`.
+    Find,
+    /// Mark every directory on the way dirty; a missing component gives `None`.
+    Mark,
+    /// Mark dirty and create missing directories with this metadata.
+    Create(&'a Entry),
+}
+
+pub(crate) fn path_error(path: &[u8], reason: impl Into<String>) -> Error {
+    Error::Path {
+        path: display(path),
+        reason: reason.into(),
+    }
+}
+
+/// Splits `/a/b` into `[a, b]`; the root `""` gives no components.
+pub(crate) fn components(path: &[u8]) -> Result<Vec<&[u8]>> {
+    if path.is_empty() {
+        return Ok(Vec::new());
+    }
+    if path[0] != b'/' {
+        return Err(path_error(
+            path,
+            "repository paths are absolute (start with '/')",
+        ));
+    }
+    let comps: Vec<&[u8]> = path[1..].split(|&b| b == b'/').collect();
+    if comps.iter().any(|c| !valid_name(c)) {
+        return Err(path_error(path, "empty, '.' or '..' path component"));
+    }
+    Ok(comps)
+}
+
+pub(crate) fn valid_name(name: &[u8]) -> bool {
+    !name.is_empty() && name != b"." && name != b".." && !name.contains(&b'/') && !name.contains(&0)
 }
 
 impl Namespace {
     /// A new, empty repository: only the root directory (mode 0755, owner 0:0, given mtime).
     pub fn empty(mtime: i64) -> Namespace {
-        let _ = mtime;
-        todo!()
+        Namespace {
+            root: DirNode::new(Entry::directory(0o755, 0, 0, mtime)),
+            ids: LinkIds::default(),
+            known: Mutex::new(HashMap::new()),
+            pending: Vec::new(),
+        }
     }
 
     /// Opens the namespace of an existing revision; only the root catalog is loaded now.
     pub fn open(root: CatalogRef, objects: &dyn Objects) -> crate::Result<Namespace> {
-        let _ = (root, objects);
-        todo!()
+        let mut ids = LinkIds::default();
+        let loaded = node::load(&root, b"", objects, &mut ids)?;
+        let mut ns = Namespace {
+            root: loaded.root,
+            ids,
+            known: Mutex::new(HashMap::new()),
+            pending: loaded.inconsistent,
+        };
+        ns.remember_loaded();
+        ns.flush_pending();
+        Ok(ns)
+    }
+
+    fn remember_loaded(&mut self) {
+        if let Some(cat) = &self.root.cat {
+            self.known_insert(cat.cref.hash, cat.stats.totals());
+        }
+    }
+
+    fn known_insert(&self, hash: ContentHash, totals: Counts) {
+        if let Ok(mut m) = self.known.lock() {
+            m.insert(hash, totals);
+        }
     }
 
     /// Metadata of the entry at `path` (`b""` = root), loading catalogs on the way.
     pub fn entry(&mut self, path: &[u8], objects: &dyn Objects) -> crate::Result<Option<Entry>> {
-        let _ = (path, objects);
-        todo!()
+        let comps = components(path)?;
+        let Some((last, parents)) = comps.split_last() else {
+            return Ok(Some(self.root.meta.clone()));
+        };
+        let found = self
+            .dir_mut(parents, objects, Walk::Find)?
+            .and_then(|d| d.children.get(*last))
+            .map(Child::entry);
+        self.flush_pending();
+        Ok(found)
     }
 
     /// Names and metadata of a directory's children; `None` if `path` is not a directory.
-    pub fn list(&mut self, path: &[u8], objects: &dyn Objects) -> crate::Result<Option<Vec<(Vec<u8>, Entry)>>> {
-        let _ = (path, objects);
-        todo!()
+    // The signature is part of the API contract other crates build against.
+    #[allow(clippy::type_complexity)]
+    pub fn list(
+        &mut self,
+        path: &[u8],
+        objects: &dyn Objects,
+    ) -> crate::Result<Option<Vec<(Vec<u8>, Entry)>>> {
+        let comps = components(path)?;
+        let found = self.dir_mut(&comps, objects, Walk::Find)?.map(|d| {
+            d.children
+                .iter()
+                .map(|(n, c)| (n.clone(), c.entry()))
+                .collect()
+        });
+        self.flush_pending();
+        Ok(found)
     }
 
     /// Puts `node` at `path`, replacing whatever was there (a whole subtree, nested catalogs
     /// included). Missing parents are created as directories with `parent_meta`.
-    pub fn replace(&mut self, path: &[u8], node: Node, parent_meta: &Entry, objects: &dyn Objects) -> crate::Result<()> {
-        let _ = (path, node, parent_meta, objects);
-        todo!()
+    pub fn replace(
+        &mut self,
+        path: &[u8],
+        node: Node,
+        parent_meta: &Entry,
+        objects: &dyn Objects,
+    ) -> crate::Result<()> {
+        let comps = components(path)?;
+        let new = graft(node, path)?;
+        let Some((last, parents)) = comps.split_last() else {
+            let Child::Dir(mut d) = new else {
+                return Err(path_error(path, "the repository root must be a directory"));
+            };
+            if d.has_marker() {
+                return Err(path_error(
+                    b"/.cvmfscatalog",
+                    "a nested catalog marker in the repository root",
+                ));
+            }
+            // Keep what is known about the stored root catalog: previous_revision and the
+            // counters of its old nested catalogs.
+            d.cat = self.root.cat.take();
+            self.root = *d;
+            return Ok(());
+        };
+        if parents.is_empty() && *last == MARKER {
+            return Err(path_error(
+                path,
+                "a nested catalog marker in the repository root",
+            ));
+        }
+        let mut dir_meta = parent_meta.clone();
+        dir_meta.kind = EntryKind::Directory;
+        dir_meta.hardlink = None;
+        let parent = self
+            .dir_mut(parents, objects, Walk::Create(&dir_meta))?
+            .ok_or_else(|| path_error(path, "parent is not a directory"))?;
+        let mut new = new;
+        let old_hash = match parent.children.get(*last) {
+            Some(Child::Stub(s)) => Some(s.cref.hash),
+            Some(Child::Dir(d)) => d.cat.as_ref().map(|c| c.cref.hash).or(d.prev),
+            _ => None,
+        };
+        if let Child::Dir(d) = &mut new {
+            d.prev = old_hash;
+        }
+        parent.children.insert(last.to_vec(), new);
+        self.flush_pending();
+        Ok(())
     }
 
     /// Removes `path` and everything below it; returns whether it existed.
     pub fn remove(&mut self, path: &[u8], objects: &dyn Objects) -> crate::Result<bool> {
-        let _ = (path, objects);
-        todo!()
+        let comps = components(path)?;
+        let Some((last, parents)) = comps.split_last() else {
+            return Err(path_error(path, "the repository root cannot be removed"));
+        };
+        let exists = self
+            .dir_mut(parents, objects, Walk::Find)?
+            .is_some_and(|d| d.children.contains_key(*last));
+        if !exists {
+            return Ok(false);
+        }
+        if let Some(d) = self.dir_mut(parents, objects, Walk::Mark)? {
+            d.children.remove(*last);
+        }
+        self.flush_pending();
+        Ok(true)
     }
 
     /// Whether anything changed since `empty`/`open`/the last `commit`.
     pub fn is_dirty(&self) -> bool {
-        todo!()
+        self.root.dirty
     }
 
     /// Writes every changed catalog bottom-up through `objects` and returns the new root.
-    pub fn commit(&mut self, opts: &CommitOptions, objects: &dyn Objects) -> crate::Result<CommitReport> {
-        let _ = (opts, objects);
-        todo!()
+    pub fn commit(
+        &mut self,
+        opts: &CommitOptions,
+        objects: &dyn Objects,
+    ) -> crate::Result<CommitReport> {
+        let empty = crate::zlib::compress(b"");
+        objects
+            .store(&crate::hash::EMPTY_OBJECT, Suffix::None, &empty)
+            .map_err(|source| Error::Io {
+                context: format!("storing the empty object {}", crate::hash::EMPTY_OBJECT),
+                source,
+            })?;
+        if opts.apply_dirtab {
+            crate::dirtab::apply(self, opts.timestamp, objects)?;
+        }
+        self.flush_pending();
+        if self.root.has_marker() {
+            return Err(path_error(
+                b"/.cvmfscatalog",
+                "a nested catalog marker in the repository root",
+            ));
+        }
+        if opts.max_entries > 0 {
+            crate::split::autosplit(&mut self.root, opts.max_entries, opts.timestamp);
+        }
+        let ctx = crate::commit::Ctx {
+            opts,
+            objects,
+            known: &self.known,
+        };
+        let built = crate::commit::commit_catalog(&mut self.root, Vec::new(), &ctx)?;
+        clear_dirty(&mut self.root);
+        let total = 1 + built.stats.self_.nested + built.stats.subtree.nested;
+        Ok(CommitReport {
+            root: built.cref,
+            catalogs_written: built.written,
+            catalogs_total: usize::try_from(total).unwrap_or(0),
+        })
+    }
+
+    /// The directory at `comps`, loading nested catalogs on the way.
+    fn dir_mut(
+        &mut self,
+        comps: &[&[u8]],
+        objects: &dyn Objects,
+        walk: Walk<'_>,
+    ) -> Result<Option<&mut DirNode>> {
+        let mark = !matches!(walk, Walk::Find);
+        let mut path = Vec::new();
+        let mut cur = &mut self.root;
+        for comp in comps {
+            if mark {
+                cur.dirty = true;
+            }
+            path.push(b'/');
+            path.extend_from_slice(comp);
+            if let Some(Child::Stub(stub)) = cur.children.get(*comp) {
+                let loaded = node::load(&stub.cref, &path, objects, &mut self.ids)?;
+                if let (Some(cat), Ok(mut known)) = (&loaded.root.cat, self.known.lock()) {
+                    known.insert(cat.cref.hash, cat.stats.totals());
+                }
+                self.pending.extend(loaded.inconsistent);
+                cur.children
+                    .insert(comp.to_vec(), Child::Dir(Box::new(loaded.root)));
+            }
+            if let Walk::Create(meta) = walk {
+                if !cur.children.contains_key(*comp) {
+                    cur.children.insert(
+                        comp.to_vec(),
+                        Child::Dir(Box::new(DirNode::new(meta.clone()))),
+                    );
+                }
+            }
+            cur = match cur.children.get_mut(*comp) {
+                Some(Child::Dir(d)) => d,
+                Some(_) if matches!(walk, Walk::Create(_)) => {
+                    return Err(path_error(&path, "not a directory"));
+                }
+                _ => return Ok(None),
+            };
+        }
+        if mark {
+            cur.dirty = true;
+        }
+        Ok(Some(cur))
+    }
+
+    /// Loaded catalogs whose markers disagree with their stored nesting get rewritten: mark
+    /// their paths dirty once the operation that loaded them is done.
+    fn flush_pending(&mut self) {
+        for p in std::mem::take(&mut self.pending) {
+            self.mark_dirty(&p);
+        }
+    }
+
+    /// Marks the loaded directories on `path` dirty (no loading).
+    pub(crate) fn mark_dirty(&mut self, path: &[u8]) {
+        let Ok(comps) = components(path) else { return };
+        let mut cur = &mut self.root;
+        cur.dirty = true;
+        for comp in comps {
+            cur = match cur.children.get_mut(comp) {
+                Some(Child::Dir(d)) => d,
+                _ => return,
+            };
+            cur.dirty = true;
+        }
+    }
+
+    /// The directory at `path` for in-crate helpers (dirtab), loading on the way.
+    /// Pending marks are flushed by `commit` after the dirtab pass.
+    pub(crate) fn dir_at(
+        &mut self,
+        path: &[u8],
+        objects: &dyn Objects,
+        mark: bool,
+    ) -> Result<Option<&mut DirNode>> {
+        let comps = components(path)?;
+        self.dir_mut(&comps, objects, if mark { Walk::Mark } else { Walk::Find })
+    }
+
+    /// The root directory node.
+    pub(crate) fn root_node(&self) -> &DirNode {
+        &self.root
+    }
+}
+
+/// Converts a source tree into namespace nodes, checking names.
+fn graft(node: Node, path: &[u8]) -> Result<Child> {
+    Ok(match node {
+        Node::Leaf(e) if e.is_dir() => {
+            let mut d = DirNode::new(e);
+            d.meta.hardlink = None;
+            Child::Dir(Box::new(d))
+        }
+        Node::Leaf(e) => Child::Leaf(e),
+        Node::Dir(dir) => {
+            let mut meta = dir.meta;
+            meta.kind = EntryKind::Directory;
+            meta.hardlink = None;
+            let mut d = DirNode::new(meta);
+            for (name, child) in dir.children {
+                if !valid_name(&name) {
+                    return Err(path_error(
+                        path,
+                        format!("invalid entry name {:?}", String::from_utf8_lossy(&name)),
+                    ));
+                }
+                let child_path = crate::pathhash::join(path, &name);
+                d.children.insert(name, graft(child, &child_path)?);
+            }
+            Child::Dir(Box::new(d))
+        }
+    })
+}
+
+fn clear_dirty(dir: &mut DirNode) {
+    if !dir.dirty {
+        return;
+    }
+    dir.dirty = false;
+    for c in dir.children.values_mut() {
+        if let Child::Dir(d) = c {
+            clear_dirty(d);
+        }
     }
 }
