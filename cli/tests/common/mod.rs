@@ -1,0 +1,156 @@
+//! Helpers for the end-to-end tests: a repository in a temporary directory driven through the
+//! real `cvmfs-oci` binary.
+#![allow(dead_code)]
+
+use sha1::{Digest, Sha1};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub const FQRN: &str = "test.cvmfs-oci.local";
+
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub home: PathBuf,
+    pub storage: PathBuf,
+}
+
+impl Env {
+    /// A fresh repository `FQRN`, created with `cvmfs-oci init` and extra init flags.
+    pub fn init(extra: &[&str]) -> Env {
+        let dir = tempfile::Builder::new()
+            .prefix("cvmfs-oci-e2e")
+            .tempdir()
+            .expect("tempdir");
+        let home = dir.path().join("home");
+        let storage = dir.path().join("storage");
+        let env = Env { dir, home, storage };
+        let mut args = vec!["init", FQRN, "--storage"];
+        let storage = env.storage.to_str().expect("utf-8 temp path").to_string();
+        args.push(&storage);
+        args.extend_from_slice(extra);
+        env.ok(&args);
+        env
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_cvmfs-oci"));
+        c.arg("--home").arg(&self.home).args(args);
+        c.env_remove("CVMFS_OCI_CRASH_AT");
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().expect("run cvmfs-oci")
+    }
+
+    /// Runs and asserts success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "cvmfs-oci {args:?} failed:\nstdout: {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs and asserts failure with a one-line error; returns that line.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            !out.status.success(),
+            "cvmfs-oci {args:?} unexpectedly succeeded: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "expected one error line, got: {stderr}");
+        lines[0].to_string()
+    }
+
+    pub fn check(&self, full: bool) {
+        let mut args = vec!["check", FQRN];
+        if full {
+            args.push("--full");
+        }
+        self.ok(&args);
+    }
+
+    pub fn revision(&self) -> u64 {
+        let out = self.ok(&["--json", "info", FQRN]);
+        let v: serde_json::Value = serde_json::from_str(out.lines().last().unwrap_or("{}"))
+            .expect("info --json");
+        v["revision"].as_u64().expect("revision")
+    }
+
+    /// Every file of the storage directory with the SHA-1 of its bytes.
+    pub fn snapshot(&self) -> BTreeMap<PathBuf, String> {
+        snapshot(&self.storage)
+    }
+}
+
+pub fn snapshot(dir: &Path) -> BTreeMap<PathBuf, String> {
+    let mut out = BTreeMap::new();
+    for e in walkdir(dir) {
+        if e.is_file() {
+            let bytes = std::fs::read(&e).expect("read storage file");
+            out.insert(e, hex::encode(Sha1::digest(&bytes)));
+        }
+    }
+    out
+}
+
+fn walkdir(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// Reads the repository through the independent `cvmfs` crate over loopback HTTP and compares
+/// it with the listing of `source` (as if published at `/`, or at `prefix`).
+pub fn assert_matches_source(env: &Env, source: &Path, prefix: &str) {
+    let cache = env.path("witness-cache");
+    std::fs::create_dir_all(&cache).expect("cache dir");
+    let report = fixtures::witness::witness_read_dir(&env.storage, &cache).expect("witness read");
+    let fs = fixtures::tree_listing(source).expect("listing");
+    let fs: BTreeMap<Vec<u8>, fixtures::FsEntry> = fs
+        .into_iter()
+        .map(|(k, v)| {
+            let mut p = prefix.as_bytes().to_vec();
+            if k != b"/" {
+                p.extend_from_slice(&k);
+            } else if p.is_empty() {
+                p.push(b'/');
+            }
+            (p, v)
+        })
+        .collect();
+    let witness: BTreeMap<String, _> = if prefix.is_empty() {
+        report.entries
+    } else {
+        report
+            .entries
+            .into_iter()
+            .filter(|(k, _)| k == prefix || k.starts_with(&format!("{prefix}/")))
+            .collect()
+    };
+    let diffs = fixtures::witness::compare(&fs, &witness);
+    assert!(diffs.is_empty(), "repository differs from {}:\n{}", source.display(), diffs.join("\n"));
+}

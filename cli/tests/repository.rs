@@ -1,0 +1,237 @@
+//! End to end through the binary: publish/ingest a tree, read it back through the independent
+//! `cvmfs` crate, bad inputs, crashes at every publish stage, concurrent publishers.
+
+mod common;
+
+use common::{assert_matches_source, Env, FQRN};
+use std::io::Write;
+use std::process::Stdio;
+
+fn sample(env: &Env) -> std::path::PathBuf {
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).expect("mkdir src");
+    fixtures::write_sample_tree(&src).expect("sample tree");
+    src
+}
+
+/// A tar of `dir` written by GNU tar (an independent writer), as `name`.
+fn gnu_tar(env: &Env, dir: &std::path::Path, name: &str, compress: &str) -> std::path::PathBuf {
+    let out = env.path(name);
+    let status = std::process::Command::new("tar")
+        .arg("--xattrs")
+        .arg("--format=pax")
+        .arg(compress)
+        .arg("-cf")
+        .arg(&out)
+        .arg("-C")
+        .arg(dir)
+        .arg(".")
+        .status()
+        .expect("run tar");
+    assert!(status.success());
+    out
+}
+
+#[test]
+fn publish_reads_back_through_cvmfs_crate() {
+    let env = Env::init(&[]);
+    let src = sample(&env);
+    assert_eq!(env.revision(), 1);
+    env.ok(&["publish", FQRN, src.to_str().unwrap()]);
+    assert_eq!(env.revision(), 2);
+    env.check(true);
+    assert_matches_source(&env, &src, "");
+
+    // Publishing the same tree again changes nothing and publishes no new revision.
+    env.ok(&["publish", FQRN, src.to_str().unwrap()]);
+    assert_eq!(env.revision(), 2);
+}
+
+#[test]
+fn publish_at_subpaths_keeps_the_rest() {
+    let env = Env::init(&[]);
+    let src = sample(&env);
+    env.ok(&["publish", FQRN, src.to_str().unwrap(), "--path", "/sw/a"]);
+    let other = env.path("other");
+    std::fs::create_dir_all(other.join("x")).unwrap();
+    std::fs::write(other.join("x/hello"), b"hello\n").unwrap();
+    env.ok(&["publish", FQRN, other.to_str().unwrap(), "--path", "/sw/b"]);
+    assert_eq!(env.revision(), 3);
+    env.check(true);
+    assert_matches_source(&env, &src, "/sw/a");
+    assert_matches_source(&env, &other, "/sw/b");
+    // The object of "hello\n" carries the name cvmfs gives it.
+    assert!(env
+        .storage
+        .join("data/57/98f7f4ca7585d850eea64610a1f73d8f8de7a3")
+        .exists());
+}
+
+#[test]
+fn ingest_tar_gzip_zstd_and_stdin() {
+    let env = Env::init(&[]);
+    let src = sample(&env);
+    // GNU tar cannot archive sockets ("socket ignored"): compare without it.
+    std::fs::remove_file(src.join("special/socket")).expect("sample tree has a socket");
+    let tgz = gnu_tar(&env, &src, "src.tar.gz", "-z");
+    env.ok(&["ingest", FQRN, tgz.to_str().unwrap(), "--path", "/gz"]);
+    let tzst = gnu_tar(&env, &src, "src.tar.zst", "--zstd");
+    env.ok(&["ingest", FQRN, tzst.to_str().unwrap(), "--path", "/zst"]);
+    let plain = gnu_tar(&env, &src, "src.tar", "--no-auto-compress");
+    let mut child = env
+        .cmd(&["ingest", FQRN, "-", "--path", "/stdin", "--delete", "/gz"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&std::fs::read(&plain).unwrap())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    env.check(true);
+    assert_matches_source(&env, &src, "/zst");
+    assert_matches_source(&env, &src, "/stdin");
+    let cache = env.path("wc");
+    let report = fixtures::witness::witness_read_dir(&env.storage, &cache).unwrap();
+    assert!(!report.entries.contains_key("/gz"), "--delete /gz was not applied");
+}
+
+#[test]
+fn bad_inputs_leave_the_repository_untouched() {
+    let env = Env::init(&[]);
+    let src = sample(&env);
+    env.ok(&["publish", FQRN, src.to_str().unwrap(), "--path", "/base"]);
+    let before = env.snapshot();
+
+    let hostile = env.path("hostile.tar");
+    std::fs::write(&hostile, fixtures::layers::hostile_layer()).unwrap();
+    let line = env.fails(&["ingest", FQRN, hostile.to_str().unwrap()]);
+    assert!(line.contains("hostile.tar"), "{line}");
+
+    let mut good = fixtures::layers::LayerBuilder::new();
+    good.file("a/file", &vec![7u8; 300_000]).file("b", b"x");
+    let tar = good.finish();
+    let gz = fixtures::layers::gzip(&tar);
+    let truncated = env.path("truncated.tar.gz");
+    std::fs::write(&truncated, fixtures::layers::truncate(&gz, gz.len() / 2)).unwrap();
+    let line = env.fails(&["ingest", FQRN, truncated.to_str().unwrap()]);
+    assert!(line.contains("truncated.tar.gz"), "{line}");
+
+    let corrupt = env.path("corrupt.tar.zst");
+    let zst = fixtures::layers::zstd(&tar);
+    std::fs::write(&corrupt, fixtures::layers::corrupt(&zst, zst.len() / 2)).unwrap();
+    let line = env.fails(&["ingest", FQRN, corrupt.to_str().unwrap()]);
+    assert!(line.contains("corrupt.tar.zst"), "{line}");
+
+    let cut_tar = env.path("cut.tar");
+    std::fs::write(&cut_tar, &tar[..tar.len() / 3]).unwrap();
+    env.fails(&["ingest", FQRN, cut_tar.to_str().unwrap()]);
+
+    let missing = env.path("does-not-exist");
+    let line = env.fails(&["publish", FQRN, missing.to_str().unwrap()]);
+    assert!(line.contains("does-not-exist"), "{line}");
+
+    let line = env.fails(&["publish", FQRN, src.to_str().unwrap(), "--path", "/a/../../etc"]);
+    assert!(line.contains("--path"), "{line}");
+
+    let line = env.fails(&["publish", "no.such.repo", src.to_str().unwrap()]);
+    assert!(line.contains("no.such.repo"), "{line}");
+
+    assert_eq!(before, env.snapshot(), "storage changed after bad inputs");
+    env.check(true);
+}
+
+#[test]
+fn wrong_key_fails_check() {
+    let env = Env::init(&[]);
+    let other = Env::init(&[]);
+    let key = other
+        .home
+        .join(FQRN)
+        .join("keys")
+        .join(format!("{FQRN}.pub"));
+    let out = env.run(&[
+        "check",
+        FQRN,
+        "--storage",
+        env.storage.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("whitelist"));
+}
+
+#[test]
+fn crash_at_every_stage_keeps_the_last_revision() {
+    let env = Env::init(&[]);
+    let src = sample(&env);
+    env.ok(&["publish", FQRN, src.to_str().unwrap(), "--path", "/first"]);
+    let manifest = std::fs::read(env.storage.join(".cvmfspublished")).unwrap();
+    let second = env.path("second");
+    std::fs::create_dir_all(&second).unwrap();
+    std::fs::write(second.join("f"), b"second revision\n").unwrap();
+    for point in ["after-objects", "after-catalogs", "after-history", "before-manifest"] {
+        let out = env
+            .cmd(&["publish", FQRN, second.to_str().unwrap(), "--path", "/second"])
+            .env("CVMFS_OCI_CRASH_AT", point)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{point}: the publish did not crash");
+        assert_eq!(
+            manifest,
+            std::fs::read(env.storage.join(".cvmfspublished")).unwrap(),
+            "{point}: manifest changed"
+        );
+        env.check(true);
+        assert_eq!(env.revision(), 2, "{point}");
+    }
+    env.ok(&["publish", FQRN, second.to_str().unwrap(), "--path", "/second"]);
+    assert_eq!(env.revision(), 3);
+    env.check(true);
+    assert_matches_source(&env, &second, "/second");
+}
+
+#[test]
+fn concurrent_publishers_serialise() {
+    let env = Env::init(&[]);
+    let mut children = Vec::new();
+    for i in 0..3 {
+        let d = env.path(&format!("c{i}"));
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("data"), format!("publisher {i}\n")).unwrap();
+        let path = format!("/p{i}");
+        children.push(
+            env.cmd(&["publish", FQRN, d.to_str().unwrap(), "--path", &path])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+    }
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    assert_eq!(env.revision(), 4);
+    env.check(true);
+}
+
+#[test]
+fn no_wait_reports_the_lock_holder() {
+    let env = Env::init(&[]);
+    let lock = std::fs::OpenOptions::new()
+        .write(true)
+        .open(env.home.join(FQRN).join("lock"))
+        .unwrap();
+    lock.lock().unwrap();
+    let src = env.path("s");
+    std::fs::create_dir_all(&src).unwrap();
+    let line = env.fails(&["--no-wait", "publish", FQRN, src.to_str().unwrap()]);
+    assert!(line.contains("another process"), "{line}");
+}
