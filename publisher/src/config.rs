@@ -175,6 +175,10 @@ impl RepoHome {
     pub fn content_db_path(&self) -> PathBuf {
         self.state_dir().join("content.db")
     }
+    /// The layer memo (see [`crate::layer_memo`]).
+    pub fn layer_db_path(&self) -> PathBuf {
+        self.state_dir().join("layers.db")
+    }
 }
 
 /// A fully qualified repository name: has a dot, only `[a-z0-9.-]`, no empty labels.

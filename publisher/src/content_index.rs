@@ -111,6 +111,26 @@ impl SqliteContentIndex {
             .map_err(|e| Error::sql(self.path.display().to_string(), e))
     }
 
+    /// Whether some plaintext is recorded as stored in `object` with `suffix` (pending records
+    /// included). Lets `cache seed` skip objects it has indexed before.
+    pub fn has_object(&self, object: &ContentHash, suffix: Suffix) -> Result<bool> {
+        let inner = self.lock();
+        if inner
+            .pending
+            .iter()
+            .any(|r| r.object == *object && r.suffix == suffix)
+        {
+            return Ok(true);
+        }
+        let sql = |e| Error::sql(self.path.display().to_string(), e);
+        let mut stmt = inner
+            .conn
+            .prepare_cached("SELECT 1 FROM content WHERE object = ?1 AND suffix = ?2 LIMIT 1")
+            .map_err(sql)?;
+        stmt.exists(params![&object.0[..], suffix.as_str()])
+            .map_err(sql)
+    }
+
     fn lookup_db(
         inner: &Inner,
         plain: &[u8; 20],

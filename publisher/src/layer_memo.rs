@@ -1,0 +1,833 @@
+//! `LayerMemo`: what each OCI layer contained, keyed by its diff_id (`sha256:…` of the
+//! uncompressed layer tar), in `<home>/<fqrn>/state/layers.db`. With a memo for every layer of
+//! an image, the flattener replays the layers from the memo and downloads no blob at all.
+//!
+//! A memo lists the layer's members in tar order, paths as normalised by the flattener
+//! (`usr/bin/ls`, no leading slash, the layer root is `b""`), with everything needed to replay
+//! them: metadata, symlink targets, devices, whiteouts, opaque markers, hard links, and the
+//! objects holding regular files' bytes. A regular file the flattener skipped (shadowed by a
+//! higher layer) has unknown data (`None`); such a memo is *incomplete* until the data is
+//! filled in by a later conversion that needed it ([`LayerMemo::fill_missing`], or a
+//! [`LayerMemo::put`] that merges).
+//!
+//! Objects may be removed from the store after a memo was written (garbage collection, manual
+//! cleanup): check a memo with [`verify_objects`] (or use [`LayerMemo::get_verified`]) before
+//! trusting it. Local state only, never published, so WAL mode is fine.
+//!
+//! Rows hold one zstd-compressed JSON document per layer; a document of another format version
+//! reads as a miss, so a format change costs one download per layer, never a wrong replay.
+//!
+//! ```
+//! use catalog_writer::entry::FileData;
+//! use catalog_writer::hash::EMPTY_OBJECT;
+//! use publisher::{LayerMemo, MemoEntry, MemoKind, MemoLayer, MemoMeta};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let tmp = tempfile::tempdir()?;
+//! let memo = LayerMemo::open(&tmp.path().join("layers.db"))?;
+//! let meta = MemoMeta { perm: 0o644, uid: 0, gid: 0, mtime: 0, mtime_ns: None, xattrs: Default::default() };
+//! // The flattener skipped `etc/motd` (a higher layer replaces it): its data is unknown.
+//! let layer = MemoLayer::new(vec![
+//!     MemoEntry { path: b"etc/motd".to_vec(), kind: MemoKind::File { meta, size: 0, data: None } },
+//!     MemoEntry { path: b"etc/old".to_vec(), kind: MemoKind::Whiteout },
+//! ]);
+//! let diff_id = "sha256:5f70bf18a086007016e948b04aed3b82103a36bea41755b6cddfaf10ace3c6ef";
+//! memo.put(diff_id, &layer)?;
+//! assert!(!memo.get(diff_id)?.unwrap().is_complete());
+//! // A later conversion needed the file and learnt its object.
+//! memo.fill_missing(diff_id, b"etc/motd", FileData::Whole(EMPTY_OBJECT))?;
+//! assert!(memo.get(diff_id)?.unwrap().is_complete());
+//! # Ok(()) }
+//! ```
+
+use crate::error::{Error, Result};
+use crate::store::ObjectStore;
+use catalog_writer::entry::{Chunk, Entry, EntryKind, FileData, Xattrs};
+use catalog_writer::hash::{ContentHash, Suffix};
+use rayon::prelude::*;
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Version of the JSON document in `layers.entries`.
+const FORMAT: u32 = 1;
+/// zstd level: rows are written once per layer and read often; level 3 is fast both ways.
+const ZSTD_LEVEL: i32 = 3;
+/// Upper bound for an inflated row, so a corrupt row cannot exhaust memory.
+const MAX_DOC_BYTES: u64 = 1 << 30;
+
+/// Metadata of one member, everything of an [`Entry`] except its kind and hardlink id (hard
+/// links are members of their own, [`MemoKind::Hardlink`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemoMeta {
+    pub perm: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime: i64,
+    pub mtime_ns: Option<u32>,
+    pub xattrs: Xattrs,
+}
+
+impl MemoMeta {
+    /// The metadata of `entry`.
+    pub fn of(entry: &Entry) -> MemoMeta {
+        MemoMeta {
+            perm: entry.perm,
+            uid: entry.uid,
+            gid: entry.gid,
+            mtime: entry.mtime,
+            mtime_ns: entry.mtime_ns,
+            xattrs: entry.xattrs.clone(),
+        }
+    }
+
+    /// An entry of `kind` with this metadata and no hardlink id.
+    pub fn to_entry(&self, kind: EntryKind) -> Entry {
+        Entry {
+            kind,
+            perm: self.perm,
+            uid: self.uid,
+            gid: self.gid,
+            mtime: self.mtime,
+            mtime_ns: self.mtime_ns,
+            xattrs: self.xattrs.clone(),
+            hardlink: None,
+        }
+    }
+}
+
+/// What one layer member is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MemoKind {
+    Directory(MemoMeta),
+    /// A regular file of `size` bytes; `data` is `None` when the flattener skipped its bytes.
+    File {
+        meta: MemoMeta,
+        size: u64,
+        data: Option<FileData>,
+    },
+    Symlink {
+        meta: MemoMeta,
+        target: Vec<u8>,
+    },
+    /// `rdev` in glibc `makedev` encoding.
+    CharDevice {
+        meta: MemoMeta,
+        rdev: u64,
+    },
+    BlockDevice {
+        meta: MemoMeta,
+        rdev: u64,
+    },
+    Fifo(MemoMeta),
+    Socket(MemoMeta),
+    /// `.wh.NAME`: the entry's path is the path removed from lower layers (`dir/NAME`).
+    Whiteout,
+    /// `.wh..wh..opq`: the entry's path is the directory whose lower-layer children are hidden.
+    Opaque,
+    /// Tar hard link to `target`, a normalised path of this layer (earlier member) or of a
+    /// lower layer.
+    Hardlink {
+        target: Vec<u8>,
+    },
+}
+
+impl MemoKind {
+    /// The memo form of `entry`; regular files keep their (known) data.
+    pub fn from_entry(entry: &Entry) -> MemoKind {
+        let meta = MemoMeta::of(entry);
+        match &entry.kind {
+            EntryKind::Directory => MemoKind::Directory(meta),
+            EntryKind::File { size, data } => MemoKind::File {
+                meta,
+                size: *size,
+                data: Some(data.clone()),
+            },
+            EntryKind::Symlink { target } => MemoKind::Symlink {
+                meta,
+                target: target.clone(),
+            },
+            EntryKind::CharDevice { rdev } => MemoKind::CharDevice { meta, rdev: *rdev },
+            EntryKind::BlockDevice { rdev } => MemoKind::BlockDevice { meta, rdev: *rdev },
+            EntryKind::Fifo => MemoKind::Fifo(meta),
+            EntryKind::Socket => MemoKind::Socket(meta),
+        }
+    }
+
+    /// The entry this member stands for; `None` for whiteouts, opaque markers, hard links and
+    /// regular files whose data is unknown.
+    pub fn to_entry(&self) -> Option<Entry> {
+        Some(match self {
+            MemoKind::Directory(m) => m.to_entry(EntryKind::Directory),
+            MemoKind::File {
+                meta,
+                size,
+                data: Some(data),
+            } => meta.to_entry(EntryKind::File {
+                size: *size,
+                data: data.clone(),
+            }),
+            MemoKind::Symlink { meta, target } => meta.to_entry(EntryKind::Symlink {
+                target: target.clone(),
+            }),
+            MemoKind::CharDevice { meta, rdev } => {
+                meta.to_entry(EntryKind::CharDevice { rdev: *rdev })
+            }
+            MemoKind::BlockDevice { meta, rdev } => {
+                meta.to_entry(EntryKind::BlockDevice { rdev: *rdev })
+            }
+            MemoKind::Fifo(m) => m.to_entry(EntryKind::Fifo),
+            MemoKind::Socket(m) => m.to_entry(EntryKind::Socket),
+            MemoKind::File { data: None, .. }
+            | MemoKind::Whiteout
+            | MemoKind::Opaque
+            | MemoKind::Hardlink { .. } => return None,
+        })
+    }
+
+    fn is_unknown_file(&self) -> bool {
+        matches!(self, MemoKind::File { data: None, .. })
+    }
+}
+
+/// One member of a layer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemoEntry {
+    /// Path inside the layer as normalised by the flattener, e.g. `b"usr/bin/ls"`.
+    pub path: Vec<u8>,
+    pub kind: MemoKind,
+}
+
+/// A layer's members in tar order (later members win, as in the tar).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MemoLayer {
+    pub entries: Vec<MemoEntry>,
+}
+
+impl MemoLayer {
+    pub fn new(entries: Vec<MemoEntry>) -> MemoLayer {
+        MemoLayer { entries }
+    }
+
+    /// Whether every regular file's data is known.
+    pub fn is_complete(&self) -> bool {
+        self.unknown_files() == 0
+    }
+
+    /// Number of regular files whose data is unknown.
+    pub fn unknown_files(&self) -> usize {
+        self.entries
+            .iter()
+            .filter(|e| e.kind.is_unknown_file())
+            .count()
+    }
+
+    /// Every object the known file data references (`Whole` → no suffix, chunks → `P`).
+    pub fn objects(&self) -> BTreeSet<(ContentHash, Suffix)> {
+        let mut out = BTreeSet::new();
+        for e in &self.entries {
+            match &e.kind {
+                MemoKind::File {
+                    data: Some(FileData::Whole(h)),
+                    ..
+                } => {
+                    out.insert((*h, Suffix::None));
+                }
+                MemoKind::File {
+                    data: Some(FileData::Chunked(chunks)),
+                    ..
+                } => out.extend(chunks.iter().map(|c| (c.hash, Suffix::Partial))),
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// Takes known data from `older` for files unknown here, when both describe the same
+    /// members (same paths, kinds and sizes, in order); returns how many were taken.
+    fn merge_known_from(&mut self, older: &MemoLayer) -> usize {
+        if !same_members(self, older) {
+            return 0;
+        }
+        let mut taken = 0;
+        for (new, old) in self.entries.iter_mut().zip(&older.entries) {
+            if let (
+                MemoKind::File { data: slot, .. },
+                MemoKind::File {
+                    data: Some(known), ..
+                },
+            ) = (&mut new.kind, &old.kind)
+            {
+                if slot.is_none() {
+                    *slot = Some(known.clone());
+                    taken += 1;
+                }
+            }
+        }
+        taken
+    }
+
+    /// Sets the data of the last regular file at `path` if unknown; `Ok(false)` when there is
+    /// no such file or its data is already known.
+    fn fill(&mut self, path: &[u8], data: &FileData, diff_id: &str) -> Result<bool> {
+        let last = self
+            .entries
+            .iter_mut()
+            .rev()
+            .find(|e| e.path == path && matches!(e.kind, MemoKind::File { .. }));
+        let Some(MemoEntry {
+            kind: MemoKind::File {
+                size, data: slot, ..
+            },
+            ..
+        }) = last
+        else {
+            return Ok(false);
+        };
+        if slot.is_some() {
+            return Ok(false);
+        }
+        check_file_data(*size, data).map_err(|why| {
+            Error::Invalid(format!(
+                "layer {diff_id}: {}: {why}",
+                String::from_utf8_lossy(path)
+            ))
+        })?;
+        *slot = Some(data.clone());
+        Ok(true)
+    }
+}
+
+/// Same member list apart from file data.
+fn same_members(a: &MemoLayer, b: &MemoLayer) -> bool {
+    a.entries.len() == b.entries.len()
+        && a.entries.iter().zip(&b.entries).all(|(x, y)| {
+            x.path == y.path
+                && match (&x.kind, &y.kind) {
+                    (
+                        MemoKind::File {
+                            meta: m1, size: s1, ..
+                        },
+                        MemoKind::File {
+                            meta: m2, size: s2, ..
+                        },
+                    ) => m1 == m2 && s1 == s2,
+                    (k1, k2) => k1 == k2,
+                }
+        })
+}
+
+/// Chunks must cover `size` bytes contiguously from offset 0.
+fn check_file_data(size: u64, data: &FileData) -> std::result::Result<(), String> {
+    let FileData::Chunked(chunks) = data else {
+        return Ok(());
+    };
+    let mut next = 0u64;
+    for c in chunks {
+        if c.offset != next {
+            return Err(format!(
+                "chunk at offset {} where {next} was expected",
+                c.offset
+            ));
+        }
+        next = next.saturating_add(c.size);
+    }
+    if next != size {
+        return Err(format!("chunks cover {next} bytes of a {size}-byte file"));
+    }
+    Ok(())
+}
+
+/// Whether every object `layer` references is still in `store` (an error counts as missing).
+/// Use before trusting a memo: objects removed since it was written would make it lie.
+pub fn verify_objects(layer: &MemoLayer, store: &dyn ObjectStore) -> bool {
+    let objects: Vec<_> = layer.objects().into_iter().collect();
+    // Remote stores answer `contains` with a round trip each: ask in parallel.
+    objects
+        .par_iter()
+        .all(|(h, s)| store.contains(h, *s).unwrap_or(false))
+}
+
+/// One row of the memo, without its entries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemoSummary {
+    pub diff_id: String,
+    /// Unix seconds of the first `put`.
+    pub created: i64,
+    pub complete: bool,
+    /// Size of the compressed row.
+    pub stored_bytes: u64,
+}
+
+/// The layer memo database (thread-safe; several processes may share the file).
+pub struct LayerMemo {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+}
+
+impl LayerMemo {
+    /// Opens or creates the memo database at `path`.
+    pub fn open(path: &Path) -> Result<LayerMemo> {
+        let what = path.display().to_string();
+        let sql = |e| Error::sql(what.as_str(), e);
+        let conn = Connection::open(path).map_err(sql)?;
+        // Two conversions of images sharing layers may write at the same time.
+        conn.busy_timeout(Duration::from_secs(30)).map_err(sql)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+             CREATE TABLE IF NOT EXISTS layers ( \
+               diff_id TEXT PRIMARY KEY, entries BLOB NOT NULL, \
+               created INTEGER NOT NULL, complete INTEGER NOT NULL);",
+        )
+        .map_err(sql)?;
+        Ok(LayerMemo {
+            path: path.to_path_buf(),
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // The connection holds no Rust-side invariants a panic could break.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn sql_err(&self, diff_id: &str, e: rusqlite::Error) -> Error {
+        Error::sql(format!("{} (layer {diff_id})", self.path.display()), e)
+    }
+
+    /// The memo of layer `diff_id`, if any. Not checked against the store: see
+    /// [`LayerMemo::get_verified`].
+    pub fn get(&self, diff_id: &str) -> Result<Option<MemoLayer>> {
+        let conn = self.lock();
+        self.read_row(&conn, diff_id)
+    }
+
+    /// Like [`LayerMemo::get`], but a memo referencing an object missing from `store` is
+    /// forgotten and reported as absent.
+    pub fn get_verified(
+        &self,
+        diff_id: &str,
+        store: &dyn ObjectStore,
+    ) -> Result<Option<MemoLayer>> {
+        let Some(layer) = self.get(diff_id)? else {
+            return Ok(None);
+        };
+        if verify_objects(&layer, store) {
+            return Ok(Some(layer));
+        }
+        self.forget(diff_id)?;
+        Ok(None)
+    }
+
+    /// Stores the memo of layer `diff_id`. When a memo of the same members exists, file data
+    /// known there but unknown in `layer` is kept (a memo only ever gains data).
+    pub fn put(&self, diff_id: &str, layer: &MemoLayer) -> Result<()> {
+        check_diff_id(diff_id)?;
+        for e in &layer.entries {
+            if let MemoKind::File {
+                size,
+                data: Some(d),
+                ..
+            } = &e.kind
+            {
+                check_file_data(*size, d).map_err(|why| {
+                    Error::Invalid(format!(
+                        "layer {diff_id}: {}: {why}",
+                        String::from_utf8_lossy(&e.path)
+                    ))
+                })?;
+            }
+        }
+        self.update(diff_id, |old| {
+            let mut new = layer.clone();
+            if let Some(old) = old {
+                new.merge_known_from(&old);
+            }
+            Ok(Some(new))
+        })
+        .map(|_| ())
+    }
+
+    /// Records the data of the regular file at `path` (its last member there) if it was
+    /// unknown. Returns whether the memo changed.
+    pub fn fill_missing(&self, diff_id: &str, path: &[u8], data: FileData) -> Result<bool> {
+        Ok(self.fill_missing_many(diff_id, &[(path.to_vec(), data)])? == 1)
+    }
+
+    /// [`LayerMemo::fill_missing`] for many files in one write; returns how many were filled.
+    /// Nothing is filled when there is no memo for `diff_id`.
+    pub fn fill_missing_many(&self, diff_id: &str, fills: &[(Vec<u8>, FileData)]) -> Result<usize> {
+        let mut filled = 0;
+        self.update(diff_id, |old| {
+            let Some(mut layer) = old else {
+                return Ok(None);
+            };
+            for (path, data) in fills {
+                if layer.fill(path, data, diff_id)? {
+                    filled += 1;
+                }
+            }
+            Ok((filled > 0).then_some(layer))
+        })?;
+        Ok(filled)
+    }
+
+    /// Removes the memo of layer `diff_id`; returns whether there was one.
+    pub fn forget(&self, diff_id: &str) -> Result<bool> {
+        let conn = self.lock();
+        conn.execute("DELETE FROM layers WHERE diff_id = ?1", [diff_id])
+            .map(|n| n > 0)
+            .map_err(|e| self.sql_err(diff_id, e))
+    }
+
+    /// Every memo row, by diff_id.
+    pub fn list(&self) -> Result<Vec<MemoSummary>> {
+        let conn = self.lock();
+        let what = self.path.display().to_string();
+        let sql = |e| Error::sql(what.as_str(), e);
+        let mut stmt = conn
+            .prepare(
+                "SELECT diff_id, created, complete, length(entries) FROM layers ORDER BY diff_id",
+            )
+            .map_err(sql)?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(MemoSummary {
+                    diff_id: r.get(0)?,
+                    created: r.get(1)?,
+                    complete: r.get::<_, i64>(2)? != 0,
+                    stored_bytes: u64::try_from(r.get::<_, i64>(3)?).unwrap_or(0),
+                })
+            })
+            .map_err(sql)?;
+        rows.collect::<rusqlite::Result<_>>().map_err(sql)
+    }
+
+    fn read_row(&self, conn: &Connection, diff_id: &str) -> Result<Option<MemoLayer>> {
+        let blob: Option<Vec<u8>> = conn
+            .query_row(
+                "SELECT entries FROM layers WHERE diff_id = ?1",
+                [diff_id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.sql_err(diff_id, e))?;
+        match blob {
+            Some(b) => decode(&b).map_err(|why| {
+                Error::corrupt(
+                    format!("{} layer {diff_id}", self.path.display()),
+                    format!("{why} (remove it with `forget`)"),
+                )
+            }),
+            None => Ok(None),
+        }
+    }
+
+    /// Read-modify-write of one row in an immediate transaction, so concurrent writers (other
+    /// processes) cannot lose each other's data. `f` returns the new memo, `None` = unchanged.
+    fn update(
+        &self,
+        diff_id: &str,
+        f: impl FnOnce(Option<MemoLayer>) -> Result<Option<MemoLayer>>,
+    ) -> Result<bool> {
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| self.sql_err(diff_id, e))?;
+        // An unreadable old row is simply replaced.
+        let old = self.read_row(&tx, diff_id).unwrap_or(None);
+        let Some(new) = f(old)? else {
+            return Ok(false);
+        };
+        let blob = encode(&new)
+            .map_err(|why| Error::Invalid(format!("layer {diff_id}: cannot encode memo: {why}")))?;
+        tx.execute(
+            "INSERT INTO layers (diff_id, entries, created, complete) VALUES (?1, ?2, ?3, ?4) \
+             ON CONFLICT (diff_id) DO UPDATE SET entries = excluded.entries, \
+             complete = excluded.complete",
+            params![diff_id, blob, crate::repo::now_unix(), new.is_complete()],
+        )
+        .map_err(|e| self.sql_err(diff_id, e))?;
+        tx.commit().map_err(|e| self.sql_err(diff_id, e))?;
+        Ok(true)
+    }
+}
+
+/// `algorithm:hex`, e.g. `sha256:9f86…`.
+fn check_diff_id(diff_id: &str) -> Result<()> {
+    let ok = diff_id.split_once(':').is_some_and(|(algo, hex)| {
+        !algo.is_empty()
+            && algo
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            && !hex.is_empty()
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!(
+            "invalid layer diff_id {diff_id:?}: expected e.g. sha256:<lowercase hex>"
+        )))
+    }
+}
+
+// ---- serialised form -------------------------------------------------------------------
+
+/// A byte string: JSON text when it is UTF-8 (nearly always), else an array of bytes.
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum Bytes {
+    Text(String),
+    Raw(Vec<u8>),
+}
+
+impl Bytes {
+    fn of(b: &[u8]) -> Bytes {
+        match std::str::from_utf8(b) {
+            Ok(s) => Bytes::Text(s.to_string()),
+            Err(_) => Bytes::Raw(b.to_vec()),
+        }
+    }
+    fn into_vec(self) -> Vec<u8> {
+        match self {
+            Bytes::Text(s) => s.into_bytes(),
+            Bytes::Raw(v) => v,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Doc {
+    v: u32,
+    entries: Vec<SEntry>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SEntry {
+    path: Bytes,
+    kind: SKind,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SMeta {
+    perm: u32,
+    uid: u32,
+    gid: u32,
+    mtime: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ns: Option<u32>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    xattrs: Vec<(Bytes, Bytes)>,
+}
+
+#[derive(Serialize, Deserialize)]
+enum SData {
+    /// Object hash (hex).
+    Whole(String),
+    /// (offset, size, `P` object hash).
+    Chunked(Vec<(u64, u64, String)>),
+}
+
+#[derive(Serialize, Deserialize)]
+enum SKind {
+    Dir(SMeta),
+    File {
+        meta: SMeta,
+        size: u64,
+        data: Option<SData>,
+    },
+    Symlink {
+        meta: SMeta,
+        target: Bytes,
+    },
+    Char {
+        meta: SMeta,
+        rdev: u64,
+    },
+    Block {
+        meta: SMeta,
+        rdev: u64,
+    },
+    Fifo(SMeta),
+    Socket(SMeta),
+    Whiteout,
+    Opaque,
+    Hardlink {
+        target: Bytes,
+    },
+}
+
+fn smeta(m: &MemoMeta) -> SMeta {
+    SMeta {
+        perm: m.perm,
+        uid: m.uid,
+        gid: m.gid,
+        mtime: m.mtime,
+        ns: m.mtime_ns,
+        xattrs: m
+            .xattrs
+            .iter()
+            .map(|(k, v)| (Bytes::of(k), Bytes::of(v)))
+            .collect(),
+    }
+}
+
+fn meta_of(m: SMeta) -> MemoMeta {
+    MemoMeta {
+        perm: m.perm,
+        uid: m.uid,
+        gid: m.gid,
+        mtime: m.mtime,
+        mtime_ns: m.ns,
+        xattrs: m
+            .xattrs
+            .into_iter()
+            .map(|(k, v)| (k.into_vec(), v.into_vec()))
+            .collect(),
+    }
+}
+
+fn sdata(d: &FileData) -> SData {
+    match d {
+        FileData::Whole(h) => SData::Whole(h.to_hex()),
+        FileData::Chunked(cs) => SData::Chunked(
+            cs.iter()
+                .map(|c| (c.offset, c.size, c.hash.to_hex()))
+                .collect(),
+        ),
+    }
+}
+
+fn hash_of(text: &str) -> std::result::Result<ContentHash, String> {
+    ContentHash::from_hex(text).ok_or_else(|| format!("invalid object hash {text:?}"))
+}
+
+fn data_of(d: SData) -> std::result::Result<FileData, String> {
+    Ok(match d {
+        SData::Whole(h) => FileData::Whole(hash_of(&h)?),
+        SData::Chunked(cs) => FileData::Chunked(
+            cs.into_iter()
+                .map(|(offset, size, h)| {
+                    Ok(Chunk {
+                        offset,
+                        size,
+                        hash: hash_of(&h)?,
+                    })
+                })
+                .collect::<std::result::Result<_, String>>()?,
+        ),
+    })
+}
+
+fn skind(k: &MemoKind) -> SKind {
+    match k {
+        MemoKind::Directory(m) => SKind::Dir(smeta(m)),
+        MemoKind::File { meta, size, data } => SKind::File {
+            meta: smeta(meta),
+            size: *size,
+            data: data.as_ref().map(sdata),
+        },
+        MemoKind::Symlink { meta, target } => SKind::Symlink {
+            meta: smeta(meta),
+            target: Bytes::of(target),
+        },
+        MemoKind::CharDevice { meta, rdev } => SKind::Char {
+            meta: smeta(meta),
+            rdev: *rdev,
+        },
+        MemoKind::BlockDevice { meta, rdev } => SKind::Block {
+            meta: smeta(meta),
+            rdev: *rdev,
+        },
+        MemoKind::Fifo(m) => SKind::Fifo(smeta(m)),
+        MemoKind::Socket(m) => SKind::Socket(smeta(m)),
+        MemoKind::Whiteout => SKind::Whiteout,
+        MemoKind::Opaque => SKind::Opaque,
+        MemoKind::Hardlink { target } => SKind::Hardlink {
+            target: Bytes::of(target),
+        },
+    }
+}
+
+fn kind_of(k: SKind) -> std::result::Result<MemoKind, String> {
+    Ok(match k {
+        SKind::Dir(m) => MemoKind::Directory(meta_of(m)),
+        SKind::File { meta, size, data } => MemoKind::File {
+            meta: meta_of(meta),
+            size,
+            data: data.map(data_of).transpose()?,
+        },
+        SKind::Symlink { meta, target } => MemoKind::Symlink {
+            meta: meta_of(meta),
+            target: target.into_vec(),
+        },
+        SKind::Char { meta, rdev } => MemoKind::CharDevice {
+            meta: meta_of(meta),
+            rdev,
+        },
+        SKind::Block { meta, rdev } => MemoKind::BlockDevice {
+            meta: meta_of(meta),
+            rdev,
+        },
+        SKind::Fifo(m) => MemoKind::Fifo(meta_of(m)),
+        SKind::Socket(m) => MemoKind::Socket(meta_of(m)),
+        SKind::Whiteout => MemoKind::Whiteout,
+        SKind::Opaque => MemoKind::Opaque,
+        SKind::Hardlink { target } => MemoKind::Hardlink {
+            target: target.into_vec(),
+        },
+    })
+}
+
+fn encode(layer: &MemoLayer) -> std::result::Result<Vec<u8>, String> {
+    let doc = Doc {
+        v: FORMAT,
+        entries: layer
+            .entries
+            .iter()
+            .map(|e| SEntry {
+                path: Bytes::of(&e.path),
+                kind: skind(&e.kind),
+            })
+            .collect(),
+    };
+    let json = serde_json::to_vec(&doc).map_err(|e| e.to_string())?;
+    zstd::bulk::compress(&json, ZSTD_LEVEL).map_err(|e| e.to_string())
+}
+
+/// `Ok(None)` for a document of another format version.
+fn decode(blob: &[u8]) -> std::result::Result<Option<MemoLayer>, String> {
+    use std::io::Read;
+    let mut json = Vec::new();
+    zstd::stream::read::Decoder::new(blob)
+        .and_then(|d| d.take(MAX_DOC_BYTES + 1).read_to_end(&mut json))
+        .map_err(|e| format!("zstd: {e}"))?;
+    if json.len() as u64 > MAX_DOC_BYTES {
+        return Err(format!("inflates to more than {MAX_DOC_BYTES} bytes"));
+    }
+    #[derive(Deserialize)]
+    struct Version {
+        v: u32,
+    }
+    let version: Version = serde_json::from_slice(&json).map_err(|e| format!("json: {e}"))?;
+    if version.v != FORMAT {
+        return Ok(None);
+    }
+    let doc: Doc = serde_json::from_slice(&json).map_err(|e| format!("json: {e}"))?;
+    let entries = doc
+        .entries
+        .into_iter()
+        .map(|e| {
+            Ok(MemoEntry {
+                path: e.path.into_vec(),
+                kind: kind_of(e.kind)?,
+            })
+        })
+        .collect::<std::result::Result<_, String>>()?;
+    Ok(Some(MemoLayer { entries }))
+}
