@@ -3,7 +3,8 @@
 use crate::entry::Entry;
 use crate::hash::{ContentHash, Suffix};
 use crate::namespace::{CatalogRef, CommitOptions, Objects};
-use crate::node::{load_totals, CatInfo, Child, DirNode};
+use crate::fingerprint::Fingerprint;
+use crate::node::{fetch_db, load_totals, CatInfo, Child, DirNode};
 use crate::pathhash::{display, join, parent_path, PathHash};
 use crate::rows::{dir_row, leaf_row, DirRole};
 use crate::sql::{self, CatalogDb, ChunkRow, Counts, NestedRow, Row, Statistics};
@@ -33,8 +34,15 @@ pub struct Built {
 type Kid = (Vec<u8>, CatalogRef, Option<Counts>);
 
 /// Writes the catalog rooted at `dir` (mounted at `path`) if it is dirty, after its dirty
-/// nested catalogs (siblings in parallel).
-pub fn commit_catalog(dir: &mut DirNode, path: Vec<u8>, ctx: &Ctx<'_>) -> Result<Built> {
+/// nested catalogs (siblings in parallel). `hint` is the catalog the parent's previous version
+/// had mounted at `path`, for directories that carry no previous catalog themselves (they
+/// were grafted below a replaced directory).
+pub fn commit_catalog(
+    dir: &mut DirNode,
+    path: Vec<u8>,
+    hint: Option<CatalogRef>,
+    ctx: &Ctx<'_>,
+) -> Result<Built> {
     if !dir.dirty {
         if let Some(cat) = &dir.cat {
             return Ok(Built {
@@ -44,11 +52,19 @@ pub fn commit_catalog(dir: &mut DirNode, path: Vec<u8>, ctx: &Ctx<'_>) -> Result
             });
         }
     }
+    let old = previous_version(dir, &path, hint, ctx);
+    let old_kids: HashMap<&[u8], CatalogRef> = old
+        .iter()
+        .flat_map(|o| o.children.iter().map(|(p, c)| (p.as_slice(), *c)))
+        .collect();
     let mut kids = Vec::new();
     collect_kids(dir, &path, &mut kids);
     let built: Vec<(Vec<u8>, Built)> = kids
         .into_par_iter()
-        .map(|(p, d)| commit_catalog(d, p.clone(), ctx).map(|b| (p, b)))
+        .map(|(p, d)| {
+            let hint = old_kids.get(p.as_slice()).copied();
+            commit_catalog(d, p.clone(), hint, ctx).map(|b| (p, b))
+        })
         .collect::<Result<_>>()?;
     let written_below: usize = built.iter().map(|(_, b)| b.written).sum();
     let built: HashMap<Vec<u8>, Built> = built.into_iter().collect();
@@ -68,7 +84,7 @@ pub fn commit_catalog(dir: &mut DirNode, path: Vec<u8>, ctx: &Ctx<'_>) -> Result
         self_: region.counts,
         subtree,
     };
-    let previous = dir.cat.as_ref().map(|c| c.cref.hash).or(dir.prev);
+    let previous = old.as_ref().map(|o| o.cref.hash);
     let db = CatalogDb {
         properties: properties(ctx.opts, &path, previous),
         rows: region.rows,
@@ -78,36 +94,67 @@ pub fn commit_catalog(dir: &mut DirNode, path: Vec<u8>, ctx: &Ctx<'_>) -> Result
         statistics: stats.pairs().into_iter().collect(),
         has_mtimens: true,
     };
-    let raw = sql::write(&db, &display(&path))?;
-    let packed = crate::zlib::compress(&raw);
-    let hash = ContentHash::of(&packed);
-    ctx.objects
-        .store(&hash, Suffix::Catalog, &packed)
-        .map_err(|source| Error::Io {
-            context: format!("storing catalog {hash} for {}", display(&path)),
-            source,
-        })?;
-    let cref = CatalogRef {
-        hash,
-        size: raw.len() as u64,
+    let content = Fingerprint::of(&db);
+    let children: Vec<(Vec<u8>, CatalogRef)> = region
+        .kids
+        .iter()
+        .map(|(p, c, _)| (p.clone(), *c))
+        .collect();
+    let (cref, written) = match old.filter(|o| o.content == content) {
+        // It would say exactly what the stored catalog says: keep that one, so the parent's
+        // `nested_catalogs` row (and with it the parent) stays the same too.
+        Some(o) => (o.cref, written_below),
+        None => (store(&db, &path, ctx)?, written_below + 1),
     };
     if let Ok(mut known) = ctx.known.lock() {
-        known.insert(hash, stats.totals());
+        known.insert(cref.hash, stats.totals());
     }
     dir.cat = Some(Box::new(CatInfo {
         cref,
         stats,
-        children: region
-            .kids
-            .iter()
-            .map(|(p, c, _)| (p.clone(), *c))
-            .collect(),
+        children,
+        content,
     }));
     dir.prev = None;
     Ok(Built {
         cref,
         stats,
-        written: written_below + 1,
+        written,
+    })
+}
+
+/// The stored catalog this one replaces: the one loaded or last written here, else the one
+/// that was at this path before a `replace`, else the one the parent had mounted here.
+fn previous_version(
+    dir: &DirNode,
+    path: &[u8],
+    hint: Option<CatalogRef>,
+    ctx: &Ctx<'_>,
+) -> Option<CatInfo> {
+    if let Some(cat) = &dir.cat {
+        return Some(CatInfo::clone(cat));
+    }
+    let cref = dir.prev.or(hint)?;
+    // Only used to recognise unchanged content and for `previous_revision`: an old catalog
+    // that cannot be read any more just means the new one is written.
+    let db = fetch_db(&cref, path, ctx.objects).ok()?;
+    CatInfo::of_db(&cref, &db).ok()
+}
+
+/// Writes `db` as a catalog object and returns its reference.
+fn store(db: &CatalogDb, path: &[u8], ctx: &Ctx<'_>) -> Result<CatalogRef> {
+    let raw = sql::write(db, &display(path))?;
+    let packed = crate::zlib::compress(&raw);
+    let hash = ContentHash::of(&packed);
+    ctx.objects
+        .store(&hash, Suffix::Catalog, &packed)
+        .map_err(|source| Error::Io {
+            context: format!("storing catalog {hash} for {}", display(path)),
+            source,
+        })?;
+    Ok(CatalogRef {
+        hash,
+        size: raw.len() as u64,
     })
 }
 

@@ -99,7 +99,7 @@ pub fn glob_match(pattern: &[u8], text: &[u8], span: bool) -> bool {
 }
 
 /// Reads `/.cvmfsdirtab` (if any) and adds `.cvmfscatalog` markers where its rules say.
-pub fn apply(ns: &mut Namespace, ts: i64, objects: &dyn Objects) -> Result<()> {
+pub fn apply(ns: &mut Namespace, objects: &dyn Objects) -> Result<()> {
     let Some(Child::Leaf(entry)) = ns.root_node().children.get(DIRTAB) else {
         return Ok(());
     };
@@ -138,7 +138,7 @@ pub fn apply(ns: &mut Namespace, ts: i64, objects: &dyn Objects) -> Result<()> {
             continue;
         }
         if let Some(dir) = ns.dir_at(&path, objects, true)? {
-            let marker = marker_entry(&dir.meta, ts);
+            let marker = marker_entry(&dir.meta);
             dir.children.insert(MARKER.to_vec(), Child::Leaf(marker));
         }
     }

@@ -52,6 +52,7 @@ mod commit;
 pub mod dirtab;
 pub mod entry;
 mod error;
+mod fingerprint;
 pub mod hash;
 pub mod namespace;
 mod node;

@@ -50,8 +50,14 @@ pub struct CommitOptions {
 #[derive(Clone, Debug)]
 pub struct CommitReport {
     pub root: CatalogRef,
+    /// Catalogs stored by this commit (catalogs whose content came out the same as the stored
+    /// version are kept, not rewritten, and not counted).
     pub catalogs_written: usize,
     pub catalogs_total: usize,
+    /// Whether `root` differs from the root catalog the namespace was opened at (or last
+    /// committed); `false` means the repository says exactly what it said before. Always
+    /// `true` for the first commit of [`Namespace::empty`].
+    pub changed: bool,
 }
 
 /// The repository namespace.
@@ -215,13 +221,13 @@ impl Namespace {
             .dir_mut(parents, objects, Walk::Create(&dir_meta))?
             .ok_or_else(|| path_error(path, "parent is not a directory"))?;
         let mut new = new;
-        let old_hash = match parent.children.get(*last) {
-            Some(Child::Stub(s)) => Some(s.cref.hash),
-            Some(Child::Dir(d)) => d.cat.as_ref().map(|c| c.cref.hash).or(d.prev),
+        let old = match parent.children.get(*last) {
+            Some(Child::Stub(s)) => Some(s.cref),
+            Some(Child::Dir(d)) => d.cat.as_ref().map(|c| c.cref).or(d.prev),
             _ => None,
         };
         if let Child::Dir(d) = &mut new {
-            d.prev = old_hash;
+            d.prev = old;
         }
         parent.children.insert(last.to_vec(), new);
         self.flush_pending();
@@ -252,7 +258,11 @@ impl Namespace {
         self.root.dirty
     }
 
-    /// Writes every changed catalog bottom-up through `objects` and returns the new root.
+    /// Writes every changed catalog bottom-up through `objects` and returns the new root. A
+    /// changed catalog whose new content (every row, chunk, nested catalog reference and
+    /// counter; not `revision`, `last_modified`, `previous_revision`) equals its stored
+    /// version is kept as it is, so an identical tree grafted again yields the same root and
+    /// [`CommitReport::changed`] `false`.
     pub fn commit(
         &mut self,
         opts: &CommitOptions,
@@ -266,7 +276,7 @@ impl Namespace {
                 source,
             })?;
         if opts.apply_dirtab {
-            crate::dirtab::apply(self, opts.timestamp, objects)?;
+            crate::dirtab::apply(self, objects)?;
         }
         self.flush_pending();
         if self.root.has_marker() {
@@ -276,20 +286,22 @@ impl Namespace {
             ));
         }
         if opts.max_entries > 0 {
-            crate::split::autosplit(&mut self.root, opts.max_entries, opts.timestamp);
+            crate::split::autosplit(&mut self.root, opts.max_entries);
         }
         let ctx = crate::commit::Ctx {
             opts,
             objects,
             known: &self.known,
         };
-        let built = crate::commit::commit_catalog(&mut self.root, Vec::new(), &ctx)?;
+        let before = self.root.cat.as_ref().map(|c| c.cref);
+        let built = crate::commit::commit_catalog(&mut self.root, Vec::new(), None, &ctx)?;
         clear_dirty(&mut self.root);
         let total = 1 + built.stats.self_.nested + built.stats.subtree.nested;
         Ok(CommitReport {
             root: built.cref,
             catalogs_written: built.written,
             catalogs_total: usize::try_from(total).unwrap_or(0),
+            changed: before != Some(built.cref),
         })
     }
 

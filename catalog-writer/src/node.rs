@@ -1,6 +1,7 @@
 //! The namespace's in-memory tree and loading catalogs into it.
 
 use crate::entry::{Entry, EntryKind};
+use crate::fingerprint::Fingerprint;
 use crate::hash::{ContentHash, Suffix};
 use crate::namespace::{CatalogRef, Objects};
 use crate::pathhash::{display, join, PathHash};
@@ -27,8 +28,9 @@ pub struct DirNode {
     pub dirty: bool,
     /// Set on the root directory of a catalog that was loaded or written.
     pub cat: Option<Box<CatInfo>>,
-    /// Hash of a catalog that previously lived at this path (for `previous_revision`).
-    pub prev: Option<ContentHash>,
+    /// A catalog that previously lived at this path (for `previous_revision`, and to keep it
+    /// when the rewrite would say the same).
+    pub prev: Option<CatalogRef>,
 }
 
 /// One child of a directory.
@@ -54,6 +56,25 @@ pub struct CatInfo {
     pub stats: Statistics,
     /// Its direct nested catalogs as stored: (mountpoint path, reference).
     pub children: Vec<(Vec<u8>, CatalogRef)>,
+    /// What it says (see [`Fingerprint`]).
+    pub content: Fingerprint,
+}
+
+impl CatInfo {
+    /// What is known about the stored catalog `cref` once its file `db` is read.
+    pub fn of_db(cref: &CatalogRef, db: &sql::CatalogDb) -> Result<CatInfo> {
+        let children = db
+            .nested
+            .iter()
+            .map(|n| Ok((n.path.clone(), nested_ref(cref, n)?)))
+            .collect::<Result<_>>()?;
+        Ok(CatInfo {
+            cref: *cref,
+            stats: stats_of(db, cref)?,
+            children,
+            content: Fingerprint::of(db),
+        })
+    }
 }
 
 impl DirNode {
@@ -187,14 +208,8 @@ pub fn load(
     ids: &mut LinkIds,
 ) -> Result<Loaded> {
     let db = fetch_db(cref, prefix, objects)?;
-    let stats = stats_of(&db, cref)?;
-    let mut nested = HashMap::new();
-    let mut children = Vec::new();
-    for n in &db.nested {
-        let r = nested_ref(cref, n)?;
-        nested.insert(n.path.clone(), r);
-        children.push((n.path.clone(), r));
-    }
+    let info = CatInfo::of_db(cref, &db)?;
+    let nested: HashMap<Vec<u8>, CatalogRef> = info.children.iter().cloned().collect();
     let root_hash = PathHash::of(prefix);
     let root_row = db
         .rows
@@ -230,11 +245,7 @@ pub fn load(
         b.inconsistent.push(prefix.to_vec());
     }
     root.dirty = false;
-    root.cat = Some(Box::new(CatInfo {
-        cref: *cref,
-        stats,
-        children,
-    }));
+    root.cat = Some(Box::new(info));
     Ok(Loaded {
         root,
         inconsistent: b.inconsistent,

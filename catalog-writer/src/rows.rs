@@ -214,8 +214,10 @@ pub fn row_entry(row: &Row, path: &[u8], chunks: &[ChunkRow]) -> Result<Entry> {
     })
 }
 
-/// The empty regular file cvmfs uses as `.cvmfscatalog` / `.cvmfsautocatalog` marker.
-pub fn marker_entry(dir: &Entry, mtime: i64) -> Entry {
+/// The empty regular file cvmfs uses as `.cvmfscatalog` / `.cvmfsautocatalog` marker. It takes
+/// the directory's mtime (cvmfs uses the current time): a marker made again for the same tree
+/// must come out the same, or republishing identical content would make a new revision.
+pub fn marker_entry(dir: &Entry) -> Entry {
     Entry {
         kind: EntryKind::File {
             size: 0,
@@ -224,7 +226,7 @@ pub fn marker_entry(dir: &Entry, mtime: i64) -> Entry {
         perm: 0o664,
         uid: dir.uid,
         gid: dir.gid,
-        mtime,
+        mtime: dir.mtime,
         mtime_ns: None,
         xattrs: Default::default(),
         hardlink: None,

@@ -5,7 +5,7 @@ use crate::node::{Child, DirNode, AUTO_MARKER, MARKER};
 use crate::rows::marker_entry;
 
 /// Splits the dirty catalog rooted at `root` and, recursively, the dirty catalogs below it.
-pub fn autosplit(root: &mut DirNode, max: u64, ts: i64) {
+pub fn autosplit(root: &mut DirNode, max: u64) {
     if !root.dirty {
         return;
     }
@@ -17,20 +17,20 @@ pub fn autosplit(root: &mut DirNode, max: u64, ts: i64) {
             break;
         }
         let Some((names, below)) = best else { break };
-        if below == 0 || !mark_catalog(root, &names, ts) {
+        if below == 0 || !mark_catalog(root, &names) {
             break;
         }
     }
-    split_below(root, max, ts);
+    split_below(root, max);
 }
 
-fn split_below(dir: &mut DirNode, max: u64, ts: i64) {
+fn split_below(dir: &mut DirNode, max: u64) {
     for child in dir.children.values_mut() {
         if let Child::Dir(d) = child {
             if d.has_marker() {
-                autosplit(d, max, ts);
+                autosplit(d, max);
             } else if d.dirty {
-                split_below(d, max, ts);
+                split_below(d, max);
             }
         }
     }
@@ -61,7 +61,7 @@ fn survey(
 }
 
 /// Adds `.cvmfscatalog` and `.cvmfsautocatalog` to the directory at `names` below `root`.
-fn mark_catalog(root: &mut DirNode, names: &[Vec<u8>], ts: i64) -> bool {
+fn mark_catalog(root: &mut DirNode, names: &[Vec<u8>]) -> bool {
     let mut cur = root;
     for n in names {
         cur.dirty = true;
@@ -71,7 +71,7 @@ fn mark_catalog(root: &mut DirNode, names: &[Vec<u8>], ts: i64) -> bool {
         };
     }
     cur.dirty = true;
-    let marker = marker_entry(&cur.meta, ts);
+    let marker = marker_entry(&cur.meta);
     cur.children
         .insert(MARKER.to_vec(), Child::Leaf(marker.clone()));
     cur.children

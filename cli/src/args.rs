@@ -3,7 +3,7 @@
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
-#[derive(Parser, Debug)]
+#[derive(Parser)]
 #[command(
     name = "cvmfs-oci",
     version,
@@ -16,7 +16,7 @@ pub struct Cli {
     pub command: Command,
 }
 
-#[derive(Args, Debug, Clone)]
+#[derive(Args, Clone)]
 pub struct Global {
     /// Holds each repository's config, keys (unless --keys), lock and local state.
     /// Default: $CVMFS_OCI_HOME, else /var/lib/cvmfs-oci for root, else ~/.local/share/cvmfs-oci.
@@ -33,7 +33,7 @@ pub struct Global {
     pub no_wait: bool,
 }
 
-#[derive(Subcommand, Debug)]
+#[derive(Subcommand)]
 pub enum Command {
     /// Create a repository: storage, keys, whitelist, empty root catalog, history, manifest.
     Init(InitArgs),
@@ -51,18 +51,21 @@ pub enum Command {
     Convert(ConvertArgs),
     /// Convert what a DUCC wishlist (YAML) lists and is new or changed.
     Sync(SyncArgs),
+    /// Publisher caches (content index, layer memo).
+    #[command(subcommand)]
+    Cache(CacheCommand),
     /// Run the bundled demo: create a repository in a temporary directory, publish a sample
     /// tree, check it and print how to mount it.
     Demo(DemoArgs),
 }
 
-#[derive(Args, Debug)]
+#[derive(Args)]
 pub struct FqrnArg {
     /// Fully qualified repository name, e.g. sw.example.org
     pub fqrn: String,
 }
 
-#[derive(Args, Debug)]
+#[derive(Args)]
 pub struct InitArgs {
     pub fqrn: String,
     /// Stratum-0 storage directory (what an HTTP server serves).
@@ -85,7 +88,7 @@ pub struct InitArgs {
     pub no_chunking: bool,
 }
 
-#[derive(Args, Debug, Clone)]
+#[derive(Args, Clone)]
 pub struct TuningArgs {
     /// Do not cut large files into chunks.
     #[arg(long)]
@@ -98,7 +101,7 @@ pub struct TuningArgs {
     pub memory_mib: Option<usize>,
 }
 
-#[derive(Args, Debug)]
+#[derive(Args)]
 pub struct PublishArgs {
     pub fqrn: String,
     pub source: PathBuf,
@@ -109,7 +112,7 @@ pub struct PublishArgs {
     pub tuning: TuningArgs,
 }
 
-#[derive(Args, Debug)]
+#[derive(Args)]
 pub struct IngestArgs {
     pub fqrn: String,
     /// Tar file, or `-` for standard input.
@@ -123,7 +126,7 @@ pub struct IngestArgs {
     pub tuning: TuningArgs,
 }
 
-#[derive(Args, Debug)]
+#[derive(Args)]
 pub struct CheckArgs {
     /// Repository name; with --storage it names the repository to check there.
     pub fqrn: String,
@@ -138,14 +141,14 @@ pub struct CheckArgs {
     pub key: Vec<PathBuf>,
 }
 
-#[derive(Args, Debug)]
+#[derive(Args)]
 pub struct ResignArgs {
     pub fqrn: String,
     #[arg(long, default_value_t = 30)]
     pub days: u32,
 }
 
-#[derive(Args, Debug, Clone)]
+#[derive(Args, Clone)]
 pub struct RegistryArgs {
     /// Registry credentials USER:PASS (else Docker config / REGISTRY_AUTH_FILE).
     #[arg(long, env = "CVMFS_OCI_CREDS", hide_env_values = true)]
@@ -155,7 +158,7 @@ pub struct RegistryArgs {
     pub insecure_registry: Vec<String>,
 }
 
-#[derive(Args, Debug)]
+#[derive(Args)]
 pub struct ConvertArgs {
     pub fqrn: String,
     /// docker://REGISTRY/REPO[:TAG|@DIGEST], oci:DIR[:TAG] or docker-archive:FILE
@@ -173,7 +176,7 @@ pub struct ConvertArgs {
     pub tuning: TuningArgs,
 }
 
-#[derive(Args, Debug)]
+#[derive(Args)]
 pub struct SyncArgs {
     pub fqrn: String,
     pub recipe: PathBuf,
@@ -186,9 +189,18 @@ pub struct SyncArgs {
     pub tuning: TuningArgs,
 }
 
-#[derive(Args, Debug)]
+#[derive(Args)]
 pub struct DemoArgs {
     /// Keep the demo repository in this directory instead of a temporary one.
     #[arg(long)]
     pub dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+pub enum CacheCommand {
+    /// Fill the plaintext content index from the objects of the current revision, so content
+    /// the repository already holds is never compressed again.
+    Seed(FqrnArg),
+    /// Show what the content index and the layer memo hold.
+    Stats(FqrnArg),
 }

@@ -26,6 +26,8 @@ pub fn run(cli: Cli, out: Output) -> Result<i32> {
         Command::Info(a) => info(&home, &a.fqrn, out),
         Command::Convert(a) => convert::convert(&home, &g, &a, out),
         Command::Sync(a) => convert::sync(&home, &g, &a, out),
+        Command::Cache(CacheCommand::Seed(a)) => cache_seed(&home, &a.fqrn, out),
+        Command::Cache(CacheCommand::Stats(a)) => cache_stats(&home, &a.fqrn, out),
         Command::Demo(a) => crate::demo::run(&a, out),
     }
 }
@@ -97,7 +99,7 @@ pub fn pipeline_config(repo: &Repository, t: &TuningArgs) -> Result<ingest::pipe
     Ok(cfg)
 }
 
-fn open_repo(home: &Path, fqrn: &str) -> Result<Repository> {
+pub(crate) fn open_repo(home: &Path, fqrn: &str) -> Result<Repository> {
     Repository::open(home, fqrn).with_context(|| format!("repository {fqrn}"))
 }
 
@@ -105,7 +107,7 @@ fn open_repo(home: &Path, fqrn: &str) -> Result<Repository> {
 fn graft_and_commit(
     mut txn: publisher::Transaction,
     path: &[u8],
-    tree: Dir,
+    mut tree: Dir,
     deletes: &[Vec<u8>],
     what: &str,
     started: Instant,
@@ -113,6 +115,7 @@ fn graft_and_commit(
     out: Output,
 ) -> Result<i32> {
     let now = unix_now();
+    sanitize_xattrs(&mut tree, &mut path.to_vec(), out);
     {
         let (ns, objects) = txn.namespace_and_objects();
         for d in deletes {
@@ -169,7 +172,7 @@ pub fn unix_now() -> i64 {
         .unwrap_or(0)
 }
 
-fn new_pipeline(
+pub(crate) fn new_pipeline(
     repo: &Repository,
     txn: &publisher::Transaction,
     t: &TuningArgs,
@@ -322,4 +325,75 @@ pub fn info(home: &Path, fqrn: &str, out: Output) -> Result<i32> {
         ),
     );
     Ok(0)
+}
+
+pub fn cache_seed(home: &Path, fqrn: &str, out: Output) -> Result<i32> {
+    let repo = open_repo(home, fqrn)?;
+    let started = Instant::now();
+    let bar = out.progress(format!("{fqrn}: seeding content index"), None);
+    let stats = publisher::seed_repository(&repo, &mut |p| {
+        bar.set_length(p.objects_total);
+        bar.set_position(p.objects_done);
+    })?;
+    bar.finish_and_clear();
+    for p in &stats.problems {
+        out.event(p, event_json("problem", json!({"fqrn": fqrn, "problem": p})));
+    }
+    out.event(
+        &format!(
+            "{fqrn}: content index seeded: {} objects in {} catalogs, {} recorded, {} already indexed, {:.1} MB inflated, {:.2} s",
+            stats.objects, stats.catalogs, stats.recorded, stats.already_indexed,
+            stats.plain_bytes as f64 / 1e6, started.elapsed().as_secs_f64()
+        ),
+        event_json(
+            "cache-seed",
+            json!({"fqrn": fqrn, "objects": stats.objects, "catalogs": stats.catalogs,
+                   "recorded": stats.recorded, "already_indexed": stats.already_indexed,
+                   "plain_bytes": stats.plain_bytes, "problems": stats.problems.len()}),
+        ),
+    );
+    Ok(if stats.problems.is_empty() { 0 } else { 1 })
+}
+
+pub fn cache_stats(home: &Path, fqrn: &str, out: Output) -> Result<i32> {
+    let repo = open_repo(home, fqrn)?;
+    let layers = repo.layer_memo()?.list()?;
+    let complete = layers.iter().filter(|l| l.complete).count();
+    out.event(
+        &format!("{fqrn}: layer memo: {} layers ({complete} complete)", layers.len()),
+        event_json("cache-stats", json!({"fqrn": fqrn, "layers": layers.len(), "complete": complete})),
+    );
+    Ok(0)
+}
+
+/// Drops extended attributes CVMFS cannot represent (values over 255 bytes and the like),
+/// warning once per attribute, so one odd file does not fail a whole publish.
+pub fn sanitize_xattrs(dir: &mut Dir, path: &mut Vec<u8>, out: Output) -> usize {
+    let mut dropped = warn_dropped(&mut dir.meta.xattrs, path, out);
+    for (name, node) in dir.children.iter_mut() {
+        let len = path.len();
+        path.push(b'/');
+        path.extend_from_slice(name);
+        dropped += match node {
+            Node::Dir(d) => sanitize_xattrs(d, path, out),
+            Node::Leaf(e) => warn_dropped(&mut e.xattrs, path, out),
+        };
+        path.truncate(len);
+    }
+    dropped
+}
+
+fn warn_dropped(x: &mut catalog_writer::entry::Xattrs, path: &[u8], out: Output) -> usize {
+    if x.is_empty() {
+        return 0;
+    }
+    let reasons = catalog_writer::xattr::retain_representable(x);
+    for r in &reasons {
+        let p = String::from_utf8_lossy(path);
+        eprintln!("cvmfs-oci: warning: {p}: {r}");
+        if out.json {
+            out.event("", event_json("warning", json!({"path": p, "warning": r})));
+        }
+    }
+    reasons.len()
 }

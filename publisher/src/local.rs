@@ -15,7 +15,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub struct LocalStore {
     root: PathBuf,
     counter: AtomicU64,
+    /// Start of this instance's scratch file names: `tmp.<pid>.` (or with a scope, see
+    /// [`LocalStore::scoped`], so one transaction's leftovers can be told apart).
+    temp_prefix: String,
 }
+
+/// Numbers the scopes handed out by [`LocalStore::scoped`] within this process.
+static SCOPES: AtomicU64 = AtomicU64::new(0);
 
 impl LocalStore {
     /// Creates `dir` (if needed) with `data/00`..`data/ff` and `data/txn`, and nothing else.
@@ -42,7 +48,70 @@ impl LocalStore {
         Ok(LocalStore {
             root: dir.to_path_buf(),
             counter: AtomicU64::new(0),
+            temp_prefix: format!("tmp.{}.", std::process::id()),
         })
+    }
+
+    /// Another handle on the same storage whose scratch files carry a name prefix no other
+    /// handle uses (`tmp.<pid>.s<n>-`), so [`LocalStore::remove_temps`] finds only its own.
+    pub fn scoped(&self) -> LocalStore {
+        let n = SCOPES.fetch_add(1, Ordering::Relaxed);
+        LocalStore {
+            root: self.root.clone(),
+            counter: AtomicU64::new(0),
+            temp_prefix: format!("tmp.{}.s{n}-", std::process::id()),
+        }
+    }
+
+    /// Like [`ObjectStore::put`], and tells whether this call created the object (`false`:
+    /// it existed already, or a concurrent writer stored it first).
+    pub fn put_new(&self, hash: &ContentHash, suffix: Suffix, bytes: &[u8]) -> io::Result<bool> {
+        let dest = self.object_path(hash, suffix);
+        if self.contains(hash, suffix)? {
+            return Ok(false);
+        }
+        let tmp = self
+            .write_temp(&hash.to_hex(), bytes, false)
+            .map_err(|e| with_path(&dest, e))?;
+        let moved = rename_noreplace(&tmp, &dest);
+        // After a hard-link fallback, or when another writer won the race, the temp remains.
+        if !matches!(moved, Ok(true)) || tmp.exists() {
+            let _ = fs::remove_file(&tmp);
+        }
+        moved.map_err(|e| with_path(&dest, e))
+    }
+
+    /// Deletes an object file; one that is already gone is fine.
+    pub fn remove_object(&self, hash: &ContentHash, suffix: Suffix) -> io::Result<()> {
+        let path = self.object_path(hash, suffix);
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(with_path(&path, e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Deletes this handle's scratch files left in `data/txn`; returns how many there were.
+    /// Only meaningful for a [`scoped`](LocalStore::scoped) handle: the plain prefix also
+    /// matches the scratch files of every other handle of this process.
+    pub fn remove_temps(&self) -> io::Result<usize> {
+        let dir = self.root.join("data/txn");
+        let mut removed = 0;
+        for entry in fs::read_dir(&dir).map_err(|e| with_path(&dir, e))? {
+            let entry = entry.map_err(|e| with_path(&dir, e))?;
+            if !entry
+                .file_name()
+                .as_bytes()
+                .starts_with(self.temp_prefix.as_bytes())
+            {
+                continue;
+            }
+            match fs::remove_file(entry.path()) {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(with_path(&entry.path(), e)),
+            }
+        }
+        Ok(removed)
     }
 
     /// The storage directory.
@@ -68,12 +137,12 @@ impl LocalStore {
         Ok(())
     }
 
-    /// A fresh scratch file name in `data/txn` (unique per process and call).
+    /// A fresh scratch file name in `data/txn` (unique per process, handle and call).
     fn temp_path(&self, tag: &str) -> PathBuf {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         self.root
             .join("data/txn")
-            .join(format!("tmp.{}.{}.{}", std::process::id(), n, tag))
+            .join(format!("{}{n}.{tag}", self.temp_prefix))
     }
 
     /// Writes `bytes` to a new scratch file with mode 0644; `durable` adds an fsync.
@@ -146,19 +215,7 @@ impl ObjectStore for LocalStore {
     }
 
     fn put(&self, hash: &ContentHash, suffix: Suffix, bytes: &[u8]) -> io::Result<()> {
-        let dest = self.object_path(hash, suffix);
-        if self.contains(hash, suffix)? {
-            return Ok(());
-        }
-        let tmp = self
-            .write_temp(&hash.to_hex(), bytes, false)
-            .map_err(|e| with_path(&dest, e))?;
-        let moved = rename_noreplace(&tmp, &dest);
-        // After a hard-link fallback, or when another writer won the race, the temp remains.
-        if !matches!(moved, Ok(true)) || tmp.exists() {
-            let _ = fs::remove_file(&tmp);
-        }
-        moved.map(|_| ()).map_err(|e| with_path(&dest, e))
+        self.put_new(hash, suffix, bytes).map(|_| ())
     }
 
     fn get(&self, hash: &ContentHash, suffix: Suffix) -> io::Result<Vec<u8>> {
@@ -189,5 +246,36 @@ impl ObjectStore for LocalStore {
 
     fn describe(&self) -> String {
         self.root.display().to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remove_temps_takes_only_the_scopes_own_scratch_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = LocalStore::create(dir.path()).unwrap();
+        let scoped = base.scoped();
+        let other = base.scoped();
+        let mine = scoped.write_temp("x", b"1", false).unwrap();
+        let theirs = other.write_temp("x", b"2", false).unwrap();
+        let plain = base.write_temp("x", b"3", false).unwrap();
+        assert_eq!(scoped.remove_temps().unwrap(), 1);
+        assert!(!mine.exists() && theirs.exists() && plain.exists());
+        assert_eq!(scoped.remove_temps().unwrap(), 0);
+    }
+
+    #[test]
+    fn put_new_tells_who_created_the_object() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::create(dir.path()).unwrap();
+        let h = ContentHash::of(b"z");
+        assert!(store.put_new(&h, Suffix::None, b"z").unwrap());
+        assert!(!store.put_new(&h, Suffix::None, b"z").unwrap());
+        store.remove_object(&h, Suffix::None).unwrap();
+        assert!(!store.contains(&h, Suffix::None).unwrap());
+        store.remove_object(&h, Suffix::None).unwrap();
     }
 }

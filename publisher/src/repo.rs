@@ -6,6 +6,7 @@ use crate::config::{validate_fqrn, Chunking, Config, RepoHome};
 use crate::content_index::SqliteContentIndex;
 use crate::error::{Error, Result};
 use crate::history::History;
+use crate::layer_memo::LayerMemo;
 use crate::local::LocalStore;
 use crate::reflog::{RefKind, Reflog};
 use crate::store::{root_files, ObjectStore, StoreObjects};
@@ -167,6 +168,12 @@ impl Repository {
         SqliteContentIndex::open(&self.home.content_db_path())
     }
 
+    /// The layer memo in `state/layers.db`.
+    pub fn layer_memo(&self) -> Result<LayerMemo> {
+        create_dir(&self.home.state_dir())?;
+        LayerMemo::open(&self.home.layer_db_path())
+    }
+
     /// Starts a transaction (see [`Transaction`]); `wait` blocks on a busy lock.
     pub fn begin(&self, wait: bool) -> Result<Transaction> {
         Transaction::begin(self, wait)
@@ -312,6 +319,7 @@ fn publish_first_revision(
     )?;
     publish_revision(&PublishInput {
         store,
+        objects: store,
         keys,
         config,
         root: commit.root,
@@ -412,7 +420,10 @@ fn write_whitelist(
 
 /// Everything needed to finish a revision once its catalogs are stored.
 pub(crate) struct PublishInput<'a> {
+    /// Root files, `syncfs` and the compare-and-swap.
     pub store: &'a LocalStore,
+    /// Where the certificate and history objects go (a transaction's tracking store).
+    pub objects: &'a dyn ObjectStore,
     pub keys: &'a signer::RepoKeys,
     pub config: &'a Config,
     pub root: CatalogRef,
@@ -434,7 +445,7 @@ pub(crate) fn publish_revision(p: &PublishInput<'_>) -> Result<signer::Manifest>
         .map_err(|e| Error::signature("repository certificate", e))?;
     let cert_obj = catalog_writer::zlib::compress(pem.as_ref());
     let cert = ContentHash::of(&cert_obj);
-    store
+    p.objects
         .put(&cert, Suffix::Certificate, &cert_obj)
         .map_err(|e| Error::io(format!("certificate object {cert}"), e))?;
 
@@ -443,14 +454,14 @@ pub(crate) fn publish_revision(p: &PublishInput<'_>) -> Result<signer::Manifest>
         None => None,
     };
     let mut history = match &old_history {
-        Some(h) => History::load(store, h)?,
+        Some(h) => History::load(p.objects, h)?,
         None => History::create(fqrn)?,
     };
     if let Some(h) = &old_history {
         history.set_previous_revision(h)?;
     }
     history.advance_trunk(p.root.hash, p.revision, p.timestamp, p.root.size)?;
-    let history = history.store(store)?;
+    let history = history.store(p.objects)?;
     fault_point("after-history");
 
     // The reflog is prepared in memory (its hash goes into Y) but written only right before

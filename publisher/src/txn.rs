@@ -1,5 +1,14 @@
 //! `Transaction`: one publish. Holds the repository lock, the verified base manifest and the
 //! namespace being changed; `commit` writes catalogs and replaces the manifest last.
+//!
+//! A transaction that is dropped or aborted, or whose commit fails before the manifest is
+//! replaced, deletes the objects it created, so the storage is left byte for byte as it was; see [`tracked`] for why that is safe and its one caveat. A killed
+//! process cannot clean up: its objects stay, unreferenced, which is harmless.
+
+mod tracked;
+
+pub use tracked::RollBack;
+use tracked::TrackedStore;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -64,16 +73,27 @@ pub struct Published {
     pub history: ContentHash,
 }
 
-/// An open publish. Dropping it without `commit` leaves the published repository untouched
-/// (objects already written are unreferenced and harmless).
+/// An open publish. Dropping it without a successful `commit` leaves the storage as it was:
+/// the objects stored through it are deleted again (see the module documentation).
 pub struct Transaction {
     config: Config,
-    store: Arc<LocalStore>,
+    store: Arc<TrackedStore>,
     keys: signer::RepoKeys,
     base_bytes: Vec<u8>,
     base: signer::Manifest,
     namespace: Namespace,
+    /// The objects created belong to a published revision (or may): never roll back.
+    settled: bool,
     _lock: File,
+}
+
+impl Drop for Transaction {
+    fn drop(&mut self) {
+        if !self.settled {
+            // Best effort: a failed deletion leaves an unreferenced object, which is allowed.
+            self.store.roll_back();
+        }
+    }
 }
 
 impl Transaction {
@@ -87,6 +107,7 @@ impl Transaction {
             .map_err(|e| Error::io(store.describe(), e))?
             .ok_or_else(|| Error::Invalid(format!("{}: no .cvmfspublished", store.describe())))?;
         let base = verify_published(store.as_ref(), &base_bytes, &config.fqrn, &keys)?;
+        let store = Arc::new(TrackedStore::new(&store));
         let root = CatalogRef {
             hash: ContentHash::from_hex(&base.root_catalog).ok_or_else(|| {
                 Error::corrupt(
@@ -104,6 +125,7 @@ impl Transaction {
             base_bytes,
             base,
             namespace,
+            settled: false,
             _lock: lock,
         })
     }
@@ -125,7 +147,9 @@ impl Transaction {
         &mut self.namespace
     }
 
-    /// The object store, for the ingest pipeline (`Arc<dyn ObjectStore>`).
+    /// The object store, for the ingest pipeline (`Arc<dyn ObjectStore>`). It records the
+    /// objects it creates; once the transaction ends without publishing they are deleted and
+    /// further `put`s fail.
     pub fn objects(&self) -> Arc<dyn ObjectStore> {
         self.store.clone()
     }
@@ -135,12 +159,48 @@ impl Transaction {
         (&mut self.namespace, StoreObjects(self.store.as_ref()))
     }
 
-    /// Publishes the changes as revision `S + 1` (or nothing if the namespace is unchanged).
+    /// Ends the transaction without publishing: deletes the objects it created and its
+    /// scratch files (what dropping it does, with a report).
+    pub fn abort(mut self) -> RollBack {
+        self.settled = true;
+        self.store.roll_back()
+    }
+
+    /// Publishes the changes as revision `S + 1`, or nothing when the catalogs come out the
+    /// same as the published ones ([`CommitOutcome::Unchanged`]: the manifest is not touched).
+    /// Both are successes and keep the objects stored through [`Transaction::objects`]: with
+    /// unchanged catalogs every referenced object existed already, unless the storage had
+    /// lost some and this transaction stored them again, a repair that must stay. When
+    /// `commit` fails the objects are deleted unless the manifest moved (see below).
     pub fn commit(mut self, settings: &CommitSettings) -> Result<CommitOutcome> {
+        let result = self.publish(settings);
+        let keep = match &result {
+            Ok(_) => true,
+            // A manifest that is no longer the base one may be ours (a failure after the
+            // rename) or another publisher's: either may reference what we stored.
+            Err(_) => self.manifest_moved(),
+        };
+        if keep {
+            self.store.forget();
+            self.settled = true;
+        }
+        // Otherwise `Drop` rolls back.
+        result
+    }
+
+    /// Whether `.cvmfspublished` differs from the bytes this transaction started from (or
+    /// cannot be read, in which case assume it does).
+    fn manifest_moved(&self) -> bool {
+        let local = self.store.local();
+        !matches!(local.get_root_file(root_files::MANIFEST), Ok(Some(b)) if b == self.base_bytes)
+    }
+
+    fn publish(&mut self, settings: &CommitSettings) -> Result<CommitOutcome> {
+        let unchanged = CommitOutcome::Unchanged {
+            revision: self.base.revision,
+        };
         if !self.namespace.is_dirty() {
-            return Ok(CommitOutcome::Unchanged {
-                revision: self.base.revision,
-            });
+            return Ok(unchanged);
         }
         let revision = self.base.revision + 1;
         let timestamp = settings
@@ -157,9 +217,14 @@ impl Transaction {
             },
             &StoreObjects(self.store.as_ref()),
         )?;
+        // The namespace was opened at the base manifest's `C`: unchanged means the same root.
+        if !report.changed {
+            return Ok(unchanged);
+        }
         fault_point("after-catalogs");
         let manifest = publish_revision(&PublishInput {
-            store: &self.store,
+            store: self.store.local(),
+            objects: self.store.as_ref(),
             keys: &self.keys,
             config: &self.config,
             root: report.root,

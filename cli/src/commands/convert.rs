@@ -1,14 +1,347 @@
-//! `convert` and `sync`: container images into the DUCC layout.
+//! `convert` and `sync`: container images into the DUCC layout, all images of one call in one
+//! revision. A failing image is reported and skipped; the exit code says whether all succeeded.
 
-use crate::args::{ConvertArgs, Global, SyncArgs};
-use crate::output::Output;
-use anyhow::{bail, Result};
+use super::{new_pipeline, open_repo, report_outcome, unix_now};
+use crate::args::{ConvertArgs, Global, RegistryArgs, SyncArgs, TuningArgs};
+use crate::output::{event_json, Output};
+use anyhow::{anyhow, Context, Result};
+use catalog_writer::namespace::Namespace;
+use ingest::convert::{self as layout, Status};
+use ingest::image::{
+    open_uncompressed_layer, AuthStore, ImageManifest, ImageRef, ImageSource, Platform,
+    PlatformSelection, RegistryOptions, ResolvedImage, Sources,
+};
+use ingest::pipeline::ObjectPipeline;
+use publisher::{CommitSettings, Repository, StoreObjects, Transaction};
+use serde_json::json;
 use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
 
-pub fn convert(_home: &Path, _g: &Global, _a: &ConvertArgs, _out: Output) -> Result<i32> {
-    bail!("convert: not wired yet")
+/// Counts for the closing summary.
+#[derive(Default)]
+struct Summary {
+    converted: usize,
+    linked: usize,
+    skipped: usize,
+    failed: usize,
+    pruned: usize,
 }
 
-pub fn sync(_home: &Path, _g: &Global, _a: &SyncArgs, _out: Output) -> Result<i32> {
-    bail!("sync: not wired yet")
+pub fn convert(home: &Path, g: &Global, a: &ConvertArgs, out: Output) -> Result<i32> {
+    let selection = selection(a.platform.as_deref(), a.all_platforms)?;
+    let repo = open_repo(home, &a.fqrn)?;
+    let sources = sources(&a.registry)?;
+    let refs: Vec<String> = a.images.clone();
+    run_batch(&repo, g, &sources, &refs, &selection, &a.tuning, None, out)
+}
+
+pub fn sync(home: &Path, g: &Global, a: &SyncArgs, out: Output) -> Result<i32> {
+    let recipe = ingest::image::recipe::Recipe::load(&a.recipe)
+        .with_context(|| format!("recipe {}", a.recipe.display()))?;
+    if !recipe.cvmfs_repo.is_empty() && recipe.cvmfs_repo != a.fqrn {
+        out.say(&format!(
+            "note: recipe names repository {}, converting into {}",
+            recipe.cvmfs_repo, a.fqrn
+        ));
+    }
+    let repo = open_repo(home, &a.fqrn)?;
+    let mut registry = a.registry.clone();
+    for input in recipe.inputs.iter().filter(|i| i.insecure) {
+        registry.insecure_registry.push(input.image.host.clone());
+    }
+    let sources = sources(&registry)?;
+    let mut refs = Vec::new();
+    let mut failed = 0usize;
+    for input in &recipe.inputs {
+        match expand_input(&sources, input) {
+            Ok(mut r) => refs.append(&mut r),
+            Err(e) => {
+                failed += 1;
+                let line = format!("{e:#}");
+                out.event(
+                    &format!("failed: {line}"),
+                    event_json("error", json!({"image": input.text, "error": line})),
+                );
+            }
+        }
+    }
+    let prune_keep: Vec<Vec<u8>> = if a.prune {
+        refs.iter().filter_map(|r| link_of(r)).collect()
+    } else {
+        Vec::new()
+    };
+    let prune = if a.prune { Some(prune_keep) } else { None };
+    let code = run_batch(
+        &repo,
+        g,
+        &sources,
+        &refs,
+        &PlatformSelection::Host,
+        &a.tuning,
+        prune,
+        out,
+    )?;
+    Ok(if failed > 0 { 1 } else { code })
+}
+
+/// Registry references a recipe input stands for (`*` in the tag matched against the tag list).
+fn expand_input(sources: &Sources, input: &ingest::image::recipe::RecipeInput) -> Result<Vec<String>> {
+    if !input.wildcard {
+        return Ok(vec![docker_ref(&input.image)]);
+    }
+    let client = sources.registry()?;
+    let tags = client
+        .list_tags(&input.image)
+        .with_context(|| format!("listing tags of {}", input.text))?;
+    Ok(input.expand(&tags).iter().map(docker_ref).collect())
+}
+
+fn docker_ref(r: &ingest::image::RegistryRef) -> String {
+    let mut s = format!("docker://{}/{}", r.host, r.repository);
+    if let Some(t) = &r.tag {
+        s.push(':');
+        s.push_str(t);
+    }
+    if let Some(d) = &r.digest {
+        s.push('@');
+        s.push_str(&d.to_string());
+    }
+    s
+}
+
+/// The tag link path a reference gets (for --prune).
+fn link_of(reference: &str) -> Option<Vec<u8>> {
+    match ImageRef::parse(reference).ok()? {
+        ImageRef::Registry(r) => Some(layout::link_path(&r.name(), None)),
+        _ => None,
+    }
+}
+
+fn selection(platform: Option<&str>, all: bool) -> Result<PlatformSelection> {
+    Ok(match (platform, all) {
+        (_, true) => PlatformSelection::All,
+        (Some(p), false) => PlatformSelection::One(Platform::parse(p)?),
+        (None, false) => PlatformSelection::Host,
+    })
+}
+
+fn sources(r: &RegistryArgs) -> Result<Sources> {
+    let auth = AuthStore::from_environment(r.creds.as_deref())?;
+    Ok(Sources::new(RegistryOptions {
+        auth,
+        insecure: r.insecure_registry.clone(),
+        ..RegistryOptions::default()
+    }))
+}
+
+/// Converts `refs` into one transaction and commits once.
+#[allow(clippy::too_many_arguments)]
+fn run_batch(
+    repo: &Repository,
+    g: &Global,
+    sources: &Sources,
+    refs: &[String],
+    selection: &PlatformSelection,
+    tuning: &TuningArgs,
+    prune_keep: Option<Vec<Vec<u8>>>,
+    out: Output,
+) -> Result<i32> {
+    let started = Instant::now();
+    let mut txn = repo.begin(!g.no_wait)?;
+    let pipeline = new_pipeline(repo, &txn, tuning)?;
+    let mut summary = Summary::default();
+    let mtime = unix_now();
+    for reference in refs {
+        let t0 = Instant::now();
+        match convert_reference(&mut txn, sources, reference, selection, &pipeline, mtime, out) {
+            Ok(done) => {
+                for (status, name) in done {
+                    let action = match status {
+                        Status::Complete => {
+                            summary.skipped += 1;
+                            "skipped"
+                        }
+                        Status::FlatPresent => {
+                            summary.linked += 1;
+                            "linked"
+                        }
+                        Status::Missing => {
+                            summary.converted += 1;
+                            "converted"
+                        }
+                    };
+                    out.event(
+                        &format!("{action}: {name} ({:.2} s)", t0.elapsed().as_secs_f64()),
+                        event_json(
+                            "image",
+                            json!({"image": name, "result": action, "seconds": t0.elapsed().as_secs_f64()}),
+                        ),
+                    );
+                }
+            }
+            Err(e) => {
+                summary.failed += 1;
+                let line = format!("{e:#}").replace('\n', " ");
+                eprintln!("cvmfs-oci: error: {line}");
+                if out.json {
+                    out.event("", event_json("error", json!({"image": reference, "error": line})));
+                }
+            }
+        }
+    }
+    if let Some(keep) = prune_keep {
+        summary.pruned = prune_links(&mut txn, &keep)?;
+    }
+    let stats = pipeline.finish()?.stats;
+    publisher::fault_point("after-objects");
+    let outcome = txn.commit(&CommitSettings::default())?;
+    let what = format!(
+        "{} image(s): {} converted, {} linked, {} unchanged, {} failed{}",
+        refs.len(),
+        summary.converted,
+        summary.linked,
+        summary.skipped,
+        summary.failed,
+        if summary.pruned > 0 { format!(", {} links pruned", summary.pruned) } else { String::new() }
+    );
+    report_outcome(&what, &outcome, started, &stats, out);
+    Ok(if summary.failed > 0 { 1 } else { 0 })
+}
+
+/// Converts every platform image one reference resolves to; returns what happened to each.
+fn convert_reference(
+    txn: &mut Transaction,
+    sources: &Sources,
+    reference: &str,
+    selection: &PlatformSelection,
+    pipeline: &ObjectPipeline,
+    mtime: i64,
+    out: Output,
+) -> Result<Vec<(Status, String)>> {
+    let image_ref = ImageRef::parse(reference)?;
+    let source: Arc<dyn ImageSource> = Arc::from(sources.open(&image_ref)?);
+    let manifests = source.resolve_manifests(selection)?;
+    let placements = layout::placements(&manifests, selection);
+    let mut done = Vec::new();
+    for (manifest, placement) in manifests.into_iter().zip(placements) {
+        let name = display_name(&manifest);
+        let status = {
+            let (ns, objects) = txn.namespace_and_objects();
+            layout::conversion_status(&placement, &manifest.manifest_bytes, |p| ns.entry(p, &objects))?
+        };
+        if status != Status::Complete {
+            let config = source.fetch_config(&manifest)?;
+            let image = ResolvedImage::new(manifest, config)?;
+            if status == Status::Missing {
+                out.say(&format!("converting {name}: {} layers", image.layers.len()));
+                let mut rootfs = flatten(&source, &image, pipeline)?;
+                super::sanitize_xattrs(&mut rootfs, &mut placement.flat_dir.clone(), out);
+                let graft = layout::flat_graft(&image, rootfs, mtime, pipeline)?;
+                apply(txn, graft)?;
+            }
+            for graft in layout::name_grafts(&image, &placement, mtime, pipeline)? {
+                apply(txn, graft)?;
+            }
+        }
+        done.push((status, name));
+    }
+    Ok(done)
+}
+
+fn display_name(m: &ImageManifest) -> String {
+    match &m.platform {
+        Some(p) if m.from_index => format!("{} [{}]", m.reference, p),
+        _ => m.reference.clone(),
+    }
+}
+
+/// Streams the image's layers (top first, so shadowed content is never compressed).
+fn flatten(
+    source: &Arc<dyn ImageSource>,
+    image: &ResolvedImage,
+    pipeline: &ObjectPipeline,
+) -> Result<catalog_writer::tree::Dir> {
+    let image = Arc::new(image.clone());
+    let layers = (0..image.layers.len())
+        .map(|i| {
+            let source = source.clone();
+            let image = image.clone();
+            let name = format!("image {} layer {}", image.reference, image.layers[i].digest);
+            let err_name = name.clone();
+            ingest::LayerInput {
+                name,
+                open: Box::new(move || {
+                    open_uncompressed_layer(source.as_ref(), &image, i).map_err(|e| ingest::Error::Image {
+                        image: err_name,
+                        msg: e.to_string(),
+                    })
+                }),
+            }
+        })
+        .collect();
+    Ok(ingest::flatten_layers(layers, pipeline)?)
+}
+
+fn apply(txn: &mut Transaction, graft: layout::Graft) -> Result<()> {
+    let (ns, objects) = txn.namespace_and_objects();
+    let parent = layout::parent_meta(unix_now());
+    ns.replace(&graft.path, graft.node, &parent, &objects)
+        .map_err(|e| anyhow!("{}: {e}", String::from_utf8_lossy(&graft.path)))
+}
+
+/// Removes tag links (and their metadata) under registry directories that the recipe no
+/// longer lists. Only symlinks pointing into `/.flat` are touched.
+fn prune_links(txn: &mut Transaction, keep: &[Vec<u8>]) -> Result<usize> {
+    let (ns, objects) = txn.namespace_and_objects();
+    let mut links = Vec::new();
+    collect_flat_links(ns, &objects, b"", &mut links)?;
+    let mut pruned = 0;
+    for link in links {
+        let base = strip_platform_suffix(&link);
+        if keep.iter().any(|k| k == &base) {
+            continue;
+        }
+        ns.remove(&link, &objects)?;
+        let meta = [layout::METADATA_ROOT.as_bytes(), &link].concat();
+        ns.remove(&meta, &objects)?;
+        pruned += 1;
+    }
+    Ok(pruned)
+}
+
+/// `/reg/repo:tag@linux-arm64` → `/reg/repo:tag`.
+fn strip_platform_suffix(link: &[u8]) -> Vec<u8> {
+    let name_start = link.iter().rposition(|&b| b == b'/').map_or(0, |i| i + 1);
+    match link[name_start..].iter().position(|&b| b == b'@') {
+        Some(at) => link[..name_start + at].to_vec(),
+        None => link.to_vec(),
+    }
+}
+
+fn collect_flat_links(
+    ns: &mut Namespace,
+    objects: &StoreObjects<'_>,
+    dir: &[u8],
+    out: &mut Vec<Vec<u8>>,
+) -> Result<()> {
+    let Some(children) = ns.list(dir, objects)? else {
+        return Ok(());
+    };
+    for (name, entry) in children {
+        if dir.is_empty() && name.starts_with(b".") {
+            continue; // /.flat, /.metadata, /.cvmfs*
+        }
+        let path = [dir, b"/", &name].concat();
+        match &entry.kind {
+            catalog_writer::entry::EntryKind::Directory => collect_flat_links(ns, objects, &path, out)?,
+            catalog_writer::entry::EntryKind::Symlink { target } => {
+                if target.windows(6).any(|w| w == b".flat/") {
+                    out.push(path);
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }

@@ -1,0 +1,390 @@
+//! The four benchmark cases. Each computes its floor first (in this process), then runs the
+//! tool on a fresh repository below the work directory and measures it.
+
+use crate::child::{self, ChildRun};
+use crate::floor::{self, FloorReport};
+use crate::oci::{Image, Layout};
+use crate::{tree, Error};
+use serde::Serialize;
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+const FQRN: &str = "bench.cvmfs-oci.test";
+
+/// Where things are and how to run the tool.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub tool: PathBuf,
+    pub testbed: PathBuf,
+    pub registry: String,
+    pub work: PathBuf,
+    /// Piece size for the floor's compression (0 = whole contents).
+    pub piece: usize,
+    pub small_files: usize,
+}
+
+/// What a case must achieve.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub enum Limit {
+    /// wall ≤ factor × reference (the floor, or case 1's wall for case 2).
+    RatioAtMost(f64),
+    SecondsAtMost(f64),
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Target {
+    pub limit: Limit,
+    pub rss_mib: Option<u64>,
+}
+
+impl Target {
+    pub fn describe(&self) -> String {
+        let main = match self.limit {
+            Limit::RatioAtMost(r) if r < 0.5 => format!("<={:.0}% of 1", r * 100.0),
+            Limit::RatioAtMost(r) => format!("<={r:.2}x"),
+            Limit::SecondsAtMost(s) => format!("<={s:.0}s"),
+        };
+        match self.rss_mib {
+            Some(m) => format!("{main},<={m}MiB"),
+            None => main,
+        }
+    }
+}
+
+/// One row of the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct CaseResult {
+    pub case: String,
+    pub title: String,
+    pub wall_s: Option<f64>,
+    /// Uncompressed input: layer tar bytes summed over the converted images, or file bytes.
+    pub input_bytes: u64,
+    /// Regular files of the flattened images (summed), or of the tree.
+    pub files: u64,
+    pub peak_rss_kib: Option<u64>,
+    pub cpu_s: Option<f64>,
+    /// Growth of the storage's data/ during the timed command.
+    pub stored_bytes: Option<u64>,
+    /// What the ratio is taken against: "floor" or "case 1".
+    pub reference: String,
+    pub reference_s: Option<f64>,
+    pub ratio: Option<f64>,
+    pub target: Target,
+    pub pass: Option<bool>,
+    pub error: Option<String>,
+    pub floor: Option<FloorReport>,
+    /// The last `"action":"publish"` event the tool printed.
+    pub tool: Option<Value>,
+    pub run: Option<ChildRun>,
+}
+
+impl CaseResult {
+    fn new(case: &str, title: String, target: Target) -> CaseResult {
+        CaseResult {
+            case: case.to_string(),
+            title,
+            wall_s: None,
+            input_bytes: 0,
+            files: 0,
+            peak_rss_kib: None,
+            cpu_s: None,
+            stored_bytes: None,
+            reference: "floor".to_string(),
+            reference_s: None,
+            ratio: None,
+            target,
+            pass: None,
+            error: None,
+            floor: None,
+            tool: None,
+            run: None,
+        }
+    }
+
+    fn set_floor(&mut self, f: FloorReport) {
+        self.input_bytes = f.input_bytes;
+        self.files = f.files;
+        self.reference_s = Some(f.floor_s);
+        self.floor = Some(f);
+    }
+
+    /// Records a finished tool run and decides PASS/MISS.
+    fn set_run(&mut self, run: ChildRun, stored: u64) {
+        self.wall_s = Some(run.wall_s);
+        self.peak_rss_kib = Some(run.peak_rss_kib);
+        self.cpu_s = Some(run.user_s + run.sys_s);
+        self.stored_bytes = Some(stored);
+        self.tool = last_publish_event(&run.stdout);
+        if let Some(r) = self.reference_s.filter(|r| *r > 0.0) {
+            self.ratio = Some(run.wall_s / r);
+        }
+        let time_ok = match self.target.limit {
+            Limit::RatioAtMost(max) => self.ratio.map(|r| r <= max),
+            Limit::SecondsAtMost(max) => Some(run.wall_s <= max),
+        };
+        let rss_ok = self
+            .target
+            .rss_mib
+            .is_none_or(|m| run.peak_rss_kib <= m * 1024);
+        self.pass = time_ok.map(|t| t && rss_ok);
+        self.run = Some(run);
+    }
+
+    fn failed(mut self, e: impl std::fmt::Display) -> CaseResult {
+        self.error = Some(e.to_string());
+        self.pass = Some(false);
+        self
+    }
+}
+
+/// A repository made for one case.
+#[derive(Debug, Clone)]
+pub struct Repo {
+    pub home: PathBuf,
+    pub storage: PathBuf,
+}
+
+/// The tool's last `"action":"publish"` JSON line.
+pub fn last_publish_event(stdout: &str) -> Option<Value> {
+    stdout
+        .lines()
+        .rev()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["action"] == "publish")
+}
+
+/// Total size of the files below `storage/data` (0 if it does not exist yet).
+pub fn data_bytes(storage: &Path) -> u64 {
+    walkdir::WalkDir::new(storage.join("data"))
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_file())
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// True when `GET /v2/` on the registry answers 200.
+pub fn registry_alive(registry: &str) -> bool {
+    let Ok(addr) = registry.parse::<std::net::SocketAddr>() else {
+        return TcpStream::connect(registry).is_ok();
+    };
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(3)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let req = format!("GET /v2/ HTTP/1.0\r\nHost: {registry}\r\n\r\n");
+    if s.write_all(req.as_bytes()).is_err() {
+        return false;
+    }
+    let mut head = [0u8; 32];
+    let n = s.read(&mut head).unwrap_or(0);
+    String::from_utf8_lossy(&head[..n]).contains(" 200")
+}
+
+fn tail(s: &str, lines: usize) -> String {
+    let v: Vec<&str> = s.lines().collect();
+    v[v.len().saturating_sub(lines)..].join("\n")
+}
+
+impl Settings {
+    fn tool(&self, repo: &Repo) -> Command {
+        let mut c = Command::new(&self.tool);
+        c.arg("--home").arg(&repo.home);
+        c
+    }
+
+    /// A new, empty repository in `work/NAME` (a previous one is deleted first).
+    pub fn fresh_repo(&self, name: &str) -> Result<Repo, Error> {
+        let dir = self.work.join(name);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        }
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        let repo = Repo {
+            home: dir.join("home"),
+            storage: dir.join("storage"),
+        };
+        let mut cmd = self.tool(&repo);
+        cmd.arg("init")
+            .arg(FQRN)
+            .arg("--storage")
+            .arg(&repo.storage);
+        self.checked(cmd)?;
+        Ok(repo)
+    }
+
+    fn checked(&self, mut cmd: Command) -> Result<ChildRun, Error> {
+        let run = child::run(&mut cmd)?;
+        if !run.ok() {
+            return Err(Error::Child {
+                what: format!("{cmd:?}"),
+                message: format!("exit status {}: {}", run.status, tail(&run.stderr, 8)),
+            });
+        }
+        Ok(run)
+    }
+
+    fn image_ref(&self, name: &str) -> String {
+        format!("docker://{}/{name}", self.registry)
+    }
+
+    /// `convert` of `images` in one command; returns the run and the growth of data/.
+    pub fn convert(&self, repo: &Repo, images: &[String]) -> Result<(ChildRun, u64), Error> {
+        let before = data_bytes(&repo.storage);
+        let mut cmd = self.tool(repo);
+        cmd.arg("--json").arg("convert").arg(FQRN);
+        cmd.args(images.iter().map(|i| self.image_ref(i)));
+        cmd.arg("--insecure-registry").arg(&self.registry);
+        let run = self.checked(cmd)?;
+        Ok((run, data_bytes(&repo.storage).saturating_sub(before)))
+    }
+
+    fn layout_image(&self, layout: &str, name: &str) -> Result<Image, Error> {
+        Layout::open(&self.testbed.join(layout))?.image(name)
+    }
+}
+
+/// Case 1: fresh conversion of `testbed/app:oci-gzip`. Returns the repository for case 2.
+pub fn case1(s: &Settings) -> (CaseResult, Option<Repo>) {
+    let target = Target {
+        limit: Limit::RatioAtMost(1.15),
+        rss_mib: Some(256),
+    };
+    let mut r = CaseResult::new("1", "fresh convert testbed/app:oci-gzip".into(), target);
+    let floor = s
+        .layout_image("oci", "app")
+        .and_then(|img| floor::images_floor(&[img], s.piece));
+    match floor {
+        Ok(f) => r.set_floor(f),
+        Err(e) => return (r.failed(format!("floor: {e}")), None),
+    }
+    let repo = match s.fresh_repo("case1") {
+        Ok(repo) => repo,
+        Err(e) => return (r.failed(e), None),
+    };
+    match s.convert(&repo, &["testbed/app:oci-gzip".to_string()]) {
+        Ok((run, stored)) => {
+            r.set_run(run, stored);
+            (r, Some(repo))
+        }
+        Err(e) => (r.failed(e), None),
+    }
+}
+
+/// Case 2: the same content again under other tags/encodings, into case 1's repository;
+/// each run is compared with case 1's wall time.
+pub fn case2(s: &Settings, case1: &CaseResult, repo: &Repo) -> Vec<CaseResult> {
+    let target = Target {
+        limit: Limit::RatioAtMost(0.05),
+        rss_mib: Some(256),
+    };
+    let mut out = Vec::new();
+    for (id, tag) in [("2a", "docker-gzip"), ("2b", "oci-zstd")] {
+        let image = format!("testbed/app:{tag}");
+        let mut r = CaseResult::new(id, format!("again as {image}"), target);
+        r.reference = "case 1".into();
+        r.reference_s = case1.wall_s;
+        r.input_bytes = case1.input_bytes;
+        r.files = case1.files;
+        out.push(match s.convert(repo, &[image]) {
+            Ok((run, stored)) => {
+                r.set_run(run, stored);
+                r
+            }
+            Err(e) => r.failed(e),
+        });
+    }
+    out
+}
+
+/// The corpus image names (`corpus/NAME:TAG`) from `corpus.txt`, registry prefix removed.
+pub fn corpus_names(testbed: &Path) -> Result<Vec<String>, Error> {
+    let path = testbed.join("corpus.txt");
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(|l| match l.split_once('/') {
+            Some((host, rest)) if host.contains(':') || host.contains('.') => rest.to_string(),
+            _ => l.to_string(),
+        })
+        .collect())
+}
+
+/// Case 3: the whole corpus in one `convert`, against converting its distinct content once.
+pub fn case3(s: &Settings) -> CaseResult {
+    let target = Target {
+        limit: Limit::RatioAtMost(1.2),
+        rss_mib: Some(256),
+    };
+    let names = match corpus_names(&s.testbed) {
+        Ok(n) => n,
+        Err(e) => return CaseResult::new("3", "corpus batch".into(), target).failed(e),
+    };
+    let mut r = CaseResult::new(
+        "3",
+        format!("{}-image corpus, one batch", names.len()),
+        target,
+    );
+    let floor = Layout::open(&s.testbed.join("corpus/oci")).and_then(|layout| {
+        let images = names
+            .iter()
+            .map(|n| layout.image(n))
+            .collect::<Result<Vec<_>, _>>()?;
+        floor::images_floor(&images, s.piece)
+    });
+    match floor {
+        Ok(f) => r.set_floor(f),
+        Err(e) => return r.failed(format!("floor: {e}")),
+    }
+    let result = s
+        .fresh_repo("case3")
+        .and_then(|repo| s.convert(&repo, &names));
+    match result {
+        Ok((run, stored)) => {
+            r.set_run(run, stored);
+            r
+        }
+        Err(e) => r.failed(e),
+    }
+}
+
+/// Case 4: `publish` of a generated tree of small files.
+pub fn case4(s: &Settings) -> CaseResult {
+    let target = Target {
+        limit: Limit::SecondsAtMost(5.0),
+        rss_mib: None,
+    };
+    let n = s.small_files;
+    let mut r = CaseResult::new(
+        "4",
+        format!("publish {n} small files in {} dirs", tree::dirs(n)),
+        target,
+    );
+    let root = s.work.join(format!("tree-{n}"));
+    let floor = tree::ensure(&root, n).and_then(|_| floor::tree_floor(&root, s.piece));
+    match floor {
+        Ok(f) => r.set_floor(f),
+        Err(e) => return r.failed(format!("tree/floor: {e}")),
+    }
+    let result = s.fresh_repo("case4").and_then(|repo| {
+        let before = data_bytes(&repo.storage);
+        let mut cmd = s.tool(&repo);
+        cmd.arg("--json").arg("publish").arg(FQRN).arg(&root);
+        let run = s.checked(cmd)?;
+        Ok((run, data_bytes(&repo.storage).saturating_sub(before)))
+    });
+    match result {
+        Ok((run, stored)) => {
+            r.set_run(run, stored);
+            r
+        }
+        Err(e) => r.failed(e),
+    }
+}

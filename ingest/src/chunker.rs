@@ -1,0 +1,223 @@
+//! The CVMFS xor32 content-defined chunker (`cvmfs/ingestion/chunk_detector.cc`), as an
+//! incremental state machine: cut points do not depend on how the input is split into buffers.
+
+use crate::error::{Error, Result};
+
+/// Minimum, average and maximum chunk sizes in bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChunkSizes {
+    pub min: usize,
+    pub avg: usize,
+    pub max: usize,
+}
+
+/// Number of bytes that influence the rolling value (it shifts by one bit per byte).
+const XOR32_INFLUENCE: usize = 32;
+const MAGIC: u32 = 0x7FFF_FFFF;
+
+impl Default for ChunkSizes {
+    /// cvmfs_server defaults: 4, 8 and 16 MiB.
+    fn default() -> Self {
+        ChunkSizes {
+            min: 4 << 20,
+            avg: 8 << 20,
+            max: 16 << 20,
+        }
+    }
+}
+
+impl ChunkSizes {
+    /// Checked constructor: `min >= 32` and `min < avg < max`, as cvmfs requires.
+    pub fn new(min: usize, avg: usize, max: usize) -> Result<ChunkSizes> {
+        let s = ChunkSizes { min, avg, max };
+        s.validate()?;
+        Ok(s)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.min < XOR32_INFLUENCE {
+            return Err(Error::ChunkSizes(format!(
+                "minimum {} is below {XOR32_INFLUENCE}",
+                self.min
+            )));
+        }
+        if !(self.min < self.avg && self.avg < self.max) {
+            return Err(Error::ChunkSizes(format!(
+                "need min < avg < max, got {} / {} / {}",
+                self.min, self.avg, self.max
+            )));
+        }
+        if u32::try_from(self.avg).is_err() {
+            return Err(Error::ChunkSizes(format!(
+                "average {} exceeds 4 GiB",
+                self.avg
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// One step of the rolling checksum.
+#[inline]
+pub fn xor32_step(x: u32, byte: u8) -> u32 {
+    (x << 1) ^ u32::from(byte)
+}
+
+/// Incremental cut detector. Feed it the bytes of one file in order, in any buffer sizes.
+#[derive(Clone, Debug)]
+pub struct Chunker {
+    sizes: ChunkSizes,
+    threshold: i32,
+    /// Offset of the next byte relative to the start of the current chunk.
+    pos: usize,
+    x: u32,
+}
+
+impl Chunker {
+    pub fn new(sizes: ChunkSizes) -> Result<Chunker> {
+        sizes.validate()?;
+        // validate() guarantees avg fits in u32; the quotient is below 2^31 because avg > 32.
+        let threshold = (u32::MAX / sizes.avg as u32) as i32;
+        Ok(Chunker {
+            sizes,
+            threshold,
+            pos: 0,
+            x: 0,
+        })
+    }
+
+    pub fn sizes(&self) -> ChunkSizes {
+        self.sizes
+    }
+
+    /// Scans `data` and returns the index of the first byte that starts a new chunk, or `None`
+    /// when `data` contains no cut. After a cut, call again with `&data[i..]` (the byte at the
+    /// cut belongs to the next chunk and has not been consumed). A cut is never reported at the
+    /// end of the input, so chunks are never empty.
+    pub fn next_cut(&mut self, data: &[u8]) -> Option<usize> {
+        let ChunkSizes { min, max, .. } = self.sizes;
+        let prefill = min - XOR32_INFLUENCE;
+        let mut i = 0;
+        // Bytes before the prefill window do not influence anything: skip them in one step.
+        if self.pos < prefill {
+            let skip = (prefill - self.pos).min(data.len());
+            self.pos += skip;
+            i = skip;
+        }
+        while i < data.len() {
+            if self.pos == max {
+                self.reset();
+                return Some(i);
+            }
+            self.x = xor32_step(self.x, data[i]);
+            if self.pos >= min && self.is_cut() {
+                self.reset();
+                return Some(i);
+            }
+            self.pos += 1;
+            i += 1;
+        }
+        None
+    }
+
+    fn is_cut(&self) -> bool {
+        // cvmfs: abs(int32(x) - MAGIC) < threshold, with wrapping arithmetic.
+        let diff = self.x.wrapping_sub(MAGIC) as i32;
+        diff.wrapping_abs() < self.threshold
+    }
+
+    fn reset(&mut self) {
+        self.pos = 0;
+        self.x = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rolling_vector() {
+        let mut x = 0u32;
+        let got: Vec<u32> = [5u8, 255, 0, 32, 27]
+            .iter()
+            .map(|&b| {
+                x = xor32_step(x, b);
+                x
+            })
+            .collect();
+        assert_eq!(got, vec![5, 245, 490, 1012, 2035]);
+    }
+
+    fn lcg_bytes(n: usize) -> Vec<u8> {
+        let mut state: u64 = 42;
+        (0..n)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((state as f64) * 256.0 / 18446744073709551616.0).floor() as u64 as u8
+            })
+            .collect()
+    }
+
+    fn cut_marks(data: &[u8], sizes: ChunkSizes, bufsize: usize) -> Vec<usize> {
+        let mut c = Chunker::new(sizes).unwrap();
+        let mut marks = Vec::new();
+        let mut base = 0;
+        for buf in data.chunks(bufsize) {
+            let mut rest = buf;
+            let mut off = base;
+            while let Some(i) = c.next_cut(rest) {
+                marks.push(off + i);
+                off += i;
+                rest = &rest[i..];
+            }
+            base += buf.len();
+        }
+        marks
+    }
+
+    const EXPECTED: [usize; 10] = [
+        742752, 2790752, 3521796, 4188893, 4940543, 5884591, 7131564, 8520617, 9159233, 9999783,
+    ];
+
+    #[test]
+    fn lcg_vector_any_buffer_size() {
+        let data = lcg_bytes(10_000_000);
+        let sizes = ChunkSizes::new(512000, 1024000, 2048000).unwrap();
+        for bufsize in [data.len(), 1, 4093, 65537, 1 << 20] {
+            if bufsize == 1 {
+                // Byte-at-a-time over a prefix keeps the test fast but covers the edge logic.
+                let marks = cut_marks(&data[..3_600_000], sizes, 1);
+                assert_eq!(marks, EXPECTED[..3]);
+                continue;
+            }
+            assert_eq!(
+                cut_marks(&data, sizes, bufsize),
+                EXPECTED,
+                "buffer {bufsize}"
+            );
+        }
+    }
+
+    #[test]
+    fn small_input_has_no_cut() {
+        let sizes = ChunkSizes::new(64, 128, 256).unwrap();
+        let data = lcg_bytes(64);
+        assert!(cut_marks(&data, sizes, 7).is_empty());
+        // Exactly max bytes: the hard cut would fall on the end, so there is none.
+        let zeros = vec![0u8; 256];
+        assert!(cut_marks(&zeros, sizes, 100).is_empty());
+        let zeros = vec![0u8; 257];
+        assert_eq!(cut_marks(&zeros, sizes, 100), vec![256]);
+    }
+
+    #[test]
+    fn invalid_sizes_are_refused() {
+        assert!(ChunkSizes::new(16, 64, 128).is_err());
+        assert!(ChunkSizes::new(64, 64, 128).is_err());
+        assert!(ChunkSizes::new(64, 128, 100).is_err());
+        assert!(ChunkSizes::default().validate().is_ok());
+    }
+}

@@ -1,0 +1,796 @@
+//! The DUCC (`unpacked.cern.ch`) layout of converted images:
+//!
+//! * `/.flat/<first 2 hex>/<config digest hex>/`: the flattened root file system, its own
+//!   nested catalog (`.cvmfscatalog`), plus `.singularity.d/` (environment, runscript,
+//!   labels) so `apptainer exec` works on it. Images with the same config share it.
+//! * `/<registry>/<repository>:<tag>`: a relative symlink to the flat directory; with several
+//!   platforms the plain tag points at the preferred one and `<tag>@<os>-<arch>` links exist
+//!   for each.
+//! * `/.metadata/<registry>/<repository>:<tag>/`: `manifest.json` and `config.json`.
+//!
+//! ```
+//! use ingest::convert::{flat_dir_path, relative_target};
+//! use ingest::image::Digest;
+//! let config = Digest::of(b"{}");
+//! let flat = flat_dir_path(&config);
+//! assert_eq!(&flat[..10], b"/.flat/44/");
+//! let target = relative_target(b"/127.0.0.1:5000/testbed/app:oci-gzip", &flat);
+//! assert!(target.starts_with(b"../../.flat/44/44136fa3"));
+//! ```
+
+use crate::flatten::LayerInput;
+use crate::image::{open_uncompressed_layer, ImageSource};
+use crate::image::{
+    Digest, Error, ImageManifest, ImageName, PlatformSelection, ResolvedImage, Result,
+};
+use crate::pipeline::ObjectPipeline;
+use catalog_writer::entry::{Entry, EntryKind, FileData, Xattrs};
+use catalog_writer::hash::ContentHash;
+use catalog_writer::tree::{Dir, Node};
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::sync::Arc;
+
+/// Directory of the flattened images.
+pub const FLAT_ROOT: &str = "/.flat";
+/// Directory of the manifests and configs.
+pub const METADATA_ROOT: &str = "/.metadata";
+/// Marker file that makes a directory a nested catalog.
+pub const CATALOG_MARKER: &[u8] = b".cvmfscatalog";
+
+/// Stores the small files the layout adds (markers, `.singularity.d`, metadata) as real
+/// objects. Implemented by [`ObjectPipeline`].
+pub trait SmallFileStore {
+    /// Stores `bytes` and returns where they live; `name` appears in errors.
+    fn store_small(&self, name: &str, bytes: &[u8]) -> Result<FileData>;
+}
+
+impl SmallFileStore for ObjectPipeline {
+    fn store_small(&self, name: &str, bytes: &[u8]) -> Result<FileData> {
+        let pipe_err = |e: crate::error::Error| Error::Io {
+            context: format!("storing {name}"),
+            source: std::io::Error::other(e.to_string()),
+        };
+        let ticket = self
+            .add_named_file(name, &mut &bytes[..], bytes.len() as u64)
+            .map_err(pipe_err)?;
+        let (_, data) = self.resolve(ticket).map_err(pipe_err)?;
+        Ok(data)
+    }
+}
+
+/// One subtree to put into the repository (`Namespace::replace(path, node, …)`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Graft {
+    pub path: Vec<u8>,
+    pub node: Node,
+}
+
+/// A symlink and the repository path it points at.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Link {
+    pub path: Vec<u8>,
+    /// Absolute repository path of the target (the link itself stores it relative).
+    pub target: Vec<u8>,
+}
+
+/// Where one platform-specific image goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Placement {
+    pub flat_dir: Vec<u8>,
+    pub links: Vec<Link>,
+    /// `/.metadata/...` directories, one per link.
+    pub metadata_dirs: Vec<Vec<u8>>,
+    /// Digest of the manifest the metadata directories hold.
+    pub manifest_digest: Digest,
+}
+
+/// `/.flat/ab/abcdef…` for a config digest.
+pub fn flat_dir_path(config: &Digest) -> Vec<u8> {
+    format!("{FLAT_ROOT}/{}/{}", &config.hex()[..2], config.hex()).into_bytes()
+}
+
+fn name_text(name: &ImageName, platform_suffix: Option<&str>) -> String {
+    let mut text = name.path_text();
+    if let Some(s) = platform_suffix {
+        text.push('@');
+        text.push_str(s);
+    }
+    text
+}
+
+/// `/<registry>/<repository>:<tag>[@<os>-<arch>]`.
+pub fn link_path(name: &ImageName, platform_suffix: Option<&str>) -> Vec<u8> {
+    format!("/{}", name_text(name, platform_suffix)).into_bytes()
+}
+
+/// `/.metadata/<registry>/<repository>:<tag>[@<os>-<arch>]`.
+pub fn metadata_path(name: &ImageName, platform_suffix: Option<&str>) -> Vec<u8> {
+    format!("{METADATA_ROOT}/{}", name_text(name, platform_suffix)).into_bytes()
+}
+
+/// The target to store in a symlink at `link` so that it reaches `target` (both absolute
+/// repository paths): `../` up to the common ancestor, then down.
+pub fn relative_target(link: &[u8], target: &[u8]) -> Vec<u8> {
+    let parts = |p: &[u8]| -> Vec<Vec<u8>> {
+        p.split(|&b| b == b'/')
+            .filter(|c| !c.is_empty())
+            .map(<[u8]>::to_vec)
+            .collect()
+    };
+    let mut from = parts(link);
+    from.pop(); // the link's own name
+    let to = parts(target);
+    let common = from.iter().zip(&to).take_while(|(a, b)| a == b).count();
+    let mut out: Vec<Vec<u8>> = vec![b"..".to_vec(); from.len() - common];
+    out.extend(to[common..].iter().cloned());
+    if out.is_empty() {
+        return b".".to_vec();
+    }
+    out.join(&b'/')
+}
+
+/// Placements of the images one reference resolved to. A single image gets the plain tag;
+/// several (an index converted with `--all-platforms`) get one `@<os>-<arch>` name each, and
+/// the plain tag goes to the preferred platform (else the first).
+pub fn placements(manifests: &[ImageManifest], selection: &PlatformSelection) -> Vec<Placement> {
+    let preferred = selection.preferred();
+    let default = manifests
+        .iter()
+        .position(|m| m.platform.as_ref().is_some_and(|p| preferred.accepts(p)))
+        .unwrap_or(0);
+    manifests
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let flat_dir = flat_dir_path(&m.config_digest);
+            let mut names: Vec<Option<String>> = Vec::new();
+            if i == default {
+                names.push(None);
+            }
+            if manifests.len() > 1 {
+                names.push(m.platform.as_ref().map(|p| p.link_suffix()));
+            }
+            Placement {
+                links: names
+                    .iter()
+                    .map(|s| Link {
+                        path: link_path(&m.name, s.as_deref()),
+                        target: flat_dir.clone(),
+                    })
+                    .collect(),
+                metadata_dirs: names
+                    .iter()
+                    .map(|s| metadata_path(&m.name, s.as_deref()))
+                    .collect(),
+                flat_dir,
+                manifest_digest: m.manifest_digest.clone(),
+            }
+        })
+        .collect()
+}
+
+/// How much of an image is already in the repository.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// Flat directory, links and metadata are all there and current: nothing to publish.
+    Complete,
+    /// The flat directory exists (same config under another name, or a moved tag): only
+    /// links and metadata need writing, no layer needs reading.
+    FlatPresent,
+    /// The image has to be converted.
+    Missing,
+}
+
+/// Object hash the layout's `manifest.json` gets for `bytes`: stock zlib is deterministic,
+/// so a stored metadata file can be compared without reading it.
+fn expected_object(bytes: &[u8]) -> ContentHash {
+    ContentHash::of(&catalog_writer::zlib::compress(bytes))
+}
+
+/// Checks a placement against the repository through `lookup` (path → entry, e.g.
+/// `Namespace::entry`).
+pub fn conversion_status<E>(
+    placement: &Placement,
+    manifest_bytes: &[u8],
+    mut lookup: impl FnMut(&[u8]) -> std::result::Result<Option<Entry>, E>,
+) -> std::result::Result<Status, E> {
+    let flat = lookup(&placement.flat_dir)?;
+    if !flat.is_some_and(|e| e.is_dir()) {
+        return Ok(Status::Missing);
+    }
+    for link in &placement.links {
+        let want = relative_target(&link.path, &link.target);
+        match lookup(&link.path)? {
+            Some(Entry {
+                kind: EntryKind::Symlink { target },
+                ..
+            }) if target == want => {}
+            _ => return Ok(Status::FlatPresent),
+        }
+    }
+    let want = expected_object(manifest_bytes);
+    for dir in &placement.metadata_dirs {
+        let path = [dir.as_slice(), b"/manifest.json"].concat();
+        match lookup(&path)? {
+            Some(Entry {
+                kind:
+                    EntryKind::File {
+                        data: FileData::Whole(h),
+                        ..
+                    },
+                ..
+            }) if h == want => {}
+            _ => return Ok(Status::FlatPresent),
+        }
+    }
+    Ok(Status::Complete)
+}
+
+/// Metadata of directories the layout creates (and of missing parents): 0755 root:root.
+pub fn parent_meta(mtime: i64) -> Entry {
+    Entry::directory(0o755, 0, 0, mtime)
+}
+
+fn file(
+    store: &dyn SmallFileStore,
+    name: &str,
+    bytes: &[u8],
+    perm: u32,
+    mtime: i64,
+) -> Result<Node> {
+    let data = store.store_small(name, bytes)?;
+    Ok(Node::Leaf(Entry {
+        kind: EntryKind::File {
+            size: bytes.len() as u64,
+            data,
+        },
+        perm,
+        uid: 0,
+        gid: 0,
+        mtime,
+        mtime_ns: None,
+        xattrs: Xattrs::new(),
+        hardlink: None,
+    }))
+}
+
+fn symlink(target: Vec<u8>, mtime: i64) -> Node {
+    Node::Leaf(Entry {
+        kind: EntryKind::Symlink { target },
+        perm: 0o777,
+        uid: 0,
+        gid: 0,
+        mtime,
+        mtime_ns: None,
+        xattrs: Xattrs::new(),
+        hardlink: None,
+    })
+}
+
+/// Single-quotes a word for `sh`.
+fn sh_quote(word: &str) -> String {
+    format!("'{}'", word.replace('\'', "'\\''"))
+}
+
+fn valid_env_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    bytes
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// `.singularity.d/env/10-docker2singularity.sh`: the config's `Env`. As in Apptainer, PATH
+/// is set outright and other variables only when the host did not set them.
+pub fn env_script(image: &ResolvedImage) -> String {
+    let mut out = format!(
+        "#!/bin/sh\n# Environment of {} (image config Env).\n",
+        image.reference
+    );
+    for item in &image.config.env {
+        let (name, value) = item.split_once('=').unwrap_or((item, ""));
+        if !valid_env_name(name) {
+            out.push_str(&format!(
+                "# skipped: {:?} is not a shell variable name\n",
+                name
+            ));
+            continue;
+        }
+        if name == "PATH" {
+            out.push_str(&format!("export PATH={}\n", sh_quote(value)));
+        } else {
+            out.push_str(&format!(
+                "[ -n \"${{{name}:-}}\" ] || {name}={}\nexport {name}\n",
+                sh_quote(value)
+            ));
+        }
+    }
+    out
+}
+
+/// `.singularity.d/runscript`: Entrypoint then Cmd, with run arguments replacing Cmd as
+/// `docker run` does; a shell when the image names no command.
+pub fn runscript(image: &ResolvedImage) -> String {
+    let words = |v: &[String]| v.iter().map(|w| sh_quote(w)).collect::<Vec<_>>().join(" ");
+    let mut out = format!("#!/bin/sh\n# Entrypoint and Cmd of {}.\n", image.reference);
+    if !image.config.cmd.is_empty() {
+        out.push_str(&format!(
+            "if [ $# -eq 0 ]; then\n    set -- {}\nfi\n",
+            words(&image.config.cmd)
+        ));
+    }
+    if image.config.entrypoint.is_empty() {
+        out.push_str("if [ $# -eq 0 ]; then\n    set -- /bin/sh\nfi\nexec \"$@\"\n");
+    } else {
+        out.push_str(&format!(
+            "exec {} \"$@\"\n",
+            words(&image.config.entrypoint)
+        ));
+    }
+    out
+}
+
+fn dir_node(children: BTreeMap<Vec<u8>, Node>, mtime: i64) -> Dir {
+    Dir {
+        meta: parent_meta(mtime),
+        children,
+    }
+}
+
+/// The flat directory of an image: its flattened root file system plus the nested-catalog
+/// marker and `.singularity.d` (existing entries of the image there are kept unless they
+/// clash with the generated files).
+pub fn flat_graft(
+    image: &ResolvedImage,
+    mut rootfs: Dir,
+    mtime: i64,
+    store: &dyn SmallFileStore,
+) -> Result<Graft> {
+    let at = |name: &str| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&flat_dir_path(&image.config_digest)),
+            name
+        )
+    };
+    rootfs.children.insert(
+        CATALOG_MARKER.to_vec(),
+        file(store, &at("/.cvmfscatalog"), b"", 0o644, mtime)?,
+    );
+    let labels = serde_json::to_vec_pretty(&image.config.labels).map_err(|e| Error::Image {
+        image: image.reference.clone(),
+        reason: format!("labels: {e}"),
+    })?;
+    let mut sing = match rootfs.children.remove(b".singularity.d".as_slice()) {
+        Some(Node::Dir(d)) => d,
+        _ => dir_node(BTreeMap::new(), mtime),
+    };
+    let mut env = match sing.children.remove(b"env".as_slice()) {
+        Some(Node::Dir(d)) => d,
+        _ => dir_node(BTreeMap::new(), mtime),
+    };
+    env.children.insert(
+        b"10-docker2singularity.sh".to_vec(),
+        file(
+            store,
+            &at("/.singularity.d/env/10-docker2singularity.sh"),
+            env_script(image).as_bytes(),
+            0o755,
+            mtime,
+        )?,
+    );
+    sing.children.insert(b"env".to_vec(), Node::Dir(env));
+    sing.children.insert(
+        b"runscript".to_vec(),
+        file(
+            store,
+            &at("/.singularity.d/runscript"),
+            runscript(image).as_bytes(),
+            0o755,
+            mtime,
+        )?,
+    );
+    sing.children.insert(
+        b"labels.json".to_vec(),
+        file(
+            store,
+            &at("/.singularity.d/labels.json"),
+            &labels,
+            0o644,
+            mtime,
+        )?,
+    );
+    // Bind point Apptainer uses for `--nv` libraries.
+    sing.children
+        .entry(b"libs".to_vec())
+        .or_insert_with(|| Node::Dir(dir_node(BTreeMap::new(), mtime)));
+    rootfs
+        .children
+        .insert(b".singularity.d".to_vec(), Node::Dir(sing));
+    Ok(Graft {
+        path: flat_dir_path(&image.config_digest),
+        node: Node::Dir(rootfs),
+    })
+}
+
+/// The tag links and metadata directories of a placement.
+pub fn name_grafts(
+    image: &ResolvedImage,
+    placement: &Placement,
+    mtime: i64,
+    store: &dyn SmallFileStore,
+) -> Result<Vec<Graft>> {
+    let mut out = Vec::new();
+    for link in &placement.links {
+        out.push(Graft {
+            path: link.path.clone(),
+            node: symlink(relative_target(&link.path, &link.target), mtime),
+        });
+    }
+    for dir in &placement.metadata_dirs {
+        let shown = String::from_utf8_lossy(dir).into_owned();
+        let mut children = BTreeMap::new();
+        children.insert(
+            b"manifest.json".to_vec(),
+            file(
+                store,
+                &format!("{shown}/manifest.json"),
+                &image.manifest_bytes,
+                0o644,
+                mtime,
+            )?,
+        );
+        children.insert(
+            b"config.json".to_vec(),
+            file(
+                store,
+                &format!("{shown}/config.json"),
+                &image.config_bytes,
+                0o644,
+                mtime,
+            )?,
+        );
+        out.push(Graft {
+            path: dir.clone(),
+            node: Node::Dir(dir_node(children, mtime)),
+        });
+    }
+    Ok(out)
+}
+
+/// The layers of `image` as inputs for [`crate::flatten::flatten_layers`]: each opens (when
+/// the flattener asks for it) the verified, decompressed stream of one layer.
+pub fn layer_inputs(source: Arc<dyn ImageSource>, image: &ResolvedImage) -> Vec<LayerInput> {
+    let image = Arc::new(image.clone());
+    (0..image.layers.len())
+        .map(|index| {
+            let (source, image) = (source.clone(), image.clone());
+            let name = format!(
+                "image {} layer {}",
+                image.reference, image.layers[index].digest
+            );
+            let open = move || -> crate::Result<Box<dyn Read + Send>> {
+                Ok(open_uncompressed_layer(source.as_ref(), &image, index)?)
+            };
+            LayerInput {
+                name,
+                open: Box::new(open),
+            }
+        })
+        .collect()
+}
+
+/// Everything to graft for one image, given what [`conversion_status`] found: nothing when
+/// complete, names only when the flat directory exists, else the flattened image too (its
+/// layers stream from `source` through `pipeline`).
+pub fn convert_image(
+    source: Arc<dyn ImageSource>,
+    image: &ResolvedImage,
+    placement: &Placement,
+    status: Status,
+    pipeline: &ObjectPipeline,
+    mtime: i64,
+) -> crate::Result<Vec<Graft>> {
+    let mut grafts = Vec::new();
+    match status {
+        Status::Complete => return Ok(grafts),
+        Status::FlatPresent => {}
+        Status::Missing => {
+            let rootfs = crate::flatten::flatten_layers(layer_inputs(source, image), pipeline)?;
+            grafts.push(flat_graft(image, rootfs, mtime, pipeline)?);
+        }
+    }
+    grafts.extend(name_grafts(image, placement, mtime, pipeline)?);
+    Ok(grafts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::{ImageConfig, Platform, RegistryRef};
+    use catalog_writer::hash::EMPTY_OBJECT;
+    use std::sync::Mutex;
+
+    /// Objects kept in memory, named as the store would name them.
+    #[derive(Default)]
+    struct MemFiles(Mutex<BTreeMap<ContentHash, Vec<u8>>>);
+
+    impl SmallFileStore for MemFiles {
+        fn store_small(&self, _name: &str, bytes: &[u8]) -> Result<FileData> {
+            let hash = expected_object(bytes);
+            self.0.lock().unwrap().insert(hash, bytes.to_vec());
+            Ok(FileData::Whole(hash))
+        }
+    }
+
+    impl MemFiles {
+        fn text(&self, node: &Node) -> String {
+            let EntryKind::File {
+                data: FileData::Whole(h),
+                ..
+            } = &node.entry().kind
+            else {
+                panic!("not a file: {node:?}")
+            };
+            String::from_utf8(self.0.lock().unwrap()[h].clone()).unwrap()
+        }
+    }
+
+    fn manifest(tag: &str, config: &[u8], platform: Option<&str>) -> ImageManifest {
+        let repo = RegistryRef::parse(&format!("127.0.0.1:5000/testbed/app:{tag}")).unwrap();
+        ImageManifest {
+            reference: format!("docker://{repo}"),
+            name: repo.name(),
+            manifest_digest: Digest::of(tag.as_bytes()),
+            manifest_bytes: format!("manifest of {tag}").into_bytes(),
+            manifest_media_type: crate::image::manifest::OCI_MANIFEST.to_owned(),
+            config_digest: Digest::of(config),
+            config_size: config.len() as u64,
+            layers: Vec::new(),
+            platform: platform.map(|p| Platform::parse(p).unwrap()),
+            from_index: platform.is_some(),
+        }
+    }
+
+    fn resolved(m: ImageManifest, config: ImageConfig) -> ResolvedImage {
+        ResolvedImage {
+            reference: m.reference,
+            name: m.name,
+            manifest_digest: m.manifest_digest,
+            manifest_bytes: m.manifest_bytes,
+            manifest_media_type: m.manifest_media_type,
+            config_digest: m.config_digest,
+            config_bytes: b"{}".to_vec(),
+            config,
+            layers: m.layers,
+            platform: m.platform.unwrap_or_else(Platform::host),
+            from_index: m.from_index,
+        }
+    }
+
+    #[test]
+    fn paths_and_relative_links() {
+        let config = Digest::of(b"config");
+        let flat = flat_dir_path(&config);
+        assert_eq!(
+            flat,
+            format!("/.flat/{}/{}", &config.hex()[..2], config.hex()).into_bytes()
+        );
+        let m = manifest("oci-gzip", b"config", None);
+        assert_eq!(
+            link_path(&m.name, None),
+            b"/127.0.0.1:5000/testbed/app:oci-gzip"
+        );
+        assert_eq!(
+            link_path(&m.name, Some("linux-arm64")),
+            b"/127.0.0.1:5000/testbed/app:oci-gzip@linux-arm64"
+        );
+        assert_eq!(
+            metadata_path(&m.name, None),
+            b"/.metadata/127.0.0.1:5000/testbed/app:oci-gzip"
+        );
+        let target = relative_target(b"/127.0.0.1:5000/testbed/app:oci-gzip", &flat);
+        assert_eq!(target, [b"../../".as_slice(), &flat[1..]].concat());
+        let hub = RegistryRef::parse("ubuntu").unwrap().name();
+        let link = link_path(&hub, None);
+        assert_eq!(link, b"/registry.hub.docker.com/library/ubuntu:latest");
+        assert!(relative_target(&link, &flat).starts_with(b"../../.flat/"));
+        assert_eq!(relative_target(b"/a/b/l", b"/a/c"), b"../c");
+        assert_eq!(relative_target(b"/l", b"/.flat/x"), b".flat/x");
+    }
+
+    #[test]
+    fn single_and_multi_platform_placements() {
+        let one = placements(&[manifest("t", b"c", None)], &PlatformSelection::Host);
+        assert_eq!(one.len(), 1);
+        assert_eq!(one[0].links.len(), 1);
+        assert_eq!(one[0].links[0].path, b"/127.0.0.1:5000/testbed/app:t");
+        assert_eq!(
+            one[0].metadata_dirs,
+            [b"/.metadata/127.0.0.1:5000/testbed/app:t".to_vec()]
+        );
+        let multi = [
+            manifest("t", b"amd", Some("linux/amd64")),
+            manifest("t", b"arm", Some("linux/arm64/v8")),
+        ];
+        let arm = PlatformSelection::One(Platform::parse("linux/arm64").unwrap());
+        let placed = placements(&multi, &PlatformSelection::All);
+        let host_is_arm = Platform::host().architecture == "arm64";
+        let plain = |p: &Placement| {
+            p.links
+                .iter()
+                .any(|l| l.path == b"/127.0.0.1:5000/testbed/app:t")
+        };
+        assert_eq!(plain(&placed[0]), !host_is_arm);
+        assert_eq!(plain(&placed[1]), host_is_arm);
+        let placed = placements(&multi, &arm);
+        assert!(!plain(&placed[0]) && plain(&placed[1]));
+        let names: Vec<String> = placed
+            .iter()
+            .flat_map(|p| {
+                p.links
+                    .iter()
+                    .map(|l| String::from_utf8(l.path.clone()).unwrap())
+            })
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "/127.0.0.1:5000/testbed/app:t@linux-amd64",
+                "/127.0.0.1:5000/testbed/app:t",
+                "/127.0.0.1:5000/testbed/app:t@linux-arm64"
+            ]
+        );
+        assert_eq!(placed[1].flat_dir, flat_dir_path(&Digest::of(b"arm")));
+        assert_eq!(placed[1].metadata_dirs.len(), 2);
+    }
+
+    #[test]
+    fn flat_directory_contents() {
+        let config = ImageConfig {
+            env: vec![
+                "PATH=/opt/bin:/usr/bin".into(),
+                "GREETING=it's \"$HOME\"".into(),
+                "bad-name=x".into(),
+            ],
+            entrypoint: vec!["/bin/sh".into(), "-c".into()],
+            cmd: vec!["echo hi".into()],
+            labels: [("org.example".to_owned(), "x".to_owned())].into(),
+            ..ImageConfig::default()
+        };
+        let img = resolved(manifest("t", b"c", None), config);
+        let files = MemFiles::default();
+        let mut rootfs = Dir::new(parent_meta(5));
+        rootfs
+            .children
+            .insert(b"etc".to_vec(), Node::Dir(Dir::new(parent_meta(5))));
+        let mut sing = Dir::new(parent_meta(5));
+        sing.children
+            .insert(b"keep".to_vec(), symlink(b"x".to_vec(), 1));
+        rootfs
+            .children
+            .insert(b".singularity.d".to_vec(), Node::Dir(sing));
+        let graft = flat_graft(&img, rootfs, 100, &files).unwrap();
+        assert_eq!(graft.path, flat_dir_path(&img.config_digest));
+        let Node::Dir(flat) = graft.node else {
+            panic!("not a dir")
+        };
+        assert!(flat.children.contains_key(b"etc".as_slice()));
+        let marker = &flat.children[CATALOG_MARKER];
+        assert_eq!(
+            marker.entry().kind,
+            EntryKind::File {
+                size: 0,
+                data: FileData::Whole(EMPTY_OBJECT)
+            }
+        );
+        let Node::Dir(sing) = &flat.children[b".singularity.d".as_slice()] else {
+            panic!()
+        };
+        assert!(
+            sing.children.contains_key(b"keep".as_slice()),
+            "image's own entries kept"
+        );
+        assert!(sing.children.contains_key(b"libs".as_slice()));
+        let Node::Dir(env) = &sing.children[b"env".as_slice()] else {
+            panic!()
+        };
+        let env_text = files.text(&env.children[b"10-docker2singularity.sh".as_slice()]);
+        assert!(
+            env_text.contains("export PATH='/opt/bin:/usr/bin'\n"),
+            "{env_text}"
+        );
+        assert!(
+            env_text.contains(
+                "[ -n \"${GREETING:-}\" ] || GREETING='it'\\''s \"$HOME\"'\nexport GREETING\n"
+            ),
+            "{env_text}"
+        );
+        assert!(env_text.contains("# skipped: \"bad-name\""), "{env_text}");
+        let run = files.text(&sing.children[b"runscript".as_slice()]);
+        assert!(
+            run.contains("set -- 'echo hi'\n") && run.contains("exec '/bin/sh' '-c' \"$@\"\n"),
+            "{run}"
+        );
+        assert_eq!(sing.children[b"runscript".as_slice()].entry().perm, 0o755);
+        let labels: BTreeMap<String, String> =
+            serde_json::from_str(&files.text(&sing.children[b"labels.json".as_slice()])).unwrap();
+        assert_eq!(labels["org.example"], "x");
+    }
+
+    #[test]
+    fn runscript_without_entrypoint() {
+        let img = resolved(manifest("t", b"c", None), ImageConfig::default());
+        let run = runscript(&img);
+        assert!(
+            run.ends_with("if [ $# -eq 0 ]; then\n    set -- /bin/sh\nfi\nexec \"$@\"\n"),
+            "{run}"
+        );
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&run)
+            .arg("runscript")
+            .arg("echo")
+            .arg("it works")
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "it works\n");
+    }
+
+    #[test]
+    fn name_grafts_and_status() {
+        let m = manifest("t", b"c", None);
+        let placement = placements(std::slice::from_ref(&m), &PlatformSelection::Host).remove(0);
+        let img = resolved(m.clone(), ImageConfig::default());
+        let files = MemFiles::default();
+        let grafts = name_grafts(&img, &placement, 7, &files).unwrap();
+        assert_eq!(grafts.len(), 2);
+        let EntryKind::Symlink { target } = &grafts[0].node.entry().kind else {
+            panic!()
+        };
+        assert_eq!(
+            target,
+            &relative_target(&grafts[0].path, &placement.flat_dir)
+        );
+        let Node::Dir(meta) = &grafts[1].node else {
+            panic!()
+        };
+        assert_eq!(
+            files.text(&meta.children[b"manifest.json".as_slice()]),
+            "manifest of t"
+        );
+        assert_eq!(files.text(&meta.children[b"config.json".as_slice()]), "{}");
+
+        // A repository as a path → entry map.
+        let mut repo: BTreeMap<Vec<u8>, Entry> = BTreeMap::new();
+        let status = |repo: &BTreeMap<Vec<u8>, Entry>, bytes: &[u8]| {
+            conversion_status(&placement, bytes, |p| Ok::<_, ()>(repo.get(p).cloned())).unwrap()
+        };
+        assert_eq!(status(&repo, &m.manifest_bytes), Status::Missing);
+        repo.insert(placement.flat_dir.clone(), parent_meta(1));
+        assert_eq!(status(&repo, &m.manifest_bytes), Status::FlatPresent);
+        repo.insert(grafts[0].path.clone(), grafts[0].node.entry().clone());
+        assert_eq!(
+            status(&repo, &m.manifest_bytes),
+            Status::FlatPresent,
+            "metadata missing"
+        );
+        let manifest_path = [grafts[1].path.as_slice(), b"/manifest.json"].concat();
+        repo.insert(
+            manifest_path,
+            meta.children[b"manifest.json".as_slice()].entry().clone(),
+        );
+        assert_eq!(status(&repo, &m.manifest_bytes), Status::Complete);
+        assert_eq!(status(&repo, b"a re-pushed manifest"), Status::FlatPresent);
+        repo.insert(
+            grafts[0].path.clone(),
+            symlink(b"../elsewhere".to_vec(), 1).entry().clone(),
+        );
+        assert_eq!(
+            status(&repo, &m.manifest_bytes),
+            Status::FlatPresent,
+            "tag moved"
+        );
+    }
+}

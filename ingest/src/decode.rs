@@ -1,0 +1,196 @@
+//! Layer/archive decoding: gzip, zstd or plain tar, recognised by their magic bytes (media
+//! types lie: registries serve gzip layers labelled as tar and vice versa).
+
+use crate::error::{Error, Result};
+use std::io::{self, Read};
+
+const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+const TAR_BLOCK: usize = 512;
+
+/// The compression detected by [`sniff`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Gzip,
+    Zstd,
+    Tar,
+}
+
+/// Opens a decompressed tar stream over `reader`. Only the first 512 bytes are peeked; the
+/// rest is streamed. Truncated or corrupt gzip/zstd data makes a later `read` fail.
+pub fn open_layer_stream<R: Read + Send + 'static>(reader: R) -> Result<Box<dyn Read + Send>> {
+    open_named_stream("layer", reader)
+}
+
+/// Like [`open_layer_stream`]; `name` (a file path or layer digest) appears in errors.
+pub fn open_named_stream<R: Read + Send + 'static>(
+    name: &str,
+    mut reader: R,
+) -> Result<Box<dyn Read + Send>> {
+    let head = read_head(&mut reader, TAR_BLOCK).map_err(|e| Error::Decode {
+        archive: name.into(),
+        msg: format!("reading: {e}"),
+    })?;
+    let format = sniff(&head).ok_or_else(|| Error::Decode {
+        archive: name.into(),
+        msg: describe_unknown(&head),
+    })?;
+    let stream = io::Cursor::new(head).chain(reader);
+    Ok(match format {
+        Format::Gzip => Box::new(flate2::read::MultiGzDecoder::new(stream)),
+        Format::Zstd => {
+            Box::new(
+                zstd::stream::read::Decoder::new(stream).map_err(|e| Error::Decode {
+                    archive: name.into(),
+                    msg: format!("zstd: {e}"),
+                })?,
+            )
+        }
+        Format::Tar => Box::new(stream),
+    })
+}
+
+/// Recognises the stream from its first bytes (up to one tar block).
+pub fn sniff(head: &[u8]) -> Option<Format> {
+    if head.starts_with(&GZIP_MAGIC) {
+        Some(Format::Gzip)
+    } else if head.starts_with(&ZSTD_MAGIC) {
+        Some(Format::Zstd)
+    } else if looks_like_tar(head) {
+        Some(Format::Tar)
+    } else {
+        None
+    }
+}
+
+/// A tar starts with a header whose checksum is right ("ustar" magic is not required: v7
+/// archives lack it), or with a zero block (an empty archive); an empty stream is an empty tar.
+fn looks_like_tar(head: &[u8]) -> bool {
+    if head.is_empty() {
+        return true;
+    }
+    if head.len() < TAR_BLOCK {
+        return false;
+    }
+    let block = &head[..TAR_BLOCK];
+    if block.iter().all(|&b| b == 0) {
+        return true;
+    }
+    let sum: u32 = block
+        .iter()
+        .enumerate()
+        .map(|(i, &b)| {
+            if (148..156).contains(&i) {
+                32
+            } else {
+                u32::from(b)
+            }
+        })
+        .sum();
+    let field = &block[148..156];
+    let text: String = field
+        .iter()
+        .take_while(|&&b| b != 0 && b != b' ')
+        .skip_while(|&&b| b == b' ')
+        .map(|&b| b as char)
+        .collect();
+    let text = text.trim_start();
+    u32::from_str_radix(text, 8).is_ok_and(|v| v == sum)
+}
+
+fn describe_unknown(head: &[u8]) -> String {
+    let what = if head.starts_with(b"BZh") {
+        "bzip2 compression is not supported"
+    } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
+        "xz compression is not supported"
+    } else {
+        "not a tar archive (no gzip/zstd magic and no valid tar header)"
+    };
+    let n = head.len().min(8);
+    format!("{what}; starts with {}", hex::encode(&head[..n]))
+}
+
+/// Reads up to `n` bytes (fewer only at end of stream).
+fn read_head(r: &mut dyn Read, n: usize) -> io::Result<Vec<u8>> {
+    let mut head = Vec::with_capacity(n);
+    r.take(n as u64).read_to_end(&mut head)?;
+    Ok(head)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flate2::write::GzEncoder;
+    use std::io::Write;
+
+    fn tar_bytes() -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        let data = vec![7u8; 100_000];
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, "f", &data[..]).unwrap();
+        b.into_inner().unwrap()
+    }
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut e = GzEncoder::new(Vec::new(), flate2::Compression::new(6));
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    fn decode_all(bytes: Vec<u8>) -> io::Result<Vec<u8>> {
+        let mut r = open_layer_stream(io::Cursor::new(bytes)).map_err(io::Error::other)?;
+        let mut out = Vec::new();
+        r.read_to_end(&mut out)?;
+        Ok(out)
+    }
+
+    #[test]
+    fn sniffs_by_magic() {
+        let t = tar_bytes();
+        assert_eq!(sniff(&t[..512]), Some(Format::Tar));
+        assert_eq!(sniff(&gzip(&t)), Some(Format::Gzip));
+        assert_eq!(
+            sniff(&zstd::encode_all(&t[..], 3).unwrap()),
+            Some(Format::Zstd)
+        );
+        assert_eq!(sniff(&[0u8; 512]), Some(Format::Tar));
+        assert_eq!(sniff(b""), Some(Format::Tar));
+        assert_eq!(sniff(&[b'x'; 512]), None);
+    }
+
+    #[test]
+    fn decodes_all_three() {
+        let t = tar_bytes();
+        assert_eq!(decode_all(t.clone()).unwrap(), t);
+        assert_eq!(decode_all(gzip(&t)).unwrap(), t);
+        assert_eq!(decode_all(zstd::encode_all(&t[..], 3).unwrap()).unwrap(), t);
+    }
+
+    #[test]
+    fn truncated_streams_fail() {
+        let t = tar_bytes();
+        let g = gzip(&t);
+        for cut in [g.len() / 2, g.len() - 4, g.len() - 1] {
+            assert!(decode_all(g[..cut].to_vec()).is_err(), "gzip cut at {cut}");
+        }
+        let z = zstd::encode_all(&t[..], 3).unwrap();
+        for cut in [z.len() / 2, z.len() - 1] {
+            assert!(decode_all(z[..cut].to_vec()).is_err(), "zstd cut at {cut}");
+        }
+        let mut bad = g.clone();
+        let mid = bad.len() / 2;
+        bad[mid] ^= 0xff;
+        assert!(decode_all(bad).is_err());
+    }
+
+    #[test]
+    fn unknown_formats_are_named() {
+        let err = open_named_stream("img@sha256:ab", io::Cursor::new(b"BZh91AY".to_vec()))
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("img@sha256:ab: bzip2"), "{err}");
+    }
+}

@@ -1,0 +1,397 @@
+//! A local directory tree as a tree: walks it without following symlinks and streams regular
+//! files into the object pipeline.
+
+use crate::error::{Error, Result};
+use crate::pipeline::{finalize, FileTicket, ObjectPipeline, PDir, PLeaf, PNode};
+use catalog_writer::entry::{makedev, Entry, EntryKind, FileData, Xattrs};
+use catalog_writer::hash::EMPTY_OBJECT;
+use catalog_writer::tree::Dir;
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::fs::{File, Metadata};
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::Path;
+
+/// Reads the tree below `path` (its own metadata becomes the root's). Hard links inside the
+/// tree (same device and inode) share a hardlink id; `security.selinux` labels are skipped.
+pub fn tree_from_dir(path: &Path, pipeline: &ObjectPipeline) -> Result<Dir> {
+    let mut root = PDir::default();
+    // (dev, ino) → (hardlink id, ticket of the content read once).
+    let mut inodes: HashMap<(u64, u64), (u64, Option<FileTicket>)> = HashMap::new();
+    let walker = walkdir::WalkDir::new(path)
+        .follow_links(false)
+        .sort_by_file_name();
+    for item in walker {
+        let item = item.map_err(|e| {
+            let p = e.path().unwrap_or(path).display().to_string();
+            let source = e
+                .into_io_error()
+                .unwrap_or_else(|| io::Error::other("walk error"));
+            Error::io(p, source)
+        })?;
+        let full = item.path();
+        let meta = item.metadata().map_err(|e| {
+            let source = e
+                .into_io_error()
+                .unwrap_or_else(|| io::Error::other("stat error"));
+            Error::io(full.display().to_string(), source)
+        })?;
+        let entry = entry_for(full, &meta)?;
+        let rel = full.strip_prefix(path).map_err(|_| {
+            Error::io(
+                full.display().to_string(),
+                io::Error::other("outside the walked root"),
+            )
+        })?;
+        let comps: Vec<&[u8]> = rel.iter().map(|c| c.as_bytes()).collect();
+        if item.depth() == 0 {
+            if !entry.is_dir() {
+                return Err(Error::io(
+                    full.display().to_string(),
+                    io::Error::other("not a directory"),
+                ));
+            }
+            root.meta = Some(entry);
+            continue;
+        }
+        let node = if entry.is_dir() {
+            PNode::Dir(PDir {
+                meta: Some(entry),
+                ..PDir::default()
+            })
+        } else {
+            PNode::Leaf(leaf_for(full, &meta, entry, &mut inodes, pipeline)?)
+        };
+        insert(&mut root, &comps, node, full)?;
+    }
+    finalize(root, &Entry::directory(0o755, 0, 0, 0), pipeline)
+}
+
+/// A non-directory; files are read once per inode, hard links share the id and the ticket.
+fn leaf_for(
+    full: &Path,
+    meta: &Metadata,
+    mut entry: Entry,
+    inodes: &mut HashMap<(u64, u64), (u64, Option<FileTicket>)>,
+    pipeline: &ObjectPipeline,
+) -> Result<PLeaf> {
+    let key = (meta.dev(), meta.ino());
+    if meta.nlink() > 1 {
+        if let Some(&(id, ticket)) = inodes.get(&key) {
+            entry.hardlink = Some(id);
+            return Ok(PLeaf { entry, ticket });
+        }
+    }
+    let ticket = if matches!(entry.kind, EntryKind::File { .. }) {
+        let name = full.display().to_string();
+        let mut f = File::open(full).map_err(|e| Error::io(&name, e))?;
+        Some(pipeline.add_named_file(&name, &mut f, meta.len())?)
+    } else {
+        None
+    };
+    if meta.nlink() > 1 {
+        let id = inodes.len() as u64 + 1;
+        inodes.insert(key, (id, ticket));
+        entry.hardlink = Some(id);
+    }
+    Ok(PLeaf { entry, ticket })
+}
+
+fn insert(root: &mut PDir, comps: &[&[u8]], node: PNode, full: &Path) -> Result<()> {
+    let Some((last, parents)) = comps.split_last() else {
+        return Ok(());
+    };
+    let mut dir = root;
+    for c in parents {
+        // walkdir yields parents first, so they exist.
+        match dir.children.get_mut(*c) {
+            Some(PNode::Dir(d)) => dir = d,
+            _ => {
+                return Err(Error::io(
+                    full.display().to_string(),
+                    io::Error::other("parent directory changed during the walk"),
+                ))
+            }
+        }
+    }
+    dir.children.insert(last.to_vec(), node);
+    Ok(())
+}
+
+/// Metadata of one path (lstat) as an entry; regular files get a placeholder content.
+fn entry_for(full: &Path, meta: &Metadata) -> Result<Entry> {
+    let ft = meta.file_type();
+    let rdev = || {
+        let d = meta.rdev();
+        makedev(major(d), minor(d))
+    };
+    let kind = if ft.is_dir() {
+        EntryKind::Directory
+    } else if ft.is_file() {
+        EntryKind::File {
+            size: meta.len(),
+            data: FileData::Whole(EMPTY_OBJECT),
+        }
+    } else if ft.is_symlink() {
+        let target =
+            std::fs::read_link(full).map_err(|e| Error::io(full.display().to_string(), e))?;
+        EntryKind::Symlink {
+            target: target.as_os_str().as_bytes().to_vec(),
+        }
+    } else if ft.is_char_device() {
+        EntryKind::CharDevice { rdev: rdev() }
+    } else if ft.is_block_device() {
+        EntryKind::BlockDevice { rdev: rdev() }
+    } else if ft.is_fifo() {
+        EntryKind::Fifo
+    } else if ft.is_socket() {
+        EntryKind::Socket
+    } else {
+        return Err(Error::io(
+            full.display().to_string(),
+            io::Error::other("unknown file type"),
+        ));
+    };
+    Ok(Entry {
+        kind,
+        perm: meta.mode() & 0o7777,
+        uid: meta.uid(),
+        gid: meta.gid(),
+        mtime: meta.mtime(),
+        mtime_ns: u32::try_from(meta.mtime_nsec()).ok(),
+        xattrs: read_xattrs(full).map_err(|e| Error::io(full.display().to_string(), e))?,
+        hardlink: None,
+    })
+}
+
+/// glibc `gnu_dev_major`.
+fn major(dev: u64) -> u64 {
+    ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff)
+}
+
+/// glibc `gnu_dev_minor`.
+fn minor(dev: u64) -> u64 {
+    (dev & 0xff) | ((dev >> 12) & !0xff)
+}
+
+/// Extended attributes of the path itself (not a symlink's target), minus SELinux labels,
+/// which describe the build host rather than the content.
+pub(crate) fn read_xattrs(path: &Path) -> io::Result<Xattrs> {
+    let mut out = Xattrs::new();
+    let cpath = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::other("path contains a NUL byte"))?;
+    let names = match xattr_call(|buf, len| unsafe {
+        // SAFETY: cpath is NUL-terminated; buf/len describe a valid writable buffer (or 0/null).
+        libc::llistxattr(cpath.as_ptr(), buf as *mut libc::c_char, len)
+    }) {
+        Ok(n) => n,
+        Err(e) if unsupported(&e) => return Ok(out),
+        Err(e) => return Err(e),
+    };
+    for name in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        if name == b"security.selinux" {
+            continue;
+        }
+        let cname = CString::new(name).map_err(|_| io::Error::other("bad xattr name"))?;
+        let value = xattr_call(|buf, len| unsafe {
+            // SAFETY: as above; cname is NUL-terminated.
+            libc::lgetxattr(
+                cpath.as_ptr(),
+                cname.as_ptr(),
+                buf as *mut libc::c_void,
+                len,
+            )
+        });
+        match value {
+            Ok(v) => {
+                out.insert(name.to_vec(), v);
+            }
+            // Removed between list and get: not there any more.
+            Err(e) if e.raw_os_error() == Some(libc::ENODATA) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
+fn unsupported(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOTSUP) | Some(libc::ENODATA))
+}
+
+/// The size-query-then-fetch dance of the *xattr calls, retrying if the value grew.
+fn xattr_call(mut f: impl FnMut(*mut u8, usize) -> isize) -> io::Result<Vec<u8>> {
+    loop {
+        let n = f(std::ptr::null_mut(), 0);
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut buf = vec![0u8; n as usize];
+        if n == 0 {
+            return Ok(buf);
+        }
+        let m = f(buf.as_mut_ptr(), buf.len());
+        if m < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ERANGE) {
+                continue;
+            }
+            return Err(e);
+        }
+        buf.truncate(m as usize);
+        return Ok(buf);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::memstore::MemStore;
+    use crate::pipeline::PipelineConfig;
+    use catalog_writer::tree::Node;
+    use std::os::unix::fs::{symlink, PermissionsExt};
+    use std::sync::Arc;
+
+    fn leaf<'a>(d: &'a Dir, name: &str) -> &'a Entry {
+        d.children.get(name.as_bytes()).unwrap().entry()
+    }
+
+    #[test]
+    fn real_tree() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        std::fs::create_dir(root.join("sub")).unwrap();
+        std::fs::write(root.join("sub/hello"), b"hello\n").unwrap();
+        std::fs::hard_link(root.join("sub/hello"), root.join("sub/hello2")).unwrap();
+        std::fs::hard_link(root.join("sub/hello"), root.join("top-link")).unwrap();
+        std::fs::write(root.join("empty"), b"").unwrap();
+        std::fs::set_permissions(root.join("empty"), std::fs::Permissions::from_mode(0o4750))
+            .unwrap();
+        std::fs::set_permissions(root.join("sub"), std::fs::Permissions::from_mode(0o1777))
+            .unwrap();
+        symlink("sub/hello", root.join("link")).unwrap();
+        let odd = std::ffi::OsStr::from_bytes(b"caf\xe9");
+        std::fs::write(root.join(odd), b"x").unwrap();
+        let fifo = CString::new(root.join("fifo").as_os_str().as_bytes()).unwrap();
+        // SAFETY: valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o640) }, 0);
+        let sock = std::os::unix::net::UnixListener::bind(root.join("sock")).unwrap();
+        let cpath = CString::new(root.join("sub/hello").as_os_str().as_bytes()).unwrap();
+        // SAFETY: valid NUL-terminated strings and value buffer.
+        let rc = unsafe {
+            libc::lsetxattr(
+                cpath.as_ptr(),
+                c"user.test".as_ptr(),
+                b"v\0al".as_ptr() as *const libc::c_void,
+                4,
+                0,
+            )
+        };
+        let xattr_set = rc == 0;
+        if !xattr_set {
+            let e = io::Error::last_os_error();
+            assert_eq!(e.raw_os_error(), Some(libc::ENOTSUP), "lsetxattr: {e}");
+        }
+        std::fs::set_permissions(root.join("fifo"), std::fs::Permissions::from_mode(0o640))
+            .unwrap();
+
+        let store = Arc::new(MemStore::default());
+        let p = ObjectPipeline::new(store.clone(), None, PipelineConfig::default()).unwrap();
+        let dir = tree_from_dir(root, &p).unwrap();
+        let stats = p.finish().unwrap().stats;
+        drop(sock);
+        let Node::Dir(sub) = dir.children.get(&b"sub"[..]).unwrap() else {
+            panic!()
+        };
+        assert_eq!(sub.meta.perm, 0o1777);
+        let h1 = leaf(sub, "hello");
+        let h2 = leaf(sub, "hello2");
+        let h3 = leaf(&dir, "top-link");
+        assert!(h1.hardlink.is_some());
+        assert_eq!(h1.hardlink, h2.hardlink);
+        assert_eq!(h1.hardlink, h3.hardlink);
+        assert_eq!(h1.kind, h3.kind);
+        let EntryKind::File {
+            size: 6,
+            data: FileData::Whole(h),
+        } = &h1.kind
+        else {
+            panic!("{:?}", h1.kind)
+        };
+        assert_eq!(h.to_hex(), "5798f7f4ca7585d850eea64610a1f73d8f8de7a3");
+        if xattr_set {
+            assert_eq!(
+                h1.xattrs.get(&b"user.test"[..]).map(|v| &v[..]),
+                Some(&b"v\0al"[..])
+            );
+        }
+        // The hardlinked file was read once.
+        assert_eq!(stats.files, 3);
+        assert_eq!(leaf(&dir, "empty").perm, 0o4750);
+        assert_eq!(
+            leaf(&dir, "empty").kind,
+            EntryKind::File {
+                size: 0,
+                data: FileData::Whole(EMPTY_OBJECT)
+            }
+        );
+        assert_eq!(
+            leaf(&dir, "link").kind,
+            EntryKind::Symlink {
+                target: b"sub/hello".to_vec()
+            }
+        );
+        assert_eq!(leaf(&dir, "fifo").kind, EntryKind::Fifo);
+        assert_eq!(leaf(&dir, "fifo").perm, 0o640);
+        assert_eq!(leaf(&dir, "sock").kind, EntryKind::Socket);
+        assert!(dir.children.contains_key(&b"caf\xe9"[..]));
+        let m = std::fs::metadata(root.join("sub/hello")).unwrap();
+        assert_eq!((h1.uid, h1.gid, h1.mtime), (m.uid(), m.gid(), m.mtime()));
+        assert_eq!(h1.mtime_ns, Some(m.mtime_nsec() as u32));
+    }
+
+    #[test]
+    fn char_device_numbers() {
+        // /dev/null is 1:3 on Linux.
+        let e = entry_for(
+            Path::new("/dev/null"),
+            &std::fs::symlink_metadata("/dev/null").unwrap(),
+        )
+        .unwrap();
+        assert_eq!(e.kind, EntryKind::CharDevice { rdev: 259 });
+        assert_eq!((major(259), minor(259)), (1, 3));
+        assert_eq!(
+            makedev(major(0x1234_5678_9abc), minor(0x1234_5678_9abc)),
+            0x1234_5678_9abc
+        );
+    }
+
+    #[test]
+    fn missing_root_is_named() {
+        let store = Arc::new(MemStore::default());
+        let p = ObjectPipeline::new(store, None, PipelineConfig::default()).unwrap();
+        let err = tree_from_dir(Path::new("/nonexistent/cvmfs-oci-x"), &p).unwrap_err();
+        assert!(
+            err.to_string().starts_with("/nonexistent/cvmfs-oci-x: "),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unreadable_file_is_named() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            eprintln!("running as root: permission bits do not stop reads, skipped");
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let f = tmp.path().join("secret");
+        std::fs::write(&f, b"x").unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o000)).unwrap();
+        let store = Arc::new(MemStore::default());
+        let p = ObjectPipeline::new(store, None, PipelineConfig::default()).unwrap();
+        let err = tree_from_dir(tmp.path(), &p).unwrap_err().to_string();
+        assert!(err.contains("secret"), "{err}");
+    }
+}

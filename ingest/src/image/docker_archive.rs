@@ -1,0 +1,332 @@
+//! `docker-archive:FILE[:REF]`: the tar `docker save` (or skopeo) writes. Layers are read in
+//! place: each open seeks to the member's data inside the archive; nothing is extracted.
+
+use super::digest::{Checked, Digest, VerifyingReader};
+use super::error::{Error, Result};
+use super::manifest::{PlatformSelection, DOCKER_MANIFEST};
+use super::reference::ImageName;
+use super::source::{check_blob, resolve_document, ImageManifest, ImageSource, ResolvedImage};
+use serde::Deserialize;
+use sha2::{Digest as _, Sha256};
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+/// Where a member's data sits in the archive.
+#[derive(Clone, Copy, Debug)]
+struct Location {
+    offset: u64,
+    size: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ArchiveImage {
+    config: String,
+    #[serde(default)]
+    repo_tags: Option<Vec<String>>,
+    layers: Vec<String>,
+}
+
+/// Reads one image of a docker archive.
+pub struct DockerArchiveSource {
+    path: PathBuf,
+    reference: String,
+    name: ImageName,
+    config: Location,
+    /// Digest from the config member's file name, when it is one.
+    config_digest: Option<Digest>,
+    layers: Vec<(String, Location)>,
+}
+
+/// Normalises a member path: no `./`, `..` applied (symlink targets are relative).
+fn normalise(path: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for p in path.split('/') {
+        match p {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            other => parts.push(other),
+        }
+    }
+    parts.join("/")
+}
+
+/// The digest a member's name spells (`<hex>.tar`, `blobs/sha256/<hex>`, `<hex>.json`).
+fn digest_from_name(member: &str) -> Option<Digest> {
+    let base = member.rsplit('/').next().unwrap_or(member);
+    let stem = base.split('.').next().unwrap_or(base);
+    Digest::from_hex(stem)
+}
+
+impl DockerArchiveSource {
+    /// Indexes the archive's members and picks the image: the one whose `RepoTags` holds
+    /// `tag`, else the only one.
+    pub fn open(path: &Path, tag: Option<&str>) -> Result<DockerArchiveSource> {
+        let reference = match tag {
+            Some(t) => format!("docker-archive:{}:{t}", path.display()),
+            None => format!("docker-archive:{}", path.display()),
+        };
+        let members = index_members(path, &reference)?;
+        let read = |loc: Location| read_member(path, loc, &reference);
+        let (manifest_loc, _) = members
+            .get("manifest.json")
+            .cloned()
+            .ok_or_else(|| Error::image(&reference, "archive has no manifest.json"))?;
+        let images: Vec<ArchiveImage> = serde_json::from_slice(&read(manifest_loc)?)
+            .map_err(|e| Error::image(&reference, format!("manifest.json: {e}")))?;
+        let all_tags: Vec<String> = images
+            .iter()
+            .flat_map(|i| i.repo_tags.clone().unwrap_or_default())
+            .collect();
+        let picked = match tag {
+            Some(t) => images.into_iter().find(|i| {
+                i.repo_tags
+                    .as_ref()
+                    .is_some_and(|tags| tags.iter().any(|x| x == t))
+            }),
+            None if images.len() == 1 => images.into_iter().next(),
+            None => None,
+        }
+        .ok_or_else(|| {
+            Error::image(
+                &reference,
+                format!(
+                    "no such image in the archive (tags: {})",
+                    all_tags.join(", ")
+                ),
+            )
+        })?;
+        let first_tag = tag
+            .map(str::to_owned)
+            .or_else(|| picked.repo_tags.as_ref().and_then(|t| t.first().cloned()));
+        let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned());
+        let candidate = first_tag.or(stem).unwrap_or_default();
+        let name = ImageName::for_local(&candidate).ok_or_else(|| {
+            Error::image(
+                &reference,
+                format!("{candidate:?} is not usable as an image name"),
+            )
+        })?;
+        let find = |member: &str| -> Result<(String, Location)> {
+            let resolved = resolve_member(&members, member).ok_or_else(|| {
+                Error::image(&reference, format!("archive has no member {member:?}"))
+            })?;
+            let loc = members.get(&resolved).map(|m| m.0);
+            loc.map(|l| (resolved, l)).ok_or_else(|| {
+                Error::image(&reference, format!("archive has no member {member:?}"))
+            })
+        };
+        let (config_name, config) = find(&picked.config)?;
+        let layers = picked
+            .layers
+            .iter()
+            .map(|l| find(l))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(DockerArchiveSource {
+            path: path.to_owned(),
+            reference,
+            name,
+            config,
+            config_digest: digest_from_name(&config_name),
+            layers,
+        })
+    }
+
+    fn read_config(&self) -> Result<Vec<u8>> {
+        let bytes = read_member(&self.path, self.config, &self.reference)?;
+        if let Some(d) = &self.config_digest {
+            check_blob(&bytes, d, None, &self.reference, "config")?;
+        }
+        Ok(bytes)
+    }
+
+    fn open_member(&self, loc: Location) -> Result<impl Read + Send> {
+        let mut file = File::open(&self.path).map_err(|e| {
+            Error::io(
+                format!("image {}: {}", self.reference, self.path.display()),
+                e,
+            )
+        })?;
+        file.seek(SeekFrom::Start(loc.offset)).map_err(|e| {
+            Error::io(
+                format!("image {}: {}", self.reference, self.path.display()),
+                e,
+            )
+        })?;
+        Ok(BufReader::with_capacity(256 * 1024, file.take(loc.size)))
+    }
+
+    /// Media type and digest of a layer member. Its name gives the digest when it spells one;
+    /// an uncompressed layer's digest is its diff_id; otherwise the member is hashed once.
+    fn describe_layer(
+        &self,
+        member: &str,
+        loc: Location,
+        diff_id: Option<&Digest>,
+    ) -> Result<(String, Digest)> {
+        let mut magic = [0u8; 4];
+        let mut head = self.open_member(loc)?;
+        let got = read_up_to(&mut head, &mut magic)
+            .map_err(|e| Error::layer(&self.reference, member, format!("reading: {e}")))?;
+        let media_type = match &magic[..got] {
+            [0x1f, 0x8b, ..] => "application/vnd.docker.image.rootfs.diff.tar.gzip",
+            [0x28, 0xb5, 0x2f, 0xfd] => "application/vnd.oci.image.layer.v1.tar+zstd",
+            _ => "application/vnd.docker.image.rootfs.diff.tar",
+        };
+        let plain = media_type.ends_with(".diff.tar");
+        let digest = match (digest_from_name(member), diff_id) {
+            (Some(d), _) => d,
+            (None, Some(d)) if plain => d.clone(),
+            _ => {
+                let mut sha = Sha256::new();
+                std::io::copy(&mut self.open_member(loc)?, &mut sha)
+                    .map_err(|e| Error::layer(&self.reference, member, format!("reading: {e}")))?;
+                Digest::of_finalized(sha)
+            }
+        };
+        Ok((media_type.to_owned(), digest))
+    }
+}
+
+fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let n = r.read(&mut buf[filled..])?;
+        if n == 0 {
+            break;
+        }
+        filled += n;
+    }
+    Ok(filled)
+}
+
+/// Member name → (data location, symlink target).
+type Members = BTreeMap<String, (Location, Option<String>)>;
+
+fn index_members(path: &Path, reference: &str) -> Result<Members> {
+    let io_err = |e| Error::io(format!("image {reference}: {}", path.display()), e);
+    let file = File::open(path).map_err(io_err)?;
+    let mut archive = tar::Archive::new(file);
+    let mut out = Members::new();
+    for entry in archive.entries_with_seek().map_err(io_err)? {
+        let entry = entry.map_err(io_err)?;
+        let name = normalise(&String::from_utf8_lossy(&entry.path_bytes()));
+        let link = match entry.header().entry_type() {
+            tar::EntryType::Symlink => entry
+                .link_name_bytes()
+                .map(|l| String::from_utf8_lossy(&l).into_owned()),
+            _ => None,
+        };
+        let loc = Location {
+            offset: entry.raw_file_position(),
+            size: entry.size(),
+        };
+        out.insert(name, (loc, link));
+    }
+    Ok(out)
+}
+
+/// Follows symlinks (relative to the link's directory) to a regular member.
+fn resolve_member(members: &Members, name: &str) -> Option<String> {
+    let mut current = normalise(name);
+    for _ in 0..16 {
+        let (_, link) = members.get(&current)?;
+        match link {
+            None => return Some(current),
+            Some(target) => {
+                let dir = current.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
+                current = normalise(&format!("{dir}/{target}"));
+            }
+        }
+    }
+    None
+}
+
+fn read_member(path: &Path, loc: Location, reference: &str) -> Result<Vec<u8>> {
+    let io_err = |e| Error::io(format!("image {reference}: {}", path.display()), e);
+    let mut file = File::open(path).map_err(io_err)?;
+    file.seek(SeekFrom::Start(loc.offset)).map_err(io_err)?;
+    let mut out = Vec::new();
+    file.take(loc.size).read_to_end(&mut out).map_err(io_err)?;
+    if out.len() as u64 != loc.size {
+        return Err(Error::image(reference, "archive is truncated"));
+    }
+    Ok(out)
+}
+
+impl ImageSource for DockerArchiveSource {
+    fn describe(&self) -> String {
+        self.reference.clone()
+    }
+
+    /// Docker archives carry no registry manifest; one is written the way skopeo does when
+    /// copying from an archive (Docker v2 schema 2), so `.metadata` has one to show.
+    fn resolve_manifests(&self, selection: &PlatformSelection) -> Result<Vec<ImageManifest>> {
+        let config_bytes = self.read_config()?;
+        let config = super::manifest::ImageConfig::parse(&config_bytes, &self.reference)?;
+        let mut layers = Vec::new();
+        for (i, (member, loc)) in self.layers.iter().enumerate() {
+            let (media_type, digest) = self.describe_layer(member, *loc, config.diff_ids.get(i))?;
+            layers.push(serde_json::json!({
+                "mediaType": media_type, "size": loc.size, "digest": digest.to_string(),
+            }));
+        }
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": DOCKER_MANIFEST,
+            "config": {
+                "mediaType": "application/vnd.docker.container.image.v1+json",
+                "size": config_bytes.len(),
+                "digest": Digest::of(&config_bytes).to_string(),
+            },
+            "layers": layers,
+        });
+        let bytes = serde_json::to_vec(&manifest)
+            .map_err(|e| Error::image(&self.reference, format!("writing a manifest: {e}")))?;
+        let no_index = |_: &super::manifest::IndexEntry| -> Result<(Vec<u8>, Option<String>)> {
+            Err(Error::image(
+                &self.reference,
+                "docker archives hold no index",
+            ))
+        };
+        resolve_document(
+            &self.reference,
+            &self.name,
+            (bytes, None),
+            selection,
+            &no_index,
+        )
+    }
+
+    fn fetch_config(&self, manifest: &ImageManifest) -> Result<Vec<u8>> {
+        let bytes = self.read_config()?;
+        check_blob(
+            &bytes,
+            &manifest.config_digest,
+            Some(manifest.config_size),
+            &self.reference,
+            "config",
+        )?;
+        Ok(bytes)
+    }
+
+    fn open_layer(&self, image: &ResolvedImage, index: usize) -> Result<Box<dyn Read + Send>> {
+        let desc = image.layer(index)?;
+        let (_, loc) = self
+            .layers
+            .get(index)
+            .ok_or_else(|| Error::image(&self.reference, format!("has no layer #{index}")))?;
+        Ok(Box::new(VerifyingReader::new(
+            self.open_member(*loc)?,
+            desc.digest.clone(),
+            Some(desc.size),
+            &image.reference,
+            &desc.digest.to_string(),
+            Checked::Blob,
+        )))
+    }
+}

@@ -1,0 +1,87 @@
+//! Errors of image access; every message names the image (and layer or file) involved.
+
+use std::io;
+
+/// What went wrong while reading an image or a recipe.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The reference text itself is malformed.
+    #[error("invalid image reference {input:?}: {reason}")]
+    Reference { input: String, reason: String },
+    /// The image (manifest, index, config) is unusable.
+    #[error("image {image}: {reason}")]
+    Image { image: String, reason: String },
+    /// One layer of the image is unusable (digest, size, media type, compression).
+    #[error("image {image} layer {layer}: {reason}")]
+    Layer {
+        image: String,
+        layer: String,
+        reason: String,
+    },
+    /// A registry request failed (after retries where they apply).
+    #[error("image {image}: {url}: {reason}")]
+    Registry {
+        image: String,
+        url: String,
+        /// HTTP status when the registry answered at all.
+        status: Option<u16>,
+        reason: String,
+    },
+    /// Reading a local file failed.
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: io::Error,
+    },
+    /// Registry credentials could not be read.
+    #[error("registry credentials {origin}: {reason}")]
+    Credentials { origin: String, reason: String },
+    /// A DUCC recipe (wishlist) is malformed.
+    #[error("recipe {path}: {reason}")]
+    Recipe { path: String, reason: String },
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    pub(crate) fn io(context: impl Into<String>, source: io::Error) -> Error {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn image(image: impl Into<String>, reason: impl Into<String>) -> Error {
+        Error::Image {
+            image: image.into(),
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn layer(
+        image: impl Into<String>,
+        layer: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> Error {
+        Error::Layer {
+            image: image.into(),
+            layer: layer.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Recovers an image error carried through `std::io::Read` (layer streams report digest
+    /// and registry failures as `io::Error`s wrapping this type), else wraps the I/O error.
+    pub fn from_io(context: impl Into<String>, err: io::Error) -> Error {
+        match err.downcast::<Error>() {
+            Ok(own) => own,
+            Err(other) => Error::io(context, other),
+        }
+    }
+
+    /// This error as an `io::Error`, for `Read` implementations.
+    pub(crate) fn into_io(self) -> io::Error {
+        io::Error::new(io::ErrorKind::InvalidData, self)
+    }
+}

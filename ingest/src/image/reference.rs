@@ -1,0 +1,507 @@
+//! Image references as skopeo writes them, the names images get in the repository, and
+//! platforms.
+
+use super::digest::Digest;
+use super::error::{Error, Result};
+use std::fmt;
+use std::path::PathBuf;
+
+/// Host that serves Docker Hub's registry API.
+pub const DOCKER_HUB_API: &str = "registry-1.docker.io";
+/// Name DUCC gives Docker Hub in repository paths (`registry.hub.docker.com/library/ubuntu`).
+pub const DOCKER_HUB_LAYOUT: &str = "registry.hub.docker.com";
+/// Registry part of the layout name of images read from local files.
+pub const LOCAL_LAYOUT: &str = "local";
+
+/// Where an image comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ImageRef {
+    /// `docker://REGISTRY/REPO[:TAG|@DIGEST]`
+    Registry(RegistryRef),
+    /// `oci:DIR[:REF]`: an OCI image layout; `REF` is an `org.opencontainers.image.ref.name`.
+    OciLayout { dir: PathBuf, tag: Option<String> },
+    /// `docker-archive:FILE[:REF]`: `docker save` output; `REF` picks one of its `RepoTags`.
+    DockerArchive { path: PathBuf, tag: Option<String> },
+}
+
+/// An image in a registry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RegistryRef {
+    /// Host (and port) the API is fetched from, e.g. `registry-1.docker.io`, `127.0.0.1:5000`.
+    pub host: String,
+    /// Repository path inside the registry, e.g. `library/ubuntu`.
+    pub repository: String,
+    pub tag: Option<String>,
+    pub digest: Option<Digest>,
+}
+
+/// The name an image gets in the repository: `/<registry>/<repository>:<tag>`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ImageName {
+    /// Registry as DUCC writes it (Docker Hub → `registry.hub.docker.com`), port included.
+    pub registry: String,
+    pub repository: String,
+    /// `:<tag>` or `@sha256:<hex>` for images referenced by digest only.
+    pub reference: NameRef,
+}
+
+/// The last part of an image name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum NameRef {
+    Tag(String),
+    Digest(Digest),
+}
+
+impl ImageRef {
+    /// Parses `docker://…`, `oci:…` or `docker-archive:…`.
+    pub fn parse(input: &str) -> Result<ImageRef> {
+        let bad = |reason: &str| Error::Reference {
+            input: input.to_owned(),
+            reason: reason.to_owned(),
+        };
+        if let Some(rest) = input.strip_prefix("docker://") {
+            return RegistryRef::parse(rest)
+                .map(ImageRef::Registry)
+                .map_err(|reason| bad(&reason));
+        }
+        // containers/image splits local transports at the first ':' after the prefix, so
+        // paths cannot contain ':' but references can (`oci:/l:127.0.0.1:5000/a:1`).
+        let local = |rest: &str| -> Result<(PathBuf, Option<String>)> {
+            let (path, tag) = match rest.split_once(':') {
+                Some((path, tag)) => (path, Some(tag.to_owned()).filter(|t| !t.is_empty())),
+                None => (rest, None),
+            };
+            if path.is_empty() {
+                return Err(bad("missing path"));
+            }
+            Ok((PathBuf::from(path), tag))
+        };
+        if let Some(rest) = input.strip_prefix("oci:") {
+            let (dir, tag) = local(rest)?;
+            return Ok(ImageRef::OciLayout { dir, tag });
+        }
+        if let Some(rest) = input.strip_prefix("docker-archive:") {
+            let (path, tag) = local(rest)?;
+            return Ok(ImageRef::DockerArchive { path, tag });
+        }
+        Err(bad(
+            "expected docker://REGISTRY/REPO[:TAG|@DIGEST], oci:DIR[:TAG] or docker-archive:FILE",
+        ))
+    }
+}
+
+impl fmt::Display for ImageRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let local =
+            |f: &mut fmt::Formatter<'_>, kind: &str, path: &PathBuf, tag: &Option<String>| {
+                write!(f, "{kind}:{}", path.display())?;
+                match tag {
+                    Some(tag) => write!(f, ":{tag}"),
+                    None => Ok(()),
+                }
+            };
+        match self {
+            ImageRef::Registry(r) => write!(f, "docker://{r}"),
+            ImageRef::OciLayout { dir, tag } => local(f, "oci", dir, tag),
+            ImageRef::DockerArchive { path, tag } => local(f, "docker-archive", path, tag),
+        }
+    }
+}
+
+/// Whether the first path component of a reference names a registry host.
+fn looks_like_host(component: &str) -> bool {
+    component.contains('.') || component.contains(':') || component == "localhost"
+}
+
+fn valid_repository(repo: &str) -> bool {
+    let component_ok = |c: &str| {
+        !c.is_empty()
+            && c.bytes()
+                .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'-'))
+            && c.as_bytes()[0].is_ascii_alphanumeric()
+    };
+    repo.split('/').all(component_ok)
+}
+
+fn valid_tag(tag: &str) -> bool {
+    tag.len() <= 128
+        && tag
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && tag
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+/// Docker Hub's aliases; all are fetched from [`DOCKER_HUB_API`].
+fn is_docker_hub(host: &str) -> bool {
+    matches!(
+        host,
+        "docker.io" | "index.docker.io" | "registry-1.docker.io" | "registry.hub.docker.com"
+    )
+}
+
+impl RegistryRef {
+    /// Parses `[HOST/]REPO[:TAG][@sha256:HEX]` with Docker's defaults (Docker Hub,
+    /// `library/`, tag `latest`).
+    pub fn parse(text: &str) -> std::result::Result<RegistryRef, String> {
+        let (name, digest) = match text.split_once('@') {
+            Some((name, d)) => {
+                let digest = Digest::parse(d)
+                    .ok_or_else(|| format!("digest {d:?} is not sha256:<64 lowercase hex>"))?;
+                (name, Some(digest))
+            }
+            None => (text, None),
+        };
+        let (path, tag) = match name.rsplit_once(':') {
+            Some((path, tag)) if !tag.contains('/') => (path, Some(tag.to_owned())),
+            _ => (name, None),
+        };
+        if let Some(tag) = &tag {
+            if !valid_tag(tag) {
+                return Err(format!("invalid tag {tag:?}"));
+            }
+        }
+        let (host, repository) = match path.split_once('/') {
+            Some((first, rest)) if looks_like_host(first) => (first.to_owned(), rest.to_owned()),
+            _ => (DOCKER_HUB_API.to_owned(), path.to_owned()),
+        };
+        let (host, repository) = if is_docker_hub(&host) {
+            let repo = if repository.contains('/') {
+                repository
+            } else {
+                format!("library/{repository}")
+            };
+            (DOCKER_HUB_API.to_owned(), repo)
+        } else {
+            (host, repository)
+        };
+        if !valid_repository(&repository) {
+            return Err(format!("invalid repository name {repository:?}"));
+        }
+        let tag = if tag.is_none() && digest.is_none() {
+            Some("latest".to_owned())
+        } else {
+            tag
+        };
+        Ok(RegistryRef {
+            host,
+            repository,
+            tag,
+            digest,
+        })
+    }
+
+    /// What to ask the registry's manifest endpoint for: the digest when known, else the tag.
+    pub fn manifest_reference(&self) -> String {
+        match (&self.digest, &self.tag) {
+            (Some(d), _) => d.to_string(),
+            (None, Some(t)) => t.clone(),
+            (None, None) => "latest".to_owned(),
+        }
+    }
+
+    /// The same repository with another tag.
+    pub fn with_tag(&self, tag: &str) -> RegistryRef {
+        RegistryRef {
+            tag: Some(tag.to_owned()),
+            digest: None,
+            ..self.clone()
+        }
+    }
+
+    /// Repository name: registry as DUCC names it, repository, tag (or digest).
+    pub fn name(&self) -> ImageName {
+        let registry = if self.host == DOCKER_HUB_API {
+            DOCKER_HUB_LAYOUT.to_owned()
+        } else {
+            self.host.clone()
+        };
+        let reference = match (&self.tag, &self.digest) {
+            (Some(t), _) => NameRef::Tag(t.clone()),
+            (None, Some(d)) => NameRef::Digest(d.clone()),
+            (None, None) => NameRef::Tag("latest".to_owned()),
+        };
+        ImageName {
+            registry,
+            repository: self.repository.clone(),
+            reference,
+        }
+    }
+}
+
+impl fmt::Display for RegistryRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.host, self.repository)?;
+        if let Some(tag) = &self.tag {
+            write!(f, ":{tag}")?;
+        }
+        if let Some(digest) = &self.digest {
+            write!(f, "@{digest}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ImageName {
+    /// Name for an image read from a local file under the reference name `ref_name` (an OCI
+    /// `ref.name` annotation or a `RepoTags` entry). A full registry reference keeps its
+    /// registry (`127.0.0.1:5000/a/b:1`, `docker.io/a/b:1`); anything else lands under
+    /// [`LOCAL_LAYOUT`] with tag `latest` unless it names one.
+    pub fn for_local(ref_name: &str) -> Option<ImageName> {
+        let first = ref_name.split('/').next().unwrap_or_default();
+        if ref_name.contains('/') && looks_like_host(first) {
+            if let Ok(r) = RegistryRef::parse(ref_name) {
+                return Some(r.name());
+            }
+        }
+        let (repository, tag) = match ref_name.rsplit_once(':') {
+            Some((repo, tag)) if !tag.contains('/') => (repo, tag),
+            _ => (ref_name, "latest"),
+        };
+        (valid_repository(repository) && valid_tag(tag)).then(|| ImageName {
+            registry: LOCAL_LAYOUT.to_owned(),
+            repository: repository.to_owned(),
+            reference: NameRef::Tag(tag.to_owned()),
+        })
+    }
+
+    /// `<registry>/<repository>:<tag>` or `<registry>/<repository>@sha256:<hex>`.
+    pub fn path_text(&self) -> String {
+        match &self.reference {
+            NameRef::Tag(t) => format!("{}/{}:{t}", self.registry, self.repository),
+            NameRef::Digest(d) => format!("{}/{}@{d}", self.registry, self.repository),
+        }
+    }
+}
+
+impl fmt::Display for ImageName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.path_text())
+    }
+}
+
+/// An OCI platform: `os/architecture[/variant]`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Platform {
+    pub os: String,
+    pub architecture: String,
+    pub variant: Option<String>,
+}
+
+impl Platform {
+    /// Parses `os/arch[/variant]`, e.g. `linux/amd64`, `linux/arm64/v8`.
+    pub fn parse(text: &str) -> Result<Platform> {
+        let parts: Vec<&str> = text.split('/').collect();
+        let ok = (2..=3).contains(&parts.len()) && parts.iter().all(|p| !p.is_empty());
+        if !ok {
+            return Err(Error::Reference {
+                input: text.to_owned(),
+                reason: "platform must be os/arch[/variant]".to_owned(),
+            });
+        }
+        Ok(Platform {
+            os: parts[0].to_owned(),
+            architecture: parts[1].to_owned(),
+            variant: parts.get(2).map(|v| (*v).to_owned()),
+        })
+    }
+
+    /// The platform of this machine in OCI names (`x86_64` → `amd64`, `aarch64` → `arm64/v8`).
+    pub fn host() -> Platform {
+        let (architecture, variant) = match std::env::consts::ARCH {
+            "x86_64" => ("amd64", None),
+            "aarch64" => ("arm64", Some("v8")),
+            "x86" => ("386", None),
+            "arm" => ("arm", Some("v7")),
+            "powerpc64" if cfg!(target_endian = "little") => ("ppc64le", None),
+            "loongarch64" => ("loong64", None),
+            other => (other, None),
+        };
+        Platform {
+            os: "linux".to_owned(),
+            architecture: architecture.to_owned(),
+            variant: variant.map(str::to_owned),
+        }
+    }
+
+    /// The variant with defaults filled in: `arm64` without one means `v8`.
+    fn effective_variant(&self) -> Option<&str> {
+        match (self.architecture.as_str(), self.variant.as_deref()) {
+            ("arm64", None) => Some("v8"),
+            (_, v) => v,
+        }
+    }
+
+    /// Whether an image for `offered` runs where `self` is wanted. A wanted platform without a
+    /// variant accepts any variant.
+    pub fn accepts(&self, offered: &Platform) -> bool {
+        self.os == offered.os
+            && self.architecture == offered.architecture
+            && (self.variant.is_none() || self.effective_variant() == offered.effective_variant())
+    }
+
+    /// Suffix of the per-platform tag link `<tag>@<suffix>`: `linux-amd64`, `linux-arm-v7`
+    /// (the default `v8` of arm64 is left out).
+    pub fn link_suffix(&self) -> String {
+        let mut out = format!("{}-{}", self.os, self.architecture);
+        if let Some(v) = self.variant.as_deref() {
+            if !(self.architecture == "arm64" && v == "v8") {
+                out.push('-');
+                out.push_str(v);
+            }
+        }
+        out
+    }
+}
+
+impl fmt::Display for Platform {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.os, self.architecture)?;
+        match &self.variant {
+            Some(v) => write!(f, "/{v}"),
+            None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reg(text: &str) -> RegistryRef {
+        match ImageRef::parse(text).unwrap() {
+            ImageRef::Registry(r) => r,
+            other => panic!("not a registry ref: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn docker_hub_normalisation() {
+        let r = reg("docker://ubuntu");
+        assert_eq!(r.host, "registry-1.docker.io");
+        assert_eq!(r.repository, "library/ubuntu");
+        assert_eq!(r.tag.as_deref(), Some("latest"));
+        assert_eq!(
+            r.name().to_string(),
+            "registry.hub.docker.com/library/ubuntu:latest"
+        );
+        let r = reg("docker://docker.io/jupyter/base-notebook:2024");
+        assert_eq!(r.host, "registry-1.docker.io");
+        assert_eq!(
+            r.name().to_string(),
+            "registry.hub.docker.com/jupyter/base-notebook:2024"
+        );
+        assert_eq!(
+            reg("docker://registry.hub.docker.com/library/debian:12").host,
+            DOCKER_HUB_API
+        );
+    }
+
+    #[test]
+    fn registry_with_port_tag_and_digest() {
+        let hex = "ab".repeat(32);
+        let r = reg("docker://127.0.0.1:5000/testbed/app:oci-gzip");
+        assert_eq!(r.host, "127.0.0.1:5000");
+        assert_eq!(r.repository, "testbed/app");
+        assert_eq!(r.manifest_reference(), "oci-gzip");
+        assert_eq!(r.name().to_string(), "127.0.0.1:5000/testbed/app:oci-gzip");
+        let r = reg(&format!("docker://localhost/x@sha256:{hex}"));
+        assert_eq!(r.host, "localhost");
+        assert_eq!(r.tag, None);
+        assert_eq!(r.manifest_reference(), format!("sha256:{hex}"));
+        assert_eq!(r.name().to_string(), format!("localhost/x@sha256:{hex}"));
+        let r = reg(&format!("docker://quay.io/a/b:1.0@sha256:{hex}"));
+        assert_eq!(r.manifest_reference(), format!("sha256:{hex}"));
+        assert_eq!(r.name().to_string(), "quay.io/a/b:1.0");
+        assert_eq!(r.to_string(), format!("quay.io/a/b:1.0@sha256:{hex}"));
+    }
+
+    #[test]
+    fn invalid_references() {
+        for bad in [
+            "docker://UPPER/case",
+            "docker://host.io/Repo",
+            "docker://x@sha256:short",
+            "docker://x:bad/tag:",
+            "docker://x:-tag",
+            "docker://a//b",
+            "oci:",
+            "podman://x",
+            "ubuntu",
+        ] {
+            let err = ImageRef::parse(bad).unwrap_err().to_string();
+            assert!(err.starts_with("invalid image reference"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn local_references() {
+        assert_eq!(
+            ImageRef::parse("oci:/tmp/l:127.0.0.1:5000/a/b:1").unwrap(),
+            ImageRef::OciLayout {
+                dir: "/tmp/l".into(),
+                tag: Some("127.0.0.1:5000/a/b:1".into())
+            }
+        );
+        assert_eq!(
+            ImageRef::parse("oci:/tmp/l").unwrap(),
+            ImageRef::OciLayout {
+                dir: "/tmp/l".into(),
+                tag: None
+            }
+        );
+        assert_eq!(
+            ImageRef::parse("docker-archive:/tmp/a.tar").unwrap(),
+            ImageRef::DockerArchive {
+                path: "/tmp/a.tar".into(),
+                tag: None
+            }
+        );
+        assert_eq!(
+            ImageRef::parse("oci:/tmp/l:app").unwrap().to_string(),
+            "oci:/tmp/l:app"
+        );
+    }
+
+    #[test]
+    fn local_names() {
+        let n = ImageName::for_local("corpus/flask-app:1.0").unwrap();
+        assert_eq!(n.to_string(), "local/corpus/flask-app:1.0");
+        assert_eq!(
+            ImageName::for_local("app").unwrap().to_string(),
+            "local/app:latest"
+        );
+        let n = ImageName::for_local("docker.io/testbed/python:latest").unwrap();
+        assert_eq!(
+            n.to_string(),
+            "registry.hub.docker.com/testbed/python:latest"
+        );
+        let n = ImageName::for_local("127.0.0.1:5000/testbed/app:oci-gzip").unwrap();
+        assert_eq!(n.to_string(), "127.0.0.1:5000/testbed/app:oci-gzip");
+        assert!(ImageName::for_local("Bad Name").is_none());
+    }
+
+    #[test]
+    fn platforms() {
+        let p = Platform::parse("linux/arm64/v8").unwrap();
+        assert_eq!(p.to_string(), "linux/arm64/v8");
+        assert_eq!(p.link_suffix(), "linux-arm64");
+        let bare = Platform::parse("linux/arm64").unwrap();
+        assert!(p.accepts(&bare) && bare.accepts(&p));
+        let v7 = Platform::parse("linux/arm/v7").unwrap();
+        assert_eq!(v7.link_suffix(), "linux-arm-v7");
+        assert!(!v7.accepts(&Platform::parse("linux/arm/v6").unwrap()));
+        assert!(Platform::parse("linux").is_err());
+        assert!(Platform::parse("linux//v7").is_err());
+        let host = Platform::host();
+        assert_eq!(host.os, "linux");
+        if cfg!(target_arch = "x86_64") {
+            assert_eq!(host.to_string(), "linux/amd64");
+        }
+        if cfg!(target_arch = "aarch64") {
+            assert_eq!(host.to_string(), "linux/arm64/v8");
+        }
+    }
+}

@@ -1,0 +1,1028 @@
+//! A registry client for the distribution API (v2): anonymous, bearer-token and basic auth,
+//! retries with backoff (5xx, 429 with `Retry-After`, dropped connections, resumed blob
+//! downloads), plain HTTP only for hosts named insecure, and a cap on concurrent requests per
+//! registry. Async inside (its own tokio runtime), blocking outside: blob bodies reach the
+//! caller through a bounded channel, so memory stays bounded whatever the layer size.
+
+use super::auth::{AuthStore, Secret};
+use super::digest::{Checked, Digest, VerifyingReader};
+use super::error::{Error, Result};
+use super::manifest::{IndexEntry, PlatformSelection, ACCEPT};
+use super::reference::RegistryRef;
+use super::source::{check_blob, resolve_document, ImageManifest, ImageSource, ResolvedImage};
+use reqwest::header::{HeaderMap, ACCEPT as ACCEPT_HEADER, AUTHORIZATION, CONTENT_TYPE, RANGE};
+use reqwest::StatusCode;
+use std::collections::HashMap;
+use std::fmt;
+use std::io::{self, Read};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+
+/// Largest manifest, config or listing page read into memory.
+const MAX_DOCUMENT: usize = 16 << 20;
+/// Blob chunks buffered between the download task and the reader (each ≤ ~64 KiB).
+const CHANNEL_CHUNKS: usize = 16;
+
+/// How the client talks to registries.
+#[derive(Clone, Debug)]
+pub struct RegistryOptions {
+    pub auth: AuthStore,
+    /// `host[:port]` that may be reached over plain HTTP; every other host needs HTTPS.
+    pub insecure: Vec<String>,
+    /// Requests in flight per registry host (blob downloads hold one for their duration).
+    pub max_concurrent: usize,
+    /// Retries after a 5xx, a 429 or a dropped connection, per request.
+    pub max_retries: u32,
+    /// First backoff delay; doubled per retry up to `max_backoff`.
+    pub backoff: Duration,
+    pub max_backoff: Duration,
+    /// Longest `Retry-After` honoured; longer requests wait this long.
+    pub max_retry_after: Duration,
+    pub connect_timeout: Duration,
+    /// No bytes for this long ends (and retries) a request.
+    pub read_timeout: Duration,
+}
+
+impl Default for RegistryOptions {
+    fn default() -> Self {
+        RegistryOptions {
+            auth: AuthStore::anonymous(),
+            insecure: Vec::new(),
+            max_concurrent: 4,
+            max_retries: 5,
+            backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(30),
+            max_retry_after: Duration::from_secs(120),
+            connect_timeout: Duration::from_secs(30),
+            read_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// What a failed request reports before the caller adds image/layer context.
+struct Failure {
+    url: String,
+    status: Option<u16>,
+    reason: String,
+}
+
+impl Failure {
+    fn image(self, image: &str) -> Error {
+        Error::Registry {
+            image: image.to_owned(),
+            url: self.url,
+            status: self.status,
+            reason: self.reason,
+        }
+    }
+
+    fn layer(self, image: &str, layer: &Digest) -> Error {
+        Error::layer(
+            image,
+            layer.to_string(),
+            format!("{}: {}", self.url, self.reason),
+        )
+    }
+}
+
+/// Per-host state: the request cap and the auth learned from challenges.
+struct Host {
+    permits: Arc<Semaphore>,
+    /// Bearer tokens by scope.
+    tokens: tokio::sync::Mutex<HashMap<String, Secret>>,
+    /// The host answered 401 with a Basic challenge: send credentials up front.
+    basic: std::sync::atomic::AtomicBool,
+}
+
+struct Inner {
+    http: reqwest::Client,
+    options: RegistryOptions,
+    hosts: Mutex<HashMap<String, Arc<Host>>>,
+}
+
+/// A blocking registry client; share it (`Arc`) between the sources of one run.
+pub struct RegistryClient {
+    runtime: tokio::runtime::Runtime,
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for RegistryClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RegistryClient")
+            .field("options", &self.inner.options)
+            .finish()
+    }
+}
+
+/// One HTTP request: where, for which auth scope, with which headers.
+#[derive(Clone)]
+struct Request {
+    host: String,
+    url: String,
+    scope: String,
+    accept: Option<String>,
+    range_from: u64,
+}
+
+impl RegistryClient {
+    pub fn new(options: RegistryOptions) -> Result<RegistryClient> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("registry-io")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::io("starting the registry I/O runtime", e))?;
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("cvmfs-oci/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(options.connect_timeout)
+            .read_timeout(options.read_timeout)
+            .build()
+            .map_err(|e| Error::io("building the HTTP client", io::Error::other(e.to_string())))?;
+        Ok(RegistryClient {
+            runtime,
+            inner: Arc::new(Inner {
+                http,
+                options,
+                hosts: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// Tags of a repository, following `Link` pagination.
+    pub fn list_tags(&self, repo: &RegistryRef) -> Result<Vec<String>> {
+        #[derive(serde::Deserialize)]
+        struct Page {
+            tags: Option<Vec<String>>,
+        }
+        let display = format!("docker://{}/{}", repo.host, repo.repository);
+        let first = format!(
+            "{}/v2/{}/tags/list?n=1000",
+            self.inner.base(&repo.host),
+            repo.repository
+        );
+        let scope = format!("repository:{}:pull", repo.repository);
+        let pages = self.paginate(&repo.host, first, &scope, &display)?;
+        let mut out = Vec::new();
+        for (url, body) in pages {
+            let page: Page = serde_json::from_slice(&body)
+                .map_err(|e| Error::image(&display, format!("{url}: not a tag list: {e}")))?;
+            out.extend(page.tags.unwrap_or_default());
+        }
+        Ok(out)
+    }
+
+    /// Repositories of a registry (`/v2/_catalog`), following `Link` pagination.
+    pub fn catalog(&self, host: &str) -> Result<Vec<String>> {
+        #[derive(serde::Deserialize)]
+        struct Page {
+            repositories: Option<Vec<String>>,
+        }
+        let display = format!("docker://{host}");
+        let first = format!("{}/v2/_catalog?n=1000", self.inner.base(host));
+        let pages = self.paginate(host, first, "registry:catalog:*", &display)?;
+        let mut out = Vec::new();
+        for (url, body) in pages {
+            let page: Page = serde_json::from_slice(&body)
+                .map_err(|e| Error::image(&display, format!("{url}: not a catalog: {e}")))?;
+            out.extend(page.repositories.unwrap_or_default());
+        }
+        Ok(out)
+    }
+
+    fn paginate(
+        &self,
+        host: &str,
+        first: String,
+        scope: &str,
+        display: &str,
+    ) -> Result<Vec<(String, Vec<u8>)>> {
+        let mut pages = Vec::new();
+        let mut next = Some(first);
+        while let Some(url) = next.take() {
+            let req = Request {
+                host: host.to_owned(),
+                url: url.clone(),
+                scope: scope.to_owned(),
+                accept: Some("application/json".to_owned()),
+                range_from: 0,
+            };
+            let inner = self.inner.clone();
+            let (body, headers) = self
+                .runtime
+                .block_on(async move { inner.fetch_document(&req).await })
+                .map_err(|f| f.image(display))?;
+            next = next_link(&headers, &self.inner.base(host));
+            if pages.len() > 10_000 {
+                return Err(Error::image(
+                    display,
+                    format!("{url}: more than 10000 pages"),
+                ));
+            }
+            pages.push((url, body));
+        }
+        Ok(pages)
+    }
+
+    /// A manifest by tag or digest: bytes and `Content-Type`.
+    fn manifest(
+        &self,
+        repo: &RegistryRef,
+        reference: &str,
+        display: &str,
+    ) -> Result<(Vec<u8>, Option<String>)> {
+        let req = Request {
+            host: repo.host.clone(),
+            url: format!(
+                "{}/v2/{}/manifests/{reference}",
+                self.inner.base(&repo.host),
+                repo.repository
+            ),
+            scope: format!("repository:{}:pull", repo.repository),
+            accept: Some(ACCEPT.join(", ")),
+            range_from: 0,
+        };
+        let inner = self.inner.clone();
+        let (body, headers) = self
+            .runtime
+            .block_on(async move { inner.fetch_document(&req).await })
+            .map_err(|f| f.image(display))?;
+        let content_type = headers
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        Ok((body, content_type))
+    }
+
+    /// A small blob (config) read whole.
+    fn small_blob(&self, repo: &RegistryRef, digest: &Digest, display: &str) -> Result<Vec<u8>> {
+        let req = self.blob_request(repo, digest);
+        let inner = self.inner.clone();
+        let (body, _) = self
+            .runtime
+            .block_on(async move { inner.fetch_document(&req).await })
+            .map_err(|f| f.image(display))?;
+        Ok(body)
+    }
+
+    fn blob_request(&self, repo: &RegistryRef, digest: &Digest) -> Request {
+        Request {
+            host: repo.host.clone(),
+            url: format!(
+                "{}/v2/{}/blobs/{digest}",
+                self.inner.base(&repo.host),
+                repo.repository
+            ),
+            scope: format!("repository:{}:pull", repo.repository),
+            accept: None,
+            range_from: 0,
+        }
+    }
+
+    /// Streams a blob: on the first read a background task starts downloading (resuming
+    /// with `Range` after a dropped connection) into a bounded channel; the returned reader
+    /// blocks on it. Starting lazily keeps readers that were opened but not yet read from
+    /// holding one of the host's request permits.
+    pub fn open_blob(&self, repo: &RegistryRef, digest: &Digest, image: &str) -> impl Read + Send {
+        BlobReader::Pending(Box::new(PendingBlob {
+            runtime: self.runtime.handle().clone(),
+            inner: self.inner.clone(),
+            req: self.blob_request(repo, digest),
+            image: image.to_owned(),
+            layer: digest.clone(),
+        }))
+    }
+}
+
+type Chunk = std::result::Result<Vec<u8>, Error>;
+
+/// A blob download not started yet.
+struct PendingBlob {
+    runtime: tokio::runtime::Handle,
+    inner: Arc<Inner>,
+    req: Request,
+    image: String,
+    layer: Digest,
+}
+
+impl PendingBlob {
+    fn start(self) -> ChannelReader {
+        let (tx, rx) = mpsc::channel::<Chunk>(CHANNEL_CHUNKS);
+        let PendingBlob {
+            runtime,
+            inner,
+            req,
+            image,
+            layer,
+        } = self;
+        runtime.spawn(async move {
+            if let Err(failure) = inner.download(req, &tx).await {
+                // The reader may be gone already; then nobody needs the error.
+                let _ = tx.send(Err(failure.layer(&image, &layer))).await;
+            }
+        });
+        ChannelReader {
+            rx,
+            current: Vec::new(),
+            pos: 0,
+        }
+    }
+}
+
+/// The blocking end of a blob download.
+enum BlobReader {
+    Pending(Box<PendingBlob>),
+    Running(ChannelReader),
+    /// Only while switching from `Pending` to `Running`.
+    Empty,
+}
+
+impl Read for BlobReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let BlobReader::Pending(_) = self {
+            if let BlobReader::Pending(p) = std::mem::replace(self, BlobReader::Empty) {
+                *self = BlobReader::Running(p.start());
+            }
+        }
+        match self {
+            BlobReader::Running(r) => r.read(buf),
+            BlobReader::Pending(_) | BlobReader::Empty => Ok(0),
+        }
+    }
+}
+
+impl Inner {
+    fn base(&self, host: &str) -> String {
+        let scheme = if self.options.insecure.iter().any(|h| h == host) {
+            "http"
+        } else {
+            "https"
+        };
+        format!("{scheme}://{host}")
+    }
+
+    fn host(&self, host: &str) -> Arc<Host> {
+        let mut hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
+        hosts
+            .entry(host.to_owned())
+            .or_insert_with(|| {
+                Arc::new(Host {
+                    permits: Arc::new(Semaphore::new(self.options.max_concurrent.max(1))),
+                    tokens: tokio::sync::Mutex::new(HashMap::new()),
+                    basic: std::sync::atomic::AtomicBool::new(false),
+                })
+            })
+            .clone()
+    }
+
+    fn backoff(&self, attempt: u32) -> Duration {
+        let factor = 1u32.checked_shl(attempt.min(16)).unwrap_or(u32::MAX);
+        self.options
+            .backoff
+            .saturating_mul(factor)
+            .min(self.options.max_backoff)
+    }
+
+    /// The `Authorization` header for a request, if any is known.
+    async fn auth_header(&self, host: &Host, req: &Request) -> Option<String> {
+        if let Some(token) = host.tokens.lock().await.get(&req.scope) {
+            return Some(format!("Bearer {}", token.expose()));
+        }
+        if host.basic.load(std::sync::atomic::Ordering::Relaxed) {
+            return self
+                .options
+                .auth
+                .lookup(&req.host)
+                .map(|c| c.basic_header());
+        }
+        None
+    }
+
+    /// Sends a request, retrying 5xx, 429 and connection failures with backoff, and answering
+    /// one 401 challenge. Returns the successful response and the permit it holds.
+    async fn send(
+        &self,
+        req: &Request,
+    ) -> std::result::Result<(reqwest::Response, OwnedSemaphorePermit), Failure> {
+        let host = self.host(&req.host);
+        let fail = |status: Option<u16>, reason: String| Failure {
+            url: req.url.clone(),
+            status,
+            reason,
+        };
+        let mut authenticated = false;
+        let mut attempt = 0u32;
+        loop {
+            let permit = host
+                .permits
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| fail(None, "client shut down".to_owned()))?;
+            let mut builder = self.http.get(&req.url);
+            if let Some(accept) = &req.accept {
+                builder = builder.header(ACCEPT_HEADER, accept);
+            }
+            if req.range_from > 0 {
+                builder = builder.header(RANGE, format!("bytes={}-", req.range_from));
+            }
+            if let Some(auth) = self.auth_header(&host, req).await {
+                builder = builder.header(AUTHORIZATION, auth);
+            }
+            let delay = match builder.send().await {
+                Ok(resp) if resp.status().is_success() => return Ok((resp, permit)),
+                Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED && !authenticated => {
+                    drop(permit);
+                    authenticated = true;
+                    self.answer_challenge(&host, req, resp.headers()).await?;
+                    continue;
+                }
+                Ok(resp) if retryable(resp.status()) && attempt < self.options.max_retries => {
+                    retry_after(resp.headers())
+                        .map(|d| d.min(self.options.max_retry_after))
+                        .unwrap_or_else(|| self.backoff(attempt))
+                }
+                Ok(resp) => {
+                    let status = resp.status();
+                    let detail = error_detail(resp).await;
+                    let mut reason = describe_status(status, &detail);
+                    if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+                        reason.push_str(match self.options.auth.lookup(&req.host) {
+                            Some(_) => " (credentials were refused)",
+                            None => " (no credentials for this registry)",
+                        });
+                    }
+                    if retryable(status) {
+                        reason.push_str(&format!(" after {} retries", self.options.max_retries));
+                    }
+                    return Err(fail(Some(status.as_u16()), reason));
+                }
+                Err(e) if transient(&e) && attempt < self.options.max_retries => {
+                    self.backoff(attempt)
+                }
+                Err(e) => {
+                    return Err(fail(None, describe_send_error(e, &req.url)));
+                }
+            };
+            drop(permit);
+            attempt += 1;
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// Learns how to authenticate from a 401's `WWW-Authenticate`: fetches a bearer token for
+    /// the request's scope, or switches the host to basic auth.
+    async fn answer_challenge(
+        &self,
+        host: &Host,
+        req: &Request,
+        headers: &HeaderMap,
+    ) -> std::result::Result<(), Failure> {
+        let fail = |reason: String| Failure {
+            url: req.url.clone(),
+            status: Some(401),
+            reason,
+        };
+        let header = headers
+            .get(reqwest::header::WWW_AUTHENTICATE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        let (scheme, params) = parse_challenge(header);
+        let creds = self.options.auth.lookup(&req.host);
+        match scheme.to_ascii_lowercase().as_str() {
+            "basic" => match creds {
+                Some(_) => {
+                    host.basic.store(true, std::sync::atomic::Ordering::Relaxed);
+                    Ok(())
+                }
+                None => Err(fail(
+                    "401 Unauthorized (no credentials for this registry)".to_owned(),
+                )),
+            },
+            "bearer" => {
+                let realm = params
+                    .get("realm")
+                    .ok_or_else(|| fail("401 with a Bearer challenge without realm".to_owned()))?;
+                let mut token_url = reqwest::Url::parse(realm)
+                    .map_err(|e| fail(format!("token realm {realm:?} is not a URL: {e}")))?;
+                {
+                    let mut q = token_url.query_pairs_mut();
+                    if let Some(service) = params.get("service") {
+                        q.append_pair("service", service);
+                    }
+                    q.append_pair("scope", params.get("scope").unwrap_or(&req.scope));
+                }
+                let token = self
+                    .fetch_token(token_url, creds.map(|c| c.basic_header()))
+                    .await?;
+                host.tokens.lock().await.insert(req.scope.clone(), token);
+                Ok(())
+            }
+            _ => Err(fail(format!(
+                "401 Unauthorized with an unsupported challenge {scheme:?}"
+            ))),
+        }
+    }
+
+    async fn fetch_token(
+        &self,
+        url: reqwest::Url,
+        basic: Option<String>,
+    ) -> std::result::Result<Secret, Failure> {
+        #[derive(serde::Deserialize)]
+        struct TokenReply {
+            token: Option<String>,
+            access_token: Option<String>,
+        }
+        // The token URL without its query, for messages (the query holds no secret, but the
+        // realm is what the user can act on).
+        let shown = format!("{}{}", url.origin().ascii_serialization(), url.path());
+        let fail = |status: Option<u16>, reason: String| Failure {
+            url: shown.clone(),
+            status,
+            reason,
+        };
+        let mut attempt = 0;
+        loop {
+            let mut builder = self.http.get(url.clone());
+            if let Some(b) = &basic {
+                builder = builder.header(AUTHORIZATION, b);
+            }
+            match builder.send().await {
+                Ok(resp) if resp.status().is_success() => {
+                    let body = read_limited(resp, MAX_DOCUMENT).await.map_err(|e| {
+                        fail(None, format!("reading the token: {}", error_chain(&e)))
+                    })?;
+                    let reply: TokenReply = serde_json::from_slice(&body)
+                        .map_err(|e| fail(None, format!("token reply is not JSON: {e}")))?;
+                    let token = reply.token.or(reply.access_token).filter(|t| !t.is_empty());
+                    return token
+                        .map(Secret::new)
+                        .ok_or_else(|| fail(None, "token reply holds no token".to_owned()));
+                }
+                Ok(resp) if retryable(resp.status()) && attempt < self.options.max_retries => {
+                    let delay =
+                        retry_after(resp.headers()).unwrap_or_else(|| self.backoff(attempt));
+                    tokio::time::sleep(delay.min(self.options.max_retry_after)).await;
+                }
+                Ok(resp) => {
+                    let status = resp.status();
+                    let detail = error_detail(resp).await;
+                    let what = if basic.is_some() {
+                        "credentials were refused"
+                    } else {
+                        "anonymous token refused"
+                    };
+                    return Err(fail(
+                        Some(status.as_u16()),
+                        format!("{} ({what})", describe_status(status, &detail)),
+                    ));
+                }
+                Err(e) if transient(&e) && attempt < self.options.max_retries => {
+                    tokio::time::sleep(self.backoff(attempt)).await;
+                }
+                Err(e) => {
+                    return Err(fail(
+                        None,
+                        format!("token request failed: {}", error_chain(&e.without_url())),
+                    ))
+                }
+            }
+            attempt += 1;
+        }
+    }
+
+    /// A whole small document; a body cut short is retried like a dropped connection.
+    async fn fetch_document(
+        &self,
+        req: &Request,
+    ) -> std::result::Result<(Vec<u8>, HeaderMap), Failure> {
+        let mut attempt = 0;
+        loop {
+            let (resp, permit) = self.send(req).await?;
+            let headers = resp.headers().clone();
+            let result = read_limited(resp, MAX_DOCUMENT).await;
+            drop(permit);
+            match result {
+                Ok(body) => return Ok((body, headers)),
+                Err(e)
+                    if attempt < self.options.max_retries
+                        && e.kind() != io::ErrorKind::InvalidData =>
+                {
+                    tokio::time::sleep(self.backoff(attempt)).await;
+                    attempt += 1;
+                }
+                Err(e) => {
+                    return Err(Failure {
+                        url: req.url.clone(),
+                        status: None,
+                        reason: format!("reading the body: {e}"),
+                    })
+                }
+            }
+        }
+    }
+
+    /// Feeds a blob into `tx`, resuming after dropped connections.
+    async fn download(
+        &self,
+        mut req: Request,
+        tx: &mpsc::Sender<Chunk>,
+    ) -> std::result::Result<(), Failure> {
+        let mut resumes = 0u32;
+        loop {
+            let (mut resp, _permit) = self.send(&req).await?;
+            // A server that ignores `Range` resends from the start: skip what we have.
+            let mut skip = if req.range_from > 0 && resp.status() != StatusCode::PARTIAL_CONTENT {
+                req.range_from
+            } else {
+                0
+            };
+            let error = loop {
+                match resp.chunk().await {
+                    Ok(Some(bytes)) => {
+                        let drop_n = skip.min(bytes.len() as u64) as usize;
+                        skip -= drop_n as u64;
+                        let rest = &bytes[drop_n..];
+                        if rest.is_empty() {
+                            continue;
+                        }
+                        req.range_from += rest.len() as u64;
+                        if tx.send(Ok(rest.to_vec())).await.is_err() {
+                            return Ok(()); // the reader was dropped
+                        }
+                    }
+                    Ok(None) => return Ok(()),
+                    Err(e) => break e,
+                }
+            };
+            if resumes >= self.options.max_retries {
+                return Err(Failure {
+                    url: req.url.clone(),
+                    status: None,
+                    reason: format!(
+                        "connection dropped at byte {} after {resumes} resumes: {}",
+                        req.range_from,
+                        error_chain(&error.without_url())
+                    ),
+                });
+            }
+            tokio::time::sleep(self.backoff(resumes)).await;
+            resumes += 1;
+        }
+    }
+}
+
+/// Statuses worth retrying.
+fn retryable(status: StatusCode) -> bool {
+    status == StatusCode::TOO_MANY_REQUESTS || matches!(status.as_u16(), 500 | 502 | 503 | 504)
+}
+
+/// Connection-level failures worth retrying; a TLS handshake with a plain-HTTP server fails
+/// the same way every time.
+fn transient(e: &reqwest::Error) -> bool {
+    (e.is_connect() || e.is_timeout() || e.is_request() || e.is_body()) && !tls_with_plain_http(e)
+}
+
+fn tls_with_plain_http(e: &reqwest::Error) -> bool {
+    let text = error_chain(e);
+    text.contains("InvalidContentType") || text.contains("corrupt message")
+}
+
+/// `Retry-After` as seconds or an HTTP date.
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let text = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    if let Ok(secs) = text.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = parse_http_date(text)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_secs() as i64;
+    Some(Duration::from_secs(at.saturating_sub(now).max(0) as u64))
+}
+
+/// Parses an IMF-fixdate (`Wed, 21 Oct 2015 07:28:00 GMT`) to Unix seconds.
+fn parse_http_date(text: &str) -> Option<i64> {
+    let parts: Vec<&str> = text.split_whitespace().collect();
+    let [_, day, month, year, time, "GMT"] = parts.as_slice() else {
+        return None;
+    };
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let month = MONTHS.iter().position(|m| m == month)? as i64 + 1;
+    let (day, year): (i64, i64) = (day.parse().ok()?, year.parse().ok()?);
+    let hms: Vec<i64> = time
+        .split(':')
+        .map(|p| p.parse().ok())
+        .collect::<Option<_>>()?;
+    let [h, m, s] = hms.as_slice() else {
+        return None;
+    };
+    // Days from civil (Howard Hinnant's algorithm).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + h * 3600 + m * 60 + s)
+}
+
+/// `Bearer realm="…",service="…"` → scheme and parameters.
+fn parse_challenge(header: &str) -> (String, HashMap<String, String>) {
+    let (scheme, rest) = header.trim().split_once(' ').unwrap_or((header.trim(), ""));
+    let mut params = HashMap::new();
+    let mut rest = rest.trim();
+    while let Some((key, after)) = rest.split_once('=') {
+        let key = key
+            .trim()
+            .trim_start_matches(',')
+            .trim()
+            .to_ascii_lowercase();
+        let after = after.trim_start();
+        let (value, remaining) = if let Some(quoted) = after.strip_prefix('"') {
+            match quoted.find('"') {
+                Some(end) => (&quoted[..end], &quoted[end + 1..]),
+                None => (quoted, ""),
+            }
+        } else {
+            match after.find(',') {
+                Some(end) => (&after[..end], &after[end..]),
+                None => (after, ""),
+            }
+        };
+        params.insert(key, value.to_owned());
+        rest = remaining.trim_start().trim_start_matches(',').trim_start();
+    }
+    (scheme.to_owned(), params)
+}
+
+/// The `rel="next"` target of a `Link` header, made absolute against `base`.
+fn next_link(headers: &HeaderMap, base: &str) -> Option<String> {
+    let link = headers.get(reqwest::header::LINK)?.to_str().ok()?;
+    link.split(',').find_map(|part| {
+        let (target, params) = part.split_once(';')?;
+        if !params.replace(' ', "").contains("rel=\"next\"") && !params.contains("rel=next") {
+            return None;
+        }
+        let target = target.trim().strip_prefix('<')?.strip_suffix('>')?;
+        Some(if target.starts_with('/') {
+            format!("{base}{target}")
+        } else {
+            target.to_owned()
+        })
+    })
+}
+
+fn describe_status(status: StatusCode, detail: &str) -> String {
+    let mut out = format!(
+        "{} {}",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("error")
+    );
+    if !detail.is_empty() {
+        out.push_str(&format!(" ({detail})"));
+    }
+    out
+}
+
+/// `CODE: message` of the first error in a distribution-API error body, if any.
+async fn error_detail(resp: reqwest::Response) -> String {
+    #[derive(serde::Deserialize)]
+    struct Body {
+        errors: Vec<Item>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Item {
+        code: Option<String>,
+        message: Option<String>,
+    }
+    let Ok(body) = read_limited(resp, 64 << 10).await else {
+        return String::new();
+    };
+    let Ok(parsed) = serde_json::from_slice::<Body>(&body) else {
+        return String::new();
+    };
+    parsed
+        .errors
+        .first()
+        .map(|e| {
+            let text = format!(
+                "{}: {}",
+                e.code.as_deref().unwrap_or("ERROR"),
+                e.message.as_deref().unwrap_or("")
+            );
+            text.replace('\n', " ").chars().take(200).collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Reads a body of at most `limit` bytes (`InvalidData` beyond).
+async fn read_limited(mut resp: reqwest::Response, limit: usize) -> io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| io::Error::other(error_chain(&e.without_url())))?
+    {
+        if out.len() + chunk.len() > limit {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("body larger than {limit} bytes"),
+            ));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
+/// A failed request in one line, with a hint when HTTPS met a plain-HTTP server.
+fn describe_send_error(e: reqwest::Error, url: &str) -> String {
+    let plain_http = tls_with_plain_http(&e);
+    let text = error_chain(&e.without_url());
+    if url.starts_with("https://") && plain_http {
+        let host = url["https://".len()..]
+            .split('/')
+            .next()
+            .unwrap_or_default();
+        return format!("{text} (a plain-HTTP registry? allow it with --insecure-registry {host})");
+    }
+    text
+}
+
+/// An error with its causes, on one line (reqwest's own text omits the interesting part).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        cur = s.source();
+    }
+    out
+}
+
+/// Chunks of a running download.
+struct ChannelReader {
+    rx: mpsc::Receiver<Chunk>,
+    current: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.current.len() {
+            match self.rx.blocking_recv() {
+                Some(Ok(chunk)) => {
+                    self.current = chunk;
+                    self.pos = 0;
+                }
+                Some(Err(e)) => return Err(e.into_io()),
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len() - self.pos);
+        buf[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// Images of one registry reference.
+pub struct RegistrySource {
+    client: Arc<RegistryClient>,
+    repo: RegistryRef,
+    reference: String,
+}
+
+impl RegistrySource {
+    pub fn new(client: Arc<RegistryClient>, repo: RegistryRef) -> RegistrySource {
+        let reference = format!("docker://{repo}");
+        RegistrySource {
+            client,
+            repo,
+            reference,
+        }
+    }
+}
+
+impl ImageSource for RegistrySource {
+    fn describe(&self) -> String {
+        self.reference.clone()
+    }
+
+    fn resolve_manifests(&self, selection: &PlatformSelection) -> Result<Vec<ImageManifest>> {
+        let top =
+            self.client
+                .manifest(&self.repo, &self.repo.manifest_reference(), &self.reference)?;
+        if let Some(d) = &self.repo.digest {
+            check_blob(&top.0, d, None, &self.reference, "manifest")?;
+        }
+        let fetch = |e: &IndexEntry| {
+            self.client
+                .manifest(&self.repo, &e.digest.to_string(), &self.reference)
+        };
+        resolve_document(&self.reference, &self.repo.name(), top, selection, &fetch)
+    }
+
+    fn fetch_config(&self, manifest: &ImageManifest) -> Result<Vec<u8>> {
+        let bytes = self
+            .client
+            .small_blob(&self.repo, &manifest.config_digest, &self.reference)?;
+        check_blob(
+            &bytes,
+            &manifest.config_digest,
+            Some(manifest.config_size),
+            &self.reference,
+            "config",
+        )?;
+        Ok(bytes)
+    }
+
+    fn open_layer(&self, image: &ResolvedImage, index: usize) -> Result<Box<dyn Read + Send>> {
+        let desc = image.layer(index)?;
+        let stream = self
+            .client
+            .open_blob(&self.repo, &desc.digest, &image.reference);
+        Ok(Box::new(VerifyingReader::new(
+            stream,
+            desc.digest.clone(),
+            Some(desc.size),
+            &image.reference,
+            &desc.digest.to_string(),
+            Checked::Blob,
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn challenges() {
+        let (scheme, p) = parse_challenge(
+            r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/ubuntu:pull""#,
+        );
+        assert_eq!(scheme, "Bearer");
+        assert_eq!(p["realm"], "https://auth.docker.io/token");
+        assert_eq!(p["service"], "registry.docker.io");
+        assert_eq!(p["scope"], "repository:library/ubuntu:pull");
+        let (scheme, p) = parse_challenge(r#"Basic realm="testbed-registry""#);
+        assert_eq!(scheme, "Basic");
+        assert_eq!(p["realm"], "testbed-registry");
+    }
+
+    #[test]
+    fn link_and_retry_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            reqwest::header::LINK,
+            "</v2/_catalog?last=b&n=2>; rel=\"next\"".parse().unwrap(),
+        );
+        assert_eq!(
+            next_link(&h, "http://127.0.0.1:5000").as_deref(),
+            Some("http://127.0.0.1:5000/v2/_catalog?last=b&n=2")
+        );
+        h.insert(reqwest::header::RETRY_AFTER, "7".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(7)));
+        assert_eq!(
+            parse_http_date("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(1_445_412_480)
+        );
+        h.insert(
+            reqwest::header::RETRY_AFTER,
+            "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap(),
+        );
+        assert_eq!(
+            retry_after(&h),
+            Some(Duration::ZERO),
+            "a past date means now"
+        );
+        assert!(retryable(StatusCode::TOO_MANY_REQUESTS) && retryable(StatusCode::BAD_GATEWAY));
+        assert!(!retryable(StatusCode::NOT_FOUND));
+    }
+
+    #[test]
+    fn insecure_is_per_host() {
+        let client = RegistryClient::new(RegistryOptions {
+            insecure: vec!["127.0.0.1:5000".to_owned()],
+            ..RegistryOptions::default()
+        })
+        .unwrap();
+        assert_eq!(client.inner.base("127.0.0.1:5000"), "http://127.0.0.1:5000");
+        assert_eq!(
+            client.inner.base("127.0.0.1:5001"),
+            "https://127.0.0.1:5001"
+        );
+        assert_eq!(client.inner.base("quay.io"), "https://quay.io");
+    }
+}

@@ -1,0 +1,358 @@
+//! The image source abstraction: resolve a reference to images (manifest + config) and open
+//! their layers as verified byte streams.
+
+use super::digest::{Checked, Digest, VerifyingReader};
+use super::error::{Error, Result};
+use super::manifest::{
+    layer_compression, parse_document, select_platforms, Document, ImageConfig, IndexEntry,
+    LayerDescriptor, Manifest, PlatformSelection,
+};
+use super::reference::{ImageName, Platform};
+use std::io::{self, Read};
+use std::sync::{Arc, Mutex};
+
+/// A platform-specific image manifest, before its config is read. Enough to compute where the
+/// image goes in the repository (the flat directory is named after the config digest), so an
+/// unchanged image costs only manifest requests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageManifest {
+    /// The reference as the user wrote it, for messages.
+    pub reference: String,
+    /// The name links and metadata get in the repository.
+    pub name: ImageName,
+    pub manifest_digest: Digest,
+    pub manifest_bytes: Vec<u8>,
+    pub manifest_media_type: String,
+    pub config_digest: Digest,
+    pub config_size: u64,
+    pub layers: Vec<LayerDescriptor>,
+    /// From the index entry; `None` for a single-platform image until its config is read.
+    pub platform: Option<Platform>,
+    /// Whether the manifest was picked from an index (manifest list).
+    pub from_index: bool,
+}
+
+/// An image ready to convert: manifest, config and layer list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResolvedImage {
+    pub reference: String,
+    pub name: ImageName,
+    pub manifest_digest: Digest,
+    pub manifest_bytes: Vec<u8>,
+    pub manifest_media_type: String,
+    pub config_digest: Digest,
+    pub config_bytes: Vec<u8>,
+    pub config: ImageConfig,
+    pub layers: Vec<LayerDescriptor>,
+    pub platform: Platform,
+    pub from_index: bool,
+}
+
+impl ResolvedImage {
+    /// Joins a manifest with its (already digest-checked) config bytes; checks that the config
+    /// lists one diff_id per layer.
+    pub fn new(manifest: ImageManifest, config_bytes: Vec<u8>) -> Result<ResolvedImage> {
+        let config = ImageConfig::parse(&config_bytes, &manifest.reference)?;
+        if config.diff_ids.len() != manifest.layers.len() {
+            return Err(Error::image(
+                &manifest.reference,
+                format!(
+                    "config lists {} diff_ids for {} layers",
+                    config.diff_ids.len(),
+                    manifest.layers.len()
+                ),
+            ));
+        }
+        let platform = manifest
+            .platform
+            .clone()
+            .unwrap_or_else(|| config.platform());
+        Ok(ResolvedImage {
+            reference: manifest.reference,
+            name: manifest.name,
+            manifest_digest: manifest.manifest_digest,
+            manifest_bytes: manifest.manifest_bytes,
+            manifest_media_type: manifest.manifest_media_type,
+            config_digest: manifest.config_digest,
+            config_bytes,
+            config,
+            layers: manifest.layers,
+            platform,
+            from_index: manifest.from_index,
+        })
+    }
+
+    /// The layer's descriptor, or an error naming the image.
+    pub fn layer(&self, index: usize) -> Result<&LayerDescriptor> {
+        self.layers.get(index).ok_or_else(|| {
+            Error::image(
+                &self.reference,
+                format!("has no layer #{index} ({} layers)", self.layers.len()),
+            )
+        })
+    }
+}
+
+/// Where images come from: a registry, an OCI layout or a docker archive.
+pub trait ImageSource: Send + Sync {
+    /// The reference this source reads, for messages.
+    fn describe(&self) -> String;
+
+    /// Reads the manifest (and the index, if any) and picks the platforms to convert.
+    fn resolve_manifests(&self, selection: &PlatformSelection) -> Result<Vec<ImageManifest>>;
+
+    /// Reads and digest-checks the config blob of a resolved manifest.
+    fn fetch_config(&self, manifest: &ImageManifest) -> Result<Vec<u8>>;
+
+    /// Opens the stored (compressed) layer blob. The stream checks size and sha256 against
+    /// the descriptor and fails at its end on a mismatch.
+    fn open_layer(&self, image: &ResolvedImage, index: usize) -> Result<Box<dyn Read + Send>>;
+
+    /// Manifests plus configs: everything needed to convert.
+    fn resolve(&self, selection: &PlatformSelection) -> Result<Vec<ResolvedImage>> {
+        self.resolve_manifests(selection)?
+            .into_iter()
+            .map(|m| {
+                let config = self.fetch_config(&m)?;
+                ResolvedImage::new(m, config)
+            })
+            .collect()
+    }
+}
+
+/// Checks a blob already held in memory (manifest or config) against its descriptor.
+pub(crate) fn check_blob(
+    bytes: &[u8],
+    digest: &Digest,
+    size: Option<u64>,
+    image: &str,
+    what: &str,
+) -> Result<()> {
+    if let Some(size) = size {
+        if bytes.len() as u64 != size {
+            return Err(Error::image(
+                image,
+                format!(
+                    "{what} {digest}: size {} differs from the declared {size}",
+                    bytes.len()
+                ),
+            ));
+        }
+    }
+    let got = Digest::of(bytes);
+    if &got != digest {
+        return Err(Error::image(
+            image,
+            format!("{what} {digest}: digest mismatch (got {got})"),
+        ));
+    }
+    Ok(())
+}
+
+/// The first image error the blob stream raised. Decoders may wrap or flatten errors of the
+/// stream they read; this keeps the original (digest mismatch, truncation, registry failure)
+/// so it is what the caller sees.
+type ErrorSlot = Arc<Mutex<Option<Error>>>;
+
+/// The compressed blob as the decoder sees it.
+struct CapturingBlob {
+    blob: Box<dyn Read + Send>,
+    slot: ErrorSlot,
+}
+
+impl Read for CapturingBlob {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.blob
+            .read(buf)
+            .map_err(|err| match err.downcast::<Error>() {
+                Ok(own) => {
+                    let text = own.to_string();
+                    let mut slot = self.slot.lock().unwrap_or_else(|p| p.into_inner());
+                    slot.get_or_insert(own);
+                    io::Error::other(text)
+                }
+                Err(other) => other,
+            })
+    }
+}
+
+/// The decompressed side of a layer. Decoding starts on the first read: opening a layer
+/// costs nothing, so callers may open every layer before reading any without tying up
+/// registry connections. Decoding failures become layer errors naming the image.
+struct DecodedLayer {
+    state: DecodeState,
+    slot: ErrorSlot,
+    image: String,
+    layer: String,
+}
+
+enum DecodeState {
+    Pending(CapturingBlob),
+    Active(Box<dyn Read + Send>),
+    /// Starting failed; the error was returned.
+    Failed,
+}
+
+impl DecodedLayer {
+    /// The blob's own error if it raised one, else `fallback` as a layer error.
+    fn error(&self, fallback: String) -> io::Error {
+        let captured = self.slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+        captured
+            .unwrap_or_else(|| Error::layer(&self.image, &self.layer, fallback))
+            .into_io()
+    }
+
+    fn start(&mut self) -> io::Result<()> {
+        let DecodeState::Pending(blob) = std::mem::replace(&mut self.state, DecodeState::Failed)
+        else {
+            return Ok(());
+        };
+        let name = format!("image {} layer {}", self.image, self.layer);
+        match crate::decode::open_named_stream(&name, blob) {
+            Ok(decoder) => {
+                self.state = DecodeState::Active(decoder);
+                Ok(())
+            }
+            Err(crate::error::Error::Decode { msg, .. }) => Err(self.error(msg)),
+            Err(other) => Err(self.error(other.to_string())),
+        }
+    }
+}
+
+impl Read for DecodedLayer {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let DecodeState::Pending(_) = self.state {
+            self.start()?;
+        }
+        let DecodeState::Active(decoder) = &mut self.state else {
+            return Err(io::Error::other(format!(
+                "image {} layer {}: stream failed earlier",
+                self.image, self.layer
+            )));
+        };
+        match decoder.read(buf) {
+            Ok(n) => Ok(n),
+            Err(err) => Err(self.error(format!("corrupt compressed data: {err}"))),
+        }
+    }
+}
+
+/// Opens layer `index` of `image` as an uncompressed tar stream (compression recognised by
+/// `decode::open_layer_stream` from the magic bytes). The blob digest is checked on the
+/// compressed bytes, the diff_id on the uncompressed ones; either mismatch fails the read
+/// that reaches the end of the stream, with an error naming image and layer. Callers must
+/// therefore read to the end (a tar reader stops at the end-of-archive blocks: drain the rest
+/// with `io::copy(&mut stream, &mut io::sink())`).
+pub fn open_uncompressed_layer(
+    source: &dyn ImageSource,
+    image: &ResolvedImage,
+    index: usize,
+) -> Result<Box<dyn Read + Send>> {
+    let desc = image.layer(index)?;
+    let layer = desc.digest.to_string();
+    if layer_compression(&desc.media_type).is_none() {
+        return Err(Error::layer(
+            &image.reference,
+            &layer,
+            format!("unknown layer media type {:?}", desc.media_type),
+        ));
+    }
+    let diff_id = image.config.diff_ids.get(index).cloned().ok_or_else(|| {
+        Error::layer(
+            &image.reference,
+            &layer,
+            "the config has no diff_id for this layer",
+        )
+    })?;
+    let slot = ErrorSlot::default();
+    let decoded = DecodedLayer {
+        state: DecodeState::Pending(CapturingBlob {
+            blob: source.open_layer(image, index)?,
+            slot: slot.clone(),
+        }),
+        slot,
+        image: image.reference.clone(),
+        layer: layer.clone(),
+    };
+    Ok(Box::new(VerifyingReader::new(
+        decoded,
+        diff_id,
+        None,
+        &image.reference,
+        &layer,
+        Checked::DiffId,
+    )))
+}
+
+/// A fetched document: bytes and, when known, the content type.
+pub(crate) type Fetched = (Vec<u8>, Option<String>);
+/// Fetches the manifest an index entry names.
+pub(crate) type FetchManifest<'a> = dyn Fn(&IndexEntry) -> Result<Fetched> + 'a;
+
+/// Turns a top-level manifest document into the manifests to convert: itself, or the
+/// selected entries of an index, fetched with `fetch` (which returns the bytes and, when
+/// known, their content type; digests are checked here).
+pub(crate) fn resolve_document(
+    reference: &str,
+    name: &ImageName,
+    top: Fetched,
+    selection: &PlatformSelection,
+    fetch: &FetchManifest<'_>,
+) -> Result<Vec<ImageManifest>> {
+    let (bytes, content_type) = top;
+    match parse_document(&bytes, content_type.as_deref(), reference)? {
+        Document::Manifest(m) => Ok(vec![image_manifest(reference, name, bytes, m, None)]),
+        Document::Index(entries) => {
+            let mut out = Vec::new();
+            for entry in select_platforms(&entries, selection, reference)? {
+                let (bytes, content_type) = fetch(&entry)?;
+                check_blob(
+                    &bytes,
+                    &entry.digest,
+                    Some(entry.size),
+                    reference,
+                    "manifest",
+                )?;
+                let ct = content_type
+                    .or_else(|| Some(entry.media_type.clone()).filter(|m| !m.is_empty()));
+                match parse_document(&bytes, ct.as_deref(), reference)? {
+                    Document::Manifest(m) => out.push(image_manifest(
+                        reference,
+                        name,
+                        bytes,
+                        m,
+                        Some(entry.platform),
+                    )),
+                    Document::Index(_) => {
+                        return Err(Error::image(
+                            reference,
+                            format!("index entry {} is itself an index", entry.digest),
+                        ))
+                    }
+                }
+            }
+            Ok(out)
+        }
+    }
+}
+
+fn image_manifest(
+    reference: &str,
+    name: &ImageName,
+    bytes: Vec<u8>,
+    m: Manifest,
+    platform: Option<Platform>,
+) -> ImageManifest {
+    ImageManifest {
+        reference: reference.to_owned(),
+        name: name.clone(),
+        manifest_digest: Digest::of(&bytes),
+        manifest_bytes: bytes,
+        manifest_media_type: m.media_type,
+        config_digest: m.config_digest,
+        config_size: m.config_size,
+        layers: m.layers,
+        from_index: platform.is_some(),
+        platform,
+    }
+}

@@ -1,0 +1,792 @@
+//! Sources over small images built here: OCI layouts and docker archives, their error cases,
+//! and layer streams end to end (decompression, blob and diff_id checks).
+
+use super::*;
+use flate2::write::GzEncoder;
+use std::io::{Read, Write};
+use std::path::Path;
+
+fn layer_tar(files: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, data) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, name, *data).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut e = GzEncoder::new(Vec::new(), flate2::Compression::new(6));
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+
+fn config_json(diff_ids: &[Digest], arch: &str) -> Vec<u8> {
+    let ids: Vec<String> = diff_ids.iter().map(|d| d.to_string()).collect();
+    serde_json::to_vec(&serde_json::json!({
+        "architecture": arch, "os": "linux",
+        "config": {"Env": ["PATH=/usr/bin:/bin"], "Cmd": ["/bin/sh"]},
+        "rootfs": {"type": "layers", "diff_ids": ids},
+    }))
+    .unwrap()
+}
+
+struct Built {
+    tars: Vec<Vec<u8>>,
+    blobs: Vec<Vec<u8>>,
+    config: Vec<u8>,
+    manifest: Vec<u8>,
+}
+
+/// An image of two layers (gzip + plain) as blobs.
+fn image(arch: &str, salt: &str) -> Built {
+    // Incompressible bytes make the gzip blob larger than the decoder's first look.
+    let mut x = 0x2545_f491_u32;
+    let noise: Vec<u8> = (0..65_536)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect();
+    let tars = vec![
+        layer_tar(&[
+            ("etc/os-release", b"ID=test\n"),
+            ("bin/sh", salt.as_bytes()),
+            ("data/noise", &noise),
+        ]),
+        layer_tar(&[("srv/app.txt", b"hello\n")]),
+    ];
+    let blobs = vec![gzip(&tars[0]), tars[1].clone()];
+    let config = config_json(&[Digest::of(&tars[0]), Digest::of(&tars[1])], arch);
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": manifest::OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": Digest::of(&config).to_string(), "size": config.len()},
+        "layers": [
+            {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+             "digest": Digest::of(&blobs[0]).to_string(), "size": blobs[0].len()},
+            {"mediaType": "application/vnd.oci.image.layer.v1.tar",
+             "digest": Digest::of(&blobs[1]).to_string(), "size": blobs[1].len()},
+        ],
+    }))
+    .unwrap();
+    Built {
+        tars,
+        blobs,
+        config,
+        manifest,
+    }
+}
+
+fn put_blob(dir: &Path, bytes: &[u8]) -> Digest {
+    let d = Digest::of(bytes);
+    let path = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&path).unwrap();
+    std::fs::write(path.join(d.hex()), bytes).unwrap();
+    d
+}
+
+/// A layout with `app` (single manifest) and `multi` (index of amd64 + arm64).
+fn layout(dir: &Path) -> (Built, Built, Built) {
+    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    let app = image("amd64", "a");
+    let amd = image("amd64", "b");
+    let arm = image("arm64", "c");
+    for img in [&app, &amd, &arm] {
+        for b in img.blobs.iter().chain([&img.config, &img.manifest]) {
+            put_blob(dir, b);
+        }
+    }
+    let entry = |m: &[u8], arch: &str, variant: Option<&str>| {
+        let mut p = serde_json::json!({"os": "linux", "architecture": arch});
+        if let Some(v) = variant {
+            p["variant"] = v.into();
+        }
+        serde_json::json!({"mediaType": manifest::OCI_MANIFEST, "digest": Digest::of(m).to_string(),
+                           "size": m.len(), "platform": p})
+    };
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2, "mediaType": manifest::OCI_INDEX,
+        "manifests": [entry(&amd.manifest, "amd64", None), entry(&arm.manifest, "arm64", Some("v8"))],
+    }))
+    .unwrap();
+    let index_digest = put_blob(dir, &index);
+    let top = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [
+            {"mediaType": manifest::OCI_MANIFEST, "digest": Digest::of(&app.manifest).to_string(),
+             "size": app.manifest.len(), "annotations": {"org.opencontainers.image.ref.name": "app"}},
+            {"mediaType": manifest::OCI_INDEX, "digest": index_digest.to_string(),
+             "size": index.len(), "annotations": {"org.opencontainers.image.ref.name": "127.0.0.1:5000/t/multi:1"}},
+        ],
+    });
+    std::fs::write(dir.join("index.json"), serde_json::to_vec(&top).unwrap()).unwrap();
+    (app, amd, arm)
+}
+
+fn read_layer(
+    source: &dyn ImageSource,
+    img: &ResolvedImage,
+    i: usize,
+) -> std::result::Result<Vec<u8>, Error> {
+    let mut r = open_uncompressed_layer(source, img, i)?;
+    let mut out = Vec::new();
+    r.read_to_end(&mut out)
+        .map_err(|e| Error::from_io("reading", e))?;
+    Ok(out)
+}
+
+fn open(text: &str) -> Box<dyn ImageSource> {
+    Sources::new(RegistryOptions::default())
+        .open(&ImageRef::parse(text).unwrap())
+        .unwrap()
+}
+
+#[test]
+fn oci_layout_single_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let (app, _, _) = layout(dir.path());
+    let source = open(&format!("oci:{}:app", dir.path().display()));
+    let images = source.resolve(&PlatformSelection::Host).unwrap();
+    assert_eq!(images.len(), 1);
+    let img = &images[0];
+    assert_eq!(img.name.to_string(), "local/app:latest");
+    assert_eq!(img.manifest_bytes, app.manifest);
+    assert_eq!(img.manifest_digest, Digest::of(&app.manifest));
+    assert_eq!(img.config_digest, Digest::of(&app.config));
+    assert_eq!(img.config.cmd, ["/bin/sh"]);
+    assert_eq!(img.platform.to_string(), "linux/amd64");
+    assert!(!img.from_index);
+    for i in 0..2 {
+        assert_eq!(read_layer(source.as_ref(), img, i).unwrap(), app.tars[i]);
+    }
+    // The raw stream is the stored blob.
+    let mut raw = Vec::new();
+    source
+        .open_layer(img, 0)
+        .unwrap()
+        .read_to_end(&mut raw)
+        .unwrap();
+    assert_eq!(raw, app.blobs[0]);
+}
+
+#[test]
+fn oci_layout_index_platforms() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, amd, arm) = layout(dir.path());
+    let source = open(&format!(
+        "oci:{}:127.0.0.1:5000/t/multi:1",
+        dir.path().display()
+    ));
+    let all = source.resolve(&PlatformSelection::All).unwrap();
+    assert_eq!(all.len(), 2);
+    assert!(all
+        .iter()
+        .all(|i| i.from_index && i.name.to_string() == "127.0.0.1:5000/t/multi:1"));
+    let arm_only = source
+        .resolve(&PlatformSelection::One(
+            Platform::parse("linux/arm64").unwrap(),
+        ))
+        .unwrap();
+    assert_eq!(arm_only.len(), 1);
+    assert_eq!(arm_only[0].config_bytes, arm.config);
+    assert_eq!(
+        read_layer(source.as_ref(), &arm_only[0], 0).unwrap(),
+        arm.tars[0]
+    );
+    let amd_img = source
+        .resolve(&PlatformSelection::One(
+            Platform::parse("linux/amd64").unwrap(),
+        ))
+        .unwrap();
+    assert_eq!(amd_img[0].manifest_bytes, amd.manifest);
+    let err = source
+        .resolve(&PlatformSelection::One(
+            Platform::parse("linux/riscv64").unwrap(),
+        ))
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("no manifest for platform linux/riscv64"),
+        "{err}"
+    );
+}
+
+#[test]
+fn oci_layout_names_and_missing_refs() {
+    let dir = tempfile::tempdir().unwrap();
+    layout(dir.path());
+    let source = open(&format!("oci:{}:nope", dir.path().display()));
+    let err = source
+        .resolve(&PlatformSelection::Host)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("no image named \"nope\"") && err.contains("app"),
+        "{err}"
+    );
+    let source = open(&format!("oci:{}", dir.path().display()));
+    let err = source
+        .resolve(&PlatformSelection::Host)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("several images"), "{err}");
+}
+
+/// Opens `app` after `damage` changed its first layer blob.
+fn damaged(damage: impl FnOnce(&mut Vec<u8>)) -> std::result::Result<Vec<u8>, Error> {
+    let dir = tempfile::tempdir().unwrap();
+    let (app, _, _) = layout(dir.path());
+    let path = dir
+        .path()
+        .join("blobs/sha256")
+        .join(Digest::of(&app.blobs[0]).hex());
+    let mut blob = std::fs::read(&path).unwrap();
+    damage(&mut blob);
+    std::fs::write(&path, blob).unwrap();
+    let source = open(&format!("oci:{}:app", dir.path().display()));
+    let img = source.resolve(&PlatformSelection::Host).unwrap().remove(0);
+    read_layer(source.as_ref(), &img, 0)
+}
+
+#[test]
+fn layer_digest_mismatch() {
+    // The gzip mtime field: the data still decompresses, only the digest differs.
+    let err = damaged(|b| b[4] ^= 0xff).unwrap_err().to_string();
+    assert!(
+        err.starts_with("image oci:") && err.contains(":app layer sha256:"),
+        "{err}"
+    );
+    assert!(err.contains(": digest mismatch (expected sha256:"), "{err}");
+}
+
+#[test]
+fn layer_truncated() {
+    let err = damaged(|b| b.truncate(b.len() - 20))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("layer sha256:") && err.contains("truncated blob: got"),
+        "{err}"
+    );
+}
+
+#[test]
+fn layer_corrupt_gzip() {
+    // Same size and a wrong digest, but the deflate data breaks first.
+    let err = damaged(|b| {
+        let mid = b.len() / 2;
+        b[mid..mid + 8].copy_from_slice(&[0xff; 8]);
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("layer sha256:"), "{err}");
+    assert_eq!(err.matches("layer sha256:").count(), 1, "{err}");
+    assert!(err.contains(": corrupt compressed data: "), "{err}");
+}
+
+#[test]
+fn diff_id_mismatch() {
+    let dir = tempfile::tempdir().unwrap();
+    let (app, _, _) = layout(dir.path());
+    let source = open(&format!("oci:{}:app", dir.path().display()));
+    let mut img = source.resolve(&PlatformSelection::Host).unwrap().remove(0);
+    img.config.diff_ids[1] = Digest::of(b"something else");
+    let err = read_layer(source.as_ref(), &img, 1)
+        .unwrap_err()
+        .to_string();
+    let layer = Digest::of(&app.blobs[1]);
+    assert!(
+        err.starts_with(&format!(
+            "image {} layer {layer}: uncompressed digest does not match",
+            img.reference
+        )),
+        "{err}"
+    );
+}
+
+#[test]
+fn config_and_layer_count_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let (app, _, _) = layout(dir.path());
+    // Swap the config blob's bytes: its digest no longer matches the manifest.
+    let path = dir
+        .path()
+        .join("blobs/sha256")
+        .join(Digest::of(&app.config).hex());
+    let mut config = app.config.clone();
+    config[0] = b' ';
+    std::fs::write(&path, &config).unwrap();
+    let source = open(&format!("oci:{}:app", dir.path().display()));
+    let err = source
+        .resolve(&PlatformSelection::Host)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("config sha256:") && err.contains("digest mismatch"),
+        "{err}"
+    );
+}
+
+/// A docker archive as skopeo writes it: `<hex>.tar` layers, `<hex>.json` config, legacy
+/// `<id>/layer.tar` symlinks; plus one gzip layer under a name that is no digest.
+fn archive(path: &Path) -> (Vec<Vec<u8>>, Vec<u8>) {
+    let tars = vec![
+        layer_tar(&[("a.txt", b"A\n")]),
+        layer_tar(&[("b.txt", b"B\n")]),
+    ];
+    let gz = gzip(&tars[1]);
+    let config = config_json(&[Digest::of(&tars[0]), Digest::of(&tars[1])], "amd64");
+    let config_name = format!("{}.json", Digest::of(&config).hex());
+    let layer0 = format!("{}.tar", Digest::of(&tars[0]).hex());
+    let manifest = serde_json::to_vec(&serde_json::json!([{
+        "Config": config_name, "RepoTags": ["docker.io/testbed/small:latest"],
+        "Layers": ["abc/layer.tar", "legacy/layer.tar.gz"],
+    }]))
+    .unwrap();
+    let mut b = tar::Builder::new(Vec::new());
+    let mut add = |name: &str, data: &[u8]| {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o444);
+        h.set_cksum();
+        b.append_data(&mut h, name, data).unwrap();
+    };
+    add(&layer0, &tars[0]);
+    add("legacy/layer.tar.gz", &gz);
+    add(&config_name, &config);
+    add("manifest.json", &manifest);
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Symlink);
+    h.set_size(0);
+    b.append_link(&mut h, "abc/layer.tar", format!("../{layer0}"))
+        .unwrap();
+    std::fs::write(path, b.into_inner().unwrap()).unwrap();
+    (tars, gz)
+}
+
+#[test]
+fn docker_archive_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("small.tar");
+    let (tars, gz) = archive(&path);
+    let source = open(&format!("docker-archive:{}", path.display()));
+    let img = source.resolve(&PlatformSelection::Host).unwrap().remove(0);
+    assert_eq!(
+        img.name.to_string(),
+        "registry.hub.docker.com/testbed/small:latest"
+    );
+    assert_eq!(img.manifest_media_type, manifest::DOCKER_MANIFEST);
+    assert_eq!(img.layers[0].digest, Digest::of(&tars[0]));
+    assert_eq!(
+        img.layers[0].media_type,
+        "application/vnd.docker.image.rootfs.diff.tar"
+    );
+    assert_eq!(
+        img.layers[1].digest,
+        Digest::of(&gz),
+        "hashed because its name is no digest"
+    );
+    assert_eq!(
+        img.layers[1].media_type,
+        "application/vnd.docker.image.rootfs.diff.tar.gzip"
+    );
+    for (i, tar) in tars.iter().enumerate() {
+        assert_eq!(&read_layer(source.as_ref(), &img, i).unwrap(), tar);
+    }
+    let tagged = open(&format!(
+        "docker-archive:{}:docker.io/testbed/small:latest",
+        path.display()
+    ));
+    assert_eq!(tagged.resolve(&PlatformSelection::Host).unwrap().len(), 1);
+    let wrong = Sources::new(RegistryOptions::default())
+        .open(&ImageRef::parse(&format!("docker-archive:{}:other", path.display())).unwrap());
+    let err = wrong.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(
+        err.contains("no such image in the archive (tags: docker.io/testbed/small:latest)"),
+        "{err}"
+    );
+}
+
+#[test]
+fn docker_archive_detects_changed_layer() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("small.tar");
+    let (tars, _) = archive(&path);
+    let mut bytes = std::fs::read(&path).unwrap();
+    // Change a byte of the first layer's file content ("A\n" → "Z\n") in place.
+    let at = bytes.windows(2).position(|w| w == b"A\n").unwrap();
+    bytes[at] = b'Z';
+    std::fs::write(&path, bytes).unwrap();
+    let source = open(&format!("docker-archive:{}", path.display()));
+    let img = source.resolve(&PlatformSelection::Host).unwrap().remove(0);
+    let err = read_layer(source.as_ref(), &img, 0)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&format!("layer {}: digest mismatch", Digest::of(&tars[0]))),
+        "{err}"
+    );
+}
+
+/// A scripted HTTP/1.1 server on loopback: one thread per connection, `Connection: close`.
+mod http {
+    use std::collections::HashMap;
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::TcpListener;
+    use std::sync::{Arc, Mutex};
+
+    pub struct Req {
+        pub path: String,
+        pub headers: HashMap<String, String>,
+        /// How many times this path was requested before.
+        pub seen: usize,
+    }
+
+    pub struct Reply {
+        pub status: u16,
+        pub headers: Vec<(String, String)>,
+        pub body: Vec<u8>,
+        /// Announce the full length but close after this many body bytes.
+        pub cut_at: Option<usize>,
+    }
+
+    impl Reply {
+        pub fn new(status: u16, body: impl Into<Vec<u8>>) -> Reply {
+            Reply {
+                status,
+                headers: Vec::new(),
+                body: body.into(),
+                cut_at: None,
+            }
+        }
+
+        pub fn header(mut self, k: &str, v: &str) -> Reply {
+            self.headers.push((k.to_owned(), v.to_owned()));
+            self
+        }
+    }
+
+    pub type Log = Arc<Mutex<Vec<(String, HashMap<String, String>)>>>;
+
+    /// Starts the server; returns `127.0.0.1:PORT` and the request log.
+    pub fn serve(handler: impl Fn(&Req) -> Reply + Send + Sync + 'static) -> (String, Log) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let handler = Arc::new(handler);
+        let log: Log = Arc::default();
+        let counts: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+        let log2 = log.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let (handler, log, counts) = (handler.clone(), log2.clone(), counts.clone());
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(stream.try_clone().unwrap());
+                    let mut line = String::new();
+                    // A TLS hello is no request line: answer with plain text, as an HTTP
+                    // server would.
+                    if reader.read_line(&mut line).is_err() || !line.starts_with("GET ") {
+                        let _ = stream.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n");
+                        return;
+                    }
+                    let path = line.split_whitespace().nth(1).unwrap_or("/").to_owned();
+                    let mut headers = HashMap::new();
+                    loop {
+                        let mut h = String::new();
+                        if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                            break;
+                        }
+                        if let Some((k, v)) = h.trim_end().split_once(':') {
+                            headers.insert(k.to_ascii_lowercase(), v.trim().to_owned());
+                        }
+                    }
+                    let seen = {
+                        let mut c = counts.lock().unwrap();
+                        let n = c.entry(path.clone()).or_insert(0);
+                        *n += 1;
+                        *n - 1
+                    };
+                    log.lock().unwrap().push((path.clone(), headers.clone()));
+                    let reply = handler(&Req {
+                        path,
+                        headers,
+                        seen,
+                    });
+                    let mut head = format!(
+                        "HTTP/1.1 {} X\r\nContent-Length: {}\r\nConnection: close\r\n",
+                        reply.status,
+                        reply.body.len()
+                    );
+                    for (k, v) in &reply.headers {
+                        head.push_str(&format!("{k}: {v}\r\n"));
+                    }
+                    head.push_str("\r\n");
+                    let body = &reply.body[..reply.cut_at.unwrap_or(reply.body.len())];
+                    let _ = stream.write_all(head.as_bytes());
+                    let _ = stream.write_all(body);
+                });
+            }
+        });
+        (addr, log)
+    }
+}
+
+use http::{serve, Reply, Req};
+use std::time::{Duration, Instant};
+
+fn client_for(addr: &str, tune: impl FnOnce(&mut RegistryOptions)) -> Sources {
+    let mut o = RegistryOptions {
+        insecure: vec![addr.to_owned()],
+        backoff: Duration::from_millis(5),
+        max_retries: 3,
+        ..RegistryOptions::default()
+    };
+    tune(&mut o);
+    Sources::new(o)
+}
+
+/// Serves `app` from the layout helper's first image as `r/x:1`.
+fn registry_routes(img: &Built) -> impl Fn(&Req) -> Option<Reply> {
+    let manifest = img.manifest.clone();
+    let config = img.config.clone();
+    let blobs: Vec<(String, Vec<u8>)> = img
+        .blobs
+        .iter()
+        .map(|b| (format!("/v2/r/x/blobs/{}", Digest::of(b)), b.clone()))
+        .collect();
+    let config_path = format!("/v2/r/x/blobs/{}", Digest::of(&config));
+    move |req: &Req| {
+        if req.path == "/v2/r/x/manifests/1" {
+            return Some(
+                Reply::new(200, manifest.clone()).header("Content-Type", manifest::OCI_MANIFEST),
+            );
+        }
+        if req.path == config_path {
+            return Some(Reply::new(200, config.clone()));
+        }
+        blobs
+            .iter()
+            .find(|(p, _)| *p == req.path)
+            .map(|(_, b)| Reply::new(200, b.clone()))
+    }
+}
+
+#[test]
+fn registry_pull_with_retries_and_resume() {
+    let img = image("amd64", "r");
+    let routes = registry_routes(&img);
+    let blob0 = format!("/v2/r/x/blobs/{}", Digest::of(&img.blobs[0]));
+    let cut_path = blob0.clone();
+    let (addr, log) = serve(move |req| {
+        // The manifest fails twice with 503, the first layer's body is cut once.
+        if req.path == "/v2/r/x/manifests/1" && req.seen < 2 {
+            return Reply::new(503, "busy");
+        }
+        let mut reply = routes(req).unwrap_or_else(|| Reply::new(404, ""));
+        if req.path == cut_path {
+            if req.seen == 0 {
+                reply.cut_at = Some(reply.body.len() / 2);
+            } else if let Some(from) = req.headers.get("range") {
+                let start: usize = from
+                    .trim_start_matches("bytes=")
+                    .trim_end_matches('-')
+                    .parse()
+                    .unwrap();
+                reply = Reply::new(206, reply.body[start..].to_vec());
+            }
+        }
+        reply
+    });
+    let sources = client_for(&addr, |_| {});
+    let source = sources
+        .open(&ImageRef::parse(&format!("docker://{addr}/r/x:1")).unwrap())
+        .unwrap();
+    let resolved = source.resolve(&PlatformSelection::Host).unwrap().remove(0);
+    assert_eq!(resolved.name.to_string(), format!("{addr}/r/x:1"));
+    for i in 0..2 {
+        assert_eq!(
+            read_layer(source.as_ref(), &resolved, i).unwrap(),
+            img.tars[i]
+        );
+    }
+    let log = log.lock().unwrap();
+    let ranges: Vec<&String> = log
+        .iter()
+        .filter(|(p, _)| *p == blob0)
+        .filter_map(|(_, h)| h.get("range"))
+        .collect();
+    assert_eq!(ranges.len(), 1, "one resumed request");
+    assert!(log
+        .iter()
+        .all(|(_, h)| h.get("accept").is_none_or(|a| !a.is_empty())));
+}
+
+#[test]
+fn registry_honours_retry_after() {
+    let img = image("amd64", "r");
+    let routes = registry_routes(&img);
+    let (addr, _) = serve(move |req| {
+        if req.path == "/v2/r/x/manifests/1" && req.seen == 0 {
+            return Reply::new(429, "").header("Retry-After", "0");
+        }
+        routes(req).unwrap_or_else(|| Reply::new(404, ""))
+    });
+    // A backoff far longer than the test: only Retry-After: 0 lets it finish quickly.
+    let sources = client_for(&addr, |o| o.backoff = Duration::from_secs(60));
+    let source = sources
+        .open(&ImageRef::parse(&format!("docker://{addr}/r/x:1")).unwrap())
+        .unwrap();
+    let start = Instant::now();
+    assert_eq!(
+        source
+            .resolve_manifests(&PlatformSelection::Host)
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(start.elapsed() < Duration::from_secs(10));
+}
+
+#[test]
+fn registry_errors_name_image_and_layer() {
+    let img = image("amd64", "r");
+    let routes = registry_routes(&img);
+    let blob1 = format!("/v2/r/x/blobs/{}", Digest::of(&img.blobs[1]));
+    let (addr, _) = serve(move |req| {
+        if req.path == "/v2/r/x/manifests/gone" {
+            let body = r#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}"#;
+            return Reply::new(404, body);
+        }
+        if req.path == "/v2/r/x/manifests/broken" {
+            return Reply::new(500, "");
+        }
+        let mut reply = routes(req).unwrap_or_else(|| Reply::new(404, ""));
+        if req.path == blob1 {
+            // Same size, other bytes (after the tar header, so decoding starts fine).
+            let n = reply.body.len();
+            reply.body[n - 100..].iter_mut().for_each(|b| *b = b'x');
+        }
+        reply
+    });
+    let sources = client_for(&addr, |_| {});
+    let open = |r: &str| {
+        sources
+            .open(&ImageRef::parse(&format!("docker://{addr}/r/x:{r}")).unwrap())
+            .unwrap()
+    };
+    let err = open("gone")
+        .resolve(&PlatformSelection::Host)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        format!("image docker://{addr}/r/x:gone: http://{addr}/v2/r/x/manifests/gone: 404 Not Found (MANIFEST_UNKNOWN: manifest unknown)")
+    );
+    let err = open("broken")
+        .resolve(&PlatformSelection::Host)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.ends_with("500 Internal Server Error after 3 retries"),
+        "{err}"
+    );
+    let source = open("1");
+    let resolved = source.resolve(&PlatformSelection::Host).unwrap().remove(0);
+    let err = read_layer(source.as_ref(), &resolved, 1)
+        .unwrap_err()
+        .to_string();
+    let layer = Digest::of(&img.blobs[1]);
+    assert!(
+        err.starts_with(&format!(
+            "image docker://{addr}/r/x:1 layer {layer}: digest mismatch"
+        )),
+        "{err}"
+    );
+    // Default options (500 ms backoff): finishing fast shows the TLS failure is not retried.
+    let https = Sources::new(RegistryOptions::default());
+    let start = Instant::now();
+    let source = https
+        .open(&ImageRef::parse(&format!("docker://{addr}/r/x:1")).unwrap())
+        .unwrap();
+    let err = source
+        .resolve(&PlatformSelection::Host)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&format!("--insecure-registry {addr}")),
+        "{err}"
+    );
+    assert!(
+        start.elapsed() < Duration::from_millis(400),
+        "retried: {err}"
+    );
+}
+
+#[test]
+fn registry_bearer_token_flow_and_tag_pages() {
+    let (addr, log) = serve(|req| {
+        let authorized =
+            req.headers.get("authorization").map(String::as_str) == Some("Bearer tok-123");
+        if req.path.starts_with("/token?") {
+            // Credentials are required for the token: alice:s3cret.
+            return match req.headers.get("authorization").map(String::as_str) {
+                Some("Basic YWxpY2U6czNjcmV0") => Reply::new(200, r#"{"token":"tok-123"}"#),
+                _ => Reply::new(401, ""),
+            };
+        }
+        if !authorized {
+            return Reply::new(401, "").header(
+                "WWW-Authenticate",
+                &format!(
+                    "Bearer realm=\"http://{}/token\",service=\"test\"",
+                    req.headers["host"]
+                ),
+            );
+        }
+        match req.path.as_str() {
+            "/v2/r/x/tags/list?n=1000" => Reply::new(200, r#"{"name":"r/x","tags":["1","2"]}"#)
+                .header("Link", "</v2/r/x/tags/list?last=2&n=1000>; rel=\"next\""),
+            "/v2/r/x/tags/list?last=2&n=1000" => Reply::new(200, r#"{"name":"r/x","tags":["3"]}"#),
+            _ => Reply::new(404, ""),
+        }
+    });
+    let repo = RegistryRef::parse(&format!("{addr}/r/x")).unwrap();
+    let anonymous = client_for(&addr, |_| {});
+    let err = anonymous
+        .registry()
+        .unwrap()
+        .list_tags(&repo)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("401") && err.contains("anonymous token refused"),
+        "{err}"
+    );
+    let creds = Credentials::parse("alice:s3cret").unwrap();
+    let authed = client_for(&addr, |o| {
+        o.auth = AuthStore::anonymous().with_credentials(creds)
+    });
+    assert_eq!(
+        authed.registry().unwrap().list_tags(&repo).unwrap(),
+        ["1", "2", "3"]
+    );
+    let log = log.lock().unwrap();
+    let token_req = log.iter().find(|(p, _)| p.starts_with("/token?")).unwrap();
+    assert!(
+        token_req.0.contains("service=test")
+            && token_req.0.contains("scope=repository%3Ar%2Fx%3Apull")
+    );
+    // One token fetch served both pages.
+    let fetches = log
+        .iter()
+        .filter(|(p, h)| p.starts_with("/token?") && h.contains_key("authorization"))
+        .count();
+    assert_eq!(fetches, 1);
+}

@@ -1,0 +1,80 @@
+//! A tree whose regular files may still wait for the pipeline: what sources build before the
+//! objects of their files are known.
+
+use super::{FileTicket, ObjectPipeline};
+use crate::error::Result;
+use catalog_writer::entry::{Entry, EntryKind};
+use catalog_writer::tree::{Dir, Node};
+use std::collections::{BTreeMap, HashMap};
+
+/// A non-directory; regular files carry the ticket of their content.
+#[derive(Clone, Debug)]
+pub(crate) struct PLeaf {
+    pub entry: Entry,
+    pub ticket: Option<FileTicket>,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) enum PNode {
+    Dir(PDir),
+    Leaf(PLeaf),
+}
+
+/// A directory; `meta` is `None` while only implied by deeper paths.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct PDir {
+    pub meta: Option<Entry>,
+    pub children: BTreeMap<Vec<u8>, PNode>,
+}
+
+/// Waits for every file's objects and builds the final tree; implied directories get
+/// `default_dir` as metadata.
+/// Hardlink ids carried by a single entry (its partners were replaced or lie outside the
+/// tree) are dropped: a lone member is an ordinary file.
+pub(crate) fn finalize(root: PDir, default_dir: &Entry, pipeline: &ObjectPipeline) -> Result<Dir> {
+    let mut counts = HashMap::new();
+    count_links(&root, &mut counts);
+    build(root, default_dir, pipeline, &counts)
+}
+
+fn count_links(dir: &PDir, counts: &mut HashMap<u64, u32>) {
+    for node in dir.children.values() {
+        match node {
+            PNode::Dir(d) => count_links(d, counts),
+            PNode::Leaf(l) => {
+                if let Some(id) = l.entry.hardlink {
+                    *counts.entry(id).or_default() += 1;
+                }
+            }
+        }
+    }
+}
+
+fn build(
+    root: PDir,
+    default_dir: &Entry,
+    pipeline: &ObjectPipeline,
+    counts: &HashMap<u64, u32>,
+) -> Result<Dir> {
+    let meta = root.meta.unwrap_or_else(|| default_dir.clone());
+    let mut dir = Dir::new(meta);
+    for (name, node) in root.children {
+        let node = match node {
+            PNode::Dir(d) => Node::Dir(build(d, default_dir, pipeline, counts)?),
+            PNode::Leaf(mut leaf) => {
+                if let Some(id) = leaf.entry.hardlink {
+                    if counts.get(&id).copied().unwrap_or(0) < 2 {
+                        leaf.entry.hardlink = None;
+                    }
+                }
+                if let Some(t) = leaf.ticket {
+                    let (size, data) = pipeline.resolve(t)?;
+                    leaf.entry.kind = EntryKind::File { size, data };
+                }
+                Node::Leaf(leaf.entry)
+            }
+        };
+        dir.children.insert(name, node);
+    }
+    Ok(dir)
+}

@@ -1,0 +1,254 @@
+use super::memstore::{lcg_bytes, MemIndex, MemStore};
+use super::*;
+use catalog_writer::hash::EMPTY_OBJECT;
+use std::io::Cursor;
+
+fn pipeline(store: &Arc<MemStore>, cfg: PipelineConfig) -> ObjectPipeline {
+    ObjectPipeline::new(store.clone(), None, cfg).unwrap()
+}
+
+fn small_chunks() -> PipelineConfig {
+    PipelineConfig {
+        chunking: Some(ChunkSizes::new(4096, 16384, 65536).unwrap()),
+        workers: 2,
+        ..PipelineConfig::default()
+    }
+}
+
+#[test]
+fn known_object_names() {
+    let store = Arc::new(MemStore::default());
+    let p = pipeline(&store, PipelineConfig::default());
+    let hello = p.add_file(&mut Cursor::new(b"hello\n"), 6).unwrap();
+    let empty = p.add_file(&mut io::empty(), 0).unwrap();
+    let out = p.finish().unwrap();
+    let (size, data) = out.get(hello).unwrap();
+    assert_eq!(*size, 6);
+    let h = ContentHash::from_hex("5798f7f4ca7585d850eea64610a1f73d8f8de7a3").unwrap();
+    assert_eq!(*data, FileData::Whole(h));
+    assert_eq!(
+        hex::encode(store.get(&h, Suffix::None).unwrap()),
+        "789ccb48cdc9c9e70200084b021f"
+    );
+    assert_eq!(out.get(empty).unwrap(), &(0, FileData::Whole(EMPTY_OBJECT)));
+    assert!(store.contains(&EMPTY_OBJECT, Suffix::None).unwrap());
+    assert_eq!(out.stats.files, 2);
+    assert_eq!(out.stats.bytes_in, 6);
+    assert_eq!(out.stats.objects_new, 2);
+}
+
+#[test]
+fn chunked_round_trip_matches_chunker() {
+    let store = Arc::new(MemStore::default());
+    let cfg = small_chunks();
+    let sizes = cfg.chunking.unwrap();
+    let p = pipeline(&store, cfg);
+    let input = lcg_bytes(1 << 20, 7);
+    let t = p.add_file(&mut Cursor::new(&input), 0).unwrap();
+    let (size, data) = p.resolve(t).unwrap();
+    let out = p.finish().unwrap();
+    assert_eq!(size, input.len() as u64);
+    let FileData::Chunked(chunks) = data else {
+        panic!("expected chunks, got {data:?}")
+    };
+    // Independent cut computation over the whole buffer.
+    let mut c = Chunker::new(sizes).unwrap();
+    let mut marks = vec![0usize];
+    while let Some(i) = c.next_cut(&input[*marks.last().unwrap()..]) {
+        marks.push(marks.last().unwrap() + i);
+    }
+    assert_eq!(chunks.len(), marks.len());
+    let mut joined = Vec::new();
+    let mut expect_off = 0;
+    for (ch, mark) in chunks.iter().zip(&marks) {
+        assert_eq!(ch.offset, expect_off);
+        assert_eq!(ch.offset, *mark as u64);
+        assert!(ch.size <= sizes.max as u64 && ch.size > 0);
+        expect_off += ch.size;
+        joined.extend(store.get_inflated(&ch.hash, Suffix::Partial));
+    }
+    assert_eq!(joined, input);
+    assert_eq!(out.stats.objects_new as usize, chunks.len());
+}
+
+#[test]
+fn small_file_is_not_chunked() {
+    let store = Arc::new(MemStore::default());
+    let p = pipeline(&store, small_chunks());
+    let input = lcg_bytes(4096, 1);
+    let t = p.add_file(&mut Cursor::new(&input), 4096).unwrap();
+    let out = p.finish().unwrap();
+    let (_, FileData::Whole(h)) = out.get(t).unwrap() else {
+        panic!("a file of min size must be one object")
+    };
+    assert_eq!(store.get_inflated(h, Suffix::None), input);
+}
+
+#[test]
+fn identical_content_is_compressed_once() {
+    let store = Arc::new(MemStore::default());
+    let p = pipeline(&store, PipelineConfig::default());
+    let input = lcg_bytes(100_000, 3);
+    let a = p.add_file(&mut Cursor::new(&input), 0).unwrap();
+    let b = p.add_file(&mut Cursor::new(&input), 0).unwrap();
+    let out = p.finish().unwrap();
+    assert_eq!(out.get(a), out.get(b));
+    assert_eq!(out.stats.compressions, 1);
+    assert_eq!(out.stats.dedup_hits, 1);
+    assert_eq!(out.stats.objects_new, 1);
+    assert_eq!(store.puts.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn content_index_skips_compression_only_if_object_exists() {
+    let store = Arc::new(MemStore::default());
+    let index = Arc::new(MemIndex::default());
+    let input = lcg_bytes(50_000, 5);
+    let run = |store: &Arc<MemStore>| {
+        let p = ObjectPipeline::new(store.clone(), Some(index.clone()), small_chunks()).unwrap();
+        let t = p.add_file(&mut Cursor::new(&input), 0).unwrap();
+        let out = p.finish().unwrap();
+        (out.get(t).unwrap().clone(), out.stats)
+    };
+    let (first, s1) = run(&store);
+    assert_eq!(s1.index_hits, 0);
+    assert!(s1.compressions > 0);
+    let (second, s2) = run(&store);
+    assert_eq!(first, second);
+    assert_eq!(s2.compressions, 0);
+    assert_eq!(s2.index_hits, s1.compressions);
+    // An index hit whose object is gone (GC) is not trusted.
+    let empty_store = Arc::new(MemStore::default());
+    let (third, s3) = run(&empty_store);
+    assert_eq!(third, first);
+    assert_eq!(s3.index_hits, 0);
+    assert_eq!(s3.compressions, s1.compressions);
+}
+
+#[test]
+fn big_file_with_small_budget() {
+    let input = lcg_bytes(64 << 20, 11);
+    for chunking in [Some(ChunkSizes::default()), None] {
+        let store = Arc::new(MemStore::default());
+        let cfg = PipelineConfig {
+            chunking,
+            workers: 2,
+            memory_budget: 8 << 20,
+            ..PipelineConfig::default()
+        };
+        let p = pipeline(&store, cfg);
+        let t = p.add_file(&mut Cursor::new(&input), u64::MAX).unwrap();
+        assert!(p.shared.budget.peak.load(Ordering::Relaxed) <= 8 << 20);
+        let out = p.finish().unwrap();
+        let (size, data) = out.get(t).unwrap().clone();
+        assert_eq!(size, input.len() as u64);
+        let restored: Vec<u8> = match data {
+            FileData::Whole(h) => {
+                assert!(chunking.is_none());
+                store.get_inflated(&h, Suffix::None)
+            }
+            FileData::Chunked(chunks) => {
+                assert!(chunking.is_some() && chunks.len() >= 4);
+                chunks
+                    .iter()
+                    .flat_map(|c| store.get_inflated(&c.hash, Suffix::Partial))
+                    .collect()
+            }
+        };
+        assert!(restored == input);
+    }
+}
+
+#[test]
+fn store_error_names_object_and_stops() {
+    let store = Arc::new(MemStore::default());
+    store.fail_puts.store(true, Ordering::SeqCst);
+    let p = pipeline(&store, PipelineConfig::default());
+    let t = p.add_file(&mut Cursor::new(b"hello\n"), 6).unwrap();
+    assert!(p.resolve(t).is_err());
+    assert!(p.add_file(&mut Cursor::new(b"more"), 4).is_err());
+    let err = p.finish().unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("data/57/98f7f4ca7585d850eea64610a1f73d8f8de7a3")
+            && msg.contains("No space left"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn read_error_names_file() {
+    struct Broken;
+    impl Read for Broken {
+        fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+            Err(io::Error::other("boom"))
+        }
+    }
+    let store = Arc::new(MemStore::default());
+    let p = pipeline(&store, PipelineConfig::default());
+    let err = p.add_named_file("/x/y", &mut Broken, 1).unwrap_err();
+    assert_eq!(err.to_string(), "/x/y: boom");
+    p.finish().unwrap();
+}
+
+/// Throughput probe: `cargo test --release -p ingest --lib -- --ignored --nocapture throughput`.
+#[test]
+#[ignore]
+fn throughput() {
+    // Text-like data (64-symbol alphabet): compresses to about 75 %, like binaries and text.
+    let text: Vec<u8> = lcg_bytes(256 << 20, 5)
+        .iter()
+        .map(|b| 0x20 + (b & 0x3f))
+        .collect();
+    let random = lcg_bytes(256 << 20, 6);
+    let small: Vec<Vec<u8>> = (0..20_000).map(|i| lcg_bytes(4096, i)).collect();
+    for (kind, data) in [("text", &text), ("random", &random)] {
+        let t0 = std::time::Instant::now();
+        let z = catalog_writer::zlib::compress(&data[..64 << 20]);
+        let secs = t0.elapsed().as_secs_f64();
+        println!(
+            "reference: one-thread zlib-6 {kind:6}: {:.0} MB/s ({} bytes out)",
+            (64 << 20) as f64 / secs / 1e6,
+            z.len()
+        );
+    }
+    for (label, chunking) in [
+        ("chunked 4/8/16M", Some(ChunkSizes::default())),
+        ("whole files", None),
+    ] {
+        for (kind, data) in [("text", &text), ("random", &random)] {
+            let store = Arc::new(MemStore::default());
+            let cfg = PipelineConfig {
+                chunking,
+                ..PipelineConfig::default()
+            };
+            let p = pipeline(&store, cfg);
+            let t0 = std::time::Instant::now();
+            p.add_file(&mut Cursor::new(data), data.len() as u64)
+                .unwrap();
+            let out = p.finish().unwrap();
+            let secs = t0.elapsed().as_secs_f64();
+            println!(
+                "{label:16} {kind:6}: {:.0} MB/s in ({} bytes -> {} compressed, {} objects)",
+                data.len() as f64 / secs / 1e6,
+                out.stats.bytes_in,
+                out.stats.bytes_compressed,
+                out.stats.objects_new
+            );
+        }
+    }
+    let store = Arc::new(MemStore::default());
+    let p = pipeline(&store, PipelineConfig::default());
+    let t0 = std::time::Instant::now();
+    for f in &small {
+        p.add_file(&mut Cursor::new(f), f.len() as u64).unwrap();
+    }
+    let out = p.finish().unwrap();
+    let secs = t0.elapsed().as_secs_f64();
+    println!(
+        "20000 x 4 KiB files: {:.0} files/s, {:.0} MB/s ({} objects)",
+        small.len() as f64 / secs,
+        out.stats.bytes_in as f64 / secs / 1e6,
+        out.stats.objects_new
+    );
+}

@@ -1,0 +1,476 @@
+//! A tar archive (plain, gzip or zstd) as a tree, for the `ingest` command. Only metadata
+//! stays in memory; file bytes stream straight into the object pipeline.
+
+use crate::decode::open_named_stream;
+use crate::error::{show, Error, Result};
+use crate::pipeline::{finalize, FileTicket, ObjectPipeline, PDir, PLeaf, PNode};
+use base64::Engine;
+use catalog_writer::entry::{makedev, Entry, EntryKind, FileData, Xattrs};
+use catalog_writer::hash::EMPTY_OBJECT;
+use catalog_writer::tree::Dir;
+use std::io::{self, Read};
+use tar::EntryType;
+
+/// How a tar archive is read.
+#[derive(Clone, Debug)]
+pub struct TarOptions {
+    /// Name of the archive for error messages (a path, "stdin", an image layer).
+    pub archive_name: String,
+    /// `Some((uid, gid))`: give every entry this owner instead of the tar's.
+    pub owner: Option<(u32, u32)>,
+    /// Keep PAX `SCHILY.xattr.*` / `LIBARCHIVE.xattr.*` attributes (default true).
+    pub keep_xattrs: bool,
+}
+
+impl Default for TarOptions {
+    fn default() -> Self {
+        TarOptions {
+            archive_name: "tar archive".into(),
+            owner: None,
+            keep_xattrs: true,
+        }
+    }
+}
+
+/// Reads a tar archive (compression recognised by magic bytes) into a tree. Regular files are
+/// streamed into `pipeline`; the call returns once all of them are stored or known.
+pub fn tree_from_tar<R: Read + Send + 'static>(
+    reader: R,
+    pipeline: &ObjectPipeline,
+    opts: &TarOptions,
+) -> Result<Dir> {
+    let stream = open_named_stream(&opts.archive_name, reader)?;
+    let mut archive = tar::Archive::new(stream);
+    let mut builder = TarTree {
+        root: PDir::default(),
+        next_link_id: 1,
+        opts,
+    };
+    let entries = archive
+        .entries()
+        .map_err(|e| tar_err(opts, b"", format!("reading archive: {e}")))?;
+    for member in entries {
+        let mut member =
+            member.map_err(|e| tar_err(opts, b"", format!("reading next member: {e}")))?;
+        builder.add(&mut member, pipeline)?;
+    }
+    // Read to the end so gzip/zstd trailers (checksums) are verified too.
+    drain_rest(archive.into_inner())
+        .map_err(|e| tar_err(opts, b"", format!("after the end of the archive: {e}")))?;
+    let mut default_dir = Entry::directory(0o755, 0, 0, 0);
+    if let Some((uid, gid)) = opts.owner {
+        (default_dir.uid, default_dir.gid) = (uid, gid);
+    }
+    finalize(builder.root, &default_dir, pipeline)
+}
+
+fn tar_err(opts: &TarOptions, path: &[u8], msg: String) -> Error {
+    Error::Tar {
+        archive: opts.archive_name.clone(),
+        path: show(path),
+        msg,
+    }
+}
+
+struct TarTree<'o> {
+    root: PDir,
+    next_link_id: u64,
+    opts: &'o TarOptions,
+}
+
+impl TarTree<'_> {
+    fn add<R: Read>(
+        &mut self,
+        member: &mut tar::Entry<R>,
+        pipeline: &ObjectPipeline,
+    ) -> Result<()> {
+        let raw = member.path_bytes().into_owned();
+        let err = |msg: String| tar_err(self.opts, &raw, msg);
+        let comps = split_member_path(&raw).map_err(err)?;
+        let m = read_member(member, self.opts.keep_xattrs).map_err(err)?;
+        let mut entry = m.entry;
+        if let Some((uid, gid)) = self.opts.owner {
+            (entry.uid, entry.gid) = (uid, gid);
+        }
+        match m.kind {
+            MemberKind::Skip => {
+                drain_member(member).map_err(err)?;
+                Ok(())
+            }
+            MemberKind::Dir => {
+                drain_member(member).map_err(err)?;
+                self.put_dir(&comps, entry).map_err(err)
+            }
+            MemberKind::File => {
+                let name = format!("{}: {}", self.opts.archive_name, show(&raw));
+                let ticket = ingest_member(member, pipeline, &name)?;
+                let leaf = PLeaf {
+                    entry,
+                    ticket: Some(ticket),
+                };
+                self.put_leaf(&comps, leaf).map_err(err)
+            }
+            MemberKind::Hardlink(target) => {
+                drain_member(member).map_err(err)?;
+                let leaf = self.link_to(&target).map_err(err)?;
+                self.put_leaf(&comps, leaf).map_err(err)
+            }
+            MemberKind::Other => {
+                drain_member(member).map_err(err)?;
+                self.put_leaf(
+                    &comps,
+                    PLeaf {
+                        entry,
+                        ticket: None,
+                    },
+                )
+                .map_err(err)
+            }
+        }
+    }
+
+    /// The target's inode, shared: both entries get the same hardlink id.
+    fn link_to(&mut self, target: &[u8]) -> std::result::Result<PLeaf, String> {
+        let comps = split_member_path(target).map_err(|e| format!("hardlink target: {e}"))?;
+        let missing = || {
+            format!(
+                "hardlink target {} is not earlier in this archive",
+                show(target)
+            )
+        };
+        let Some((last, parents)) = comps.split_last() else {
+            return Err("hardlink to the root directory".into());
+        };
+        let dir = walk(&mut self.root, parents).ok_or_else(missing)?;
+        match dir.children.get_mut(*last) {
+            Some(PNode::Leaf(leaf)) => {
+                if leaf.entry.hardlink.is_none() {
+                    leaf.entry.hardlink = Some(self.next_link_id);
+                    self.next_link_id += 1;
+                }
+                Ok(leaf.clone())
+            }
+            Some(PNode::Dir(_)) => Err(format!("hardlink to directory {}", show(target))),
+            None => Err(missing()),
+        }
+    }
+
+    fn put_dir(&mut self, comps: &[&[u8]], entry: Entry) -> std::result::Result<(), String> {
+        let Some((last, parents)) = comps.split_last() else {
+            self.root.meta = Some(entry);
+            return Ok(());
+        };
+        let dir = make_parents(&mut self.root, parents)?;
+        match dir.children.get_mut(*last) {
+            // A later entry for a directory replaces its metadata, keeps its contents.
+            Some(PNode::Dir(d)) => d.meta = Some(entry),
+            _ => {
+                let d = PDir {
+                    meta: Some(entry),
+                    ..PDir::default()
+                };
+                dir.children.insert(last.to_vec(), PNode::Dir(d));
+            }
+        }
+        Ok(())
+    }
+
+    fn put_leaf(&mut self, comps: &[&[u8]], leaf: PLeaf) -> std::result::Result<(), String> {
+        let Some((last, parents)) = comps.split_last() else {
+            return Err("the root must be a directory".into());
+        };
+        let dir = make_parents(&mut self.root, parents)?;
+        dir.children.insert(last.to_vec(), PNode::Leaf(leaf));
+        Ok(())
+    }
+}
+
+/// Descends to an existing directory.
+fn walk<'a>(mut dir: &'a mut PDir, comps: &[&[u8]]) -> Option<&'a mut PDir> {
+    for c in comps {
+        match dir.children.get_mut(*c) {
+            Some(PNode::Dir(d)) => dir = d,
+            _ => return None,
+        }
+    }
+    Some(dir)
+}
+
+/// Descends, creating missing directories as placeholders (metadata decided at the end).
+fn make_parents<'a>(
+    mut dir: &'a mut PDir,
+    comps: &[&[u8]],
+) -> std::result::Result<&'a mut PDir, String> {
+    for (i, c) in comps.iter().enumerate() {
+        let child = dir
+            .children
+            .entry(c.to_vec())
+            .or_insert_with(|| PNode::Dir(PDir::default()));
+        match child {
+            PNode::Dir(d) => dir = d,
+            PNode::Leaf(_) => {
+                return Err(format!(
+                    "parent {} is not a directory",
+                    show(&comps[..=i].join(&b'/'))
+                ))
+            }
+        }
+    }
+    Ok(dir)
+}
+
+/// Splits a member name into components after the safety checks: one leading `./` and one
+/// trailing `/` are removed; absolute names, `..`, `.`, empty components and NUL are refused.
+/// An empty result is the root (`./` or `.`).
+pub(crate) fn split_member_path(raw: &[u8]) -> std::result::Result<Vec<&[u8]>, String> {
+    if raw.is_empty() {
+        return Err("empty member name".into());
+    }
+    if raw.contains(&0) {
+        return Err("member name contains a NUL byte".into());
+    }
+    if raw.starts_with(b"/") {
+        return Err("absolute member name".into());
+    }
+    let mut p = raw.strip_prefix(b"./").unwrap_or(raw);
+    if p == b"." {
+        p = b"";
+    }
+    p = p.strip_suffix(b"/").unwrap_or(p);
+    if p.is_empty() {
+        return Ok(Vec::new());
+    }
+    let comps: Vec<&[u8]> = p.split(|&b| b == b'/').collect();
+    for c in &comps {
+        match *c {
+            b"" => return Err("empty path component".into()),
+            b".." => return Err("'..' path component".into()),
+            b"." => return Err("'.' path component".into()),
+            _ => {}
+        }
+    }
+    Ok(comps)
+}
+
+/// What a tar member is, beyond its metadata.
+pub(crate) enum MemberKind {
+    Dir,
+    File,
+    /// Tar type 1: the (unchecked) target name.
+    Hardlink(Vec<u8>),
+    /// Symlinks, devices, FIFOs: complete in `entry`.
+    Other,
+    /// PAX global headers and the like: nothing to store.
+    Skip,
+}
+
+pub(crate) struct Member {
+    pub kind: MemberKind,
+    /// Metadata; regular files carry a placeholder `File` kind until their ticket resolves.
+    pub entry: Entry,
+}
+
+/// Reads a member's header and PAX records into an `Entry`.
+pub(crate) fn read_member<R: Read>(
+    m: &mut tar::Entry<R>,
+    keep_xattrs: bool,
+) -> std::result::Result<Member, String> {
+    let h = m.header().clone();
+    let et = h.entry_type();
+    let link = || {
+        m.link_name_bytes()
+            .map(|l| l.into_owned())
+            .ok_or_else(|| "link member without a link name".to_string())
+    };
+    let dev = |what: &str| -> std::result::Result<u64, String> {
+        let major = h.device_major().map_err(|e| format!("{what} major: {e}"))?;
+        let minor = h.device_minor().map_err(|e| format!("{what} minor: {e}"))?;
+        Ok(makedev(
+            u64::from(major.unwrap_or(0)),
+            u64::from(minor.unwrap_or(0)),
+        ))
+    };
+    let (kind, ek) = match et {
+        EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => (
+            MemberKind::File,
+            EntryKind::File {
+                size: m.size(),
+                data: FileData::Whole(EMPTY_OBJECT),
+            },
+        ),
+        EntryType::Directory => (MemberKind::Dir, EntryKind::Directory),
+        EntryType::Link => (MemberKind::Hardlink(link()?), EntryKind::Fifo),
+        EntryType::Symlink => (MemberKind::Other, EntryKind::Symlink { target: link()? }),
+        EntryType::Char => (
+            MemberKind::Other,
+            EntryKind::CharDevice {
+                rdev: dev("char device")?,
+            },
+        ),
+        EntryType::Block => (
+            MemberKind::Other,
+            EntryKind::BlockDevice {
+                rdev: dev("block device")?,
+            },
+        ),
+        EntryType::Fifo => (MemberKind::Other, EntryKind::Fifo),
+        EntryType::XGlobalHeader => (MemberKind::Skip, EntryKind::Fifo),
+        other => {
+            return Err(format!(
+                "unsupported tar member type {:?}",
+                other.as_byte() as char
+            ))
+        }
+    };
+    if let EntryKind::Symlink { target } = &ek {
+        if target.contains(&0) {
+            return Err("symlink target contains a NUL byte".into());
+        }
+    }
+    let old = h.as_old();
+    let perm = numeric(&old.mode, || h.mode().map(u64::from)).map_err(|e| format!("mode: {e}"))?
+        as u32
+        & 0o7777;
+    let uid = numeric(&old.uid, || h.uid()).map_err(|e| format!("uid: {e}"))?;
+    let gid = numeric(&old.gid, || h.gid()).map_err(|e| format!("gid: {e}"))?;
+    let uid = u32::try_from(uid).map_err(|_| format!("uid {uid} does not fit 32 bits"))?;
+    let gid = u32::try_from(gid).map_err(|_| format!("gid {gid} does not fit 32 bits"))?;
+    let mtime = numeric(&old.mtime, || h.mtime()).map_err(|e| format!("mtime: {e}"))?;
+    let mut mtime = i64::try_from(mtime).map_err(|_| "mtime out of range".to_string())?;
+    let mut mtime_ns = None;
+    let mut xattrs = Xattrs::new();
+    if let Some(pax) = m.pax_extensions().map_err(|e| format!("PAX header: {e}"))? {
+        for rec in pax {
+            let rec = rec.map_err(|e| format!("PAX record: {e}"))?;
+            let key = rec.key_bytes();
+            if key == b"mtime" {
+                (mtime, mtime_ns) = parse_pax_time(rec.value_bytes())?;
+            } else if !keep_xattrs {
+                continue;
+            } else if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
+                xattrs.insert(name.to_vec(), rec.value_bytes().to_vec());
+            } else if let Some(name) = key.strip_prefix(b"LIBARCHIVE.xattr.") {
+                let value = base64::engine::general_purpose::STANDARD
+                    .decode(rec.value_bytes())
+                    .map_err(|e| format!("PAX {}: {e}", show(key)))?;
+                xattrs.insert(percent_decode(name), value);
+            }
+        }
+    }
+    let entry = Entry {
+        kind: ek,
+        perm,
+        uid,
+        gid,
+        mtime,
+        mtime_ns,
+        xattrs,
+        hardlink: None,
+    };
+    Ok(Member { kind, entry })
+}
+
+/// A numeric header field; all-NUL/blank fields (written by some tools) count as 0, as
+/// libarchive reads them. PAX overrides were already applied to the header by the tar crate.
+fn numeric(field: &[u8], parse: impl FnOnce() -> io::Result<u64>) -> io::Result<u64> {
+    if field.iter().all(|&b| b == 0 || b == b' ') {
+        return Ok(0);
+    }
+    parse()
+}
+
+/// PAX time: `[-]seconds[.fraction]` → (seconds, nanoseconds) with the fraction rounded down
+/// towards negative infinity, as `struct timespec` expects.
+fn parse_pax_time(v: &[u8]) -> std::result::Result<(i64, Option<u32>), String> {
+    let text = std::str::from_utf8(v).map_err(|_| "PAX mtime is not text".to_string())?;
+    let bad = || format!("bad PAX mtime {text:?}");
+    let (neg, body) = match text.strip_prefix('-') {
+        Some(b) => (true, b),
+        None => (false, text),
+    };
+    let (secs, frac) = body.split_once('.').unwrap_or((body, ""));
+    if secs.is_empty() || !secs.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    if !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    let mut secs: i64 = secs.parse().map_err(|_| bad())?;
+    let digits: String = frac.chars().chain(std::iter::repeat('0')).take(9).collect();
+    let mut ns: u32 = digits.parse().map_err(|_| bad())?;
+    if neg {
+        secs = -secs;
+        if ns > 0 {
+            secs -= 1;
+            ns = 1_000_000_000 - ns;
+        }
+    }
+    Ok((secs, if frac.is_empty() { None } else { Some(ns) }))
+}
+
+fn percent_decode(s: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut i = 0;
+    while i < s.len() {
+        if s[i] == b'%' && i + 2 < s.len() {
+            if let Ok(b) = u8::from_str_radix(&String::from_utf8_lossy(&s[i + 1..i + 3]), 16) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(s[i]);
+        i += 1;
+    }
+    out
+}
+
+/// Counts bytes so truncated members (the tar crate returns a short read) are detected.
+pub(crate) struct Counting<'a, R: ?Sized> {
+    pub inner: &'a mut R,
+    pub n: u64,
+}
+
+impl<R: Read + ?Sized> Read for Counting<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.n += n as u64;
+        Ok(n)
+    }
+}
+
+/// Streams a regular member into the pipeline and checks that all its bytes were there.
+pub(crate) fn ingest_member<R: Read>(
+    m: &mut tar::Entry<R>,
+    pipeline: &ObjectPipeline,
+    name: &str,
+) -> Result<FileTicket> {
+    let size = m.size();
+    let mut counting = Counting { inner: m, n: 0 };
+    let ticket = pipeline.add_named_file(name, &mut counting, size)?;
+    if counting.n != size {
+        return Err(Error::Decode {
+            archive: name.into(),
+            msg: format!("truncated: {} of {size} bytes", counting.n),
+        });
+    }
+    Ok(ticket)
+}
+
+/// Reads (and discards) a member's data, checking it is complete: skipping alone would not
+/// notice a truncated archive.
+pub(crate) fn drain_member<R: Read>(m: &mut tar::Entry<R>) -> std::result::Result<(), String> {
+    let size = m.size();
+    let n = io::copy(m, &mut io::sink()).map_err(|e| format!("reading data: {e}"))?;
+    if n != size {
+        return Err(format!("truncated: {n} of {size} bytes"));
+    }
+    Ok(())
+}
+
+pub(crate) fn drain_rest(mut r: impl Read) -> io::Result<()> {
+    io::copy(&mut r, &mut io::sink()).map(|_| ())
+}
+
+#[cfg(test)]
+mod tests;

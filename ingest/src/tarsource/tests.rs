@@ -1,0 +1,286 @@
+use super::*;
+use crate::pipeline::memstore::{MemStore, TarB};
+use crate::pipeline::PipelineConfig;
+use catalog_writer::hash::ContentHash;
+use catalog_writer::tree::Node;
+use std::io::{Cursor, Write};
+use std::sync::Arc;
+use tar::EntryType;
+
+fn run(bytes: Vec<u8>) -> Result<(Dir, Arc<MemStore>)> {
+    let store = Arc::new(MemStore::default());
+    let p = ObjectPipeline::new(store.clone(), None, PipelineConfig::default())?;
+    let opts = TarOptions {
+        archive_name: "test.tar".into(),
+        ..TarOptions::default()
+    };
+    let dir = tree_from_tar(Cursor::new(bytes), &p, &opts)?;
+    p.finish()?;
+    Ok((dir, store))
+}
+
+fn get<'a>(dir: &'a Dir, path: &str) -> &'a Node {
+    let mut cur = dir;
+    let comps: Vec<&str> = path.split('/').collect();
+    for (i, c) in comps.iter().enumerate() {
+        let n = cur
+            .children
+            .get(c.as_bytes())
+            .unwrap_or_else(|| panic!("{path}: no {c}"));
+        if i + 1 == comps.len() {
+            return n;
+        }
+        match n {
+            Node::Dir(d) => cur = d,
+            Node::Leaf(_) => panic!("{c} is not a dir"),
+        }
+    }
+    unreachable!()
+}
+
+fn file_hash(n: &Node) -> ContentHash {
+    match &n.entry().kind {
+        EntryKind::File {
+            data: FileData::Whole(h),
+            ..
+        } => *h,
+        k => panic!("not a whole file: {k:?}"),
+    }
+}
+
+#[test]
+fn all_member_types() {
+    let tar = TarB::new()
+        .dir("./", 0o711)
+        .dir("./bin/", 0o755)
+        .file_mode("./bin/su", 0o4755, b"hello\n")
+        .hardlink("./bin/su2", "./bin/su")
+        .symlink("./bin/sh", "../usr/bin/$(ARCH)")
+        .device("./dev/null", EntryType::Char, 1, 3)
+        .device("./dev/sda1", EntryType::Block, 8, 1)
+        .raw(b"./dev/fifo", EntryType::Fifo, 0o644, b"", None)
+        .finish();
+    let (root, store) = run(tar).unwrap();
+    assert_eq!(root.meta.perm, 0o711);
+    let su = get(&root, "bin/su").entry();
+    assert_eq!(su.perm, 0o4755);
+    assert_eq!(su.mtime, 1_700_000_000);
+    assert_eq!(
+        file_hash(get(&root, "bin/su")).to_hex(),
+        "5798f7f4ca7585d850eea64610a1f73d8f8de7a3"
+    );
+    assert_eq!(store.len(), 1);
+    let su2 = get(&root, "bin/su2").entry();
+    assert!(su.hardlink.is_some());
+    assert_eq!(su.hardlink, su2.hardlink);
+    assert_eq!(su.kind, su2.kind);
+    assert_eq!(
+        get(&root, "bin/sh").entry().kind,
+        EntryKind::Symlink {
+            target: b"../usr/bin/$(ARCH)".to_vec()
+        }
+    );
+    assert_eq!(
+        get(&root, "dev/null").entry().kind,
+        EntryKind::CharDevice { rdev: 259 }
+    );
+    assert_eq!(
+        get(&root, "dev/sda1").entry().kind,
+        EntryKind::BlockDevice { rdev: 2049 }
+    );
+    assert_eq!(get(&root, "dev/fifo").entry().kind, EntryKind::Fifo);
+    // "dev" had no member: placeholder 0755 0:0.
+    let dev = get(&root, "dev").entry();
+    assert_eq!((dev.perm, dev.uid, dev.gid), (0o755, 0, 0));
+}
+
+#[test]
+fn placeholder_dirs_get_real_metadata_later_and_later_entries_win() {
+    let tar = TarB::new()
+        .file("a/b/c", b"one")
+        .dir("a/", 0o700)
+        .file("a/b/c", b"two")
+        .finish();
+    let (root, store) = run(tar).unwrap();
+    assert_eq!(get(&root, "a").entry().perm, 0o700);
+    assert_eq!(get(&root, "a/b").entry().perm, 0o755);
+    let h = file_hash(get(&root, "a/b/c"));
+    assert_eq!(
+        store.get_inflated(&h, catalog_writer::hash::Suffix::None),
+        b"two"
+    );
+    assert_eq!(root.meta.perm, 0o755);
+    if let Node::Dir(a) = get(&root, "a") {
+        assert_eq!(a.children.len(), 1, "re-declaring a dir keeps its contents");
+    }
+}
+
+#[test]
+fn hostile_paths_are_refused() {
+    let cases: [&[u8]; 7] = [
+        b"/etc/passwd",
+        b"a/../../etc/passwd",
+        b"../x",
+        b"a//b",
+        b"a/./b",
+        b"././x",
+        b"",
+    ];
+    for name in cases {
+        let tar = TarB::new()
+            .raw(name, EntryType::Regular, 0o644, b"x", None)
+            .finish();
+        let err = run(tar).unwrap_err().to_string();
+        assert!(err.starts_with("test.tar: "), "{err}");
+        assert!(err.contains(&*String::from_utf8_lossy(name)), "{err}");
+    }
+    // NUL inside a PAX path.
+    let tar = TarB::new()
+        .pax(&[("path", b"a\0b")])
+        .file("x", b"")
+        .finish();
+    assert!(run(tar).unwrap_err().to_string().contains("NUL"));
+    // A hardlink may not point outside either.
+    let tar = TarB::new().file("a", b"").hardlink("b", "../a").finish();
+    assert!(run(tar).unwrap_err().to_string().contains("'..'"));
+}
+
+#[test]
+fn pax_and_gnu_extensions() {
+    let long = format!("{}/{}", "d".repeat(120), "f".repeat(150));
+    let long2 = format!("{}/g", "e".repeat(200));
+    let tar = TarB::new()
+        .pax(&[
+            ("path", long.as_bytes()),
+            ("mtime", b"1700000000.25"),
+            ("uid", b"3000000000"),
+            ("gid", b"4000000000"),
+            ("SCHILY.xattr.user.foo", b"bar\0baz"),
+            ("SCHILY.xattr.security.capability", b"\x01\x00"),
+            ("LIBARCHIVE.xattr.user.sp%20ace", b"dmFs"),
+        ])
+        .file("placeholder", b"data")
+        .long_file(&long2, b"gnu")
+        .pax(&[("mtime", b"-1.5")])
+        .file("neg", b"")
+        .finish();
+    let (root, _) = run(tar).unwrap();
+    let e = get(&root, &long).entry();
+    assert_eq!((e.mtime, e.mtime_ns), (1_700_000_000, Some(250_000_000)));
+    assert_eq!((e.uid, e.gid), (3_000_000_000, 4_000_000_000));
+    assert_eq!(e.xattrs.get(&b"user.foo"[..]).unwrap(), b"bar\0baz");
+    assert_eq!(
+        e.xattrs.get(&b"security.capability"[..]).unwrap(),
+        b"\x01\x00"
+    );
+    assert_eq!(e.xattrs.get(&b"user.sp ace"[..]).unwrap(), b"val");
+    assert!(!root.children.contains_key(&b"placeholder"[..]));
+    assert!(matches!(
+        get(&root, &long2).entry().kind,
+        EntryKind::File { size: 3, .. }
+    ));
+    let n = get(&root, "neg").entry();
+    assert_eq!((n.mtime, n.mtime_ns), (-2, Some(500_000_000)));
+    let tar = TarB::new()
+        .pax(&[("uid", b"5000000000")])
+        .file("x", b"")
+        .finish();
+    assert!(run(tar).unwrap_err().to_string().contains("uid"));
+}
+
+#[test]
+fn bad_links() {
+    let tar = TarB::new().hardlink("b", "a").finish();
+    let err = run(tar).unwrap_err().to_string();
+    assert!(err.contains("test.tar: b: hardlink target a"), "{err}");
+    let tar = TarB::new().dir("d/", 0o755).hardlink("b", "d").finish();
+    assert!(run(tar).unwrap_err().to_string().contains("directory"));
+    let tar = TarB::new().file("f", b"x").file("f/g", b"y").finish();
+    assert!(run(tar)
+        .unwrap_err()
+        .to_string()
+        .contains("not a directory"));
+}
+
+#[test]
+fn truncation_is_an_error() {
+    let data = vec![b'z'; 100_000];
+    let tar = TarB::new().file("big", &data).file("after", b"x").finish();
+    // Cut in the data of the first member, and in the data of the last one.
+    for cut in [50_000, tar.len() - 1024 - 512 + 1] {
+        let err = run(tar[..cut].to_vec()).unwrap_err().to_string();
+        assert!(
+            err.contains("truncated") || err.contains("unexpected EOF"),
+            "cut {cut}: {err}"
+        );
+    }
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
+    gz.write_all(&tar).unwrap();
+    let gz = gz.finish().unwrap();
+    assert!(run(gz[..gz.len() - 6].to_vec()).is_err());
+    // Hostile size: the header claims 1 TiB.
+    let mut h = tar::Header::new_gnu();
+    h.set_size(1 << 40);
+    h.set_path("huge").unwrap();
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    h.set_cksum();
+    let mut bytes = h.as_bytes().to_vec();
+    bytes.extend_from_slice(&[1u8; 4096]);
+    let err = run(bytes).unwrap_err().to_string();
+    assert!(err.contains("huge") && err.contains("truncated"), "{err}");
+}
+
+#[test]
+fn compressed_archives() {
+    let tar = TarB::new().file("a", b"hello\n").finish();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
+    gz.write_all(&tar).unwrap();
+    let zs = zstd::encode_all(&tar[..], 3).unwrap();
+    for bytes in [gz.finish().unwrap(), zs] {
+        let (root, _) = run(bytes).unwrap();
+        assert_eq!(
+            file_hash(get(&root, "a")).to_hex(),
+            "5798f7f4ca7585d850eea64610a1f73d8f8de7a3"
+        );
+    }
+}
+
+#[test]
+fn owner_override() {
+    let tar = TarB::new().file("d/f", b"").finish();
+    let store = Arc::new(MemStore::default());
+    let p = ObjectPipeline::new(store, None, PipelineConfig::default()).unwrap();
+    let opts = TarOptions {
+        owner: Some((42, 43)),
+        ..TarOptions::default()
+    };
+    let root = tree_from_tar(Cursor::new(tar), &p, &opts).unwrap();
+    for e in [
+        &root.meta,
+        get(&root, "d").entry(),
+        get(&root, "d/f").entry(),
+    ] {
+        assert_eq!((e.uid, e.gid), (42, 43));
+    }
+}
+
+#[test]
+fn lone_hardlink_member_is_a_plain_file() {
+    // The target is replaced after the link: the link keeps the old content and no partner.
+    let tar = TarB::new()
+        .file("t", b"old")
+        .hardlink("l", "t")
+        .file("t", b"new")
+        .finish();
+    let (root, store) = run(tar).unwrap();
+    assert_eq!(get(&root, "l").entry().hardlink, None);
+    assert_eq!(get(&root, "t").entry().hardlink, None);
+    let h = file_hash(get(&root, "l"));
+    assert_eq!(
+        store.get_inflated(&h, catalog_writer::hash::Suffix::None),
+        b"old"
+    );
+}
