@@ -1,0 +1,374 @@
+//! `convert` end to end against a real `docker-registry` on loopback, with images built in code.
+//! Read back through the independent `cvmfs` crate and compared with `umoci raw unpack`.
+
+mod common;
+
+use common::{Env, FQRN};
+use fixtures::oci::{Compression, ImageBuilder, MediaTypes};
+use fixtures::registry::PushOptions;
+use fixtures::Registry;
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::Path;
+
+fn edge_image(c: Compression, m: MediaTypes) -> ImageBuilder {
+    let mut b = ImageBuilder::new()
+        .env("PATH=/usr/local/bin:/usr/bin:/bin")
+        .env("GREETING=hello world")
+        .entrypoint(&["/bin/sh", "-c"])
+        .cmd(&["echo hi"])
+        .label("org.example.test", "edge")
+        .media_types(m);
+    for layer in fixtures::layers::edge_case_layers() {
+        b = b.layer(layer, c);
+    }
+    b
+}
+
+fn registry_or_skip() -> Option<Registry> {
+    if fixtures::tools::skip_if_missing(&[
+        fixtures::tools::DOCKER_REGISTRY,
+        fixtures::tools::SKOPEO,
+        fixtures::tools::UMOCI,
+        fixtures::tools::HTPASSWD,
+    ]) {
+        return None;
+    }
+    Some(Registry::start().expect("start docker-registry"))
+}
+
+fn link_target(env: &Env, link: &str) -> String {
+    let report = witness(env);
+    let entry = report.entries.get(link).unwrap_or_else(|| panic!("no link {link}"));
+    let target = entry.symlink_target.clone().expect("a symlink");
+    // Resolve the relative target against the link's directory.
+    let mut parts: Vec<&str> = link.split('/').filter(|p| !p.is_empty()).collect();
+    parts.pop();
+    for t in target.split('/') {
+        match t {
+            ".." => {
+                parts.pop();
+            }
+            "." | "" => {}
+            other => parts.push(other),
+        }
+    }
+    format!("/{}", parts.join("/"))
+}
+
+fn witness(env: &Env) -> fixtures::witness::WitnessReport {
+    let cache = env.path("witness-cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    fixtures::witness::witness_read_dir(&env.storage, &cache).expect("witness read")
+}
+
+/// The flat directory of an image compared file by file with umoci's unpacking of `layout:ref`.
+fn assert_flat_matches_umoci(env: &Env, flat: &str, layout: &Path, reference: &str) {
+    let rootfs = fixtures::umoci::unpack_reference(layout, reference).expect("umoci unpack");
+    let mut fs: BTreeMap<Vec<u8>, fixtures::FsEntry> = BTreeMap::new();
+    for (k, mut v) in fixtures::tree_listing(rootfs.path()).expect("listing") {
+        // CVMFS catalogs cannot hold xattr values over 255 bytes; cvmfs-oci drops them with a
+        // warning (see the convert output), so the reference does not carry them either.
+        v.xattrs.retain(|_, val| val.len() <= 255);
+        let mut p = flat.as_bytes().to_vec();
+        if k != b"/" {
+            p.extend_from_slice(&k);
+        }
+        fs.insert(p, v);
+    }
+    let report = witness(env);
+    let inside: BTreeMap<String, _> = report
+        .entries
+        .into_iter()
+        .map(|(k, mut v)| {
+            // umoci does not restore xattrs with empty values; CVMFS keeps them.
+            v.xattr_blob = v.xattr_blob.map(|b| drop_empty_xattrs(&b));
+            (k, v)
+        })
+        .filter(|(k, _)| {
+            (k == flat || k.starts_with(&format!("{flat}/")))
+                && !k.starts_with(&format!("{flat}/.singularity.d"))
+        })
+        .collect();
+    let diffs = fixtures::witness::compare(&fs, &inside);
+    assert!(diffs.is_empty(), "{flat} differs from umoci's {reference}:\n{}", diffs.join("\n"));
+}
+
+/// Re-encodes an xattr blob (spec 2.9) without the attributes whose value is empty.
+fn drop_empty_xattrs(blob: &[u8]) -> Vec<u8> {
+    let attrs = fixtures::witness::decode_xattrs(blob).unwrap_or_default();
+    let kept: Vec<_> = attrs.into_iter().filter(|(_, v)| !v.is_empty()).collect();
+    let mut out = vec![1u8, kept.len() as u8];
+    for (k, v) in kept {
+        out.push(k.len() as u8);
+        out.push(v.len() as u8);
+        out.extend_from_slice(k.as_bytes());
+        out.extend_from_slice(&v);
+    }
+    out
+}
+
+#[test]
+fn converts_registry_images_in_one_revision_like_umoci() {
+    let Some(reg) = registry_or_skip() else { return };
+    let env = Env::init(&[]);
+    let layout = env.path("layout");
+    let cases = [
+        ("gzip", Compression::Gzip, MediaTypes::Oci, false),
+        ("zstd", Compression::Zstd, MediaTypes::Oci, false),
+        ("plain", Compression::None, MediaTypes::Oci, false),
+        // skopeo converts to Docker v2s2 media types while pushing.
+        ("docker", Compression::Gzip, MediaTypes::Oci, true),
+    ];
+    for (tag, c, m, v2s2) in cases {
+        edge_image(c, m).write_layout(&layout, tag).expect("layout");
+        let opts = PushOptions { docker_v2s2: v2s2, all: false };
+        reg.push_oci_layout_with(&layout, tag, &format!("fixtures/edge:{tag}"), opts)
+            .expect("push");
+    }
+    fixtures::oci::write_two_platform_index(&layout, "multi", &fixtures::layers::edge_case_layers())
+        .expect("index");
+    reg.push_oci_layout_with(&layout, "multi", "fixtures/multi:1", PushOptions { docker_v2s2: false, all: true })
+        .expect("push index");
+
+    let addr = reg.addr();
+    let images: Vec<String> = ["edge:gzip", "edge:zstd", "edge:plain", "edge:docker"]
+        .iter()
+        .map(|t| format!("docker://{addr}/fixtures/{t}"))
+        .collect();
+    let mut args = vec!["--json", "convert", FQRN];
+    args.extend(images.iter().map(String::as_str));
+    args.extend(["--insecure-registry", addr.as_str()]);
+    let out = env.ok(&args);
+    assert!(out.contains("\"action\":\"publish\""), "{out}");
+    assert_eq!(env.revision(), 2, "all images of one call land in one revision");
+    env.check(true);
+
+    // Same diff_ids and config: one flat directory shared by all four tags.
+    let flats: Vec<String> = ["gzip", "zstd", "plain", "docker"]
+        .iter()
+        .map(|t| link_target(&env, &format!("/{addr}/fixtures/edge:{t}")))
+        .collect();
+    assert!(flats.iter().all(|f| f == &flats[0]), "{flats:?}");
+    assert!(flats[0].starts_with("/.flat/"), "{}", flats[0]);
+    assert_flat_matches_umoci(&env, &flats[0], &layout, "gzip");
+    let report = witness(&env);
+    let flat = &flats[0];
+    for f in [".singularity.d/env/10-docker2singularity.sh", ".singularity.d/runscript", ".singularity.d/labels.json"] {
+        assert!(report.entries.contains_key(&format!("{flat}/{f}")), "missing {f}");
+    }
+    let meta = format!("/.metadata/{addr}/fixtures/edge:gzip");
+    assert!(report.entries.contains_key(&format!("{meta}/manifest.json")));
+    assert!(report.entries.contains_key(&format!("{meta}/config.json")));
+    let root = report.entries.get(flat).expect("flat dir");
+    assert!(root.nested_catalog_mountpoint, "flat dir is its own nested catalog");
+
+    // Converting the same images again changes nothing.
+    env.ok(&args);
+    assert_eq!(env.revision(), 2);
+
+    // Both platforms of an index.
+    let multi = format!("docker://{addr}/fixtures/multi:1");
+    env.ok(&["convert", FQRN, &multi, "--all-platforms", "--insecure-registry", &addr]);
+    assert_eq!(env.revision(), 3);
+    let report = witness(&env);
+    for link in ["multi:1", "multi:1@linux-amd64", "multi:1@linux-arm64"] {
+        assert!(report.entries.contains_key(&format!("/{addr}/fixtures/{link}")), "missing {link}");
+    }
+    env.check(true);
+}
+
+#[test]
+fn converts_oci_layout_and_docker_archive_without_registry() {
+    let env = Env::init(&[]);
+    let layout = env.path("layout");
+    edge_image(Compression::Gzip, MediaTypes::Oci).write_layout(&layout, "v1").unwrap();
+    let archive = env.path("image.tar");
+    edge_image(Compression::None, MediaTypes::Docker)
+        .write_docker_archive(&archive, "example.org/team/app:2.0")
+        .unwrap();
+    let oci = format!("oci:{}:v1", layout.display());
+    let arch = format!("docker-archive:{}", archive.display());
+    env.ok(&["convert", FQRN, &oci, &arch]);
+    env.check(true);
+    let report = witness(&env);
+    let links: Vec<&String> = report
+        .entries
+        .iter()
+        .filter(|(_, e)| e.symlink_target.as_deref().is_some_and(|t| t.contains(".flat/")))
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(links.len(), 2, "{links:?}");
+    if !fixtures::tools::skip_if_missing(&[fixtures::tools::UMOCI]) {
+        let flat = link_target(&env, links[0]);
+        assert_flat_matches_umoci(&env, &flat, &layout, "v1");
+    }
+}
+
+/// Rewrites one blob of an OCI layout and every digest that names it (manifest, index).
+fn tamper_layout(layout: &Path, reference: &str, edit: impl FnOnce(&mut serde_json::Value, &Path)) {
+    let index_path = layout.join("index.json");
+    let mut index: serde_json::Value = serde_json::from_slice(&std::fs::read(&index_path).unwrap()).unwrap();
+    let entry = index["manifests"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|m| m["annotations"][fixtures::oci::REF_NAME] == reference)
+        .expect("ref in index");
+    let digest = entry["digest"].as_str().unwrap().to_string();
+    let blob = |d: &str| layout.join("blobs/sha256").join(d.trim_start_matches("sha256:"));
+    let mut manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(blob(&digest)).unwrap()).unwrap();
+    edit(&mut manifest, layout);
+    let bytes = serde_json::to_vec(&manifest).unwrap();
+    let new = fixtures::oci::sha256_digest(&bytes);
+    std::fs::write(blob(&new), &bytes).unwrap();
+    entry["digest"] = new.into();
+    entry["size"] = bytes.len().into();
+    std::fs::write(&index_path, serde_json::to_vec(&index).unwrap()).unwrap();
+}
+
+/// Replaces the bytes of layer 0 (keeping the manifest consistent with them).
+fn replace_layer0(manifest: &mut serde_json::Value, layout: &Path, bytes: Vec<u8>) {
+    let d = fixtures::oci::sha256_digest(&bytes);
+    std::fs::write(layout.join("blobs/sha256").join(d.trim_start_matches("sha256:")), &bytes).unwrap();
+    manifest["layers"][0]["digest"] = d.into();
+    manifest["layers"][0]["size"] = bytes.len().into();
+}
+
+#[test]
+fn bad_images_fail_cleanly_and_leave_the_manifest() {
+    let env = Env::init(&[]);
+    let layout = env.path("layout");
+    let good = edge_image(Compression::Gzip, MediaTypes::Oci);
+    let tar0 = fixtures::layers::edge_case_layers().remove(0);
+    for r in ["corrupt-gzip", "media-type", "digest", "truncated", "diffid"] {
+        good.write_layout(&layout, r).unwrap();
+    }
+    ImageBuilder::new()
+        .layer(fixtures::layers::hostile_layer(), Compression::Gzip)
+        .write_layout(&layout, "hostile")
+        .unwrap();
+    let gz = fixtures::layers::gzip(&tar0);
+    tamper_layout(&layout, "corrupt-gzip", |m, l| {
+        replace_layer0(m, l, fixtures::layers::corrupt(&gz, gz.len() / 2))
+    });
+    tamper_layout(&layout, "media-type", |m, _| {
+        m["layers"][0]["mediaType"] = "application/x-made-up".into();
+    });
+    tamper_layout(&layout, "diffid", |m, l| replace_layer0(m, l, fixtures::layers::gzip(b"not the layer")));
+    // Digest mismatch: the blob named by the manifest holds other bytes.
+    let manifest_of = |r: &str| -> serde_json::Value {
+        let index: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+        let d = index["manifests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["annotations"][fixtures::oci::REF_NAME] == r)
+            .unwrap()["digest"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        serde_json::from_slice(&std::fs::read(layout.join("blobs/sha256").join(d.trim_start_matches("sha256:"))).unwrap()).unwrap()
+    };
+    // "digest" and "truncated" share layer blobs with the good image: give them private copies.
+    for (r, damage) in [("digest", 0usize), ("truncated", 1)] {
+        let copy = fixtures::layers::gzip(&[tar0.as_slice(), &[0u8; 1024][..]].concat());
+        let damaged = if damage == 0 {
+            fixtures::layers::corrupt(&copy, copy.len() / 3)
+        } else {
+            fixtures::layers::truncate(&copy, copy.len() / 2)
+        };
+        let d = fixtures::oci::sha256_digest(&copy);
+        tamper_layout(&layout, r, |m, l| {
+            std::fs::write(l.join("blobs/sha256").join(d.trim_start_matches("sha256:")), &damaged).unwrap();
+            m["layers"][0]["digest"] = d.clone().into();
+            m["layers"][0]["size"] = copy.len().into();
+        });
+        let _ = manifest_of(r);
+    }
+
+    let before = env.snapshot();
+    for (r, expect) in [
+        ("corrupt-gzip", "corrupt"),
+        ("media-type", "media type"),
+        ("digest", "digest"),
+        ("truncated", "sha256"),
+        ("diffid", "diff_id"),
+        ("hostile", ".."),
+    ] {
+        let image = format!("oci:{}:{r}", layout.display());
+        let out = env.run(&["convert", FQRN, &image]);
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(!out.status.success(), "{r}: convert succeeded");
+        let line = stderr.lines().find(|l| l.contains("error")).unwrap_or("");
+        assert!(line.contains(r) || line.contains(&layout.display().to_string()), "{r}: error does not name the image: {stderr}");
+        assert!(line.to_lowercase().contains(expect), "{r}: expected {expect:?} in: {stderr}");
+    }
+    let after = env.snapshot();
+    let manifest = env.storage.join(".cvmfspublished");
+    assert_eq!(before.get(&manifest), after.get(&manifest), "manifest changed");
+    env.check(true);
+}
+
+/// A loopback server that answers every request with `status` (and `Retry-After: 0`).
+fn failing_server(status: u16) -> (String, std::thread::JoinHandle<()>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let handle = std::thread::spawn(move || {
+        listener.set_nonblocking(false).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        for stream in listener.incoming().take(64) {
+            if std::time::Instant::now() > deadline {
+                break;
+            }
+            let Ok(mut s) = stream else { break };
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let body = "{\"errors\":[{\"code\":\"UNAVAILABLE\",\"message\":\"test\"}]}";
+            let _ = write!(
+                s,
+                "HTTP/1.1 {status} Test\r\nRetry-After: 0\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (addr, handle)
+}
+
+#[test]
+fn registry_errors_fail_cleanly() {
+    let env = Env::init(&[]);
+    let manifest = std::fs::read(env.storage.join(".cvmfspublished")).unwrap();
+    for status in [500u16, 429] {
+        let (addr, _h) = failing_server(status);
+        let image = format!("docker://{addr}/some/image:1");
+        let out = env.run(&["convert", FQRN, &image, "--insecure-registry", &addr]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(stderr.contains(&addr) && stderr.contains(&status.to_string()), "{status}: {stderr}");
+    }
+    if let Some(reg) = registry_or_skip() {
+        let addr = reg.addr();
+        let missing = format!("docker://{addr}/no/such:tag");
+        let out = env.run(&["convert", FQRN, &missing, "--insecure-registry", &addr]);
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("404") || String::from_utf8_lossy(&out.stderr).to_lowercase().contains("not found"));
+        let auth = Registry::start_with_basic_auth("alice", "s3cret").expect("auth registry");
+        let layout = env.path("layout");
+        edge_image(Compression::Gzip, MediaTypes::Oci).write_layout(&layout, "a").unwrap();
+        auth.push_oci_layout(&layout, "a", "private/app:1").expect("push with creds");
+        let image = format!("docker://{}/private/app:1", auth.addr());
+        let out = env.run(&["convert", FQRN, &image, "--insecure-registry", &auth.addr()]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(stderr.contains("401") || stderr.to_lowercase().contains("unauthorized"), "{stderr}");
+        let out = env.run(&["--json", "convert", FQRN, &image, "--insecure-registry", &auth.addr(), "--creds", "alice:s3cret"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("s3cret"));
+        assert!(!String::from_utf8_lossy(&out.stderr).contains("s3cret"));
+        env.check(true);
+        return;
+    }
+    assert_eq!(manifest, std::fs::read(env.storage.join(".cvmfspublished")).unwrap());
+}
