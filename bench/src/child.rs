@@ -29,6 +29,27 @@ impl ChildRun {
     }
 }
 
+/// User + system CPU seconds this process (all its threads) has used so far.
+pub fn self_cpu_s() -> f64 {
+    // SAFETY: an all-zero rusage is a valid value of this plain C struct.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: RUSAGE_SELF with a pointer to a live local.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return 0.0;
+    }
+    timeval_s(usage.ru_utime) + timeval_s(usage.ru_stime)
+}
+
+/// The 1-minute load average (other work on the machine skews every wall time).
+pub fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 fn timeval_s(t: libc::timeval) -> f64 {
     t.tv_sec as f64 + t.tv_usec as f64 / 1e6
 }

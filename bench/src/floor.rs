@@ -10,6 +10,7 @@
 //! CVMFS chunks) so that one 200 MB file cannot serialise the floor onto one core; the CPU work
 //! is the same as compressing the file whole. `piece == 0` compresses every content whole.
 
+use crate::child::self_cpu_s;
 use crate::flatten::{normalize, whiteout, ContentId, Flat, LayerOps, Op};
 use crate::oci::{Compression, Image, Layer};
 use crate::Error;
@@ -68,6 +69,8 @@ pub struct FloorReport {
     pub compress_s: f64,
     /// read_s + compress_s.
     pub floor_s: f64,
+    /// CPU seconds (user + system, all threads) of the read and compress phases.
+    pub cpu_s: f64,
     pub threads: usize,
     /// Distinct layers (by diff_id) or files read.
     pub units_read: u64,
@@ -168,12 +171,14 @@ pub fn images_floor(images: &[Image], piece: usize) -> Result<FloorReport, Error
         }
     }
     let store = ContentStore::default();
+    let cpu0 = self_cpu_s();
     let t_read = Instant::now();
     let read: Vec<(LayerOps, u64)> = distinct
         .par_iter()
         .map(|l| read_layer(l, &store))
         .collect::<Result<_, _>>()?;
     let read_s = t_read.elapsed().as_secs_f64();
+    let read_cpu = self_cpu_s() - cpu0;
     let by_diff_id: HashMap<&str, &(LayerOps, u64)> = distinct
         .iter()
         .map(|l| l.diff_id.as_str())
@@ -208,6 +213,7 @@ pub fn images_floor(images: &[Image], piece: usize) -> Result<FloorReport, Error
         flatten_s,
         compress_s: c.seconds,
         floor_s: read_s + c.seconds,
+        cpu_s: read_cpu + c.cpu_s,
         threads: rayon::current_num_threads(),
         units_read: distinct.len() as u64,
         unit: "layers",
@@ -225,6 +231,7 @@ pub fn images_floor(images: &[Image], piece: usize) -> Result<FloorReport, Error
 /// parallel), then zlib-6 of each distinct content once.
 pub fn tree_floor(root: &Path, piece: usize) -> Result<FloorReport, Error> {
     let store = ContentStore::default();
+    let cpu0 = self_cpu_s();
     let t_read = Instant::now();
     let mut paths: Vec<PathBuf> = Vec::new();
     for entry in walkdir::WalkDir::new(root) {
@@ -243,6 +250,7 @@ pub fn tree_floor(root: &Path, piece: usize) -> Result<FloorReport, Error> {
         })
         .sum::<Result<u64, Error>>()?;
     let read_s = t_read.elapsed().as_secs_f64();
+    let read_cpu = self_cpu_s() - cpu0;
     let data = store.into_data();
     let contents: Vec<&[u8]> = data.iter().map(|d| &d[..]).collect();
     let c = compress_all(&contents, piece);
@@ -251,6 +259,7 @@ pub fn tree_floor(root: &Path, piece: usize) -> Result<FloorReport, Error> {
         flatten_s: 0.0,
         compress_s: c.seconds,
         floor_s: read_s + c.seconds,
+        cpu_s: read_cpu + c.cpu_s,
         threads: rayon::current_num_threads(),
         units_read: paths.len() as u64,
         unit: "files",
@@ -266,6 +275,7 @@ pub fn tree_floor(root: &Path, piece: usize) -> Result<FloorReport, Error> {
 
 struct Compressed {
     seconds: f64,
+    cpu_s: f64,
     bytes: u64,
     pieces: u64,
 }
@@ -273,6 +283,7 @@ struct Compressed {
 /// zlib-6 (stock zlib through flate2) of every content, in parallel; returns the output size.
 fn compress_all(contents: &[&[u8]], piece: usize) -> Compressed {
     let started = Instant::now();
+    let cpu0 = self_cpu_s();
     let mut pieces: Vec<&[u8]> = Vec::with_capacity(contents.len());
     for c in contents {
         if piece == 0 || c.len() <= piece {
@@ -290,6 +301,7 @@ fn compress_all(contents: &[&[u8]], piece: usize) -> Compressed {
         .sum();
     Compressed {
         seconds: started.elapsed().as_secs_f64(),
+        cpu_s: self_cpu_s() - cpu0,
         bytes,
         pieces: pieces.len() as u64,
     }

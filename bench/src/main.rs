@@ -36,6 +36,10 @@ struct Args {
     /// The floor compresses contents in pieces of this many MiB (0 = whole contents).
     #[arg(long, default_value_t = 8)]
     floor_piece_mib: usize,
+    /// Run each floor and each fresh tool run this many times; the fastest counts (peak RSS:
+    /// the largest). Case 2 runs once.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    repeat: u32,
     /// One JSON document on stdout instead of the table.
     #[arg(long)]
     json: bool,
@@ -60,6 +64,7 @@ fn main() -> Result<()> {
         work: std::fs::canonicalize(&a.work)?,
         piece: a.floor_piece_mib << 20,
         small_files: a.small_files,
+        repeat: a.repeat as usize,
     };
     let needs_registry = wanted.iter().any(|c| *c <= 3);
     if needs_registry && !cases::registry_alive(&s.registry) {
@@ -109,10 +114,15 @@ fn main() -> Result<()> {
         results.push(r);
     }
     if a.json {
-        let doc = report::json_doc(&results, cores, &tool.display().to_string());
+        let mut doc = report::json_doc(&results, cores, &tool.display().to_string());
+        doc["repeat"] = a.repeat.into();
         println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
-        println!("machine: {cores} cores; tool {}", tool.display());
+        println!(
+            "machine: {cores} cores; tool {}; best of {} run(s)",
+            tool.display(),
+            a.repeat
+        );
         print!("{}", report::table(&results, cores));
     }
     if a.fail_on_miss && results.iter().any(|r| r.pass != Some(true)) {

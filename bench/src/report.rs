@@ -63,8 +63,8 @@ pub fn table(results: &[CaseResult], cores: usize) -> String {
         s.push_str(&format!("{}: {}\n", r.case, r.title));
         if let Some(f) = &r.floor {
             s.push_str(&format!(
-                "   floor {:.2} s = read {:.2} s ({} of {} {} + sha1, {:.1} MB) + zlib-6 {:.2} s ({} distinct contents, {:.1} MB -> {:.1} MB, {} pieces, {} threads); flatten {:.2} s not counted\n",
-                f.floor_s, f.read_s, if f.unit == "layers" { "inflate+untar" } else { "walk+read" },
+                "   floor {:.2} s ({:.2} cpu s) = read {:.2} s ({} of {} {} + sha1, {:.1} MB) + zlib-6 {:.2} s ({} distinct contents, {:.1} MB -> {:.1} MB, {} pieces, {} threads); flatten {:.2} s not counted\n",
+                f.floor_s, f.cpu_s, f.read_s, if f.unit == "layers" { "inflate+untar" } else { "walk+read" },
                 f.units_read, f.unit, mb(f.bytes_read), f.compress_s,
                 f.distinct_contents, mb(f.distinct_bytes), mb(f.compressed_bytes), f.pieces,
                 f.threads, f.flatten_s
@@ -85,6 +85,12 @@ pub fn table(results: &[CaseResult], cores: usize) -> String {
                 t["objects_existing"], t["seconds"]
             ));
         }
+        s.push_str(&format!(
+            "   cpu ratio tool/floor {}; load average {} before, {} after\n",
+            opt(r.cpu_ratio, 3),
+            opt(r.load_before, 2),
+            opt(r.load_after, 2)
+        ));
         if let Some(e) = &r.error {
             s.push_str(&format!("   error: {e}\n"));
         }

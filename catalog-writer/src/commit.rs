@@ -1,9 +1,9 @@
 //! Writing the dirty catalogs of a namespace, children first.
 
 use crate::entry::Entry;
+use crate::fingerprint::Fingerprint;
 use crate::hash::{ContentHash, Suffix};
 use crate::namespace::{CatalogRef, CommitOptions, Objects};
-use crate::fingerprint::Fingerprint;
 use crate::node::{fetch_db, load_totals, CatInfo, Child, DirNode};
 use crate::pathhash::{display, join, parent_path, PathHash};
 use crate::rows::{dir_row, leaf_row, DirRole};

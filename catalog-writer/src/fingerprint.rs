@@ -192,7 +192,8 @@ mod tests {
     #[test]
     fn every_column_counts() {
         let base = Fingerprint::of(&db());
-        let changes: Vec<Box<dyn Fn(&mut CatalogDb)>> = vec![
+        type Change = Box<dyn Fn(&mut CatalogDb)>;
+        let changes: Vec<Change> = vec![
             Box::new(|d| d.rows[0].mtime += 1),
             Box::new(|d| d.rows[0].mtimens = Some(0)),
             Box::new(|d| d.rows[0].xattr = Some(Vec::new())),

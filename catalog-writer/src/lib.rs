@@ -2,7 +2,9 @@
 //! (revision 7), nested catalogs and their statistics, and reading catalogs that already exist.
 //!
 //! * [`namespace::Namespace`] — the repository tree: open a revision (only the root catalog is
-//!   read), change it (`replace`, `remove`), `commit` the dirty catalogs bottom-up.
+//!   read), change it (`replace`, `remove`), `commit` the dirty catalogs bottom-up. A catalog
+//!   whose new content equals its stored version is kept, so grafting what is already there
+//!   commits to the same root ([`namespace::CommitReport::changed`] is `false`).
 //! * [`verify`] — the structural checks of `cvmfs_swissknife check` and a walk over every
 //!   entry of any repository, including ones written by the real CVMFS tools.
 //! * [`sql`], [`rows`], [`pathhash`], [`xattr`] — the byte-level catalog format.
@@ -40,11 +42,20 @@
 //! ns.replace(b"/greeting/hello", Node::Leaf(file), &parent, &objects)?;
 //! let opts = CommitOptions { revision: 1, timestamp: 1_700_000_000, ttl: 240, max_entries: 0, apply_dirtab: false };
 //! let report = ns.commit(&opts, &objects)?;
+//! assert!(report.changed);
 //!
 //! // Read it back and check it like `cvmfs_swissknife check` would.
 //! let mut reopened = Namespace::open(report.root, &objects)?;
 //! assert!(reopened.entry(b"/greeting/hello", &objects)?.is_some());
 //! assert!(catalog_writer::verify::verify(report.root, &objects).problems.is_empty());
+//!
+//! // The same file again: nothing to write, the root stays.
+//! let mut again = Entry::directory(0o644, 0, 0, 1_700_000_000);
+//! again.kind = EntryKind::File { size: 6, data: FileData::Whole(h) };
+//! reopened.replace(b"/greeting/hello", Node::Leaf(again), &parent, &objects)?;
+//! let opts = CommitOptions { revision: 2, timestamp: 1_700_000_100, ..opts };
+//! let same = reopened.commit(&opts, &objects)?;
+//! assert_eq!((same.root, same.catalogs_written, same.changed), (report.root, 0, false));
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 

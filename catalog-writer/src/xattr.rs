@@ -81,6 +81,34 @@ pub fn decode(blob: &[u8], path: &[u8]) -> Result<Xattrs> {
     Ok(out)
 }
 
+/// Removes the attributes a catalog cannot hold (empty or > 255-byte keys, > 255-byte values,
+/// more than 255 attributes), as cvmfs drops them, and returns why each was dropped so the
+/// caller can warn.
+pub fn retain_representable(xattrs: &mut Xattrs) -> Vec<String> {
+    let mut dropped = Vec::new();
+    xattrs.retain(|key, value| {
+        let ok = !key.is_empty() && key.len() <= 255 && value.len() <= 255;
+        if !ok {
+            dropped.push(format!(
+                "extended attribute {} ({}-byte key, {}-byte value) cannot be stored in a catalog",
+                String::from_utf8_lossy(key),
+                key.len(),
+                value.len()
+            ));
+        }
+        ok
+    });
+    while xattrs.len() > 255 {
+        if let Some((key, _)) = xattrs.pop_last() {
+            dropped.push(format!(
+                "extended attribute {} dropped: more than 255 attributes",
+                String::from_utf8_lossy(&key)
+            ));
+        }
+    }
+    dropped
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,32 +142,4 @@ mod tests {
         assert!(encode(&many, b"/f").is_err());
         assert!(decode(&[1, 1, 3, 0, b'a'], b"/f").is_err());
     }
-}
-
-/// Removes the attributes a catalog cannot hold (empty or > 255-byte keys, > 255-byte values,
-/// more than 255 attributes), as cvmfs drops them, and returns why each was dropped so the
-/// caller can warn.
-pub fn retain_representable(xattrs: &mut Xattrs) -> Vec<String> {
-    let mut dropped = Vec::new();
-    xattrs.retain(|key, value| {
-        let ok = !key.is_empty() && key.len() <= 255 && value.len() <= 255;
-        if !ok {
-            dropped.push(format!(
-                "extended attribute {} ({}-byte key, {}-byte value) cannot be stored in a catalog",
-                String::from_utf8_lossy(key),
-                key.len(),
-                value.len()
-            ));
-        }
-        ok
-    });
-    while xattrs.len() > 255 {
-        if let Some((key, _)) = xattrs.pop_last() {
-            dropped.push(format!(
-                "extended attribute {} dropped: more than 255 attributes",
-                String::from_utf8_lossy(&key)
-            ));
-        }
-    }
-    dropped
 }

@@ -7,7 +7,7 @@ use common::{add_file, init_repo, tempdir};
 use catalog_writer::entry::{Chunk, Entry, EntryKind, FileData};
 use catalog_writer::hash::{ContentHash, Suffix};
 use catalog_writer::tree::{Dir, Node};
-use publisher::{CommitOutcome, CommitSettings, ObjectStore, Repository, Transaction};
+use publisher::{CommitOutcome, CommitSettings, Repository, Transaction};
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;

@@ -11,8 +11,10 @@
 //!
 //! Memory: the bytes of pieces in flight are bounded by `memory_budget` (a byte semaphore,
 //! plus bounded channels); the caller holds at most one piece being assembled. Unchunked files
-//! larger than a quarter of the budget are spooled to an anonymous temp file instead of memory.
+//! larger than a quarter of the budget are spooled to an anonymous temp file instead of memory,
+//! and their compressed object is written to another temp file and mapped for `put`.
 
+mod mapped;
 #[cfg(test)]
 pub(crate) mod memstore;
 mod pending;
@@ -26,6 +28,7 @@ use catalog_writer::hash::{ContentHash, Suffix};
 use crossbeam_channel::{bounded, Receiver, Sender};
 use flate2::write::ZlibEncoder;
 use flate2::Compression;
+use mapped::{HashingFile, Mapped, ObjectBytes};
 use publisher::store::{ContentIndex, ObjectStore};
 use sha1::{Digest, Sha1};
 use std::collections::{BTreeMap, HashMap};
@@ -135,6 +138,7 @@ struct Shared {
     dedup: Mutex<HashMap<DedupKey, Dedup>>,
     budget: Arc<Budget>,
     counters: Counters,
+    spool_dir: Option<PathBuf>,
 }
 
 #[derive(Default)]
@@ -209,7 +213,7 @@ struct Stored {
     suffix: Suffix,
     hash: ContentHash,
     /// Compressed bytes and plaintext SHA-1 when the object may have to be written.
-    put: Option<(Vec<u8>, [u8; 20])>,
+    put: Option<(ObjectBytes, [u8; 20])>,
     _permit: Permit,
 }
 
@@ -239,6 +243,7 @@ impl ObjectPipeline {
             dedup: Mutex::new(HashMap::new()),
             budget: Arc::new(Budget::new(budget)),
             counters: Counters::default(),
+            spool_dir: cfg.spool_dir.clone(),
         });
         let (job_tx, job_rx) = bounded::<Job>(cap);
         let (out_tx, out_rx) = bounded::<Stored>(cap);
@@ -669,7 +674,7 @@ fn lookup_or_compress(
     sha1: [u8; 20],
     size: u64,
     suffix: Suffix,
-) -> Result<(ContentHash, Option<Vec<u8>>)> {
+) -> Result<(ContentHash, Option<ObjectBytes>)> {
     if let Some(index) = &sh.index {
         if let Some((obj, _)) = index.lookup(&sha1, size, suffix) {
             let present = sh
@@ -682,23 +687,50 @@ fn lookup_or_compress(
             }
         }
     }
-    let mut enc = ZlibEncoder::new(HashingWriter::default(), Compression::new(6));
-    let written = match data {
-        PieceData::Mem(v) => enc.write_all(v),
-        PieceData::Spool { file, .. } => copy_spool(file, &mut enc),
-    };
-    let out = written
-        .and_then(|()| enc.finish())
-        .map_err(|e| Error::Compress {
-            what: format!("a {size}-byte piece"),
+    let what = || format!("a {size}-byte piece");
+    let (hash, bytes) = match data {
+        PieceData::Mem(v) => compress_mem(v).map_err(|e| Error::Compress {
+            what: what(),
             source: e,
-        })?;
-    let hash = ContentHash(out.hasher.finalize().into());
+        })?,
+        PieceData::Spool { file, .. } => {
+            compress_spool(file, &sh.spool_dir).map_err(|e| Error::Compress {
+                what: format!("{} ({})", what(), spool_name(&sh.spool_dir)),
+                source: e,
+            })?
+        }
+    };
     sh.counters.compressions.fetch_add(1, Ordering::Relaxed);
     sh.counters
         .bytes_compressed
-        .fetch_add(out.buf.len() as u64, Ordering::Relaxed);
-    Ok((hash, Some(out.buf)))
+        .fetch_add(bytes.as_slice().len() as u64, Ordering::Relaxed);
+    Ok((hash, Some(bytes)))
+}
+
+/// zlib level 6 and SHA-1 of the output in one pass.
+fn compress_mem(data: &[u8]) -> io::Result<(ContentHash, ObjectBytes)> {
+    let mut enc = ZlibEncoder::new(HashingWriter::default(), Compression::new(6));
+    enc.write_all(data)?;
+    let out = enc.finish()?;
+    Ok((
+        ContentHash(out.hasher.finalize().into()),
+        ObjectBytes::Mem(out.buf),
+    ))
+}
+
+/// Like `compress_mem`, from a spool file into a mapped temp file.
+fn compress_spool(spool: &File, dir: &Option<PathBuf>) -> io::Result<(ContentHash, ObjectBytes)> {
+    let file = match dir {
+        Some(d) => tempfile::tempfile_in(d),
+        None => tempfile::tempfile(),
+    }?;
+    let mut enc = ZlibEncoder::new(HashingFile::new(file), Compression::new(6));
+    copy_spool(spool, &mut enc)?;
+    let out = enc.finish()?;
+    let hash = ContentHash(out.hasher.clone().finalize().into());
+    let len = usize::try_from(out.len).map_err(io::Error::other)?;
+    let mapped = Mapped::map(out.into_file()?, len)?;
+    Ok((hash, ObjectBytes::Mapped(mapped)))
 }
 
 fn copy_spool(mut file: &File, w: &mut dyn Write) -> io::Result<()> {
@@ -727,12 +759,13 @@ fn store_one(sh: &Shared, st: Stored) -> Result<()> {
             sh.counters.objects_existing.fetch_add(1, Ordering::Relaxed);
         } else {
             sh.store
-                .put(&st.hash, st.suffix, bytes)
+                .put(&st.hash, st.suffix, bytes.as_slice())
                 .map_err(|e| sh.store_error(&st.hash, st.suffix, e))?;
             sh.counters.objects_new.fetch_add(1, Ordering::Relaxed);
         }
         if let Some(index) = &sh.index {
-            index.record(sha1, st.size, st.suffix, st.hash, bytes.len() as u64);
+            let csize = bytes.as_slice().len() as u64;
+            index.record(sha1, st.size, st.suffix, st.hash, csize);
         }
     }
     sh.piece_done(

@@ -252,3 +252,48 @@ fn throughput() {
         out.stats.objects_new
     );
 }
+
+#[test]
+fn concurrent_callers_share_one_pipeline() {
+    let store = Arc::new(MemStore::default());
+    let p = pipeline(&store, small_chunks());
+    let contents: Vec<Vec<u8>> = (0..10)
+        .map(|i| lcg_bytes(1000 + i * 9000, i as u64))
+        .collect();
+    let tickets: Vec<(usize, FileTicket)> = std::thread::scope(|s| {
+        let handles: Vec<std::thread::ScopedJoinHandle<'_, Vec<(usize, FileTicket)>>> = (0..4)
+            .map(|t| {
+                let (p, contents) = (&p, &contents);
+                s.spawn(move || {
+                    (0..25)
+                        .map(|i| {
+                            let c = (t * 7 + i) % contents.len();
+                            (c, p.add_file(&mut Cursor::new(&contents[c]), 0).unwrap())
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        // Spawn all before joining any, so the callers really overlap.
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    let out = p.finish().unwrap();
+    assert_eq!(out.stats.files, 100);
+    // Every distinct piece was compressed once; the rest were dedup hits.
+    assert_eq!(out.stats.compressions as usize, store.len());
+    for (c, t) in tickets {
+        let (size, data) = out.get(t).unwrap();
+        assert_eq!(*size as usize, contents[c].len());
+        let bytes = match data {
+            FileData::Whole(h) => store.get_inflated(h, Suffix::None),
+            FileData::Chunked(ch) => ch
+                .iter()
+                .flat_map(|c| store.get_inflated(&c.hash, Suffix::Partial))
+                .collect(),
+        };
+        assert!(bytes == contents[c]);
+    }
+}
