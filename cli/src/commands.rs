@@ -71,7 +71,10 @@ fn print_client_config(repo: &Repository, out: Output) {
 }
 
 /// Settings of the object pipeline from the repository config and command-line tuning.
-pub fn pipeline_config(repo: &Repository, t: &TuningArgs) -> Result<ingest::pipeline::PipelineConfig> {
+pub fn pipeline_config(
+    repo: &Repository,
+    t: &TuningArgs,
+) -> Result<ingest::pipeline::PipelineConfig> {
     let c = repo.config();
     let chunking = if c.chunking.enabled && !t.no_chunking {
         Some(
@@ -80,7 +83,7 @@ pub fn pipeline_config(repo: &Repository, t: &TuningArgs) -> Result<ingest::pipe
                 c.chunking.avg as usize,
                 c.chunking.max as usize,
             )
-                .map_err(|e| anyhow!("{}: chunking settings: {e}", c.fqrn))?,
+            .map_err(|e| anyhow!("{}: chunking settings: {e}", c.fqrn))?,
         )
     } else {
         None
@@ -103,32 +106,41 @@ pub(crate) fn open_repo(home: &Path, fqrn: &str) -> Result<Repository> {
     Repository::open(home, fqrn).with_context(|| format!("repository {fqrn}"))
 }
 
-/// Grafts `tree` at `path` (root when empty) and commits; prints the outcome.
+/// What a `publish` or `ingest` puts into the repository.
+struct SourceGraft<'a> {
+    /// Repository path (root when empty).
+    path: &'a [u8],
+    tree: Dir,
+    /// Paths removed in the same revision.
+    deletes: &'a [Vec<u8>],
+    /// The source, for messages.
+    what: String,
+}
+
+/// Grafts the source tree and commits; prints the outcome.
 fn graft_and_commit(
     mut txn: publisher::Transaction,
-    path: &[u8],
-    mut tree: Dir,
-    deletes: &[Vec<u8>],
-    what: &str,
+    mut job: SourceGraft<'_>,
     started: Instant,
     stats: &ingest::pipeline::PipelineStats,
     out: Output,
 ) -> Result<i32> {
     let now = unix_now();
-    sanitize_xattrs(&mut tree, &mut path.to_vec(), out);
+    sanitize_xattrs(&mut job.tree, &mut job.path.to_vec(), out);
     {
         let (ns, objects) = txn.namespace_and_objects();
-        for d in deletes {
+        for d in job.deletes {
             ns.remove(d, &objects)
                 .with_context(|| format!("--delete {}", String::from_utf8_lossy(d)))?;
         }
         let parent = Entry::directory(0o755, 0, 0, now);
-        ns.replace(path, Node::Dir(tree), &parent, &objects)
-            .with_context(|| format!("{what}: grafting at {:?}", String::from_utf8_lossy(path)))?;
+        let shown = String::from_utf8_lossy(job.path).into_owned();
+        ns.replace(job.path, Node::Dir(job.tree), &parent, &objects)
+            .with_context(|| format!("{}: grafting at {shown:?}", job.what))?;
     }
     publisher::fault_point("after-objects");
     let outcome = txn.commit(&CommitSettings::default())?;
-    report_outcome(what, &outcome, started, stats, out);
+    report_outcome(&job.what, &outcome, started, stats, out);
     Ok(0)
 }
 
@@ -199,8 +211,13 @@ pub fn publish(home: &Path, g: &Global, a: &PublishArgs, out: Output) -> Result<
     let tree = ingest::tree_from_dir(&a.source, &pipeline)
         .with_context(|| format!("publish {}", a.source.display()))?;
     let stats = pipeline.finish()?.stats;
-    let what = a.source.display().to_string();
-    graft_and_commit(txn, &path, tree, &[], &what, started, &stats, out)
+    let job = SourceGraft {
+        path: &path,
+        tree,
+        deletes: &[],
+        what: a.source.display().to_string(),
+    };
+    graft_and_commit(txn, job, started, &stats, out)
 }
 
 pub fn ingest_tar(home: &Path, g: &Global, a: &IngestArgs, out: Output) -> Result<i32> {
@@ -214,21 +231,29 @@ pub fn ingest_tar(home: &Path, g: &Global, a: &IngestArgs, out: Output) -> Resul
     let reader: Box<dyn std::io::Read + Send> = if a.tar == "-" {
         Box::new(std::io::stdin())
     } else {
-        Box::new(
-            std::fs::File::open(&a.tar).with_context(|| format!("ingest source {}", a.tar))?,
-        )
+        Box::new(std::fs::File::open(&a.tar).with_context(|| format!("ingest source {}", a.tar))?)
     };
     let started = Instant::now();
     let txn = repo.begin(!g.no_wait)?;
     let pipeline = new_pipeline(&repo, &txn, &a.tuning)?;
-    let what = if a.tar == "-" { "stdin".to_string() } else { a.tar.clone() };
+    let what = if a.tar == "-" {
+        "stdin".to_string()
+    } else {
+        a.tar.clone()
+    };
     let opts = ingest::TarOptions {
         archive_name: what.clone(),
         ..Default::default()
     };
     let tree = ingest::tree_from_tar(reader, &pipeline, &opts)?;
     let stats = pipeline.finish()?.stats;
-    graft_and_commit(txn, &path, tree, &deletes, &what, started, &stats, out)
+    let job = SourceGraft {
+        path: &path,
+        tree,
+        deletes: &deletes,
+        what,
+    };
+    graft_and_commit(txn, job, started, &stats, out)
 }
 
 pub fn check(home: &Path, a: &CheckArgs, out: Output) -> Result<i32> {
@@ -247,7 +272,10 @@ pub fn check(home: &Path, a: &CheckArgs, out: Output) -> Result<i32> {
             if keys.is_empty() {
                 keys.push(repo.config().public_key_path());
             }
-            (Box::new(publisher::LocalStore::open(&repo.config().storage)?), keys)
+            (
+                Box::new(publisher::LocalStore::open(&repo.config().storage)?),
+                keys,
+            )
         }
     };
     if keys.is_empty() {
@@ -259,7 +287,10 @@ pub fn check(home: &Path, a: &CheckArgs, out: Output) -> Result<i32> {
         .collect::<Result<Vec<_>>>()?;
     let report = publisher::check_repository(store.as_ref(), &a.fqrn, &masters, a.full)?;
     for p in &report.problems {
-        out.event(p, event_json("problem", json!({"fqrn": a.fqrn, "problem": p})));
+        out.event(
+            p,
+            event_json("problem", json!({"fqrn": a.fqrn, "problem": p})),
+        );
     }
     let ok = report.problems.is_empty();
     out.event(
@@ -288,7 +319,11 @@ pub fn resign(home: &Path, a: &ResignArgs, out: Output) -> Result<i32> {
     let repo = open_repo(home, &a.fqrn)?;
     let expires = repo.resign_for(a.days)?;
     out.event(
-        &format!("{}: whitelist renewed, expires {}", a.fqrn, signer::utc_stamp(expires)),
+        &format!(
+            "{}: whitelist renewed, expires {}",
+            a.fqrn,
+            signer::utc_stamp(expires)
+        ),
         event_json("resign", json!({"fqrn": a.fqrn, "expires": expires})),
     );
     Ok(0)
@@ -337,7 +372,10 @@ pub fn cache_seed(home: &Path, fqrn: &str, out: Output) -> Result<i32> {
     })?;
     bar.finish_and_clear();
     for p in &stats.problems {
-        out.event(p, event_json("problem", json!({"fqrn": fqrn, "problem": p})));
+        out.event(
+            p,
+            event_json("problem", json!({"fqrn": fqrn, "problem": p})),
+        );
     }
     out.event(
         &format!(
@@ -360,8 +398,14 @@ pub fn cache_stats(home: &Path, fqrn: &str, out: Output) -> Result<i32> {
     let layers = repo.layer_memo()?.list()?;
     let complete = layers.iter().filter(|l| l.complete).count();
     out.event(
-        &format!("{fqrn}: layer memo: {} layers ({complete} complete)", layers.len()),
-        event_json("cache-stats", json!({"fqrn": fqrn, "layers": layers.len(), "complete": complete})),
+        &format!(
+            "{fqrn}: layer memo: {} layers ({complete} complete)",
+            layers.len()
+        ),
+        event_json(
+            "cache-stats",
+            json!({"fqrn": fqrn, "layers": layers.len(), "complete": complete}),
+        ),
     );
     Ok(0)
 }

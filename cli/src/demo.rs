@@ -18,7 +18,10 @@ pub fn run(a: &DemoArgs, out: Output) -> Result<i32> {
         None => std::env::temp_dir().join(format!("cvmfs-oci-demo-{}", std::process::id())),
     };
     if base.join("storage").exists() {
-        anyhow::bail!("{}: already holds a demo repository; pick another --dir", base.display());
+        anyhow::bail!(
+            "{}: already holds a demo repository; pick another --dir",
+            base.display()
+        );
     }
     let home = base.join("home");
     let storage = base.join("storage");
@@ -26,7 +29,12 @@ pub fn run(a: &DemoArgs, out: Output) -> Result<i32> {
     write_sample_tree(&source).with_context(|| format!("writing {}", source.display()))?;
     out.say(&format!("demo directory: {}", base.display()));
 
-    let g = Global { home: Some(home.clone()), keys: None, json: out.json, no_wait: false };
+    let g = Global {
+        home: Some(home.clone()),
+        keys: None,
+        json: out.json,
+        no_wait: false,
+    };
     let init = InitArgs {
         fqrn: FQRN.into(),
         storage: storage.clone(),
@@ -37,7 +45,11 @@ pub fn run(a: &DemoArgs, out: Output) -> Result<i32> {
         no_chunking: false,
     };
     commands::init(&home, &g, &init, out)?;
-    let tuning = TuningArgs { no_chunking: false, workers: None, memory_mib: None };
+    let tuning = TuningArgs {
+        no_chunking: false,
+        workers: None,
+        memory_mib: None,
+    };
     let publish = PublishArgs {
         fqrn: FQRN.into(),
         source: source.clone(),
@@ -45,7 +57,12 @@ pub fn run(a: &DemoArgs, out: Output) -> Result<i32> {
         tuning,
     };
     commands::publish(&home, &g, &publish, out)?;
-    let check = CheckArgs { fqrn: FQRN.into(), full: true, storage: None, key: vec![] };
+    let check = CheckArgs {
+        fqrn: FQRN.into(),
+        full: true,
+        storage: None,
+        key: vec![],
+    };
     let code = commands::check(&home, &check, out)?;
     commands::info(&home, FQRN, out)?;
     out.say(&format!(
@@ -71,14 +88,23 @@ fn write_sample_tree(dir: &Path) -> Result<()> {
     fs::hard_link(p("share/doc/README"), p("share/doc/README.hardlink"))?;
     fs::write(p("lib/python/.cvmfscatalog"), b"")?;
     for i in 0..50 {
-        fs::write(p(&format!("lib/python/mod{i:02}.py")), format!("VALUE = {i}\n"))?;
+        fs::write(
+            p(&format!("lib/python/mod{i:02}.py")),
+            format!("VALUE = {i}\n"),
+        )?;
     }
     // Log-like text, large enough to be cut by the content-defined chunker.
     let mut big = fs::File::create(p("share/big.log"))?;
     let mut line = 0u64;
     let mut written = 0usize;
     while written < 20 << 20 {
-        let s = format!("2026-11-25T12:{:02}:{:02} worker-{} processed item {} status=ok\n", (line / 60) % 60, line % 60, line % 7, line.wrapping_mul(2654435761) % 1_000_003);
+        let s = format!(
+            "2026-11-25T12:{:02}:{:02} worker-{} processed item {} status=ok\n",
+            (line / 60) % 60,
+            line % 60,
+            line % 7,
+            line.wrapping_mul(2654435761) % 1_000_003
+        );
         big.write_all(s.as_bytes())?;
         written += s.len();
         line += 1;

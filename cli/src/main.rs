@@ -19,7 +19,10 @@ fn main() {
             // One line: the chain of causes, joined, so scripts can grep it.
             let line = format!("{err:#}").replace('\n', " ");
             if out.json {
-                println!("{}", serde_json::json!({ "action": "error", "error": line }));
+                println!(
+                    "{}",
+                    serde_json::json!({ "action": "error", "error": line })
+                );
             }
             eprintln!("cvmfs-oci: error: {line}");
             std::process::exit(1);

@@ -39,7 +39,10 @@ fn registry_or_skip() -> Option<Registry> {
 
 fn link_target(env: &Env, link: &str) -> String {
     let report = witness(env);
-    let entry = report.entries.get(link).unwrap_or_else(|| panic!("no link {link}"));
+    let entry = report
+        .entries
+        .get(link)
+        .unwrap_or_else(|| panic!("no link {link}"));
     let target = entry.symlink_target.clone().expect("a symlink");
     // Resolve the relative target against the link's directory.
     let mut parts: Vec<&str> = link.split('/').filter(|p| !p.is_empty()).collect();
@@ -91,7 +94,11 @@ fn assert_flat_matches_umoci(env: &Env, flat: &str, layout: &Path, reference: &s
         })
         .collect();
     let diffs = fixtures::witness::compare(&fs, &inside);
-    assert!(diffs.is_empty(), "{flat} differs from umoci's {reference}:\n{}", diffs.join("\n"));
+    assert!(
+        diffs.is_empty(),
+        "{flat} differs from umoci's {reference}:\n{}",
+        diffs.join("\n")
+    );
 }
 
 /// Re-encodes an xattr blob (spec 2.9) without the attributes whose value is empty.
@@ -110,7 +117,9 @@ fn drop_empty_xattrs(blob: &[u8]) -> Vec<u8> {
 
 #[test]
 fn converts_registry_images_in_one_revision_like_umoci() {
-    let Some(reg) = registry_or_skip() else { return };
+    let Some(reg) = registry_or_skip() else {
+        return;
+    };
     let env = Env::init(&[]);
     let layout = env.path("layout");
     let cases = [
@@ -122,14 +131,29 @@ fn converts_registry_images_in_one_revision_like_umoci() {
     ];
     for (tag, c, m, v2s2) in cases {
         edge_image(c, m).write_layout(&layout, tag).expect("layout");
-        let opts = PushOptions { docker_v2s2: v2s2, all: false };
+        let opts = PushOptions {
+            docker_v2s2: v2s2,
+            all: false,
+        };
         reg.push_oci_layout_with(&layout, tag, &format!("fixtures/edge:{tag}"), opts)
             .expect("push");
     }
-    fixtures::oci::write_two_platform_index(&layout, "multi", &fixtures::layers::edge_case_layers())
-        .expect("index");
-    reg.push_oci_layout_with(&layout, "multi", "fixtures/multi:1", PushOptions { docker_v2s2: false, all: true })
-        .expect("push index");
+    fixtures::oci::write_two_platform_index(
+        &layout,
+        "multi",
+        &fixtures::layers::edge_case_layers(),
+    )
+    .expect("index");
+    reg.push_oci_layout_with(
+        &layout,
+        "multi",
+        "fixtures/multi:1",
+        PushOptions {
+            docker_v2s2: false,
+            all: true,
+        },
+    )
+    .expect("push index");
 
     let addr = reg.addr();
     let images: Vec<String> = ["edge:gzip", "edge:zstd", "edge:plain", "edge:docker"]
@@ -141,7 +165,11 @@ fn converts_registry_images_in_one_revision_like_umoci() {
     args.extend(["--insecure-registry", addr.as_str()]);
     let out = env.ok(&args);
     assert!(out.contains("\"action\":\"publish\""), "{out}");
-    assert_eq!(env.revision(), 2, "all images of one call land in one revision");
+    assert_eq!(
+        env.revision(),
+        2,
+        "all images of one call land in one revision"
+    );
     env.check(true);
 
     // Same diff_ids and config: one flat directory shared by all four tags.
@@ -154,14 +182,26 @@ fn converts_registry_images_in_one_revision_like_umoci() {
     assert_flat_matches_umoci(&env, &flats[0], &layout, "gzip");
     let report = witness(&env);
     let flat = &flats[0];
-    for f in [".singularity.d/env/10-docker2singularity.sh", ".singularity.d/runscript", ".singularity.d/labels.json"] {
-        assert!(report.entries.contains_key(&format!("{flat}/{f}")), "missing {f}");
+    for f in [
+        ".singularity.d/env/10-docker2singularity.sh",
+        ".singularity.d/runscript",
+        ".singularity.d/labels.json",
+    ] {
+        assert!(
+            report.entries.contains_key(&format!("{flat}/{f}")),
+            "missing {f}"
+        );
     }
     let meta = format!("/.metadata/{addr}/fixtures/edge:gzip");
-    assert!(report.entries.contains_key(&format!("{meta}/manifest.json")));
+    assert!(report
+        .entries
+        .contains_key(&format!("{meta}/manifest.json")));
     assert!(report.entries.contains_key(&format!("{meta}/config.json")));
     let root = report.entries.get(flat).expect("flat dir");
-    assert!(root.nested_catalog_mountpoint, "flat dir is its own nested catalog");
+    assert!(
+        root.nested_catalog_mountpoint,
+        "flat dir is its own nested catalog"
+    );
 
     // Converting the same images again changes nothing.
     env.ok(&args);
@@ -169,11 +209,23 @@ fn converts_registry_images_in_one_revision_like_umoci() {
 
     // Both platforms of an index.
     let multi = format!("docker://{addr}/fixtures/multi:1");
-    env.ok(&["convert", FQRN, &multi, "--all-platforms", "--insecure-registry", &addr]);
+    env.ok(&[
+        "convert",
+        FQRN,
+        &multi,
+        "--all-platforms",
+        "--insecure-registry",
+        &addr,
+    ]);
     assert_eq!(env.revision(), 3);
     let report = witness(&env);
     for link in ["multi:1", "multi:1@linux-amd64", "multi:1@linux-arm64"] {
-        assert!(report.entries.contains_key(&format!("/{addr}/fixtures/{link}")), "missing {link}");
+        assert!(
+            report
+                .entries
+                .contains_key(&format!("/{addr}/fixtures/{link}")),
+            "missing {link}"
+        );
     }
     env.check(true);
 }
@@ -182,7 +234,9 @@ fn converts_registry_images_in_one_revision_like_umoci() {
 fn converts_oci_layout_and_docker_archive_without_registry() {
     let env = Env::init(&[]);
     let layout = env.path("layout");
-    edge_image(Compression::Gzip, MediaTypes::Oci).write_layout(&layout, "v1").unwrap();
+    edge_image(Compression::Gzip, MediaTypes::Oci)
+        .write_layout(&layout, "v1")
+        .unwrap();
     let archive = env.path("image.tar");
     edge_image(Compression::None, MediaTypes::Docker)
         .write_docker_archive(&archive, "example.org/team/app:2.0")
@@ -195,7 +249,11 @@ fn converts_oci_layout_and_docker_archive_without_registry() {
     let links: Vec<&String> = report
         .entries
         .iter()
-        .filter(|(_, e)| e.symlink_target.as_deref().is_some_and(|t| t.contains(".flat/")))
+        .filter(|(_, e)| {
+            e.symlink_target
+                .as_deref()
+                .is_some_and(|t| t.contains(".flat/"))
+        })
         .map(|(k, _)| k)
         .collect();
     assert_eq!(links.len(), 2, "{links:?}");
@@ -208,7 +266,8 @@ fn converts_oci_layout_and_docker_archive_without_registry() {
 /// Rewrites one blob of an OCI layout and every digest that names it (manifest, index).
 fn tamper_layout(layout: &Path, reference: &str, edit: impl FnOnce(&mut serde_json::Value, &Path)) {
     let index_path = layout.join("index.json");
-    let mut index: serde_json::Value = serde_json::from_slice(&std::fs::read(&index_path).unwrap()).unwrap();
+    let mut index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&index_path).unwrap()).unwrap();
     let entry = index["manifests"]
         .as_array_mut()
         .unwrap()
@@ -216,8 +275,13 @@ fn tamper_layout(layout: &Path, reference: &str, edit: impl FnOnce(&mut serde_js
         .find(|m| m["annotations"][fixtures::oci::REF_NAME] == reference)
         .expect("ref in index");
     let digest = entry["digest"].as_str().unwrap().to_string();
-    let blob = |d: &str| layout.join("blobs/sha256").join(d.trim_start_matches("sha256:"));
-    let mut manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(blob(&digest)).unwrap()).unwrap();
+    let blob = |d: &str| {
+        layout
+            .join("blobs/sha256")
+            .join(d.trim_start_matches("sha256:"))
+    };
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(blob(&digest)).unwrap()).unwrap();
     edit(&mut manifest, layout);
     let bytes = serde_json::to_vec(&manifest).unwrap();
     let new = fixtures::oci::sha256_digest(&bytes);
@@ -230,7 +294,13 @@ fn tamper_layout(layout: &Path, reference: &str, edit: impl FnOnce(&mut serde_js
 /// Replaces the bytes of layer 0 (keeping the manifest consistent with them).
 fn replace_layer0(manifest: &mut serde_json::Value, layout: &Path, bytes: Vec<u8>) {
     let d = fixtures::oci::sha256_digest(&bytes);
-    std::fs::write(layout.join("blobs/sha256").join(d.trim_start_matches("sha256:")), &bytes).unwrap();
+    std::fs::write(
+        layout
+            .join("blobs/sha256")
+            .join(d.trim_start_matches("sha256:")),
+        &bytes,
+    )
+    .unwrap();
     manifest["layers"][0]["digest"] = d.into();
     manifest["layers"][0]["size"] = bytes.len().into();
 }
@@ -241,7 +311,13 @@ fn bad_images_fail_cleanly_and_leave_the_manifest() {
     let layout = env.path("layout");
     let good = edge_image(Compression::Gzip, MediaTypes::Oci);
     let tar0 = fixtures::layers::edge_case_layers().remove(0);
-    for r in ["corrupt-gzip", "media-type", "digest", "truncated", "diffid"] {
+    for r in [
+        "corrupt-gzip",
+        "media-type",
+        "digest",
+        "truncated",
+        "diffid",
+    ] {
         good.write_layout(&layout, r).unwrap();
     }
     ImageBuilder::new()
@@ -255,7 +331,9 @@ fn bad_images_fail_cleanly_and_leave_the_manifest() {
     tamper_layout(&layout, "media-type", |m, _| {
         m["layers"][0]["mediaType"] = "application/x-made-up".into();
     });
-    tamper_layout(&layout, "diffid", |m, l| replace_layer0(m, l, fixtures::layers::gzip(b"not the layer")));
+    tamper_layout(&layout, "diffid", |m, l| {
+        replace_layer0(m, l, fixtures::layers::gzip(b"not the layer"))
+    });
     // Digest mismatch: the blob named by the manifest holds other bytes.
     let manifest_of = |r: &str| -> serde_json::Value {
         let index: serde_json::Value =
@@ -269,7 +347,15 @@ fn bad_images_fail_cleanly_and_leave_the_manifest() {
             .as_str()
             .unwrap()
             .to_string();
-        serde_json::from_slice(&std::fs::read(layout.join("blobs/sha256").join(d.trim_start_matches("sha256:"))).unwrap()).unwrap()
+        serde_json::from_slice(
+            &std::fs::read(
+                layout
+                    .join("blobs/sha256")
+                    .join(d.trim_start_matches("sha256:")),
+            )
+            .unwrap(),
+        )
+        .unwrap()
     };
     // "digest" and "truncated" share layer blobs with the good image: give them private copies.
     for (r, damage) in [("digest", 0usize), ("truncated", 1)] {
@@ -281,7 +367,11 @@ fn bad_images_fail_cleanly_and_leave_the_manifest() {
         };
         let d = fixtures::oci::sha256_digest(&copy);
         tamper_layout(&layout, r, |m, l| {
-            std::fs::write(l.join("blobs/sha256").join(d.trim_start_matches("sha256:")), &damaged).unwrap();
+            std::fs::write(
+                l.join("blobs/sha256").join(d.trim_start_matches("sha256:")),
+                &damaged,
+            )
+            .unwrap();
             m["layers"][0]["digest"] = d.clone().into();
             m["layers"][0]["size"] = copy.len().into();
         });
@@ -302,12 +392,22 @@ fn bad_images_fail_cleanly_and_leave_the_manifest() {
         let stderr = String::from_utf8_lossy(&out.stderr).to_string();
         assert!(!out.status.success(), "{r}: convert succeeded");
         let line = stderr.lines().find(|l| l.contains("error")).unwrap_or("");
-        assert!(line.contains(r) || line.contains(&layout.display().to_string()), "{r}: error does not name the image: {stderr}");
-        assert!(line.to_lowercase().contains(expect), "{r}: expected {expect:?} in: {stderr}");
+        assert!(
+            line.contains(r) || line.contains(&layout.display().to_string()),
+            "{r}: error does not name the image: {stderr}"
+        );
+        assert!(
+            line.to_lowercase().contains(expect),
+            "{r}: expected {expect:?} in: {stderr}"
+        );
     }
     let after = env.snapshot();
     let manifest = env.storage.join(".cvmfspublished");
-    assert_eq!(before.get(&manifest), after.get(&manifest), "manifest changed");
+    assert_eq!(
+        before.get(&manifest),
+        after.get(&manifest),
+        "manifest changed"
+    );
     env.check(true);
 }
 
@@ -346,29 +446,59 @@ fn registry_errors_fail_cleanly() {
         let out = env.run(&["convert", FQRN, &image, "--insecure-registry", &addr]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success());
-        assert!(stderr.contains(&addr) && stderr.contains(&status.to_string()), "{status}: {stderr}");
+        assert!(
+            stderr.contains(&addr) && stderr.contains(&status.to_string()),
+            "{status}: {stderr}"
+        );
     }
     if let Some(reg) = registry_or_skip() {
         let addr = reg.addr();
         let missing = format!("docker://{addr}/no/such:tag");
         let out = env.run(&["convert", FQRN, &missing, "--insecure-registry", &addr]);
         assert!(!out.status.success());
-        assert!(String::from_utf8_lossy(&out.stderr).contains("404") || String::from_utf8_lossy(&out.stderr).to_lowercase().contains("not found"));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("404")
+                || String::from_utf8_lossy(&out.stderr)
+                    .to_lowercase()
+                    .contains("not found")
+        );
         let auth = Registry::start_with_basic_auth("alice", "s3cret").expect("auth registry");
         let layout = env.path("layout");
-        edge_image(Compression::Gzip, MediaTypes::Oci).write_layout(&layout, "a").unwrap();
-        auth.push_oci_layout(&layout, "a", "private/app:1").expect("push with creds");
+        edge_image(Compression::Gzip, MediaTypes::Oci)
+            .write_layout(&layout, "a")
+            .unwrap();
+        auth.push_oci_layout(&layout, "a", "private/app:1")
+            .expect("push with creds");
         let image = format!("docker://{}/private/app:1", auth.addr());
         let out = env.run(&["convert", FQRN, &image, "--insecure-registry", &auth.addr()]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success());
-        assert!(stderr.contains("401") || stderr.to_lowercase().contains("unauthorized"), "{stderr}");
-        let out = env.run(&["--json", "convert", FQRN, &image, "--insecure-registry", &auth.addr(), "--creds", "alice:s3cret"]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            stderr.contains("401") || stderr.to_lowercase().contains("unauthorized"),
+            "{stderr}"
+        );
+        let out = env.run(&[
+            "--json",
+            "convert",
+            FQRN,
+            &image,
+            "--insecure-registry",
+            &auth.addr(),
+            "--creds",
+            "alice:s3cret",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(!String::from_utf8_lossy(&out.stdout).contains("s3cret"));
         assert!(!String::from_utf8_lossy(&out.stderr).contains("s3cret"));
         env.check(true);
         return;
     }
-    assert_eq!(manifest, std::fs::read(env.storage.join(".cvmfspublished")).unwrap());
+    assert_eq!(
+        manifest,
+        std::fs::read(env.storage.join(".cvmfspublished")).unwrap()
+    );
 }

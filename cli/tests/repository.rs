@@ -92,13 +92,20 @@ fn ingest_tar_gzip_zstd_and_stdin() {
         .write_all(&std::fs::read(&plain).unwrap())
         .unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     env.check(true);
     assert_matches_source(&env, &src, "/zst");
     assert_matches_source(&env, &src, "/stdin");
     let cache = env.path("wc");
     let report = fixtures::witness::witness_read_dir(&env.storage, &cache).unwrap();
-    assert!(!report.entries.contains_key("/gz"), "--delete /gz was not applied");
+    assert!(
+        !report.entries.contains_key("/gz"),
+        "--delete /gz was not applied"
+    );
 }
 
 #[test]
@@ -136,7 +143,13 @@ fn bad_inputs_leave_the_repository_untouched() {
     let line = env.fails(&["publish", FQRN, missing.to_str().unwrap()]);
     assert!(line.contains("does-not-exist"), "{line}");
 
-    let line = env.fails(&["publish", FQRN, src.to_str().unwrap(), "--path", "/a/../../etc"]);
+    let line = env.fails(&[
+        "publish",
+        FQRN,
+        src.to_str().unwrap(),
+        "--path",
+        "/a/../../etc",
+    ]);
     assert!(line.contains("--path"), "{line}");
 
     let line = env.fails(&["publish", "no.such.repo", src.to_str().unwrap()]);
@@ -176,9 +189,20 @@ fn crash_at_every_stage_keeps_the_last_revision() {
     let second = env.path("second");
     std::fs::create_dir_all(&second).unwrap();
     std::fs::write(second.join("f"), b"second revision\n").unwrap();
-    for point in ["after-objects", "after-catalogs", "after-history", "before-manifest"] {
+    for point in [
+        "after-objects",
+        "after-catalogs",
+        "after-history",
+        "before-manifest",
+    ] {
         let out = env
-            .cmd(&["publish", FQRN, second.to_str().unwrap(), "--path", "/second"])
+            .cmd(&[
+                "publish",
+                FQRN,
+                second.to_str().unwrap(),
+                "--path",
+                "/second",
+            ])
             .env("CVMFS_OCI_CRASH_AT", point)
             .output()
             .unwrap();
@@ -191,7 +215,13 @@ fn crash_at_every_stage_keeps_the_last_revision() {
         env.check(true);
         assert_eq!(env.revision(), 2, "{point}");
     }
-    env.ok(&["publish", FQRN, second.to_str().unwrap(), "--path", "/second"]);
+    env.ok(&[
+        "publish",
+        FQRN,
+        second.to_str().unwrap(),
+        "--path",
+        "/second",
+    ]);
     assert_eq!(env.revision(), 3);
     env.check(true);
     assert_matches_source(&env, &second, "/second");
@@ -216,7 +246,11 @@ fn concurrent_publishers_serialise() {
     }
     for c in children {
         let out = c.wait_with_output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     assert_eq!(env.revision(), 4);
     env.check(true);

@@ -86,7 +86,10 @@ pub fn sync(home: &Path, g: &Global, a: &SyncArgs, out: Output) -> Result<i32> {
 }
 
 /// Registry references a recipe input stands for (`*` in the tag matched against the tag list).
-fn expand_input(sources: &Sources, input: &ingest::image::recipe::RecipeInput) -> Result<Vec<String>> {
+fn expand_input(
+    sources: &Sources,
+    input: &ingest::image::recipe::RecipeInput,
+) -> Result<Vec<String>> {
     if !input.wildcard {
         return Ok(vec![docker_ref(&input.image)]);
     }
@@ -154,7 +157,9 @@ fn run_batch(
     let mtime = unix_now();
     for reference in refs {
         let t0 = Instant::now();
-        match convert_reference(&mut txn, sources, reference, selection, &pipeline, mtime, out) {
+        match convert_reference(
+            &mut txn, sources, reference, selection, &pipeline, mtime, out,
+        ) {
             Ok(done) => {
                 for (status, name) in done {
                     let action = match status {
@@ -185,7 +190,10 @@ fn run_batch(
                 let line = format!("{e:#}").replace('\n', " ");
                 eprintln!("cvmfs-oci: error: {line}");
                 if out.json {
-                    out.event("", event_json("error", json!({"image": reference, "error": line})));
+                    out.event(
+                        "",
+                        event_json("error", json!({"image": reference, "error": line})),
+                    );
                 }
             }
         }
@@ -203,7 +211,11 @@ fn run_batch(
         summary.linked,
         summary.skipped,
         summary.failed,
-        if summary.pruned > 0 { format!(", {} links pruned", summary.pruned) } else { String::new() }
+        if summary.pruned > 0 {
+            format!(", {} links pruned", summary.pruned)
+        } else {
+            String::new()
+        }
     );
     report_outcome(&what, &outcome, started, &stats, out);
     Ok(if summary.failed > 0 { 1 } else { 0 })
@@ -228,7 +240,9 @@ fn convert_reference(
         let name = display_name(&manifest);
         let status = {
             let (ns, objects) = txn.namespace_and_objects();
-            layout::conversion_status(&placement, &manifest.manifest_bytes, |p| ns.entry(p, &objects))?
+            layout::conversion_status(&placement, &manifest.manifest_bytes, |p| {
+                ns.entry(p, &objects)
+            })?
         };
         if status != Status::Complete {
             let config = source.fetch_config(&manifest)?;
@@ -272,9 +286,11 @@ fn flatten(
             ingest::LayerInput {
                 name,
                 open: Box::new(move || {
-                    open_uncompressed_layer(source.as_ref(), &image, i).map_err(|e| ingest::Error::Image {
-                        image: err_name,
-                        msg: e.to_string(),
+                    open_uncompressed_layer(source.as_ref(), &image, i).map_err(|e| {
+                        ingest::Error::Image {
+                            image: err_name,
+                            msg: e.to_string(),
+                        }
                     })
                 }),
             }
@@ -334,11 +350,13 @@ fn collect_flat_links(
         }
         let path = [dir, b"/", &name].concat();
         match &entry.kind {
-            catalog_writer::entry::EntryKind::Directory => collect_flat_links(ns, objects, &path, out)?,
-            catalog_writer::entry::EntryKind::Symlink { target } => {
-                if target.windows(6).any(|w| w == b".flat/") {
-                    out.push(path);
-                }
+            catalog_writer::entry::EntryKind::Directory => {
+                collect_flat_links(ns, objects, &path, out)?
+            }
+            catalog_writer::entry::EntryKind::Symlink { target }
+                if target.windows(6).any(|w| w == b".flat/") =>
+            {
+                out.push(path)
             }
             _ => {}
         }

@@ -84,8 +84,8 @@ impl Env {
 
     pub fn revision(&self) -> u64 {
         let out = self.ok(&["--json", "info", FQRN]);
-        let v: serde_json::Value = serde_json::from_str(out.lines().last().unwrap_or("{}"))
-            .expect("info --json");
+        let v: serde_json::Value =
+            serde_json::from_str(out.lines().last().unwrap_or("{}")).expect("info --json");
         v["revision"].as_u64().expect("revision")
     }
 
@@ -110,7 +110,9 @@ fn walkdir(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for e in rd.flatten() {
             let p = e.path();
             if p.is_dir() {
@@ -152,5 +154,10 @@ pub fn assert_matches_source(env: &Env, source: &Path, prefix: &str) {
             .collect()
     };
     let diffs = fixtures::witness::compare(&fs, &witness);
-    assert!(diffs.is_empty(), "repository differs from {}:\n{}", source.display(), diffs.join("\n"));
+    assert!(
+        diffs.is_empty(),
+        "repository differs from {}:\n{}",
+        source.display(),
+        diffs.join("\n")
+    );
 }
