@@ -51,6 +51,9 @@ pub enum Command {
     Convert(ConvertArgs),
     /// Convert what a DUCC wishlist (YAML) lists and is new or changed.
     Sync(SyncArgs),
+    /// Convert a whole registry (`/v2/_catalog` and tag lists) in batches, one revision per
+    /// batch; a rerun resumes where an interrupted one stopped.
+    Migrate(MigrateArgs),
     /// Publisher caches (content index, layer memo).
     #[command(subcommand)]
     Cache(CacheCommand),
@@ -203,4 +206,31 @@ pub enum CacheCommand {
     Seed(FqrnArg),
     /// Show what the content index and the layer memo hold.
     Stats(FqrnArg),
+}
+
+#[derive(Args)]
+pub struct MigrateArgs {
+    pub fqrn: String,
+    /// docker://REGISTRY[/REPOSITORY-PREFIX]
+    pub registry_url: String,
+    /// Only `repository:tag` names matching one of these globs (default: all).
+    #[arg(long)]
+    pub include: Vec<String>,
+    /// Skip `repository:tag` names matching one of these globs.
+    #[arg(long)]
+    pub exclude: Vec<String>,
+    /// Images per revision.
+    #[arg(long, default_value_t = 50)]
+    pub batch: usize,
+    /// Print a forecast (images, layers already known, bytes to download) and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[arg(long, conflicts_with = "all_platforms")]
+    pub platform: Option<String>,
+    #[arg(long)]
+    pub all_platforms: bool,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    #[command(flatten)]
+    pub tuning: TuningArgs,
 }

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 mod convert;
+mod migrate;
 
 pub fn run(cli: Cli, out: Output) -> Result<i32> {
     let g = cli.global;
@@ -26,6 +27,7 @@ pub fn run(cli: Cli, out: Output) -> Result<i32> {
         Command::Info(a) => info(&home, &a.fqrn, out),
         Command::Convert(a) => convert::convert(&home, &g, &a, out),
         Command::Sync(a) => convert::sync(&home, &g, &a, out),
+        Command::Migrate(a) => migrate::migrate(&home, &g, &a, out),
         Command::Cache(CacheCommand::Seed(a)) => cache_seed(&home, &a.fqrn, out),
         Command::Cache(CacheCommand::Stats(a)) => cache_stats(&home, &a.fqrn, out),
         Command::Demo(a) => crate::demo::run(&a, out),

@@ -502,3 +502,54 @@ fn registry_errors_fail_cleanly() {
         std::fs::read(env.storage.join(".cvmfspublished")).unwrap()
     );
 }
+
+#[test]
+fn migrate_a_registry_in_batches_and_resume() {
+    let Some(reg) = registry_or_skip() else { return };
+    let env = Env::init(&[]);
+    let layout = env.path("layout");
+    let base = fixtures::layers::edge_case_layers();
+    for (i, name) in ["team/a:1", "team/a:2", "team/b:1", "other/c:1"].iter().enumerate() {
+        let mut extra = fixtures::layers::LayerBuilder::new();
+        extra.file("app/version", format!("{i}\n").as_bytes());
+        let mut b = ImageBuilder::new().label("n", name);
+        for l in &base {
+            b = b.layer(l.clone(), Compression::Gzip);
+        }
+        b = b.layer(extra.finish(), Compression::Gzip);
+        let r = format!("img{i}");
+        b.write_layout(&layout, &r).unwrap();
+        reg.push_oci_layout(&layout, &r, name).unwrap();
+    }
+    let addr = reg.addr();
+    let url = format!("docker://{addr}/team");
+    let manifest = std::fs::read(env.storage.join(".cvmfspublished")).unwrap();
+    let out = env.ok(&["--json", "migrate", FQRN, &url, "--dry-run", "--insecure-registry", &addr]);
+    assert!(out.contains("\"convert\":3"), "{out}");
+    assert_eq!(manifest, std::fs::read(env.storage.join(".cvmfspublished")).unwrap());
+
+    // Interrupted in the second batch: the first batch is published, a rerun finishes.
+    let crashed = env
+        .cmd(&["migrate", FQRN, &url, "--batch", "2", "--insecure-registry", &addr, "--exclude", "team/b:*"])
+        .output()
+        .unwrap();
+    assert!(crashed.status.success(), "{}", String::from_utf8_lossy(&crashed.stderr));
+    assert_eq!(env.revision(), 2, "one batch of two images");
+    let out = env
+        .cmd(&["migrate", FQRN, &url, "--batch", "2", "--insecure-registry", &addr])
+        .env("CVMFS_OCI_CRASH_AT", "before-manifest")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert_eq!(env.revision(), 2);
+    env.check(true);
+    let out = env.ok(&["--json", "migrate", FQRN, &url, "--batch", "2", "--insecure-registry", &addr]);
+    assert!(out.contains("\"result\":\"skipped\""), "converted images are skipped on resume: {out}");
+    assert_eq!(env.revision(), 3);
+    env.check(true);
+    let report = witness(&env);
+    for link in ["team/a:1", "team/a:2", "team/b:1"] {
+        assert!(report.entries.contains_key(&format!("/{addr}/{link}")), "missing {link}");
+    }
+    assert!(!report.entries.contains_key(&format!("/{addr}/other/c:1")));
+}

@@ -121,7 +121,7 @@ fn link_of(reference: &str) -> Option<Vec<u8>> {
     }
 }
 
-fn selection(platform: Option<&str>, all: bool) -> Result<PlatformSelection> {
+pub(super) fn selection(platform: Option<&str>, all: bool) -> Result<PlatformSelection> {
     Ok(match (platform, all) {
         (_, true) => PlatformSelection::All,
         (Some(p), false) => PlatformSelection::One(Platform::parse(p)?),
@@ -129,7 +129,7 @@ fn selection(platform: Option<&str>, all: bool) -> Result<PlatformSelection> {
     })
 }
 
-fn sources(r: &RegistryArgs) -> Result<Sources> {
+pub(super) fn sources(r: &RegistryArgs) -> Result<Sources> {
     let auth = AuthStore::from_environment(r.creds.as_deref())?;
     Ok(Sources::new(RegistryOptions {
         auth,
@@ -140,7 +140,7 @@ fn sources(r: &RegistryArgs) -> Result<Sources> {
 
 /// Converts `refs` into one transaction and commits once.
 #[allow(clippy::too_many_arguments)]
-fn run_batch(
+pub(super) fn run_batch(
     repo: &Repository,
     g: &Global,
     sources: &Sources,

@@ -1,0 +1,168 @@
+//! `migrate`: a whole registry into the repository, in batches of images, one revision each.
+//! Converted images cost one manifest request on a rerun, so an interrupted migration resumes
+//! where it stopped; the layer memo skips layers already flattened.
+
+use super::convert::{run_batch, selection, sources};
+use super::open_repo;
+use crate::args::{Global, MigrateArgs};
+use crate::output::{event_json, Output};
+use anyhow::{bail, Context, Result};
+use ingest::convert::{self as layout, Status};
+use ingest::image::{ImageRef, PlatformSelection, RegistryRef, Sources};
+use serde_json::json;
+use std::collections::BTreeSet;
+use std::path::Path;
+
+pub fn migrate(home: &Path, g: &Global, a: &MigrateArgs, out: Output) -> Result<i32> {
+    let (host, prefix) = parse_registry_url(&a.registry_url)?;
+    let include = patterns(&a.include)?;
+    let exclude = patterns(&a.exclude)?;
+    let selection = selection(a.platform.as_deref(), a.all_platforms)?;
+    let repo = open_repo(home, &a.fqrn)?;
+    let sources = sources(&a.registry)?;
+    let refs = list_images(&sources, &host, &prefix, &include, &exclude)?;
+    out.event(
+        &format!("{}: {} images selected", a.registry_url, refs.len()),
+        event_json("migrate-list", json!({"registry": a.registry_url, "images": refs.len()})),
+    );
+    if a.dry_run {
+        return forecast(&repo, &sources, &refs, &selection, out);
+    }
+    let mut code = 0;
+    let batch = a.batch.max(1);
+    for (i, chunk) in refs.chunks(batch).enumerate() {
+        out.say(&format!(
+            "batch {}/{}: {} images",
+            i + 1,
+            refs.len().div_ceil(batch),
+            chunk.len()
+        ));
+        code |= run_batch(&repo, g, &sources, chunk, &selection, &a.tuning, None, out)?;
+    }
+    Ok(code)
+}
+
+/// `docker://HOST[/PREFIX]` → (host, repository prefix).
+fn parse_registry_url(url: &str) -> Result<(String, String)> {
+    let Some(rest) = url.strip_prefix("docker://") else {
+        bail!("{url}: expected docker://REGISTRY[/REPOSITORY-PREFIX]");
+    };
+    let (host, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    if host.is_empty() {
+        bail!("{url}: no registry host");
+    }
+    Ok((host.to_string(), prefix.trim_matches('/').to_string()))
+}
+
+fn patterns(globs: &[String]) -> Result<Vec<glob::Pattern>> {
+    globs
+        .iter()
+        .map(|g| glob::Pattern::new(g).with_context(|| format!("glob {g:?}")))
+        .collect()
+}
+
+/// Every `repository:tag` of the registry under `prefix` that the filters select, as
+/// `docker://` references, sorted.
+fn list_images(
+    sources: &Sources,
+    host: &str,
+    prefix: &str,
+    include: &[glob::Pattern],
+    exclude: &[glob::Pattern],
+) -> Result<Vec<String>> {
+    let client = sources.registry()?;
+    let mut out = BTreeSet::new();
+    for repository in client.catalog(host)? {
+        if !prefix.is_empty() && !(repository == prefix || repository.starts_with(&format!("{prefix}/"))) {
+            continue;
+        }
+        let r = RegistryRef {
+            host: host.to_string(),
+            repository: repository.clone(),
+            tag: None,
+            digest: None,
+        };
+        for tag in client.list_tags(&r)? {
+            let name = format!("{repository}:{tag}");
+            let included = include.is_empty() || include.iter().any(|p| p.matches(&name));
+            if included && !exclude.iter().any(|p| p.matches(&name)) {
+                out.insert(format!("docker://{host}/{name}"));
+            }
+        }
+    }
+    Ok(out.into_iter().collect())
+}
+
+/// What a migration would do: images already converted, layers the memo already knows, blob
+/// bytes to download. Reads manifests and configs only; changes nothing.
+fn forecast(
+    repo: &publisher::Repository,
+    sources: &Sources,
+    refs: &[String],
+    selection: &PlatformSelection,
+    out: Output,
+) -> Result<i32> {
+    let memo = repo.layer_memo()?;
+    let mut txn = repo.begin(true)?;
+    let (mut complete, mut link_only, mut convert, mut failed) = (0usize, 0usize, 0usize, 0usize);
+    let mut layers = BTreeSet::new();
+    let mut known = BTreeSet::new();
+    let mut sizes = std::collections::BTreeMap::new();
+    for reference in refs {
+        let result = (|| -> Result<()> {
+            let source = sources.open(&ImageRef::parse(reference)?)?;
+            let manifests = source.resolve_manifests(selection)?;
+            let placements = layout::placements(&manifests, selection);
+            for (m, p) in manifests.iter().zip(placements) {
+                let (ns, objects) = txn.namespace_and_objects();
+                match layout::conversion_status(&p, &m.manifest_bytes, |path| ns.entry(path, &objects))? {
+                    Status::Complete => complete += 1,
+                    Status::FlatPresent => link_only += 1,
+                    Status::Missing => {
+                        convert += 1;
+                        let config = source.fetch_config(m)?;
+                        let image = ingest::image::ResolvedImage::new(m.clone(), config)?;
+                        for (desc, diff_id) in image.layers.iter().zip(&image.config.diff_ids) {
+                            let key = diff_id.to_string();
+                            layers.insert(key.clone());
+                            sizes.insert(key.clone(), desc.size);
+                            if memo.get(&key)?.is_some_and(|l| l.is_complete()) {
+                                known.insert(key);
+                            }
+                        }
+                    }
+                }
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            failed += 1;
+            out.event(
+                &format!("cannot read {reference}: {e:#}"),
+                event_json("error", json!({"image": reference, "error": format!("{e:#}")})),
+            );
+        }
+    }
+    drop(txn);
+    let download: u64 = layers.difference(&known).filter_map(|l| sizes.get(l)).sum();
+    let dedup: u64 = known.iter().filter_map(|l| sizes.get(l)).sum();
+    out.event(
+        &format!(
+            "forecast: {} images: {complete} already converted, {link_only} need only links, {convert} to convert, {failed} unreadable\n  layers to flatten: {} distinct, {} already known (memo), {} to download\n  blob bytes to download: {:.1} MB (new content at most this, compressed); already known: {:.1} MB (deduplicated)",
+            refs.len(),
+            layers.len(),
+            known.len(),
+            layers.len() - known.len(),
+            download as f64 / 1e6,
+            dedup as f64 / 1e6
+        ),
+        event_json(
+            "migrate-forecast",
+            json!({"images": refs.len(), "complete": complete, "link_only": link_only,
+                   "convert": convert, "unreadable": failed, "layers": layers.len(),
+                   "layers_known": known.len(), "download_bytes": download,
+                   "known_bytes": dedup}),
+        ),
+    );
+    Ok(if failed > 0 { 1 } else { 0 })
+}
