@@ -19,6 +19,8 @@ const FQRN: &str = "bench.cvmfs-oci.test";
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub tool: PathBuf,
+    /// The bench binary itself, run as the measuring wrapper (see [`crate::child`]).
+    pub measurer: PathBuf,
     pub testbed: PathBuf,
     pub registry: String,
     pub work: PathBuf,
@@ -81,8 +83,13 @@ pub struct CaseResult {
     pub load_before: Option<f64>,
     pub load_after: Option<f64>,
     pub target: Target,
+    /// `target` in words, as in the table.
+    pub target_text: String,
     pub pass: Option<bool>,
+    /// Which limits were missed: "time", "rss".
+    pub miss: Vec<&'static str>,
     pub error: Option<String>,
+    pub warnings: Vec<String>,
     pub floor: Option<FloorReport>,
     /// The last `"action":"publish"` event the tool printed.
     pub tool: Option<Value>,
@@ -106,9 +113,12 @@ impl CaseResult {
             cpu_ratio: None,
             load_before: load_average(),
             load_after: None,
+            target_text: target.describe(),
             target,
             pass: None,
+            miss: Vec::new(),
             error: None,
+            warnings: Vec::new(),
             floor: None,
             tool: None,
             run: None,
@@ -145,6 +155,12 @@ impl CaseResult {
             .rss_mib
             .is_none_or(|m| run.peak_rss_kib <= m * 1024);
         self.pass = time_ok.map(|t| t && rss_ok);
+        self.miss = match (time_ok, rss_ok) {
+            (Some(false), false) => vec!["time", "rss"],
+            (Some(false), true) => vec!["time"],
+            (_, false) => vec!["rss"],
+            _ => Vec::new(),
+        };
         self.run = Some(run);
     }
 
@@ -200,6 +216,50 @@ pub fn registry_alive(registry: &str) -> bool {
     String::from_utf8_lossy(&head[..n]).contains(" 200")
 }
 
+/// GET of a plain-HTTP URL path on `registry`; the body when the status is 200.
+fn http_get(registry: &str, path: &str, accept: &str) -> Option<Vec<u8>> {
+    let mut s = TcpStream::connect(registry).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    let req = format!("GET {path} HTTP/1.0\r\nHost: {registry}\r\nAccept: {accept}\r\n\r\n");
+    s.write_all(req.as_bytes()).ok()?;
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).ok()?;
+    let split = resp.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let status =
+        String::from_utf8_lossy(resp.get(..split)?.split(|&b| b == b'\n').next()?).into_owned();
+    status.contains(" 200").then(|| resp[split + 4..].to_vec())
+}
+
+/// A warning unless the registry's manifest of `name` (`REPO:TAG`) lists the same layer
+/// digests as `image` of the OCI layout the floor reads.
+pub fn check_same_layers(registry: &str, name: &str, image: &Image) -> Option<String> {
+    let Some((repo, tag)) = name.rsplit_once(':') else {
+        return Some(format!("{name}: no tag in the image name"));
+    };
+    let accept = "application/vnd.oci.image.manifest.v1+json, \
+                  application/vnd.docker.distribution.manifest.v2+json";
+    let Some(body) = http_get(registry, &format!("/v2/{repo}/manifests/{tag}"), accept) else {
+        return Some(format!("{name}: no manifest from {registry}"));
+    };
+    let Ok(manifest) = serde_json::from_slice::<Value>(&body) else {
+        return Some(format!(
+            "{name}: {registry} served a manifest that is not JSON"
+        ));
+    };
+    let served: Vec<&str> = manifest["layers"]
+        .as_array()
+        .map(|ls| ls.iter().filter_map(|l| l["digest"].as_str()).collect())
+        .unwrap_or_default();
+    let local: Vec<&str> = image.layers.iter().map(|l| l.digest.as_str()).collect();
+    (served != local).then(|| {
+        format!(
+            "{name}: the registry serves other layers than the OCI layout the floor read ({} vs {})",
+            served.len(),
+            local.len()
+        )
+    })
+}
+
 fn tail(s: &str, lines: usize) -> String {
     let v: Vec<&str> = s.lines().collect();
     v[v.len().saturating_sub(lines)..].join("\n")
@@ -232,8 +292,8 @@ impl Settings {
         Ok(repo)
     }
 
-    fn checked(&self, mut cmd: Command) -> Result<ChildRun, Error> {
-        let run = child::run(&mut cmd)?;
+    fn checked(&self, cmd: Command) -> Result<ChildRun, Error> {
+        let run = child::run(&self.measurer, &cmd)?;
         if !run.ok() {
             return Err(Error::Child {
                 what: format!("{cmd:?}"),
@@ -389,6 +449,10 @@ pub fn case3(s: &Settings) -> CaseResult {
             .iter()
             .map(|n| layout.image(n))
             .collect::<Result<Vec<_>, _>>()?;
+        for (name, image) in names.iter().zip(&images) {
+            r.warnings
+                .extend(check_same_layers(&s.registry, name, image));
+        }
         best_floor(s.repeat, || floor::images_floor(&images, s.piece))
     });
     match floor {

@@ -1,15 +1,27 @@
 //! Runs the tool as a child process and measures it as the kernel sees it: wall time from
 //! spawn to reap, and `wait4`'s resource usage (peak RSS of the child and of its waited-for
 //! descendants, user and system CPU).
+//!
+//! Why a wrapper process: Linux carries the high-water RSS of the address space a process
+//! `exec`s from into its `ru_maxrss` (`setmax_mm_hiwater_rss` in `exec_mmap`). Spawned
+//! straight from this process, which holds hundreds of MB of floor contents, the tool would
+//! report our peak as its own. So [`run`] starts `MEASURER __measure OUT PROGRAM ARGS…` (this
+//! binary, freshly exec'ed and small), which spawns the tool, reaps it with `wait4` and writes
+//! the numbers to OUT; see [`measure_main`].
 
 use crate::Error;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use std::ffi::OsString;
 use std::io::Read;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
+/// The first argument that makes the bench binary act as the measuring wrapper.
+pub const MEASURE_ARG: &str = "__measure";
+
 /// What one run of the child measured.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ChildRun {
     pub wall_s: f64,
     pub peak_rss_kib: u64,
@@ -64,21 +76,14 @@ fn drain<R: Read + Send + 'static>(r: Option<R>) -> std::thread::JoinHandle<Stri
     })
 }
 
-/// Spawns `cmd` with stdout and stderr captured, reaps it with `wait4` and returns the numbers.
-pub fn run(cmd: &mut Command) -> Result<ChildRun, Error> {
+/// Spawns `cmd` (stdio as configured), reaps it with `wait4` and returns the numbers.
+fn spawn_and_reap(cmd: &mut Command) -> Result<ChildRun, Error> {
     let what = format!("{cmd:?}");
     let started = Instant::now();
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| Error::Child {
-            what: what.clone(),
-            message: e.to_string(),
-        })?;
-    let out = drain(child.stdout.take());
-    let err = drain(child.stderr.take());
+    let child = cmd.spawn().map_err(|e| Error::Child {
+        what: what.clone(),
+        message: e.to_string(),
+    })?;
     let pid = child.id() as libc::pid_t;
     let mut status: libc::c_int = 0;
     // SAFETY: an all-zero rusage is a valid value of this plain C struct.
@@ -98,6 +103,8 @@ pub fn run(cmd: &mut Command) -> Result<ChildRun, Error> {
         }
     }
     let wall_s = started.elapsed().as_secs_f64();
+    // The child is reaped; dropping the handle neither waits nor kills.
+    drop(child);
     let code = if libc::WIFEXITED(status) {
         libc::WEXITSTATUS(status)
     } else if libc::WIFSIGNALED(status) {
@@ -105,8 +112,6 @@ pub fn run(cmd: &mut Command) -> Result<ChildRun, Error> {
     } else {
         -1
     };
-    // The child is reaped; dropping `child` neither waits nor kills.
-    drop(child);
     Ok(ChildRun {
         wall_s,
         // Linux reports ru_maxrss in KiB.
@@ -114,7 +119,78 @@ pub fn run(cmd: &mut Command) -> Result<ChildRun, Error> {
         user_s: timeval_s(usage.ru_utime),
         sys_s: timeval_s(usage.ru_stime),
         status: code,
-        stdout: out.join().unwrap_or_default(),
-        stderr: err.join().unwrap_or_default(),
+        stdout: String::new(),
+        stderr: String::new(),
     })
 }
+
+/// The wrapper's `main`: `args` = [OUT, PROGRAM, ARGS…]. Runs PROGRAM with this process's
+/// stdio, writes its [`ChildRun`] as JSON to OUT and returns the exit status to use.
+pub fn measure_main(args: &[OsString]) -> i32 {
+    let [out, program, rest @ ..] = args else {
+        eprintln!("usage: cvmfs-oci-bench {MEASURE_ARG} OUT PROGRAM [ARGS...]");
+        return 2;
+    };
+    let run = match spawn_and_reap(Command::new(program).args(rest)) {
+        Ok(run) => run,
+        Err(e) => {
+            eprintln!("{e}");
+            return 127;
+        }
+    };
+    let json = serde_json::to_vec(&run).unwrap_or_default();
+    if let Err(e) = std::fs::write(out, json) {
+        eprintln!("{}: {e}", Path::new(out).display());
+        return 2;
+    }
+    0
+}
+
+/// Runs `cmd` (program and arguments only) through the wrapper `measurer` (the bench binary)
+/// with stdout and stderr captured, and returns what the wrapper measured.
+pub fn run(measurer: &Path, cmd: &Command) -> Result<ChildRun, Error> {
+    let what = format!("{cmd:?}");
+    let fail = |message: String| Error::Child {
+        what: what.clone(),
+        message,
+    };
+    let out = std::env::temp_dir().join(format!(
+        "cvmfs-oci-bench-{}-{}.json",
+        std::process::id(),
+        RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    let mut wrapper = Command::new(measurer);
+    wrapper
+        .arg(MEASURE_ARG)
+        .arg(&out)
+        .arg(cmd.get_program())
+        .args(cmd.get_args())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = wrapper
+        .spawn()
+        .map_err(|e| fail(format!("{}: {e}", measurer.display())))?;
+    let stdout = drain(child.stdout.take());
+    let stderr = drain(child.stderr.take());
+    let status = child.wait().map_err(|e| fail(format!("wait: {e}")))?;
+    let stdout = stdout.join().unwrap_or_default();
+    let stderr = stderr.join().unwrap_or_default();
+    let measured = std::fs::read(&out);
+    let _ = std::fs::remove_file(&out);
+    let mut run: ChildRun = match measured {
+        Ok(bytes) if status.success() => {
+            serde_json::from_slice(&bytes).map_err(|e| fail(format!("{}: {e}", out.display())))?
+        }
+        _ => {
+            return Err(fail(format!(
+                "measuring wrapper failed ({status}): {stderr}"
+            )))
+        }
+    };
+    run.stdout = stdout;
+    run.stderr = stderr;
+    Ok(run)
+}
+
+static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);

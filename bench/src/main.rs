@@ -3,7 +3,7 @@
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use cvmfs_oci_bench::cases::{self, CaseResult, Settings};
-use cvmfs_oci_bench::report;
+use cvmfs_oci_bench::{child, report};
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
@@ -49,6 +49,10 @@ struct Args {
 }
 
 fn main() -> Result<()> {
+    let raw: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if raw.get(1).is_some_and(|a| a == child::MEASURE_ARG) {
+        std::process::exit(child::measure_main(&raw[2..]));
+    }
     let a = Args::parse();
     let wanted: BTreeSet<u32> = a.cases.iter().copied().collect();
     if let Some(bad) = wanted.iter().find(|c| !(1..=4).contains(*c)) {
@@ -59,6 +63,7 @@ fn main() -> Result<()> {
     std::fs::create_dir_all(&a.work).with_context(|| format!("--work {}", a.work.display()))?;
     let s = Settings {
         tool: tool.clone(),
+        measurer: std::env::current_exe().context("locating cvmfs-oci-bench itself")?,
         testbed: a.testbed.clone(),
         registry: a.registry.clone(),
         work: std::fs::canonicalize(&a.work)?,

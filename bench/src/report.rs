@@ -16,7 +16,7 @@ fn mb(bytes: u64) -> f64 {
 pub fn table(results: &[CaseResult], cores: usize) -> String {
     let mut s = String::new();
     s.push_str(&format!(
-        "{:<4} {:>7} {:>8} {:>7} {:>7} {:>8} {:>7} {:>9} {:>7} {:>6} {:<18} {}\n",
+        "{:<4} {:>7} {:>8} {:>7} {:>7} {:>8} {:>7} {:>9} {:>13} {:>6} {:<20} {}\n",
         "case",
         "wall s",
         "input MB",
@@ -33,17 +33,17 @@ pub fn table(results: &[CaseResult], cores: usize) -> String {
     for r in results {
         let per_s = |x: f64| r.wall_s.filter(|w| *w > 0.0).map(|w| x / w);
         let result = match (r.pass, &r.error) {
-            (_, Some(_)) => "ERROR",
-            (Some(true), _) => "PASS",
-            (Some(false), _) => "MISS",
-            (None, _) => "-",
+            (_, Some(_)) => "ERROR".to_string(),
+            (Some(true), _) => "PASS".to_string(),
+            (Some(false), _) => format!("MISS({})", r.miss.join("+")),
+            (None, _) => "-".to_string(),
         };
         let floor_col = match r.reference.as_str() {
             "floor" => opt(r.reference_s, 2),
             other => format!("{}({other})", opt(r.reference_s, 2)),
         };
         s.push_str(&format!(
-            "{:<4} {:>7} {:>8.1} {:>7} {:>7} {:>8} {:>7} {:>9} {:>7} {:>6} {:<18} {}\n",
+            "{:<4} {:>7} {:>8.1} {:>7} {:>7} {:>8} {:>7} {:>9} {:>13} {:>6} {:<20} {}\n",
             r.case,
             opt(r.wall_s, 2),
             mb(r.input_bytes),
@@ -91,6 +91,9 @@ pub fn table(results: &[CaseResult], cores: usize) -> String {
             opt(r.load_before, 2),
             opt(r.load_after, 2)
         ));
+        for w in &r.warnings {
+            s.push_str(&format!("   warning: {w}\n"));
+        }
         if let Some(e) = &r.error {
             s.push_str(&format!("   error: {e}\n"));
         }

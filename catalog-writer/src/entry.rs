@@ -27,11 +27,20 @@ pub enum FileData {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EntryKind {
     Directory,
-    File { size: u64, data: FileData },
-    Symlink { target: Vec<u8> },
+    File {
+        size: u64,
+        data: FileData,
+    },
+    Symlink {
+        target: Vec<u8>,
+    },
     /// `rdev` in glibc `makedev` encoding.
-    CharDevice { rdev: u64 },
-    BlockDevice { rdev: u64 },
+    CharDevice {
+        rdev: u64,
+    },
+    BlockDevice {
+        rdev: u64,
+    },
     Fifo,
     Socket,
 }

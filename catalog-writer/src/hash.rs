@@ -64,7 +64,11 @@ impl ContentHash {
 
     /// Parses 40 lowercase hex digits; anything else (uppercase, tags, suffixes) is refused.
     pub fn from_hex(text: &str) -> Option<ContentHash> {
-        if text.len() != 40 || !text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        if text.len() != 40
+            || !text
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
             return None;
         }
         let mut out = [0u8; 20];
@@ -121,7 +125,10 @@ mod tests {
     fn hello_vector() {
         let z = crate::zlib::compress(b"hello\n");
         assert_eq!(hex::encode(&z), "789ccb48cdc9c9e70200084b021f");
-        assert_eq!(ContentHash::of(&z).to_hex(), "5798f7f4ca7585d850eea64610a1f73d8f8de7a3");
+        assert_eq!(
+            ContentHash::of(&z).to_hex(),
+            "5798f7f4ca7585d850eea64610a1f73d8f8de7a3"
+        );
     }
 
     #[test]

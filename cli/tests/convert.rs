@@ -505,11 +505,16 @@ fn registry_errors_fail_cleanly() {
 
 #[test]
 fn migrate_a_registry_in_batches_and_resume() {
-    let Some(reg) = registry_or_skip() else { return };
+    let Some(reg) = registry_or_skip() else {
+        return;
+    };
     let env = Env::init(&[]);
     let layout = env.path("layout");
     let base = fixtures::layers::edge_case_layers();
-    for (i, name) in ["team/a:1", "team/a:2", "team/b:1", "other/c:1"].iter().enumerate() {
+    for (i, name) in ["team/a:1", "team/a:2", "team/b:1", "other/c:1"]
+        .iter()
+        .enumerate()
+    {
         let mut extra = fixtures::layers::LayerBuilder::new();
         extra.file("app/version", format!("{i}\n").as_bytes());
         let mut b = ImageBuilder::new().label("n", name);
@@ -524,32 +529,141 @@ fn migrate_a_registry_in_batches_and_resume() {
     let addr = reg.addr();
     let url = format!("docker://{addr}/team");
     let manifest = std::fs::read(env.storage.join(".cvmfspublished")).unwrap();
-    let out = env.ok(&["--json", "migrate", FQRN, &url, "--dry-run", "--insecure-registry", &addr]);
+    let out = env.ok(&[
+        "--json",
+        "migrate",
+        FQRN,
+        &url,
+        "--dry-run",
+        "--insecure-registry",
+        &addr,
+    ]);
     assert!(out.contains("\"convert\":3"), "{out}");
-    assert_eq!(manifest, std::fs::read(env.storage.join(".cvmfspublished")).unwrap());
+    assert_eq!(
+        manifest,
+        std::fs::read(env.storage.join(".cvmfspublished")).unwrap()
+    );
 
     // Interrupted in the second batch: the first batch is published, a rerun finishes.
     let crashed = env
-        .cmd(&["migrate", FQRN, &url, "--batch", "2", "--insecure-registry", &addr, "--exclude", "team/b:*"])
+        .cmd(&[
+            "migrate",
+            FQRN,
+            &url,
+            "--batch",
+            "2",
+            "--insecure-registry",
+            &addr,
+            "--exclude",
+            "team/b:*",
+        ])
         .output()
         .unwrap();
-    assert!(crashed.status.success(), "{}", String::from_utf8_lossy(&crashed.stderr));
+    assert!(
+        crashed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&crashed.stderr)
+    );
     assert_eq!(env.revision(), 2, "one batch of two images");
     let out = env
-        .cmd(&["migrate", FQRN, &url, "--batch", "2", "--insecure-registry", &addr])
+        .cmd(&[
+            "migrate",
+            FQRN,
+            &url,
+            "--batch",
+            "2",
+            "--insecure-registry",
+            &addr,
+        ])
         .env("CVMFS_OCI_CRASH_AT", "before-manifest")
         .output()
         .unwrap();
     assert!(!out.status.success());
     assert_eq!(env.revision(), 2);
     env.check(true);
-    let out = env.ok(&["--json", "migrate", FQRN, &url, "--batch", "2", "--insecure-registry", &addr]);
-    assert!(out.contains("\"result\":\"skipped\""), "converted images are skipped on resume: {out}");
+    let out = env.ok(&[
+        "--json",
+        "migrate",
+        FQRN,
+        &url,
+        "--batch",
+        "2",
+        "--insecure-registry",
+        &addr,
+    ]);
+    assert!(
+        out.contains("\"result\":\"skipped\""),
+        "converted images are skipped on resume: {out}"
+    );
     assert_eq!(env.revision(), 3);
     env.check(true);
     let report = witness(&env);
     for link in ["team/a:1", "team/a:2", "team/b:1"] {
-        assert!(report.entries.contains_key(&format!("/{addr}/{link}")), "missing {link}");
+        assert!(
+            report.entries.contains_key(&format!("/{addr}/{link}")),
+            "missing {link}"
+        );
     }
     assert!(!report.entries.contains_key(&format!("/{addr}/other/c:1")));
+}
+
+#[test]
+fn known_layers_convert_from_the_memo_without_their_blobs() {
+    let env = Env::init(&[]);
+    let layout = env.path("layout");
+    let first = edge_image(Compression::Gzip, MediaTypes::Oci)
+        .write_layout(&layout, "v1")
+        .unwrap();
+    env.ok(&["convert", FQRN, &format!("oci:{}:v1", layout.display())]);
+    // Same layers, another config (so another flat directory to build).
+    let second = edge_image(Compression::Gzip, MediaTypes::Oci)
+        .label("org.example.rebuilt", "yes")
+        .write_layout(&layout, "v2")
+        .unwrap();
+    assert_eq!(second.diff_ids, first.diff_ids);
+    assert_ne!(second.config_digest, first.config_digest);
+    for digest in &second.layer_digests {
+        let blob = layout
+            .join("blobs/sha256")
+            .join(digest.trim_start_matches("sha256:"));
+        std::fs::remove_file(&blob).unwrap();
+    }
+    let out = env.ok(&[
+        "--json",
+        "convert",
+        FQRN,
+        &format!("oci:{}:v2", layout.display()),
+    ]);
+    assert!(out.contains("\"result\":\"converted\""), "{out}");
+    env.check(true);
+    let links: Vec<String> = witness(&env)
+        .entries
+        .iter()
+        .filter(|(_, e)| {
+            e.symlink_target
+                .as_deref()
+                .is_some_and(|t| t.contains(".flat/"))
+        })
+        .map(|(k, _)| k.clone())
+        .collect();
+    assert_eq!(links.len(), 2, "{links:?}");
+    let (v1, v2) = (link_target(&env, &links[0]), link_target(&env, &links[1]));
+    assert_ne!(v1, v2);
+    // The two flat directories hold the same files (only .singularity.d differs).
+    let report = witness(&env);
+    type Seen = (Option<String>, Option<String>, u64, u32);
+    let under = |flat: &str| -> BTreeMap<String, Seen> {
+        report
+            .entries
+            .iter()
+            .filter_map(|(k, e)| {
+                let rel = k.strip_prefix(flat)?;
+                let seen = (e.sha1.clone(), e.symlink_target.clone(), e.size, e.mode);
+                (rel.starts_with('/') && !rel.starts_with("/.singularity.d"))
+                    .then(|| (rel.to_string(), seen))
+            })
+            .collect()
+    };
+    assert_eq!(under(&v1), under(&v2));
+    assert!(under(&v1).len() > 5);
 }

@@ -460,7 +460,8 @@ pub fn name_grafts(
 }
 
 /// The layers of `image` as inputs for [`crate::flatten::flatten_layers`]: each opens (when
-/// the flattener asks for it) the verified, decompressed stream of one layer.
+/// the flattener asks for it, possibly twice) the verified, decompressed stream of one layer,
+/// and carries the layer's diff_id as its memo key.
 pub fn layer_inputs(source: Arc<dyn ImageSource>, image: &ResolvedImage) -> Vec<LayerInput> {
     let image = Arc::new(image.clone());
     (0..image.layers.len())
@@ -470,11 +471,13 @@ pub fn layer_inputs(source: Arc<dyn ImageSource>, image: &ResolvedImage) -> Vec<
                 "image {} layer {}",
                 image.reference, image.layers[index].digest
             );
+            let diff_id = image.config.diff_ids.get(index).map(|d| d.to_string());
             let open = move || -> crate::Result<Box<dyn Read + Send>> {
                 Ok(open_uncompressed_layer(source.as_ref(), &image, index)?)
             };
             LayerInput {
                 name,
+                diff_id,
                 open: Box::new(open),
             }
         })

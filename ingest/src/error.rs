@@ -38,7 +38,7 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
-    /// Compressing one piece of a file failed (e.g. the spool file could not be read).
+    /// Compressing one piece of a file failed (e.g. its scratch file could not be written).
     #[error("compressing {what}: {source}")]
     Compress {
         what: String,
@@ -51,6 +51,14 @@ pub enum Error {
     /// The pipeline stopped after an earlier error (reported in full by `finish`).
     #[error("object pipeline stopped: {0}")]
     Stopped(String),
+    /// Writing the layer memo failed.
+    #[error("{layer}: layer memo: {source}")]
+    Memo {
+        /// The layer's name (image + digest).
+        layer: String,
+        #[source]
+        source: publisher::Error,
+    },
 }
 
 impl Error {

@@ -11,25 +11,47 @@
 //! Hard links (tar type 1) point at a path of the same layer (earlier in the tar) or of a lower
 //! layer. Links to lower layers are kept pending until that layer is read; their target's
 //! bytes are ingested even if the target path itself is shadowed. Regular files shadowed in a
-//! layer are spooled to an anonymous temp file while that layer is read, because a later link
-//! of the same layer may still need them (never compressed unless that happens).
+//! layer are drained, never stored: when a later visible link of the same layer turns out to
+//! need one, the layer is opened a second time and only those files are ingested (rare:
+//! nothing is written to disk and memory does not grow with the layer).
+//!
+//! With a [`MemoContext`], each layer read from its stream is recorded in the
+//! [`publisher::LayerMemo`] under its diff_id (members in tar order, objects of the files that
+//! were ingested), and a layer whose memo holds everything this image needs from it is
+//! replayed from the memo through the same decisions, without opening its stream.
 
 use crate::error::{show, Error, Result};
 use crate::pipeline::{finalize, FileTicket, ObjectPipeline, PDir, PLeaf, PNode};
 use crate::tarsource::{
-    drain_member, drain_rest, ingest_member, read_member, split_member_path, Counting, MemberKind,
+    drain_member, drain_rest, ingest_member, read_member, split_member_path, MemberKind,
 };
-use catalog_writer::entry::Entry;
+use catalog_writer::entry::{Entry, EntryKind};
 use catalog_writer::tree::Dir;
+use publisher::{LayerMemo, MemoEntry, MemoKind, MemoLayer, MemoMeta, ObjectStore};
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read};
 
-/// One layer: its name for errors and how to open its DECOMPRESSED tar stream.
+/// Opens a layer's DECOMPRESSED tar stream; may be called more than once.
+pub type OpenLayer = Box<dyn Fn() -> Result<Box<dyn Read + Send>> + Send + Sync>;
+
+/// One layer: its name for errors, its memo key and how to open its stream.
 pub struct LayerInput {
     /// E.g. `image@sha256:… layer sha256:…`.
     pub name: String,
-    pub open: Box<dyn FnOnce() -> Result<Box<dyn Read + Send>> + Send>,
+    /// The config's `rootfs.diff_ids` entry (`sha256:…`), the layer's key in the memo;
+    /// `None`: the layer is never memoised.
+    pub diff_id: Option<String>,
+    /// Called once per pass over the layer: normally once, twice when a shadowed file turns
+    /// out to be needed by a hard link, never when the memo has the layer.
+    pub open: OpenLayer,
+}
+
+/// Where layer memos are read and written; `store` holds the objects they reference (a memo
+/// referencing a missing object is dropped).
+#[derive(Clone, Copy)]
+pub struct MemoContext<'a> {
+    pub memo: &'a LayerMemo,
+    pub store: &'a dyn ObjectStore,
 }
 
 const WH_PREFIX: &[u8] = b".wh.";
@@ -40,6 +62,16 @@ const MAX_ALIAS_DEPTH: usize = 64;
 
 /// Flattens `layers` (bottom → top) into one tree; regular files go through `pipeline`.
 pub fn flatten_layers(layers: Vec<LayerInput>, pipeline: &ObjectPipeline) -> Result<Dir> {
+    flatten_layers_with(layers, pipeline, None)
+}
+
+/// Like [`flatten_layers`], replaying layers from `memo` where it has what this image needs
+/// and recording the layers read from their streams.
+pub fn flatten_layers_with(
+    layers: Vec<LayerInput>,
+    pipeline: &ObjectPipeline,
+    memo: Option<&MemoContext<'_>>,
+) -> Result<Dir> {
     let names: Vec<String> = layers.iter().map(|l| l.name.clone()).collect();
     let mut fl = Flattener {
         root: FDir::new(usize::MAX),
@@ -48,10 +80,15 @@ pub fn flatten_layers(layers: Vec<LayerInput>, pipeline: &ObjectPipeline) -> Res
         names,
         pipeline,
     };
-    for (idx, layer) in layers.into_iter().enumerate().rev() {
-        let stream = (layer.open)()?;
-        fl.layer(idx, stream)?;
-    }
+    let mut unsaved = None;
+    let res = fl.all_layers(&layers, memo, &mut unsaved);
+    // The last layer read is complete even when a lower one failed: keep its memo.
+    let saved = match (memo, unsaved) {
+        (Some(m), Some(last)) => fl.save_memo(m, last),
+        _ => Ok(()),
+    };
+    res?;
+    saved?;
     if let Some((target, p)) = fl.pending.iter().next() {
         return Err(Error::Tar {
             archive: fl.names[p.layer].clone(),
@@ -112,7 +149,7 @@ enum Inode {
         entry: Entry,
         ticket: Option<FileTicket>,
     },
-    /// A link target not read yet.
+    /// A link target not read yet (lower layer, or the second pass over this one).
     Pending,
     /// Merged into another inode (a pending link whose target was itself a link).
     Forward(usize),
@@ -127,14 +164,17 @@ struct Pending {
 }
 
 /// What a path of the layer being read refers to, for hard links later in the same layer.
+#[derive(Clone)]
 enum LayerItem {
     Inode(usize),
     Dir,
-    /// A shadowed regular file kept in the layer spool.
-    Spooled {
-        entry: Entry,
-        offset: u64,
-        len: u64,
+    /// A shadowed regular file (or an unneeded link to one): member `member` of the layer.
+    Shadowed {
+        member: usize,
+        /// Its record in the memo being written.
+        rec: Option<usize>,
+        /// Entry with known data (replayed from a memo); `None`: its bytes were skipped.
+        known: Option<Entry>,
     },
 }
 
@@ -147,20 +187,94 @@ struct Flattener<'p> {
     pipeline: &'p ObjectPipeline,
 }
 
+/// A member of the memo being written; a regular file's data is its ticket's resolution.
+struct MemoRec {
+    entry: MemoEntry,
+    ticket: Option<FileTicket>,
+}
+
+/// A layer read from its stream whose memo is not written yet.
+struct Unsaved {
+    diff_id: String,
+    layer: usize,
+    recs: Vec<MemoRec>,
+}
+
 /// Per-layer state.
 struct LayerScan {
     idx: usize,
+    /// Ordinal of the current member (tar order, or memo order when replaying).
+    member: usize,
+    /// Replaying a memo: there is no stream for a second pass.
+    replay: bool,
     items: HashMap<Vec<u8>, LayerItem>,
-    spool: Option<File>,
-    spool_len: u64,
     whiteouts: HashSet<Vec<u8>>,
     opaque_dirs: HashSet<Vec<u8>>,
+    /// Shadowed files a link needs, by member ordinal: (inode to fill, memo record).
+    needed: HashMap<usize, (usize, Option<usize>)>,
+    /// Shadowed files given an inode already (several links may name one), by member.
+    materialized: HashMap<usize, usize>,
+    /// The memo being written; `None` when not recording.
+    recs: Option<Vec<MemoRec>>,
+}
+
+impl LayerScan {
+    fn new(idx: usize, record: bool, replay: bool) -> LayerScan {
+        LayerScan {
+            idx,
+            member: 0,
+            replay,
+            items: HashMap::new(),
+            whiteouts: HashSet::new(),
+            opaque_dirs: HashSet::new(),
+            needed: HashMap::new(),
+            materialized: HashMap::new(),
+            recs: record.then(Vec::new),
+        }
+    }
+
+    /// Appends a memo member; returns its index when recording.
+    fn record(&mut self, path: &[u8], kind: MemoKind) -> Option<usize> {
+        let recs = self.recs.as_mut()?;
+        recs.push(MemoRec {
+            entry: MemoEntry {
+                path: path.to_vec(),
+                kind,
+            },
+            ticket: None,
+        });
+        Some(recs.len() - 1)
+    }
+
+    fn set_ticket(&mut self, rec: Option<usize>, ticket: FileTicket) {
+        if let Some(r) = rec.and_then(|i| self.recs.as_mut()?.get_mut(i)) {
+            r.ticket = Some(ticket);
+        }
+    }
+}
+
+/// Where a regular file's bytes come from.
+enum Content<'a, 'b, R: Read> {
+    /// The member's data in the tar stream.
+    Tar(&'a mut tar::Entry<'b, R>),
+    /// Replayed from a memo: the entry carries the data.
+    Known,
+    /// Replayed from a memo that skipped the file's bytes.
+    Unknown,
 }
 
 type Res<T> = std::result::Result<T, String>;
 
 fn join(comps: &[&[u8]]) -> Vec<u8> {
     comps.join(&b'/')
+}
+
+/// Components of a memo path (`b""` is the layer root), checked like tar member names.
+fn memo_comps(path: &[u8]) -> Res<Vec<&[u8]>> {
+    if path.is_empty() {
+        return Ok(Vec::new());
+    }
+    split_member_path(path)
 }
 
 impl Flattener<'_> {
@@ -172,38 +286,251 @@ impl Flattener<'_> {
         }
     }
 
-    fn layer(&mut self, idx: usize, stream: Box<dyn Read + Send>) -> Result<()> {
-        let mut scan = LayerScan {
-            idx,
-            items: HashMap::new(),
-            spool: None,
-            spool_len: 0,
-            whiteouts: HashSet::new(),
-            opaque_dirs: HashSet::new(),
+    /// Every layer top-down; `unsaved` holds the memo of the last layer read from its stream.
+    fn all_layers(
+        &mut self,
+        layers: &[LayerInput],
+        memo: Option<&MemoContext<'_>>,
+        unsaved: &mut Option<Unsaved>,
+    ) -> Result<()> {
+        for (idx, layer) in layers.iter().enumerate().rev() {
+            let key = memo.zip(layer.diff_id.as_deref());
+            if let Some(known) = key.and_then(|(m, d)| self.usable_memo(idx, m, d)) {
+                self.replay(idx, &known)?;
+                continue;
+            }
+            let recs = self.read_layer(idx, layer, key.is_some())?;
+            if let (Some((m, diff_id)), Some(recs)) = (key, recs) {
+                let done = Unsaved {
+                    diff_id: diff_id.to_string(),
+                    layer: idx,
+                    recs,
+                };
+                // Written one layer late, so the objects of its files are (mostly) stored
+                // by now and resolving their tickets rarely waits.
+                if let Some(prev) = unsaved.replace(done) {
+                    self.save_memo(m, prev)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The layer's memo if it exists, its objects are all present, and it knows the data of
+    /// every file this image needs from the layer. An unreadable memo counts as absent
+    /// (reading the stream rewrites it).
+    fn usable_memo(&self, idx: usize, m: &MemoContext<'_>, diff_id: &str) -> Option<MemoLayer> {
+        let layer = m.memo.get_verified(diff_id, m.store).ok().flatten()?;
+        self.memo_covers(idx, &layer).then_some(layer)
+    }
+
+    /// Dry run of a replay: whether a file whose data the memo lacks would be needed, i.e.
+    /// be visible, be the target of a higher layer's link, or be linked by such a member.
+    /// Visibility inside a layer depends only on higher layers, so nothing is changed here.
+    fn memo_covers(&self, l: usize, layer: &MemoLayer) -> bool {
+        // Last member at each path: `Some(i)` = a regular file (directly or through links).
+        let mut last: HashMap<Vec<u8>, Option<usize>> = HashMap::new();
+        let unknown = |i: usize| {
+            matches!(
+                layer.entries.get(i).map(|e| &e.kind),
+                Some(MemoKind::File { data: None, .. })
+            )
         };
+        for (i, e) in layer.entries.iter().enumerate() {
+            let Ok(comps) = memo_comps(&e.path) else {
+                return false;
+            };
+            let path = join(&comps);
+            let wanted = || {
+                self.visible(&comps, l, false).unwrap_or(true)
+                    || self.pending.get(&path).is_some_and(|p| p.layer > l)
+            };
+            let file = match &e.kind {
+                MemoKind::Whiteout | MemoKind::Opaque => continue,
+                MemoKind::File { .. } => Some(i),
+                MemoKind::Hardlink { target } => {
+                    let Ok(t) = memo_comps(target) else {
+                        return false;
+                    };
+                    last.get(&join(&t)).copied().flatten()
+                }
+                _ => None,
+            };
+            if file.is_some_and(unknown) && wanted() {
+                return false;
+            }
+            last.insert(path, file);
+        }
+        true
+    }
+
+    /// Resolves the tickets of a layer read from its stream and stores its memo (merged
+    /// with what an older memo of the same layer knew).
+    fn save_memo(&self, m: &MemoContext<'_>, layer: Unsaved) -> Result<()> {
+        let mut entries = Vec::with_capacity(layer.recs.len());
+        for rec in layer.recs {
+            let mut entry = rec.entry;
+            if let (Some(t), MemoKind::File { data, .. }) = (rec.ticket, &mut entry.kind) {
+                *data = Some(self.pipeline.resolve(t)?.1);
+            }
+            entries.push(entry);
+        }
+        m.memo
+            .put(&layer.diff_id, &MemoLayer::new(entries))
+            .map_err(|source| Error::Memo {
+                layer: self.names[layer.layer].clone(),
+                source,
+            })
+    }
+
+    /// Reads a layer from its stream (twice if a link needs a shadowed file); returns its
+    /// memo records when `record`.
+    fn read_layer(
+        &mut self,
+        idx: usize,
+        layer: &LayerInput,
+        record: bool,
+    ) -> Result<Option<Vec<MemoRec>>> {
+        let mut scan = LayerScan::new(idx, record, false);
+        self.first_pass(&mut scan, (layer.open)()?)?;
+        self.check_pending_hidden(&scan)?;
+        if !scan.needed.is_empty() {
+            self.second_pass(&mut scan, (layer.open)()?)?;
+        }
+        Ok(scan.recs)
+    }
+
+    fn first_pass(&mut self, scan: &mut LayerScan, stream: Box<dyn Read + Send>) -> Result<()> {
+        let idx = scan.idx;
         let mut archive = tar::Archive::new(stream);
         let entries = archive
             .entries()
             .map_err(|e| self.lerr(idx, b"", format!("reading layer: {e}")))?;
-        for member in entries {
+        for (ordinal, member) in entries.enumerate() {
             let mut member =
                 member.map_err(|e| self.lerr(idx, b"", format!("reading next member: {e}")))?;
             let raw = member.path_bytes().into_owned();
-            self.member(&mut scan, &raw, &mut member)?;
+            scan.member = ordinal;
+            self.member(scan, &raw, &mut member)?;
         }
         drain_rest(archive.into_inner())
+            .map_err(|e| self.lerr(idx, b"", format!("after the end of the layer: {e}")))
+    }
+
+    /// Ingests the shadowed files that links of the layer turned out to need.
+    fn second_pass(&mut self, scan: &mut LayerScan, stream: Box<dyn Read + Send>) -> Result<()> {
+        let idx = scan.idx;
+        let mut archive = tar::Archive::new(stream);
+        let entries = archive
+            .entries()
+            .map_err(|e| self.lerr(idx, b"", format!("reading layer again: {e}")))?;
+        for (ordinal, member) in entries.enumerate() {
+            if scan.needed.is_empty() {
+                break;
+            }
+            let mut member = member
+                .map_err(|e| self.lerr(idx, b"", format!("reading next member again: {e}")))?;
+            let Some((inode, rec)) = scan.needed.remove(&ordinal) else {
+                continue;
+            };
+            let raw = member.path_bytes().into_owned();
+            let m = read_member(&mut member, true).map_err(|e| self.lerr(idx, &raw, e))?;
+            if !matches!(m.kind, MemberKind::File) {
+                let msg = "no longer a regular file on the second read of the layer";
+                return Err(self.lerr(idx, &raw, msg.into()));
+            }
+            let name = format!("{}: {}", self.names[idx], show(&raw));
+            let ticket = ingest_member(&mut member, self.pipeline, &name)?;
+            scan.set_ticket(rec, ticket);
+            self.inodes[inode] = Inode::Ready {
+                entry: m.entry,
+                ticket: Some(ticket),
+            };
+        }
+        // To the end, so the stream's digest check runs.
+        drain_rest(archive.into_inner())
             .map_err(|e| self.lerr(idx, b"", format!("after the end of the layer: {e}")))?;
+        match scan.needed.keys().min() {
+            Some(ordinal) => Err(self.lerr(
+                idx,
+                b"",
+                format!("member #{ordinal} is missing on the second read of the layer"),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Replays a layer's memo through the same decisions as its tar members.
+    fn replay(&mut self, idx: usize, layer: &MemoLayer) -> Result<()> {
+        let mut scan = LayerScan::new(idx, false, true);
+        for (ordinal, e) in layer.entries.iter().enumerate() {
+            scan.member = ordinal;
+            self.replay_entry(&mut scan, e)?;
+        }
         self.check_pending_hidden(&scan)
+    }
+
+    fn replay_entry(&mut self, scan: &mut LayerScan, e: &MemoEntry) -> Result<()> {
+        let layer_name = self.names[scan.idx].clone();
+        let err = |msg: String| Error::Tar {
+            archive: layer_name.clone(),
+            path: show(&e.path),
+            msg: format!("layer memo: {msg}"),
+        };
+        let comps = memo_comps(&e.path).map_err(err)?;
+        let path = join(&comps);
+        match &e.kind {
+            MemoKind::Whiteout => {
+                let Some((name, parents)) = comps.split_last() else {
+                    return Err(err("whiteout of the layer root".into()));
+                };
+                self.on_whiteout(scan, parents, name).map_err(err)
+            }
+            MemoKind::Opaque => self.on_opaque(scan, &comps).map_err(err),
+            MemoKind::Directory(meta) => {
+                let entry = meta.to_entry(EntryKind::Directory);
+                self.on_dir(scan, &comps, path, entry).map_err(err)
+            }
+            MemoKind::File { meta, size, data } => {
+                let (entry, content) = match data {
+                    Some(d) => {
+                        let kind = EntryKind::File {
+                            size: *size,
+                            data: d.clone(),
+                        };
+                        (meta.to_entry(kind), Content::<io::Empty>::Known)
+                    }
+                    None => {
+                        let kind = EntryKind::File {
+                            size: *size,
+                            data: catalog_writer::entry::FileData::Whole(
+                                catalog_writer::hash::EMPTY_OBJECT,
+                            ),
+                        };
+                        (meta.to_entry(kind), Content::Unknown)
+                    }
+                };
+                self.on_file(scan, &comps, path, &e.path, entry, content)
+            }
+            MemoKind::Hardlink { target } => {
+                let tcomps =
+                    memo_comps(target).map_err(|m| err(format!("hardlink target: {m}")))?;
+                self.on_hardlink(scan, &comps, path, &e.path, &tcomps)
+            }
+            other => match other.to_entry() {
+                Some(entry) => self.on_other(scan, &comps, path, entry).map_err(err),
+                None => Err(err("unexpected member kind".into())),
+            },
+        }
     }
 
     fn member<R: Read>(
         &mut self,
         scan: &mut LayerScan,
         raw: &[u8],
-        m: &mut tar::Entry<R>,
+        m: &mut tar::Entry<'_, R>,
     ) -> Result<()> {
-        let l = scan.idx;
-        let layer_name = self.names[l].clone();
+        let layer_name = self.names[scan.idx].clone();
         let err = |msg: String| Error::Tar {
             archive: layer_name.clone(),
             path: show(raw),
@@ -222,61 +549,157 @@ impl Flattener<'_> {
             MemberKind::Skip => drain_member(m).map_err(err),
             MemberKind::Dir => {
                 drain_member(m).map_err(err)?;
-                if let Some(p) = self.pending.get(&path).filter(|p| p.layer > l) {
-                    let link = show(&p.link);
-                    return Err(err(format!(
-                        "is a directory, but a hardlink ({link}) of a higher layer points to it"
-                    )));
-                }
-                scan.items.insert(path, LayerItem::Dir);
-                if self.visible(&comps, l, true).map_err(err)? {
-                    self.put_dir(&comps, l, member.entry).map_err(err)?;
-                }
-                Ok(())
+                self.on_dir(scan, &comps, path, member.entry).map_err(err)
             }
             MemberKind::File => {
-                let visible = self.visible(&comps, l, false).map_err(err)?;
-                let pend = self.take_pending(&path, l);
-                if !visible && pend.is_none() {
-                    let (offset, len) = self.spool(scan, m).map_err(err)?;
-                    scan.items.insert(
-                        path,
-                        LayerItem::Spooled {
-                            entry: member.entry,
-                            offset,
-                            len,
-                        },
-                    );
-                    return Ok(());
-                }
-                let name = format!("{}: {}", self.names[l], show(raw));
-                let ticket = ingest_member(m, self.pipeline, &name)?;
-                let inode = self.fill(pend, member.entry, Some(ticket));
-                self.place_leaf(scan, &comps, path, inode, visible)
-                    .map_err(err)
+                self.on_file(scan, &comps, path, raw, member.entry, Content::Tar(m))
             }
             MemberKind::Other => {
                 drain_member(m).map_err(err)?;
-                let visible = self.visible(&comps, l, false).map_err(err)?;
-                let pend = self.take_pending(&path, l);
-                let inode = self.fill(pend, member.entry, None);
-                self.place_leaf(scan, &comps, path, inode, visible)
-                    .map_err(err)
+                self.on_other(scan, &comps, path, member.entry).map_err(err)
             }
             MemberKind::Hardlink(target) => {
                 drain_member(m).map_err(err)?;
                 let tcomps =
                     split_member_path(&target).map_err(|e| err(format!("hardlink target: {e}")))?;
-                let inode = self.link_target(scan, &join(&tcomps), raw, 0)?;
-                let visible = self.visible(&comps, l, false).map_err(err)?;
-                // A higher layer's link to this path now resolves to the same inode.
-                if let Some(p) = self.take_pending(&path, l) {
-                    self.inodes[p] = Inode::Forward(inode);
-                }
-                self.place_leaf(scan, &comps, path, inode, visible)
-                    .map_err(err)
+                self.on_hardlink(scan, &comps, path, raw, &tcomps)
             }
         }
+    }
+
+    fn on_dir(
+        &mut self,
+        scan: &mut LayerScan,
+        comps: &[&[u8]],
+        path: Vec<u8>,
+        entry: Entry,
+    ) -> Res<()> {
+        let l = scan.idx;
+        if let Some(p) = self.pending.get(&path).filter(|p| p.layer > l) {
+            let link = show(&p.link);
+            return Err(format!(
+                "is a directory, but a hardlink ({link}) of a higher layer points to it"
+            ));
+        }
+        scan.record(&path, MemoKind::Directory(MemoMeta::of(&entry)));
+        scan.items.insert(path, LayerItem::Dir);
+        if self.visible(comps, l, true)? {
+            self.put_dir(comps, l, entry)?;
+        }
+        Ok(())
+    }
+
+    /// A regular file: ingested when visible or a higher layer's link target, else skipped.
+    fn on_file<R: Read>(
+        &mut self,
+        scan: &mut LayerScan,
+        comps: &[&[u8]],
+        path: Vec<u8>,
+        raw: &[u8],
+        entry: Entry,
+        content: Content<'_, '_, R>,
+    ) -> Result<()> {
+        let l = scan.idx;
+        let err = |fl: &Self, msg: String| fl.lerr(l, raw, msg);
+        let size = match &entry.kind {
+            EntryKind::File { size, .. } => *size,
+            _ => 0,
+        };
+        let rec = scan.record(
+            &path,
+            MemoKind::File {
+                meta: MemoMeta::of(&entry),
+                size,
+                data: None,
+            },
+        );
+        let visible = self.visible(comps, l, false).map_err(|e| err(self, e))?;
+        let pend = self.take_pending(&path, l);
+        if !visible && pend.is_none() {
+            let known = match content {
+                Content::Tar(m) => {
+                    drain_member(m).map_err(|e| err(self, e))?;
+                    None
+                }
+                Content::Known => Some(entry),
+                Content::Unknown => None,
+            };
+            let item = LayerItem::Shadowed {
+                member: scan.member,
+                rec,
+                known,
+            };
+            scan.items.insert(path, item);
+            return Ok(());
+        }
+        let ticket = match content {
+            Content::Tar(m) => {
+                let name = format!("{}: {}", self.names[l], show(raw));
+                let ticket = ingest_member(m, self.pipeline, &name)?;
+                scan.set_ticket(rec, ticket);
+                Some(ticket)
+            }
+            Content::Known => None,
+            Content::Unknown => {
+                return Err(err(self, "the layer memo lacks this file's data".into()));
+            }
+        };
+        let inode = self.fill(pend, entry, ticket);
+        self.place_leaf(scan, comps, path, inode, visible)
+            .map_err(|e| err(self, e))
+    }
+
+    /// Symlinks, devices, FIFOs.
+    fn on_other(
+        &mut self,
+        scan: &mut LayerScan,
+        comps: &[&[u8]],
+        path: Vec<u8>,
+        entry: Entry,
+    ) -> Res<()> {
+        let l = scan.idx;
+        scan.record(&path, MemoKind::from_entry(&entry));
+        let visible = self.visible(comps, l, false)?;
+        let pend = self.take_pending(&path, l);
+        let inode = self.fill(pend, entry, None);
+        self.place_leaf(scan, comps, path, inode, visible)
+    }
+
+    fn on_hardlink(
+        &mut self,
+        scan: &mut LayerScan,
+        comps: &[&[u8]],
+        path: Vec<u8>,
+        raw: &[u8],
+        tcomps: &[&[u8]],
+    ) -> Result<()> {
+        let l = scan.idx;
+        let target = join(tcomps);
+        scan.record(
+            &path,
+            MemoKind::Hardlink {
+                target: target.clone(),
+            },
+        );
+        let visible = self
+            .visible(comps, l, false)
+            .map_err(|e| self.lerr(l, raw, e))?;
+        let wanted = visible || self.pending.get(&path).is_some_and(|p| p.layer > l);
+        if !wanted {
+            if let Some(item @ LayerItem::Shadowed { .. }) = scan.items.get(&target) {
+                // Nobody needs the bytes (yet): just one more name for the shadowed file.
+                let alias = item.clone();
+                scan.items.insert(path, alias);
+                return Ok(());
+            }
+        }
+        let inode = self.link_target(scan, &target, raw, 0)?;
+        // A higher layer's link to this path now resolves to the same inode.
+        if let Some(p) = self.take_pending(&path, l) {
+            self.inodes[p] = Inode::Forward(inode);
+        }
+        self.place_leaf(scan, comps, path, inode, visible)
+            .map_err(|e| self.lerr(l, raw, e))
     }
 
     /// Removes and returns the pending inode waiting for `path`, if a higher layer created it.
@@ -345,10 +768,31 @@ impl Flattener<'_> {
                 scan.items.insert(target.to_vec(), LayerItem::Dir);
                 Err(self.lerr(l, link, format!("hardlink to directory {}", show(target))))
             }
-            Some(LayerItem::Spooled { entry, offset, len }) => {
-                let name = format!("{}: {} (spooled)", self.names[l], show(target));
-                let ticket = self.unspool(scan, offset, len, &name)?;
-                let inode = self.fill(None, entry, Some(ticket));
+            Some(LayerItem::Shadowed { member, rec, known }) => {
+                let inode = match scan.materialized.get(&member) {
+                    Some(&i) => i,
+                    None => {
+                        let i = match known {
+                            Some(entry) => self.fill(None, entry, None),
+                            None if scan.replay => {
+                                let msg = format!(
+                                    "layer memo lacks the data of hardlink target {}",
+                                    show(target)
+                                );
+                                return Err(self.lerr(l, link, msg));
+                            }
+                            // Its bytes were skipped: fetch them in a second pass.
+                            None => {
+                                self.inodes.push(Inode::Pending);
+                                let i = self.inodes.len() - 1;
+                                scan.needed.insert(member, (i, rec));
+                                i
+                            }
+                        };
+                        scan.materialized.insert(member, i);
+                        i
+                    }
+                };
                 scan.items.insert(target.to_vec(), LayerItem::Inode(inode));
                 Ok(inode)
             }
@@ -369,58 +813,10 @@ impl Flattener<'_> {
         }
     }
 
-    fn spool<R: Read>(&self, scan: &mut LayerScan, m: &mut tar::Entry<R>) -> Res<(u64, u64)> {
-        let size = m.size();
-        if scan.spool.is_none() {
-            scan.spool = Some(
-                tempfile::tempfile().map_err(|e| format!("creating the layer spool file: {e}"))?,
-            );
-        }
-        let Some(f) = scan.spool.as_mut() else {
-            return Err("no spool file".into());
-        };
-        let offset = scan.spool_len;
-        let mut counting = Counting { inner: m, n: 0 };
-        io::copy(&mut counting, f).map_err(|e| format!("spooling: {e}"))?;
-        if counting.n != size {
-            return Err(format!("truncated: {} of {size} bytes", counting.n));
-        }
-        scan.spool_len += size;
-        Ok((offset, size))
-    }
-
-    fn unspool(
-        &self,
-        scan: &mut LayerScan,
-        offset: u64,
-        len: u64,
-        name: &str,
-    ) -> Result<FileTicket> {
-        let f = scan
-            .spool
-            .as_mut()
-            .ok_or_else(|| Error::io(name, io::Error::other("spool file missing")))?;
-        f.flush().map_err(|e| Error::io(name, e))?;
-        f.seek(SeekFrom::Start(offset))
-            .map_err(|e| Error::io(name, e))?;
-        let ticket = self
-            .pipeline
-            .add_named_file(name, &mut (&*f).take(len), len)?;
-        f.seek(SeekFrom::End(0)).map_err(|e| Error::io(name, e))?;
-        Ok(ticket)
-    }
-
     /// `.wh.NAME` (whiteout) and `.wh..wh..opq` (opaque directory) markers.
     fn whiteout_marker(&mut self, scan: &mut LayerScan, parents: &[&[u8]], last: &[u8]) -> Res<()> {
-        let l = scan.idx;
         if last == WH_OPAQUE {
-            scan.opaque_dirs.insert(join(parents));
-            if !self.visible(parents, l, true)? {
-                return Ok(());
-            }
-            let dir = self.dir_mut(parents, l)?;
-            dir.opaque = dir.opaque.max(Some(l));
-            return Ok(());
+            return self.on_opaque(scan, parents);
         }
         if last.starts_with(WH_META_PREFIX) {
             return Ok(()); // other reserved markers (e.g. AUFS .wh..wh.plnk) carry no meaning here
@@ -429,9 +825,31 @@ impl Flattener<'_> {
         if name.is_empty() || name == b"." || name == b".." {
             return Err(format!("invalid whiteout name {}", show(last)));
         }
+        self.on_whiteout(scan, parents, name)
+    }
+
+    /// The lower-layer children of directory `dir` are hidden.
+    fn on_opaque(&mut self, scan: &mut LayerScan, dir: &[&[u8]]) -> Res<()> {
+        let l = scan.idx;
+        let path = join(dir);
+        scan.record(&path, MemoKind::Opaque);
+        scan.opaque_dirs.insert(path);
+        if !self.visible(dir, l, true)? {
+            return Ok(());
+        }
+        let d = self.dir_mut(dir, l)?;
+        d.opaque = d.opaque.max(Some(l));
+        Ok(())
+    }
+
+    /// `parents/name` of lower layers is removed.
+    fn on_whiteout(&mut self, scan: &mut LayerScan, parents: &[&[u8]], name: &[u8]) -> Res<()> {
+        let l = scan.idx;
         let mut comps = parents.to_vec();
         comps.push(name);
-        scan.whiteouts.insert(join(&comps));
+        let path = join(&comps);
+        scan.record(&path, MemoKind::Whiteout);
+        scan.whiteouts.insert(path);
         if !self.visible(&comps, l, false)? && !self.visible(&comps, l, true)? {
             return Ok(());
         }
@@ -564,7 +982,7 @@ impl Flattener<'_> {
                     || (i + 1 < comps.len()
                         && matches!(
                             scan.items.get(&anc),
-                            Some(LayerItem::Inode(_) | LayerItem::Spooled { .. })
+                            Some(LayerItem::Inode(_) | LayerItem::Shadowed { .. })
                         ))
             });
             if hidden {

@@ -68,6 +68,6 @@ pub use chunker::{ChunkSizes, Chunker};
 pub use decode::open_layer_stream;
 pub use dirsource::tree_from_dir;
 pub use error::{Error, Result};
-pub use flatten::{flatten_layers, LayerInput};
+pub use flatten::{flatten_layers, flatten_layers_with, LayerInput, MemoContext};
 pub use pipeline::{FileTicket, ObjectPipeline, PipelineConfig, PipelineOutput, PipelineStats};
 pub use tarsource::{tree_from_tar, TarOptions};

@@ -81,6 +81,46 @@ impl LocalStore {
         moved.map_err(|e| with_path(&dest, e))
     }
 
+    /// Like [`ObjectStore::put_file`], and tells whether this call created the object. The
+    /// file is renamed into place (mode 0644) when it lies on the storage's file system,
+    /// else copied; either way it is gone afterwards.
+    pub fn put_file_new(
+        &self,
+        hash: &ContentHash,
+        suffix: Suffix,
+        path: &Path,
+    ) -> io::Result<bool> {
+        let dest = self.object_path(hash, suffix);
+        let res = self.move_into_place(hash, suffix, path, &dest);
+        // After a hard-link fallback, a lost race, an error or a copy, the file remains.
+        if path.exists() {
+            let _ = fs::remove_file(path);
+        }
+        res.map_err(|e| with_path(&dest, e))
+    }
+
+    fn move_into_place(
+        &self,
+        hash: &ContentHash,
+        suffix: Suffix,
+        path: &Path,
+        dest: &Path,
+    ) -> io::Result<bool> {
+        if self.contains(hash, suffix)? {
+            return Ok(false);
+        }
+        // Explicit chmod: temp files are created 0600, the web server must read objects.
+        fs::set_permissions(path, fs::Permissions::from_mode(0o644))?;
+        match rename_noreplace(path, dest) {
+            Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+                // Another file system: copy through a scratch file of our own.
+                let bytes = fs::read(path)?;
+                self.put_new(hash, suffix, &bytes)
+            }
+            other => other,
+        }
+    }
+
     /// Deletes an object file; one that is already gone is fine.
     pub fn remove_object(&self, hash: &ContentHash, suffix: Suffix) -> io::Result<()> {
         let path = self.object_path(hash, suffix);
@@ -247,6 +287,15 @@ impl ObjectStore for LocalStore {
     fn describe(&self) -> String {
         self.root.display().to_string()
     }
+
+    fn put_file(&self, hash: &ContentHash, suffix: Suffix, path: &Path) -> io::Result<()> {
+        self.put_file_new(hash, suffix, path).map(|_| ())
+    }
+
+    /// `data/txn`: same file system as the objects, so `put_file` is a rename.
+    fn scratch_dir(&self) -> Option<PathBuf> {
+        Some(self.root.join("data/txn"))
+    }
 }
 
 #[cfg(test)]
@@ -277,5 +326,36 @@ mod tests {
         store.remove_object(&h, Suffix::None).unwrap();
         assert!(!store.contains(&h, Suffix::None).unwrap());
         store.remove_object(&h, Suffix::None).unwrap();
+    }
+
+    #[test]
+    fn put_file_renames_a_scratch_file_into_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::create(dir.path()).unwrap();
+        let scratch = store.scratch_dir().unwrap();
+        let h = ContentHash::of(b"obj");
+        let tmp = scratch.join("x");
+        fs::write(&tmp, b"obj").unwrap();
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(store.put_file_new(&h, Suffix::None, &tmp).unwrap());
+        assert!(!tmp.exists());
+        let dest = store.object_path(&h, Suffix::None);
+        assert_eq!(fs::read(&dest).unwrap(), b"obj");
+        assert_eq!(
+            fs::metadata(&dest).unwrap().permissions().mode() & 0o777,
+            0o644
+        );
+        // Existing object: left as is, the file is removed all the same.
+        fs::write(&tmp, b"other").unwrap();
+        assert!(!store.put_file_new(&h, Suffix::None, &tmp).unwrap());
+        assert!(!tmp.exists());
+        assert_eq!(fs::read(&dest).unwrap(), b"obj");
+        // A file elsewhere (maybe another file system) works too.
+        let outside = tempfile::NamedTempFile::new().unwrap().into_temp_path();
+        fs::write(&outside, b"second").unwrap();
+        let h2 = ContentHash::of(b"second");
+        store.put_file(&h2, Suffix::Partial, &outside).unwrap();
+        assert!(!outside.exists());
+        assert_eq!(store.get(&h2, Suffix::Partial).unwrap(), b"second");
     }
 }

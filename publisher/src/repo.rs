@@ -239,14 +239,7 @@ impl Repository {
             ))
         })?;
         let now = now_unix();
-        write_whitelist(
-            &self.store,
-            &keys,
-            master,
-            &self.config.fqrn,
-            now,
-            days,
-        )
+        write_whitelist(&self.store, &keys, master, &self.config.fqrn, now, days)
     }
 
     /// Lines of a client configuration for this repository (`/etc/cvmfs/config.d/<fqrn>.conf`).

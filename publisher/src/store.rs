@@ -2,6 +2,7 @@
 
 use catalog_writer::hash::{ContentHash, Suffix};
 use std::io;
+use std::path::{Path, PathBuf};
 
 /// A content-addressed object store plus the few root files next to `data/`.
 pub trait ObjectStore: Send + Sync {
@@ -17,6 +18,27 @@ pub trait ObjectStore: Send + Sync {
     fn get_root_file(&self, name: &str) -> io::Result<Option<Vec<u8>>>;
     /// Human-readable location, for messages.
     fn describe(&self) -> String;
+
+    /// Stores the object whose (compressed) bytes are in the file at `path`, which the store
+    /// takes over: when the call returns, successful or not, the file has been moved into
+    /// place or removed. An existing object is left as is. Callers should create the file in
+    /// [`scratch_dir`](ObjectStore::scratch_dir) so a local store can rename it instead of
+    /// copying. This default reads the whole file and calls [`put`](ObjectStore::put).
+    fn put_file(&self, hash: &ContentHash, suffix: Suffix, path: &Path) -> io::Result<()> {
+        let res = std::fs::read(path).and_then(|bytes| self.put(hash, suffix, &bytes));
+        let removed = std::fs::remove_file(path);
+        res?;
+        match removed {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// A directory on the store's file system for files that [`put_file`](ObjectStore::put_file)
+    /// can rename into place; `None`: no such place (use the system temp directory).
+    fn scratch_dir(&self) -> Option<PathBuf> {
+        None
+    }
 }
 
 /// Plaintext content index: lets the pipeline skip compression of content it has stored before.

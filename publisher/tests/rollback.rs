@@ -250,3 +250,34 @@ fn identical_subtree_again_is_unchanged() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn aborted_transaction_removes_put_file_objects() {
+    let dir = tempdir();
+    let repo = init_repo(dir.path(), FQRN);
+    let before = snapshot(&storage(&repo));
+    let txn = repo.begin(false).unwrap();
+    let store = txn.objects();
+    let scratch = store
+        .scratch_dir()
+        .expect("a local store has a scratch area");
+    assert!(scratch.starts_with(storage(&repo)), "{}", scratch.display());
+    let obj = catalog_writer::zlib::compress(b"a large file, streamed");
+    let hash = ContentHash::of(&obj);
+    let tmp = scratch.join("streamed-object");
+    fs::write(&tmp, &obj).unwrap();
+    store.put_file(&hash, Suffix::None, &tmp).unwrap();
+    assert!(!tmp.exists(), "the store took the scratch file over");
+    let path = storage(&repo).join(hash.object_path(Suffix::None));
+    assert_eq!(fs::read(&path).unwrap(), obj);
+    let report = txn.abort();
+    assert_eq!((report.objects_removed, report.errors.len()), (1, 0));
+    assert!(!path.exists());
+    assert_eq!(snapshot(&storage(&repo)), before);
+    // After the end, put_file is refused and the file is still taken away.
+    fs::write(&tmp, &obj).unwrap();
+    let err = store.put_file(&hash, Suffix::None, &tmp).unwrap_err();
+    assert!(err.to_string().contains("transaction is over"), "{err}");
+    assert!(!tmp.exists());
+    assert_eq!(snapshot(&storage(&repo)), before);
+}

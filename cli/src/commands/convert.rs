@@ -12,7 +12,8 @@ use ingest::image::{
     PlatformSelection, RegistryOptions, ResolvedImage, Sources,
 };
 use ingest::pipeline::ObjectPipeline;
-use publisher::{CommitSettings, Repository, StoreObjects, Transaction};
+use ingest::MemoContext;
+use publisher::{CommitSettings, LayerMemo, Repository, StoreObjects, Transaction};
 use serde_json::json;
 use std::path::Path;
 use std::sync::Arc;
@@ -153,12 +154,13 @@ pub(super) fn run_batch(
     let started = Instant::now();
     let mut txn = repo.begin(!g.no_wait)?;
     let pipeline = new_pipeline(repo, &txn, tuning)?;
+    let memo = repo.layer_memo()?;
     let mut summary = Summary::default();
     let mtime = unix_now();
     for reference in refs {
         let t0 = Instant::now();
         match convert_reference(
-            &mut txn, sources, reference, selection, &pipeline, mtime, out,
+            &mut txn, sources, reference, selection, &pipeline, &memo, mtime, out,
         ) {
             Ok(done) => {
                 for (status, name) in done {
@@ -222,12 +224,14 @@ pub(super) fn run_batch(
 }
 
 /// Converts every platform image one reference resolves to; returns what happened to each.
+#[allow(clippy::too_many_arguments)]
 fn convert_reference(
     txn: &mut Transaction,
     sources: &Sources,
     reference: &str,
     selection: &PlatformSelection,
     pipeline: &ObjectPipeline,
+    memo: &LayerMemo,
     mtime: i64,
     out: Output,
 ) -> Result<Vec<(Status, String)>> {
@@ -249,7 +253,12 @@ fn convert_reference(
             let image = ResolvedImage::new(manifest, config)?;
             if status == Status::Missing {
                 out.say(&format!("converting {name}: {} layers", image.layers.len()));
-                let mut rootfs = flatten(&source, &image, pipeline)?;
+                let store = txn.objects();
+                let memo = MemoContext {
+                    memo,
+                    store: &*store,
+                };
+                let mut rootfs = flatten(&source, &image, pipeline, Some(&memo))?;
                 super::sanitize_xattrs(&mut rootfs, &mut placement.flat_dir.clone(), out);
                 let graft = layout::flat_graft(&image, rootfs, mtime, pipeline)?;
                 apply(txn, graft)?;
@@ -270,11 +279,13 @@ fn display_name(m: &ImageManifest) -> String {
     }
 }
 
-/// Streams the image's layers (top first, so shadowed content is never compressed).
+/// Streams the image's layers (top first, so shadowed content is never compressed); layers
+/// the memo knows enough about are replayed from it without downloading them.
 fn flatten(
     source: &Arc<dyn ImageSource>,
     image: &ResolvedImage,
     pipeline: &ObjectPipeline,
+    memo: Option<&MemoContext<'_>>,
 ) -> Result<catalog_writer::tree::Dir> {
     let image = Arc::new(image.clone());
     let layers = (0..image.layers.len())
@@ -283,12 +294,14 @@ fn flatten(
             let image = image.clone();
             let name = format!("image {} layer {}", image.reference, image.layers[i].digest);
             let err_name = name.clone();
+            let diff_id = image.config.diff_ids.get(i).map(|d| d.to_string());
             ingest::LayerInput {
                 name,
+                diff_id,
                 open: Box::new(move || {
                     open_uncompressed_layer(source.as_ref(), &image, i).map_err(|e| {
                         ingest::Error::Image {
-                            image: err_name,
+                            image: err_name.clone(),
                             msg: e.to_string(),
                         }
                     })
@@ -296,7 +309,7 @@ fn flatten(
             }
         })
         .collect();
-    Ok(ingest::flatten_layers(layers, pipeline)?)
+    Ok(ingest::flatten_layers_with(layers, pipeline, memo)?)
 }
 
 fn apply(txn: &mut Transaction, graft: layout::Graft) -> Result<()> {

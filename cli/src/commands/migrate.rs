@@ -23,7 +23,10 @@ pub fn migrate(home: &Path, g: &Global, a: &MigrateArgs, out: Output) -> Result<
     let refs = list_images(&sources, &host, &prefix, &include, &exclude)?;
     out.event(
         &format!("{}: {} images selected", a.registry_url, refs.len()),
-        event_json("migrate-list", json!({"registry": a.registry_url, "images": refs.len()})),
+        event_json(
+            "migrate-list",
+            json!({"registry": a.registry_url, "images": refs.len()}),
+        ),
     );
     if a.dry_run {
         return forecast(&repo, &sources, &refs, &selection, out);
@@ -73,7 +76,10 @@ fn list_images(
     let client = sources.registry()?;
     let mut out = BTreeSet::new();
     for repository in client.catalog(host)? {
-        if !prefix.is_empty() && !(repository == prefix || repository.starts_with(&format!("{prefix}/"))) {
+        let under_prefix = prefix.is_empty()
+            || repository == prefix
+            || repository.starts_with(&format!("{prefix}/"));
+        if !under_prefix {
             continue;
         }
         let r = RegistryRef {
@@ -115,7 +121,9 @@ fn forecast(
             let placements = layout::placements(&manifests, selection);
             for (m, p) in manifests.iter().zip(placements) {
                 let (ns, objects) = txn.namespace_and_objects();
-                match layout::conversion_status(&p, &m.manifest_bytes, |path| ns.entry(path, &objects))? {
+                match layout::conversion_status(&p, &m.manifest_bytes, |path| {
+                    ns.entry(path, &objects)
+                })? {
                     Status::Complete => complete += 1,
                     Status::FlatPresent => link_only += 1,
                     Status::Missing => {
@@ -139,7 +147,10 @@ fn forecast(
             failed += 1;
             out.event(
                 &format!("cannot read {reference}: {e:#}"),
-                event_json("error", json!({"image": reference, "error": format!("{e:#}")})),
+                event_json(
+                    "error",
+                    json!({"image": reference, "error": format!("{e:#}")}),
+                ),
             );
         }
     }

@@ -6,12 +6,23 @@ use catalog_writer::hash::{ContentHash, Suffix};
 use catalog_writer::tree::Node;
 use publisher::store::ObjectStore;
 use std::io::Cursor;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 fn layer(name: &str, bytes: Vec<u8>) -> LayerInput {
+    counted(name, bytes, Arc::new(AtomicUsize::new(0)))
+}
+
+/// A layer whose opens are counted in `opens`; its diff_id is derived from its bytes.
+fn counted(name: &str, bytes: Vec<u8>, opens: Arc<AtomicUsize>) -> LayerInput {
+    let diff_id = format!("sha256:{}", ContentHash::of(&bytes).to_hex());
     LayerInput {
         name: name.into(),
-        open: Box::new(move || Ok(Box::new(Cursor::new(bytes)) as Box<dyn Read + Send>)),
+        diff_id: Some(diff_id),
+        open: Box::new(move || {
+            opens.fetch_add(1, Ordering::SeqCst);
+            Ok(Box::new(Cursor::new(bytes.clone())) as Box<dyn Read + Send>)
+        }),
     }
 }
 
@@ -227,6 +238,172 @@ fn same_layer_link_to_shadowed_target() {
     let (dir, store, _) = flat(vec![l0, l1]).unwrap();
     assert_eq!(content(&dir, &store, "t"), b"second");
     assert_eq!(content(&dir, &store, "l"), b"first");
+}
+
+/// Flattens `layers` with counted opens; returns the tree, the stats and the open counts.
+fn flat_counted(
+    layers: &[Vec<u8>],
+    store: &Arc<MemStore>,
+    memo: Option<&MemoContext<'_>>,
+) -> Result<(Dir, PipelineStats, Vec<usize>)> {
+    let p = ObjectPipeline::new(store.clone(), None, PipelineConfig::default())?;
+    let opens: Vec<Arc<AtomicUsize>> = layers.iter().map(|_| Arc::default()).collect();
+    let inputs = layers
+        .iter()
+        .zip(&opens)
+        .enumerate()
+        .map(|(i, (b, o))| counted(&format!("img layer{i}"), b.clone(), o.clone()))
+        .collect();
+    let dir = flatten_layers_with(inputs, &p, memo)?;
+    let stats = p.finish()?.stats;
+    let counts = opens.iter().map(|o| o.load(Ordering::SeqCst)).collect();
+    Ok((dir, stats, counts))
+}
+
+#[test]
+fn shadowed_link_target_is_read_in_a_second_pass() {
+    let old = crate::pipeline::memstore::lcg_bytes(100_000, 2);
+    let l0 = TarB::new()
+        .file("t", &old)
+        .file("gone", b"never needed")
+        .hardlink("hidden", "gone") // shadowed link to a shadowed file: no second pass for it
+        .hardlink("l", "t")
+        .hardlink("l2", "l")
+        .finish();
+    let l1 = TarB::new()
+        .file("t", b"second")
+        .file("gone", b"x")
+        .file("hidden", b"y")
+        .finish();
+    let store = Arc::new(MemStore::default());
+    let (dir, stats, opens) = flat_counted(&[l0.clone(), l1.clone()], &store, None).unwrap();
+    assert_eq!(opens, vec![2, 1], "layer 0 is read twice, layer 1 once");
+    assert_eq!(content(&dir, &store, "t"), b"second");
+    assert_eq!(content(&dir, &store, "l"), old);
+    assert_eq!(content(&dir, &store, "l2"), old);
+    let id = node(&dir, "l").unwrap().entry().hardlink;
+    assert!(id.is_some());
+    assert_eq!(node(&dir, "l2").unwrap().entry().hardlink, id);
+    // Only what is visible was compressed: t, gone, hidden of layer 1 and layer 0's t.
+    assert_eq!(stats.files, 4);
+    let never = ContentHash::of(&catalog_writer::zlib::compress(b"never needed"));
+    assert!(!store.contains(&never, Suffix::None).unwrap());
+    // Without the link, one pass.
+    let l0 = TarB::new().file("t", &old).finish();
+    let (_, _, opens) = flat_counted(&[l0, l1], &store, None).unwrap();
+    assert_eq!(opens, vec![1, 1]);
+}
+
+/// Layers exercising every member kind and rule, for memo round trips.
+fn rich_layers() -> Vec<Vec<u8>> {
+    let l0 = TarB::new()
+        .dir("./", 0o755)
+        .dir("etc/", 0o755)
+        .file("etc/motd", b"hello")
+        .file("etc/shadowed", b"old")
+        .hardlink("etc/motd-link", "etc/motd")
+        .file("etc/t", b"link target bytes")
+        .hardlink("etc/via-shadowed", "etc/t")
+        .symlink("lib", "usr/lib")
+        .device("dev/null", tar::EntryType::Char, 1, 3)
+        .dir("opq/", 0o755)
+        .file("opq/old", b"hidden by opaque")
+        .file("wh/x", b"whited out")
+        .file("wh/y", b"y")
+        .finish();
+    let l1 = TarB::new()
+        .file("etc/shadowed", b"new")
+        .file("etc/t", b"replaced")
+        .file("opq/.wh..wh..opq", b"")
+        .file("opq/new", b"n")
+        .file("wh/.wh.x", b"")
+        .hardlink("up-link", "etc/motd")
+        .finish();
+    let l2 = TarB::new()
+        .pax(&[("mtime", b"1700000000.5"), ("SCHILY.xattr.user.k", b"v")])
+        .file_mode("bin/tool", 0o755, b"#!/bin/sh\n")
+        .finish();
+    vec![l0, l1, l2]
+}
+
+#[test]
+fn known_layers_are_replayed_without_opening_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let memo = publisher::LayerMemo::open(&tmp.path().join("layers.db")).unwrap();
+    let store = Arc::new(MemStore::default());
+    let ctx = MemoContext {
+        memo: &memo,
+        store: store.as_ref(),
+    };
+    let layers = rich_layers();
+    let (plain, _, _) = flat_counted(&layers, &Arc::new(MemStore::default()), None).unwrap();
+    let (first, _, opens) = flat_counted(&layers, &store, Some(&ctx)).unwrap();
+    assert_eq!(first, plain);
+    assert_eq!(
+        opens,
+        vec![2, 1, 1],
+        "layer 0 needs a second pass for etc/via-shadowed"
+    );
+    assert_eq!(memo.list().unwrap().len(), 3);
+    let (second, stats, opens) = flat_counted(&layers, &store, Some(&ctx)).unwrap();
+    assert_eq!(opens, vec![0, 0, 0]);
+    assert_eq!(stats.files, 0);
+    assert_eq!(second, plain);
+    assert_eq!(
+        content(&second, &store, "etc/via-shadowed"),
+        b"link target bytes"
+    );
+}
+
+#[test]
+fn incomplete_memo_is_upgraded_by_reading_the_stream() {
+    let tmp = tempfile::tempdir().unwrap();
+    let memo = publisher::LayerMemo::open(&tmp.path().join("layers.db")).unwrap();
+    let store = Arc::new(MemStore::default());
+    let ctx = MemoContext {
+        memo: &memo,
+        store: store.as_ref(),
+    };
+    let base = TarB::new().file("f", b"base f").file("g", b"g").finish();
+    let top = TarB::new().file("f", b"top f").finish();
+    let other = TarB::new().file("h", b"h").finish();
+    let base_id = format!("sha256:{}", ContentHash::of(&base).to_hex());
+    // Image A shadows the base's f: the memo does not know its data.
+    flat_counted(&[base.clone(), top], &store, Some(&ctx)).unwrap();
+    let m = memo.get(&base_id).unwrap().unwrap();
+    assert_eq!(m.unknown_files(), 1);
+    // Image B sees the base's f: that memo is not enough, the stream is read again.
+    let image_b = [base.clone(), other];
+    let (dir, _, opens) = flat_counted(&image_b, &store, Some(&ctx)).unwrap();
+    assert_eq!(opens, vec![1, 1]);
+    assert_eq!(content(&dir, &store, "f"), b"base f");
+    assert!(memo.get(&base_id).unwrap().unwrap().is_complete());
+    let (again, _, opens) = flat_counted(&image_b, &store, Some(&ctx)).unwrap();
+    assert_eq!(opens, vec![0, 0]);
+    assert_eq!(again, dir);
+}
+
+#[test]
+fn memo_with_a_missing_object_is_not_trusted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let memo = publisher::LayerMemo::open(&tmp.path().join("layers.db")).unwrap();
+    let store = Arc::new(MemStore::default());
+    let ctx = MemoContext {
+        memo: &memo,
+        store: store.as_ref(),
+    };
+    let layers = vec![TarB::new().file("a", b"aaa").file("b", b"bbb").finish()];
+    let (first, _, _) = flat_counted(&layers, &store, Some(&ctx)).unwrap();
+    // Garbage collection removed one object.
+    let gone = ContentHash::of(&catalog_writer::zlib::compress(b"bbb"));
+    store.objects.lock().unwrap().remove(&(gone, Suffix::None));
+    let (dir, stats, opens) = flat_counted(&layers, &store, Some(&ctx)).unwrap();
+    assert_eq!(opens, vec![1]);
+    assert_eq!(stats.objects_new, 1, "the lost object is stored again");
+    assert_eq!(dir, first);
+    assert!(store.contains(&gone, Suffix::None).unwrap());
+    let (_, _, opens) = flat_counted(&layers, &store, Some(&ctx)).unwrap();
+    assert_eq!(opens, vec![0]);
 }
 
 #[test]

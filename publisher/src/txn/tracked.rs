@@ -12,6 +12,7 @@ use crate::local::LocalStore;
 use crate::store::ObjectStore;
 use catalog_writer::hash::{ContentHash, Suffix};
 use std::io;
+use std::path::{Path, PathBuf};
 use std::sync::{Mutex, RwLock};
 
 /// What [`TrackedStore::roll_back`] did.
@@ -81,12 +82,15 @@ impl TrackedStore {
     }
 }
 
-impl ObjectStore for TrackedStore {
-    fn contains(&self, hash: &ContentHash, suffix: Suffix) -> io::Result<bool> {
-        self.local.contains(hash, suffix)
-    }
-
-    fn put(&self, hash: &ContentHash, suffix: Suffix, bytes: &[u8]) -> io::Result<()> {
+impl TrackedStore {
+    /// Runs a write (`Ok(true)` = it created the object) while the transaction is open and
+    /// remembers what it created.
+    fn tracked(
+        &self,
+        hash: &ContentHash,
+        suffix: Suffix,
+        write: impl FnOnce() -> io::Result<bool>,
+    ) -> io::Result<()> {
         let open = self.open.read().unwrap_or_else(|e| e.into_inner());
         if !*open {
             return Err(io::Error::other(format!(
@@ -95,13 +99,36 @@ impl ObjectStore for TrackedStore {
                 hash.object_path(suffix)
             )));
         }
-        if self.local.put_new(hash, suffix, bytes)? {
+        if write()? {
             match self.created.lock() {
                 Ok(mut c) => c.push((*hash, suffix)),
                 Err(e) => e.into_inner().push((*hash, suffix)),
             }
         }
         Ok(())
+    }
+}
+
+impl ObjectStore for TrackedStore {
+    fn contains(&self, hash: &ContentHash, suffix: Suffix) -> io::Result<bool> {
+        self.local.contains(hash, suffix)
+    }
+
+    fn put(&self, hash: &ContentHash, suffix: Suffix, bytes: &[u8]) -> io::Result<()> {
+        self.tracked(hash, suffix, || self.local.put_new(hash, suffix, bytes))
+    }
+
+    fn put_file(&self, hash: &ContentHash, suffix: Suffix, path: &Path) -> io::Result<()> {
+        let res = self.tracked(hash, suffix, || self.local.put_file_new(hash, suffix, path));
+        if res.is_err() && path.exists() {
+            // Refused: the store still takes the file over.
+            let _ = std::fs::remove_file(path);
+        }
+        res
+    }
+
+    fn scratch_dir(&self) -> Option<PathBuf> {
+        self.local.scratch_dir()
     }
 
     fn get(&self, hash: &ContentHash, suffix: Suffix) -> io::Result<Vec<u8>> {
