@@ -15,7 +15,9 @@ use ingest::pipeline::ObjectPipeline;
 use ingest::MemoContext;
 use publisher::{CommitSettings, LayerMemo, Repository, StoreObjects, Transaction};
 use serde_json::json;
+use std::io::Read;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -207,12 +209,13 @@ pub(super) fn run_batch(
     publisher::fault_point("after-objects");
     let outcome = txn.commit(&CommitSettings::default())?;
     let what = format!(
-        "{} image(s): {} converted, {} linked, {} unchanged, {} failed{}",
+        "{} image(s): {} converted, {} linked, {} unchanged, {} failed, {:.1} MB of layer blobs fetched{}",
         refs.len(),
         summary.converted,
         summary.linked,
         summary.skipped,
         summary.failed,
+        BLOB_BYTES_FETCHED.swap(0, Ordering::Relaxed) as f64 / 1e6,
         if summary.pruned > 0 {
             format!(", {} links pruned", summary.pruned)
         } else {
@@ -220,6 +223,19 @@ pub(super) fn run_batch(
         }
     );
     report_outcome(&what, &outcome, started, &stats, out);
+    if out.json {
+        out.event(
+            "",
+            event_json(
+                "summary",
+                json!({"images": refs.len(), "converted": summary.converted,
+                       "linked": summary.linked, "unchanged": summary.skipped,
+                       "failed": summary.failed, "pruned": summary.pruned,
+                       "objects_new": stats.objects_new, "objects_existing": stats.objects_existing,
+                       "seconds": started.elapsed().as_secs_f64()}),
+            ),
+        );
+    }
     Ok(if summary.failed > 0 { 1 } else { 0 })
 }
 
@@ -258,7 +274,7 @@ fn convert_reference(
                     memo,
                     store: &*store,
                 };
-                let mut rootfs = flatten(&source, &image, pipeline, Some(&memo))?;
+                let mut rootfs = flatten(&source, &image, pipeline, Some(&memo), out)?;
                 super::sanitize_xattrs(&mut rootfs, &mut placement.flat_dir.clone(), out);
                 let graft = layout::flat_graft(&image, rootfs, mtime, pipeline)?;
                 apply(txn, graft)?;
@@ -286,6 +302,7 @@ fn flatten(
     image: &ResolvedImage,
     pipeline: &ObjectPipeline,
     memo: Option<&MemoContext<'_>>,
+    out: Output,
 ) -> Result<catalog_writer::tree::Dir> {
     let image = Arc::new(image.clone());
     let layers = (0..image.layers.len())
@@ -299,17 +316,80 @@ fn flatten(
                 name,
                 diff_id,
                 open: Box::new(move || {
-                    open_uncompressed_layer(source.as_ref(), &image, i).map_err(|e| {
-                        ingest::Error::Image {
-                            image: err_name.clone(),
-                            msg: e.to_string(),
-                        }
-                    })
+                    let stream =
+                        open_uncompressed_layer(source.as_ref(), &image, i).map_err(|e| {
+                            ingest::Error::Image {
+                                image: err_name.clone(),
+                                msg: e.to_string(),
+                            }
+                        })?;
+                    let layer = image.layers[i].digest.to_string();
+                    BLOB_BYTES_FETCHED.fetch_add(image.layers[i].size, Ordering::Relaxed);
+                    Ok(
+                        Box::new(LayerProgress::new(stream, &image.reference, layer, out))
+                            as Box<dyn Read + Send>,
+                    )
                 }),
             }
         })
         .collect();
     Ok(ingest::flatten_layers_with(layers, pipeline, memo)?)
+}
+
+/// Blob bytes of the layers opened in this process (a second pass counts twice: it fetches
+/// twice).
+static BLOB_BYTES_FETCHED: AtomicU64 = AtomicU64::new(0);
+
+/// Counts a layer's uncompressed bytes for the progress bar, and reports the layer (bytes,
+/// seconds) when the flattener is done with it.
+struct LayerProgress {
+    inner: Box<dyn Read + Send>,
+    bar: indicatif::ProgressBar,
+    image: String,
+    layer: String,
+    bytes: u64,
+    started: Instant,
+    out: Output,
+}
+
+impl LayerProgress {
+    fn new(inner: Box<dyn Read + Send>, image: &str, layer: String, out: Output) -> LayerProgress {
+        let short = layer.get(..19).unwrap_or(&layer).to_string();
+        LayerProgress {
+            inner,
+            bar: out.progress(format!("{image} {short}"), None),
+            image: image.to_string(),
+            layer,
+            bytes: 0,
+            started: Instant::now(),
+            out,
+        }
+    }
+}
+
+impl Read for LayerProgress {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.bytes += n as u64;
+        self.bar.inc(n as u64);
+        Ok(n)
+    }
+}
+
+impl Drop for LayerProgress {
+    fn drop(&mut self) {
+        self.bar.finish_and_clear();
+        let secs = self.started.elapsed().as_secs_f64();
+        if self.out.json {
+            self.out.event(
+                "",
+                event_json(
+                    "layer",
+                    json!({"image": self.image, "layer": self.layer, "bytes": self.bytes, "seconds": secs}),
+                ),
+            );
+        }
+    }
 }
 
 fn apply(txn: &mut Transaction, graft: layout::Graft) -> Result<()> {

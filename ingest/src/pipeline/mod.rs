@@ -245,7 +245,15 @@ impl ObjectPipeline {
         if let Some(c) = &cfg.chunking {
             c.validate()?;
         }
-        let budget = cfg.memory_budget.max(1);
+        // Reading further ahead than the workers can consume buys no throughput, only memory:
+        // with chunking, cap the in-flight bytes at (2 × workers + 4) of the largest pieces.
+        let budget = match &cfg.chunking {
+            Some(c) => cfg
+                .memory_budget
+                .min((2 * cfg.workers.max(1) + 4).saturating_mul(c.max)),
+            None => cfg.memory_budget,
+        }
+        .max(1);
         let scratch_dir = store
             .scratch_dir()
             .or_else(|| cfg.spool_dir.clone())
