@@ -667,3 +667,74 @@ fn known_layers_convert_from_the_memo_without_their_blobs() {
     assert_eq!(under(&v1), under(&v2));
     assert!(under(&v1).len() > 5);
 }
+
+#[test]
+fn sync_a_wishlist_with_wildcards_and_prune() {
+    let Some(reg) = registry_or_skip() else {
+        return;
+    };
+    let env = Env::init(&[]);
+    let layout = env.path("layout");
+    for (i, tag) in ["1.0", "1.1", "2.0"].iter().enumerate() {
+        let mut top = fixtures::layers::LayerBuilder::new();
+        top.file("version", format!("{i}\n").as_bytes());
+        let b = ImageBuilder::new()
+            .layer(
+                fixtures::layers::edge_case_layers().remove(0),
+                Compression::Gzip,
+            )
+            .layer(top.finish(), Compression::Zstd);
+        b.write_layout(&layout, tag).unwrap();
+        reg.push_oci_layout(&layout, tag, &format!("sync/app:{tag}"))
+            .unwrap();
+    }
+    let addr = reg.addr();
+    let recipe = env.path("wishlist.yaml");
+    let write = |inputs: &[&str]| {
+        let lines: String = inputs
+            .iter()
+            .map(|i| format!("  - 'http://{addr}/{i}'\n"))
+            .collect();
+        std::fs::write(
+            &recipe,
+            format!("version: 1\ncvmfs_repo: {FQRN}\ninput:\n{lines}"),
+        )
+        .unwrap();
+    };
+    write(&["sync/app:1.*"]);
+    env.ok(&["sync", FQRN, recipe.to_str().unwrap()]);
+    assert_eq!(env.revision(), 2);
+    let report = witness(&env);
+    assert!(report
+        .entries
+        .contains_key(&format!("/{addr}/sync/app:1.0")));
+    assert!(report
+        .entries
+        .contains_key(&format!("/{addr}/sync/app:1.1")));
+    assert!(!report
+        .entries
+        .contains_key(&format!("/{addr}/sync/app:2.0")));
+
+    // Nothing new: no new revision.
+    env.ok(&["sync", FQRN, recipe.to_str().unwrap()]);
+    assert_eq!(env.revision(), 2);
+
+    // 1.1 dropped from the list, 2.0 added; --prune removes the 1.1 link and its metadata.
+    write(&["sync/app:1.0", "sync/app:2.*"]);
+    env.ok(&["sync", FQRN, recipe.to_str().unwrap(), "--prune"]);
+    assert_eq!(env.revision(), 3);
+    let report = witness(&env);
+    assert!(report
+        .entries
+        .contains_key(&format!("/{addr}/sync/app:1.0")));
+    assert!(report
+        .entries
+        .contains_key(&format!("/{addr}/sync/app:2.0")));
+    assert!(!report
+        .entries
+        .contains_key(&format!("/{addr}/sync/app:1.1")));
+    assert!(!report
+        .entries
+        .contains_key(&format!("/.metadata/{addr}/sync/app:1.1")));
+    env.check(true);
+}
