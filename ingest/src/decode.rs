@@ -194,3 +194,115 @@ mod tests {
         assert!(err.to_string().contains("img@sha256:ab: bzip2"), "{err}");
     }
 }
+
+/// Reads `inner` on its own thread, up to `depth` blocks of `block` bytes ahead, so that
+/// inflating a layer overlaps with parsing, hashing and chunking it on the caller's thread.
+/// Memory: at most `(depth + 2) × block` bytes. Errors reach the caller at the same position
+/// in the stream; dropping the reader stops the thread at its next block.
+pub fn read_ahead(inner: Box<dyn Read + Send>, block: usize, depth: usize) -> ReadAhead {
+    let (tx, rx) = crossbeam_channel::bounded::<io::Result<Vec<u8>>>(depth.max(1));
+    let block = block.max(4096);
+    std::thread::spawn(move || {
+        let mut inner = inner;
+        loop {
+            let mut buf = vec![0u8; block];
+            let (n, err) = read_block(&mut inner, &mut buf);
+            if n > 0 {
+                buf.truncate(n);
+                if tx.send(Ok(buf)).is_err() {
+                    break;
+                }
+            }
+            match err {
+                Some(e) => {
+                    let _ = tx.send(Err(e));
+                    break;
+                }
+                None if n == 0 => break,
+                None => {}
+            }
+        }
+    });
+    ReadAhead {
+        rx,
+        current: Vec::new(),
+        pos: 0,
+    }
+}
+
+/// Fills `buf` as far as the stream allows (a short block only at the end); returns the bytes
+/// read and the error that stopped it, if any (bytes before an error are kept).
+fn read_block(r: &mut dyn Read, buf: &mut [u8]) -> (usize, Option<io::Error>) {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match r.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return (filled, Some(e)),
+        }
+    }
+    (filled, None)
+}
+
+/// The reading end of [`read_ahead`].
+pub struct ReadAhead {
+    rx: crossbeam_channel::Receiver<io::Result<Vec<u8>>>,
+    current: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for ReadAhead {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.pos >= self.current.len() {
+            match self.rx.recv() {
+                Ok(block) => {
+                    self.current = block?;
+                    self.pos = 0;
+                }
+                Err(_) => return Ok(0), // the thread finished: end of stream
+            }
+        }
+        let n = out.len().min(self.current.len() - self.pos);
+        out[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod read_ahead_tests {
+    use super::*;
+
+    struct FailAt(Vec<u8>, usize);
+    impl Read for FailAt {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.1 >= self.0.len() {
+                return Err(io::Error::other("boom"));
+            }
+            let n = buf.len().min(self.0.len() - self.1).min(1000);
+            buf[..n].copy_from_slice(&self.0[self.1..self.1 + n]);
+            self.1 += n;
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn same_bytes_then_eof() {
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let mut r = read_ahead(Box::new(io::Cursor::new(data.clone())), 4096, 3);
+        let mut out = Vec::new();
+        r.read_to_end(&mut out).unwrap();
+        assert_eq!(out, data);
+    }
+
+    #[test]
+    fn errors_arrive_after_the_good_bytes() {
+        let data = vec![5u8; 10_000];
+        let mut r = read_ahead(Box::new(FailAt(data.clone(), 0)), 4096, 2);
+        let mut out = Vec::new();
+        let err = r.read_to_end(&mut out).unwrap_err();
+        assert_eq!(err.to_string(), "boom");
+        assert_eq!(out, data);
+    }
+}

@@ -4,7 +4,7 @@
 use super::{new_pipeline, open_repo, report_outcome, unix_now};
 use crate::args::{ConvertArgs, Global, RegistryArgs, SyncArgs, TuningArgs};
 use crate::output::{event_json, Output};
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use catalog_writer::namespace::Namespace;
 use ingest::convert::{self as layout, Status};
 use ingest::image::{
@@ -13,7 +13,7 @@ use ingest::image::{
 };
 use ingest::pipeline::ObjectPipeline;
 use ingest::MemoContext;
-use publisher::{CommitSettings, LayerMemo, Repository, StoreObjects, Transaction};
+use publisher::{CommitSettings, Repository, StoreObjects, Transaction};
 use serde_json::json;
 use std::io::Read;
 use std::path::Path;
@@ -159,47 +159,52 @@ pub(super) fn run_batch(
     let memo = repo.layer_memo()?;
     let mut summary = Summary::default();
     let mtime = unix_now();
+    // 1. Serially: manifests, what is already there, configs (cheap requests).
+    let mut jobs = Vec::new();
     for reference in refs {
+        match plan_reference(&mut txn, sources, reference, selection) {
+            Ok(mut j) => jobs.append(&mut j),
+            Err(e) => report_failure(&mut summary, reference, &e, out),
+        }
+    }
+    // 2. In parallel: flatten the images that need it (one per flat directory).
+    let store = txn.objects();
+    let memo_ctx = MemoContext {
+        memo: &memo,
+        store: &*store,
+    };
+    let rootfs = flatten_all(&jobs, &pipeline, &memo_ctx, mtime, tuning, out);
+    // 3. Serially, in the order given: graft flat directories, links and metadata.
+    let mut flat_ok: std::collections::HashMap<Vec<u8>, bool> = std::collections::HashMap::new();
+    for (job, flat) in jobs.iter().zip(rootfs) {
         let t0 = Instant::now();
-        match convert_reference(
-            &mut txn, sources, reference, selection, &pipeline, &memo, mtime, out,
-        ) {
-            Ok(done) => {
-                for (status, name) in done {
-                    let action = match status {
-                        Status::Complete => {
-                            summary.skipped += 1;
-                            "skipped"
-                        }
-                        Status::FlatPresent => {
-                            summary.linked += 1;
-                            "linked"
-                        }
-                        Status::Missing => {
-                            summary.converted += 1;
-                            "converted"
-                        }
-                    };
-                    out.event(
-                        &format!("{action}: {name} ({:.2} s)", t0.elapsed().as_secs_f64()),
-                        event_json(
-                            "image",
-                            json!({"image": name, "result": action, "seconds": t0.elapsed().as_secs_f64()}),
-                        ),
-                    );
+        let shares_flat = flat.is_none() && job.status == Status::Missing;
+        let result = (|| -> Result<Status> {
+            if let Some(flat) = flat {
+                let ok = flat.is_ok();
+                flat_ok.insert(job.placement.flat_dir.clone(), ok);
+                apply(&mut txn, flat?)?;
+            } else if flat_ok.get(&job.placement.flat_dir) == Some(&false) {
+                bail!(
+                    "{}: its image failed to convert under another name",
+                    job.name
+                );
+            }
+            if let Some(image) = &job.image {
+                for graft in layout::name_grafts(image, &job.placement, mtime, &pipeline)? {
+                    apply(&mut txn, graft)?;
                 }
             }
-            Err(e) => {
-                summary.failed += 1;
-                let line = format!("{e:#}").replace('\n', " ");
-                eprintln!("cvmfs-oci: error: {line}");
-                if out.json {
-                    out.event(
-                        "",
-                        event_json("error", json!({"image": reference, "error": line})),
-                    );
-                }
-            }
+            // A second name for an image flattened in this batch only needed its links.
+            Ok(if shares_flat {
+                Status::FlatPresent
+            } else {
+                job.status
+            })
+        })();
+        match result {
+            Ok(status) => report_image(&mut summary, status, &job.name, t0, out),
+            Err(e) => report_failure(&mut summary, &job.name, &e, out),
         }
     }
     if let Some(keep) = prune_keep {
@@ -239,23 +244,30 @@ pub(super) fn run_batch(
     Ok(if summary.failed > 0 { 1 } else { 0 })
 }
 
-/// Converts every platform image one reference resolves to; returns what happened to each.
-#[allow(clippy::too_many_arguments)]
-fn convert_reference(
+/// One platform image of a reference and what it needs.
+struct Job {
+    source: Arc<dyn ImageSource>,
+    name: String,
+    placement: layout::Placement,
+    status: Status,
+    /// Manifest + config, unless the image is already complete.
+    image: Option<ResolvedImage>,
+    /// This job flattens its image (the first job of its flat directory that needs it).
+    flatten: bool,
+}
+
+/// Resolves a reference to jobs, one per platform image, checking what the repository has.
+fn plan_reference(
     txn: &mut Transaction,
     sources: &Sources,
     reference: &str,
     selection: &PlatformSelection,
-    pipeline: &ObjectPipeline,
-    memo: &LayerMemo,
-    mtime: i64,
-    out: Output,
-) -> Result<Vec<(Status, String)>> {
+) -> Result<Vec<Job>> {
     let image_ref = ImageRef::parse(reference)?;
     let source: Arc<dyn ImageSource> = Arc::from(sources.open(&image_ref)?);
     let manifests = source.resolve_manifests(selection)?;
     let placements = layout::placements(&manifests, selection);
-    let mut done = Vec::new();
+    let mut jobs = Vec::new();
     for (manifest, placement) in manifests.into_iter().zip(placements) {
         let name = display_name(&manifest);
         let status = {
@@ -264,28 +276,113 @@ fn convert_reference(
                 ns.entry(p, &objects)
             })?
         };
-        if status != Status::Complete {
+        let image = if status == Status::Complete {
+            None
+        } else {
             let config = source.fetch_config(&manifest)?;
-            let image = ResolvedImage::new(manifest, config)?;
-            if status == Status::Missing {
-                out.say(&format!("converting {name}: {} layers", image.layers.len()));
-                let store = txn.objects();
-                let memo = MemoContext {
-                    memo,
-                    store: &*store,
-                };
-                let mut rootfs = flatten(&source, &image, pipeline, Some(&memo), out)?;
-                super::sanitize_xattrs(&mut rootfs, &mut placement.flat_dir.clone(), out);
-                let graft = layout::flat_graft(&image, rootfs, mtime, pipeline)?;
-                apply(txn, graft)?;
-            }
-            for graft in layout::name_grafts(&image, &placement, mtime, pipeline)? {
-                apply(txn, graft)?;
-            }
-        }
-        done.push((status, name));
+            Some(ResolvedImage::new(manifest, config)?)
+        };
+        jobs.push(Job {
+            source: source.clone(),
+            name,
+            placement,
+            status,
+            image,
+            flatten: status == Status::Missing,
+        });
     }
-    Ok(done)
+    Ok(jobs)
+}
+
+/// Flattens the images of `jobs` that need it, on a few threads sharing the pipeline (each
+/// thread inflates and parses its own layers, so reading keeps pace with compression).
+/// Returns, per job, the flat-directory graft it produced (or `None`).
+fn flatten_all(
+    jobs: &[Job],
+    pipeline: &ObjectPipeline,
+    memo: &MemoContext<'_>,
+    mtime: i64,
+    tuning: &TuningArgs,
+    out: Output,
+) -> Vec<Option<Result<layout::Graft>>> {
+    let mut seen = std::collections::HashSet::new();
+    let todo: Vec<usize> = (0..jobs.len())
+        .filter(|&i| jobs[i].flatten && seen.insert(jobs[i].placement.flat_dir.clone()))
+        .collect();
+    let results: Vec<std::sync::Mutex<Option<Result<layout::Graft>>>> =
+        jobs.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let threads = tuning
+        .workers
+        .unwrap_or(2)
+        .clamp(1, 4)
+        .min(todo.len().max(1));
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| loop {
+                let k = next.fetch_add(1, Ordering::Relaxed);
+                let Some(&i) = todo.get(k) else { break };
+                let job = &jobs[i];
+                let result = (|| -> Result<layout::Graft> {
+                    let image = job
+                        .image
+                        .as_ref()
+                        .ok_or_else(|| anyhow!("{}: no manifest", job.name))?;
+                    out.say(&format!(
+                        "converting {}: {} layers",
+                        job.name,
+                        image.layers.len()
+                    ));
+                    let mut rootfs = flatten(&job.source, image, pipeline, Some(memo), out)?;
+                    super::sanitize_xattrs(&mut rootfs, &mut job.placement.flat_dir.clone(), out);
+                    Ok(layout::flat_graft(image, rootfs, mtime, pipeline)?)
+                })();
+                if let Ok(mut slot) = results[i].lock() {
+                    *slot = Some(result);
+                }
+            });
+        }
+    });
+    results
+        .into_iter()
+        .map(|m| m.into_inner().unwrap_or_else(|p| p.into_inner()))
+        .collect()
+}
+
+fn report_image(summary: &mut Summary, status: Status, name: &str, t0: Instant, out: Output) {
+    let action = match status {
+        Status::Complete => {
+            summary.skipped += 1;
+            "skipped"
+        }
+        Status::FlatPresent => {
+            summary.linked += 1;
+            "linked"
+        }
+        Status::Missing => {
+            summary.converted += 1;
+            "converted"
+        }
+    };
+    out.event(
+        &format!("{action}: {name}"),
+        event_json(
+            "image",
+            json!({"image": name, "result": action, "seconds": t0.elapsed().as_secs_f64()}),
+        ),
+    );
+}
+
+fn report_failure(summary: &mut Summary, image: &str, e: &anyhow::Error, out: Output) {
+    summary.failed += 1;
+    let line = format!("{e:#}").replace('\n', " ");
+    eprintln!("cvmfs-oci: error: {line}");
+    if out.json {
+        out.event(
+            "",
+            event_json("error", json!({"image": image, "error": line})),
+        );
+    }
 }
 
 fn display_name(m: &ImageManifest) -> String {
@@ -325,6 +422,8 @@ fn flatten(
                         })?;
                     let layer = image.layers[i].digest.to_string();
                     BLOB_BYTES_FETCHED.fetch_add(image.layers[i].size, Ordering::Relaxed);
+                    // Inflate and verify on another thread while this one parses and hashes.
+                    let stream = Box::new(ingest::decode::read_ahead(stream, 256 << 10, 8));
                     Ok(
                         Box::new(LayerProgress::new(stream, &image.reference, layer, out))
                             as Box<dyn Read + Send>,
