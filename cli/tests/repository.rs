@@ -269,3 +269,34 @@ fn no_wait_reports_the_lock_holder() {
     let line = env.fails(&["--no-wait", "publish", FQRN, src.to_str().unwrap()]);
     assert!(line.contains("another process"), "{line}");
 }
+
+#[test]
+fn resign_and_info() {
+    let env = Env::init(&["--whitelist-days", "2"]);
+    let info = |env: &Env| -> serde_json::Value {
+        let out = env.ok(&["--json", "info", FQRN]);
+        serde_json::from_str(out.lines().last().unwrap()).unwrap()
+    };
+    let before = info(&env)["whitelist_expires"].as_i64().unwrap();
+    let out = env.ok(&["--json", "resign", FQRN, "--days", "40"]);
+    assert!(out.contains("\"action\":\"resign\""), "{out}");
+    let after = info(&env)["whitelist_expires"].as_i64().unwrap();
+    assert!(after - before > 37 * 86400, "{before} -> {after}");
+    env.check(true);
+    // The whitelist verifies with the openssl command line (raw PKCS#1 over the hash text).
+    let wl = std::fs::read(env.storage.join(".cvmfswhitelist")).unwrap();
+    let sep = wl.windows(4).position(|w| w == b"\n--\n").unwrap();
+    let rest = &wl[sep + 4..];
+    let nl = rest.iter().position(|&b| b == b'\n').unwrap();
+    let sig = env.path("wl.sig");
+    std::fs::write(&sig, &rest[nl + 1..]).unwrap();
+    let key = env.home.join(FQRN).join("keys").join(format!("{FQRN}.pub"));
+    let out = std::process::Command::new("openssl")
+        .args(["pkeyutl", "-verifyrecover", "-pubin", "-inkey"])
+        .arg(&key)
+        .arg("-in")
+        .arg(&sig)
+        .output()
+        .unwrap();
+    assert_eq!(out.stdout, &rest[..nl]);
+}
