@@ -276,7 +276,16 @@ impl Settings {
     pub fn fresh_repo(&self, name: &str) -> Result<Repo, Error> {
         let dir = self.work.join(name);
         if dir.exists() {
-            std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+            // Deleting a large tree right before a timed run makes ext4 slow at creating the
+            // next files (recently freed inodes are skipped): move it aside, delete it later.
+            let trash = trash_dir(&self.work);
+            std::fs::create_dir_all(&trash).map_err(|e| Error::io(&trash, e))?;
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0);
+            let aside = trash.join(format!("{name}-{nanos}"));
+            std::fs::rename(&dir, &aside).map_err(|e| Error::io(&dir, e))?;
         }
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         let repo = Repo {
@@ -507,4 +516,14 @@ pub fn case4(s: &Settings) -> CaseResult {
         }
         Err(e) => r.failed(e),
     }
+}
+
+/// Where `fresh_repo` moves old repositories; emptied by [`empty_trash`] after the timed runs.
+pub fn trash_dir(work: &std::path::Path) -> PathBuf {
+    work.join(".trash")
+}
+
+/// Deletes the repositories moved aside during this run (not timed).
+pub fn empty_trash(work: &std::path::Path) {
+    let _ = std::fs::remove_dir_all(trash_dir(work));
 }
