@@ -4,7 +4,7 @@ use crate::error::{Error, Result};
 use crate::store::ObjectStore;
 use crate::tempdb::TempDb;
 use catalog_writer::hash::{ContentHash, Suffix};
-use rusqlite::{params, OptionalExtension};
+use rusqlite::params;
 
 /// Tag naming the newest revision.
 pub const TRUNK: &str = "trunk";
@@ -85,25 +85,11 @@ impl History {
     }
 
     pub fn property(&self, key: &str) -> Result<Option<String>> {
-        self.db
-            .conn()
-            .query_row("SELECT value FROM properties WHERE key = ?1", [key], |r| {
-                r.get::<_, Option<String>>(0)
-            })
-            .optional()
-            .map(Option::flatten)
-            .map_err(|e| self.sql(e))
+        self.db.property(key)
     }
 
     fn set_property(&self, key: &str, value: &str) -> Result<()> {
-        self.db
-            .conn()
-            .execute(
-                "INSERT OR REPLACE INTO properties (key, value) VALUES (?1, ?2)",
-                params![key, value],
-            )
-            .map(|_| ())
-            .map_err(|e| self.sql(e))
+        self.db.set_property(key, value)
     }
 
     pub fn fqrn(&self) -> Result<Option<String>> {

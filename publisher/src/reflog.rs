@@ -4,7 +4,7 @@
 use crate::error::{Error, Result};
 use crate::tempdb::TempDb;
 use catalog_writer::hash::ContentHash;
-use rusqlite::{params, OptionalExtension};
+use rusqlite::params;
 
 /// What a reflog entry refers to (`refs.type`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,12 +53,7 @@ impl Reflog {
             )
             .map_err(|e| Error::sql(db.what(), e))?;
         for (k, v) in [("schema", "1.0"), ("schema_revision", "0"), ("fqrn", fqrn)] {
-            db.conn()
-                .execute(
-                    "INSERT INTO properties (key, value) VALUES (?1, ?2)",
-                    [k, v],
-                )
-                .map_err(|e| Error::sql(db.what(), e))?;
+            db.set_property(k, v)?;
         }
         Ok(Reflog { db })
     }
@@ -78,14 +73,7 @@ impl Reflog {
     }
 
     pub fn property(&self, key: &str) -> Result<Option<String>> {
-        self.db
-            .conn()
-            .query_row("SELECT value FROM properties WHERE key = ?1", [key], |r| {
-                r.get::<_, Option<String>>(0)
-            })
-            .optional()
-            .map(Option::flatten)
-            .map_err(|e| self.sql(e))
+        self.db.property(key)
     }
 
     /// Adds a reference; an existing entry for the same hash is kept with its first timestamp.

@@ -54,6 +54,29 @@ impl TempDb {
         &self.conn
     }
 
+    /// A value of the `properties` table every cvmfs SQLite database has.
+    pub(crate) fn property(&self, key: &str) -> Result<Option<String>> {
+        use rusqlite::OptionalExtension;
+        self.conn()
+            .query_row("SELECT value FROM properties WHERE key = ?1", [key], |r| {
+                r.get::<_, Option<String>>(0)
+            })
+            .optional()
+            .map(Option::flatten)
+            .map_err(|e| Error::sql(self.what(), e))
+    }
+
+    /// Sets a value of the `properties` table.
+    pub(crate) fn set_property(&self, key: &str, value: &str) -> Result<()> {
+        self.conn()
+            .execute(
+                "INSERT OR REPLACE INTO properties (key, value) VALUES (?1, ?2)",
+                [key, value],
+            )
+            .map(|_| ())
+            .map_err(|e| Error::sql(self.what(), e))
+    }
+
     pub(crate) fn what(&self) -> &str {
         &self.what
     }
