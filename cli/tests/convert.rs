@@ -334,29 +334,7 @@ fn bad_images_fail_cleanly_and_leave_the_manifest() {
     tamper_layout(&layout, "diffid", |m, l| {
         replace_layer0(m, l, fixtures::layers::gzip(b"not the layer"))
     });
-    // Digest mismatch: the blob named by the manifest holds other bytes.
-    let manifest_of = |r: &str| -> serde_json::Value {
-        let index: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
-        let d = index["manifests"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|m| m["annotations"][fixtures::oci::REF_NAME] == r)
-            .unwrap()["digest"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        serde_json::from_slice(
-            &std::fs::read(
-                layout
-                    .join("blobs/sha256")
-                    .join(d.trim_start_matches("sha256:")),
-            )
-            .unwrap(),
-        )
-        .unwrap()
-    };
+    // Digest mismatch / truncation: the blob named by the manifest holds other bytes.
     // "digest" and "truncated" share layer blobs with the good image: give them private copies.
     for (r, damage) in [("digest", 0usize), ("truncated", 1)] {
         let copy = fixtures::layers::gzip(&[tar0.as_slice(), &[0u8; 1024][..]].concat());
@@ -375,7 +353,6 @@ fn bad_images_fail_cleanly_and_leave_the_manifest() {
             m["layers"][0]["digest"] = d.clone().into();
             m["layers"][0]["size"] = copy.len().into();
         });
-        let _ = manifest_of(r);
     }
 
     let before = env.snapshot();
@@ -701,19 +678,16 @@ fn sync_a_wishlist_with_wildcards_and_prune() {
         )
         .unwrap();
     };
+    let has = |report: &fixtures::witness::WitnessReport, path: &str| {
+        report.entries.contains_key(&format!("/{addr}/{path}"))
+    };
     write(&["sync/app:1.*"]);
     env.ok(&["sync", FQRN, recipe.to_str().unwrap()]);
     assert_eq!(env.revision(), 2);
     let report = witness(&env);
-    assert!(report
-        .entries
-        .contains_key(&format!("/{addr}/sync/app:1.0")));
-    assert!(report
-        .entries
-        .contains_key(&format!("/{addr}/sync/app:1.1")));
-    assert!(!report
-        .entries
-        .contains_key(&format!("/{addr}/sync/app:2.0")));
+    assert!(has(&report, "sync/app:1.0"));
+    assert!(has(&report, "sync/app:1.1"));
+    assert!(!has(&report, "sync/app:2.0"));
 
     // Nothing new: no new revision.
     env.ok(&["sync", FQRN, recipe.to_str().unwrap()]);
@@ -724,15 +698,9 @@ fn sync_a_wishlist_with_wildcards_and_prune() {
     env.ok(&["sync", FQRN, recipe.to_str().unwrap(), "--prune"]);
     assert_eq!(env.revision(), 3);
     let report = witness(&env);
-    assert!(report
-        .entries
-        .contains_key(&format!("/{addr}/sync/app:1.0")));
-    assert!(report
-        .entries
-        .contains_key(&format!("/{addr}/sync/app:2.0")));
-    assert!(!report
-        .entries
-        .contains_key(&format!("/{addr}/sync/app:1.1")));
+    assert!(has(&report, "sync/app:1.0"));
+    assert!(has(&report, "sync/app:2.0"));
+    assert!(!has(&report, "sync/app:1.1"));
     assert!(!report
         .entries
         .contains_key(&format!("/.metadata/{addr}/sync/app:1.1")));

@@ -5,7 +5,9 @@ use super::digest::{Checked, Digest, VerifyingReader};
 use super::error::{Error, Result};
 use super::manifest::{PlatformSelection, DOCKER_MANIFEST};
 use super::reference::ImageName;
-use super::source::{check_blob, resolve_document, ImageManifest, ImageSource, ResolvedImage};
+use super::source::{
+    check_blob, check_config, resolve_document, ImageManifest, ImageSource, ResolvedImage,
+};
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 use std::collections::BTreeMap;
@@ -303,15 +305,7 @@ impl ImageSource for DockerArchiveSource {
     }
 
     fn fetch_config(&self, manifest: &ImageManifest) -> Result<Vec<u8>> {
-        let bytes = self.read_config()?;
-        check_blob(
-            &bytes,
-            &manifest.config_digest,
-            Some(manifest.config_size),
-            &self.reference,
-            "config",
-        )?;
-        Ok(bytes)
+        check_config(self.read_config()?, manifest, &self.reference)
     }
 
     fn open_layer(&self, image: &ResolvedImage, index: usize) -> Result<Box<dyn Read + Send>> {

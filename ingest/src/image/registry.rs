@@ -9,7 +9,9 @@ use super::digest::{Checked, Digest, VerifyingReader};
 use super::error::{Error, Result};
 use super::manifest::{IndexEntry, PlatformSelection, ACCEPT};
 use super::reference::RegistryRef;
-use super::source::{check_blob, resolve_document, ImageManifest, ImageSource, ResolvedImage};
+use super::source::{
+    check_blob, check_config, resolve_document, ImageManifest, ImageSource, ResolvedImage,
+};
 use reqwest::header::{HeaderMap, ACCEPT as ACCEPT_HEADER, AUTHORIZATION, CONTENT_TYPE, RANGE};
 use reqwest::StatusCode;
 use std::collections::HashMap;
@@ -937,14 +939,7 @@ impl ImageSource for RegistrySource {
         let bytes = self
             .client
             .small_blob(&self.repo, &manifest.config_digest, &self.reference)?;
-        check_blob(
-            &bytes,
-            &manifest.config_digest,
-            Some(manifest.config_size),
-            &self.reference,
-            "config",
-        )?;
-        Ok(bytes)
+        check_config(bytes, manifest, &self.reference)
     }
 
     fn open_layer(&self, image: &ResolvedImage, index: usize) -> Result<Box<dyn Read + Send>> {

@@ -120,6 +120,22 @@ pub trait ImageSource: Send + Sync {
     }
 }
 
+/// Checks config bytes against the manifest's config descriptor (digest and size).
+pub(crate) fn check_config(
+    bytes: Vec<u8>,
+    manifest: &ImageManifest,
+    image: &str,
+) -> Result<Vec<u8>> {
+    check_blob(
+        &bytes,
+        &manifest.config_digest,
+        Some(manifest.config_size),
+        image,
+        "config",
+    )?;
+    Ok(bytes)
+}
+
 /// Checks a blob already held in memory (manifest or config) against its descriptor.
 pub(crate) fn check_blob(
     bytes: &[u8],
