@@ -104,32 +104,42 @@ impl Chunker {
             self.pos += skip;
             i = skip;
         }
-        while i < data.len() {
-            if self.pos == max {
-                self.reset();
-                return Some(i);
-            }
+        // The last 32 bytes before `min` only feed the rolling value.
+        while i < data.len() && self.pos < min {
             self.x = xor32_step(self.x, data[i]);
-            if self.pos >= min && self.is_cut() {
-                self.reset();
-                return Some(i);
-            }
             self.pos += 1;
             i += 1;
         }
+        // From `min` up to `max`: a tight loop, as this is the only per-byte work of chunking.
+        let end = data.len().min(i + (max - self.pos));
+        let mut x = self.x;
+        for (k, &b) in data[i..end].iter().enumerate() {
+            x = xor32_step(x, b);
+            if is_cut(x, self.threshold) {
+                self.reset();
+                return Some(i + k);
+            }
+        }
+        self.x = x;
+        self.pos += end - i;
+        if self.pos == max && end < data.len() {
+            self.reset();
+            return Some(end);
+        }
         None
-    }
-
-    fn is_cut(&self) -> bool {
-        // cvmfs: abs(int32(x) - MAGIC) < threshold, with wrapping arithmetic.
-        let diff = self.x.wrapping_sub(MAGIC) as i32;
-        diff.wrapping_abs() < self.threshold
     }
 
     fn reset(&mut self) {
         self.pos = 0;
         self.x = 0;
     }
+}
+
+/// cvmfs: abs(int32(x) - MAGIC) < threshold, with wrapping arithmetic.
+#[inline]
+fn is_cut(x: u32, threshold: i32) -> bool {
+    let diff = x.wrapping_sub(MAGIC) as i32;
+    diff.wrapping_abs() < threshold
 }
 
 #[cfg(test)]
@@ -198,6 +208,42 @@ mod tests {
                 EXPECTED,
                 "buffer {bufsize}"
             );
+        }
+    }
+
+    /// The rule spelled out byte by byte, to check the skipping loops against.
+    fn naive_marks(data: &[u8], sizes: ChunkSizes) -> Vec<usize> {
+        let threshold = (u32::MAX / sizes.avg as u32) as i32;
+        let (mut marks, mut start, mut x) = (Vec::new(), 0usize, 0u32);
+        let mut i = 0;
+        while i < data.len() {
+            let pos = i - start;
+            if pos == sizes.max {
+                marks.push(i);
+                (start, x) = (i, 0);
+                continue;
+            }
+            x = xor32_step(x, data[i]);
+            if pos >= sizes.min && is_cut(x, threshold) {
+                marks.push(i);
+                (start, x) = (i, 0);
+                continue;
+            }
+            i += 1;
+        }
+        marks
+    }
+
+    #[test]
+    fn matches_the_byte_by_byte_rule() {
+        let mut data = lcg_bytes(3_000_000);
+        // A long run of zeros forces hard cuts at `max`.
+        data[1_000_000..1_700_000].fill(0);
+        let sizes = ChunkSizes::new(64 << 10, 128 << 10, 256 << 10).unwrap();
+        let want = naive_marks(&data, sizes);
+        assert!(want.len() > 10);
+        for bufsize in [1000, 4096, 65537, 1 << 20, data.len()] {
+            assert_eq!(cut_marks(&data, sizes, bufsize), want, "buffer {bufsize}");
         }
     }
 

@@ -30,6 +30,7 @@ use catalog_writer::tree::Dir;
 use publisher::{LayerMemo, MemoEntry, MemoKind, MemoLayer, MemoMeta, ObjectStore};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{self, Read};
+use std::sync::{Arc, Mutex};
 
 /// Opens a layer's DECOMPRESSED tar stream; may be called more than once.
 pub type OpenLayer = Box<dyn Fn() -> Result<Box<dyn Read + Send>> + Send + Sync>;
@@ -47,11 +48,63 @@ pub struct LayerInput {
 }
 
 /// Where layer memos are read and written; `store` holds the objects they reference (a memo
-/// referencing a missing object is dropped).
-#[derive(Clone, Copy)]
+/// referencing a missing object is dropped). Meant to live for one transaction.
 pub struct MemoContext<'a> {
     pub memo: &'a LayerMemo,
     pub store: &'a dyn ObjectStore,
+    /// Memos read and found complete in `store` already: objects do not vanish inside a
+    /// transaction, so a batch replaying one base layer for many images decodes it and
+    /// checks its thousands of objects once. Bounded by [`MEMO_CACHE_ENTRIES`].
+    verified: Mutex<MemoCache>,
+}
+
+/// Most memo entries kept decoded by a [`MemoContext`] (about 150 bytes each).
+const MEMO_CACHE_ENTRIES: usize = 200_000;
+
+#[derive(Default)]
+struct MemoCache {
+    layers: HashMap<String, Arc<MemoLayer>>,
+    entries: usize,
+}
+
+impl<'a> MemoContext<'a> {
+    pub fn new(memo: &'a LayerMemo, store: &'a dyn ObjectStore) -> MemoContext<'a> {
+        MemoContext {
+            memo,
+            store,
+            verified: Mutex::new(MemoCache::default()),
+        }
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, MemoCache> {
+        self.verified.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The memo of `diff_id` if all its objects are in the store.
+    fn get_verified(&self, diff_id: &str) -> Option<Arc<MemoLayer>> {
+        if let Some(layer) = self.cache().layers.get(diff_id) {
+            return Some(layer.clone());
+        }
+        let layer = Arc::new(self.memo.get_verified(diff_id, self.store).ok().flatten()?);
+        let mut cache = self.cache();
+        if cache.entries + layer.entries.len() <= MEMO_CACHE_ENTRIES {
+            cache.entries += layer.entries.len();
+            if let Some(old) = cache.layers.insert(diff_id.to_string(), layer.clone()) {
+                cache.entries -= old.entries.len();
+            }
+        }
+        Some(layer)
+    }
+
+    /// Stores a layer's memo (and drops the cached older version).
+    fn put(&self, diff_id: &str, layer: &MemoLayer) -> publisher::Result<()> {
+        let mut cache = self.cache();
+        if let Some(old) = cache.layers.remove(diff_id) {
+            cache.entries -= old.entries.len();
+        }
+        drop(cache);
+        self.memo.put(diff_id, layer)
+    }
 }
 
 const WH_PREFIX: &[u8] = b".wh.";
@@ -319,8 +372,13 @@ impl Flattener<'_> {
     /// The layer's memo if it exists, its objects are all present, and it knows the data of
     /// every file this image needs from the layer. An unreadable memo counts as absent
     /// (reading the stream rewrites it).
-    fn usable_memo(&self, idx: usize, m: &MemoContext<'_>, diff_id: &str) -> Option<MemoLayer> {
-        let layer = m.memo.get_verified(diff_id, m.store).ok().flatten()?;
+    fn usable_memo(
+        &self,
+        idx: usize,
+        m: &MemoContext<'_>,
+        diff_id: &str,
+    ) -> Option<Arc<MemoLayer>> {
+        let layer = m.get_verified(diff_id)?;
         self.memo_covers(idx, &layer).then_some(layer)
     }
 
@@ -375,8 +433,7 @@ impl Flattener<'_> {
             }
             entries.push(entry);
         }
-        m.memo
-            .put(&layer.diff_id, &MemoLayer::new(entries))
+        m.put(&layer.diff_id, &MemoLayer::new(entries))
             .map_err(|source| Error::Memo {
                 layer: self.names[layer.layer].clone(),
                 source,

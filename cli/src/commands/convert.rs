@@ -169,10 +169,7 @@ pub(super) fn run_batch(
     }
     // 2. In parallel: flatten the images that need it (one per flat directory).
     let store = txn.objects();
-    let memo_ctx = MemoContext {
-        memo: &memo,
-        store: &*store,
-    };
+    let memo_ctx = MemoContext::new(&memo, &*store);
     let rootfs = flatten_all(&jobs, &pipeline, &memo_ctx, mtime, tuning, out);
     // 3. Serially, in the order given: graft flat directories, links and metadata.
     let mut flat_ok: std::collections::HashMap<Vec<u8>, bool> = std::collections::HashMap::new();

@@ -331,10 +331,7 @@ fn known_layers_are_replayed_without_opening_them() {
     let tmp = tempfile::tempdir().unwrap();
     let memo = publisher::LayerMemo::open(&tmp.path().join("layers.db")).unwrap();
     let store = Arc::new(MemStore::default());
-    let ctx = MemoContext {
-        memo: &memo,
-        store: store.as_ref(),
-    };
+    let ctx = MemoContext::new(&memo, store.as_ref());
     let layers = rich_layers();
     let (plain, _, _) = flat_counted(&layers, &Arc::new(MemStore::default()), None).unwrap();
     let (first, _, opens) = flat_counted(&layers, &store, Some(&ctx)).unwrap();
@@ -360,10 +357,7 @@ fn incomplete_memo_is_upgraded_by_reading_the_stream() {
     let tmp = tempfile::tempdir().unwrap();
     let memo = publisher::LayerMemo::open(&tmp.path().join("layers.db")).unwrap();
     let store = Arc::new(MemStore::default());
-    let ctx = MemoContext {
-        memo: &memo,
-        store: store.as_ref(),
-    };
+    let ctx = MemoContext::new(&memo, store.as_ref());
     let base = TarB::new().file("f", b"base f").file("g", b"g").finish();
     let top = TarB::new().file("f", b"top f").finish();
     let other = TarB::new().file("h", b"h").finish();
@@ -388,10 +382,7 @@ fn memo_with_a_missing_object_is_not_trusted() {
     let tmp = tempfile::tempdir().unwrap();
     let memo = publisher::LayerMemo::open(&tmp.path().join("layers.db")).unwrap();
     let store = Arc::new(MemStore::default());
-    let ctx = MemoContext {
-        memo: &memo,
-        store: store.as_ref(),
-    };
+    let ctx = MemoContext::new(&memo, store.as_ref());
     let layers = vec![TarB::new().file("a", b"aaa").file("b", b"bbb").finish()];
     let (first, _, _) = flat_counted(&layers, &store, Some(&ctx)).unwrap();
     // Garbage collection removed one object.
@@ -448,4 +439,26 @@ fn hostile_names_are_refused() {
     let (dir, _, _) = err.unwrap();
     assert!(matches!(node(&dir, "s"), Some(Node::Dir(_))));
     assert_eq!(names(&dir, "real"), vec!["passwd"]);
+}
+
+#[test]
+fn a_memo_is_checked_against_the_store_once_per_context() {
+    let tmp = tempfile::tempdir().unwrap();
+    let memo = publisher::LayerMemo::open(&tmp.path().join("layers.db")).unwrap();
+    let store = Arc::new(MemStore::default());
+    let layers = vec![TarB::new().file("a", b"aaa").file("b", b"bbb").finish()];
+    let first_ctx = MemoContext::new(&memo, store.as_ref());
+    flat_counted(&layers, &store, Some(&first_ctx)).unwrap();
+    let ctx = MemoContext::new(&memo, store.as_ref());
+    let (_, _, opens) = flat_counted(&layers, &store, Some(&ctx)).unwrap();
+    assert_eq!(opens, vec![0], "replayed, objects checked");
+    // Within one context (one transaction) the checked memo is reused as it is...
+    let gone = ContentHash::of(&catalog_writer::zlib::compress(b"bbb"));
+    store.objects.lock().unwrap().remove(&(gone, Suffix::None));
+    let (_, _, opens) = flat_counted(&layers, &store, Some(&ctx)).unwrap();
+    assert_eq!(opens, vec![0]);
+    // ...and a new context checks it again and reads the layer.
+    let fresh = MemoContext::new(&memo, store.as_ref());
+    let (_, _, opens) = flat_counted(&layers, &store, Some(&fresh)).unwrap();
+    assert_eq!(opens, vec![1]);
 }
