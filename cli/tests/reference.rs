@@ -7,8 +7,19 @@ use common::{Env, FQRN};
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
+/// `$CVMFS_OCI_REFERENCE`, else `shared/reference` next to the checkout.
 fn reference() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/reference")
+    let dir = std::env::var_os("CVMFS_OCI_REFERENCE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/reference")
+        });
+    assert!(
+        dir.join("keys").is_dir(),
+        "the reference repository is not at {} (clone next to shared/, or set CVMFS_OCI_REFERENCE)",
+        dir.display()
+    );
+    dir
 }
 
 fn object_names(storage: &std::path::Path) -> BTreeSet<String> {

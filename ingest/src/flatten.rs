@@ -133,12 +133,12 @@ pub fn flatten_layers_with(
         names,
         pipeline,
     };
-    let mut unsaved = None;
+    let mut unsaved = Vec::new();
     let res = fl.all_layers(&layers, memo, &mut unsaved);
-    // The last layer read is complete even when a lower one failed: keep its memo.
-    let saved = match (memo, unsaved) {
-        (Some(m), Some(last)) => fl.save_memo(m, last),
-        _ => Ok(()),
+    // Layers read completely keep their memo even when a lower one failed.
+    let saved = match memo {
+        Some(m) => unsaved.into_iter().try_for_each(|u| fl.save_memo(m, u)),
+        None => Ok(()),
     };
     res?;
     saved?;
@@ -339,12 +339,13 @@ impl Flattener<'_> {
         }
     }
 
-    /// Every layer top-down; `unsaved` holds the memo of the last layer read from its stream.
+    /// Every layer top-down; `unsaved` holds the memos of layers read from their streams whose
+    /// files were not all stored yet.
     fn all_layers(
         &mut self,
         layers: &[LayerInput],
         memo: Option<&MemoContext<'_>>,
-        unsaved: &mut Option<Unsaved>,
+        unsaved: &mut Vec<Unsaved>,
     ) -> Result<()> {
         for (idx, layer) in layers.iter().enumerate().rev() {
             let key = memo.zip(layer.diff_id.as_deref());
@@ -359,11 +360,8 @@ impl Flattener<'_> {
                     layer: idx,
                     recs,
                 };
-                // Written one layer late, so the objects of its files are (mostly) stored
-                // by now and resolving their tickets rarely waits.
-                if let Some(prev) = unsaved.replace(done) {
-                    self.save_memo(m, prev)?;
-                }
+                unsaved.push(done);
+                self.save_stored(m, unsaved)?;
             }
         }
         Ok(())
@@ -420,6 +418,21 @@ impl Flattener<'_> {
             last.insert(path, file);
         }
         true
+    }
+
+    /// Writes the memos whose files are all stored, without waiting for the others: waiting
+    /// at a layer boundary would let the compressors run dry while this thread stands still.
+    fn save_stored(&self, m: &MemoContext<'_>, unsaved: &mut Vec<Unsaved>) -> Result<()> {
+        let mut i = 0;
+        while i < unsaved.len() {
+            let tickets = unsaved[i].recs.iter().filter_map(|r| r.ticket);
+            if self.pipeline.all_stored(tickets) {
+                self.save_memo(m, unsaved.remove(i))?;
+            } else {
+                i += 1;
+            }
+        }
+        Ok(())
     }
 
     /// Resolves the tickets of a layer read from its stream and stores its memo (merged

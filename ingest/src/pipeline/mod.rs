@@ -512,6 +512,12 @@ impl ObjectPipeline {
         }
     }
 
+    /// Whether every one of `tickets` is resolved already (never waits).
+    pub fn all_stored(&self, mut tickets: impl Iterator<Item = FileTicket>) -> bool {
+        let st = self.shared.lock();
+        tickets.all(|t| matches!(st.files.get(&t), Some(FileState { done: Some(_), .. })))
+    }
+
     /// Snapshot of the counters so far.
     pub fn stats(&self) -> PipelineStats {
         self.shared.counters.snapshot()
