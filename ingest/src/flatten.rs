@@ -55,7 +55,7 @@ pub struct MemoContext<'a> {
     /// Memos read and found complete in `store` already: objects do not vanish inside a
     /// transaction, so a batch replaying one base layer for many images decodes it and
     /// checks its thousands of objects once. Bounded by [`MEMO_CACHE_ENTRIES`].
-    verified: Mutex<MemoCache>,
+    cache: Mutex<MemoCache>,
 }
 
 /// Most memo entries kept decoded by a [`MemoContext`] (about 150 bytes each).
@@ -72,12 +72,12 @@ impl<'a> MemoContext<'a> {
         MemoContext {
             memo,
             store,
-            verified: Mutex::new(MemoCache::default()),
+            cache: Mutex::new(MemoCache::default()),
         }
     }
 
     fn cache(&self) -> std::sync::MutexGuard<'_, MemoCache> {
-        self.verified.lock().unwrap_or_else(|p| p.into_inner())
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The memo of `diff_id` if all its objects are in the store.

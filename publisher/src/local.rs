@@ -91,7 +91,7 @@ impl LocalStore {
     ) -> io::Result<bool> {
         let dest = self.object_path(hash, suffix);
         let res = self.move_into_place(hash, suffix, path, &dest);
-        // After a lost race, an error or a copy, the file remains.
+        // After a lost race or an error, the file remains.
         if !matches!(res, Ok(true)) {
             let _ = fs::remove_file(path);
         }
