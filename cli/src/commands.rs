@@ -12,8 +12,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
+mod concurrent;
 mod convert;
 mod migrate;
+mod schedule;
 
 pub fn run(cli: Cli, out: Output) -> Result<i32> {
     let g = cli.global;

@@ -646,6 +646,56 @@ fn known_layers_convert_from_the_memo_without_their_blobs() {
 }
 
 #[test]
+fn a_batch_reads_layers_its_images_share_once() {
+    let env = Env::init(&[]);
+    let layout = env.path("layout");
+    // Three images with the same layers (diff_ids), none known yet: two gzip configs that
+    // differ by a label, and the zstd encoding (other blobs, same diff_ids).
+    let a = edge_image(Compression::Gzip, MediaTypes::Oci)
+        .write_layout(&layout, "a")
+        .unwrap();
+    let b = edge_image(Compression::Gzip, MediaTypes::Oci)
+        .label("org.example.rebuilt", "yes")
+        .write_layout(&layout, "b")
+        .unwrap();
+    let c = edge_image(Compression::Zstd, MediaTypes::Oci)
+        .label("org.example.zstd", "yes")
+        .write_layout(&layout, "c")
+        .unwrap();
+    assert!(a.diff_ids == b.diff_ids && b.diff_ids == c.diff_ids);
+    let refs: Vec<String> = ["a", "b", "c"]
+        .iter()
+        .map(|t| format!("oci:{}:{t}", layout.display()))
+        .collect();
+    let mut args = vec!["--json", "convert", FQRN, "--workers", "2"];
+    args.extend(refs.iter().map(String::as_str));
+    let out = env.ok(&args);
+    let events: Vec<serde_json::Value> = out
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let read: Vec<&str> = events
+        .iter()
+        .filter(|e| e["action"] == "layer")
+        .filter_map(|e| e["layer"].as_str())
+        .collect();
+    // The first image reads every layer; the others wait for it and replay its memo.
+    assert_eq!(read.len(), a.layer_digests.len(), "{read:?}");
+    for digest in &a.layer_digests {
+        assert!(
+            read.contains(&digest.as_str()),
+            "{digest} not read: {read:?}"
+        );
+    }
+    let converted = events
+        .iter()
+        .filter(|e| e["action"] == "image" && e["result"] == "converted")
+        .count();
+    assert_eq!(converted, 3, "{out}");
+    env.check(true);
+}
+
+#[test]
 fn sync_a_wishlist_with_wildcards_and_prune() {
     let Some(reg) = registry_or_skip() else {
         return;

@@ -96,6 +96,12 @@ impl<'a> MemoContext<'a> {
         Some(layer)
     }
 
+    /// Whether the memo has the layer `diff_id` with all its objects present (an image may
+    /// still need files the memo lacks: those shadowed where the layer was read).
+    pub fn knows(&self, diff_id: &str) -> bool {
+        self.get_verified(diff_id).is_some()
+    }
+
     /// Stores a layer's memo (and drops the cached older version).
     fn put(&self, diff_id: &str, layer: &MemoLayer) -> publisher::Result<()> {
         let mut cache = self.cache();

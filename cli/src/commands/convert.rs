@@ -1,7 +1,8 @@
 //! `convert` and `sync`: container images into the DUCC layout, all images of one call in one
 //! revision. A failing image is reported and skipped; the exit code says whether all succeeded.
 
-use super::{new_pipeline, open_repo, report_outcome, unix_now};
+use super::schedule::Schedule;
+use super::{concurrent, new_pipeline, open_repo, report_outcome, unix_now};
 use crate::args::{ConvertArgs, Global, RegistryArgs, SyncArgs, TuningArgs};
 use crate::output::{event_json, Output};
 use anyhow::{anyhow, bail, Context, Result};
@@ -159,18 +160,26 @@ pub(super) fn run_batch(
     let memo = repo.layer_memo()?;
     let mut summary = Summary::default();
     let mtime = unix_now();
-    // 1. Serially: manifests, what is already there, configs (cheap requests).
-    let mut jobs = Vec::new();
-    for reference in refs {
-        match plan_reference(&mut txn, sources, reference, selection) {
-            Ok(mut j) => jobs.append(&mut j),
-            Err(e) => report_failure(&mut summary, reference, &e, out),
-        }
-    }
-    // 2. In parallel: flatten the images that need it (one per flat directory).
+    // 1+2. Manifests, what is already there and configs, a few references at a time; each
+    // image is flattened as soon as it is planned (one per flat directory), so the first
+    // layers stream while the rest of the batch is still being asked for.
     let store = txn.objects();
     let memo_ctx = MemoContext::new(&memo, &*store);
-    let rootfs = flatten_all(&jobs, &pipeline, &memo_ctx, mtime, tuning, out);
+    let flatten = FlattenContext {
+        pipeline: &pipeline,
+        memo: &memo_ctx,
+        mtime,
+        out,
+    };
+    let (jobs, rootfs) = plan_and_flatten(
+        &mut txn,
+        sources,
+        refs,
+        selection,
+        &flatten,
+        flatten_threads(tuning, refs.len()),
+        &mut summary,
+    );
     // 3. Serially, in the order given: graft flat directories, links and metadata.
     let mut flat_ok: std::collections::HashMap<Vec<u8>, bool> = std::collections::HashMap::new();
     for (job, flat) in jobs.iter().zip(rootfs) {
@@ -242,108 +251,214 @@ pub(super) fn run_batch(
 }
 
 /// One platform image of a reference and what it needs.
-struct Job {
-    source: Arc<dyn ImageSource>,
-    name: String,
-    placement: layout::Placement,
-    status: Status,
+pub(super) struct Job {
+    pub(super) source: Arc<dyn ImageSource>,
+    pub(super) name: String,
+    pub(super) placement: layout::Placement,
+    pub(super) status: Status,
+    /// The manifest, until [`plan`] has made it part of `image`.
+    pub(super) manifest: Option<ImageManifest>,
     /// Manifest + config, unless the image is already complete.
-    image: Option<ResolvedImage>,
+    pub(super) image: Option<ResolvedImage>,
     /// This job flattens its image (the first job of its flat directory that needs it).
-    flatten: bool,
+    pub(super) flatten: bool,
 }
 
-/// Resolves a reference to jobs, one per platform image, checking what the repository has.
-fn plan_reference(
+/// Resolves each reference to jobs, one per platform image, checking what the repository
+/// has. Manifests and then configs are requested several at a time; the repository is asked
+/// in between, so images already converted cost no config request.
+pub(super) fn plan(
     txn: &mut Transaction,
+    sources: &Sources,
+    refs: &[String],
+    selection: &PlatformSelection,
+) -> Vec<Result<Vec<Job>>> {
+    let resolved = concurrent::map(refs, concurrent::REQUESTS_IN_FLIGHT, |reference| {
+        resolve_reference(sources, reference, selection)
+    });
+    let mut planned: Vec<Result<Vec<Job>>> = resolved
+        .into_iter()
+        .map(|r| r.and_then(|(source, manifests)| check_present(txn, source, manifests, selection)))
+        .collect();
+    // Every job that needs a config, with the index of its reference.
+    let todo: Vec<(usize, &Job)> = planned
+        .iter()
+        .enumerate()
+        .filter_map(|(i, jobs)| Some((i, jobs.as_ref().ok()?)))
+        .flat_map(|(i, jobs)| jobs.iter().map(move |j| (i, j)))
+        .filter(|(_, j)| j.status != Status::Complete)
+        .collect();
+    let configs = concurrent::map(&todo, concurrent::REQUESTS_IN_FLIGHT, |(_, job)| {
+        let manifest = job
+            .manifest
+            .as_ref()
+            .ok_or_else(|| anyhow!("{}: no manifest", job.name))?;
+        let config = job.source.fetch_config(manifest)?;
+        Ok::<_, anyhow::Error>(ResolvedImage::new(manifest.clone(), config)?)
+    });
+    let owners: Vec<usize> = todo.iter().map(|(i, _)| *i).collect();
+    attach_configs(&mut planned, owners.into_iter().zip(configs));
+    planned
+}
+
+/// Gives each job that needs one its image (manifest + config), in the order `plan` asked
+/// for them; a reference with a config that could not be had fails as a whole.
+fn attach_configs(
+    planned: &mut [Result<Vec<Job>>],
+    mut configs: impl Iterator<Item = (usize, Result<ResolvedImage>)>,
+) {
+    for (i, jobs) in planned.iter_mut().enumerate() {
+        let Ok(list) = jobs else { continue };
+        let mut failure = None;
+        for job in list.iter_mut().filter(|j| j.status != Status::Complete) {
+            match configs.next() {
+                Some((owner, Ok(image))) if owner == i => {
+                    job.image = Some(image);
+                    job.manifest = None;
+                }
+                Some((_, Err(e))) => failure = failure.or(Some(e)),
+                _ => failure = failure.or(Some(anyhow!("{}: config not fetched", job.name))),
+            }
+        }
+        if let Some(e) = failure {
+            *jobs = Err(e);
+        }
+    }
+}
+
+/// The source of `reference` and its manifests (one per platform selected).
+fn resolve_reference(
     sources: &Sources,
     reference: &str,
     selection: &PlatformSelection,
-) -> Result<Vec<Job>> {
+) -> Result<(Arc<dyn ImageSource>, Vec<ImageManifest>)> {
     let image_ref = ImageRef::parse(reference)?;
     let source: Arc<dyn ImageSource> = Arc::from(sources.open(&image_ref)?);
     let manifests = source.resolve_manifests(selection)?;
+    Ok((source, manifests))
+}
+
+/// Jobs for resolved manifests, with what the repository already has of each.
+fn check_present(
+    txn: &mut Transaction,
+    source: Arc<dyn ImageSource>,
+    manifests: Vec<ImageManifest>,
+    selection: &PlatformSelection,
+) -> Result<Vec<Job>> {
     let placements = layout::placements(&manifests, selection);
     let mut jobs = Vec::new();
     for (manifest, placement) in manifests.into_iter().zip(placements) {
-        let name = display_name(&manifest);
         let status = {
             let (ns, objects) = txn.namespace_and_objects();
             layout::conversion_status(&placement, &manifest.manifest_bytes, |p| {
                 ns.entry(p, &objects)
             })?
         };
-        let image = if status == Status::Complete {
-            None
-        } else {
-            let config = source.fetch_config(&manifest)?;
-            Some(ResolvedImage::new(manifest, config)?)
-        };
         jobs.push(Job {
             source: source.clone(),
-            name,
+            name: display_name(&manifest),
             placement,
             status,
-            image,
+            manifest: Some(manifest),
+            image: None,
             flatten: status == Status::Missing,
         });
     }
     Ok(jobs)
 }
 
-/// Flattens the images of `jobs` that need it, on a few threads sharing the pipeline (each
-/// thread inflates and parses its own layers, so reading keeps pace with compression).
-/// Returns, per job, the flat-directory graft it produced (or `None`).
-fn flatten_all(
-    jobs: &[Job],
-    pipeline: &ObjectPipeline,
-    memo: &MemoContext<'_>,
+/// What flattening an image needs besides the image.
+struct FlattenContext<'a> {
+    pipeline: &'a ObjectPipeline,
+    memo: &'a MemoContext<'a>,
     mtime: i64,
-    tuning: &TuningArgs,
     out: Output,
-) -> Vec<Option<Result<layout::Graft>>> {
-    let mut seen = std::collections::HashSet::new();
-    let todo: Vec<usize> = (0..jobs.len())
-        .filter(|&i| jobs[i].flatten && seen.insert(jobs[i].placement.flat_dir.clone()))
-        .collect();
-    let results: Vec<std::sync::Mutex<Option<Result<layout::Graft>>>> =
-        jobs.iter().map(|_| std::sync::Mutex::new(None)).collect();
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let threads = tuning
-        .workers
-        .unwrap_or(2)
-        .clamp(1, 4)
-        .min(todo.len().max(1));
+}
+
+/// Images flattened at once: each thread inflates and parses its own layers, so reading
+/// keeps pace with compression.
+fn flatten_threads(tuning: &TuningArgs, refs: usize) -> usize {
+    tuning.workers.unwrap_or(2).clamp(1, 4).min(refs.max(1))
+}
+
+/// Plans `refs` in groups of [`concurrent::REQUESTS_IN_FLIGHT`] on this thread and flattens
+/// each image that needs it (the first job of its flat directory) on `threads` others as soon
+/// as it is planned, in the order of the [`Schedule`]. Returns the jobs in the order of `refs` and, per job, the flat-directory
+/// graft it produced (or `None`); references that cannot be planned are reported.
+fn plan_and_flatten(
+    txn: &mut Transaction,
+    sources: &Sources,
+    refs: &[String],
+    selection: &PlatformSelection,
+    cx: &FlattenContext<'_>,
+    threads: usize,
+    summary: &mut Summary,
+) -> (Vec<Arc<Job>>, Vec<Option<Result<layout::Graft>>>) {
+    let schedule: Schedule<(usize, Arc<Job>)> = Schedule::new();
+    let results = std::sync::Mutex::new(std::collections::HashMap::new());
+    let mut jobs: Vec<Arc<Job>> = Vec::new();
     std::thread::scope(|scope| {
         for _ in 0..threads {
-            scope.spawn(|| loop {
-                let k = next.fetch_add(1, Ordering::Relaxed);
-                let Some(&i) = todo.get(k) else { break };
-                let job = &jobs[i];
-                let result = (|| -> Result<layout::Graft> {
-                    let image = job
-                        .image
-                        .as_ref()
-                        .ok_or_else(|| anyhow!("{}: no manifest", job.name))?;
-                    out.say(&format!(
-                        "converting {}: {} layers",
-                        job.name,
-                        image.layers.len()
-                    ));
-                    let mut rootfs = flatten(&job.source, image, pipeline, Some(memo), out)?;
-                    super::sanitize_xattrs(&mut rootfs, &mut job.placement.flat_dir.clone(), out);
-                    Ok(layout::flat_graft(image, rootfs, mtime, pipeline)?)
-                })();
-                if let Ok(mut slot) = results[i].lock() {
-                    *slot = Some(result);
+            let (schedule, results) = (&schedule, &results);
+            scope.spawn(move || {
+                while let Some(taken) = schedule.next(|diff_id| cx.memo.knows(diff_id)) {
+                    let (i, job) = &taken.item;
+                    let graft = flatten_job(job, cx);
+                    results
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(*i, graft);
                 }
             });
         }
+        let mut seen = std::collections::HashSet::new();
+        for group in refs.chunks(concurrent::REQUESTS_IN_FLIGHT) {
+            for (reference, planned) in group.iter().zip(plan(txn, sources, group, selection)) {
+                let planned = match planned {
+                    Ok(p) => p,
+                    Err(e) => {
+                        report_failure(summary, reference, &e, cx.out);
+                        continue;
+                    }
+                };
+                for job in planned {
+                    let job = Arc::new(job);
+                    if job.flatten && seen.insert(job.placement.flat_dir.clone()) {
+                        let layers = job.image.as_ref().map_or_else(Vec::new, |image| {
+                            image
+                                .config
+                                .diff_ids
+                                .iter()
+                                .map(|d| d.to_string())
+                                .collect()
+                        });
+                        schedule.push((jobs.len(), job.clone()), layers);
+                    }
+                    jobs.push(job);
+                }
+            }
+        }
+        schedule.close();
     });
-    results
-        .into_iter()
-        .map(|m| m.into_inner().unwrap_or_else(|p| p.into_inner()))
-        .collect()
+    let mut results = results.into_inner().unwrap_or_else(|p| p.into_inner());
+    let rootfs = (0..jobs.len()).map(|i| results.remove(&i)).collect();
+    (jobs, rootfs)
+}
+
+/// The flat-directory graft of one image.
+fn flatten_job(job: &Job, cx: &FlattenContext<'_>) -> Result<layout::Graft> {
+    let image = job
+        .image
+        .as_ref()
+        .ok_or_else(|| anyhow!("{}: no manifest", job.name))?;
+    cx.out.say(&format!(
+        "converting {}: {} layers",
+        job.name,
+        image.layers.len()
+    ));
+    let mut rootfs = flatten(&job.source, image, cx.pipeline, Some(cx.memo), cx.out)?;
+    super::sanitize_xattrs(&mut rootfs, &mut job.placement.flat_dir.clone(), cx.out);
+    Ok(layout::flat_graft(image, rootfs, cx.mtime, cx.pipeline)?)
 }
 
 fn report_image(summary: &mut Summary, status: Status, name: &str, t0: Instant, out: Output) {

@@ -2,13 +2,14 @@
 //! Converted images cost one manifest request on a rerun, so an interrupted migration resumes
 //! where it stopped; the layer memo skips layers already flattened.
 
-use super::convert::{run_batch, selection, sources};
+use super::concurrent;
+use super::convert::{plan, run_batch, selection, sources};
 use super::open_repo;
 use crate::args::{Global, MigrateArgs};
 use crate::output::{event_json, Output};
 use anyhow::{bail, Context, Result};
-use ingest::convert::{self as layout, Status};
-use ingest::image::{ImageRef, PlatformSelection, RegistryRef, Sources};
+use ingest::convert::Status;
+use ingest::image::{PlatformSelection, RegistryRef, Sources};
 use serde_json::json;
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -74,21 +75,27 @@ fn list_images(
     exclude: &[glob::Pattern],
 ) -> Result<Vec<String>> {
     let client = sources.registry()?;
+    let repositories: Vec<String> = client
+        .catalog(host)?
+        .into_iter()
+        .filter(|r| prefix.is_empty() || r == prefix || r.starts_with(&format!("{prefix}/")))
+        .collect();
+    // One tag-list request per repository: several in flight.
+    let tags = concurrent::map(
+        &repositories,
+        concurrent::REQUESTS_IN_FLIGHT,
+        |repository| {
+            client.list_tags(&RegistryRef {
+                host: host.to_string(),
+                repository: repository.clone(),
+                tag: None,
+                digest: None,
+            })
+        },
+    );
     let mut out = BTreeSet::new();
-    for repository in client.catalog(host)? {
-        let under_prefix = prefix.is_empty()
-            || repository == prefix
-            || repository.starts_with(&format!("{prefix}/"));
-        if !under_prefix {
-            continue;
-        }
-        let r = RegistryRef {
-            host: host.to_string(),
-            repository: repository.clone(),
-            tag: None,
-            digest: None,
-        };
-        for tag in client.list_tags(&r)? {
+    for (repository, tags) in repositories.iter().zip(tags) {
+        for tag in tags? {
             let name = format!("{repository}:{tag}");
             let included = include.is_empty() || include.iter().any(|p| p.matches(&name));
             if included && !exclude.iter().any(|p| p.matches(&name)) {
@@ -114,22 +121,17 @@ fn forecast(
     let mut layers = BTreeSet::new();
     let mut known = BTreeSet::new();
     let mut sizes = std::collections::BTreeMap::new();
-    for reference in refs {
-        let result = (|| -> Result<()> {
-            let source = sources.open(&ImageRef::parse(reference)?)?;
-            let manifests = source.resolve_manifests(selection)?;
-            let placements = layout::placements(&manifests, selection);
-            for (m, p) in manifests.iter().zip(placements) {
-                let (ns, objects) = txn.namespace_and_objects();
-                match layout::conversion_status(&p, &m.manifest_bytes, |path| {
-                    ns.entry(path, &objects)
-                })? {
+    for (reference, planned) in refs.iter().zip(plan(&mut txn, sources, refs, selection)) {
+        let result = planned.and_then(|jobs| {
+            for job in jobs {
+                match job.status {
                     Status::Complete => complete += 1,
                     Status::FlatPresent => link_only += 1,
                     Status::Missing => {
                         convert += 1;
-                        let config = source.fetch_config(m)?;
-                        let image = ingest::image::ResolvedImage::new(m.clone(), config)?;
+                        let image = job
+                            .image
+                            .ok_or_else(|| anyhow::anyhow!("{}: no config", job.name))?;
                         for (desc, diff_id) in image.layers.iter().zip(&image.config.diff_ids) {
                             let key = diff_id.to_string();
                             layers.insert(key.clone());
@@ -142,7 +144,7 @@ fn forecast(
                 }
             }
             Ok(())
-        })();
+        });
         if let Err(e) = result {
             failed += 1;
             out.event(
