@@ -8,7 +8,7 @@ use crate::pathhash::join;
 use crate::rows::marker_entry;
 use crate::{Error, Result};
 
-const DIRTAB: &[u8] = b".cvmfsdirtab";
+pub(crate) const DIRTAB: &[u8] = b".cvmfsdirtab";
 const MAX_DIRTAB: u64 = 1 << 20;
 
 /// Parsed rules: positive ones split into components, negative ones as whole patterns.

@@ -305,6 +305,47 @@ impl Namespace {
         })
     }
 
+    /// Writes the catalog rooted at `path` (a directory with a `.cvmfscatalog` marker, and
+    /// the nested catalogs below it) now rather than at [`commit`](Self::commit), which then
+    /// takes it as it is. Lets a caller write the catalogs of finished subtrees while it is
+    /// still busy with others. `opts` must be those of the coming commit. Returns the number
+    /// of catalogs written: none when the directory is not a dirty catalog root, or when
+    /// `/.cvmfsdirtab` rules apply (they are only read at commit and may place markers here).
+    pub fn commit_subtree(
+        &mut self,
+        path: &[u8],
+        opts: &CommitOptions,
+        objects: &dyn Objects,
+    ) -> crate::Result<usize> {
+        if opts.apply_dirtab && self.root.children.contains_key(crate::dirtab::DIRTAB) {
+            return Ok(0);
+        }
+        self.flush_pending();
+        let comps = components(path)?;
+        // Only what is in memory: a subtree just grafted has no stubs on its path.
+        let mut dir = &mut self.root;
+        for comp in &comps {
+            dir = match dir.children.get_mut(*comp) {
+                Some(Child::Dir(d)) => d,
+                _ => return Ok(0),
+            };
+        }
+        if comps.is_empty() || !dir.has_marker() || !dir.dirty {
+            return Ok(0);
+        }
+        if opts.max_entries > 0 {
+            crate::split::autosplit(dir, opts.max_entries);
+        }
+        let ctx = crate::commit::Ctx {
+            opts,
+            objects,
+            known: &self.known,
+        };
+        let built = crate::commit::commit_catalog(dir, path.to_vec(), None, &ctx)?;
+        clear_dirty(dir);
+        Ok(built.written)
+    }
+
     /// The directory at `comps`, loading nested catalogs on the way.
     fn dir_mut(
         &mut self,

@@ -797,3 +797,63 @@ fn verify_reports_missing_marker() {
     let fixed = commit(&mut ns, &objects, 2);
     assert_eq!(fixed.catalogs_total, 3);
 }
+
+/// Catalogs of subtrees written early by `commit_subtree` are exactly those `commit` would
+/// write: the same root catalog results, and `commit` does not write them again.
+#[test]
+fn subtrees_committed_early_give_the_same_repository() {
+    let objects = MemObjects::default();
+    let mut big = dir();
+    put(&mut big, b".cvmfscatalog", file(&objects, b""));
+    for a in 0..3 {
+        for b in 0..12 {
+            let p = format!("d{a}/f{b}");
+            put(&mut big, p.as_bytes(), file(&objects, p.as_bytes()));
+        }
+    }
+    // A first revision, reopened: the subtrees replace what its catalogs held.
+    let mut ns = Namespace::empty(1);
+    graft(&mut ns, &objects, b"", nested_tree(&objects));
+    let base = commit(&mut ns, &objects, 1).root;
+    for max_entries in [0, 20] {
+        let mut o = opts(2);
+        o.max_entries = max_entries;
+        let build = |early: bool| {
+            let mut ns = Namespace::open(base, &objects).unwrap();
+            graft(&mut ns, &objects, b"/img/one", big.clone());
+            graft(&mut ns, &objects, b"/a", big.clone());
+            let mut written_early = 0;
+            if early {
+                for p in [&b"/img/one"[..], b"/a"] {
+                    let n = ns.commit_subtree(p, &o, &objects).unwrap();
+                    assert!(n >= 1);
+                    written_early += n;
+                }
+                // Not catalog roots, or clean by now: nothing to do.
+                for p in [&b"/img"[..], b"/a", b"/nowhere"] {
+                    assert_eq!(ns.commit_subtree(p, &o, &objects).unwrap(), 0);
+                }
+            }
+            let report = ns.commit(&o, &objects).unwrap();
+            assert_verified(&objects, report.root);
+            (report.root, report.catalogs_written + written_early)
+        };
+        let (late, early) = (build(false), build(true));
+        assert_eq!(late, early, "max_entries {max_entries}");
+    }
+}
+
+#[test]
+fn subtrees_are_left_to_commit_when_a_dirtab_applies() {
+    let objects = MemObjects::default();
+    let mut t = nested_tree(&objects);
+    put(&mut t, b".cvmfsdirtab", file(&objects, b"/a/*\n"));
+    let mut ns = Namespace::empty(1);
+    graft(&mut ns, &objects, b"", t);
+    let mut o = opts(1);
+    o.apply_dirtab = true;
+    assert_eq!(ns.commit_subtree(b"/a", &o, &objects).unwrap(), 0);
+    o.apply_dirtab = false;
+    // /a and the nested /a/b.
+    assert_eq!(ns.commit_subtree(b"/a", &o, &objects).unwrap(), 2);
+}

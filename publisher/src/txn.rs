@@ -82,6 +82,9 @@ pub struct Transaction {
     base_bytes: Vec<u8>,
     base: signer::Manifest,
     namespace: Namespace,
+    /// Publish time, fixed by the first catalog written (early ones included) so that every
+    /// catalog of the revision says the same `last_modified`.
+    timestamp: Option<i64>,
     /// The objects created belong to a published revision (or may): never roll back.
     settled: bool,
     _lock: File,
@@ -125,6 +128,7 @@ impl Transaction {
             base_bytes,
             base,
             namespace,
+            timestamp: None,
             settled: false,
             _lock: lock,
         })
@@ -157,6 +161,31 @@ impl Transaction {
     /// The namespace together with the adapter it needs for loading/storing catalogs.
     pub fn namespace_and_objects(&mut self) -> (&mut Namespace, StoreObjects<'_>) {
         (&mut self.namespace, StoreObjects(self.store.as_ref()))
+    }
+
+    /// Writes the catalogs of the finished subtree at `path` (a nested catalog root) now, while
+    /// the caller still works on other paths; [`commit`](Self::commit) takes them as they are.
+    /// `settings` must be those `commit` will get. Returns the number of catalogs written (none
+    /// when `path` is not a changed catalog root, or a `/.cvmfsdirtab` applies).
+    pub fn commit_early(&mut self, path: &[u8], settings: &CommitSettings) -> Result<usize> {
+        let opts = self.commit_options(settings);
+        let objects = StoreObjects(self.store.as_ref());
+        Ok(self.namespace.commit_subtree(path, &opts, &objects)?)
+    }
+
+    /// The options catalogs of the next revision are written with.
+    fn commit_options(&mut self, settings: &CommitSettings) -> CommitOptions {
+        let base = self.base.timestamp;
+        let timestamp = *self
+            .timestamp
+            .get_or_insert_with(|| settings.timestamp.unwrap_or_else(now_unix).max(base));
+        CommitOptions {
+            revision: self.base.revision + 1,
+            timestamp,
+            ttl: self.config.ttl,
+            max_entries: self.config.max_catalog_entries,
+            apply_dirtab: settings.apply_dirtab,
+        }
     }
 
     /// Ends the transaction without publishing: deletes the objects it created and its
@@ -202,21 +231,11 @@ impl Transaction {
         if !self.namespace.is_dirty() {
             return Ok(unchanged);
         }
-        let revision = self.base.revision + 1;
-        let timestamp = settings
-            .timestamp
-            .unwrap_or_else(now_unix)
-            .max(self.base.timestamp);
-        let report = self.namespace.commit(
-            &CommitOptions {
-                revision,
-                timestamp,
-                ttl: self.config.ttl,
-                max_entries: self.config.max_catalog_entries,
-                apply_dirtab: settings.apply_dirtab,
-            },
-            &StoreObjects(self.store.as_ref()),
-        )?;
+        let opts = self.commit_options(settings);
+        let (revision, timestamp) = (opts.revision, opts.timestamp);
+        let report = self
+            .namespace
+            .commit(&opts, &StoreObjects(self.store.as_ref()))?;
         // The namespace was opened at the base manifest's `C`: unchanged means the same root.
         if !report.changed {
             return Ok(unchanged);

@@ -162,7 +162,8 @@ pub(super) fn run_batch(
     let mtime = unix_now();
     // 1+2. Manifests, what is already there and configs, a few references at a time; each
     // image is flattened as soon as it is planned (one per flat directory), so the first
-    // layers stream while the rest of the batch is still being asked for.
+    // layers stream while the rest of the batch is still being asked for; each flat
+    // directory is grafted, and its catalog written, as soon as it is done.
     let store = txn.objects();
     let memo_ctx = MemoContext::new(&memo, &*store);
     let flatten = FlattenContext {
@@ -171,7 +172,7 @@ pub(super) fn run_batch(
         mtime,
         out,
     };
-    let (jobs, rootfs) = plan_and_flatten(
+    let (jobs, grafted) = plan_and_flatten(
         &mut txn,
         sources,
         refs,
@@ -179,17 +180,16 @@ pub(super) fn run_batch(
         &flatten,
         flatten_threads(tuning, refs.len()),
         &mut summary,
-    );
-    // 3. Serially, in the order given: graft flat directories, links and metadata.
+    )?;
+    // 3. Serially, in the order given: links and metadata.
     let mut flat_ok: std::collections::HashMap<Vec<u8>, bool> = std::collections::HashMap::new();
-    for (job, flat) in jobs.iter().zip(rootfs) {
+    for (job, flat) in jobs.iter().zip(grafted) {
         let t0 = Instant::now();
         let shares_flat = flat.is_none() && job.status == Status::Missing;
         let result = (|| -> Result<Status> {
             if let Some(flat) = flat {
-                let ok = flat.is_ok();
-                flat_ok.insert(job.placement.flat_dir.clone(), ok);
-                apply(&mut txn, flat?)?;
+                flat_ok.insert(job.placement.flat_dir.clone(), flat.is_ok());
+                flat?;
             } else if flat_ok.get(&job.placement.flat_dir) == Some(&false) {
                 bail!(
                     "{}: its image failed to convert under another name",
@@ -383,8 +383,12 @@ fn flatten_threads(tuning: &TuningArgs, refs: usize) -> usize {
 
 /// Plans `refs` in groups of [`concurrent::REQUESTS_IN_FLIGHT`] on this thread and flattens
 /// each image that needs it (the first job of its flat directory) on `threads` others as soon
-/// as it is planned, in the order of the [`Schedule`]. Returns the jobs in the order of `refs` and, per job, the flat-directory
-/// graft it produced (or `None`); references that cannot be planned are reported.
+/// as it is planned, in the order of the [`Schedule`]. This thread grafts each finished flat
+/// directory and writes its catalog right away, while the other images are still being
+/// flattened (otherwise all catalogs would be written after the last image). Returns the jobs
+/// in the order of `refs` and, per job, whether it grafted a flat directory (`None`: it had
+/// none to graft); references that cannot be planned are reported. An error is returned only
+/// when a catalog cannot be written.
 fn plan_and_flatten(
     txn: &mut Transaction,
     sources: &Sources,
@@ -393,24 +397,23 @@ fn plan_and_flatten(
     cx: &FlattenContext<'_>,
     threads: usize,
     summary: &mut Summary,
-) -> (Vec<Arc<Job>>, Vec<Option<Result<layout::Graft>>>) {
+) -> Result<(Vec<Arc<Job>>, Vec<Grafted>)> {
     let schedule: Schedule<(usize, Arc<Job>)> = Schedule::new();
-    let results = std::sync::Mutex::new(std::collections::HashMap::new());
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<Flattened>();
     let mut jobs: Vec<Arc<Job>> = Vec::new();
+    let mut finished = Finished::default();
     std::thread::scope(|scope| {
         for _ in 0..threads {
-            let (schedule, results) = (&schedule, &results);
+            let (schedule, done_tx) = (&schedule, done_tx.clone());
             scope.spawn(move || {
                 while let Some(taken) = schedule.next(|diff_id| cx.memo.knows(diff_id)) {
                     let (i, job) = &taken.item;
-                    let graft = flatten_job(job, cx);
-                    results
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(*i, graft);
+                    // The receiver lives until every worker has ended.
+                    let _ = done_tx.send((*i, flatten_job(job, cx)));
                 }
             });
         }
+        drop(done_tx);
         let mut seen = std::collections::HashSet::new();
         for group in refs.chunks(concurrent::REQUESTS_IN_FLIGHT) {
             for (reference, planned) in group.iter().zip(plan(txn, sources, group, selection)) {
@@ -424,25 +427,67 @@ fn plan_and_flatten(
                 for job in planned {
                     let job = Arc::new(job);
                     if job.flatten && seen.insert(job.placement.flat_dir.clone()) {
-                        let layers = job.image.as_ref().map_or_else(Vec::new, |image| {
-                            image
-                                .config
-                                .diff_ids
-                                .iter()
-                                .map(|d| d.to_string())
-                                .collect()
-                        });
-                        schedule.push((jobs.len(), job.clone()), layers);
+                        schedule.push((jobs.len(), job.clone()), layers_of(&job));
                     }
                     jobs.push(job);
                 }
             }
+            for done in done_rx.try_iter() {
+                finished.take(txn, &jobs, done);
+            }
         }
         schedule.close();
+        for done in done_rx.iter() {
+            finished.take(txn, &jobs, done);
+        }
     });
-    let mut results = results.into_inner().unwrap_or_else(|p| p.into_inner());
-    let rootfs = (0..jobs.len()).map(|i| results.remove(&i)).collect();
-    (jobs, rootfs)
+    if let Some(e) = finished.fatal {
+        return Err(e).context("writing the catalog of a converted image");
+    }
+    let results = (0..jobs.len())
+        .map(|i| finished.grafted.remove(&i))
+        .collect();
+    Ok((jobs, results))
+}
+
+/// Flat directories grafted so far, by job index.
+#[derive(Default)]
+struct Finished {
+    grafted: std::collections::HashMap<usize, Result<()>>,
+    /// The first catalog that could not be written.
+    fatal: Option<publisher::Error>,
+}
+
+impl Finished {
+    /// Grafts job `i`'s flat directory and writes its catalog.
+    fn take(&mut self, txn: &mut Transaction, jobs: &[Arc<Job>], (i, flat): Flattened) {
+        let result = flat.and_then(|g| apply(txn, g));
+        if let (Ok(()), Some(job)) = (&result, jobs.get(i)) {
+            let flat_dir = &job.placement.flat_dir;
+            if let Err(e) = txn.commit_early(flat_dir, &CommitSettings::default()) {
+                self.fatal.get_or_insert(e);
+            }
+        }
+        self.grafted.insert(i, result);
+    }
+}
+
+/// A job index and the flat-directory graft its image gave.
+type Flattened = (usize, Result<layout::Graft>);
+
+/// Whether a job grafted its flat directory (`None`: it had none to graft).
+type Grafted = Option<Result<()>>;
+
+/// The memo keys of the layers a job's image reads.
+fn layers_of(job: &Job) -> Vec<String> {
+    job.image.as_ref().map_or_else(Vec::new, |image| {
+        image
+            .config
+            .diff_ids
+            .iter()
+            .map(|d| d.to_string())
+            .collect()
+    })
 }
 
 /// The flat-directory graft of one image.
