@@ -37,7 +37,7 @@ pub fn open_named_stream<R: Read + Send + 'static>(
     })?;
     let stream = io::Cursor::new(head).chain(reader);
     Ok(match format {
-        Format::Gzip => Box::new(flate2::read::MultiGzDecoder::new(stream)),
+        Format::Gzip => Box::new(crate::gzip::GzipDecoder::new(stream)),
         Format::Zstd => {
             Box::new(
                 zstd::stream::read::Decoder::new(stream).map_err(|e| Error::Decode {

@@ -60,6 +60,7 @@ pub mod decode;
 pub mod dirsource;
 pub mod error;
 pub mod flatten;
+pub mod gzip;
 pub mod image;
 pub mod pipeline;
 pub mod tarsource;
