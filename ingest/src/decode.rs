@@ -200,6 +200,17 @@ mod tests {
 /// Memory: at most `(depth + 2) × block` bytes. Errors reach the caller at the same position
 /// in the stream; dropping the reader stops the thread at its next block.
 pub fn read_ahead(inner: Box<dyn Read + Send>, block: usize, depth: usize) -> ReadAhead {
+    read_ahead_then(inner, block, depth, || {})
+}
+
+/// Like [`read_ahead`]; `at_end` runs on the reading thread once `inner` has ended cleanly, when
+/// the reader still has up to `depth` blocks to go: time to start opening what comes next.
+pub fn read_ahead_then(
+    inner: Box<dyn Read + Send>,
+    block: usize,
+    depth: usize,
+    at_end: impl FnOnce() + Send + 'static,
+) -> ReadAhead {
     let (tx, rx) = crossbeam_channel::bounded::<io::Result<Vec<u8>>>(depth.max(1));
     let block = block.max(4096);
     std::thread::spawn(move || {
@@ -218,7 +229,11 @@ pub fn read_ahead(inner: Box<dyn Read + Send>, block: usize, depth: usize) -> Re
                     let _ = tx.send(Err(e));
                     break;
                 }
-                None if n == 0 => break,
+                None if n == 0 => {
+                    drop(inner);
+                    at_end();
+                    break;
+                }
                 None => {}
             }
         }
@@ -294,6 +309,32 @@ mod read_ahead_tests {
         let mut out = Vec::new();
         r.read_to_end(&mut out).unwrap();
         assert_eq!(out, data);
+    }
+
+    #[test]
+    fn at_end_runs_once_the_input_ended_cleanly() {
+        let (tx, rx) = crossbeam_channel::bounded::<&str>(2);
+        let data: Vec<u8> = (0..50_000u32).map(|i| i as u8).collect();
+        let done = tx.clone();
+        let mut r = read_ahead_then(
+            Box::new(io::Cursor::new(data.clone())),
+            4096,
+            2,
+            move || {
+                let _ = done.send("ended");
+            },
+        );
+        let mut out = Vec::new();
+        r.read_to_end(&mut out).unwrap();
+        assert_eq!(out, data);
+        assert_eq!(rx.recv().unwrap(), "ended");
+        // A failing input never counts as ended.
+        let failing = FailAt(vec![7; 5000], 0);
+        let mut r = read_ahead_then(Box::new(failing), 4096, 2, move || {
+            let _ = tx.send("ended too");
+        });
+        assert!(r.read_to_end(&mut Vec::new()).is_err());
+        assert!(rx.recv().is_err(), "at_end ran after an error");
     }
 
     #[test]

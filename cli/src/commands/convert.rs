@@ -8,6 +8,7 @@ use crate::output::{event_json, Output};
 use anyhow::{anyhow, bail, Context, Result};
 use catalog_writer::namespace::Namespace;
 use ingest::convert::{self as layout, Status};
+use ingest::decode::ReadAhead;
 use ingest::image::{
     open_uncompressed_layer, AuthStore, ImageManifest, ImageRef, ImageSource, Platform,
     PlatformSelection, RegistryOptions, ResolvedImage, Sources,
@@ -559,37 +560,108 @@ fn flatten(
     out: Output,
 ) -> Result<catalog_writer::tree::Dir> {
     let image = Arc::new(image.clone());
+    // Layers the memo does not know will be read: each is opened as soon as the one above it
+    // has been downloaded and inflated.
+    let prefetch = (0..image.layers.len())
+        .map(|i| {
+            let diff_id = image.config.diff_ids.get(i).map(|d| d.to_string());
+            !matches!((memo, diff_id), (Some(m), Some(d)) if m.knows(&d))
+        })
+        .collect();
+    let opener = Arc::new(LayerOpener {
+        source: source.clone(),
+        image: image.clone(),
+        prefetch,
+        opened: std::sync::Mutex::new(std::collections::HashMap::new()),
+        out,
+    });
     let layers = (0..image.layers.len())
         .map(|i| {
-            let source = source.clone();
-            let image = image.clone();
-            let name = format!("image {} layer {}", image.reference, image.layers[i].digest);
-            let err_name = name.clone();
-            let diff_id = image.config.diff_ids.get(i).map(|d| d.to_string());
+            let opener = opener.clone();
             ingest::LayerInput {
-                name,
-                diff_id,
-                open: Box::new(move || {
-                    let stream =
-                        open_uncompressed_layer(source.as_ref(), &image, i).map_err(|e| {
-                            ingest::Error::Image {
-                                image: err_name.clone(),
-                                msg: e.to_string(),
-                            }
-                        })?;
-                    let layer = image.layers[i].digest.to_string();
-                    BLOB_BYTES_FETCHED.fetch_add(image.layers[i].size, Ordering::Relaxed);
-                    // Inflate and verify on another thread while this one parses and hashes.
-                    let stream = Box::new(ingest::decode::read_ahead(stream, 256 << 10, 8));
-                    Ok(
-                        Box::new(LayerProgress::new(stream, &image.reference, layer, out))
-                            as Box<dyn Read + Send>,
-                    )
-                }),
+                name: opener.name(i),
+                diff_id: image.config.diff_ids.get(i).map(|d| d.to_string()),
+                open: Box::new(move || opener.open(i)),
             }
         })
         .collect();
     Ok(ingest::flatten_layers_with(layers, pipeline, memo)?)
+}
+
+/// Opens an image's layer streams, each inflated and verified on a thread of its own. The
+/// layer below one being read is opened when that one's blob has been read to its end, so
+/// that the request and the first blocks of the next blob overlap with the last blocks of
+/// this one (a remote registry takes a round trip or more to start a blob).
+struct LayerOpener {
+    source: Arc<dyn ImageSource>,
+    image: Arc<ResolvedImage>,
+    /// Per layer: open it ahead of time (the memo does not know it).
+    prefetch: Vec<bool>,
+    /// Layers opened ahead of time, until the flattener asks for them.
+    opened: std::sync::Mutex<std::collections::HashMap<usize, ingest::Result<ReadAhead>>>,
+    out: Output,
+}
+
+impl LayerOpener {
+    fn name(&self, i: usize) -> String {
+        let digest = self.image.layers.get(i).map(|l| l.digest.to_string());
+        format!(
+            "image {} layer {}",
+            self.image.reference,
+            digest.unwrap_or_default()
+        )
+    }
+
+    /// Layer `i` for the flattener: the stream opened ahead of time, or a new one (a second
+    /// pass over a layer always opens it again).
+    fn open(self: &Arc<Self>, i: usize) -> ingest::Result<Box<dyn Read + Send>> {
+        let ahead = self.lock_opened().remove(&i);
+        let stream = match ahead {
+            Some(stream) => stream?,
+            None => self.start(i)?,
+        };
+        let layer = self.image.layers[i].digest.to_string();
+        Ok(Box::new(LayerProgress::new(
+            Box::new(stream),
+            &self.image.reference,
+            layer,
+            self.out,
+        )))
+    }
+
+    fn lock_opened(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<usize, ingest::Result<ReadAhead>>>
+    {
+        self.opened.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Requests layer `i` and starts inflating it; at the end of its blob, opens layer `i - 1`
+    /// ahead of time. The callback holds the opener weakly: a stream opened ahead and never
+    /// asked for must not keep the opener (which holds that stream) alive.
+    fn start(self: &Arc<Self>, i: usize) -> ingest::Result<ReadAhead> {
+        let stream =
+            open_uncompressed_layer(self.source.as_ref(), &self.image, i).map_err(|e| {
+                ingest::Error::Image {
+                    image: self.name(i),
+                    msg: e.to_string(),
+                }
+            })?;
+        BLOB_BYTES_FETCHED.fetch_add(self.image.layers[i].size, Ordering::Relaxed);
+        let below = i.checked_sub(1).filter(|&b| self.prefetch[b]);
+        let me = Arc::downgrade(self);
+        Ok(ingest::decode::read_ahead_then(
+            stream,
+            256 << 10,
+            8,
+            move || {
+                if let (Some(b), Some(me)) = (below, me.upgrade()) {
+                    let stream = me.start(b);
+                    me.lock_opened().insert(b, stream);
+                }
+            },
+        ))
+    }
 }
 
 /// Blob bytes of the layers opened in this process (a second pass counts twice: it fetches
