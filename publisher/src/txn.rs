@@ -231,6 +231,12 @@ impl Transaction {
         if !self.namespace.is_dirty() {
             return Ok(unchanged);
         }
+        // The objects are all written: start making them durable while the catalogs are
+        // written, so that the `syncfs` before the manifest has little left but the catalogs
+        // (measured: 35 ms at the end of a 120 MB conversion). Its result does not matter;
+        // that later `syncfs` is the one that guarantees durability.
+        let store = self.store.clone();
+        std::thread::spawn(move || store.local().sync());
         let opts = self.commit_options(settings);
         let (revision, timestamp) = (opts.revision, opts.timestamp);
         let report = self
