@@ -14,7 +14,9 @@ use std::time::Instant;
 
 mod concurrent;
 mod convert;
+mod layers;
 mod migrate;
+mod plan;
 mod schedule;
 
 pub fn run(cli: Cli, out: Output) -> Result<i32> {

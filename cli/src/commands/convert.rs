@@ -1,6 +1,8 @@
 //! `convert` and `sync`: container images into the DUCC layout, all images of one call in one
 //! revision. A failing image is reported and skipped; the exit code says whether all succeeded.
 
+use super::layers::{flatten, BLOB_BYTES_FETCHED};
+use super::plan::{plan, Job};
 use super::schedule::Schedule;
 use super::{concurrent, new_pipeline, open_repo, report_outcome, unix_now};
 use crate::args::{ConvertArgs, Global, RegistryArgs, SyncArgs, TuningArgs};
@@ -8,18 +10,13 @@ use crate::output::{event_json, Output};
 use anyhow::{anyhow, bail, Context, Result};
 use catalog_writer::namespace::Namespace;
 use ingest::convert::{self as layout, Status};
-use ingest::decode::ReadAhead;
-use ingest::image::{
-    open_uncompressed_layer, AuthStore, ImageManifest, ImageRef, ImageSource, Platform,
-    PlatformSelection, RegistryOptions, ResolvedImage, Sources,
-};
+use ingest::image::{AuthStore, ImageRef, Platform, PlatformSelection, RegistryOptions, Sources};
 use ingest::pipeline::ObjectPipeline;
 use ingest::MemoContext;
 use publisher::{CommitSettings, Repository, StoreObjects, Transaction};
 use serde_json::json;
-use std::io::Read;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -251,123 +248,6 @@ pub(super) fn run_batch(
     Ok(if summary.failed > 0 { 1 } else { 0 })
 }
 
-/// One platform image of a reference and what it needs.
-pub(super) struct Job {
-    pub(super) source: Arc<dyn ImageSource>,
-    pub(super) name: String,
-    pub(super) placement: layout::Placement,
-    pub(super) status: Status,
-    /// The manifest, until [`plan`] has made it part of `image`.
-    pub(super) manifest: Option<ImageManifest>,
-    /// Manifest + config, unless the image is already complete.
-    pub(super) image: Option<ResolvedImage>,
-    /// This job flattens its image (the first job of its flat directory that needs it).
-    pub(super) flatten: bool,
-}
-
-/// Resolves each reference to jobs, one per platform image, checking what the repository
-/// has. Manifests and then configs are requested several at a time; the repository is asked
-/// in between, so images already converted cost no config request.
-pub(super) fn plan(
-    txn: &mut Transaction,
-    sources: &Sources,
-    refs: &[String],
-    selection: &PlatformSelection,
-) -> Vec<Result<Vec<Job>>> {
-    let resolved = concurrent::map(refs, concurrent::REQUESTS_IN_FLIGHT, |reference| {
-        resolve_reference(sources, reference, selection)
-    });
-    let mut planned: Vec<Result<Vec<Job>>> = resolved
-        .into_iter()
-        .map(|r| r.and_then(|(source, manifests)| check_present(txn, source, manifests, selection)))
-        .collect();
-    // Every job that needs a config, with the index of its reference.
-    let todo: Vec<(usize, &Job)> = planned
-        .iter()
-        .enumerate()
-        .filter_map(|(i, jobs)| Some((i, jobs.as_ref().ok()?)))
-        .flat_map(|(i, jobs)| jobs.iter().map(move |j| (i, j)))
-        .filter(|(_, j)| j.status != Status::Complete)
-        .collect();
-    let configs = concurrent::map(&todo, concurrent::REQUESTS_IN_FLIGHT, |(_, job)| {
-        let manifest = job
-            .manifest
-            .as_ref()
-            .ok_or_else(|| anyhow!("{}: no manifest", job.name))?;
-        let config = job.source.fetch_config(manifest)?;
-        Ok::<_, anyhow::Error>(ResolvedImage::new(manifest.clone(), config)?)
-    });
-    let owners: Vec<usize> = todo.iter().map(|(i, _)| *i).collect();
-    attach_configs(&mut planned, owners.into_iter().zip(configs));
-    planned
-}
-
-/// Gives each job that needs one its image (manifest + config), in the order `plan` asked
-/// for them; a reference with a config that could not be had fails as a whole.
-fn attach_configs(
-    planned: &mut [Result<Vec<Job>>],
-    mut configs: impl Iterator<Item = (usize, Result<ResolvedImage>)>,
-) {
-    for (i, jobs) in planned.iter_mut().enumerate() {
-        let Ok(list) = jobs else { continue };
-        let mut failure = None;
-        for job in list.iter_mut().filter(|j| j.status != Status::Complete) {
-            match configs.next() {
-                Some((owner, Ok(image))) if owner == i => {
-                    job.image = Some(image);
-                    job.manifest = None;
-                }
-                Some((_, Err(e))) => failure = failure.or(Some(e)),
-                _ => failure = failure.or(Some(anyhow!("{}: config not fetched", job.name))),
-            }
-        }
-        if let Some(e) = failure {
-            *jobs = Err(e);
-        }
-    }
-}
-
-/// The source of `reference` and its manifests (one per platform selected).
-fn resolve_reference(
-    sources: &Sources,
-    reference: &str,
-    selection: &PlatformSelection,
-) -> Result<(Arc<dyn ImageSource>, Vec<ImageManifest>)> {
-    let image_ref = ImageRef::parse(reference)?;
-    let source: Arc<dyn ImageSource> = Arc::from(sources.open(&image_ref)?);
-    let manifests = source.resolve_manifests(selection)?;
-    Ok((source, manifests))
-}
-
-/// Jobs for resolved manifests, with what the repository already has of each.
-fn check_present(
-    txn: &mut Transaction,
-    source: Arc<dyn ImageSource>,
-    manifests: Vec<ImageManifest>,
-    selection: &PlatformSelection,
-) -> Result<Vec<Job>> {
-    let placements = layout::placements(&manifests, selection);
-    let mut jobs = Vec::new();
-    for (manifest, placement) in manifests.into_iter().zip(placements) {
-        let status = {
-            let (ns, objects) = txn.namespace_and_objects();
-            layout::conversion_status(&placement, &manifest.manifest_bytes, |p| {
-                ns.entry(p, &objects)
-            })?
-        };
-        jobs.push(Job {
-            source: source.clone(),
-            name: display_name(&manifest),
-            placement,
-            status,
-            manifest: Some(manifest),
-            image: None,
-            flatten: status == Status::Missing,
-        });
-    }
-    Ok(jobs)
-}
-
 /// What flattening an image needs besides the image.
 struct FlattenContext<'a> {
     pipeline: &'a ObjectPipeline,
@@ -540,183 +420,6 @@ fn report_failure(summary: &mut Summary, image: &str, e: &anyhow::Error, out: Ou
             "",
             event_json("error", json!({"image": image, "error": line})),
         );
-    }
-}
-
-fn display_name(m: &ImageManifest) -> String {
-    match &m.platform {
-        Some(p) if m.from_index => format!("{} [{}]", m.reference, p),
-        _ => m.reference.clone(),
-    }
-}
-
-/// Streams the image's layers (top first, so shadowed content is never compressed); layers
-/// the memo knows enough about are replayed from it without downloading them.
-fn flatten(
-    source: &Arc<dyn ImageSource>,
-    image: &ResolvedImage,
-    pipeline: &ObjectPipeline,
-    memo: Option<&MemoContext<'_>>,
-    out: Output,
-) -> Result<catalog_writer::tree::Dir> {
-    let image = Arc::new(image.clone());
-    // Layers the memo does not know will be read: each is opened as soon as the one above it
-    // has been downloaded and inflated.
-    let prefetch = (0..image.layers.len())
-        .map(|i| {
-            let diff_id = image.config.diff_ids.get(i).map(|d| d.to_string());
-            !matches!((memo, diff_id), (Some(m), Some(d)) if m.knows(&d))
-        })
-        .collect();
-    let opener = Arc::new(LayerOpener {
-        source: source.clone(),
-        image: image.clone(),
-        prefetch,
-        opened: std::sync::Mutex::new(std::collections::HashMap::new()),
-        out,
-    });
-    let layers = (0..image.layers.len())
-        .map(|i| {
-            let opener = opener.clone();
-            ingest::LayerInput {
-                name: opener.name(i),
-                diff_id: image.config.diff_ids.get(i).map(|d| d.to_string()),
-                open: Box::new(move || opener.open(i)),
-            }
-        })
-        .collect();
-    Ok(ingest::flatten_layers_with(layers, pipeline, memo)?)
-}
-
-/// Opens an image's layer streams, each inflated and verified on a thread of its own. The
-/// layer below one being read is opened when that one's blob has been read to its end, so
-/// that the request and the first blocks of the next blob overlap with the last blocks of
-/// this one (a remote registry takes a round trip or more to start a blob).
-struct LayerOpener {
-    source: Arc<dyn ImageSource>,
-    image: Arc<ResolvedImage>,
-    /// Per layer: open it ahead of time (the memo does not know it).
-    prefetch: Vec<bool>,
-    /// Layers opened ahead of time, until the flattener asks for them.
-    opened: std::sync::Mutex<std::collections::HashMap<usize, ingest::Result<ReadAhead>>>,
-    out: Output,
-}
-
-impl LayerOpener {
-    fn name(&self, i: usize) -> String {
-        let digest = self.image.layers.get(i).map(|l| l.digest.to_string());
-        format!(
-            "image {} layer {}",
-            self.image.reference,
-            digest.unwrap_or_default()
-        )
-    }
-
-    /// Layer `i` for the flattener: the stream opened ahead of time, or a new one (a second
-    /// pass over a layer always opens it again).
-    fn open(self: &Arc<Self>, i: usize) -> ingest::Result<Box<dyn Read + Send>> {
-        let ahead = self.lock_opened().remove(&i);
-        let stream = match ahead {
-            Some(stream) => stream?,
-            None => self.start(i)?,
-        };
-        let layer = self.image.layers[i].digest.to_string();
-        Ok(Box::new(LayerProgress::new(
-            Box::new(stream),
-            &self.image.reference,
-            layer,
-            self.out,
-        )))
-    }
-
-    fn lock_opened(
-        &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<usize, ingest::Result<ReadAhead>>>
-    {
-        self.opened.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Requests layer `i` and starts inflating it; at the end of its blob, opens layer `i - 1`
-    /// ahead of time. The callback holds the opener weakly: a stream opened ahead and never
-    /// asked for must not keep the opener (which holds that stream) alive.
-    fn start(self: &Arc<Self>, i: usize) -> ingest::Result<ReadAhead> {
-        let stream =
-            open_uncompressed_layer(self.source.as_ref(), &self.image, i).map_err(|e| {
-                ingest::Error::Image {
-                    image: self.name(i),
-                    msg: e.to_string(),
-                }
-            })?;
-        BLOB_BYTES_FETCHED.fetch_add(self.image.layers[i].size, Ordering::Relaxed);
-        let below = i.checked_sub(1).filter(|&b| self.prefetch[b]);
-        let me = Arc::downgrade(self);
-        Ok(ingest::decode::read_ahead_then(
-            stream,
-            256 << 10,
-            8,
-            move || {
-                if let (Some(b), Some(me)) = (below, me.upgrade()) {
-                    let stream = me.start(b);
-                    me.lock_opened().insert(b, stream);
-                }
-            },
-        ))
-    }
-}
-
-/// Blob bytes of the layers opened in this process (a second pass counts twice: it fetches
-/// twice).
-static BLOB_BYTES_FETCHED: AtomicU64 = AtomicU64::new(0);
-
-/// Counts a layer's uncompressed bytes for the progress bar, and reports the layer (bytes,
-/// seconds) when the flattener is done with it.
-struct LayerProgress {
-    inner: Box<dyn Read + Send>,
-    bar: indicatif::ProgressBar,
-    image: String,
-    layer: String,
-    bytes: u64,
-    started: Instant,
-    out: Output,
-}
-
-impl LayerProgress {
-    fn new(inner: Box<dyn Read + Send>, image: &str, layer: String, out: Output) -> LayerProgress {
-        let short = layer.get(..19).unwrap_or(&layer).to_string();
-        LayerProgress {
-            inner,
-            bar: out.progress(format!("{image} {short}"), None),
-            image: image.to_string(),
-            layer,
-            bytes: 0,
-            started: Instant::now(),
-            out,
-        }
-    }
-}
-
-impl Read for LayerProgress {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.bytes += n as u64;
-        self.bar.inc(n as u64);
-        Ok(n)
-    }
-}
-
-impl Drop for LayerProgress {
-    fn drop(&mut self) {
-        self.bar.finish_and_clear();
-        let secs = self.started.elapsed().as_secs_f64();
-        if self.out.json {
-            self.out.event(
-                "",
-                event_json(
-                    "layer",
-                    json!({"image": self.image, "layer": self.layer, "bytes": self.bytes, "seconds": secs}),
-                ),
-            );
-        }
     }
 }
 

@@ -3,8 +3,9 @@
 //! where it stopped; the layer memo skips layers already flattened.
 
 use super::concurrent;
-use super::convert::{plan, run_batch, selection, sources};
+use super::convert::{run_batch, selection, sources};
 use super::open_repo;
+use super::plan::plan;
 use crate::args::{Global, MigrateArgs};
 use crate::output::{event_json, Output};
 use anyhow::{bail, Context, Result};

@@ -1,0 +1,136 @@
+//! Planning a batch: what each reference stands for (one job per platform image), what the
+//! repository already has of it, and the configs of the images to convert. Registry requests
+//! run several at a time ([`concurrent`]); the repository is asked in between, so images
+//! already converted cost no config request.
+
+use super::concurrent;
+use anyhow::{anyhow, Result};
+use ingest::convert::{self as layout, Status};
+use ingest::image::{
+    ImageManifest, ImageRef, ImageSource, PlatformSelection, ResolvedImage, Sources,
+};
+use publisher::Transaction;
+use std::sync::Arc;
+
+/// One platform image of a reference and what it needs.
+pub(super) struct Job {
+    pub(super) source: Arc<dyn ImageSource>,
+    pub(super) name: String,
+    pub(super) placement: layout::Placement,
+    pub(super) status: Status,
+    /// The manifest, until [`plan`] has made it part of `image`.
+    pub(super) manifest: Option<ImageManifest>,
+    /// Manifest + config, unless the image is already complete.
+    pub(super) image: Option<ResolvedImage>,
+    /// This job flattens its image (the first job of its flat directory that needs it).
+    pub(super) flatten: bool,
+}
+
+/// Resolves each reference to jobs, one per platform image, checking what the repository
+/// has (see the module doc).
+pub(super) fn plan(
+    txn: &mut Transaction,
+    sources: &Sources,
+    refs: &[String],
+    selection: &PlatformSelection,
+) -> Vec<Result<Vec<Job>>> {
+    let resolved = concurrent::map(refs, concurrent::REQUESTS_IN_FLIGHT, |reference| {
+        resolve_reference(sources, reference, selection)
+    });
+    let mut planned: Vec<Result<Vec<Job>>> = resolved
+        .into_iter()
+        .map(|r| r.and_then(|(source, manifests)| check_present(txn, source, manifests, selection)))
+        .collect();
+    // Every job that needs a config, with the index of its reference.
+    let todo: Vec<(usize, &Job)> = planned
+        .iter()
+        .enumerate()
+        .filter_map(|(i, jobs)| Some((i, jobs.as_ref().ok()?)))
+        .flat_map(|(i, jobs)| jobs.iter().map(move |j| (i, j)))
+        .filter(|(_, j)| j.status != Status::Complete)
+        .collect();
+    let configs = concurrent::map(&todo, concurrent::REQUESTS_IN_FLIGHT, |(_, job)| {
+        let manifest = job
+            .manifest
+            .as_ref()
+            .ok_or_else(|| anyhow!("{}: no manifest", job.name))?;
+        let config = job.source.fetch_config(manifest)?;
+        Ok::<_, anyhow::Error>(ResolvedImage::new(manifest.clone(), config)?)
+    });
+    let owners: Vec<usize> = todo.iter().map(|(i, _)| *i).collect();
+    attach_configs(&mut planned, owners.into_iter().zip(configs));
+    planned
+}
+
+/// Gives each job that needs one its image (manifest + config), in the order `plan` asked
+/// for them; a reference with a config that could not be had fails as a whole.
+fn attach_configs(
+    planned: &mut [Result<Vec<Job>>],
+    mut configs: impl Iterator<Item = (usize, Result<ResolvedImage>)>,
+) {
+    for (i, jobs) in planned.iter_mut().enumerate() {
+        let Ok(list) = jobs else { continue };
+        let mut failure = None;
+        for job in list.iter_mut().filter(|j| j.status != Status::Complete) {
+            match configs.next() {
+                Some((owner, Ok(image))) if owner == i => {
+                    job.image = Some(image);
+                    job.manifest = None;
+                }
+                Some((_, Err(e))) => failure = failure.or(Some(e)),
+                _ => failure = failure.or(Some(anyhow!("{}: config not fetched", job.name))),
+            }
+        }
+        if let Some(e) = failure {
+            *jobs = Err(e);
+        }
+    }
+}
+
+/// The source of `reference` and its manifests (one per platform selected).
+fn resolve_reference(
+    sources: &Sources,
+    reference: &str,
+    selection: &PlatformSelection,
+) -> Result<(Arc<dyn ImageSource>, Vec<ImageManifest>)> {
+    let image_ref = ImageRef::parse(reference)?;
+    let source: Arc<dyn ImageSource> = Arc::from(sources.open(&image_ref)?);
+    let manifests = source.resolve_manifests(selection)?;
+    Ok((source, manifests))
+}
+
+/// Jobs for resolved manifests, with what the repository already has of each.
+fn check_present(
+    txn: &mut Transaction,
+    source: Arc<dyn ImageSource>,
+    manifests: Vec<ImageManifest>,
+    selection: &PlatformSelection,
+) -> Result<Vec<Job>> {
+    let placements = layout::placements(&manifests, selection);
+    let mut jobs = Vec::new();
+    for (manifest, placement) in manifests.into_iter().zip(placements) {
+        let status = {
+            let (ns, objects) = txn.namespace_and_objects();
+            layout::conversion_status(&placement, &manifest.manifest_bytes, |p| {
+                ns.entry(p, &objects)
+            })?
+        };
+        jobs.push(Job {
+            source: source.clone(),
+            name: display_name(&manifest),
+            placement,
+            status,
+            manifest: Some(manifest),
+            image: None,
+            flatten: status == Status::Missing,
+        });
+    }
+    Ok(jobs)
+}
+
+fn display_name(m: &ImageManifest) -> String {
+    match &m.platform {
+        Some(p) if m.from_index => format!("{} [{}]", m.reference, p),
+        _ => m.reference.clone(),
+    }
+}
