@@ -1,7 +1,7 @@
 //! `convert` and `sync`: container images into the DUCC layout, all images of one call in one
 //! revision. A failing image is reported and skipped; the exit code says whether all succeeded.
 
-use super::layers::{flatten, BLOB_BYTES_FETCHED};
+use super::layers::{flatten, memo_keys, BLOB_BYTES_FETCHED};
 use super::plan::{plan, Job};
 use super::schedule::Schedule;
 use super::{concurrent, new_pipeline, open_repo, report_outcome, unix_now};
@@ -308,7 +308,8 @@ fn plan_and_flatten(
                 for job in planned {
                     let job = Arc::new(job);
                     if job.flatten && seen.insert(job.placement.flat_dir.clone()) {
-                        schedule.push((jobs.len(), job.clone()), layers_of(&job));
+                        let keys = job.image.as_ref().map_or_else(Vec::new, memo_keys);
+                        schedule.push((jobs.len(), job.clone()), keys);
                     }
                     jobs.push(job);
                 }
@@ -358,18 +359,6 @@ type Flattened = (usize, Result<layout::Graft>);
 
 /// Whether a job grafted its flat directory (`None`: it had none to graft).
 type Grafted = Option<Result<()>>;
-
-/// The memo keys of the layers a job's image reads.
-fn layers_of(job: &Job) -> Vec<String> {
-    job.image.as_ref().map_or_else(Vec::new, |image| {
-        image
-            .config
-            .diff_ids
-            .iter()
-            .map(|d| d.to_string())
-            .collect()
-    })
-}
 
 /// The flat-directory graft of one image.
 fn flatten_job(job: &Job, cx: &FlattenContext<'_>) -> Result<layout::Graft> {

@@ -24,13 +24,11 @@ pub(super) fn flatten(
     out: Output,
 ) -> Result<catalog_writer::tree::Dir> {
     let image = Arc::new(image.clone());
+    let keys = memo_keys(&image);
     // Layers the memo does not know will be read: each is opened as soon as the one above it
     // has been downloaded and inflated.
     let prefetch = (0..image.layers.len())
-        .map(|i| {
-            let diff_id = image.config.diff_ids.get(i).map(|d| d.to_string());
-            !matches!((memo, diff_id), (Some(m), Some(d)) if m.knows(&d))
-        })
+        .map(|i| !matches!((memo, keys.get(i)), (Some(m), Some(d)) if m.knows(d)))
         .collect();
     let opener = Arc::new(LayerOpener {
         source: source.clone(),
@@ -44,12 +42,22 @@ pub(super) fn flatten(
             let opener = opener.clone();
             ingest::LayerInput {
                 name: opener.name(i),
-                diff_id: image.config.diff_ids.get(i).map(|d| d.to_string()),
+                diff_id: keys.get(i).cloned(),
                 open: Box::new(move || opener.open(i)),
             }
         })
         .collect();
     Ok(ingest::flatten_layers_with(layers, pipeline, memo)?)
+}
+
+/// The layer memo's keys for an image's layers (their diff_ids), bottom first.
+pub(super) fn memo_keys(image: &ResolvedImage) -> Vec<String> {
+    image
+        .config
+        .diff_ids
+        .iter()
+        .map(|d| d.to_string())
+        .collect()
 }
 
 /// Opens an image's layer streams, each inflated and verified on a thread of its own. The
