@@ -134,12 +134,17 @@ fn content_index_skips_compression_only_if_object_exists() {
 #[test]
 fn big_file_with_small_budget() {
     let input = lcg_bytes(64 << 20, 11);
-    for chunking in [Some(ChunkSizes::default()), None] {
+    // Stored by the workers themselves (the default) and by store threads.
+    let cases = [Some(ChunkSizes::default()), None]
+        .into_iter()
+        .flat_map(|c| [(c, 0), (c, 2)]);
+    for (chunking, store_threads) in cases {
         let store = Arc::new(MemStore::default());
         let cfg = PipelineConfig {
             chunking,
             workers: 2,
             memory_budget: 8 << 20,
+            store_threads,
             ..PipelineConfig::default()
         };
         let p = pipeline(&store, cfg);
@@ -167,19 +172,25 @@ fn big_file_with_small_budget() {
 
 #[test]
 fn store_error_names_object_and_stops() {
-    let store = Arc::new(MemStore::default());
-    store.fail_puts.store(true, Ordering::SeqCst);
-    let p = pipeline(&store, PipelineConfig::default());
-    let t = p.add_file(&mut Cursor::new(b"hello\n"), 6).unwrap();
-    assert!(p.resolve(t).is_err());
-    assert!(p.add_file(&mut Cursor::new(b"more"), 4).is_err());
-    let err = p.finish().unwrap_err();
-    let msg = err.to_string();
-    assert!(
-        msg.contains("data/57/98f7f4ca7585d850eea64610a1f73d8f8de7a3")
-            && msg.contains("No space left"),
-        "{msg}"
-    );
+    for store_threads in [0, 1] {
+        let store = Arc::new(MemStore::default());
+        store.fail_puts.store(true, Ordering::SeqCst);
+        let cfg = PipelineConfig {
+            store_threads,
+            ..PipelineConfig::default()
+        };
+        let p = pipeline(&store, cfg);
+        let t = p.add_file(&mut Cursor::new(b"hello\n"), 6).unwrap();
+        assert!(p.resolve(t).is_err());
+        assert!(p.add_file(&mut Cursor::new(b"more"), 4).is_err());
+        let err = p.finish().unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("data/57/98f7f4ca7585d850eea64610a1f73d8f8de7a3")
+                && msg.contains("No space left"),
+            "{msg}"
+        );
+    }
 }
 
 #[test]
