@@ -25,8 +25,16 @@ pub fn open_layer_stream<R: Read + Send + 'static>(reader: R) -> Result<Box<dyn 
 /// Like [`open_layer_stream`]; `name` (a file path or layer digest) appears in errors.
 pub fn open_named_stream<R: Read + Send + 'static>(
     name: &str,
-    mut reader: R,
+    reader: R,
 ) -> Result<Box<dyn Read + Send>> {
+    open_detected_stream(name, reader).map(|(_, stream)| stream)
+}
+
+/// Like [`open_named_stream`], and tells which format was recognised.
+pub fn open_detected_stream<R: Read + Send + 'static>(
+    name: &str,
+    mut reader: R,
+) -> Result<(Format, Box<dyn Read + Send>)> {
     let head = read_head(&mut reader, TAR_BLOCK).map_err(|e| Error::Decode {
         archive: name.into(),
         msg: format!("reading: {e}"),
@@ -36,7 +44,7 @@ pub fn open_named_stream<R: Read + Send + 'static>(
         msg: describe_unknown(&head),
     })?;
     let stream = io::Cursor::new(head).chain(reader);
-    Ok(match format {
+    let decoded: Box<dyn Read + Send> = match format {
         Format::Gzip => Box::new(crate::gzip::GzipDecoder::new(stream)),
         Format::Zstd => {
             Box::new(
@@ -47,7 +55,8 @@ pub fn open_named_stream<R: Read + Send + 'static>(
             )
         }
         Format::Tar => Box::new(stream),
-    })
+    };
+    Ok((format, decoded))
 }
 
 /// Recognises the stream from its first bytes (up to one tar block).

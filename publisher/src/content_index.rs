@@ -137,10 +137,13 @@ impl SqliteContentIndex {
         size: u64,
         suffix: Suffix,
     ) -> rusqlite::Result<Option<(Vec<u8>, i64)>> {
+        // Cached: parsing the statement anew cost more than the lookup itself.
         inner
             .conn
-            .query_row(
+            .prepare_cached(
                 "SELECT object, compressed_size FROM content WHERE plain = ?1 AND size = ?2 AND suffix = ?3",
+            )?
+            .query_row(
                 params![&plain[..], i64_of(size), suffix.as_str()],
                 |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?)),
             )

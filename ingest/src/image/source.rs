@@ -200,6 +200,9 @@ struct DecodedLayer {
     slot: ErrorSlot,
     image: String,
     layer: String,
+    /// The blob digest equals the diff_id, so its check covers the tar and the blob must be
+    /// one (a compressed blob cannot hash to what its content hashes to).
+    plain_only: bool,
 }
 
 enum DecodeState {
@@ -224,8 +227,13 @@ impl DecodedLayer {
             return Ok(());
         };
         let name = format!("image {} layer {}", self.image, self.layer);
-        match crate::decode::open_named_stream(&name, blob) {
-            Ok(decoder) => {
+        match crate::decode::open_detected_stream(&name, blob) {
+            Ok((format, _)) if self.plain_only && format != crate::decode::Format::Tar => Err(self
+                .error(format!(
+                    "the blob is {format:?}-compressed, yet its digest is the config's diff_id \
+                     (the digest of the uncompressed tar)"
+                ))),
+            Ok((_, decoder)) => {
                 self.state = DecodeState::Active(decoder);
                 Ok(())
             }
@@ -281,6 +289,8 @@ pub fn open_uncompressed_layer(
         )
     })?;
     let slot = ErrorSlot::default();
+    // An uncompressed blob: the blob digest check already hashes exactly the tar.
+    let plain_only = desc.digest == diff_id;
     let decoded = DecodedLayer {
         state: DecodeState::Pending(CapturingBlob {
             blob: source.open_layer(image, index)?,
@@ -289,7 +299,11 @@ pub fn open_uncompressed_layer(
         slot,
         image: image.reference.clone(),
         layer: layer.clone(),
+        plain_only,
     };
+    if plain_only {
+        return Ok(Box::new(decoded));
+    }
     Ok(Box::new(VerifyingReader::new(
         decoded,
         diff_id,

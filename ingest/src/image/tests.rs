@@ -312,6 +312,28 @@ fn diff_id_mismatch() {
 }
 
 #[test]
+fn compressed_blob_whose_digest_is_its_diff_id_is_refused() {
+    // A blob whose digest equals its diff_id is verified once, as a plain tar; a compressed
+    // one cannot be that, and must not slip through unverified.
+    let dir = tempfile::tempdir().unwrap();
+    let (app, _, _) = layout(dir.path());
+    let source = open(&format!("oci:{}:app", dir.path().display()));
+    let mut img = source.resolve(&PlatformSelection::Host).unwrap().remove(0);
+    let layer = Digest::of(&app.blobs[0]);
+    img.config.diff_ids[0] = layer.clone();
+    let err = read_layer(source.as_ref(), &img, 0)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with(&format!(
+            "image {} layer {layer}: the blob is Gzip-compressed",
+            img.reference
+        )),
+        "{err}"
+    );
+}
+
+#[test]
 fn config_and_layer_count_checked() {
     let dir = tempfile::tempdir().unwrap();
     let (app, _, _) = layout(dir.path());
