@@ -67,6 +67,16 @@ type IndexKey = ([u8; 20], u64, Suffix);
 #[derive(Default)]
 pub(crate) struct MemIndex {
     pub map: Mutex<HashMap<IndexKey, (ContentHash, u64)>>,
+    /// While set, a lookup of a piece of this size waits until [`MemIndex::release`].
+    pub hold: Mutex<Option<u64>>,
+    released: std::sync::Condvar,
+}
+
+impl MemIndex {
+    pub fn release(&self) {
+        *self.hold.lock().unwrap() = None;
+        self.released.notify_all();
+    }
 }
 
 impl ContentIndex for MemIndex {
@@ -76,6 +86,11 @@ impl ContentIndex for MemIndex {
         size: u64,
         suffix: Suffix,
     ) -> Option<(ContentHash, u64)> {
+        let mut held = self.hold.lock().unwrap();
+        while *held == Some(size) {
+            held = self.released.wait(held).unwrap();
+        }
+        drop(held);
         self.map
             .lock()
             .unwrap()

@@ -189,8 +189,18 @@ type DedupKey = ([u8; 20], u64, Suffix);
 /// In-run dedup state of one plaintext: being compressed by some worker, or done (kept small:
 /// the map has one entry per distinct piece of the run).
 enum Dedup {
-    InFlight(Arc<Slot>),
+    /// Being compressed; the pieces with the same plaintext seen meanwhile, registered when
+    /// the object is stored. Parking them (rather than having their workers wait) keeps every
+    /// worker busy when two images with the same content are read at once.
+    InFlight(Vec<Parked>),
     Done(ContentHash),
+}
+
+/// A piece whose plaintext another worker is compressing.
+struct Parked {
+    ticket: FileTicket,
+    idx: usize,
+    offset: u64,
 }
 
 /// One piece of a file on its way to a worker.
@@ -264,6 +274,8 @@ struct Stored {
     hash: ContentHash,
     /// Compressed bytes and plaintext SHA-1 when the object may have to be written.
     put: Option<(ObjectBytes, [u8; 20])>,
+    /// Pieces with the same plaintext, done once this one is stored.
+    parked: Vec<Parked>,
     _permit: Permit,
 }
 
@@ -712,9 +724,10 @@ fn worker(sh: Arc<Shared>, jobs: Receiver<Job>, out: Option<Sender<Stored>>) {
         if sh.failed.load(Ordering::Acquire) {
             continue; // drain: dropping the job releases its budget
         }
-        let res = process(&sh, job).and_then(|stored| match &out {
-            Some(tx) => tx.send(stored).map_err(|_| stopped_channel()),
-            None => store_one(&sh, stored),
+        let res = process(&sh, job).and_then(|stored| match (stored, &out) {
+            (None, _) => Ok(()),
+            (Some(stored), Some(tx)) => tx.send(stored).map_err(|_| stopped_channel()),
+            (Some(stored), None) => store_one(&sh, stored),
         });
         if let Err(e) = res {
             sh.fail(e);
@@ -722,8 +735,9 @@ fn worker(sh: Arc<Shared>, jobs: Receiver<Job>, out: Option<Sender<Stored>>) {
     }
 }
 
-/// Dedup/index lookup, then compress+hash.
-fn process(sh: &Shared, job: Job) -> Result<Stored> {
+/// Dedup/index lookup, then compress+hash. `None`: the piece was parked behind another
+/// worker compressing the same plaintext.
+fn process(sh: &Shared, job: Job) -> Result<Option<Stored>> {
     let Job {
         ticket,
         idx,
@@ -736,7 +750,7 @@ fn process(sh: &Shared, job: Job) -> Result<Stored> {
         PieceData::Mem(v, sha1) => (*sha1, v.len() as u64),
         PieceData::Compressed(obj) => (obj.sha1, obj.size),
     };
-    let done = |hash, put| Stored {
+    let done = |hash, put, parked| Stored {
         ticket,
         idx,
         offset,
@@ -744,6 +758,7 @@ fn process(sh: &Shared, job: Job) -> Result<Stored> {
         suffix,
         hash,
         put,
+        parked,
         _permit: permit,
     };
     let key = (sha1, size, suffix);
@@ -755,43 +770,46 @@ fn process(sh: &Shared, job: Job) -> Result<Stored> {
             let mut map = sh.dedup.lock().unwrap_or_else(|p| p.into_inner());
             map.entry(key).or_insert(Dedup::Done(hash));
             drop(map);
-            return Ok(done(hash, Some((ObjectBytes::File(obj), sha1))));
+            return Ok(Some(done(
+                hash,
+                Some((ObjectBytes::File(obj), sha1)),
+                Vec::new(),
+            )));
         }
     };
-    let slot = {
+    {
         let mut map = sh.dedup.lock().unwrap_or_else(|p| p.into_inner());
-        match map.get(&key) {
-            Some(Dedup::Done(hash)) => Err(Ok(*hash)),
-            Some(Dedup::InFlight(s)) => Err(Err(s.clone())),
+        match map.get_mut(&key) {
+            Some(Dedup::Done(hash)) => {
+                let hash = *hash;
+                drop(map);
+                sh.counters.dedup_hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(Some(done(hash, None, Vec::new())));
+            }
+            Some(Dedup::InFlight(parked)) => {
+                parked.push(Parked {
+                    ticket,
+                    idx,
+                    offset,
+                });
+                sh.counters.dedup_hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(None);
+            }
             None => {
-                let s = Arc::new(Slot::default());
-                map.insert(key, Dedup::InFlight(s.clone()));
-                Ok(s)
+                map.insert(key, Dedup::InFlight(Vec::new()));
             }
         }
-    };
-    let slot = match slot {
-        Ok(mine) => mine,
-        Err(seen) => {
-            let hash = match seen {
-                Ok(hash) => hash,
-                Err(other) => other.wait().map_err(Error::Stopped)?,
-            };
-            sh.counters.dedup_hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(done(hash, None));
+    }
+    // On an error the pipeline fails as a whole: parked pieces need no answer.
+    let (hash, bytes) = lookup_or_compress(sh, &data, sha1, size, suffix)?;
+    let parked = {
+        let mut map = sh.dedup.lock().unwrap_or_else(|p| p.into_inner());
+        match map.insert(key, Dedup::Done(hash)) {
+            Some(Dedup::InFlight(parked)) => parked,
+            _ => Vec::new(),
         }
     };
-    let res = lookup_or_compress(sh, &data, sha1, size, suffix);
-    slot.set(match &res {
-        Ok((h, _)) => Ok(*h),
-        Err(e) => Err(e.to_string()),
-    });
-    if let Ok((h, _)) = &res {
-        let mut map = sh.dedup.lock().unwrap_or_else(|p| p.into_inner());
-        map.insert(key, Dedup::Done(*h));
-    }
-    let (hash, bytes) = res?;
-    Ok(done(hash, bytes.map(|b| (b, sha1))))
+    Ok(Some(done(hash, bytes.map(|b| (b, sha1)), parked)))
 }
 
 /// Pieces smaller than this bypass the content index: compressing them costs less than a
@@ -872,16 +890,16 @@ fn store_one(sh: &Shared, st: Stored) -> Result<()> {
             index.record(sha1, st.size, st.suffix, st.hash, csize);
         }
     }
-    sh.piece_done(
-        st.ticket,
-        st.idx,
-        PieceDone {
-            offset: st.offset,
-            size: st.size,
-            suffix: st.suffix,
-            hash: st.hash,
-        },
-    );
+    let piece = |offset| PieceDone {
+        offset,
+        size: st.size,
+        suffix: st.suffix,
+        hash: st.hash,
+    };
+    sh.piece_done(st.ticket, st.idx, piece(st.offset));
+    for p in st.parked {
+        sh.piece_done(p.ticket, p.idx, piece(p.offset));
+    }
     Ok(())
 }
 
@@ -900,29 +918,6 @@ impl Write for HashingWriter {
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
-    }
-}
-
-/// Result of the first worker to see a plaintext, for workers that see it again.
-#[derive(Default)]
-struct Slot {
-    value: Mutex<Option<std::result::Result<ContentHash, String>>>,
-    ready: Condvar,
-}
-
-impl Slot {
-    fn set(&self, v: std::result::Result<ContentHash, String>) {
-        *self.value.lock().unwrap_or_else(|p| p.into_inner()) = Some(v);
-        self.ready.notify_all();
-    }
-    fn wait(&self) -> std::result::Result<ContentHash, String> {
-        let mut g = self.value.lock().unwrap_or_else(|p| p.into_inner());
-        loop {
-            if let Some(v) = g.as_ref() {
-                return v.clone();
-            }
-            g = self.ready.wait(g).unwrap_or_else(|p| p.into_inner());
-        }
     }
 }
 

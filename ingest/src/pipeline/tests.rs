@@ -132,6 +132,40 @@ fn content_index_skips_compression_only_if_object_exists() {
 }
 
 #[test]
+fn a_piece_seen_again_while_compressed_does_not_hold_up_a_worker() {
+    let store = Arc::new(MemStore::default());
+    let index = Arc::new(MemIndex::default());
+    let same = lcg_bytes(10_000, 1);
+    // The first worker to take `same` is held in its index lookup, i.e. before compressing.
+    *index.hold.lock().unwrap() = Some(same.len() as u64);
+    let cfg = PipelineConfig {
+        chunking: None,
+        workers: 2,
+        ..PipelineConfig::default()
+    };
+    let p = ObjectPipeline::new(store.clone(), Some(index.clone()), cfg).unwrap();
+    // The copy is parked, so the other worker is free for the next file.
+    let a = p.add_file(&mut Cursor::new(&same), 0).unwrap();
+    let b = p.add_file(&mut Cursor::new(&same), 0).unwrap();
+    let other = p.add_file(&mut Cursor::new(b"other"), 0).unwrap();
+    // Bounded wait: with both workers stuck this would never resolve.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !p.all_stored([other].into_iter()) {
+        if std::time::Instant::now() > deadline {
+            index.release();
+            panic!("no worker took the next file");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert!(!p.all_stored([a, b].into_iter()));
+    index.release();
+    let (ra, rb) = (p.resolve(a).unwrap(), p.resolve(b).unwrap());
+    assert_eq!(ra, rb);
+    let out = p.finish().unwrap();
+    assert_eq!((out.stats.compressions, out.stats.dedup_hits), (2, 1));
+}
+
+#[test]
 fn big_file_with_small_budget() {
     let input = lcg_bytes(64 << 20, 11);
     // Stored by the workers themselves (the default) and by store threads.
