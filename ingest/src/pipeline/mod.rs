@@ -1,53 +1,51 @@
-//! The object pipeline: read → chunk → compress+hash → store → results, as in cvmfs's
-//! ingestion pipeline (`cvmfs/ingestion/`), joined by bounded queues.
+//! The object pipeline, as in cvmfs's ingestion pipeline (`cvmfs/ingestion/`): one stage per
+//! module, joined by bounded queues.
 //!
-//! * The caller's thread reads a file and cuts it into pieces (the chunker costs about one
-//!   shift and xor per byte, far less than compression).
-//! * Worker threads hash each piece's plaintext, consult the in-run dedup map and the optional
-//!   [`ContentIndex`], and otherwise compress it with stock zlib level 6 while hashing the
-//!   compressed bytes in the same pass.
-//! * Store threads `put` new objects (skipping objects the store already has) and record
-//!   finished pieces; a file is resolved once all its pieces are stored.
+//! * `read`: the caller's thread reads a file and cuts it into pieces (the chunker costs
+//!   about one shift and xor per byte, far less than compression), hashing each piece's
+//!   plaintext (SHA-1) as it is assembled.
+//! * `compress`: worker threads consult the in-run dedup map and the optional
+//!   [`ContentIndex`], and otherwise compress the piece with stock zlib level 6 and name it by
+//!   the SHA-1 of the compressed bytes.
+//! * `store`: the worker (or, for remote stores, store threads) `put`s new objects, skipping
+//!   objects the store already has, and registers finished pieces; a file is resolved once
+//!   all its pieces are stored.
 //!
-//! Memory: the bytes of pieces in flight are bounded by `memory_budget` (a byte semaphore,
-//! plus bounded channels); the caller holds at most one piece being assembled. Unchunked files
-//! larger than a quarter of the budget are compressed by the caller while it reads them,
-//! straight into a scratch file the store takes over with `ObjectStore::put_file` (see
-//! `streamed.rs`): their plaintext is never written to disk. Such files cannot consult the
-//! content index before compressing (their plaintext hash is known only at the end); they are
-//! recorded in it afterwards.
+//! Memory: the bytes of pieces in flight are bounded by `memory_budget` (`budget`, a byte
+//! semaphore, plus bounded channels); the caller holds at most one piece being assembled.
+//! Unchunked files larger than a quarter of the budget are compressed by the caller while it
+//! reads them, straight into a scratch file the store takes over with `ObjectStore::put_file`
+//! (see `streamed.rs`): their plaintext is never written to disk. Such files cannot consult
+//! the content index before compressing (their plaintext hash is known only at the end); they
+//! are recorded in it afterwards.
 
+mod budget;
+mod compress;
 #[cfg(test)]
 pub(crate) mod memstore;
 mod pending;
+mod read;
+mod store;
 mod streamed;
 
 pub(crate) use pending::{finalize, PDir, PLeaf, PNode};
 
-use crate::chunker::{ChunkSizes, Chunker};
+use crate::chunker::ChunkSizes;
 use crate::error::{Error, Result};
-use catalog_writer::entry::{Chunk, FileData};
+use budget::{Budget, Permit};
+use catalog_writer::entry::FileData;
 use catalog_writer::hash::{ContentHash, Suffix};
-use crossbeam_channel::{bounded, Receiver, Sender};
-use flate2::write::ZlibEncoder;
-use flate2::Compression;
+use compress::{worker, Dedup, DedupKey, Parked};
+use crossbeam_channel::{bounded, Sender};
 use publisher::store::{ContentIndex, ObjectStore};
-use sha1::{Digest, Sha1};
 use std::collections::{BTreeMap, HashMap};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use streamed::{StreamCompressor, StreamedObject};
-
-/// Size of the caller's read buffer.
-const READ_BUF: usize = 256 << 10;
-thread_local! {
-    /// The caller's read buffer, reused across files (a fresh 256 KiB buffer per small file
-    /// would cost an mmap/munmap pair each time).
-    static READ_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-}
+use store::{store_stage, try_complete};
+use streamed::StreamedObject;
 
 /// Floor of the size above which unchunked files are compressed while read (see
 /// `PipelineConfig::memory_budget`).
@@ -184,25 +182,6 @@ struct PieceDone {
     hash: ContentHash,
 }
 
-type DedupKey = ([u8; 20], u64, Suffix);
-
-/// In-run dedup state of one plaintext: being compressed by some worker, or done (kept small:
-/// the map has one entry per distinct piece of the run).
-enum Dedup {
-    /// Being compressed; the pieces with the same plaintext seen meanwhile, registered when
-    /// the object is stored. Parking them (rather than having their workers wait) keeps every
-    /// worker busy when two images with the same content are read at once.
-    InFlight(Vec<Parked>),
-    Done(ContentHash),
-}
-
-/// A piece whose plaintext another worker is compressing.
-struct Parked {
-    ticket: FileTicket,
-    idx: usize,
-    offset: u64,
-}
-
 /// One piece of a file on its way to a worker.
 struct Job {
     ticket: FileTicket,
@@ -218,34 +197,6 @@ enum PieceData {
     Mem(Vec<u8>, [u8; 20]),
     /// A large unchunked file, already compressed by the caller.
     Compressed(StreamedObject),
-}
-
-/// A piece being assembled by the reading thread, hashed as it grows: the bytes are hashed
-/// while still in the CPU cache after being read, rather than by a worker that would pull
-/// them back from memory (measured: SHA-1 runs at ~2.1 GB/s on cached data, ~1.2 GB/s cold).
-struct PieceBuf {
-    bytes: Vec<u8>,
-    hasher: Sha1,
-}
-
-impl PieceBuf {
-    fn with_capacity(cap: usize) -> PieceBuf {
-        PieceBuf {
-            bytes: Vec::with_capacity(cap),
-            hasher: Sha1::new(),
-        }
-    }
-
-    fn extend(&mut self, data: &[u8]) {
-        self.hasher.update(data);
-        self.bytes.extend_from_slice(data);
-    }
-
-    /// The piece so far and its SHA-1; starts the next one with capacity `cap`.
-    fn take(&mut self, cap: usize) -> (Vec<u8>, [u8; 20]) {
-        let bytes = std::mem::replace(&mut self.bytes, Vec::with_capacity(cap));
-        (bytes, self.hasher.finalize_reset().into())
-    }
 }
 
 /// The compressed bytes of an object on their way to the store.
@@ -391,152 +342,6 @@ impl ObjectPipeline {
                 self.shared.lock().files.remove(&ticket);
                 Err(e)
             }
-        }
-    }
-
-    /// Reads, cuts and dispatches one file; returns (size, number of pieces).
-    fn feed(
-        &self,
-        ticket: FileTicket,
-        name: &str,
-        reader: &mut dyn Read,
-        size_hint: u64,
-    ) -> Result<(u64, usize)> {
-        let piece_cap = usize::try_from(size_hint)
-            .unwrap_or(usize::MAX)
-            .min(self.stream_threshold);
-        READ_BUFFER.with_borrow_mut(|buf| {
-            if buf.len() < READ_BUF {
-                buf.resize(READ_BUF, 0);
-            }
-            self.feed_with(ticket, name, reader, buf, piece_cap)
-        })
-    }
-
-    fn feed_with(
-        &self,
-        ticket: FileTicket,
-        name: &str,
-        reader: &mut dyn Read,
-        buf: &mut [u8],
-        piece_cap: usize,
-    ) -> Result<(u64, usize)> {
-        let mut chunker = self.chunking.map(Chunker::new).transpose()?;
-        let mut cur = PieceBuf::with_capacity(piece_cap);
-        let mut stream: Option<StreamCompressor> = None;
-        let (mut total, mut offset, mut idx) = (0u64, 0u64, 0usize);
-        loop {
-            let n = match reader.read(buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(Error::io(name, e)),
-            };
-            self.check_failed()?;
-            total += n as u64;
-            let mut data = &buf[..n];
-            if let Some(ch) = chunker.as_mut() {
-                while let Some(i) = ch.next_cut(data) {
-                    cur.extend(&data[..i]);
-                    data = &data[i..];
-                    let (piece, sha1) = cur.take(piece_cap);
-                    let len = piece.len() as u64;
-                    self.send(
-                        ticket,
-                        idx,
-                        offset,
-                        Suffix::Partial,
-                        PieceData::Mem(piece, sha1),
-                    )?;
-                    offset += len;
-                    idx += 1;
-                }
-                cur.extend(data);
-            } else if let Some(sc) = stream.as_mut() {
-                sc.write(data).map_err(|e| self.stream_error(name, sc, e))?;
-            } else {
-                cur.extend(data);
-                if cur.bytes.len() > self.stream_threshold {
-                    let mut sc = StreamCompressor::new(&self.scratch_dir)
-                        .map_err(|e| Error::io(self.scratch_name(), e))?;
-                    // The compressor hashes the plaintext itself.
-                    let (head, _) = cur.take(0);
-                    sc.write(&head)
-                        .map_err(|e| self.stream_error(name, &sc, e))?;
-                    stream = Some(sc);
-                }
-            }
-        }
-        self.shared
-            .counters
-            .bytes_in
-            .fetch_add(total, Ordering::Relaxed);
-        let suffix = if idx > 0 {
-            Suffix::Partial
-        } else {
-            Suffix::None
-        };
-        let data = match stream {
-            Some(sc) => {
-                let what = sc.path();
-                let obj = sc.finish().map_err(|e| Error::Compress {
-                    what: format!("{name} into {}", what.display()),
-                    source: e,
-                })?;
-                self.shared
-                    .counters
-                    .compressions
-                    .fetch_add(1, Ordering::Relaxed);
-                self.shared
-                    .counters
-                    .bytes_compressed
-                    .fetch_add(obj.compressed_len, Ordering::Relaxed);
-                PieceData::Compressed(obj)
-            }
-            None => {
-                let (bytes, sha1) = cur.take(0);
-                PieceData::Mem(bytes, sha1)
-            }
-        };
-        self.send(ticket, idx, offset, suffix, data)?;
-        Ok((total, idx + 1))
-    }
-
-    fn send(
-        &self,
-        ticket: FileTicket,
-        idx: usize,
-        offset: u64,
-        suffix: Suffix,
-        data: PieceData,
-    ) -> Result<()> {
-        // A compressed file waits on disk, not in memory.
-        let len = match &data {
-            PieceData::Mem(v, _) => v.len(),
-            PieceData::Compressed(_) => 0,
-        };
-        let permit = self.shared.budget.acquire(len);
-        self.check_failed()?;
-        let job = Job {
-            ticket,
-            idx,
-            offset,
-            suffix,
-            data,
-            permit,
-        };
-        let tx = self.jobs.as_ref().ok_or_else(stopped_channel)?;
-        tx.send(job).map_err(|_| stopped_channel())
-    }
-
-    fn scratch_name(&self) -> String {
-        format!("scratch file in {}", self.scratch_dir.display())
-    }
-
-    fn stream_error(&self, name: &str, sc: &StreamCompressor, e: io::Error) -> Error {
-        Error::Compress {
-            what: format!("{name} into {}", sc.path().display()),
-            source: e,
         }
     }
 
@@ -689,288 +494,6 @@ impl Counters {
             index_hits: g(&self.index_hits),
             dedup_hits: g(&self.dedup_hits),
         }
-    }
-}
-
-/// Builds the file's `FileData` once its size is known and all pieces are stored.
-fn try_complete(f: &mut FileState) -> bool {
-    let Some((size, n)) = f.total else {
-        return false;
-    };
-    if f.done.is_some() || f.pieces.len() != n {
-        return false;
-    }
-    let data = match f.pieces.values().next() {
-        Some(p) if n == 1 && p.suffix == Suffix::None => FileData::Whole(p.hash),
-        _ => FileData::Chunked(
-            f.pieces
-                .values()
-                .map(|p| Chunk {
-                    offset: p.offset,
-                    size: p.size,
-                    hash: p.hash,
-                })
-                .collect(),
-        ),
-    };
-    f.pieces.clear();
-    f.done = Some((size, data));
-    true
-}
-
-/// Compresses jobs and hands them to the store threads (`out`), or stores them itself.
-fn worker(sh: Arc<Shared>, jobs: Receiver<Job>, out: Option<Sender<Stored>>) {
-    for job in jobs {
-        if sh.failed.load(Ordering::Acquire) {
-            continue; // drain: dropping the job releases its budget
-        }
-        let res = process(&sh, job).and_then(|stored| match (stored, &out) {
-            (None, _) => Ok(()),
-            (Some(stored), Some(tx)) => tx.send(stored).map_err(|_| stopped_channel()),
-            (Some(stored), None) => store_one(&sh, stored),
-        });
-        if let Err(e) = res {
-            sh.fail(e);
-        }
-    }
-}
-
-/// Dedup/index lookup, then compress+hash. `None`: the piece was parked behind another
-/// worker compressing the same plaintext.
-fn process(sh: &Shared, job: Job) -> Result<Option<Stored>> {
-    let Job {
-        ticket,
-        idx,
-        offset,
-        suffix,
-        data,
-        permit,
-    } = job;
-    let (sha1, size) = match &data {
-        PieceData::Mem(v, sha1) => (*sha1, v.len() as u64),
-        PieceData::Compressed(obj) => (obj.sha1, obj.size),
-    };
-    let done = |hash, put, parked| Stored {
-        ticket,
-        idx,
-        offset,
-        size,
-        suffix,
-        hash,
-        put,
-        parked,
-        _permit: permit,
-    };
-    let key = (sha1, size, suffix);
-    let data = match data {
-        PieceData::Mem(v, _) => v,
-        // Compressed by the caller already: only tell later copies its name.
-        PieceData::Compressed(obj) => {
-            let hash = obj.hash;
-            let mut map = sh.dedup.lock().unwrap_or_else(|p| p.into_inner());
-            map.entry(key).or_insert(Dedup::Done(hash));
-            drop(map);
-            return Ok(Some(done(
-                hash,
-                Some((ObjectBytes::File(obj), sha1)),
-                Vec::new(),
-            )));
-        }
-    };
-    {
-        let mut map = sh.dedup.lock().unwrap_or_else(|p| p.into_inner());
-        match map.get_mut(&key) {
-            Some(Dedup::Done(hash)) => {
-                let hash = *hash;
-                drop(map);
-                sh.counters.dedup_hits.fetch_add(1, Ordering::Relaxed);
-                return Ok(Some(done(hash, None, Vec::new())));
-            }
-            Some(Dedup::InFlight(parked)) => {
-                parked.push(Parked {
-                    ticket,
-                    idx,
-                    offset,
-                });
-                sh.counters.dedup_hits.fetch_add(1, Ordering::Relaxed);
-                return Ok(None);
-            }
-            None => {
-                map.insert(key, Dedup::InFlight(Vec::new()));
-            }
-        }
-    }
-    // On an error the pipeline fails as a whole: parked pieces need no answer.
-    let (hash, bytes) = lookup_or_compress(sh, &data, sha1, size, suffix)?;
-    let parked = {
-        let mut map = sh.dedup.lock().unwrap_or_else(|p| p.into_inner());
-        match map.insert(key, Dedup::Done(hash)) {
-            Some(Dedup::InFlight(parked)) => parked,
-            _ => Vec::new(),
-        }
-    };
-    Ok(Some(done(hash, bytes.map(|b| (b, sha1)), parked)))
-}
-
-/// Pieces smaller than this bypass the content index: compressing them costs less than a
-/// database lookup and record (measured: ~9 µs per index operation, 100 000 small files).
-const INDEX_MIN_SIZE: u64 = 2048;
-
-/// Returns the object hash and, unless the content index proved the object exists, its bytes.
-fn lookup_or_compress(
-    sh: &Shared,
-    data: &[u8],
-    sha1: [u8; 20],
-    size: u64,
-    suffix: Suffix,
-) -> Result<(ContentHash, Option<ObjectBytes>)> {
-    if let Some(index) = sh.index.as_ref().filter(|_| size >= INDEX_MIN_SIZE) {
-        if let Some((obj, _)) = index.lookup(&sha1, size, suffix) {
-            let present = sh
-                .store
-                .contains(&obj, suffix)
-                .map_err(|e| sh.store_error(&obj, suffix, e))?;
-            if present {
-                sh.counters.index_hits.fetch_add(1, Ordering::Relaxed);
-                return Ok((obj, None));
-            }
-        }
-    }
-    let (hash, bytes) = compress_mem(data).map_err(|e| Error::Compress {
-        what: format!("a {size}-byte piece"),
-        source: e,
-    })?;
-    sh.counters.compressions.fetch_add(1, Ordering::Relaxed);
-    sh.counters
-        .bytes_compressed
-        .fetch_add(bytes.len(), Ordering::Relaxed);
-    Ok((hash, Some(bytes)))
-}
-
-/// zlib level 6 and SHA-1 of the output in one pass.
-fn compress_mem(data: &[u8]) -> io::Result<(ContentHash, ObjectBytes)> {
-    let mut enc = ZlibEncoder::new(HashingWriter::default(), Compression::new(6));
-    enc.write_all(data)?;
-    let out = enc.finish()?;
-    Ok((
-        ContentHash(out.hasher.finalize().into()),
-        ObjectBytes::Mem(out.buf),
-    ))
-}
-
-fn store_stage(sh: Arc<Shared>, rx: Receiver<Stored>) {
-    for st in rx {
-        if sh.failed.load(Ordering::Acquire) {
-            continue;
-        }
-        if let Err(e) = store_one(&sh, st) {
-            sh.fail(e);
-        }
-    }
-}
-
-fn store_one(sh: &Shared, st: Stored) -> Result<()> {
-    if let Some((bytes, sha1)) = &st.put {
-        let exists = sh
-            .store
-            .contains(&st.hash, st.suffix)
-            .map_err(|e| sh.store_error(&st.hash, st.suffix, e))?;
-        if exists {
-            sh.counters.objects_existing.fetch_add(1, Ordering::Relaxed);
-        } else {
-            match bytes {
-                ObjectBytes::Mem(v) => sh.store.put(&st.hash, st.suffix, v),
-                ObjectBytes::File(f) => sh.store.put_file(&st.hash, st.suffix, &f.path),
-            }
-            .map_err(|e| sh.store_error(&st.hash, st.suffix, e))?;
-            sh.counters.objects_new.fetch_add(1, Ordering::Relaxed);
-        }
-        if let Some(index) = sh.index.as_ref().filter(|_| st.size >= INDEX_MIN_SIZE) {
-            let csize = bytes.len();
-            index.record(sha1, st.size, st.suffix, st.hash, csize);
-        }
-    }
-    let piece = |offset| PieceDone {
-        offset,
-        size: st.size,
-        suffix: st.suffix,
-        hash: st.hash,
-    };
-    sh.piece_done(st.ticket, st.idx, piece(st.offset));
-    for p in st.parked {
-        sh.piece_done(p.ticket, p.idx, piece(p.offset));
-    }
-    Ok(())
-}
-
-/// Collects compressed bytes and hashes them as they are produced.
-#[derive(Default)]
-struct HashingWriter {
-    buf: Vec<u8>,
-    hasher: Sha1,
-}
-
-impl Write for HashingWriter {
-    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        self.hasher.update(data);
-        self.buf.extend_from_slice(data);
-        Ok(data.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Byte semaphore bounding the piece buffers in flight.
-struct Budget {
-    avail: Mutex<usize>,
-    freed: Condvar,
-    total: usize,
-    /// Highest number of bytes held at once (for tests and diagnostics).
-    peak: AtomicU64,
-}
-
-/// Bytes held from the budget; released on drop.
-struct Permit {
-    budget: Arc<Budget>,
-    n: usize,
-}
-
-impl Budget {
-    fn new(total: usize) -> Budget {
-        Budget {
-            avail: Mutex::new(total),
-            freed: Condvar::new(),
-            total,
-            peak: AtomicU64::new(0),
-        }
-    }
-}
-
-impl Budget {
-    /// Takes `n` bytes (at most the whole budget, so one huge piece cannot deadlock).
-    fn acquire(self: &Arc<Self>, n: usize) -> Permit {
-        let n = n.min(self.total);
-        let mut avail = self.avail.lock().unwrap_or_else(|p| p.into_inner());
-        while *avail < n {
-            avail = self.freed.wait(avail).unwrap_or_else(|p| p.into_inner());
-        }
-        *avail -= n;
-        self.peak
-            .fetch_max((self.total - *avail) as u64, Ordering::Relaxed);
-        Permit {
-            budget: self.clone(),
-            n,
-        }
-    }
-}
-
-impl Drop for Permit {
-    fn drop(&mut self) {
-        let mut avail = self.budget.avail.lock().unwrap_or_else(|p| p.into_inner());
-        *avail += self.n;
-        drop(avail);
-        self.budget.freed.notify_all();
     }
 }
 

@@ -1,6 +1,9 @@
+use super::compress::INDEX_MIN_SIZE;
 use super::memstore::{lcg_bytes, MemIndex, MemStore};
 use super::*;
+use crate::chunker::Chunker;
 use catalog_writer::hash::EMPTY_OBJECT;
+use sha1::{Digest, Sha1};
 use std::io::Cursor;
 
 fn pipeline(store: &Arc<MemStore>, cfg: PipelineConfig) -> ObjectPipeline {
@@ -117,7 +120,7 @@ fn content_index_skips_compression_only_if_object_exists() {
     assert_eq!(first, second);
     // Pieces below INDEX_MIN_SIZE bypass the index: they are compressed again.
     let small = match &first.1 {
-        FileData::Chunked(c) => c.iter().filter(|c| c.size < super::INDEX_MIN_SIZE).count(),
+        FileData::Chunked(c) => c.iter().filter(|c| c.size < INDEX_MIN_SIZE).count(),
         FileData::Whole(_) => 0,
     } as u64;
     assert!(s2.index_hits > 0);

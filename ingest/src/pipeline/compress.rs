@@ -1,0 +1,192 @@
+//! Stage 3, on the worker threads: the in-run dedup map and the content index are consulted
+//! with the piece's plaintext SHA-1, and only new plaintext is compressed (stock zlib level 6)
+//! and named (SHA-1 of the compressed bytes).
+
+use super::store::store_one;
+use super::{stopped_channel, FileTicket, Job, ObjectBytes, PieceData, Shared, Stored};
+use crate::error::{Error, Result};
+use catalog_writer::hash::{ContentHash, Suffix};
+use crossbeam_channel::{Receiver, Sender};
+use flate2::write::ZlibEncoder;
+use flate2::Compression;
+use sha1::{Digest, Sha1};
+use std::io::{self, Write};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+pub(super) type DedupKey = ([u8; 20], u64, Suffix);
+
+/// In-run dedup state of one plaintext: being compressed by some worker, or done (kept small:
+/// the map has one entry per distinct piece of the run).
+pub(super) enum Dedup {
+    /// Being compressed; the pieces with the same plaintext seen meanwhile, registered when
+    /// the object is stored. Parking them (rather than having their workers wait) keeps every
+    /// worker busy when two images with the same content are read at once.
+    InFlight(Vec<Parked>),
+    Done(ContentHash),
+}
+
+/// A piece whose plaintext another worker is compressing.
+pub(super) struct Parked {
+    pub(super) ticket: FileTicket,
+    pub(super) idx: usize,
+    pub(super) offset: u64,
+}
+
+/// Compresses jobs and hands them to the store threads (`out`), or stores them itself.
+pub(super) fn worker(sh: Arc<Shared>, jobs: Receiver<Job>, out: Option<Sender<Stored>>) {
+    for job in jobs {
+        if sh.failed.load(Ordering::Acquire) {
+            continue; // drain: dropping the job releases its budget
+        }
+        let res = process(&sh, job).and_then(|stored| match (stored, &out) {
+            (None, _) => Ok(()),
+            (Some(stored), Some(tx)) => tx.send(stored).map_err(|_| stopped_channel()),
+            (Some(stored), None) => store_one(&sh, stored),
+        });
+        if let Err(e) = res {
+            sh.fail(e);
+        }
+    }
+}
+
+/// Dedup/index lookup, then compress+hash. `None`: the piece was parked behind another
+/// worker compressing the same plaintext.
+fn process(sh: &Shared, job: Job) -> Result<Option<Stored>> {
+    let Job {
+        ticket,
+        idx,
+        offset,
+        suffix,
+        data,
+        permit,
+    } = job;
+    let (sha1, size) = match &data {
+        PieceData::Mem(v, sha1) => (*sha1, v.len() as u64),
+        PieceData::Compressed(obj) => (obj.sha1, obj.size),
+    };
+    let done = |hash, put, parked| Stored {
+        ticket,
+        idx,
+        offset,
+        size,
+        suffix,
+        hash,
+        put,
+        parked,
+        _permit: permit,
+    };
+    let key = (sha1, size, suffix);
+    let data = match data {
+        PieceData::Mem(v, _) => v,
+        // Compressed by the caller already: only tell later copies its name.
+        PieceData::Compressed(obj) => {
+            let hash = obj.hash;
+            let mut map = sh.dedup.lock().unwrap_or_else(|p| p.into_inner());
+            map.entry(key).or_insert(Dedup::Done(hash));
+            drop(map);
+            return Ok(Some(done(
+                hash,
+                Some((ObjectBytes::File(obj), sha1)),
+                Vec::new(),
+            )));
+        }
+    };
+    {
+        let mut map = sh.dedup.lock().unwrap_or_else(|p| p.into_inner());
+        match map.get_mut(&key) {
+            Some(Dedup::Done(hash)) => {
+                let hash = *hash;
+                drop(map);
+                sh.counters.dedup_hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(Some(done(hash, None, Vec::new())));
+            }
+            Some(Dedup::InFlight(parked)) => {
+                parked.push(Parked {
+                    ticket,
+                    idx,
+                    offset,
+                });
+                sh.counters.dedup_hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(None);
+            }
+            None => {
+                map.insert(key, Dedup::InFlight(Vec::new()));
+            }
+        }
+    }
+    // On an error the pipeline fails as a whole: parked pieces need no answer.
+    let (hash, bytes) = lookup_or_compress(sh, &data, sha1, size, suffix)?;
+    let parked = {
+        let mut map = sh.dedup.lock().unwrap_or_else(|p| p.into_inner());
+        match map.insert(key, Dedup::Done(hash)) {
+            Some(Dedup::InFlight(parked)) => parked,
+            _ => Vec::new(),
+        }
+    };
+    Ok(Some(done(hash, bytes.map(|b| (b, sha1)), parked)))
+}
+
+/// Pieces smaller than this bypass the content index: compressing them costs less than a
+/// database lookup and record (measured: ~9 µs per index operation, 100 000 small files).
+pub(super) const INDEX_MIN_SIZE: u64 = 2048;
+
+/// Returns the object hash and, unless the content index proved the object exists, its bytes.
+fn lookup_or_compress(
+    sh: &Shared,
+    data: &[u8],
+    sha1: [u8; 20],
+    size: u64,
+    suffix: Suffix,
+) -> Result<(ContentHash, Option<ObjectBytes>)> {
+    if let Some(index) = sh.index.as_ref().filter(|_| size >= INDEX_MIN_SIZE) {
+        if let Some((obj, _)) = index.lookup(&sha1, size, suffix) {
+            let present = sh
+                .store
+                .contains(&obj, suffix)
+                .map_err(|e| sh.store_error(&obj, suffix, e))?;
+            if present {
+                sh.counters.index_hits.fetch_add(1, Ordering::Relaxed);
+                return Ok((obj, None));
+            }
+        }
+    }
+    let (hash, bytes) = compress_mem(data).map_err(|e| Error::Compress {
+        what: format!("a {size}-byte piece"),
+        source: e,
+    })?;
+    sh.counters.compressions.fetch_add(1, Ordering::Relaxed);
+    sh.counters
+        .bytes_compressed
+        .fetch_add(bytes.len(), Ordering::Relaxed);
+    Ok((hash, Some(bytes)))
+}
+
+/// zlib level 6 and SHA-1 of the output in one pass.
+fn compress_mem(data: &[u8]) -> io::Result<(ContentHash, ObjectBytes)> {
+    let mut enc = ZlibEncoder::new(HashingWriter::default(), Compression::new(6));
+    enc.write_all(data)?;
+    let out = enc.finish()?;
+    Ok((
+        ContentHash(out.hasher.finalize().into()),
+        ObjectBytes::Mem(out.buf),
+    ))
+}
+
+/// Collects compressed bytes and hashes them as they are produced.
+#[derive(Default)]
+struct HashingWriter {
+    buf: Vec<u8>,
+    hasher: Sha1,
+}
+
+impl Write for HashingWriter {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.hasher.update(data);
+        self.buf.extend_from_slice(data);
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}

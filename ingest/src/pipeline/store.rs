@@ -1,0 +1,86 @@
+//! Stages 4 and 5: store each new object (on the worker that compressed it, or on store
+//! threads for remote stores) and register the stored piece with its file, which resolves
+//! once all its pieces are stored.
+
+use super::compress::INDEX_MIN_SIZE;
+use super::{FileState, ObjectBytes, PieceDone, Shared, Stored};
+use crate::error::Result;
+use catalog_writer::entry::{Chunk, FileData};
+use catalog_writer::hash::Suffix;
+use crossbeam_channel::Receiver;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+/// A store thread: stores what the workers compressed.
+pub(super) fn store_stage(sh: Arc<Shared>, rx: Receiver<Stored>) {
+    for st in rx {
+        if sh.failed.load(Ordering::Acquire) {
+            continue;
+        }
+        if let Err(e) = store_one(&sh, st) {
+            sh.fail(e);
+        }
+    }
+}
+
+/// Writes `st`'s object unless the store has it, records it in the content index, and
+/// registers the piece (and the pieces parked behind it) with their files.
+pub(super) fn store_one(sh: &Shared, st: Stored) -> Result<()> {
+    if let Some((bytes, sha1)) = &st.put {
+        let exists = sh
+            .store
+            .contains(&st.hash, st.suffix)
+            .map_err(|e| sh.store_error(&st.hash, st.suffix, e))?;
+        if exists {
+            sh.counters.objects_existing.fetch_add(1, Ordering::Relaxed);
+        } else {
+            match bytes {
+                ObjectBytes::Mem(v) => sh.store.put(&st.hash, st.suffix, v),
+                ObjectBytes::File(f) => sh.store.put_file(&st.hash, st.suffix, &f.path),
+            }
+            .map_err(|e| sh.store_error(&st.hash, st.suffix, e))?;
+            sh.counters.objects_new.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(index) = sh.index.as_ref().filter(|_| st.size >= INDEX_MIN_SIZE) {
+            let csize = bytes.len();
+            index.record(sha1, st.size, st.suffix, st.hash, csize);
+        }
+    }
+    let piece = |offset| PieceDone {
+        offset,
+        size: st.size,
+        suffix: st.suffix,
+        hash: st.hash,
+    };
+    sh.piece_done(st.ticket, st.idx, piece(st.offset));
+    for p in st.parked {
+        sh.piece_done(p.ticket, p.idx, piece(p.offset));
+    }
+    Ok(())
+}
+
+/// Builds the file's `FileData` once its size is known and all pieces are stored.
+pub(super) fn try_complete(f: &mut FileState) -> bool {
+    let Some((size, n)) = f.total else {
+        return false;
+    };
+    if f.done.is_some() || f.pieces.len() != n {
+        return false;
+    }
+    let data = match f.pieces.values().next() {
+        Some(p) if n == 1 && p.suffix == Suffix::None => FileData::Whole(p.hash),
+        _ => FileData::Chunked(
+            f.pieces
+                .values()
+                .map(|p| Chunk {
+                    offset: p.offset,
+                    size: p.size,
+                    hash: p.hash,
+                })
+                .collect(),
+        ),
+    };
+    f.pieces.clear();
+    f.done = Some((size, data));
+    true
+}
