@@ -330,6 +330,8 @@ mod tests {
         hist.advance_trunk(h(1), 1, 100, 4096).unwrap();
         hist.set_previous_revision(&h(9)).unwrap();
         let bytes = hist.to_sqlite().unwrap();
+        // Rollback-journal file format (not WAL), as cvmfs writes it.
+        assert_eq!((bytes[18], bytes[19]), (1, 1));
         let mut hist = History::from_sqlite(&bytes, "test").unwrap();
         assert!(hist.problems().is_empty(), "{:?}", hist.problems());
         assert!(hist.tag(TRUNK_PREVIOUS).unwrap().is_none());

@@ -8,7 +8,8 @@ use std::io::{self, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 
 /// Objects under `<dir>/data/XX/…`, scratch files in `<dir>/data/txn`, root files in `<dir>`.
 #[derive(Debug)]
@@ -18,6 +19,11 @@ pub struct LocalStore {
     /// Start of this instance's scratch file names: `tmp.<pid>.` (or with a scope, see
     /// [`LocalStore::scoped`], so one transaction's leftovers can be told apart).
     temp_prefix: String,
+    /// Bytes of small objects written since writeback was last started (see
+    /// [`LocalStore::note_small_write`]).
+    unsynced: AtomicU64,
+    /// A background `syncfs` is running.
+    syncing: Arc<AtomicBool>,
 }
 
 /// Numbers the scopes handed out by [`LocalStore::scoped`] within this process.
@@ -49,6 +55,8 @@ impl LocalStore {
             root: dir.to_path_buf(),
             counter: AtomicU64::new(0),
             temp_prefix: format!("tmp.{}.", std::process::id()),
+            unsynced: AtomicU64::new(0),
+            syncing: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -60,6 +68,8 @@ impl LocalStore {
             root: self.root.clone(),
             counter: AtomicU64::new(0),
             temp_prefix: format!("tmp.{}.s{n}-", std::process::id()),
+            unsynced: AtomicU64::new(0),
+            syncing: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -165,14 +175,31 @@ impl LocalStore {
     /// Makes every write done so far durable, with one `syncfs` on the storage file system
     /// (cheaper than an fsync per object; called once before the manifest is replaced).
     pub fn sync(&self) -> io::Result<()> {
-        let dir = File::open(self.root.join("data"))?;
-        use std::os::fd::AsRawFd;
-        // SAFETY: `dir` is an open descriptor for the duration of the call.
-        let rc = unsafe { libc::syncfs(dir.as_raw_fd()) };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
+        sync_dir_fs(&self.root.join("data"))
+    }
+
+    /// Counts a small object written without starting its writeback, and every
+    /// [`BACKGROUND_SYNC_BYTES`] starts a `syncfs` on a thread of its own. Small objects
+    /// stay dirty for the kernel's 30 s otherwise, and the `syncfs` before the manifest
+    /// would write them all back while the CPUs wait (measured: 30 ms at the end of a
+    /// 385 MB image).
+    fn note_small_write(&self, len: usize) {
+        let total = self.unsynced.fetch_add(len as u64, Ordering::Relaxed) + len as u64;
+        if total < BACKGROUND_SYNC_BYTES || self.syncing.swap(true, Ordering::AcqRel) {
+            return;
         }
-        Ok(())
+        self.unsynced.store(0, Ordering::Relaxed);
+        let (data, syncing) = (self.root.join("data"), self.syncing.clone());
+        let started = std::thread::Builder::new()
+            .name("store-writeback".into())
+            .spawn(move || {
+                // Advisory: the `syncfs` before the manifest is what guarantees durability.
+                let _ = sync_dir_fs(&data);
+                syncing.store(false, Ordering::Release);
+            });
+        if started.is_err() {
+            self.syncing.store(false, Ordering::Release);
+        }
     }
 
     /// A fresh scratch file name in `data/txn` (unique per process, handle and call).
@@ -195,6 +222,8 @@ impl LocalStore {
                 f.sync_all()?;
             } else if bytes.len() >= EARLY_WRITEBACK_MIN {
                 start_writeback(&f);
+            } else {
+                self.note_small_write(bytes.len());
             }
             Ok(())
         })();
@@ -205,6 +234,21 @@ impl LocalStore {
         Ok(tmp)
     }
 }
+
+/// `syncfs` of the file system holding `dir`.
+fn sync_dir_fs(dir: &Path) -> io::Result<()> {
+    let dir = File::open(dir)?;
+    use std::os::fd::AsRawFd;
+    // SAFETY: `dir` is an open descriptor for the duration of the call.
+    let rc = unsafe { libc::syncfs(dir.as_raw_fd()) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Small objects written between two background `syncfs` calls.
+const BACKGROUND_SYNC_BYTES: u64 = 8 << 20;
 
 /// Objects from this size on start their writeback when written. Per small file the call
 /// costs more kernel time than it saves (100 000 small files: +6 s of system time).
@@ -345,6 +389,25 @@ mod tests {
         store.remove_object(&h, Suffix::None).unwrap();
         assert!(!store.contains(&h, Suffix::None).unwrap());
         store.remove_object(&h, Suffix::None).unwrap();
+    }
+
+    #[test]
+    fn small_objects_start_a_background_writeback_now_and_then() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::create(dir.path()).unwrap();
+        let obj = vec![7u8; 64 << 10];
+        let n = BACKGROUND_SYNC_BYTES as usize / obj.len();
+        for i in 0..n {
+            store
+                .put(&ContentHash::of(&i.to_le_bytes()), Suffix::None, &obj)
+                .unwrap();
+        }
+        // The object that reached the threshold started a `syncfs` and reset the count.
+        assert_eq!(store.unsynced.load(Ordering::Relaxed), 0);
+        store
+            .put(&ContentHash::of(b"one more"), Suffix::None, &obj)
+            .unwrap();
+        assert_eq!(store.unsynced.load(Ordering::Relaxed), obj.len() as u64);
     }
 
     #[test]
