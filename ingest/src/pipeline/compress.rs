@@ -33,7 +33,8 @@ pub(super) struct Parked {
     pub(super) offset: u64,
 }
 
-/// Compresses jobs and hands them to the store threads (`out`), or stores them itself.
+/// Compresses jobs; stores large objects itself and hands small ones to the store threads
+/// (`out`; `None`: stores everything itself).
 pub(super) fn worker(sh: Arc<Shared>, jobs: Receiver<Job>, out: Option<Sender<Stored>>) {
     for job in jobs {
         if sh.failed.load(Ordering::Acquire) {
@@ -41,8 +42,10 @@ pub(super) fn worker(sh: Arc<Shared>, jobs: Receiver<Job>, out: Option<Sender<St
         }
         let res = process(&sh, job).and_then(|stored| match (stored, &out) {
             (None, _) => Ok(()),
-            (Some(stored), Some(tx)) => tx.send(stored).map_err(|_| stopped_channel()),
-            (Some(stored), None) => store_one(&sh, stored),
+            (Some(stored), Some(tx)) if stored.is_small() => {
+                tx.send(stored).map_err(|_| stopped_channel())
+            }
+            (Some(stored), _) => store_one(&sh, stored),
         });
         if let Err(e) = res {
             sh.fail(e);
