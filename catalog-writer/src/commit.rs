@@ -144,7 +144,7 @@ fn previous_version(
 /// Writes `db` as a catalog object and returns its reference.
 fn store(db: &CatalogDb, path: &[u8], ctx: &Ctx<'_>) -> Result<CatalogRef> {
     let raw = sql::write(db, &display(path))?;
-    let packed = crate::zlib::compress(&raw);
+    let packed = crate::zlib::compress_catalog(&raw);
     let hash = ContentHash::of(&packed);
     ctx.objects
         .store(&hash, Suffix::Catalog, &packed)
