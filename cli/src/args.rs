@@ -153,7 +153,7 @@ pub struct ResignArgs {
 
 #[derive(Args, Clone)]
 pub struct RegistryArgs {
-    /// Registry credentials USER:PASS (else Docker config / REGISTRY_AUTH_FILE).
+    /// Registry credentials USER:PASS (else Docker config / REGISTRY_AUTH_FILE, helpers included).
     #[arg(long, env = "CVMFS_OCI_CREDS", hide_env_values = true)]
     pub creds: Option<String>,
     /// Allow plain HTTP for this registry host[:port] (repeatable).

@@ -471,6 +471,28 @@ fn registry_errors_fail_cleanly() {
         );
         assert!(!String::from_utf8_lossy(&out.stdout).contains("s3cret"));
         assert!(!String::from_utf8_lossy(&out.stderr).contains("s3cret"));
+        // The same registry through a Docker credential helper named by `credHelpers`.
+        auth.push_oci_layout(&layout, "a", "private/app:2")
+            .expect("push with creds");
+        let image = format!("docker://{}/private/app:2", auth.addr());
+        let out = with_credential_helper(&env, &auth.addr(), "alice", "s3cret")
+            .args(["convert", FQRN, &image, "--insecure-registry", &auth.addr()])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        assert!(!stderr.contains("s3cret"), "{stderr}");
+        // A helper that refuses: the error names it and the registry.
+        let out = with_credential_helper(&env, &auth.addr(), "alice", "")
+            .args(["convert", FQRN, &image, "--insecure-registry", &auth.addr()])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(
+            stderr.contains("docker-credential-fixture") && stderr.contains(&auth.addr()),
+            "{stderr}"
+        );
         env.check(true);
         return;
     }
@@ -478,6 +500,41 @@ fn registry_errors_fail_cleanly() {
         manifest,
         std::fs::read(env.storage.join(".cvmfspublished")).unwrap()
     );
+}
+
+/// A `cvmfs-oci` command whose Docker config sends `registry` to a credential helper
+/// (`docker-credential-fixture` on `PATH`) that answers `user` / `secret`, or fails when
+/// `secret` is empty.
+fn with_credential_helper(
+    env: &Env,
+    registry: &str,
+    user: &str,
+    secret: &str,
+) -> std::process::Command {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = env.path(&format!("docker-config-{}", secret.len()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = format!(r#"{{"credHelpers": {{"{registry}": "fixture"}}}}"#);
+    std::fs::write(dir.join("config.json"), config).unwrap();
+    let script = if secret.is_empty() {
+        "echo 'the keychain is locked' >&2; exit 1".to_owned()
+    } else {
+        format!(
+            r#"read url; echo '{{"ServerURL":"'"$url"'","Username":"{user}","Secret":"{secret}"}}'"#
+        )
+    };
+    let helper = dir.join("docker-credential-fixture");
+    std::fs::write(&helper, format!("#!/bin/sh\n{script}\n")).unwrap();
+    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut paths = vec![dir.clone()];
+    paths.extend(std::env::split_paths(&path));
+    let mut cmd = env.cmd(&[]);
+    cmd.env("DOCKER_CONFIG", &dir)
+        .env("PATH", std::env::join_paths(paths).unwrap())
+        .env_remove("REGISTRY_AUTH_FILE")
+        .env_remove("CVMFS_OCI_CREDS");
+    cmd
 }
 
 #[test]

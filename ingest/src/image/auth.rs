@@ -1,4 +1,5 @@
-//! Registry credentials: `--creds USER:PASS`, `REGISTRY_AUTH_FILE`, `~/.docker/config.json`.
+//! Registry credentials: `--creds USER:PASS`, `REGISTRY_AUTH_FILE`, `~/.docker/config.json`
+//! (inline `auths`, and the credential helpers of `credHelpers` / `credsStore`).
 //! Secrets never reach `Debug`/`Display` output.
 
 use super::error::{Error, Result};
@@ -6,7 +7,11 @@ use base64::Engine as _;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// A string that must not be printed: passwords and tokens.
 #[derive(Clone, PartialEq, Eq)]
@@ -71,9 +76,16 @@ impl fmt::Debug for Credentials {
 }
 
 #[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct ConfigFile {
     #[serde(default)]
     auths: BTreeMap<String, AuthEntry>,
+    /// Registry → helper name (`docker-credential-NAME`).
+    #[serde(default)]
+    cred_helpers: BTreeMap<String, String>,
+    /// The helper for every registry without its own.
+    #[serde(default)]
+    creds_store: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -87,14 +99,28 @@ struct AuthEntry {
 #[derive(Clone, Default)]
 pub struct AuthStore {
     by_host: BTreeMap<String, Credentials>,
+    /// Helper per host (`credHelpers`), and for the other hosts (`credsStore`).
+    helpers: BTreeMap<String, String>,
+    default_helper: Option<String>,
     /// Used for every host when set (`--creds`).
     everywhere: Option<Credentials>,
+    /// Where helpers are found: `docker-credential-` (on `PATH`) unless a test says otherwise.
+    helper_prefix: Option<PathBuf>,
+    /// What each helper said, per host: a helper runs once per host and process.
+    asked: Arc<Mutex<BTreeMap<String, HelperAnswer>>>,
 }
+
+type HelperAnswer = std::result::Result<Option<Credentials>, String>;
+
+/// How long a credential helper may take (they may talk to a cloud API).
+const HELPER_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl fmt::Debug for AuthStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AuthStore")
             .field("hosts", &self.by_host.keys().collect::<Vec<_>>())
+            .field("helpers", &self.helpers)
+            .field("default_helper", &self.default_helper)
             .field("everywhere", &self.everywhere.is_some())
             .finish()
     }
@@ -135,6 +161,11 @@ impl AuthStore {
         let file: ConfigFile =
             serde_json::from_slice(json).map_err(|e| bad(format!("not a valid auth file: {e}")))?;
         let mut by_host = BTreeMap::new();
+        let helpers = file
+            .cred_helpers
+            .into_iter()
+            .map(|(key, helper)| (canonical_host(key_host(&key)).to_owned(), helper))
+            .collect();
         for (key, entry) in file.auths {
             let creds = match (entry.auth, entry.username, entry.password) {
                 (Some(auth), _, _) if !auth.is_empty() => {
@@ -157,7 +188,9 @@ impl AuthStore {
         }
         Ok(AuthStore {
             by_host,
-            everywhere: None,
+            helpers,
+            default_helper: file.creds_store.filter(|h| !h.is_empty()),
+            ..AuthStore::default()
         })
     }
 
@@ -200,11 +233,142 @@ impl AuthStore {
         self
     }
 
-    /// Credentials for a registry host (`host[:port]`).
-    pub fn lookup(&self, host: &str) -> Option<&Credentials> {
-        self.everywhere
-            .as_ref()
-            .or_else(|| self.by_host.get(canonical_host(host)))
+    /// Runs credential helpers from `prefix` + NAME instead of `docker-credential-NAME`.
+    pub fn with_helper_prefix(mut self, prefix: PathBuf) -> AuthStore {
+        self.helper_prefix = Some(prefix);
+        self
+    }
+
+    /// Credentials for a registry host (`host[:port]`), in Docker's order: `--creds`, the
+    /// host's `credHelpers` entry, `credsStore`, the inline `auths` entry. A helper runs at
+    /// most once per host; `Err` says why it gave nothing (no secret in it).
+    pub fn lookup(&self, host: &str) -> std::result::Result<Option<Credentials>, String> {
+        if let Some(c) = &self.everywhere {
+            return Ok(Some(c.clone()));
+        }
+        let host = canonical_host(host);
+        match self.helpers.get(host).or(self.default_helper.as_ref()) {
+            Some(helper) => self.ask_helper(helper, host),
+            None => Ok(self.by_host.get(host).cloned()),
+        }
+    }
+
+    fn ask_helper(&self, helper: &str, host: &str) -> HelperAnswer {
+        let mut asked = self.asked.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(answer) = asked.get(host) {
+            return answer.clone();
+        }
+        let program = match &self.helper_prefix {
+            Some(prefix) => {
+                let mut p = prefix.clone().into_os_string();
+                p.push(helper);
+                PathBuf::from(p)
+            }
+            None => PathBuf::from(format!("docker-credential-{helper}")),
+        };
+        let answer = run_helper(&program, helper_server_url(host)).map_err(|reason| {
+            format!(
+                "credential helper {} for {host}: {reason}",
+                program.display()
+            )
+        });
+        asked.insert(host.to_owned(), answer.clone());
+        answer
+    }
+}
+
+/// The server URL Docker hands helpers: Docker Hub is known by its v1 index URL.
+fn helper_server_url(host: &str) -> &str {
+    if host == "docker.io" {
+        "https://index.docker.io/v1/"
+    } else {
+        host
+    }
+}
+
+/// The credential-helper protocol: `PROGRAM get`, the server URL on stdin, JSON on stdout.
+fn run_helper(program: &Path, server: &str) -> HelperAnswer {
+    let mut child = Command::new(program)
+        .arg("get")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => "not found (is it installed and on PATH?)".to_owned(),
+            _ => format!("cannot run it: {e}"),
+        })?;
+    if let Some(mut stdin) = child.stdin.take() {
+        // A helper that exits without reading its input is judged by its exit status below.
+        let _ = stdin.write_all(server.as_bytes());
+    }
+    let (mut out, mut err) = (child.stdout.take(), child.stderr.take());
+    let out = std::thread::spawn(move || read_all(out.as_mut()));
+    let err = std::thread::spawn(move || read_all(err.as_mut()));
+    let status = wait_with_timeout(&mut child, HELPER_TIMEOUT)?;
+    let out = out.join().unwrap_or_default();
+    let err = err.join().unwrap_or_default();
+    if !status.success() {
+        // Helpers report a missing entry on stdout ("credentials not found in native keychain").
+        let text = String::from_utf8_lossy(if out.is_empty() { &err } else { &out });
+        if text.to_ascii_lowercase().contains("credentials not found") {
+            return Ok(None);
+        }
+        let first = text
+            .lines()
+            .next()
+            .unwrap_or("")
+            .chars()
+            .take(200)
+            .collect::<String>();
+        return Err(format!("failed ({status}): {first}"));
+    }
+    #[derive(Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct Reply {
+        username: Option<String>,
+        secret: Option<String>,
+    }
+    let reply: Reply = serde_json::from_slice(&out)
+        .map_err(|e| format!("its answer is not the expected JSON: {e}"))?;
+    match (reply.username, reply.secret) {
+        (Some(u), _) if u == "<token>" => Err(
+            "it gave an identity token, which is not supported (use --creds USER:TOKEN)".to_owned(),
+        ),
+        (Some(username), Some(secret)) if !username.is_empty() && !secret.is_empty() => {
+            Ok(Some(Credentials {
+                username,
+                password: Secret(secret),
+            }))
+        }
+        _ => Ok(None),
+    }
+}
+
+fn read_all(r: Option<&mut impl Read>) -> Vec<u8> {
+    let mut buf = Vec::new();
+    if let Some(r) = r {
+        let _ = r.take(1 << 20).read_to_end(&mut buf);
+    }
+    buf
+}
+
+fn wait_with_timeout(
+    child: &mut std::process::Child,
+    limit: Duration,
+) -> std::result::Result<std::process::ExitStatus, String> {
+    let start = Instant::now();
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Ok(status),
+            Ok(None) if start.elapsed() < limit => std::thread::sleep(Duration::from_millis(10)),
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("no answer after {} s", limit.as_secs()));
+            }
+            Err(e) => return Err(format!("waiting for it: {e}")),
+        }
     }
 }
 
@@ -217,27 +381,27 @@ mod tests {
             "https://index.docker.io/v1/": {"auth": "aHViOmh1YnNlY3JldA=="},
             "127.0.0.1:5001": {"username": "alice", "password": "s3cret"},
             "helper.example.org": {}
-        },
-        "credsStore": "desktop"
+        }
     }"#;
 
     #[test]
     fn parses_base64_and_plain_entries() {
         let store = AuthStore::from_json(CONFIG.as_bytes(), "test").unwrap();
-        let hub = store.lookup("registry-1.docker.io").unwrap();
+        let hub = store.lookup("registry-1.docker.io").unwrap().unwrap();
         assert_eq!(hub.username, "hub");
         assert_eq!(hub.password.expose(), "hubsecret");
-        let alice = store.lookup("127.0.0.1:5001").unwrap();
+        let alice = store.lookup("127.0.0.1:5001").unwrap().unwrap();
         assert_eq!(alice.password.expose(), "s3cret");
         assert_eq!(alice.basic_header(), "Basic YWxpY2U6czNjcmV0");
-        assert!(store.lookup("127.0.0.1:5000").is_none());
-        assert!(store.lookup("helper.example.org").is_none());
+        assert!(store.lookup("127.0.0.1:5000").unwrap().is_none());
+        assert!(store.lookup("helper.example.org").unwrap().is_none());
     }
 
     #[test]
     fn creds_flag_applies_everywhere() {
         let store = AuthStore::anonymous().with_credentials(Credentials::parse("u:p:q").unwrap());
-        assert_eq!(store.lookup("any.host").unwrap().password.expose(), "p:q");
+        let any = store.lookup("any.host").unwrap().unwrap();
+        assert_eq!(any.password.expose(), "p:q");
         assert!(Credentials::parse("nopass").is_err());
         assert!(Credentials::parse(":x").is_err());
     }
@@ -245,7 +409,7 @@ mod tests {
     #[test]
     fn secrets_never_printed() {
         let store = AuthStore::from_json(CONFIG.as_bytes(), "test").unwrap();
-        let creds = store.lookup("127.0.0.1:5001").unwrap();
+        let creds = store.lookup("127.0.0.1:5001").unwrap().unwrap();
         for text in [
             format!("{creds:?}"),
             format!("{store:?}"),
@@ -258,6 +422,101 @@ mod tests {
         assert!(format!("{creds:?}").contains("alice"));
         let err = Credentials::parse("bad").unwrap_err().to_string();
         assert!(!err.contains("bad"), "{err}");
+    }
+
+    /// Writes a fake `docker-credential-NAME` script into `dir`.
+    fn helper(dir: &Path, name: &str, body: &str) {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.join(format!("docker-credential-{name}"));
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    #[test]
+    fn credential_helpers_in_dockers_order() {
+        let dir = tempfile::tempdir().unwrap();
+        // Answers with the server URL it was given, so the test sees what was asked.
+        helper(
+            dir.path(),
+            "ecr",
+            r#"read url; [ "$1" = get ] || exit 3; echo "{\"ServerURL\":\"$url\",\"Username\":\"AWS\",\"Secret\":\"tok-$url\"}""#,
+        );
+        helper(
+            dir.path(),
+            "store",
+            r#"read url; echo "{\"Username\":\"s\",\"Secret\":\"from-store-$url\"}"; echo "$url" >> "$0.log""#,
+        );
+        let config = r#"{
+            "auths": {"inline.example.org": {"auth": "dTpw"}},
+            "credHelpers": {"123.dkr.ecr.example.com": "ecr", "https://index.docker.io/v1/": "ecr"},
+            "credsStore": "store"
+        }"#;
+        let prefix = dir.path().join("docker-credential-");
+        let store = AuthStore::from_json(config.as_bytes(), "cfg")
+            .unwrap()
+            .with_helper_prefix(prefix);
+        let ecr = store.lookup("123.dkr.ecr.example.com").unwrap().unwrap();
+        assert_eq!(ecr.username, "AWS");
+        assert_eq!(ecr.password.expose(), "tok-123.dkr.ecr.example.com");
+        // Docker Hub: the helper is asked for the v1 index URL, whatever alias the image used.
+        let hub = store.lookup("registry-1.docker.io").unwrap().unwrap();
+        assert_eq!(hub.password.expose(), "tok-https://index.docker.io/v1/");
+        // credsStore covers every other host, inline entries included (as in Docker).
+        let other = store.lookup("inline.example.org").unwrap().unwrap();
+        assert_eq!(other.password.expose(), "from-store-inline.example.org");
+        // Each host's helper runs once per process.
+        store.lookup("inline.example.org").unwrap();
+        store.clone().lookup("inline.example.org").unwrap();
+        let log = std::fs::read_to_string(dir.path().join("docker-credential-store.log")).unwrap();
+        assert_eq!(log, "inline.example.org\n");
+        assert!(!format!("{store:?}").contains("tok-"));
+    }
+
+    #[test]
+    fn credential_helper_failures_are_explained() {
+        let dir = tempfile::tempdir().unwrap();
+        helper(
+            dir.path(),
+            "none",
+            "echo 'credentials not found in native keychain'; exit 1",
+        );
+        helper(dir.path(), "broken", "echo 'keychain locked' >&2; exit 2");
+        helper(dir.path(), "garbage", "echo 'not json'");
+        helper(
+            dir.path(),
+            "identity",
+            r#"echo '{"Username":"<token>","Secret":"refresh"}'"#,
+        );
+        let prefix = dir.path().join("docker-credential-");
+        let with = |helper: &str| {
+            let config = format!(r#"{{"credsStore": "{helper}"}}"#);
+            AuthStore::from_json(config.as_bytes(), "cfg")
+                .unwrap()
+                .with_helper_prefix(prefix.clone())
+                .lookup("r.example.org")
+        };
+        // Not found: anonymous, no error.
+        assert_eq!(with("none").unwrap(), None);
+        let err = with("broken").unwrap_err();
+        assert!(
+            err.contains("docker-credential-broken")
+                && err.contains("r.example.org")
+                && err.contains("keychain locked"),
+            "{err}"
+        );
+        assert!(with("garbage")
+            .unwrap_err()
+            .contains("not the expected JSON"));
+        let err = with("identity").unwrap_err();
+        assert!(
+            err.contains("identity token") && !err.contains("refresh"),
+            "{err}"
+        );
+        let err = with("missing").unwrap_err();
+        assert!(
+            err.contains("docker-credential-missing") && err.contains("not found"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -391,10 +391,13 @@ impl Inner {
             return Some(format!("Bearer {}", token.expose()));
         }
         if host.basic.load(std::sync::atomic::Ordering::Relaxed) {
+            // A helper's failure was reported when the challenge was answered.
             return self
                 .options
                 .auth
                 .lookup(&req.host)
+                .ok()
+                .flatten()
                 .map(|c| c.basic_header());
         }
         None
@@ -450,8 +453,8 @@ impl Inner {
                     let mut reason = describe_status(status, &detail);
                     if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
                         reason.push_str(match self.options.auth.lookup(&req.host) {
-                            Some(_) => " (credentials were refused)",
-                            None => " (no credentials for this registry)",
+                            Ok(Some(_)) => " (credentials were refused)",
+                            _ => " (no credentials for this registry)",
                         });
                     }
                     if retryable(status) {
@@ -490,7 +493,7 @@ impl Inner {
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default();
         let (scheme, params) = parse_challenge(header);
-        let creds = self.options.auth.lookup(&req.host);
+        let creds = self.options.auth.lookup(&req.host).map_err(fail)?;
         match scheme.to_ascii_lowercase().as_str() {
             "basic" => match creds {
                 Some(_) => {
