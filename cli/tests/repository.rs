@@ -48,6 +48,40 @@ fn publish_reads_back_through_cvmfs_crate() {
 }
 
 #[test]
+fn objects_are_world_readable_whatever_the_umask() {
+    let env = Env::init(&[]);
+    let src = sample(&env);
+    // Objects are created 0644 and chmod'ed only when the umask took bits away: try one that
+    // takes them all.
+    let mut cmd = std::process::Command::new("sh");
+    cmd.arg("-c")
+        .arg("umask 077; exec \"$0\" \"$@\"")
+        .arg(env!("CARGO_BIN_EXE_cvmfs-oci"))
+        .args(["--home", env.home.to_str().unwrap(), "publish", FQRN])
+        .arg(&src);
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mut objects = 0;
+    for e in walkdir::WalkDir::new(env.storage.join("data")) {
+        let e = e.unwrap();
+        if e.file_type().is_file() && !e.path().starts_with(env.storage.join("data/txn")) {
+            let mode = e.metadata().unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o644, "{}", e.path().display());
+            objects += 1;
+        }
+    }
+    assert!(objects > 5, "{objects}");
+    let manifest = env.storage.join(".cvmfspublished");
+    let mode = std::fs::metadata(manifest).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o644);
+}
+
+#[test]
 fn publish_at_subpaths_keeps_the_rest() {
     let env = Env::init(&[]);
     let src = sample(&env);

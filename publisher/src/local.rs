@@ -6,7 +6,7 @@ use catalog_writer::hash::{ContentHash, Suffix};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -116,7 +116,7 @@ impl LocalStore {
         dest: &Path,
     ) -> io::Result<bool> {
         // Explicit chmod: temp files are created 0600, the web server must read objects.
-        fs::set_permissions(path, fs::Permissions::from_mode(0o644))?;
+        fs::set_permissions(path, fs::Permissions::from_mode(OBJECT_MODE))?;
         match rename_noreplace(path, dest) {
             Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
                 // Another file system: copy through a scratch file of our own.
@@ -221,11 +221,18 @@ impl LocalStore {
     /// Writes `bytes` to a new scratch file with mode 0644; `durable` adds an fsync.
     fn write_temp(&self, tag: &str, bytes: &[u8], durable: bool) -> io::Result<PathBuf> {
         let tmp = self.temp_path(tag);
-        let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(OBJECT_MODE)
+            .open(&tmp)?;
         let res = (|| {
             f.write_all(bytes)?;
-            // Explicit chmod: the umask must not decide what the web server may read.
-            f.set_permissions(fs::Permissions::from_mode(0o644))?;
+            // The umask must not decide what the web server may read: chmod when it took
+            // bits away (one system call per object saved otherwise).
+            if umask_masks_object_mode() {
+                f.set_permissions(fs::Permissions::from_mode(OBJECT_MODE))?;
+            }
             if durable {
                 f.sync_all()?;
             } else if bytes.len() >= EARLY_WRITEBACK_MIN {
@@ -241,6 +248,27 @@ impl LocalStore {
         }
         Ok(tmp)
     }
+}
+
+/// Mode of objects and root files: the web server must be able to read them.
+const OBJECT_MODE: u32 = 0o644;
+
+/// Whether the process's umask removes bits of [`OBJECT_MODE`] (read once, from
+/// `/proc/self/status`; where that cannot be read, assume it does).
+fn umask_masks_object_mode() -> bool {
+    static MASKS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *MASKS.get_or_init(|| match process_umask() {
+        Some(mask) => mask & OBJECT_MODE != 0,
+        None => true,
+    })
+}
+
+/// The umask from `/proc/self/status` (Linux 4.7+); `umask(2)` cannot be read without
+/// setting it, which would race with other threads creating files.
+fn process_umask() -> Option<u32> {
+    let status = fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("Umask:"))?;
+    u32::from_str_radix(line.trim(), 8).ok()
 }
 
 /// `syncfs` of the file system holding `dir`.

@@ -6,7 +6,7 @@ use super::store::store_one;
 use super::{stopped_channel, FileTicket, Job, ObjectBytes, PieceData, Shared, Stored};
 use crate::error::{Error, Result};
 use catalog_writer::hash::{ContentHash, Suffix};
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, Sender, TrySendError};
 use flate2::write::ZlibEncoder;
 use flate2::Compression;
 use sha1::{Digest, Sha1};
@@ -42,9 +42,13 @@ pub(super) fn worker(sh: Arc<Shared>, jobs: Receiver<Job>, out: Option<Sender<St
         }
         let res = process(&sh, job).and_then(|stored| match (stored, &out) {
             (None, _) => Ok(()),
-            (Some(stored), Some(tx)) if stored.is_small() => {
-                tx.send(stored).map_err(|_| stopped_channel())
-            }
+            // Small objects go to the store thread; when it is behind, the worker stores
+            // them itself instead of waiting for a free slot.
+            (Some(stored), Some(tx)) if stored.is_small() => match tx.try_send(stored) {
+                Ok(()) => Ok(()),
+                Err(TrySendError::Full(stored)) => store_one(&sh, stored),
+                Err(TrySendError::Disconnected(_)) => Err(stopped_channel()),
+            },
             (Some(stored), _) => store_one(&sh, stored),
         });
         if let Err(e) = res {

@@ -13,6 +13,9 @@ pub(crate) struct MemStore {
     pub puts: AtomicU64,
     /// When set, every `put` fails like a full disk.
     pub fail_puts: AtomicBool,
+    /// While set, the first `put` waits until [`MemStore::release_put`] (a stalled disk).
+    pub hold_first_put: Mutex<bool>,
+    put_released: std::sync::Condvar,
 }
 
 impl MemStore {
@@ -25,6 +28,10 @@ impl MemStore {
     pub fn len(&self) -> usize {
         self.objects.lock().unwrap().len()
     }
+    pub fn release_put(&self) {
+        *self.hold_first_put.lock().unwrap() = false;
+        self.put_released.notify_all();
+    }
 }
 
 impl ObjectStore for MemStore {
@@ -35,7 +42,10 @@ impl ObjectStore for MemStore {
         if self.fail_puts.load(Ordering::SeqCst) {
             return Err(io::Error::other("No space left on device"));
         }
-        self.puts.fetch_add(1, Ordering::SeqCst);
+        if self.puts.fetch_add(1, Ordering::SeqCst) == 0 {
+            let held = self.hold_first_put.lock().unwrap();
+            drop(self.put_released.wait_while(held, |h| *h).unwrap());
+        }
         self.objects
             .lock()
             .unwrap()

@@ -51,7 +51,9 @@ use streamed::StreamedObject;
 /// to the store thread: creating many small files from several threads at once contends on
 /// the directory locks (measured: 100 000 small files took 0.45 s longer with every worker
 /// storing), while for large objects the copy into the page cache is cheaper from the core
-/// that holds the bytes.
+/// that holds the bytes. When the store thread's queue is full, workers store small objects
+/// too rather than wait for a slot (a waiting worker idles a core and costs two context
+/// switches per object).
 const INLINE_STORE_MIN: u64 = 64 << 10;
 
 /// Floor of the size above which unchunked files are compressed while read (see

@@ -169,6 +169,53 @@ fn a_piece_seen_again_while_compressed_does_not_hold_up_a_worker() {
 }
 
 #[test]
+fn workers_store_small_objects_themselves_while_the_store_thread_is_stuck() {
+    let store = Arc::new(MemStore::default());
+    *store.hold_first_put.lock().unwrap() = true;
+    let cfg = PipelineConfig {
+        chunking: None,
+        workers: 2,
+        store_threads: 1,
+        ..PipelineConfig::default()
+    };
+    let p = pipeline(&store, cfg);
+    // The first object reaches the store thread, whose write then hangs; the queue behind it
+    // fills up, and the workers must not wait for a slot.
+    let files: Vec<Vec<u8>> = (0..200u32)
+        .map(|i| format!("file {i}\n").into_bytes())
+        .collect();
+    let tickets = std::thread::scope(|s| {
+        // Fed from another thread: with blocked workers, feeding blocks too.
+        let feeder = s.spawn(|| {
+            let add = |f: &Vec<u8>| p.add_file(&mut Cursor::new(f), f.len() as u64).unwrap();
+            files.iter().map(add).collect::<Vec<_>>()
+        });
+        // Bounded wait: with workers blocked on the full queue nothing more would be stored.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while store.len() < 150 {
+            if std::time::Instant::now() > deadline {
+                let stored = store.len();
+                store.release_put();
+                panic!("workers waited for the stuck store thread: {stored} stored");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        store.release_put();
+        feeder.join().unwrap()
+    });
+    let out = p.finish().unwrap();
+    for (f, t) in files.iter().zip(tickets) {
+        let (size, data) = out.get(t).unwrap();
+        assert_eq!(*size as usize, f.len());
+        let FileData::Whole(h) = data else {
+            panic!("small file chunked")
+        };
+        assert_eq!(&store.get_inflated(h, Suffix::None), f);
+    }
+    assert_eq!(store.len(), 200);
+}
+
+#[test]
 fn big_file_with_small_budget() {
     let input = lcg_bytes(64 << 20, 11);
     // Stored by the workers themselves (the default) and by store threads.
