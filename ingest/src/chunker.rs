@@ -68,6 +68,7 @@ pub fn xor32_step(x: u32, byte: u8) -> u32 {
 pub struct Chunker {
     sizes: ChunkSizes,
     threshold: i32,
+    filter: CutFilter,
     /// Offset of the next byte relative to the start of the current chunk.
     pos: usize,
     x: u32,
@@ -81,6 +82,7 @@ impl Chunker {
         Ok(Chunker {
             sizes,
             threshold,
+            filter: CutFilter::new(threshold),
             pos: 0,
             x: 0,
         })
@@ -131,7 +133,7 @@ impl Chunker {
     /// dependency of the plain step, and a one-mask test ([`CutFilter`]) stands in for the exact
     /// rule, which runs only on its rare hits. Measured: 1.9 GB/s here, the plain loop 1.3 GB/s.
     fn scan(&mut self, data: &[u8]) -> Option<usize> {
-        let f = CutFilter::new(self.threshold);
+        let f = self.filter;
         let mut x = self.x;
         let mut pairs = data.chunks_exact(2);
         for (k, p) in pairs.by_ref().enumerate() {
@@ -167,7 +169,7 @@ impl Chunker {
 /// `x` in `MAGIC ± (threshold - 1)` and, through the wrapping `abs`, for `x = u32::MAX`. With
 /// `K` the power of two at or above `threshold`, `x + K` then lies in `2^31 + [0, 2K)` or in
 /// `[0, 2K)`, i.e. has no bit set in `2^31 - 2K` (`threshold < 2^27` as the average is > 32).
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 struct CutFilter {
     add: u32,
     mask: u32,
