@@ -19,7 +19,15 @@ pub fn compress(data: &[u8]) -> Vec<u8> {
 /// A catalog's bytes differ from any other writer's anyway (timestamps, page layout), so they
 /// need not come from stock zlib; zlib-rs gives the same format and ratio in ~60 % of the
 /// time (22 corpus catalogs, 14 MB: 0.19 vs 0.33 s). Readers inflate it like any object.
+/// A large catalog is compressed in parts on all cores (see [`compress_parts`]): it is
+/// written after all the objects, when nothing else keeps the cores busy.
 pub fn compress_catalog(data: &[u8]) -> Vec<u8> {
+    let parts = (data.len() / PART_MIN).min(rayon::current_num_threads());
+    if parts >= 2 {
+        if let Some(z) = compress_parts(data, parts) {
+            return z;
+        }
+    }
     let mut out = vec![0u8; zlib_rs::compress_bound(data.len())];
     let (packed, rc) = zlib_rs::compress_slice(&mut out, data, zlib_rs::DeflateConfig::new(6));
     if rc == zlib_rs::ReturnCode::Ok {
@@ -29,6 +37,81 @@ pub fn compress_catalog(data: &[u8]) -> Vec<u8> {
     } else {
         // Not expected with a `compress_bound` buffer; stock zlib cannot fail into a Vec.
         compress(data)
+    }
+}
+
+/// Catalogs are compressed in parts only from twice this size on (a part costs a
+/// compressor's setup, a 32 KiB dictionary and a 5-byte empty block).
+const PART_MIN: usize = 1 << 20;
+
+/// Deflate's window: each part is compressed with the 32 KiB before it as its dictionary.
+const WINDOW: usize = 32 << 10;
+
+/// One zlib stream made of `parts` raw deflate parts compressed in parallel (as pigz does):
+/// every part but the last ends with a sync flush (byte-aligned, not final), each part may
+/// refer back into the one before it through its preset dictionary, so the concatenation
+/// inflates as a single stream; the header and the Adler-32 of the whole input frame it.
+/// `None`: zlib-rs refused (not expected).
+fn compress_parts(data: &[u8], parts: usize) -> Option<Vec<u8>> {
+    use rayon::prelude::*;
+    let step = data.len().div_ceil(parts);
+    let bodies: Vec<Option<Vec<u8>>> = (0..parts)
+        .into_par_iter()
+        .map(|i| {
+            let (start, end) = (i * step, ((i + 1) * step).min(data.len()));
+            let dict = &data[start.saturating_sub(WINDOW)..start];
+            deflate_raw(dict, &data[start..end], end == data.len())
+        })
+        .collect();
+    // Level 6: zlib's header for the default level and a 32 KiB window (as stock zlib writes).
+    let mut out = vec![0x78, 0x9c];
+    for body in bodies {
+        out.extend_from_slice(&body?);
+    }
+    out.extend_from_slice(&zlib_rs::adler32::adler32(1, data).to_be_bytes());
+    Some(out)
+}
+
+/// Raw deflate of `input` at level 6 with `dict` preset; ends the stream when `last`, else
+/// with a sync flush.
+fn deflate_raw(dict: &[u8], input: &[u8], last: bool) -> Option<Vec<u8>> {
+    use zlib_rs::{Deflate, DeflateFlush, Status};
+    let mut d = Deflate::new(6, false, 15);
+    if !dict.is_empty() {
+        d.set_dictionary(dict).ok()?;
+    }
+    let flush = if last {
+        DeflateFlush::Finish
+    } else {
+        DeflateFlush::SyncFlush
+    };
+    let mut out = vec![0u8; zlib_rs::compress_bound(input.len()) + 16];
+    loop {
+        let (read, written) = (d.total_in() as usize, d.total_out() as usize);
+        let status = d
+            .compress(&input[read..], &mut out[written..], flush)
+            .ok()?;
+        let done = match status {
+            Status::StreamEnd => true,
+            // A sync flush is complete when it did not run out of output space.
+            _ => {
+                !last
+                    && d.total_in() as usize == input.len()
+                    && (d.total_out() as usize) < out.len()
+            }
+        };
+        if done {
+            out.truncate(d.total_out() as usize);
+            return Some(out);
+        }
+        let stuck = (d.total_in() as usize, d.total_out() as usize) == (read, written);
+        if stuck && d.total_out() as usize != out.len() {
+            return None;
+        }
+        if d.total_out() as usize == out.len() {
+            let n = out.len();
+            out.resize(n * 2, 0);
+        }
     }
 }
 
@@ -70,5 +153,42 @@ mod tests {
         // Level 6 in both: within a few percent of stock zlib's size.
         let (ours, stock) = (compress_catalog(&data).len(), compress(&data).len());
         assert!(ours * 100 < stock * 105, "{ours} vs {stock}");
+    }
+
+    #[test]
+    fn catalogs_compressed_in_parts_are_one_zlib_stream() {
+        // Repetitive records (so parts refer back across their borders) and noise.
+        let mut data = Vec::new();
+        let mut x = 1u64;
+        for i in 0u32..150_000 {
+            data.extend_from_slice(format!("usr/share/doc/pkg{}/copyright", i % 313).as_bytes());
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            data.extend_from_slice(&x.to_le_bytes()[..(i % 8) as usize]);
+        }
+        assert!(data.len() > 4 * PART_MIN);
+        let whole = compress(&data);
+        for parts in [2, 3, 7] {
+            let z = compress_parts(&data, parts).unwrap();
+            assert_eq!(&z[..2], &whole[..2], "zlib header");
+            let mut stock = Vec::new();
+            flate2::read::ZlibDecoder::new(&z[..])
+                .read_to_end(&mut stock)
+                .unwrap();
+            assert!(stock == data, "{parts} parts inflate to the input");
+            // The Adler-32 trailer is checked by the decoder; the size stays within 1 %.
+            assert!(
+                z.len() * 100 < whole.len() * 101,
+                "{} vs {}",
+                z.len(),
+                whole.len()
+            );
+        }
+        // A damaged trailer is noticed: the parts really form one checked stream.
+        let mut z = compress_parts(&data, 2).unwrap();
+        let last = z.len() - 1;
+        z[last] ^= 1;
+        assert!(decompress(&z, data.len() as u64).is_err());
     }
 }

@@ -5,11 +5,18 @@ use std::sync::{Arc, Condvar, Mutex};
 
 /// Byte semaphore bounding the piece buffers in flight.
 pub(super) struct Budget {
-    avail: Mutex<usize>,
+    avail: Mutex<Avail>,
     freed: Condvar,
     total: usize,
     /// Highest number of bytes held at once (for tests and diagnostics).
     pub(super) peak: AtomicU64,
+}
+
+/// The bytes free, and how many threads wait for more (a release signals `freed` only when
+/// some do: a signal is a system call, and pieces are released by the hundred thousand).
+struct Avail {
+    bytes: usize,
+    waiters: usize,
 }
 
 /// Bytes held from the budget; released on drop.
@@ -21,7 +28,10 @@ pub(super) struct Permit {
 impl Budget {
     pub(super) fn new(total: usize) -> Budget {
         Budget {
-            avail: Mutex::new(total),
+            avail: Mutex::new(Avail {
+                bytes: total,
+                waiters: 0,
+            }),
             freed: Condvar::new(),
             total,
             peak: AtomicU64::new(0),
@@ -34,12 +44,14 @@ impl Budget {
     pub(super) fn acquire(self: &Arc<Self>, n: usize) -> Permit {
         let n = n.min(self.total);
         let mut avail = self.avail.lock().unwrap_or_else(|p| p.into_inner());
-        while *avail < n {
+        while avail.bytes < n {
+            avail.waiters += 1;
             avail = self.freed.wait(avail).unwrap_or_else(|p| p.into_inner());
+            avail.waiters -= 1;
         }
-        *avail -= n;
+        avail.bytes -= n;
         self.peak
-            .fetch_max((self.total - *avail) as u64, Ordering::Relaxed);
+            .fetch_max((self.total - avail.bytes) as u64, Ordering::Relaxed);
         Permit {
             budget: self.clone(),
             n,
@@ -50,8 +62,11 @@ impl Budget {
 impl Drop for Permit {
     fn drop(&mut self) {
         let mut avail = self.budget.avail.lock().unwrap_or_else(|p| p.into_inner());
-        *avail += self.n;
+        avail.bytes += self.n;
+        let waiting = avail.waiters > 0;
         drop(avail);
-        self.budget.freed.notify_all();
+        if waiting {
+            self.budget.freed.notify_all();
+        }
     }
 }

@@ -170,6 +170,9 @@ struct Counters {
 #[derive(Default)]
 struct State {
     next_ticket: u64,
+    /// Threads waiting in `resolve`: the `changed` condvar is signalled only when there are
+    /// any (a signal is a system call, and there are several per file otherwise).
+    waiters: usize,
     files: HashMap<FileTicket, FileState>,
     error: Option<Error>,
     error_msg: Option<String>,
@@ -347,10 +350,10 @@ impl ObjectPipeline {
                 let mut st = self.shared.lock();
                 if let Some(f) = st.files.get_mut(&ticket) {
                     f.total = Some((size, npieces));
-                    try_complete(f);
+                    if try_complete(f) {
+                        self.shared.notify_resolved(st);
+                    }
                 }
-                drop(st);
-                self.shared.changed.notify_all();
                 Ok(ticket)
             }
             Err(e) => {
@@ -380,11 +383,13 @@ impl ObjectPipeline {
                 Some(FileState { done: Some(d), .. }) => return Ok(d.clone()),
                 Some(_) => {}
             }
+            st.waiters += 1;
             st = self
                 .shared
                 .changed
                 .wait(st)
                 .unwrap_or_else(|p| p.into_inner());
+            st.waiters -= 1;
         }
     }
 
@@ -465,8 +470,16 @@ impl Shared {
             st.error = Some(e);
         }
         self.failed.store(true, Ordering::Release);
+        self.notify_resolved(st);
+    }
+
+    /// Wakes the threads waiting in `resolve`, if any; releases the lock.
+    fn notify_resolved(&self, st: MutexGuard<'_, State>) {
+        let waiting = st.waiters > 0;
         drop(st);
-        self.changed.notify_all();
+        if waiting {
+            self.changed.notify_all();
+        }
     }
 
     fn failure_message(&self) -> String {
@@ -481,8 +494,7 @@ impl Shared {
         if let Some(f) = st.files.get_mut(&ticket) {
             f.pieces.insert(idx, p);
             if try_complete(f) {
-                drop(st);
-                self.changed.notify_all();
+                self.notify_resolved(st);
             }
         }
     }
