@@ -439,6 +439,10 @@ impl ObjectStore for LocalStore {
         self.put_new(hash, suffix, bytes).map(|_| ())
     }
 
+    fn put_if_absent(&self, hash: &ContentHash, suffix: Suffix, bytes: &[u8]) -> io::Result<bool> {
+        self.put_new(hash, suffix, bytes)
+    }
+
     fn get(&self, hash: &ContentHash, suffix: Suffix) -> io::Result<Vec<u8>> {
         let path = self.object_path(hash, suffix);
         fs::read(&path).map_err(|e| with_path(&path, e))

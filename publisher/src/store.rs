@@ -19,6 +19,17 @@ pub trait ObjectStore: Send + Sync {
     /// Human-readable location, for messages.
     fn describe(&self) -> String;
 
+    /// Stores an object unless the store has it; returns whether this call stored it. This
+    /// default asks [`contains`](ObjectStore::contains) first; a store that notices an
+    /// existing object while storing (a local store's no-replace link) saves that lookup.
+    fn put_if_absent(&self, hash: &ContentHash, suffix: Suffix, bytes: &[u8]) -> io::Result<bool> {
+        if self.contains(hash, suffix)? {
+            return Ok(false);
+        }
+        self.put(hash, suffix, bytes)?;
+        Ok(true)
+    }
+
     /// Stores the object whose (compressed) bytes are in the file at `path`, which the store
     /// takes over: when the call returns, successful or not, the file has been moved into
     /// place or removed. An existing object is left as is. Callers should create the file in

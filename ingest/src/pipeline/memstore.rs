@@ -11,6 +11,8 @@ use std::sync::Mutex;
 pub(crate) struct MemStore {
     pub objects: Mutex<HashMap<(ContentHash, Suffix), Vec<u8>>>,
     pub puts: AtomicU64,
+    /// `contains` calls so far.
+    pub lookups: AtomicU64,
     /// When set, every `put` fails like a full disk.
     pub fail_puts: AtomicBool,
     /// While set, the first `put` waits until [`MemStore::release_put`] (a stalled disk).
@@ -36,7 +38,14 @@ impl MemStore {
 
 impl ObjectStore for MemStore {
     fn contains(&self, hash: &ContentHash, suffix: Suffix) -> io::Result<bool> {
+        self.lookups.fetch_add(1, Ordering::SeqCst);
         Ok(self.objects.lock().unwrap().contains_key(&(*hash, suffix)))
+    }
+    /// Without a lookup, like a local store's no-replace link.
+    fn put_if_absent(&self, hash: &ContentHash, suffix: Suffix, bytes: &[u8]) -> io::Result<bool> {
+        let had = self.get(hash, suffix).is_ok();
+        self.put(hash, suffix, bytes)?;
+        Ok(!had)
     }
     fn put(&self, hash: &ContentHash, suffix: Suffix, bytes: &[u8]) -> io::Result<()> {
         if self.fail_puts.load(Ordering::SeqCst) {

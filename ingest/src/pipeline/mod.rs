@@ -165,6 +165,8 @@ struct Counters {
     objects_existing: AtomicU64,
     index_hits: AtomicU64,
     dedup_hits: AtomicU64,
+    /// Objects stored in a row that the store did not have (see `store::put_object`).
+    new_streak: AtomicU64,
 }
 
 #[derive(Default)]

@@ -27,20 +27,13 @@ pub(super) fn store_stage(sh: Arc<Shared>, rx: Receiver<Stored>) {
 /// registers the piece (and the pieces parked behind it) with their files.
 pub(super) fn store_one(sh: &Shared, st: Stored) -> Result<()> {
     if let Some((bytes, sha1)) = &st.put {
-        let exists = sh
-            .store
-            .contains(&st.hash, st.suffix)
-            .map_err(|e| sh.store_error(&st.hash, st.suffix, e))?;
-        if exists {
-            sh.counters.objects_existing.fetch_add(1, Ordering::Relaxed);
-        } else {
-            match bytes {
-                ObjectBytes::Mem(v) => sh.store.put(&st.hash, st.suffix, v),
-                ObjectBytes::File(f) => sh.store.put_file(&st.hash, st.suffix, &f.path),
-            }
-            .map_err(|e| sh.store_error(&st.hash, st.suffix, e))?;
-            sh.counters.objects_new.fetch_add(1, Ordering::Relaxed);
-        }
+        let created =
+            put_object(sh, &st, bytes).map_err(|e| sh.store_error(&st.hash, st.suffix, e))?;
+        let counter = match created {
+            true => &sh.counters.objects_new,
+            false => &sh.counters.objects_existing,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
         if let Some(index) = sh.index.as_ref().filter(|_| st.size >= INDEX_MIN_SIZE) {
             let csize = bytes.len();
             index.record(sha1, st.size, st.suffix, st.hash, csize);
@@ -57,6 +50,33 @@ pub(super) fn store_one(sh: &Shared, st: Stored) -> Result<()> {
         sh.piece_done(p.ticket, p.idx, piece(p.offset));
     }
     Ok(())
+}
+
+/// After this many new objects in a row, objects are stored without asking the store first.
+pub(super) const NEW_STREAK: u64 = 16;
+
+/// Stores `st`'s object unless the store has it; returns whether it was stored now. While
+/// objects keep turning out new (a fresh repository), asking first is a wasted lookup, and
+/// `put_if_absent` notices an existing object anyway; once one turns out to exist (content
+/// stored by an earlier run), asking first again saves writing what is there.
+fn put_object(sh: &Shared, st: &Stored, bytes: &ObjectBytes) -> std::io::Result<bool> {
+    let streak = &sh.counters.new_streak;
+    let created = match bytes {
+        ObjectBytes::Mem(v) if streak.load(Ordering::Relaxed) >= NEW_STREAK => {
+            sh.store.put_if_absent(&st.hash, st.suffix, v)?
+        }
+        _ if sh.store.contains(&st.hash, st.suffix)? => false,
+        ObjectBytes::Mem(v) => sh.store.put(&st.hash, st.suffix, v).map(|()| true)?,
+        ObjectBytes::File(f) => sh
+            .store
+            .put_file(&st.hash, st.suffix, &f.path)
+            .map(|()| true)?,
+    };
+    match created {
+        true => streak.fetch_add(1, Ordering::Relaxed),
+        false => streak.swap(0, Ordering::Relaxed),
+    };
+    Ok(created)
 }
 
 /// Builds the file's `FileData` once its size is known and all pieces are stored.

@@ -103,6 +103,42 @@ fn identical_content_is_compressed_once() {
 }
 
 #[test]
+fn a_run_of_new_objects_stops_asking_the_store_first() {
+    let store = Arc::new(MemStore::default());
+    // One worker storing in order: which object is looked up is deterministic.
+    let cfg = PipelineConfig {
+        workers: 1,
+        store_threads: 0,
+        ..PipelineConfig::default()
+    };
+    let add = |p: &ObjectPipeline, name: &str| {
+        p.add_file(&mut Cursor::new(name.as_bytes().to_vec()), 0)
+            .unwrap()
+    };
+    let p = pipeline(&store, cfg.clone());
+    add(&p, "stored before");
+    p.finish().unwrap();
+    let asked_before = store.lookups.load(Ordering::SeqCst);
+
+    let p = pipeline(&store, cfg);
+    for i in 0..40 {
+        add(&p, &format!("new {i}"));
+    }
+    add(&p, "stored before");
+    for i in 40..50 {
+        add(&p, &format!("new {i}"));
+    }
+    let out = p.finish().unwrap();
+    assert_eq!(out.stats.objects_new, 50);
+    assert_eq!(out.stats.objects_existing, 1);
+    assert_eq!(store.len(), 51);
+    // The first NEW_STREAK objects are looked up, the existing one ends the streak without a
+    // lookup of its own, and the ten after it are looked up again.
+    let asked = store.lookups.load(Ordering::SeqCst) - asked_before;
+    assert_eq!(asked, store::NEW_STREAK + 10);
+}
+
+#[test]
 fn content_index_skips_compression_only_if_object_exists() {
     let store = Arc::new(MemStore::default());
     let index = Arc::new(MemIndex::default());

@@ -90,7 +90,7 @@ impl TrackedStore {
         hash: &ContentHash,
         suffix: Suffix,
         write: impl FnOnce() -> io::Result<bool>,
-    ) -> io::Result<()> {
+    ) -> io::Result<bool> {
         let open = self.open.read().unwrap_or_else(|e| e.into_inner());
         if !*open {
             return Err(io::Error::other(format!(
@@ -99,13 +99,14 @@ impl TrackedStore {
                 hash.object_path(suffix)
             )));
         }
-        if write()? {
+        let created = write()?;
+        if created {
             match self.created.lock() {
                 Ok(mut c) => c.push((*hash, suffix)),
                 Err(e) => e.into_inner().push((*hash, suffix)),
             }
         }
-        Ok(())
+        Ok(created)
     }
 }
 
@@ -116,10 +117,17 @@ impl ObjectStore for TrackedStore {
 
     fn put(&self, hash: &ContentHash, suffix: Suffix, bytes: &[u8]) -> io::Result<()> {
         self.tracked(hash, suffix, || self.local.put_new(hash, suffix, bytes))
+            .map(|_| ())
+    }
+
+    fn put_if_absent(&self, hash: &ContentHash, suffix: Suffix, bytes: &[u8]) -> io::Result<bool> {
+        self.tracked(hash, suffix, || self.local.put_new(hash, suffix, bytes))
     }
 
     fn put_file(&self, hash: &ContentHash, suffix: Suffix, path: &Path) -> io::Result<()> {
-        let res = self.tracked(hash, suffix, || self.local.put_file_new(hash, suffix, path));
+        let res = self
+            .tracked(hash, suffix, || self.local.put_file_new(hash, suffix, path))
+            .map(|_| ());
         if res.is_err() && path.exists() {
             // Refused: the store still takes the file over.
             let _ = std::fs::remove_file(path);
