@@ -301,7 +301,8 @@ impl LocalStore {
 }
 
 /// Gives the unnamed file `f` the name `dest` unless that exists (`Some(false)`). Through
-/// `/proc/self/fd`, because `AT_EMPTY_PATH` needs a capability; `None` when `/proc` is missing.
+/// `/proc/self/fd`, because `AT_EMPTY_PATH` needs a capability; `None` when `/proc` is missing
+/// or linking is refused.
 fn link_unnamed(f: &File, dest: &Path) -> io::Result<Option<bool>> {
     use std::os::fd::AsRawFd;
     let src = std::ffi::CString::new(format!("/proc/self/fd/{}", f.as_raw_fd()))?;
@@ -324,6 +325,9 @@ fn link_unnamed(f: &File, dest: &Path) -> io::Result<Option<bool>> {
     match err.raw_os_error() {
         Some(libc::EEXIST) => Ok(Some(false)),
         Some(libc::ENOENT) if !Path::new("/proc/self/fd").is_dir() => Ok(None),
+        // Linking an open file refused (a file system or security module that does not allow
+        // it): the named scratch file and rename work without it.
+        Some(libc::EPERM | libc::EOPNOTSUPP | libc::EINVAL) => Ok(None),
         _ => Err(err),
     }
 }
