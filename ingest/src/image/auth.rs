@@ -302,12 +302,11 @@ fn run_helper(program: &Path, server: &str) -> HelperAnswer {
         // A helper that exits without reading its input is judged by its exit status below.
         let _ = stdin.write_all(server.as_bytes());
     }
-    let (mut out, mut err) = (child.stdout.take(), child.stderr.take());
-    let out = std::thread::spawn(move || read_all(out.as_mut()));
-    let err = std::thread::spawn(move || read_all(err.as_mut()));
+    let out = PipeReader::start(child.stdout.take());
+    let err = PipeReader::start(child.stderr.take());
     let status = wait_with_timeout(&mut child, HELPER_TIMEOUT)?;
-    let out = out.join().unwrap_or_default();
-    let err = err.join().unwrap_or_default();
+    let out = out.finish();
+    let err = err.finish();
     if !status.success() {
         // Helpers report a missing entry on stdout ("credentials not found in native keychain").
         let text = String::from_utf8_lossy(if out.is_empty() { &err } else { &out });
@@ -345,12 +344,43 @@ fn run_helper(program: &Path, server: &str) -> HelperAnswer {
     }
 }
 
-fn read_all(r: Option<&mut impl Read>) -> Vec<u8> {
-    let mut buf = Vec::new();
-    if let Some(r) = r {
-        let _ = r.take(1 << 20).read_to_end(&mut buf);
+/// Collects what a helper writes to one of its pipes (at most 1 MiB), on a thread of its own.
+struct PipeReader {
+    buf: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    eof: std::sync::mpsc::Receiver<()>,
+}
+
+/// How long a pipe may stay open after the helper exited: a process it started in the
+/// background may hold it open for good, and what the helper wrote has arrived by then.
+const PIPE_GRACE: Duration = Duration::from_secs(1);
+
+impl PipeReader {
+    fn start(pipe: Option<impl Read + Send + 'static>) -> PipeReader {
+        let buf = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tx, eof) = std::sync::mpsc::channel();
+        let sink = buf.clone();
+        std::thread::spawn(move || {
+            if let Some(pipe) = pipe {
+                let mut pipe = pipe.take(1 << 20);
+                let mut chunk = [0u8; 8192];
+                while let Ok(n @ 1..) = pipe.read(&mut chunk) {
+                    sink.lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .extend_from_slice(&chunk[..n]);
+                }
+            }
+            let _ = tx.send(());
+        });
+        PipeReader { buf, eof }
     }
-    buf
+
+    /// What was read once the pipe closed, or after [`PIPE_GRACE`] if it stays open (the
+    /// reading thread is then left to end with the pipe).
+    fn finish(self) -> Vec<u8> {
+        let _ = self.eof.recv_timeout(PIPE_GRACE);
+        let mut buf = self.buf.lock().unwrap_or_else(|p| p.into_inner());
+        std::mem::take(&mut *buf)
+    }
 }
 
 fn wait_with_timeout(
@@ -511,6 +541,19 @@ mod tests {
         assert!(
             err.contains("identity token") && !err.contains("refresh"),
             "{err}"
+        );
+        // A helper that leaves a background process holding its output open still answers.
+        helper(
+            dir.path(),
+            "lingering",
+            r#"sleep 30 & echo '{"Username":"u","Secret":"s"}'"#,
+        );
+        let started = Instant::now();
+        let creds = with("lingering").unwrap().unwrap();
+        assert_eq!(creds.password.expose(), "s");
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "waited for the pipe"
         );
         let err = with("missing").unwrap_err();
         assert!(
