@@ -86,7 +86,7 @@ impl LocalStore {
     /// it existed already, or a concurrent writer stored it first).
     pub fn put_new(&self, hash: &ContentHash, suffix: Suffix, bytes: &[u8]) -> io::Result<bool> {
         // No existence check first: callers that expect many hits (the pipeline) ask
-        // `contains` themselves, and the no-replace rename settles it either way.
+        // `contains` themselves, and the no-replace link or rename settles it either way.
         let dest = self.object_path(hash, suffix);
         if self.unnamed.load(Ordering::Relaxed) {
             match self.put_unnamed(&dest, bytes) {
@@ -111,7 +111,7 @@ impl LocalStore {
     /// as `dest` unless that exists. Unlike a named scratch file in `data/txn`, writers of
     /// different objects do not queue for one directory's lock (the store thread and the
     /// workers write at once), and a crash leaves nothing behind. `None`: the file system or
-    /// a missing `/proc` does not allow it, and nothing was written.
+    /// a missing `/proc` does not allow it, and nothing is left behind.
     fn put_unnamed(&self, dest: &Path, bytes: &[u8]) -> io::Result<Option<bool>> {
         let Some(dir) = dest.parent() else {
             return Ok(None);
