@@ -332,38 +332,59 @@ impl Settings {
     }
 }
 
-/// The fastest of `n` floor computations.
-fn best_floor(
+/// A tool run: the child, the growth of `data/`, the repository.
+type ToolRun = (ChildRun, u64, Repo);
+
+/// The fastest of `n` floors and of `n` tool runs (each on a fresh repository), taken in turn:
+/// floor, run, floor, run, … This machine has slow spells lasting tens of seconds; measured
+/// all floors first, a spell would fall on one side of a case's ratio only. Peak RSS is the
+/// largest seen. A floor error ends the case; a run error is the run's result.
+fn best_alternating(
     n: usize,
-    mut f: impl FnMut() -> Result<FloorReport, Error>,
-) -> Result<FloorReport, Error> {
-    let mut best = f()?;
+    mut floor: impl FnMut() -> Result<FloorReport, Error>,
+    mut run: impl FnMut() -> Result<ToolRun, Error>,
+) -> Result<(FloorReport, Result<ToolRun, Error>), Error> {
+    let mut best_floor = floor()?;
+    let mut best_run = run();
     for _ in 1..n {
-        let next = f()?;
-        if next.floor_s < best.floor_s {
-            best = next;
+        let f = floor()?;
+        if f.floor_s < best_floor.floor_s {
+            best_floor = f;
         }
+        let Ok((best, stored, _)) = best_run else {
+            break;
+        };
+        best_run = run().map(|(next, next_stored, repo)| {
+            let rss = best.peak_rss_kib.max(next.peak_rss_kib);
+            let (mut faster, stored) = if next.wall_s < best.wall_s {
+                (next, next_stored)
+            } else {
+                (best, stored)
+            };
+            faster.peak_rss_kib = rss;
+            (faster, stored, repo)
+        });
     }
-    Ok(best)
+    Ok((best_floor, best_run))
 }
 
-/// The fastest of `n` tool runs, each on a fresh repository; peak RSS is the largest seen.
-/// Returns the run, the growth of data/ and the last repository.
-fn best_run(
-    n: usize,
-    mut f: impl FnMut() -> Result<(ChildRun, u64, Repo), Error>,
-) -> Result<(ChildRun, u64, Repo), Error> {
-    let (mut best, mut stored, mut repo) = f()?;
-    for _ in 1..n {
-        let (run, st, r) = f()?;
-        let rss = best.peak_rss_kib.max(run.peak_rss_kib);
-        if run.wall_s < best.wall_s {
-            (best, stored) = (run, st);
+/// `r` with the outcome of [`best_alternating`]; the repository of the last run.
+fn record(
+    mut r: CaseResult,
+    outcome: Result<(FloorReport, Result<ToolRun, Error>), Error>,
+) -> (CaseResult, Option<Repo>) {
+    let (f, run) = match outcome {
+        Ok(o) => o,
+        Err(e) => return (r.failed(format!("floor: {e}")), None),
+    };
+    r.set_floor(f);
+    match run {
+        Ok((run, stored, repo)) => {
+            r.set_run(run, stored);
+            (r, Some(repo))
         }
-        best.peak_rss_kib = rss;
-        repo = r;
+        Err(e) => (r.failed(e), None),
     }
-    Ok((best, stored, repo))
 }
 
 /// Case 1: fresh conversion of `testbed/app:oci-gzip`. Returns the repository for case 2.
@@ -372,28 +393,21 @@ pub fn case1(s: &Settings) -> (CaseResult, Option<Repo>) {
         limit: Limit::RatioAtMost(1.15),
         rss_mib: Some(256),
     };
-    let mut r = CaseResult::new("1", "fresh convert testbed/app:oci-gzip".into(), target);
-    let floor = s.layout_image("oci", "app").and_then(|img| {
-        best_floor(s.repeat, || {
-            floor::images_floor(std::slice::from_ref(&img), s.piece)
-        })
-    });
-    match floor {
-        Ok(f) => r.set_floor(f),
+    let r = CaseResult::new("1", "fresh convert testbed/app:oci-gzip".into(), target);
+    let image = match s.layout_image("oci", "app") {
+        Ok(img) => img,
         Err(e) => return (r.failed(format!("floor: {e}")), None),
-    }
-    let result = best_run(s.repeat, || {
-        let repo = s.fresh_repo("case1")?;
-        let (run, stored) = s.convert(&repo, &["testbed/app:oci-gzip".to_string()])?;
-        Ok((run, stored, repo))
-    });
-    match result {
-        Ok((run, stored, repo)) => {
-            r.set_run(run, stored);
-            (r, Some(repo))
-        }
-        Err(e) => (r.failed(e), None),
-    }
+    };
+    let outcome = best_alternating(
+        s.repeat,
+        || floor::images_floor(std::slice::from_ref(&image), s.piece),
+        || {
+            let repo = s.fresh_repo("case1")?;
+            let (run, stored) = s.convert(&repo, &["testbed/app:oci-gzip".to_string()])?;
+            Ok((run, stored, repo))
+        },
+    );
+    record(r, outcome)
 }
 
 /// Case 2: the same content again under other tags/encodings, into case 1's repository;
@@ -453,33 +467,30 @@ pub fn case3(s: &Settings) -> CaseResult {
         format!("{}-image corpus, one batch", names.len()),
         target,
     );
-    let floor = Layout::open(&s.testbed.join("corpus/oci")).and_then(|layout| {
-        let images = names
+    let images = Layout::open(&s.testbed.join("corpus/oci")).and_then(|layout| {
+        names
             .iter()
             .map(|n| layout.image(n))
-            .collect::<Result<Vec<_>, _>>()?;
-        for (name, image) in names.iter().zip(&images) {
-            r.warnings
-                .extend(check_same_layers(&s.registry, name, image));
-        }
-        best_floor(s.repeat, || floor::images_floor(&images, s.piece))
+            .collect::<Result<Vec<_>, _>>()
     });
-    match floor {
-        Ok(f) => r.set_floor(f),
+    let images = match images {
+        Ok(images) => images,
         Err(e) => return r.failed(format!("floor: {e}")),
+    };
+    for (name, image) in names.iter().zip(&images) {
+        r.warnings
+            .extend(check_same_layers(&s.registry, name, image));
     }
-    let result = best_run(s.repeat, || {
-        let repo = s.fresh_repo("case3")?;
-        let (run, stored) = s.convert(&repo, &names)?;
-        Ok((run, stored, repo))
-    });
-    match result {
-        Ok((run, stored, _)) => {
-            r.set_run(run, stored);
-            r
-        }
-        Err(e) => r.failed(e),
-    }
+    let outcome = best_alternating(
+        s.repeat,
+        || floor::images_floor(&images, s.piece),
+        || {
+            let repo = s.fresh_repo("case3")?;
+            let (run, stored) = s.convert(&repo, &names)?;
+            Ok((run, stored, repo))
+        },
+    );
+    record(r, outcome).0
 }
 
 /// Case 4: `publish` of a generated tree of small files.
@@ -489,33 +500,28 @@ pub fn case4(s: &Settings) -> CaseResult {
         rss_mib: None,
     };
     let n = s.small_files;
-    let mut r = CaseResult::new(
+    let r = CaseResult::new(
         "4",
         format!("publish {n} small files in {} dirs", tree::dirs(n)),
         target,
     );
     let root = s.work.join(format!("tree-{n}"));
-    let floor = tree::ensure(&root, n)
-        .and_then(|_| best_floor(s.repeat, || floor::tree_floor(&root, s.piece)));
-    match floor {
-        Ok(f) => r.set_floor(f),
-        Err(e) => return r.failed(format!("tree/floor: {e}")),
+    if let Err(e) = tree::ensure(&root, n) {
+        return r.failed(format!("tree/floor: {e}"));
     }
-    let result = best_run(s.repeat, || {
-        let repo = s.fresh_repo("case4")?;
-        let before = data_bytes(&repo.storage);
-        let mut cmd = s.tool(&repo);
-        cmd.arg("--json").arg("publish").arg(FQRN).arg(&root);
-        let run = s.checked(cmd)?;
-        Ok((run, data_bytes(&repo.storage).saturating_sub(before), repo))
-    });
-    match result {
-        Ok((run, stored, _)) => {
-            r.set_run(run, stored);
-            r
-        }
-        Err(e) => r.failed(e),
-    }
+    let outcome = best_alternating(
+        s.repeat,
+        || floor::tree_floor(&root, s.piece),
+        || {
+            let repo = s.fresh_repo("case4")?;
+            let before = data_bytes(&repo.storage);
+            let mut cmd = s.tool(&repo);
+            cmd.arg("--json").arg("publish").arg(FQRN).arg(&root);
+            let run = s.checked(cmd)?;
+            Ok((run, data_bytes(&repo.storage).saturating_sub(before), repo))
+        },
+    );
+    record(r, outcome).0
 }
 
 /// Where `fresh_repo` moves old repositories; emptied by [`empty_trash`] after the timed runs.
