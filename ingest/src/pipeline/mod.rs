@@ -153,6 +153,8 @@ struct Shared {
     dedup: Mutex<HashMap<DedupKey, Dedup>>,
     budget: Arc<Budget>,
     counters: Counters,
+    /// Objects stored in a row that the store did not have (see `store::put_object`).
+    new_streak: AtomicU64,
 }
 
 #[derive(Default)]
@@ -165,8 +167,6 @@ struct Counters {
     objects_existing: AtomicU64,
     index_hits: AtomicU64,
     dedup_hits: AtomicU64,
-    /// Objects stored in a row that the store did not have (see `store::put_object`).
-    new_streak: AtomicU64,
 }
 
 #[derive(Default)]
@@ -288,6 +288,7 @@ impl ObjectPipeline {
             dedup: Mutex::new(HashMap::new()),
             budget: Arc::new(Budget::new(budget)),
             counters: Counters::default(),
+            new_streak: AtomicU64::new(0),
         });
         let (job_tx, job_rx) = bounded::<Job>(cap);
         let (out_tx, out_rx) = bounded::<Stored>(cap);

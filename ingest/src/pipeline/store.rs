@@ -60,7 +60,7 @@ pub(super) const NEW_STREAK: u64 = 16;
 /// `put_if_absent` notices an existing object anyway; once one turns out to exist (content
 /// stored by an earlier run), asking first again saves writing what is there.
 fn put_object(sh: &Shared, st: &Stored, bytes: &ObjectBytes) -> std::io::Result<bool> {
-    let streak = &sh.counters.new_streak;
+    let streak = &sh.new_streak;
     let created = match bytes {
         ObjectBytes::Mem(v) if streak.load(Ordering::Relaxed) >= NEW_STREAK => {
             sh.store.put_if_absent(&st.hash, st.suffix, v)?
