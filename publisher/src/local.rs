@@ -3,13 +3,15 @@
 use crate::error::{Error, Result};
 use crate::store::ObjectStore;
 use catalog_writer::hash::{ContentHash, Suffix};
+use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// Objects under `<dir>/data/XX/…`, scratch files in `<dir>/data/txn`, root files in `<dir>`.
 #[derive(Debug)]
@@ -29,6 +31,23 @@ pub struct LocalStore {
     /// Objects are written as unnamed files (`O_TMPFILE`) and linked into place; cleared for
     /// good when the file system (or a missing `/proc`) cannot.
     unnamed: AtomicBool,
+    /// Unnamed files are linked by descriptor (`AT_EMPTY_PATH`); cleared for good when the
+    /// kernel wants a capability for that (before Linux 6.10), then through `/proc/self/fd`.
+    link_by_fd: AtomicBool,
+    /// `data/00`..`data/ff`, each opened when first written to or asked about, shared with
+    /// [`scoped`](Self::scoped) handles: object files are created and looked up relative to
+    /// them, so the kernel does not walk the storage path for every object.
+    dirs: Arc<ObjectDirs>,
+}
+
+/// The open object directories of a store, by the first byte of the hash.
+#[derive(Debug)]
+struct ObjectDirs([OnceLock<File>; 256]);
+
+impl Default for ObjectDirs {
+    fn default() -> ObjectDirs {
+        ObjectDirs(std::array::from_fn(|_| OnceLock::new()))
+    }
 }
 
 /// Numbers the scopes handed out by [`LocalStore::scoped`] within this process.
@@ -64,6 +83,8 @@ impl LocalStore {
             syncing: Arc::new(AtomicBool::new(false)),
             sync_every: BACKGROUND_SYNC_BYTES,
             unnamed: AtomicBool::new(true),
+            link_by_fd: AtomicBool::new(true),
+            dirs: Arc::default(),
         })
     }
 
@@ -79,6 +100,8 @@ impl LocalStore {
             syncing: Arc::new(AtomicBool::new(false)),
             sync_every: self.sync_every,
             unnamed: AtomicBool::new(self.unnamed.load(Ordering::Relaxed)),
+            link_by_fd: AtomicBool::new(self.link_by_fd.load(Ordering::Relaxed)),
+            dirs: self.dirs.clone(),
         }
     }
 
@@ -89,7 +112,7 @@ impl LocalStore {
         // `contains` themselves, and the no-replace link or rename settles it either way.
         let dest = self.object_path(hash, suffix);
         if self.unnamed.load(Ordering::Relaxed) {
-            match self.put_unnamed(&dest, bytes) {
+            match self.put_unnamed(hash, suffix, bytes) {
                 Ok(Some(created)) => return Ok(created),
                 // Cannot here: named scratch files from now on.
                 Ok(None) => self.unnamed.store(false, Ordering::Relaxed),
@@ -107,35 +130,91 @@ impl LocalStore {
         moved.map_err(|e| with_path(&dest, e))
     }
 
-    /// Writes `bytes` to an unnamed file in `dest`'s directory (`O_TMPFILE`) and links it in
-    /// as `dest` unless that exists. Unlike a named scratch file in `data/txn`, writers of
-    /// different objects do not queue for one directory's lock (the store thread and the
-    /// workers write at once), and a crash leaves nothing behind. `None`: the file system or
-    /// a missing `/proc` does not allow it, and nothing is left behind.
-    fn put_unnamed(&self, dest: &Path, bytes: &[u8]) -> io::Result<Option<bool>> {
-        let Some(dir) = dest.parent() else {
-            return Ok(None);
+    /// Writes `bytes` to an unnamed file in the object's directory (`O_TMPFILE`) and links it
+    /// in under the object's name unless that exists. Unlike a named scratch file in
+    /// `data/txn`, writers of different objects do not queue for one directory's lock (the
+    /// store thread and the workers write at once), and a crash leaves nothing behind. `None`:
+    /// the file system or a missing `/proc` does not allow it, and nothing is left behind.
+    fn put_unnamed(
+        &self,
+        hash: &ContentHash,
+        suffix: Suffix,
+        bytes: &[u8],
+    ) -> io::Result<Option<bool>> {
+        let dir = self.object_dir(hash)?;
+        // SAFETY: a valid descriptor and a NUL-terminated path; the new descriptor is owned
+        // by the `File` made from it below.
+        let fd = unsafe {
+            libc::openat(
+                dir.as_raw_fd(),
+                c".".as_ptr(),
+                libc::O_TMPFILE | libc::O_WRONLY | libc::O_CLOEXEC,
+                OBJECT_MODE as libc::c_uint,
+            )
         };
-        let opened = OpenOptions::new()
-            .write(true)
-            .mode(OBJECT_MODE)
-            .custom_flags(libc::O_TMPFILE)
-            .open(dir);
-        let mut f = match opened {
-            Ok(f) => f,
+        if fd < 0 {
+            let e = io::Error::last_os_error();
             // EISDIR: a kernel without O_TMPFILE; EOPNOTSUPP/EINVAL: a file system without it.
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::EISDIR | libc::EOPNOTSUPP | libc::EINVAL)
-                ) =>
-            {
-                return Ok(None)
-            }
-            Err(e) => return Err(e),
-        };
+            return match e.raw_os_error() {
+                Some(libc::EISDIR | libc::EOPNOTSUPP | libc::EINVAL) => Ok(None),
+                _ => Err(e),
+            };
+        }
+        // SAFETY: `fd` was just opened and nothing else owns it.
+        let mut f = unsafe { File::from_raw_fd(fd) };
         self.fill(&mut f, bytes, false)?;
-        link_unnamed(&f, dest)
+        let name = CString::new(object_name(hash, suffix))?;
+        self.link_unnamed(&f, dir, &name)
+    }
+
+    /// The open `data/XX` directory of `hash`.
+    fn object_dir(&self, hash: &ContentHash) -> io::Result<&File> {
+        let slot = &self.dirs.0[usize::from(hash.0[0])];
+        if let Some(dir) = slot.get() {
+            return Ok(dir);
+        }
+        let path = self.root.join(format!("data/{:02x}", hash.0[0]));
+        let dir = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY)
+            .open(&path)
+            .map_err(|e| with_path(&path, e))?;
+        // A concurrent first use may have set it: either descriptor names the directory.
+        Ok(slot.get_or_init(|| dir))
+    }
+
+    /// Gives the unnamed file `f` the name `name` in `dir` unless that exists (`Some(false)`):
+    /// by descriptor, or through `/proc/self/fd` where the kernel wants a capability for that.
+    /// `None` when `/proc` is missing or linking is refused.
+    fn link_unnamed(
+        &self,
+        f: &File,
+        dir: &File,
+        name: &std::ffi::CStr,
+    ) -> io::Result<Option<bool>> {
+        if self.link_by_fd.load(Ordering::Relaxed) {
+            // SAFETY: valid descriptors and NUL-terminated names for the duration of the call.
+            let rc = unsafe {
+                libc::linkat(
+                    f.as_raw_fd(),
+                    c"".as_ptr(),
+                    dir.as_raw_fd(),
+                    name.as_ptr(),
+                    libc::AT_EMPTY_PATH,
+                )
+            };
+            let err = io::Error::last_os_error();
+            match (rc, err.raw_os_error()) {
+                (0, _) => return Ok(Some(true)),
+                (_, Some(libc::EEXIST)) => return Ok(Some(false)),
+                // ENOENT: no CAP_DAC_READ_SEARCH before Linux 6.10; EPERM/EINVAL: refused.
+                (_, Some(libc::ENOENT | libc::EPERM | libc::EINVAL)) => {
+                    self.link_by_fd.store(false, Ordering::Relaxed)
+                }
+                _ => return Err(err),
+            }
+        }
+        link_through_proc(f, dir, name)
     }
 
     /// Like [`ObjectStore::put_file`], and tells whether this call created the object. The
@@ -300,21 +379,18 @@ impl LocalStore {
     }
 }
 
-/// Gives the unnamed file `f` the name `dest` unless that exists (`Some(false)`). Through
-/// `/proc/self/fd`, because `AT_EMPTY_PATH` needs a capability; `None` when `/proc` is missing
-/// or linking is refused.
-fn link_unnamed(f: &File, dest: &Path) -> io::Result<Option<bool>> {
-    use std::os::fd::AsRawFd;
-    let src = std::ffi::CString::new(format!("/proc/self/fd/{}", f.as_raw_fd()))?;
-    let c_dest = std::ffi::CString::new(dest.as_os_str().as_bytes())?;
-    // SAFETY: both strings are valid NUL-terminated paths for the duration of the call, and
-    // `f` stays open until after it.
+/// Gives the unnamed file `f` the name `name` in `dir` unless that exists (`Some(false)`),
+/// through `/proc/self/fd` (no capability needed); `None` when `/proc` is missing or linking
+/// is refused.
+fn link_through_proc(f: &File, dir: &File, name: &std::ffi::CStr) -> io::Result<Option<bool>> {
+    let src = CString::new(format!("/proc/self/fd/{}", f.as_raw_fd()))?;
+    // SAFETY: valid descriptors and NUL-terminated paths for the duration of the call.
     let rc = unsafe {
         libc::linkat(
             libc::AT_FDCWD,
             src.as_ptr(),
-            libc::AT_FDCWD,
-            c_dest.as_ptr(),
+            dir.as_raw_fd(),
+            name.as_ptr(),
             libc::AT_SYMLINK_FOLLOW,
         )
     };
@@ -330,6 +406,11 @@ fn link_unnamed(f: &File, dest: &Path) -> io::Result<Option<bool>> {
         Some(libc::EPERM | libc::EOPNOTSUPP | libc::EINVAL) => Ok(None),
         _ => Err(err),
     }
+}
+
+/// An object's file name in its `data/XX` directory.
+fn object_name(hash: &ContentHash, suffix: Suffix) -> String {
+    format!("{}{}", &hash.to_hex()[2..], suffix.as_str())
 }
 
 /// Mode of objects and root files: the web server must be able to read them.
@@ -431,11 +512,31 @@ fn fsync_dir(dir: &Path) -> io::Result<()> {
 
 impl ObjectStore for LocalStore {
     fn contains(&self, hash: &ContentHash, suffix: Suffix) -> io::Result<bool> {
-        let path = self.object_path(hash, suffix);
-        match fs::symlink_metadata(&path) {
-            Ok(_) => Ok(true),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(with_path(&path, e)),
+        let path = || self.object_path(hash, suffix);
+        let dir = match self.object_dir(hash) {
+            Ok(dir) => dir,
+            // A storage directory that lacks `data/XX` (copied partially) has no such object.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        let name = CString::new(object_name(hash, suffix))?;
+        // SAFETY: a valid descriptor, a NUL-terminated name and a stat buffer the call fills.
+        let rc = unsafe {
+            let mut st: libc::stat = std::mem::zeroed();
+            libc::fstatat(
+                dir.as_raw_fd(),
+                name.as_ptr(),
+                &mut st,
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        };
+        if rc == 0 {
+            return Ok(true);
+        }
+        let e = io::Error::last_os_error();
+        match e.kind() {
+            io::ErrorKind::NotFound => Ok(false),
+            _ => Err(with_path(&path(), e)),
         }
     }
 
@@ -517,16 +618,29 @@ mod tests {
         store.remove_object(&h, Suffix::None).unwrap();
     }
 
+    fn is_root() -> bool {
+        // SAFETY: geteuid has no preconditions.
+        unsafe { libc::geteuid() == 0 }
+    }
+
     #[test]
     fn objects_are_linked_in_whole_and_leave_no_scratch_files() {
-        // Unnamed files (O_TMPFILE, which /tmp's file system here has), then named ones.
-        for unnamed in [true, false] {
+        // Unnamed files (O_TMPFILE, which /tmp's file system here has) linked by descriptor
+        // and through /proc, then named ones.
+        for (unnamed, by_fd) in [(true, true), (true, false), (false, false)] {
             let dir = tempfile::tempdir().unwrap();
             let store = LocalStore::create(dir.path()).unwrap();
             store.unnamed.store(unnamed, Ordering::Relaxed);
+            store.link_by_fd.store(by_fd, Ordering::Relaxed);
             let h = ContentHash::of(b"obj");
+            assert!(!store.contains(&h, Suffix::None).unwrap());
             assert!(store.put_new(&h, Suffix::None, b"obj").unwrap());
             assert!(!store.put_new(&h, Suffix::None, b"other").unwrap());
+            assert!(store.contains(&h, Suffix::None).unwrap());
+            assert!(!store.contains(&h, Suffix::Catalog).unwrap());
+            let elsewhere = ContentHash([0xab; 20]);
+            fs::remove_dir(dir.path().join("data/ab")).unwrap();
+            assert!(!store.contains(&elsewhere, Suffix::None).unwrap());
             let dest = store.object_path(&h, Suffix::None);
             assert_eq!(fs::read(&dest).unwrap(), b"obj");
             let mode = fs::metadata(&dest).unwrap().permissions().mode();
@@ -534,6 +648,10 @@ mod tests {
             let scratch = store.scratch_dir().unwrap();
             assert_eq!(fs::read_dir(&scratch).unwrap().count(), 0);
             assert_eq!(store.unnamed.load(Ordering::Relaxed), unnamed);
+            // Root may link by descriptor on any kernel, others from Linux 6.10 on.
+            if by_fd && is_root() {
+                assert!(store.link_by_fd.load(Ordering::Relaxed));
+            }
         }
     }
 
