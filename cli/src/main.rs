@@ -35,7 +35,8 @@ fn main() {
 /// (`SCHED_BATCH`): a thread that wakes up, such as a reader handed a block or the store
 /// thread handed an object, then waits for the running compressor's time slice instead of
 /// preempting it. Fewer switches and warmer caches on a machine with fewer cores than
-/// threads (20-image corpus on 2 cores: 15 000 instead of 18 000 involuntary switches).
+/// threads (20-image corpus on 2 cores: 14 100–15 100 instead of 16 400–16 800 involuntary
+/// switches).
 /// Advisory: any process may ask for it, and a refusal changes nothing else.
 fn batch_scheduling() {
     let param = libc::sched_param { sched_priority: 0 };

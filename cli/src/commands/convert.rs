@@ -3,14 +3,16 @@
 
 use super::layers::{flatten, memo_keys, BLOB_BYTES_FETCHED};
 use super::plan::{plan, Job};
-use super::schedule::Schedule;
+use super::schedule::{LayerKey, Schedule};
 use super::{concurrent, new_pipeline, open_repo, report_outcome, unix_now};
 use crate::args::{ConvertArgs, Global, RegistryArgs, SyncArgs, TuningArgs};
 use crate::output::{event_json, Output};
 use anyhow::{anyhow, bail, Context, Result};
 use catalog_writer::namespace::Namespace;
 use ingest::convert::{self as layout, Status};
-use ingest::image::{AuthStore, ImageRef, Platform, PlatformSelection, RegistryOptions, Sources};
+use ingest::image::{
+    AuthStore, ImageRef, Platform, PlatformSelection, RegistryOptions, ResolvedImage, Sources,
+};
 use ingest::pipeline::ObjectPipeline;
 use ingest::MemoContext;
 use publisher::{CommitSettings, Repository, StoreObjects, Transaction};
@@ -287,7 +289,7 @@ fn plan_and_flatten(
         for _ in 0..threads {
             let (schedule, done_tx) = (&schedule, done_tx.clone());
             scope.spawn(move || {
-                while let Some(taken) = schedule.next(|diff_id| cx.memo.knows(diff_id)) {
+                while let Some(taken) = schedule.next() {
                     let (i, job) = &taken.item;
                     // The receiver lives until every worker has ended.
                     let _ = done_tx.send((*i, flatten_job(job, cx)));
@@ -308,8 +310,11 @@ fn plan_and_flatten(
                 for job in planned {
                     let job = Arc::new(job);
                     if job.flatten && seen.insert(job.placement.flat_dir.clone()) {
-                        let keys = job.image.as_ref().map_or_else(Vec::new, memo_keys);
-                        schedule.push((jobs.len(), job.clone()), keys);
+                        let layers = job
+                            .image
+                            .as_ref()
+                            .map_or_else(Vec::new, |image| layers_to_read(image, cx.memo));
+                        schedule.push((jobs.len(), job.clone()), layers);
                     }
                     jobs.push(job);
                 }
@@ -330,6 +335,16 @@ fn plan_and_flatten(
         .map(|i| finished.grafted.remove(&i))
         .collect();
     Ok((jobs, results))
+}
+
+/// The layers of `image` the memo does not know, with their blob sizes, for the [`Schedule`].
+fn layers_to_read(image: &ResolvedImage, memo: &MemoContext<'_>) -> Vec<LayerKey> {
+    let sizes = image.layers.iter().map(|l| l.size);
+    memo_keys(image)
+        .into_iter()
+        .zip(sizes)
+        .filter(|(diff_id, _)| !memo.knows(diff_id))
+        .collect()
 }
 
 /// Flat directories grafted so far, by job index.

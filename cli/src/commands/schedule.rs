@@ -1,12 +1,21 @@
-//! The order in which a batch's images are flattened. Images are taken in the order given,
-//! except that an image is held back while another one is reading a layer it also has and
-//! the layer memo does not know yet: tags of one repository usually share new layers, and
-//! flattening two of them at once would download, inflate and parse those layers twice
-//! (the second could not replay the memo the first is still writing). Once the first is done
-//! its memo replays the shared layers for the second.
+//! The order in which a batch's images are flattened. An image is held back while another one
+//! is reading a layer it also has that the layer memo did not know when it was queued: tags of
+//! one repository usually share new layers, and flattening two of them at once would download,
+//! inflate and parse those layers twice (the second could not replay the memo the first is
+//! still writing). Once the first is done its memo replays the shared layers for the second.
+//!
+//! Of the images free to go, one with a new layer that other queued images share goes first,
+//! in the order given (its memo frees them; the order given keeps base images, which shadow
+//! nothing of their own layers, ahead of the images built on them). Otherwise the image with
+//! the most bytes left to read goes first: layers are read one after the other, so a large
+//! one started last would leave the cores idle while one thread reads it.
 
-use std::collections::VecDeque;
+use std::cmp::Reverse;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Condvar, Mutex, MutexGuard};
+
+/// A layer an item reads: its memo key and its blob size.
+pub type LayerKey = (String, u64);
 
 /// Items waiting to be flattened and the layers the running ones are reading.
 pub struct Schedule<T> {
@@ -15,9 +24,13 @@ pub struct Schedule<T> {
 }
 
 struct State<T> {
-    queue: VecDeque<(T, Vec<String>)>,
-    /// Per running item: the layers it did not find in the memo when it started.
+    /// Per queued item: the layers the memo did not know when it was queued.
+    queue: VecDeque<(T, Vec<LayerKey>)>,
+    /// Per running item: the layers it reads.
     running: Vec<(u64, Vec<String>)>,
+    /// Layers read by items that have ended: the memo knows them now (or their reading failed,
+    /// and each item needing them reads them itself).
+    read: HashSet<String>,
     next_id: u64,
     closed: bool,
 }
@@ -35,6 +48,7 @@ impl<T> Schedule<T> {
             state: Mutex::new(State {
                 queue: VecDeque::new(),
                 running: Vec::new(),
+                read: HashSet::new(),
                 next_id: 0,
                 closed: false,
             }),
@@ -46,8 +60,8 @@ impl<T> Schedule<T> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queues `item`, which reads `layers` (memo keys) unless the memo knows them.
-    pub fn push(&self, item: T, layers: Vec<String>) {
+    /// Queues `item`, which reads `layers` (those the memo does not know).
+    pub fn push(&self, item: T, layers: Vec<LayerKey>) {
         self.lock().queue.push_back((item, layers));
         self.changed.notify_all();
     }
@@ -58,22 +72,21 @@ impl<T> Schedule<T> {
         self.changed.notify_all();
     }
 
-    /// The first queued item sharing no layer unknown to `known` with a running item; waits
-    /// while every queued item does (or the queue is empty and not closed).
-    pub fn next(&self, known: impl Fn(&str) -> bool) -> Option<Taken<'_, T>> {
+    /// The next item to flatten (see the module doc); waits while every queued item shares a
+    /// layer with a running one (or the queue is empty and not closed).
+    pub fn next(&self) -> Option<Taken<'_, T>> {
         let mut st = self.lock();
         loop {
-            let busy = |l: &String| st.running.iter().any(|(_, r)| r.contains(l));
-            let free = st
-                .queue
-                .iter()
-                .position(|(_, layers)| !layers.iter().any(|l| busy(l) && !known(l)));
-            if let Some(i) = free {
+            if let Some(i) = st.pick() {
                 let (item, layers) = st.queue.remove(i)?;
-                let unknown = layers.into_iter().filter(|l| !known(l)).collect();
+                let to_read = layers
+                    .into_iter()
+                    .map(|(l, _)| l)
+                    .filter(|l| !st.read.contains(l))
+                    .collect();
                 let id = st.next_id;
                 st.next_id += 1;
-                st.running.push((id, unknown));
+                st.running.push((id, to_read));
                 return Some(Taken {
                     item,
                     id,
@@ -88,10 +101,42 @@ impl<T> Schedule<T> {
     }
 }
 
+impl<T> State<T> {
+    /// Index of the queued item to take, if one is free to go.
+    fn pick(&self) -> Option<usize> {
+        let to_read = |i: usize| {
+            let layers = self.queue.get(i).map_or(&[][..], |(_, ls)| ls.as_slice());
+            layers.iter().filter(|(l, _)| !self.read.contains(l))
+        };
+        let mut sharers: HashMap<&str, usize> = HashMap::new();
+        for i in 0..self.queue.len() {
+            for (l, _) in to_read(i) {
+                *sharers.entry(l.as_str()).or_default() += 1;
+            }
+        }
+        let busy: HashSet<&str> = self
+            .running
+            .iter()
+            .flat_map(|(_, ls)| ls.iter().map(String::as_str))
+            .collect();
+        let free = || {
+            (0..self.queue.len()).filter(|&i| !to_read(i).any(|(l, _)| busy.contains(l.as_str())))
+        };
+        let shared = |i: usize| to_read(i).any(|(l, _)| sharers.get(l.as_str()) > Some(&1));
+        if let Some(i) = free().find(|&i| shared(i)) {
+            return Some(i);
+        }
+        free().max_by_key(|&i| (to_read(i).map(|(_, size)| size).sum::<u64>(), Reverse(i)))
+    }
+}
+
 impl<T> Drop for Taken<'_, T> {
     fn drop(&mut self) {
         let mut st = self.schedule.lock();
-        st.running.retain(|(id, _)| *id != self.id);
+        if let Some(at) = st.running.iter().position(|(id, _)| *id == self.id) {
+            let (_, layers) = st.running.swap_remove(at);
+            st.read.extend(layers);
+        }
         drop(st);
         self.schedule.changed.notify_all();
     }
@@ -100,48 +145,64 @@ impl<T> Drop for Taken<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashSet;
 
-    fn layers(ls: &[&str]) -> Vec<String> {
-        ls.iter().map(|s| s.to_string()).collect()
+    fn layers(ls: &[(&str, u64)]) -> Vec<LayerKey> {
+        ls.iter().map(|(s, n)| (s.to_string(), *n)).collect()
     }
 
     #[test]
-    fn holds_back_items_sharing_an_unknown_layer() {
+    fn holds_back_items_sharing_a_layer_being_read() {
         let s = Schedule::new();
-        s.push("a1", layers(&["base", "a"]));
-        s.push("a2", layers(&["base", "a", "a2"]));
-        s.push("b", layers(&["base", "b"]));
+        s.push("a1", layers(&[("a", 5)]));
+        s.push("a2", layers(&[("a", 5), ("a2", 1)]));
+        s.push("b", layers(&[("b", 50)]));
         s.close();
-        let known: Mutex<HashSet<String>> = Mutex::new(["base".to_string()].into());
-        let is_known = |l: &str| known.lock().unwrap().contains(l);
-        let first = s.next(is_known).unwrap();
+        // a1 and a2 share `a`: the first of them goes first, though b has more to read.
+        let first = s.next().unwrap();
         assert_eq!(first.item, "a1");
-        // a2 shares the unknown layer `a` with a1: b goes first; `base` is known to the memo.
-        let second = s.next(is_known).unwrap();
+        // a2 waits for a1, which is reading `a`.
+        let second = s.next().unwrap();
         assert_eq!(second.item, "b");
-        // a1 finished and its memo now knows `a`.
-        known.lock().unwrap().insert("a".into());
+        // a1 is done: the memo knows `a`, a2 reads only `a2`.
         drop(first);
-        assert_eq!(s.next(is_known).unwrap().item, "a2");
+        assert_eq!(s.next().unwrap().item, "a2");
         drop(second);
-        assert!(s.next(is_known).is_none());
+        assert!(s.next().is_none());
     }
 
     #[test]
     fn a_held_back_item_waits_for_the_running_one() {
         let s = Schedule::new();
-        s.push(1, layers(&["x"]));
-        s.push(2, layers(&["x"]));
+        s.push(1, layers(&[("x", 1)]));
+        s.push(2, layers(&[("x", 1)]));
         s.close();
-        let first = s.next(|_| false).unwrap();
+        let first = s.next().unwrap();
         std::thread::scope(|scope| {
-            let waiter = scope.spawn(|| s.next(|_| false).map(|t| t.item));
+            let waiter = scope.spawn(|| s.next().map(|t| t.item));
             // The second item can only be taken once the first is dropped.
             std::thread::sleep(std::time::Duration::from_millis(20));
             assert!(!waiter.is_finished());
             drop(first);
             assert_eq!(waiter.join().unwrap(), Some(2));
         });
+    }
+
+    #[test]
+    fn items_sharing_nothing_go_largest_first() {
+        let s = Schedule::new();
+        s.push("small", layers(&[("s", 1)]));
+        s.push("large", layers(&[("l", 50)]));
+        s.push("base", layers(&[("z", 5)]));
+        s.push("on-base", layers(&[("z", 5), ("q", 1)]));
+        s.push("larger", layers(&[("o", 60)]));
+        s.push("none", Vec::new());
+        s.close();
+        // Each item is done before the next is taken.
+        let order: Vec<&str> = std::iter::from_fn(|| s.next().map(|t| t.item)).collect();
+        // `base` frees `on-base` (which then reads 1 byte, as much as `small`, queued first).
+        assert_eq!(
+            order,
+            ["base", "larger", "large", "small", "on-base", "none"]
+        );
     }
 }
