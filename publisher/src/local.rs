@@ -110,15 +110,15 @@ impl LocalStore {
     pub fn put_new(&self, hash: &ContentHash, suffix: Suffix, bytes: &[u8]) -> io::Result<bool> {
         // No existence check first: callers that expect many hits (the pipeline) ask
         // `contains` themselves, and the no-replace link or rename settles it either way.
-        let dest = self.object_path(hash, suffix);
         if self.unnamed.load(Ordering::Relaxed) {
             match self.put_unnamed(hash, suffix, bytes) {
                 Ok(Some(created)) => return Ok(created),
                 // Cannot here: named scratch files from now on.
                 Ok(None) => self.unnamed.store(false, Ordering::Relaxed),
-                Err(e) => return Err(with_path(&dest, e)),
+                Err(e) => return Err(with_path(&self.object_path(hash, suffix), e)),
             }
         }
+        let dest = self.object_path(hash, suffix);
         let tmp = self
             .write_temp(&hash.to_hex(), bytes, false)
             .map_err(|e| with_path(&dest, e))?;

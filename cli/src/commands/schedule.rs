@@ -122,7 +122,8 @@ impl<T> State<T> {
         let free = || {
             (0..self.queue.len()).filter(|&i| !to_read(i).any(|(l, _)| busy.contains(l.as_str())))
         };
-        let shared = |i: usize| to_read(i).any(|(l, _)| sharers.get(l.as_str()) > Some(&1));
+        let shared =
+            |i: usize| to_read(i).any(|(l, _)| sharers.get(l.as_str()).is_some_and(|&n| n > 1));
         if let Some(i) = free().find(|&i| shared(i)) {
             return Some(i);
         }
