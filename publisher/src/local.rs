@@ -203,12 +203,14 @@ impl LocalStore {
                     libc::AT_EMPTY_PATH,
                 )
             };
+            if rc == 0 {
+                return Ok(Some(true));
+            }
             let err = io::Error::last_os_error();
-            match (rc, err.raw_os_error()) {
-                (0, _) => return Ok(Some(true)),
-                (_, Some(libc::EEXIST)) => return Ok(Some(false)),
+            match err.raw_os_error() {
+                Some(libc::EEXIST) => return Ok(Some(false)),
                 // ENOENT: no CAP_DAC_READ_SEARCH before Linux 6.10; EPERM/EINVAL: refused.
-                (_, Some(libc::ENOENT | libc::EPERM | libc::EINVAL)) => {
+                Some(libc::ENOENT | libc::EPERM | libc::EINVAL) => {
                     self.link_by_fd.store(false, Ordering::Relaxed)
                 }
                 _ => return Err(err),
