@@ -1,7 +1,7 @@
 //! The object pipeline, as in cvmfs's ingestion pipeline (`cvmfs/ingestion/`): one stage per
 //! module, joined by bounded queues.
 //!
-//! * `read`: the caller's thread reads a file and cuts it into pieces (the chunker costs
+//! * `read`: the thread adding a file reads it and cuts it into pieces (the chunker costs
 //!   about one shift and xor per byte, far less than compression), hashing each piece's
 //!   plaintext (SHA-1) as it is assembled.
 //! * `compress`: worker threads consult the in-run dedup map and the optional
@@ -12,7 +12,8 @@
 //!   all its pieces are stored.
 //!
 //! Memory: the bytes of pieces in flight are bounded by `memory_budget` (`budget`, a byte
-//! semaphore, plus bounded channels); the caller holds at most one piece being assembled.
+//! semaphore, plus bounded channels); each thread adding files holds at most one piece being
+//! assembled.
 //! Unchunked files larger than a quarter of the budget are compressed by the caller while it
 //! reads them, straight into a scratch file the store takes over with `ObjectStore::put_file`
 //! (see `streamed.rs`): their plaintext is never written to disk. Such files cannot consult
@@ -339,15 +340,31 @@ impl ObjectPipeline {
         reader: &mut dyn Read,
         size_hint: u64,
     ) -> Result<FileTicket> {
-        let ticket = {
-            let mut st = self.shared.lock();
-            let t = FileTicket(st.next_ticket);
-            st.next_ticket += 1;
-            st.files.insert(t, FileState::default());
-            t
-        };
-        let res = self.feed(ticket, name, reader, size_hint);
-        match res {
+        let ticket = self.reserve_ticket();
+        self.add_reserved_file(ticket, name, reader, size_hint)?;
+        Ok(ticket)
+    }
+
+    /// A ticket for a file that another thread will read later with
+    /// [`add_reserved_file`](Self::add_reserved_file): a source can then place the file in
+    /// its tree before the file is read.
+    pub(crate) fn reserve_ticket(&self) -> FileTicket {
+        let mut st = self.shared.lock();
+        let t = FileTicket(st.next_ticket);
+        st.next_ticket += 1;
+        st.files.insert(t, FileState::default());
+        t
+    }
+
+    /// Reads the file of a reserved ticket; on an error the ticket is forgotten.
+    pub(crate) fn add_reserved_file(
+        &self,
+        ticket: FileTicket,
+        name: &str,
+        reader: &mut dyn Read,
+        size_hint: u64,
+    ) -> Result<()> {
+        match self.feed(ticket, name, reader, size_hint) {
             Ok((size, npieces)) => {
                 self.shared.counters.files.fetch_add(1, Ordering::Relaxed);
                 let mut st = self.shared.lock();
@@ -357,7 +374,7 @@ impl ObjectPipeline {
                         self.shared.notify_resolved(st);
                     }
                 }
-                Ok(ticket)
+                Ok(())
             }
             Err(e) => {
                 self.shared.lock().files.remove(&ticket);
