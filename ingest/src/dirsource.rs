@@ -12,7 +12,7 @@ use std::ffi::CString;
 use std::fs::{File, Metadata};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -43,6 +43,8 @@ struct ReadJob {
     ticket: FileTicket,
     path: PathBuf,
     size: u64,
+    /// (dev, ino) the walker saw: the reader checks it opened that same file.
+    inode: (u64, u64),
 }
 
 /// Reads the tree below `path` (its own metadata becomes the root's). Hard links inside the
@@ -90,8 +92,23 @@ fn read_files(jobs: Receiver<ReadJob>, pipeline: &ObjectPipeline, failure: &Mute
 
 fn read_file(job: &ReadJob, pipeline: &ObjectPipeline) -> Result<()> {
     let name = job.path.display().to_string();
-    let mut f = File::open(&job.path).map_err(|e| Error::io(&name, e))?;
+    let mut f = open_walked(job).map_err(|e| Error::io(&name, e))?;
     pipeline.add_reserved_file(job.ticket, &name, &mut f, job.size)
+}
+
+/// Opens the file the walker saw, refusing whatever replaced it since: a symlink (not
+/// followed), a FIFO (not waited for: opening one for reading blocks until a writer comes),
+/// or another file. The tree being published may be live.
+fn open_walked(job: &ReadJob) -> io::Result<File> {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(&job.path)?;
+    let meta = f.metadata()?;
+    if !meta.is_file() || (meta.dev(), meta.ino()) != job.inode {
+        return Err(io::Error::other("replaced by another file during the walk"));
+    }
+    Ok(f)
 }
 
 fn failed(failure: &Mutex<Option<Error>>) -> bool {
@@ -182,6 +199,7 @@ fn leaf_for(
             ticket: pipeline.reserve_ticket(),
             path: full.to_path_buf(),
             size: meta.len(),
+            inode: key,
         };
         let ticket = job.ticket;
         let queue = if job.size > LARGE_FILE {
@@ -545,6 +563,38 @@ mod tests {
         let p = ObjectPipeline::new(store, None, PipelineConfig::default()).unwrap();
         let err = tree_from_dir(tmp.path(), &p).unwrap_err().to_string();
         assert!(err.contains("No space left on device"), "{err}");
+    }
+
+    #[test]
+    fn a_file_replaced_after_the_walk_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (file, other) = (tmp.path().join("file"), tmp.path().join("other"));
+        std::fs::write(&file, b"walked").unwrap();
+        std::fs::write(&other, b"other").unwrap();
+        let meta = std::fs::symlink_metadata(&file).unwrap();
+        let job = |path: &Path| ReadJob {
+            ticket: FileTicket(0),
+            path: path.to_path_buf(),
+            size: 6,
+            inode: (meta.dev(), meta.ino()),
+        };
+        assert!(open_walked(&job(&file)).is_ok());
+
+        let err = open_walked(&job(&other)).unwrap_err();
+        assert!(err.to_string().contains("replaced"), "{err}");
+        std::fs::remove_file(&file).unwrap();
+        symlink(&other, &file).unwrap();
+        assert_eq!(
+            open_walked(&job(&file)).unwrap_err().raw_os_error(),
+            Some(libc::ELOOP)
+        );
+        std::fs::remove_file(&file).unwrap();
+        let cpath = CString::new(file.as_os_str().as_bytes()).unwrap();
+        // SAFETY: valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(cpath.as_ptr(), 0o600) }, 0);
+        // Would block for a writer without O_NONBLOCK.
+        let err = open_walked(&job(&file)).unwrap_err();
+        assert!(err.to_string().contains("replaced"), "{err}");
     }
 
     #[test]

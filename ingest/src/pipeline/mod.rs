@@ -97,7 +97,7 @@ impl Default for PipelineConfig {
 
 /// Handle of a file given to the pipeline; resolves to its size and `FileData`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct FileTicket(u64);
+pub struct FileTicket(pub(crate) u64);
 
 /// Counters of one pipeline run.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
