@@ -193,27 +193,18 @@ impl LocalStore {
         name: &std::ffi::CStr,
     ) -> io::Result<Option<bool>> {
         if self.link_by_fd.load(Ordering::Relaxed) {
-            // SAFETY: valid descriptors and NUL-terminated names for the duration of the call.
-            let rc = unsafe {
-                libc::linkat(
-                    f.as_raw_fd(),
-                    c"".as_ptr(),
-                    dir.as_raw_fd(),
-                    name.as_ptr(),
-                    libc::AT_EMPTY_PATH,
-                )
-            };
-            if rc == 0 {
-                return Ok(Some(true));
-            }
-            let err = io::Error::last_os_error();
-            match err.raw_os_error() {
-                Some(libc::EEXIST) => return Ok(Some(false)),
+            match link_at(f.as_raw_fd(), c"", dir, name, libc::AT_EMPTY_PATH) {
+                Ok(created) => return Ok(Some(created)),
                 // ENOENT: no CAP_DAC_READ_SEARCH before Linux 6.10; EPERM/EINVAL: refused.
-                Some(libc::ENOENT | libc::EPERM | libc::EINVAL) => {
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::ENOENT | libc::EPERM | libc::EINVAL)
+                    ) =>
+                {
                     self.link_by_fd.store(false, Ordering::Relaxed)
                 }
-                _ => return Err(err),
+                Err(e) => return Err(e),
             }
         }
         link_through_proc(f, dir, name)
@@ -386,26 +377,44 @@ impl LocalStore {
 /// is refused.
 fn link_through_proc(f: &File, dir: &File, name: &std::ffi::CStr) -> io::Result<Option<bool>> {
     let src = CString::new(format!("/proc/self/fd/{}", f.as_raw_fd()))?;
-    // SAFETY: valid descriptors and NUL-terminated paths for the duration of the call.
+    match link_at(libc::AT_FDCWD, &src, dir, name, libc::AT_SYMLINK_FOLLOW) {
+        Ok(created) => Ok(Some(created)),
+        Err(e) => match e.raw_os_error() {
+            Some(libc::ENOENT) if !Path::new("/proc/self/fd").is_dir() => Ok(None),
+            // Linking an open file refused (a file system or security module that does not
+            // allow it): the named scratch file and rename work without it.
+            Some(libc::EPERM | libc::EOPNOTSUPP | libc::EINVAL) => Ok(None),
+            _ => Err(e),
+        },
+    }
+}
+
+/// `linkat(from_dir, from, dir, name, flags)`: `true` if it made the link, `false` if `name`
+/// exists already in `dir`.
+fn link_at(
+    from_dir: libc::c_int,
+    from: &std::ffi::CStr,
+    dir: &File,
+    name: &std::ffi::CStr,
+    flags: libc::c_int,
+) -> io::Result<bool> {
+    // SAFETY: `from_dir` and `dir` are valid descriptors (or AT_FDCWD) and both names are
+    // NUL-terminated for the duration of the call.
     let rc = unsafe {
         libc::linkat(
-            libc::AT_FDCWD,
-            src.as_ptr(),
+            from_dir,
+            from.as_ptr(),
             dir.as_raw_fd(),
             name.as_ptr(),
-            libc::AT_SYMLINK_FOLLOW,
+            flags,
         )
     };
     if rc == 0 {
-        return Ok(Some(true));
+        return Ok(true);
     }
     let err = io::Error::last_os_error();
     match err.raw_os_error() {
-        Some(libc::EEXIST) => Ok(Some(false)),
-        Some(libc::ENOENT) if !Path::new("/proc/self/fd").is_dir() => Ok(None),
-        // Linking an open file refused (a file system or security module that does not allow
-        // it): the named scratch file and rename work without it.
-        Some(libc::EPERM | libc::EOPNOTSUPP | libc::EINVAL) => Ok(None),
+        Some(libc::EEXIST) => Ok(false),
         _ => Err(err),
     }
 }
@@ -514,7 +523,6 @@ fn fsync_dir(dir: &Path) -> io::Result<()> {
 
 impl ObjectStore for LocalStore {
     fn contains(&self, hash: &ContentHash, suffix: Suffix) -> io::Result<bool> {
-        let path = || self.object_path(hash, suffix);
         let dir = match self.object_dir(hash) {
             Ok(dir) => dir,
             // A storage directory that lacks `data/XX` (copied partially) has no such object.
@@ -538,7 +546,7 @@ impl ObjectStore for LocalStore {
         let e = io::Error::last_os_error();
         match e.kind() {
             io::ErrorKind::NotFound => Ok(false),
-            _ => Err(with_path(&path(), e)),
+            _ => Err(with_path(&self.object_path(hash, suffix), e)),
         }
     }
 
