@@ -89,6 +89,12 @@ pub struct InitArgs {
     /// Do not cut large files into chunks (like `cvmfs_server ingest`).
     #[arg(long)]
     pub no_chunking: bool,
+    /// Take over the repository already in --storage (made by cvmfs_server, or by cvmfs-oci
+    /// with a lost home) instead of creating one: checked like `check`, with the keys that
+    /// sign it (--keys, e.g. /etc/cvmfs/keys); its TTL and GC flag are kept. Nothing is
+    /// published; run `cache seed` next so known content is never compressed again.
+    #[arg(long, conflicts_with_all = ["ttl", "gc"])]
+    pub existing: bool,
 }
 
 #[derive(Args, Clone)]

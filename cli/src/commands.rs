@@ -48,6 +48,9 @@ pub fn init(home: &Path, g: &Global, a: &InitArgs, out: Output) -> Result<i32> {
         ..InitOptions::default()
     };
     opts.chunking.enabled = !a.no_chunking;
+    if a.existing {
+        return take_over(home, a, opts, out);
+    }
     let repo = Repository::init(home, &a.fqrn, &a.storage, opts)
         .with_context(|| format!("init {}", a.fqrn))?;
     let info = repo.info()?;
@@ -65,6 +68,41 @@ pub fn init(home: &Path, g: &Global, a: &InitArgs, out: Output) -> Result<i32> {
                    "keys": repo.config().keys_dir, "client_config": repo.client_config()}),
         ),
     );
+    print_client_config(&repo, out);
+    Ok(0)
+}
+
+/// `init --existing`: a home for the repository already in the storage.
+fn take_over(home: &Path, a: &InitArgs, opts: InitOptions, out: Output) -> Result<i32> {
+    let (repo, adopted) = Repository::adopt(home, &a.fqrn, &a.storage, opts)
+        .with_context(|| format!("init --existing {}", a.fqrn))?;
+    let resigned = adopted.whitelist_expires.map(signer::utc_stamp);
+    out.event(
+        &format!(
+            "took over {} at revision {} ({} catalogs, {} entries) storage {} keys {}{}",
+            a.fqrn,
+            adopted.revision,
+            adopted.catalogs,
+            adopted.entries,
+            a.storage.display(),
+            repo.config().keys_dir.display(),
+            resigned
+                .as_ref()
+                .map(|e| format!("; expired whitelist re-signed until {e}"))
+                .unwrap_or_default()
+        ),
+        event_json(
+            "init",
+            json!({"fqrn": a.fqrn, "existing": true, "revision": adopted.revision,
+                   "catalogs": adopted.catalogs, "entries": adopted.entries,
+                   "whitelist_resigned_until": resigned, "storage": a.storage,
+                   "keys": repo.config().keys_dir, "client_config": repo.client_config()}),
+        ),
+    );
+    out.say(&format!(
+        "next: `cvmfs-oci cache seed {}` indexes its content, so it is never compressed again",
+        a.fqrn
+    ));
     print_client_config(&repo, out);
     Ok(0)
 }

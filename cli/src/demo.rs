@@ -43,6 +43,7 @@ pub fn run(a: &DemoArgs, out: Output) -> Result<i32> {
         gc: false,
         max_catalog_entries: 100_000,
         no_chunking: false,
+        existing: false,
     };
     commands::init(&home, &g, &init, out)?;
     let tuning = TuningArgs {

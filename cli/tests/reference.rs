@@ -3,9 +3,10 @@
 
 mod common;
 
+use catalog_writer::hash::{ContentHash, Suffix};
 use common::{Env, FQRN};
 use std::collections::BTreeSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// `$CVMFS_OCI_REFERENCE`, else `shared/reference` next to the checkout.
 fn reference() -> PathBuf {
@@ -123,4 +124,304 @@ fn republished_reference_content_gets_the_same_object_names() {
             "reference object {name} not produced by cvmfs-oci"
         );
     }
+}
+
+const REF: &str = "ref.test.local";
+
+/// Copies the reference storage to `dest` and signs it anew with fresh keys written to
+/// `keys_dir`, as if the CVMFS tools had used those keys: its catalogs, data objects, history
+/// and reflog stay theirs; a certificate object, the whitelist (valid for 30 days from
+/// `whitelist_from`), the reflog's new certificate entry and the manifest are ours.
+fn resigned_reference(dest: &Path, keys_dir: &Path, whitelist_from: i64) {
+    let src = reference().join(REF);
+    for e in walkdir::WalkDir::new(&src) {
+        let e = e.unwrap();
+        let to = dest.join(e.path().strip_prefix(&src).unwrap());
+        if e.file_type().is_dir() {
+            std::fs::create_dir_all(&to).unwrap();
+        } else {
+            std::fs::copy(e.path(), &to).unwrap();
+        }
+    }
+    let keys = signer::RepoKeys::generate(REF).unwrap();
+    keys.write(keys_dir, REF).unwrap();
+    let cert = catalog_writer::zlib::compress(&keys.certificate_pem().unwrap());
+    let x = ContentHash::of(&cert);
+    let cert_path = dest.join(x.object_path(Suffix::Certificate));
+    std::fs::create_dir_all(cert_path.parent().unwrap()).unwrap();
+    std::fs::write(&cert_path, &cert).unwrap();
+    let master = keys.master.as_ref().unwrap();
+    let whitelist = signer::Whitelist::new(REF, keys.fingerprint().unwrap(), whitelist_from, 30);
+    std::fs::write(
+        dest.join(".cvmfswhitelist"),
+        whitelist.sign(master).unwrap(),
+    )
+    .unwrap();
+    let reflog = std::fs::read(dest.join(".cvmfsreflog")).unwrap();
+    let mut reflog = publisher::Reflog::from_bytes(&reflog, ".cvmfsreflog").unwrap();
+    reflog
+        .add(&x, publisher::reflog::RefKind::Certificate, whitelist_from)
+        .unwrap();
+    let reflog = reflog.to_bytes().unwrap();
+    std::fs::write(dest.join(".cvmfsreflog"), &reflog).unwrap();
+    let published = dest.join(".cvmfspublished");
+    let mut m = signer::Manifest::parse(&std::fs::read(&published).unwrap())
+        .unwrap()
+        .manifest;
+    m.certificate = x.to_hex();
+    m.reflog = Some(ContentHash::of(&reflog).to_hex());
+    std::fs::write(&published, m.sign(&keys.repo_key).unwrap()).unwrap();
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// A home, storage and keys directory for taking over the re-signed reference.
+struct Takeover {
+    dir: tempfile::TempDir,
+    home: PathBuf,
+    storage: PathBuf,
+    keys: PathBuf,
+}
+
+impl Takeover {
+    fn new(whitelist_from: i64) -> Takeover {
+        let dir = tempfile::tempdir().unwrap();
+        let (home, storage, keys) = (
+            dir.path().join("home"),
+            dir.path().join("storage"),
+            dir.path().join("keys"),
+        );
+        resigned_reference(&storage, &keys, whitelist_from);
+        Takeover {
+            dir,
+            home,
+            storage,
+            keys,
+        }
+    }
+
+    fn run(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new(env!("CARGO_BIN_EXE_cvmfs-oci"))
+            .arg("--home")
+            .arg(&self.home)
+            .arg("--keys")
+            .arg(&self.keys)
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Fails with one line on stderr; returns it.
+    fn fails(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        err.trim().to_string()
+    }
+
+    fn take_over(&self) -> String {
+        let storage = self.storage.to_str().unwrap();
+        self.ok(&["init", REF, "--storage", storage, "--existing"])
+    }
+
+    fn json_line(out: &str, action: &str) -> serde_json::Value {
+        out.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["action"] == action)
+            .unwrap_or_else(|| panic!("no {action} line in {out}"))
+    }
+}
+
+/// The plaintext of the reference's 588 895-byte text file, read from its object.
+fn reference_text(storage: &Path) -> Vec<u8> {
+    let store = publisher::LocalStore::open(storage).unwrap();
+    let bytes = std::fs::read(storage.join(".cvmfspublished")).unwrap();
+    let m = signer::Manifest::parse(&bytes).unwrap().manifest;
+    let root = catalog_writer::namespace::CatalogRef {
+        hash: ContentHash::from_hex(&m.root_catalog).unwrap(),
+        size: m.root_size,
+    };
+    let objects = publisher::as_objects(&store);
+    for (_, entry) in catalog_writer::verify::list_all(root, &objects).unwrap() {
+        if let catalog_writer::entry::EntryKind::File {
+            size,
+            data: catalog_writer::entry::FileData::Whole(h),
+        } = &entry.kind
+        {
+            if *size == 588_895 {
+                let z = std::fs::read(storage.join(h.object_path(Suffix::None))).unwrap();
+                return catalog_writer::zlib::decompress(&z, 1 << 30).unwrap();
+            }
+        }
+    }
+    panic!("no 588 895-byte file in the reference");
+}
+
+#[test]
+fn a_repository_made_by_the_cvmfs_tools_is_taken_over_and_published_on() {
+    let t = Takeover::new(unix_now());
+    let before = common::snapshot(&t.storage);
+    let out = t.take_over();
+    assert!(
+        out.contains("took over ref.test.local at revision 3"),
+        "{out}"
+    );
+    assert_eq!(
+        common::snapshot(&t.storage),
+        before,
+        "taking over changed the storage"
+    );
+    t.ok(&["check", REF, "--full"]);
+
+    let seeded = Takeover::json_line(&t.ok(&["--json", "cache", "seed", REF]), "cache-seed");
+    assert!(seeded["recorded"].as_u64().unwrap() >= 5, "{seeded}");
+
+    // Known content (the reference's text file) next to new content, at a new path.
+    let src = t.dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let text = reference_text(&t.storage);
+    std::fs::write(src.join("copy.txt"), &text).unwrap();
+    std::fs::write(src.join("fresh.txt"), b"new in revision 4\n").unwrap();
+    let out = t.ok(&[
+        "--json",
+        "publish",
+        REF,
+        src.to_str().unwrap(),
+        "--path",
+        "/new",
+    ]);
+    let p = Takeover::json_line(&out, "publish");
+    assert_eq!(p["revision"], 4, "{p}");
+    assert_eq!(
+        p["index_hits"], 1,
+        "the known text is not compressed again: {p}"
+    );
+    assert_eq!(p["objects_new"], 1, "{p}");
+    t.ok(&["check", REF, "--full"]);
+
+    // The independent reader sees the reference's content unchanged and the new files.
+    let cache = t.dir.path().join("witness-cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    let seen = fixtures::witness::witness_read_dir(&t.storage, &cache).unwrap();
+    assert_eq!(seen.revision, 4);
+    let listing =
+        std::fs::read_to_string(reference().join(format!("{REF}.listing.jsonl"))).unwrap();
+    for line in listing.lines() {
+        let want: serde_json::Value = serde_json::from_str(line).unwrap();
+        let path = want["path"].as_str().unwrap();
+        let got = seen
+            .entries
+            .get(path)
+            .unwrap_or_else(|| panic!("{path} lost"));
+        if let Some(sha1) = want["sha1"].as_str() {
+            assert_eq!(got.sha1.as_deref(), Some(sha1), "{path}");
+        }
+        if path != "/" {
+            assert_eq!(got.mtime, want["mtime"].as_i64().unwrap(), "{path}");
+        }
+    }
+    let sha1 = |b: &[u8]| hex::encode(<sha1::Sha1 as sha1::Digest>::digest(b));
+    assert_eq!(seen.entries["/new/copy.txt"].sha1, Some(sha1(&text)));
+    assert_eq!(
+        seen.entries["/new/fresh.txt"].sha1,
+        Some(sha1(b"new in revision 4\n"))
+    );
+}
+
+#[test]
+fn a_take_over_needs_the_keys_that_sign_the_repository() {
+    let t = Takeover::new(unix_now());
+    let storage = t.storage.to_str().unwrap();
+    // Other keys: their master key did not sign the whitelist.
+    let other = Takeover::new(unix_now());
+    let before = common::snapshot(&t.storage);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cvmfs-oci"))
+        .arg("--home")
+        .arg(&t.home)
+        .arg("--keys")
+        .arg(&other.keys)
+        .args(["init", REF, "--storage", storage, "--existing"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not taking over ref.test.local"), "{err}");
+    assert!(err.contains(".cvmfswhitelist"), "{err}");
+    assert_eq!(common::snapshot(&t.storage), before);
+    assert!(!t.home.join(REF).join("config.json").exists());
+
+    // The right master key, but a repository key other than the one that signs it.
+    let other_repo_key = t.dir.path().join("other-keys");
+    signer::RepoKeys::generate(REF)
+        .unwrap()
+        .write(&other_repo_key, REF)
+        .unwrap();
+    let swap = |from: &Path, to: &Path| {
+        for name in [format!("{REF}.key"), format!("{REF}.crt")] {
+            std::fs::copy(from.join(&name), to.join(&name)).unwrap();
+        }
+    };
+    let saved = t.dir.path().join("saved-keys");
+    std::fs::create_dir_all(&saved).unwrap();
+    swap(&t.keys, &saved);
+    swap(&other_repo_key, &t.keys);
+    let line = t.fails(&["init", REF, "--storage", storage, "--existing"]);
+    assert!(line.contains("is not ref.test.local.crt"), "{line}");
+    swap(&saved, &t.keys);
+    assert_eq!(common::snapshot(&t.storage), before);
+
+    // No repository in an empty storage directory; a home that exists already.
+    let empty = t.dir.path().join("empty");
+    std::fs::create_dir_all(empty.join("data")).unwrap();
+    let line = t.fails(&[
+        "init",
+        REF,
+        "--storage",
+        empty.to_str().unwrap(),
+        "--existing",
+    ]);
+    assert!(line.contains("no .cvmfspublished"), "{line}");
+    t.take_over();
+    let line = t.fails(&["init", REF, "--storage", storage, "--existing"]);
+    assert!(line.contains("already exists"), "{line}");
+}
+
+#[test]
+fn an_expired_whitelist_is_re_signed_on_take_over_with_the_master_key() {
+    let forty_days_ago = unix_now() - 40 * 86_400;
+    let t = Takeover::new(forty_days_ago);
+    let storage = t.storage.to_str().unwrap();
+    // Without the master key the take-over is refused.
+    let master = t.keys.join(format!("{REF}.masterkey"));
+    let aside = t.dir.path().join("masterkey");
+    std::fs::rename(&master, &aside).unwrap();
+    let line = t.fails(&["init", REF, "--storage", storage, "--existing"]);
+    assert!(
+        line.contains("expired") && line.contains("re-signed"),
+        "{line}"
+    );
+    std::fs::rename(&aside, &master).unwrap();
+
+    let out = t.ok(&["--json", "init", REF, "--storage", storage, "--existing"]);
+    let init = Takeover::json_line(&out, "init");
+    let until = init["whitelist_resigned_until"].as_str().unwrap();
+    assert!(until.starts_with("20"), "{init}");
+    t.ok(&["check", REF]);
 }

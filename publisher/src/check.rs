@@ -34,6 +34,9 @@ pub struct CheckReport {
     pub objects: usize,
     /// Stored bytes read: every referenced object with `full`, catalogs and metadata otherwise.
     pub bytes: u64,
+    /// The whitelist is signed by a trusted master key and names the repository, but has
+    /// expired (also one of `problems`; its certificate fingerprints were not checked).
+    pub whitelist_expired: bool,
 }
 
 impl CheckReport {
@@ -235,7 +238,10 @@ impl Checker<'_> {
         }
         let whitelist = match signer::Whitelist::verify(&bytes, masters, self.fqrn, now_unix()) {
             Ok(w) => w,
-            Err(e) => return self.problem(format!(".cvmfswhitelist: {e}")),
+            Err(e) => {
+                self.report.whitelist_expired = matches!(e, signer::Error::Expired { .. });
+                return self.problem(format!(".cvmfswhitelist: {e}"));
+            }
         };
         match signer::certificate_fingerprint(cert) {
             Ok(fp) if whitelist.lists_fingerprint(&fp) => {}

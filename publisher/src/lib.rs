@@ -58,7 +58,7 @@ pub use http::HttpStore;
 pub use layer_memo::{LayerMemo, MemoEntry, MemoKind, MemoLayer, MemoMeta, MemoSummary};
 pub use local::LocalStore;
 pub use reflog::Reflog;
-pub use repo::{InitOptions, RepoInfo, Repository};
+pub use repo::{Adopted, InitOptions, RepoInfo, Repository};
 pub use seed::{seed_content_index, seed_repository, SeedProgress, SeedStats};
 pub use store::{as_objects, ContentIndex, ObjectStore, StoreObjects};
 pub use txn::{fault_point, CommitOutcome, CommitSettings, Published, Transaction};

@@ -79,6 +79,20 @@ pub(crate) fn now_unix() -> i64 {
         .unwrap_or(0)
 }
 
+/// The home of a repository about to be created or taken over: none may exist yet.
+fn new_home(home: &Path, fqrn: &str) -> Result<RepoHome> {
+    validate_fqrn(fqrn)?;
+    let home = std::path::absolute(home).map_err(|e| Error::io_path(home, e))?;
+    let repo_home = RepoHome::new(&home, fqrn);
+    if repo_home.config_path().exists() {
+        return Err(Error::Invalid(format!(
+            "repository {fqrn} already exists in {}",
+            repo_home.dir().display()
+        )));
+    }
+    Ok(repo_home)
+}
+
 fn create_dir(path: &Path) -> Result<()> {
     fs::create_dir_all(path).map_err(|e| Error::io_path(path, e))
 }
@@ -87,15 +101,7 @@ impl Repository {
     /// Creates `<home>/<fqrn>/`, keys (reusing keys already in the keys directory), the
     /// storage directory and revision 1 (an empty root directory).
     pub fn init(home: &Path, fqrn: &str, storage: &Path, opts: InitOptions) -> Result<Repository> {
-        validate_fqrn(fqrn)?;
-        let home = std::path::absolute(home).map_err(|e| Error::io_path(home, e))?;
-        let repo_home = RepoHome::new(&home, fqrn);
-        if repo_home.config_path().exists() {
-            return Err(Error::Invalid(format!(
-                "repository {fqrn} already exists in {}",
-                repo_home.dir().display()
-            )));
-        }
+        let repo_home = new_home(home, fqrn)?;
         if storage.join(root_files::MANIFEST).exists() {
             return Err(Error::Invalid(format!(
                 "{} already holds a repository (.cvmfspublished exists)",
@@ -118,6 +124,51 @@ impl Repository {
             config,
             store,
         })
+    }
+
+    /// Takes over the repository already in `storage` (written by `cvmfs_server`, or by
+    /// cvmfs-oci with a lost home): creates only its home. The keys must be the ones that
+    /// sign it (`FQRN.key`, `FQRN.crt` and `FQRN.pub` in the keys directory, as in
+    /// `/etc/cvmfs/keys`). The repository is checked like `check` does (signatures, every
+    /// catalog, object presence) and refused on any problem, except an expired whitelist,
+    /// which is re-signed when the master key is there. TTL and garbage-collection flag come
+    /// from its manifest; the next publish continues its revisions, history and reflog.
+    pub fn adopt(
+        home: &Path,
+        fqrn: &str,
+        storage: &Path,
+        opts: InitOptions,
+    ) -> Result<(Repository, Adopted)> {
+        let repo_home = new_home(home, fqrn)?;
+        let mut config = init_config(&repo_home, fqrn, storage, &opts)?;
+        let keys = load_keys(&config)?;
+        let (manifest, report, resign) = takeover_checks(&config, &keys)?;
+        // Git or rsync may have dropped the empty `data/XX` directories: a writer needs them.
+        let store = Arc::new(LocalStore::create(&config.storage)?);
+        let mut adopted = Adopted {
+            revision: manifest.revision,
+            catalogs: report.catalogs,
+            entries: report.entries,
+            whitelist_expires: None,
+        };
+        if let (true, Some(master)) = (resign, keys.master.as_ref()) {
+            let days = config.whitelist_days;
+            let expires = write_whitelist(&store, &keys, master, fqrn, now_unix(), days)?;
+            adopted.whitelist_expires = Some(expires);
+        }
+        config.ttl = manifest.ttl;
+        config.gc = manifest.gc;
+        create_dir(repo_home.dir())?;
+        create_dir(&repo_home.state_dir())?;
+        open_lock_file(&repo_home.lock_path())?;
+        // Written last: a home with config.json is a complete repository.
+        config.save(&repo_home.config_path())?;
+        let repo = Repository {
+            home: repo_home,
+            config,
+            store,
+        };
+        Ok((repo, adopted))
     }
 
     /// Opens the repository `fqrn` whose home is `<home>/<fqrn>/`.
@@ -255,6 +306,113 @@ impl Repository {
             "CVMFS_HTTP_PROXY=DIRECT".to_string(),
         ]
     }
+}
+
+/// What [`Repository::adopt`] found.
+#[derive(Clone, Debug)]
+pub struct Adopted {
+    /// The revision the repository is at; the next publish is this + 1.
+    pub revision: u64,
+    pub catalogs: usize,
+    pub entries: u64,
+    /// Set when the expired whitelist was re-signed: its new expiry (unix seconds).
+    pub whitelist_expires: Option<i64>,
+}
+
+/// Everything [`Repository::adopt`] verifies before it writes anything: the repository checks
+/// out (an expired whitelist only if the master key can re-sign it) and is signed with the
+/// keys. Returns its manifest, the check and whether the whitelist needs re-signing.
+fn takeover_checks(
+    config: &Config,
+    keys: &signer::RepoKeys,
+) -> Result<(signer::Manifest, crate::CheckReport, bool)> {
+    let fqrn = config.fqrn.as_str();
+    let store = LocalStore::open(&config.storage)?;
+    let manifest = current_manifest(&store)?;
+    let masters = std::slice::from_ref(&keys.master_public);
+    let report = crate::check::check_repository(&store, fqrn, masters, false)?;
+    let resign = report.whitelist_expired && report.problems.len() == 1;
+    let acceptable = report.is_ok() || (resign && keys.master.is_some());
+    if !acceptable {
+        let hint = if resign {
+            format!(
+                " (with {fqrn}.masterkey in {} it would be re-signed)",
+                config.keys_dir.display()
+            )
+        } else {
+            String::new()
+        };
+        return Err(takeover_refused(&store, fqrn, &report, &hint));
+    }
+    check_signed_with(&store, keys, &manifest, fqrn)?;
+    Ok((manifest, report, resign))
+}
+
+/// The manifest in `store` (signature not checked here).
+fn current_manifest(store: &LocalStore) -> Result<signer::Manifest> {
+    let bytes = store
+        .get_root_file(root_files::MANIFEST)
+        .map_err(|e| Error::io(store.describe(), e))?
+        .ok_or_else(|| {
+            Error::Invalid(format!(
+                "{}: no .cvmfspublished, no repository to take over (use init without --existing)",
+                store.describe()
+            ))
+        })?;
+    Ok(signer::Manifest::parse(&bytes)
+        .map_err(|e| Error::signature(format!("{}/.cvmfspublished", store.describe()), e))?
+        .manifest)
+}
+
+/// The refusal of a take-over: the number of problems and the first ones.
+fn takeover_refused(
+    store: &LocalStore,
+    fqrn: &str,
+    report: &crate::CheckReport,
+    hint: &str,
+) -> Error {
+    let first: Vec<&str> = report.problems.iter().take(3).map(String::as_str).collect();
+    Error::Invalid(format!(
+        "{}: not taking over {fqrn}: {} problem(s): {}{}{hint}",
+        store.describe(),
+        report.problems.len(),
+        first.join("; "),
+        if report.problems.len() > first.len() {
+            "; ..."
+        } else {
+            ""
+        }
+    ))
+}
+
+/// The repository's certificate (`X`) must be `FQRN.crt`: manifests signed with the keys are
+/// then accepted by clients under the same whitelist entry.
+fn check_signed_with(
+    store: &LocalStore,
+    keys: &signer::RepoKeys,
+    manifest: &signer::Manifest,
+    fqrn: &str,
+) -> Result<()> {
+    let x = parse_hash_field("X", &manifest.certificate)?;
+    let what = format!("{}: certificate {x}", store.describe());
+    let stored = store
+        .get(&x, Suffix::Certificate)
+        .map_err(|e| Error::io(what.as_str(), e))?;
+    let pem = catalog_writer::zlib::decompress(&stored, 1 << 20)
+        .map_err(|e| Error::io(what.as_str(), e))?;
+    let theirs = signer::parse_certificate_pem(&pem)
+        .and_then(|c| signer::certificate_fingerprint(&c))
+        .map_err(|e| Error::signature(what.as_str(), e))?;
+    let ours = keys
+        .fingerprint()
+        .map_err(|e| Error::signature(format!("certificate of {fqrn}"), e))?;
+    if theirs != ours {
+        return Err(Error::Invalid(format!(
+            "{what} (fingerprint {theirs}) is not {fqrn}.crt (fingerprint {ours}): take over \
+             with the keys that sign the repository"
+        )));
+    }
+    Ok(())
 }
 
 /// The configuration of a new repository, keys directory checked against the storage.
