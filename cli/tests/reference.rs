@@ -180,65 +180,45 @@ fn unix_now() -> i64 {
         .as_secs() as i64
 }
 
-/// A home, storage and keys directory for taking over the re-signed reference.
+/// A home, storage and keys directory for taking over the re-signed reference; commands run
+/// with `--keys` on that directory.
 struct Takeover {
-    dir: tempfile::TempDir,
-    home: PathBuf,
-    storage: PathBuf,
+    env: Env,
     keys: PathBuf,
 }
 
 impl Takeover {
     fn new(whitelist_from: i64) -> Takeover {
         let dir = tempfile::tempdir().unwrap();
-        let (home, storage, keys) = (
-            dir.path().join("home"),
-            dir.path().join("storage"),
-            dir.path().join("keys"),
-        );
+        let (home, storage) = (dir.path().join("home"), dir.path().join("storage"));
+        let keys = dir.path().join("keys");
         resigned_reference(&storage, &keys, whitelist_from);
         Takeover {
-            dir,
-            home,
-            storage,
+            env: Env { dir, home, storage },
             keys,
         }
     }
 
-    fn run(&self, args: &[&str]) -> std::process::Output {
-        std::process::Command::new(env!("CARGO_BIN_EXE_cvmfs-oci"))
-            .arg("--home")
-            .arg(&self.home)
-            .arg("--keys")
-            .arg(&self.keys)
-            .args(args)
-            .output()
-            .unwrap()
+    fn with_keys<'a>(&'a self, args: &[&'a str]) -> Vec<&'a str> {
+        let mut all = vec!["--keys", self.keys.to_str().unwrap()];
+        all.extend_from_slice(args);
+        all
     }
 
     fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "{args:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        self.env.ok(&self.with_keys(args))
     }
 
-    /// Fails with one line on stderr; returns it.
     fn fails(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(!out.status.success(), "{args:?} succeeded");
-        let err = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert_eq!(err.trim().lines().count(), 1, "{err}");
-        err.trim().to_string()
+        self.env.fails(&self.with_keys(args))
+    }
+
+    fn storage(&self) -> &str {
+        self.env.storage.to_str().unwrap()
     }
 
     fn take_over(&self) -> String {
-        let storage = self.storage.to_str().unwrap();
-        self.ok(&["init", REF, "--storage", storage, "--existing"])
+        self.ok(&["init", REF, "--storage", self.storage(), "--existing"])
     }
 
     fn json_line(out: &str, action: &str) -> serde_json::Value {
@@ -277,14 +257,14 @@ fn reference_text(storage: &Path) -> Vec<u8> {
 #[test]
 fn a_repository_made_by_the_cvmfs_tools_is_taken_over_and_published_on() {
     let t = Takeover::new(unix_now());
-    let before = common::snapshot(&t.storage);
+    let before = common::snapshot(&t.env.storage);
     let out = t.take_over();
     assert!(
         out.contains("took over ref.test.local at revision 3"),
         "{out}"
     );
     assert_eq!(
-        common::snapshot(&t.storage),
+        common::snapshot(&t.env.storage),
         before,
         "taking over changed the storage"
     );
@@ -294,9 +274,9 @@ fn a_repository_made_by_the_cvmfs_tools_is_taken_over_and_published_on() {
     assert!(seeded["recorded"].as_u64().unwrap() >= 5, "{seeded}");
 
     // Known content (the reference's text file) next to new content, at a new path.
-    let src = t.dir.path().join("src");
+    let src = t.env.dir.path().join("src");
     std::fs::create_dir_all(&src).unwrap();
-    let text = reference_text(&t.storage);
+    let text = reference_text(&t.env.storage);
     std::fs::write(src.join("copy.txt"), &text).unwrap();
     std::fs::write(src.join("fresh.txt"), b"new in revision 4\n").unwrap();
     let out = t.ok(&[
@@ -317,9 +297,9 @@ fn a_repository_made_by_the_cvmfs_tools_is_taken_over_and_published_on() {
     t.ok(&["check", REF, "--full"]);
 
     // The independent reader sees the reference's content unchanged and the new files.
-    let cache = t.dir.path().join("witness-cache");
+    let cache = t.env.dir.path().join("witness-cache");
     std::fs::create_dir_all(&cache).unwrap();
-    let seen = fixtures::witness::witness_read_dir(&t.storage, &cache).unwrap();
+    let seen = fixtures::witness::witness_read_dir(&t.env.storage, &cache).unwrap();
     assert_eq!(seen.revision, 4);
     let listing =
         std::fs::read_to_string(reference().join(format!("{REF}.listing.jsonl"))).unwrap();
@@ -348,27 +328,27 @@ fn a_repository_made_by_the_cvmfs_tools_is_taken_over_and_published_on() {
 #[test]
 fn a_take_over_needs_the_keys_that_sign_the_repository() {
     let t = Takeover::new(unix_now());
-    let storage = t.storage.to_str().unwrap();
+    let storage = t.storage();
     // Other keys: their master key did not sign the whitelist.
     let other = Takeover::new(unix_now());
-    let before = common::snapshot(&t.storage);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cvmfs-oci"))
-        .arg("--home")
-        .arg(&t.home)
-        .arg("--keys")
-        .arg(&other.keys)
-        .args(["init", REF, "--storage", storage, "--existing"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let before = common::snapshot(&t.env.storage);
+    let other_keys = other.keys.to_str().unwrap();
+    let err = t.env.fails(&[
+        "--keys",
+        other_keys,
+        "init",
+        REF,
+        "--storage",
+        storage,
+        "--existing",
+    ]);
     assert!(err.contains("not taking over ref.test.local"), "{err}");
     assert!(err.contains(".cvmfswhitelist"), "{err}");
-    assert_eq!(common::snapshot(&t.storage), before);
-    assert!(!t.home.join(REF).join("config.json").exists());
+    assert_eq!(common::snapshot(&t.env.storage), before);
+    assert!(!t.env.home.join(REF).join("config.json").exists());
 
     // The right master key, but a repository key other than the one that signs it.
-    let other_repo_key = t.dir.path().join("other-keys");
+    let other_repo_key = t.env.dir.path().join("other-keys");
     signer::RepoKeys::generate(REF)
         .unwrap()
         .write(&other_repo_key, REF)
@@ -378,17 +358,17 @@ fn a_take_over_needs_the_keys_that_sign_the_repository() {
             std::fs::copy(from.join(&name), to.join(&name)).unwrap();
         }
     };
-    let saved = t.dir.path().join("saved-keys");
+    let saved = t.env.dir.path().join("saved-keys");
     std::fs::create_dir_all(&saved).unwrap();
     swap(&t.keys, &saved);
     swap(&other_repo_key, &t.keys);
     let line = t.fails(&["init", REF, "--storage", storage, "--existing"]);
     assert!(line.contains("is not ref.test.local.crt"), "{line}");
     swap(&saved, &t.keys);
-    assert_eq!(common::snapshot(&t.storage), before);
+    assert_eq!(common::snapshot(&t.env.storage), before);
 
     // No repository in an empty storage directory; a home that exists already.
-    let empty = t.dir.path().join("empty");
+    let empty = t.env.dir.path().join("empty");
     std::fs::create_dir_all(empty.join("data")).unwrap();
     let line = t.fails(&[
         "init",
@@ -407,10 +387,10 @@ fn a_take_over_needs_the_keys_that_sign_the_repository() {
 fn an_expired_whitelist_is_re_signed_on_take_over_with_the_master_key() {
     let forty_days_ago = unix_now() - 40 * 86_400;
     let t = Takeover::new(forty_days_ago);
-    let storage = t.storage.to_str().unwrap();
+    let storage = t.storage();
     // Without the master key the take-over is refused.
     let master = t.keys.join(format!("{REF}.masterkey"));
-    let aside = t.dir.path().join("masterkey");
+    let aside = t.env.dir.path().join("masterkey");
     std::fs::rename(&master, &aside).unwrap();
     let line = t.fails(&["init", REF, "--storage", storage, "--existing"]);
     assert!(

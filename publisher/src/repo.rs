@@ -1,5 +1,6 @@
-//! `Repository`: creating a repository (home, keys, storage, revision 1), opening it, reporting
-//! on it, re-signing its whitelist, and the publish tail shared by `init` and commits.
+//! `Repository`: creating a repository (home, keys, storage, revision 1), taking over one that
+//! exists already, opening it, reporting on it, re-signing its whitelist, and the publish tail
+//! shared by `init` and commits.
 
 use crate::catalogs::load_catalog;
 use crate::config::{validate_fqrn, Chunking, Config, RepoHome};
