@@ -753,6 +753,50 @@ fn a_batch_reads_layers_its_images_share_once() {
 }
 
 #[test]
+fn a_base_image_listed_after_the_image_built_on_it_still_reads_its_layer_once() {
+    let env = Env::init(&[]);
+    let layout = env.path("layout");
+    let mut base = fixtures::layers::LayerBuilder::new();
+    base.dir("etc").file("etc/os-release", b"base 1\n");
+    base.file("etc/motd", b"welcome\n");
+    let base = base.finish();
+    // The app replaces a file of the base: read under it, the base layer's memo lacks it.
+    let mut app = fixtures::layers::LayerBuilder::new();
+    app.file("etc/motd", b"app\n").file("app.txt", b"app\n");
+    let app = app.finish();
+    let built_base = ImageBuilder::new()
+        .layer(base.clone(), Compression::Gzip)
+        .write_layout(&layout, "base")
+        .unwrap();
+    let built_app = ImageBuilder::new()
+        .layer(base, Compression::Gzip)
+        .layer(app, Compression::Gzip)
+        .write_layout(&layout, "app")
+        .unwrap();
+    let refs: Vec<String> = ["app", "base"]
+        .iter()
+        .map(|t| format!("oci:{}:{t}", layout.display()))
+        .collect();
+    let mut args = vec!["--json", "convert", FQRN, "--workers", "2"];
+    args.extend(refs.iter().map(String::as_str));
+    let out = env.ok(&args);
+    let read: Vec<String> = out
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["action"] == "layer")
+        .filter_map(|e| e["layer"].as_str().map(str::to_string))
+        .collect();
+    // The base image goes first although listed last; the app replays the base layer's memo.
+    let mut want = built_app.layer_digests.clone();
+    want.sort();
+    let mut got = read.clone();
+    got.sort();
+    assert_eq!(got, want, "{read:?}");
+    assert_eq!(read[0], built_base.layer_digests[0], "{read:?}");
+    env.check(true);
+}
+
+#[test]
 fn sync_a_wishlist_with_wildcards_and_prune() {
     let Some(reg) = registry_or_skip() else {
         return;

@@ -4,7 +4,7 @@
 use super::layers::{flatten, memo_keys, BLOB_BYTES_FETCHED};
 use super::plan::{plan, Job};
 use super::schedule::{LayerKey, Schedule};
-use super::{concurrent, new_pipeline, open_repo, report_outcome, unix_now};
+use super::{new_pipeline, open_repo, report_outcome, unix_now};
 use crate::args::{ConvertArgs, Global, RegistryArgs, SyncArgs, TuningArgs};
 use crate::output::{event_json, Output};
 use anyhow::{anyhow, bail, Context, Result};
@@ -264,9 +264,9 @@ fn flatten_threads(tuning: &TuningArgs, refs: usize) -> usize {
     tuning.workers.unwrap_or(2).clamp(1, 4).min(refs.max(1))
 }
 
-/// Plans `refs` in groups of [`concurrent::REQUESTS_IN_FLIGHT`] on this thread and flattens
-/// each image that needs it (the first job of its flat directory) on `threads` others as soon
-/// as it is planned, in the order of the [`Schedule`]. This thread grafts each finished flat
+/// Plans `refs` on this thread ([`super::concurrent::REQUESTS_IN_FLIGHT`] requests at a time), then
+/// flattens each image that needs it (the first job of its flat directory) on `threads`
+/// others, in the order of the [`Schedule`]. This thread grafts each finished flat
 /// directory and writes its catalog right away, while the other images are still being
 /// flattened (otherwise all catalogs would be written after the last image). Returns the jobs
 /// in the order of `refs` and, per job, whether it grafted a flat directory (`None`: it had
@@ -297,32 +297,32 @@ fn plan_and_flatten(
             });
         }
         drop(done_tx);
+        // The whole batch is planned before any image goes: the schedule must see every image
+        // sharing a layer to pick the one that reads it unshadowed (a registry lists `api`
+        // before the `debian` it is built on). Planning is a few round trips per image.
         let mut seen = std::collections::HashSet::new();
-        for group in refs.chunks(concurrent::REQUESTS_IN_FLIGHT) {
-            for (reference, planned) in group.iter().zip(plan(txn, sources, group, selection)) {
-                let planned = match planned {
-                    Ok(p) => p,
-                    Err(e) => {
-                        report_failure(summary, reference, &e, cx.out);
-                        continue;
-                    }
-                };
-                for job in planned {
-                    let job = Arc::new(job);
-                    if job.flatten && seen.insert(job.placement.flat_dir.clone()) {
-                        let layers = job
-                            .image
-                            .as_ref()
-                            .map_or_else(Vec::new, |image| layers_to_read(image, cx.memo));
-                        schedule.push((jobs.len(), job.clone()), layers);
-                    }
-                    jobs.push(job);
+        let mut queued = Vec::new();
+        for (reference, planned) in refs.iter().zip(plan(txn, sources, refs, selection)) {
+            let planned = match planned {
+                Ok(p) => p,
+                Err(e) => {
+                    report_failure(summary, reference, &e, cx.out);
+                    continue;
                 }
-            }
-            for done in done_rx.try_iter() {
-                finished.take(txn, &jobs, done);
+            };
+            for job in planned {
+                let job = Arc::new(job);
+                if job.flatten && seen.insert(job.placement.flat_dir.clone()) {
+                    let layers = job
+                        .image
+                        .as_ref()
+                        .map_or_else(Vec::new, |image| layers_to_read(image, cx.memo));
+                    queued.push(((jobs.len(), job.clone()), layers));
+                }
+                jobs.push(job);
             }
         }
+        schedule.push_all(queued);
         schedule.close();
         for done in done_rx.iter() {
             finished.take(txn, &jobs, done);
@@ -339,11 +339,17 @@ fn plan_and_flatten(
 
 /// The layers of `image` the memo does not know, with their blob sizes, for the [`Schedule`].
 fn layers_to_read(image: &ResolvedImage, memo: &MemoContext<'_>) -> Vec<LayerKey> {
-    let sizes = image.layers.iter().map(|l| l.size);
+    let n = image.layers.len();
     memo_keys(image)
         .into_iter()
-        .zip(sizes)
-        .filter(|(diff_id, _)| !memo.knows(diff_id))
+        .zip(&image.layers)
+        .enumerate()
+        .filter(|(_, (diff_id, _))| !memo.knows(diff_id))
+        .map(|(i, (id, layer))| LayerKey {
+            id,
+            size: layer.size,
+            above: n.saturating_sub(i + 1),
+        })
         .collect()
 }
 

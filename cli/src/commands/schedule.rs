@@ -4,18 +4,29 @@
 //! inflate and parse those layers twice (the second could not replay the memo the first is
 //! still writing). Once the first is done its memo replays the shared layers for the second.
 //!
-//! Of the images free to go, one with a new layer that other queued images share goes first,
-//! in the order given (its memo frees them; the order given keeps base images, which shadow
-//! nothing of their own layers, ahead of the images built on them). Otherwise the image with
-//! the most bytes left to read goes first: layers are read one after the other, so a large
-//! one started last would leave the cores idle while one thread reads it.
+//! Of the images free to go, one with a new layer that other queued images share goes first
+//! (its memo frees them), and of those the one with the fewest layers above its shared ones,
+//! then the first given: layers are read top-down and what a higher layer shadows is never
+//! ingested, so the memo of a layer read under others lacks those files and an image built on
+//! a base image, read first, would leave the base image to read the shared layers again (a
+//! registry lists `app` before `debian`). Otherwise the image with the most bytes left to read
+//! goes first: layers are read one after the other, so a large one started last would leave
+//! the cores idle while one thread reads it.
 
 use std::cmp::Reverse;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Condvar, Mutex, MutexGuard};
 
-/// A layer an item reads: its memo key and its blob size.
-pub type LayerKey = (String, u64);
+/// A layer an item reads.
+#[derive(Clone, Debug)]
+pub struct LayerKey {
+    /// The memo key (diff_id).
+    pub id: String,
+    /// The blob size.
+    pub size: u64,
+    /// Layers of the item above this one (0: its top layer).
+    pub above: usize,
+}
 
 /// Items waiting to be flattened and the layers the running ones are reading.
 pub struct Schedule<T> {
@@ -61,8 +72,15 @@ impl<T> Schedule<T> {
     }
 
     /// Queues `item`, which reads `layers` (those the memo does not know).
+    #[cfg(test)]
     pub fn push(&self, item: T, layers: Vec<LayerKey>) {
-        self.lock().queue.push_back((item, layers));
+        self.push_all([(item, layers)]);
+    }
+
+    /// Queues items, each with the layers it reads that the memo does not know; none is taken
+    /// before all are there to compare.
+    pub fn push_all(&self, items: impl IntoIterator<Item = (T, Vec<LayerKey>)>) {
+        self.lock().queue.extend(items);
         self.changed.notify_all();
     }
 
@@ -81,7 +99,7 @@ impl<T> Schedule<T> {
                 let (item, layers) = st.queue.remove(i)?;
                 let to_read = layers
                     .into_iter()
-                    .map(|(l, _)| l)
+                    .map(|l| l.id)
                     .filter(|l| !st.read.contains(l))
                     .collect();
                 let id = st.next_id;
@@ -106,12 +124,12 @@ impl<T> State<T> {
     fn pick(&self) -> Option<usize> {
         let to_read = |i: usize| {
             let layers = self.queue.get(i).map_or(&[][..], |(_, ls)| ls.as_slice());
-            layers.iter().filter(|(l, _)| !self.read.contains(l))
+            layers.iter().filter(|l| !self.read.contains(&l.id))
         };
         let mut sharers: HashMap<&str, usize> = HashMap::new();
         for i in 0..self.queue.len() {
-            for (l, _) in to_read(i) {
-                *sharers.entry(l.as_str()).or_default() += 1;
+            for l in to_read(i) {
+                *sharers.entry(l.id.as_str()).or_default() += 1;
             }
         }
         let busy: HashSet<&str> = self
@@ -119,15 +137,19 @@ impl<T> State<T> {
             .iter()
             .flat_map(|(_, ls)| ls.iter().map(String::as_str))
             .collect();
-        let free = || {
-            (0..self.queue.len()).filter(|&i| !to_read(i).any(|(l, _)| busy.contains(l.as_str())))
+        let free =
+            || (0..self.queue.len()).filter(|&i| !to_read(i).any(|l| busy.contains(l.id.as_str())));
+        // The most layers above any of the item's shared layers; `None`: it shares none.
+        let shadowing = |i: usize| {
+            to_read(i)
+                .filter(|l| sharers.get(l.id.as_str()).is_some_and(|&n| n > 1))
+                .map(|l| l.above)
+                .max()
         };
-        let shared =
-            |i: usize| to_read(i).any(|(l, _)| sharers.get(l.as_str()).is_some_and(|&n| n > 1));
-        if let Some(i) = free().find(|&i| shared(i)) {
+        if let Some((_, i)) = free().filter_map(|i| Some((shadowing(i)?, i))).min() {
             return Some(i);
         }
-        free().max_by_key(|&i| (to_read(i).map(|(_, size)| size).sum::<u64>(), Reverse(i)))
+        free().max_by_key(|&i| (to_read(i).map(|l| l.size).sum::<u64>(), Reverse(i)))
     }
 }
 
@@ -147,8 +169,16 @@ impl<T> Drop for Taken<'_, T> {
 mod tests {
     use super::*;
 
+    /// Layers bottom to top.
     fn layers(ls: &[(&str, u64)]) -> Vec<LayerKey> {
-        ls.iter().map(|(s, n)| (s.to_string(), *n)).collect()
+        ls.iter()
+            .enumerate()
+            .map(|(i, (s, n))| LayerKey {
+                id: s.to_string(),
+                size: *n,
+                above: ls.len() - 1 - i,
+            })
+            .collect()
     }
 
     #[test]
@@ -169,6 +199,20 @@ mod tests {
         assert_eq!(s.next().unwrap().item, "a2");
         drop(second);
         assert!(s.next().is_none());
+    }
+
+    #[test]
+    fn a_base_image_goes_before_the_images_built_on_it() {
+        let s = Schedule::new();
+        // Given (as a registry lists them) before their base image.
+        s.push("app", layers(&[("base", 30), ("app", 1)]));
+        s.push("api", layers(&[("base", 30), ("py", 9), ("api", 4)]));
+        s.push("py", layers(&[("base", 30), ("py", 9)]));
+        s.push("base", layers(&[("base", 30)]));
+        s.close();
+        let order: Vec<&str> = std::iter::from_fn(|| s.next().map(|t| t.item)).collect();
+        // `base` reads its layer unshadowed; then `py` (`py` is shared with `api`, on top).
+        assert_eq!(order, ["base", "py", "api", "app"]);
     }
 
     #[test]
