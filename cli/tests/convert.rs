@@ -752,47 +752,93 @@ fn a_batch_reads_layers_its_images_share_once() {
     env.check(true);
 }
 
-#[test]
-fn a_base_image_listed_after_the_image_built_on_it_still_reads_its_layer_once() {
-    let env = Env::init(&[]);
-    let layout = env.path("layout");
+/// A base image and an app image built on it whose layer replaces a file of the base (read
+/// under the app's layer, the base layer's memo lacks that file), written to `layout` as
+/// `base` and `app`.
+fn base_and_app(layout: &Path) -> (fixtures::oci::BuiltImage, fixtures::oci::BuiltImage) {
     let mut base = fixtures::layers::LayerBuilder::new();
     base.dir("etc").file("etc/os-release", b"base 1\n");
     base.file("etc/motd", b"welcome\n");
     let base = base.finish();
-    // The app replaces a file of the base: read under it, the base layer's memo lacks it.
     let mut app = fixtures::layers::LayerBuilder::new();
     app.file("etc/motd", b"app\n").file("app.txt", b"app\n");
     let app = app.finish();
     let built_base = ImageBuilder::new()
         .layer(base.clone(), Compression::Gzip)
-        .write_layout(&layout, "base")
+        .write_layout(layout, "base")
         .unwrap();
     let built_app = ImageBuilder::new()
         .layer(base, Compression::Gzip)
         .layer(app, Compression::Gzip)
-        .write_layout(&layout, "app")
+        .write_layout(layout, "app")
         .unwrap();
+    (built_base, built_app)
+}
+
+/// The digests of the layers read (the `layer` events of `--json` output), in order.
+fn layers_read(out: &str) -> Vec<String> {
+    out.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["action"] == "layer")
+        .filter_map(|e| e["layer"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// Every layer of `app` read once, the base layer first.
+fn assert_read_once_base_first(
+    read: &[String],
+    base: &fixtures::oci::BuiltImage,
+    app: &fixtures::oci::BuiltImage,
+) {
+    let mut want = app.layer_digests.clone();
+    want.sort();
+    let mut got = read.to_vec();
+    got.sort();
+    assert_eq!(got, want, "{read:?}");
+    assert_eq!(read[0], base.layer_digests[0], "{read:?}");
+}
+
+#[test]
+fn a_base_image_listed_after_the_image_built_on_it_still_reads_its_layer_once() {
+    let env = Env::init(&[]);
+    let layout = env.path("layout");
+    let (base, app) = base_and_app(&layout);
     let refs: Vec<String> = ["app", "base"]
         .iter()
         .map(|t| format!("oci:{}:{t}", layout.display()))
         .collect();
     let mut args = vec!["--json", "convert", FQRN, "--workers", "2"];
     args.extend(refs.iter().map(String::as_str));
-    let out = env.ok(&args);
-    let read: Vec<String> = out
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|e| e["action"] == "layer")
-        .filter_map(|e| e["layer"].as_str().map(str::to_string))
-        .collect();
     // The base image goes first although listed last; the app replays the base layer's memo.
-    let mut want = built_app.layer_digests.clone();
-    want.sort();
-    let mut got = read.clone();
-    got.sort();
-    assert_eq!(got, want, "{read:?}");
-    assert_eq!(read[0], built_base.layer_digests[0], "{read:?}");
+    assert_read_once_base_first(&layers_read(&env.ok(&args)), &base, &app);
+    env.check(true);
+}
+
+#[test]
+fn migrate_converts_base_images_before_the_images_built_on_them() {
+    let Some(reg) = registry_or_skip() else {
+        return;
+    };
+    let env = Env::init(&[]);
+    let layout = env.path("layout");
+    let (base, app) = base_and_app(&layout);
+    // The registry lists lib/app before lib/zbase; one image per batch.
+    reg.push_oci_layout(&layout, "app", "lib/app:1").unwrap();
+    reg.push_oci_layout(&layout, "base", "lib/zbase:1").unwrap();
+    let addr = reg.addr();
+    let url = format!("docker://{addr}/lib");
+    let out = env.ok(&[
+        "--json",
+        "migrate",
+        FQRN,
+        &url,
+        "--batch",
+        "1",
+        "--insecure-registry",
+        &addr,
+    ]);
+    assert_read_once_base_first(&layers_read(&out), &base, &app);
+    assert_eq!(env.revision(), 3, "two batches");
     env.check(true);
 }
 

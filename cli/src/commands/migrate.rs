@@ -5,7 +5,7 @@
 use super::concurrent;
 use super::convert::{run_batch, selection, sources};
 use super::open_repo;
-use super::plan::plan;
+use super::plan::{layer_count, plan};
 use crate::args::{Global, MigrateArgs};
 use crate::output::{event_json, Output};
 use anyhow::{bail, Context, Result};
@@ -35,6 +35,11 @@ pub fn migrate(home: &Path, g: &Global, a: &MigrateArgs, out: Output) -> Result<
     }
     let mut code = 0;
     let batch = a.batch.max(1);
+    let refs = if refs.len() > batch {
+        bases_first(&sources, refs, &selection)
+    } else {
+        refs
+    };
     for (i, chunk) in refs.chunks(batch).enumerate() {
         out.say(&format!(
             "batch {}/{}: {} images",
@@ -48,6 +53,21 @@ pub fn migrate(home: &Path, g: &Global, a: &MigrateArgs, out: Output) -> Result<
 }
 
 /// `docker://HOST[/PREFIX]` → (host, repository prefix).
+/// Orders images so that base images come before the images built on them, across batches:
+/// layers are read top-down, so a base layer read under an image's own layers is memoized
+/// without the files they replace, and its base image, converted in a later batch, would read
+/// it again. A base image has fewer layers than any image built on it: images go by layer
+/// count, in the listed order otherwise, unreadable ones last (their batch reports them).
+/// Costs one manifest request per image, made only when there is more than one batch.
+fn bases_first(sources: &Sources, refs: Vec<String>, selection: &PlatformSelection) -> Vec<String> {
+    let counts = concurrent::map(&refs, concurrent::REQUESTS_IN_FLIGHT, |reference| {
+        layer_count(sources, reference, selection).unwrap_or(usize::MAX)
+    });
+    let mut order: Vec<(usize, String)> = counts.into_iter().zip(refs).collect();
+    order.sort_by_key(|(count, _)| *count);
+    order.into_iter().map(|(_, reference)| reference).collect()
+}
+
 fn parse_registry_url(url: &str) -> Result<(String, String)> {
     let Some(rest) = url.strip_prefix("docker://") else {
         bail!("{url}: expected docker://REGISTRY[/REPOSITORY-PREFIX]");

@@ -99,6 +99,16 @@ fn resolve_reference(
     Ok((source, manifests))
 }
 
+/// The most layers of the manifests `reference` resolves to (one request, or two for an index).
+pub(super) fn layer_count(
+    sources: &Sources,
+    reference: &str,
+    selection: &PlatformSelection,
+) -> Result<usize> {
+    let (_, manifests) = resolve_reference(sources, reference, selection)?;
+    Ok(manifests.iter().map(|m| m.layers.len()).max().unwrap_or(0))
+}
+
 /// Jobs for resolved manifests, with what the repository already has of each.
 fn check_present(
     txn: &mut Transaction,
