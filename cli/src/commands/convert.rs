@@ -264,9 +264,9 @@ fn flatten_threads(tuning: &TuningArgs, refs: usize) -> usize {
     tuning.workers.unwrap_or(2).clamp(1, 4).min(refs.max(1))
 }
 
-/// Plans `refs` on this thread ([`super::concurrent::REQUESTS_IN_FLIGHT`] requests at a time), then
-/// flattens each image that needs it (the first job of its flat directory) on `threads`
-/// others, in the order of the [`Schedule`]. This thread grafts each finished flat
+/// Plans `refs` on this thread ([`super::concurrent::REQUESTS_IN_FLIGHT`] requests at a
+/// time), then flattens each image that needs it (the first job of its flat directory) on
+/// `threads` others, in the order of the [`Schedule`]. This thread grafts each finished flat
 /// directory and writes its catalog right away, while the other images are still being
 /// flattened (otherwise all catalogs would be written after the last image). Returns the jobs
 /// in the order of `refs` and, per job, whether it grafted a flat directory (`None`: it had

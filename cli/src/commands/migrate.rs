@@ -52,7 +52,6 @@ pub fn migrate(home: &Path, g: &Global, a: &MigrateArgs, out: Output) -> Result<
     Ok(code)
 }
 
-/// `docker://HOST[/PREFIX]` → (host, repository prefix).
 /// Orders images so that base images come before the images built on them, across batches:
 /// layers are read top-down, so a base layer read under an image's own layers is memoized
 /// without the files they replace, and its base image, converted in a later batch, would read
@@ -68,6 +67,7 @@ fn bases_first(sources: &Sources, refs: Vec<String>, selection: &PlatformSelecti
     order.into_iter().map(|(_, reference)| reference).collect()
 }
 
+/// `docker://HOST[/PREFIX]` → (host, repository prefix).
 fn parse_registry_url(url: &str) -> Result<(String, String)> {
     let Some(rest) = url.strip_prefix("docker://") else {
         bail!("{url}: expected docker://REGISTRY[/REPOSITORY-PREFIX]");
