@@ -37,6 +37,14 @@ fn registry_or_skip() -> Option<Registry> {
     Some(Registry::start().expect("start docker-registry"))
 }
 
+/// A registry, a fresh repository and a path for OCI layouts; `None` when tools are missing.
+fn registry_env() -> Option<(Registry, Env, std::path::PathBuf)> {
+    let reg = registry_or_skip()?;
+    let env = Env::init(&[]);
+    let layout = env.path("layout");
+    Some((reg, env, layout))
+}
+
 fn link_target(env: &Env, link: &str) -> String {
     let report = witness(env);
     let entry = report
@@ -117,11 +125,9 @@ fn drop_empty_xattrs(blob: &[u8]) -> Vec<u8> {
 
 #[test]
 fn converts_registry_images_in_one_revision_like_umoci() {
-    let Some(reg) = registry_or_skip() else {
+    let Some((reg, env, layout)) = registry_env() else {
         return;
     };
-    let env = Env::init(&[]);
-    let layout = env.path("layout");
     let cases = [
         ("gzip", Compression::Gzip, MediaTypes::Oci, false),
         ("zstd", Compression::Zstd, MediaTypes::Oci, false),
@@ -539,11 +545,9 @@ fn with_credential_helper(
 
 #[test]
 fn migrate_a_registry_in_batches_and_resume() {
-    let Some(reg) = registry_or_skip() else {
+    let Some((reg, env, layout)) = registry_env() else {
         return;
     };
-    let env = Env::init(&[]);
-    let layout = env.path("layout");
     let base = fixtures::layers::edge_case_layers();
     for (i, name) in ["team/a:1", "team/a:2", "team/b:1", "other/c:1"]
         .iter()
@@ -816,11 +820,9 @@ fn a_base_image_listed_after_the_image_built_on_it_still_reads_its_layer_once() 
 
 #[test]
 fn migrate_converts_base_images_before_the_images_built_on_them() {
-    let Some(reg) = registry_or_skip() else {
+    let Some((reg, env, layout)) = registry_env() else {
         return;
     };
-    let env = Env::init(&[]);
-    let layout = env.path("layout");
     let (base, app) = base_and_app(&layout);
     // The registry lists lib/app before lib/zbase; one image per batch.
     reg.push_oci_layout(&layout, "app", "lib/app:1").unwrap();
@@ -844,11 +846,9 @@ fn migrate_converts_base_images_before_the_images_built_on_them() {
 
 #[test]
 fn sync_a_wishlist_with_wildcards_and_prune() {
-    let Some(reg) = registry_or_skip() else {
+    let Some((reg, env, layout)) = registry_env() else {
         return;
     };
-    let env = Env::init(&[]);
-    let layout = env.path("layout");
     for (i, tag) in ["1.0", "1.1", "2.0"].iter().enumerate() {
         let mut top = fixtures::layers::LayerBuilder::new();
         top.file("version", format!("{i}\n").as_bytes());

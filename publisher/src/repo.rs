@@ -94,6 +94,14 @@ fn new_home(home: &Path, fqrn: &str) -> Result<RepoHome> {
     Ok(repo_home)
 }
 
+/// The home's directory, `state/` and lock file (`config.json` comes last, when complete).
+fn create_home_dirs(repo_home: &RepoHome) -> Result<()> {
+    create_dir(repo_home.dir())?;
+    create_dir(&repo_home.state_dir())?;
+    open_lock_file(&repo_home.lock_path())?;
+    Ok(())
+}
+
 fn create_dir(path: &Path) -> Result<()> {
     fs::create_dir_all(path).map_err(|e| Error::io_path(path, e))
 }
@@ -110,9 +118,7 @@ impl Repository {
             )));
         }
         let config = init_config(&repo_home, fqrn, storage, &opts)?;
-        create_dir(repo_home.dir())?;
-        create_dir(&repo_home.state_dir())?;
-        open_lock_file(&repo_home.lock_path())?;
+        create_home_dirs(&repo_home)?;
         let keys = create_or_load_keys(&config)?;
         let store = Arc::new(LocalStore::create(&config.storage)?);
         // The storage path may have been a dangling symlink into the keys' tree: check again.
@@ -159,9 +165,7 @@ impl Repository {
         }
         config.ttl = manifest.ttl;
         config.gc = manifest.gc;
-        create_dir(repo_home.dir())?;
-        create_dir(&repo_home.state_dir())?;
-        open_lock_file(&repo_home.lock_path())?;
+        create_home_dirs(&repo_home)?;
         // Written last: a home with config.json is a complete repository.
         config.save(&repo_home.config_path())?;
         let repo = Repository {
