@@ -47,6 +47,8 @@ pub enum Command {
     Resign(ResignArgs),
     /// Show revision, root hash, whitelist expiry and counts.
     Info(FqrnArg),
+    /// Delete the objects no kept revision needs (garbage-collectable repositories only).
+    Gc(GcArgs),
     /// Convert container images into the repository (DUCC-compatible layout).
     Convert(ConvertArgs),
     /// Convert what a DUCC wishlist (YAML) lists and is new or changed.
@@ -155,6 +157,25 @@ pub struct ResignArgs {
     pub fqrn: String,
     #[arg(long, default_value_t = 30)]
     pub days: u32,
+}
+
+#[derive(Args)]
+pub struct GcArgs {
+    pub fqrn: String,
+    /// Keep the current revision and this many before it (`cvmfs_server gc -r`).
+    #[arg(long, conflicts_with = "keep_since")]
+    pub keep_revisions: Option<u64>,
+    /// Keep the revisions published since WHEN and the one current then: `3d`, `12h`, `90m`
+    /// (ago), `@UNIX` or an RFC 3339 time or date. Default: 3d, as `cvmfs_server gc`.
+    /// Tagged revisions are always kept.
+    #[arg(long, value_name = "WHEN")]
+    pub keep_since: Option<String>,
+    /// Report what would be deleted; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Append the names of the deleted objects to this file.
+    #[arg(long, value_name = "FILE")]
+    pub deletion_log: Option<PathBuf>,
 }
 
 #[derive(Args, Clone)]

@@ -14,6 +14,7 @@ use std::time::Instant;
 
 mod concurrent;
 mod convert;
+mod gc;
 mod layers;
 mod migrate;
 mod plan;
@@ -29,6 +30,7 @@ pub fn run(cli: Cli, out: Output) -> Result<i32> {
         Command::Check(a) => check(&home, &a, out),
         Command::Resign(a) => resign(&home, &a, out),
         Command::Info(a) => info(&home, &a.fqrn, out),
+        Command::Gc(a) => gc::gc(&home, &g, &a, out),
         Command::Convert(a) => convert::convert(&home, &g, &a, out),
         Command::Sync(a) => convert::sync(&home, &g, &a, out),
         Command::Migrate(a) => migrate::migrate(&home, &g, &a, out),

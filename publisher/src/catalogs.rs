@@ -113,14 +113,27 @@ pub struct CatalogWalk {
     /// Objects named by catalog rows and nested-catalog links (catalogs themselves included,
     /// with `Expect.size` = uncompressed catalog size).
     pub objects: BTreeMap<(ContentHash, Suffix), Expect>,
+    /// Whole-file hashes of chunked files: not objects a reader needs, but some writers
+    /// (`cvmfs_server` with legacy bulk chunks) store them, so garbage collection keeps them.
+    pub bulk: HashSet<ContentHash>,
     pub problems: Vec<String>,
 }
 
 /// Walks the catalog tree from `root` (depth first). Problems are collected, not fatal.
 pub fn walk_catalogs(store: &dyn ObjectStore, root: CatalogRef, verify_hash: bool) -> CatalogWalk {
+    walk_catalog_trees(store, vec![(String::new(), root)], verify_hash)
+}
+
+/// Walks several catalog trees (`(label, root)`, e.g. the revisions garbage collection
+/// keeps); a catalog reached twice is read once (its subtree is the same, by its hash).
+pub fn walk_catalog_trees(
+    store: &dyn ObjectStore,
+    roots: Vec<(String, CatalogRef)>,
+    verify_hash: bool,
+) -> CatalogWalk {
     let mut walk = CatalogWalk::default();
     let mut seen = HashSet::new();
-    let mut stack = vec![(String::new(), root)];
+    let mut stack = roots;
     while let Some((path, cat)) = stack.pop() {
         walk.objects.insert(
             (cat.hash, Suffix::Catalog),
@@ -186,7 +199,11 @@ fn scan_catalog(
             continue;
         }
         let regular = flags & FLAG_FILE != 0 && flags & (FLAG_LINK | FLAG_SPECIAL) == 0;
-        if !regular || flags & (FLAG_CHUNKED | FLAG_EXTERNAL) != 0 {
+        if !regular || flags & FLAG_EXTERNAL != 0 {
+            continue;
+        }
+        if flags & FLAG_CHUNKED != 0 {
+            walk.bulk.insert(hash);
             continue;
         }
         walk.objects.insert(

@@ -111,6 +111,30 @@ impl SqliteContentIndex {
             .map_err(|e| Error::sql(self.path.display().to_string(), e))
     }
 
+    /// Forgets every entry pointing at one of `objects` (garbage collection deleted them), in
+    /// one transaction; returns how many entries went.
+    pub fn invalidate_all(&self, objects: &[ContentHash]) -> Result<usize> {
+        let what = self.path.display().to_string();
+        let sql = |e| Error::sql(what.as_str(), e);
+        let mut inner = self.lock();
+        if !inner.pending.is_empty() {
+            let gone: std::collections::HashSet<&ContentHash> = objects.iter().collect();
+            inner.pending.retain(|r| !gone.contains(&r.object));
+        }
+        let tx = inner.conn.transaction().map_err(sql)?;
+        let mut removed = 0;
+        {
+            let mut stmt = tx
+                .prepare_cached("DELETE FROM content WHERE object = ?1")
+                .map_err(sql)?;
+            for object in objects {
+                removed += stmt.execute([&object.0[..]]).map_err(sql)?;
+            }
+        }
+        tx.commit().map_err(sql)?;
+        Ok(removed)
+    }
+
     /// Whether some plaintext is recorded as stored in `object` with `suffix` (pending records
     /// included). Lets `cache seed` skip objects it has indexed before.
     pub fn has_object(&self, object: &ContentHash, suffix: Suffix) -> Result<bool> {

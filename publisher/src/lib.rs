@@ -1,4 +1,5 @@
-//! CVMFS object stores, repository home and locking, transactions, history, reflog and checks.
+//! CVMFS object stores, repository home and locking, transactions, history, reflog, checks and
+//! garbage collection.
 //!
 //! A repository lives in two places: its **home** `<home>/<fqrn>/` (`config.json`, the `lock`
 //! file, `state/` caches, by default `keys/`) and its **storage** directory, which is served
@@ -38,6 +39,7 @@ pub mod check;
 pub mod config;
 pub mod content_index;
 mod error;
+pub mod gc;
 pub mod history;
 pub mod http;
 pub mod layer_memo;
@@ -53,6 +55,7 @@ pub use check::{check_repository, CheckReport};
 pub use config::{Chunking, Config, RepoHome};
 pub use content_index::SqliteContentIndex;
 pub use error::{Error, Result};
+pub use gc::{GcOptions, GcReport, Keep, KeptRevision};
 pub use history::History;
 pub use http::HttpStore;
 pub use layer_memo::{LayerMemo, MemoEntry, MemoKind, MemoLayer, MemoMeta, MemoSummary};

@@ -88,6 +88,16 @@ impl Reflog {
             .map_err(|e| self.sql(e))
     }
 
+    /// Removes the entry for `hash` (garbage collection deleted its object); returns whether
+    /// there was one.
+    pub fn remove(&mut self, hash: &ContentHash) -> Result<bool> {
+        self.db
+            .conn()
+            .execute("DELETE FROM refs WHERE hash = ?1", [hash.to_hex()])
+            .map(|n| n > 0)
+            .map_err(|e| self.sql(e))
+    }
+
     pub fn contains(&self, hash: &ContentHash, kind: RefKind) -> Result<bool> {
         self.db
             .conn()
@@ -153,6 +163,10 @@ mod tests {
         let mut log = Reflog::from_bytes(&bytes, "test").unwrap();
         log.add(&ContentHash([3; 20]), RefKind::History, 30)
             .unwrap();
+        log.add(&ContentHash([4; 20]), RefKind::Catalog, 40)
+            .unwrap();
+        assert!(log.remove(&ContentHash([4; 20])).unwrap());
+        assert!(!log.remove(&ContentHash([4; 20])).unwrap());
         let refs = log.refs().unwrap();
         assert_eq!(refs.len(), 3);
         assert_eq!(refs[0].timestamp, 10);

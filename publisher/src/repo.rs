@@ -686,7 +686,7 @@ fn updated_reflog(
     log.to_bytes()
 }
 
-fn compare_and_swap_check(store: &LocalStore, expected: Option<&[u8]>) -> Result<()> {
+pub(crate) fn compare_and_swap_check(store: &LocalStore, expected: Option<&[u8]>) -> Result<()> {
     let what = format!("{}/.cvmfspublished", store.describe());
     let current = store
         .get_root_file(root_files::MANIFEST)

@@ -274,7 +274,7 @@ impl Transaction {
 
 /// The client's chain: manifest signed by the certificate `X` (whose object hash must match),
 /// whitelist signed by our master public key, for this fqrn, unexpired, listing the certificate.
-fn verify_published(
+pub(crate) fn verify_published(
     store: &LocalStore,
     bytes: &[u8],
     fqrn: &str,

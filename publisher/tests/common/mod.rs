@@ -43,6 +43,11 @@ fn cached_keys(fqrn: &str) -> PathBuf {
 /// `Repository::init` under `base` (home `base/home`, storage `base/srv/<fqrn>`), with a
 /// copy of the cached keys in the default keys directory (init reuses existing keys).
 pub fn init_repo(base: &Path, fqrn: &str) -> Repository {
+    init_repo_with(base, fqrn, InitOptions::default())
+}
+
+/// [`init_repo`] with options.
+pub fn init_repo_with(base: &Path, fqrn: &str, opts: InitOptions) -> Repository {
     let keys = base.join("home").join(fqrn).join("keys");
     std::fs::create_dir_all(&keys).unwrap();
     for entry in std::fs::read_dir(cached_keys(fqrn)).unwrap() {
@@ -50,7 +55,7 @@ pub fn init_repo(base: &Path, fqrn: &str) -> Repository {
         std::fs::copy(entry.path(), keys.join(entry.file_name())).unwrap();
     }
     let storage = base.join("srv").join(fqrn);
-    Repository::init(&base.join("home"), fqrn, &storage, InitOptions::default()).unwrap()
+    Repository::init(&base.join("home"), fqrn, &storage, opts).unwrap()
 }
 
 /// Stores `content` as a data object and grafts a regular file at `path`.

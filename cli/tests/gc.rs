@@ -1,0 +1,193 @@
+//! `gc` end to end through the binary: what only old revisions referenced goes, the kept
+//! revision reads back through the independent `cvmfs` crate, the re-signed manifest verifies
+//! with the openssl command line, and content or images that come back after a collection
+//! are stored again (the content index and the layer memo do not point at deleted objects).
+
+mod common;
+
+use common::{assert_matches_source, Env, FQRN};
+use fixtures::oci::{Compression, ImageBuilder};
+use sha1::{Digest, Sha1};
+use std::path::Path;
+
+fn last_json(out: &str) -> serde_json::Value {
+    serde_json::from_str(out.lines().last().unwrap_or("{}")).expect("JSON line")
+}
+
+/// `len` bytes that zlib cannot shrink much, the same for the same seed.
+fn noise(len: usize, mut seed: u64) -> Vec<u8> {
+    (0..len)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed as u8
+        })
+        .collect()
+}
+
+/// Independent of our signer: body hash, `Y` against the reflog's bytes, and the signature
+/// with `openssl dgst -sha1 -verify` and the certificate's public key.
+fn assert_manifest_verifies(env: &Env) {
+    let file = std::fs::read(env.storage.join(".cvmfspublished")).unwrap();
+    let sep = file.windows(3).position(|w| w == b"--\n").unwrap();
+    let body = &file[..sep];
+    let rest = &file[sep + 3..];
+    let nl = rest.iter().position(|&b| b == b'\n').unwrap();
+    let hash_text = &rest[..nl];
+    assert_eq!(hash_text, hex::encode(Sha1::digest(body)).as_bytes());
+    let reflog = std::fs::read(env.storage.join(".cvmfsreflog")).unwrap();
+    let y = format!("Y{}", hex::encode(Sha1::digest(&reflog)));
+    let body_text = String::from_utf8_lossy(body);
+    assert!(body_text.lines().any(|l| l == y), "{body_text}");
+    let work = env.path("verify");
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::write(work.join("m.hash"), hash_text).unwrap();
+    std::fs::write(work.join("m.sig"), &rest[nl + 1..]).unwrap();
+    let crt = env.home.join(FQRN).join("keys").join(format!("{FQRN}.crt"));
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .current_dir(&work)
+            .args(args)
+            .output()
+            .expect("run openssl");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    let pubkey = openssl(&["x509", "-in", crt.to_str().unwrap(), "-noout", "-pubkey"]);
+    std::fs::write(work.join("repo.pub"), pubkey).unwrap();
+    let out = openssl(&[
+        "dgst",
+        "-sha1",
+        "-verify",
+        "repo.pub",
+        "-signature",
+        "m.sig",
+        "m.hash",
+    ]);
+    assert_eq!(String::from_utf8_lossy(&out).trim_end(), "Verified OK");
+}
+
+fn publish(env: &Env, dir: &Path) -> serde_json::Value {
+    last_json(&env.ok(&["--json", "publish", FQRN, dir.to_str().unwrap()]))
+}
+
+#[test]
+fn gc_frees_what_only_old_revisions_need_and_the_rest_reads_back() {
+    let env = Env::init(&["--gc"]);
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    fixtures::write_sample_tree(&src).unwrap();
+    let big = noise(10 << 20, 7);
+    std::fs::write(src.join("gone.bin"), &big).unwrap();
+    publish(&env, &src);
+    std::fs::remove_file(src.join("gone.bin")).unwrap();
+    publish(&env, &src);
+    std::fs::write(src.join("extra.txt"), "revision 4\n").unwrap();
+    publish(&env, &src);
+    assert_eq!(env.revision(), 4);
+
+    let before = env.snapshot();
+    let dry = last_json(&env.ok(&["--json", "gc", FQRN, "--keep-revisions", "0", "--dry-run"]));
+    assert_eq!(env.snapshot(), before, "a dry run changes nothing");
+    let deleted = dry["objects_deleted"].as_u64().unwrap();
+    assert!(dry["bytes_deleted"].as_u64().unwrap() > 10_000_000, "{dry}");
+
+    let log = env.path("deleted.log");
+    let args = [
+        "--json",
+        "gc",
+        FQRN,
+        "--keep-revisions",
+        "0",
+        "--deletion-log",
+    ];
+    let r = last_json(&env.ok(&[&args[..], &[log.to_str().unwrap()]].concat()));
+    assert_eq!(r["objects_deleted"].as_u64(), Some(deleted), "{r}");
+    let kept: Vec<u64> = r["kept"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["revision"].as_u64().unwrap())
+        .collect();
+    assert_eq!(kept, [4, 3]);
+    let names: Vec<String> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(str::to_string)
+        .collect();
+    assert_eq!(names.len() as u64, deleted);
+    for name in &names {
+        let path = env.storage.join("data").join(&name[..2]).join(&name[2..]);
+        assert!(!path.exists(), "{name} still stored");
+    }
+    assert!(
+        names.iter().filter(|n| n.ends_with('P')).count() >= 2,
+        "the chunks of gone.bin"
+    );
+    assert_eq!(env.revision(), 4);
+    env.check(true);
+    assert_manifest_verifies(&env);
+    assert_matches_source(&env, &src, "");
+
+    // The same bytes again: compressed and stored anew, not taken from the content index.
+    std::fs::write(src.join("gone.bin"), &big).unwrap();
+    let p = publish(&env, &src);
+    assert!(p["objects_new"].as_u64().unwrap() >= 2, "{p}");
+    env.check(true);
+    assert_matches_source(&env, &src, "");
+}
+
+#[test]
+fn an_image_converted_again_after_gc_is_stored_again() {
+    let env = Env::init(&["--gc"]);
+    let layout = env.path("layout");
+    let mut image = ImageBuilder::new();
+    for layer in fixtures::layers::edge_case_layers() {
+        image = image.layer(layer, Compression::Gzip);
+    }
+    image.write_layout(&layout, "v1").unwrap();
+    let oci = format!("oci:{}:v1", layout.display());
+    env.ok(&["convert", FQRN, &oci]);
+    // Two revisions without the image: it is no longer in any kept revision.
+    let empty = env.path("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    publish(&env, &empty);
+    std::fs::write(empty.join("note"), "nothing here\n").unwrap();
+    publish(&env, &empty);
+    let r = last_json(&env.ok(&["--json", "gc", FQRN, "--keep-revisions", "0"]));
+    assert!(r["objects_deleted"].as_u64().unwrap() > 0, "{r}");
+    env.check(true);
+
+    // The layer memo still lists the layers, but their objects are gone: read them again.
+    let s = last_json(&env.ok(&["--json", "convert", FQRN, &oci]));
+    assert!(s["objects_new"].as_u64().unwrap() > 0, "{s}");
+    env.check(true);
+    let cache = env.path("witness-cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    let report = fixtures::witness::witness_read_dir(&env.storage, &cache).expect("witness read");
+    assert!(
+        report.entries.keys().any(|p| p.starts_with("/.flat/")),
+        "the image is back"
+    );
+}
+
+#[test]
+fn gc_refuses_a_repository_not_declared_collectable() {
+    let env = Env::init(&[]);
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    fixtures::write_sample_tree(&src).unwrap();
+    publish(&env, &src);
+    let before = env.snapshot();
+    let line = env.fails(&["gc", FQRN, "--keep-revisions", "0"]);
+    assert!(line.contains("not garbage-collectable"), "{line}");
+    assert_eq!(env.snapshot(), before);
+    let line = env.fails(&["gc", FQRN, "--keep-since", "yesterday"]);
+    assert!(line.contains("--keep-since"), "{line}");
+}

@@ -1,0 +1,449 @@
+//! Garbage collection of a garbage-collectable repository (manifest `G=yes`), as
+//! `cvmfs_server gc` does it: the revisions to keep are the current one, its predecessors
+//! (`previous_revision` of each root catalog) back to a depth or a time, and every revision a
+//! tag of the history database names (`trunk-previous` included). Every catalog of those
+//! trees is read and everything they reference is marked, together with the manifest's
+//! certificate, history and meta-info.
+//!
+//! Unlike `cvmfs_server gc`, which deletes only what the catalogs listed in the reflog
+//! reference, the sweep lists `data/00..ff`: objects that no catalog ever referenced (left by
+//! a killed publish) go too. An object file modified after the collection started is never
+//! deleted, and names that are not object names are left alone.
+//!
+//! Order, so that a crash anywhere leaves a valid repository and a rerun finishes the job:
+//! mark → the reflog without the condemned objects and the manifest re-signed with its new
+//! `Y` (same revision; compare-and-swap against the manifest the marking started from) →
+//! deletion → the content index forgets the deleted objects. The repository lock is held
+//! throughout, so no publish of this home runs meanwhile; like `cvmfs_server`, collecting
+//! while a publisher of another home writes to the same storage is not supported.
+
+use crate::catalogs::{load_catalog, walk_catalog_trees};
+use crate::error::{Error, Result};
+use crate::history::History;
+use crate::local::LocalStore;
+use crate::reflog::Reflog;
+use crate::repo::{compare_and_swap_check, load_keys, lock, Repository};
+use crate::store::{root_files, ObjectStore};
+use crate::txn::verify_published;
+use catalog_writer::hash::{ContentHash, Suffix, EMPTY_OBJECT};
+use catalog_writer::namespace::CatalogRef;
+use rayon::prelude::*;
+use std::collections::HashSet;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+/// Which predecessors of the current revision survive (tagged revisions always do).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Keep {
+    /// The current revision and this many before it (`cvmfs_server gc -r N`).
+    Revisions(u64),
+    /// Revisions published at or after this time (unix seconds), plus the one that was
+    /// current then (`cvmfs_server gc -t`).
+    Since(i64),
+}
+
+/// Options of [`Repository::gc`].
+#[derive(Clone, Debug)]
+pub struct GcOptions {
+    pub keep: Keep,
+    /// Mark and list what would go, change nothing.
+    pub dry_run: bool,
+    /// Wait for the repository lock instead of failing when it is held.
+    pub wait: bool,
+    /// Append the deleted objects' names (`<hash><suffix>`, one per line) to this file.
+    pub deletion_log: Option<PathBuf>,
+}
+
+/// A revision kept by garbage collection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeptRevision {
+    pub revision: u64,
+    pub root: ContentHash,
+    /// The root catalog's `last_modified`.
+    pub timestamp: i64,
+    /// Tags naming it (empty for an untagged predecessor).
+    pub tags: Vec<String>,
+}
+
+/// What [`Repository::gc`] did (or, in a dry run, would do).
+#[derive(Clone, Debug, Default)]
+pub struct GcReport {
+    /// The manifest's revision (unchanged by the collection).
+    pub revision: u64,
+    /// Newest first; tagged revisions older than the kept chain at the end.
+    pub kept: Vec<KeptRevision>,
+    /// Catalogs of the kept revisions.
+    pub catalogs_kept: usize,
+    /// Distinct objects the kept revisions and the manifest reference.
+    pub objects_kept: usize,
+    /// Objects deleted (would be deleted, in a dry run).
+    pub objects_deleted: usize,
+    pub bytes_deleted: u64,
+    /// Catalog objects among those deleted.
+    pub catalogs_deleted: usize,
+    /// Unreferenced objects spared because they were written after the collection began.
+    pub objects_too_new: usize,
+    /// Reflog entries removed.
+    pub reflog_removed: usize,
+    /// Content-index entries forgotten.
+    pub index_forgotten: usize,
+    pub dry_run: bool,
+}
+
+/// An object file to delete.
+struct Condemned {
+    hash: ContentHash,
+    suffix: Suffix,
+    path: PathBuf,
+    bytes: u64,
+}
+
+impl Repository {
+    /// Collects the garbage of this repository; see the module documentation.
+    pub fn gc(&self, opts: &GcOptions) -> Result<GcReport> {
+        let config = self.config();
+        let fqrn = config.fqrn.as_str();
+        let _lock = lock(&self.home().lock_path(), fqrn, opts.wait)?;
+        let started = SystemTime::now();
+        let store = self.store();
+        let keys = load_keys(config)?;
+        let base_bytes = store
+            .get_root_file(root_files::MANIFEST)
+            .map_err(|e| Error::io(store.describe(), e))?
+            .ok_or_else(|| Error::Invalid(format!("{}: no .cvmfspublished", store.describe())))?;
+        let base = verify_published(&store, &base_bytes, fqrn, &keys)?;
+        if !base.gc {
+            return Err(Error::Invalid(format!(
+                "{fqrn} is not garbage-collectable (its manifest says G=no): clients and \
+                 replicas expect its objects to stay; create repositories to be collected \
+                 with `init --gc`"
+            )));
+        }
+        let mut report = GcReport {
+            revision: base.revision,
+            dry_run: opts.dry_run,
+            ..GcReport::default()
+        };
+        let marked = mark(&store, &base, opts.keep, &mut report)?;
+        let condemned = sweep_list(&store, &marked, started, &mut report)?;
+        report.objects_deleted = condemned.len();
+        report.bytes_deleted = condemned.iter().map(|c| c.bytes).sum();
+        report.catalogs_deleted = condemned
+            .iter()
+            .filter(|c| c.suffix == Suffix::Catalog)
+            .count();
+        if opts.dry_run {
+            return Ok(report);
+        }
+        report.reflog_removed =
+            rewrite_reflog(&store, &keys, &base, &base_bytes, &marked, &condemned)?;
+        if let Some(path) = &opts.deletion_log {
+            log_deletions(path, fqrn, &condemned)?;
+        }
+        delete(&condemned)?;
+        let gone: Vec<ContentHash> = condemned.iter().map(|c| c.hash).collect();
+        report.index_forgotten = self.content_index()?.invalidate_all(&gone)?;
+        Ok(report)
+    }
+}
+
+/// The hashes (any suffix, as `cvmfs_server gc` compares them) the kept revisions need.
+fn mark(
+    store: &LocalStore,
+    manifest: &signer::Manifest,
+    keep: Keep,
+    report: &mut GcReport,
+) -> Result<HashSet<ContentHash>> {
+    let head = CatalogRef {
+        hash: parse_field("C", &manifest.root_catalog)?,
+        size: manifest.root_size,
+    };
+    report.kept = kept_chain(store, head, keep)?;
+    // Only the current root's size is known (`B`); the others are inflated unbounded.
+    let size_of = |h: ContentHash| if h == head.hash { head.size } else { 0 };
+    let mut roots: Vec<(String, CatalogRef)> = report
+        .kept
+        .iter()
+        .map(|k| {
+            (
+                format!("revision {}", k.revision),
+                catalog(k.root, size_of(k.root)),
+            )
+        })
+        .collect();
+    // Every commit stores the empty object: no need to delete it now and write it again.
+    let mut marked: HashSet<ContentHash> = HashSet::from([EMPTY_OBJECT]);
+    for (field, text) in [
+        ("X", Some(manifest.certificate.as_str())),
+        ("H", manifest.history.as_deref()),
+        ("M", manifest.meta_info.as_deref()),
+    ] {
+        if let Some(text) = text {
+            marked.insert(parse_field(field, text)?);
+        }
+    }
+    if let Some(h) = &manifest.history {
+        let history = History::load(store, &parse_field("H", h)?)?;
+        for tag in history.tags()? {
+            match report.kept.iter_mut().find(|k| k.root == tag.hash) {
+                Some(k) => k.tags.push(tag.name),
+                None => {
+                    let label = format!("revision {} (tag {})", tag.revision, tag.name);
+                    roots.push((label, catalog(tag.hash, tag.size)));
+                    report.kept.push(KeptRevision {
+                        revision: tag.revision,
+                        root: tag.hash,
+                        timestamp: tag.timestamp,
+                        tags: vec![tag.name],
+                    });
+                }
+            }
+        }
+    }
+    // The walk reads every catalog once; a kept catalog that cannot be read would hide what
+    // it references, so nothing may be deleted then.
+    let walk = walk_catalog_trees(store, roots, false);
+    if let Some(first) = walk.problems.first() {
+        return Err(Error::Invalid(format!(
+            "{}: not collecting garbage: {} problem(s) reading the kept revisions, first: {first}",
+            store.describe(),
+            walk.problems.len()
+        )));
+    }
+    report.catalogs_kept = walk.catalogs;
+    marked.extend(walk.objects.keys().map(|(h, _)| *h));
+    marked.extend(walk.bulk);
+    report.objects_kept = marked.len();
+    Ok(marked)
+}
+
+fn catalog(hash: ContentHash, size: u64) -> CatalogRef {
+    CatalogRef { hash, size }
+}
+
+fn parse_field(field: &str, text: &str) -> Result<ContentHash> {
+    ContentHash::from_hex(text).ok_or_else(|| {
+        Error::corrupt(
+            ".cvmfspublished",
+            format!("{field} is not a hash text: {text:?}"),
+        )
+    })
+}
+
+/// The current revision and the predecessors `keep` asks for, newest first. The chain ends
+/// early where a predecessor is gone (an earlier collection took it).
+fn kept_chain(store: &LocalStore, head: CatalogRef, keep: Keep) -> Result<Vec<KeptRevision>> {
+    let mut kept = Vec::new();
+    let mut next = Some(head);
+    while let Some(cat) = next.take() {
+        let loaded = load_catalog(store, &cat, false)?;
+        let number = |key: &str| -> Result<i64> {
+            let text = loaded.property(key)?.unwrap_or_default();
+            text.parse().map_err(|_| {
+                Error::corrupt(
+                    format!("catalog {}", cat.hash),
+                    format!("property {key} is {text:?}"),
+                )
+            })
+        };
+        let timestamp = number("last_modified")?;
+        kept.push(KeptRevision {
+            revision: u64::try_from(number("revision")?).unwrap_or(0),
+            root: cat.hash,
+            timestamp,
+            tags: Vec::new(),
+        });
+        let older_wanted = match keep {
+            Keep::Revisions(n) => (kept.len() as u64) <= n,
+            Keep::Since(t) => timestamp >= t,
+        };
+        let previous = loaded.property("previous_revision")?;
+        if let Some(prev) = previous.filter(|_| older_wanted) {
+            let hash = ContentHash::from_hex(&prev).ok_or_else(|| {
+                Error::corrupt(
+                    format!("catalog {}", cat.hash),
+                    format!("previous_revision is {prev:?}"),
+                )
+            })?;
+            let present = store
+                .contains(&hash, Suffix::Catalog)
+                .map_err(|e| Error::io(hash.object_path(Suffix::Catalog), e))?;
+            next = present.then(|| catalog(hash, 0));
+        }
+    }
+    Ok(kept)
+}
+
+/// Object files of `data/00..ff` that are not marked and are older than the collection.
+fn sweep_list(
+    store: &LocalStore,
+    marked: &HashSet<ContentHash>,
+    started: SystemTime,
+    report: &mut GcReport,
+) -> Result<Vec<Condemned>> {
+    let data = store.root().join("data");
+    let per_dir: Vec<Result<(Vec<Condemned>, usize)>> = (0..=255u8)
+        .into_par_iter()
+        .map(|i| sweep_dir(&data, i, marked, started))
+        .collect();
+    let mut condemned = Vec::new();
+    for r in per_dir {
+        let (c, too_new) = r?;
+        condemned.extend(c);
+        report.objects_too_new += too_new;
+    }
+    Ok(condemned)
+}
+
+fn sweep_dir(
+    data: &Path,
+    prefix: u8,
+    marked: &HashSet<ContentHash>,
+    started: SystemTime,
+) -> Result<(Vec<Condemned>, usize)> {
+    let dir = data.join(format!("{prefix:02x}"));
+    let entries = match fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
+        Err(e) => return Err(Error::io_path(&dir, e)),
+    };
+    let (mut condemned, mut too_new) = (Vec::new(), 0);
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io_path(&dir, e))?;
+        let Some((hash, suffix)) = object_name(prefix, &entry.file_name()) else {
+            continue;
+        };
+        if marked.contains(&hash) {
+            continue;
+        }
+        let path = entry.path();
+        let meta = match entry.metadata() {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(Error::io_path(&path, e)),
+        };
+        if !meta.is_file() {
+            continue;
+        }
+        if meta.modified().map_or(true, |m| m >= started) {
+            too_new += 1;
+            continue;
+        }
+        condemned.push(Condemned {
+            hash,
+            suffix,
+            path,
+            bytes: meta.len(),
+        });
+    }
+    Ok((condemned, too_new))
+}
+
+/// The object a file of `data/<prefix>/` holds, if its name is an object name (lower-case
+/// hex, as `from_hex` insists, and a known suffix); anything else is not ours to delete.
+fn object_name(prefix: u8, name: &std::ffi::OsStr) -> Option<(ContentHash, Suffix)> {
+    let name = name.to_str()?;
+    let (hex, suffix) = (name.get(..38)?, name.get(38..)?);
+    let hash = ContentHash::from_hex(&format!("{prefix:02x}{hex}"))?;
+    Some((hash, Suffix::from_str_opt(suffix)?))
+}
+
+/// Checks that the manifest is still the one the marking started from (compare-and-swap: a
+/// publish from another home may reference what is about to go), removes the condemned
+/// objects from the reflog and, if it changed, re-signs the manifest (same revision, new
+/// `Y`); returns the entries removed.
+fn rewrite_reflog(
+    store: &LocalStore,
+    keys: &signer::RepoKeys,
+    base: &signer::Manifest,
+    base_bytes: &[u8],
+    marked: &HashSet<ContentHash>,
+    condemned: &[Condemned],
+) -> Result<usize> {
+    compare_and_swap_check(store, Some(base_bytes)).map_err(|_| {
+        Error::Invalid(format!(
+            "{}/.cvmfspublished changed while collecting garbage (a publish from another \
+             home?): nothing was deleted",
+            store.describe()
+        ))
+    })?;
+    let what = format!("{}/.cvmfsreflog", store.describe());
+    let Some(bytes) = store
+        .get_root_file(root_files::REFLOG)
+        .map_err(|e| Error::io(what.as_str(), e))?
+    else {
+        return Ok(0);
+    };
+    let mut log = Reflog::from_bytes(&bytes, &what)?;
+    let deleted: HashSet<ContentHash> = condemned.iter().map(|c| c.hash).collect();
+    let mut removed = 0;
+    for r in log.refs()? {
+        // Entries of objects deleted now, or by an earlier collection (or by hand).
+        let gone = deleted.contains(&r.hash)
+            || (!marked.contains(&r.hash) && !store_has_any(store, &r.hash));
+        if gone && log.remove(&r.hash)? {
+            removed += 1;
+        }
+    }
+    if removed == 0 {
+        return Ok(0);
+    }
+    let reflog = log.to_bytes()?;
+    let manifest = signer::Manifest {
+        reflog: Some(ContentHash::of(&reflog).to_hex()),
+        ..base.clone()
+    };
+    let signed = manifest
+        .sign(&keys.repo_key)
+        .map_err(|e| Error::signature(".cvmfspublished", e))?;
+    store
+        .put_root_file(root_files::REFLOG, &reflog)
+        .map_err(|e| Error::io(what.as_str(), e))?;
+    store
+        .put_root_file(root_files::MANIFEST, &signed)
+        .map_err(|e| Error::io(format!("{}/.cvmfspublished", store.describe()), e))?;
+    Ok(removed)
+}
+
+/// Whether some object file with this hash exists (reflog entries carry no suffix).
+fn store_has_any(store: &LocalStore, hash: &ContentHash) -> bool {
+    [
+        Suffix::Catalog,
+        Suffix::Certificate,
+        Suffix::History,
+        Suffix::MetaInfo,
+    ]
+    .iter()
+    .any(|s| store.contains(hash, *s).unwrap_or(true))
+}
+
+fn log_deletions(path: &Path, fqrn: &str, condemned: &[Condemned]) -> Result<()> {
+    let mut text = format!(
+        "# cvmfs-oci gc of {fqrn} at {}: {} objects\n",
+        crate::repo::now_unix(),
+        condemned.len()
+    );
+    for c in condemned {
+        text.push_str(&c.hash.to_hex());
+        text.push_str(c.suffix.as_str());
+        text.push('\n');
+    }
+    fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .map_err(|e| Error::io_path(path, e))
+}
+
+/// Deletes the object files; one that is gone already is fine.
+fn delete(condemned: &[Condemned]) -> Result<()> {
+    condemned
+        .par_iter()
+        .try_for_each(|c| match fs::remove_file(&c.path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io_path(&c.path, e)),
+            _ => Ok(()),
+        })
+}

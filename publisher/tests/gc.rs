@@ -1,0 +1,426 @@
+//! Garbage collection: which revisions are kept (depth, time, tags), what is swept (objects
+//! only old revisions reference, orphans of killed publishes) and what is never touched
+//! (objects newer than the collection, files that are not objects, anything when a kept
+//! catalog cannot be read); the reflog and manifest afterwards; the content index forgets.
+
+mod common;
+use common::{add_file, init_repo, init_repo_with, tempdir};
+
+use catalog_writer::entry::{Chunk, Entry, EntryKind, FileData};
+use catalog_writer::hash::{ContentHash, Suffix};
+use catalog_writer::tree::Node;
+use publisher::{
+    check_repository, CommitOutcome, CommitSettings, ContentIndex, GcOptions, GcReport,
+    InitOptions, Keep, ObjectStore, Reflog, Repository,
+};
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+const FQRN: &str = "gc.example.org";
+
+fn object_of(content: &[u8]) -> ContentHash {
+    ContentHash::of(&catalog_writer::zlib::compress(content))
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// Grafts a file of two chunks (suffix `P`) at `path`; returns the chunk objects.
+fn add_chunked(
+    txn: &mut publisher::Transaction,
+    path: &[u8],
+    parts: [&[u8]; 2],
+) -> Vec<ContentHash> {
+    let store = txn.objects();
+    let mut chunks = Vec::new();
+    let mut offset = 0;
+    for p in parts {
+        let z = catalog_writer::zlib::compress(p);
+        let hash = ContentHash::of(&z);
+        store.put(&hash, Suffix::Partial, &z).unwrap();
+        chunks.push(Chunk {
+            offset,
+            size: p.len() as u64,
+            hash,
+        });
+        offset += p.len() as u64;
+    }
+    let mut e = Entry::directory(0o644, 0, 0, 1_700_000_000);
+    e.kind = EntryKind::File {
+        size: offset,
+        data: FileData::Chunked(chunks.clone()),
+    };
+    let parent = Entry::directory(0o755, 0, 0, 1_700_000_000);
+    let (ns, objects) = txn.namespace_and_objects();
+    ns.replace(path, Node::Leaf(e), &parent, &objects).unwrap();
+    chunks.into_iter().map(|c| c.hash).collect()
+}
+
+fn commit(txn: publisher::Transaction, timestamp: i64) -> ContentHash {
+    let settings = CommitSettings {
+        timestamp: Some(timestamp),
+        apply_dirtab: false,
+    };
+    match txn.commit(&settings).unwrap() {
+        CommitOutcome::Published(p) => p.root.hash,
+        CommitOutcome::Unchanged { .. } => panic!("nothing published"),
+    }
+}
+
+/// Four revisions, published 100 s apart from `t0`:
+/// 2: `/a` = alpha, `/big` in two chunks, `/keep` = kept;
+/// 3: `/a` = beta, `/big` removed;
+/// 4: `/b` = gamma.
+struct History {
+    roots: Vec<ContentHash>,
+    chunks: Vec<ContentHash>,
+    t0: i64,
+}
+
+fn publish_history(repo: &Repository) -> History {
+    let t0 = now();
+    let mut roots = vec![repo_root(repo)];
+    let mut txn = repo.begin(false).unwrap();
+    add_file(&mut txn, b"/a", b"alpha");
+    add_file(&mut txn, b"/keep", b"kept");
+    let chunks = add_chunked(&mut txn, b"/big", [&[1u8; 5000], b"the end"]);
+    roots.push(commit(txn, t0 + 100));
+    let mut txn = repo.begin(false).unwrap();
+    add_file(&mut txn, b"/a", b"beta");
+    let (ns, objects) = txn.namespace_and_objects();
+    assert!(ns.remove(b"/big", &objects).unwrap());
+    roots.push(commit(txn, t0 + 200));
+    let mut txn = repo.begin(false).unwrap();
+    add_file(&mut txn, b"/b", b"gamma");
+    roots.push(commit(txn, t0 + 300));
+    History { roots, chunks, t0 }
+}
+
+fn repo_root(repo: &Repository) -> ContentHash {
+    ContentHash::from_hex(&repo.info().unwrap().root_catalog).unwrap()
+}
+
+fn gc_repo(base: &std::path::Path) -> Repository {
+    init_repo_with(
+        base,
+        FQRN,
+        InitOptions {
+            gc: true,
+            ..InitOptions::default()
+        },
+    )
+}
+
+fn gc(repo: &Repository, keep: Keep, dry_run: bool) -> GcReport {
+    repo.gc(&GcOptions {
+        keep,
+        dry_run,
+        wait: false,
+        deletion_log: None,
+    })
+    .unwrap()
+}
+
+fn has(repo: &Repository, hash: &ContentHash, suffix: Suffix) -> bool {
+    repo.store().contains(hash, suffix).unwrap()
+}
+
+fn check_ok(repo: &Repository) {
+    let master = signer::load_public_key(&repo.config().public_key_path()).unwrap();
+    let report = check_repository(repo.store().as_ref(), FQRN, &[master], true).unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+}
+
+/// An object file no catalog references, modified `age` ago (negative: in the future).
+fn orphan(repo: &Repository, content: &[u8], age_secs: i64) -> (ContentHash, PathBuf) {
+    let z = catalog_writer::zlib::compress(content);
+    let hash = ContentHash::of(&z);
+    repo.store().put(&hash, Suffix::None, &z).unwrap();
+    let path = repo.store().object_path(&hash, Suffix::None);
+    let when = if age_secs >= 0 {
+        SystemTime::now() - Duration::from_secs(age_secs as u64)
+    } else {
+        SystemTime::now() + Duration::from_secs((-age_secs) as u64)
+    };
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_modified(when)
+        .unwrap();
+    (hash, path)
+}
+
+fn reflog(repo: &Repository) -> Reflog {
+    let bytes = std::fs::read(repo.store().root().join(".cvmfsreflog")).unwrap();
+    Reflog::from_bytes(&bytes, "reflog").unwrap()
+}
+
+fn manifest(repo: &Repository) -> (Vec<u8>, signer::Manifest) {
+    let bytes = std::fs::read(repo.store().root().join(".cvmfspublished")).unwrap();
+    let m = signer::Manifest::parse(&bytes).unwrap().manifest;
+    (bytes, m)
+}
+
+#[test]
+fn collects_what_only_old_revisions_and_killed_publishes_left() {
+    let dir = tempdir();
+    let repo = gc_repo(dir.path());
+    let h = publish_history(&repo);
+    let (old_orphan, _) = orphan(&repo, b"left by a killed publish", 3600);
+    let (young_orphan, _) = orphan(&repo, b"being written right now", -60);
+    let stranger = repo.store().root().join("data/ab/README");
+    std::fs::write(&stranger, "not an object").unwrap();
+    // Upper-case hex is not how objects are named either.
+    let shouting = repo.store().object_path(&object_of(b"alpha"), Suffix::None);
+    let shouting = shouting.with_file_name(
+        shouting
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_uppercase(),
+    );
+    std::fs::write(&shouting, "not an object").unwrap();
+    let index = repo.content_index().unwrap();
+    let alpha_plain: [u8; 20] = sha1_of(b"alpha");
+    index.record(&alpha_plain, 5, Suffix::None, object_of(b"alpha"), 13);
+    index.flush().unwrap();
+    drop(index);
+    let (_, before) = manifest(&repo);
+
+    let dry = gc(&repo, Keep::Revisions(0), true);
+    assert!(
+        has(&repo, &object_of(b"alpha"), Suffix::None),
+        "a dry run deletes nothing"
+    );
+    let log_path = dir.path().join("deleted.log");
+    let r = repo
+        .gc(&GcOptions {
+            keep: Keep::Revisions(0),
+            dry_run: false,
+            wait: false,
+            deletion_log: Some(log_path.clone()),
+        })
+        .unwrap();
+    let logged = std::fs::read_to_string(&log_path).unwrap();
+    let mut lines = logged.lines();
+    assert!(lines
+        .next()
+        .unwrap()
+        .starts_with("# cvmfs-oci gc of gc.example.org"));
+    let mut names: Vec<&str> = lines.collect();
+    names.sort();
+    let mut expected = vec![
+        format!("{}", object_of(b"alpha")),
+        format!("{}", old_orphan),
+        format!("{}C", h.roots[0]),
+        format!("{}C", h.roots[1]),
+    ];
+    expected.extend(h.chunks.iter().map(|c| format!("{c}P")));
+    expected.sort();
+    let (typed, histories): (Vec<&str>, Vec<&str>) = names.iter().partition(|n| !n.ends_with('H'));
+    assert_eq!(typed, expected);
+    assert_eq!(histories.len(), 3, "histories of revisions 1 to 3");
+    assert_eq!(
+        (dry.objects_deleted, dry.bytes_deleted, dry.catalogs_deleted),
+        (r.objects_deleted, r.bytes_deleted, r.catalogs_deleted)
+    );
+
+    // Revision 4 and, through its tag `trunk-previous`, revision 3 are kept.
+    let kept: Vec<(u64, Vec<String>)> = r
+        .kept
+        .iter()
+        .map(|k| (k.revision, k.tags.clone()))
+        .collect();
+    assert_eq!(
+        kept,
+        vec![
+            (4, vec!["trunk".to_string()]),
+            (3, vec!["trunk-previous".to_string()])
+        ]
+    );
+    for (content, kept) in [
+        (&b"alpha"[..], false),
+        (b"beta", true),
+        (b"gamma", true),
+        (b"kept", true),
+    ] {
+        assert_eq!(
+            has(&repo, &object_of(content), Suffix::None),
+            kept,
+            "{content:?}"
+        );
+    }
+    for c in &h.chunks {
+        assert!(
+            !has(&repo, c, Suffix::Partial),
+            "chunk {c} of the removed /big"
+        );
+    }
+    // Roots of revisions 1 and 2 went, those of 3 and 4 stayed.
+    let roots_kept: Vec<bool> = h
+        .roots
+        .iter()
+        .map(|c| has(&repo, c, Suffix::Catalog))
+        .collect();
+    assert_eq!(roots_kept, [false, false, true, true]);
+    assert!(!has(&repo, &old_orphan, Suffix::None));
+    assert!(
+        has(&repo, &young_orphan, Suffix::None),
+        "newer than the collection"
+    );
+    assert_eq!(r.objects_too_new, 1);
+    assert!(
+        stranger.exists() && shouting.exists(),
+        "not object names: left alone"
+    );
+    // alpha, 2 chunks, the orphan, root catalogs 1 and 2, histories of revisions 1 to 3.
+    assert_eq!((r.objects_deleted, r.catalogs_deleted), (9, 2));
+    assert_eq!(r.index_forgotten, 1);
+    let index = repo.content_index().unwrap();
+    assert!(index.lookup(&alpha_plain, 5, Suffix::None).is_none());
+
+    // The reflog lists what is left; the manifest names it, at the same revision.
+    let log = reflog(&repo);
+    let listed: Vec<ContentHash> = log.refs().unwrap().into_iter().map(|r| r.hash).collect();
+    assert!(
+        !listed.contains(&h.roots[1])
+            && listed.contains(&h.roots[2])
+            && listed.contains(&h.roots[3])
+    );
+    assert!(
+        listed.len() >= 4,
+        "two catalogs, the certificate and the history"
+    );
+    assert_eq!(r.reflog_removed, 5, "catalogs 1, 2 and histories 1-3");
+    let (bytes, after) = manifest(&repo);
+    let reflog_bytes = std::fs::read(repo.store().root().join(".cvmfsreflog")).unwrap();
+    assert_eq!(after.reflog, Some(ContentHash::of(&reflog_bytes).to_hex()));
+    assert_eq!(
+        signer::Manifest {
+            reflog: None,
+            ..after.clone()
+        },
+        signer::Manifest {
+            reflog: None,
+            ..before
+        }
+    );
+    assert!(!bytes.is_empty());
+    check_ok(&repo);
+
+    // Nothing is left to collect.
+    let again = gc(&repo, Keep::Revisions(0), false);
+    assert_eq!((again.objects_deleted, again.reflog_removed), (0, 0));
+    assert_eq!(
+        manifest(&repo).0,
+        bytes,
+        "nothing changed, nothing re-signed"
+    );
+}
+
+fn sha1_of(b: &[u8]) -> [u8; 20] {
+    use sha1::{Digest, Sha1};
+    Sha1::digest(b).into()
+}
+
+#[test]
+fn keeps_revisions_by_depth_and_by_time() {
+    let dir = tempdir();
+    let repo = gc_repo(dir.path());
+    let h = publish_history(&repo);
+    let kept = |r: &GcReport| r.kept.iter().map(|k| k.revision).collect::<Vec<_>>();
+
+    // Depth 2: revisions 4, 3 and 2, so alpha and the chunks stay.
+    let r = gc(&repo, Keep::Revisions(2), true);
+    assert_eq!(kept(&r), [4, 3, 2]);
+    // Since a time between revisions 2 and 3: 4, 3, and 2, current at that time.
+    let r = gc(&repo, Keep::Since(h.t0 + 150), true);
+    assert_eq!(kept(&r), [4, 3, 2]);
+    let r = gc(&repo, Keep::Since(h.t0 + 100), false);
+    assert_eq!(
+        kept(&r),
+        [4, 3, 2, 1],
+        "revision 2 is not older than the time"
+    );
+    assert_eq!(r.catalogs_deleted, 0);
+    let r = gc(&repo, Keep::Revisions(2), false);
+    assert_eq!(kept(&r), [4, 3, 2]);
+    assert!(has(&repo, &object_of(b"alpha"), Suffix::None));
+    assert!(h.chunks.iter().all(|c| has(&repo, c, Suffix::Partial)));
+    assert!(!has(&repo, &h.roots[0], Suffix::Catalog));
+    check_ok(&repo);
+    // Revision 1 is gone: the chain ends at 2 whatever is asked.
+    let r = gc(&repo, Keep::Revisions(10), false);
+    assert_eq!(kept(&r), [4, 3, 2]);
+    assert_eq!(r.objects_deleted, 0);
+}
+
+#[test]
+fn refuses_a_repository_not_declared_collectable() {
+    let dir = tempdir();
+    let repo = init_repo(dir.path(), FQRN);
+    let mut txn = repo.begin(false).unwrap();
+    add_file(&mut txn, b"/a", b"alpha");
+    commit(txn, now());
+    let err = repo
+        .gc(&GcOptions {
+            keep: Keep::Revisions(0),
+            dry_run: false,
+            wait: false,
+            deletion_log: None,
+        })
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not garbage-collectable"), "{err}");
+}
+
+#[test]
+fn deletes_nothing_when_a_kept_catalog_cannot_be_read() {
+    let dir = tempdir();
+    let repo = gc_repo(dir.path());
+    let h = publish_history(&repo);
+    let (orphan_hash, _) = orphan(&repo, b"left by a killed publish", 3600);
+    // Revision 3's root catalog is damaged: what it references is unknown.
+    let path = repo.store().object_path(&h.roots[2], Suffix::Catalog);
+    std::fs::write(&path, b"not zlib").unwrap();
+    let err = repo
+        .gc(&GcOptions {
+            keep: Keep::Revisions(0),
+            dry_run: false,
+            wait: false,
+            deletion_log: None,
+        })
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("not collecting garbage") && err.contains("revision 3"),
+        "{err}"
+    );
+    assert!(has(&repo, &orphan_hash, Suffix::None));
+    assert!(has(&repo, &object_of(b"alpha"), Suffix::None));
+}
+
+#[test]
+fn waits_for_or_refuses_a_held_lock() {
+    let dir = tempdir();
+    let repo = gc_repo(dir.path());
+    let txn = repo.begin(false).unwrap();
+    let err = repo
+        .gc(&GcOptions {
+            keep: Keep::Revisions(0),
+            dry_run: false,
+            wait: false,
+            deletion_log: None,
+        })
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("another process"), "{err}");
+    drop(txn);
+    gc(&repo, Keep::Revisions(0), false);
+}
