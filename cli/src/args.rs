@@ -210,7 +210,8 @@ pub struct ConvertArgs {
 pub struct SyncArgs {
     pub fqrn: String,
     pub recipe: PathBuf,
-    /// Remove links of images no longer listed.
+    /// Remove links of images no longer listed, and the flattened images no link points to
+    /// any more (pruned, or a tag moved to another image).
     #[arg(long)]
     pub prune: bool,
     #[command(flatten)]

@@ -849,7 +849,7 @@ fn sync_a_wishlist_with_wildcards_and_prune() {
     let Some((reg, env, layout)) = registry_env() else {
         return;
     };
-    for (i, tag) in ["1.0", "1.1", "2.0"].iter().enumerate() {
+    let push = |i: usize, tag: &str| {
         let mut top = fixtures::layers::LayerBuilder::new();
         top.file("version", format!("{i}\n").as_bytes());
         let b = ImageBuilder::new()
@@ -861,6 +861,9 @@ fn sync_a_wishlist_with_wildcards_and_prune() {
         b.write_layout(&layout, tag).unwrap();
         reg.push_oci_layout(&layout, tag, &format!("sync/app:{tag}"))
             .unwrap();
+    };
+    for (i, tag) in ["1.0", "1.1", "2.0"].iter().enumerate() {
+        push(i, tag);
     }
     let addr = reg.addr();
     let recipe = env.path("wishlist.yaml");
@@ -890,7 +893,10 @@ fn sync_a_wishlist_with_wildcards_and_prune() {
     env.ok(&["sync", FQRN, recipe.to_str().unwrap()]);
     assert_eq!(env.revision(), 2);
 
-    // 1.1 dropped from the list, 2.0 added; --prune removes the 1.1 link and its metadata.
+    // 1.1 dropped from the list, 2.0 added; --prune removes the 1.1 link, its metadata and
+    // the image no link points at any more.
+    let flat_1_0 = link_target(&env, &format!("/{addr}/sync/app:1.0"));
+    let flat_1_1 = link_target(&env, &format!("/{addr}/sync/app:1.1"));
     write(&["sync/app:1.0", "sync/app:2.*"]);
     env.ok(&["sync", FQRN, recipe.to_str().unwrap(), "--prune"]);
     assert_eq!(env.revision(), 3);
@@ -901,5 +907,25 @@ fn sync_a_wishlist_with_wildcards_and_prune() {
     assert!(!report
         .entries
         .contains_key(&format!("/.metadata/{addr}/sync/app:1.1")));
+    assert!(
+        !report.entries.contains_key(&flat_1_1),
+        "{flat_1_1} is unlinked"
+    );
+    assert!(report.entries.contains_key(&flat_1_0));
+    env.check(true);
+
+    // The tag 1.0 moves to another image: the image it left goes with --prune.
+    push(3, "1.0");
+    let out = env.ok(&["sync", FQRN, recipe.to_str().unwrap(), "--prune"]);
+    assert!(out.contains("1 unlinked images removed"), "{out}");
+    assert_eq!(env.revision(), 4);
+    let report = witness(&env);
+    let moved = link_target(&env, &format!("/{addr}/sync/app:1.0"));
+    assert_ne!(moved, flat_1_0);
+    assert!(report.entries.contains_key(&moved));
+    assert!(
+        !report.entries.contains_key(&flat_1_0),
+        "{flat_1_0} is unlinked"
+    );
     env.check(true);
 }

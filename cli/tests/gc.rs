@@ -160,13 +160,20 @@ fn an_image_converted_again_after_gc_is_stored_again() {
     publish(&env, &empty);
     std::fs::write(empty.join("note"), "nothing here\n").unwrap();
     publish(&env, &empty);
+    let memos =
+        |env: &Env| last_json(&env.ok(&["--json", "cache", "stats", FQRN]))["layers"].clone();
+    let layers = fixtures::layers::edge_case_layers().len() as u64;
+    assert_eq!(memos(&env).as_u64(), Some(layers));
     let r = last_json(&env.ok(&["--json", "gc", FQRN, "--keep-revisions", "0"]));
     assert!(r["objects_deleted"].as_u64().unwrap() > 0, "{r}");
+    assert_eq!(r["memos_forgotten"].as_u64(), Some(layers), "{r}");
+    assert_eq!(memos(&env).as_u64(), Some(0));
     env.check(true);
 
-    // The layer memo still lists the layers, but their objects are gone: read them again.
+    // The layers are read again and their objects stored anew.
     let s = last_json(&env.ok(&["--json", "convert", FQRN, &oci]));
     assert!(s["objects_new"].as_u64().unwrap() > 0, "{s}");
+    assert_eq!(memos(&env).as_u64(), Some(layers));
     env.check(true);
     let cache = env.path("witness-cache");
     std::fs::create_dir_all(&cache).unwrap();

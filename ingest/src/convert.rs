@@ -130,6 +130,35 @@ pub fn relative_target(link: &[u8], target: &[u8]) -> Vec<u8> {
     out.join(&b'/')
 }
 
+/// The repository path a relative symlink at `link` reaches (the inverse of
+/// [`relative_target`]); `None` for an absolute target (it names a client path) or one that
+/// climbs above the root.
+pub fn absolute_target(link: &[u8], target: &[u8]) -> Option<Vec<u8>> {
+    if target.starts_with(b"/") {
+        return None;
+    }
+    let mut parts: Vec<&[u8]> = link
+        .split(|&b| b == b'/')
+        .filter(|c| !c.is_empty())
+        .collect();
+    parts.pop(); // the link's own name
+    for c in target.split(|&b| b == b'/') {
+        match c {
+            b"" | b"." => {}
+            b".." => {
+                parts.pop()?;
+            }
+            c => parts.push(c),
+        }
+    }
+    let mut out = Vec::new();
+    for p in parts {
+        out.push(b'/');
+        out.extend_from_slice(p);
+    }
+    Some(out)
+}
+
 /// Placements of the images one reference resolved to. A single image gets the plain tag;
 /// several (an index converted with `--all-platforms`) get one `@<os>-<arch>` name each, and
 /// the plain tag goes to the preferred platform (else the first).
@@ -601,6 +630,18 @@ mod tests {
         assert!(relative_target(&link, &flat).starts_with(b"../../.flat/"));
         assert_eq!(relative_target(b"/a/b/l", b"/a/c"), b"../c");
         assert_eq!(relative_target(b"/l", b"/.flat/x"), b".flat/x");
+        for (l, t) in [
+            (&link[..], &flat[..]),
+            (b"/a/b/l", b"/a/c"),
+            (b"/l", b"/.flat/x"),
+        ] {
+            assert_eq!(
+                absolute_target(l, &relative_target(l, t)).as_deref(),
+                Some(t)
+            );
+        }
+        assert_eq!(absolute_target(b"/a/l", b"../../x"), None);
+        assert_eq!(absolute_target(b"/a/l", b"/cvmfs/x"), None);
     }
 
     #[test]

@@ -89,6 +89,8 @@ pub struct GcReport {
     pub reflog_removed: usize,
     /// Content-index entries forgotten.
     pub index_forgotten: usize,
+    /// Layer memos forgotten (they referenced a deleted object).
+    pub memos_forgotten: usize,
     pub dry_run: bool,
 }
 
@@ -145,6 +147,8 @@ impl Repository {
         delete(&condemned)?;
         let gone: Vec<ContentHash> = condemned.iter().map(|c| c.hash).collect();
         report.index_forgotten = self.content_index()?.invalidate_all(&gone)?;
+        let gone: HashSet<ContentHash> = gone.into_iter().collect();
+        report.memos_forgotten = self.layer_memo()?.forget_referencing(&gone)?;
         Ok(report)
     }
 }

@@ -46,7 +46,7 @@ use catalog_writer::hash::{ContentHash, Suffix};
 use rayon::prelude::*;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -480,6 +480,23 @@ impl LayerMemo {
         conn.execute("DELETE FROM layers WHERE diff_id = ?1", [diff_id])
             .map(|n| n > 0)
             .map_err(|e| self.sql_err(diff_id, e))
+    }
+
+    /// Removes the memos that reference one of `gone` (objects garbage collection deleted);
+    /// returns how many. A memo that cannot be decoded is left for its next reader to replace.
+    pub fn forget_referencing(&self, gone: &HashSet<ContentHash>) -> Result<usize> {
+        let mut forgotten = 0;
+        for summary in self.list()? {
+            let Ok(Some(layer)) = self.get(&summary.diff_id) else {
+                continue;
+            };
+            if layer.objects().iter().any(|(h, _)| gone.contains(h))
+                && self.forget(&summary.diff_id)?
+            {
+                forgotten += 1;
+            }
+        }
+        Ok(forgotten)
     }
 
     /// Every memo row, by diff_id.

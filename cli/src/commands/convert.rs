@@ -17,6 +17,7 @@ use ingest::pipeline::ObjectPipeline;
 use ingest::MemoContext;
 use publisher::{CommitSettings, Repository, StoreObjects, Transaction};
 use serde_json::json;
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -30,6 +31,8 @@ struct Summary {
     skipped: usize,
     failed: usize,
     pruned: usize,
+    /// Flattened images removed because no link points at them any more.
+    flat_removed: usize,
 }
 
 pub fn convert(home: &Path, g: &Global, a: &ConvertArgs, out: Output) -> Result<i32> {
@@ -215,6 +218,7 @@ pub(super) fn run_batch(
     }
     if let Some(keep) = prune_keep {
         summary.pruned = prune_links(&mut txn, &keep)?;
+        summary.flat_removed = remove_unlinked_flat_dirs(&mut txn)?;
     }
     let stats = pipeline.finish()?.stats;
     publisher::fault_point("after-objects");
@@ -227,8 +231,11 @@ pub(super) fn run_batch(
         summary.skipped,
         summary.failed,
         BLOB_BYTES_FETCHED.swap(0, Ordering::Relaxed) as f64 / 1e6,
-        if summary.pruned > 0 {
-            format!(", {} links pruned", summary.pruned)
+        if summary.pruned + summary.flat_removed > 0 {
+            format!(
+                ", {} links pruned, {} unlinked images removed",
+                summary.pruned, summary.flat_removed
+            )
         } else {
             String::new()
         }
@@ -242,6 +249,7 @@ pub(super) fn run_batch(
                 json!({"images": refs.len(), "converted": summary.converted,
                        "linked": summary.linked, "unchanged": summary.skipped,
                        "failed": summary.failed, "pruned": summary.pruned,
+                       "flat_removed": summary.flat_removed,
                        "objects_new": stats.objects_new, "objects_existing": stats.objects_existing,
                        "seconds": started.elapsed().as_secs_f64()}),
             ),
@@ -447,7 +455,7 @@ fn prune_links(txn: &mut Transaction, keep: &[Vec<u8>]) -> Result<usize> {
     let mut links = Vec::new();
     collect_flat_links(ns, &objects, b"", &mut links)?;
     let mut pruned = 0;
-    for link in links {
+    for (link, _) in links {
         let base = strip_platform_suffix(&link);
         if keep.iter().any(|k| k == &base) {
             continue;
@@ -469,11 +477,51 @@ fn strip_platform_suffix(link: &[u8]) -> Vec<u8> {
     }
 }
 
+/// Removes the flattened images (`/.flat/XX/<digest>`) no link points at any more (their
+/// links were pruned, or their tags moved to other images), so that `gc` can free their
+/// objects; returns how many.
+fn remove_unlinked_flat_dirs(txn: &mut Transaction) -> Result<usize> {
+    let (ns, objects) = txn.namespace_and_objects();
+    let mut links = Vec::new();
+    collect_flat_links(ns, &objects, b"", &mut links)?;
+    let linked: HashSet<Vec<u8>> = links
+        .iter()
+        .filter_map(|(link, target)| layout::absolute_target(link, target))
+        .collect();
+    let flat_root = layout::FLAT_ROOT.as_bytes();
+    let mut removed = 0;
+    let is_dir = |e: &catalog_writer::entry::Entry| {
+        matches!(e.kind, catalog_writer::entry::EntryKind::Directory)
+    };
+    for (prefix, entry) in ns.list(flat_root, &objects)?.unwrap_or_default() {
+        // Only `XX/XXXX…` directories are images; anything else there is not ours to remove.
+        if !is_dir(&entry) || prefix.len() != 2 {
+            continue;
+        }
+        let dir = [flat_root, b"/", &prefix].concat();
+        let images = ns.list(&dir, &objects)?.unwrap_or_default();
+        let mut left = images.len();
+        for (name, entry) in images {
+            let flat = [&dir[..], b"/", &name].concat();
+            let image = is_dir(&entry) && name.starts_with(&prefix);
+            if image && !linked.contains(&flat) && ns.remove(&flat, &objects)? {
+                removed += 1;
+                left -= 1;
+            }
+        }
+        if left == 0 {
+            ns.remove(&dir, &objects)?;
+        }
+    }
+    Ok(removed)
+}
+
+/// Symlinks into `/.flat` below `dir`: (path, target as stored).
 fn collect_flat_links(
     ns: &mut Namespace,
     objects: &StoreObjects<'_>,
     dir: &[u8],
-    out: &mut Vec<Vec<u8>>,
+    out: &mut Vec<(Vec<u8>, Vec<u8>)>,
 ) -> Result<()> {
     let Some(children) = ns.list(dir, objects)? else {
         return Ok(());
@@ -490,7 +538,7 @@ fn collect_flat_links(
             catalog_writer::entry::EntryKind::Symlink { target }
                 if target.windows(6).any(|w| w == b".flat/") =>
             {
-                out.push(path)
+                out.push((path, target.clone()))
             }
             _ => {}
         }

@@ -68,6 +68,7 @@ pub fn gc(home: &Path, g: &Global, a: &GcArgs, out: Output) -> Result<i32> {
                    "objects_deleted": r.objects_deleted, "bytes_deleted": r.bytes_deleted,
                    "catalogs_deleted": r.catalogs_deleted, "objects_too_new": r.objects_too_new,
                    "reflog_removed": r.reflog_removed, "index_forgotten": r.index_forgotten,
+                   "memos_forgotten": r.memos_forgotten,
                    "seconds": started.elapsed().as_secs_f64()}),
         ),
     );
