@@ -49,6 +49,8 @@ pub enum Command {
     Info(FqrnArg),
     /// Delete the objects no kept revision needs (garbage-collectable repositories only).
     Gc(GcArgs),
+    /// List the named snapshots (history tags), or add or remove one; gc keeps tagged revisions.
+    Tag(TagArgs),
     /// Convert container images into the repository (DUCC-compatible layout).
     Convert(ConvertArgs),
     /// Convert what a DUCC wishlist (YAML) lists and is new or changed.
@@ -157,6 +159,23 @@ pub struct ResignArgs {
     pub fqrn: String,
     #[arg(long, default_value_t = 30)]
     pub days: u32,
+}
+
+#[derive(Args)]
+pub struct TagArgs {
+    pub fqrn: String,
+    /// Name a revision (the current one unless --revision); an existing tag moves.
+    #[arg(long, value_name = "NAME", conflicts_with = "remove")]
+    pub add: Option<String>,
+    /// The revision --add names.
+    #[arg(long, requires = "add")]
+    pub revision: Option<u64>,
+    /// Description stored with the tag --add creates.
+    #[arg(long, requires = "add", default_value = "")]
+    pub description: String,
+    /// Remove a tag.
+    #[arg(long, value_name = "NAME")]
+    pub remove: Option<String>,
 }
 
 #[derive(Args)]

@@ -19,6 +19,7 @@ mod layers;
 mod migrate;
 mod plan;
 mod schedule;
+mod tags;
 
 pub fn run(cli: Cli, out: Output) -> Result<i32> {
     let g = cli.global;
@@ -31,6 +32,7 @@ pub fn run(cli: Cli, out: Output) -> Result<i32> {
         Command::Resign(a) => resign(&home, &a, out),
         Command::Info(a) => info(&home, &a.fqrn, out),
         Command::Gc(a) => gc::gc(&home, &g, &a, out),
+        Command::Tag(a) => tags::tag(&home, &g, &a, out),
         Command::Convert(a) => convert::convert(&home, &g, &a, out),
         Command::Sync(a) => convert::sync(&home, &g, &a, out),
         Command::Migrate(a) => migrate::migrate(&home, &g, &a, out),

@@ -198,3 +198,64 @@ fn gc_refuses_a_repository_not_declared_collectable() {
     let line = env.fails(&["gc", FQRN, "--keep-since", "yesterday"]);
     assert!(line.contains("--keep-since"), "{line}");
 }
+
+#[test]
+fn tags_name_revisions_that_gc_keeps() {
+    let env = Env::init(&["--gc"]);
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("a"), noise(100_000, 1)).unwrap();
+    publish(&env, &src);
+    let t = last_json(&env.ok(&[
+        "--json",
+        "tag",
+        FQRN,
+        "--add",
+        "release-1",
+        "--description",
+        "first release",
+    ]));
+    assert_eq!(
+        (t["revision"].as_u64(), t["name"].as_str()),
+        (Some(2), Some("release-1"))
+    );
+    assert_manifest_verifies(&env);
+    env.check(true);
+    for seed in [2, 3] {
+        std::fs::write(src.join("a"), noise(100_000, seed)).unwrap();
+        publish(&env, &src);
+    }
+    let listed: Vec<String> = env
+        .ok(&["--json", "tag", FQRN])
+        .lines()
+        .map(|l| last_json(l)["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(listed, ["release-1", "trunk", "trunk-previous"]);
+
+    let kept = |r: &serde_json::Value| -> Vec<u64> {
+        r["kept"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["revision"].as_u64().unwrap())
+            .collect()
+    };
+    let r = last_json(&env.ok(&["--json", "gc", FQRN, "--keep-revisions", "0"]));
+    assert_eq!(kept(&r), [4, 3, 2]);
+    env.check(true);
+
+    env.ok(&["tag", FQRN, "--remove", "release-1"]);
+    assert_manifest_verifies(&env);
+    let line = env.fails(&["tag", FQRN, "--remove", "release-1"]);
+    assert!(line.contains("no tag release-1"), "{line}");
+    let line = env.fails(&["tag", FQRN, "--add", "trunk"]);
+    assert!(line.contains("maintained by every publish"), "{line}");
+    let r = last_json(&env.ok(&["--json", "gc", FQRN, "--keep-revisions", "0"]));
+    assert_eq!(kept(&r), [4, 3]);
+    assert!(r["bytes_deleted"].as_u64().unwrap() > 100_000, "{r}");
+    let line = env.fails(&["tag", FQRN, "--add", "late", "--revision", "2"]);
+    assert!(line.contains("not stored"), "{line}");
+    env.check(true);
+    assert_manifest_verifies(&env);
+    assert_matches_source(&env, &src, "");
+}

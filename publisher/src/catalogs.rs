@@ -31,6 +31,8 @@ pub struct Expect {
 pub struct LoadedCatalog {
     db: TempDb,
     pub stored_bytes: u64,
+    /// Size of the inflated catalog (a tag's `size`).
+    pub size: u64,
 }
 
 impl LoadedCatalog {
@@ -98,6 +100,7 @@ pub fn load_catalog(
     Ok(LoadedCatalog {
         db: TempDb::from_bytes(&what, &raw, true)?,
         stored_bytes: stored.len() as u64,
+        size: raw.len() as u64,
     })
 }
 

@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 use crate::history::History;
 use crate::local::LocalStore;
 use crate::reflog::Reflog;
-use crate::repo::{compare_and_swap_check, load_keys, lock, Repository};
+use crate::repo::{compare_and_swap_check, load_keys, lock, replace_manifest, Repository};
 use crate::store::{root_files, ObjectStore};
 use crate::txn::verify_published;
 use catalog_writer::hash::{ContentHash, Suffix, EMPTY_OBJECT};
@@ -206,6 +206,7 @@ fn mark(
             }
         }
     }
+    report.kept.sort_by_key(|k| std::cmp::Reverse(k.revision));
     // The walk reads every catalog once; a kept catalog that cannot be read would hide what
     // it references, so nothing may be deleted then.
     let walk = walk_catalog_trees(store, roots, false);
@@ -354,10 +355,10 @@ fn object_name(prefix: u8, name: &std::ffi::OsStr) -> Option<(ContentHash, Suffi
     Some((hash, Suffix::from_str_opt(suffix)?))
 }
 
-/// Checks that the manifest is still the one the marking started from (compare-and-swap: a
-/// publish from another home may reference what is about to go), removes the condemned
-/// objects from the reflog and, if it changed, re-signs the manifest (same revision, new
-/// `Y`); returns the entries removed.
+/// Removes the condemned objects from the reflog and, if it changed, re-signs the manifest
+/// (same revision, new `Y`); returns the entries removed. Either way the manifest must still
+/// be the one the marking started from (compare-and-swap: a publish from another home may
+/// reference what is about to go).
 fn rewrite_reflog(
     store: &LocalStore,
     keys: &signer::RepoKeys,
@@ -366,13 +367,15 @@ fn rewrite_reflog(
     marked: &HashSet<ContentHash>,
     condemned: &[Condemned],
 ) -> Result<usize> {
-    compare_and_swap_check(store, Some(base_bytes)).map_err(|_| {
-        Error::Invalid(format!(
-            "{}/.cvmfspublished changed while collecting garbage (a publish from another \
-             home?): nothing was deleted",
-            store.describe()
-        ))
-    })?;
+    let conflict = |e: Error| match e {
+        Error::Conflict { path } => Error::Invalid(format!(
+            "{} changed while collecting garbage (a publish from another home?): nothing \
+             was deleted",
+            path.display()
+        )),
+        e => e,
+    };
+    compare_and_swap_check(store, Some(base_bytes)).map_err(conflict)?;
     let what = format!("{}/.cvmfsreflog", store.describe());
     let Some(bytes) = store
         .get_root_file(root_files::REFLOG)
@@ -399,15 +402,7 @@ fn rewrite_reflog(
         reflog: Some(ContentHash::of(&reflog).to_hex()),
         ..base.clone()
     };
-    let signed = manifest
-        .sign(&keys.repo_key)
-        .map_err(|e| Error::signature(".cvmfspublished", e))?;
-    store
-        .put_root_file(root_files::REFLOG, &reflog)
-        .map_err(|e| Error::io(what.as_str(), e))?;
-    store
-        .put_root_file(root_files::MANIFEST, &signed)
-        .map_err(|e| Error::io(format!("{}/.cvmfspublished", store.describe()), e))?;
+    replace_manifest(store, keys, &manifest, Some(&reflog), Some(base_bytes)).map_err(conflict)?;
     Ok(removed)
 }
 

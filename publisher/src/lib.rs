@@ -1,5 +1,5 @@
-//! CVMFS object stores, repository home and locking, transactions, history, reflog, checks and
-//! garbage collection.
+//! CVMFS object stores, repository home and locking, transactions, history and tags, reflog,
+//! checks and garbage collection.
 //!
 //! A repository lives in two places: its **home** `<home>/<fqrn>/` (`config.json`, the `lock`
 //! file, `state/` caches, by default `keys/`) and its **storage** directory, which is served
@@ -48,6 +48,7 @@ pub mod reflog;
 pub mod repo;
 pub mod seed;
 pub mod store;
+mod tags;
 mod tempdb;
 pub mod txn;
 
@@ -56,7 +57,7 @@ pub use config::{Chunking, Config, RepoHome};
 pub use content_index::SqliteContentIndex;
 pub use error::{Error, Result};
 pub use gc::{GcOptions, GcReport, Keep, KeptRevision};
-pub use history::History;
+pub use history::{History, Tag};
 pub use http::HttpStore;
 pub use layer_memo::{LayerMemo, MemoEntry, MemoKind, MemoLayer, MemoMeta, MemoSummary};
 pub use local::LocalStore;

@@ -650,23 +650,12 @@ pub(crate) fn publish_revision(p: &PublishInput<'_>) -> Result<signer::Manifest>
         meta_info: p.previous.and_then(|m| m.meta_info.clone()),
         reflog: Some(ContentHash::of(&reflog).to_hex()),
     };
-    let signed = manifest
-        .sign(&p.keys.repo_key)
-        .map_err(|e| Error::signature(".cvmfspublished", e))?;
-    // Last check before anything visible changes: a lost race must not touch the winner's files.
-    compare_and_swap_check(store, p.expected_manifest)?;
-    fault_point("before-manifest");
-    store
-        .put_root_file(root_files::REFLOG, &reflog)
-        .map_err(|e| Error::io(format!("{}/.cvmfsreflog", store.describe()), e))?;
-    store
-        .put_root_file(root_files::MANIFEST, &signed)
-        .map_err(|e| Error::io(format!("{}/.cvmfspublished", store.describe()), e))?;
+    replace_manifest(store, p.keys, &manifest, Some(&reflog), p.expected_manifest)?;
     Ok(manifest)
 }
 
 /// The current `.cvmfsreflog` (or a new one) plus `refs`, as file bytes.
-fn updated_reflog(
+pub(crate) fn updated_reflog(
     store: &LocalStore,
     fqrn: &str,
     refs: &[(ContentHash, RefKind)],
@@ -684,6 +673,31 @@ fn updated_reflog(
         log.add(hash, *kind, now)?;
     }
     log.to_bytes()
+}
+
+/// Signs `manifest` and replaces `.cvmfsreflog` (if given), then `.cvmfspublished`, unless
+/// the manifest is no longer `expected` (`None`: must not exist) ([`Error::Conflict`]).
+pub(crate) fn replace_manifest(
+    store: &LocalStore,
+    keys: &signer::RepoKeys,
+    manifest: &signer::Manifest,
+    reflog: Option<&[u8]>,
+    expected: Option<&[u8]>,
+) -> Result<()> {
+    let signed = manifest
+        .sign(&keys.repo_key)
+        .map_err(|e| Error::signature(".cvmfspublished", e))?;
+    // Last check before anything visible changes: a lost race must not touch the winner's files.
+    compare_and_swap_check(store, expected)?;
+    fault_point("before-manifest");
+    if let Some(reflog) = reflog {
+        store
+            .put_root_file(root_files::REFLOG, reflog)
+            .map_err(|e| Error::io(format!("{}/.cvmfsreflog", store.describe()), e))?;
+    }
+    store
+        .put_root_file(root_files::MANIFEST, &signed)
+        .map_err(|e| Error::io(format!("{}/.cvmfspublished", store.describe()), e))
 }
 
 pub(crate) fn compare_and_swap_check(store: &LocalStore, expected: Option<&[u8]>) -> Result<()> {

@@ -424,3 +424,55 @@ fn waits_for_or_refuses_a_held_lock() {
     drop(txn);
     gc(&repo, Keep::Revisions(0), false);
 }
+
+#[test]
+fn a_tagged_revision_is_kept_until_its_tag_goes() {
+    let dir = tempdir();
+    let repo = gc_repo(dir.path());
+    let h = publish_history(&repo);
+    let tag = repo.add_tag("release-1", Some(2), "first", false).unwrap();
+    assert_eq!((tag.revision, tag.hash), (2, h.roots[1]));
+    let names: Vec<String> = repo.tags().unwrap().into_iter().map(|t| t.name).collect();
+    assert_eq!(names, ["release-1", "trunk", "trunk-previous"]);
+    check_ok(&repo);
+
+    let r = gc(&repo, Keep::Revisions(0), false);
+    let kept: Vec<(u64, Vec<String>)> = r
+        .kept
+        .iter()
+        .map(|k| (k.revision, k.tags.clone()))
+        .collect();
+    assert_eq!(
+        kept,
+        vec![
+            (4, vec!["trunk".to_string()]),
+            (3, vec!["trunk-previous".to_string()]),
+            (2, vec!["release-1".to_string()]),
+        ]
+    );
+    assert!(has(&repo, &object_of(b"alpha"), Suffix::None));
+    assert!(h.chunks.iter().all(|c| has(&repo, c, Suffix::Partial)));
+    check_ok(&repo);
+
+    // Tags cannot name what is gone, nor touch the two a publish maintains.
+    let err = repo
+        .add_tag("first", Some(1), "", false)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not stored"), "{err}");
+    let err = repo
+        .add_tag("x", Some(9), "", false)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no revision 9"), "{err}");
+    for bad in ["trunk", "trunk-previous", "", "-x", "a b", "a/b"] {
+        assert!(repo.add_tag(bad, None, "", false).is_err(), "{bad:?}");
+    }
+
+    assert!(repo.remove_tag("release-1", false).unwrap());
+    assert!(!repo.remove_tag("release-1", false).unwrap());
+    let r = gc(&repo, Keep::Revisions(0), false);
+    assert_eq!(r.kept.len(), 2);
+    assert!(!has(&repo, &object_of(b"alpha"), Suffix::None));
+    check_ok(&repo);
+}

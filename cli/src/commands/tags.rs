@@ -1,0 +1,54 @@
+//! `tag`: named snapshots (history tags).
+
+use super::open_repo;
+use crate::args::{Global, TagArgs};
+use crate::output::{event_json, Output};
+use anyhow::{bail, Context, Result};
+use publisher::Tag;
+use serde_json::json;
+use std::path::Path;
+
+pub fn tag(home: &Path, g: &Global, a: &TagArgs, out: Output) -> Result<i32> {
+    let repo = open_repo(home, &a.fqrn)?;
+    let wait = !g.no_wait;
+    if let Some(name) = &a.add {
+        let t = repo
+            .add_tag(name, a.revision, &a.description, wait)
+            .with_context(|| format!("tag {}", a.fqrn))?;
+        out.event(
+            &format!("{}: revision {} tagged {}", a.fqrn, t.revision, t.name),
+            event_json("tag-added", tag_json(&t)),
+        );
+    } else if let Some(name) = &a.remove {
+        if !repo
+            .remove_tag(name, wait)
+            .with_context(|| format!("tag {}", a.fqrn))?
+        {
+            bail!("{}: no tag {name}", a.fqrn);
+        }
+        out.event(
+            &format!("{}: tag {name} removed", a.fqrn),
+            event_json("tag-removed", json!({"fqrn": a.fqrn, "name": name})),
+        );
+    } else {
+        for t in repo.tags().with_context(|| format!("tags of {}", a.fqrn))? {
+            out.event(
+                &format!(
+                    "{:<24} revision {:<6} {} {} {}",
+                    t.name,
+                    t.revision,
+                    signer::utc_stamp(t.timestamp),
+                    t.hash,
+                    t.description
+                ),
+                event_json("tag", tag_json(&t)),
+            );
+        }
+    }
+    Ok(0)
+}
+
+fn tag_json(t: &Tag) -> serde_json::Value {
+    json!({"name": t.name, "revision": t.revision, "root": t.hash.to_hex(),
+           "timestamp": t.timestamp, "size": t.size, "description": t.description})
+}

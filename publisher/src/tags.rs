@@ -1,0 +1,191 @@
+//! Named snapshots: tags in the history database (`cvmfs_server tag -a/-r/-l`). A tag names a
+//! revision's root catalog; garbage collection keeps every tagged revision. Adding or removing
+//! one writes a new history object and re-signs the manifest at the same revision (new `H`
+//! and `Y`), under the repository lock and with the compare-and-swap a publish uses.
+
+use crate::catalogs::load_catalog;
+use crate::error::{Error, Result};
+use crate::history::{History, Tag, TRUNK, TRUNK_PREVIOUS};
+use crate::local::LocalStore;
+use crate::reflog::RefKind;
+use crate::repo::{load_keys, lock, now_unix, replace_manifest, updated_reflog, Repository};
+use crate::store::{root_files, ObjectStore};
+use crate::txn::verify_published;
+use catalog_writer::hash::{ContentHash, Suffix};
+use catalog_writer::namespace::CatalogRef;
+
+impl Repository {
+    /// The tags of the current history database, by name (no signature check).
+    pub fn tags(&self) -> Result<Vec<Tag>> {
+        let store = self.store();
+        let bytes = store
+            .get_root_file(root_files::MANIFEST)
+            .map_err(|e| Error::io(store.describe(), e))?
+            .ok_or_else(|| Error::Invalid(format!("{}: no .cvmfspublished", store.describe())))?;
+        let manifest = signer::Manifest::parse(&bytes)
+            .map_err(|e| Error::signature(".cvmfspublished", e))?
+            .manifest;
+        match manifest.history.as_deref() {
+            Some(h) => History::load(self.store().as_ref(), &parse_h(h)?)?.tags(),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Names revision `revision` (default: the current one) `name`; an existing tag of that
+    /// name is moved. The revision must still be stored (not garbage-collected).
+    pub fn add_tag(
+        &self,
+        name: &str,
+        revision: Option<u64>,
+        description: &str,
+        wait: bool,
+    ) -> Result<Tag> {
+        check_tag_name(name)?;
+        let fqrn = self.fqrn();
+        self.edit_history(wait, |history, store, manifest| {
+            let head = CatalogRef {
+                hash: parse_hex("C", &manifest.root_catalog)?,
+                size: manifest.root_size,
+            };
+            let wanted = revision.unwrap_or(manifest.revision);
+            if wanted > manifest.revision {
+                return Err(Error::Invalid(format!(
+                    "no revision {wanted}: {fqrn} is at revision {}",
+                    manifest.revision
+                )));
+            }
+            let tag = find_revision(store, head, wanted)?;
+            let tag = Tag {
+                name: name.to_string(),
+                description: description.to_string(),
+                ..tag
+            };
+            history.set_tag(&tag)?;
+            Ok((tag, true))
+        })
+    }
+
+    /// Removes tag `name`; returns whether it existed (nothing is written when it did not).
+    pub fn remove_tag(&self, name: &str, wait: bool) -> Result<bool> {
+        check_tag_name(name)?;
+        self.edit_history(wait, |history, _, _| {
+            let removed = history.remove_tag(name)?;
+            Ok((removed, removed))
+        })
+    }
+
+    /// Runs `edit` on the current history under the lock; when it reports a change, stores
+    /// the new history and re-signs the manifest with it.
+    fn edit_history<T>(
+        &self,
+        wait: bool,
+        edit: impl FnOnce(&mut History, &LocalStore, &signer::Manifest) -> Result<(T, bool)>,
+    ) -> Result<T> {
+        let fqrn = self.fqrn();
+        let _lock = lock(&self.home().lock_path(), fqrn, wait)?;
+        let store = self.store();
+        let keys = load_keys(self.config())?;
+        let base_bytes = store
+            .get_root_file(root_files::MANIFEST)
+            .map_err(|e| Error::io(store.describe(), e))?
+            .ok_or_else(|| Error::Invalid(format!("{}: no .cvmfspublished", store.describe())))?;
+        let base = verify_published(&store, &base_bytes, fqrn, &keys)?;
+        let old = base.history.as_deref().map(parse_h).transpose()?;
+        let mut history = match &old {
+            Some(h) => History::load(store.as_ref(), h)?,
+            None => History::create(fqrn)?,
+        };
+        let (out, changed) = edit(&mut history, &store, &base)?;
+        if !changed {
+            return Ok(out);
+        }
+        if let Some(h) = &old {
+            history.set_previous_revision(h)?;
+        }
+        let new = history.store(store.as_ref())?;
+        let reflog = updated_reflog(&store, fqrn, &[(new, RefKind::History)], now_unix())?;
+        let manifest = signer::Manifest {
+            history: Some(new.to_hex()),
+            reflog: Some(ContentHash::of(&reflog).to_hex()),
+            ..base
+        };
+        replace_manifest(&store, &keys, &manifest, Some(&reflog), Some(&base_bytes))?;
+        Ok(out)
+    }
+}
+
+/// Tag names as `cvmfs_server tag` takes them; the two it maintains itself are refused.
+fn check_tag_name(name: &str) -> Result<()> {
+    let valid = !name.is_empty()
+        && name.len() <= 255
+        && !name.starts_with('-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if !valid {
+        return Err(Error::Invalid(format!(
+            "tag name {name:?}: use letters, digits, '-', '_' and '.'"
+        )));
+    }
+    if name == TRUNK || name == TRUNK_PREVIOUS {
+        return Err(Error::Invalid(format!(
+            "tag {name} is maintained by every publish and cannot be set or removed"
+        )));
+    }
+    Ok(())
+}
+
+fn parse_h(text: &str) -> Result<ContentHash> {
+    parse_hex("H", text)
+}
+
+fn parse_hex(field: &str, text: &str) -> Result<ContentHash> {
+    ContentHash::from_hex(text).ok_or_else(|| {
+        Error::corrupt(
+            ".cvmfspublished",
+            format!("{field} is not a hash text: {text:?}"),
+        )
+    })
+}
+
+/// The tag fields of revision `wanted`, found by following `previous_revision` from `head`.
+fn find_revision(store: &LocalStore, head: CatalogRef, wanted: u64) -> Result<Tag> {
+    let mut cat = head;
+    loop {
+        let loaded = load_catalog(store, &cat, false)?;
+        let number = |key: &str| -> Option<i64> { loaded.property(key).ok()??.parse().ok() };
+        let revision = number("revision").and_then(|r| u64::try_from(r).ok());
+        if revision == Some(wanted) {
+            return Ok(Tag {
+                name: String::new(),
+                hash: cat.hash,
+                revision: wanted,
+                timestamp: number("last_modified").unwrap_or(0),
+                description: String::new(),
+                size: loaded.size,
+            });
+        }
+        let previous = loaded
+            .property("previous_revision")?
+            .and_then(|p| ContentHash::from_hex(&p));
+        let gone = || {
+            Error::Invalid(format!(
+                "revision {wanted} of {} is not stored (any more: garbage-collected?)",
+                store.describe()
+            ))
+        };
+        let Some(previous) = previous.filter(|_| revision.is_some_and(|r| r > wanted)) else {
+            return Err(gone());
+        };
+        if !store
+            .contains(&previous, Suffix::Catalog)
+            .map_err(|e| Error::io(previous.object_path(Suffix::Catalog), e))?
+        {
+            return Err(gone());
+        }
+        cat = CatalogRef {
+            hash: previous,
+            size: 0,
+        };
+    }
+}
