@@ -22,9 +22,11 @@ use crate::error::{Error, Result};
 use crate::history::History;
 use crate::local::LocalStore;
 use crate::reflog::Reflog;
-use crate::repo::{compare_and_swap_check, load_keys, lock, replace_manifest, Repository};
+use crate::repo::{
+    compare_and_swap_check, load_keys, lock, parse_hash_field, replace_manifest, Repository,
+};
 use crate::store::{root_files, ObjectStore};
-use crate::txn::verify_published;
+use crate::txn::verified_manifest;
 use catalog_writer::hash::{ContentHash, Suffix, EMPTY_OBJECT};
 use catalog_writer::namespace::CatalogRef;
 use rayon::prelude::*;
@@ -111,11 +113,7 @@ impl Repository {
         let started = SystemTime::now();
         let store = self.store();
         let keys = load_keys(config)?;
-        let base_bytes = store
-            .get_root_file(root_files::MANIFEST)
-            .map_err(|e| Error::io(store.describe(), e))?
-            .ok_or_else(|| Error::Invalid(format!("{}: no .cvmfspublished", store.describe())))?;
-        let base = verify_published(&store, &base_bytes, fqrn, &keys)?;
+        let (base_bytes, base) = verified_manifest(&store, fqrn, &keys)?;
         if !base.gc {
             return Err(Error::Invalid(format!(
                 "{fqrn} is not garbage-collectable (its manifest says G=no): clients and \
@@ -161,7 +159,7 @@ fn mark(
     report: &mut GcReport,
 ) -> Result<HashSet<ContentHash>> {
     let head = CatalogRef {
-        hash: parse_field("C", &manifest.root_catalog)?,
+        hash: parse_hash_field("C", &manifest.root_catalog)?,
         size: manifest.root_size,
     };
     report.kept = kept_chain(store, head, keep)?;
@@ -185,11 +183,11 @@ fn mark(
         ("M", manifest.meta_info.as_deref()),
     ] {
         if let Some(text) = text {
-            marked.insert(parse_field(field, text)?);
+            marked.insert(parse_hash_field(field, text)?);
         }
     }
     if let Some(h) = &manifest.history {
-        let history = History::load(store, &parse_field("H", h)?)?;
+        let history = History::load(store, &parse_hash_field("H", h)?)?;
         for tag in history.tags()? {
             match report.kept.iter_mut().find(|k| k.root == tag.hash) {
                 Some(k) => k.tags.push(tag.name),
@@ -226,15 +224,6 @@ fn mark(
 
 fn catalog(hash: ContentHash, size: u64) -> CatalogRef {
     CatalogRef { hash, size }
-}
-
-fn parse_field(field: &str, text: &str) -> Result<ContentHash> {
-    ContentHash::from_hex(text).ok_or_else(|| {
-        Error::corrupt(
-            ".cvmfspublished",
-            format!("{field} is not a hash text: {text:?}"),
-        )
-    })
 }
 
 /// The current revision and the predecessors `keep` asks for, newest first. The chain ends

@@ -487,7 +487,7 @@ fn publish_first_revision(
     Ok(())
 }
 
-fn parse_hash_field(field: &str, text: &str) -> Result<ContentHash> {
+pub(crate) fn parse_hash_field(field: &str, text: &str) -> Result<ContentHash> {
     ContentHash::from_hex(text).ok_or_else(|| {
         Error::corrupt(
             ".cvmfspublished",

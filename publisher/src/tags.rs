@@ -8,9 +8,11 @@ use crate::error::{Error, Result};
 use crate::history::{History, Tag, TRUNK, TRUNK_PREVIOUS};
 use crate::local::LocalStore;
 use crate::reflog::RefKind;
-use crate::repo::{load_keys, lock, now_unix, replace_manifest, updated_reflog, Repository};
+use crate::repo::{
+    load_keys, lock, now_unix, parse_hash_field, replace_manifest, updated_reflog, Repository,
+};
 use crate::store::{root_files, ObjectStore};
-use crate::txn::verify_published;
+use crate::txn::verified_manifest;
 use catalog_writer::hash::{ContentHash, Suffix};
 use catalog_writer::namespace::CatalogRef;
 
@@ -26,7 +28,7 @@ impl Repository {
             .map_err(|e| Error::signature(".cvmfspublished", e))?
             .manifest;
         match manifest.history.as_deref() {
-            Some(h) => History::load(self.store().as_ref(), &parse_h(h)?)?.tags(),
+            Some(h) => History::load(self.store().as_ref(), &parse_hash_field("H", h)?)?.tags(),
             None => Ok(Vec::new()),
         }
     }
@@ -44,7 +46,7 @@ impl Repository {
         let fqrn = self.fqrn();
         self.edit_history(wait, |history, store, manifest| {
             let head = CatalogRef {
-                hash: parse_hex("C", &manifest.root_catalog)?,
+                hash: parse_hash_field("C", &manifest.root_catalog)?,
                 size: manifest.root_size,
             };
             let wanted = revision.unwrap_or(manifest.revision);
@@ -85,12 +87,12 @@ impl Repository {
         let _lock = lock(&self.home().lock_path(), fqrn, wait)?;
         let store = self.store();
         let keys = load_keys(self.config())?;
-        let base_bytes = store
-            .get_root_file(root_files::MANIFEST)
-            .map_err(|e| Error::io(store.describe(), e))?
-            .ok_or_else(|| Error::Invalid(format!("{}: no .cvmfspublished", store.describe())))?;
-        let base = verify_published(&store, &base_bytes, fqrn, &keys)?;
-        let old = base.history.as_deref().map(parse_h).transpose()?;
+        let (base_bytes, base) = verified_manifest(&store, fqrn, &keys)?;
+        let old = base
+            .history
+            .as_deref()
+            .map(|h| parse_hash_field("H", h))
+            .transpose()?;
         let mut history = match &old {
             Some(h) => History::load(store.as_ref(), h)?,
             None => History::create(fqrn)?,
@@ -133,19 +135,6 @@ fn check_tag_name(name: &str) -> Result<()> {
         )));
     }
     Ok(())
-}
-
-fn parse_h(text: &str) -> Result<ContentHash> {
-    parse_hex("H", text)
-}
-
-fn parse_hex(field: &str, text: &str) -> Result<ContentHash> {
-    ContentHash::from_hex(text).ok_or_else(|| {
-        Error::corrupt(
-            ".cvmfspublished",
-            format!("{field} is not a hash text: {text:?}"),
-        )
-    })
 }
 
 /// The tag fields of revision `wanted`, found by following `previous_revision` from `head`.

@@ -105,11 +105,7 @@ impl Transaction {
         let lock = lock(&repo.home().lock_path(), &config.fqrn, wait)?;
         let store = repo.store();
         let keys = load_keys(&config)?;
-        let base_bytes = store
-            .get_root_file(root_files::MANIFEST)
-            .map_err(|e| Error::io(store.describe(), e))?
-            .ok_or_else(|| Error::Invalid(format!("{}: no .cvmfspublished", store.describe())))?;
-        let base = verify_published(store.as_ref(), &base_bytes, &config.fqrn, &keys)?;
+        let (base_bytes, base) = verified_manifest(&store, &config.fqrn, &keys)?;
         let store = Arc::new(TrackedStore::new(&store));
         let root = CatalogRef {
             hash: ContentHash::from_hex(&base.root_catalog).ok_or_else(|| {
@@ -272,9 +268,24 @@ impl Transaction {
     }
 }
 
+/// The current `.cvmfspublished`: its bytes (for the compare-and-swap) and its verified
+/// content (see [`verify_published`]).
+pub(crate) fn verified_manifest(
+    store: &LocalStore,
+    fqrn: &str,
+    keys: &signer::RepoKeys,
+) -> Result<(Vec<u8>, signer::Manifest)> {
+    let bytes = store
+        .get_root_file(root_files::MANIFEST)
+        .map_err(|e| Error::io(store.describe(), e))?
+        .ok_or_else(|| Error::Invalid(format!("{}: no .cvmfspublished", store.describe())))?;
+    let manifest = verify_published(store, &bytes, fqrn, keys)?;
+    Ok((bytes, manifest))
+}
+
 /// The client's chain: manifest signed by the certificate `X` (whose object hash must match),
 /// whitelist signed by our master public key, for this fqrn, unexpired, listing the certificate.
-pub(crate) fn verify_published(
+fn verify_published(
     store: &LocalStore,
     bytes: &[u8],
     fqrn: &str,
