@@ -46,17 +46,8 @@ fn assert_manifest_verifies(env: &Env) {
     std::fs::write(work.join("m.sig"), &rest[nl + 1..]).unwrap();
     let crt = env.home.join(FQRN).join("keys").join(format!("{FQRN}.crt"));
     let openssl = |args: &[&str]| {
-        let out = std::process::Command::new("openssl")
-            .current_dir(&work)
-            .args(args)
-            .output()
-            .expect("run openssl");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out.stdout
+        let mut cmd = std::process::Command::new("openssl");
+        fixtures::tools::run(cmd.current_dir(&work).args(args)).expect("openssl")
     };
     let pubkey = openssl(&["x509", "-in", crt.to_str().unwrap(), "-noout", "-pubkey"]);
     std::fs::write(work.join("repo.pub"), pubkey).unwrap();
@@ -69,7 +60,7 @@ fn assert_manifest_verifies(env: &Env) {
         "m.sig",
         "m.hash",
     ]);
-    assert_eq!(String::from_utf8_lossy(&out).trim_end(), "Verified OK");
+    assert_eq!(out.trim_end(), "Verified OK");
 }
 
 fn publish(env: &Env, dir: &Path) -> serde_json::Value {

@@ -115,14 +115,32 @@ fn gc_repo(base: &std::path::Path) -> Repository {
     )
 }
 
-fn gc(repo: &Repository, keep: Keep, dry_run: bool) -> GcReport {
-    repo.gc(&GcOptions {
+fn options(keep: Keep, dry_run: bool) -> GcOptions {
+    GcOptions {
         keep,
         dry_run,
         wait: false,
         deletion_log: None,
-    })
-    .unwrap()
+    }
+}
+
+fn gc(repo: &Repository, keep: Keep, dry_run: bool) -> GcReport {
+    repo.gc(&options(keep, dry_run)).unwrap()
+}
+
+/// The error of a collection keeping only the current revision (and tagged ones).
+fn gc_error(repo: &Repository) -> String {
+    repo.gc(&options(Keep::Revisions(0), false))
+        .unwrap_err()
+        .to_string()
+}
+
+/// (revision, tags) of each kept revision.
+fn kept_tags(r: &GcReport) -> Vec<(u64, Vec<&str>)> {
+    r.kept
+        .iter()
+        .map(|k| (k.revision, k.tags.iter().map(String::as_str).collect()))
+        .collect()
 }
 
 fn has(repo: &Repository, hash: &ContentHash, suffix: Suffix) -> bool {
@@ -232,17 +250,9 @@ fn collects_what_only_old_revisions_and_killed_publishes_left() {
     );
 
     // Revision 4 and, through its tag `trunk-previous`, revision 3 are kept.
-    let kept: Vec<(u64, Vec<String>)> = r
-        .kept
-        .iter()
-        .map(|k| (k.revision, k.tags.clone()))
-        .collect();
     assert_eq!(
-        kept,
-        vec![
-            (4, vec!["trunk".to_string()]),
-            (3, vec!["trunk-previous".to_string()])
-        ]
+        kept_tags(&r),
+        [(4, vec!["trunk"]), (3, vec!["trunk-previous"])]
     );
     for (content, kept) in [
         (&b"alpha"[..], false),
@@ -368,15 +378,7 @@ fn refuses_a_repository_not_declared_collectable() {
     let mut txn = repo.begin(false).unwrap();
     add_file(&mut txn, b"/a", b"alpha");
     commit(txn, now());
-    let err = repo
-        .gc(&GcOptions {
-            keep: Keep::Revisions(0),
-            dry_run: false,
-            wait: false,
-            deletion_log: None,
-        })
-        .unwrap_err()
-        .to_string();
+    let err = gc_error(&repo);
     assert!(err.contains("not garbage-collectable"), "{err}");
 }
 
@@ -389,15 +391,7 @@ fn deletes_nothing_when_a_kept_catalog_cannot_be_read() {
     // Revision 3's root catalog is damaged: what it references is unknown.
     let path = repo.store().object_path(&h.roots[2], Suffix::Catalog);
     std::fs::write(&path, b"not zlib").unwrap();
-    let err = repo
-        .gc(&GcOptions {
-            keep: Keep::Revisions(0),
-            dry_run: false,
-            wait: false,
-            deletion_log: None,
-        })
-        .unwrap_err()
-        .to_string();
+    let err = gc_error(&repo);
     assert!(
         err.contains("not collecting garbage") && err.contains("revision 3"),
         "{err}"
@@ -411,15 +405,7 @@ fn waits_for_or_refuses_a_held_lock() {
     let dir = tempdir();
     let repo = gc_repo(dir.path());
     let txn = repo.begin(false).unwrap();
-    let err = repo
-        .gc(&GcOptions {
-            keep: Keep::Revisions(0),
-            dry_run: false,
-            wait: false,
-            deletion_log: None,
-        })
-        .unwrap_err()
-        .to_string();
+    let err = gc_error(&repo);
     assert!(err.contains("another process"), "{err}");
     drop(txn);
     gc(&repo, Keep::Revisions(0), false);
@@ -437,17 +423,12 @@ fn a_tagged_revision_is_kept_until_its_tag_goes() {
     check_ok(&repo);
 
     let r = gc(&repo, Keep::Revisions(0), false);
-    let kept: Vec<(u64, Vec<String>)> = r
-        .kept
-        .iter()
-        .map(|k| (k.revision, k.tags.clone()))
-        .collect();
     assert_eq!(
-        kept,
-        vec![
-            (4, vec!["trunk".to_string()]),
-            (3, vec!["trunk-previous".to_string()]),
-            (2, vec!["release-1".to_string()]),
+        kept_tags(&r),
+        [
+            (4, vec!["trunk"]),
+            (3, vec!["trunk-previous"]),
+            (2, vec!["release-1"]),
         ]
     );
     assert!(has(&repo, &object_of(b"alpha"), Suffix::None));
