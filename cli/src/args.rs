@@ -87,6 +87,11 @@ pub struct InitArgs {
     /// Declare the repository garbage-collectable (manifest G=yes).
     #[arg(long)]
     pub gc: bool,
+    /// Collect garbage after a publish, at most once a day, keeping the revisions of this
+    /// long (e.g. 3d; cvmfs_server's CVMFS_AUTO_GC with its timespan). Needs a
+    /// garbage-collectable repository.
+    #[arg(long, value_name = "DURATION")]
+    pub auto_gc: Option<String>,
     /// Largest number of entries in one catalog before it is split automatically (0 = never).
     #[arg(long, default_value_t = 100_000)]
     pub max_catalog_entries: u64,

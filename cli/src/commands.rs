@@ -49,6 +49,11 @@ pub fn init(home: &Path, g: &Global, a: &InitArgs, out: Output) -> Result<i32> {
         whitelist_days: a.whitelist_days,
         gc: a.gc,
         max_catalog_entries: a.max_catalog_entries,
+        auto_gc_seconds: a
+            .auto_gc
+            .as_deref()
+            .map(|d| gc::parse_duration(d).with_context(|| format!("--auto-gc {d:?}")))
+            .transpose()?,
         ..InitOptions::default()
     };
     opts.chunking.enabled = !a.no_chunking;
@@ -167,6 +172,7 @@ struct SourceGraft<'a> {
 
 /// Grafts the source tree and commits; prints the outcome.
 fn graft_and_commit(
+    repo: &Repository,
     mut txn: publisher::Transaction,
     mut job: SourceGraft<'_>,
     started: Instant,
@@ -189,6 +195,7 @@ fn graft_and_commit(
     publisher::fault_point("after-objects");
     let outcome = txn.commit(&CommitSettings::default())?;
     report_outcome(&job.what, &outcome, started, stats, out);
+    gc::after_publish(repo, &outcome, out);
     Ok(0)
 }
 
@@ -265,7 +272,7 @@ pub fn publish(home: &Path, g: &Global, a: &PublishArgs, out: Output) -> Result<
         deletes: &[],
         what: a.source.display().to_string(),
     };
-    graft_and_commit(txn, job, started, &stats, out)
+    graft_and_commit(&repo, txn, job, started, &stats, out)
 }
 
 pub fn ingest_tar(home: &Path, g: &Global, a: &IngestArgs, out: Output) -> Result<i32> {
@@ -301,7 +308,7 @@ pub fn ingest_tar(home: &Path, g: &Global, a: &IngestArgs, out: Output) -> Resul
         deletes: &deletes,
         what,
     };
-    graft_and_commit(txn, job, started, &stats, out)
+    graft_and_commit(&repo, txn, job, started, &stats, out)
 }
 
 pub fn check(home: &Path, a: &CheckArgs, out: Output) -> Result<i32> {

@@ -41,6 +41,7 @@ pub fn run(a: &DemoArgs, out: Output) -> Result<i32> {
         whitelist_days: 30,
         ttl: 240,
         gc: false,
+        auto_gc: None,
         max_catalog_entries: 100_000,
         no_chunking: false,
         existing: false,

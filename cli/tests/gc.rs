@@ -250,3 +250,54 @@ fn tags_name_revisions_that_gc_keeps() {
     assert_manifest_verifies(&env);
     assert_matches_source(&env, &src, "");
 }
+
+#[test]
+fn automatic_gc_runs_after_a_publish_at_most_daily() {
+    let line = Env::init_fails(&["--auto-gc", "3d"]);
+    assert!(line.contains("garbage-collectable"), "{line}");
+    let env = Env::init(&["--gc", "--auto-gc", "0s"]);
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("gone.bin"), noise(3 << 20, 9)).unwrap();
+    let gc_events = |out: &str| -> Vec<serde_json::Value> {
+        out.lines()
+            .map(last_json)
+            .filter(|v| v["action"] == "gc")
+            .collect()
+    };
+    let publish_all = |env: &Env| env.ok(&["--json", "publish", FQRN, src.to_str().unwrap()]);
+    // The first publish collects (none ran before) and records when.
+    assert_eq!(gc_events(&publish_all(&env)).len(), 1);
+    let last_gc = env.home.join(FQRN).join("state/last_gc");
+    assert!(last_gc.exists());
+    std::fs::remove_file(src.join("gone.bin")).unwrap();
+    assert!(
+        gc_events(&publish_all(&env)).is_empty(),
+        "ran less than a day ago"
+    );
+    std::fs::write(src.join("a"), "revision 4\n").unwrap();
+    assert!(gc_events(&publish_all(&env)).is_empty());
+
+    // A day later (as far as the record says): the next publish collects, keeping what was
+    // current in the last 0 s (the new revision) and trunk-previous. Revision 4 must be older
+    // than that second for the chain to stop there.
+    std::fs::write(&last_gc, "1000000000\n").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    std::fs::write(src.join("a"), "revision 5\n").unwrap();
+    let events = gc_events(&publish_all(&env));
+    assert_eq!(events.len(), 1);
+    let kept: Vec<u64> = events[0]["kept"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["revision"].as_u64().unwrap())
+        .collect();
+    assert_eq!(kept, [5, 4]);
+    assert!(
+        events[0]["bytes_deleted"].as_u64().unwrap() > 3_000_000,
+        "{}",
+        events[0]
+    );
+    env.check(true);
+    assert_matches_source(&env, &src, "");
+}

@@ -49,6 +49,10 @@ pub struct Config {
     /// Bytes the ingest pipeline may keep in flight.
     #[serde(default = "default_memory_budget")]
     pub memory_budget: u64,
+    /// Garbage collection after a publish (at most daily) keeping the revisions of this many
+    /// seconds, as `CVMFS_AUTO_GC` with `CVMFS_AUTO_GC_TIMESPAN`; `None`: off.
+    #[serde(default)]
+    pub auto_gc_seconds: Option<u64>,
 }
 
 fn default_ttl() -> u32 {
@@ -77,6 +81,7 @@ impl Config {
             max_catalog_entries: default_max_entries(),
             gc: false,
             memory_budget: default_memory_budget(),
+            auto_gc_seconds: None,
         }
     }
 
@@ -171,6 +176,10 @@ impl RepoHome {
     }
     pub fn state_dir(&self) -> PathBuf {
         self.dir.join("state")
+    }
+    /// When garbage was last collected (unix seconds, as text).
+    pub fn last_gc_path(&self) -> PathBuf {
+        self.state_dir().join("last_gc")
     }
     pub fn content_db_path(&self) -> PathBuf {
         self.state_dir().join("content.db")

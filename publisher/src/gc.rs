@@ -23,7 +23,8 @@ use crate::history::History;
 use crate::local::LocalStore;
 use crate::reflog::Reflog;
 use crate::repo::{
-    compare_and_swap_check, load_keys, lock, parse_hash_field, replace_manifest, Repository,
+    compare_and_swap_check, load_keys, lock, now_unix, parse_hash_field, replace_manifest,
+    Repository,
 };
 use crate::store::{root_files, ObjectStore};
 use crate::txn::verified_manifest;
@@ -104,7 +105,34 @@ struct Condemned {
     bytes: u64,
 }
 
+/// Least time between two automatic collections (`CVMFS_AUTO_GC_LAPSE`'s default).
+pub const AUTO_GC_LAPSE_SECONDS: i64 = 86_400;
+
 impl Repository {
+    /// After a publish: collects garbage keeping the revisions of the last
+    /// [`Config::auto_gc_seconds`](crate::Config::auto_gc_seconds), if that is set and no
+    /// collection ran in the last [`AUTO_GC_LAPSE_SECONDS`]; `None` when it did not run.
+    pub fn auto_gc(&self) -> Result<Option<GcReport>> {
+        let Some(span) = self.config().auto_gc_seconds else {
+            return Ok(None);
+        };
+        let now = now_unix();
+        let last = fs::read_to_string(self.home().last_gc_path())
+            .ok()
+            .and_then(|t| t.trim().parse::<i64>().ok());
+        if last.is_some_and(|t| now - t < AUTO_GC_LAPSE_SECONDS && t <= now) {
+            return Ok(None);
+        }
+        let span = i64::try_from(span).unwrap_or(i64::MAX);
+        let opts = GcOptions {
+            keep: Keep::Since(now.saturating_sub(span)),
+            dry_run: false,
+            wait: true,
+            deletion_log: None,
+        };
+        self.gc(&opts).map(Some)
+    }
+
     /// Collects the garbage of this repository; see the module documentation.
     pub fn gc(&self, opts: &GcOptions) -> Result<GcReport> {
         let config = self.config();
@@ -147,6 +175,8 @@ impl Repository {
         report.index_forgotten = self.content_index()?.invalidate_all(&gone)?;
         let gone: HashSet<ContentHash> = gone.into_iter().collect();
         report.memos_forgotten = self.layer_memo()?.forget_referencing(&gone)?;
+        let last = self.home().last_gc_path();
+        fs::write(&last, format!("{}\n", now_unix())).map_err(|e| Error::io_path(&last, e))?;
         Ok(report)
     }
 }

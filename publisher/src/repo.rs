@@ -30,6 +30,8 @@ pub struct InitOptions {
     pub max_catalog_entries: u64,
     pub gc: bool,
     pub memory_budget: u64,
+    /// See [`Config::auto_gc_seconds`]; needs `gc`.
+    pub auto_gc_seconds: Option<u64>,
 }
 
 impl Default for InitOptions {
@@ -43,6 +45,7 @@ impl Default for InitOptions {
             max_catalog_entries: c.max_catalog_entries,
             gc: c.gc,
             memory_budget: c.memory_budget,
+            auto_gc_seconds: c.auto_gc_seconds,
         }
     }
 }
@@ -118,6 +121,7 @@ impl Repository {
             )));
         }
         let config = init_config(&repo_home, fqrn, storage, &opts)?;
+        check_auto_gc(&config)?;
         create_home_dirs(&repo_home)?;
         let keys = create_or_load_keys(&config)?;
         let store = Arc::new(LocalStore::create(&config.storage)?);
@@ -165,6 +169,7 @@ impl Repository {
         }
         config.ttl = manifest.ttl;
         config.gc = manifest.gc;
+        check_auto_gc(&config)?;
         create_home_dirs(&repo_home)?;
         // Written last: a home with config.json is a complete repository.
         config.save(&repo_home.config_path())?;
@@ -420,6 +425,18 @@ fn check_signed_with(
     Ok(())
 }
 
+/// Automatic garbage collection needs a garbage-collectable repository.
+fn check_auto_gc(config: &Config) -> Result<()> {
+    if config.auto_gc_seconds.is_some() && !config.gc {
+        return Err(Error::Invalid(format!(
+            "automatic garbage collection needs a garbage-collectable repository ({}: init \
+             --gc, manifest G=yes)",
+            config.fqrn
+        )));
+    }
+    Ok(())
+}
+
 /// The configuration of a new repository, keys directory checked against the storage.
 fn init_config(
     repo_home: &RepoHome,
@@ -438,6 +455,7 @@ fn init_config(
     config.max_catalog_entries = opts.max_catalog_entries;
     config.gc = opts.gc;
     config.memory_budget = opts.memory_budget;
+    config.auto_gc_seconds = opts.auto_gc_seconds;
     config.check_keys_outside_storage()?;
     Ok(config)
 }

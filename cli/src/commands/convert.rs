@@ -241,6 +241,7 @@ pub(super) fn run_batch(
         }
     );
     report_outcome(&what, &outcome, started, &stats, out);
+    super::gc::after_publish(repo, &outcome, out);
     if out.json {
         out.event(
             "",

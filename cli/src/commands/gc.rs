@@ -1,10 +1,10 @@
 //! `gc`: garbage collection of a garbage-collectable repository.
 
-use super::open_repo;
+use super::{open_repo, unix_now};
 use crate::args::{GcArgs, Global};
 use crate::output::{event_json, Output};
 use anyhow::{anyhow, bail, Context, Result};
-use publisher::{GcOptions, Keep};
+use publisher::{CommitOutcome, GcOptions, GcReport, Keep, Repository};
 use serde_json::json;
 use std::path::Path;
 use std::time::Instant;
@@ -19,7 +19,7 @@ pub fn gc(home: &Path, g: &Global, a: &GcArgs, out: Output) -> Result<i32> {
         (None, when) => {
             let when = when.unwrap_or(DEFAULT_KEEP_SINCE);
             Keep::Since(
-                parse_since(when, now_unix()).with_context(|| format!("--keep-since {when:?}"))?,
+                parse_since(when, unix_now()).with_context(|| format!("--keep-since {when:?}"))?,
             )
         }
     };
@@ -31,6 +31,11 @@ pub fn gc(home: &Path, g: &Global, a: &GcArgs, out: Output) -> Result<i32> {
     };
     let started = Instant::now();
     let r = repo.gc(&opts).with_context(|| format!("gc {}", a.fqrn))?;
+    report(&a.fqrn, &r, started, out);
+    Ok(0)
+}
+
+fn report(fqrn: &str, r: &GcReport, started: Instant, out: Output) {
     let kept: Vec<String> = r
         .kept
         .iter()
@@ -44,7 +49,7 @@ pub fn gc(home: &Path, g: &Global, a: &GcArgs, out: Output) -> Result<i32> {
         &format!(
             "{}: revision {}; kept revisions {}: {} catalogs, {} objects; {verb} {} objects \
              ({} catalogs, {:.1} MB){}; {:.2} s",
-            a.fqrn,
+            fqrn,
             r.revision,
             kept.join(", "),
             r.catalogs_kept,
@@ -60,7 +65,7 @@ pub fn gc(home: &Path, g: &Global, a: &GcArgs, out: Output) -> Result<i32> {
         ),
         event_json(
             "gc",
-            json!({"fqrn": a.fqrn, "revision": r.revision, "dry_run": r.dry_run,
+            json!({"fqrn": fqrn, "revision": r.revision, "dry_run": r.dry_run,
                    "kept": r.kept.iter().map(|k| json!({"revision": k.revision,
                        "root": k.root.to_hex(), "timestamp": k.timestamp, "tags": k.tags}))
                        .collect::<Vec<_>>(),
@@ -72,13 +77,6 @@ pub fn gc(home: &Path, g: &Global, a: &GcArgs, out: Output) -> Result<i32> {
                    "seconds": started.elapsed().as_secs_f64()}),
         ),
     );
-    Ok(0)
-}
-
-fn now_unix() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// `3d`, `12h`, `90m`, `30s`, `2w` (that long before `now`), `@UNIX`, an RFC 3339 time or a
@@ -95,23 +93,48 @@ fn parse_since(text: &str, now: i64) -> Result<i64> {
     if let Ok(d) = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d") {
         return Ok(d.and_time(chrono::NaiveTime::MIN).and_utc().timestamp());
     }
+    let ago = parse_duration(text).map_err(|_| {
+        anyhow!("expected e.g. 3d, 12h, 90m, @1700000000, 2026-11-01 or 2026-11-01T12:00:00Z")
+    })?;
+    Ok(now.saturating_sub(i64::try_from(ago).unwrap_or(i64::MAX)))
+}
+
+/// `30s`, `90m`, `12h`, `3d`, `2w` → seconds.
+pub fn parse_duration(text: &str) -> Result<u64> {
     let split = text.len().saturating_sub(1);
     let (number, unit) = (
         text.get(..split).unwrap_or(""),
         text.get(split..).unwrap_or(""),
     );
-    let seconds: i64 = match unit {
+    let seconds: u64 = match unit {
         "s" => 1,
         "m" => 60,
         "h" => 3600,
         "d" => 86_400,
         "w" => 7 * 86_400,
-        _ => bail!("expected e.g. 3d, 12h, 90m, @1700000000, 2026-11-01 or 2026-11-01T12:00:00Z"),
+        _ => bail!("expected a duration such as 3d, 12h, 90m or 30s"),
     };
     let n: u32 = number
         .parse()
         .map_err(|_| anyhow!("expected a whole number before '{unit}'"))?;
-    Ok(now.saturating_sub(i64::from(n).saturating_mul(seconds)))
+    Ok(u64::from(n) * seconds)
+}
+
+/// Runs the automatic garbage collection after a publish that made a revision, if the
+/// repository has one configured and it is due; a failure is a warning (the publish stands).
+pub fn after_publish(repo: &Repository, outcome: &CommitOutcome, out: Output) {
+    if !matches!(outcome, CommitOutcome::Published(_)) {
+        return;
+    }
+    let started = Instant::now();
+    match repo.auto_gc() {
+        Ok(Some(r)) => report(repo.fqrn(), &r, started, out),
+        Ok(None) => {}
+        Err(e) => eprintln!(
+            "cvmfs-oci: warning: automatic garbage collection of {}: {e}",
+            repo.fqrn()
+        ),
+    }
 }
 
 #[cfg(test)]

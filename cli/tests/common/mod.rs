@@ -33,6 +33,23 @@ impl Env {
         env
     }
 
+    /// `cvmfs-oci init` with extra flags that must fail; returns its one error line.
+    pub fn init_fails(extra: &[&str]) -> String {
+        let dir = tempfile::Builder::new()
+            .prefix("cvmfs-oci-e2e")
+            .tempdir()
+            .expect("tempdir");
+        let env = Env {
+            home: dir.path().join("home"),
+            storage: dir.path().join("storage"),
+            dir,
+        };
+        let storage = env.storage.to_str().expect("utf-8 temp path").to_string();
+        let mut args = vec!["init", FQRN, "--storage", &storage];
+        args.extend_from_slice(extra);
+        env.fails(&args)
+    }
+
     pub fn path(&self, rel: &str) -> PathBuf {
         self.dir.path().join(rel)
     }
