@@ -94,6 +94,9 @@ pub struct GcReport {
     pub index_forgotten: usize,
     /// Layer memos forgotten (they referenced a deleted object).
     pub memos_forgotten: usize,
+    /// Scratch files of `data/txn` older than [`STALE_SCRATCH_SECONDS`] removed (left by a
+    /// killed writer where objects cannot be written as unnamed files).
+    pub scratch_removed: usize,
     pub dry_run: bool,
 }
 
@@ -104,6 +107,10 @@ struct Condemned {
     path: PathBuf,
     bytes: u64,
 }
+
+/// Age from which a scratch file in `data/txn` counts as left behind: a writer renames its
+/// scratch file within moments, and a day leaves room for a publisher of another home.
+pub const STALE_SCRATCH_SECONDS: u64 = 86_400;
 
 /// Least time between two automatic collections (`CVMFS_AUTO_GC_LAPSE`'s default).
 pub const AUTO_GC_LAPSE_SECONDS: i64 = 86_400;
@@ -171,12 +178,15 @@ impl Repository {
             log_deletions(path, fqrn, &condemned)?;
         }
         delete(&condemned)?;
+        report.scratch_removed = remove_stale_scratch(&store, started)?;
         let gone: Vec<ContentHash> = condemned.iter().map(|c| c.hash).collect();
         report.index_forgotten = self.content_index()?.invalidate_all(&gone)?;
         let gone: HashSet<ContentHash> = gone.into_iter().collect();
         report.memos_forgotten = self.layer_memo()?.forget_referencing(&gone)?;
+        let now = now_unix();
         let last = self.home().last_gc_path();
-        fs::write(&last, format!("{}\n", now_unix())).map_err(|e| Error::io_path(&last, e))?;
+        fs::write(&last, format!("{now}\n")).map_err(|e| Error::io_path(&last, e))?;
+        record_status(&store, now)?;
         Ok(report)
     }
 }
@@ -454,6 +464,59 @@ fn log_deletions(path: &Path, fqrn: &str, condemned: &[Condemned]) -> Result<()>
         .open(path)
         .and_then(|mut f| f.write_all(text.as_bytes()))
         .map_err(|e| Error::io_path(path, e))
+}
+
+/// Removes the scratch files (`tmp.*`) of `data/txn` older than [`STALE_SCRATCH_SECONDS`].
+fn remove_stale_scratch(store: &LocalStore, started: SystemTime) -> Result<usize> {
+    let dir = store.root().join("data/txn");
+    let Some(limit) = started.checked_sub(std::time::Duration::from_secs(STALE_SCRATCH_SECONDS))
+    else {
+        return Ok(0);
+    };
+    let entries = match fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(Error::io_path(&dir, e)),
+    };
+    let mut removed = 0;
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io_path(&dir, e))?;
+        let stale = entry.file_name().as_encoded_bytes().starts_with(b"tmp.")
+            && entry
+                .metadata()
+                .is_ok_and(|m| m.is_file() && m.modified().is_ok_and(|t| t < limit));
+        if stale {
+            match fs::remove_file(entry.path()) {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io_path(&entry.path(), e)),
+            }
+        }
+    }
+    Ok(removed)
+}
+
+/// Sets `last_gc` in the storage's `.cvmfs_status.json` (kept otherwise), as `cvmfs_server gc`
+/// does for monitoring, in the form of `date --utc`.
+fn record_status(store: &LocalStore, now: i64) -> Result<()> {
+    let what = format!("{}/{}", store.describe(), root_files::STATUS);
+    let old = store
+        .get_root_file(root_files::STATUS)
+        .map_err(|e| Error::io(what.as_str(), e))?;
+    let mut status = old
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .filter(serde_json::Value::is_object)
+        .unwrap_or_else(|| serde_json::json!({}));
+    let when = chrono::DateTime::from_timestamp(now, 0)
+        .map(|t| t.format("%a %b %e %H:%M:%S UTC %Y").to_string())
+        .unwrap_or_default();
+    status["last_gc"] = serde_json::Value::String(when);
+    let mut bytes =
+        serde_json::to_vec_pretty(&status).map_err(|e| Error::Invalid(format!("{what}: {e}")))?;
+    bytes.push(b'\n');
+    store
+        .put_root_file(root_files::STATUS, &bytes)
+        .map_err(|e| Error::io(what.as_str(), e))
 }
 
 /// Deletes the object files; one that is gone already is fine.

@@ -100,4 +100,6 @@ pub mod root_files {
     pub const MANIFEST: &str = ".cvmfspublished";
     pub const WHITELIST: &str = ".cvmfswhitelist";
     pub const REFLOG: &str = ".cvmfsreflog";
+    /// Free-form status for monitoring (`last_gc`, …); clients never read it.
+    pub const STATUS: &str = ".cvmfs_status.json";
 }

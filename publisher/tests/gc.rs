@@ -191,6 +191,17 @@ fn collects_what_only_old_revisions_and_killed_publishes_left() {
     let h = publish_history(&repo);
     let (old_orphan, _) = orphan(&repo, b"left by a killed publish", 3600);
     let (young_orphan, _) = orphan(&repo, b"being written right now", -60);
+    // Scratch files in data/txn: one left by a writer killed two days ago, one being written.
+    let scratch = |name: &str, age: u64| {
+        let path = repo.store().root().join("data/txn").join(name);
+        std::fs::write(&path, b"partial object").unwrap();
+        let when = SystemTime::now() - Duration::from_secs(age);
+        let f = std::fs::File::options().write(true).open(&path).unwrap();
+        f.set_modified(when).unwrap();
+        path
+    };
+    let stale = scratch("tmp.4242.abc", 2 * 86_400);
+    let busy = scratch("tmp.4243.def", 60);
     let stranger = repo.store().root().join("data/ab/README");
     std::fs::write(&stranger, "not an object").unwrap();
     // Upper-case hex is not how objects are named either.

@@ -73,7 +73,7 @@ fn report(fqrn: &str, r: &GcReport, started: Instant, out: Output) {
                    "objects_deleted": r.objects_deleted, "bytes_deleted": r.bytes_deleted,
                    "catalogs_deleted": r.catalogs_deleted, "objects_too_new": r.objects_too_new,
                    "reflog_removed": r.reflog_removed, "index_forgotten": r.index_forgotten,
-                   "memos_forgotten": r.memos_forgotten,
+                   "memos_forgotten": r.memos_forgotten, "scratch_removed": r.scratch_removed,
                    "seconds": started.elapsed().as_secs_f64()}),
         ),
     );
