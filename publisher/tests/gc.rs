@@ -300,6 +300,12 @@ fn collects_what_only_old_revisions_and_killed_publishes_left() {
         stranger.exists() && shouting.exists(),
         "not object names: left alone"
     );
+    assert!(!stale.exists() && busy.exists());
+    assert_eq!(r.scratch_removed, 1);
+    let status = std::fs::read(repo.store().root().join(".cvmfs_status.json")).unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&status).unwrap();
+    let last_gc = status["last_gc"].as_str().unwrap();
+    assert!(last_gc.contains(" UTC 20"), "like `date --utc`: {last_gc}");
     // alpha, 2 chunks, the orphan, root catalogs 1 and 2, histories of revisions 1 to 3.
     assert_eq!((r.objects_deleted, r.catalogs_deleted), (9, 2));
     assert_eq!(r.index_forgotten, 1);
