@@ -277,6 +277,10 @@ pub struct MigrateArgs {
     /// Print a forecast (images, layers already known, bytes to download) and change nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// After the batches, remove the links below this registry (and prefix) whose images are
+    /// no longer listed or selected, and the flattened images no link reaches any more.
+    #[arg(long)]
+    pub prune: bool,
     #[arg(long, conflicts_with = "all_platforms")]
     pub platform: Option<String>,
     #[arg(long)]

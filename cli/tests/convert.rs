@@ -643,6 +643,41 @@ fn migrate_a_registry_in_batches_and_resume() {
         );
     }
     assert!(!report.entries.contains_key(&format!("/{addr}/other/c:1")));
+
+    // The whole registry once, then team/ again without team/b and with --prune: the team/b
+    // link and its image go; team/a stays, and so does other/c (not below the prefix).
+    let whole = format!("docker://{addr}");
+    env.ok(&["migrate", FQRN, &whole, "--insecure-registry", &addr]);
+    let flat_b = link_target(&env, &format!("/{addr}/team/b:1"));
+    let out = env.ok(&[
+        "migrate",
+        FQRN,
+        &url,
+        "--insecure-registry",
+        &addr,
+        "--exclude",
+        "team/b:*",
+        "--prune",
+    ]);
+    assert!(
+        out.contains("1 links pruned, 1 unlinked images removed"),
+        "{out}"
+    );
+    env.check(true);
+    let report = witness(&env);
+    for (link, kept) in [
+        ("team/a:1", true),
+        ("team/a:2", true),
+        ("team/b:1", false),
+        ("other/c:1", true),
+    ] {
+        assert_eq!(
+            report.entries.contains_key(&format!("/{addr}/{link}")),
+            kept,
+            "{link}"
+        );
+    }
+    assert!(!report.entries.contains_key(&flat_b));
 }
 
 #[test]

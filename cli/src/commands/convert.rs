@@ -73,12 +73,7 @@ pub fn sync(home: &Path, g: &Global, a: &SyncArgs, out: Output) -> Result<i32> {
             }
         }
     }
-    let prune_keep: Vec<Vec<u8>> = if a.prune {
-        refs.iter().filter_map(|r| link_of(r)).collect()
-    } else {
-        Vec::new()
-    };
-    let prune = if a.prune { Some(prune_keep) } else { None };
+    let prune = a.prune.then(|| Prune::keeping(&refs, Vec::new()));
     let code = run_batch(
         &repo,
         g,
@@ -120,8 +115,33 @@ fn docker_ref(r: &ingest::image::RegistryRef) -> String {
     s
 }
 
+/// What `--prune` removes in a batch's revision: the tag links below `scope` (a repository
+/// path such as `/host` or `/host/team`, or empty for every link) whose name is not in `keep`,
+/// then the flattened images no link reaches any more.
+pub(super) struct Prune {
+    pub keep: Vec<Vec<u8>>,
+    pub scope: Vec<u8>,
+}
+
+impl Prune {
+    /// `--prune` of the references `refs` (links of other references under `scope` go).
+    pub(super) fn keeping(refs: &[String], scope: Vec<u8>) -> Prune {
+        Prune {
+            keep: refs.iter().filter_map(|r| link_of(r)).collect(),
+            scope,
+        }
+    }
+
+    /// Whether `link` lies below the scope (`/host/team` covers `/host/team:1` and
+    /// `/host/team/app:1`, not `/host/teams/app:1`).
+    pub(super) fn covers(&self, link: &[u8]) -> bool {
+        link.strip_prefix(self.scope.as_slice())
+            .is_some_and(|rest| matches!(rest.first(), Some(b'/' | b':')))
+    }
+}
+
 /// The tag link path a reference gets (for --prune).
-fn link_of(reference: &str) -> Option<Vec<u8>> {
+pub(super) fn link_of(reference: &str) -> Option<Vec<u8>> {
     match ImageRef::parse(reference).ok()? {
         ImageRef::Registry(r) => Some(layout::link_path(&r.name(), None)),
         _ => None,
@@ -154,7 +174,7 @@ pub(super) fn run_batch(
     refs: &[String],
     selection: &PlatformSelection,
     tuning: &TuningArgs,
-    prune_keep: Option<Vec<Vec<u8>>>,
+    prune: Option<Prune>,
     out: Output,
 ) -> Result<i32> {
     let started = Instant::now();
@@ -216,8 +236,8 @@ pub(super) fn run_batch(
             Err(e) => report_failure(&mut summary, &job.name, &e, out),
         }
     }
-    if let Some(keep) = prune_keep {
-        summary.pruned = prune_links(&mut txn, &keep)?;
+    if let Some(prune) = prune {
+        summary.pruned = prune_links(&mut txn, &prune)?;
         summary.flat_removed = remove_unlinked_flat_dirs(&mut txn)?;
     }
     let stats = pipeline.finish()?.stats;
@@ -451,14 +471,14 @@ fn apply(txn: &mut Transaction, graft: layout::Graft) -> Result<()> {
 
 /// Removes tag links (and their metadata) under registry directories that the recipe no
 /// longer lists. Only symlinks pointing into `/.flat` are touched.
-fn prune_links(txn: &mut Transaction, keep: &[Vec<u8>]) -> Result<usize> {
+fn prune_links(txn: &mut Transaction, prune: &Prune) -> Result<usize> {
     let (ns, objects) = txn.namespace_and_objects();
     let mut links = Vec::new();
     collect_flat_links(ns, &objects, b"", &mut links)?;
     let mut pruned = 0;
     for (link, _) in links {
         let base = strip_platform_suffix(&link);
-        if keep.iter().any(|k| k == &base) {
+        if !prune.covers(&link) || prune.keep.iter().any(|k| k == &base) {
             continue;
         }
         ns.remove(&link, &objects)?;

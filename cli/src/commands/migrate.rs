@@ -3,7 +3,7 @@
 //! where it stopped; the layer memo skips layers already flattened.
 
 use super::concurrent;
-use super::convert::{run_batch, selection, sources};
+use super::convert::{link_of, run_batch, selection, sources, Prune};
 use super::open_repo;
 use super::plan::{layer_count, plan};
 use crate::args::{Global, MigrateArgs};
@@ -35,6 +35,10 @@ pub fn migrate(home: &Path, g: &Global, a: &MigrateArgs, out: Output) -> Result<
     }
     let mut code = 0;
     let batch = a.batch.max(1);
+    // The listing is complete here (a failed tag list ends the command before).
+    let prune = a
+        .prune
+        .then(|| Prune::keeping(&refs, registry_scope(&host, &prefix)));
     let refs = if refs.len() > batch {
         bases_first(&sources, refs, &selection)
     } else {
@@ -49,7 +53,32 @@ pub fn migrate(home: &Path, g: &Global, a: &MigrateArgs, out: Output) -> Result<
         ));
         code |= run_batch(&repo, g, &sources, chunk, &selection, &a.tuning, None, out)?;
     }
+    if let Some(prune) = prune {
+        out.say("pruning links of images no longer listed");
+        code |= run_batch(
+            &repo,
+            g,
+            &sources,
+            &[],
+            &selection,
+            &a.tuning,
+            Some(prune),
+            out,
+        )?;
+    }
     Ok(code)
+}
+
+/// The repository path below which the links of `docker://HOST/PREFIX` live (`/HOST` or
+/// `/HOST/PREFIX`).
+fn registry_scope(host: &str, prefix: &str) -> Vec<u8> {
+    let (probe, tail) = match prefix.is_empty() {
+        true => (format!("docker://{host}/p/x:t"), "/p/x:t".len()),
+        false => (format!("docker://{host}/{prefix}:t"), ":t".len()),
+    };
+    let mut link = link_of(&probe).unwrap_or_default();
+    link.truncate(link.len().saturating_sub(tail));
+    link
 }
 
 /// Orders images so that base images come before the images built on them, across batches:
@@ -199,4 +228,33 @@ fn forecast(
         ),
     );
     Ok(if failed > 0 { 1 } else { 0 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prune_scope_is_the_registry_or_its_prefix() {
+        assert_eq!(registry_scope("127.0.0.1:5000", ""), b"/127.0.0.1:5000");
+        assert_eq!(
+            registry_scope("127.0.0.1:5000", "team"),
+            b"/127.0.0.1:5000/team"
+        );
+        let prune = Prune::keeping(&[], registry_scope("r.example.org", "team"));
+        for (link, covered) in [
+            (&b"/r.example.org/team/app:1"[..], true),
+            (b"/r.example.org/team:1", true),
+            (b"/r.example.org/teams/app:1", false),
+            (b"/r.example.org/other/app:1", false),
+            (b"/q.example.org/team/app:1", false),
+        ] {
+            assert_eq!(
+                prune.covers(link),
+                covered,
+                "{}",
+                String::from_utf8_lossy(link)
+            );
+        }
+    }
 }
