@@ -237,8 +237,7 @@ pub(super) fn run_batch(
         }
     }
     if let Some(prune) = prune {
-        summary.pruned = prune_links(&mut txn, &prune)?;
-        summary.flat_removed = remove_unlinked_flat_dirs(&mut txn)?;
+        (summary.pruned, summary.flat_removed) = apply_prune(&mut txn, &prune)?;
     }
     let stats = pipeline.finish()?.stats;
     publisher::fault_point("after-objects");
@@ -469,16 +468,19 @@ fn apply(txn: &mut Transaction, graft: layout::Graft) -> Result<()> {
         .map_err(|e| anyhow!("{}: {e}", String::from_utf8_lossy(&graft.path)))
 }
 
-/// Removes tag links (and their metadata) under registry directories that the recipe no
-/// longer lists. Only symlinks pointing into `/.flat` are touched.
-fn prune_links(txn: &mut Transaction, prune: &Prune) -> Result<usize> {
+/// Removes the tag links (and their metadata) the prune covers and does not keep, then the
+/// flattened images no remaining link reaches; returns how many of each. Only symlinks
+/// pointing into `/.flat` are touched.
+fn apply_prune(txn: &mut Transaction, prune: &Prune) -> Result<(usize, usize)> {
     let (ns, objects) = txn.namespace_and_objects();
     let mut links = Vec::new();
     collect_flat_links(ns, &objects, b"", &mut links)?;
+    let mut remaining = Vec::with_capacity(links.len());
     let mut pruned = 0;
-    for (link, _) in links {
+    for (link, target) in links {
         let base = strip_platform_suffix(&link);
         if !prune.covers(&link) || prune.keep.iter().any(|k| k == &base) {
+            remaining.push((link, target));
             continue;
         }
         ns.remove(&link, &objects)?;
@@ -486,7 +488,8 @@ fn prune_links(txn: &mut Transaction, prune: &Prune) -> Result<usize> {
         ns.remove(&meta, &objects)?;
         pruned += 1;
     }
-    Ok(pruned)
+    let removed = remove_unlinked_flat_dirs(ns, &objects, &remaining)?;
+    Ok((pruned, removed))
 }
 
 /// `/reg/repo:tag@linux-arm64` → `/reg/repo:tag`.
@@ -498,13 +501,14 @@ fn strip_platform_suffix(link: &[u8]) -> Vec<u8> {
     }
 }
 
-/// Removes the flattened images (`/.flat/XX/<digest>`) no link points at any more (their
+/// Removes the flattened images (`/.flat/XX/<digest>`) none of `links` points at (their
 /// links were pruned, or their tags moved to other images), so that `gc` can free their
 /// objects; returns how many.
-fn remove_unlinked_flat_dirs(txn: &mut Transaction) -> Result<usize> {
-    let (ns, objects) = txn.namespace_and_objects();
-    let mut links = Vec::new();
-    collect_flat_links(ns, &objects, b"", &mut links)?;
+fn remove_unlinked_flat_dirs(
+    ns: &mut Namespace,
+    objects: &StoreObjects<'_>,
+    links: &[(Vec<u8>, Vec<u8>)],
+) -> Result<usize> {
     let linked: HashSet<Vec<u8>> = links
         .iter()
         .filter_map(|(link, target)| layout::absolute_target(link, target))
@@ -514,24 +518,24 @@ fn remove_unlinked_flat_dirs(txn: &mut Transaction) -> Result<usize> {
     let is_dir = |e: &catalog_writer::entry::Entry| {
         matches!(e.kind, catalog_writer::entry::EntryKind::Directory)
     };
-    for (prefix, entry) in ns.list(flat_root, &objects)?.unwrap_or_default() {
+    for (prefix, entry) in ns.list(flat_root, objects)?.unwrap_or_default() {
         // Only `XX/XXXX…` directories are images; anything else there is not ours to remove.
         if !is_dir(&entry) || prefix.len() != 2 {
             continue;
         }
         let dir = [flat_root, b"/", &prefix].concat();
-        let images = ns.list(&dir, &objects)?.unwrap_or_default();
+        let images = ns.list(&dir, objects)?.unwrap_or_default();
         let mut left = images.len();
         for (name, entry) in images {
             let flat = [&dir[..], b"/", &name].concat();
             let image = is_dir(&entry) && name.starts_with(&prefix);
-            if image && !linked.contains(&flat) && ns.remove(&flat, &objects)? {
+            if image && !linked.contains(&flat) && ns.remove(&flat, objects)? {
                 removed += 1;
                 left -= 1;
             }
         }
         if left == 0 {
-            ns.remove(&dir, &objects)?;
+            ns.remove(&dir, objects)?;
         }
     }
     Ok(removed)
