@@ -131,8 +131,9 @@ const REF: &str = "ref.test.local";
 /// Copies the reference storage to `dest` and signs it anew with fresh keys written to
 /// `keys_dir`, as if the CVMFS tools had used those keys: its catalogs, data objects, history
 /// and reflog stay theirs; a certificate object, the whitelist (valid for 30 days from
-/// `whitelist_from`), the reflog's new certificate entry and the manifest are ours.
-fn resigned_reference(dest: &Path, keys_dir: &Path, whitelist_from: i64) {
+/// `whitelist_from`), the reflog's new certificate entry and the manifest (`G=yes` when `gc`)
+/// are ours.
+fn resigned_reference(dest: &Path, keys_dir: &Path, whitelist_from: i64, gc: bool) {
     let src = reference().join(REF);
     for e in walkdir::WalkDir::new(&src) {
         let e = e.unwrap();
@@ -170,6 +171,7 @@ fn resigned_reference(dest: &Path, keys_dir: &Path, whitelist_from: i64) {
         .manifest;
     m.certificate = x.to_hex();
     m.reflog = Some(ContentHash::of(&reflog).to_hex());
+    m.gc = gc;
     std::fs::write(&published, m.sign(&keys.repo_key).unwrap()).unwrap();
 }
 
@@ -189,10 +191,15 @@ struct Takeover {
 
 impl Takeover {
     fn new(whitelist_from: i64) -> Takeover {
+        Takeover::with_gc(whitelist_from, false)
+    }
+
+    /// The reference declared garbage-collectable (`G=yes`) when `gc`.
+    fn with_gc(whitelist_from: i64, gc: bool) -> Takeover {
         let dir = tempfile::tempdir().unwrap();
         let (home, storage) = (dir.path().join("home"), dir.path().join("storage"));
         let keys = dir.path().join("keys");
-        resigned_reference(&storage, &keys, whitelist_from);
+        resigned_reference(&storage, &keys, whitelist_from, gc);
         Takeover {
             env: Env { dir, home, storage },
             keys,
@@ -226,6 +233,26 @@ impl Takeover {
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
             .find(|v| v["action"] == action)
             .unwrap_or_else(|| panic!("no {action} line in {out}"))
+    }
+}
+
+/// Every path of the reference's listing is in `seen`, with its content's SHA-1 and mtime.
+fn assert_has_reference_listing(seen: &fixtures::witness::WitnessReport) {
+    let listing =
+        std::fs::read_to_string(reference().join(format!("{REF}.listing.jsonl"))).unwrap();
+    for line in listing.lines() {
+        let want: serde_json::Value = serde_json::from_str(line).unwrap();
+        let path = want["path"].as_str().unwrap();
+        let got = seen
+            .entries
+            .get(path)
+            .unwrap_or_else(|| panic!("{path} lost"));
+        if let Some(sha1) = want["sha1"].as_str() {
+            assert_eq!(got.sha1.as_deref(), Some(sha1), "{path}");
+        }
+        if path != "/" {
+            assert_eq!(got.mtime, want["mtime"].as_i64().unwrap(), "{path}");
+        }
     }
 }
 
@@ -301,22 +328,7 @@ fn a_repository_made_by_the_cvmfs_tools_is_taken_over_and_published_on() {
     std::fs::create_dir_all(&cache).unwrap();
     let seen = fixtures::witness::witness_read_dir(&t.env.storage, &cache).unwrap();
     assert_eq!(seen.revision, 4);
-    let listing =
-        std::fs::read_to_string(reference().join(format!("{REF}.listing.jsonl"))).unwrap();
-    for line in listing.lines() {
-        let want: serde_json::Value = serde_json::from_str(line).unwrap();
-        let path = want["path"].as_str().unwrap();
-        let got = seen
-            .entries
-            .get(path)
-            .unwrap_or_else(|| panic!("{path} lost"));
-        if let Some(sha1) = want["sha1"].as_str() {
-            assert_eq!(got.sha1.as_deref(), Some(sha1), "{path}");
-        }
-        if path != "/" {
-            assert_eq!(got.mtime, want["mtime"].as_i64().unwrap(), "{path}");
-        }
-    }
+    assert_has_reference_listing(&seen);
     let sha1 = |b: &[u8]| hex::encode(<sha1::Sha1 as sha1::Digest>::digest(b));
     assert_eq!(seen.entries["/new/copy.txt"].sha1, Some(sha1(&text)));
     assert_eq!(
@@ -404,4 +416,66 @@ fn an_expired_whitelist_is_re_signed_on_take_over_with_the_master_key() {
     let until = init["whitelist_resigned_until"].as_str().unwrap();
     assert!(until.starts_with("20"), "{init}");
     t.ok(&["check", REF]);
+}
+
+#[test]
+fn gc_of_a_repository_made_by_the_cvmfs_tools_keeps_all_it_references() {
+    let t = Takeover::with_gc(unix_now(), true);
+    t.take_over();
+    let log = t.env.dir.path().join("deleted.log");
+    let out = t.ok(&[
+        "--json",
+        "gc",
+        REF,
+        "--keep-revisions",
+        "0",
+        "--deletion-log",
+        log.to_str().unwrap(),
+    ]);
+    let r = Takeover::json_line(&out, "gc");
+    // Their history tags: trunk (3) and trunk-previous (2) are kept.
+    let kept: Vec<(u64, String)> = r["kept"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| {
+            (
+                k["revision"].as_u64().unwrap(),
+                k["tags"][0].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kept,
+        [(3, "trunk".to_string()), (2, "trunk-previous".to_string())]
+    );
+    // Root catalogs of revisions 0 and 1, the two older histories, and their certificate
+    // (the manifest names ours now); every data object is still referenced by revision 3.
+    let mut suffixes: Vec<char> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|n| n.chars().last().unwrap())
+        .collect();
+    suffixes.sort();
+    assert_eq!(suffixes, ['C', 'C', 'H', 'H', 'X'], "{r}");
+    assert_eq!(r["reflog_removed"], 5, "{r}");
+    for current in [
+        "7912aba1f2b1b0e85da68a07e257e6b04ca02d03C",
+        "c3f85cd9ec5a798edcd4f3230ddaf8b5e4fafb9dH",
+    ] {
+        assert!(t
+            .env
+            .storage
+            .join("data")
+            .join(&current[..2])
+            .join(&current[2..])
+            .exists());
+    }
+    t.ok(&["check", REF, "--full"]);
+    let cache = t.env.dir.path().join("witness-cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    let seen = fixtures::witness::witness_read_dir(&t.env.storage, &cache).unwrap();
+    assert_eq!(seen.revision, 3);
+    assert_has_reference_listing(&seen);
 }
