@@ -14,6 +14,16 @@ fn last_json(out: &str) -> serde_json::Value {
     serde_json::from_str(out.lines().last().unwrap_or("{}")).expect("JSON line")
 }
 
+/// The revisions a `gc` event says it kept, newest first.
+fn kept(gc: &serde_json::Value) -> Vec<u64> {
+    gc["kept"]
+        .as_array()
+        .expect("kept")
+        .iter()
+        .map(|k| k["revision"].as_u64().expect("revision"))
+        .collect()
+}
+
 /// `len` bytes that zlib cannot shrink much, the same for the same seed.
 fn noise(len: usize, mut seed: u64) -> Vec<u8> {
     (0..len)
@@ -99,13 +109,7 @@ fn gc_frees_what_only_old_revisions_need_and_the_rest_reads_back() {
     ];
     let r = last_json(&env.ok(&[&args[..], &[log.to_str().unwrap()]].concat()));
     assert_eq!(r["objects_deleted"].as_u64(), Some(deleted), "{r}");
-    let kept: Vec<u64> = r["kept"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|k| k["revision"].as_u64().unwrap())
-        .collect();
-    assert_eq!(kept, [4, 3]);
+    assert_eq!(kept(&r), [4, 3]);
     let names: Vec<String> = std::fs::read_to_string(&log)
         .unwrap()
         .lines()
@@ -223,14 +227,6 @@ fn tags_name_revisions_that_gc_keeps() {
         .collect();
     assert_eq!(listed, ["release-1", "trunk", "trunk-previous"]);
 
-    let kept = |r: &serde_json::Value| -> Vec<u64> {
-        r["kept"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|k| k["revision"].as_u64().unwrap())
-            .collect()
-    };
     let r = last_json(&env.ok(&["--json", "gc", FQRN, "--keep-revisions", "0"]));
     assert_eq!(kept(&r), [4, 3, 2]);
     env.check(true);
@@ -286,13 +282,7 @@ fn automatic_gc_runs_after_a_publish_at_most_daily() {
     std::fs::write(src.join("a"), "revision 5\n").unwrap();
     let events = gc_events(&publish_all(&env));
     assert_eq!(events.len(), 1);
-    let kept: Vec<u64> = events[0]["kept"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|k| k["revision"].as_u64().unwrap())
-        .collect();
-    assert_eq!(kept, [5, 4]);
+    assert_eq!(kept(&events[0]), [5, 4]);
     assert!(
         events[0]["bytes_deleted"].as_u64().unwrap() > 3_000_000,
         "{}",

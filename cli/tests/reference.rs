@@ -228,6 +228,13 @@ impl Takeover {
         self.ok(&["init", REF, "--storage", self.storage(), "--existing"])
     }
 
+    /// The repository as the independent `cvmfs` crate reads it over loopback HTTP.
+    fn witness(&self) -> fixtures::witness::WitnessReport {
+        let cache = self.env.dir.path().join("witness-cache");
+        std::fs::create_dir_all(&cache).unwrap();
+        fixtures::witness::witness_read_dir(&self.env.storage, &cache).unwrap()
+    }
+
     fn json_line(out: &str, action: &str) -> serde_json::Value {
         out.lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
@@ -324,9 +331,7 @@ fn a_repository_made_by_the_cvmfs_tools_is_taken_over_and_published_on() {
     t.ok(&["check", REF, "--full"]);
 
     // The independent reader sees the reference's content unchanged and the new files.
-    let cache = t.env.dir.path().join("witness-cache");
-    std::fs::create_dir_all(&cache).unwrap();
-    let seen = fixtures::witness::witness_read_dir(&t.env.storage, &cache).unwrap();
+    let seen = t.witness();
     assert_eq!(seen.revision, 4);
     assert_has_reference_listing(&seen);
     let sha1 = |b: &[u8]| hex::encode(<sha1::Sha1 as sha1::Digest>::digest(b));
@@ -473,9 +478,7 @@ fn gc_of_a_repository_made_by_the_cvmfs_tools_keeps_all_it_references() {
             .exists());
     }
     t.ok(&["check", REF, "--full"]);
-    let cache = t.env.dir.path().join("witness-cache");
-    std::fs::create_dir_all(&cache).unwrap();
-    let seen = fixtures::witness::witness_read_dir(&t.env.storage, &cache).unwrap();
+    let seen = t.witness();
     assert_eq!(seen.revision, 3);
     assert_has_reference_listing(&seen);
 }
