@@ -13,9 +13,25 @@
 //! Order, so that a crash anywhere leaves a valid repository and a rerun finishes the job:
 //! mark → the reflog without the condemned objects and the manifest re-signed with its new
 //! `Y` (same revision; compare-and-swap against the manifest the marking started from) →
-//! deletion → the content index forgets the deleted objects. The repository lock is held
-//! throughout, so no publish of this home runs meanwhile; like `cvmfs_server`, collecting
-//! while a publisher of another home writes to the same storage is not supported.
+//! deletion (and of `data/txn` scratch files a day old) → the content index and the layer
+//! memo forget the deleted objects → `state/last_gc` and `last_gc` in `.cvmfs_status.json`.
+//! The repository lock is held throughout, so no publish of this home runs meanwhile; like
+//! `cvmfs_server`, collecting while a publisher of another home writes to the same storage
+//! is not supported.
+//!
+//! ```no_run
+//! use publisher::{GcOptions, Keep, Repository};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let repo = Repository::open("/var/lib/cvmfs-oci".as_ref(), "sw.example.org")?;
+//! let report = repo.gc(&GcOptions {
+//!     keep: Keep::Revisions(2), // the current revision and two before it
+//!     dry_run: true,
+//!     wait: true,
+//!     deletion_log: None,
+//! })?;
+//! println!("{} objects, {} bytes to delete", report.objects_deleted, report.bytes_deleted);
+//! # Ok(()) }
+//! ```
 
 use crate::catalogs::{load_catalog, walk_catalog_trees};
 use crate::error::{Error, Result};
