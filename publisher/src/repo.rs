@@ -240,8 +240,8 @@ impl Repository {
         Transaction::begin(self, wait)
     }
 
-    /// Current revision, root catalog, timestamps and root catalog counters (no verification).
-    pub fn info(&self) -> Result<RepoInfo> {
+    /// The current manifest, parsed (signature not verified: for reading, not publishing).
+    pub(crate) fn published_manifest(&self) -> Result<signer::Manifest> {
         let bytes = self
             .store
             .get_root_file(root_files::MANIFEST)
@@ -249,9 +249,14 @@ impl Repository {
             .ok_or_else(|| {
                 Error::Invalid(format!("{}: no .cvmfspublished", self.store.describe()))
             })?;
-        let m = signer::Manifest::parse(&bytes)
+        Ok(signer::Manifest::parse(&bytes)
             .map_err(|e| Error::signature(".cvmfspublished", e))?
-            .manifest;
+            .manifest)
+    }
+
+    /// Current revision, root catalog, timestamps and root catalog counters (no verification).
+    pub fn info(&self) -> Result<RepoInfo> {
+        let m = self.published_manifest()?;
         let root = CatalogRef {
             hash: parse_hash_field("C", &m.root_catalog)?,
             size: m.root_size,

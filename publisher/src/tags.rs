@@ -11,7 +11,7 @@ use crate::reflog::RefKind;
 use crate::repo::{
     load_keys, lock, now_unix, parse_hash_field, replace_manifest, updated_reflog, Repository,
 };
-use crate::store::{root_files, ObjectStore};
+use crate::store::ObjectStore;
 use crate::txn::verified_manifest;
 use catalog_writer::hash::{ContentHash, Suffix};
 use catalog_writer::namespace::CatalogRef;
@@ -19,15 +19,7 @@ use catalog_writer::namespace::CatalogRef;
 impl Repository {
     /// The tags of the current history database, by name (no signature check).
     pub fn tags(&self) -> Result<Vec<Tag>> {
-        let store = self.store();
-        let bytes = store
-            .get_root_file(root_files::MANIFEST)
-            .map_err(|e| Error::io(store.describe(), e))?
-            .ok_or_else(|| Error::Invalid(format!("{}: no .cvmfspublished", store.describe())))?;
-        let manifest = signer::Manifest::parse(&bytes)
-            .map_err(|e| Error::signature(".cvmfspublished", e))?
-            .manifest;
-        match manifest.history.as_deref() {
+        match self.published_manifest()?.history.as_deref() {
             Some(h) => History::load(self.store().as_ref(), &parse_hash_field("H", h)?)?.tags(),
             None => Ok(Vec::new()),
         }
