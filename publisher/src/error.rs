@@ -31,6 +31,12 @@ pub enum Error {
         fqrn: String,
         path: std::path::PathBuf,
     },
+    #[error("storage of {fqrn} is in use by {holder} (lock {})", path.display())]
+    StorageBusy {
+        fqrn: String,
+        holder: &'static str,
+        path: std::path::PathBuf,
+    },
     /// Compare-and-swap failure: someone else published while this transaction was open.
     #[error(
         "{} changed since the transaction began (another publisher, e.g. with another home?); \

@@ -15,9 +15,11 @@
 //! `Y` (same revision; compare-and-swap against the manifest the marking started from) →
 //! deletion (and of `data/txn` scratch files a day old) → the content index and the layer
 //! memo forget the deleted objects → `state/last_gc` and `last_gc` in `.cvmfs_status.json`.
-//! The repository lock is held throughout, so no publish of this home runs meanwhile; like
-//! `cvmfs_server`, collecting while a publisher of another home writes to the same storage
-//! is not supported.
+//! The home's lock is held throughout, and the storage's collection lock
+//! (`data/txn/collect.lock`) exclusively: every transaction, of any home writing this
+//! storage, holds that one shared from begin to commit, so a collection waits for running
+//! publishes (or is refused with `--no-wait`) and no publisher can deduplicate against an
+//! object while it is being deleted. A dry run takes only the home's lock.
 //!
 //! ```no_run
 //! use publisher::{GcOptions, Keep, Repository};
@@ -40,7 +42,7 @@ use crate::local::LocalStore;
 use crate::reflog::Reflog;
 use crate::repo::{
     compare_and_swap_check, load_keys, lock, now_unix, parse_hash_field, replace_manifest,
-    Repository,
+    storage_lock, Repository, StorageUse,
 };
 use crate::store::{root_files, ObjectStore};
 use crate::txn::verified_manifest;
@@ -161,8 +163,13 @@ impl Repository {
         let config = self.config();
         let fqrn = config.fqrn.as_str();
         let _lock = lock(&self.home().lock_path(), fqrn, opts.wait)?;
-        let started = SystemTime::now();
         let store = self.store();
+        // A dry run deletes nothing, so it need not stop publishers of other homes.
+        let _storage_lock = match opts.dry_run {
+            false => Some(storage_lock(&store, fqrn, StorageUse::Collect, opts.wait)?),
+            true => None,
+        };
+        let started = SystemTime::now();
         let keys = load_keys(config)?;
         let (base_bytes, base) = verified_manifest(&store, fqrn, &keys)?;
         if !base.gc {

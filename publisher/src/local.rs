@@ -66,6 +66,13 @@ impl LocalStore {
         LocalStore::open(dir)
     }
 
+    /// The storage's collection lock: publishers hold it shared, `gc` exclusive. It is in the
+    /// storage because publishers with other homes may write the same storage; next to the
+    /// scratch files, of which `gc` removes only `tmp.*`.
+    pub fn collect_lock_path(&self) -> PathBuf {
+        self.root.join("data/txn/collect.lock")
+    }
+
     /// Opens an existing storage directory (it must contain `data/`).
     pub fn open(dir: &Path) -> Result<LocalStore> {
         let data = dir.join("data");

@@ -127,6 +127,9 @@ impl Repository {
         let store = Arc::new(LocalStore::create(&config.storage)?);
         // The storage path may have been a dangling symlink into the keys' tree: check again.
         config.check_keys_outside_storage()?;
+        // Made now so that a transaction leaves a new storage as it found it (a storage
+        // taken over gets it from its first transaction).
+        open_lock_file(&store.collect_lock_path())?;
         publish_first_revision(&store, &keys, &config)?;
         // Written last: a home with config.json is a complete repository.
         config.save(&repo_home.config_path())?;
@@ -532,21 +535,70 @@ pub(crate) fn open_lock_file(path: &Path) -> Result<File> {
 /// Takes the exclusive publisher lock (released when the file is dropped).
 pub(crate) fn lock(path: &Path, fqrn: &str, wait: bool) -> Result<File> {
     let file = open_lock_file(path)?;
-    if wait {
-        file.lock().map_err(|e| Error::io_path(path, e))?;
+    let taken = if wait {
+        file.lock().map(|()| true)
     } else {
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(Error::Locked {
-                    fqrn: fqrn.to_string(),
-                    path: path.to_path_buf(),
-                })
-            }
-            Err(std::fs::TryLockError::Error(e)) => return Err(Error::io_path(path, e)),
-        }
+        try_lock(file.try_lock())
+    }
+    .map_err(|e| Error::io_path(path, e))?;
+    if !taken {
+        return Err(Error::Locked {
+            fqrn: fqrn.to_string(),
+            path: path.to_path_buf(),
+        });
     }
     Ok(file)
+}
+
+/// Who takes the storage's collection lock, and how.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StorageUse {
+    /// A transaction, shared with other publishers: from its first dedup decision to its
+    /// commit it relies on the objects it found staying.
+    Publish,
+    /// Garbage collection, exclusive: no publisher of any home may deduplicate against an
+    /// object it is about to delete.
+    Collect,
+}
+
+/// Takes the collection lock of the storage ([`LocalStore::collect_lock_path`], released when
+/// the file is dropped). The home's lock orders publishers of one home; this one is in the
+/// storage because publishers with other homes (other machines, `adopt`) may write it too.
+pub(crate) fn storage_lock(
+    store: &LocalStore,
+    fqrn: &str,
+    usage: StorageUse,
+    wait: bool,
+) -> Result<File> {
+    let path = store.collect_lock_path();
+    let file = open_lock_file(&path)?;
+    let taken = match (usage, wait) {
+        (StorageUse::Publish, true) => file.lock_shared().map(|()| true),
+        (StorageUse::Collect, true) => file.lock().map(|()| true),
+        (StorageUse::Publish, false) => try_lock(file.try_lock_shared()),
+        (StorageUse::Collect, false) => try_lock(file.try_lock()),
+    }
+    .map_err(|e| Error::io_path(&path, e))?;
+    if !taken {
+        let holder = match usage {
+            StorageUse::Publish => "garbage collection",
+            StorageUse::Collect => "a publisher (of this or another home)",
+        };
+        return Err(Error::StorageBusy {
+            fqrn: fqrn.to_string(),
+            holder,
+            path,
+        });
+    }
+    Ok(file)
+}
+
+fn try_lock(r: std::result::Result<(), std::fs::TryLockError>) -> std::io::Result<bool> {
+    match r {
+        Ok(()) => Ok(true),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(false),
+        Err(std::fs::TryLockError::Error(e)) => Err(e),
+    }
 }
 
 pub(crate) fn load_keys(config: &Config) -> Result<signer::RepoKeys> {

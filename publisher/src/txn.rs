@@ -13,7 +13,9 @@ use tracked::TrackedStore;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::local::LocalStore;
-use crate::repo::{load_keys, lock, now_unix, publish_revision, PublishInput, Repository};
+use crate::repo::{
+    load_keys, lock, now_unix, publish_revision, storage_lock, PublishInput, Repository, StorageUse,
+};
 use crate::store::{root_files, ObjectStore, StoreObjects};
 use catalog_writer::hash::{ContentHash, Suffix};
 use catalog_writer::namespace::{CatalogRef, CommitOptions, Namespace};
@@ -88,6 +90,8 @@ pub struct Transaction {
     /// The objects created belong to a published revision (or may): never roll back.
     settled: bool,
     _lock: File,
+    /// Shared: gc (of any home) waits until this transaction ends.
+    _storage_lock: File,
 }
 
 impl Drop for Transaction {
@@ -104,6 +108,7 @@ impl Transaction {
         let config = repo.config().clone();
         let lock = lock(&repo.home().lock_path(), &config.fqrn, wait)?;
         let store = repo.store();
+        let storage_lock = storage_lock(&store, &config.fqrn, StorageUse::Publish, wait)?;
         let keys = load_keys(&config)?;
         let (base_bytes, base) = verified_manifest(&store, &config.fqrn, &keys)?;
         let store = Arc::new(TrackedStore::new(&store));
@@ -127,6 +132,7 @@ impl Transaction {
             timestamp: None,
             settled: false,
             _lock: lock,
+            _storage_lock: storage_lock,
         })
     }
 

@@ -474,3 +474,61 @@ fn a_tagged_revision_is_kept_until_its_tag_goes() {
     assert!(!has(&repo, &object_of(b"alpha"), Suffix::None));
     check_ok(&repo);
 }
+
+#[test]
+fn a_publisher_of_another_home_holds_off_collection() {
+    // Two homes publish into one storage (e.g. two machines, or a home re-made with `adopt`).
+    let dir = tempdir();
+    let repo = gc_repo(dir.path());
+    publish_history(&repo);
+    let storage = repo.config().storage.clone();
+    let opts = InitOptions {
+        keys_dir: Some(repo.config().keys_dir.clone()),
+        gc: true,
+        ..InitOptions::default()
+    };
+    let (other, _) = Repository::adopt(&dir.path().join("home2"), FQRN, &storage, opts).unwrap();
+
+    // The other home's transaction stores alpha again: only revision 2 references it, so it
+    // is garbage for `--keep-revisions 0`, and the store call finds it there and writes
+    // nothing (its file keeps its old mtime).
+    let alpha = object_of(b"alpha");
+    let mut txn = other.begin(false).unwrap();
+    add_file(&mut txn, b"/again", b"alpha");
+    let err = gc_error(&repo);
+    assert!(
+        err.contains("is in use by a publisher (of this or another home)"),
+        "{err}"
+    );
+    assert!(has(&repo, &alpha, Suffix::None));
+
+    // A waiting collection starts only once that revision is published, so it keeps alpha.
+    std::thread::scope(|s| {
+        let collector = s.spawn(|| {
+            let opts = GcOptions {
+                wait: true,
+                ..options(Keep::Revisions(0), false)
+            };
+            repo.gc(&opts).unwrap()
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        commit(txn, now());
+        let report = collector.join().unwrap();
+        assert_eq!(report.revision, 5);
+    });
+    assert!(has(&repo, &alpha, Suffix::None));
+    check_ok(&repo);
+
+    // While a collection holds the storage, publishers of any home wait or are refused.
+    let lock = std::fs::File::open(storage.join("data/txn/collect.lock")).unwrap();
+    lock.lock().unwrap();
+    for home in [&repo, &other] {
+        let err = match home.begin(false) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("a transaction began during a collection"),
+        };
+        assert!(err.contains("is in use by garbage collection"), "{err}");
+    }
+    drop(lock);
+    drop(other.begin(false).unwrap());
+}

@@ -96,9 +96,13 @@ fn init_lays_out_storage_and_keys() {
     assert!(conf
         .iter()
         .any(|l| l.starts_with("CVMFS_PUBLIC_KEY=") && l.ends_with(".pub")));
-    // Nothing but object directories in data/.
+    // Nothing but object directories in data/, and in data/txn the collection lock.
     assert_eq!(fs::read_dir(f.storage.join("data")).unwrap().count(), 257);
-    assert_eq!(fs::read_dir(f.storage.join("data/txn")).unwrap().count(), 0);
+    let txn: Vec<_> = fs::read_dir(f.storage.join("data/txn"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(txn, ["collect.lock"]);
     let again = Repository::open(&f.home, FQRN).unwrap();
     assert_eq!(again.config(), f.repo.config());
 }
