@@ -51,6 +51,9 @@ pub enum Command {
     Gc(GcArgs),
     /// List the named snapshots (history tags), or add or remove one; gc keeps tagged revisions.
     Tag(TagArgs),
+    /// Copy the published revision to an S3 bucket (objects missing there, then catalogs,
+    /// then the manifest); credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY.
+    Push(PushArgs),
     /// Convert container images into the repository (DUCC-compatible layout).
     Convert(ConvertArgs),
     /// Convert what a DUCC wishlist (YAML) lists and is new or changed.
@@ -200,6 +203,31 @@ pub struct GcArgs {
     /// Append the names of the deleted objects to this file.
     #[arg(long, value_name = "FILE")]
     pub deletion_log: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct PushArgs {
+    pub fqrn: String,
+    /// s3://BUCKET[/PREFIX]
+    pub target: String,
+    /// S3-compatible endpoint URL (default: AWS).
+    #[arg(long, env = "AWS_ENDPOINT_URL")]
+    pub endpoint: Option<String>,
+    /// Region (default: AWS_REGION / AWS_DEFAULT_REGION, else us-east-1).
+    #[arg(long)]
+    pub region: Option<String>,
+    /// Allow a plain-HTTP endpoint.
+    #[arg(long)]
+    pub allow_http: bool,
+    /// Upload with the canned ACL public-read (buckets without a public-read policy).
+    #[arg(long)]
+    pub public_read: bool,
+    /// Then delete the bucket's objects the local storage no longer holds (after gc).
+    #[arg(long)]
+    pub delete: bool,
+    /// Uploads in flight at once.
+    #[arg(long, default_value_t = 16)]
+    pub jobs: usize,
 }
 
 #[derive(Args, Clone)]

@@ -18,6 +18,7 @@ mod gc;
 mod layers;
 mod migrate;
 mod plan;
+mod push;
 mod schedule;
 mod tags;
 
@@ -33,6 +34,7 @@ pub fn run(cli: Cli, out: Output) -> Result<i32> {
         Command::Info(a) => info(&home, &a.fqrn, out),
         Command::Gc(a) => gc::gc(&home, &g, &a, out),
         Command::Tag(a) => tags::tag(&home, &g, &a, out),
+        Command::Push(a) => push::push(&home, &g, &a, out),
         Command::Convert(a) => convert::convert(&home, &g, &a, out),
         Command::Sync(a) => convert::sync(&home, &g, &a, out),
         Command::Migrate(a) => migrate::migrate(&home, &g, &a, out),

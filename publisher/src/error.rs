@@ -45,6 +45,9 @@ pub enum Error {
     Conflict { path: std::path::PathBuf },
     #[error("{what}: {reason}")]
     Corrupt { what: String, reason: String },
+    /// An S3 request failed (`what` names the bucket and key).
+    #[error("{what}: {reason}")]
+    Remote { what: String, reason: String },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -400,7 +400,7 @@ fn sweep_dir(
 
 /// The object a file of `data/<prefix>/` holds, if its name is an object name (lower-case
 /// hex, as `from_hex` insists, and a known suffix); anything else is not ours to delete.
-fn object_name(prefix: u8, name: &std::ffi::OsStr) -> Option<(ContentHash, Suffix)> {
+pub(crate) fn object_name(prefix: u8, name: &std::ffi::OsStr) -> Option<(ContentHash, Suffix)> {
     let name = name.to_str()?;
     let (hex, suffix) = (name.get(..38)?, name.get(38..)?);
     let hash = ContentHash::from_hex(&format!("{prefix:02x}{hex}"))?;

@@ -1,5 +1,5 @@
 //! CVMFS object stores, repository home and locking, transactions, history and tags, reflog,
-//! checks and garbage collection.
+//! checks, garbage collection, and the copy of a published revision to S3 (`push`).
 //!
 //! A repository lives in two places: its **home** `<home>/<fqrn>/` (`config.json`, the `lock`
 //! file, `state/` caches, by default `keys/`) and its **storage** directory, which is served
@@ -44,6 +44,7 @@ pub mod history;
 pub mod http;
 pub mod layer_memo;
 pub mod local;
+pub mod push;
 pub mod reflog;
 pub mod repo;
 pub mod seed;
@@ -61,6 +62,7 @@ pub use history::{History, Tag};
 pub use http::HttpStore;
 pub use layer_memo::{LayerMemo, MemoEntry, MemoKind, MemoLayer, MemoMeta, MemoSummary};
 pub use local::LocalStore;
+pub use push::{PushOptions, PushReport, S3Target};
 pub use reflog::Reflog;
 pub use repo::{Adopted, InitOptions, RepoInfo, Repository};
 pub use seed::{seed_content_index, seed_repository, SeedProgress, SeedStats};

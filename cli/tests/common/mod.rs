@@ -145,9 +145,17 @@ fn walkdir(dir: &Path) -> Vec<PathBuf> {
 /// Reads the repository through the independent `cvmfs` crate over loopback HTTP and compares
 /// it with the listing of `source` (as if published at `/`, or at `prefix`).
 pub fn assert_matches_source(env: &Env, source: &Path, prefix: &str) {
+    let server = fixtures::witness::serve_repository(&env.storage).expect("serve storage");
+    assert_served_matches_source(env, &server.url(), source, prefix);
+}
+
+/// [`assert_matches_source`] for the repository served at `url` (e.g. an S3 bucket).
+pub fn assert_served_matches_source(env: &Env, url: &str, source: &Path, prefix: &str) {
     let cache = env.path("witness-cache");
+    // A fresh cache each time: the witness must fetch what the server serves now.
+    let _ = std::fs::remove_dir_all(&cache);
     std::fs::create_dir_all(&cache).expect("cache dir");
-    let report = fixtures::witness::witness_read_dir(&env.storage, &cache).expect("witness read");
+    let report = fixtures::witness::witness_read(url, &cache).expect("witness read");
     let fs = fixtures::tree_listing(source).expect("listing");
     let fs: BTreeMap<Vec<u8>, fixtures::FsEntry> = fs
         .into_iter()

@@ -1,0 +1,237 @@
+//! `push` end to end against a real S3 implementation on loopback (moto's server, installed by
+//! `scripts/test`): the bucket is read back by the independent `cvmfs` crate over plain HTTP,
+//! a push killed before its manifest leaves the bucket at the old revision and a rerun
+//! finishes it, a bucket ahead of the local storage is refused, and `--delete` after `gc`
+//! removes from the bucket what the storage no longer holds.
+
+mod common;
+
+use common::{assert_served_matches_source, Env, FQRN};
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BUCKET: &str = "cvmfs-push-test";
+
+/// moto's S3 server on a free loopback port, stopped when dropped.
+struct S3Server {
+    child: Child,
+    port: u16,
+}
+
+impl S3Server {
+    fn start() -> S3Server {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("moto_server (pip install 'moto[server]'; ./scripts/test installs it)");
+        let server = S3Server { child, port };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "moto_server did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        server.request("PUT", &format!("/{BUCKET}"), "");
+        // The witness retries a missing replication marker for ~24 s (see
+        // `fixtures::witness::REPLICATION_MARKERS`); empty ones mean "no replication".
+        for prefix in ["repo", "mirror/two"] {
+            for marker in fixtures::witness::REPLICATION_MARKERS {
+                let path = format!("/{BUCKET}/{prefix}/{marker}");
+                server.request("PUT", &path, "x-amz-acl: public-read\r\n");
+            }
+        }
+        server
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Where clients read the repository pushed to `prefix`.
+    fn url(&self, prefix: &str) -> String {
+        format!("{}/{BUCKET}/{prefix}", self.endpoint())
+    }
+
+    /// One plain HTTP request (moto takes unsigned ones for bucket creation); returns the
+    /// body; panics on a status other than 200.
+    fn request(&self, method: &str, path: &str, headers: &str) -> Vec<u8> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n{headers}Content-Length: 0\r\nConnection: close\r\n\r\n",
+            self.port
+        )
+        .unwrap();
+        let mut response = Vec::new();
+        s.read_to_end(&mut response).unwrap();
+        let head_end = response.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+        let head = String::from_utf8_lossy(&response[..head_end]).to_string();
+        assert!(
+            head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200"),
+            "{head}"
+        );
+        response[head_end + 4..].to_vec()
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn push_cmd(env: &Env, s3: &S3Server, prefix: &str, extra: &[&str]) -> Command {
+    let target = format!("s3://{BUCKET}/{prefix}");
+    let mut args = vec![
+        "--json",
+        "push",
+        FQRN,
+        &target,
+        "--allow-http",
+        "--public-read",
+    ];
+    args.extend_from_slice(extra);
+    let mut cmd = env.cmd(&args);
+    cmd.env("AWS_ACCESS_KEY_ID", "test-key-id")
+        .env("AWS_SECRET_ACCESS_KEY", "test-secret")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ENDPOINT_URL", s3.endpoint());
+    cmd
+}
+
+fn push(env: &Env, s3: &S3Server, prefix: &str, extra: &[&str]) -> serde_json::Value {
+    let out = push_cmd(env, s3, prefix, extra).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "push failed: {}{}",
+        stdout,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !stdout.contains("test-secret"),
+        "credentials printed: {stdout}"
+    );
+    serde_json::from_str(stdout.lines().last().unwrap()).unwrap()
+}
+
+fn push_fails(env: &Env, s3: &S3Server, prefix: &str, crash: Option<&str>) -> String {
+    let mut cmd = push_cmd(env, s3, prefix, &[]);
+    if let Some(point) = crash {
+        cmd.env("CVMFS_OCI_CRASH_AT", point);
+    }
+    let out = cmd.output().unwrap();
+    assert!(!out.status.success(), "push succeeded");
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+fn publish(env: &Env, dir: &Path) {
+    env.ok(&["publish", FQRN, dir.to_str().unwrap()]);
+}
+
+fn remote_manifest(s3: &S3Server, prefix: &str) -> Vec<u8> {
+    s3.request("GET", &format!("/{BUCKET}/{prefix}/.cvmfspublished"), "")
+}
+
+fn local_manifest(env: &Env) -> Vec<u8> {
+    std::fs::read(env.storage.join(".cvmfspublished")).unwrap()
+}
+
+/// A 9 MiB file that zlib cannot shrink: several content chunks.
+fn noise(len: usize, mut seed: u64) -> Vec<u8> {
+    (0..len)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed as u8
+        })
+        .collect()
+}
+
+#[test]
+fn a_repository_pushed_to_s3_reads_back_and_moves_on_only_when_complete() {
+    let s3 = S3Server::start();
+    let env = Env::init(&["--gc"]);
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    fixtures::write_sample_tree(&src).unwrap();
+    std::fs::write(src.join("big.bin"), noise(9 << 20, 3)).unwrap();
+    publish(&env, &src);
+
+    let first = push(&env, &s3, "repo", &[]);
+    assert!(first["remote_revision"].is_null(), "{first}");
+    assert_eq!(first["revision"], 2);
+    assert_eq!(first["manifest_written"], true);
+    let uploaded = first["objects_uploaded"].as_u64().unwrap();
+    assert!(uploaded >= 5, "{first}");
+    assert_eq!(remote_manifest(&s3, "repo"), local_manifest(&env));
+    assert_served_matches_source(&env, &s3.url("repo"), &src, "");
+    // The tree of revision 2, for reading it back later (cp keeps modes, times and links).
+    let kept_src = env.path("src-2");
+    let cp = Command::new("cp")
+        .arg("-a")
+        .arg(&src)
+        .arg(&kept_src)
+        .status()
+        .unwrap();
+    assert!(cp.success());
+
+    // Revision 3, pushed by a run killed before the manifest: the bucket still serves 2.
+    std::fs::remove_file(src.join("big.bin")).unwrap();
+    std::fs::write(src.join("new.txt"), "revision 3\n").unwrap();
+    publish(&env, &src);
+    push_fails(&env, &s3, "repo", Some("push-before-manifest"));
+    assert_served_matches_source(&env, &s3.url("repo"), &kept_src, "");
+    // The rerun finds the objects there and writes the manifest.
+    let rerun = push(&env, &s3, "repo", &[]);
+    assert_eq!(rerun["remote_revision"], 2);
+    assert_eq!(rerun["objects_uploaded"], 0, "{rerun}");
+    assert!(
+        rerun["objects_present"].as_u64().unwrap() > uploaded,
+        "{rerun}"
+    );
+    assert_eq!(rerun["manifest_written"], true);
+    assert_served_matches_source(&env, &s3.url("repo"), &src, "");
+    let again = push(&env, &s3, "repo", &[]);
+    assert_eq!(again["manifest_written"], false, "{again}");
+    assert_eq!(again["objects_uploaded"], 0, "{again}");
+
+    // After gc the storage no longer holds big.bin's chunks; --delete removes them there too.
+    let gc = env.ok(&["--json", "gc", FQRN, "--keep-revisions", "0"]);
+    assert!(gc.contains("\"objects_deleted\""), "{gc}");
+    let pruned = push(&env, &s3, "repo", &["--delete"]);
+    assert_eq!(pruned["revision"], 3);
+    assert_eq!(
+        pruned["manifest_written"], true,
+        "gc re-signed the manifest"
+    );
+    assert!(pruned["objects_deleted"].as_u64().unwrap() >= 3, "{pruned}");
+    assert_eq!(remote_manifest(&s3, "repo"), local_manifest(&env));
+    assert_served_matches_source(&env, &s3.url("repo"), &src, "");
+
+    // Another repository at revision 2 may not take the bucket back.
+    let other = Env::init(&[]);
+    publish(&other, &kept_src);
+    let err = push_fails(&other, &s3, "repo", None);
+    assert!(
+        err.contains("serves revision 3, newer than the local revision 2"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert_served_matches_source(&env, &s3.url("repo"), &src, "");
+    // A fresh prefix is a fresh repository.
+    let elsewhere = push(&other, &s3, "mirror/two", &[]);
+    assert!(elsewhere["remote_revision"].is_null(), "{elsewhere}");
+    assert_served_matches_source(&other, &s3.url("mirror/two"), &kept_src, "");
+}

@@ -1,0 +1,428 @@
+//! Copies a repository's published revision from its local storage to an S3 bucket (AWS or
+//! an S3-compatible store), from where clients read it over HTTP like any stratum 0.
+//!
+//! The bucket is updated in publish order, so a client (or a replica) reading it at any moment
+//! sees the last complete revision: the objects the bucket lacks (catalogs after everything
+//! else, as a catalog references the rest) → `.cvmfswhitelist`, `.cvmfsreflog`,
+//! `.cvmfs_status.json` → `.cvmfspublished` last. Each S3 put is atomic, and the manifest's is
+//! conditional on the manifest found at the start (its ETag, or its absence), so two pushers
+//! cannot interleave and a bucket ahead of the local storage (a higher revision) is refused. A
+//! push that stops half-way leaves the bucket's manifest as it was; the next one lists the
+//! bucket and uploads only what is missing. With `delete`, objects the bucket holds and the
+//! local storage no longer does (after `gc`) are deleted once the new manifest is in place.
+//!
+//! The home's lock and the storage's collection lock (shared) are held: no local publish or
+//! collection changes the storage during a push. Credentials come from the environment
+//! (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_REGION`, ...)
+//! and are never printed.
+//!
+//! ```no_run
+//! use publisher::{PushOptions, Repository, S3Target};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let repo = Repository::open("/var/lib/cvmfs-oci".as_ref(), "sw.example.org")?;
+//! let target = S3Target::parse("s3://cvmfs-bucket/sw.example.org")?;
+//! let report = repo.push(&PushOptions::new(target))?;
+//! println!("revision {}: {} objects uploaded", report.revision, report.objects_uploaded);
+//! # Ok(()) }
+//! ```
+
+use crate::error::{Error, Result};
+use crate::gc::object_name;
+use crate::local::LocalStore;
+use crate::repo::{load_keys, lock, storage_lock, Repository, StorageUse};
+use crate::store::{root_files, ObjectStore};
+use crate::txn::{fault_point, verified_manifest};
+use futures_util::{StreamExt, TryStreamExt};
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::path::Path as S3Path;
+use object_store::{
+    ClientOptions, ObjectStore as _, ObjectStoreExt as _, PutMode, PutOptions, PutPayload,
+    UpdateVersion,
+};
+use std::collections::HashSet;
+use std::path::PathBuf;
+
+/// Where to push: `s3://BUCKET[/PREFIX]` plus how to reach the store.
+#[derive(Clone, Debug, Default)]
+pub struct S3Target {
+    pub bucket: String,
+    /// Key prefix of the repository inside the bucket ("" = the bucket's root).
+    pub prefix: String,
+    /// S3-compatible endpoint (e.g. `http://127.0.0.1:9000`); `None` = AWS.
+    pub endpoint: Option<String>,
+    /// `None`: from `AWS_REGION` / `AWS_DEFAULT_REGION`, else `us-east-1`.
+    pub region: Option<String>,
+    /// Allow a plain-HTTP endpoint (TLS is required otherwise).
+    pub allow_http: bool,
+    /// Upload with the canned ACL `public-read` (for buckets that still use ACLs; most serve
+    /// a repository through a bucket policy instead).
+    pub public_read: bool,
+}
+
+impl S3Target {
+    /// Parses `s3://BUCKET[/PREFIX]`.
+    pub fn parse(url: &str) -> Result<S3Target> {
+        let invalid =
+            |why: &str| Error::Invalid(format!("{url}: {why} (expected s3://BUCKET[/PREFIX])"));
+        let rest = url
+            .strip_prefix("s3://")
+            .ok_or_else(|| invalid("not an s3:// address"))?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(invalid("no bucket"));
+        }
+        let prefix = prefix.trim_matches('/');
+        if prefix.split('/').any(|p| p == "." || p == "..") {
+            return Err(invalid("'.' and '..' are not allowed in the prefix"));
+        }
+        Ok(S3Target {
+            bucket: bucket.to_string(),
+            prefix: prefix.to_string(),
+            ..S3Target::default()
+        })
+    }
+
+    fn describe(&self) -> String {
+        match self.prefix.as_str() {
+            "" => format!("s3://{}", self.bucket),
+            p => format!("s3://{}/{p}", self.bucket),
+        }
+    }
+
+    fn key(&self, name: &str) -> S3Path {
+        match self.prefix.as_str() {
+            "" => S3Path::from(name),
+            p => S3Path::from(format!("{p}/{name}")),
+        }
+    }
+
+    fn client(&self) -> Result<AmazonS3> {
+        let mut builder = AmazonS3Builder::from_env().with_bucket_name(&self.bucket);
+        if let Some(endpoint) = &self.endpoint {
+            builder = builder.with_endpoint(endpoint);
+        }
+        if let Some(region) = &self.region {
+            builder = builder.with_region(region);
+        }
+        let mut client = ClientOptions::new().with_allow_http(self.allow_http);
+        if self.public_read {
+            let mut headers = http::HeaderMap::new();
+            headers.insert("x-amz-acl", http::HeaderValue::from_static("public-read"));
+            client = client.with_default_headers(headers);
+        }
+        builder
+            .with_client_options(client)
+            .build()
+            .map_err(|e| Error::Invalid(format!("{}: {e}", self.describe())))
+    }
+}
+
+/// What [`Repository::push`] does besides copying.
+#[derive(Clone, Debug)]
+pub struct PushOptions {
+    pub target: S3Target,
+    /// Delete the bucket's objects the local storage no longer holds (after the manifest).
+    pub delete: bool,
+    /// Uploads in flight at once.
+    pub jobs: usize,
+    /// Wait for a busy lock instead of failing.
+    pub wait: bool,
+}
+
+impl PushOptions {
+    pub fn new(target: S3Target) -> PushOptions {
+        PushOptions {
+            target,
+            delete: false,
+            jobs: 16,
+            wait: true,
+        }
+    }
+}
+
+/// What a push did.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct PushReport {
+    /// The revision the bucket serves now.
+    pub revision: u64,
+    /// The revision it served before (`None`: no repository there yet).
+    pub remote_revision: Option<u64>,
+    pub objects_uploaded: usize,
+    pub bytes_uploaded: u64,
+    /// Objects the bucket already held.
+    pub objects_present: usize,
+    pub objects_deleted: usize,
+    /// Whether `.cvmfspublished` was written (not when the bucket already had this one).
+    pub manifest_written: bool,
+}
+
+impl Repository {
+    /// Copies the published revision to an S3 bucket; see the module documentation.
+    pub fn push(&self, opts: &PushOptions) -> Result<PushReport> {
+        let fqrn = self.fqrn();
+        let _lock = lock(&self.home().lock_path(), fqrn, opts.wait)?;
+        let store = self.store();
+        let _storage = storage_lock(&store, fqrn, StorageUse::Publish, opts.wait)?;
+        let keys = load_keys(self.config())?;
+        let (manifest, parsed) = verified_manifest(&store, fqrn, &keys)?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(|e| Error::io("starting the S3 client", e))?;
+        let push = Push {
+            target: &opts.target,
+            client: opts.target.client()?,
+            store: &store,
+        };
+        runtime.block_on(push.run(&manifest, parsed.revision, opts))
+    }
+}
+
+struct Push<'a> {
+    target: &'a S3Target,
+    client: AmazonS3,
+    store: &'a LocalStore,
+}
+
+impl Push<'_> {
+    async fn run(&self, manifest: &[u8], revision: u64, opts: &PushOptions) -> Result<PushReport> {
+        let (remote, version) = self.remote_manifest().await?;
+        let mut report = PushReport {
+            revision,
+            remote_revision: remote.as_ref().map(|(r, _)| *r),
+            ..PushReport::default()
+        };
+        if let Some((remote_revision, _)) = &remote {
+            if *remote_revision > revision {
+                return Err(Error::Invalid(format!(
+                    "{}: serves revision {remote_revision}, newer than the local revision \
+                     {revision}; refusing to go back",
+                    self.target.describe()
+                )));
+            }
+        }
+        let up_to_date = remote.as_ref().is_some_and(|(_, bytes)| bytes == manifest);
+        if up_to_date && !opts.delete {
+            return Ok(report);
+        }
+        let held = self.remote_objects().await?;
+        let local = local_objects(self.store)?;
+        let (catalogs, rest): (Vec<_>, Vec<_>) = local
+            .iter()
+            .filter(|name| !held.contains(*name))
+            .partition(|name| name.ends_with('C'));
+        report.objects_present = local.len() - catalogs.len() - rest.len();
+        for batch in [rest, catalogs] {
+            let (n, bytes) = self.upload_all(&batch, opts.jobs).await?;
+            report.objects_uploaded += n;
+            report.bytes_uploaded += bytes;
+        }
+        if !up_to_date {
+            for name in [
+                root_files::WHITELIST,
+                root_files::REFLOG,
+                root_files::STATUS,
+            ] {
+                if let Some(bytes) = self.root_file(name)? {
+                    self.put(name, bytes, PutMode::Overwrite).await?;
+                }
+            }
+            fault_point("push-before-manifest");
+            let mode = match version {
+                Some(v) => PutMode::Update(v),
+                None => PutMode::Create,
+            };
+            self.put(root_files::MANIFEST, manifest.to_vec(), mode)
+                .await?;
+            report.manifest_written = true;
+        }
+        if opts.delete {
+            let local: HashSet<&String> = local.iter().collect();
+            let gone: Vec<&String> = held.iter().filter(|n| !local.contains(n)).collect();
+            report.objects_deleted = self.delete_all(&gone, opts.jobs).await?;
+        }
+        Ok(report)
+    }
+
+    /// The bucket's `.cvmfspublished`: its revision, bytes and version (ETag), if any.
+    async fn remote_manifest(&self) -> Result<(Option<(u64, Vec<u8>)>, Option<UpdateVersion>)> {
+        let key = self.target.key(root_files::MANIFEST);
+        let got = match self.client.get(&key).await {
+            Ok(got) => got,
+            Err(object_store::Error::NotFound { .. }) => return Ok((None, None)),
+            Err(e) => return Err(self.remote_error(root_files::MANIFEST, e)),
+        };
+        let version = UpdateVersion {
+            e_tag: got.meta.e_tag.clone(),
+            version: got.meta.version.clone(),
+        };
+        let bytes = got
+            .bytes()
+            .await
+            .map_err(|e| self.remote_error(root_files::MANIFEST, e))?;
+        let parsed = signer::Manifest::parse(&bytes).map_err(|e| {
+            Error::corrupt(
+                format!("{}/{}", self.target.describe(), root_files::MANIFEST),
+                e.to_string(),
+            )
+        })?;
+        Ok((
+            Some((parsed.manifest.revision, bytes.to_vec())),
+            Some(version),
+        ))
+    }
+
+    /// Names (`data/XX/…`) of the objects the bucket holds under the repository's prefix.
+    async fn remote_objects(&self) -> Result<HashSet<String>> {
+        let prefix = self.target.key("data");
+        let strip = match self.target.prefix.as_str() {
+            "" => String::new(),
+            p => format!("{p}/"),
+        };
+        self.client
+            .list(Some(&prefix))
+            .map_err(|e| self.remote_error("data/", e))
+            .try_filter_map(|meta| {
+                let key = meta.location.as_ref();
+                let name = key.strip_prefix(strip.as_str()).unwrap_or(key);
+                std::future::ready(Ok(is_object_key(name).then(|| name.to_string())))
+            })
+            .try_collect()
+            .await
+    }
+
+    /// Uploads the named local objects, `jobs` at a time; returns how many and their bytes.
+    async fn upload_all(&self, names: &[&String], jobs: usize) -> Result<(usize, u64)> {
+        futures_util::stream::iter(names.iter().map(|name| self.upload(name)))
+            .buffer_unordered(jobs.max(1))
+            .try_fold((0, 0), |(n, total), bytes| async move {
+                Ok((n + 1, total + bytes))
+            })
+            .await
+    }
+
+    async fn upload(&self, name: &str) -> Result<u64> {
+        let path = self.store.root().join(name);
+        let bytes = tokio::fs::read(&path)
+            .await
+            .map_err(|e| Error::io_path(&path, e))?;
+        let len = bytes.len() as u64;
+        // Same name, same bytes: an object someone stored meanwhile may be overwritten.
+        self.put(name, bytes, PutMode::Overwrite).await?;
+        Ok(len)
+    }
+
+    async fn delete_all(&self, names: &[&String], jobs: usize) -> Result<usize> {
+        futures_util::stream::iter(names.iter().map(|name| async move {
+            match self.client.delete(&self.target.key(name)).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                Err(e) => Err(self.remote_error(name, e)),
+            }
+        }))
+        .buffer_unordered(jobs.max(1))
+        .try_fold(0, |n, ()| async move { Ok(n + 1) })
+        .await
+    }
+
+    async fn put(&self, name: &str, bytes: Vec<u8>, mode: PutMode) -> Result<()> {
+        let opts = PutOptions {
+            mode,
+            ..PutOptions::default()
+        };
+        let key = self.target.key(name);
+        match self
+            .client
+            .put_opts(&key, PutPayload::from(bytes), opts)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(
+                object_store::Error::Precondition { .. }
+                | object_store::Error::AlreadyExists { .. },
+            ) => Err(Error::Conflict {
+                path: PathBuf::from(format!("{}/{name}", self.target.describe())),
+            }),
+            Err(e) => Err(self.remote_error(name, e)),
+        }
+    }
+
+    fn root_file(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        self.store
+            .get_root_file(name)
+            .map_err(|e| Error::io(format!("{}/{name}", self.store.describe()), e))
+    }
+
+    fn remote_error(&self, name: &str, e: object_store::Error) -> Error {
+        Error::Remote {
+            what: format!("{}/{name}", self.target.describe()),
+            reason: e.to_string(),
+        }
+    }
+}
+
+/// `data/XX/<38 hex>[suffix]`: an object file name, as [`local_objects`] lists them.
+fn is_object_key(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix("data/") else {
+        return false;
+    };
+    let Some((dir, file)) = rest.split_once('/') else {
+        return false;
+    };
+    let Ok(prefix) = u8::from_str_radix(dir, 16) else {
+        return false;
+    };
+    dir.len() == 2 && object_name(prefix, std::ffi::OsStr::new(file)).is_some()
+}
+
+/// Every object file of the local storage, as `data/XX/<name>`.
+fn local_objects(store: &LocalStore) -> Result<Vec<String>> {
+    let data = store.root().join("data");
+    let mut names = Vec::new();
+    for prefix in 0..=255u8 {
+        let dir = data.join(format!("{prefix:02x}"));
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(Error::io_path(&dir, e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io_path(&dir, e))?;
+            let file = entry.file_name();
+            if object_name(prefix, &file).is_some() {
+                if let Some(file) = file.to_str() {
+                    names.push(format!("data/{prefix:02x}/{file}"));
+                }
+            }
+        }
+    }
+    Ok(names)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_parse_and_name_keys() {
+        let t = S3Target::parse("s3://bucket/a/b/").unwrap();
+        assert_eq!((t.bucket.as_str(), t.prefix.as_str()), ("bucket", "a/b"));
+        assert_eq!(t.key(".cvmfspublished").as_ref(), "a/b/.cvmfspublished");
+        let t = S3Target::parse("s3://bucket").unwrap();
+        assert_eq!(t.key("data/ab/cd").as_ref(), "data/ab/cd");
+        for bad in ["http://x/y", "s3://", "s3:///p", "s3://b/../c"] {
+            assert!(S3Target::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn only_object_names_are_object_keys() {
+        let hex = "0123456789abcdef0123456789abcdef012345";
+        assert!(is_object_key(&format!("data/ab/{hex}")));
+        assert!(is_object_key(&format!("data/ab/{hex}C")));
+        assert!(!is_object_key(&format!("data/ab/{hex}Q")));
+        assert!(!is_object_key(&format!("data/txn/{hex}")));
+        assert!(!is_object_key(&format!("data/ab/{}", &hex[..30])));
+        assert!(!is_object_key(".cvmfspublished"));
+    }
+}
