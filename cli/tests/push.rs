@@ -235,3 +235,31 @@ fn a_repository_pushed_to_s3_reads_back_and_moves_on_only_when_complete() {
     assert!(elsewhere["remote_revision"].is_null(), "{elsewhere}");
     assert_served_matches_source(&other, &s3.url("mirror/two"), &kept_src, "");
 }
+
+#[test]
+fn push_errors_are_one_line_and_change_nothing() {
+    let env = Env::init(&[]);
+    let before = env.snapshot();
+    let err = env.fails(&["push", FQRN, "http://bucket/prefix"]);
+    assert!(err.contains("expected s3://BUCKET[/PREFIX]"), "{err}");
+    // Nothing listens on this port: the error names the bucket and the key.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let out = env
+        .cmd(&["push", FQRN, "s3://nowhere/repo", "--allow-http"])
+        .env("AWS_ACCESS_KEY_ID", "test-key-id")
+        .env("AWS_SECRET_ACCESS_KEY", "test-secret")
+        .env("AWS_ENDPOINT_URL", &endpoint)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("s3://nowhere/repo/.cvmfspublished"), "{err}");
+    assert!(!err.contains("test-secret"), "{err}");
+    assert_eq!(env.snapshot(), before);
+}

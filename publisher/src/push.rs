@@ -37,7 +37,7 @@ use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path as S3Path;
 use object_store::{
     ClientOptions, ObjectStore as _, ObjectStoreExt as _, PutMode, PutOptions, PutPayload,
-    UpdateVersion,
+    RetryConfig, UpdateVersion,
 };
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -110,7 +110,15 @@ impl S3Target {
             headers.insert("x-amz-acl", http::HeaderValue::from_static("public-read"));
             client = client.with_default_headers(headers);
         }
+        // Transient errors are retried, but a wrong endpoint or a dead store should fail
+        // within a minute, not the library's three.
+        let retry = RetryConfig {
+            max_retries: 5,
+            retry_timeout: std::time::Duration::from_secs(60),
+            ..RetryConfig::default()
+        };
         builder
+            .with_retry(retry)
             .with_client_options(client)
             .build()
             .map_err(|e| Error::Invalid(format!("{}: {e}", self.describe())))
@@ -170,10 +178,13 @@ impl Repository {
             .enable_all()
             .build()
             .map_err(|e| Error::io("starting the S3 client", e))?;
+        let budget_mib = (self.config().memory_budget >> 20).clamp(16, u32::MAX as u64) as u32;
         let push = Push {
             target: &opts.target,
             client: opts.target.client()?,
             store: &store,
+            buffers: tokio::sync::Semaphore::new(budget_mib as usize),
+            budget_mib,
         };
         runtime.block_on(push.run(&manifest, parsed.revision, opts))
     }
@@ -183,6 +194,9 @@ struct Push<'a> {
     target: &'a S3Target,
     client: AmazonS3,
     store: &'a LocalStore,
+    /// MiB of object bytes in memory at once: the repository's memory budget.
+    buffers: tokio::sync::Semaphore,
+    budget_mib: u32,
 }
 
 impl Push<'_> {
@@ -304,6 +318,17 @@ impl Push<'_> {
 
     async fn upload(&self, name: &str) -> Result<u64> {
         let path = self.store.root().join(name);
+        let size = tokio::fs::metadata(&path)
+            .await
+            .map_err(|e| Error::io_path(&path, e))?
+            .len();
+        // Held until the put is done; an object over the whole budget waits for all of it.
+        let mib = u32::try_from(size.div_ceil(1 << 20)).unwrap_or(u32::MAX);
+        let _buffer = self
+            .buffers
+            .acquire_many(mib.clamp(1, self.budget_mib))
+            .await
+            .map_err(|e| Error::io(name.to_string(), std::io::Error::other(e)))?;
         let bytes = tokio::fs::read(&path)
             .await
             .map_err(|e| Error::io_path(&path, e))?;
@@ -354,9 +379,15 @@ impl Push<'_> {
     }
 
     fn remote_error(&self, name: &str, e: object_store::Error) -> Error {
+        // One line: S3 errors may quote a multi-line XML response.
+        let reason = e
+            .to_string()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
         Error::Remote {
             what: format!("{}/{name}", self.target.describe()),
-            reason: e.to_string(),
+            reason,
         }
     }
 }
