@@ -5,9 +5,8 @@
 
 mod common;
 
-use common::{assert_matches_source, Env, FQRN};
+use common::{assert_manifest_verifies, assert_matches_source, noise, Env, FQRN};
 use fixtures::oci::{Compression, ImageBuilder};
-use sha1::{Digest, Sha1};
 use std::path::Path;
 
 fn last_json(out: &str) -> serde_json::Value {
@@ -22,55 +21,6 @@ fn kept(gc: &serde_json::Value) -> Vec<u64> {
         .iter()
         .map(|k| k["revision"].as_u64().expect("revision"))
         .collect()
-}
-
-/// `len` bytes that zlib cannot shrink much, the same for the same seed.
-fn noise(len: usize, mut seed: u64) -> Vec<u8> {
-    (0..len)
-        .map(|_| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed as u8
-        })
-        .collect()
-}
-
-/// Independent of our signer: body hash, `Y` against the reflog's bytes, and the signature
-/// with `openssl dgst -sha1 -verify` and the certificate's public key.
-fn assert_manifest_verifies(env: &Env) {
-    let file = std::fs::read(env.storage.join(".cvmfspublished")).unwrap();
-    let sep = file.windows(3).position(|w| w == b"--\n").unwrap();
-    let body = &file[..sep];
-    let rest = &file[sep + 3..];
-    let nl = rest.iter().position(|&b| b == b'\n').unwrap();
-    let hash_text = &rest[..nl];
-    assert_eq!(hash_text, hex::encode(Sha1::digest(body)).as_bytes());
-    let reflog = std::fs::read(env.storage.join(".cvmfsreflog")).unwrap();
-    let y = format!("Y{}", hex::encode(Sha1::digest(&reflog)));
-    let body_text = String::from_utf8_lossy(body);
-    assert!(body_text.lines().any(|l| l == y), "{body_text}");
-    let work = env.path("verify");
-    std::fs::create_dir_all(&work).unwrap();
-    std::fs::write(work.join("m.hash"), hash_text).unwrap();
-    std::fs::write(work.join("m.sig"), &rest[nl + 1..]).unwrap();
-    let crt = env.home.join(FQRN).join("keys").join(format!("{FQRN}.crt"));
-    let openssl = |args: &[&str]| {
-        let mut cmd = std::process::Command::new("openssl");
-        fixtures::tools::run(cmd.current_dir(&work).args(args)).expect("openssl")
-    };
-    let pubkey = openssl(&["x509", "-in", crt.to_str().unwrap(), "-noout", "-pubkey"]);
-    std::fs::write(work.join("repo.pub"), pubkey).unwrap();
-    let out = openssl(&[
-        "dgst",
-        "-sha1",
-        "-verify",
-        "repo.pub",
-        "-signature",
-        "m.sig",
-        "m.hash",
-    ]);
-    assert_eq!(out.trim_end(), "Verified OK");
 }
 
 fn publish(env: &Env, dir: &Path) -> serde_json::Value {

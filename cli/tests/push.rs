@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{assert_served_matches_source, Env, FQRN};
+use common::{assert_manifest_verifies, assert_served_matches_source, noise, Env, FQRN};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
@@ -147,18 +147,6 @@ fn local_manifest(env: &Env) -> Vec<u8> {
     std::fs::read(env.storage.join(".cvmfspublished")).unwrap()
 }
 
-/// A 9 MiB file that zlib cannot shrink: several content chunks.
-fn noise(len: usize, mut seed: u64) -> Vec<u8> {
-    (0..len)
-        .map(|_| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed as u8
-        })
-        .collect()
-}
-
 #[test]
 fn a_repository_pushed_to_s3_reads_back_and_moves_on_only_when_complete() {
     let s3 = S3Server::start();
@@ -218,6 +206,7 @@ fn a_repository_pushed_to_s3_reads_back_and_moves_on_only_when_complete() {
     );
     assert!(pruned["objects_deleted"].as_u64().unwrap() >= 3, "{pruned}");
     assert_eq!(remote_manifest(&s3, "repo"), local_manifest(&env));
+    assert_manifest_verifies(&env); // the bytes the bucket serves, checked by openssl
     assert_served_matches_source(&env, &s3.url("repo"), &src, "");
 
     // Another repository at revision 2 may not take the bucket back.
