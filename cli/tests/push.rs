@@ -91,11 +91,15 @@ impl Drop for S3Server {
 }
 
 fn push_cmd(env: &Env, s3: &S3Server, prefix: &str, extra: &[&str]) -> Command {
+    push_cmd_for(env, FQRN, s3, prefix, extra)
+}
+
+fn push_cmd_for(env: &Env, fqrn: &str, s3: &S3Server, prefix: &str, extra: &[&str]) -> Command {
     let target = format!("s3://{BUCKET}/{prefix}");
     let mut args = vec![
         "--json",
         "push",
-        FQRN,
+        fqrn,
         &target,
         "--allow-http",
         "--public-read",
@@ -219,6 +223,25 @@ fn a_repository_pushed_to_s3_reads_back_and_moves_on_only_when_complete() {
     );
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert_served_matches_source(&env, &s3.url("repo"), &src, "");
+    // Nor may another repository take its place.
+    let storage = env.path("storage-other");
+    env.ok(&[
+        "init",
+        "other.cvmfs-oci.local",
+        "--storage",
+        storage.to_str().unwrap(),
+    ]);
+    let out = push_cmd_for(&env, "other.cvmfs-oci.local", &s3, "repo", &[])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains(&format!(
+            "holds repository {FQRN}, not other.cvmfs-oci.local"
+        )),
+        "{err}"
+    );
     // A fresh prefix is a fresh repository.
     let elsewhere = push(&other, &s3, "mirror/two", &[]);
     assert!(elsewhere["remote_revision"].is_null(), "{elsewhere}");

@@ -6,7 +6,8 @@
 //! else, as a catalog references the rest) → `.cvmfswhitelist`, `.cvmfsreflog`,
 //! `.cvmfs_status.json` → `.cvmfspublished` last. Each S3 put is atomic, and the manifest's is
 //! conditional on the manifest found at the start (its ETag, or its absence), so two pushers
-//! cannot interleave and a bucket ahead of the local storage (a higher revision) is refused. A
+//! cannot interleave; a bucket ahead of the local storage (a higher revision) or holding
+//! another repository is refused. A
 //! push that stops half-way leaves the bucket's manifest as it was; the next one lists the
 //! bucket and uploads only what is missing. With `delete`, objects the bucket holds and the
 //! local storage no longer does (after `gc`) are deleted once the new manifest is in place.
@@ -186,8 +187,16 @@ impl Repository {
             buffers: tokio::sync::Semaphore::new(budget_mib as usize),
             budget_mib,
         };
-        runtime.block_on(push.run(&manifest, parsed.revision, opts))
+        runtime.block_on(push.run(&manifest, &parsed, opts))
     }
+}
+
+/// The manifest a bucket held when the push began.
+struct RemoteManifest {
+    manifest: signer::Manifest,
+    bytes: Vec<u8>,
+    /// Its ETag: the manifest is replaced only if it is still this one.
+    version: UpdateVersion,
 }
 
 struct Push<'a> {
@@ -200,23 +209,22 @@ struct Push<'a> {
 }
 
 impl Push<'_> {
-    async fn run(&self, manifest: &[u8], revision: u64, opts: &PushOptions) -> Result<PushReport> {
-        let (remote, version) = self.remote_manifest().await?;
+    async fn run(
+        &self,
+        manifest: &[u8],
+        local: &signer::Manifest,
+        opts: &PushOptions,
+    ) -> Result<PushReport> {
+        let remote = self.remote_manifest().await?;
         let mut report = PushReport {
-            revision,
-            remote_revision: remote.as_ref().map(|(r, _)| *r),
+            revision: local.revision,
+            remote_revision: remote.as_ref().map(|r| r.manifest.revision),
             ..PushReport::default()
         };
-        if let Some((remote_revision, _)) = &remote {
-            if *remote_revision > revision {
-                return Err(Error::Invalid(format!(
-                    "{}: serves revision {remote_revision}, newer than the local revision \
-                     {revision}; refusing to go back",
-                    self.target.describe()
-                )));
-            }
+        if let Some(remote) = &remote {
+            self.may_replace(&remote.manifest, local)?;
         }
-        let up_to_date = remote.as_ref().is_some_and(|(_, bytes)| bytes == manifest);
+        let up_to_date = remote.as_ref().is_some_and(|r| r.bytes == manifest);
         if up_to_date && !opts.delete {
             return Ok(report);
         }
@@ -243,8 +251,8 @@ impl Push<'_> {
                 }
             }
             fault_point("push-before-manifest");
-            let mode = match version {
-                Some(v) => PutMode::Update(v),
+            let mode = match remote {
+                Some(r) => PutMode::Update(r.version),
                 None => PutMode::Create,
             };
             self.put(root_files::MANIFEST, manifest.to_vec(), mode)
@@ -259,12 +267,31 @@ impl Push<'_> {
         Ok(report)
     }
 
-    /// The bucket's `.cvmfspublished`: its revision, bytes and version (ETag), if any.
-    async fn remote_manifest(&self) -> Result<(Option<(u64, Vec<u8>)>, Option<UpdateVersion>)> {
+    /// Refuses to replace another repository's manifest, or a newer revision of this one.
+    fn may_replace(&self, remote: &signer::Manifest, local: &signer::Manifest) -> Result<()> {
+        let there = self.target.describe();
+        if !remote.fqrn.is_empty() && remote.fqrn != local.fqrn {
+            return Err(Error::Invalid(format!(
+                "{there}: holds repository {}, not {}; refusing to replace it",
+                remote.fqrn, local.fqrn
+            )));
+        }
+        if remote.revision > local.revision {
+            return Err(Error::Invalid(format!(
+                "{there}: serves revision {}, newer than the local revision {}; refusing to \
+                 go back",
+                remote.revision, local.revision
+            )));
+        }
+        Ok(())
+    }
+
+    /// The bucket's `.cvmfspublished`, if any.
+    async fn remote_manifest(&self) -> Result<Option<RemoteManifest>> {
         let key = self.target.key(root_files::MANIFEST);
         let got = match self.client.get(&key).await {
             Ok(got) => got,
-            Err(object_store::Error::NotFound { .. }) => return Ok((None, None)),
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(self.remote_error(root_files::MANIFEST, e)),
         };
         let version = UpdateVersion {
@@ -281,10 +308,11 @@ impl Push<'_> {
                 e.to_string(),
             )
         })?;
-        Ok((
-            Some((parsed.manifest.revision, bytes.to_vec())),
-            Some(version),
-        ))
+        Ok(Some(RemoteManifest {
+            manifest: parsed.manifest,
+            bytes: bytes.to_vec(),
+            version,
+        }))
     }
 
     /// Names (`data/XX/…`) of the objects the bucket holds under the repository's prefix.
