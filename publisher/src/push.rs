@@ -7,9 +7,8 @@
 //! `.cvmfs_status.json` → `.cvmfspublished` last. Each S3 put is atomic, and the manifest's is
 //! conditional on the manifest found at the start (its ETag, or its absence), so two pushers
 //! cannot interleave; a bucket ahead of the local storage (a higher revision) or holding
-//! another repository is refused. A
-//! push that stops half-way leaves the bucket's manifest as it was; the next one lists the
-//! bucket and uploads only what is missing. With `delete`, objects the bucket holds and the
+//! another repository is refused. A push that stops half-way leaves the bucket's manifest as
+//! it was; the next one lists the bucket and uploads only what is missing. With `delete`, objects the bucket holds and the
 //! local storage no longer does (after `gc`) are deleted once the new manifest is in place.
 //!
 //! The home's lock and the storage's collection lock (shared) are held: no local publish or
