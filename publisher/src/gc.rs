@@ -119,10 +119,11 @@ pub struct GcReport {
 }
 
 /// An object file to delete.
+/// An object to delete; its path is derived when needed (a path per object would double
+/// the memory a large collection holds).
 struct Condemned {
     hash: ContentHash,
     suffix: Suffix,
-    path: PathBuf,
     bytes: u64,
 }
 
@@ -200,7 +201,7 @@ impl Repository {
         if let Some(path) = &opts.deletion_log {
             log_deletions(path, fqrn, &condemned)?;
         }
-        delete(&condemned)?;
+        delete(&store, &condemned)?;
         report.scratch_removed = remove_stale_scratch(&store, started)?;
         let gone: Vec<ContentHash> = condemned.iter().map(|c| c.hash).collect();
         report.index_forgotten = self.content_index()?.invalidate_all(&gone)?;
@@ -375,11 +376,10 @@ fn sweep_dir(
         if marked.contains(&hash) {
             continue;
         }
-        let path = entry.path();
         let meta = match entry.metadata() {
             Ok(m) => m,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(Error::io_path(&path, e)),
+            Err(e) => return Err(Error::io_path(&entry.path(), e)),
         };
         if !meta.is_file() {
             continue;
@@ -391,7 +391,6 @@ fn sweep_dir(
         condemned.push(Condemned {
             hash,
             suffix,
-            path,
             bytes: meta.len(),
         });
     }
@@ -543,11 +542,12 @@ fn record_status(store: &LocalStore, now: i64) -> Result<()> {
 }
 
 /// Deletes the object files; one that is gone already is fine.
-fn delete(condemned: &[Condemned]) -> Result<()> {
-    condemned
-        .par_iter()
-        .try_for_each(|c| match fs::remove_file(&c.path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io_path(&c.path, e)),
+fn delete(store: &LocalStore, condemned: &[Condemned]) -> Result<()> {
+    condemned.par_iter().try_for_each(|c| {
+        let path = store.object_path(&c.hash, c.suffix);
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io_path(&path, e)),
             _ => Ok(()),
-        })
+        }
+    })
 }
