@@ -212,6 +212,11 @@ fn a_repository_pushed_to_s3_reads_back_and_moves_on_only_when_complete() {
     assert_eq!(remote_manifest(&s3, "repo"), local_manifest(&env));
     assert_manifest_verifies(&env); // the bytes the bucket serves, checked by openssl
     assert_served_matches_source(&env, &s3.url("repo"), &src, "");
+    // What an operator runs against the bucket: `check --full` over its public URL.
+    let key = env.home.join(FQRN).join("keys").join(format!("{FQRN}.pub"));
+    let url = s3.url("repo");
+    let args = ["check", FQRN, "--full", "--storage", &url, "--key"];
+    env.ok(&[&args[..], &[key.to_str().unwrap()]].concat());
 
     // Another repository at revision 2 may not take the bucket back.
     let other = Env::init(&[]);
