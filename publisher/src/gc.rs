@@ -118,7 +118,6 @@ pub struct GcReport {
     pub dry_run: bool,
 }
 
-/// An object file to delete.
 /// An object to delete; its path is derived when needed (a path per object would double
 /// the memory a large collection holds).
 struct Condemned {
