@@ -280,3 +280,19 @@ fn push_errors_are_one_line_and_change_nothing() {
     assert!(!err.contains("test-secret"), "{err}");
     assert_eq!(env.snapshot(), before);
 }
+
+#[test]
+fn an_object_too_large_for_one_put_goes_up_in_parts() {
+    // Without chunking a 70 MiB file is one object of about that size: a multipart upload.
+    let s3 = S3Server::start();
+    let env = Env::init(&["--no-chunking"]);
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("large.bin"), noise(70 << 20, 11)).unwrap();
+    std::fs::write(src.join("small.txt"), "small\n").unwrap();
+    publish(&env, &src);
+    let r = push(&env, &s3, "repo", &[]);
+    assert_eq!(r["multipart_uploads"], 1, "{r}");
+    assert!(r["bytes_uploaded"].as_u64().unwrap() > 70 << 20, "{r}");
+    assert_served_matches_source(&env, &s3.url("repo"), &src, "");
+}

@@ -37,7 +37,7 @@ use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path as S3Path;
 use object_store::{
     ClientOptions, ObjectStore as _, ObjectStoreExt as _, PutMode, PutOptions, PutPayload,
-    RetryConfig, UpdateVersion,
+    RetryConfig, UpdateVersion, WriteMultipart,
 };
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -157,6 +157,8 @@ pub struct PushReport {
     pub remote_revision: Option<u64>,
     pub objects_uploaded: usize,
     pub bytes_uploaded: u64,
+    /// Of those, how many went up in parts (large objects).
+    pub multipart_uploads: usize,
     /// Objects the bucket already held.
     pub objects_present: usize,
     pub objects_deleted: usize,
@@ -185,6 +187,7 @@ impl Repository {
             store: &store,
             buffers: tokio::sync::Semaphore::new(budget_mib as usize),
             budget_mib,
+            multipart: Default::default(),
         };
         runtime.block_on(push.run(&manifest, &parsed, opts))
     }
@@ -205,6 +208,8 @@ struct Push<'a> {
     /// MiB of object bytes in memory at once: the repository's memory budget.
     buffers: tokio::sync::Semaphore,
     budget_mib: u32,
+    /// Objects uploaded in parts.
+    multipart: std::sync::atomic::AtomicUsize,
 }
 
 impl Push<'_> {
@@ -239,6 +244,7 @@ impl Push<'_> {
             report.objects_uploaded += n;
             report.bytes_uploaded += bytes;
         }
+        report.multipart_uploads = self.multipart.load(std::sync::atomic::Ordering::Relaxed);
         if !up_to_date {
             for name in [
                 root_files::WHITELIST,
@@ -349,13 +355,21 @@ impl Push<'_> {
             .await
             .map_err(|e| Error::io_path(&path, e))?
             .len();
-        // Held until the put is done; an object over the whole budget waits for all of it.
-        let mib = u32::try_from(size.div_ceil(1 << 20)).unwrap_or(u32::MAX);
+        // Held until the put is done: the object whole, or what a multipart upload holds (the
+        // parts in flight, the one being filled, and the read buffer).
+        let held = size.min(MULTIPART_PART as u64 * (MULTIPART_IN_FLIGHT as u64 + 2));
+        let mib = u32::try_from(held.div_ceil(1 << 20)).unwrap_or(u32::MAX);
         let _buffer = self
             .buffers
             .acquire_many(mib.clamp(1, self.budget_mib))
             .await
             .map_err(|e| Error::io(name.to_string(), std::io::Error::other(e)))?;
+        if size >= MULTIPART_FROM {
+            self.upload_in_parts(name, &path).await?;
+            self.multipart
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Ok(size);
+        }
         let bytes = tokio::fs::read(&path)
             .await
             .map_err(|e| Error::io_path(&path, e))?;
@@ -363,6 +377,40 @@ impl Push<'_> {
         // Same name, same bytes: an object someone stored meanwhile may be overwritten.
         self.put(name, bytes, PutMode::Overwrite).await?;
         Ok(len)
+    }
+
+    /// A large object (a single PUT takes at most 5 GB) as a multipart upload, read part by
+    /// part: at most [`MULTIPART_IN_FLIGHT`] parts, the one being filled and the read buffer
+    /// are in memory.
+    async fn upload_in_parts(&self, name: &str, path: &std::path::Path) -> Result<()> {
+        let key = self.target.key(name);
+        let remote = |e| self.remote_error(name, e);
+        let mut file = tokio::fs::File::open(path)
+            .await
+            .map_err(|e| Error::io_path(path, e))?;
+        let upload = self.client.put_multipart(&key).await.map_err(remote)?;
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, MULTIPART_PART);
+        let mut part = vec![0u8; MULTIPART_PART];
+        loop {
+            let n = match read_full(&mut file, &mut part).await {
+                Ok(n) => n,
+                Err(e) => {
+                    // Best effort: S3 would otherwise keep the parts until a lifecycle rule.
+                    let _ = writer.abort().await;
+                    return Err(Error::io_path(path, e));
+                }
+            };
+            if n == 0 {
+                break;
+            }
+            writer
+                .wait_for_capacity(MULTIPART_IN_FLIGHT)
+                .await
+                .map_err(remote)?;
+            writer.write(&part[..n]);
+        }
+        writer.finish().await.map_err(remote)?;
+        Ok(())
     }
 
     async fn delete_all(&self, names: &[&String], jobs: usize) -> Result<usize> {
@@ -417,6 +465,27 @@ impl Push<'_> {
             reason,
         }
     }
+}
+
+/// Objects from this size on go up as multipart uploads (one PUT takes at most 5 GB; parts
+/// also retry alone).
+const MULTIPART_FROM: u64 = 64 << 20;
+/// Part size of a multipart upload.
+const MULTIPART_PART: usize = 16 << 20;
+/// Parts of one multipart upload in flight at once.
+const MULTIPART_IN_FLIGHT: usize = 2;
+
+/// Fills `buf` from `file` unless the file ends first; returns the bytes read.
+async fn read_full(file: &mut tokio::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
+    use tokio::io::AsyncReadExt;
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read(&mut buf[filled..]).await? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    Ok(filled)
 }
 
 /// `data/XX/<38 hex>[suffix]`: an object file name, as [`local_objects`] lists them.
