@@ -208,8 +208,15 @@ pub struct GcArgs {
 #[derive(Args)]
 pub struct PushArgs {
     pub fqrn: String,
-    /// s3://BUCKET[/PREFIX]
-    pub target: String,
+    /// s3://BUCKET[/PREFIX]; default: the repository's push target (set with --auto).
+    pub target: Option<String>,
+    /// Also make this the repository's push target: every publish, convert, sync or migrate
+    /// batch that makes a revision is pushed there from then on.
+    #[arg(long, requires = "target")]
+    pub auto: bool,
+    /// Forget the repository's push target (no push now, none after publishes).
+    #[arg(long, conflicts_with_all = ["target", "auto", "delete"])]
+    pub no_auto: bool,
     /// S3-compatible endpoint URL (default: AWS).
     #[arg(long, env = "AWS_ENDPOINT_URL")]
     pub endpoint: Option<String>,

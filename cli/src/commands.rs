@@ -198,6 +198,7 @@ fn graft_and_commit(
     let outcome = txn.commit(&CommitSettings::default())?;
     report_outcome(&job.what, &outcome, started, stats, out);
     gc::after_publish(repo, &outcome, out);
+    push::after_publish(repo, &outcome, out)?;
     Ok(0)
 }
 

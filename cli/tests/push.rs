@@ -43,7 +43,7 @@ impl S3Server {
         server.request("PUT", &format!("/{BUCKET}"), "");
         // The witness retries a missing replication marker for ~24 s (see
         // `fixtures::witness::REPLICATION_MARKERS`); empty ones mean "no replication".
-        for prefix in ["repo", "mirror/two"] {
+        for prefix in ["repo", "mirror/two", "auto"] {
             for marker in fixtures::witness::REPLICATION_MARKERS {
                 let path = format!("/{BUCKET}/{prefix}/{marker}");
                 server.request("PUT", &path, "x-amz-acl: public-read\r\n");
@@ -94,6 +94,15 @@ fn push_cmd(env: &Env, s3: &S3Server, prefix: &str, extra: &[&str]) -> Command {
     push_cmd_for(env, FQRN, s3, prefix, extra)
 }
 
+/// `cmd` with the credentials and endpoint of `s3` in its environment.
+fn with_s3(mut cmd: Command, s3: &S3Server) -> Command {
+    cmd.env("AWS_ACCESS_KEY_ID", "test-key-id")
+        .env("AWS_SECRET_ACCESS_KEY", "test-secret")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ENDPOINT_URL", s3.endpoint());
+    cmd
+}
+
 fn push_cmd_for(env: &Env, fqrn: &str, s3: &S3Server, prefix: &str, extra: &[&str]) -> Command {
     let target = format!("s3://{BUCKET}/{prefix}");
     let mut args = vec![
@@ -105,12 +114,7 @@ fn push_cmd_for(env: &Env, fqrn: &str, s3: &S3Server, prefix: &str, extra: &[&st
         "--public-read",
     ];
     args.extend_from_slice(extra);
-    let mut cmd = env.cmd(&args);
-    cmd.env("AWS_ACCESS_KEY_ID", "test-key-id")
-        .env("AWS_SECRET_ACCESS_KEY", "test-secret")
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_ENDPOINT_URL", s3.endpoint());
-    cmd
+    with_s3(env.cmd(&args), s3)
 }
 
 fn push(env: &Env, s3: &S3Server, prefix: &str, extra: &[&str]) -> serde_json::Value {
@@ -295,4 +299,109 @@ fn an_object_too_large_for_one_put_goes_up_in_parts() {
     assert_eq!(r["multipart_uploads"], 1, "{r}");
     assert!(r["bytes_uploaded"].as_u64().unwrap() > 70 << 20, "{r}");
     assert_served_matches_source(&env, &s3.url("repo"), &src, "");
+}
+
+/// Runs `args` with the S3 credentials in the environment; returns stdout (must succeed).
+fn ok_with_s3(env: &Env, s3: &S3Server, args: &[&str]) -> String {
+    let out = with_s3(env.cmd(args), s3).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{args:?}: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+fn served_revision(env: &Env, s3: &S3Server, prefix: &str) -> u32 {
+    let cache = env.path("revision-cache");
+    let _ = std::fs::remove_dir_all(&cache);
+    std::fs::create_dir_all(&cache).unwrap();
+    fixtures::witness::witness_read(&s3.url(prefix), &cache)
+        .unwrap()
+        .revision
+}
+
+#[test]
+fn every_new_revision_goes_to_the_push_target_until_it_is_forgotten() {
+    let s3 = S3Server::start();
+    let env = Env::init(&[]);
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("a.txt"), "a\n").unwrap();
+    publish(&env, &src);
+    let out = push_cmd(&env, &s3, "auto", &["--auto"]).output().unwrap();
+    assert!(out.status.success());
+    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(events[0]["action"], "push");
+    assert_eq!(events[0]["revision"], 2, "{events:?}");
+    assert_eq!(events[1]["action"], "push-target");
+    assert_eq!(events[1]["target"], "s3://cvmfs-push-test/auto");
+
+    // A publish and a conversion each end with a push of their revision.
+    std::fs::write(src.join("b.txt"), "b\n").unwrap();
+    let out = ok_with_s3(&env, &s3, &["publish", FQRN, src.to_str().unwrap()]);
+    assert!(
+        out.contains("-> s3://cvmfs-push-test/auto: revision 3 (was revision 2)"),
+        "{out}"
+    );
+    assert_served_matches_source(&env, &s3.url("auto"), &src, "");
+    let layout = env.path("layout");
+    let mut image = fixtures::oci::ImageBuilder::new();
+    for layer in fixtures::layers::edge_case_layers() {
+        image = image.layer(layer, fixtures::oci::Compression::Gzip);
+    }
+    image.write_layout(&layout, "v1").unwrap();
+    let oci = format!("oci:{}:v1", layout.display());
+    ok_with_s3(&env, &s3, &["convert", FQRN, &oci]);
+    assert_eq!(served_revision(&env, &s3, "auto"), 4);
+    let again = ok_with_s3(&env, &s3, &["push", FQRN]);
+    assert!(again.contains("already at revision 4"), "{again}");
+
+    // Without credentials the revision stands locally and the command says what to rerun.
+    // (The instance-metadata credentials an EC2 host would have are asked of a closed
+    // loopback port, never of the real link-local address.)
+    std::fs::write(src.join("c.txt"), "c\n").unwrap();
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = env
+        .cmd(&["publish", FQRN, src.to_str().unwrap()])
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env_remove("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
+        .env_remove("AWS_WEB_IDENTITY_TOKEN_FILE")
+        .env(
+            "AWS_METADATA_ENDPOINT",
+            format!("http://127.0.0.1:{closed}"),
+        )
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("revision 5 is published locally, but its push"),
+        "{err}"
+    );
+    assert_eq!(env.revision(), 5);
+    assert_eq!(served_revision(&env, &s3, "auto"), 4);
+    ok_with_s3(&env, &s3, &["push", FQRN]);
+    assert_eq!(served_revision(&env, &s3, "auto"), 5);
+
+    // Forgotten: publishes stay local.
+    ok_with_s3(&env, &s3, &["push", FQRN, "--no-auto"]);
+    std::fs::write(src.join("d.txt"), "d\n").unwrap();
+    ok_with_s3(&env, &s3, &["publish", FQRN, src.to_str().unwrap()]);
+    assert_eq!(env.revision(), 6);
+    assert_eq!(served_revision(&env, &s3, "auto"), 5);
+    let err = env.fails(&["push", FQRN]);
+    assert!(
+        err.contains("no target given and the repository has none"),
+        "{err}"
+    );
 }

@@ -53,6 +53,10 @@ pub struct Config {
     /// seconds, as `CVMFS_AUTO_GC` with `CVMFS_AUTO_GC_TIMESPAN`; `None`: off.
     #[serde(default)]
     pub auto_gc_seconds: Option<u64>,
+    /// The bucket every publish that makes a revision is pushed to (`push --auto`); `None`:
+    /// only explicit pushes.
+    #[serde(default)]
+    pub auto_push: Option<crate::push::S3Target>,
 }
 
 fn default_ttl() -> u32 {
@@ -82,6 +86,7 @@ impl Config {
             gc: false,
             memory_budget: default_memory_budget(),
             auto_gc_seconds: None,
+            auto_push: None,
         }
     }
 

@@ -11,6 +11,9 @@
 //! it was; the next one lists the bucket and uploads only what is missing. With `delete`, objects the bucket holds and the
 //! local storage no longer does (after `gc`) are deleted once the new manifest is in place.
 //!
+//! [`Repository::set_auto_push`] makes a target the repository's own (kept in `config.json`,
+//! without credentials); [`Repository::auto_push`] then pushes there after each publish.
+//!
 //! The home's lock and the storage's collection lock (shared) are held: no local publish or
 //! collection changes the storage during a push. Credentials come from the environment
 //! (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_REGION`, ...)
@@ -42,8 +45,11 @@ use object_store::{
 use std::collections::HashSet;
 use std::path::PathBuf;
 
-/// Where to push: `s3://BUCKET[/PREFIX]` plus how to reach the store.
-#[derive(Clone, Debug, Default)]
+/// Where to push: `s3://BUCKET[/PREFIX]` plus how to reach the store. Kept in `config.json`
+/// as the repository's push target ([`Config::auto_push`](crate::Config::auto_push)); no
+/// credentials are part of it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct S3Target {
     pub bucket: String,
     /// Key prefix of the repository inside the bucket ("" = the bucket's root).
@@ -82,7 +88,8 @@ impl S3Target {
         })
     }
 
-    fn describe(&self) -> String {
+    /// `s3://BUCKET[/PREFIX]`.
+    pub fn describe(&self) -> String {
         match self.prefix.as_str() {
             "" => format!("s3://{}", self.bucket),
             p => format!("s3://{}/{p}", self.bucket),
@@ -167,6 +174,27 @@ pub struct PushReport {
 }
 
 impl Repository {
+    /// Makes `target` the repository's push target, to which every publish that makes a
+    /// revision is pushed from then on (`None`: no more automatic pushes).
+    pub fn set_auto_push(&mut self, target: Option<S3Target>) -> Result<()> {
+        let fqrn = self.fqrn().to_string();
+        let _lock = lock(&self.home().lock_path(), &fqrn, true)?;
+        let mut config = self.config().clone();
+        config.auto_push = target;
+        config.save(&self.home().config_path())?;
+        self.config = config;
+        Ok(())
+    }
+
+    /// After a publish that made a revision: the push to the repository's push target, if it
+    /// has one.
+    pub fn auto_push(&self) -> Result<Option<PushReport>> {
+        match &self.config().auto_push {
+            Some(target) => self.push(&PushOptions::new(target.clone())).map(Some),
+            None => Ok(None),
+        }
+    }
+
     /// Copies the published revision to an S3 bucket; see the module documentation.
     pub fn push(&self, opts: &PushOptions) -> Result<PushReport> {
         let fqrn = self.fqrn();

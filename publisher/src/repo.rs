@@ -72,7 +72,7 @@ pub struct RepoInfo {
 #[derive(Debug)]
 pub struct Repository {
     home: RepoHome,
-    config: Config,
+    pub(crate) config: Config,
     store: Arc<LocalStore>,
 }
 

@@ -275,6 +275,7 @@ pub(super) fn run_batch(
             ),
         );
     }
+    super::push::after_publish(repo, &outcome, out)?;
     Ok(if summary.failed > 0 { 1 } else { 0 })
 }
 

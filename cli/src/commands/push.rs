@@ -1,49 +1,112 @@
-//! `push`: the published revision to an S3 bucket.
+//! `push`: the published revision to an S3 bucket, now or after every publish.
 
 use super::open_repo;
 use crate::args::{Global, PushArgs};
 use crate::output::{event_json, Output};
-use anyhow::{Context, Result};
-use publisher::{PushOptions, S3Target};
+use anyhow::{anyhow, Context, Result};
+use publisher::{CommitOutcome, PushOptions, PushReport, Repository, S3Target};
 use serde_json::json;
 use std::path::Path;
 use std::time::Instant;
 
 pub fn push(home: &Path, g: &Global, a: &PushArgs, out: Output) -> Result<i32> {
-    let repo = open_repo(home, &a.fqrn)?;
-    let target = S3Target {
-        endpoint: a.endpoint.clone(),
-        region: a.region.clone(),
-        allow_http: a.allow_http,
-        public_read: a.public_read,
-        ..S3Target::parse(&a.target)?
+    let mut repo = open_repo(home, &a.fqrn)?;
+    if a.no_auto {
+        repo.set_auto_push(None)?;
+        out.event(
+            &format!("{}: no push target; publishes stay local", a.fqrn),
+            event_json("push-target", json!({"fqrn": a.fqrn, "target": null})),
+        );
+        return Ok(0);
+    }
+    let target = match &a.target {
+        Some(url) => S3Target {
+            endpoint: a.endpoint.clone(),
+            region: a.region.clone(),
+            allow_http: a.allow_http,
+            public_read: a.public_read,
+            ..S3Target::parse(url)?
+        },
+        None => repo.config().auto_push.clone().ok_or_else(|| {
+            anyhow!(
+                "push {}: no target given and the repository has none (push FQRN s3://BUCKET \
+                 --auto sets one)",
+                a.fqrn
+            )
+        })?,
     };
     let opts = PushOptions {
         delete: a.delete,
         jobs: a.jobs,
         wait: !g.no_wait,
-        ..PushOptions::new(target)
+        ..PushOptions::new(target.clone())
     };
     let started = Instant::now();
     let r = repo
         .push(&opts)
-        .with_context(|| format!("push {} to {}", a.fqrn, a.target))?;
-    let secs = started.elapsed().as_secs_f64();
-    let before = match r.remote_revision {
-        Some(n) => format!("revision {n}"),
-        None => "no repository".to_string(),
+        .with_context(|| format!("push {} to {}", a.fqrn, target.describe()))?;
+    report(&a.fqrn, &target, &r, started, out)?;
+    if a.auto {
+        repo.set_auto_push(Some(target.clone()))?;
+        out.event(
+            &format!(
+                "{}: every new revision is pushed to {} from now on",
+                a.fqrn,
+                target.describe()
+            ),
+            event_json(
+                "push-target",
+                json!({"fqrn": a.fqrn, "target": target.describe()}),
+            ),
+        );
+    }
+    Ok(0)
+}
+
+/// After a publish that made a revision: the push to the repository's push target, if it has
+/// one. A failure is an error (the revision stands locally; a rerun of `push` catches up).
+pub fn after_publish(repo: &Repository, outcome: &CommitOutcome, out: Output) -> Result<()> {
+    let (CommitOutcome::Published(p), Some(target)) = (outcome, &repo.config().auto_push) else {
+        return Ok(());
     };
+    let started = Instant::now();
+    let r = repo.auto_push().with_context(|| {
+        format!(
+            "{}: revision {} is published locally, but its push to {} failed (`push {}` retries)",
+            repo.fqrn(),
+            p.revision,
+            target.describe(),
+            repo.fqrn()
+        )
+    })?;
+    match r {
+        Some(r) => report(repo.fqrn(), target, &r, started, out),
+        None => Ok(()),
+    }
+}
+
+fn report(
+    fqrn: &str,
+    target: &S3Target,
+    r: &PushReport,
+    started: Instant,
+    out: Output,
+) -> Result<()> {
+    let secs = started.elapsed().as_secs_f64();
+    let to = target.describe();
     let text = if !r.manifest_written && r.objects_uploaded == 0 && r.objects_deleted == 0 {
         format!(
-            "{} -> {}: already at revision {}; {secs:.2} s",
-            a.fqrn, a.target, r.revision
+            "{fqrn} -> {to}: already at revision {}; {secs:.2} s",
+            r.revision
         )
     } else {
+        let before = match r.remote_revision {
+            Some(n) => format!("revision {n}"),
+            None => "no repository".to_string(),
+        };
         format!(
-            "{} -> {}: revision {} (was {before}); {} objects uploaded ({:.1} MB), {} already \
-         there{}{}; {secs:.2} s",
-            a.fqrn,
-            a.target,
+            "{fqrn} -> {to}: revision {} (was {before}); {} objects uploaded ({:.1} MB), {} \
+             already there{}{}; {secs:.2} s",
             r.revision,
             r.objects_uploaded,
             r.bytes_uploaded as f64 / 1e6,
@@ -59,10 +122,10 @@ pub fn push(home: &Path, g: &Global, a: &PushArgs, out: Output) -> Result<i32> {
             },
         )
     };
-    let mut fields = serde_json::to_value(&r)?;
-    fields["fqrn"] = json!(a.fqrn);
-    fields["target"] = json!(a.target);
+    let mut fields = serde_json::to_value(r)?;
+    fields["fqrn"] = json!(fqrn);
+    fields["target"] = json!(to);
     fields["seconds"] = json!(secs);
     out.event(&text, event_json("push", fields));
-    Ok(0)
+    Ok(())
 }
