@@ -15,6 +15,15 @@ use std::time::{Duration, Instant};
 
 const BUCKET: &str = "cvmfs-push-test";
 
+/// A loopback port nothing listens on (the moment it is returned).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// moto's S3 server on a free loopback port, stopped when dropped.
 struct S3Server {
     child: Child,
@@ -23,11 +32,7 @@ struct S3Server {
 
 impl S3Server {
     fn start() -> S3Server {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let child = Command::new("moto_server")
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
@@ -264,11 +269,7 @@ fn push_errors_are_one_line_and_change_nothing() {
     let err = env.fails(&["push", FQRN, "http://bucket/prefix"]);
     assert!(err.contains("expected s3://BUCKET[/PREFIX]"), "{err}");
     // Nothing listens on this port: the error names the bucket and the key.
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let endpoint = format!("http://127.0.0.1:{port}");
     let out = env
         .cmd(&["push", FQRN, "s3://nowhere/repo", "--allow-http"])
@@ -365,11 +366,7 @@ fn every_new_revision_goes_to_the_push_target_until_it_is_forgotten() {
     // (The instance-metadata credentials an EC2 host would have are asked of a closed
     // loopback port, never of the real link-local address.)
     std::fs::write(src.join("c.txt"), "c\n").unwrap();
-    let closed = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let closed = free_port();
     let out = env
         .cmd(&["publish", FQRN, src.to_str().unwrap()])
         .env_remove("AWS_ACCESS_KEY_ID")
