@@ -340,10 +340,9 @@ fn sweep_list(
     started: SystemTime,
     report: &mut GcReport,
 ) -> Result<Vec<Condemned>> {
-    let data = store.root().join("data");
     let per_dir: Vec<Result<(Vec<Condemned>, usize)>> = (0..=255u8)
         .into_par_iter()
-        .map(|i| sweep_dir(&data, i, marked, started))
+        .map(|i| sweep_dir(store, i, marked, started))
         .collect();
     let mut condemned = Vec::new();
     for r in per_dir {
@@ -355,23 +354,13 @@ fn sweep_list(
 }
 
 fn sweep_dir(
-    data: &Path,
+    store: &LocalStore,
     prefix: u8,
     marked: &HashSet<ContentHash>,
     started: SystemTime,
 ) -> Result<(Vec<Condemned>, usize)> {
-    let dir = data.join(format!("{prefix:02x}"));
-    let entries = match fs::read_dir(&dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
-        Err(e) => return Err(Error::io_path(&dir, e)),
-    };
     let (mut condemned, mut too_new) = (Vec::new(), 0);
-    for entry in entries {
-        let entry = entry.map_err(|e| Error::io_path(&dir, e))?;
-        let Some((hash, suffix)) = object_name(prefix, &entry.file_name()) else {
-            continue;
-        };
+    for (entry, hash, suffix) in store.object_files(prefix)? {
         if marked.contains(&hash) {
             continue;
         }
@@ -394,15 +383,6 @@ fn sweep_dir(
         });
     }
     Ok((condemned, too_new))
-}
-
-/// The object a file of `data/<prefix>/` holds, if its name is an object name (lower-case
-/// hex, as `from_hex` insists, and a known suffix); anything else is not ours to delete.
-pub(crate) fn object_name(prefix: u8, name: &std::ffi::OsStr) -> Option<(ContentHash, Suffix)> {
-    let name = name.to_str()?;
-    let (hex, suffix) = (name.get(..38)?, name.get(38..)?);
-    let hash = ContentHash::from_hex(&format!("{prefix:02x}{hex}"))?;
-    Some((hash, Suffix::from_str_opt(suffix)?))
 }
 
 /// Removes the condemned objects from the reflog and, if it changed, re-signs the manifest

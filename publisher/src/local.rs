@@ -289,6 +289,28 @@ impl LocalStore {
         Ok(removed)
     }
 
+    /// The object files of `data/<prefix>/` with the object each holds; names that are not
+    /// object names are skipped, and a missing directory has none.
+    pub(crate) fn object_files(
+        &self,
+        prefix: u8,
+    ) -> Result<Vec<(fs::DirEntry, ContentHash, Suffix)>> {
+        let dir = self.root.join(format!("data/{prefix:02x}"));
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io_path(&dir, e)),
+        };
+        let mut files = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io_path(&dir, e))?;
+            if let Some((hash, suffix)) = parse_object_name(prefix, &entry.file_name()) {
+                files.push((entry, hash, suffix));
+            }
+        }
+        Ok(files)
+    }
+
     /// The storage directory.
     pub fn root(&self) -> &Path {
         &self.root
@@ -429,6 +451,18 @@ fn link_at(
 /// An object's file name in its `data/XX` directory.
 fn object_name(hash: &ContentHash, suffix: Suffix) -> String {
     format!("{}{}", &hash.to_hex()[2..], suffix.as_str())
+}
+
+/// The object a file of `data/<prefix>/` holds, if its name is an object name (lower-case
+/// hex, as `from_hex` insists, and a known suffix): the inverse of [`object_name`].
+pub(crate) fn parse_object_name(
+    prefix: u8,
+    name: &std::ffi::OsStr,
+) -> Option<(ContentHash, Suffix)> {
+    let name = name.to_str()?;
+    let (hex, suffix) = (name.get(..38)?, name.get(38..)?);
+    let hash = ContentHash::from_hex(&format!("{prefix:02x}{hex}"))?;
+    Some((hash, Suffix::from_str_opt(suffix)?))
 }
 
 /// Mode of objects and root files: the web server must be able to read them.

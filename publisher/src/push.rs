@@ -30,8 +30,7 @@
 //! ```
 
 use crate::error::{Error, Result};
-use crate::gc::object_name;
-use crate::local::LocalStore;
+use crate::local::{parse_object_name, LocalStore};
 use crate::repo::{load_keys, lock, storage_lock, Repository, StorageUse};
 use crate::store::{root_files, ObjectStore};
 use crate::txn::{fault_point, verified_manifest};
@@ -527,27 +526,17 @@ fn is_object_key(name: &str) -> bool {
     let Ok(prefix) = u8::from_str_radix(dir, 16) else {
         return false;
     };
-    dir.len() == 2 && object_name(prefix, std::ffi::OsStr::new(file)).is_some()
+    dir.len() == 2 && parse_object_name(prefix, std::ffi::OsStr::new(file)).is_some()
 }
 
 /// Every object file of the local storage, as `data/XX/<name>`.
 fn local_objects(store: &LocalStore) -> Result<Vec<String>> {
-    let data = store.root().join("data");
     let mut names = Vec::new();
     for prefix in 0..=255u8 {
-        let dir = data.join(format!("{prefix:02x}"));
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(Error::io_path(&dir, e)),
-        };
-        for entry in entries {
-            let entry = entry.map_err(|e| Error::io_path(&dir, e))?;
-            let file = entry.file_name();
-            if object_name(prefix, &file).is_some() {
-                if let Some(file) = file.to_str() {
-                    names.push(format!("data/{prefix:02x}/{file}"));
-                }
+        for (entry, _, _) in store.object_files(prefix)? {
+            // An object name is ASCII: `object_files` parsed it.
+            if let Some(file) = entry.file_name().to_str() {
+                names.push(format!("data/{prefix:02x}/{file}"));
             }
         }
     }
