@@ -107,7 +107,47 @@ pub(crate) fn components(path: &[u8]) -> Result<Vec<&[u8]>> {
 }
 
 pub(crate) fn valid_name(name: &[u8]) -> bool {
-    !name.is_empty() && name != b"." && name != b".." && !name.contains(&b'/') && !name.contains(&0)
+    !name.is_empty()
+        && name.len() <= NAME_MAX
+        && name != b"."
+        && name != b".."
+        && !name.contains(&b'/')
+        && !name.contains(&0)
+}
+
+/// Longest name a client can look up (Linux `NAME_MAX`).
+const NAME_MAX: usize = 255;
+/// Longest symlink target a client can return from `readlink` (Linux `PATH_MAX` less the
+/// terminating NUL).
+const SYMLINK_MAX: usize = 4095;
+
+/// Entries the client cannot serve, and `.cvmfscatalog`/`.cvmfsautocatalog` that are not
+/// regular files: every such name is taken for a nested catalog marker, and a marker that is
+/// a directory or a link would leave a catalog no client or `check` accepts.
+fn check_leaf(path: &[u8], name: &[u8], node: &Node) -> Result<()> {
+    let is_file = matches!(node, Node::Leaf(e) if matches!(e.kind, EntryKind::File { .. }));
+    if (name == MARKER || name == crate::node::AUTO_MARKER) && !is_file {
+        return Err(path_error(
+            path,
+            "a nested catalog marker must be a regular file",
+        ));
+    }
+    if let Node::Leaf(Entry {
+        kind: EntryKind::Symlink { target },
+        ..
+    }) = node
+    {
+        if target.len() > SYMLINK_MAX {
+            return Err(path_error(
+                path,
+                format!(
+                    "symlink target of {} bytes (at most {SYMLINK_MAX})",
+                    target.len()
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 impl Namespace {
@@ -191,6 +231,9 @@ impl Namespace {
         objects: &dyn Objects,
     ) -> crate::Result<()> {
         let comps = components(path)?;
+        if let Some(last) = comps.last() {
+            check_leaf(path, last, &node)?;
+        }
         let new = graft(node, path)?;
         let Some((last, parents)) = comps.split_last() else {
             let Child::Dir(mut d) = new else {
@@ -451,10 +494,19 @@ fn graft(node: Node, path: &[u8]) -> Result<Child> {
                 if !valid_name(&name) {
                     return Err(path_error(
                         path,
-                        format!("invalid entry name {:?}", String::from_utf8_lossy(&name)),
+                        format!(
+                            "invalid entry name {:?}{}",
+                            String::from_utf8_lossy(&name),
+                            if name.len() > NAME_MAX {
+                                format!(" ({} bytes, at most {NAME_MAX})", name.len())
+                            } else {
+                                String::new()
+                            }
+                        ),
                     ));
                 }
                 let child_path = crate::pathhash::join(path, &name);
+                check_leaf(&child_path, &name, &child)?;
                 d.children.insert(name, graft(child, &child_path)?);
             }
             Child::Dir(Box::new(d))

@@ -855,3 +855,42 @@ fn subtrees_are_left_to_commit_when_a_dirtab_applies() {
     // /a and the nested /a/b.
     assert_eq!(ns.commit_subtree(b"/a", &o, &objects).unwrap(), 2);
 }
+
+#[test]
+fn entries_no_client_could_serve_are_refused_with_their_path() {
+    let objects = MemObjects::default();
+    let parent = Entry::directory(0o755, 0, 0, 1);
+    let refused = |tree: Dir| {
+        let mut ns = Namespace::empty(1);
+        let err = ns
+            .replace(b"/img", Node::Dir(tree), &parent, &objects)
+            .expect_err("grafted");
+        err.to_string()
+    };
+    // A `.cvmfscatalog` that is a directory or a link would be taken for a marker.
+    let mut t = dir();
+    put(&mut t, b"etc/.cvmfscatalog/x", file(&objects, b"x"));
+    let err = refused(t);
+    assert!(
+        err.contains("/img/etc/.cvmfscatalog: a nested catalog marker must be a regular file"),
+        "{err}"
+    );
+    let mut t = dir();
+    put(&mut t, b"etc/.cvmfsautocatalog", symlink(b"/nowhere"));
+    assert!(refused(t).contains("/img/etc/.cvmfsautocatalog: a nested catalog marker"));
+    // Names over NAME_MAX, targets over PATH_MAX - 1.
+    let mut t = dir();
+    put(&mut t, &[b'n'; 256], file(&objects, b"x"));
+    assert!(refused(t).contains("(256 bytes, at most 255)"));
+    let mut t = dir();
+    put(&mut t, b"link", symlink(&[b't'; 4096]));
+    assert!(refused(t).contains("/img/link: symlink target of 4096 bytes (at most 4095)"));
+    // The limits themselves are fine.
+    let mut t = dir();
+    put(&mut t, &[b'n'; 255], symlink(&[b't'; 4095]));
+    put(&mut t, b"etc/.cvmfscatalog", file(&objects, b""));
+    let mut ns = Namespace::empty(1);
+    ns.replace(b"/img", Node::Dir(t), &parent, &objects)
+        .unwrap();
+    commit(&mut ns, &objects, 2);
+}

@@ -344,6 +344,12 @@ pub fn check(home: &Path, a: &CheckArgs, out: Output) -> Result<i32> {
         .map(|k| signer::load_public_key(k).with_context(|| format!("key {}", k.display())))
         .collect::<Result<Vec<_>>>()?;
     let report = publisher::check_repository(store.as_ref(), &a.fqrn, &masters, a.full)?;
+    for n in &report.notes {
+        out.event(
+            &format!("note: {n}"),
+            event_json("note", json!({"fqrn": a.fqrn, "note": n})),
+        );
+    }
     for p in &report.problems {
         out.event(
             p,
@@ -455,14 +461,23 @@ pub fn cache_stats(home: &Path, fqrn: &str, out: Output) -> Result<i32> {
     let repo = open_repo(home, fqrn)?;
     let layers = repo.layer_memo()?.list()?;
     let complete = layers.iter().filter(|l| l.complete).count();
+    let index = repo.content_index()?.summary()?;
     out.event(
         &format!(
-            "{fqrn}: layer memo: {} layers ({complete} complete)",
+            "{fqrn}: content index: {} plaintexts -> {} objects ({:.1} MB plain, {:.1} MB \
+             compressed); layer memo: {} layers ({complete} complete)",
+            index.entries,
+            index.objects,
+            index.plain_bytes as f64 / 1e6,
+            index.compressed_bytes as f64 / 1e6,
             layers.len()
         ),
         event_json(
             "cache-stats",
-            json!({"fqrn": fqrn, "layers": layers.len(), "complete": complete}),
+            json!({"fqrn": fqrn, "layers": layers.len(), "complete": complete,
+                   "index_entries": index.entries, "index_objects": index.objects,
+                   "index_plain_bytes": index.plain_bytes,
+                   "index_compressed_bytes": index.compressed_bytes}),
         ),
     );
     Ok(0)

@@ -18,9 +18,11 @@ fn main() {
         Ok(code) => std::process::exit(code),
         Err(err) => {
             // One line: the chain of causes, joined, so scripts can grep it.
-            let line = format!("{err:#}").replace('\n', " ");
+            let line = output::error_line(&err);
             if out.json {
-                println!(
+                use std::io::Write;
+                let _ = writeln!(
+                    std::io::stdout().lock(),
                     "{}",
                     serde_json::json!({ "action": "error", "error": line })
                 );

@@ -26,7 +26,8 @@ impl Output {
     /// A line for humans only (headings, hints); JSON mode skips it.
     pub fn say(&self, text: &str) {
         if !self.json {
-            println!("{text}");
+            // Ignored like `event`'s: a reader that went away (`| head`) must not stop the work.
+            let _ = writeln!(std::io::stdout().lock(), "{text}");
         }
     }
 
@@ -63,4 +64,86 @@ pub fn event_json(action: &str, extra: Value) -> Value {
         obj.extend(more);
     }
     v
+}
+
+/// `err` and its causes as one line. A cause whose text its wrapper already printed (errors
+/// that show their source in their own message) is left out, and so is a `context: ` prefix
+/// repeated inside the message, so each fact appears once.
+pub fn error_line(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string().replace('\n', " ");
+        if text.is_empty() || line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    drop_repeated_prefixes(&line.replace("image image ", "image "))
+}
+
+/// Removes later copies of a `…: ` segment run that already came earlier, e.g.
+/// `image X layer Y: a: image X layer Y: b` → `image X layer Y: a: b`.
+fn drop_repeated_prefixes(line: &str) -> String {
+    // Empty segments come from a context with nothing to name (`layer …: : reason`).
+    let parts: Vec<&str> = line.split(": ").filter(|p| !p.is_empty()).collect();
+    let mut kept: Vec<&str> = Vec::with_capacity(parts.len());
+    let mut i = 0;
+    while i < parts.len() {
+        // The longest run starting at `i` that already appears, contiguous, in what is kept:
+        // one segment if it is long enough to be a context (`image X layer Y`), else at least
+        // two, so that a short common word is kept.
+        let mut skip = 0;
+        for len in (1..=parts.len() - i).rev() {
+            let run = &parts[i..i + len];
+            if len == 1 && run[0].len() < 16 {
+                continue;
+            }
+            if kept.windows(len).any(|w| w == run) {
+                skip = len;
+                break;
+            }
+        }
+        if skip > 0 && i + skip < parts.len() {
+            i += skip;
+        } else {
+            kept.push(parts[i]);
+            i += 1;
+        }
+    }
+    kept.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cause_shown_by_its_wrapper_appears_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file or directory");
+        let err = anyhow::Error::new(io).context("/x/index.json: No such file or directory");
+        assert_eq!(error_line(&err), "/x/index.json: No such file or directory");
+    }
+
+    #[test]
+    fn repeated_context_runs_are_dropped() {
+        let line = "image oci:a:img layer sha256:82: etc/b: image oci:a:img layer sha256:82: \
+                    corrupt compressed data: gzip member 1: truncated";
+        assert_eq!(
+            drop_repeated_prefixes(line),
+            "image oci:a:img layer sha256:82: etc/b: corrupt compressed data: gzip member 1: \
+             truncated"
+        );
+        // A final run is the message itself: kept even if it came before.
+        assert_eq!(drop_repeated_prefixes("a: b: c: a: b"), "a: b: c: a: b");
+        assert_eq!(drop_repeated_prefixes("x: y"), "x: y");
+        assert_eq!(
+            drop_repeated_prefixes(
+                "layer sha256:e485de: : after the end: layer sha256:e485de: bad"
+            ),
+            "layer sha256:e485de: after the end: bad"
+        );
+    }
 }

@@ -109,10 +109,19 @@ fn an_image_converted_again_after_gc_is_stored_again() {
         |env: &Env| last_json(&env.ok(&["--json", "cache", "stats", FQRN]))["layers"].clone();
     let layers = fixtures::layers::edge_case_layers().len() as u64;
     assert_eq!(memos(&env).as_u64(), Some(layers));
+    let indexed = |env: &Env| {
+        last_json(&env.ok(&["--json", "cache", "stats", FQRN]))["index_objects"]
+            .as_u64()
+            .expect("index_objects")
+    };
+    let before = indexed(&env);
+    assert!(before > 0);
     let r = last_json(&env.ok(&["--json", "gc", FQRN, "--keep-revisions", "0"]));
     assert!(r["objects_deleted"].as_u64().unwrap() > 0, "{r}");
     assert_eq!(r["memos_forgotten"].as_u64(), Some(layers), "{r}");
     assert_eq!(memos(&env).as_u64(), Some(0));
+    // The index forgets the deleted objects too.
+    assert!(indexed(&env) < before);
     env.check(true);
 
     // The layers are read again and their objects stored anew.

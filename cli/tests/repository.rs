@@ -228,6 +228,7 @@ fn crash_at_every_stage_keeps_the_last_revision() {
         "after-catalogs",
         "after-history",
         "before-manifest",
+        "after-reflog",
     ] {
         let out = env
             .cmd(&[
@@ -249,6 +250,9 @@ fn crash_at_every_stage_keeps_the_last_revision() {
         env.check(true);
         assert_eq!(env.revision(), 2, "{point}");
     }
+    // The last crash left a reflog newer than the manifest: tolerated, and said.
+    let checked = env.ok(&["check", FQRN]);
+    assert!(checked.contains("note: .cvmfsreflog"), "{checked}");
     env.ok(&[
         "publish",
         FQRN,
@@ -258,6 +262,7 @@ fn crash_at_every_stage_keeps_the_last_revision() {
     ]);
     assert_eq!(env.revision(), 3);
     env.check(true);
+    assert!(!env.ok(&["check", FQRN]).contains("note:"));
     assert_matches_source(&env, &second, "/second");
 }
 

@@ -34,6 +34,19 @@ fn i64_of(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
+/// Totals of a content index ([`SqliteContentIndex::summary`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IndexSummary {
+    /// Plaintexts (whole files and chunks) recorded.
+    pub entries: u64,
+    /// Distinct objects they name.
+    pub objects: u64,
+    /// Their plaintext bytes.
+    pub plain_bytes: u64,
+    /// Their objects' compressed bytes (counted per entry).
+    pub compressed_bytes: u64,
+}
+
 impl SqliteContentIndex {
     /// Opens or creates the index database at `path`.
     pub fn open(path: &Path) -> Result<SqliteContentIndex> {
@@ -98,6 +111,29 @@ impl SqliteContentIndex {
         tx.commit().map_err(|e| Error::sql(what.as_str(), e))?;
         pending.clear();
         Ok(())
+    }
+
+    /// What the index holds: entries, distinct objects, and the plaintext and compressed bytes
+    /// they stand for (pending records included, after a flush).
+    pub fn summary(&self) -> Result<IndexSummary> {
+        self.flush()?;
+        let inner = self.lock();
+        inner
+            .conn
+            .query_row(
+                "SELECT COUNT(*), COUNT(DISTINCT object), COALESCE(SUM(size), 0), \
+                 COALESCE(SUM(compressed_size), 0) FROM content",
+                [],
+                |r| {
+                    Ok(IndexSummary {
+                        entries: r.get::<_, i64>(0)?.max(0) as u64,
+                        objects: r.get::<_, i64>(1)?.max(0) as u64,
+                        plain_bytes: r.get::<_, i64>(2)?.max(0) as u64,
+                        compressed_bytes: r.get::<_, i64>(3)?.max(0) as u64,
+                    })
+                },
+            )
+            .map_err(|e| Error::sql(self.path.display().to_string(), e))
     }
 
     /// Forgets every entry pointing at `object` (e.g. after it was found missing).

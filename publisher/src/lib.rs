@@ -55,7 +55,7 @@ pub mod txn;
 
 pub use check::{check_repository, CheckReport};
 pub use config::{Chunking, Config, RepoHome};
-pub use content_index::SqliteContentIndex;
+pub use content_index::{IndexSummary, SqliteContentIndex};
 pub use error::{Error, Result};
 pub use gc::{GcOptions, GcReport, Keep, KeptRevision};
 pub use history::{History, Tag};

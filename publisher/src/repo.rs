@@ -762,13 +762,17 @@ pub(crate) fn replace_manifest(
     let signed = manifest
         .sign(&keys.repo_key)
         .map_err(|e| Error::signature(".cvmfspublished", e))?;
-    // Last check before anything visible changes: a lost race must not touch the winner's files.
+    // Last check before anything visible changes: a lost race must not touch the winner's
+    // files. Under the commit lock, so that no publisher of another home passes its check
+    // between ours and our rename.
+    let _commit = store.commit_lock()?;
     compare_and_swap_check(store, expected)?;
     fault_point("before-manifest");
     if let Some(reflog) = reflog {
         store
             .put_root_file(root_files::REFLOG, reflog)
             .map_err(|e| Error::io(format!("{}/.cvmfsreflog", store.describe()), e))?;
+        fault_point("after-reflog");
     }
     store
         .put_root_file(root_files::MANIFEST, &signed)

@@ -9,7 +9,8 @@ use crate::history::{History, Tag, TRUNK, TRUNK_PREVIOUS};
 use crate::local::LocalStore;
 use crate::reflog::RefKind;
 use crate::repo::{
-    load_keys, lock, now_unix, parse_hash_field, replace_manifest, updated_reflog, Repository,
+    load_keys, lock, now_unix, parse_hash_field, replace_manifest, storage_lock, updated_reflog,
+    Repository, StorageUse,
 };
 use crate::store::ObjectStore;
 use crate::txn::verified_manifest;
@@ -78,6 +79,9 @@ impl Repository {
         let fqrn = self.fqrn();
         let _lock = lock(&self.home().lock_path(), fqrn, wait)?;
         let store = self.store();
+        // The new history object must survive a `gc` of another home until the manifest
+        // names it, as a transaction's objects do.
+        let _storage = storage_lock(&store, fqrn, StorageUse::Publish, wait)?;
         let keys = load_keys(self.config())?;
         let (base_bytes, base) = verified_manifest(&store, fqrn, &keys)?;
         let old = base

@@ -532,3 +532,73 @@ fn a_publisher_of_another_home_holds_off_collection() {
     drop(lock);
     drop(other.begin(false).unwrap());
 }
+
+#[test]
+fn publishers_of_two_homes_cannot_both_win_one_revision() {
+    // Each commit checks that `.cvmfspublished` is still the one it began from and then
+    // renames its own in; the storage's commit lock (on `data/txn`) makes the two one step,
+    // so of two homes racing for the same revision one wins and the other is refused.
+    let dir = tempdir();
+    let repo = gc_repo(dir.path());
+    let storage = repo.config().storage.clone();
+    let opts = InitOptions {
+        keys_dir: Some(repo.config().keys_dir.clone()),
+        gc: true,
+        ..InitOptions::default()
+    };
+    let (other, _) = Repository::adopt(&dir.path().join("home2"), FQRN, &storage, opts).unwrap();
+    let base = manifest(&repo).1.revision;
+    let mut first = repo.begin(false).unwrap();
+    add_file(&mut first, b"/from-first", b"first home");
+    let mut second = other.begin(false).unwrap();
+    add_file(&mut second, b"/from-second", b"second home");
+
+    let commit_lock = std::fs::File::open(storage.join("data/txn")).unwrap();
+    commit_lock.lock().unwrap();
+    let settings = CommitSettings::default();
+    let results = std::thread::scope(|s| {
+        let a = s.spawn(|| first.commit(&settings).map_err(|e| e.to_string()));
+        let b = s.spawn(|| second.commit(&settings).map_err(|e| e.to_string()));
+        std::thread::sleep(Duration::from_millis(500));
+        // Both have written their catalogs and wait at the compare-and-swap.
+        assert!(
+            !a.is_finished() && !b.is_finished(),
+            "a commit passed the held lock"
+        );
+        assert_eq!(manifest(&repo).1.revision, base);
+        drop(commit_lock);
+        [a.join().unwrap(), b.join().unwrap()]
+    });
+    let won = results
+        .iter()
+        .filter(|r| matches!(r, Ok(CommitOutcome::Published(_))))
+        .count();
+    assert_eq!(won, 1, "{results:?}");
+    let lost = results.iter().find_map(|r| r.as_ref().err()).unwrap();
+    assert!(
+        lost.contains("changed since the transaction began"),
+        "{lost}"
+    );
+    assert_eq!(manifest(&repo).1.revision, base + 1);
+    check_ok(&repo);
+}
+
+#[test]
+fn a_tag_written_by_another_home_holds_off_collection() {
+    // A tag stores a new history object before the manifest names it: like a transaction it
+    // holds the storage's collection lock, or a `gc` of another home could delete the object
+    // in between and leave the manifest pointing at nothing.
+    let dir = tempdir();
+    let repo = gc_repo(dir.path());
+    publish_history(&repo);
+    let lock = std::fs::File::open(repo.config().storage.join("data/txn/collect.lock")).unwrap();
+    lock.lock().unwrap();
+    let err = match repo.add_tag("v1", None, "", false) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("a tag was written during a collection"),
+    };
+    assert!(err.contains("is in use by garbage collection"), "{err}");
+    drop(lock);
+    repo.add_tag("v1", None, "", false).unwrap();
+    check_ok(&repo);
+}

@@ -65,7 +65,7 @@ pub fn sync(home: &Path, g: &Global, a: &SyncArgs, out: Output) -> Result<i32> {
             Ok(mut r) => refs.append(&mut r),
             Err(e) => {
                 failed += 1;
-                let line = format!("{e:#}");
+                let line = crate::output::error_line(&e);
                 out.event(
                     &format!("failed: {line}"),
                     event_json("error", json!({"image": input.text, "error": line})),
@@ -452,7 +452,10 @@ fn report_image(summary: &mut Summary, status: Status, name: &str, t0: Instant, 
 
 fn report_failure(summary: &mut Summary, image: &str, e: &anyhow::Error, out: Output) {
     summary.failed += 1;
-    let line = format!("{e:#}").replace('\n', " ");
+    let mut line = crate::output::error_line(e);
+    if !line.contains(image) {
+        line = format!("image {image}: {line}");
+    }
     eprintln!("cvmfs-oci: error: {line}");
     if out.json {
         out.event(
@@ -466,7 +469,15 @@ fn apply(txn: &mut Transaction, graft: layout::Graft) -> Result<()> {
     let (ns, objects) = txn.namespace_and_objects();
     let parent = layout::parent_meta(unix_now());
     ns.replace(&graft.path, graft.node, &parent, &objects)
-        .map_err(|e| anyhow!("{}: {e}", String::from_utf8_lossy(&graft.path)))
+        .map_err(|e| {
+            let path = String::from_utf8_lossy(&graft.path);
+            let msg = e.to_string();
+            if msg.contains(path.as_ref()) {
+                anyhow!(msg)
+            } else {
+                anyhow!("{path}: {msg}")
+            }
+        })
 }
 
 /// Removes the tag links (and their metadata) the prune covers and does not keep, then the

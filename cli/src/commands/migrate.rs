@@ -197,12 +197,10 @@ fn forecast(
         });
         if let Err(e) = result {
             failed += 1;
+            let line = crate::output::error_line(&e);
             out.event(
-                &format!("cannot read {reference}: {e:#}"),
-                event_json(
-                    "error",
-                    json!({"image": reference, "error": format!("{e:#}")}),
-                ),
+                &format!("cannot read {reference}: {line}"),
+                event_json("error", json!({"image": reference, "error": line})),
             );
         }
     }
