@@ -77,7 +77,7 @@ impl LocalStore {
     /// `data/txn` directory itself (no file is added to the storage). Publishers of every
     /// home sharing the storage hold it from their last compare-and-swap check of
     /// `.cvmfspublished` to its rename, so two of them cannot both pass the check.
-    pub fn commit_lock(&self) -> Result<fs::File> {
+    pub(crate) fn commit_lock(&self) -> Result<fs::File> {
         let dir = self.root.join("data/txn");
         let file = fs::File::open(&dir).map_err(|e| Error::io_path(&dir, e))?;
         file.lock().map_err(|e| Error::io_path(&dir, e))?;

@@ -115,6 +115,20 @@ fn gc_repo(base: &std::path::Path) -> Repository {
     )
 }
 
+/// A second home for `repo`'s storage and keys (as on another machine, or re-made with
+/// `adopt`).
+fn second_home(repo: &Repository, base: &std::path::Path) -> Repository {
+    let opts = InitOptions {
+        keys_dir: Some(repo.config().keys_dir.clone()),
+        gc: true,
+        ..InitOptions::default()
+    };
+    let storage = &repo.config().storage;
+    Repository::adopt(&base.join("home2"), FQRN, storage, opts)
+        .unwrap()
+        .0
+}
+
 fn options(keep: Keep, dry_run: bool) -> GcOptions {
     GcOptions {
         keep,
@@ -482,12 +496,7 @@ fn a_publisher_of_another_home_holds_off_collection() {
     let repo = gc_repo(dir.path());
     publish_history(&repo);
     let storage = repo.config().storage.clone();
-    let opts = InitOptions {
-        keys_dir: Some(repo.config().keys_dir.clone()),
-        gc: true,
-        ..InitOptions::default()
-    };
-    let (other, _) = Repository::adopt(&dir.path().join("home2"), FQRN, &storage, opts).unwrap();
+    let other = second_home(&repo, dir.path());
 
     // The other home's transaction stores alpha again: only revision 2 references it, so it
     // is garbage for `--keep-revisions 0`, and the store call finds it there and writes
@@ -541,12 +550,7 @@ fn publishers_of_two_homes_cannot_both_win_one_revision() {
     let dir = tempdir();
     let repo = gc_repo(dir.path());
     let storage = repo.config().storage.clone();
-    let opts = InitOptions {
-        keys_dir: Some(repo.config().keys_dir.clone()),
-        gc: true,
-        ..InitOptions::default()
-    };
-    let (other, _) = Repository::adopt(&dir.path().join("home2"), FQRN, &storage, opts).unwrap();
+    let other = second_home(&repo, dir.path());
     let base = manifest(&repo).1.revision;
     let mut first = repo.begin(false).unwrap();
     add_file(&mut first, b"/from-first", b"first home");
