@@ -85,7 +85,9 @@ pub fn error_line(err: &anyhow::Error) -> String {
 }
 
 /// Removes later copies of a `…: ` segment run that already came earlier, e.g.
-/// `image X layer Y: a: image X layer Y: b` → `image X layer Y: a: b`.
+/// `image X layer Y: a: image X layer Y: b` → `image X layer Y: a: b`. A backstop: tar
+/// member errors (`ingest::Error::Tar`) and layer-open errors say the layer once at their
+/// source, but I/O errors read through a layer stream still carry its name a second time.
 fn drop_repeated_prefixes(line: &str) -> String {
     // Empty segments come from a context with nothing to name (`layer …: : reason`).
     let parts: Vec<&str> = line.split(": ").filter(|p| !p.is_empty()).collect();

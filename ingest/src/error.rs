@@ -16,7 +16,7 @@ pub enum Error {
         source: io::Error,
     },
     /// A tar member is unusable (hostile path, truncated data, unsupported type, ...).
-    #[error("{archive}: {path}: {msg}")]
+    #[error("{}", tar_line(archive, path, msg))]
     Tar {
         /// The tar file, "stdin", or an image + layer digest.
         archive: String,
@@ -73,4 +73,45 @@ impl Error {
 /// Lossy text of a raw path for messages.
 pub(crate) fn show(path: &[u8]) -> String {
     String::from_utf8_lossy(path).into_owned()
+}
+
+/// `archive: path: msg`, each said once: a layer stream's own errors (digest, decoding,
+/// registry) already carry the layer's name, and errors after the last member have no path.
+fn tar_line(archive: &str, path: &str, msg: &str) -> String {
+    let msg = msg.replace(&format!("{archive}: "), "");
+    if path.is_empty() {
+        format!("{archive}: {msg}")
+    } else {
+        format!("{archive}: {path}: {msg}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tar_error_names_archive_and_path_once() {
+        let tar = |path: &str, msg: &str| Error::Tar {
+            archive: "image i layer sha256:ab".into(),
+            path: path.into(),
+            msg: msg.into(),
+        };
+        assert_eq!(
+            tar("etc/b", "image i layer sha256:ab: corrupt compressed data").to_string(),
+            "image i layer sha256:ab: etc/b: corrupt compressed data"
+        );
+        assert_eq!(
+            tar(
+                "",
+                "after the end of the layer: image i layer sha256:ab: bad digest"
+            )
+            .to_string(),
+            "image i layer sha256:ab: after the end of the layer: bad digest"
+        );
+        assert_eq!(
+            tar("x", "no such file").to_string(),
+            "image i layer sha256:ab: x: no such file"
+        );
+    }
 }

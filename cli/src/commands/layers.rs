@@ -114,9 +114,15 @@ impl LayerOpener {
     fn start(self: &Arc<Self>, i: usize) -> ingest::Result<ReadAhead> {
         let stream =
             open_uncompressed_layer(self.source.as_ref(), &self.image, i).map_err(|e| {
-                ingest::Error::Image {
-                    image: self.name(i),
-                    msg: e.to_string(),
+                // Most of these already name the image and the layer: say them once.
+                let name = self.name(i);
+                if e.to_string().contains(&name) {
+                    ingest::Error::from(e)
+                } else {
+                    ingest::Error::Decode {
+                        archive: name,
+                        msg: e.to_string(),
+                    }
                 }
             })?;
         BLOB_BYTES_FETCHED.fetch_add(self.image.layers[i].size, Ordering::Relaxed);
