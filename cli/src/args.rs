@@ -245,6 +245,11 @@ pub struct RegistryArgs {
     /// Allow plain HTTP for this registry host[:port] (repeatable).
     #[arg(long = "insecure-registry")]
     pub insecure_registry: Vec<String>,
+    /// Seconds without a byte from a registry before the request counts as stalled and is
+    /// retried (blobs resume where they stopped).
+    #[arg(long, value_name = "SECS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub registry_timeout: u64,
 }
 
 #[derive(Args)]

@@ -433,7 +433,35 @@ fn registry_errors_fail_cleanly() {
             stderr.contains(&addr) && stderr.contains(&status.to_string()),
             "{status}: {stderr}"
         );
+        // Each retry is announced when it happens; the error is the last line.
+        let manifest_url = format!("http://{addr}/v2/some/image/manifests/1: {status} ");
+        let retries: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.starts_with("retrying: "))
+            .collect();
+        assert_eq!(retries.len(), 5, "{stderr}");
+        assert!(retries[0].contains(&manifest_url), "{stderr}");
+        assert!(retries[4].contains("; retry 5 of 5 in "), "{stderr}");
+        let last = stderr.trim_end().lines().last().unwrap();
+        assert!(last.starts_with("cvmfs-oci: error: image "), "{stderr}");
     }
+    let (addr, _h) = failing_server(503);
+    let image = format!("docker://{addr}/some/image:1");
+    let out = env.run(&[
+        "--json",
+        "convert",
+        FQRN,
+        &image,
+        "--insecure-registry",
+        &addr,
+    ]);
+    let events = String::from_utf8_lossy(&out.stdout);
+    let retries = events
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["action"] == "retry")
+        .count();
+    assert_eq!(retries, 5, "{events}");
     if let Some(reg) = registry_or_skip() {
         let addr = reg.addr();
         let missing = format!("docker://{addr}/no/such:tag");

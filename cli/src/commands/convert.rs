@@ -11,7 +11,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use catalog_writer::namespace::Namespace;
 use ingest::convert::{self as layout, Status};
 use ingest::image::{
-    AuthStore, ImageRef, Platform, PlatformSelection, RegistryOptions, ResolvedImage, Sources,
+    AuthStore, ImageRef, Platform, PlatformSelection, RegistryOptions, ResolvedImage, RetryNotices,
+    Sources,
 };
 use ingest::pipeline::ObjectPipeline;
 use ingest::MemoContext;
@@ -21,7 +22,7 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Counts for the closing summary.
 #[derive(Default)]
@@ -38,7 +39,7 @@ struct Summary {
 pub fn convert(home: &Path, g: &Global, a: &ConvertArgs, out: Output) -> Result<i32> {
     let selection = selection(a.platform.as_deref(), a.all_platforms)?;
     let repo = open_repo(home, &a.fqrn)?;
-    let sources = sources(&a.registry)?;
+    let sources = sources(&a.registry, out)?;
     let refs: Vec<String> = a.images.clone();
     run_batch(&repo, g, &sources, &refs, &selection, &a.tuning, None, out)
 }
@@ -57,7 +58,7 @@ pub fn sync(home: &Path, g: &Global, a: &SyncArgs, out: Output) -> Result<i32> {
     for input in recipe.inputs.iter().filter(|i| i.insecure) {
         registry.insecure_registry.push(input.image.host.clone());
     }
-    let sources = sources(&registry)?;
+    let sources = sources(&registry, out)?;
     let mut refs = Vec::new();
     let mut failed = 0usize;
     for input in &recipe.inputs {
@@ -156,11 +157,22 @@ pub(super) fn selection(platform: Option<&str>, all: bool) -> Result<PlatformSel
     })
 }
 
-pub(super) fn sources(r: &RegistryArgs) -> Result<Sources> {
+/// Registry sources as the flags ask; every retry is announced as it happens (stderr, or a
+/// `retry` event with `--json`).
+pub(super) fn sources(r: &RegistryArgs, out: Output) -> Result<Sources> {
     let auth = AuthStore::from_environment(r.creds.as_deref())?;
+    let announce = move |notice: &str| {
+        if out.json {
+            out.event("", event_json("retry", json!({ "message": notice })));
+        } else {
+            eprintln!("retrying: {notice}");
+        }
+    };
     Ok(Sources::new(RegistryOptions {
         auth,
         insecure: r.insecure_registry.clone(),
+        read_timeout: Duration::from_secs(r.registry_timeout),
+        on_retry: Some(RetryNotices::new(announce)),
         ..RegistryOptions::default()
     }))
 }

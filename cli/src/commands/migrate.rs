@@ -21,7 +21,7 @@ pub fn migrate(home: &Path, g: &Global, a: &MigrateArgs, out: Output) -> Result<
     let exclude = patterns(&a.exclude)?;
     let selection = selection(a.platform.as_deref(), a.all_platforms)?;
     let repo = open_repo(home, &a.fqrn)?;
-    let sources = sources(&a.registry)?;
+    let sources = sources(&a.registry, out)?;
     let refs = list_images(&sources, &host, &prefix, &include, &exclude)?;
     out.event(
         &format!("{}: {} images selected", a.registry_url, refs.len()),

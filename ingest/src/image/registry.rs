@@ -42,8 +42,28 @@ pub struct RegistryOptions {
     /// Longest `Retry-After` honoured; longer requests wait this long.
     pub max_retry_after: Duration,
     pub connect_timeout: Duration,
-    /// No bytes for this long ends (and retries) a request.
+    /// No bytes for this long ends (and retries) a request: a stalled registry.
     pub read_timeout: Duration,
+    /// Told about every retry before its backoff, so a failing or stalled registry shows up
+    /// at once rather than when the last retry gives up minutes later.
+    pub on_retry: Option<RetryNotices>,
+}
+
+/// A callback taking a one-line notice per retry (`URL: why; retry N of M in S s`). Notices
+/// never hold credentials: URLs carry none, and token URLs are shown without their query.
+#[derive(Clone)]
+pub struct RetryNotices(Arc<dyn Fn(&str) + Send + Sync>);
+
+impl RetryNotices {
+    pub fn new(notice: impl Fn(&str) + Send + Sync + 'static) -> RetryNotices {
+        RetryNotices(Arc::new(notice))
+    }
+}
+
+impl fmt::Debug for RetryNotices {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RetryNotices")
+    }
 }
 
 impl Default for RegistryOptions {
@@ -57,7 +77,8 @@ impl Default for RegistryOptions {
             max_backoff: Duration::from_secs(30),
             max_retry_after: Duration::from_secs(120),
             connect_timeout: Duration::from_secs(30),
-            read_timeout: Duration::from_secs(120),
+            read_timeout: Duration::from_secs(30),
+            on_retry: None,
         }
     }
 }
@@ -377,6 +398,27 @@ impl Inner {
             .clone()
     }
 
+    /// Why reading a document's body failed, a stall named as one.
+    fn body_failure(&self, e: &io::Error) -> String {
+        if e.kind() == io::ErrorKind::TimedOut {
+            let secs = self.options.read_timeout.as_secs_f64();
+            return format!("stalled: no data for {secs} s {e} of the body");
+        }
+        format!("reading the body: {e}")
+    }
+
+    /// Tells the `on_retry` callback that `url` is retried after `why`.
+    fn announce_retry(&self, url: &str, why: &str, attempt: u32, delay: Duration) {
+        if let Some(notices) = &self.options.on_retry {
+            (notices.0)(&format!(
+                "{url}: {why}; retry {} of {} in {:.1} s",
+                attempt + 1,
+                self.options.max_retries,
+                delay.as_secs_f64()
+            ));
+        }
+    }
+
     fn backoff(&self, attempt: u32) -> Duration {
         let factor = 1u32.checked_shl(attempt.min(16)).unwrap_or(u32::MAX);
         self.options
@@ -443,9 +485,11 @@ impl Inner {
                     continue;
                 }
                 Ok(resp) if retryable(resp.status()) && attempt < self.options.max_retries => {
-                    retry_after(resp.headers())
+                    let delay = retry_after(resp.headers())
                         .map(|d| d.min(self.options.max_retry_after))
-                        .unwrap_or_else(|| self.backoff(attempt))
+                        .unwrap_or_else(|| self.backoff(attempt));
+                    self.announce_retry(&req.url, &status_line(resp.status()), attempt, delay);
+                    delay
                 }
                 Ok(resp) => {
                     let status = resp.status();
@@ -463,7 +507,10 @@ impl Inner {
                     return Err(fail(Some(status.as_u16()), reason));
                 }
                 Err(e) if transient(&e) && attempt < self.options.max_retries => {
-                    self.backoff(attempt)
+                    let delay = self.backoff(attempt);
+                    let why = error_chain(&e.without_url());
+                    self.announce_retry(&req.url, &why, attempt, delay);
+                    delay
                 }
                 Err(e) => {
                     return Err(fail(None, describe_send_error(e, &req.url)));
@@ -566,9 +613,11 @@ impl Inner {
                         .ok_or_else(|| fail(None, "token reply holds no token".to_owned()));
                 }
                 Ok(resp) if retryable(resp.status()) && attempt < self.options.max_retries => {
-                    let delay =
-                        retry_after(resp.headers()).unwrap_or_else(|| self.backoff(attempt));
-                    tokio::time::sleep(delay.min(self.options.max_retry_after)).await;
+                    let delay = retry_after(resp.headers())
+                        .unwrap_or_else(|| self.backoff(attempt))
+                        .min(self.options.max_retry_after);
+                    self.announce_retry(&shown, &status_line(resp.status()), attempt, delay);
+                    tokio::time::sleep(delay).await;
                 }
                 Ok(resp) => {
                     let status = resp.status();
@@ -584,7 +633,9 @@ impl Inner {
                     ));
                 }
                 Err(e) if transient(&e) && attempt < self.options.max_retries => {
-                    tokio::time::sleep(self.backoff(attempt)).await;
+                    let delay = self.backoff(attempt);
+                    self.announce_retry(&shown, &error_chain(&e.without_url()), attempt, delay);
+                    tokio::time::sleep(delay).await;
                 }
                 Err(e) => {
                     return Err(fail(
@@ -614,28 +665,34 @@ impl Inner {
                     if attempt < self.options.max_retries
                         && e.kind() != io::ErrorKind::InvalidData =>
                 {
-                    tokio::time::sleep(self.backoff(attempt)).await;
+                    let delay = self.backoff(attempt);
+                    let why = self.body_failure(&e);
+                    self.announce_retry(&req.url, &why, attempt, delay);
+                    tokio::time::sleep(delay).await;
                     attempt += 1;
                 }
                 Err(e) => {
                     return Err(Failure {
                         url: req.url.clone(),
                         status: None,
-                        reason: format!("reading the body: {e}"),
+                        reason: self.body_failure(&e),
                     })
                 }
             }
         }
     }
 
-    /// Feeds a blob into `tx`, resuming after dropped connections.
+    /// Feeds a blob into `tx`, resuming after dropped or stalled connections. Only failures
+    /// in a row without a new byte count against `max_retries`: a long download over a flaky
+    /// link finishes, a registry that sends nothing gives up after the retries.
     async fn download(
         &self,
         mut req: Request,
         tx: &mpsc::Sender<Chunk>,
     ) -> std::result::Result<(), Failure> {
-        let mut resumes = 0u32;
+        let mut fruitless = 0u32;
         loop {
+            let started_at = req.range_from;
             let (mut resp, _permit) = self.send(&req).await?;
             // A server that ignores `Range` resends from the start: skip what we have.
             let mut skip = if req.range_from > 0 && resp.status() != StatusCode::PARTIAL_CONTENT {
@@ -661,21 +718,46 @@ impl Inner {
                     Err(e) => break e,
                 }
             };
-            if resumes >= self.options.max_retries {
+            if req.range_from > started_at {
+                fruitless = 0;
+            }
+            let why = if error.is_timeout() {
+                format!(
+                    "stalled: no data for {} s at byte {}",
+                    self.options.read_timeout.as_secs_f64(),
+                    req.range_from
+                )
+            } else {
+                format!(
+                    "connection dropped at byte {}: {}",
+                    req.range_from,
+                    error_chain(&error.without_url())
+                )
+            };
+            if fruitless >= self.options.max_retries {
                 return Err(Failure {
                     url: req.url.clone(),
                     status: None,
-                    reason: format!(
-                        "connection dropped at byte {} after {resumes} resumes: {}",
-                        req.range_from,
-                        error_chain(&error.without_url())
-                    ),
+                    reason: format!("{why} (after {fruitless} retries without progress)"),
                 });
             }
-            tokio::time::sleep(self.backoff(resumes)).await;
-            resumes += 1;
+            let delay = self.backoff(fruitless);
+            self.announce_retry(&req.url, &why, fruitless, delay);
+            tokio::time::sleep(delay).await;
+            fruitless += 1;
         }
     }
+}
+
+/// `503 Service Unavailable`.
+fn status_line(status: StatusCode) -> String {
+    format!(
+        "{} {}",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    )
+    .trim_end()
+    .to_owned()
 }
 
 /// Statuses worth retrying.
@@ -833,11 +915,19 @@ async fn error_detail(resp: reqwest::Response) -> String {
 /// Reads a body of at most `limit` bytes (`InvalidData` beyond).
 async fn read_limited(mut resp: reqwest::Response, limit: usize) -> io::Result<Vec<u8>> {
     let mut out = Vec::new();
-    while let Some(chunk) = resp
-        .chunk()
-        .await
-        .map_err(|e| io::Error::other(error_chain(&e.without_url())))?
-    {
+    loop {
+        let chunk = match resp.chunk().await {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => return Ok(out),
+            Err(e) if e.is_timeout() => {
+                let at = out.len();
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("at byte {at}"),
+                ));
+            }
+            Err(e) => return Err(io::Error::other(error_chain(&e.without_url()))),
+        };
         if out.len() + chunk.len() > limit {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -846,7 +936,6 @@ async fn read_limited(mut resp: reqwest::Response, limit: usize) -> io::Result<V
         }
         out.extend_from_slice(&chunk);
     }
-    Ok(out)
 }
 
 /// A failed request in one line, with a hint when HTTPS met a plain-HTTP server.

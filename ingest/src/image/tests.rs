@@ -463,6 +463,7 @@ mod http {
     use std::io::{BufRead, BufReader, Write};
     use std::net::TcpListener;
     use std::sync::{Arc, Mutex};
+    use std::time::Duration;
 
     pub struct Req {
         pub path: String,
@@ -477,6 +478,8 @@ mod http {
         pub body: Vec<u8>,
         /// Announce the full length but close after this many body bytes.
         pub cut_at: Option<usize>,
+        /// Keep the connection open this long after the body, sending nothing: a stall.
+        pub hold: Duration,
     }
 
     impl Reply {
@@ -486,6 +489,7 @@ mod http {
                 headers: Vec::new(),
                 body: body.into(),
                 cut_at: None,
+                hold: Duration::ZERO,
             }
         }
 
@@ -553,6 +557,8 @@ mod http {
                     let body = &reply.body[..reply.cut_at.unwrap_or(reply.body.len())];
                     let _ = stream.write_all(head.as_bytes());
                     let _ = stream.write_all(body);
+                    let _ = stream.flush();
+                    std::thread::sleep(reply.hold);
                 });
             }
         });
@@ -561,6 +567,7 @@ mod http {
 }
 
 use http::{serve, Reply, Req};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 fn client_for(addr: &str, tune: impl FnOnce(&mut RegistryOptions)) -> Sources {
@@ -648,6 +655,164 @@ fn registry_pull_with_retries_and_resume() {
     assert!(log
         .iter()
         .all(|(_, h)| h.get("accept").is_none_or(|a| !a.is_empty())));
+}
+
+/// The start offset of a `Range: bytes=N-` request (0 without one).
+fn range_start(req: &Req) -> usize {
+    req.headers
+        .get("range")
+        .and_then(|r| {
+            r.trim_start_matches("bytes=")
+                .trim_end_matches('-')
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
+/// Notices collected from the client, and a client that records them.
+fn noticing_client(addr: &str, read_timeout: Duration) -> (Sources, Arc<Mutex<Vec<String>>>) {
+    let notices: Arc<Mutex<Vec<String>>> = Arc::default();
+    let seen = notices.clone();
+    let sources = client_for(addr, |o| {
+        o.read_timeout = read_timeout;
+        o.on_retry = Some(RetryNotices::new(move |n| {
+            seen.lock().unwrap().push(n.to_owned())
+        }));
+    });
+    (sources, notices)
+}
+
+#[test]
+fn a_stalled_blob_is_resumed_and_every_retry_announced() {
+    let img = image("amd64", "r");
+    let routes = registry_routes(&img);
+    let blob0 = format!("/v2/r/x/blobs/{}", Digest::of(&img.blobs[0]));
+    let stalled = blob0.clone();
+    let (addr, log) = serve(move |req| {
+        let mut reply = routes(req).unwrap_or_else(|| Reply::new(404, ""));
+        if req.path == stalled {
+            let from = range_start(req);
+            reply = Reply::new(
+                if from > 0 { 206 } else { 200 },
+                reply.body[from..].to_vec(),
+            );
+            if req.seen < 4 {
+                // Send a few bytes more each time, then nothing while the connection stays open.
+                reply.cut_at = Some(3);
+                reply.hold = Duration::from_secs(3);
+            }
+        }
+        reply
+    });
+    // Four stalls, three retries: each stall made progress, so none of them is the last.
+    let (sources, notices) = noticing_client(&addr, Duration::from_millis(300));
+    let source = sources
+        .open(&ImageRef::parse(&format!("docker://{addr}/r/x:1")).unwrap())
+        .unwrap();
+    let resolved = source.resolve(&PlatformSelection::Host).unwrap().remove(0);
+    assert_eq!(
+        read_layer(source.as_ref(), &resolved, 0).unwrap(),
+        img.tars[0]
+    );
+    let ranges = log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(p, _)| *p == blob0)
+        .count();
+    assert_eq!(ranges, 5, "the first request and four resumes");
+    let notices = notices.lock().unwrap();
+    assert_eq!(notices.len(), 4, "{notices:?}");
+    for (i, n) in notices.iter().enumerate() {
+        let at = 3 * (i + 1);
+        assert!(
+            n.starts_with(&format!("http://{addr}{blob0}: stalled: ")),
+            "{n}"
+        );
+        assert!(
+            n.contains(&format!("at byte {at}; retry 1 of 3 in ")),
+            "{n}"
+        );
+    }
+}
+
+#[test]
+fn a_registry_that_sends_nothing_fails_after_the_retries_naming_the_layer() {
+    let img = image("amd64", "r");
+    let routes = registry_routes(&img);
+    let blob0 = format!("/v2/r/x/blobs/{}", Digest::of(&img.blobs[0]));
+    let stalled = blob0.clone();
+    let (addr, _) = serve(move |req| {
+        let mut reply = routes(req).unwrap_or_else(|| Reply::new(404, ""));
+        if req.path == stalled {
+            let from = range_start(req);
+            reply = Reply::new(
+                if from > 0 { 206 } else { 200 },
+                reply.body[from..].to_vec(),
+            );
+            reply.cut_at = Some(if from == 0 { 5 } else { 0 });
+            reply.hold = Duration::from_secs(3);
+        }
+        reply
+    });
+    let (sources, notices) = noticing_client(&addr, Duration::from_millis(200));
+    let source = sources
+        .open(&ImageRef::parse(&format!("docker://{addr}/r/x:1")).unwrap())
+        .unwrap();
+    let resolved = source.resolve(&PlatformSelection::Host).unwrap().remove(0);
+    let start = Instant::now();
+    let err = read_layer(source.as_ref(), &resolved, 0)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(
+        err.contains(&Digest::of(&img.blobs[0]).to_string()),
+        "{err}"
+    );
+    assert!(
+        err.contains("stalled: no data for 0.2 s at byte 5 (after 3 retries without progress)"),
+        "{err}"
+    );
+    let notices = notices.lock().unwrap();
+    let retries: Vec<&str> = notices
+        .iter()
+        .map(|n| n.split("; ").nth(1).unwrap())
+        .collect();
+    assert_eq!(retries.len(), 3, "{notices:?}");
+    assert!(retries[0].starts_with("retry 1 of 3") && retries[2].starts_with("retry 3 of 3"));
+}
+
+#[test]
+fn failing_requests_are_announced_before_each_retry() {
+    let img = image("amd64", "r");
+    let routes = registry_routes(&img);
+    let (addr, _) = serve(move |req| {
+        if req.path == "/v2/r/x/manifests/1" && req.seen < 2 {
+            return Reply::new(503, "busy");
+        }
+        routes(req).unwrap_or_else(|| Reply::new(404, ""))
+    });
+    let (sources, notices) = noticing_client(&addr, Duration::from_secs(30));
+    let source = sources
+        .open(&ImageRef::parse(&format!("docker://{addr}/r/x:1")).unwrap())
+        .unwrap();
+    source.resolve(&PlatformSelection::Host).unwrap();
+    let notices = notices.lock().unwrap();
+    assert_eq!(
+        notices
+            .iter()
+            .map(|n| n.rsplit_once(" in ").unwrap().0)
+            .collect::<Vec<_>>(),
+        [
+            format!("http://{addr}/v2/r/x/manifests/1: 503 Service Unavailable; retry 1 of 3"),
+            format!("http://{addr}/v2/r/x/manifests/1: 503 Service Unavailable; retry 2 of 3"),
+        ]
+    );
 }
 
 #[test]
