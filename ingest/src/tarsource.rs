@@ -339,11 +339,19 @@ pub(crate) fn read_member<R: Read>(
     let mut mtime = i64::try_from(mtime).map_err(|_| "mtime out of range".to_string())?;
     let mut mtime_ns = None;
     let mut xattrs = Xattrs::new();
+    let size = m.size();
     if let Some(pax) = m.pax_extensions().map_err(|e| format!("PAX header: {e}"))? {
         for rec in pax {
             let rec = rec.map_err(|e| format!("PAX record: {e}"))?;
             let key = rec.key_bytes();
-            if key == b"mtime" {
+            if matches!(key, b"size" | b"uid" | b"gid") {
+                let n = pax_number(key, rec.value_bytes())?;
+                // The tar crate reads the first `size` and ignores one it cannot parse: a
+                // second, different one would make other readers see another archive.
+                if key == b"size" && n != size {
+                    return Err(format!("PAX size {n} disagrees with the member's {size}"));
+                }
+            } else if key == b"mtime" {
                 (mtime, mtime_ns) = parse_pax_time(rec.value_bytes())?;
             } else if !keep_xattrs {
                 continue;
@@ -377,6 +385,17 @@ fn numeric(field: &[u8], parse: impl FnOnce() -> io::Result<u64>) -> io::Result<
         return Ok(0);
     }
     parse()
+}
+
+/// A PAX decimal record (`size`, `uid`, `gid`). The tar crate skips values it cannot parse and
+/// falls back to the header's field, where GNU tar and Go refuse the archive: so do we, lest
+/// the tree we publish differ from what other tools unpack.
+fn pax_number(key: &[u8], v: &[u8]) -> std::result::Result<u64, String> {
+    let text = String::from_utf8_lossy(v);
+    let ok = !v.is_empty() && v.len() <= 20 && v.iter().all(u8::is_ascii_digit);
+    ok.then(|| text.parse::<u64>().ok())
+        .flatten()
+        .ok_or_else(|| format!("bad PAX {} {text:?}", show(key)))
 }
 
 /// PAX time: `[-]seconds[.fraction]` → (seconds, nanoseconds) with the fraction rounded down

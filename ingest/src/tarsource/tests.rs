@@ -189,6 +189,47 @@ fn pax_and_gnu_extensions() {
 }
 
 #[test]
+fn pax_numbers_other_readers_would_refuse_are_refused() {
+    let cases: [(&str, &[u8], &str); 6] = [
+        ("size", b"99999999999999999999999", "bad PAX size"),
+        ("size", b"-5", "bad PAX size \"-5\""),
+        ("size", b"", "bad PAX size"),
+        ("uid", b"12abc", "bad PAX uid"),
+        ("gid", b"+7", "bad PAX gid"),
+        ("size", b"4 ", "bad PAX size"),
+    ];
+    for (key, value, expected) in cases {
+        let tar = TarB::new()
+            .pax(&[(key, value)])
+            .file("victim", b"tiny")
+            .finish();
+        let err = run(tar).unwrap_err().to_string();
+        assert!(err.starts_with("test.tar: victim: "), "{err}");
+        assert!(err.contains(expected), "{key}={value:?}: {err}");
+    }
+    // Two sizes: the tar crate reads the first, another reader the last.
+    let tar = TarB::new()
+        .pax(&[("size", b"4"), ("size", b"0")])
+        .file("victim", b"tiny")
+        .finish();
+    let err = run(tar).unwrap_err().to_string();
+    assert!(
+        err.contains("PAX size 0 disagrees with the member's 4"),
+        "{err}"
+    );
+    // A valid PAX size equal to the data is fine.
+    let tar = TarB::new()
+        .pax(&[("size", b"4"), ("uid", b"0")])
+        .file("ok", b"tiny")
+        .finish();
+    let (root, _) = run(tar).unwrap();
+    assert!(matches!(
+        get(&root, "ok").entry().kind,
+        EntryKind::File { size: 4, .. }
+    ));
+}
+
+#[test]
 fn bad_links() {
     let tar = TarB::new().hardlink("b", "a").finish();
     let err = run(tar).unwrap_err().to_string();
