@@ -84,9 +84,14 @@ pub fn commit_catalog(
         self_: region.counts,
         subtree,
     };
+    let revision = match &old {
+        _ if path.is_empty() => ctx.opts.revision,
+        Some(o) => o.revision + 1,
+        None => 1,
+    };
     let previous = old.as_ref().map(|o| o.cref.hash);
     let db = CatalogDb {
-        properties: properties(ctx.opts, &path, previous),
+        properties: properties(ctx.opts, &path, revision, previous),
         rows: region.rows,
         chunks: region.chunks,
         nested: region.nested,
@@ -100,11 +105,11 @@ pub fn commit_catalog(
         .iter()
         .map(|(p, c, _)| (p.clone(), *c))
         .collect();
-    let (cref, written) = match old.filter(|o| o.content == content) {
+    let (cref, written, revision) = match old.filter(|o| o.content == content) {
         // It would say exactly what the stored catalog says: keep that one, so the parent's
         // `nested_catalogs` row (and with it the parent) stays the same too.
-        Some(o) => (o.cref, written_below),
-        None => (store(&db, &path, ctx)?, written_below + 1),
+        Some(o) => (o.cref, written_below, o.revision),
+        None => (store(&db, &path, ctx)?, written_below + 1, revision),
     };
     if let Ok(mut known) = ctx.known.lock() {
         known.insert(cref.hash, stats.totals());
@@ -114,6 +119,7 @@ pub fn commit_catalog(
         stats,
         children,
         content,
+        revision,
     }));
     dir.prev = None;
     Ok(Built {
@@ -158,20 +164,26 @@ fn store(db: &CatalogDb, path: &[u8], ctx: &Ctx<'_>) -> Result<CatalogRef> {
     })
 }
 
+/// A catalog's properties. A nested catalog written for the first time says
+/// `previous_revision` = 40 zeros, as cvmfs_server writes the null hash of a new catalog; the
+/// root of a new repository has none, as after `cvmfs_server mkfs`.
 fn properties(
     opts: &CommitOptions,
     path: &[u8],
+    revision: u64,
     previous: Option<ContentHash>,
 ) -> BTreeMap<String, Vec<u8>> {
     let mut p = BTreeMap::new();
     let mut set = |k: &str, v: String| p.insert(k.to_string(), v.into_bytes());
     set("schema", "2.5".into());
     set("schema_revision", "7".into());
-    set("revision", opts.revision.to_string());
+    set("revision", revision.to_string());
     set("last_modified", opts.timestamp.to_string());
-    if let Some(h) = previous {
-        set("previous_revision", h.to_hex());
-    }
+    match previous {
+        Some(h) => set("previous_revision", h.to_hex()),
+        None if !path.is_empty() => set("previous_revision", "0".repeat(40)),
+        None => None,
+    };
     if path.is_empty() {
         set("TTL", opts.ttl.to_string());
     } else {

@@ -58,6 +58,9 @@ pub struct CatInfo {
     pub children: Vec<(Vec<u8>, CatalogRef)>,
     /// What it says (see [`Fingerprint`]).
     pub content: Fingerprint,
+    /// Its `revision` property: the root's equals the manifest's; a nested catalog counts its
+    /// own versions, as cvmfs does (1 when first written, +1 each time it is rewritten).
+    pub revision: u64,
 }
 
 impl CatInfo {
@@ -73,6 +76,11 @@ impl CatInfo {
             stats: stats_of(db, cref)?,
             children,
             content: Fingerprint::of(db),
+            revision: db
+                .properties
+                .get("revision")
+                .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())
+                .unwrap_or(0),
         })
     }
 }

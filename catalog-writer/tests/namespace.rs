@@ -390,6 +390,63 @@ fn nested_catalogs_from_markers() {
     );
 }
 
+/// `revision` of each catalog by path, and whether its `previous_revision` is the null hash.
+fn revisions(objects: &MemObjects, root: CatalogRef) -> Vec<(String, String, Option<bool>)> {
+    let mut out: Vec<_> = all_catalogs(objects, root)
+        .into_iter()
+        .map(|(p, _, db)| {
+            let text = |k: &str| {
+                db.properties
+                    .get(k)
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+            };
+            let null = text("previous_revision").map(|h| h == "0".repeat(40));
+            (
+                String::from_utf8_lossy(&p).into_owned(),
+                text("revision").unwrap(),
+                null,
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn nested_catalogs_count_their_own_versions_as_cvmfs_does() {
+    let objects = MemObjects::default();
+    let mut ns = Namespace::empty(1);
+    graft(&mut ns, &objects, b"", nested_tree(&objects));
+    let first = commit(&mut ns, &objects, 7);
+    let row = |p: &str, r: &str, null: Option<bool>| (p.to_owned(), r.to_owned(), null);
+    // The root carries the repository's revision; a new nested catalog says 1 and the null
+    // hash, as in the CVMFS 2.12 reference repository.
+    assert_eq!(
+        revisions(&objects, first.root),
+        [
+            row("", "7", None),
+            row("/a", "1", Some(true)),
+            row("/a/b", "1", Some(true)),
+            row("/d", "1", Some(true)),
+        ]
+    );
+    let mut ns = Namespace::open(first.root, &objects).unwrap();
+    let pm = Entry::directory(0o755, 0, 0, 1);
+    ns.replace(b"/a/b/new", file(&objects, b"new"), &pm, &objects)
+        .unwrap();
+    let second = ns.commit(&opts(12), &objects).unwrap();
+    // Rewritten catalogs count one more and name their previous version; /d is untouched.
+    assert_eq!(
+        revisions(&objects, second.root),
+        [
+            row("", "12", Some(false)),
+            row("/a", "2", Some(false)),
+            row("/a/b", "2", Some(false)),
+            row("/d", "1", Some(true)),
+        ]
+    );
+}
+
 #[test]
 fn reopen_and_modify_rewrites_only_the_chain() {
     let objects = MemObjects::default();
