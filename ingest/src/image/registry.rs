@@ -602,9 +602,9 @@ impl Inner {
             }
             match builder.send().await {
                 Ok(resp) if resp.status().is_success() => {
-                    let body = read_limited(resp, MAX_DOCUMENT).await.map_err(|e| {
-                        fail(None, format!("reading the token: {}", error_chain(&e)))
-                    })?;
+                    let body = read_limited(resp, MAX_DOCUMENT)
+                        .await
+                        .map_err(|e| fail(None, format!("token: {}", self.body_failure(&e))))?;
                     let reply: TokenReply = serde_json::from_slice(&body)
                         .map_err(|e| fail(None, format!("token reply is not JSON: {e}")))?;
                     let token = reply.token.or(reply.access_token).filter(|t| !t.is_empty());
@@ -912,7 +912,8 @@ async fn error_detail(resp: reqwest::Response) -> String {
         .unwrap_or_default()
 }
 
-/// Reads a body of at most `limit` bytes (`InvalidData` beyond).
+/// Reads a body of at most `limit` bytes (`InvalidData` beyond; `TimedOut` when it stalls,
+/// saying where).
 async fn read_limited(mut resp: reqwest::Response, limit: usize) -> io::Result<Vec<u8>> {
     let mut out = Vec::new();
     loop {
