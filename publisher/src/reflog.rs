@@ -76,12 +76,14 @@ impl Reflog {
         self.db.property(key)
     }
 
-    /// Adds a reference; an existing entry for the same hash is kept with its first timestamp.
+    /// Adds a reference, or refreshes the timestamp of one already listed: the certificate
+    /// of a repository published by `cvmfs_server` carries the time of the last publish, not
+    /// of `mkfs` (as in the CVMFS 2.12 reference repository).
     pub fn add(&mut self, hash: &ContentHash, kind: RefKind, timestamp: i64) -> Result<()> {
         self.db
             .conn()
             .execute(
-                "INSERT OR IGNORE INTO refs (hash, type, timestamp) VALUES (?1, ?2, ?3)",
+                "INSERT OR REPLACE INTO refs (hash, type, timestamp) VALUES (?1, ?2, ?3)",
                 params![hash.to_hex(), kind as i64, timestamp],
             )
             .map(|_| ())
@@ -169,7 +171,15 @@ mod tests {
         assert!(!log.remove(&ContentHash([4; 20])).unwrap());
         let refs = log.refs().unwrap();
         assert_eq!(refs.len(), 3);
-        assert_eq!(refs[0].timestamp, 10);
+        let of = |h: u8| {
+            refs.iter()
+                .find(|r| r.hash == ContentHash([h; 20]))
+                .unwrap()
+        };
+        assert_eq!(
+            (of(1).timestamp, of(2).timestamp, of(3).timestamp),
+            (20, 10, 30)
+        );
         assert!(log
             .contains(&ContentHash([3; 20]), RefKind::History)
             .unwrap());
