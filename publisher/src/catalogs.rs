@@ -119,7 +119,24 @@ pub struct CatalogWalk {
     /// Whole-file hashes of chunked files: not objects a reader needs, but some writers
     /// (`cvmfs_server` with legacy bulk chunks) store them, so garbage collection keeps them.
     pub bulk: HashSet<ContentHash>,
+    /// The hashes of `objects` alone, filled instead of `objects` by
+    /// [`walk_catalog_hashes`]: garbage collection needs no sizes, and a repository of
+    /// millions of objects then costs 29–44 bytes an object instead of 101–116 (measured
+    /// for 1 and 3 million hashes).
+    pub hashes: HashSet<ContentHash>,
     pub problems: Vec<String>,
+    /// Whether `objects` (with what each should be) or only `hashes` is filled.
+    hashes_only: bool,
+}
+
+impl CatalogWalk {
+    fn found(&mut self, hash: ContentHash, suffix: Suffix, expect: Expect) {
+        if self.hashes_only {
+            self.hashes.insert(hash);
+        } else {
+            self.objects.insert((hash, suffix), expect);
+        }
+    }
 }
 
 /// Walks the catalog tree from `root` (depth first). Problems are collected, not fatal.
@@ -134,12 +151,34 @@ pub fn walk_catalog_trees(
     roots: Vec<(String, CatalogRef)>,
     verify_hash: bool,
 ) -> CatalogWalk {
-    let mut walk = CatalogWalk::default();
+    walk_trees(store, roots, verify_hash, CatalogWalk::default())
+}
+
+/// As [`walk_catalog_trees`], but collects only the hashes of the objects (`hashes`, any
+/// suffix, catalogs included), not what each should be.
+pub fn walk_catalog_hashes(
+    store: &dyn ObjectStore,
+    roots: Vec<(String, CatalogRef)>,
+) -> CatalogWalk {
+    let walk = CatalogWalk {
+        hashes_only: true,
+        ..CatalogWalk::default()
+    };
+    walk_trees(store, roots, false, walk)
+}
+
+fn walk_trees(
+    store: &dyn ObjectStore,
+    roots: Vec<(String, CatalogRef)>,
+    verify_hash: bool,
+    mut walk: CatalogWalk,
+) -> CatalogWalk {
     let mut seen = HashSet::new();
     let mut stack = roots;
     while let Some((path, cat)) = stack.pop() {
-        walk.objects.insert(
-            (cat.hash, Suffix::Catalog),
+        walk.found(
+            cat.hash,
+            Suffix::Catalog,
             Expect {
                 size: (cat.size > 0).then_some(cat.size),
                 compressed: true,
@@ -209,8 +248,9 @@ fn scan_catalog(
             walk.bulk.insert(hash);
             continue;
         }
-        walk.objects.insert(
-            (hash, Suffix::None),
+        walk.found(
+            hash,
+            Suffix::None,
             Expect {
                 size: u64::try_from(size).ok(),
                 compressed: (flags >> 11) & 7 != 1,
@@ -234,8 +274,9 @@ fn scan_catalog(
         }
         match hash.as_deref().and_then(ContentHash::from_slice) {
             Some(h) => {
-                walk.objects.insert(
-                    (h, Suffix::Partial),
+                walk.found(
+                    h,
+                    Suffix::Partial,
                     Expect {
                         size: u64::try_from(size).ok(),
                         compressed: (flags >> 11) & 7 != 1,
