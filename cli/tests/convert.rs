@@ -455,13 +455,8 @@ fn registry_errors_fail_cleanly() {
         "--insecure-registry",
         &addr,
     ]);
-    let events = String::from_utf8_lossy(&out.stdout);
-    let retries = events
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|e| e["action"] == "retry")
-        .count();
-    assert_eq!(retries, 5, "{events}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(events(&stdout, "retry").count(), 5, "{stdout}");
     if let Some(reg) = registry_or_skip() {
         let addr = reg.addr();
         let missing = format!("docker://{addr}/no/such:tag");
@@ -842,11 +837,16 @@ fn base_and_app(layout: &Path) -> (fixtures::oci::BuiltImage, fixtures::oci::Bui
     (built_base, built_app)
 }
 
-/// The digests of the layers read (the `layer` events of `--json` output), in order.
-fn layers_read(out: &str) -> Vec<String> {
+/// The events of `--json` output with this action, in order.
+fn events<'a>(out: &'a str, action: &'a str) -> impl Iterator<Item = serde_json::Value> + 'a {
     out.lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|e| e["action"] == "layer")
+        .filter(move |e| e["action"] == action)
+}
+
+/// The digests of the layers read (the `layer` events of `--json` output), in order.
+fn layers_read(out: &str) -> Vec<String> {
+    events(out, "layer")
         .filter_map(|e| e["layer"].as_str().map(str::to_string))
         .collect()
 }
