@@ -239,14 +239,14 @@ fn mark(
         })
         .collect();
     // Every commit stores the empty object: no need to delete it now and write it again.
-    let mut marked: Vec<ContentHash> = vec![EMPTY_OBJECT];
+    let mut named: Vec<ContentHash> = vec![EMPTY_OBJECT];
     for (field, text) in [
         ("X", Some(manifest.certificate.as_str())),
         ("H", manifest.history.as_deref()),
         ("M", manifest.meta_info.as_deref()),
     ] {
         if let Some(text) = text {
-            marked.push(parse_hash_field(field, text)?);
+            named.push(parse_hash_field(field, text)?);
         }
     }
     if let Some(h) = &manifest.history {
@@ -280,11 +280,11 @@ fn mark(
     }
     report.catalogs_kept = walk.catalogs;
     // The walk's set becomes the marked set: for millions of objects, no second copy.
-    let mut all = std::mem::take(&mut walk.hashes);
-    all.extend(marked);
-    all.extend(walk.bulk);
-    report.objects_kept = all.len();
-    Ok(all)
+    let mut marked = std::mem::take(&mut walk.hashes);
+    marked.extend(named);
+    marked.extend(walk.bulk);
+    report.objects_kept = marked.len();
+    Ok(marked)
 }
 
 fn catalog(hash: ContentHash, size: u64) -> CatalogRef {
