@@ -130,6 +130,11 @@ struct Condemned {
 /// scratch file within moments, and a day leaves room for a publisher of another home.
 pub const STALE_SCRATCH_SECONDS: u64 = 86_400;
 
+/// The same age when nobody holds the storage (a transaction found the collection lock free):
+/// only `tmp.*` files written without that lock (a re-signed whitelist, within moments) can
+/// then be in use.
+pub const ABANDONED_SCRATCH_SECONDS: u64 = 3_600;
+
 /// Least time between two automatic collections (`CVMFS_AUTO_GC_LAPSE`'s default).
 pub const AUTO_GC_LAPSE_SECONDS: i64 = 86_400;
 
@@ -201,7 +206,7 @@ impl Repository {
             log_deletions(path, fqrn, &condemned)?;
         }
         delete(&store, &condemned)?;
-        report.scratch_removed = remove_stale_scratch(&store, started)?;
+        report.scratch_removed = remove_stale_scratch(&store, started, STALE_SCRATCH_SECONDS)?;
         let gone: Vec<ContentHash> = condemned.iter().map(|c| c.hash).collect();
         report.index_forgotten = self.content_index()?.invalidate_all(&gone)?;
         let gone: HashSet<ContentHash> = gone.into_iter().collect();
@@ -469,11 +474,14 @@ fn log_deletions(path: &Path, fqrn: &str, condemned: &[Condemned]) -> Result<()>
         .map_err(|e| Error::io_path(path, e))
 }
 
-/// Removes the scratch files (`tmp.*`) of `data/txn` older than [`STALE_SCRATCH_SECONDS`].
-fn remove_stale_scratch(store: &LocalStore, started: SystemTime) -> Result<usize> {
+/// Removes the scratch files (`tmp.*`) of `data/txn` older than `age_secs` at `started`.
+pub(crate) fn remove_stale_scratch(
+    store: &LocalStore,
+    started: SystemTime,
+    age_secs: u64,
+) -> Result<usize> {
     let dir = store.root().join("data/txn");
-    let Some(limit) = started.checked_sub(std::time::Duration::from_secs(STALE_SCRATCH_SECONDS))
-    else {
+    let Some(limit) = started.checked_sub(std::time::Duration::from_secs(age_secs)) else {
         return Ok(0);
     };
     let entries = match fs::read_dir(&dir) {

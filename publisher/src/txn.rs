@@ -14,7 +14,8 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::local::LocalStore;
 use crate::repo::{
-    load_keys, lock, now_unix, publish_revision, storage_lock, PublishInput, Repository, StorageUse,
+    load_keys, lock, now_unix, open_lock_file, publish_revision, storage_lock, PublishInput,
+    Repository, StorageUse,
 };
 use crate::store::{root_files, ObjectStore, StoreObjects};
 use catalog_writer::hash::{ContentHash, Suffix};
@@ -31,6 +32,21 @@ pub fn fault_point(name: &str) {
     if std::env::var_os(CRASH_ENV).is_some_and(|v| v == name) {
         eprintln!("{CRASH_ENV}={name}: aborting on purpose");
         std::process::abort();
+    }
+}
+
+/// Removes the scratch files a killed writer left in `data/txn` (a large file streamed
+/// through a scratch file, where objects cannot be unnamed files), so that a repository that
+/// is never garbage-collected does not keep them: only when no transaction, tag, push or gc of
+/// any home holds the storage (its collection lock is free right now), and only files an hour
+/// old. Best effort: whatever stays is gc's, after a day.
+fn clear_abandoned_scratch(store: &LocalStore) {
+    let Ok(file) = open_lock_file(&store.collect_lock_path()) else {
+        return;
+    };
+    if file.try_lock().is_ok() {
+        let now = std::time::SystemTime::now();
+        let _ = crate::gc::remove_stale_scratch(store, now, crate::gc::ABANDONED_SCRATCH_SECONDS);
     }
 }
 
@@ -108,6 +124,7 @@ impl Transaction {
         let config = repo.config().clone();
         let lock = lock(&repo.home().lock_path(), &config.fqrn, wait)?;
         let store = repo.store();
+        clear_abandoned_scratch(&store);
         let storage_lock = storage_lock(&store, &config.fqrn, StorageUse::Publish, wait)?;
         let keys = load_keys(&config)?;
         let (base_bytes, base) = verified_manifest(&store, &config.fqrn, &keys)?;

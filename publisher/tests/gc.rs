@@ -606,3 +606,32 @@ fn a_tag_written_by_another_home_holds_off_collection() {
     repo.add_tag("v1", None, "", false).unwrap();
     check_ok(&repo);
 }
+
+#[test]
+fn a_transaction_clears_scratch_files_left_an_hour_ago_when_nobody_holds_the_storage() {
+    // A repository that is never collected must not keep what a killed writer left in
+    // data/txn: a transaction that finds the storage free removes scratch files an hour old.
+    let dir = tempdir();
+    let repo = init_repo(dir.path(), FQRN);
+    let scratch = |name: &str, age: u64| {
+        let path = repo.store().root().join("data/txn").join(name);
+        std::fs::write(&path, b"partial object").unwrap();
+        let f = std::fs::File::options().write(true).open(&path).unwrap();
+        f.set_modified(SystemTime::now() - Duration::from_secs(age))
+            .unwrap();
+        path
+    };
+    let abandoned = scratch("tmp.4242.abc", 2 * 3600);
+    let recent = scratch("tmp.4243.def", 600);
+    // Another home's publisher holds the storage: nothing is touched.
+    let lock = std::fs::File::open(repo.store().collect_lock_path()).unwrap();
+    lock.lock_shared().unwrap();
+    drop(repo.begin(true).unwrap());
+    assert!(abandoned.exists() && recent.exists());
+    drop(lock);
+    let txn = repo.begin(true).unwrap();
+    assert!(!abandoned.exists(), "left two hours ago by nobody");
+    assert!(recent.exists(), "ten minutes old: kept for gc's day");
+    drop(txn);
+    check_ok(&repo);
+}
