@@ -88,8 +88,9 @@ impl From<Error> for crate::error::Error {
                 layer,
                 reason,
             } => crate::error::Error::Image {
-                image,
-                msg: format!("layer {layer}: {reason}"),
+                // `image X layer Y: …`, as every other layer error reads.
+                image: format!("{image} layer {layer}"),
+                msg: reason,
             },
             Error::Registry {
                 image, url, reason, ..

@@ -968,3 +968,9 @@ fn registry_bearer_token_flow_and_tag_pages() {
         .count();
     assert_eq!(fetches, 1);
 }
+
+#[test]
+fn a_layer_error_reads_like_every_other_layer_error() {
+    let e: crate::error::Error = Error::layer("docker://r/x:1", "sha256:ab", "gone").into();
+    assert_eq!(e.to_string(), "image docker://r/x:1 layer sha256:ab: gone");
+}
