@@ -81,7 +81,7 @@ pub fn error_line(err: &anyhow::Error) -> String {
         }
         line.push_str(&text);
     }
-    drop_repeated_prefixes(&line.replace("image image ", "image "))
+    drop_repeated_prefixes(&line)
 }
 
 /// Removes later copies of a `…: ` segment run that already came earlier, e.g.

@@ -392,10 +392,12 @@ fn numeric(field: &[u8], parse: impl FnOnce() -> io::Result<u64>) -> io::Result<
 /// the tree we publish differ from what other tools unpack.
 fn pax_number(key: &[u8], v: &[u8]) -> std::result::Result<u64, String> {
     let text = String::from_utf8_lossy(v);
-    let ok = !v.is_empty() && v.len() <= 20 && v.iter().all(u8::is_ascii_digit);
-    ok.then(|| text.parse::<u64>().ok())
-        .flatten()
-        .ok_or_else(|| format!("bad PAX {} {text:?}", show(key)))
+    // Digits only: `str::parse` would also take a leading `+`.
+    match v.iter().all(u8::is_ascii_digit) {
+        true => text.parse::<u64>().ok(),
+        false => None,
+    }
+    .ok_or_else(|| format!("bad PAX {} {text:?}", show(key)))
 }
 
 /// PAX time: `[-]seconds[.fraction]` → (seconds, nanoseconds) with the fraction rounded down

@@ -187,6 +187,16 @@ fn orphan(repo: &Repository, content: &[u8], age_secs: i64) -> (ContentHash, Pat
     (hash, path)
 }
 
+/// A scratch file in `data/txn`, last written `age_secs` ago.
+fn scratch(repo: &Repository, name: &str, age_secs: u64) -> PathBuf {
+    let path = repo.store().root().join("data/txn").join(name);
+    std::fs::write(&path, b"partial object").unwrap();
+    let f = std::fs::File::options().write(true).open(&path).unwrap();
+    f.set_modified(SystemTime::now() - Duration::from_secs(age_secs))
+        .unwrap();
+    path
+}
+
 fn reflog(repo: &Repository) -> Reflog {
     let bytes = std::fs::read(repo.store().root().join(".cvmfsreflog")).unwrap();
     Reflog::from_bytes(&bytes, "reflog").unwrap()
@@ -206,16 +216,8 @@ fn collects_what_only_old_revisions_and_killed_publishes_left() {
     let (old_orphan, _) = orphan(&repo, b"left by a killed publish", 3600);
     let (young_orphan, _) = orphan(&repo, b"being written right now", -60);
     // Scratch files in data/txn: one left by a writer killed two days ago, one being written.
-    let scratch = |name: &str, age: u64| {
-        let path = repo.store().root().join("data/txn").join(name);
-        std::fs::write(&path, b"partial object").unwrap();
-        let when = SystemTime::now() - Duration::from_secs(age);
-        let f = std::fs::File::options().write(true).open(&path).unwrap();
-        f.set_modified(when).unwrap();
-        path
-    };
-    let stale = scratch("tmp.4242.abc", 2 * 86_400);
-    let busy = scratch("tmp.4243.def", 60);
+    let stale = scratch(&repo, "tmp.4242.abc", 2 * 86_400);
+    let busy = scratch(&repo, "tmp.4243.def", 60);
     let stranger = repo.store().root().join("data/ab/README");
     std::fs::write(&stranger, "not an object").unwrap();
     // Upper-case hex is not how objects are named either.
@@ -613,16 +615,8 @@ fn a_transaction_clears_scratch_files_left_an_hour_ago_when_nobody_holds_the_sto
     // data/txn: a transaction that finds the storage free removes scratch files an hour old.
     let dir = tempdir();
     let repo = init_repo(dir.path(), FQRN);
-    let scratch = |name: &str, age: u64| {
-        let path = repo.store().root().join("data/txn").join(name);
-        std::fs::write(&path, b"partial object").unwrap();
-        let f = std::fs::File::options().write(true).open(&path).unwrap();
-        f.set_modified(SystemTime::now() - Duration::from_secs(age))
-            .unwrap();
-        path
-    };
-    let abandoned = scratch("tmp.4242.abc", 2 * 3600);
-    let recent = scratch("tmp.4243.def", 600);
+    let abandoned = scratch(&repo, "tmp.4242.abc", 2 * 3600);
+    let recent = scratch(&repo, "tmp.4243.def", 600);
     // Another home's publisher holds the storage: nothing is touched.
     let lock = std::fs::File::open(repo.store().collect_lock_path()).unwrap();
     lock.lock_shared().unwrap();

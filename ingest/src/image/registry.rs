@@ -398,11 +398,16 @@ impl Inner {
             .clone()
     }
 
+    /// `stalled: no data for S s <where>`: a read that timed out.
+    fn stalled(&self, place: &str) -> String {
+        let secs = self.options.read_timeout.as_secs_f64();
+        format!("stalled: no data for {secs} s {place}")
+    }
+
     /// Why reading a document's body failed, a stall named as one.
     fn body_failure(&self, e: &io::Error) -> String {
         if e.kind() == io::ErrorKind::TimedOut {
-            let secs = self.options.read_timeout.as_secs_f64();
-            return format!("stalled: no data for {secs} s {e} of the body");
+            return self.stalled(&format!("{e} of the body"));
         }
         format!("reading the body: {e}")
     }
@@ -722,11 +727,7 @@ impl Inner {
                 fruitless = 0;
             }
             let why = if error.is_timeout() {
-                format!(
-                    "stalled: no data for {} s at byte {}",
-                    self.options.read_timeout.as_secs_f64(),
-                    req.range_from
-                )
+                self.stalled(&format!("at byte {}", req.range_from))
             } else {
                 format!(
                     "connection dropped at byte {}: {}",
