@@ -40,12 +40,12 @@ impl S3Server {
             .spawn()
             .expect("moto_server (pip install 'moto[server]'; ./scripts/test installs it)");
         let server = S3Server { child, port };
+        // The port opens before moto answers: until then a connection may be reset.
         let deadline = Instant::now() + Duration::from_secs(60);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "moto_server did not start");
+        while let Err(e) = server.try_request("PUT", &format!("/{BUCKET}"), "") {
+            assert!(Instant::now() < deadline, "moto_server did not start: {e}");
             std::thread::sleep(Duration::from_millis(100));
         }
-        server.request("PUT", &format!("/{BUCKET}"), "");
         // The witness retries a missing replication marker for ~24 s (see
         // `fixtures::witness::REPLICATION_MARKERS`); empty ones mean "no replication".
         for prefix in ["repo", "mirror/two", "auto"] {
@@ -69,22 +69,29 @@ impl S3Server {
     /// One plain HTTP request (moto takes unsigned ones for bucket creation); returns the
     /// body; panics on a status other than 200.
     fn request(&self, method: &str, path: &str, headers: &str) -> Vec<u8> {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        self.try_request(method, path, headers).unwrap()
+    }
+
+    /// [`S3Server::request`], with connection errors returned rather than panicking.
+    fn try_request(&self, method: &str, path: &str, headers: &str) -> std::io::Result<Vec<u8>> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
         write!(
             s,
             "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n{headers}Content-Length: 0\r\nConnection: close\r\n\r\n",
             self.port
-        )
-        .unwrap();
+        )?;
         let mut response = Vec::new();
-        s.read_to_end(&mut response).unwrap();
-        let head_end = response.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+        s.read_to_end(&mut response)?;
+        let head_end = response
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .ok_or_else(|| std::io::Error::other("closed before a response head"))?;
         let head = String::from_utf8_lossy(&response[..head_end]).to_string();
         assert!(
             head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200"),
             "{head}"
         );
-        response[head_end + 4..].to_vec()
+        Ok(response[head_end + 4..].to_vec())
     }
 }
 
