@@ -78,6 +78,7 @@ fn main() -> Result<()> {
             s.registry
         );
     }
+    cases::settle_after_deletions(&s.work);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let progress = |r: &CaseResult| {
         eprintln!(
