@@ -327,7 +327,7 @@ fn fill(conn: &mut Connection, db: &CatalogDb) -> rusqlite::Result<()> {
              mode, mtime, mtimens, flags, name, symlink, uid, gid, xattr) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
         )?;
-        for r in &db.rows {
+        for r in by_path_hash(&db.rows, |r| r.md5) {
             st.execute(params![
                 r.md5.0,
                 r.md5.1,
@@ -351,7 +351,7 @@ fn fill(conn: &mut Connection, db: &CatalogDb) -> rusqlite::Result<()> {
         let mut st = tx.prepare(
             "INSERT INTO chunks (md5path_1, md5path_2, offset, size, hash) VALUES (?1, ?2, ?3, ?4, ?5)",
         )?;
-        for c in &db.chunks {
+        for c in by_path_hash(&db.chunks, |c| c.md5) {
             st.execute(params![
                 c.md5.0,
                 c.md5.1,
@@ -377,6 +377,19 @@ fn fill(conn: &mut Connection, db: &CatalogDb) -> rusqlite::Result<()> {
         }
     }
     tx.commit()
+}
+
+/// `rows` in the order of their primary key (`md5path_1, md5path_2`; a stable sort keeps a
+/// file's chunks in offset order). Inserted in that order, the key's index grows at its end
+/// and its pages fill up, instead of splitting half-empty under random path hashes: smaller
+/// catalogs, less to compress and to download.
+fn by_path_hash<T>(rows: &[T], key: impl Fn(&T) -> PathHash) -> Vec<&T> {
+    let mut sorted: Vec<&T> = rows.iter().collect();
+    sorted.sort_by_key(|r| {
+        let h = key(r);
+        (h.0, h.1)
+    });
+    sorted
 }
 
 /// Opens a catalog from its decompressed bytes. `label` names it in errors (e.g. its hash).
@@ -655,6 +668,25 @@ mod tests {
             )
             .unwrap();
         assert_eq!(listed, 240);
+        // Rows went in in key order, so the key's index filled its pages.
+        let keys: Vec<(i64, i64)> = conn
+            .prepare("SELECT md5path_1, md5path_2 FROM catalog ORDER BY rowid")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert!(keys.windows(2).all(|w| w[0] < w[1]));
+        let index_pages: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM dbstat WHERE name = 'sqlite_autoindex_catalog_1'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        // 100 000 keys of 2 × 8-byte integers and a rowid: about 30 bytes each in 4 KiB
+        // pages is ~740 full pages; inserted at random they leave pages about 70 % full.
+        assert!(index_pages < 850, "{index_pages} index pages");
     }
 
     #[test]
