@@ -242,9 +242,14 @@ pub struct RegistryArgs {
     /// Registry credentials USER:PASS (else Docker config / REGISTRY_AUTH_FILE, helpers included).
     #[arg(long, env = "CVMFS_OCI_CREDS", hide_env_values = true)]
     pub creds: Option<String>,
-    /// Allow plain HTTP for this registry host[:port] (repeatable).
-    #[arg(long = "insecure-registry")]
+    /// Do not verify TLS for this registry host[:port], and use plain HTTP if it does not
+    /// speak HTTPS, as Docker's insecure-registries (repeatable).
+    #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
     pub insecure_registry: Vec<String>,
+    /// Trust the certificate authorities in this PEM file for every registry, besides the
+    /// system's (repeatable).
+    #[arg(long = "registry-ca", value_name = "FILE")]
+    pub registry_ca: Vec<PathBuf>,
     /// Seconds without a byte from a registry before the request counts as stalled and is
     /// retried (blobs resume where they stopped).
     #[arg(long, value_name = "SECS", default_value_t = 30,

@@ -992,3 +992,90 @@ fn sync_a_wishlist_with_wildcards_and_prune() {
     );
     env.check(true);
 }
+
+/// A registry that speaks only HTTPS with a certificate from a private CA: refused with a hint
+/// and no retries, accepted with `--registry-ca`, and with `--insecure-registry` (HTTPS without
+/// verification, as Docker's insecure-registries).
+#[test]
+fn registries_with_a_private_ca() {
+    if fixtures::tools::skip_if_missing(&[
+        fixtures::tools::DOCKER_REGISTRY,
+        fixtures::tools::SKOPEO,
+        fixtures::tools::OPENSSL,
+    ]) {
+        return;
+    }
+    let reg = Registry::start_tls().expect("start docker-registry with TLS");
+    let ca = reg.ca_path().expect("a CA");
+    let env = Env::init(&[]);
+    let manifest = std::fs::read(env.storage.join(".cvmfspublished")).unwrap();
+    let layout = env.path("layout");
+    edge_image(Compression::Gzip, MediaTypes::Oci)
+        .write_layout(&layout, "a")
+        .unwrap();
+    reg.push_oci_layout(&layout, "a", "tls/app:1")
+        .expect("push over HTTPS");
+    let addr = reg.addr();
+    let image = format!("docker://{addr}/tls/app:1");
+
+    let out = env.run(&["convert", FQRN, &image]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(!stderr.contains("retrying"), "{stderr}");
+    let last = stderr.trim_end().lines().last().unwrap();
+    assert!(
+        last.starts_with("cvmfs-oci: error: image ")
+            && last.contains(&image)
+            && last.contains("certificate")
+            && last.contains("--registry-ca")
+            && last.contains(&format!("--insecure-registry {addr}")),
+        "{stderr}"
+    );
+    assert_eq!(
+        manifest,
+        std::fs::read(env.storage.join(".cvmfspublished")).unwrap()
+    );
+
+    let not_pem = env.path("not-a-ca.pem");
+    std::fs::write(&not_pem, "hello\n").unwrap();
+    let out = env.run(&[
+        "convert",
+        FQRN,
+        &image,
+        "--registry-ca",
+        not_pem.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("not-a-ca.pem"), "{stderr}");
+
+    let out = env.run(&[
+        "convert",
+        FQRN,
+        &image,
+        "--registry-ca",
+        ca.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let link = format!("/{addr}/tls/app:1");
+    assert!(witness(&env).entries.contains_key(&link));
+
+    reg.push_oci_layout(&layout, "a", "tls/app:2")
+        .expect("push over HTTPS");
+    let image = format!("docker://{addr}/tls/app:2");
+    let out = env.run(&["convert", FQRN, &image, "--insecure-registry", &addr]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The registry speaks only HTTPS, so this went over HTTPS without the CA.
+    assert!(witness(&env)
+        .entries
+        .contains_key(&format!("/{addr}/tls/app:2")));
+    env.check(true);
+}

@@ -171,6 +171,7 @@ pub(super) fn sources(r: &RegistryArgs, out: Output) -> Result<Sources> {
     Ok(Sources::new(RegistryOptions {
         auth,
         insecure: r.insecure_registry.clone(),
+        ca_files: r.registry_ca.clone(),
         read_timeout: Duration::from_secs(r.registry_timeout),
         on_retry: Some(RetryNotices::new(announce)),
         ..RegistryOptions::default()

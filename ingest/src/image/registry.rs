@@ -1,7 +1,8 @@
 //! A registry client for the distribution API (v2): anonymous, bearer-token and basic auth,
 //! retries with backoff (5xx, 429 with `Retry-After`, dropped connections, resumed blob
-//! downloads), plain HTTP only for hosts named insecure, and a cap on concurrent requests per
-//! registry. Async inside (its own tokio runtime), blocking outside: blob bodies reach the
+//! downloads), TLS verified against the system's roots plus any CA files given, and for hosts
+//! named insecure (as Docker's `insecure-registries`) HTTPS without verification, else plain
+//! HTTP; and a cap on concurrent requests per registry. Async inside (its own tokio runtime), blocking outside: blob bodies reach the
 //! caller through a bounded channel, so memory stays bounded whatever the layer size.
 
 use super::auth::{AuthStore, Secret};
@@ -17,12 +18,16 @@ use reqwest::StatusCode;
 use std::collections::HashMap;
 use std::fmt;
 use std::io::{self, Read};
-use std::sync::{Arc, Mutex};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 /// Largest manifest, config or listing page read into memory.
 const MAX_DOCUMENT: usize = 16 << 20;
+/// How long an insecure host has to answer HTTPS before plain HTTP is used instead (a
+/// plain-HTTP server that waits for a request line never answers a TLS hello).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Blob chunks buffered between the download task and the reader (each ≤ ~64 KiB).
 const CHANNEL_CHUNKS: usize = 16;
 
@@ -30,8 +35,12 @@ const CHANNEL_CHUNKS: usize = 16;
 #[derive(Clone, Debug)]
 pub struct RegistryOptions {
     pub auth: AuthStore,
-    /// `host[:port]` that may be reached over plain HTTP; every other host needs HTTPS.
+    /// `host[:port]` reached over HTTPS without certificate verification, or over plain HTTP
+    /// when it does not speak HTTPS; every other host needs verified HTTPS.
     pub insecure: Vec<String>,
+    /// PEM files of certificate authorities trusted for every registry, besides the system's
+    /// (a registry with a private CA).
+    pub ca_files: Vec<PathBuf>,
     /// Requests in flight per registry host (blob downloads hold one for their duration).
     pub max_concurrent: usize,
     /// Retries after a 5xx, a 429 or a dropped connection, per request.
@@ -71,6 +80,7 @@ impl Default for RegistryOptions {
         RegistryOptions {
             auth: AuthStore::anonymous(),
             insecure: Vec::new(),
+            ca_files: Vec::new(),
             max_concurrent: 4,
             max_retries: 5,
             backoff: Duration::from_millis(500),
@@ -116,10 +126,14 @@ struct Host {
     tokens: tokio::sync::Mutex<HashMap<String, Secret>>,
     /// The host answered 401 with a Basic challenge: send credentials up front.
     basic: std::sync::atomic::AtomicBool,
+    /// `https` or `http`, decided once for an insecure host.
+    scheme: OnceLock<&'static str>,
 }
 
 struct Inner {
     http: reqwest::Client,
+    /// For insecure hosts only: certificates are not verified.
+    unverified: Option<reqwest::Client>,
     options: RegistryOptions,
     hosts: Mutex<HashMap<String, Arc<Host>>>,
 }
@@ -156,20 +170,49 @@ impl RegistryClient {
             .enable_all()
             .build()
             .map_err(|e| Error::io("starting the registry I/O runtime", e))?;
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("cvmfs-oci/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(options.connect_timeout)
-            .read_timeout(options.read_timeout)
-            .build()
-            .map_err(|e| Error::io("building the HTTP client", io::Error::other(e.to_string())))?;
+        let builder = || {
+            reqwest::Client::builder()
+                .user_agent(concat!("cvmfs-oci/", env!("CARGO_PKG_VERSION")))
+                .connect_timeout(options.connect_timeout)
+                .read_timeout(options.read_timeout)
+        };
+        let built = |b: reqwest::ClientBuilder| {
+            b.build().map_err(|e| {
+                Error::io(
+                    "building the HTTP client",
+                    io::Error::other(error_chain(&e)),
+                )
+            })
+        };
+        let http = built(builder().tls_certs_merge(extra_roots(&options.ca_files)?))?;
+        let unverified = match options.insecure.is_empty() {
+            true => None,
+            false => Some(built(builder().tls_danger_accept_invalid_certs(true))?),
+        };
         Ok(RegistryClient {
             runtime,
             inner: Arc::new(Inner {
                 http,
+                unverified,
                 options,
                 hosts: Mutex::new(HashMap::new()),
             }),
         })
+    }
+
+    /// `SCHEME://host`; an insecure host is probed for HTTPS on first use.
+    fn base(&self, host: &str) -> String {
+        if self.inner.is_insecure(host) {
+            let state = self.inner.host(host);
+            if state.scheme.get().is_none() {
+                let (inner, name) = (self.inner.clone(), host.to_owned());
+                let scheme = self
+                    .runtime
+                    .block_on(async move { inner.probe_scheme(&name).await });
+                let _ = state.scheme.set(scheme);
+            }
+        }
+        self.inner.base(host)
     }
 
     /// Tags of a repository, following `Link` pagination.
@@ -181,7 +224,7 @@ impl RegistryClient {
         let display = format!("docker://{}/{}", repo.host, repo.repository);
         let first = format!(
             "{}/v2/{}/tags/list?n=1000",
-            self.inner.base(&repo.host),
+            self.base(&repo.host),
             repo.repository
         );
         let scope = format!("repository:{}:pull", repo.repository);
@@ -202,7 +245,7 @@ impl RegistryClient {
             repositories: Option<Vec<String>>,
         }
         let display = format!("docker://{host}");
-        let first = format!("{}/v2/_catalog?n=1000", self.inner.base(host));
+        let first = format!("{}/v2/_catalog?n=1000", self.base(host));
         let pages = self.paginate(host, first, "registry:catalog:*", &display)?;
         let mut out = Vec::new();
         for (url, body) in pages {
@@ -235,7 +278,7 @@ impl RegistryClient {
                 .runtime
                 .block_on(async move { inner.fetch_document(&req).await })
                 .map_err(|f| f.image(display))?;
-            next = next_link(&headers, &self.inner.base(host));
+            next = next_link(&headers, &self.base(host));
             if pages.len() > 10_000 {
                 return Err(Error::image(
                     display,
@@ -258,7 +301,7 @@ impl RegistryClient {
             host: repo.host.clone(),
             url: format!(
                 "{}/v2/{}/manifests/{reference}",
-                self.inner.base(&repo.host),
+                self.base(&repo.host),
                 repo.repository
             ),
             scope: format!("repository:{}:pull", repo.repository),
@@ -293,7 +336,7 @@ impl RegistryClient {
             host: repo.host.clone(),
             url: format!(
                 "{}/v2/{}/blobs/{digest}",
-                self.inner.base(&repo.host),
+                self.base(&repo.host),
                 repo.repository
             ),
             scope: format!("repository:{}:pull", repo.repository),
@@ -375,13 +418,49 @@ impl Read for BlobReader {
 }
 
 impl Inner {
+    fn is_insecure(&self, host: &str) -> bool {
+        self.options.insecure.iter().any(|h| h == host)
+    }
+
+    /// `SCHEME://host`: HTTPS, except for an insecure host that does not speak it.
     fn base(&self, host: &str) -> String {
-        let scheme = if self.options.insecure.iter().any(|h| h == host) {
-            "http"
-        } else {
-            "https"
+        let scheme = match self.is_insecure(host) {
+            true => self.host(host).scheme.get().copied().unwrap_or("https"),
+            false => "https",
         };
         format!("{scheme}://{host}")
+    }
+
+    /// For an insecure host, whether it speaks HTTPS (certificate unchecked): Docker's rule
+    /// for `insecure-registries`, HTTPS first and plain HTTP when that fails.
+    async fn probe_scheme(&self, host: &str) -> &'static str {
+        let Some(client) = &self.unverified else {
+            return "https";
+        };
+        let url = format!("https://{host}/v2/");
+        match client
+            .get(&url)
+            .timeout(PROBE_TIMEOUT.min(self.options.connect_timeout))
+            .send()
+            .await
+        {
+            Ok(_) => "https",
+            Err(_) => "http",
+        }
+    }
+
+    /// The client for `url`: the unverifying one for insecure hosts only.
+    fn client_for(&self, url: &str) -> &reqwest::Client {
+        let authority = url
+            .split_once("://")
+            .map_or(url, |(_, rest)| rest)
+            .split('/')
+            .next()
+            .unwrap_or_default();
+        match &self.unverified {
+            Some(client) if self.is_insecure(authority) => client,
+            _ => &self.http,
+        }
     }
 
     fn host(&self, host: &str) -> Arc<Host> {
@@ -393,6 +472,7 @@ impl Inner {
                     permits: Arc::new(Semaphore::new(self.options.max_concurrent.max(1))),
                     tokens: tokio::sync::Mutex::new(HashMap::new()),
                     basic: std::sync::atomic::AtomicBool::new(false),
+                    scheme: OnceLock::new(),
                 })
             })
             .clone()
@@ -471,7 +551,7 @@ impl Inner {
                 .acquire_owned()
                 .await
                 .map_err(|_| fail(None, "client shut down".to_owned()))?;
-            let mut builder = self.http.get(&req.url);
+            let mut builder = self.client_for(&req.url).get(&req.url);
             if let Some(accept) = &req.accept {
                 builder = builder.header(ACCEPT_HEADER, accept);
             }
@@ -601,7 +681,7 @@ impl Inner {
         };
         let mut attempt = 0;
         loop {
-            let mut builder = self.http.get(url.clone());
+            let mut builder = self.client_for(url.as_str()).get(url.clone());
             if let Some(b) = &basic {
                 builder = builder.header(AUTHORIZATION, b);
             }
@@ -766,10 +846,35 @@ fn retryable(status: StatusCode) -> bool {
     status == StatusCode::TOO_MANY_REQUESTS || matches!(status.as_u16(), 500 | 502 | 503 | 504)
 }
 
-/// Connection-level failures worth retrying; a TLS handshake with a plain-HTTP server fails
-/// the same way every time.
+/// Connection-level failures worth retrying; a TLS handshake with a plain-HTTP server, or
+/// with a certificate that is not trusted, fails the same way every time.
 fn transient(e: &reqwest::Error) -> bool {
-    (e.is_connect() || e.is_timeout() || e.is_request() || e.is_body()) && !tls_with_plain_http(e)
+    (e.is_connect() || e.is_timeout() || e.is_request() || e.is_body())
+        && !tls_with_plain_http(e)
+        && !untrusted_certificate(e)
+}
+
+fn untrusted_certificate(e: &reqwest::Error) -> bool {
+    error_chain(e).contains("invalid peer certificate")
+}
+
+/// The certificates of each PEM file in `files`.
+fn extra_roots(files: &[PathBuf]) -> Result<Vec<reqwest::Certificate>> {
+    let mut roots = Vec::new();
+    for path in files {
+        let what = format!("CA file {}", path.display());
+        let pem = std::fs::read(path).map_err(|e| Error::io(&what, e))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| Error::io(&what, io::Error::other(error_chain(&e))))?;
+        if certs.is_empty() {
+            return Err(Error::io(
+                &what,
+                io::Error::other("no PEM certificate in it"),
+            ));
+        }
+        roots.extend(certs);
+    }
+    Ok(roots)
 }
 
 fn tls_with_plain_http(e: &reqwest::Error) -> bool {
@@ -943,13 +1048,23 @@ async fn read_limited(mut resp: reqwest::Response, limit: usize) -> io::Result<V
 /// A failed request in one line, with a hint when HTTPS met a plain-HTTP server.
 fn describe_send_error(e: reqwest::Error, url: &str) -> String {
     let plain_http = tls_with_plain_http(&e);
+    let untrusted = untrusted_certificate(&e);
     let text = error_chain(&e.without_url());
-    if url.starts_with("https://") && plain_http {
-        let host = url["https://".len()..]
-            .split('/')
-            .next()
-            .unwrap_or_default();
+    let host = url
+        .strip_prefix("https://")
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or_default();
+    if host.is_empty() {
+        return text;
+    }
+    if plain_http {
         return format!("{text} (a plain-HTTP registry? allow it with --insecure-registry {host})");
+    }
+    if untrusted {
+        return format!(
+            "{text} (a registry with a private CA? trust it with --registry-ca FILE, or skip \
+             verification for this host with --insecure-registry {host})"
+        );
     }
     text
 }
@@ -1102,16 +1217,27 @@ mod tests {
 
     #[test]
     fn insecure_is_per_host() {
+        // Nothing speaks HTTPS on a port nobody listens on (let alone plain HTTP).
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        let insecure = format!("127.0.0.1:{port}");
         let client = RegistryClient::new(RegistryOptions {
-            insecure: vec!["127.0.0.1:5000".to_owned()],
+            insecure: vec![insecure.clone()],
             ..RegistryOptions::default()
         })
         .unwrap();
-        assert_eq!(client.inner.base("127.0.0.1:5000"), "http://127.0.0.1:5000");
-        assert_eq!(
-            client.inner.base("127.0.0.1:5001"),
-            "https://127.0.0.1:5001"
-        );
-        assert_eq!(client.inner.base("quay.io"), "https://quay.io");
+        assert_eq!(client.base(&insecure), format!("http://{insecure}"));
+        assert_eq!(client.base("127.0.0.1:5001"), "https://127.0.0.1:5001");
+        assert_eq!(client.base("quay.io"), "https://quay.io");
+        assert!(std::ptr::eq(
+            client.inner.client_for(&format!("http://{insecure}/v2/")),
+            client.inner.unverified.as_ref().unwrap()
+        ));
+        assert!(std::ptr::eq(
+            client.inner.client_for("https://quay.io/v2/"),
+            &client.inner.http
+        ));
     }
 }
