@@ -51,6 +51,9 @@ pub enum Command {
     Gc(GcArgs),
     /// List the named snapshots (history tags), or add or remove one; gc keeps tagged revisions.
     Tag(TagArgs),
+    /// Publish an earlier tagged revision's tree again as a new revision (`cvmfs_server
+    /// rollback`): later tags are removed; without --tag, undo the last publish.
+    Rollback(RollbackArgs),
     /// Copy the published revision to an S3 bucket (objects missing there, then catalogs,
     /// then the manifest); credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY.
     Push(PushArgs),
@@ -184,6 +187,14 @@ pub struct TagArgs {
     /// Remove a tag.
     #[arg(long, value_name = "NAME")]
     pub remove: Option<String>,
+}
+
+#[derive(Args)]
+pub struct RollbackArgs {
+    pub fqrn: String,
+    /// The tag to go back to (default: trunk-previous, the revision before the current one).
+    #[arg(long, value_name = "NAME")]
+    pub tag: Option<String>,
 }
 
 #[derive(Args)]

@@ -34,6 +34,7 @@ pub fn run(cli: Cli, out: Output) -> Result<i32> {
         Command::Info(a) => info(&home, &a.fqrn, out),
         Command::Gc(a) => gc::gc(&home, &g, &a, out),
         Command::Tag(a) => tags::tag(&home, &g, &a, out),
+        Command::Rollback(a) => tags::rollback(&home, &g, &a, out),
         Command::Push(a) => push::push(&home, &g, &a, out),
         Command::Convert(a) => convert::convert(&home, &g, &a, out),
         Command::Sync(a) => convert::sync(&home, &g, &a, out),

@@ -250,3 +250,101 @@ fn automatic_gc_runs_after_a_publish_at_most_daily() {
     env.check(true);
     assert_matches_source(&env, &src, "");
 }
+
+/// The tag names of the current history, by name.
+fn tag_names(env: &Env) -> Vec<(String, u64)> {
+    env.ok(&["--json", "tag", FQRN])
+        .lines()
+        .map(|l| {
+            let t = last_json(l);
+            (
+                t["name"].as_str().unwrap().to_string(),
+                t["revision"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn rollback_publishes_a_tagged_tree_again_as_cvmfs_server_does() {
+    let env = Env::init(&["--gc"]);
+    let trees: Vec<_> = (1..=3u64)
+        .map(|n| {
+            let dir = env.path(&format!("v{n}"));
+            std::fs::create_dir_all(dir.join("sub")).unwrap();
+            std::fs::write(dir.join("big.bin"), noise(200_000, n)).unwrap();
+            std::fs::write(dir.join("sub/version"), format!("{n}\n")).unwrap();
+            dir
+        })
+        .collect();
+    publish(&env, &trees[0]);
+    env.ok(&["tag", FQRN, "--add", "release-1", "--description", "first"]);
+    publish(&env, &trees[1]);
+    env.ok(&["tag", FQRN, "--add", "release-2"]);
+    publish(&env, &trees[2]);
+    assert_eq!(env.revision(), 4);
+
+    // A crash before the manifest leaves revision 4 standing; the rerun completes.
+    let out = env
+        .cmd(&["rollback", FQRN, "--tag", "release-1"])
+        .env("CVMFS_OCI_CRASH_AT", "before-manifest")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert_eq!(env.revision(), 4);
+    env.check(true);
+    assert_matches_source(&env, &trees[2], "");
+
+    let r = last_json(&env.ok(&["--json", "rollback", FQRN, "--tag", "release-1"]));
+    assert_eq!(r["revision"].as_u64(), Some(5), "{r}");
+    assert_eq!(r["target"]["revision"].as_u64(), Some(2), "{r}");
+    let removed: Vec<&str> = r["removed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(removed, ["trunk", "release-2", "trunk-previous"], "{r}");
+    assert_eq!(env.revision(), 5);
+    env.check(true);
+    assert_manifest_verifies(&env);
+    assert_matches_source(&env, &trees[0], "");
+    assert_eq!(
+        tag_names(&env),
+        [("release-1".to_string(), 5), ("trunk".to_string(), 5)]
+    );
+    let listed = env.ok(&["--json", "tag", FQRN]);
+    let release = last_json(listed.lines().next().unwrap());
+    assert_eq!(release["description"], "first");
+    assert_eq!(release["root"], r["root"]);
+
+    // Nothing newer to go back from, and no undo target left.
+    let line = env.fails(&["rollback", FQRN, "--tag", "release-1"]);
+    assert!(line.contains("the current revision"), "{line}");
+    let line = env.fails(&["rollback", FQRN]);
+    assert!(line.contains("no trunk-previous"), "{line}");
+    let line = env.fails(&["rollback", FQRN, "--tag", "release-2"]);
+    assert!(line.contains("no tag release-2"), "{line}");
+
+    // Without a tag: undo the last publish.
+    publish(&env, &trees[1]);
+    assert_matches_source(&env, &trees[1], "");
+    let r = last_json(&env.ok(&["--json", "rollback", FQRN]));
+    assert_eq!(
+        (r["revision"].as_u64(), r["target"]["revision"].as_u64()),
+        (Some(7), Some(5)),
+        "{r}"
+    );
+    assert_matches_source(&env, &trees[0], "");
+    assert_eq!(
+        tag_names(&env),
+        [("release-1".to_string(), 5), ("trunk".to_string(), 7)]
+    );
+
+    // What only the rolled-back revisions held can be collected; the tree stays whole.
+    let g = last_json(&env.ok(&["--json", "gc", FQRN, "--keep-revisions", "0"]));
+    assert_eq!(kept(&g), [7, 5]);
+    assert!(g["bytes_deleted"].as_u64().unwrap() > 200_000, "{g}");
+    env.check(true);
+    assert_matches_source(&env, &trees[0], "");
+}

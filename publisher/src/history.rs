@@ -112,15 +112,16 @@ impl History {
 
     /// All tags, ordered by name.
     pub fn tags(&self) -> Result<Vec<Tag>> {
-        let mut stmt = self
-            .db
-            .conn()
-            .prepare(
-                "SELECT name, hash, revision, timestamp, description, size FROM tags ORDER BY name",
-            )
-            .map_err(|e| self.sql(e))?;
+        self.select_tags("ORDER BY name", params![])
+    }
+
+    /// The tags `SELECT … FROM tags <clause>` picks.
+    fn select_tags(&self, clause: &str, args: impl rusqlite::Params) -> Result<Vec<Tag>> {
+        let sql =
+            format!("SELECT name, hash, revision, timestamp, description, size FROM tags {clause}");
+        let mut stmt = self.db.conn().prepare(&sql).map_err(|e| self.sql(e))?;
         let rows = stmt
-            .query_map([], |r| {
+            .query_map(args, |r| {
                 Ok((
                     r.get::<_, String>(0)?,
                     r.get::<_, String>(1)?,
@@ -182,6 +183,36 @@ impl History {
             .execute("DELETE FROM tags WHERE name = ?1", [name])
             .map(|n| n > 0)
             .map_err(|e| self.sql(e))
+    }
+
+    /// The tags a rollback to tag `target` replaces, newest first: those of later revisions
+    /// and the target itself, on the default branch (`cvmfs_server rollback`'s condition).
+    pub fn tags_replaced_by_rollback(&self, target: &Tag) -> Result<Vec<Tag>> {
+        self.select_tags(
+            "WHERE (revision > ?1 OR name = ?2) AND branch = '' ORDER BY revision DESC",
+            params![to_i64(target.revision), target.name],
+        )
+    }
+
+    /// Rolls the history back to `target` as `cvmfs_server rollback` does: the tags of
+    /// [`History::tags_replaced_by_rollback`] go, `target` comes back as `rolled_back` (its
+    /// name and description, the new revision's root) and becomes `trunk`; no
+    /// `trunk-previous` remains, so only one rollback without a tag name is possible.
+    pub fn roll_back(&mut self, target: &Tag, rolled_back: &Tag) -> Result<()> {
+        self.db
+            .conn()
+            .execute(
+                "DELETE FROM tags WHERE (revision > ?1 OR name = ?2) AND branch = ''",
+                params![to_i64(target.revision), target.name],
+            )
+            .map_err(|e| self.sql(e))?;
+        self.set_tag(rolled_back)?;
+        self.remove_tag(TRUNK_PREVIOUS)?;
+        self.set_tag(&Tag {
+            name: TRUNK.to_string(),
+            description: "current HEAD".to_string(),
+            ..rolled_back.clone()
+        })
     }
 
     /// Records a new published revision: the old `trunk` becomes `trunk-previous`.

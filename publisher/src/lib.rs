@@ -1,4 +1,4 @@
-//! CVMFS object stores, repository home and locking, transactions, history and tags, reflog,
+//! CVMFS object stores, repository home and locking, transactions, history, tags and rollback,
 //! checks, garbage collection, and the copy of a published revision to S3 (`push`).
 //!
 //! A repository lives in two places: its **home** `<home>/<fqrn>/` (`config.json`, the `lock`
@@ -47,6 +47,7 @@ pub mod local;
 pub mod push;
 pub mod reflog;
 pub mod repo;
+pub mod rollback;
 pub mod seed;
 pub mod store;
 mod tags;
@@ -65,6 +66,7 @@ pub use local::LocalStore;
 pub use push::{PushOptions, PushReport, S3Target};
 pub use reflog::Reflog;
 pub use repo::{Adopted, InitOptions, RepoInfo, Repository};
+pub use rollback::RollBack;
 pub use seed::{seed_content_index, seed_repository, SeedProgress, SeedStats};
 pub use store::{as_objects, ContentIndex, ObjectStore, StoreObjects};
 pub use txn::{fault_point, CommitOutcome, CommitSettings, Published, Transaction};

@@ -509,6 +509,7 @@ fn publish_first_revision(
         timestamp: now,
         previous: None,
         expected_manifest: None,
+        history_change: HistoryChange::Publish,
     })?;
     Ok(())
 }
@@ -664,6 +665,16 @@ pub(crate) struct PublishInput<'a> {
     pub previous: Option<&'a signer::Manifest>,
     /// Exact bytes `.cvmfspublished` must still have (compare-and-swap); `None` = must not exist.
     pub expected_manifest: Option<&'a [u8]>,
+    /// How the history records the revision.
+    pub history_change: HistoryChange<'a>,
+}
+
+/// What the history database records for a new revision.
+pub(crate) enum HistoryChange<'a> {
+    /// A publish: the revision becomes `trunk`, the old `trunk` becomes `trunk-previous`.
+    Publish,
+    /// A rollback to this tag (see [`History::roll_back`]).
+    RollBack(&'a crate::history::Tag),
 }
 
 /// Certificate → history → sync → compare-and-swap → reflog → signed manifest.
@@ -691,7 +702,21 @@ pub(crate) fn publish_revision(p: &PublishInput<'_>) -> Result<signer::Manifest>
     if let Some(h) = &old_history {
         history.set_previous_revision(h)?;
     }
-    history.advance_trunk(p.root.hash, p.revision, p.timestamp, p.root.size)?;
+    match p.history_change {
+        HistoryChange::Publish => {
+            history.advance_trunk(p.root.hash, p.revision, p.timestamp, p.root.size)?
+        }
+        HistoryChange::RollBack(target) => history.roll_back(
+            target,
+            &crate::history::Tag {
+                hash: p.root.hash,
+                revision: p.revision,
+                timestamp: p.timestamp,
+                size: p.root.size,
+                ..target.clone()
+            },
+        )?,
+    }
     let history = history.store(p.objects)?;
     fault_point("after-history");
 

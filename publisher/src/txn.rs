@@ -14,8 +14,8 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::local::LocalStore;
 use crate::repo::{
-    load_keys, lock, now_unix, open_lock_file, publish_revision, storage_lock, PublishInput,
-    Repository, StorageUse,
+    load_keys, lock, now_unix, open_lock_file, publish_revision, storage_lock, HistoryChange,
+    PublishInput, Repository, StorageUse,
 };
 use crate::store::{root_files, ObjectStore, StoreObjects};
 use catalog_writer::hash::{ContentHash, Suffix};
@@ -274,6 +274,7 @@ impl Transaction {
             timestamp,
             previous: Some(&self.base),
             expected_manifest: Some(&self.base_bytes),
+            history_change: HistoryChange::Publish,
         })?;
         let history = manifest
             .history

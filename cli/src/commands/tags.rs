@@ -1,10 +1,10 @@
-//! `tag`: named snapshots (history tags).
+//! `tag`: named snapshots (history tags); `rollback` to one of them.
 
 use super::open_repo;
-use crate::args::{Global, TagArgs};
+use crate::args::{Global, RollbackArgs, TagArgs};
 use crate::output::{event_json, Output};
 use anyhow::{bail, Context, Result};
-use publisher::Tag;
+use publisher::{CommitOutcome, Tag};
 use serde_json::json;
 use std::path::Path;
 
@@ -45,6 +45,39 @@ pub fn tag(home: &Path, g: &Global, a: &TagArgs, out: Output) -> Result<i32> {
             );
         }
     }
+    Ok(0)
+}
+
+pub fn rollback(home: &Path, g: &Global, a: &RollbackArgs, out: Output) -> Result<i32> {
+    let repo = open_repo(home, &a.fqrn)?;
+    let r = repo
+        .roll_back(a.tag.as_deref(), !g.no_wait)
+        .with_context(|| format!("rollback {}", a.fqrn))?;
+    let p = &r.published;
+    let removed: Vec<&str> = r.removed.iter().map(|t| t.name.as_str()).collect();
+    out.event(
+        &format!(
+            "{}: revision {} is the tree of tag {} (revision {}); tags removed: {}",
+            a.fqrn,
+            p.revision,
+            r.target.name,
+            r.target.revision,
+            if removed.is_empty() {
+                "none".to_string()
+            } else {
+                removed.join(", ")
+            }
+        ),
+        event_json(
+            "rollback",
+            json!({"fqrn": a.fqrn, "revision": p.revision, "root": p.root.hash.to_hex(),
+                   "target": tag_json(&r.target),
+                   "removed": r.removed.iter().map(tag_json).collect::<Vec<_>>()}),
+        ),
+    );
+    let outcome = CommitOutcome::Published(r.published);
+    super::gc::after_publish(&repo, &outcome, out);
+    super::push::after_publish(&repo, &outcome, out)?;
     Ok(0)
 }
 
