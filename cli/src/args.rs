@@ -45,6 +45,8 @@ pub enum Command {
     Check(CheckArgs),
     /// Renew the whitelist (needs the master key).
     Resign(ResignArgs),
+    /// Show the repository's meta-info JSON, or replace it (`cvmfs_server update-repoinfo`).
+    Repoinfo(RepoinfoArgs),
     /// Show revision, root hash, whitelist expiry and counts.
     Info(FqrnArg),
     /// Delete the objects no kept revision needs (garbage-collectable repositories only).
@@ -170,6 +172,15 @@ pub struct ResignArgs {
     pub fqrn: String,
     #[arg(long, default_value_t = 30)]
     pub days: u32,
+}
+
+#[derive(Args)]
+pub struct RepoinfoArgs {
+    pub fqrn: String,
+    /// Replace the meta-info with this JSON object (a file, or - for stdin); the manifest is
+    /// re-signed at the same revision.
+    #[arg(long, value_name = "FILE")]
+    pub set: Option<PathBuf>,
 }
 
 #[derive(Args)]

@@ -32,6 +32,7 @@ pub fn run(cli: Cli, out: Output) -> Result<i32> {
         Command::Check(a) => check(&home, &a, out),
         Command::Resign(a) => resign(&home, &a, out),
         Command::Info(a) => info(&home, &a.fqrn, out),
+        Command::Repoinfo(a) => repoinfo(&home, &g, &a, out),
         Command::Gc(a) => gc::gc(&home, &g, &a, out),
         Command::Tag(a) => tags::tag(&home, &g, &a, out),
         Command::Rollback(a) => tags::rollback(&home, &g, &a, out),
@@ -391,6 +392,47 @@ pub fn resign(home: &Path, a: &ResignArgs, out: Output) -> Result<i32> {
         ),
         event_json("resign", json!({"fqrn": a.fqrn, "expires": expires})),
     );
+    Ok(0)
+}
+
+pub fn repoinfo(home: &Path, g: &Global, a: &RepoinfoArgs, out: Output) -> Result<i32> {
+    let repo = open_repo(home, &a.fqrn)?;
+    if let Some(path) = &a.set {
+        let json = if path.as_os_str() == "-" {
+            let mut buf = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf).context("stdin")?;
+            buf
+        } else {
+            std::fs::read(path).with_context(|| format!("{}", path.display()))?
+        };
+        let hash = repo
+            .set_meta_info(&json, !g.no_wait)
+            .with_context(|| format!("repoinfo {}", a.fqrn))?;
+        out.event(
+            &format!("{}: meta-info replaced ({hash})", a.fqrn),
+            event_json(
+                "repoinfo",
+                json!({"fqrn": a.fqrn, "meta_info": hash.to_hex()}),
+            ),
+        );
+        return Ok(0);
+    }
+    let Some(json) = repo.meta_info()? else {
+        bail!(
+            "{}: the manifest names no meta-info (set one with --set FILE)",
+            a.fqrn
+        );
+    };
+    if out.json {
+        let value: serde_json::Value = serde_json::from_slice(&json)
+            .with_context(|| format!("{}: meta-info is not JSON", a.fqrn))?;
+        out.event(
+            "",
+            event_json("repoinfo", json!({"fqrn": a.fqrn, "info": value})),
+        );
+    } else {
+        print!("{}", String::from_utf8_lossy(&json));
+    }
     Ok(0)
 }
 

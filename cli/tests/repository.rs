@@ -4,7 +4,7 @@
 mod common;
 
 use common::{assert_matches_source, Env, FQRN};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::process::Stdio;
 
 fn sample(env: &Env) -> std::path::PathBuf {
@@ -338,4 +338,75 @@ fn resign_and_info() {
         .output()
         .unwrap();
     assert_eq!(out.stdout, &rest[..nl]);
+}
+
+/// The `M` field of the published manifest.
+fn manifest_meta_info(env: &Env) -> String {
+    let bytes = std::fs::read(env.storage.join(".cvmfspublished")).unwrap();
+    let text = String::from_utf8_lossy(&bytes);
+    let body = text.split("\n--\n").next().unwrap();
+    body.lines()
+        .find_map(|l| l.strip_prefix('M'))
+        .expect("an M line")
+        .to_string()
+}
+
+#[test]
+fn meta_info_starts_as_cvmfs_server_skeleton_and_can_be_replaced() {
+    let env = Env::init(&[]);
+    // The object `cvmfs_server mkfs` makes of its skeleton has this name too.
+    assert_eq!(
+        manifest_meta_info(&env),
+        "85e4f386da0d5d77c7f66cf2f58e10951f24b653"
+    );
+    let shown = env.ok(&["repoinfo", FQRN]);
+    assert!(shown.contains("\"recommended-stratum1s\""), "{shown}");
+    common::assert_manifest_verifies(&env);
+
+    let info = env.path("info.json");
+    std::fs::write(
+        &info,
+        "{\"administrator\": \"ops\", \"recommended-stratum1s\": [\"http://s1/cvmfs/x\"]}\n",
+    )
+    .unwrap();
+    let revision = env.revision();
+    let set = env.ok(&["--json", "repoinfo", FQRN, "--set", info.to_str().unwrap()]);
+    let hash: serde_json::Value = serde_json::from_str(set.lines().last().unwrap()).unwrap();
+    let hash = hash["meta_info"].as_str().unwrap().to_string();
+    assert_eq!(manifest_meta_info(&env), hash);
+    assert_eq!(env.revision(), revision, "re-signed at the same revision");
+    common::assert_manifest_verifies(&env);
+    env.check(true);
+    let shown = env.ok(&["--json", "repoinfo", FQRN]);
+    let shown: serde_json::Value = serde_json::from_str(shown.lines().last().unwrap()).unwrap();
+    assert_eq!(shown["info"]["administrator"], "ops");
+    // The object is zlib of the document, named by its SHA-1, like every object.
+    let object = std::fs::read(
+        env.storage
+            .join(format!("data/{}/{}M", &hash[..2], &hash[2..])),
+    )
+    .unwrap();
+    let mut plain = Vec::new();
+    flate2::read::ZlibDecoder::new(&object[..])
+        .read_to_end(&mut plain)
+        .unwrap();
+    assert_eq!(plain, std::fs::read(&info).unwrap());
+
+    // Refused: not an object, not JSON; nothing changes.
+    let before = std::fs::read(env.storage.join(".cvmfspublished")).unwrap();
+    for bad in ["[1, 2]", "{\"a\": "] {
+        std::fs::write(&info, bad).unwrap();
+        let line = env.fails(&["repoinfo", FQRN, "--set", info.to_str().unwrap()]);
+        assert!(line.contains("meta-info"), "{line}");
+    }
+    assert_eq!(
+        before,
+        std::fs::read(env.storage.join(".cvmfspublished")).unwrap()
+    );
+
+    // A publish keeps it.
+    let src = sample(&env);
+    env.ok(&["publish", FQRN, src.to_str().unwrap()]);
+    assert_eq!(manifest_meta_info(&env), hash);
+    env.check(true);
 }

@@ -47,6 +47,7 @@ pub mod local;
 pub mod push;
 pub mod reflog;
 pub mod repo;
+pub mod repoinfo;
 pub mod rollback;
 pub mod seed;
 pub mod store;

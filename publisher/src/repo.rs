@@ -10,6 +10,7 @@ use crate::history::History;
 use crate::layer_memo::LayerMemo;
 use crate::local::LocalStore;
 use crate::reflog::{RefKind, Reflog};
+use crate::repoinfo::{store_meta_info, SKELETON};
 use crate::store::{root_files, ObjectStore, StoreObjects};
 use crate::txn::{fault_point, Transaction};
 use catalog_writer::hash::{ContentHash, Suffix};
@@ -510,6 +511,8 @@ fn publish_first_revision(
         previous: None,
         expected_manifest: None,
         history_change: HistoryChange::Publish,
+        // As `cvmfs_server mkfs`: its skeleton, to be filled in with `repoinfo --set`.
+        meta_info: Some(store_meta_info(store, SKELETON.as_bytes())?.to_hex()),
     })?;
     Ok(())
 }
@@ -667,6 +670,8 @@ pub(crate) struct PublishInput<'a> {
     pub expected_manifest: Option<&'a [u8]>,
     /// How the history records the revision.
     pub history_change: HistoryChange<'a>,
+    /// The meta-info object (`M`) the manifest names, if any.
+    pub meta_info: Option<String>,
 }
 
 /// What the history database records for a new revision.
@@ -722,16 +727,16 @@ pub(crate) fn publish_revision(p: &PublishInput<'_>) -> Result<signer::Manifest>
 
     // The reflog is prepared in memory (its hash goes into Y) but written only right before
     // the manifest: the two root files can only disagree if we die between two renames.
-    let reflog = updated_reflog(
-        store,
-        fqrn,
-        &[
-            (p.root.hash, RefKind::Catalog),
-            (cert, RefKind::Certificate),
-            (history, RefKind::History),
-        ],
-        p.timestamp,
-    )?;
+    let mut refs = vec![
+        (p.root.hash, RefKind::Catalog),
+        (cert, RefKind::Certificate),
+        (history, RefKind::History),
+    ];
+    // As cvmfs's signing tool: the meta-info is listed again with every revision.
+    if let Some(m) = p.meta_info.as_deref() {
+        refs.push((parse_hash_field("M", m)?, RefKind::MetaInfo));
+    }
+    let reflog = updated_reflog(store, fqrn, &refs, p.timestamp)?;
     store
         .sync()
         .map_err(|e| Error::io(format!("{}: syncfs", store.describe()), e))?;
@@ -747,7 +752,7 @@ pub(crate) fn publish_revision(p: &PublishInput<'_>) -> Result<signer::Manifest>
         certificate: cert.to_hex(),
         history: Some(history.to_hex()),
         timestamp: p.timestamp,
-        meta_info: p.previous.and_then(|m| m.meta_info.clone()),
+        meta_info: p.meta_info.clone(),
         reflog: Some(ContentHash::of(&reflog).to_hex()),
     };
     replace_manifest(store, p.keys, &manifest, Some(&reflog), p.expected_manifest)?;

@@ -78,6 +78,7 @@ impl Repository {
             previous: Some(&base),
             expected_manifest: Some(&base_bytes),
             history_change: HistoryChange::RollBack(&target),
+            meta_info: base.meta_info.clone(),
         })?;
         let history = manifest
             .history

@@ -76,37 +76,57 @@ impl Repository {
         wait: bool,
         edit: impl FnOnce(&mut History, &LocalStore, &signer::Manifest) -> Result<(T, bool)>,
     ) -> Result<T> {
+        let fqrn = self.fqrn().to_string();
+        self.amend_manifest(wait, |store, manifest| {
+            let old = manifest
+                .history
+                .as_deref()
+                .map(|h| parse_hash_field("H", h))
+                .transpose()?;
+            let mut history = match &old {
+                Some(h) => History::load(store, h)?,
+                None => History::create(&fqrn)?,
+            };
+            let (out, changed) = edit(&mut history, store, manifest)?;
+            if !changed {
+                return Ok((out, Vec::new()));
+            }
+            if let Some(h) = &old {
+                history.set_previous_revision(h)?;
+            }
+            let new = history.store(store)?;
+            manifest.history = Some(new.to_hex());
+            Ok((out, vec![(new, RefKind::History)]))
+        })
+    }
+
+    /// Under the repository lock and the storage's publish lock, lets `edit` store objects
+    /// and change the verified current manifest; when it names new references, they go into
+    /// the reflog and the manifest is re-signed at the same revision (compare-and-swap
+    /// against the one read). No references: nothing is written.
+    pub(crate) fn amend_manifest<T>(
+        &self,
+        wait: bool,
+        edit: impl FnOnce(
+            &LocalStore,
+            &mut signer::Manifest,
+        ) -> Result<(T, Vec<(ContentHash, RefKind)>)>,
+    ) -> Result<T> {
         let fqrn = self.fqrn();
         let _lock = lock(&self.home().lock_path(), fqrn, wait)?;
         let store = self.store();
-        // The new history object must survive a `gc` of another home until the manifest
-        // names it, as a transaction's objects do.
+        // New objects must survive a `gc` of another home until the manifest names them, as a
+        // transaction's objects do.
         let _storage = storage_lock(&store, fqrn, StorageUse::Publish, wait)?;
         let keys = load_keys(self.config())?;
         let (base_bytes, base) = verified_manifest(&store, fqrn, &keys)?;
-        let old = base
-            .history
-            .as_deref()
-            .map(|h| parse_hash_field("H", h))
-            .transpose()?;
-        let mut history = match &old {
-            Some(h) => History::load(store.as_ref(), h)?,
-            None => History::create(fqrn)?,
-        };
-        let (out, changed) = edit(&mut history, &store, &base)?;
-        if !changed {
+        let mut manifest = base.clone();
+        let (out, refs) = edit(&store, &mut manifest)?;
+        if refs.is_empty() {
             return Ok(out);
         }
-        if let Some(h) = &old {
-            history.set_previous_revision(h)?;
-        }
-        let new = history.store(store.as_ref())?;
-        let reflog = updated_reflog(&store, fqrn, &[(new, RefKind::History)], now_unix())?;
-        let manifest = signer::Manifest {
-            history: Some(new.to_hex()),
-            reflog: Some(ContentHash::of(&reflog).to_hex()),
-            ..base
-        };
+        let reflog = updated_reflog(&store, fqrn, &refs, now_unix())?;
+        manifest.reflog = Some(ContentHash::of(&reflog).to_hex());
         replace_manifest(&store, &keys, &manifest, Some(&reflog), Some(&base_bytes))?;
         Ok(out)
     }

@@ -275,6 +275,7 @@ impl Transaction {
             previous: Some(&self.base),
             expected_manifest: Some(&self.base_bytes),
             history_change: HistoryChange::Publish,
+            meta_info: self.base.meta_info.clone(),
         })?;
         let history = manifest
             .history

@@ -131,7 +131,10 @@ fn fresh_repository_passes_check() {
     let quick = assert_clean(&f.repo, false);
     assert_eq!((quick.revision, quick.catalogs, quick.entries), (1, 1, 1));
     let full = assert_clean(&f.repo, true);
-    assert_eq!(full.objects, 3, "root catalog, certificate, history");
+    assert_eq!(
+        full.objects, 4,
+        "root catalog, certificate, history, meta-info"
+    );
     assert!(full.bytes > 0);
 }
 
