@@ -682,8 +682,9 @@ pub(crate) enum HistoryChange<'a> {
     RollBack(&'a crate::history::Tag),
 }
 
-/// Certificate → history → sync → compare-and-swap → reflog → signed manifest.
-pub(crate) fn publish_revision(p: &PublishInput<'_>) -> Result<signer::Manifest> {
+/// Certificate → history → sync → compare-and-swap → reflog → signed manifest. Returns the
+/// new history object (`H`).
+pub(crate) fn publish_revision(p: &PublishInput<'_>) -> Result<ContentHash> {
     let store = p.store;
     let fqrn = p.config.fqrn.as_str();
     let pem = p
@@ -756,7 +757,39 @@ pub(crate) fn publish_revision(p: &PublishInput<'_>) -> Result<signer::Manifest>
         reflog: Some(ContentHash::of(&reflog).to_hex()),
     };
     replace_manifest(store, p.keys, &manifest, Some(&reflog), p.expected_manifest)?;
-    Ok(manifest)
+    Ok(history)
+}
+
+/// What a change of the published state starts from: the repository's lock and the storage's
+/// publish lock (new objects must survive a `gc` of another home until the manifest names
+/// them, as a transaction's objects do), the keys, and the verified current manifest.
+pub(crate) struct Amendable {
+    _lock: File,
+    _storage: File,
+    pub store: Arc<LocalStore>,
+    pub keys: signer::RepoKeys,
+    /// Exact bytes of `.cvmfspublished` (for the compare-and-swap).
+    pub base_bytes: Vec<u8>,
+    pub base: signer::Manifest,
+}
+
+impl Repository {
+    pub(crate) fn amendable(&self, wait: bool) -> Result<Amendable> {
+        let fqrn = self.fqrn();
+        let lock = lock(&self.home().lock_path(), fqrn, wait)?;
+        let store = self.store();
+        let storage = storage_lock(&store, fqrn, StorageUse::Publish, wait)?;
+        let keys = load_keys(self.config())?;
+        let (base_bytes, base) = crate::txn::verified_manifest(&store, fqrn, &keys)?;
+        Ok(Amendable {
+            _lock: lock,
+            _storage: storage,
+            store,
+            keys,
+            base_bytes,
+            base,
+        })
+    }
 }
 
 /// The current `.cvmfsreflog` (or a new one) plus `refs`, as file bytes.

@@ -9,12 +9,11 @@ use crate::error::{Error, Result};
 use crate::history::{History, Tag, TRUNK_PREVIOUS};
 use crate::local::LocalStore;
 use crate::repo::{
-    load_keys, lock, now_unix, parse_hash_field, publish_revision, storage_lock, HistoryChange,
-    PublishInput, Repository, StorageUse,
+    now_unix, parse_hash_field, publish_revision, HistoryChange, PublishInput, Repository,
 };
 use crate::store::ObjectStore;
 use crate::tempdb::TempDb;
-use crate::txn::{verified_manifest, Published};
+use crate::txn::Published;
 use catalog_writer::hash::{ContentHash, Suffix};
 use catalog_writer::namespace::CatalogRef;
 
@@ -37,13 +36,8 @@ impl Repository {
     /// Publishes the tree of tag `name` (default `trunk-previous`) as the next revision.
     pub fn roll_back(&self, name: Option<&str>, wait: bool) -> Result<RollBack> {
         let fqrn = self.fqrn();
-        let _lock = lock(&self.home().lock_path(), fqrn, wait)?;
-        let store = self.store();
-        // The new catalog and history objects must survive a `gc` of another home until the
-        // manifest names them, as a transaction's objects do.
-        let _storage = storage_lock(&store, fqrn, StorageUse::Publish, wait)?;
-        let keys = load_keys(self.config())?;
-        let (base_bytes, base) = verified_manifest(&store, fqrn, &keys)?;
+        let a = self.amendable(wait)?;
+        let (store, base) = (&a.store, &a.base);
         let history = match base.history.as_deref() {
             Some(h) => History::load(store.as_ref(), &parse_hash_field("H", h)?)?,
             None => {
@@ -66,25 +60,20 @@ impl Repository {
         let current = parse_hash_field("C", &base.root_catalog)?;
         let revision = base.revision + 1;
         let timestamp = now_unix().max(base.timestamp);
-        let root = republish_root(&store, &target, revision, &current, timestamp)?;
-        let manifest = publish_revision(&PublishInput {
-            store: &store,
+        let root = republish_root(store, &target, revision, &current, timestamp)?;
+        let history = publish_revision(&PublishInput {
+            store,
             objects: store.as_ref(),
-            keys: &keys,
+            keys: &a.keys,
             config: self.config(),
             root,
             revision,
             timestamp,
-            previous: Some(&base),
-            expected_manifest: Some(&base_bytes),
+            previous: Some(base),
+            expected_manifest: Some(&a.base_bytes),
             history_change: HistoryChange::RollBack(&target),
             meta_info: base.meta_info.clone(),
         })?;
-        let history = manifest
-            .history
-            .as_deref()
-            .and_then(ContentHash::from_hex)
-            .ok_or_else(|| Error::corrupt(".cvmfspublished", "new manifest lacks H"))?;
         Ok(RollBack {
             published: Published {
                 revision,

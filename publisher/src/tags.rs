@@ -8,12 +8,8 @@ use crate::error::{Error, Result};
 use crate::history::{History, Tag, TRUNK, TRUNK_PREVIOUS};
 use crate::local::LocalStore;
 use crate::reflog::RefKind;
-use crate::repo::{
-    load_keys, lock, now_unix, parse_hash_field, replace_manifest, storage_lock, updated_reflog,
-    Repository, StorageUse,
-};
+use crate::repo::{now_unix, parse_hash_field, replace_manifest, updated_reflog, Repository};
 use crate::store::ObjectStore;
-use crate::txn::verified_manifest;
 use catalog_writer::hash::{ContentHash, Suffix};
 use catalog_writer::namespace::CatalogRef;
 
@@ -112,22 +108,21 @@ impl Repository {
             &mut signer::Manifest,
         ) -> Result<(T, Vec<(ContentHash, RefKind)>)>,
     ) -> Result<T> {
-        let fqrn = self.fqrn();
-        let _lock = lock(&self.home().lock_path(), fqrn, wait)?;
-        let store = self.store();
-        // New objects must survive a `gc` of another home until the manifest names them, as a
-        // transaction's objects do.
-        let _storage = storage_lock(&store, fqrn, StorageUse::Publish, wait)?;
-        let keys = load_keys(self.config())?;
-        let (base_bytes, base) = verified_manifest(&store, fqrn, &keys)?;
-        let mut manifest = base.clone();
-        let (out, refs) = edit(&store, &mut manifest)?;
+        let a = self.amendable(wait)?;
+        let mut manifest = a.base.clone();
+        let (out, refs) = edit(&a.store, &mut manifest)?;
         if refs.is_empty() {
             return Ok(out);
         }
-        let reflog = updated_reflog(&store, fqrn, &refs, now_unix())?;
+        let reflog = updated_reflog(&a.store, self.fqrn(), &refs, now_unix())?;
         manifest.reflog = Some(ContentHash::of(&reflog).to_hex());
-        replace_manifest(&store, &keys, &manifest, Some(&reflog), Some(&base_bytes))?;
+        replace_manifest(
+            &a.store,
+            &a.keys,
+            &manifest,
+            Some(&reflog),
+            Some(&a.base_bytes),
+        )?;
         Ok(out)
     }
 }

@@ -264,7 +264,7 @@ impl Transaction {
             return Ok(unchanged);
         }
         fault_point("after-catalogs");
-        let manifest = publish_revision(&PublishInput {
+        let history = publish_revision(&PublishInput {
             store: self.store.local(),
             objects: self.store.as_ref(),
             keys: &self.keys,
@@ -277,11 +277,6 @@ impl Transaction {
             history_change: HistoryChange::Publish,
             meta_info: self.base.meta_info.clone(),
         })?;
-        let history = manifest
-            .history
-            .as_deref()
-            .and_then(ContentHash::from_hex)
-            .ok_or_else(|| Error::corrupt(".cvmfspublished", "new manifest lacks H"))?;
         Ok(CommitOutcome::Published(Published {
             revision,
             root: report.root,
