@@ -272,6 +272,11 @@ pub struct RegistryArgs {
     /// system's (repeatable).
     #[arg(long = "registry-ca", value_name = "FILE")]
     pub registry_ca: Vec<PathBuf>,
+    /// A directory laid out as Docker's certs.d: DIR/HOST[:PORT]/*.crt are trusted for that
+    /// registry only; searched before /etc/containers/certs.d and /etc/docker/certs.d
+    /// (repeatable).
+    #[arg(long = "registry-certs-dir", value_name = "DIR")]
+    pub registry_certs_dir: Vec<PathBuf>,
     /// Seconds without a byte from a registry before the request counts as stalled and is
     /// retried (blobs resume where they stopped).
     #[arg(long, value_name = "SECS", default_value_t = 30,

@@ -1077,5 +1077,35 @@ fn registries_with_a_private_ca() {
     assert!(witness(&env)
         .entries
         .contains_key(&format!("/{addr}/tls/app:2")));
+
+    // A certs.d directory as Docker and podman keep it: the CA for this host only.
+    let certs_d = env.path("certs.d");
+    std::fs::create_dir_all(certs_d.join(&addr)).unwrap();
+    std::fs::copy(&ca, certs_d.join(&addr).join("ca.crt")).unwrap();
+    std::fs::create_dir_all(certs_d.join("other.example:5000")).unwrap();
+    reg.push_oci_layout(&layout, "a", "tls/app:3")
+        .expect("push over HTTPS");
+    let image = format!("docker://{addr}/tls/app:3");
+    let dir = certs_d.to_str().unwrap();
+    let out = env.run(&["convert", FQRN, &image, "--registry-certs-dir", dir]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(witness(&env)
+        .entries
+        .contains_key(&format!("/{addr}/tls/app:3")));
+    // A CA filed under another host is not trusted for this one.
+    std::fs::rename(
+        certs_d.join(&addr).join("ca.crt"),
+        certs_d.join("other.example:5000/ca.crt"),
+    )
+    .unwrap();
+    let image = format!("docker://{addr}/tls/app:1");
+    let out = env.run(&["convert", FQRN, &image, "--registry-certs-dir", dir]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("UnknownIssuer"), "{stderr}");
     env.check(true);
 }

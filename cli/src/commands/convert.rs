@@ -12,14 +12,14 @@ use catalog_writer::namespace::Namespace;
 use ingest::convert::{self as layout, Status};
 use ingest::image::{
     AuthStore, ImageRef, Platform, PlatformSelection, RegistryOptions, ResolvedImage, RetryNotices,
-    Sources,
+    Sources, SYSTEM_CERTS_DIRS,
 };
 use ingest::pipeline::ObjectPipeline;
 use ingest::MemoContext;
 use publisher::{CommitSettings, Repository, StoreObjects, Transaction};
 use serde_json::json;
 use std::collections::HashSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -172,6 +172,12 @@ pub(super) fn sources(r: &RegistryArgs, out: Output) -> Result<Sources> {
         auth,
         insecure: r.insecure_registry.clone(),
         ca_files: r.registry_ca.clone(),
+        certs_dirs: r
+            .registry_certs_dir
+            .iter()
+            .cloned()
+            .chain(SYSTEM_CERTS_DIRS.iter().map(PathBuf::from))
+            .collect(),
         read_timeout: Duration::from_secs(r.registry_timeout),
         on_retry: Some(RetryNotices::new(announce)),
         ..RegistryOptions::default()

@@ -33,7 +33,9 @@ pub use error::{Error, Result};
 pub use manifest::{ImageConfig, LayerDescriptor, PlatformSelection};
 pub use oci_layout::OciLayoutSource;
 pub use reference::{ImageName, ImageRef, NameRef, Platform, RegistryRef};
-pub use registry::{RegistryClient, RegistryOptions, RegistrySource, RetryNotices};
+pub use registry::{
+    RegistryClient, RegistryOptions, RegistrySource, RetryNotices, SYSTEM_CERTS_DIRS,
+};
 pub use source::{open_uncompressed_layer, ImageManifest, ImageSource, ResolvedImage};
 
 use std::sync::{Arc, Mutex};

@@ -25,6 +25,8 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 /// Largest manifest, config or listing page read into memory.
 const MAX_DOCUMENT: usize = 16 << 20;
+/// Where podman/skopeo and Docker keep per-registry CAs (`HOST[:PORT]/*.crt`).
+pub const SYSTEM_CERTS_DIRS: [&str; 2] = ["/etc/containers/certs.d", "/etc/docker/certs.d"];
 /// How long an insecure host has to answer HTTPS before plain HTTP is used instead (a
 /// plain-HTTP server that waits for a request line never answers a TLS hello).
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -41,6 +43,9 @@ pub struct RegistryOptions {
     /// PEM files of certificate authorities trusted for every registry, besides the system's
     /// (a registry with a private CA).
     pub ca_files: Vec<PathBuf>,
+    /// Directories laid out as Docker's and podman's `certs.d`: the `*.crt` files in
+    /// `DIR/HOST[:PORT]/` are trusted for that registry only.
+    pub certs_dirs: Vec<PathBuf>,
     /// Requests in flight per registry host (blob downloads hold one for their duration).
     pub max_concurrent: usize,
     /// Retries after a 5xx, a 429 or a dropped connection, per request.
@@ -81,6 +86,7 @@ impl Default for RegistryOptions {
             auth: AuthStore::anonymous(),
             insecure: Vec::new(),
             ca_files: Vec::new(),
+            certs_dirs: SYSTEM_CERTS_DIRS.iter().map(PathBuf::from).collect(),
             max_concurrent: 4,
             max_retries: 5,
             backoff: Duration::from_millis(500),
@@ -134,6 +140,9 @@ struct Inner {
     http: reqwest::Client,
     /// For insecure hosts only: certificates are not verified.
     unverified: Option<reqwest::Client>,
+    /// The client of each verified host: `http`, or one that also trusts the host's
+    /// `certs.d` CAs.
+    per_host: Mutex<HashMap<String, reqwest::Client>>,
     options: RegistryOptions,
     hosts: Mutex<HashMap<String, Arc<Host>>>,
 }
@@ -170,30 +179,17 @@ impl RegistryClient {
             .enable_all()
             .build()
             .map_err(|e| Error::io("starting the registry I/O runtime", e))?;
-        let builder = || {
-            reqwest::Client::builder()
-                .user_agent(concat!("cvmfs-oci/", env!("CARGO_PKG_VERSION")))
-                .connect_timeout(options.connect_timeout)
-                .read_timeout(options.read_timeout)
-        };
-        let built = |b: reqwest::ClientBuilder| {
-            b.build().map_err(|e| {
-                Error::io(
-                    "building the HTTP client",
-                    io::Error::other(error_chain(&e)),
-                )
-            })
-        };
-        let http = built(builder().tls_certs_merge(extra_roots(&options.ca_files)?))?;
+        let http = http_client(&options, Some(&options.ca_files))?;
         let unverified = match options.insecure.is_empty() {
             true => None,
-            false => Some(built(builder().tls_danger_accept_invalid_certs(true))?),
+            false => Some(http_client(&options, None)?),
         };
         Ok(RegistryClient {
             runtime,
             inner: Arc::new(Inner {
                 http,
                 unverified,
+                per_host: Mutex::new(HashMap::new()),
                 options,
                 hosts: Mutex::new(HashMap::new()),
             }),
@@ -449,18 +445,36 @@ impl Inner {
         }
     }
 
-    /// The client for `url`: the unverifying one for insecure hosts only.
-    fn client_for(&self, url: &str) -> &reqwest::Client {
+    /// The client for `url`: the unverifying one for insecure hosts only; for others, one
+    /// that trusts the host's `certs.d` CAs too when there are any.
+    fn client_for(&self, url: &str) -> Result<reqwest::Client> {
         let authority = url
             .split_once("://")
             .map_or(url, |(_, rest)| rest)
             .split('/')
             .next()
             .unwrap_or_default();
-        match &self.unverified {
-            Some(client) if self.is_insecure(authority) => client,
-            _ => &self.http,
+        if let Some(client) = self
+            .unverified
+            .as_ref()
+            .filter(|_| self.is_insecure(authority))
+        {
+            return Ok(client.clone());
         }
+        let mut cache = self.per_host.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(client) = cache.get(authority) {
+            return Ok(client.clone());
+        }
+        let host_cas = certs_d_files(&self.options.certs_dirs, authority)?;
+        let client = match host_cas.is_empty() {
+            true => self.http.clone(),
+            false => {
+                let files = [self.options.ca_files.clone(), host_cas].concat();
+                http_client(&self.options, Some(&files))?
+            }
+        };
+        cache.insert(authority.to_owned(), client.clone());
+        Ok(client)
     }
 
     fn host(&self, host: &str) -> Arc<Host> {
@@ -551,7 +565,10 @@ impl Inner {
                 .acquire_owned()
                 .await
                 .map_err(|_| fail(None, "client shut down".to_owned()))?;
-            let mut builder = self.client_for(&req.url).get(&req.url);
+            let client = self
+                .client_for(&req.url)
+                .map_err(|e| fail(None, e.to_string()))?;
+            let mut builder = client.get(&req.url);
             if let Some(accept) = &req.accept {
                 builder = builder.header(ACCEPT_HEADER, accept);
             }
@@ -681,7 +698,10 @@ impl Inner {
         };
         let mut attempt = 0;
         loop {
-            let mut builder = self.client_for(url.as_str()).get(url.clone());
+            let client = self
+                .client_for(url.as_str())
+                .map_err(|e| fail(None, e.to_string()))?;
+            let mut builder = client.get(url.clone());
             if let Some(b) = &basic {
                 builder = builder.header(AUTHORIZATION, b);
             }
@@ -856,6 +876,49 @@ fn transient(e: &reqwest::Error) -> bool {
 
 fn untrusted_certificate(e: &reqwest::Error) -> bool {
     error_chain(e).contains("invalid peer certificate")
+}
+
+/// An HTTP client trusting the system's CAs and those in `ca_files`; `None`: verifying
+/// nothing (insecure hosts).
+fn http_client(options: &RegistryOptions, ca_files: Option<&[PathBuf]>) -> Result<reqwest::Client> {
+    let builder = reqwest::Client::builder()
+        .user_agent(concat!("cvmfs-oci/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(options.connect_timeout)
+        .read_timeout(options.read_timeout);
+    let builder = match ca_files {
+        Some(files) => builder.tls_certs_merge(extra_roots(files)?),
+        None => builder.tls_danger_accept_invalid_certs(true),
+    };
+    builder.build().map_err(|e| {
+        Error::io(
+            "building the HTTP client",
+            io::Error::other(error_chain(&e)),
+        )
+    })
+}
+
+/// The `*.crt` files of `DIR/<authority>/` in each of `dirs`, as Docker and podman read them.
+fn certs_d_files(dirs: &[PathBuf], authority: &str) -> Result<Vec<PathBuf>> {
+    // A name from an image reference, never a path.
+    if authority.is_empty() || authority.starts_with('.') || authority.contains(['/', '\\']) {
+        return Ok(Vec::new());
+    }
+    let mut files = Vec::new();
+    for dir in dirs {
+        let host_dir = dir.join(authority);
+        let entries = match std::fs::read_dir(&host_dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(Error::io(host_dir.display().to_string(), e)),
+        };
+        let mut found: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "crt"))
+            .collect();
+        found.sort();
+        files.extend(found);
+    }
+    Ok(files)
 }
 
 /// The certificates of each PEM file in `files`.
@@ -1231,13 +1294,6 @@ mod tests {
         assert_eq!(client.base(&insecure), format!("http://{insecure}"));
         assert_eq!(client.base("127.0.0.1:5001"), "https://127.0.0.1:5001");
         assert_eq!(client.base("quay.io"), "https://quay.io");
-        assert!(std::ptr::eq(
-            client.inner.client_for(&format!("http://{insecure}/v2/")),
-            client.inner.unverified.as_ref().unwrap()
-        ));
-        assert!(std::ptr::eq(
-            client.inner.client_for("https://quay.io/v2/"),
-            &client.inner.http
-        ));
+        assert!(client.inner.is_insecure(&insecure) && !client.inner.is_insecure("quay.io"));
     }
 }
