@@ -1049,53 +1049,30 @@ fn registries_with_a_private_ca() {
     assert!(!out.status.success());
     assert!(stderr.contains("not-a-ca.pem"), "{stderr}");
 
-    let out = env.run(&[
-        "convert",
-        FQRN,
-        &image,
-        "--registry-ca",
-        ca.to_str().unwrap(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let link = format!("/{addr}/tls/app:1");
-    assert!(witness(&env).entries.contains_key(&link));
-
-    reg.push_oci_layout(&layout, "a", "tls/app:2")
-        .expect("push over HTTPS");
-    let image = format!("docker://{addr}/tls/app:2");
-    let out = env.run(&["convert", FQRN, &image, "--insecure-registry", &addr]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    // The registry speaks only HTTPS, so this went over HTTPS without the CA.
-    assert!(witness(&env)
-        .entries
-        .contains_key(&format!("/{addr}/tls/app:2")));
+    // Converts `tls/app:TAG` (pushed first unless it is 1) with `flags`; the witness reads it.
+    let converts = |tag: u32, flags: &[&str]| {
+        if tag > 1 {
+            reg.push_oci_layout(&layout, "a", &format!("tls/app:{tag}"))
+                .expect("push over HTTPS");
+        }
+        let image = format!("docker://{addr}/tls/app:{tag}");
+        let out = env.run(&[&["convert", FQRN, image.as_str()][..], flags].concat());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        let link = format!("/{addr}/tls/app:{tag}");
+        assert!(witness(&env).entries.contains_key(&link));
+    };
+    converts(1, &["--registry-ca", ca.to_str().unwrap()]);
+    // The registry speaks only HTTPS, so this goes over HTTPS without the CA.
+    converts(2, &["--insecure-registry", &addr]);
 
     // A certs.d directory as Docker and podman keep it: the CA for this host only.
     let certs_d = env.path("certs.d");
     std::fs::create_dir_all(certs_d.join(&addr)).unwrap();
     std::fs::copy(&ca, certs_d.join(&addr).join("ca.crt")).unwrap();
     std::fs::create_dir_all(certs_d.join("other.example:5000")).unwrap();
-    reg.push_oci_layout(&layout, "a", "tls/app:3")
-        .expect("push over HTTPS");
-    let image = format!("docker://{addr}/tls/app:3");
     let dir = certs_d.to_str().unwrap();
-    let out = env.run(&["convert", FQRN, &image, "--registry-certs-dir", dir]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(witness(&env)
-        .entries
-        .contains_key(&format!("/{addr}/tls/app:3")));
+    converts(3, &["--registry-certs-dir", dir]);
     // A CA filed under another host is not trusted for this one.
     std::fs::rename(
         certs_d.join(&addr).join("ca.crt"),

@@ -328,11 +328,7 @@ impl History {
     pub fn store(self, store: &dyn ObjectStore) -> Result<ContentHash> {
         let raw = self.to_sqlite()?;
         let obj = catalog_writer::zlib::compress(&raw);
-        let hash = ContentHash::of(&obj);
-        store
-            .put(&hash, Suffix::History, &obj)
-            .map_err(|e| Error::io(format!("history object {hash}"), e))?;
-        Ok(hash)
+        crate::store::put_named(store, &obj, Suffix::History, "history")
     }
 }
 

@@ -11,7 +11,7 @@ use crate::layer_memo::LayerMemo;
 use crate::local::LocalStore;
 use crate::reflog::{RefKind, Reflog};
 use crate::repoinfo::{store_meta_info, SKELETON};
-use crate::store::{root_files, ObjectStore, StoreObjects};
+use crate::store::{put_named, root_files, ObjectStore, StoreObjects};
 use crate::txn::{fault_point, Transaction};
 use catalog_writer::hash::{ContentHash, Suffix};
 use catalog_writer::namespace::{CatalogRef, CommitOptions, Namespace};
@@ -692,10 +692,7 @@ pub(crate) fn publish_revision(p: &PublishInput<'_>) -> Result<ContentHash> {
         .certificate_pem()
         .map_err(|e| Error::signature("repository certificate", e))?;
     let cert_obj = catalog_writer::zlib::compress(pem.as_ref());
-    let cert = ContentHash::of(&cert_obj);
-    p.objects
-        .put(&cert, Suffix::Certificate, &cert_obj)
-        .map_err(|e| Error::io(format!("certificate object {cert}"), e))?;
+    let cert = put_named(p.objects, &cert_obj, Suffix::Certificate, "certificate")?;
 
     let old_history = match p.previous.and_then(|m| m.history.as_deref()) {
         Some(text) => Some(parse_hash_field("H", text)?),

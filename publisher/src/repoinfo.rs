@@ -6,7 +6,7 @@
 use crate::error::{Error, Result};
 use crate::reflog::RefKind;
 use crate::repo::{parse_hash_field, Repository};
-use crate::store::ObjectStore;
+use crate::store::{put_named, ObjectStore};
 use catalog_writer::hash::{ContentHash, Suffix};
 
 /// `create_repometa_skeleton` of `cvmfs_server` (cvmfs_server_common.sh), byte for byte.
@@ -31,11 +31,7 @@ const MAX_META_INFO: usize = 1 << 20;
 /// Stores `json` as a meta-info object; returns its name.
 pub(crate) fn store_meta_info(objects: &dyn ObjectStore, json: &[u8]) -> Result<ContentHash> {
     let object = catalog_writer::zlib::compress(json);
-    let hash = ContentHash::of(&object);
-    objects
-        .put(&hash, Suffix::MetaInfo, &object)
-        .map_err(|e| Error::io(format!("meta-info object {hash}"), e))?;
-    Ok(hash)
+    put_named(objects, &object, Suffix::MetaInfo, "meta-info")
 }
 
 impl Repository {

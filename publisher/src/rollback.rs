@@ -11,7 +11,7 @@ use crate::local::LocalStore;
 use crate::repo::{
     now_unix, parse_hash_field, publish_revision, HistoryChange, PublishInput, Repository,
 };
-use crate::store::ObjectStore;
+use crate::store::{put_named, ObjectStore};
 use crate::tempdb::TempDb;
 use crate::txn::Published;
 use catalog_writer::hash::{ContentHash, Suffix};
@@ -142,10 +142,7 @@ fn republish_root(
     db.set_property("last_modified", &timestamp.to_string())?;
     let bytes = db.into_bytes()?;
     let object = catalog_writer::zlib::compress_catalog(&bytes);
-    let hash = ContentHash::of(&object);
-    store
-        .put(&hash, Suffix::Catalog, &object)
-        .map_err(|e| Error::io(format!("catalog object {hash}"), e))?;
+    let hash = put_named(store, &object, Suffix::Catalog, "catalog")?;
     Ok(CatalogRef {
         hash,
         size: bytes.len() as u64,

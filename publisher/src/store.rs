@@ -103,3 +103,18 @@ pub mod root_files {
     /// Free-form status for monitoring (`last_gc`, …); clients never read it.
     pub const STATUS: &str = ".cvmfs_status.json";
 }
+
+/// Stores compressed `object` under its SHA-1 with `suffix`; `what` names it in errors
+/// ("history", "certificate", …). Returns the hash.
+pub(crate) fn put_named(
+    store: &dyn ObjectStore,
+    object: &[u8],
+    suffix: Suffix,
+    what: &str,
+) -> crate::error::Result<ContentHash> {
+    let hash = ContentHash::of(object);
+    store
+        .put(&hash, suffix, object)
+        .map_err(|e| crate::error::Error::io(format!("{what} object {hash}"), e))?;
+    Ok(hash)
+}

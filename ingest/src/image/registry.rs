@@ -1,9 +1,10 @@
 //! A registry client for the distribution API (v2): anonymous, bearer-token and basic auth,
 //! retries with backoff (5xx, 429 with `Retry-After`, dropped connections, resumed blob
-//! downloads), TLS verified against the system's roots plus any CA files given, and for hosts
-//! named insecure (as Docker's `insecure-registries`) HTTPS without verification, else plain
-//! HTTP; and a cap on concurrent requests per registry. Async inside (its own tokio runtime), blocking outside: blob bodies reach the
-//! caller through a bounded channel, so memory stays bounded whatever the layer size.
+//! downloads), TLS verified against the system's roots plus any CA files given and the host's
+//! `certs.d` CAs, and for hosts named insecure (as Docker's `insecure-registries`) HTTPS
+//! without verification, else plain HTTP; and a cap on concurrent requests per registry.
+//! Async inside (its own tokio runtime), blocking outside: blob bodies reach the caller
+//! through a bounded channel, so memory stays bounded whatever the layer size.
 
 use super::auth::{AuthStore, Secret};
 use super::digest::{Checked, Digest, VerifyingReader};
