@@ -273,7 +273,8 @@ pub struct RegistryArgs {
     #[arg(long = "registry-ca", value_name = "FILE")]
     pub registry_ca: Vec<PathBuf>,
     /// A directory laid out as Docker's certs.d: DIR/HOST[:PORT]/*.crt are trusted for that
-    /// registry only; searched before /etc/containers/certs.d and /etc/docker/certs.d
+    /// registry only, and NAME.cert with NAME.key there is the client certificate it gets;
+    /// searched before /etc/containers/certs.d and /etc/docker/certs.d
     /// (repeatable).
     #[arg(long = "registry-certs-dir", value_name = "DIR")]
     pub registry_certs_dir: Vec<PathBuf>,

@@ -1086,3 +1086,89 @@ fn registries_with_a_private_ca() {
     assert!(stderr.contains("UnknownIssuer"), "{stderr}");
     env.check(true);
 }
+
+#[test]
+fn registries_asking_for_a_client_certificate() {
+    if fixtures::tools::skip_if_missing(&[
+        fixtures::tools::DOCKER_REGISTRY,
+        fixtures::tools::SKOPEO,
+        fixtures::tools::OPENSSL,
+    ]) {
+        return;
+    }
+    let reg = Registry::start_mutual_tls().expect("start docker-registry with mutual TLS");
+    let ca = reg.ca_path().expect("a CA");
+    let client = reg.client_cert_dir().expect("a client certificate");
+    let env = Env::init(&[]);
+    let manifest = std::fs::read(env.storage.join(".cvmfspublished")).unwrap();
+    let layout = env.path("layout");
+    edge_image(Compression::Gzip, MediaTypes::Oci)
+        .write_layout(&layout, "a")
+        .unwrap();
+    reg.push_oci_layout(&layout, "a", "mtls/app:1")
+        .expect("push with the client certificate");
+    let addr = reg.addr();
+    let image = format!("docker://{addr}/mtls/app:1");
+    let ca_flag = ["--registry-ca", ca.to_str().unwrap()];
+    let fails = |flags: &[&str]| {
+        let out = env.run(&[&["convert", FQRN, image.as_str()][..], flags].concat());
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success(), "{stderr}");
+        assert!(!stderr.contains("retrying"), "{stderr}");
+        let last = stderr.trim_end().lines().last().unwrap().to_owned();
+        assert!(last.starts_with("cvmfs-oci: error: "), "{stderr}");
+        last
+    };
+
+    // Without a certificate the registry ends the handshake: said at once, with the way out.
+    for flags in [&ca_flag[..], &["--insecure-registry", &addr]] {
+        let last = fails(flags);
+        assert!(
+            last.contains(&image) && last.contains(&format!("certs.d/{addr}/")),
+            "{last}"
+        );
+    }
+
+    // certs.d/HOST/NAME.cert with NAME.key, as Docker and podman read them.
+    let certs_d = env.path("certs.d");
+    let host_dir = certs_d.join(&addr);
+    std::fs::create_dir_all(&host_dir).unwrap();
+    std::fs::copy(client.join("client.cert"), host_dir.join("client.cert")).unwrap();
+    let dir = certs_d.to_str().unwrap();
+    let certs_flag = ["--registry-certs-dir", dir];
+    // A certificate without its key is named, as Docker does.
+    let last = fails(&[&ca_flag[..], &certs_flag].concat());
+    assert!(
+        last.contains("client.cert") && last.contains("client.key"),
+        "{last}"
+    );
+    std::fs::copy(client.join("client.key"), host_dir.join("client.key")).unwrap();
+    assert_eq!(
+        manifest,
+        std::fs::read(env.storage.join(".cvmfspublished")).unwrap()
+    );
+
+    let converts = |tag: u32, flags: &[&str]| {
+        if tag > 1 {
+            reg.push_oci_layout(&layout, "a", &format!("mtls/app:{tag}"))
+                .expect("push with the client certificate");
+        }
+        let image = format!("docker://{addr}/mtls/app:{tag}");
+        let out = env.run(&[&["convert", FQRN, image.as_str()][..], flags].concat());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        assert!(witness(&env)
+            .entries
+            .contains_key(&format!("/{addr}/mtls/app:{tag}")));
+    };
+    converts(1, &[&ca_flag[..], &certs_flag].concat());
+    // The CA from certs.d too; and an insecure host still presents the certificate (its
+    // HTTPS probe included, which would otherwise fall back to plain HTTP).
+    std::fs::copy(&ca, host_dir.join("ca.crt")).unwrap();
+    converts(2, &certs_flag);
+    converts(
+        3,
+        &[&certs_flag[..], &["--insecure-registry", &addr]].concat(),
+    );
+    env.check(true);
+}

@@ -1,8 +1,9 @@
 //! A registry client for the distribution API (v2): anonymous, bearer-token and basic auth,
 //! retries with backoff (5xx, 429 with `Retry-After`, dropped connections, resumed blob
 //! downloads), TLS verified against the system's roots plus any CA files given and the host's
-//! `certs.d` CAs, and for hosts named insecure (as Docker's `insecure-registries`) HTTPS
-//! without verification, else plain HTTP; and a cap on concurrent requests per registry.
+//! `certs.d` CAs, with the host's `certs.d` client certificate if it has one, and for hosts
+//! named insecure (as Docker's `insecure-registries`) HTTPS without verification, else plain
+//! HTTP; and a cap on concurrent requests per registry.
 //! Async inside (its own tokio runtime), blocking outside: blob bodies reach the caller
 //! through a bounded channel, so memory stays bounded whatever the layer size.
 
@@ -26,7 +27,8 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 /// Largest manifest, config or listing page read into memory.
 const MAX_DOCUMENT: usize = 16 << 20;
-/// Where podman/skopeo and Docker keep per-registry CAs (`HOST[:PORT]/*.crt`).
+/// Where podman/skopeo and Docker keep per-registry CAs (`HOST[:PORT]/*.crt`) and client
+/// certificates (`HOST[:PORT]/NAME.cert` with `NAME.key`).
 pub const SYSTEM_CERTS_DIRS: [&str; 2] = ["/etc/containers/certs.d", "/etc/docker/certs.d"];
 /// How long an insecure host has to answer HTTPS before plain HTTP is used instead (a
 /// plain-HTTP server that waits for a request line never answers a TLS hello).
@@ -45,7 +47,8 @@ pub struct RegistryOptions {
     /// (a registry with a private CA).
     pub ca_files: Vec<PathBuf>,
     /// Directories laid out as Docker's and podman's `certs.d`: the `*.crt` files in
-    /// `DIR/HOST[:PORT]/` are trusted for that registry only.
+    /// `DIR/HOST[:PORT]/` are trusted for that registry only, and a `NAME.cert` with its
+    /// `NAME.key` there is the client certificate that registry gets.
     pub certs_dirs: Vec<PathBuf>,
     /// Requests in flight per registry host (blob downloads hold one for their duration).
     pub max_concurrent: usize,
@@ -139,10 +142,10 @@ struct Host {
 
 struct Inner {
     http: reqwest::Client,
-    /// For insecure hosts only: certificates are not verified.
+    /// For insecure hosts without a client certificate: certificates are not verified.
     unverified: Option<reqwest::Client>,
-    /// The client of each verified host: `http`, or one that also trusts the host's
-    /// `certs.d` CAs.
+    /// The client of each host: `http` or `unverified`, or one of its own when its `certs.d`
+    /// directory holds CAs or a client certificate.
     per_host: Mutex<HashMap<String, reqwest::Client>>,
     options: RegistryOptions,
     hosts: Mutex<HashMap<String, Arc<Host>>>,
@@ -180,10 +183,10 @@ impl RegistryClient {
             .enable_all()
             .build()
             .map_err(|e| Error::io("starting the registry I/O runtime", e))?;
-        let http = http_client(&options, Some(&options.ca_files))?;
+        let http = http_client(&options, Some(&options.ca_files), None)?;
         let unverified = match options.insecure.is_empty() {
             true => None,
-            false => Some(http_client(&options, None)?),
+            false => Some(http_client(&options, None, None)?),
         };
         Ok(RegistryClient {
             runtime,
@@ -431,10 +434,11 @@ impl Inner {
     /// For an insecure host, whether it speaks HTTPS (certificate unchecked): Docker's rule
     /// for `insecure-registries`, HTTPS first and plain HTTP when that fails.
     async fn probe_scheme(&self, host: &str) -> &'static str {
-        let Some(client) = &self.unverified else {
+        let url = format!("https://{host}/v2/");
+        // The host's own client, with its client certificate if it has one.
+        let Ok(client) = self.client_for(&url) else {
             return "https";
         };
-        let url = format!("https://{host}/v2/");
         match client
             .get(&url)
             .timeout(PROBE_TIMEOUT.min(self.options.connect_timeout))
@@ -442,12 +446,16 @@ impl Inner {
             .await
         {
             Ok(_) => "https",
+            // The TLS handshake was made: a registry that wants a (better) client certificate
+            // speaks HTTPS all the same, and its requests will say what it wants.
+            Err(e) if closed_after_handshake(&e) || client_certificate_refused(&e) => "https",
             Err(_) => "http",
         }
     }
 
-    /// The client for `url`: the unverifying one for insecure hosts only; for others, one
-    /// that trusts the host's `certs.d` CAs too when there are any.
+    /// The client for `url`'s host, built on first use: verifying with the system's CAs, the
+    /// `--registry-ca` files and the host's `certs.d` CAs (unverifying for an insecure host),
+    /// and presenting the host's `certs.d` client certificate if it has one.
     fn client_for(&self, url: &str) -> Result<reqwest::Client> {
         let authority = url
             .split_once("://")
@@ -455,27 +463,55 @@ impl Inner {
             .split('/')
             .next()
             .unwrap_or_default();
-        if let Some(client) = self
-            .unverified
-            .as_ref()
-            .filter(|_| self.is_insecure(authority))
-        {
-            return Ok(client.clone());
-        }
         let mut cache = self.per_host.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(client) = cache.get(authority) {
             return Ok(client.clone());
         }
-        let host_cas = certs_d_files(&self.options.certs_dirs, authority)?;
-        let client = match host_cas.is_empty() {
-            true => self.http.clone(),
-            false => {
-                let files = [self.options.ca_files.clone(), host_cas].concat();
-                http_client(&self.options, Some(&files))?
-            }
+        let certs = HostCerts::read(&self.options.certs_dirs, authority)?;
+        let insecure = self.is_insecure(authority);
+        let client = match (&self.unverified, &certs.client) {
+            (Some(shared), None) if insecure => shared.clone(),
+            (_, None) if !insecure && certs.cas.is_empty() => self.http.clone(),
+            _ => self.host_client(authority, &certs, false)?,
         };
         cache.insert(authority.to_owned(), client.clone());
         Ok(client)
+    }
+
+    /// A new client for `authority` with what `certs.d` holds for it; `tls12_only` for
+    /// [`Inner::client_certificate_refusal`].
+    fn host_client(
+        &self,
+        authority: &str,
+        certs: &HostCerts,
+        tls12_only: bool,
+    ) -> Result<reqwest::Client> {
+        let files = [self.options.ca_files.clone(), certs.cas.clone()].concat();
+        let verify = (!self.is_insecure(authority)).then_some(&files[..]);
+        let builder = http_client_builder(&self.options, verify, certs.client.as_ref())?;
+        let builder = match tls12_only {
+            true => builder.max_tls_version(reqwest::tls::Version::TLS_1_2),
+            false => builder,
+        };
+        build_client(builder)
+    }
+
+    /// Whether an HTTPS connection to `url`'s host that closed right after the handshake was
+    /// refused for want of a trusted client certificate, and the error that says so. Under
+    /// TLS 1.3 the client's side of the handshake is over before the server checks the
+    /// certificate, so the server's alert races with the request already sent and a try may
+    /// see only a closed connection; under TLS 1.2 the alert ends the handshake, so one
+    /// TLS 1.2 handshake tells (a server without TLS 1.2 tells nothing, and nothing changes).
+    async fn client_certificate_refusal(&self, url: &str) -> Option<reqwest::Error> {
+        let authority = url.strip_prefix("https://")?.split('/').next()?;
+        let certs = HostCerts::read(&self.options.certs_dirs, authority).ok()?;
+        let client = self.host_client(authority, &certs, true).ok()?;
+        let probe = client
+            .get(format!("https://{authority}/v2/"))
+            .timeout(PROBE_TIMEOUT.min(self.options.connect_timeout))
+            .send()
+            .await;
+        probe.err().filter(client_certificate_refused)
     }
 
     fn host(&self, host: &str) -> Arc<Host> {
@@ -610,6 +646,11 @@ impl Inner {
                     return Err(fail(Some(status.as_u16()), reason));
                 }
                 Err(e) if transient(&e) && attempt < self.options.max_retries => {
+                    if attempt == 0 && closed_after_handshake(&e) {
+                        if let Some(refusal) = self.client_certificate_refusal(&req.url).await {
+                            return Err(fail(None, describe_send_error(refusal, &req.url)));
+                        }
+                    }
                     let delay = self.backoff(attempt);
                     let why = error_chain(&e.without_url());
                     self.announce_retry(&req.url, &why, attempt, delay);
@@ -867,21 +908,58 @@ fn retryable(status: StatusCode) -> bool {
     status == StatusCode::TOO_MANY_REQUESTS || matches!(status.as_u16(), 500 | 502 | 503 | 504)
 }
 
-/// Connection-level failures worth retrying; a TLS handshake with a plain-HTTP server, or
-/// with a certificate that is not trusted, fails the same way every time.
+/// Connection-level failures worth retrying; a TLS handshake with a plain-HTTP server, with
+/// a certificate that is not trusted, or refused for want of a client certificate, fails the
+/// same way every time.
 fn transient(e: &reqwest::Error) -> bool {
     (e.is_connect() || e.is_timeout() || e.is_request() || e.is_body())
         && !tls_with_plain_http(e)
         && !untrusted_certificate(e)
+        && !client_certificate_refused(e)
+}
+
+/// A connection that was open and then closed under the request: what a TLS 1.3 server's
+/// refusal of our client certificate may look like (see
+/// [`Inner::client_certificate_refusal`]).
+fn closed_after_handshake(e: &reqwest::Error) -> bool {
+    let text = error_chain(e);
+    e.is_request()
+        && !e.is_connect()
+        && ["connection closed", "broken pipe", "connection reset"]
+            .iter()
+            .any(|s| text.contains(s))
 }
 
 fn untrusted_certificate(e: &reqwest::Error) -> bool {
     error_chain(e).contains("invalid peer certificate")
 }
 
-/// An HTTP client trusting the system's CAs and those in `ca_files`; `None`: verifying
-/// nothing (insecure hosts).
-fn http_client(options: &RegistryOptions, ca_files: Option<&[PathBuf]>) -> Result<reqwest::Client> {
+/// The server ended the handshake over our client certificate, or the lack of one. (With TLS
+/// 1.3 the alert races with the request already sent, so a try may see only a closed
+/// connection; a retry then usually gets the alert.)
+fn client_certificate_refused(e: &reqwest::Error) -> bool {
+    let text = error_chain(e);
+    ["BadCertificate", "CertificateRequired", "UnknownCA"]
+        .iter()
+        .any(|alert| text.contains(&format!("received fatal alert: {alert}")))
+}
+
+/// An HTTP client trusting the system's CAs and those in `ca_files` (`None`: verifying
+/// nothing, for insecure hosts), presenting `identity` when the server asks for a client
+/// certificate.
+fn http_client(
+    options: &RegistryOptions,
+    ca_files: Option<&[PathBuf]>,
+    identity: Option<&ClientCertificate>,
+) -> Result<reqwest::Client> {
+    build_client(http_client_builder(options, ca_files, identity)?)
+}
+
+fn http_client_builder(
+    options: &RegistryOptions,
+    ca_files: Option<&[PathBuf]>,
+    identity: Option<&ClientCertificate>,
+) -> Result<reqwest::ClientBuilder> {
     let builder = reqwest::Client::builder()
         .user_agent(concat!("cvmfs-oci/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(options.connect_timeout)
@@ -890,6 +968,13 @@ fn http_client(options: &RegistryOptions, ca_files: Option<&[PathBuf]>) -> Resul
         Some(files) => builder.tls_certs_merge(extra_roots(files)?),
         None => builder.tls_danger_accept_invalid_certs(true),
     };
+    Ok(match identity {
+        Some(identity) => builder.identity(identity.load()?),
+        None => builder,
+    })
+}
+
+fn build_client(builder: reqwest::ClientBuilder) -> Result<reqwest::Client> {
     builder.build().map_err(|e| {
         Error::io(
             "building the HTTP client",
@@ -898,28 +983,97 @@ fn http_client(options: &RegistryOptions, ca_files: Option<&[PathBuf]>) -> Resul
     })
 }
 
-/// The `*.crt` files of `DIR/<authority>/` in each of `dirs`, as Docker and podman read them.
-fn certs_d_files(dirs: &[PathBuf], authority: &str) -> Result<Vec<PathBuf>> {
-    // A name from an image reference, never a path.
-    if authority.is_empty() || authority.starts_with('.') || authority.contains(['/', '\\']) {
-        return Ok(Vec::new());
+/// What the `certs.d` directories hold for one registry, read as Docker and podman read
+/// them: `*.crt` are CAs; `NAME.cert` with `NAME.key` is a client certificate and its key,
+/// and either without the other is an error.
+#[derive(Debug, Default, PartialEq)]
+struct HostCerts {
+    cas: Vec<PathBuf>,
+    /// The first pair by directory order, then name: one TLS client holds one identity
+    /// (Docker offers every pair; Go's TLS then sends the first one unless the server names
+    /// the CAs it accepts).
+    client: Option<ClientCertificate>,
+}
+
+/// A client certificate (PEM, with any intermediates) and its private key (PEM).
+#[derive(Debug, Clone, PartialEq)]
+struct ClientCertificate {
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+impl HostCerts {
+    /// The files of `DIR/<authority>/` in each of `dirs`.
+    fn read(dirs: &[PathBuf], authority: &str) -> Result<HostCerts> {
+        let mut found = HostCerts::default();
+        // A name from an image reference, never a path.
+        if authority.is_empty() || authority.starts_with('.') || authority.contains(['/', '\\']) {
+            return Ok(found);
+        }
+        for dir in dirs {
+            let host_dir = dir.join(authority);
+            let entries = match std::fs::read_dir(&host_dir) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io(host_dir.display().to_string(), e)),
+            };
+            let mut files: Vec<PathBuf> =
+                entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+            files.sort();
+            for path in files {
+                found.add(path)?;
+            }
+        }
+        Ok(found)
     }
-    let mut files = Vec::new();
-    for dir in dirs {
-        let host_dir = dir.join(authority);
-        let entries = match std::fs::read_dir(&host_dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(Error::io(host_dir.display().to_string(), e)),
-        };
-        let mut found: Vec<PathBuf> = entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "crt"))
-            .collect();
-        found.sort();
-        files.extend(found);
+
+    fn add(&mut self, path: PathBuf) -> Result<()> {
+        let partner = |ext: &str| path.with_extension(ext);
+        match path.extension().and_then(|x| x.to_str()) {
+            Some("crt") => self.cas.push(path),
+            Some("cert") if !partner("key").exists() => {
+                return Err(Error::io(
+                    format!("client certificate {}", path.display()),
+                    io::Error::other(format!(
+                        "its key {} is missing (CA certificates must end in .crt)",
+                        partner("key").display()
+                    )),
+                ))
+            }
+            Some("key") if !partner("cert").exists() => {
+                return Err(Error::io(
+                    format!("client key {}", path.display()),
+                    io::Error::other(format!(
+                        "its certificate {} is missing",
+                        partner("cert").display()
+                    )),
+                ))
+            }
+            Some("cert") if self.client.is_none() => {
+                self.client = Some(ClientCertificate {
+                    key: partner("key"),
+                    cert: path,
+                })
+            }
+            _ => {}
+        }
+        Ok(())
     }
-    Ok(files)
+}
+
+impl ClientCertificate {
+    fn load(&self) -> Result<reqwest::Identity> {
+        let what = format!(
+            "client certificate {} with key {}",
+            self.cert.display(),
+            self.key.display()
+        );
+        let mut pem = std::fs::read(&self.cert).map_err(|e| Error::io(&what, e))?;
+        pem.push(b'\n');
+        pem.extend(std::fs::read(&self.key).map_err(|e| Error::io(&what, e))?);
+        reqwest::Identity::from_pem(&pem)
+            .map_err(|e| Error::io(&what, io::Error::other(error_chain(&e))))
+    }
 }
 
 /// The certificates of each PEM file in `files`.
@@ -1113,6 +1267,7 @@ async fn read_limited(mut resp: reqwest::Response, limit: usize) -> io::Result<V
 fn describe_send_error(e: reqwest::Error, url: &str) -> String {
     let plain_http = tls_with_plain_http(&e);
     let untrusted = untrusted_certificate(&e);
+    let refused = client_certificate_refused(&e);
     let text = error_chain(&e.without_url());
     let host = url
         .strip_prefix("https://")
@@ -1128,6 +1283,13 @@ fn describe_send_error(e: reqwest::Error, url: &str) -> String {
         return format!(
             "{text} (a registry with a private CA? trust it with --registry-ca FILE, or skip \
              verification for this host with --insecure-registry {host})"
+        );
+    }
+    if refused {
+        return format!(
+            "{text} (the registry wants a client certificate it trusts: put one as NAME.cert, \
+             with its key as NAME.key, in /etc/docker/certs.d/{host}/, \
+             /etc/containers/certs.d/{host}/ or DIR/{host}/ with --registry-certs-dir DIR)"
         );
     }
     text
@@ -1234,6 +1396,85 @@ impl ImageSource for RegistrySource {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn certs_d_directories_as_docker_reads_them() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (first, second) = (tmp.path().join("first"), tmp.path().join("second"));
+        let host = "registry.example:5000";
+        for (dir, files) in [
+            (&first, &["b.cert", "b.key", "ca.crt", "notes.txt"][..]),
+            (&second, &["a.cert", "a.key", "more.crt"]),
+        ] {
+            std::fs::create_dir_all(dir.join(host)).unwrap();
+            for name in files {
+                std::fs::write(dir.join(host).join(name), "x").unwrap();
+            }
+        }
+        let dirs = [first.clone(), tmp.path().join("absent"), second.clone()];
+        let certs = HostCerts::read(&dirs, host).unwrap();
+        assert_eq!(
+            certs.cas,
+            [
+                first.join(host).join("ca.crt"),
+                second.join(host).join("more.crt")
+            ]
+        );
+        // The first directory's pair, though `a` sorts first in the second.
+        assert_eq!(
+            certs.client,
+            Some(ClientCertificate {
+                cert: first.join(host).join("b.cert"),
+                key: first.join(host).join("b.key"),
+            })
+        );
+        assert_eq!(
+            HostCerts::read(&dirs, "other.example").unwrap(),
+            HostCerts::default()
+        );
+        // Names from image references, never paths.
+        for authority in ["", "..", "../first", "a/b"] {
+            assert_eq!(
+                HostCerts::read(&dirs, authority).unwrap(),
+                HostCerts::default()
+            );
+        }
+
+        // Half a pair is an error naming the file, either way round.
+        std::fs::remove_file(second.join(host).join("a.key")).unwrap();
+        let e = HostCerts::read(&dirs, host).unwrap_err().to_string();
+        assert!(
+            e.contains("a.cert") && e.contains("a.key is missing"),
+            "{e}"
+        );
+        std::fs::remove_file(second.join(host).join("a.cert")).unwrap();
+        std::fs::write(second.join(host).join("c.key"), "x").unwrap();
+        let e = HostCerts::read(&dirs, host).unwrap_err().to_string();
+        assert!(
+            e.contains("c.key") && e.contains("c.cert is missing"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_client_certificate_that_is_not_pem_is_named() {
+        let tmp = tempfile::tempdir().unwrap();
+        let pair = ClientCertificate {
+            cert: tmp.path().join("c.cert"),
+            key: tmp.path().join("c.key"),
+        };
+        std::fs::write(&pair.cert, "not a certificate\n").unwrap();
+        std::fs::write(&pair.key, "not a key\n").unwrap();
+        let e = pair.load().unwrap_err().to_string();
+        assert!(
+            e.contains("client certificate") && e.contains("c.cert"),
+            "{e}"
+        );
+        let e = http_client(&RegistryOptions::default(), None, Some(&pair))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("c.key"), "{e}");
+    }
 
     #[test]
     fn challenges() {
