@@ -993,182 +993,179 @@ fn sync_a_wishlist_with_wildcards_and_prune() {
     env.check(true);
 }
 
+/// A TLS registry holding `REPO:1` built from `edge_image`, and a fresh repository.
+struct TlsCase {
+    reg: Registry,
+    env: Env,
+    layout: std::path::PathBuf,
+    repo: &'static str,
+    /// The repository's manifest before any conversion.
+    manifest: Vec<u8>,
+}
+
+impl TlsCase {
+    fn start(start: fn() -> fixtures::Result<Registry>, repo: &'static str) -> Option<TlsCase> {
+        use fixtures::tools::{skip_if_missing, DOCKER_REGISTRY, OPENSSL, SKOPEO};
+        if skip_if_missing(&[DOCKER_REGISTRY, SKOPEO, OPENSSL]) {
+            return None;
+        }
+        let reg = start().expect("start docker-registry with TLS");
+        let env = Env::init(&[]);
+        let manifest = std::fs::read(env.storage.join(".cvmfspublished")).unwrap();
+        let layout = env.path("layout");
+        edge_image(Compression::Gzip, MediaTypes::Oci)
+            .write_layout(&layout, "a")
+            .unwrap();
+        let case = TlsCase {
+            reg,
+            env,
+            layout,
+            repo,
+            manifest,
+        };
+        case.push(1);
+        Some(case)
+    }
+
+    fn push(&self, tag: u32) {
+        let dest = format!("{}:{tag}", self.repo);
+        self.reg
+            .push_oci_layout(&self.layout, "a", &dest)
+            .expect("push over HTTPS");
+    }
+
+    fn image(&self, tag: u32) -> String {
+        format!("docker://{}/{}:{tag}", self.reg.addr(), self.repo)
+    }
+
+    /// Converts `REPO:TAG` (pushed first unless it is 1) with `flags`; the witness reads it.
+    fn converts(&self, tag: u32, flags: &[&str]) {
+        if tag > 1 {
+            self.push(tag);
+        }
+        let image = self.image(tag);
+        let out = self
+            .env
+            .run(&[&["convert", FQRN, image.as_str()][..], flags].concat());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        let link = format!("/{}/{}:{tag}", self.reg.addr(), self.repo);
+        assert!(witness(&self.env).entries.contains_key(&link));
+    }
+
+    /// Converting `REPO:1` with `flags` fails at once, without retries and without touching
+    /// the repository; returns the error line.
+    fn fails(&self, flags: &[&str]) -> String {
+        let image = self.image(1);
+        let out = self
+            .env
+            .run(&[&["convert", FQRN, image.as_str()][..], flags].concat());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        assert!(!stderr.contains("retrying"), "{stderr}");
+        let last = stderr.trim_end().lines().last().unwrap().to_owned();
+        assert!(last.starts_with("cvmfs-oci: error: "), "{stderr}");
+        let manifest = std::fs::read(self.env.storage.join(".cvmfspublished")).unwrap();
+        assert_eq!(self.manifest, manifest);
+        last
+    }
+}
+
 /// A registry that speaks only HTTPS with a certificate from a private CA: refused with a hint
 /// and no retries, accepted with `--registry-ca`, and with `--insecure-registry` (HTTPS without
 /// verification, as Docker's insecure-registries).
 #[test]
 fn registries_with_a_private_ca() {
-    if fixtures::tools::skip_if_missing(&[
-        fixtures::tools::DOCKER_REGISTRY,
-        fixtures::tools::SKOPEO,
-        fixtures::tools::OPENSSL,
-    ]) {
+    let Some(case) = TlsCase::start(Registry::start_tls, "tls/app") else {
         return;
-    }
-    let reg = Registry::start_tls().expect("start docker-registry with TLS");
-    let ca = reg.ca_path().expect("a CA");
-    let env = Env::init(&[]);
-    let manifest = std::fs::read(env.storage.join(".cvmfspublished")).unwrap();
-    let layout = env.path("layout");
-    edge_image(Compression::Gzip, MediaTypes::Oci)
-        .write_layout(&layout, "a")
-        .unwrap();
-    reg.push_oci_layout(&layout, "a", "tls/app:1")
-        .expect("push over HTTPS");
-    let addr = reg.addr();
-    let image = format!("docker://{addr}/tls/app:1");
-
-    let out = env.run(&["convert", FQRN, &image]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
-    assert!(!stderr.contains("retrying"), "{stderr}");
-    let last = stderr.trim_end().lines().last().unwrap();
+    };
+    let ca = case.reg.ca_path().expect("a CA");
+    let addr = case.reg.addr();
+    let last = case.fails(&[]);
     assert!(
         last.starts_with("cvmfs-oci: error: image ")
-            && last.contains(&image)
+            && last.contains(&case.image(1))
             && last.contains("certificate")
             && last.contains("--registry-ca")
             && last.contains(&format!("--insecure-registry {addr}")),
-        "{stderr}"
+        "{last}"
     );
-    assert_eq!(
-        manifest,
-        std::fs::read(env.storage.join(".cvmfspublished")).unwrap()
-    );
-
-    let not_pem = env.path("not-a-ca.pem");
+    let not_pem = case.env.path("not-a-ca.pem");
     std::fs::write(&not_pem, "hello\n").unwrap();
-    let out = env.run(&[
-        "convert",
-        FQRN,
-        &image,
-        "--registry-ca",
-        not_pem.to_str().unwrap(),
-    ]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
-    assert!(stderr.contains("not-a-ca.pem"), "{stderr}");
+    let last = case.fails(&["--registry-ca", not_pem.to_str().unwrap()]);
+    assert!(last.contains("not-a-ca.pem"), "{last}");
 
-    // Converts `tls/app:TAG` (pushed first unless it is 1) with `flags`; the witness reads it.
-    let converts = |tag: u32, flags: &[&str]| {
-        if tag > 1 {
-            reg.push_oci_layout(&layout, "a", &format!("tls/app:{tag}"))
-                .expect("push over HTTPS");
-        }
-        let image = format!("docker://{addr}/tls/app:{tag}");
-        let out = env.run(&[&["convert", FQRN, image.as_str()][..], flags].concat());
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "{stderr}");
-        let link = format!("/{addr}/tls/app:{tag}");
-        assert!(witness(&env).entries.contains_key(&link));
-    };
-    converts(1, &["--registry-ca", ca.to_str().unwrap()]);
+    case.converts(1, &["--registry-ca", ca.to_str().unwrap()]);
     // The registry speaks only HTTPS, so this goes over HTTPS without the CA.
-    converts(2, &["--insecure-registry", &addr]);
+    case.converts(2, &["--insecure-registry", &addr]);
 
     // A certs.d directory as Docker and podman keep it: the CA for this host only.
-    let certs_d = env.path("certs.d");
+    let certs_d = case.env.path("certs.d");
     std::fs::create_dir_all(certs_d.join(&addr)).unwrap();
     std::fs::copy(&ca, certs_d.join(&addr).join("ca.crt")).unwrap();
     std::fs::create_dir_all(certs_d.join("other.example:5000")).unwrap();
     let dir = certs_d.to_str().unwrap();
-    converts(3, &["--registry-certs-dir", dir]);
+    case.converts(3, &["--registry-certs-dir", dir]);
     // A CA filed under another host is not trusted for this one.
     std::fs::rename(
         certs_d.join(&addr).join("ca.crt"),
         certs_d.join("other.example:5000/ca.crt"),
     )
     .unwrap();
-    let image = format!("docker://{addr}/tls/app:1");
-    let out = env.run(&["convert", FQRN, &image, "--registry-certs-dir", dir]);
+    let out = case
+        .env
+        .run(&["convert", FQRN, &case.image(1), "--registry-certs-dir", dir]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains("UnknownIssuer"), "{stderr}");
-    env.check(true);
+    case.env.check(true);
 }
 
+/// A registry that wants a client certificate from its CA (mutual TLS): without one, refused
+/// at once with the way out; with one in certs.d (`NAME.cert` and `NAME.key`), converted, for
+/// an insecure host too; half a pair is an error.
 #[test]
 fn registries_asking_for_a_client_certificate() {
-    if fixtures::tools::skip_if_missing(&[
-        fixtures::tools::DOCKER_REGISTRY,
-        fixtures::tools::SKOPEO,
-        fixtures::tools::OPENSSL,
-    ]) {
+    let Some(case) = TlsCase::start(Registry::start_mutual_tls, "mtls/app") else {
         return;
-    }
-    let reg = Registry::start_mutual_tls().expect("start docker-registry with mutual TLS");
-    let ca = reg.ca_path().expect("a CA");
-    let client = reg.client_cert_dir().expect("a client certificate");
-    let env = Env::init(&[]);
-    let manifest = std::fs::read(env.storage.join(".cvmfspublished")).unwrap();
-    let layout = env.path("layout");
-    edge_image(Compression::Gzip, MediaTypes::Oci)
-        .write_layout(&layout, "a")
-        .unwrap();
-    reg.push_oci_layout(&layout, "a", "mtls/app:1")
-        .expect("push with the client certificate");
-    let addr = reg.addr();
-    let image = format!("docker://{addr}/mtls/app:1");
-    let ca_flag = ["--registry-ca", ca.to_str().unwrap()];
-    let fails = |flags: &[&str]| {
-        let out = env.run(&[&["convert", FQRN, image.as_str()][..], flags].concat());
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(!out.status.success(), "{stderr}");
-        assert!(!stderr.contains("retrying"), "{stderr}");
-        let last = stderr.trim_end().lines().last().unwrap().to_owned();
-        assert!(last.starts_with("cvmfs-oci: error: "), "{stderr}");
-        last
     };
+    let ca = case.reg.ca_path().expect("a CA");
+    let client = case.reg.client_cert_dir().expect("a client certificate");
+    let addr = case.reg.addr();
+    let ca_flag = ["--registry-ca", ca.to_str().unwrap()];
 
-    // Without a certificate the registry ends the handshake: said at once, with the way out.
+    // The handshake is refused: said at once, with where the certificate goes.
     for flags in [&ca_flag[..], &["--insecure-registry", &addr]] {
-        let last = fails(flags);
+        let last = case.fails(flags);
         assert!(
-            last.contains(&image) && last.contains(&format!("certs.d/{addr}/")),
+            last.contains(&case.image(1)) && last.contains(&format!("certs.d/{addr}/")),
             "{last}"
         );
     }
 
     // certs.d/HOST/NAME.cert with NAME.key, as Docker and podman read them.
-    let certs_d = env.path("certs.d");
+    let certs_d = case.env.path("certs.d");
     let host_dir = certs_d.join(&addr);
     std::fs::create_dir_all(&host_dir).unwrap();
     std::fs::copy(client.join("client.cert"), host_dir.join("client.cert")).unwrap();
     let dir = certs_d.to_str().unwrap();
     let certs_flag = ["--registry-certs-dir", dir];
     // A certificate without its key is named, as Docker does.
-    let last = fails(&[&ca_flag[..], &certs_flag].concat());
+    let last = case.fails(&[&ca_flag[..], &certs_flag].concat());
     assert!(
-        last.contains("client.cert") && last.contains("client.key"),
+        last.contains("client.cert") && last.contains("client.key is missing"),
         "{last}"
     );
     std::fs::copy(client.join("client.key"), host_dir.join("client.key")).unwrap();
-    assert_eq!(
-        manifest,
-        std::fs::read(env.storage.join(".cvmfspublished")).unwrap()
-    );
 
-    let converts = |tag: u32, flags: &[&str]| {
-        if tag > 1 {
-            reg.push_oci_layout(&layout, "a", &format!("mtls/app:{tag}"))
-                .expect("push with the client certificate");
-        }
-        let image = format!("docker://{addr}/mtls/app:{tag}");
-        let out = env.run(&[&["convert", FQRN, image.as_str()][..], flags].concat());
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "{stderr}");
-        assert!(witness(&env)
-            .entries
-            .contains_key(&format!("/{addr}/mtls/app:{tag}")));
-    };
-    converts(1, &[&ca_flag[..], &certs_flag].concat());
+    case.converts(1, &[&ca_flag[..], &certs_flag].concat());
     // The CA from certs.d too; and an insecure host still presents the certificate (its
     // HTTPS probe included, which would otherwise fall back to plain HTTP).
     std::fs::copy(&ca, host_dir.join("ca.crt")).unwrap();
-    converts(2, &certs_flag);
-    converts(
+    case.converts(2, &certs_flag);
+    case.converts(
         3,
         &[&certs_flag[..], &["--insecure-registry", &addr]].concat(),
     );
-    env.check(true);
+    case.env.check(true);
 }
