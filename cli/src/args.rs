@@ -56,6 +56,9 @@ pub enum Command {
     /// Publish an earlier tagged revision's tree again as a new revision (`cvmfs_server
     /// rollback`): later tags are removed; without --tag, undo the last publish.
     Rollback(RollbackArgs),
+    /// Show what changed between two tagged revisions (`cvmfs_server diff`): entries added,
+    /// removed and modified, and how the counts changed.
+    Diff(DiffArgs),
     /// Copy the published revision to an S3 bucket (objects missing there, then catalogs,
     /// then the manifest); credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY.
     Push(PushArgs),
@@ -206,6 +209,31 @@ pub struct RollbackArgs {
     /// The tag to go back to (default: trunk-previous, the revision before the current one).
     #[arg(long, value_name = "NAME")]
     pub tag: Option<String>,
+}
+
+#[derive(Args)]
+pub struct DiffArgs {
+    pub fqrn: String,
+    /// The older side: a tag, or @HASH for a root catalog.
+    #[arg(long, value_name = "TAG", default_value = "trunk-previous")]
+    pub from: String,
+    /// The newer side: a tag, or @HASH for a root catalog.
+    #[arg(long, value_name = "TAG", default_value = "trunk")]
+    pub to: String,
+    /// Lines as `cvmfs_server diff -m`: `A|R|M[FLAGS] TYPE PATH [+-SIZE]`, `S TYPE DELTA`.
+    #[arg(short, long)]
+    pub machine_readable: bool,
+    /// Print a header line first (with -m, the legend of the line format).
+    #[arg(long)]
+    pub header: bool,
+    /// Leave out entries whose only change is their modification time.
+    #[arg(short, long)]
+    pub ignore_timediff: bool,
+    /// Read the repository from this storage directory or URL instead of the home's (any
+    /// repository, e.g. a stratum 1 or one written by the CVMFS tools; FQRN is then only a
+    /// label).
+    #[arg(long, value_name = "DIR|URL")]
+    pub storage: Option<String>,
 }
 
 #[derive(Args)]

@@ -8,7 +8,7 @@ use catalog_writer::entry::Entry;
 use catalog_writer::tree::{Dir, Node};
 use publisher::{CommitOutcome, CommitSettings, InitOptions, Repository};
 use serde_json::json;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -36,6 +36,7 @@ pub fn run(cli: Cli, out: Output) -> Result<i32> {
         Command::Gc(a) => gc::gc(&home, &g, &a, out),
         Command::Tag(a) => tags::tag(&home, &g, &a, out),
         Command::Rollback(a) => tags::rollback(&home, &g, &a, out),
+        Command::Diff(a) => tags::diff(&home, &a, out),
         Command::Push(a) => push::push(&home, &g, &a, out),
         Command::Convert(a) => convert::convert(&home, &g, &a, out),
         Command::Sync(a) => convert::sync(&home, &g, &a, out),
@@ -316,28 +317,31 @@ pub fn ingest_tar(home: &Path, g: &Global, a: &IngestArgs, out: Output) -> Resul
     graft_and_commit(&repo, txn, job, started, &stats, out)
 }
 
+/// The storage at `storage` (a directory, or an `http(s)://` URL), else the storage of the
+/// repository `fqrn` in `home`.
+pub fn storage_or_home(
+    home: &Path,
+    fqrn: &str,
+    storage: Option<&str>,
+) -> Result<Box<dyn publisher::ObjectStore>> {
+    Ok(match storage {
+        Some(s) if s.starts_with("http://") || s.starts_with("https://") => {
+            Box::new(publisher::HttpStore::new(s)?)
+        }
+        Some(s) => Box::new(publisher::LocalStore::open(Path::new(s))?),
+        None => Box::new(publisher::LocalStore::open(
+            &open_repo(home, fqrn)?.config().storage,
+        )?),
+    })
+}
+
 pub fn check(home: &Path, a: &CheckArgs, out: Output) -> Result<i32> {
     let started = Instant::now();
-    let (store, keys): (Box<dyn publisher::ObjectStore>, Vec<PathBuf>) = match &a.storage {
-        Some(s) if s.starts_with("http://") || s.starts_with("https://") => {
-            (Box::new(publisher::HttpStore::new(s)?), a.key.clone())
-        }
-        Some(s) => (
-            Box::new(publisher::LocalStore::open(Path::new(s))?),
-            a.key.clone(),
-        ),
-        None => {
-            let repo = open_repo(home, &a.fqrn)?;
-            let mut keys = a.key.clone();
-            if keys.is_empty() {
-                keys.push(repo.config().public_key_path());
-            }
-            (
-                Box::new(publisher::LocalStore::open(&repo.config().storage)?),
-                keys,
-            )
-        }
-    };
+    let store = storage_or_home(home, &a.fqrn, a.storage.as_deref())?;
+    let mut keys = a.key.clone();
+    if keys.is_empty() && a.storage.is_none() {
+        keys.push(open_repo(home, &a.fqrn)?.config().public_key_path());
+    }
     if keys.is_empty() {
         bail!("check --storage needs at least one --key (the master public key)");
     }

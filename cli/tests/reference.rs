@@ -482,3 +482,23 @@ fn gc_of_a_repository_made_by_the_cvmfs_tools_keeps_all_it_references() {
     assert_eq!(seen.revision, 3);
     assert_has_reference_listing(&seen);
 }
+
+/// `diff` reads the catalogs the CVMFS tools wrote: the third publish ingested `/fromstdin`.
+#[test]
+fn diff_reads_the_reference_revisions() {
+    let env = Env::init(&[]);
+    let storage = reference().join("ref.test.local");
+    let storage = storage.to_str().unwrap();
+    let out = env.ok(&["diff", "ref.test.local", "--storage", storage, "-m"]);
+    let expected = "S F 6\nS S 1\nS D 3\nS N 0\n\
+        A D /fromstdin\nA D /fromstdin/sub\nA D /fromstdin/sub/deeper\n\
+        A F /fromstdin/sub/deeper/big.bin +25000000\nA F /fromstdin/sub/run.sh +18\n\
+        A F /fromstdin/sub/numbers.txt +588895\nA S /fromstdin/link +0\n\
+        A F /fromstdin/empty +0\nA F /fromstdin/hard.txt +12\nA F /fromstdin/hello.txt +12\n";
+    assert_eq!(out, expected);
+    let out = env.ok(&["diff", "ref.test.local", "--storage", storage, "--header"]);
+    assert!(
+        out.starts_with("DELTA: trunk-previous/r2 (") && out.contains(") --> trunk/r3 ("),
+        "{out}"
+    );
+}

@@ -38,6 +38,7 @@ mod catalogs;
 pub mod check;
 pub mod config;
 pub mod content_index;
+pub mod diff;
 mod error;
 pub mod gc;
 pub mod history;

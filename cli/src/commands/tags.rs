@@ -1,9 +1,10 @@
-//! `tag`: named snapshots (history tags); `rollback` to one of them.
+//! `tag`: named snapshots (history tags); `rollback` to one of them; `diff` between two.
 
 use super::open_repo;
-use crate::args::{Global, RollbackArgs, TagArgs};
+use crate::args::{DiffArgs, Global, RollbackArgs, TagArgs};
 use crate::output::{event_json, Output};
 use anyhow::{bail, Context, Result};
+use publisher::diff::{diff_side, Change, DiffOptions, TreeDiff};
 use publisher::{CommitOutcome, Tag};
 use serde_json::json;
 use std::path::Path;
@@ -79,6 +80,81 @@ pub fn rollback(home: &Path, g: &Global, a: &RollbackArgs, out: Output) -> Resul
     super::gc::after_publish(&repo, &outcome, out);
     super::push::after_publish(&repo, &outcome, out)?;
     Ok(0)
+}
+
+pub fn diff(home: &Path, a: &DiffArgs, out: Output) -> Result<i32> {
+    let store = super::storage_or_home(home, &a.fqrn, a.storage.as_deref())?;
+    let context = || format!("diff {} {} --> {}", a.fqrn, a.from, a.to);
+    let from = diff_side(store.as_ref(), &a.from).with_context(context)?;
+    let to = diff_side(store.as_ref(), &a.to).with_context(context)?;
+    if a.header {
+        out.say(&match a.machine_readable {
+            true => MACHINE_LEGEND.to_string(),
+            false => format!("DELTA: {} --> {}", from.header(), to.header()),
+        });
+    }
+    let options = DiffOptions {
+        ignore_timediff: a.ignore_timediff,
+    };
+    let diff = TreeDiff::open(store.as_ref(), &from.root, &to.root).with_context(context)?;
+    let delta = diff.counts().with_context(context)?;
+    let counts = [
+        ("regular_files", delta.regular_files),
+        ("symlinks", delta.symlinks),
+        ("directories", delta.directories),
+        ("catalogs", delta.catalogs),
+    ];
+    for (line, (name, n)) in delta.lines(a.machine_readable).iter().zip(counts) {
+        out.event(
+            line,
+            event_json("diff-count", json!({"counter": name, "delta": n})),
+        );
+    }
+    diff.run(options, &mut |change| {
+        out.event(&change.line(a.machine_readable), change_json(&change));
+        Ok(())
+    })
+    .with_context(context)?;
+    Ok(0)
+}
+
+/// `cvmfs_server diff -m -h`'s first line.
+const MACHINE_LEGEND: &str = "# line descriptor: A - add, R - remove, M - modify, \
+     S - statistics; modify flags: S - size, M - mode, T - timestamp, C - content, \
+     L - symlink target; entry types: F - regular file, S - symbolic link, D - directory, \
+     N - nested catalog";
+
+fn change_json(change: &Change) -> serde_json::Value {
+    let path = catalog_writer::pathhash::display(change.path());
+    match change {
+        Change::Added { entry, .. } | Change::Removed { entry, .. } => {
+            let op = match change {
+                Change::Added { .. } => "add",
+                _ => "remove",
+            };
+            event_json(
+                "diff-change",
+                json!({"op": op, "path": path, "type": entry.type_word(), "size": entry.size}),
+            )
+        }
+        Change::Modified {
+            from,
+            to,
+            differences,
+            ..
+        } => {
+            let what: Vec<&str> = publisher::diff::DIFFERENCES
+                .iter()
+                .filter(|(bit, _, _)| differences & bit != 0)
+                .map(|(_, _, word)| *word)
+                .collect();
+            event_json(
+                "diff-change",
+                json!({"op": "modify", "path": path, "type": to.type_word(),
+                       "was": from.type_word(), "size": to.size, "changes": what}),
+            )
+        }
+    }
 }
 
 fn tag_json(t: &Tag) -> serde_json::Value {

@@ -1,0 +1,186 @@
+//! `diff` between two revisions, in `cvmfs_server diff`'s formats and order.
+
+mod common;
+
+use common::{Env, FQRN};
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+
+const T: u64 = 1_700_000_000;
+
+/// Sets `path`'s mtime (not following a symlink) to `secs`.
+fn set_mtime(path: &Path, secs: u64) {
+    let status = Command::new("touch")
+        .args(["-h", "-d", &format!("@{secs}")])
+        .arg(path)
+        .status()
+        .expect("touch");
+    assert!(status.success());
+}
+
+fn file(root: &Path, rel: &str, content: &str, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    let path = root.join(rel);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, content).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    set_mtime(&path, T);
+}
+
+/// Every directory (and symlink) of `root` at mtime `T`, so that only what a test changes on
+/// purpose differs between two trees.
+fn settle(root: &Path) {
+    let mut dirs = vec![root.to_path_buf()];
+    let mut all = Vec::new();
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let t = e.file_type().unwrap();
+            if t.is_dir() {
+                dirs.push(e.path());
+            }
+            if t.is_dir() || t.is_symlink() {
+                all.push(e.path());
+            }
+        }
+        all.push(d);
+    }
+    for p in all {
+        set_mtime(&p, T);
+    }
+}
+
+fn first_tree(root: &Path) {
+    file(root, "a.txt", "hello", 0o644);
+    file(root, "same.txt", "same", 0o644);
+    file(root, "touched.txt", "t", 0o644);
+    file(root, "gone/c", "y", 0o644);
+    file(root, "stable/.cvmfscatalog", "", 0o644);
+    file(root, "stable/s1", "s", 0o644);
+    file(root, "sub/b", "x", 0o644);
+    std::os::unix::fs::symlink("a.txt", root.join("link")).unwrap();
+    settle(root);
+}
+
+fn second_tree(root: &Path) {
+    file(root, "a.txt", "hello2", 0o644);
+    file(root, "same.txt", "same", 0o644);
+    file(root, "touched.txt", "t", 0o644);
+    file(root, "stable/.cvmfscatalog", "", 0o644);
+    file(root, "stable/s1", "s", 0o644);
+    file(root, "sub/b", "x", 0o700);
+    file(root, "new/f", "n", 0o644);
+    file(root, "new/g", "gg", 0o644);
+    std::os::unix::fs::symlink("sub", root.join("link")).unwrap();
+    settle(root);
+    set_mtime(&root.join("touched.txt"), T + 10);
+}
+
+/// The catalog objects (`data/XX/…C`) of the storage.
+fn catalogs(storage: &Path) -> BTreeSet<std::path::PathBuf> {
+    let mut out = BTreeSet::new();
+    for d in std::fs::read_dir(storage.join("data")).unwrap().flatten() {
+        for f in std::fs::read_dir(d.path()).unwrap().flatten() {
+            if f.file_name().to_string_lossy().ends_with('C') {
+                out.insert(f.path());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn diff_reports_changes_as_cvmfs_server_diff_does() {
+    let env = Env::init(&[]);
+    let (one, two) = (env.path("one"), env.path("two"));
+    first_tree(&one);
+    second_tree(&two);
+    let at_init = catalogs(&env.storage);
+    env.ok(&["publish", FQRN, one.to_str().unwrap()]);
+    let after_one = catalogs(&env.storage);
+    env.ok(&["publish", FQRN, two.to_str().unwrap()]);
+
+    // Shorter names first; an added directory before its contents, a removed one after; the
+    // unchanged nested catalog at /stable is skipped.
+    let machine = "S F 1\nS S 0\nS D 0\nS N 0\n\
+        A D /new\nA F /new/f +1\nA F /new/g +2\n\
+        M[M] F /sub/b\n\
+        R F /gone/c -1\nR D /gone\n\
+        M[SL] S /link\n\
+        M[SC] F /a.txt\n\
+        M[T] F /touched.txt\n";
+    assert_eq!(env.ok(&["diff", FQRN, "-m"]), machine);
+    let human = env.ok(&["diff", FQRN, "--header"]);
+    let (header, rest) = human.split_once('\n').unwrap();
+    assert!(
+        header.starts_with("DELTA: trunk-previous/r2 (") && header.contains(") --> trunk/r3 ("),
+        "{header}"
+    );
+    assert_eq!(
+        rest,
+        "d(# regular files): 1\nd(# symlinks): 0\nd(# directories): 0\nd(# catalogs): 0\n\
+         /new add directory +4096 bytes\n/new/f add file +1 bytes\n/new/g add file +2 bytes\n\
+         /sub/b modify file [mode]\n\
+         /gone/c remove file -1 bytes\n/gone remove directory -4096 bytes\n\
+         /link modify symlink [size, symlink-target]\n\
+         /a.txt modify file [size, content]\n\
+         /touched.txt modify file [timestamp]\n"
+    );
+    // -i leaves out what only changed its mtime.
+    let ignoring = env.ok(&["diff", FQRN, "-m", "-i"]);
+    assert_eq!(ignoring, machine.replace("M[T] F /touched.txt\n", ""));
+    // The other way round, and a revision against itself.
+    let back = env.ok(&[
+        "diff",
+        FQRN,
+        "-m",
+        "--from",
+        "trunk",
+        "--to",
+        "trunk-previous",
+    ]);
+    assert!(
+        back.starts_with("S F -1\n") && back.contains("R D /new\n") && back.contains("A D /gone\n"),
+        "{back}"
+    );
+    let none = env.ok(&["diff", FQRN, "-m", "--from", "trunk", "--to", "trunk"]);
+    assert_eq!(none, "S F 0\nS S 0\nS D 0\nS N 0\n");
+
+    let json = env.ok(&["--json", "diff", FQRN]);
+    let events: Vec<serde_json::Value> = json
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(events.len(), 4 + 9);
+    assert_eq!(events[0]["counter"], "regular_files");
+    assert_eq!(events[0]["delta"], 1);
+    let link = events.iter().find(|e| e["path"] == "/link").unwrap();
+    assert_eq!(link["op"], "modify");
+    assert_eq!(
+        link["changes"],
+        serde_json::json!(["size", "symlink-target"])
+    );
+
+    // The nested catalog both revisions share is never opened: without its object the diff
+    // is the same (while `check` misses it).
+    let tags = env.ok(&["--json", "tag", FQRN]);
+    let first_root = tags
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|t| t["name"] == "trunk-previous")
+        .unwrap()["root"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let nested: Vec<_> = after_one
+        .difference(&at_init)
+        .filter(|p| !p.to_string_lossy().contains(&first_root[2..]))
+        .collect();
+    assert_eq!(nested.len(), 1, "{nested:?}");
+    std::fs::remove_file(nested[0]).unwrap();
+    assert_eq!(env.ok(&["diff", FQRN, "-m"]), machine);
+    assert!(!env.run(&["check", FQRN]).status.success());
+
+    let err = env.fails(&["diff", FQRN, "--from", "no-such-tag"]);
+    assert!(err.contains("no-such-tag"), "{err}");
+}
