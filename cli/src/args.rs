@@ -134,11 +134,33 @@ pub struct TuningArgs {
 pub struct PublishArgs {
     pub fqrn: String,
     pub source: PathBuf,
-    /// Repository path to publish at (default: the root).
-    #[arg(long, default_value = "/")]
-    pub path: String,
+    #[command(flatten)]
+    pub graft: GraftArgs,
     #[command(flatten)]
     pub tuning: TuningArgs,
+}
+
+/// Where and how a source tree goes into the repository (`publish`, `ingest`).
+#[derive(Args)]
+pub struct GraftArgs {
+    /// Repository path to publish at (default: the root); what was there is replaced.
+    #[arg(long, default_value = "/")]
+    pub path: String,
+    /// Give --path a nested catalog of its own (a `.cvmfscatalog` marker at its top), as
+    /// `cvmfs_server ingest --catalog` does.
+    #[arg(long)]
+    pub catalog: bool,
+    /// Own every entry published (and every directory created above --path) by these
+    /// numeric ids instead of the source's owners, as `cvmfs_server ingest -u/-g` does.
+    #[arg(long, value_name = "UID:GID", value_parser = parse_owner)]
+    pub owner: Option<(u32, u32)>,
+}
+
+fn parse_owner(text: &str) -> Result<(u32, u32), String> {
+    let ids = text
+        .split_once(':')
+        .and_then(|(u, g)| Some((u.parse().ok()?, g.parse().ok()?)));
+    ids.ok_or_else(|| format!("{text:?}: expected numeric UID:GID such as 1000:1000"))
 }
 
 #[derive(Args)]
@@ -146,8 +168,8 @@ pub struct IngestArgs {
     pub fqrn: String,
     /// Tar file, or `-` for standard input.
     pub tar: String,
-    #[arg(long, default_value = "/")]
-    pub path: String,
+    #[command(flatten)]
+    pub graft: GraftArgs,
     /// Remove these repository paths in the same revision.
     #[arg(long = "delete")]
     pub delete: Vec<String>,

@@ -169,6 +169,8 @@ struct SourceGraft<'a> {
     /// Repository path (root when empty).
     path: &'a [u8],
     tree: Dir,
+    /// `--catalog` and `--owner`.
+    how: &'a GraftArgs,
     /// Paths removed in the same revision.
     deletes: &'a [Vec<u8>],
     /// The source, for messages.
@@ -186,13 +188,27 @@ fn graft_and_commit(
 ) -> Result<i32> {
     let now = unix_now();
     sanitize_xattrs(&mut job.tree, &mut job.path.to_vec(), out);
+    let (uid, gid) = job.how.owner.unwrap_or((0, 0));
+    if job.how.owner.is_some() {
+        set_owner(&mut job.tree, uid, gid);
+    }
+    if job.how.catalog {
+        if job.path.is_empty() {
+            bail!("--catalog: the root has its catalog already; give --path a subdirectory");
+        }
+        let marker = catalog_writer::rows::marker_entry(&job.tree.meta);
+        job.tree
+            .children
+            .entry(b".cvmfscatalog".to_vec())
+            .or_insert(Node::Leaf(marker));
+    }
     {
         let (ns, objects) = txn.namespace_and_objects();
         for d in job.deletes {
             ns.remove(d, &objects)
                 .with_context(|| format!("--delete {}", String::from_utf8_lossy(d)))?;
         }
-        let parent = Entry::directory(0o755, 0, 0, now);
+        let parent = Entry::directory(0o755, uid, gid, now);
         let shown = String::from_utf8_lossy(job.path).into_owned();
         ns.replace(job.path, Node::Dir(job.tree), &parent, &objects)
             .with_context(|| format!("{}: grafting at {shown:?}", job.what))?;
@@ -203,6 +219,17 @@ fn graft_and_commit(
     gc::after_publish(repo, &outcome, out);
     push::after_publish(repo, &outcome, out)?;
     Ok(0)
+}
+
+/// Every entry of `dir` (itself included) owned by `uid`:`gid`.
+fn set_owner(dir: &mut Dir, uid: u32, gid: u32) {
+    (dir.meta.uid, dir.meta.gid) = (uid, gid);
+    for node in dir.children.values_mut() {
+        match node {
+            Node::Dir(d) => set_owner(d, uid, gid),
+            Node::Leaf(e) => (e.uid, e.gid) = (uid, gid),
+        }
+    }
 }
 
 pub fn report_outcome(
@@ -259,7 +286,7 @@ pub(crate) fn new_pipeline(
 }
 
 pub fn publish(home: &Path, g: &Global, a: &PublishArgs, out: Output) -> Result<i32> {
-    let path = repo_path(&a.path)?;
+    let path = repo_path(&a.graft.path)?;
     let meta = std::fs::symlink_metadata(&a.source)
         .with_context(|| format!("publish source {}", a.source.display()))?;
     if !meta.is_dir() {
@@ -275,6 +302,7 @@ pub fn publish(home: &Path, g: &Global, a: &PublishArgs, out: Output) -> Result<
     let job = SourceGraft {
         path: &path,
         tree,
+        how: &a.graft,
         deletes: &[],
         what: a.source.display().to_string(),
     };
@@ -282,7 +310,7 @@ pub fn publish(home: &Path, g: &Global, a: &PublishArgs, out: Output) -> Result<
 }
 
 pub fn ingest_tar(home: &Path, g: &Global, a: &IngestArgs, out: Output) -> Result<i32> {
-    let path = repo_path(&a.path)?;
+    let path = repo_path(&a.graft.path)?;
     let deletes = a
         .delete
         .iter()
@@ -311,6 +339,7 @@ pub fn ingest_tar(home: &Path, g: &Global, a: &IngestArgs, out: Output) -> Resul
     let job = SourceGraft {
         path: &path,
         tree,
+        how: &a.graft,
         deletes: &deletes,
         what,
     };

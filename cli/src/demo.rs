@@ -1,7 +1,7 @@
 //! The bundled default job: a repository in a temporary directory, a sample tree published into
 //! it, a full check, and the client settings to mount it. Needs no network.
 
-use crate::args::{CheckArgs, DemoArgs, Global, InitArgs, PublishArgs, TuningArgs};
+use crate::args::{CheckArgs, DemoArgs, Global, GraftArgs, InitArgs, PublishArgs, TuningArgs};
 use crate::commands;
 use crate::output::Output;
 use anyhow::{Context, Result};
@@ -55,7 +55,11 @@ pub fn run(a: &DemoArgs, out: Output) -> Result<i32> {
     let publish = PublishArgs {
         fqrn: FQRN.into(),
         source: source.clone(),
-        path: "/".into(),
+        graft: GraftArgs {
+            path: "/".into(),
+            catalog: false,
+            owner: None,
+        },
         tuning,
     };
     commands::publish(&home, &g, &publish, out)?;

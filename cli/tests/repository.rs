@@ -410,3 +410,45 @@ fn meta_info_starts_as_cvmfs_server_skeleton_and_can_be_replaced() {
     assert_eq!(manifest_meta_info(&env), hash);
     env.check(true);
 }
+
+/// `--catalog` and `--owner`, as `cvmfs_server ingest --catalog -u -g`: the ingested tree gets
+/// a nested catalog of its own and the given owner, directories created above it too.
+#[test]
+fn ingest_into_a_nested_catalog_with_an_owner() {
+    let env = Env::init(&[]);
+    let src = sample(&env);
+    std::fs::remove_file(src.join("special/socket")).expect("sample tree has a socket");
+    let tar = gnu_tar(&env, &src, "src.tar", "--no-auto-compress");
+    let tar = tar.to_str().unwrap();
+    let flags = ["--path", "/sw/app", "--catalog", "--owner", "1234:5678"];
+    env.ok(&[&["ingest", FQRN, tar][..], &flags].concat());
+    env.check(true);
+    let report = fixtures::witness::witness_read_dir(&env.storage, &env.path("wc")).unwrap();
+    let app = &report.entries["/sw/app"];
+    assert!(app.nested_catalog_mountpoint);
+    let marker = &report.entries["/sw/app/.cvmfscatalog"];
+    assert_eq!((marker.mode & 0o7777, marker.size), (0o664, 0));
+    let below: Vec<_> = report
+        .entries
+        .iter()
+        .filter(|(p, _)| p.starts_with("/sw"))
+        .collect();
+    assert!(below.len() > 10);
+    for (path, e) in below {
+        assert_eq!((e.uid, e.gid), (1234, 5678), "{path}");
+    }
+    assert_eq!(report.entries["/"].uid, 0);
+
+    // The same tree published from a directory, without them: one catalog, the source's owners.
+    env.ok(&["publish", FQRN, src.to_str().unwrap(), "--path", "/sw/app"]);
+    let report = fixtures::witness::witness_read_dir(&env.storage, &env.path("wc2")).unwrap();
+    assert!(!report.entries["/sw/app"].nested_catalog_mountpoint);
+    assert!(!report.entries.contains_key("/sw/app/.cvmfscatalog"));
+    assert_ne!(report.entries["/sw/app/files/one-byte"].uid, 1234);
+
+    let err = env.fails(&["ingest", FQRN, tar, "--catalog"]);
+    assert!(err.contains("--catalog"), "{err}");
+    let out = env.run(&["ingest", FQRN, tar, "--owner", "root"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("UID:GID"));
+}

@@ -693,7 +693,13 @@ mod tests {
         let words: Vec<&str> = listed(a.differences(&b)).map(|(_, _, w)| w).collect();
         assert_eq!(
             words,
-            ["link-count", "timestamp", "content", "hardlink-group", "chunked-file"]
+            [
+                "link-count",
+                "timestamp",
+                "content",
+                "hardlink-group",
+                "chunked-file"
+            ]
         );
         let mut dir = entry("d", 0o040755);
         dir.flags = 1 | FLAG_NESTED_MOUNTPOINT;
