@@ -59,6 +59,8 @@ pub enum Command {
     /// Show what changed between two tagged revisions (`cvmfs_server diff`): entries added,
     /// removed and modified, and how the counts changed.
     Diff(DiffArgs),
+    /// Show the tree of nested catalogs (`cvmfs_server list-catalogs`).
+    ListCatalogs(ListCatalogsArgs),
     /// Copy the published revision to an S3 bucket (objects missing there, then catalogs,
     /// then the manifest); credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY.
     Push(PushArgs),
@@ -254,6 +256,29 @@ pub struct DiffArgs {
     /// Read the repository from this storage directory or URL instead of the home's (any
     /// repository, e.g. a stratum 1 or one written by the CVMFS tools; FQRN is then only a
     /// label).
+    #[arg(long, value_name = "DIR|URL")]
+    pub storage: Option<String>,
+}
+
+#[derive(Args)]
+pub struct ListCatalogsArgs {
+    pub fqrn: String,
+    /// Show each catalog's inflated size (`-s`).
+    #[arg(short, long)]
+    pub size: bool,
+    /// Show each catalog's number of entries (`-e`).
+    #[arg(short, long)]
+    pub entries: bool,
+    /// Show each catalog's hash (`cvmfs_server list-catalogs -h`).
+    #[arg(short = 'd', long)]
+    pub hash: bool,
+    /// No tree drawing (`-x`).
+    #[arg(short = 'x', long)]
+    pub flat: bool,
+    /// A root catalog hash to list instead of the current revision's.
+    #[arg(long, value_name = "HASH")]
+    pub root: Option<String>,
+    /// Read the repository from this storage directory or URL instead of the home's.
     #[arg(long, value_name = "DIR|URL")]
     pub storage: Option<String>,
 }

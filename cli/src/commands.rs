@@ -37,6 +37,7 @@ pub fn run(cli: Cli, out: Output) -> Result<i32> {
         Command::Tag(a) => tags::tag(&home, &g, &a, out),
         Command::Rollback(a) => tags::rollback(&home, &g, &a, out),
         Command::Diff(a) => tags::diff(&home, &a, out),
+        Command::ListCatalogs(a) => tags::list_catalogs(&home, &a, out),
         Command::Push(a) => push::push(&home, &g, &a, out),
         Command::Convert(a) => convert::convert(&home, &g, &a, out),
         Command::Sync(a) => convert::sync(&home, &g, &a, out),

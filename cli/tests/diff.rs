@@ -1,4 +1,4 @@
-//! `diff` between two revisions, in `cvmfs_server diff`'s formats and order.
+//! `diff` between two revisions, in `cvmfs_server diff`'s formats and order; `list-catalogs`.
 
 mod common;
 
@@ -183,4 +183,29 @@ fn diff_reports_changes_as_cvmfs_server_diff_does() {
 
     let err = env.fails(&["diff", FQRN, "--from", "no-such-tag"]);
     assert!(err.contains("no-such-tag"), "{err}");
+}
+
+/// Nested catalogs listed as `cvmfs_swissknife lsrepo` does: each catalog before the ones it
+/// links to, taken from a stack (the last linked first).
+#[test]
+fn list_catalogs_walks_the_tree_as_lsrepo() {
+    let env = Env::init(&[]);
+    let src = env.path("src");
+    for marker in ["a", "a/b", "a/b/c", "z"] {
+        file(&src, &format!("{marker}/.cvmfscatalog"), "", 0o644);
+    }
+    file(&src, "a/b/c/f", "f", 0o644);
+    env.ok(&["publish", FQRN, src.to_str().unwrap()]);
+    let out = env.ok(&["list-catalogs", FQRN]);
+    assert_eq!(out, "/\n├─ /z\n├─ /a\n│  ├─ /a/b\n│  │  ├─ /a/b/c\n");
+    let out = env.ok(&["list-catalogs", FQRN, "-x", "-e"]);
+    // Root: itself, a, z; a: itself, its marker, b; b likewise; c: itself, marker, f.
+    assert_eq!(out, "3 /\n2 /z\n3 /a\n3 /a/b\n3 /a/b/c\n");
+    let json = env.ok(&["--json", "list-catalogs", FQRN]);
+    let first: serde_json::Value = serde_json::from_str(json.lines().next().unwrap()).unwrap();
+    assert_eq!(
+        (first["level"].as_u64(), first["mountpoint"].as_str()),
+        (Some(0), Some("/"))
+    );
+    assert_eq!(first["size"].as_u64().unwrap() % 1024, 0);
 }

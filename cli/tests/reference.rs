@@ -502,3 +502,25 @@ fn diff_reads_the_reference_revisions() {
         "{out}"
     );
 }
+
+/// `list-catalogs` as `cvmfs_server list-catalogs` prints the reference's two catalogs.
+#[test]
+fn list_catalogs_of_the_reference() {
+    let env = Env::init(&[]);
+    let storage = reference().join("ref.test.local");
+    let storage = storage.to_str().unwrap();
+    let list = |flags: &[&str]| {
+        env.ok(&[
+            &["list-catalogs", "ref.test.local", "--storage", storage][..],
+            flags,
+        ]
+        .concat())
+    };
+    assert_eq!(list(&[]), "/\n├─ /small2\n");
+    assert_eq!(list(&["-s", "-e"]), "18432B 22 /\n├─ 16384B 11 /small2\n");
+    assert_eq!(
+        list(&["-x", "-d"]),
+        "7912aba1f2b1b0e85da68a07e257e6b04ca02d03 /\n\
+         33c96f1d879f5a1b22af2cf4ba79e9068745f84a /small2\n"
+    );
+}

@@ -104,6 +104,32 @@ pub fn load_catalog(
     })
 }
 
+/// The nested catalogs `catalog` links to (`nested_catalogs` rows: mountpoint, reference), in
+/// table order; `what` names the catalog in errors.
+pub fn nested_links(catalog: &LoadedCatalog, what: &str) -> Result<Vec<(Vec<u8>, CatalogRef)>> {
+    let sql = |e| Error::sql(what, e);
+    let mut stmt = catalog
+        .conn()
+        .prepare("SELECT path, sha1, size FROM nested_catalogs")
+        .map_err(sql)?;
+    let mut nested = Vec::new();
+    let mut rows = stmt.query([]).map_err(sql)?;
+    while let Some(r) = rows.next().map_err(sql)? {
+        let path = bytes_of(r, 0);
+        let hex = r
+            .get::<_, Option<String>>(1)
+            .map_err(sql)?
+            .unwrap_or_default();
+        let size = r.get::<_, Option<i64>>(2).map_err(sql)?.unwrap_or(0);
+        let hash = ContentHash::from_hex(&hex).ok_or_else(|| {
+            Error::corrupt(what, format!("nested catalog hash {hex:?} is not a hash"))
+        })?;
+        let size = u64::try_from(size).unwrap_or(0);
+        nested.push((path, CatalogRef { hash, size }));
+    }
+    Ok(nested)
+}
+
 /// Everything found by walking all catalogs.
 #[derive(Debug, Default)]
 pub struct CatalogWalk {
@@ -322,5 +348,14 @@ fn text_of(r: &rusqlite::Row<'_>, idx: usize) -> String {
     match r.get_ref(idx) {
         Ok(ValueRef::Text(b)) | Ok(ValueRef::Blob(b)) => String::from_utf8_lossy(b).into_owned(),
         _ => String::new(),
+    }
+}
+
+/// A TEXT or BLOB column's bytes (names and symlink targets are raw bytes); empty for NULL.
+pub(crate) fn bytes_of(r: &rusqlite::Row<'_>, idx: usize) -> Vec<u8> {
+    use rusqlite::types::ValueRef;
+    match r.get_ref(idx) {
+        Ok(ValueRef::Text(b)) | Ok(ValueRef::Blob(b)) => b.to_vec(),
+        _ => Vec::new(),
     }
 }

@@ -5,7 +5,7 @@
 //! one on both sides modified when its metadata differs. A nested catalog whose hash is the
 //! same on both sides is not opened, so a diff reads only the catalogs that changed.
 
-use crate::catalogs::{load_catalog, LoadedCatalog};
+use crate::catalogs::{bytes_of, load_catalog, nested_links, LoadedCatalog};
 use crate::error::{Error, Result};
 use crate::history::{History, Tag};
 use crate::repo::parse_hash_field;
@@ -587,23 +587,7 @@ impl OpenCatalog {
             )
             .map_err(sql)?
             > 0;
-        let mut stmt = conn
-            .prepare("SELECT path, sha1, size FROM nested_catalogs")
-            .map_err(sql)?;
-        let mut nested = Vec::new();
-        let mut rows = stmt.query([]).map_err(sql)?;
-        while let Some(r) = rows.next().map_err(sql)? {
-            let path = bytes_of(r, 0);
-            let hex = r.get::<_, String>(1).map_err(sql)?;
-            let size = r.get::<_, Option<i64>>(2).map_err(sql)?.unwrap_or(0);
-            let hash = ContentHash::from_hex(&hex).ok_or_else(|| {
-                Error::corrupt(&what, format!("nested catalog hash {hex:?} is not a hash"))
-            })?;
-            let size = u64::try_from(size).unwrap_or(0);
-            nested.push((path, CatalogRef { hash, size }));
-        }
-        drop(rows);
-        drop(stmt);
+        let nested = nested_links(&catalog, &what)?;
         Ok(OpenCatalog {
             mountpoint: mountpoint.to_vec(),
             catalog,
@@ -643,15 +627,6 @@ impl OpenCatalog {
             })
             .map_err(sql)?;
         rows.collect::<rusqlite::Result<_>>().map_err(sql)
-    }
-}
-
-/// A TEXT or BLOB column's bytes (names and symlink targets are raw bytes); empty for NULL.
-fn bytes_of(r: &rusqlite::Row<'_>, idx: usize) -> Vec<u8> {
-    use rusqlite::types::ValueRef;
-    match r.get_ref(idx) {
-        Ok(ValueRef::Text(b)) | Ok(ValueRef::Blob(b)) => b.to_vec(),
-        _ => Vec::new(),
     }
 }
 

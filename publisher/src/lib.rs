@@ -34,6 +34,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod catalog_tree;
 mod catalogs;
 pub mod check;
 pub mod config;

@@ -1,9 +1,13 @@
-//! `tag`: named snapshots (history tags); `rollback` to one of them; `diff` between two.
+//! `tag`: named snapshots (history tags); `rollback` to one of them; `diff` between two;
+//! `list-catalogs` of one.
 
 use super::open_repo;
-use crate::args::{DiffArgs, Global, RollbackArgs, TagArgs};
+use crate::args::{DiffArgs, Global, ListCatalogsArgs, RollbackArgs, TagArgs};
 use crate::output::{event_json, Output};
 use anyhow::{bail, Context, Result};
+use catalog_writer::hash::ContentHash;
+use catalog_writer::namespace::CatalogRef;
+use publisher::catalog_tree::catalog_tree;
 use publisher::diff::{diff_side, Change, DiffOptions, TreeDiff};
 use publisher::{CommitOutcome, Tag};
 use serde_json::json;
@@ -116,6 +120,45 @@ pub fn diff(home: &Path, a: &DiffArgs, out: Output) -> Result<i32> {
     })
     .with_context(context)?;
     Ok(0)
+}
+
+pub fn list_catalogs(home: &Path, a: &ListCatalogsArgs, out: Output) -> Result<i32> {
+    let store = super::storage_or_home(home, &a.fqrn, a.storage.as_deref())?;
+    let side = match &a.root {
+        Some(hash) => format!("@{hash}"),
+        None => "trunk".to_owned(),
+    };
+    let root = match a.root {
+        Some(_) => diff_side(store.as_ref(), &side)?.root,
+        None => current_root(store.as_ref())?,
+    };
+    catalog_tree(store.as_ref(), root, &mut |node| {
+        out.event(
+            &node.line(!a.flat, a.hash, a.size, a.entries),
+            event_json(
+                "catalog",
+                json!({"mountpoint": node.mountpoint, "level": node.level,
+                       "hash": node.hash.to_hex(), "size": node.size, "entries": node.entries}),
+            ),
+        );
+        Ok(())
+    })
+    .with_context(|| format!("list-catalogs {}", a.fqrn))?;
+    Ok(0)
+}
+
+/// The root catalog the manifest in `store` names.
+fn current_root(store: &dyn publisher::ObjectStore) -> Result<CatalogRef> {
+    let bytes = store
+        .get_root_file(".cvmfspublished")?
+        .with_context(|| format!("{}: no .cvmfspublished", store.describe()))?;
+    let m = signer::Manifest::parse(&bytes)?.manifest;
+    let hash = ContentHash::from_hex(&m.root_catalog)
+        .with_context(|| format!("{}: C is not a hash", store.describe()))?;
+    Ok(CatalogRef {
+        hash,
+        size: m.root_size,
+    })
 }
 
 /// `cvmfs_server diff -m -h`'s first line.
