@@ -333,7 +333,7 @@ fn fill(conn: &mut Connection, db: &CatalogDb) -> rusqlite::Result<()> {
              mode, mtime, mtimens, flags, name, symlink, uid, gid, xattr) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
         )?;
-        for r in by_path_hash(&db.rows, |r| r.md5) {
+        for r in root_first(&db.rows) {
             st.execute(params![
                 r.md5.0,
                 r.md5.1,
@@ -395,6 +395,26 @@ fn by_path_hash<T>(rows: &[T], key: impl Fn(&T) -> PathHash) -> Vec<&T> {
         let h = key(r);
         (h.0, h.1)
     });
+    sorted
+}
+
+/// A catalog's own root entry: the repository root (parent hash zero) in the root catalog,
+/// the nested-catalog root elsewhere.
+pub fn is_catalog_root(row: &Row) -> bool {
+    row.parent == PathHash::ZERO || row.flags & flags::NESTED_ROOT != 0
+}
+
+/// The catalog's root entry first, then the other rows in key order ([`by_path_hash`]). The
+/// client takes rowid 1 of the root catalog for the repository root (its root inode is the
+/// inode offset + 1, `AbstractCatalogManager::GetRootInode`): with another entry there, that
+/// entry and the root share an inode and reads fail with EIO. cvmfs writes every catalog's
+/// root first, nested ones too.
+fn root_first(rows: &[Row]) -> Vec<&Row> {
+    let mut sorted = by_path_hash(rows, |r| r.md5);
+    if let Some(i) = sorted.iter().position(|r| is_catalog_root(r)) {
+        let root = sorted.remove(i);
+        sorted.insert(0, root);
+    }
     sorted
 }
 
@@ -607,6 +627,34 @@ mod tests {
             uid: 1,
             gid: 2,
             xattr: None,
+        }
+    }
+
+    /// The client takes rowid 1 of the root catalog for the root inode: the catalog's root
+    /// goes in first whatever its path hash, the rest in key order.
+    #[test]
+    fn the_catalog_root_is_rowid_1() {
+        for (root_path, parent, root_flags) in [
+            (&b""[..], PathHash::ZERO, flags::DIR),
+            (
+                b"/nested",
+                PathHash::of(b""),
+                flags::DIR | flags::NESTED_ROOT,
+            ),
+        ] {
+            let mut db = CatalogDb::default();
+            for i in 0..50 {
+                let name = format!("f{i}");
+                let path = [root_path, b"/", name.as_bytes()].concat();
+                db.rows
+                    .push(row(&path, PathHash::of(root_path), name.as_bytes()));
+            }
+            let mut root = row(root_path, parent, b"");
+            root.flags = root_flags;
+            db.rows.insert(17, root.clone());
+            let back = read(&write(&db, "rooted").unwrap(), "rooted").unwrap();
+            assert_eq!(back.rows[0], root);
+            assert!(back.rows[1..].windows(2).all(|w| w[0].md5 < w[1].md5));
         }
     }
 

@@ -172,6 +172,19 @@ fn check_catalog(
     match db.rows.iter().find(|r| r.md5 == root_hash) {
         None => c.problem(prefix, "no root entry"),
         Some(root) => {
+            if !db
+                .rows
+                .first()
+                .is_some_and(|first| std::ptr::eq(first, root))
+            {
+                // The client's root inode is rowid 1 of the root catalog; cvmfs writes every
+                // catalog's root first.
+                c.problem(
+                    prefix,
+                    "root entry is not the first row (rowid 1): the client would give its \
+                     inode to another entry",
+                );
+            }
             check_root(&mut c, root, mount);
             c.visited = 1;
             check_dir(&mut c, root, prefix);
