@@ -15,6 +15,7 @@ use std::time::Instant;
 mod concurrent;
 mod convert;
 mod gc;
+mod inspect;
 mod layers;
 mod migrate;
 mod plan;
@@ -36,8 +37,8 @@ pub fn run(cli: Cli, out: Output) -> Result<i32> {
         Command::Gc(a) => gc::gc(&home, &g, &a, out),
         Command::Tag(a) => tags::tag(&home, &g, &a, out),
         Command::Rollback(a) => tags::rollback(&home, &g, &a, out),
-        Command::Diff(a) => tags::diff(&home, &a, out),
-        Command::ListCatalogs(a) => tags::list_catalogs(&home, &a, out),
+        Command::Diff(a) => inspect::diff(&home, &a, out),
+        Command::ListCatalogs(a) => inspect::list_catalogs(&home, &a, out),
         Command::Push(a) => push::push(&home, &g, &a, out),
         Command::Convert(a) => convert::convert(&home, &g, &a, out),
         Command::Sync(a) => convert::sync(&home, &g, &a, out),

@@ -179,33 +179,42 @@ impl Change {
                     differences,
                     ..
                 },
-                true,
-            ) => {
-                let mut kind = from.type_letter().to_string();
-                if from.type_letter() != to.type_letter() {
-                    kind.push(to.type_letter());
-                }
-                let letters: String = listed(*differences).map(|(_, l, _)| l).collect();
-                format!("M[{letters}] {kind} {shown}")
-            }
-            (
-                Change::Modified {
-                    from,
-                    to,
-                    differences,
-                    ..
-                },
-                false,
-            ) => {
-                let mut kind = from.type_word().to_string();
-                if from.type_letter() != to.type_letter() {
-                    kind = format!("{kind}->{}", to.type_word());
-                }
-                let words: Vec<&str> = listed(*differences).map(|(_, _, w)| w).collect();
-                format!("{shown} modify {kind} [{}]", words.join(", "))
-            }
+                _,
+            ) => modified_line(from, to, *differences, &shown, machine),
         }
     }
+}
+
+/// `M[SC] F /path`, or `/path modify file [size, content]`; a type change shows both types.
+fn modified_line(
+    from: &ListedEntry,
+    to: &ListedEntry,
+    differences: u32,
+    shown: &str,
+    machine: bool,
+) -> String {
+    let changed = from.type_letter() != to.type_letter();
+    if machine {
+        let letters: String = listed(differences).map(|(_, l, _)| l).collect();
+        let kind: String = match changed {
+            true => [from.type_letter(), to.type_letter()].iter().collect(),
+            false => from.type_letter().to_string(),
+        };
+        return format!("M[{letters}] {kind} {shown}");
+    }
+    let kind = match changed {
+        true => format!("{}->{}", from.type_word(), to.type_word()),
+        false => from.type_word().to_owned(),
+    };
+    format!(
+        "{shown} modify {kind} [{}]",
+        difference_words(differences).join(", ")
+    )
+}
+
+/// The words (`size`, `content`, …) of the bits of [`DIFFERENCES`] set in `bits`.
+pub fn difference_words(bits: u32) -> Vec<&'static str> {
+    listed(bits).map(|(_, _, word)| word).collect()
 }
 
 fn listed(bits: u32) -> impl Iterator<Item = (u32, char, &'static str)> {
