@@ -319,3 +319,47 @@ fn the_real_client_mounts_what_was_published() {
     );
     assert_mount_matches(&mounted, "/", &src, &links, &["/", "/nested"]);
 }
+
+/// Real images (the testbed corpus, built from Debian packages; `$TESTBED_DIR`, as
+/// `../shared/testbed` makes it): converted from its OCI layout and mounted by the real client,
+/// each flattened image is entry for entry what `umoci unpack` makes of it.
+#[test]
+fn testbed_images_mount_as_umoci_unpacks_them() {
+    let Some(testbed) = std::env::var_os("TESTBED_DIR").map(PathBuf::from) else {
+        eprintln!("SKIPPED: TESTBED_DIR is not set");
+        return;
+    };
+    let layout = testbed.join("corpus/oci");
+    if !layout.join("index.json").is_file() || fixtures::tools::find_tool("umoci").is_none() {
+        eprintln!("SKIPPED: no corpus at {} or no umoci", layout.display());
+        return;
+    }
+    let env = Env::init(&[]);
+    let refs = [
+        "python:3.11",
+        "nginx:1.22-site",
+        "busybox:1.35",
+        "science:1.0",
+    ];
+    let mut flats = Vec::new();
+    for name in refs {
+        let image = format!("oci:{}:corpus/{name}", layout.display());
+        let out = env.ok(&["--json", "convert", FQRN, &image]);
+        let event = out
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .find(|e| e["action"] == "image")
+            .unwrap();
+        flats.push((name, event["flat"].as_str().unwrap().to_owned()));
+    }
+    if let Some(sk) = swissknife() {
+        swissknife_check(&sk, &env, None);
+    }
+    let Some(mounted) = mount(&env) else { return };
+    for (name, flat) in flats {
+        let reference = format!("corpus/{name}");
+        let unpacked = fixtures::umoci::unpack_reference(&layout, &reference).unwrap();
+        let skip = ["/", "/.cvmfscatalog", "/.singularity.d"];
+        assert_mount_matches(&mounted, &flat, unpacked.path(), &BTreeMap::new(), &skip);
+    }
+}

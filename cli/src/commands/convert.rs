@@ -251,7 +251,7 @@ pub(super) fn run_batch(
             })
         })();
         match result {
-            Ok(status) => report_image(&mut summary, status, &job.name, t0, out),
+            Ok(status) => report_image(&mut summary, status, job, t0, out),
             Err(e) => report_failure(&mut summary, &job.name, &e, out),
         }
     }
@@ -445,7 +445,9 @@ fn flatten_job(job: &Job, cx: &FlattenContext<'_>) -> Result<layout::Graft> {
     Ok(layout::flat_graft(image, rootfs, cx.mtime, cx.pipeline)?)
 }
 
-fn report_image(summary: &mut Summary, status: Status, name: &str, t0: Instant, out: Output) {
+/// `converted: NAME` for people; with `--json` also where it went: its flat directory and the
+/// links that name it.
+fn report_image(summary: &mut Summary, status: Status, job: &Job, t0: Instant, out: Output) {
     let action = match status {
         Status::Complete => {
             summary.skipped += 1;
@@ -460,11 +462,14 @@ fn report_image(summary: &mut Summary, status: Status, name: &str, t0: Instant, 
             "converted"
         }
     };
+    let text = |p: &[u8]| String::from_utf8_lossy(p).into_owned();
+    let links: Vec<String> = job.placement.links.iter().map(|l| text(&l.path)).collect();
     out.event(
-        &format!("{action}: {name}"),
+        &format!("{action}: {}", job.name),
         event_json(
             "image",
-            json!({"image": name, "result": action, "seconds": t0.elapsed().as_secs_f64()}),
+            json!({"image": job.name, "result": action, "flat": text(&job.placement.flat_dir),
+                   "links": links, "seconds": t0.elapsed().as_secs_f64()}),
         ),
     );
 }
