@@ -13,18 +13,9 @@ use crate::store::{root_files, ObjectStore};
 use catalog_writer::hash::ContentHash;
 use catalog_writer::namespace::CatalogRef;
 use catalog_writer::pathhash::{display, join, parent_path, PathHash};
+use catalog_writer::sql::flags;
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
-
-const FLAG_NESTED_MOUNTPOINT: u32 = 2;
-const FLAG_NESTED_ROOT: u32 = 32;
-const FLAG_CHUNKED: u32 = 64;
-const FLAG_EXTERNAL: u32 = 128;
-const FLAG_BIND_MOUNTPOINT: u32 = 0x4000;
-const FLAG_HIDDEN: u32 = 0x8000;
-const FLAG_DIRECT_IO: u32 = 0x10000;
-/// The hash algorithm's bits of `flags`: part of what makes two checksums equal.
-const HASH_ALGORITHM_BITS: u32 = 7 << 8;
 
 /// Ways one path's entry differs between two revisions (CVMFS
 /// `DirectoryEntryBase::Difference`), with their letter in machine-readable output and their
@@ -72,7 +63,7 @@ impl ListedEntry {
     }
 
     fn is_mountpoint(&self) -> bool {
-        self.flags & FLAG_NESTED_MOUNTPOINT != 0
+        self.flags & flags::MOUNTPOINT != 0
     }
 
     /// `F` file, `S` symlink, `D` directory, `U` anything else, as CVMFS prints it (by mode).
@@ -97,8 +88,8 @@ impl ListedEntry {
     /// The bits of [`DIFFERENCES`] in which `other` differs (CVMFS `DirectoryEntry::CompareTo`).
     pub fn differences(&self, other: &ListedEntry) -> u32 {
         let flag = |bits: u32| (self.flags & bits != 0) != (other.flags & bits != 0);
-        let nested = flag(FLAG_NESTED_ROOT) || flag(FLAG_NESTED_MOUNTPOINT);
-        let checksum = |e: &ListedEntry| (e.checksum.clone(), e.flags & HASH_ALGORITHM_BITS);
+        let nested = flag(flags::NESTED_ROOT) || flag(flags::MOUNTPOINT);
+        let algorithm = |e: &ListedEntry| e.flags & flags::HASH_ALGO_MASK;
         [
             self.name != other.name,
             self.hardlinks as u32 != other.hardlinks as u32,
@@ -106,15 +97,15 @@ impl ListedEntry {
             self.mode != other.mode,
             self.mtime != other.mtime || self.mtime_ns != other.mtime_ns,
             self.symlink != other.symlink,
-            checksum(self) != checksum(other),
+            self.checksum != other.checksum || algorithm(self) != algorithm(other),
             self.hardlinks >> 32 != other.hardlinks >> 32,
             nested,
-            flag(FLAG_CHUNKED),
+            flag(flags::CHUNKED),
             self.has_xattrs != other.has_xattrs,
-            flag(FLAG_EXTERNAL),
-            flag(FLAG_BIND_MOUNTPOINT),
-            flag(FLAG_HIDDEN),
-            flag(FLAG_DIRECT_IO),
+            flag(flags::EXTERNAL),
+            flag(flags::BIND_MOUNTPOINT),
+            flag(flags::HIDDEN),
+            flag(flags::DIRECT_IO),
         ]
         .iter()
         .zip(DIFFERENCES)
@@ -559,7 +550,7 @@ impl<'s> TreeReader<'s> {
     /// not a directory of this revision).
     fn listing(&mut self, path: &[u8]) -> Result<Vec<ListedEntry>> {
         let mut entries = self.catalog_for(path)?.children(path)?;
-        entries.retain(|e| e.flags & FLAG_HIDDEN == 0);
+        entries.retain(|e| e.flags & flags::HIDDEN == 0);
         entries.sort_by(|a, b| cvmfs_name_order(&a.name, &b.name));
         Ok(entries)
     }
@@ -673,7 +664,7 @@ mod tests {
         let mut b = a.clone();
         b.mtime_ns = Some(5);
         b.hardlinks = (7 << 32) | 2;
-        b.flags |= FLAG_CHUNKED | HASH_ALGORITHM_BITS & (1 << 8);
+        b.flags |= flags::CHUNKED | flags::HASH_ALGO_MASK & (1 << 8);
         let words: Vec<&str> = listed(a.differences(&b)).map(|(_, _, w)| w).collect();
         assert_eq!(
             words,
@@ -686,7 +677,7 @@ mod tests {
             ]
         );
         let mut dir = entry("d", 0o040755);
-        dir.flags = 1 | FLAG_NESTED_MOUNTPOINT;
+        dir.flags = 1 | flags::MOUNTPOINT;
         let mut plain = dir.clone();
         plain.flags = 1;
         assert_eq!(dir.differences(&plain), 1 << 8);
