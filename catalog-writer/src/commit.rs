@@ -105,7 +105,7 @@ pub fn commit_catalog(
         .iter()
         .map(|(p, c, _)| (p.clone(), *c))
         .collect();
-    let (cref, written, revision) = match old.filter(|o| o.content == content) {
+    let (cref, written, revision) = match old.filter(|o| o.content == content && o.root_first) {
         // It would say exactly what the stored catalog says: keep that one, so the parent's
         // `nested_catalogs` row (and with it the parent) stays the same too.
         Some(o) => (o.cref, written_below, o.revision),
@@ -120,6 +120,7 @@ pub fn commit_catalog(
         children,
         content,
         revision,
+        root_first: true,
     }));
     dir.prev = None;
     Ok(Built {

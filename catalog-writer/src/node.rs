@@ -61,6 +61,9 @@ pub struct CatInfo {
     /// Its `revision` property: the root's equals the manifest's; a nested catalog counts its
     /// own versions, as cvmfs does (1 when first written, +1 each time it is rewritten).
     pub revision: u64,
+    /// Its root entry is its first row, as this writer and cvmfs put it. One that is not
+    /// (written by builds 6caba09..4ab82cf) is rewritten even when its content is unchanged.
+    pub root_first: bool,
 }
 
 impl CatInfo {
@@ -76,6 +79,7 @@ impl CatInfo {
             stats: stats_of(db, cref)?,
             children,
             content: Fingerprint::of(db),
+            root_first: db.rows.first().is_some_and(sql::is_catalog_root),
             revision: db
                 .properties
                 .get("revision")

@@ -172,13 +172,9 @@ fn check_catalog(
     match db.rows.iter().find(|r| r.md5 == root_hash) {
         None => c.problem(prefix, "no root entry"),
         Some(root) => {
-            if !db
-                .rows
-                .first()
-                .is_some_and(|first| std::ptr::eq(first, root))
-            {
-                // The client's root inode is rowid 1 of the root catalog; cvmfs writes every
-                // catalog's root first.
+            let first = db.rows.first().is_some_and(|r| std::ptr::eq(r, root));
+            if matches!(mount, Mount::Root) && !first {
+                // The client's root inode is rowid 1 of the root catalog.
                 c.problem(
                     prefix,
                     "root entry is not the first row (rowid 1): the client would give its \

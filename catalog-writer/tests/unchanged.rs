@@ -5,8 +5,8 @@
 mod common;
 
 use catalog_writer::entry::{makedev, Entry, EntryKind};
-use catalog_writer::hash::Suffix;
-use catalog_writer::namespace::{CatalogRef, CommitOptions, CommitReport, Namespace};
+use catalog_writer::hash::{ContentHash, Suffix};
+use catalog_writer::namespace::{CatalogRef, CommitOptions, CommitReport, Namespace, Objects};
 use catalog_writer::tree::{Dir, Node};
 use common::*;
 
@@ -250,4 +250,51 @@ fn generated_catalogs_come_out_the_same() {
     let changed = commit_with(&mut ns, &objects, &o);
     assert!(changed.changed && changed.catalogs_written >= 2);
     assert_ne!(changed.root, first.root);
+}
+
+/// A root catalog whose root entry is not its first row (as builds 6caba09..4ab82cf wrote them;
+/// the client then gives the root's inode to another entry) is reported by the verifier and
+/// rewritten by the next commit, though its content is unchanged.
+#[test]
+fn a_root_catalog_with_its_root_not_first_is_rewritten() {
+    let objects = MemObjects::default();
+    let mut ns = Namespace::empty(1);
+    graft(&mut ns, &objects, b"", tree(&objects));
+    let first = commit_with(&mut ns, &objects, &opts(1));
+
+    // The same catalog with its root row moved to the end (a new rowid).
+    let z = objects.map.lock().unwrap()[&(first.root.hash, Suffix::Catalog)].clone();
+    let raw = catalog_writer::zlib::decompress(&z, 1 << 30).unwrap();
+    let tmp = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(tmp.path(), &raw).unwrap();
+    let conn = rusqlite::Connection::open(tmp.path()).unwrap();
+    conn.execute_batch(
+        "CREATE TEMP TABLE root AS SELECT * FROM catalog WHERE parent_1 = 0 AND parent_2 = 0;
+         DELETE FROM catalog WHERE parent_1 = 0 AND parent_2 = 0;
+         INSERT INTO catalog SELECT * FROM root;",
+    )
+    .unwrap();
+    drop(conn);
+    let moved = std::fs::read(tmp.path()).unwrap();
+    let z = catalog_writer::zlib::compress_catalog(&moved);
+    let hash = ContentHash::of(&z);
+    objects.store(&hash, Suffix::Catalog, &z).unwrap();
+    let misordered = CatalogRef {
+        hash,
+        size: moved.len() as u64,
+    };
+    let problems = catalog_writer::verify::verify(misordered, &objects).problems;
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.message.contains("root entry is not the first row")),
+        "{problems:?}"
+    );
+
+    let mut ns = Namespace::open(misordered, &objects).unwrap();
+    graft(&mut ns, &objects, b"", tree(&objects));
+    let again = commit_with(&mut ns, &objects, &opts(2));
+    assert!(again.changed);
+    assert_eq!(again.catalogs_written, 1, "only the root catalog");
+    assert_ne!(again.root, misordered);
 }
