@@ -297,7 +297,8 @@ fn assert_mount_matches(
 }
 
 /// The sample tree (every file type, hardlinks, xattrs, a 20 MB chunked file), published at the
-/// root and into a nested catalog, reads back through the real client as the source has it.
+/// root and into a nested catalog, and ingested from a GNU tar of it, reads back through the
+/// real client as the source has it.
 #[test]
 fn the_real_client_mounts_what_was_published() {
     let env = Env::init(&[]);
@@ -307,17 +308,29 @@ fn the_real_client_mounts_what_was_published() {
     env.ok(&["publish", FQRN, src.to_str().unwrap()]);
     let nested = ["--path", "/nested/deeper", "--catalog"];
     env.ok(&[&["publish", FQRN, src.to_str().unwrap()][..], &nested].concat());
+    // The same tree through the tar path (GNU tar skips the socket).
+    let tarred = env.path("tarred");
+    std::fs::create_dir_all(&tarred).unwrap();
+    fixtures::write_sample_tree(&tarred).unwrap();
+    std::fs::remove_file(tarred.join("special/socket")).unwrap();
+    let tar = env.path("sample.tar");
+    let status = Command::new("tar")
+        .args(["--xattrs", "--xattrs-include=*", "-cf"])
+        .arg(&tar)
+        .arg("-C")
+        .arg(&tarred)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    env.ok(&["ingest", FQRN, tar.to_str().unwrap(), "--path", "/tar"]);
     let Some(mounted) = mount(&env) else { return };
     let links = cvmfs_link_counts(&sample.hardlinks);
     assert!(links.values().any(|&n| n == 1) && links.values().any(|&n| n > 1));
-    assert_mount_matches(
-        &mounted,
-        "/nested/deeper",
-        &src,
-        &links,
-        &["/.cvmfscatalog"],
-    );
-    assert_mount_matches(&mounted, "/", &src, &links, &["/", "/nested"]);
+    let marker = ["/.cvmfscatalog"];
+    assert_mount_matches(&mounted, "/nested/deeper", &src, &links, &marker);
+    assert_mount_matches(&mounted, "/tar", &tarred, &links, &["/"]);
+    assert_mount_matches(&mounted, "/", &src, &links, &["/", "/nested", "/tar"]);
 }
 
 /// Real images (the testbed corpus, built from Debian packages; `$TESTBED_DIR`, as
