@@ -3,27 +3,13 @@
 
 mod common;
 
-use common::{Env, FQRN};
+use common::{edge_image, Env, FQRN};
 use fixtures::oci::{Compression, ImageBuilder, MediaTypes};
 use fixtures::registry::PushOptions;
 use fixtures::Registry;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::Path;
-
-fn edge_image(c: Compression, m: MediaTypes) -> ImageBuilder {
-    let mut b = ImageBuilder::new()
-        .env("PATH=/usr/local/bin:/usr/bin:/bin")
-        .env("GREETING=hello world")
-        .entrypoint(&["/bin/sh", "-c"])
-        .cmd(&["echo hi"])
-        .label("org.example.test", "edge")
-        .media_types(m);
-    for layer in fixtures::layers::edge_case_layers() {
-        b = b.layer(layer, c);
-    }
-    b
-}
 
 fn registry_or_skip() -> Option<Registry> {
     if fixtures::tools::skip_if_missing(&[

@@ -12,8 +12,8 @@
 
 mod common;
 
-use common::{Env, FQRN};
-use fixtures::oci::{Compression, ImageBuilder, MediaTypes};
+use common::{edge_image, gnu_tar, Env, FQRN};
+use fixtures::oci::{Compression, MediaTypes};
 use fixtures::{FsEntry, Kind};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -83,16 +83,7 @@ fn swissknife_accepts_published_revisions_tags_rollback_and_gc() {
     swissknife_check(&sk, &env, Some("trunk-previous"));
 
     std::fs::remove_file(src.join("special/socket")).unwrap();
-    let tar = env.path("src.tar");
-    let status = Command::new("tar")
-        .arg("-cf")
-        .arg(&tar)
-        .arg("-C")
-        .arg(&src)
-        .arg(".")
-        .status()
-        .unwrap();
-    assert!(status.success());
+    let tar = gnu_tar(&env, &src, "src.tar", "--no-auto-compress");
     let tar = tar.to_str().unwrap();
     env.ok(&["ingest", FQRN, tar, "--path", "/tar", "--delete", "/owned"]);
     swissknife_check(&sk, &env, None);
@@ -112,19 +103,12 @@ fn swissknife_accepts_published_revisions_tags_rollback_and_gc() {
 #[test]
 fn converted_images_pass_swissknife_and_mount() {
     let env = Env::init(&[]);
-    let image = |c: Compression, m: MediaTypes| {
-        let mut b = ImageBuilder::new().env("PATH=/bin").media_types(m);
-        for layer in fixtures::layers::edge_case_layers() {
-            b = b.layer(layer, c);
-        }
-        b
-    };
     let layout = env.path("layout");
-    image(Compression::Gzip, MediaTypes::Oci)
+    edge_image(Compression::Gzip, MediaTypes::Oci)
         .write_layout(&layout, "v1")
         .unwrap();
     let archive = env.path("image.tar");
-    image(Compression::None, MediaTypes::Docker)
+    edge_image(Compression::None, MediaTypes::Docker)
         .write_docker_archive(&archive, "example.org/team/app:2.0")
         .unwrap();
     let oci = format!("oci:{}:v1", layout.display());
@@ -313,16 +297,7 @@ fn the_real_client_mounts_what_was_published() {
     std::fs::create_dir_all(&tarred).unwrap();
     fixtures::write_sample_tree(&tarred).unwrap();
     std::fs::remove_file(tarred.join("special/socket")).unwrap();
-    let tar = env.path("sample.tar");
-    let status = Command::new("tar")
-        .args(["--xattrs", "--xattrs-include=*", "-cf"])
-        .arg(&tar)
-        .arg("-C")
-        .arg(&tarred)
-        .arg(".")
-        .status()
-        .unwrap();
-    assert!(status.success());
+    let tar = gnu_tar(&env, &tarred, "sample.tar", "--no-auto-compress");
     env.ok(&["ingest", FQRN, tar.to_str().unwrap(), "--path", "/tar"]);
     let Some(mounted) = mount(&env) else { return };
     let links = cvmfs_link_counts(&sample.hardlinks);

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{assert_matches_source, Env, FQRN};
+use common::{assert_matches_source, gnu_tar, Env, FQRN};
 use std::io::{Read, Write};
 use std::process::Stdio;
 
@@ -12,24 +12,6 @@ fn sample(env: &Env) -> std::path::PathBuf {
     std::fs::create_dir_all(&src).expect("mkdir src");
     fixtures::write_sample_tree(&src).expect("sample tree");
     src
-}
-
-/// A tar of `dir` written by GNU tar (an independent writer), as `name`.
-fn gnu_tar(env: &Env, dir: &std::path::Path, name: &str, compress: &str) -> std::path::PathBuf {
-    let out = env.path(name);
-    let status = std::process::Command::new("tar")
-        .arg("--xattrs")
-        .arg("--format=pax")
-        .arg(compress)
-        .arg("-cf")
-        .arg(&out)
-        .arg("-C")
-        .arg(dir)
-        .arg(".")
-        .status()
-        .expect("run tar");
-    assert!(status.success());
-    out
 }
 
 #[test]

@@ -9,7 +9,7 @@ use crate::catalogs::{bytes_of, load_catalog, nested_links, LoadedCatalog};
 use crate::error::{Error, Result};
 use crate::history::{History, Tag};
 use crate::repo::parse_hash_field;
-use crate::store::{root_files, ObjectStore};
+use crate::store::{published_manifest, ObjectStore};
 use catalog_writer::hash::ContentHash;
 use catalog_writer::namespace::CatalogRef;
 use catalog_writer::pathhash::{display, join, parent_path, PathHash};
@@ -312,14 +312,7 @@ pub fn diff_side(store: &dyn ObjectStore, name: &str) -> Result<DiffSide> {
             root: CatalogRef { hash, size: 0 },
         });
     }
-    let where_ = store.describe();
-    let bytes = store
-        .get_root_file(root_files::MANIFEST)
-        .map_err(|e| Error::io(where_.as_str(), e))?
-        .ok_or_else(|| Error::Invalid(format!("{where_}: no .cvmfspublished")))?;
-    let manifest = signer::Manifest::parse(&bytes)
-        .map_err(|e| Error::signature(format!("{where_}/.cvmfspublished"), e))?
-        .manifest;
+    let manifest = published_manifest(store)?;
     let tag = match manifest.history.as_deref() {
         Some(h) => History::load(store, &parse_hash_field("H", h)?)?.tag(name)?,
         None => None,
@@ -337,6 +330,15 @@ pub fn diff_side(store: &dyn ObjectStore, name: &str) -> Result<DiffSide> {
         revision,
         timestamp,
         root: CatalogRef { hash, size },
+    })
+}
+
+/// The root catalog the manifest in `store` names (signature not checked).
+pub fn published_root(store: &dyn ObjectStore) -> Result<CatalogRef> {
+    let manifest = published_manifest(store)?;
+    Ok(CatalogRef {
+        hash: parse_hash_field("C", &manifest.root_catalog)?,
+        size: manifest.root_size,
     })
 }
 

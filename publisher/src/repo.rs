@@ -246,16 +246,7 @@ impl Repository {
 
     /// The current manifest, parsed (signature not verified: for reading, not publishing).
     pub(crate) fn published_manifest(&self) -> Result<signer::Manifest> {
-        let bytes = self
-            .store
-            .get_root_file(root_files::MANIFEST)
-            .map_err(|e| Error::io(self.store.describe(), e))?
-            .ok_or_else(|| {
-                Error::Invalid(format!("{}: no .cvmfspublished", self.store.describe()))
-            })?;
-        Ok(signer::Manifest::parse(&bytes)
-            .map_err(|e| Error::signature(".cvmfspublished", e))?
-            .manifest)
+        crate::store::published_manifest(self.store.as_ref())
     }
 
     /// Current revision, root catalog, timestamps and root catalog counters (no verification).

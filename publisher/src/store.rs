@@ -1,5 +1,6 @@
 //! Where objects and root files live: the served stratum-0 storage.
 
+use crate::error::{Error, Result};
 use catalog_writer::hash::{ContentHash, Suffix};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -117,4 +118,16 @@ pub(crate) fn put_named(
         .put(&hash, suffix, object)
         .map_err(|e| crate::error::Error::io(format!("{what} object {hash}"), e))?;
     Ok(hash)
+}
+
+/// The manifest in `store` (its signature is not checked here).
+pub(crate) fn published_manifest(store: &dyn ObjectStore) -> Result<signer::Manifest> {
+    let where_ = store.describe();
+    let bytes = store
+        .get_root_file(root_files::MANIFEST)
+        .map_err(|e| Error::io(where_.as_str(), e))?
+        .ok_or_else(|| Error::Invalid(format!("{where_}: no .cvmfspublished")))?;
+    Ok(signer::Manifest::parse(&bytes)
+        .map_err(|e| Error::signature(format!("{where_}/.cvmfspublished"), e))?
+        .manifest)
 }

@@ -5,10 +5,8 @@
 use crate::args::{DiffArgs, ListCatalogsArgs};
 use crate::output::{event_json, Output};
 use anyhow::{Context, Result};
-use catalog_writer::hash::ContentHash;
-use catalog_writer::namespace::CatalogRef;
 use publisher::catalog_tree::catalog_tree;
-use publisher::diff::{diff_side, Change, DiffOptions, TreeDiff};
+use publisher::diff::{diff_side, published_root, Change, DiffOptions, TreeDiff};
 use serde_json::json;
 use std::path::Path;
 
@@ -52,7 +50,7 @@ pub fn list_catalogs(home: &Path, a: &ListCatalogsArgs, out: Output) -> Result<i
     let store = super::storage_or_home(home, &a.fqrn, a.storage.as_deref())?;
     let root = match &a.root {
         Some(hash) => diff_side(store.as_ref(), &format!("@{hash}"))?.root,
-        None => current_root(store.as_ref())?,
+        None => published_root(store.as_ref())?,
     };
     catalog_tree(store.as_ref(), root, &mut |node| {
         out.event(
@@ -67,20 +65,6 @@ pub fn list_catalogs(home: &Path, a: &ListCatalogsArgs, out: Output) -> Result<i
     })
     .with_context(|| format!("list-catalogs {}", a.fqrn))?;
     Ok(0)
-}
-
-/// The root catalog the manifest in `store` names.
-fn current_root(store: &dyn publisher::ObjectStore) -> Result<CatalogRef> {
-    let bytes = store
-        .get_root_file(".cvmfspublished")?
-        .with_context(|| format!("{}: no .cvmfspublished", store.describe()))?;
-    let m = signer::Manifest::parse(&bytes)?.manifest;
-    let hash = ContentHash::from_hex(&m.root_catalog)
-        .with_context(|| format!("{}: C is not a hash", store.describe()))?;
-    Ok(CatalogRef {
-        hash,
-        size: m.root_size,
-    })
 }
 
 /// `cvmfs_server diff -m -h`'s first line.

@@ -235,3 +235,38 @@ pub fn assert_manifest_verifies(env: &Env) {
     ]);
     assert_eq!(out.trim_end(), "Verified OK");
 }
+
+/// A tar of `dir` written by GNU tar (an independent writer; pax, with xattrs), as `name` in
+/// the test directory; `compress` is a tar flag such as `-z`, `--zstd` or `--no-auto-compress`.
+pub fn gnu_tar(env: &Env, dir: &Path, name: &str, compress: &str) -> PathBuf {
+    let out = env.path(name);
+    let status = Command::new("tar")
+        .args(["--xattrs", "--format=pax", compress, "-cf"])
+        .arg(&out)
+        .arg("-C")
+        .arg(dir)
+        .arg(".")
+        .status()
+        .expect("run tar");
+    assert!(status.success());
+    out
+}
+
+/// An image of the edge-case layers (whiteouts, opaque directories, hardlinks, special files,
+/// xattrs) with a config that has env, entrypoint, cmd and a label.
+pub fn edge_image(
+    c: fixtures::oci::Compression,
+    m: fixtures::oci::MediaTypes,
+) -> fixtures::oci::ImageBuilder {
+    let mut b = fixtures::oci::ImageBuilder::new()
+        .env("PATH=/usr/local/bin:/usr/bin:/bin")
+        .env("GREETING=hello world")
+        .entrypoint(&["/bin/sh", "-c"])
+        .cmd(&["echo hi"])
+        .label("org.example.test", "edge")
+        .media_types(m);
+    for layer in fixtures::layers::edge_case_layers() {
+        b = b.layer(layer, c);
+    }
+    b
+}
