@@ -6,9 +6,9 @@
 //! must read back as the source has it (type, mode, owner, mtime, size, content, symlink
 //! target, device number, link count, extended attributes).
 //!
-//! Runs when `CVMFS_SWISSKNIFE` (and for mounting `CVMFS2`) name the binaries;
-//! `scripts/real-cvmfs` builds them from the CVMFS sources (about 7 minutes on two cores, too
-//! long for CI) and runs these tests. Without them each test says SKIPPED and passes.
+//! Runs when `CVMFS_SWISSKNIFE` (and for mounting `CVMFS2`) name the binaries, as
+//! `scripts/real-cvmfs` does with CernVM-FS's own packages installed. CI has no CVMFS package
+//! to install (it is not in Debian), so there each test says SKIPPED and passes.
 
 mod common;
 
@@ -138,8 +138,9 @@ impl Drop for Mounted {
     }
 }
 
-/// Mounts the repository of `env` with `$CVMFS2` (run from its build directory, where it finds
-/// its FUSE libraries); `None` (SKIPPED) without `$CVMFS2`, root or `/dev/fuse`.
+/// Mounts the repository of `env` with `$CVMFS2` (run from its own directory, so that an
+/// uninstalled build finds its FUSE libraries there); `None` (SKIPPED) without `$CVMFS2`, root
+/// or `/dev/fuse`.
 fn mount(env: &Env) -> Option<Mounted> {
     let Some(cvmfs2) = std::env::var_os("CVMFS2").map(PathBuf::from) else {
         eprintln!("SKIPPED: CVMFS2 is not set (scripts/real-cvmfs sets it)");
