@@ -1,10 +1,10 @@
-//! The four benchmark cases. Each computes its floor first (in this process), then runs the
+//! The five benchmark cases. Each computes its floor first (in this process), then runs the
 //! tool on a fresh repository below the work directory and measures it.
 
 use crate::child::{self, load_average, ChildRun};
 use crate::floor::{self, FloorReport};
 use crate::oci::{Image, Layout};
-use crate::{tree, Error};
+use crate::{scale, tree, Error};
 use serde::Serialize;
 use serde_json::Value;
 use std::io::{Read, Write};
@@ -27,6 +27,8 @@ pub struct Settings {
     /// Piece size for the floor's compression (0 = whole contents).
     pub piece: usize,
     pub small_files: usize,
+    /// Images of case 5.
+    pub scale_images: usize,
     /// Runs of each floor and each fresh tool run; the fastest counts (peak RSS: the largest).
     pub repeat: usize,
 }
@@ -327,6 +329,20 @@ impl Settings {
         Ok((run, data_bytes(&repo.storage).saturating_sub(before)))
     }
 
+    /// `migrate` of the registry's [`scale::PREFIX`] images (those `include` selects, or all).
+    fn migrate(&self, repo: &Repo, include: &[String]) -> Result<(ChildRun, u64), Error> {
+        let before = data_bytes(&repo.storage);
+        let mut cmd = self.tool(repo);
+        cmd.arg("--json").arg("migrate").arg(FQRN);
+        cmd.arg(format!("docker://{}/{}", self.registry, scale::PREFIX));
+        for glob in include {
+            cmd.arg("--include").arg(glob);
+        }
+        cmd.arg("--insecure-registry").arg(&self.registry);
+        let run = self.checked(cmd)?;
+        Ok((run, data_bytes(&repo.storage).saturating_sub(before)))
+    }
+
     fn layout_image(&self, layout: &str, name: &str) -> Result<Image, Error> {
         Layout::open(&self.testbed.join(layout))?.image(name)
     }
@@ -522,6 +538,53 @@ pub fn case4(s: &Settings) -> CaseResult {
         },
     );
     record(r, outcome).0
+}
+
+/// Case 5: `migrate` of a registry of many small images on one base ([`scale`]), first of a
+/// quarter of its repositories, then of all, each into a fresh repository. Time per image must
+/// not grow with the number of images (the whole run within 1.25× four quarter runs), nor peak
+/// memory beyond the batch's own (`--batch`, 50).
+pub fn case5(s: &Settings) -> CaseResult {
+    let target = Target {
+        limit: Limit::RatioAtMost(1.25),
+        rss_mib: Some(256),
+    };
+    let repos = (s.scale_images / 20).max(4);
+    let (n, quarter) = (repos * 20, repos / 4 * 20);
+    let mut r = CaseResult::new(
+        "5",
+        format!("migrate {n} small images on one base (files = images), 50 per revision"),
+        target,
+    );
+    r.reference = format!("x{n}/{quarter}");
+    r.files = n as u64;
+    if let Err(e) = scale::ensure(&s.registry, repos, 20) {
+        return r.failed(format!("pushing the images: {e}"));
+    }
+    let some: Vec<String> = (0..repos / 4)
+        .map(|i| format!("{}:*", scale::repo_name(i)))
+        .collect();
+    let runs = s
+        .fresh_repo("case5")
+        .and_then(|repo| s.migrate(&repo, &some))
+        .and_then(|q| {
+            let all = s.fresh_repo("case5")?;
+            Ok((q, s.migrate(&all, &[])?))
+        });
+    let ((q, _), (run, stored)) = match runs {
+        Ok(runs) => runs,
+        Err(e) => return r.failed(e),
+    };
+    r.reference_s = Some(q.wall_s * n as f64 / quarter as f64);
+    r.warnings.push(format!(
+        "{quarter} images: {:.2} s, peak RSS {:.1} MiB; {n} images: {:.2} s, peak RSS {:.1} MiB",
+        q.wall_s,
+        q.peak_rss_kib as f64 / 1024.0,
+        run.wall_s,
+        run.peak_rss_kib as f64 / 1024.0
+    ));
+    r.set_run(run, stored);
+    r
 }
 
 /// Where `fresh_repo` moves old repositories; emptied by [`empty_trash`] after the timed runs.

@@ -1,7 +1,7 @@
 //! Benchmark harness for `cvmfs-oci` on the shared testbed (registry, images, 20-image corpus).
 //!
 //! The binary `cvmfs-oci-bench` runs the real `cvmfs-oci` as a child process (wall time and
-//! peak RSS from `wait4`) for four cases and compares each with a floor computed in this
+//! peak RSS from `wait4`) for five cases and compares each with a floor computed in this
 //! process, independent of the cvmfs-oci pipeline ([`floor`]): inflating the layers once and
 //! zlib-6 compressing each distinct file content of the flattened image(s) once, on all cores.
 //!
@@ -25,6 +25,7 @@ pub mod flatten;
 pub mod floor;
 pub mod oci;
 pub mod report;
+pub mod scale;
 pub mod tree;
 
 use std::path::{Path, PathBuf};
@@ -50,6 +51,8 @@ pub enum Error {
     },
     #[error("{0}")]
     Layout(String),
+    #[error("{url}: {message}")]
+    Registry { url: String, message: String },
     #[error("{what}: {message}")]
     Child { what: String, message: String },
 }

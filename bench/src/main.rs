@@ -18,8 +18,8 @@ struct Args {
     #[arg(long = "cvmfs-oci", default_value = "target/release/cvmfs-oci")]
     cvmfs_oci: PathBuf,
     /// Cases to run: 1 fresh convert, 2 same content re-tagged (needs 1, runs it),
-    /// 3 corpus batch, 4 small-file publish.
-    #[arg(long, default_value = "1,2,3,4", value_delimiter = ',')]
+    /// 3 corpus batch, 4 small-file publish, 5 registry migration of many small images.
+    #[arg(long, default_value = "1,2,3,4,5", value_delimiter = ',')]
     cases: Vec<u32>,
     /// Testbed outputs (oci/, corpus/oci, corpus.txt).
     #[arg(long, default_value = "/tmp/testbed")]
@@ -33,6 +33,10 @@ struct Args {
     /// Number of files of case 4.
     #[arg(long, default_value_t = 100_000)]
     small_files: usize,
+    /// Number of images of case 5 (a multiple of 80: repositories of 20 tags, a quarter of
+    /// the repositories first).
+    #[arg(long, default_value_t = 1000)]
+    scale_images: usize,
     /// The floor compresses contents in pieces of this many MiB (0 = whole contents).
     #[arg(long, default_value_t = 8)]
     floor_piece_mib: usize,
@@ -55,8 +59,8 @@ fn main() -> Result<()> {
     }
     let a = Args::parse();
     let wanted: BTreeSet<u32> = a.cases.iter().copied().collect();
-    if let Some(bad) = wanted.iter().find(|c| !(1..=4).contains(*c)) {
-        bail!("--cases: no case {bad} (1-4)");
+    if let Some(bad) = wanted.iter().find(|c| !(1..=5).contains(*c)) {
+        bail!("--cases: no case {bad} (1-5)");
     }
     let tool = std::fs::canonicalize(&a.cvmfs_oci)
         .with_context(|| format!("--cvmfs-oci {}", a.cvmfs_oci.display()))?;
@@ -69,9 +73,10 @@ fn main() -> Result<()> {
         work: std::fs::canonicalize(&a.work)?,
         piece: a.floor_piece_mib << 20,
         small_files: a.small_files,
+        scale_images: a.scale_images,
         repeat: a.repeat as usize,
     };
-    let needs_registry = wanted.iter().any(|c| *c <= 3);
+    let needs_registry = wanted.iter().any(|c| *c != 4);
     if needs_registry && !cases::registry_alive(&s.registry) {
         bail!(
             "no registry answers on http://{}/v2/ (run shared/testbed/registry start)",
@@ -116,6 +121,12 @@ fn main() -> Result<()> {
     if wanted.contains(&4) {
         eprintln!("case 4: tree + floor, then publish ...");
         let r = cases::case4(&s);
+        progress(&r);
+        results.push(r);
+    }
+    if wanted.contains(&5) {
+        eprintln!("case 5: registry of many small images, then migrate a quarter and all ...");
+        let r = cases::case5(&s);
         progress(&r);
         results.push(r);
     }

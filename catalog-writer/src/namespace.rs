@@ -89,6 +89,19 @@ pub(crate) fn path_error(path: &[u8], reason: impl Into<String>) -> Error {
 }
 
 /// Splits `/a/b` into `[a, b]`; the root `""` gives no components.
+/// `paths` without those below another of them (whose catalog writes theirs too) and
+/// without repeats, so that the subtrees written in parallel are disjoint.
+fn outermost<'a>(paths: &[&'a [u8]]) -> Vec<&'a [u8]> {
+    let below = |p: &[u8], q: &[u8]| p.len() > q.len() && p.starts_with(q) && p[q.len()] == b'/';
+    let mut kept: Vec<&[u8]> = Vec::new();
+    for p in paths {
+        if !paths.iter().any(|q| below(p, q)) && !kept.contains(p) {
+            kept.push(p);
+        }
+    }
+    kept
+}
+
 pub(crate) fn components(path: &[u8]) -> Result<Vec<&[u8]>> {
     if path.is_empty() {
         return Ok(Vec::new());
@@ -360,33 +373,92 @@ impl Namespace {
         opts: &CommitOptions,
         objects: &dyn Objects,
     ) -> crate::Result<usize> {
+        self.commit_subtrees(&[path], opts, objects)
+    }
+
+    /// [`commit_subtree`](Self::commit_subtree) for several disjoint subtrees, written in
+    /// parallel: each is taken out of the tree, written, and put back.
+    pub fn commit_subtrees(
+        &mut self,
+        paths: &[&[u8]],
+        opts: &CommitOptions,
+        objects: &dyn Objects,
+    ) -> crate::Result<usize> {
+        use rayon::prelude::*;
         if opts.apply_dirtab && self.root.children.contains_key(crate::dirtab::DIRTAB) {
             return Ok(0);
         }
         self.flush_pending();
-        let comps = components(path)?;
-        // Only what is in memory: a subtree just grafted has no stubs on its path.
-        let mut dir = &mut self.root;
-        for comp in &comps {
-            dir = match dir.children.get_mut(*comp) {
-                Some(Child::Dir(d)) => d,
-                _ => return Ok(0),
-            };
-        }
-        if comps.is_empty() || !dir.has_marker() || !dir.dirty {
-            return Ok(0);
-        }
-        if opts.max_entries > 0 {
-            crate::split::autosplit(dir, opts.max_entries);
+        let mut detached = Vec::new();
+        for path in outermost(paths) {
+            if let Some(dir) = self.detach_catalog_root(path)? {
+                detached.push((path.to_vec(), dir));
+            }
         }
         let ctx = crate::commit::Ctx {
             opts,
             objects,
             known: &self.known,
         };
-        let built = crate::commit::commit_catalog(dir, path.to_vec(), None, &ctx)?;
-        clear_dirty(dir);
-        Ok(built.written)
+        let written: Vec<crate::Result<usize>> = detached
+            .par_iter_mut()
+            .map(|(path, dir)| {
+                if opts.max_entries > 0 {
+                    crate::split::autosplit(dir, opts.max_entries);
+                }
+                let built = crate::commit::commit_catalog(dir, path.clone(), None, &ctx)?;
+                clear_dirty(dir);
+                Ok(built.written)
+            })
+            .collect();
+        for (path, dir) in detached {
+            self.attach(&path, dir)?;
+        }
+        written.into_iter().sum()
+    }
+
+    /// Takes the dirty catalog root at `path` out of the tree (only what is in memory: a
+    /// subtree just grafted has no stubs on its path); `None` if there is no such directory.
+    fn detach_catalog_root(&mut self, path: &[u8]) -> Result<Option<Box<DirNode>>> {
+        let comps = components(path)?;
+        let Some((last, above)) = comps.split_last() else {
+            return Ok(None);
+        };
+        let Some(parent) = self.in_memory_dir(above) else {
+            return Ok(None);
+        };
+        let is_dirty_root =
+            matches!(parent.children.get(*last), Some(Child::Dir(d)) if d.has_marker() && d.dirty);
+        if !is_dirty_root {
+            return Ok(None);
+        }
+        match parent.children.remove(*last) {
+            Some(Child::Dir(d)) => Ok(Some(d)),
+            _ => Ok(None),
+        }
+    }
+
+    /// Puts back what [`Namespace::detach_catalog_root`] took out.
+    fn attach(&mut self, path: &[u8], dir: Box<DirNode>) -> Result<()> {
+        let comps = components(path)?;
+        if let Some((last, above)) = comps.split_last() {
+            if let Some(parent) = self.in_memory_dir(above) {
+                parent.children.insert(last.to_vec(), Child::Dir(dir));
+            }
+        }
+        Ok(())
+    }
+
+    /// The loaded directory at `comps`, if every directory on the way is in memory.
+    fn in_memory_dir(&mut self, comps: &[&[u8]]) -> Option<&mut DirNode> {
+        let mut dir = &mut self.root;
+        for comp in comps {
+            dir = match dir.children.get_mut(*comp) {
+                Some(Child::Dir(d)) => d,
+                _ => return None,
+            };
+        }
+        Some(dir)
     }
 
     /// The directory at `comps`, loading nested catalogs on the way.

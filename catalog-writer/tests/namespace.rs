@@ -860,6 +860,7 @@ fn subtrees_committed_early_give_the_same_repository() {
     let objects = MemObjects::default();
     let mut big = dir();
     put(&mut big, b".cvmfscatalog", file(&objects, b""));
+    put(&mut big, b"d1/.cvmfscatalog", file(&objects, b""));
     for a in 0..3 {
         for b in 0..12 {
             let p = format!("d{a}/f{b}");
@@ -873,17 +874,26 @@ fn subtrees_committed_early_give_the_same_repository() {
     for max_entries in [0, 20] {
         let mut o = opts(2);
         o.max_entries = max_entries;
-        let build = |early: bool| {
+        // 0: all at commit; 1: one subtree at a time; 2: both at once, in parallel, named
+        // with a path below one of them and a repeat (both taken care of by the outer one).
+        let build = |early: u8| {
             let mut ns = Namespace::open(base, &objects).unwrap();
             graft(&mut ns, &objects, b"/img/one", big.clone());
             graft(&mut ns, &objects, b"/a", big.clone());
             let mut written_early = 0;
-            if early {
+            if early == 2 {
+                let paths = [&b"/img/one/d1"[..], b"/img/one", b"/a", b"/img/one"];
+                written_early = ns.commit_subtrees(&paths, &o, &objects).unwrap();
+                assert!(written_early >= 2);
+            }
+            if early == 1 {
                 for p in [&b"/img/one"[..], b"/a"] {
                     let n = ns.commit_subtree(p, &o, &objects).unwrap();
                     assert!(n >= 1);
                     written_early += n;
                 }
+            }
+            if early > 0 {
                 // Not catalog roots, or clean by now: nothing to do.
                 for p in [&b"/img"[..], b"/a", b"/nowhere"] {
                     assert_eq!(ns.commit_subtree(p, &o, &objects).unwrap(), 0);
@@ -893,8 +903,9 @@ fn subtrees_committed_early_give_the_same_repository() {
             assert_verified(&objects, report.root);
             (report.root, report.catalogs_written + written_early)
         };
-        let (late, early) = (build(false), build(true));
-        assert_eq!(late, early, "max_entries {max_entries}");
+        let late = build(0);
+        assert_eq!(late, build(1), "one at a time, max_entries {max_entries}");
+        assert_eq!(late, build(2), "in parallel, max_entries {max_entries}");
     }
 }
 

@@ -3,6 +3,7 @@
 mod args;
 mod commands;
 mod demo;
+mod memory;
 mod output;
 mod paths;
 
@@ -11,6 +12,7 @@ use clap::Parser;
 fn main() {
     let cli = args::Cli::parse();
     batch_scheduling();
+    memory::limit_arenas();
     let out = output::Output {
         json: cli.global.json,
     };

@@ -182,14 +182,15 @@ impl Transaction {
         (&mut self.namespace, StoreObjects(self.store.as_ref()))
     }
 
-    /// Writes the catalogs of the finished subtree at `path` (a nested catalog root) now, while
-    /// the caller still works on other paths; [`commit`](Self::commit) takes them as they are.
-    /// `settings` must be those `commit` will get. Returns the number of catalogs written (none
-    /// when `path` is not a changed catalog root, or a `/.cvmfsdirtab` applies).
-    pub fn commit_early(&mut self, path: &[u8], settings: &CommitSettings) -> Result<usize> {
+    /// Writes the catalogs of the finished subtrees at `paths` (nested catalog roots) now, in
+    /// parallel, while the caller still works on other paths; [`commit`](Self::commit) takes
+    /// them as they are. `settings` must be those `commit` will get. Returns the number of
+    /// catalogs written (none for a path that is not a changed catalog root, or when a
+    /// `/.cvmfsdirtab` applies).
+    pub fn commit_early(&mut self, paths: &[&[u8]], settings: &CommitSettings) -> Result<usize> {
         let opts = self.commit_options(settings);
         let objects = StoreObjects(self.store.as_ref());
-        Ok(self.namespace.commit_subtree(path, &opts, &objects)?)
+        Ok(self.namespace.commit_subtrees(paths, &opts, &objects)?)
     }
 
     /// The options catalogs of the next revision are written with.

@@ -21,6 +21,7 @@ use serde_json::json;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
+use std::sync::mpsc::TryRecvError;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -332,7 +333,10 @@ fn plan_and_flatten(
     let schedule: Schedule<(usize, Arc<Job>)> = Schedule::new();
     let (done_tx, done_rx) = std::sync::mpsc::channel::<Flattened>();
     let mut jobs: Vec<Arc<Job>> = Vec::new();
-    let mut finished = Finished::default();
+    let mut finished = Finished {
+        group: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        ..Finished::default()
+    };
     std::thread::scope(|scope| {
         for _ in 0..threads {
             let (schedule, done_tx) = (&schedule, done_tx.clone());
@@ -372,9 +376,22 @@ fn plan_and_flatten(
         }
         schedule.push_all(queued);
         schedule.close();
-        for done in done_rx.iter() {
+        loop {
+            let done = match done_rx.try_recv() {
+                Ok(done) => done,
+                // Nothing else finished yet: write what is waiting rather than wait too.
+                Err(TryRecvError::Empty) => {
+                    finished.write_ready(txn);
+                    match done_rx.recv() {
+                        Ok(done) => done,
+                        Err(_) => break,
+                    }
+                }
+                Err(TryRecvError::Disconnected) => break,
+            };
             finished.take(txn, &jobs, done);
         }
+        finished.write_ready(txn);
     });
     if let Some(e) = finished.fatal {
         return Err(e).context("writing the catalog of a converted image");
@@ -405,21 +422,36 @@ fn layers_to_read(image: &ResolvedImage, memo: &MemoContext<'_>) -> Vec<LayerKey
 #[derive(Default)]
 struct Finished {
     grafted: std::collections::HashMap<usize, Result<()>>,
+    /// Flat directories grafted whose catalogs are not written yet.
+    ready: Vec<Vec<u8>>,
+    /// How many of them are written at once (the cores).
+    group: usize,
     /// The first catalog that could not be written.
     fatal: Option<publisher::Error>,
 }
 
 impl Finished {
-    /// Grafts job `i`'s flat directory and writes its catalog.
+    /// Grafts job `i`'s flat directory; its catalog is written with the next group.
     fn take(&mut self, txn: &mut Transaction, jobs: &[Arc<Job>], (i, flat): Flattened) {
         let result = flat.and_then(|g| apply(txn, g));
         if let (Ok(()), Some(job)) = (&result, jobs.get(i)) {
-            let flat_dir = &job.placement.flat_dir;
-            if let Err(e) = txn.commit_early(flat_dir, &CommitSettings::default()) {
-                self.fatal.get_or_insert(e);
-            }
+            self.ready.push(job.placement.flat_dir.clone());
         }
         self.grafted.insert(i, result);
+        if self.ready.len() >= self.group {
+            self.write_ready(txn);
+        }
+    }
+
+    /// Writes the catalogs of the flat directories waiting, one per core at a time: a batch
+    /// of small images spent most of its time writing their catalogs one after the other.
+    /// Written early, an image's tree leaves memory as soon as it is done.
+    fn write_ready(&mut self, txn: &mut Transaction) {
+        let paths: Vec<&[u8]> = self.ready.iter().map(Vec::as_slice).collect();
+        if let Err(e) = txn.commit_early(&paths, &CommitSettings::default()) {
+            self.fatal.get_or_insert(e);
+        }
+        self.ready.clear();
     }
 }
 
