@@ -88,7 +88,6 @@ pub(crate) fn path_error(path: &[u8], reason: impl Into<String>) -> Error {
     }
 }
 
-/// Splits `/a/b` into `[a, b]`; the root `""` gives no components.
 /// `paths` without those below another of them (whose catalog writes theirs too) and
 /// without repeats, so that the subtrees written in parallel are disjoint.
 fn outermost<'a>(paths: &[&'a [u8]]) -> Vec<&'a [u8]> {
@@ -102,6 +101,7 @@ fn outermost<'a>(paths: &[&'a [u8]]) -> Vec<&'a [u8]> {
     kept
 }
 
+/// Splits `/a/b` into `[a, b]`; the root `""` gives no components.
 pub(crate) fn components(path: &[u8]) -> Result<Vec<&[u8]>> {
     if path.is_empty() {
         return Ok(Vec::new());

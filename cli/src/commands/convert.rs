@@ -447,6 +447,9 @@ impl Finished {
     /// of small images spent most of its time writing their catalogs one after the other.
     /// Written early, an image's tree leaves memory as soon as it is done.
     fn write_ready(&mut self, txn: &mut Transaction) {
+        if self.ready.is_empty() {
+            return;
+        }
         let paths: Vec<&[u8]> = self.ready.iter().map(Vec::as_slice).collect();
         if let Err(e) = txn.commit_early(&paths, &CommitSettings::default()) {
             self.fatal.get_or_insert(e);
