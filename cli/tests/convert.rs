@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{edge_image, Env, FQRN};
+use common::{convert_edge_layout_and_archive, edge_image, Env, FQRN};
 use fixtures::oci::{Compression, ImageBuilder, MediaTypes};
 use fixtures::registry::PushOptions;
 use fixtures::Registry;
@@ -225,17 +225,7 @@ fn converts_registry_images_in_one_revision_like_umoci() {
 #[test]
 fn converts_oci_layout_and_docker_archive_without_registry() {
     let env = Env::init(&[]);
-    let layout = env.path("layout");
-    edge_image(Compression::Gzip, MediaTypes::Oci)
-        .write_layout(&layout, "v1")
-        .unwrap();
-    let archive = env.path("image.tar");
-    edge_image(Compression::None, MediaTypes::Docker)
-        .write_docker_archive(&archive, "example.org/team/app:2.0")
-        .unwrap();
-    let oci = format!("oci:{}:v1", layout.display());
-    let arch = format!("docker-archive:{}", archive.display());
-    env.ok(&["convert", FQRN, &oci, &arch]);
+    let layout = convert_edge_layout_and_archive(&env);
     env.check(true);
     let report = witness(&env);
     let links: Vec<&String> = report

@@ -12,8 +12,7 @@
 
 mod common;
 
-use common::{edge_image, gnu_tar, Env, FQRN};
-use fixtures::oci::{Compression, MediaTypes};
+use common::{convert_edge_layout_and_archive, gnu_tar, Env, FQRN};
 use fixtures::{FsEntry, Kind};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -103,17 +102,7 @@ fn swissknife_accepts_published_revisions_tags_rollback_and_gc() {
 #[test]
 fn converted_images_pass_swissknife_and_mount() {
     let env = Env::init(&[]);
-    let layout = env.path("layout");
-    edge_image(Compression::Gzip, MediaTypes::Oci)
-        .write_layout(&layout, "v1")
-        .unwrap();
-    let archive = env.path("image.tar");
-    edge_image(Compression::None, MediaTypes::Docker)
-        .write_docker_archive(&archive, "example.org/team/app:2.0")
-        .unwrap();
-    let oci = format!("oci:{}:v1", layout.display());
-    let arch = format!("docker-archive:{}", archive.display());
-    env.ok(&["convert", FQRN, &oci, &arch]);
+    convert_edge_layout_and_archive(&env);
     if let Some(sk) = swissknife() {
         swissknife_check(&sk, &env, None);
     }

@@ -252,6 +252,25 @@ pub fn gnu_tar(env: &Env, dir: &Path, name: &str, compress: &str) -> PathBuf {
     out
 }
 
+/// The edge-case image as an OCI layout (gzip, ref `v1`) and as a docker archive (plain,
+/// `example.org/team/app:2.0`), converted into `env`'s repository by one `convert`. Returns
+/// the layout's directory.
+pub fn convert_edge_layout_and_archive(env: &Env) -> PathBuf {
+    use fixtures::oci::{Compression, MediaTypes};
+    let layout = env.path("layout");
+    edge_image(Compression::Gzip, MediaTypes::Oci)
+        .write_layout(&layout, "v1")
+        .unwrap();
+    let archive = env.path("image.tar");
+    edge_image(Compression::None, MediaTypes::Docker)
+        .write_docker_archive(&archive, "example.org/team/app:2.0")
+        .unwrap();
+    let oci = format!("oci:{}:v1", layout.display());
+    let arch = format!("docker-archive:{}", archive.display());
+    env.ok(&["convert", FQRN, &oci, &arch]);
+    layout
+}
+
 /// An image of the edge-case layers (whiteouts, opaque directories, hardlinks, special files,
 /// xattrs) with a config that has env, entrypoint, cmd and a label.
 pub fn edge_image(
