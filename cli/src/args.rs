@@ -382,8 +382,10 @@ pub struct ConvertArgs {
 pub struct SyncArgs {
     pub fqrn: String,
     pub recipe: PathBuf,
-    /// Remove links of images no longer listed, and the flattened images no link points to
-    /// any more (pruned, or a tag moved to another image).
+    /// Remove the links this wishlist listed at an earlier sync and lists no more (never links
+    /// that `convert`, `migrate` or another wishlist made), and the flattened images no link
+    /// points to any more (pruned, or a tag moved to another image). Nothing is pruned when an
+    /// input cannot be listed, nor at a wishlist's first sync.
     #[arg(long)]
     pub prune: bool,
     #[command(flatten)]

@@ -17,6 +17,7 @@ mod convert;
 mod gc;
 mod inspect;
 mod layers;
+mod ledger;
 mod migrate;
 mod plan;
 mod push;

@@ -901,7 +901,7 @@ fn sync_a_wishlist_with_wildcards_and_prune() {
         reg.push_oci_layout(&layout, tag, &format!("sync/app:{tag}"))
             .unwrap();
     };
-    for (i, tag) in ["1.0", "1.1", "2.0"].iter().enumerate() {
+    for (i, tag) in ["1.0", "1.1", "2.0", "9.0"].iter().enumerate() {
         push(i, tag);
     }
     let addr = reg.addr();
@@ -932,14 +932,25 @@ fn sync_a_wishlist_with_wildcards_and_prune() {
     env.ok(&["sync", FQRN, recipe.to_str().unwrap()]);
     assert_eq!(env.revision(), 2);
 
+    // An image the wishlist never listed, converted by hand: no prune of it removes it.
+    env.ok(&[
+        "convert",
+        FQRN,
+        &format!("docker://{addr}/sync/app:9.0"),
+        "--insecure-registry",
+        &addr,
+    ]);
+    assert_eq!(env.revision(), 3);
+
     // 1.1 dropped from the list, 2.0 added; --prune removes the 1.1 link, its metadata and
     // the image no link points at any more.
     let flat_1_0 = link_target(&env, &format!("/{addr}/sync/app:1.0"));
     let flat_1_1 = link_target(&env, &format!("/{addr}/sync/app:1.1"));
     write(&["sync/app:1.0", "sync/app:2.*"]);
     env.ok(&["sync", FQRN, recipe.to_str().unwrap(), "--prune"]);
-    assert_eq!(env.revision(), 3);
+    assert_eq!(env.revision(), 4);
     let report = witness(&env);
+    assert!(has(&report, "sync/app:9.0"), "never listed: not pruned");
     assert!(has(&report, "sync/app:1.0"));
     assert!(has(&report, "sync/app:2.0"));
     assert!(!has(&report, "sync/app:1.1"));
@@ -953,11 +964,23 @@ fn sync_a_wishlist_with_wildcards_and_prune() {
     assert!(report.entries.contains_key(&flat_1_0));
     env.check(true);
 
+    // A second wishlist, synced for the first time with --prune, prunes nothing.
+    let other = env.path("other.yaml");
+    std::fs::write(
+        &other,
+        format!("version: 1\ncvmfs_repo: {FQRN}\ninput:\n  - 'http://{addr}/sync/app:2.0'\n"),
+    )
+    .unwrap();
+    let out = env.ok(&["sync", FQRN, other.to_str().unwrap(), "--prune"]);
+    assert!(out.contains("no earlier sync of this wishlist"), "{out}");
+    assert!(has(&witness(&env), "sync/app:1.0"));
+    assert_eq!(env.revision(), 4, "nothing new, nothing pruned");
+
     // The tag 1.0 moves to another image: the image it left goes with --prune.
-    push(3, "1.0");
+    push(4, "1.0");
     let out = env.ok(&["sync", FQRN, recipe.to_str().unwrap(), "--prune"]);
     assert!(out.contains("1 unlinked images removed"), "{out}");
-    assert_eq!(env.revision(), 4);
+    assert_eq!(env.revision(), 5);
     let report = witness(&env);
     let moved = link_target(&env, &format!("/{addr}/sync/app:1.0"));
     assert_ne!(moved, flat_1_0);
@@ -967,6 +990,18 @@ fn sync_a_wishlist_with_wildcards_and_prune() {
         "{flat_1_0} is unlinked"
     );
     env.check(true);
+
+    // A tag list that cannot be read would look like all its tags gone: no prune then.
+    write(&["sync/app:1.0", "sync/gone:*"]);
+    let run = env.run(&["sync", FQRN, recipe.to_str().unwrap(), "--prune"]);
+    let out = String::from_utf8_lossy(&run.stdout);
+    assert!(!run.status.success(), "an input failed: {out}");
+    assert!(
+        out.contains("sync/gone") && out.contains("not pruning"),
+        "{out}"
+    );
+    assert!(has(&witness(&env), "sync/app:2.0"));
+    assert_eq!(env.revision(), 5);
 }
 
 /// A TLS registry holding `REPO:1` built from `edge_image`, and a fresh repository.

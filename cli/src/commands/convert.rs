@@ -2,6 +2,7 @@
 //! revision. A failing image is reported and skipped; the exit code says whether all succeeded.
 
 use super::layers::{flatten, memo_keys, BLOB_BYTES_FETCHED};
+use super::ledger;
 use super::plan::{plan, Job};
 use super::schedule::{LayerKey, Schedule};
 use super::{new_pipeline, open_repo, report_outcome, unix_now};
@@ -75,7 +76,23 @@ pub fn sync(home: &Path, g: &Global, a: &SyncArgs, out: Output) -> Result<i32> {
             }
         }
     }
-    let prune = a.prune.then(|| Prune::keeping(&refs, Vec::new()));
+    let key = ledger::recipe_key(&a.recipe);
+    let ledger_path = ledger::ledger_path(&repo);
+    let mut ledger = ledger::SyncLedger::load(&ledger_path)?;
+    let prune = match (a.prune, failed, ledger.knows(&key)) {
+        (false, _, _) => None,
+        // A tag list that could not be read would look like every tag of it removed.
+        (true, 1.., _) => {
+            out.say("not pruning: the wishlist could not be listed in full");
+            None
+        }
+        (true, 0, false) => {
+            out.say("not pruning: no earlier sync of this wishlist is recorded");
+            None
+        }
+        (true, 0, true) => Some(Prune::keeping(&refs, Vec::new()).only(ledger.prunable(&key))),
+    };
+    let pruned = prune.is_some();
     let code = run_batch(
         &repo,
         g,
@@ -86,6 +103,9 @@ pub fn sync(home: &Path, g: &Global, a: &SyncArgs, out: Output) -> Result<i32> {
         prune,
         out,
     )?;
+    let links: Vec<Vec<u8>> = refs.iter().filter_map(|r| link_of(r)).collect();
+    ledger.record(&key, &links, pruned);
+    ledger.save(&ledger_path)?;
     Ok(if failed > 0 { 1 } else { code })
 }
 
@@ -123,6 +143,8 @@ fn docker_ref(r: &ingest::image::RegistryRef) -> String {
 pub(super) struct Prune {
     pub keep: Vec<Vec<u8>>,
     pub scope: Vec<u8>,
+    /// When set, only these links may go (`sync`: what the wishlist listed before).
+    pub only: Option<HashSet<Vec<u8>>>,
 }
 
 impl Prune {
@@ -131,7 +153,24 @@ impl Prune {
         Prune {
             keep: refs.iter().filter_map(|r| link_of(r)).collect(),
             scope,
+            only: None,
         }
+    }
+
+    /// The same, removing no link outside `links`.
+    pub(super) fn only(self, links: HashSet<Vec<u8>>) -> Prune {
+        Prune {
+            only: Some(links),
+            ..self
+        }
+    }
+
+    /// Whether the prune removes `link` (`/reg/repo:tag`, or with a `@platform` suffix).
+    fn drops(&self, link: &[u8]) -> bool {
+        let base = strip_platform_suffix(link);
+        self.covers(link)
+            && !self.keep.iter().any(|k| k == &base)
+            && self.only.as_ref().is_none_or(|only| only.contains(&base))
     }
 
     /// Whether `link` lies below the scope (`/host/team` covers `/host/team:1` and
@@ -549,8 +588,7 @@ fn apply_prune(txn: &mut Transaction, prune: &Prune) -> Result<(usize, usize)> {
     let mut remaining = Vec::with_capacity(links.len());
     let mut pruned = 0;
     for (link, target) in links {
-        let base = strip_platform_suffix(&link);
-        if !prune.covers(&link) || prune.keep.iter().any(|k| k == &base) {
+        if !prune.drops(&link) {
             remaining.push((link, target));
             continue;
         }
