@@ -50,6 +50,44 @@ pub fn run(cli: Cli, out: Output) -> Result<i32> {
     }
 }
 
+/// Says that a damaged cache database was moved aside (`what` names the cache).
+pub(crate) fn note_set_aside(aside: Option<&Path>, what: &str, out: Output) {
+    if let Some(aside) = aside {
+        out.event(
+            &format!(
+                "note: the {what} was damaged: moved aside to {}, starting an empty one \
+                 (a cache: it only saves work)",
+                aside.display()
+            ),
+            event_json(
+                "cache-set-aside",
+                json!({"cache": what, "moved_to": aside.display().to_string()}),
+            ),
+        );
+    }
+}
+
+/// Starts a transaction, and says what it repaired after an unclean shutdown.
+pub(crate) fn begin(repo: &Repository, wait: bool, out: Output) -> Result<publisher::Transaction> {
+    let txn = repo.begin(wait)?;
+    if let Some(r) = txn.recovery() {
+        out.event(
+            &format!(
+                "note: an earlier run stopped before its objects were synced, and the machine \
+                 has restarted since: {} objects it may have written re-hashed, {} damaged ones \
+                 deleted (stored again when needed)",
+                r.verified,
+                r.removed.len()
+            ),
+            event_json(
+                "recovery",
+                json!({"verified": r.verified, "removed": r.removed.len()}),
+            ),
+        );
+    }
+    Ok(txn)
+}
+
 pub fn init(home: &Path, g: &Global, a: &InitArgs, out: Output) -> Result<i32> {
     let mut opts = InitOptions {
         keys_dir: g.keys.clone(),
@@ -279,8 +317,11 @@ pub(crate) fn new_pipeline(
     repo: &Repository,
     txn: &publisher::Transaction,
     t: &TuningArgs,
+    out: Output,
 ) -> Result<ingest::pipeline::ObjectPipeline> {
-    let index: Arc<dyn publisher::ContentIndex> = Arc::new(repo.content_index()?);
+    let index = repo.content_index()?;
+    note_set_aside(index.set_aside(), "content index", out);
+    let index: Arc<dyn publisher::ContentIndex> = Arc::new(index);
     Ok(ingest::pipeline::ObjectPipeline::new(
         txn.objects(),
         Some(index),
@@ -297,8 +338,8 @@ pub fn publish(home: &Path, g: &Global, a: &PublishArgs, out: Output) -> Result<
     }
     let repo = open_repo(home, &a.fqrn)?;
     let started = Instant::now();
-    let txn = repo.begin(!g.no_wait)?;
-    let pipeline = new_pipeline(&repo, &txn, &a.tuning)?;
+    let txn = begin(&repo, !g.no_wait, out)?;
+    let pipeline = new_pipeline(&repo, &txn, &a.tuning, out)?;
     let tree = ingest::tree_from_dir(&a.source, &pipeline)
         .with_context(|| format!("publish {}", a.source.display()))?;
     let stats = pipeline.finish()?.stats;
@@ -326,8 +367,8 @@ pub fn ingest_tar(home: &Path, g: &Global, a: &IngestArgs, out: Output) -> Resul
         Box::new(std::fs::File::open(&a.tar).with_context(|| format!("ingest source {}", a.tar))?)
     };
     let started = Instant::now();
-    let txn = repo.begin(!g.no_wait)?;
-    let pipeline = new_pipeline(&repo, &txn, &a.tuning)?;
+    let txn = begin(&repo, !g.no_wait, out)?;
+    let pipeline = new_pipeline(&repo, &txn, &a.tuning, out)?;
     let what = if a.tar == "-" {
         "stdin".to_string()
     } else {

@@ -27,6 +27,7 @@ struct Inner {
 /// Thread-safe plaintext → object index with batched writes.
 pub struct SqliteContentIndex {
     path: PathBuf,
+    set_aside: Option<PathBuf>,
     inner: Mutex<Inner>,
 }
 
@@ -49,25 +50,32 @@ pub struct IndexSummary {
 
 impl SqliteContentIndex {
     /// Opens or creates the index database at `path`.
+    /// A damaged database is moved aside and started afresh ([`Self::set_aside`]).
     pub fn open(path: &Path) -> Result<SqliteContentIndex> {
-        let what = path.display().to_string();
-        let conn = Connection::open(path).map_err(|e| Error::sql(what.as_str(), e))?;
-        conn.execute_batch(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-             CREATE TABLE IF NOT EXISTS content ( \
-               plain BLOB NOT NULL, size INTEGER NOT NULL, suffix TEXT NOT NULL, \
-               object BLOB NOT NULL, compressed_size INTEGER NOT NULL, \
-               PRIMARY KEY (plain, size, suffix)); \
-             CREATE INDEX IF NOT EXISTS content_object ON content (object);",
-        )
-        .map_err(|e| Error::sql(what.as_str(), e))?;
+        let db = crate::cache_db::open(path, |conn| {
+            conn.execute_batch(
+                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                 CREATE TABLE IF NOT EXISTS content ( \
+                   plain BLOB NOT NULL, size INTEGER NOT NULL, suffix TEXT NOT NULL, \
+                   object BLOB NOT NULL, compressed_size INTEGER NOT NULL, \
+                   PRIMARY KEY (plain, size, suffix)); \
+                 CREATE INDEX IF NOT EXISTS content_object ON content (object);",
+            )
+        })?;
         Ok(SqliteContentIndex {
             path: path.to_path_buf(),
+            set_aside: db.set_aside,
             inner: Mutex::new(Inner {
-                conn,
+                conn: db.conn,
                 pending: Vec::new(),
             }),
         })
+    }
+
+    /// Where a damaged database found at [`open`](Self::open) was moved (the index started
+    /// empty: conversions compress again what it knew, or `cache seed` refills it).
+    pub fn set_aside(&self) -> Option<&Path> {
+        self.set_aside.as_deref()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {

@@ -364,28 +364,35 @@ pub struct MemoSummary {
 /// The layer memo database (thread-safe; several processes may share the file).
 pub struct LayerMemo {
     path: PathBuf,
+    set_aside: Option<PathBuf>,
     conn: Mutex<Connection>,
 }
 
 impl LayerMemo {
     /// Opens or creates the memo database at `path`.
+    /// A damaged database is moved aside and started afresh ([`Self::set_aside`]).
     pub fn open(path: &Path) -> Result<LayerMemo> {
-        let what = path.display().to_string();
-        let sql = |e| Error::sql(what.as_str(), e);
-        let conn = Connection::open(path).map_err(sql)?;
-        // Two conversions of images sharing layers may write at the same time.
-        conn.busy_timeout(Duration::from_secs(30)).map_err(sql)?;
-        conn.execute_batch(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-             CREATE TABLE IF NOT EXISTS layers ( \
-               diff_id TEXT PRIMARY KEY, entries BLOB NOT NULL, \
-               created INTEGER NOT NULL, complete INTEGER NOT NULL);",
-        )
-        .map_err(sql)?;
+        let db = crate::cache_db::open(path, |conn| {
+            // Two conversions of images sharing layers may write at the same time.
+            conn.busy_timeout(Duration::from_secs(30))?;
+            conn.execute_batch(
+                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                 CREATE TABLE IF NOT EXISTS layers ( \
+                   diff_id TEXT PRIMARY KEY, entries BLOB NOT NULL, \
+                   created INTEGER NOT NULL, complete INTEGER NOT NULL);",
+            )
+        })?;
         Ok(LayerMemo {
             path: path.to_path_buf(),
-            conn: Mutex::new(conn),
+            set_aside: db.set_aside,
+            conn: Mutex::new(db.conn),
         })
+    }
+
+    /// Where a damaged database found at [`open`](Self::open) was moved (the memo started
+    /// empty: known layers are downloaded and read again).
+    pub fn set_aside(&self) -> Option<&Path> {
+        self.set_aside.as_deref()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {

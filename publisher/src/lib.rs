@@ -34,6 +34,7 @@
 //! # Ok(()) }
 //! ```
 
+mod cache_db;
 pub mod catalog_tree;
 mod catalogs;
 pub mod check;

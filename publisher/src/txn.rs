@@ -6,9 +6,11 @@
 //! process cannot clean up: its objects stay, unreferenced, which is harmless.
 
 mod tracked;
+mod unsynced;
 
 pub use tracked::RollBack;
 use tracked::TrackedStore;
+pub use unsynced::Recovery;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -105,6 +107,10 @@ pub struct Transaction {
     timestamp: Option<i64>,
     /// The objects created belong to a published revision (or may): never roll back.
     settled: bool,
+    /// The home's state directory, which holds the unsynced mark (see [`unsynced`]).
+    state_dir: std::path::PathBuf,
+    /// What the start found and repaired after another boot's unfinished transaction.
+    recovery: Option<Recovery>,
     _lock: File,
     /// Shared: gc (of any home) waits until this transaction ends.
     _storage_lock: File,
@@ -114,7 +120,8 @@ impl Drop for Transaction {
     fn drop(&mut self) {
         if !self.settled {
             // Best effort: a failed deletion leaves an unreferenced object, which is allowed.
-            self.store.roll_back();
+            let report = self.store.roll_back();
+            self.clear_unsynced_after(&report);
         }
     }
 }
@@ -126,6 +133,11 @@ impl Transaction {
         let store = repo.store();
         clear_abandoned_scratch(&store);
         let storage_lock = storage_lock(&store, &config.fqrn, StorageUse::Publish, wait)?;
+        let state_dir = repo.home().state_dir();
+        let recovery = unsynced::begin(&state_dir, &store)?;
+        if let Some(r) = recovery.as_ref().filter(|r| !r.removed.is_empty()) {
+            forget_removed(repo, &r.removed)?;
+        }
         let keys = load_keys(&config)?;
         let (base_bytes, base) = verified_manifest(&store, &config.fqrn, &keys)?;
         let store = Arc::new(TrackedStore::new(&store));
@@ -148,9 +160,17 @@ impl Transaction {
             namespace,
             timestamp: None,
             settled: false,
+            state_dir,
+            recovery,
             _lock: lock,
             _storage_lock: storage_lock,
         })
+    }
+
+    /// What the start repaired after another boot's unfinished transaction (objects whose
+    /// bytes were lost are deleted, to be stored again); `None` when there was none.
+    pub fn recovery(&self) -> Option<&Recovery> {
+        self.recovery.as_ref()
     }
 
     /// The manifest this transaction started from.
@@ -212,7 +232,18 @@ impl Transaction {
     /// scratch files (what dropping it does, with a report).
     pub fn abort(mut self) -> RollBack {
         self.settled = true;
-        self.store.roll_back()
+        let report = self.store.roll_back();
+        self.clear_unsynced_after(&report);
+        report
+    }
+
+    /// After a roll back that deleted every object this transaction created, nothing it
+    /// wrote is left unsynced (earlier leftovers were dealt with at the start): the mark goes.
+    fn clear_unsynced_after(&self, report: &RollBack) {
+        if report.errors.is_empty() {
+            // Best effort: a mark left behind costs the next start one `syncfs`.
+            let _ = unsynced::clear(&self.state_dir);
+        }
     }
 
     /// Publishes the changes as revision `S + 1`, or nothing when the catalogs come out the
@@ -229,12 +260,27 @@ impl Transaction {
             // rename) or another publisher's: either may reference what we stored.
             Err(_) => self.manifest_moved(),
         };
+        if let Ok(outcome) = &result {
+            self.clear_unsynced(outcome)?;
+        }
         if keep {
             self.store.forget();
             self.settled = true;
         }
         // Otherwise `Drop` rolls back.
         result
+    }
+
+    /// Removes the unsynced mark once every object is durable: a published revision synced
+    /// them before its manifest; objects an unchanged one stored (repairs) are synced here.
+    fn clear_unsynced(&self, outcome: &CommitOutcome) -> Result<()> {
+        if matches!(outcome, CommitOutcome::Unchanged { .. }) && self.store.created_any() {
+            let local = self.store.local();
+            local
+                .sync()
+                .map_err(|e| Error::io(format!("{}: syncfs", local.describe()), e))?;
+        }
+        unsynced::clear(&self.state_dir)
     }
 
     /// Whether `.cvmfspublished` differs from the bytes this transaction started from (or
@@ -287,6 +333,16 @@ impl Transaction {
             history,
         }))
     }
+}
+
+/// Makes the content index and the layer memo forget objects the recovery deleted, so that
+/// no later run takes them as stored.
+fn forget_removed(repo: &Repository, removed: &[(ContentHash, Suffix)]) -> Result<()> {
+    let hashes: Vec<ContentHash> = removed.iter().map(|(h, _)| *h).collect();
+    repo.content_index()?.invalidate_all(&hashes)?;
+    repo.layer_memo()?
+        .forget_referencing(&hashes.into_iter().collect())?;
+    Ok(())
 }
 
 /// The current `.cvmfspublished`: its bytes (for the compare-and-swap) and its verified

@@ -237,9 +237,10 @@ pub(super) fn run_batch(
     out: Output,
 ) -> Result<i32> {
     let started = Instant::now();
-    let mut txn = repo.begin(!g.no_wait)?;
-    let pipeline = new_pipeline(repo, &txn, tuning)?;
+    let mut txn = super::begin(repo, !g.no_wait, out)?;
+    let pipeline = new_pipeline(repo, &txn, tuning, out)?;
     let memo = repo.layer_memo()?;
+    super::note_set_aside(memo.set_aside(), "layer memo", out);
     let mut summary = Summary::default();
     let mtime = unix_now();
     // 1+2. Manifests, what is already there and configs, a few references at a time; each

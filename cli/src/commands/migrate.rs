@@ -166,7 +166,8 @@ fn forecast(
     out: Output,
 ) -> Result<i32> {
     let memo = repo.layer_memo()?;
-    let mut txn = repo.begin(true)?;
+    super::note_set_aside(memo.set_aside(), "layer memo", out);
+    let mut txn = super::begin(repo, true, out)?;
     let (mut complete, mut link_only, mut convert, mut failed) = (0usize, 0usize, 0usize, 0usize);
     let mut layers = BTreeSet::new();
     let mut known = BTreeSet::new();

@@ -50,6 +50,14 @@ impl TrackedStore {
         &self.local
     }
 
+    /// Whether this transaction has created any object.
+    pub(crate) fn created_any(&self) -> bool {
+        match self.created.lock() {
+            Ok(c) => !c.is_empty(),
+            Err(e) => !e.into_inner().is_empty(),
+        }
+    }
+
     /// The created objects are part of a published revision now: keep them.
     pub(crate) fn forget(&self) {
         match self.created.lock() {
