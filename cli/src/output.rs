@@ -19,7 +19,7 @@ impl Output {
         let _ = if self.json {
             writeln!(out, "{fields}")
         } else {
-            writeln!(out, "{text}")
+            writeln!(out, "{}", printable_lines(text))
         };
     }
 
@@ -27,7 +27,7 @@ impl Output {
     pub fn say(&self, text: &str) {
         if !self.json {
             // Ignored like `event`'s: a reader that went away (`| head`) must not stop the work.
-            let _ = writeln!(std::io::stdout().lock(), "{text}");
+            let _ = writeln!(std::io::stdout().lock(), "{}", printable_lines(text));
         }
     }
 
@@ -72,7 +72,7 @@ pub fn event_json(action: &str, extra: Value) -> Value {
 pub fn error_line(err: &anyhow::Error) -> String {
     let mut line = String::new();
     for cause in err.chain() {
-        let text = cause.to_string().replace('\n', " ");
+        let text = printable(&cause.to_string().replace('\n', " "));
         if text.is_empty() || line.contains(&text) {
             continue;
         }
@@ -82,6 +82,35 @@ pub fn error_line(err: &anyhow::Error) -> String {
         line.push_str(&text);
     }
     drop_repeated_prefixes(&line)
+}
+
+/// `text` with every character that could move the cursor or change what a terminal shows
+/// (controls, line and paragraph separators, bidirectional overrides) written as an escape:
+/// names from archives and registries are input, and must not rewrite the line they are in.
+pub fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control()
+                || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') =>
+            {
+                out.push_str(&format!("\\u{{{:x}}}", c as u32))
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// [`printable`] for each line of a text whose line breaks are meant.
+fn printable_lines(text: &str) -> String {
+    text.split('\n')
+        .map(printable)
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Removes later copies of a `…: ` segment run that already came earlier, e.g.
@@ -127,6 +156,22 @@ mod tests {
         let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file or directory");
         let err = anyhow::Error::new(io).context("/x/index.json: No such file or directory");
         assert_eq!(error_line(&err), "/x/index.json: No such file or directory");
+    }
+
+    #[test]
+    fn names_cannot_rewrite_the_terminal_line() {
+        let err =
+            anyhow::anyhow!("x\r\u{1b}[2Kfine.txt/../y: '..' path component").context("t.tar");
+        assert_eq!(
+            error_line(&err),
+            "t.tar: x\\r\\u{1b}[2Kfine.txt/../y: '..' path component"
+        );
+        assert_eq!(
+            printable("a:a\nb\u{85}\u{202e}c"),
+            "a:a\\nb\\u{85}\\u{202e}c"
+        );
+        assert_eq!(printable_lines("one\ntwo\u{7}"), "one\ntwo\\u{7}");
+        assert_eq!(printable("ok: ünïcode/名前"), "ok: ünïcode/名前");
     }
 
     #[test]

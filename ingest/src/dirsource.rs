@@ -156,6 +156,15 @@ fn walk(
             )
         })?;
         let comps: Vec<&[u8]> = rel.iter().map(|c| c.as_bytes()).collect();
+        if comps.len() > crate::tarsource::MAX_DEPTH {
+            return Err(Error::io(
+                full.display().to_string(),
+                io::Error::other(format!(
+                    "nested deeper than {} levels",
+                    crate::tarsource::MAX_DEPTH
+                )),
+            ));
+        }
         if item.depth() == 0 {
             if !entry.is_dir() {
                 return Err(Error::io(
@@ -597,6 +606,17 @@ mod tests {
         // Would block for a writer without O_NONBLOCK.
         let err = open_walked(&job(&file)).unwrap_err();
         assert!(err.to_string().contains("replaced"), "{err}");
+    }
+
+    #[test]
+    fn a_tree_deeper_than_the_limit_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let deep: PathBuf = std::iter::repeat_n("d", crate::tarsource::MAX_DEPTH + 1).collect();
+        std::fs::create_dir_all(dir.path().join(&deep)).unwrap();
+        let store = Arc::new(MemStore::default());
+        let p = ObjectPipeline::new(store, None, PipelineConfig::default()).unwrap();
+        let err = tree_from_dir(dir.path(), &p).unwrap_err().to_string();
+        assert!(err.contains("nested deeper than 512 levels"), "{err}");
     }
 
     #[test]

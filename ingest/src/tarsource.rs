@@ -219,12 +219,28 @@ fn make_parents<'a>(
     Ok(dir)
 }
 
-/// Splits a member name into components after the safety checks: one leading `./` and one
-/// trailing `/` are removed; absolute names, `..`, `.`, empty components and NUL are refused.
-/// An empty result is the root (`./` or `.`).
+/// Longest member name taken: PATH_MAX (4096, with the terminating NUL) less one.
+pub(crate) const MAX_MEMBER_NAME: usize = 4095;
+
+/// Most components a member name may have. Trees are built, compared, written and dropped
+/// by recursive walks, one stack frame or more per level, some on threads with 2 MiB stacks;
+/// real images stay far below (a few dozen levels).
+pub const MAX_DEPTH: usize = 512;
+
+/// Splits a member name into components after the safety checks: absolute names, `..`,
+/// NUL and over-long names are refused; `.` and empty components are dropped. An empty result
+/// is the root (`./` or `.`).
 pub(crate) fn split_member_path(raw: &[u8]) -> std::result::Result<Vec<&[u8]>, String> {
     if raw.is_empty() {
         return Err("empty member name".into());
+    }
+    // No path tool can name a longer one (PATH_MAX), and the tree's depth stays bounded
+    // (at most ~2 000 levels), which the recursive catalog walks rely on.
+    if raw.len() > MAX_MEMBER_NAME {
+        return Err(format!(
+            "member name of {} bytes (at most {MAX_MEMBER_NAME})",
+            raw.len()
+        ));
     }
     if raw.contains(&0) {
         return Err("member name contains a NUL byte".into());
@@ -240,14 +256,19 @@ pub(crate) fn split_member_path(raw: &[u8]) -> std::result::Result<Vec<&[u8]>, S
     if p.is_empty() {
         return Ok(Vec::new());
     }
-    let comps: Vec<&[u8]> = p.split(|&b| b == b'/').collect();
-    for c in &comps {
-        match *c {
-            b"" => return Err("empty path component".into()),
-            b".." => return Err("'..' path component".into()),
-            b"." => return Err("'.' path component".into()),
-            _ => {}
-        }
+    // `a//b` and `a/./b` name `a/b`, as Docker, containerd and GNU tar read them.
+    let comps: Vec<&[u8]> = p
+        .split(|&b| b == b'/')
+        .filter(|c| !matches!(*c, b"" | b"."))
+        .collect();
+    if comps.iter().any(|c| *c == b"..") {
+        return Err("'..' path component".into());
+    }
+    if comps.len() > MAX_DEPTH {
+        return Err(format!(
+            "{} directory levels (at most {MAX_DEPTH})",
+            comps.len() - 1
+        ));
     }
     Ok(comps)
 }
@@ -322,6 +343,23 @@ pub(crate) fn read_member<R: Read>(
             ))
         }
     };
+    if matches!(kind, MemberKind::Skip) {
+        // Its data is left for the caller to drain: reading it as PAX records here (what
+        // `pax_extensions` does with a global header) would make the member look truncated.
+        return Ok(Member {
+            kind,
+            entry: Entry {
+                kind: ek,
+                perm: 0,
+                uid: 0,
+                gid: 0,
+                mtime: 0,
+                mtime_ns: None,
+                xattrs: Xattrs::new(),
+                hardlink: None,
+            },
+        });
+    }
     if let EntryKind::Symlink { target } = &ek {
         if target.contains(&0) {
             return Err("symlink target contains a NUL byte".into());

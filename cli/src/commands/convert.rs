@@ -552,8 +552,9 @@ fn report_image(summary: &mut Summary, status: Status, job: &Job, t0: Instant, o
 fn report_failure(summary: &mut Summary, image: &str, e: &anyhow::Error, out: Output) {
     summary.failed += 1;
     let mut line = crate::output::error_line(e);
-    if !line.contains(image) {
-        line = format!("image {image}: {line}");
+    let shown = crate::output::printable(image);
+    if !line.contains(&shown) {
+        line = format!("image {shown}: {line}");
     }
     eprintln!("cvmfs-oci: error: {line}");
     if out.json {

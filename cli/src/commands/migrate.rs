@@ -199,8 +199,10 @@ fn forecast(
         if let Err(e) = result {
             failed += 1;
             let line = crate::output::error_line(&e);
+            let shown = crate::output::printable(reference);
+            eprintln!("cvmfs-oci: error: cannot read {shown}: {line}");
             out.event(
-                &format!("cannot read {reference}: {line}"),
+                &format!("cannot read {shown}: {line}"),
                 event_json("error", json!({"image": reference, "error": line})),
             );
         }

@@ -215,6 +215,21 @@ impl TarB {
     }
     /// A PAX extended header ('x') applying to the next member.
     pub fn pax(&mut self, records: &[(&str, &[u8])]) -> &mut Self {
+        let data = Self::pax_records(records);
+        self.raw(b"PaxHeader", tar::EntryType::XHeader, 0o644, &data, None)
+    }
+    /// A PAX global header (type `g`), as `git archive` starts its archives with.
+    pub fn pax_global(&mut self, records: &[(&str, &[u8])]) -> &mut Self {
+        let data = Self::pax_records(records);
+        self.raw(
+            b"pax_global_header",
+            tar::EntryType::XGlobalHeader,
+            0o666,
+            &data,
+            None,
+        )
+    }
+    fn pax_records(records: &[(&str, &[u8])]) -> Vec<u8> {
         let mut data = Vec::new();
         for (k, v) in records {
             let body_len = k.len() + v.len() + 3; // ' ', '=', '\n'
@@ -226,7 +241,7 @@ impl TarB {
             data.extend_from_slice(v);
             data.push(b'\n');
         }
-        self.raw(b"PaxHeader", tar::EntryType::XHeader, 0o644, &data, None)
+        data
     }
     /// A member written by the tar crate itself (GNU long names for paths > 100 bytes).
     pub fn long_file(&mut self, name: &str, data: &[u8]) -> &mut Self {
