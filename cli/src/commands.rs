@@ -358,7 +358,7 @@ pub fn ingest_tar(home: &Path, g: &Global, a: &IngestArgs, out: Output) -> Resul
     let deletes = a
         .delete
         .iter()
-        .map(|d| repo_path(d))
+        .map(|d| crate::paths::option_path("--delete", d))
         .collect::<Result<Vec<_>>>()?;
     let repo = open_repo(home, &a.fqrn)?;
     let reader: Box<dyn std::io::Read + Send> = if a.tar == "-" {

@@ -25,16 +25,21 @@ pub fn home_dir(flag: Option<PathBuf>) -> PathBuf {
 /// Refuses relative paths, `.`/`..` components, empty components and NUL bytes, so nothing
 /// can be published outside the repository.
 pub fn repo_path(arg: &str) -> Result<Vec<u8>> {
+    option_path("--path", arg)
+}
+
+/// [`repo_path`] for the value of `option` (named in the errors).
+pub fn option_path(option: &str, arg: &str) -> Result<Vec<u8>> {
     if !arg.starts_with('/') {
-        bail!("--path {arg:?}: must be an absolute repository path such as /software/app");
+        bail!("{option} {arg:?}: must be an absolute repository path such as /software/app");
     }
     if arg.contains('\0') {
-        bail!("--path {arg:?}: contains a NUL byte");
+        bail!("{option} {arg:?}: contains a NUL byte");
     }
     let mut out = Vec::new();
     for part in arg.split('/').filter(|p| !p.is_empty()) {
         if part == "." || part == ".." {
-            bail!("--path {arg:?}: '.' and '..' are not allowed (it would leave the repository)");
+            bail!("{option} {arg:?}: '.' and '..' are not allowed (it would leave the repository)");
         }
         out.push(b'/');
         out.extend_from_slice(part.as_bytes());
@@ -54,5 +59,7 @@ mod tests {
         assert!(repo_path("/a/../b").is_err());
         assert!(repo_path("/a/./b").is_err());
         assert!(repo_path("/a\0b").is_err());
+        let err = option_path("--delete", "../etc").unwrap_err().to_string();
+        assert!(err.starts_with("--delete \"../etc\""), "{err}");
     }
 }

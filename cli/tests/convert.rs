@@ -367,6 +367,17 @@ fn bad_images_fail_cleanly_and_leave_the_manifest() {
         after.get(&manifest),
         "manifest changed"
     );
+    // What the failed images stored before failing is gone again: no orphans.
+    let objects = |snapshot: &std::collections::BTreeMap<std::path::PathBuf, String>| {
+        let data = env.storage.join("data");
+        let txn = data.join("txn");
+        snapshot
+            .keys()
+            .filter(|p| p.starts_with(&data) && !p.starts_with(&txn))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(objects(&before), objects(&after), "objects left behind");
     env.check(true);
 }
 

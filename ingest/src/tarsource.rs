@@ -222,6 +222,11 @@ fn make_parents<'a>(
 /// Longest member name taken: PATH_MAX (4096, with the terminating NUL) less one.
 pub(crate) const MAX_MEMBER_NAME: usize = 4095;
 
+/// Largest size a sparse member may declare (64 GiB): layers written by Docker, BuildKit and
+/// other Go tools never use sparse members, and GNU tar writes them for disk images and the
+/// like, well below this.
+pub const MAX_SPARSE_SIZE: u64 = 64 << 30;
+
 /// Most components a member name may have. Trees are built, compared, written and dropped
 /// by recursive walks, one stack frame or more per level, some on threads with 2 MiB stacks;
 /// real images stay far below (a few dozen levels).
@@ -311,6 +316,14 @@ pub(crate) fn read_member<R: Read>(
             u64::from(minor.unwrap_or(0)),
         ))
     };
+    if et == EntryType::GNUSparse && m.size() > MAX_SPARSE_SIZE {
+        // Its holes cost nothing in the archive but must all be read as zeros and chunked:
+        // a 2 KiB member can declare a petabyte.
+        return Err(format!(
+            "sparse file of {} bytes (at most {MAX_SPARSE_SIZE})",
+            m.size()
+        ));
+    }
     let (kind, ek) = match et {
         EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => (
             MemberKind::File,

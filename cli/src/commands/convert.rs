@@ -301,7 +301,17 @@ pub(super) fn run_batch(
     }
     let stats = pipeline.finish()?.stats;
     publisher::fault_point("after-objects");
-    let outcome = txn.commit(&CommitSettings::default())?;
+    let outcome = if summary.failed > 0
+        && summary.converted + summary.linked + summary.pruned + summary.flat_removed == 0
+    {
+        // Every image failed: what they stored is referenced by nothing, so it goes (a
+        // repository without gc could never drop it).
+        let revision = txn.base_manifest().revision;
+        txn.abort();
+        publisher::CommitOutcome::Unchanged { revision }
+    } else {
+        txn.commit(&CommitSettings::default())?
+    };
     let what = format!(
         "{} image(s): {} converted, {} linked, {} unchanged, {} failed, {:.1} MB of layer blobs fetched{}",
         refs.len(),

@@ -362,3 +362,39 @@ fn lone_hardlink_member_is_a_plain_file() {
         b"old"
     );
 }
+
+/// A GNU sparse member declaring `real` bytes, with one 512-byte data block at offset 0 and
+/// a hole to the end.
+fn sparse_tar(real: u64) -> Vec<u8> {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(EntryType::GNUSparse);
+    h.set_mode(0o644);
+    h.set_mtime(0);
+    h.set_size(512);
+    h.as_old_mut().name[..6].copy_from_slice(b"sparse");
+    let gnu = h.as_gnu_mut().unwrap();
+    gnu.set_real_size(real);
+    gnu.sparse[0].set_offset(0);
+    gnu.sparse[0].set_length(512);
+    // The map ends where the file does: a last, empty chunk at its size.
+    gnu.sparse[1].set_offset(real);
+    gnu.sparse[1].set_length(0);
+    h.set_cksum();
+    let mut b = tar::Builder::new(Vec::new());
+    b.append(&h, &[7u8; 512][..]).unwrap();
+    b.into_inner().unwrap()
+}
+
+#[test]
+fn a_sparse_member_may_not_declare_an_absurd_size() {
+    let (root, _) = run(sparse_tar(4096)).unwrap();
+    assert!(matches!(
+        get(&root, "sparse").entry().kind,
+        EntryKind::File { size: 4096, .. }
+    ));
+    let err = run(sparse_tar(1 << 50)).unwrap_err().to_string();
+    assert!(
+        err.contains("sparse: sparse file of 1125899906842624 bytes (at most 68719476736)"),
+        "{err}"
+    );
+}
