@@ -10,7 +10,7 @@ use crossbeam_channel::{bounded, Receiver, Sender};
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::fs::{File, Metadata};
-use std::io;
+use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -93,7 +93,44 @@ fn read_files(jobs: Receiver<ReadJob>, pipeline: &ObjectPipeline, failure: &Mute
 fn read_file(job: &ReadJob, pipeline: &ObjectPipeline) -> Result<()> {
     let name = job.path.display().to_string();
     let mut f = open_walked(job).map_err(|e| Error::io(&name, e))?;
-    pipeline.add_reserved_file(job.ticket, &name, &mut f, job.size)
+    let before = f.metadata().map_err(|e| Error::io(&name, e))?;
+    let mut counted = Counted {
+        inner: &mut f,
+        n: 0,
+    };
+    pipeline.add_reserved_file(job.ticket, &name, &mut counted, job.size)?;
+    let read = counted.n;
+    let after = f.metadata().map_err(|e| Error::io(&name, e))?;
+    // A file written to while it is read would be published torn (GNU tar: "file changed
+    // as we read it"); the whole publish fails instead, and a rerun takes the new content.
+    let changed = read != job.size
+        || after.len() != job.size
+        || (after.mtime(), after.mtime_nsec()) != (before.mtime(), before.mtime_nsec());
+    if changed {
+        return Err(Error::io(
+            &name,
+            io::Error::other(format!(
+                "changed while being read ({} bytes when listed, {read} read, {} now)",
+                job.size,
+                after.len()
+            )),
+        ));
+    }
+    Ok(())
+}
+
+/// Counts the bytes read through it.
+struct Counted<'a> {
+    inner: &'a mut File,
+    n: u64,
+}
+
+impl Read for Counted<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let k = self.inner.read(buf)?;
+        self.n += k as u64;
+        Ok(k)
+    }
 }
 
 /// Opens the file the walker saw, refusing whatever replaced it since: a symlink (not
@@ -606,6 +643,29 @@ mod tests {
         // Would block for a writer without O_NONBLOCK.
         let err = open_walked(&job(&file)).unwrap_err();
         assert!(err.to_string().contains("replaced"), "{err}");
+    }
+
+    #[test]
+    fn a_file_that_changes_while_read_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"0123456789").unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        let store = Arc::new(MemStore::default());
+        let p = ObjectPipeline::new(store, None, PipelineConfig::default()).unwrap();
+        let job = |size| ReadJob {
+            ticket: p.reserve_ticket(),
+            path: path.clone(),
+            size,
+            inode: (meta.dev(), meta.ino()),
+        };
+        read_file(&job(10), &p).unwrap();
+        // Listed at 14 bytes, truncated to 10 before it was read.
+        let err = read_file(&job(14), &p).unwrap_err().to_string();
+        assert!(
+            err.contains("changed while being read (14 bytes when listed, 10 read, 10 now)"),
+            "{err}"
+        );
     }
 
     #[test]
