@@ -431,8 +431,11 @@ pub struct MigrateArgs {
     /// no longer listed or selected, and the flattened images no link reaches any more.
     #[arg(long)]
     pub prune: bool,
+    /// os/arch[/variant] to convert from multi-platform images (default: this host's).
     #[arg(long, conflicts_with = "all_platforms")]
     pub platform: Option<String>,
+    /// Convert every platform of multi-platform images (links `TAG@os-arch[-variant]` beside
+    /// the host platform's `TAG`).
     #[arg(long)]
     pub all_platforms: bool,
     #[command(flatten)]
