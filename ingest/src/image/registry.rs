@@ -616,7 +616,10 @@ impl Inner {
                 builder = builder.header(AUTHORIZATION, auth);
             }
             let delay = match builder.send().await {
-                Ok(resp) if resp.status().is_success() => return Ok((resp, permit)),
+                Ok(resp) if resp.status().is_success() => {
+                    forget_redirect(&req.url);
+                    return Ok((resp, permit));
+                }
                 Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED && !authenticated => {
                     drop(permit);
                     authenticated = true;
@@ -652,12 +655,14 @@ impl Inner {
                         }
                     }
                     let delay = self.backoff(attempt);
-                    let why = error_chain(&e.without_url());
+                    let note = redirect_note(&req.url);
+                    let why = error_chain(&e.without_url()) + &note;
                     self.announce_retry(&req.url, &why, attempt, delay);
                     delay
                 }
                 Err(e) => {
-                    return Err(fail(None, describe_send_error(e, &req.url)));
+                    let note = redirect_note(&req.url);
+                    return Err(fail(None, describe_send_error(e, &req.url) + &note));
                 }
             };
             drop(permit);
@@ -962,6 +967,7 @@ fn http_client_builder(
 ) -> Result<reqwest::ClientBuilder> {
     let builder = reqwest::Client::builder()
         .user_agent(concat!("cvmfs-oci/", env!("CARGO_PKG_VERSION")))
+        .redirect(redirect_policy())
         .connect_timeout(options.connect_timeout)
         .read_timeout(options.read_timeout);
     let builder = match ca_files {
@@ -1264,6 +1270,50 @@ async fn read_limited(mut resp: reqwest::Response, limit: usize) -> io::Result<V
 }
 
 /// A failed request in one line, with a hint when HTTPS met a plain-HTTP server.
+/// The last redirect target of each request URL that was redirected (without its query,
+/// which holds a pre-signed URL's credentials), for naming it when that target fails: the
+/// HTTP client reports such errors under the first URL.
+static REDIRECTS: Mutex<Option<HashMap<String, String>>> = Mutex::new(None);
+
+/// Redirects followed per request, as reqwest's default policy allows.
+const MAX_REDIRECTS: usize = 10;
+
+/// reqwest's default redirect policy, remembering where each request was sent.
+fn redirect_policy() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        if attempt.previous().len() > MAX_REDIRECTS {
+            return attempt.error("too many redirects");
+        }
+        if let Some(first) = attempt.previous().first() {
+            let mut target = attempt.url().clone();
+            target.set_query(None);
+            target.set_fragment(None);
+            let mut map = REDIRECTS.lock().unwrap_or_else(|p| p.into_inner());
+            map.get_or_insert_with(HashMap::new)
+                .insert(first.to_string(), target.to_string());
+        }
+        attempt.follow()
+    })
+}
+
+/// Drops what [`redirect_policy`] remembered of `url` (it succeeded).
+fn forget_redirect(url: &str) {
+    let mut map = REDIRECTS.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(m) = map.as_mut() {
+        m.remove(url);
+    }
+}
+
+/// ` (redirected to URL)` when `url` was redirected and the target is what failed:
+/// registries send blobs to object stores and CDNs, and the one that failed must be named.
+fn redirect_note(url: &str) -> String {
+    let map = REDIRECTS.lock().unwrap_or_else(|p| p.into_inner());
+    match map.as_ref().and_then(|m| m.get(url)) {
+        Some(target) => format!(" (redirected to {target})"),
+        None => String::new(),
+    }
+}
+
 fn describe_send_error(e: reqwest::Error, url: &str) -> String {
     let plain_http = tls_with_plain_http(&e);
     let untrusted = untrusted_certificate(&e);

@@ -807,6 +807,33 @@ fn failing_requests_are_announced_before_each_retry() {
 }
 
 #[test]
+fn a_failing_redirect_target_is_named_without_its_query() {
+    // A port nothing listens on: bound, then closed.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let (addr, _) = serve(move |_| {
+        Reply::new(302, "").header(
+            "Location",
+            &format!("http://{dead}/blob?X-Amz-Signature=secret"),
+        )
+    });
+    let sources = client_for(&addr, |o| o.max_retries = 0);
+    let err = sources
+        .open(&ImageRef::parse(&format!("docker://{addr}/r/x:1")).unwrap())
+        .and_then(|s| s.resolve_manifests(&PlatformSelection::Host))
+        .err()
+        .expect("the redirect target refuses")
+        .to_string();
+    assert!(
+        err.contains(&format!("(redirected to http://{dead}/blob)")),
+        "{err}"
+    );
+    assert!(!err.contains("secret"), "{err}");
+}
+
+#[test]
 fn registry_honours_retry_after() {
     let img = image("amd64", "r");
     let routes = registry_routes(&img);
