@@ -260,12 +260,14 @@ impl Transaction {
             // rename) or another publisher's: either may reference what we stored.
             Err(_) => self.manifest_moved(),
         };
-        if let Ok(outcome) = &result {
-            self.clear_unsynced(outcome)?;
-        }
         if keep {
             self.store.forget();
             self.settled = true;
+        }
+        if let Ok(outcome) = &result {
+            // Best effort, and after `settled`: a published revision's objects must never be
+            // rolled back; a mark left behind costs the next start a `syncfs` or a re-hash.
+            let _ = self.clear_unsynced(outcome);
         }
         // Otherwise `Drop` rolls back.
         result
