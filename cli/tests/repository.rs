@@ -65,6 +65,46 @@ fn objects_are_world_readable_whatever_the_umask() {
 }
 
 #[test]
+fn the_home_and_the_keys_are_private_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (home, keys) = (dir.path().join("home"), dir.path().join("kd/sub"));
+    for extra in [&[][..], &["--keys", keys.to_str().unwrap()][..]] {
+        let _ = std::fs::remove_dir_all(&home);
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg("umask 000; exec \"$0\" \"$@\"")
+            .arg(env!("CARGO_BIN_EXE_cvmfs-oci"))
+            .args(["--home", home.to_str().unwrap()])
+            .args(extra)
+            .args(["init", FQRN, "--storage"])
+            .arg(dir.path().join(format!("storage{}", extra.len())))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let key_dir = match extra.is_empty() {
+            true => home.join(FQRN).join("keys"),
+            false => keys.clone(),
+        };
+        assert_eq!(mode(&home.join(FQRN)), 0o700);
+        assert_eq!(mode(&key_dir), 0o700, "{}", key_dir.display());
+        assert_eq!(mode(&key_dir.join(format!("{FQRN}.key"))), 0o600);
+        assert_eq!(mode(&key_dir.join(format!("{FQRN}.masterkey"))), 0o600);
+    }
+    let mode = std::fs::metadata(dir.path().join("kd"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o700, "parents made for --keys are private too");
+}
+
+#[test]
 fn publish_at_subpaths_keeps_the_rest() {
     let env = Env::init(&[]);
     let src = sample(&env);

@@ -100,7 +100,17 @@ fn new_home(home: &Path, fqrn: &str) -> Result<RepoHome> {
 
 /// The home's directory, `state/` and lock file (`config.json` comes last, when complete).
 fn create_home_dirs(repo_home: &RepoHome) -> Result<()> {
-    create_dir(repo_home.dir())?;
+    // Private whatever the umask: it holds the keys (by default), the lock and the caches
+    // that decide what is taken as stored.
+    let dir = repo_home.dir();
+    if !dir.is_dir() {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| Error::io_path(dir, e))?;
+    }
     create_dir(&repo_home.state_dir())?;
     open_lock_file(&repo_home.lock_path())?;
     Ok(())
@@ -614,7 +624,7 @@ fn create_or_load_keys(config: &Config) -> Result<signer::RepoKeys> {
     {
         return load_keys(config);
     }
-    create_dir(&config.keys_dir)?;
+    // `write` creates the directory itself, 0700 whatever the umask.
     let keys = signer::RepoKeys::generate(&config.fqrn)
         .map_err(|e| Error::signature(format!("generating keys for {}", config.fqrn), e))?;
     keys.write(&config.keys_dir, &config.fqrn).map_err(|e| {

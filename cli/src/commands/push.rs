@@ -3,13 +3,21 @@
 use super::open_repo;
 use crate::args::{Global, PushArgs};
 use crate::output::{event_json, Output};
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use publisher::{CommitOutcome, PushOptions, PushReport, Repository, S3Target};
 use serde_json::json;
 use std::path::Path;
 use std::time::Instant;
 
 pub fn push(home: &Path, g: &Global, a: &PushArgs, out: Output) -> Result<i32> {
+    if let Some(endpoint) = a.endpoint.as_deref().filter(|e| has_userinfo(e)) {
+        // It would be kept in config.json (with --auto) and shown in errors.
+        let scheme = endpoint.split_once("://").map_or("http", |(s, _)| s);
+        bail!(
+            "--endpoint {scheme}://…@…: credentials in the endpoint address are not taken; \
+             give them in AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY"
+        );
+    }
     let mut repo = open_repo(home, &a.fqrn)?;
     if a.no_auto {
         repo.set_auto_push(None)?;
@@ -128,4 +136,22 @@ fn report(
     fields["seconds"] = json!(secs);
     out.event(&text, event_json("push", fields));
     Ok(())
+}
+
+/// Whether a URL carries `user[:password]@` before its host.
+fn has_userinfo(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    authority.contains('@')
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn endpoints_with_credentials_are_recognised() {
+        assert!(super::has_userinfo("http://u:SECRET@127.0.0.1:9000"));
+        assert!(super::has_userinfo("u@host"));
+        assert!(!super::has_userinfo("https://s3.example.org/path@x"));
+        assert!(!super::has_userinfo("http://127.0.0.1:9000"));
+    }
 }
