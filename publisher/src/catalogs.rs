@@ -2,7 +2,7 @@
 //! SQLite file, and walking the nested-catalog tree to find every object it references.
 
 use crate::error::{Error, Result};
-use crate::store::ObjectStore;
+use crate::store::{stored_bound, ObjectStore};
 use crate::tempdb::TempDb;
 use catalog_writer::hash::{ContentHash, Suffix};
 use catalog_writer::namespace::CatalogRef;
@@ -75,8 +75,13 @@ pub fn load_catalog(
     verify_hash: bool,
 ) -> Result<LoadedCatalog> {
     let what = format!("catalog {}", cat.hash.object_path(Suffix::Catalog));
+    let limit = if cat.size > 0 {
+        cat.size
+    } else {
+        MAX_CATALOG_BYTES
+    };
     let stored = store
-        .get(&cat.hash, Suffix::Catalog)
+        .get_at_most(&cat.hash, Suffix::Catalog, stored_bound(limit))
         .map_err(|e| Error::io(what.as_str(), e))?;
     if verify_hash && ContentHash::of(&stored) != cat.hash {
         return Err(Error::corrupt(
@@ -84,11 +89,6 @@ pub fn load_catalog(
             format!("stored bytes hash to {}", ContentHash::of(&stored)),
         ));
     }
-    let limit = if cat.size > 0 {
-        cat.size
-    } else {
-        MAX_CATALOG_BYTES
-    };
     let raw = catalog_writer::zlib::decompress(&stored, limit)
         .map_err(|e| Error::io(format!("{what}: inflate"), e))?;
     if cat.size > 0 && raw.len() as u64 != cat.size {

@@ -6,7 +6,7 @@ use crate::catalogs::{walk_catalogs, Expect};
 use crate::error::Result;
 use crate::history::{History, TRUNK};
 use crate::reflog::{RefKind, Reflog};
-use crate::store::{root_files, ObjectStore, StoreObjects};
+use crate::store::{root_files, stored_bound, ObjectStore, StoreObjects};
 use catalog_writer::hash::{ContentHash, Suffix};
 use catalog_writer::namespace::CatalogRef;
 use openssl::pkey::{PKey, Public};
@@ -113,7 +113,10 @@ impl Checker<'_> {
     /// Reads a metadata object (certificate, history, meta-info) and checks its name.
     fn meta_object(&mut self, hash: &ContentHash, suffix: Suffix) -> Option<Vec<u8>> {
         let path = hash.object_path(suffix);
-        let stored = match self.store.get(hash, suffix) {
+        let stored = match self
+            .store
+            .get_at_most(hash, suffix, stored_bound(MAX_SMALL_OBJECT))
+        {
             Ok(b) => b,
             Err(e) => {
                 self.problem(format!("{path}: cannot read: {e}"));
@@ -429,7 +432,13 @@ fn verify_object(
     expect: &Expect,
 ) -> (u64, Option<String>) {
     let path = hash.object_path(suffix);
-    let stored = match store.get(hash, suffix) {
+    let limit = expect.size.unwrap_or(MAX_UNKNOWN_OBJECT);
+    let stored_limit = if expect.compressed {
+        stored_bound(limit)
+    } else {
+        limit
+    };
+    let stored = match store.get_at_most(hash, suffix, stored_limit) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return (0, Some(format!("{path}: missing")))
@@ -442,7 +451,6 @@ fn verify_object(
         return (n, Some(format!("{path}: stored bytes hash to {actual}")));
     }
     let plain_len = if expect.compressed {
-        let limit = expect.size.unwrap_or(MAX_UNKNOWN_OBJECT);
         match catalog_writer::zlib::decompress(&stored, limit) {
             Ok(raw) => raw.len() as u64,
             Err(e) => return (n, Some(format!("{path}: does not inflate: {e}"))),

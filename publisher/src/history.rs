@@ -1,7 +1,7 @@
 //! The history (tag) database, manifest `H` (spec 6.1): SQLite, zlib-compressed, suffix `H`.
 
 use crate::error::{Error, Result};
-use crate::store::ObjectStore;
+use crate::store::{stored_bound, ObjectStore};
 use crate::tempdb::TempDb;
 use catalog_writer::hash::{ContentHash, Suffix};
 use rusqlite::params;
@@ -73,7 +73,7 @@ impl History {
     pub fn load(store: &dyn ObjectStore, hash: &ContentHash) -> Result<History> {
         let what = format!("history {}", hash.object_path(Suffix::History));
         let stored = store
-            .get(hash, Suffix::History)
+            .get_at_most(hash, Suffix::History, stored_bound(MAX_HISTORY_BYTES))
             .map_err(|e| Error::io(what.as_str(), e))?;
         let raw = catalog_writer::zlib::decompress(&stored, MAX_HISTORY_BYTES)
             .map_err(|e| Error::io(format!("{what}: inflate"), e))?;

@@ -1,7 +1,7 @@
 //! `LocalStore`: a stratum-0 storage directory on a local file system.
 
 use crate::error::{Error, Result};
-use crate::store::ObjectStore;
+use crate::store::{read_at_most, root_files, ObjectStore};
 use catalog_writer::hash::{ContentHash, Suffix};
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
@@ -531,6 +531,23 @@ fn start_writeback(f: &File) {
     }
 }
 
+/// Opens `path` for reading if it is a regular file. Without blocking, so that a FIFO in its
+/// place is refused instead of waiting for a writer; a device (`/dev/zero`) is refused too,
+/// as it could be read without end.
+fn open_regular(path: &Path) -> io::Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "not a regular file; refusing to read it",
+        ));
+    }
+    Ok(file)
+}
+
 fn with_path(path: &Path, e: io::Error) -> io::Error {
     io::Error::new(e.kind(), format!("{}: {e}", path.display()))
 }
@@ -611,8 +628,13 @@ impl ObjectStore for LocalStore {
     }
 
     fn get(&self, hash: &ContentHash, suffix: Suffix) -> io::Result<Vec<u8>> {
+        self.get_at_most(hash, suffix, u64::MAX)
+    }
+
+    fn get_at_most(&self, hash: &ContentHash, suffix: Suffix, limit: u64) -> io::Result<Vec<u8>> {
         let path = self.object_path(hash, suffix);
-        fs::read(&path).map_err(|e| with_path(&path, e))
+        let file = open_regular(&path).map_err(|e| with_path(&path, e))?;
+        read_at_most(file, limit, &path.display().to_string())
     }
 
     fn put_root_file(&self, name: &str, bytes: &[u8]) -> io::Result<()> {
@@ -629,11 +651,13 @@ impl ObjectStore for LocalStore {
 
     fn get_root_file(&self, name: &str) -> io::Result<Option<Vec<u8>>> {
         let path = self.root.join(name);
-        match fs::read(&path) {
-            Ok(b) => Ok(Some(b)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(with_path(&path, e)),
-        }
+        let file = match open_regular(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(with_path(&path, e)),
+        };
+        let limit = root_files::max_bytes(name);
+        read_at_most(file, limit, &path.display().to_string()).map(Some)
     }
 
     fn describe(&self) -> String {
@@ -766,5 +790,74 @@ mod tests {
         store.put_file(&h2, Suffix::Partial, &outside).unwrap();
         assert!(!outside.exists());
         assert_eq!(store.get(&h2, Suffix::Partial).unwrap(), b"second");
+    }
+
+    #[test]
+    fn root_files_are_read_no_further_than_their_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::create(dir.path()).unwrap();
+        // Sparse: 2 MiB long, nothing on disk.
+        let manifest = dir.path().join(root_files::MANIFEST);
+        File::create(&manifest).unwrap().set_len(2 << 20).unwrap();
+        let err = store.get_root_file(root_files::MANIFEST).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains(&manifest.display().to_string()), "{msg}");
+        assert!(
+            msg.contains(&format!("limit of {}", root_files::MAX_SMALL)),
+            "{msg}"
+        );
+        assert!(!msg.contains('\n'), "{msg}");
+        // The reflog may be larger than the other root files.
+        let reflog = dir.path().join(root_files::REFLOG);
+        File::create(&reflog).unwrap().set_len(2 << 20).unwrap();
+        let bytes = store.get_root_file(root_files::REFLOG).unwrap().unwrap();
+        assert_eq!(bytes.len(), 2 << 20);
+    }
+
+    #[test]
+    fn devices_and_fifos_are_refused_as_root_files_and_objects() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::create(dir.path()).unwrap();
+        // /dev/zero would be read without end, a FIFO would wait for a writer.
+        std::os::unix::fs::symlink("/dev/zero", dir.path().join(root_files::MANIFEST)).unwrap();
+        let fifo = CString::new(
+            dir.path()
+                .join(root_files::WHITELIST)
+                .as_os_str()
+                .as_bytes(),
+        )
+        .unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+        for name in [root_files::MANIFEST, root_files::WHITELIST] {
+            let msg = store.get_root_file(name).unwrap_err().to_string();
+            assert!(
+                msg.contains(name) && msg.contains("not a regular file"),
+                "{msg}"
+            );
+        }
+        let h = ContentHash::of(b"zero");
+        let path = store.object_path(&h, Suffix::Catalog);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", &path).unwrap();
+        let msg = store.get(&h, Suffix::Catalog).unwrap_err().to_string();
+        assert!(msg.contains("not a regular file"), "{msg}");
+    }
+
+    #[test]
+    fn objects_longer_than_the_callers_limit_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::create(dir.path()).unwrap();
+        let h = ContentHash::of(b"eleven byte");
+        store.put(&h, Suffix::None, b"eleven byte").unwrap();
+        assert_eq!(
+            store.get_at_most(&h, Suffix::None, 11).unwrap(),
+            b"eleven byte"
+        );
+        let msg = store
+            .get_at_most(&h, Suffix::None, 10)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains(&h.object_path(Suffix::None)) && msg.contains("limit of 10"));
     }
 }

@@ -330,10 +330,7 @@ impl Push<'_> {
             e_tag: got.meta.e_tag.clone(),
             version: got.meta.version.clone(),
         };
-        let bytes = got
-            .bytes()
-            .await
-            .map_err(|e| self.remote_error(root_files::MANIFEST, e))?;
+        let bytes = self.manifest_body(got).await?;
         let parsed = signer::Manifest::parse(&bytes).map_err(|e| {
             Error::corrupt(
                 format!("{}/{}", self.target.describe(), root_files::MANIFEST),
@@ -342,9 +339,32 @@ impl Push<'_> {
         })?;
         Ok(Some(RemoteManifest {
             manifest: parsed.manifest,
-            bytes: bytes.to_vec(),
+            bytes,
             version,
         }))
+    }
+
+    /// The body of the bucket's manifest, refused (unread, or read no further than the
+    /// limit) when it is longer than a root file may be.
+    async fn manifest_body(&self, got: object_store::GetResult) -> Result<Vec<u8>> {
+        let limit = root_files::max_bytes(root_files::MANIFEST);
+        let too_large = || Error::Remote {
+            what: format!("{}/{}", self.target.describe(), root_files::MANIFEST),
+            reason: format!("longer than the limit of {limit} bytes; refusing to read it"),
+        };
+        if got.meta.size > limit {
+            return Err(too_large());
+        }
+        let mut body = Vec::new();
+        let mut chunks = got.into_stream();
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk.map_err(|e| self.remote_error(root_files::MANIFEST, e))?;
+            if (body.len() + chunk.len()) as u64 > limit {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
     }
 
     /// Names (`data/XX/…`) of the objects the bucket holds under the repository's prefix.

@@ -11,7 +11,7 @@ use crate::layer_memo::LayerMemo;
 use crate::local::LocalStore;
 use crate::reflog::{RefKind, Reflog};
 use crate::repoinfo::{store_meta_info, SKELETON};
-use crate::store::{put_named, root_files, ObjectStore, StoreObjects};
+use crate::store::{put_named, root_files, stored_bound, ObjectStore, StoreObjects};
 use crate::txn::{fault_point, Transaction};
 use catalog_writer::hash::{ContentHash, Suffix};
 use catalog_writer::namespace::{CatalogRef, CommitOptions, Namespace};
@@ -407,6 +407,9 @@ fn takeover_refused(
 
 /// The repository's certificate (`X`) must be `FQRN.crt`: manifests signed with the keys are
 /// then accepted by clients under the same whitelist entry.
+/// Largest certificate (PEM) read: one certificate is about 1 KiB.
+pub(crate) const MAX_CERTIFICATE_BYTES: u64 = 1 << 20;
+
 fn check_signed_with(
     store: &LocalStore,
     keys: &signer::RepoKeys,
@@ -416,9 +419,9 @@ fn check_signed_with(
     let x = parse_hash_field("X", &manifest.certificate)?;
     let what = format!("{}: certificate {x}", store.describe());
     let stored = store
-        .get(&x, Suffix::Certificate)
+        .get_at_most(&x, Suffix::Certificate, stored_bound(MAX_CERTIFICATE_BYTES))
         .map_err(|e| Error::io(what.as_str(), e))?;
-    let pem = catalog_writer::zlib::decompress(&stored, 1 << 20)
+    let pem = catalog_writer::zlib::decompress(&stored, MAX_CERTIFICATE_BYTES)
         .map_err(|e| Error::io(what.as_str(), e))?;
     let theirs = signer::parse_certificate_pem(&pem)
         .and_then(|c| signer::certificate_fingerprint(&c))

@@ -6,7 +6,7 @@
 use crate::error::{Error, Result};
 use crate::reflog::RefKind;
 use crate::repo::{parse_hash_field, Repository};
-use crate::store::{put_named, ObjectStore};
+use crate::store::{put_named, stored_bound, ObjectStore};
 use catalog_writer::hash::{ContentHash, Suffix};
 
 /// `create_repometa_skeleton` of `cvmfs_server` (cvmfs_server_common.sh), byte for byte.
@@ -44,7 +44,7 @@ impl Repository {
         let what = format!("meta-info {}", hash.object_path(Suffix::MetaInfo));
         let stored = self
             .store()
-            .get(&hash, Suffix::MetaInfo)
+            .get_at_most(&hash, Suffix::MetaInfo, stored_bound(MAX_META_INFO as u64))
             .map_err(|e| Error::io(what.as_str(), e))?;
         let json = catalog_writer::zlib::decompress(&stored, MAX_META_INFO as u64)
             .map_err(|e| Error::io(format!("{what}: inflate"), e))?;

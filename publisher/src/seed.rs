@@ -11,7 +11,7 @@ use crate::catalogs::walk_catalogs;
 use crate::content_index::SqliteContentIndex;
 use crate::error::{Error, Result};
 use crate::repo::Repository;
-use crate::store::{ContentIndex, ObjectStore};
+use crate::store::{stored_bound, ContentIndex, ObjectStore};
 use catalog_writer::hash::{ContentHash, Suffix};
 use catalog_writer::namespace::CatalogRef;
 use flate2::read::ZlibDecoder;
@@ -201,7 +201,7 @@ fn record(index: &SqliteContentIndex, found: &Found) -> bool {
 fn read_object(store: &dyn ObjectStore, t: &Todo) -> std::result::Result<Found, String> {
     let name = t.hash.object_path(t.suffix);
     let stored = store
-        .get(&t.hash, t.suffix)
+        .get_at_most(&t.hash, t.suffix, t.size.map_or(u64::MAX, stored_bound))
         .map_err(|e| format!("{name}: {e}"))?;
     if ContentHash::of(&stored) != t.hash {
         return Err(format!(

@@ -2,7 +2,7 @@
 
 use crate::error::{Error, Result};
 use catalog_writer::hash::{ContentHash, Suffix};
-use std::io;
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 /// A content-addressed object store plus the few root files next to `data/`.
@@ -15,10 +15,23 @@ pub trait ObjectStore: Send + Sync {
     fn get(&self, hash: &ContentHash, suffix: Suffix) -> io::Result<Vec<u8>>;
     /// Replaces a root file (`.cvmfspublished`, `.cvmfswhitelist`, `.cvmfsreflog`) atomically.
     fn put_root_file(&self, name: &str, bytes: &[u8]) -> io::Result<()>;
-    /// Reads a root file; `None` when it does not exist.
+    /// Reads a root file; `None` when it does not exist. A file longer than
+    /// [`root_files::max_bytes`] is an error, found without reading more than one byte past
+    /// the limit: a damaged or hostile storage must not make a reader allocate without end.
     fn get_root_file(&self, name: &str) -> io::Result<Option<Vec<u8>>>;
     /// Human-readable location, for messages.
     fn describe(&self) -> String;
+
+    /// Reads an object's stored bytes, refusing an object longer than `limit` (callers derive
+    /// it from the size the reference declares, see [`stored_bound`]). Stores that can stop
+    /// reading at the limit override this default, which reads the whole object first.
+    fn get_at_most(&self, hash: &ContentHash, suffix: Suffix, limit: u64) -> io::Result<Vec<u8>> {
+        let bytes = self.get(hash, suffix)?;
+        if bytes.len() as u64 > limit {
+            return Err(too_large(&hash.object_path(suffix), limit));
+        }
+        Ok(bytes)
+    }
 
     /// Stores an object unless the store has it; returns whether this call stored it. This
     /// default asks [`contains`](ObjectStore::contains) first; a store that notices an
@@ -103,6 +116,53 @@ pub mod root_files {
     pub const REFLOG: &str = ".cvmfsreflog";
     /// Free-form status for monitoring (`last_gc`, …); clients never read it.
     pub const STATUS: &str = ".cvmfs_status.json";
+
+    /// Most bytes read of a root file other than the reflog: a manifest is under 1 KiB, a
+    /// whitelist a few KiB, the status a few hundred bytes.
+    pub const MAX_SMALL: u64 = 1 << 20;
+    /// Most bytes read of the reflog, an SQLite database with a row per catalog, history,
+    /// certificate and meta-info object of every kept revision (as large as a history may be).
+    pub const MAX_REFLOG: u64 = 1 << 30;
+
+    /// The most bytes a store reads of root file `name`.
+    pub fn max_bytes(name: &str) -> u64 {
+        if name == REFLOG {
+            MAX_REFLOG
+        } else {
+            MAX_SMALL
+        }
+    }
+}
+
+/// The most stored bytes a zlib object that inflates to `inflated` bytes may take: stock
+/// zlib's worst case (`deflateBound`: about `inflated / 4096` more) with a wide margin for the
+/// sync flushes of catalogs compressed in parts and for other writers. Reads of objects whose
+/// reference declares their size are capped at this, so a hostile server cannot make a
+/// reader allocate without end.
+pub fn stored_bound(inflated: u64) -> u64 {
+    inflated
+        .saturating_add(inflated / 64)
+        .saturating_add(64 << 10)
+}
+
+/// The one-line error for a file or body longer than the reader's limit.
+pub(crate) fn too_large(what: &str, limit: u64) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("{what}: longer than the limit of {limit} bytes; refusing to read it"),
+    )
+}
+
+/// Reads `from` to its end, but at most `limit` bytes: one more is an error naming `what`.
+pub(crate) fn read_at_most(from: impl Read, limit: u64, what: &str) -> io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    from.take(limit.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(|e| io::Error::new(e.kind(), format!("{what}: {e}")))?;
+    if bytes.len() as u64 > limit {
+        return Err(too_large(what, limit));
+    }
+    Ok(bytes)
 }
 
 /// Stores compressed `object` under its SHA-1 with `suffix`; `what` names it in errors

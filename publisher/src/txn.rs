@@ -17,9 +17,9 @@ use crate::error::{Error, Result};
 use crate::local::LocalStore;
 use crate::repo::{
     load_keys, lock, now_unix, open_lock_file, publish_revision, storage_lock, HistoryChange,
-    PublishInput, Repository, StorageUse,
+    PublishInput, Repository, StorageUse, MAX_CERTIFICATE_BYTES,
 };
-use crate::store::{root_files, ObjectStore, StoreObjects};
+use crate::store::{root_files, stored_bound, ObjectStore, StoreObjects};
 use catalog_writer::hash::{ContentHash, Suffix};
 use catalog_writer::namespace::{CatalogRef, CommitOptions, Namespace};
 use std::fs::File;
@@ -381,7 +381,7 @@ fn verify_published(
         )
     })?;
     let obj = store
-        .get(&x, Suffix::Certificate)
+        .get_at_most(&x, Suffix::Certificate, stored_bound(MAX_CERTIFICATE_BYTES))
         .map_err(|e| Error::io(format!("certificate {x}"), e))?;
     if ContentHash::of(&obj) != x {
         return Err(Error::corrupt(
@@ -389,7 +389,7 @@ fn verify_published(
             "stored bytes do not match the name",
         ));
     }
-    let pem = catalog_writer::zlib::decompress(&obj, 1 << 20)
+    let pem = catalog_writer::zlib::decompress(&obj, MAX_CERTIFICATE_BYTES)
         .map_err(|e| Error::io(format!("certificate {x}: inflate"), e))?;
     let cert = signer::parse_certificate_pem(&pem)
         .map_err(|e| Error::signature(format!("certificate {x}"), e))?;

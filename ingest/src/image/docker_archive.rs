@@ -3,6 +3,7 @@
 
 use super::digest::{Checked, Digest, VerifyingReader};
 use super::error::{Error, Result};
+use super::local_file::{open_regular, read_document};
 use super::manifest::{PlatformSelection, DOCKER_MANIFEST};
 use super::reference::ImageName;
 use super::source::{
@@ -11,7 +12,6 @@ use super::source::{
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
@@ -36,6 +36,8 @@ pub struct DockerArchiveSource {
     path: PathBuf,
     reference: String,
     name: ImageName,
+    /// The config member (after symlinks) and where its data is.
+    config_member: String,
     config: Location,
     /// Digest from the config member's file name, when it is one.
     config_digest: Option<Digest>,
@@ -73,12 +75,12 @@ impl DockerArchiveSource {
             None => format!("docker-archive:{}", path.display()),
         };
         let members = index_members(path, &reference)?;
-        let read = |loc: Location| read_member(path, loc, &reference);
         let (manifest_loc, _) = members
             .get("manifest.json")
             .cloned()
             .ok_or_else(|| Error::image(&reference, "archive has no manifest.json"))?;
-        let images: Vec<ArchiveImage> = serde_json::from_slice(&read(manifest_loc)?)
+        let manifest = read_member(path, manifest_loc, &reference, "manifest.json")?;
+        let images: Vec<ArchiveImage> = serde_json::from_slice(&manifest)
             .map_err(|e| Error::image(&reference, format!("manifest.json: {e}")))?;
         let all_tags: Vec<String> = images
             .iter()
@@ -114,13 +116,7 @@ impl DockerArchiveSource {
             )
         })?;
         let find = |member: &str| -> Result<(String, Location)> {
-            let resolved = resolve_member(&members, member).ok_or_else(|| {
-                Error::image(&reference, format!("archive has no member {member:?}"))
-            })?;
-            let loc = members.get(&resolved).map(|m| m.0);
-            loc.map(|l| (resolved, l)).ok_or_else(|| {
-                Error::image(&reference, format!("archive has no member {member:?}"))
-            })
+            resolve_member(&members, member).map_err(|reason| Error::image(&reference, reason))
         };
         let (config_name, config) = find(&picked.config)?;
         let layers = picked
@@ -134,12 +130,18 @@ impl DockerArchiveSource {
             name,
             config,
             config_digest: digest_from_name(&config_name),
+            config_member: config_name,
             layers,
         })
     }
 
     fn read_config(&self) -> Result<Vec<u8>> {
-        let bytes = read_member(&self.path, self.config, &self.reference)?;
+        let bytes = read_member(
+            &self.path,
+            self.config,
+            &self.reference,
+            &self.config_member,
+        )?;
         if let Some(d) = &self.config_digest {
             check_blob(&bytes, d, None, &self.reference, "config")?;
         }
@@ -147,7 +149,7 @@ impl DockerArchiveSource {
     }
 
     fn open_member(&self, loc: Location) -> Result<impl Read + Send> {
-        let mut file = File::open(&self.path).map_err(|e| {
+        let mut file = open_regular(&self.path).map_err(|e| {
             Error::io(
                 format!("image {}: {}", self.reference, self.path.display()),
                 e,
@@ -211,7 +213,7 @@ type Members = BTreeMap<String, (Location, Option<String>)>;
 
 fn index_members(path: &Path, reference: &str) -> Result<Members> {
     let io_err = |e| Error::io(format!("image {reference}: {}", path.display()), e);
-    let file = File::open(path).map_err(io_err)?;
+    let file = open_regular(path).map_err(io_err)?;
     let mut archive = tar::Archive::new(file);
     let mut out = Members::new();
     for entry in archive.entries_with_seek().map_err(io_err)? {
@@ -232,32 +234,82 @@ fn index_members(path: &Path, reference: &str) -> Result<Members> {
     Ok(out)
 }
 
-/// Follows symlinks (relative to the link's directory) to a regular member.
-fn resolve_member(members: &Members, name: &str) -> Option<String> {
-    let mut current = normalise(name);
-    for _ in 0..16 {
-        let (_, link) = members.get(&current)?;
-        match link {
-            None => return Some(current),
-            Some(target) => {
-                let dir = current.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
-                current = normalise(&format!("{dir}/{target}"));
-            }
+/// Most symlinks followed in a row (as Linux's `ELOOP` limit).
+const MAX_LINKS: usize = 40;
+
+/// Follows symlinks (relative to the link's directory) to a regular member: its name and
+/// data. Else says why there is none: no such member, a link to a member the archive lacks,
+/// one leading out of the archive, or a loop.
+fn resolve_member(
+    members: &Members,
+    name: &str,
+) -> std::result::Result<(String, Location), String> {
+    let mut chain = vec![normalise(name)];
+    loop {
+        let current = chain.last().map(String::as_str).unwrap_or_default();
+        let Some((loc, link)) = members.get(current) else {
+            return Err(if chain.len() == 1 {
+                format!("archive has no member {name:?}")
+            } else {
+                format!(
+                    "member {name:?} is a symlink to a member the archive lacks ({})",
+                    chain.join(" -> ")
+                )
+            });
+        };
+        let Some(target) = link else {
+            return Ok((current.to_owned(), *loc));
+        };
+        let dir = current.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
+        let Some(next) = join_inside(dir, target) else {
+            return Err(format!(
+                "member {name:?} is a symlink leading out of the archive ({} -> {target})",
+                chain.join(" -> ")
+            ));
+        };
+        let looped = chain.contains(&next);
+        chain.push(next);
+        if looped {
+            return Err(format!(
+                "member {name:?} is a symlink loop ({})",
+                chain.join(" -> ")
+            ));
+        }
+        if chain.len() > MAX_LINKS {
+            return Err(format!(
+                "member {name:?}: more than {MAX_LINKS} symlinks in a row"
+            ));
         }
     }
-    None
 }
 
-fn read_member(path: &Path, loc: Location, reference: &str) -> Result<Vec<u8>> {
-    let io_err = |e| Error::io(format!("image {reference}: {}", path.display()), e);
-    let mut file = File::open(path).map_err(io_err)?;
-    file.seek(SeekFrom::Start(loc.offset)).map_err(io_err)?;
-    let mut out = Vec::new();
-    file.take(loc.size).read_to_end(&mut out).map_err(io_err)?;
-    if out.len() as u64 != loc.size {
-        return Err(Error::image(reference, "archive is truncated"));
+/// The member symlink `target` in directory `dir` names; `None` when it leaves the archive
+/// (an absolute target, or more `..` than directories).
+fn join_inside(dir: &str, target: &str) -> Option<String> {
+    if target.starts_with('/') {
+        return None;
     }
-    Ok(out)
+    let mut parts: Vec<&str> = dir.split('/').filter(|p| !p.is_empty()).collect();
+    for p in target.split('/') {
+        match p {
+            "" | "." => {}
+            ".." => {
+                parts.pop()?;
+            }
+            other => parts.push(other),
+        }
+    }
+    Some(parts.join("/"))
+}
+
+/// Reads `member` (manifest.json, a config) whole: it is a document, at most
+/// [`MAX_DOCUMENT`](super::local_file::MAX_DOCUMENT) bytes.
+fn read_member(path: &Path, loc: Location, reference: &str, member: &str) -> Result<Vec<u8>> {
+    let io_err = |e| Error::io(format!("image {reference}: {}", path.display()), e);
+    let mut file = open_regular(path).map_err(io_err)?;
+    file.seek(SeekFrom::Start(loc.offset)).map_err(io_err)?;
+    let what = format!("member {member:?}");
+    read_document(file.take(loc.size), loc.size, None, reference, &what)
 }
 
 impl ImageSource for DockerArchiveSource {

@@ -111,7 +111,8 @@ pub enum Document {
     Index(Vec<IndexEntry>),
 }
 
-fn descriptor(raw: &RawDescriptor, image: &str, what: &str) -> Result<(Digest, u64)> {
+/// The digest and size of a descriptor; `what` names it in errors (a negative size is one).
+pub(crate) fn descriptor(raw: &RawDescriptor, image: &str, what: &str) -> Result<(Digest, u64)> {
     let digest = Digest::parse(&raw.digest).ok_or_else(|| {
         Error::image(
             image,

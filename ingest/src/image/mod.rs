@@ -19,6 +19,7 @@ pub mod auth;
 pub mod digest;
 pub mod docker_archive;
 mod error;
+mod local_file;
 pub mod manifest;
 pub mod oci_layout;
 pub mod recipe;

@@ -2,11 +2,11 @@
 
 use super::digest::{Checked, Digest, VerifyingReader};
 use super::error::{Error, Result};
-use super::manifest::{PlatformSelection, RawDescriptor};
+use super::local_file::{open_regular, read_document_file};
+use super::manifest::{descriptor, PlatformSelection, RawDescriptor};
 use super::reference::ImageName;
 use super::source::{check_blob, resolve_document, ImageManifest, ImageSource, ResolvedImage};
 use serde::Deserialize;
-use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 
@@ -42,14 +42,11 @@ impl OciLayoutSource {
         self.dir.join("blobs/sha256").join(digest.hex())
     }
 
+    /// Reads blob `digest`, a `what` (manifest, config) of `size` bytes when a descriptor
+    /// says so; never more than that size or the document cap.
     fn read_blob(&self, digest: &Digest, size: Option<u64>, what: &str) -> Result<Vec<u8>> {
         let path = self.blob_path(digest);
-        let bytes = std::fs::read(&path).map_err(|e| {
-            Error::io(
-                format!("image {}: {what} {}", self.reference, path.display()),
-                e,
-            )
-        })?;
+        let bytes = read_document_file(&path, size, &self.reference, &format!("{what} {digest}"))?;
         check_blob(&bytes, digest, size, &self.reference, what)?;
         Ok(bytes)
     }
@@ -57,8 +54,7 @@ impl OciLayoutSource {
     /// The `index.json` entry this source stands for.
     fn pick_entry(&self) -> Result<RawDescriptor> {
         let path = self.dir.join("index.json");
-        let bytes = std::fs::read(&path)
-            .map_err(|e| Error::io(format!("image {}: {}", self.reference, path.display()), e))?;
+        let bytes = read_document_file(&path, None, &self.reference, "index.json")?;
         let index: LayoutIndex = serde_json::from_slice(&bytes).map_err(|e| {
             Error::image(
                 &self.reference,
@@ -118,14 +114,8 @@ impl ImageSource for OciLayoutSource {
 
     fn resolve_manifests(&self, selection: &PlatformSelection) -> Result<Vec<ImageManifest>> {
         let entry = self.pick_entry()?;
-        let digest = Digest::parse(&entry.digest).ok_or_else(|| {
-            Error::image(
-                &self.reference,
-                format!("index.json digest {:?} is not sha256:<hex>", entry.digest),
-            )
-        })?;
-        let size = u64::try_from(entry.size).ok();
-        let top = self.read_blob(&digest, size, "manifest")?;
+        let (digest, size) = descriptor(&entry, &self.reference, "index.json manifest")?;
+        let top = self.read_blob(&digest, Some(size), "manifest")?;
         let media_type = Some(entry.media_type.clone()).filter(|m| !m.is_empty());
         let name = self.name(&entry)?;
         let fetch = |e: &super::manifest::IndexEntry| -> Result<(Vec<u8>, Option<String>)> {
@@ -145,7 +135,7 @@ impl ImageSource for OciLayoutSource {
     fn open_layer(&self, image: &ResolvedImage, index: usize) -> Result<Box<dyn Read + Send>> {
         let desc = image.layer(index)?;
         let path = self.blob_path(&desc.digest);
-        let file = File::open(&path).map_err(|e| {
+        let file = open_regular(&path).map_err(|e| {
             Error::layer(
                 &image.reference,
                 desc.digest.to_string(),

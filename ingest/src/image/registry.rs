@@ -26,7 +26,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 /// Largest manifest, config or listing page read into memory.
-const MAX_DOCUMENT: usize = 16 << 20;
+const MAX_DOCUMENT: usize = super::local_file::MAX_DOCUMENT as usize;
 /// Where podman/skopeo and Docker keep per-registry CAs (`HOST[:PORT]/*.crt`) and client
 /// certificates (`HOST[:PORT]/NAME.cert` with `NAME.key`).
 pub const SYSTEM_CERTS_DIRS: [&str; 2] = ["/etc/containers/certs.d", "/etc/docker/certs.d"];

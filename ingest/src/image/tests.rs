@@ -1003,3 +1003,187 @@ fn a_layer_error_reads_like_every_other_layer_error() {
     let e: crate::error::Error = Error::layer("docker://r/x:1", "sha256:ab", "gone").into();
     assert_eq!(e.to_string(), "image docker://r/x:1 layer sha256:ab: gone");
 }
+
+fn resolve_err(reference: &str) -> String {
+    match Sources::new(RegistryOptions::default()).open(&ImageRef::parse(reference).unwrap()) {
+        Ok(source) => source
+            .resolve(&PlatformSelection::Host)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default(),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn oci_layout_documents_are_read_no_further_than_declared() {
+    let dir = tempfile::tempdir().unwrap();
+    let (app, _, _) = layout(dir.path());
+    let reference = format!("oci:{}:app", dir.path().display());
+    // A config declared as its real size but 64 MiB on disk (sparse: nothing written; small
+    // enough that a reader without the bound only wastes memory, not the machine).
+    let config = Digest::of(&app.config);
+    let config_path = dir.path().join("blobs/sha256").join(config.hex());
+    let file = std::fs::File::options()
+        .write(true)
+        .open(&config_path)
+        .unwrap();
+    file.set_len(64 << 20).unwrap();
+    assert_eq!(
+        resolve_err(&reference),
+        format!(
+            "image {reference}: config {config} is {} bytes, declared {}",
+            64u64 << 20,
+            app.config.len()
+        )
+    );
+    // A FIFO as the manifest blob would block a reader; /dev/zero as index.json never ends.
+    let manifest_path = dir
+        .path()
+        .join("blobs/sha256")
+        .join(Digest::of(&app.manifest).hex());
+    std::fs::remove_file(&manifest_path).unwrap();
+    let c = std::ffi::CString::new(manifest_path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    let err = resolve_err(&reference);
+    assert!(
+        err.contains(&format!("manifest {}", Digest::of(&app.manifest)))
+            && err.contains("not a regular file"),
+        "{err}"
+    );
+    let index = dir.path().join("index.json");
+    std::fs::remove_file(&index).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", &index).unwrap();
+    let err = resolve_err(&reference);
+    assert!(
+        err.contains("index.json") && err.contains("not a regular file"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_negative_size_in_index_json_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (app, _, _) = layout(dir.path());
+    let digest = Digest::of(&app.manifest);
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{"mediaType": manifest::OCI_MANIFEST, "digest": digest.to_string(),
+                       "size": -1, "annotations": {"org.opencontainers.image.ref.name": "app"}}],
+    });
+    std::fs::write(
+        dir.path().join("index.json"),
+        serde_json::to_vec(&index).unwrap(),
+    )
+    .unwrap();
+    let reference = format!("oci:{}:app", dir.path().display());
+    assert_eq!(
+        resolve_err(&reference),
+        format!("image {reference}: index.json manifest {digest} has negative size")
+    );
+}
+
+/// A docker archive whose manifest.json names `layer` as its only layer, with the regular
+/// member `real/layer.tar` and symlink members `links` (name, target).
+fn archive_naming(path: &Path, layer: &str, links: &[(&str, &str)]) {
+    let tar = layer_tar(&[("f", b"x")]);
+    let config = config_json(&[Digest::of(&tar)], "amd64");
+    let manifest = serde_json::to_vec(&serde_json::json!([{
+        "Config": "config.json", "RepoTags": ["t/x:1"], "Layers": [layer],
+    }]))
+    .unwrap();
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, data) in [
+        ("real/layer.tar", &tar),
+        ("config.json", &config),
+        ("manifest.json", &manifest),
+    ] {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o444);
+        h.set_cksum();
+        b.append_data(&mut h, name, data.as_slice()).unwrap();
+    }
+    for (name, target) in links {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        b.append_link(&mut h, name, target).unwrap();
+    }
+    std::fs::write(path, b.into_inner().unwrap()).unwrap();
+}
+
+#[test]
+fn docker_archive_symlink_errors_say_what_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.tar");
+    let reference = format!("docker-archive:{}", path.display());
+    let cases: [(&[(&str, &str)], &str); 4] = [
+        (
+            &[
+                ("b/layer.tar", "../c/layer.tar"),
+                ("c/layer.tar", "../b/layer.tar"),
+            ],
+            "is a symlink loop (b/layer.tar -> c/layer.tar -> b/layer.tar)",
+        ),
+        (
+            &[("b/layer.tar", "/etc/passwd")],
+            "is a symlink leading out of the archive (b/layer.tar -> /etc/passwd)",
+        ),
+        (
+            &[("b/layer.tar", "../../etc/passwd")],
+            "is a symlink leading out of the archive (b/layer.tar -> ../../etc/passwd)",
+        ),
+        (
+            &[("b/layer.tar", "../gone.tar")],
+            "is a symlink to a member the archive lacks (b/layer.tar -> gone.tar)",
+        ),
+    ];
+    for (links, reason) in cases {
+        archive_naming(&path, "b/layer.tar", links);
+        assert_eq!(
+            resolve_err(&reference),
+            format!("image {reference}: member \"b/layer.tar\" {reason}")
+        );
+    }
+    archive_naming(
+        &path,
+        "b/layer.tar",
+        &[("b/layer.tar", "../real/layer.tar")],
+    );
+    assert_eq!(
+        resolve_err(&reference),
+        "",
+        "a link inside the archive works"
+    );
+    archive_naming(&path, "nothere.tar", &[]);
+    assert_eq!(
+        resolve_err(&reference),
+        format!("image {reference}: archive has no member \"nothere.tar\"")
+    );
+}
+
+#[test]
+fn docker_archive_documents_are_capped() {
+    // A manifest.json member that says it holds 17 MiB (of zeros: the file is sparse).
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big.tar");
+    let size: u64 = 17 << 20;
+    let mut h = tar::Header::new_gnu();
+    h.set_path("manifest.json").unwrap();
+    h.set_size(size);
+    h.set_mode(0o444);
+    h.set_cksum();
+    std::fs::write(&path, h.as_bytes()).unwrap();
+    let file = std::fs::File::options().write(true).open(&path).unwrap();
+    file.set_len(512 + size + 1024).unwrap();
+    let reference = format!("docker-archive:{}", path.display());
+    assert_eq!(
+        resolve_err(&reference),
+        format!(
+            "image {reference}: member \"manifest.json\" is {size} bytes, more than the \
+             16777216-byte limit for documents"
+        )
+    );
+}

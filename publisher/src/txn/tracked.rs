@@ -151,6 +151,10 @@ impl ObjectStore for TrackedStore {
         self.local.get(hash, suffix)
     }
 
+    fn get_at_most(&self, hash: &ContentHash, suffix: Suffix, limit: u64) -> io::Result<Vec<u8>> {
+        self.local.get_at_most(hash, suffix, limit)
+    }
+
     /// Root files are not tracked (a transaction writes them only when it publishes).
     fn put_root_file(&self, name: &str, bytes: &[u8]) -> io::Result<()> {
         self.local.put_root_file(name, bytes)
