@@ -381,6 +381,180 @@ fn bad_images_fail_cleanly_and_leave_the_manifest() {
     env.check(true);
 }
 
+/// Files of the storage that a convert may touch without publishing (its scratch
+/// directory, the status file) left out, so equal snapshots mean nothing was stored.
+fn stored(env: &Env) -> BTreeMap<std::path::PathBuf, String> {
+    let scratch = env.storage.join("data/txn");
+    let mut files = env.snapshot();
+    files.retain(|p, _| !p.starts_with(&scratch) && !p.ends_with(".cvmfs_status.json"));
+    files
+}
+
+/// Ref names and platforms that would put an image's links or metadata where the layout
+/// cannot hold them (a `.cvmfscatalog` directory, another image's metadata, `/.flat`, above
+/// the root) fail when the batch is planned: one error line naming the image and the name,
+/// nothing stored, the revision unchanged and sound.
+#[test]
+fn hostile_ref_names_fail_before_anything_is_stored() {
+    let env = Env::init(&[]);
+    let layout = env.path("layout");
+    let image = |n: &str| {
+        let mut l = fixtures::layers::LayerBuilder::new();
+        l.file("f", n.as_bytes());
+        ImageBuilder::new().layer(l.finish(), Compression::Gzip)
+    };
+    image("victim")
+        .write_layout(&layout, "example.com/victim:1")
+        .unwrap();
+    let victim = format!("oci:{}:example.com/victim:1", layout.display());
+    env.ok(&["convert", FQRN, &victim]);
+    let long_host = format!("{}.example.org/x:1", "h".repeat(260));
+    let long_tag = format!("example.org/{}:{}", "r".repeat(200), "t".repeat(100));
+    // (ref name, what the error says); each image in a layout of its own, converted by the
+    // name in its annotation (a NUL cannot be passed on the command line).
+    let hostile = [
+        (".cvmfscatalog/x:1", "registry host \".cvmfscatalog\""),
+        (
+            ".metadata/example.com/victim:1",
+            "registry host \".metadata\"",
+        ),
+        (".flat/evil:latest", "registry host \".flat\""),
+        ("../evil:latest", "registry host \"..\""),
+        ("./evil:latest", "registry host \".\""),
+        (
+            "a\u{0}b.example.org/x:1",
+            "registry host \"a\\0b.example.org\"",
+        ),
+        (
+            long_host.as_str(),
+            "registry host of 272 bytes (at most 255)",
+        ),
+        (long_tag.as_str(), "a component of 301 bytes (at most 255)"),
+    ];
+    let mut cases: Vec<(String, Vec<&str>, String)> = Vec::new();
+    for (i, (name, why)) in hostile.iter().enumerate() {
+        let dir = env.path(&format!("hostile-{i}"));
+        image(&format!("hostile {i}"))
+            .write_layout(&dir, name)
+            .unwrap();
+        cases.push((format!("oci:{}", dir.display()), vec![], why.to_string()));
+    }
+    let archive = env.path("hostile.tar");
+    image("archive")
+        .write_docker_archive(&archive, ".cvmfscatalog/y:2")
+        .unwrap();
+    let index = env.path("index");
+    let platform = |arch: &str, variant: Option<&str>| {
+        let mut l = fixtures::layers::LayerBuilder::new();
+        l.file("arch", arch.as_bytes());
+        ImageBuilder::new()
+            .layer(l.finish(), Compression::Gzip)
+            .platform(arch, variant)
+    };
+    for (tag, arch, variant) in [
+        ("arch", "arm64/.cvmfscatalog", None),
+        ("up", "../../../x", None),
+        ("variant", "arm", Some("v7/.cvmfscatalog")),
+    ] {
+        let images = [platform("amd64", None), platform(arch, variant)];
+        fixtures::oci::write_index_layout(&index, tag, &images).unwrap();
+    }
+
+    let before = stored(&env);
+    let revision = env.revision();
+    cases.push((
+        format!("docker-archive:{}", archive.display()),
+        vec![],
+        "registry host \".cvmfscatalog\"".to_owned(),
+    ));
+    for (tag, shown) in [
+        ("arch", "arm64/.cvmfscatalog"),
+        ("up", "../../../x"),
+        ("variant", "v7/.cvmfscatalog"),
+    ] {
+        let oci = format!("oci:{}:{tag}", index.display());
+        let why = format!("{shown:?} is not a plain name");
+        cases.push((oci, vec!["--all-platforms"], why));
+    }
+    for (reference, flags, why) in &cases {
+        let mut args = vec!["convert", FQRN];
+        args.extend(flags);
+        args.push(reference);
+        let line = env.fails(&args);
+        assert!(
+            line.contains(&format!("image {reference}")),
+            "{reference}: {line}"
+        );
+        assert!(
+            line.contains(why.as_str()),
+            "{reference}: {why:?} not in {line}"
+        );
+        assert_eq!(stored(&env), before, "{reference}: something was stored");
+        assert_eq!(env.revision(), revision, "{reference}");
+    }
+    // The victim's names are untouched and the repository is sound.
+    let report = witness(&env);
+    for victim in [
+        "/example.com/victim:1",
+        "/.metadata/example.com/victim:1/manifest.json",
+    ] {
+        assert!(report.entries.contains_key(victim), "{victim} missing");
+    }
+    env.check(true);
+}
+
+/// Entries a client cannot serve fail the image with an error naming the image, the layer
+/// and the member, not only the repository path under `/.flat`.
+#[test]
+fn unservable_entries_name_the_layer() {
+    let env = Env::init(&[]);
+    let layout = env.path("layout");
+    let long = "z".repeat(300);
+    let mut ok = fixtures::layers::LayerBuilder::new();
+    ok.file("a", b"1");
+    let cases: [(&str, Vec<u8>, String); 3] = [
+        (
+            "long",
+            fixtures::layers::LayerBuilder::new()
+                .file(&long, b"x")
+                .finish(),
+            format!("{long}: a name of 300 bytes (at most 255)"),
+        ),
+        (
+            "target",
+            fixtures::layers::LayerBuilder::new()
+                .symlink("s", "t".repeat(5000))
+                .finish(),
+            "s: symlink target of 5000 bytes (at most 4095)".to_owned(),
+        ),
+        (
+            "marker",
+            fixtures::layers::LayerBuilder::new()
+                .dir("etc/.cvmfscatalog")
+                .finish(),
+            "etc/.cvmfscatalog/: directory .cvmfscatalog: a nested catalog marker must be a \
+             regular file"
+                .to_owned(),
+        ),
+    ];
+    let before = stored(&env);
+    for (tag, bad, why) in cases {
+        let built = ImageBuilder::new()
+            .layer(ok.finish(), Compression::Gzip)
+            .layer(bad, Compression::Gzip)
+            .write_layout(&layout, tag)
+            .unwrap();
+        let reference = format!("oci:{}:{tag}", layout.display());
+        let line = env.fails(&["convert", FQRN, &reference]);
+        let layer = &built.layer_digests[1];
+        let want = format!("image {reference} layer {layer}: {why}");
+        assert!(line.ends_with(&want), "{want:?} not in {line}");
+    }
+    let manifest = env.storage.join(".cvmfspublished");
+    assert_eq!(stored(&env).get(&manifest), before.get(&manifest));
+    env.check(true);
+}
+
 /// A loopback server that answers every request with `status` (and `Retry-After: 0`).
 fn failing_server(status: u16) -> (String, std::thread::JoinHandle<()>) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

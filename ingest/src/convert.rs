@@ -159,27 +159,98 @@ pub fn absolute_target(link: &[u8], target: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// Placements of the images one reference resolved to. A single image gets the plain tag;
-/// several (an index converted with `--all-platforms`) get one `@<os>-<arch>` name each, and
-/// the plain tag goes to the preferred platform (else the first).
-pub fn placements(manifests: &[ImageManifest], selection: &PlatformSelection) -> Vec<Placement> {
+/// Longest file name a client can look up (Linux `NAME_MAX`).
+const NAME_MAX: usize = 255;
+
+/// Why `text` (`<registry>/<repository>:<tag>[@<suffix>]`) cannot name a link below `/` and
+/// a directory below [`METADATA_ROOT`]: every component must be a file name a client can
+/// look up, and none may start with `.`, so that no name lands in [`FLAT_ROOT`], in
+/// [`METADATA_ROOT`] (on another image's metadata), on `.`/`..`, or on a `.cvmfs*` name
+/// (`.cvmfscatalog` as a directory leaves a catalog `check` refuses).
+fn check_name_text(text: &str) -> std::result::Result<(), String> {
+    for c in text.split('/') {
+        if c.is_empty() {
+            return Err("it has an empty path component".to_owned());
+        }
+        if c.starts_with('.') {
+            return Err(format!("its component {c:?} starts with '.'"));
+        }
+        if c.len() > NAME_MAX {
+            return Err(format!(
+                "a component of {} bytes (at most {NAME_MAX})",
+                c.len()
+            ));
+        }
+        if c.chars().any(char::is_control) {
+            return Err(format!("its component {c:?} has a control character"));
+        }
+    }
+    Ok(())
+}
+
+/// The link names (`None`: the plain tag, else a platform suffix) of each of `manifests`:
+/// a single image gets the plain tag; several get one `@<os>-<arch>` name each, and the
+/// plain tag goes to the preferred platform (else the first). Every name is checked here,
+/// while the batch is planned, so that an image with a name the layout cannot hold fails
+/// before anything of it is flattened or stored.
+fn link_names(
+    manifests: &[ImageManifest],
+    selection: &PlatformSelection,
+) -> Result<Vec<Vec<Option<String>>>> {
     let preferred = selection.preferred();
     let default = manifests
         .iter()
         .position(|m| m.platform.as_ref().is_some_and(|p| preferred.accepts(p)))
         .unwrap_or(0);
-    manifests
+    let mut out = Vec::with_capacity(manifests.len());
+    for (i, m) in manifests.iter().enumerate() {
+        let mut names: Vec<Option<String>> = Vec::new();
+        if i == default {
+            names.push(None);
+        }
+        if manifests.len() > 1 {
+            names.push(platform_suffix(m)?);
+        }
+        for suffix in &names {
+            let text = name_text(&m.name, suffix.as_deref());
+            check_name_text(&text).map_err(|why| {
+                Error::image(
+                    &m.reference,
+                    format!("{text:?} cannot name an image in the repository: {why}"),
+                )
+            })?;
+        }
+        out.push(names);
+    }
+    Ok(out)
+}
+
+/// The `@<os>-<arch>` suffix of an index entry's links, once its platform names are plain.
+fn platform_suffix(m: &ImageManifest) -> Result<Option<String>> {
+    let Some(p) = &m.platform else {
+        return Ok(None);
+    };
+    p.check_names().map_err(|why| {
+        Error::image(
+            &m.reference,
+            format!("index entry {}: {why}", m.manifest_digest),
+        )
+    })?;
+    Ok(Some(p.link_suffix()))
+}
+
+/// Placements of the images one reference resolved to (see [`link_names`]); an error names
+/// the image and the name the layout cannot hold.
+pub fn placements(
+    manifests: &[ImageManifest],
+    selection: &PlatformSelection,
+) -> Result<Vec<Placement>> {
+    let names = link_names(manifests, selection)?;
+    Ok(manifests
         .iter()
-        .enumerate()
-        .map(|(i, m)| {
+        .zip(names)
+        .map(|(m, names)| {
             let flat_dir = flat_dir_path(&m.config_digest);
-            let mut names: Vec<Option<String>> = Vec::new();
-            if i == default {
-                names.push(None);
-            }
-            if manifests.len() > 1 {
-                names.push(m.platform.as_ref().map(|p| p.link_suffix()));
-            }
             Placement {
                 links: names
                     .iter()
@@ -196,7 +267,7 @@ pub fn placements(manifests: &[ImageManifest], selection: &PlatformSelection) ->
                 manifest_digest: m.manifest_digest.clone(),
             }
         })
-        .collect()
+        .collect())
 }
 
 /// How much of an image is already in the repository.
@@ -646,7 +717,7 @@ mod tests {
 
     #[test]
     fn single_and_multi_platform_placements() {
-        let one = placements(&[manifest("t", b"c", None)], &PlatformSelection::Host);
+        let one = placements(&[manifest("t", b"c", None)], &PlatformSelection::Host).unwrap();
         assert_eq!(one.len(), 1);
         assert_eq!(one[0].links.len(), 1);
         assert_eq!(one[0].links[0].path, b"/127.0.0.1:5000/testbed/app:t");
@@ -659,7 +730,7 @@ mod tests {
             manifest("t", b"arm", Some("linux/arm64/v8")),
         ];
         let arm = PlatformSelection::One(Platform::parse("linux/arm64").unwrap());
-        let placed = placements(&multi, &PlatformSelection::All);
+        let placed = placements(&multi, &PlatformSelection::All).unwrap();
         let host_is_arm = Platform::host().architecture == "arm64";
         let plain = |p: &Placement| {
             p.links
@@ -668,7 +739,7 @@ mod tests {
         };
         assert_eq!(plain(&placed[0]), !host_is_arm);
         assert_eq!(plain(&placed[1]), host_is_arm);
-        let placed = placements(&multi, &arm);
+        let placed = placements(&multi, &arm).unwrap();
         assert!(!plain(&placed[0]) && plain(&placed[1]));
         let names: Vec<String> = placed
             .iter()
@@ -688,6 +759,87 @@ mod tests {
         );
         assert_eq!(placed[1].flat_dir, flat_dir_path(&Digest::of(b"arm")));
         assert_eq!(placed[1].metadata_dirs.len(), 2);
+    }
+
+    /// Names the layout cannot hold are refused while placing, naming the image and the
+    /// name: nothing of such an image may be flattened or stored.
+    #[test]
+    fn placements_refuse_names_the_layout_cannot_hold() {
+        let named = |registry: &str, repository: &str, tag: &str| {
+            let mut m = manifest("t", b"c", None);
+            m.reference = "oci:/layouts/hostile".to_owned();
+            m.name = ImageName {
+                registry: registry.to_owned(),
+                repository: repository.to_owned(),
+                reference: crate::image::NameRef::Tag(tag.to_owned()),
+            };
+            m
+        };
+        let long_repo = "a".repeat(200);
+        let long_tag = "t".repeat(100);
+        for (m, why) in [
+            (
+                named(".metadata", "example.com/victim", "1"),
+                "starts with '.'",
+            ),
+            (named(".flat", "evil", "latest"), "starts with '.'"),
+            (named(".cvmfscatalog", "x", "1"), "starts with '.'"),
+            (named("..", "evil", "latest"), "starts with '.'"),
+            (
+                named("local", "a/.cvmfsautocatalog/b", "1"),
+                "starts with '.'",
+            ),
+            (named("local", "a//b", "1"), "empty path component"),
+            (named("h.org", "x", "a\0b"), "control character"),
+            (
+                named("h.org", &long_repo, &long_tag),
+                "301 bytes (at most 255)",
+            ),
+        ] {
+            let err = placements(&[m], &PlatformSelection::Host)
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with("image oci:/layouts/hostile: \""), "{err}");
+            assert!(err.contains(why), "{why}: {err}");
+        }
+        // A valid reference whose last component is too long for a file name.
+        let r = RegistryRef::parse(&format!("example.org/{long_repo}:{long_tag}")).unwrap();
+        let mut m = manifest("t", b"c", None);
+        m.name = r.name();
+        assert!(placements(&[m], &PlatformSelection::Host).is_err());
+    }
+
+    /// With several platforms the platform names become part of the link names.
+    #[test]
+    fn placements_refuse_platform_names_that_are_not_plain() {
+        let platform = |arch: &str, variant: Option<&str>| Platform {
+            os: "linux".to_owned(),
+            architecture: arch.to_owned(),
+            variant: variant.map(str::to_owned),
+        };
+        for (bad, shown) in [
+            (platform("arm64/.cvmfscatalog", None), "arm64/.cvmfscatalog"),
+            (platform("../../../x", None), "../../../x"),
+            (
+                platform("arm", Some("v7/.cvmfscatalog")),
+                "v7/.cvmfscatalog",
+            ),
+        ] {
+            let mut odd = manifest("t", b"odd", Some("linux/arm/v7"));
+            odd.platform = Some(bad);
+            let multi = [manifest("t", b"amd", Some("linux/amd64")), odd];
+            let err = placements(&multi, &PlatformSelection::All)
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with("image docker://127.0.0.1:5000/"), "{err}");
+            assert!(
+                err.contains(&format!("{shown:?} is not a plain name")),
+                "{err}"
+            );
+            // Converting one platform only, the platform names no link.
+            let host = PlatformSelection::One(Platform::parse("linux/amd64").unwrap());
+            assert!(placements(&multi[..1], &host).is_ok());
+        }
     }
 
     #[test]
@@ -785,7 +937,9 @@ mod tests {
     #[test]
     fn name_grafts_and_status() {
         let m = manifest("t", b"c", None);
-        let placement = placements(std::slice::from_ref(&m), &PlatformSelection::Host).remove(0);
+        let placement = placements(std::slice::from_ref(&m), &PlatformSelection::Host)
+            .unwrap()
+            .remove(0);
         let img = resolved(m.clone(), ImageConfig::default());
         let files = MemFiles::default();
         let grafts = name_grafts(&img, &placement, 7, &files).unwrap();

@@ -118,6 +118,55 @@ const WH_META_PREFIX: &[u8] = b".wh..wh.";
 const WH_OPAQUE: &[u8] = b".wh..wh..opq";
 /// Bound on alias chains (link to link to link ...) inside one layer.
 const MAX_ALIAS_DEPTH: usize = 64;
+/// Longest name a client can look up (Linux `NAME_MAX`).
+const NAME_MAX: usize = 255;
+/// Longest symlink target a client can return (Linux `PATH_MAX` less the NUL).
+const SYMLINK_MAX: usize = 4095;
+/// Names cvmfs takes for nested catalog markers, whatever they are.
+const MARKERS: [&[u8]; 2] = [crate::convert::CATALOG_MARKER, b".cvmfsautocatalog"];
+
+/// Checks a directory (or implied parent) name of the merged tree against what a client can
+/// serve. The namespace checks every entry again when the tree is grafted, but by then the
+/// layer and the member are no longer known; here the error can name both.
+fn check_dir_name(name: &[u8]) -> Res<()> {
+    if name.len() > NAME_MAX {
+        return Err(format!(
+            "a directory name of {} bytes (at most {NAME_MAX})",
+            name.len()
+        ));
+    }
+    if MARKERS.contains(&name) {
+        return Err(format!(
+            "directory {}: a nested catalog marker must be a regular file",
+            show(name)
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a non-directory entry of the merged tree (see [`check_dir_name`]).
+fn check_leaf(name: &[u8], entry: &Entry) -> Res<()> {
+    if name.len() > NAME_MAX {
+        return Err(format!(
+            "a name of {} bytes (at most {NAME_MAX})",
+            name.len()
+        ));
+    }
+    match &entry.kind {
+        EntryKind::File { .. } => {}
+        _ if MARKERS.contains(&name) => {
+            return Err("a nested catalog marker must be a regular file".to_owned())
+        }
+        EntryKind::Symlink { target } if target.len() > SYMLINK_MAX => {
+            return Err(format!(
+                "symlink target of {} bytes (at most {SYMLINK_MAX})",
+                target.len()
+            ))
+        }
+        _ => {}
+    }
+    Ok(())
+}
 
 /// Flattens `layers` (bottom → top) into one tree; regular files go through `pipeline`.
 pub fn flatten_layers(layers: Vec<LayerInput>, pipeline: &ObjectPipeline) -> Result<Dir> {
@@ -816,6 +865,10 @@ impl Flattener<'_> {
         let Some((last, parents)) = comps.split_last() else {
             return Err("the root must be a directory".into());
         };
+        // A link to a lower layer's file is checked when the grafted tree is (backstop).
+        if let Ok((_, entry, _)) = self.resolve_inode(inode) {
+            check_leaf(last, entry)?;
+        }
         let l = scan.idx;
         let dir = self.parent_mut(parents, l)?;
         dir.children
@@ -983,6 +1036,7 @@ impl Flattener<'_> {
     fn parent_mut(&mut self, parents: &[&[u8]], l: usize) -> Res<&mut FDir> {
         let mut dir = &mut self.root;
         for (i, c) in parents.iter().enumerate() {
+            check_dir_name(c)?;
             let node = dir
                 .children
                 .entry(c.to_vec())
@@ -1012,6 +1066,7 @@ impl Flattener<'_> {
         let Some((last, parents)) = comps.split_last() else {
             return Ok(&mut self.root);
         };
+        check_dir_name(last)?;
         let parent = self.parent_mut(parents, l)?;
         let node = parent
             .children

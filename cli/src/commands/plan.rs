@@ -116,7 +116,8 @@ fn check_present(
     manifests: Vec<ImageManifest>,
     selection: &PlatformSelection,
 ) -> Result<Vec<Job>> {
-    let placements = layout::placements(&manifests, selection);
+    // Names the layout cannot hold fail the reference here, before any layer is read.
+    let placements = layout::placements(&manifests, selection)?;
     let mut jobs = Vec::new();
     for (manifest, placement) in manifests.into_iter().zip(placements) {
         let status = {

@@ -441,6 +441,71 @@ fn hostile_names_are_refused() {
     assert_eq!(names(&dir, "real"), vec!["passwd"]);
 }
 
+/// Entries a client cannot serve are refused while their layer is read, so the error names
+/// the layer and the member (the namespace's check when grafting knows neither); a lower
+/// layer's entry that a higher layer hides is never refused.
+#[test]
+fn entries_a_client_cannot_serve_name_layer_and_member() {
+    let long = "z".repeat(300);
+    let target = "t".repeat(5000);
+    let symlink = tar::EntryType::Symlink;
+    let cases: Vec<(Vec<u8>, String)> = vec![
+        (
+            TarB::new().long_file(&long, b"x").finish(),
+            format!("img layer1: {long}: a name of 300 bytes (at most 255)"),
+        ),
+        (
+            TarB::new().long_file(&format!("d/{long}/f"), b"x").finish(),
+            format!("img layer1: d/{long}/f: a directory name of 300 bytes (at most 255)"),
+        ),
+        (
+            TarB::new()
+                .pax(&[("linkpath", target.as_bytes())])
+                .raw(b"s", symlink, 0o777, b"", Some(b"x"))
+                .finish(),
+            "img layer1: s: symlink target of 5000 bytes (at most 4095)".to_owned(),
+        ),
+        (
+            TarB::new().dir("a/.cvmfscatalog", 0o755).finish(),
+            "img layer1: a/.cvmfscatalog: directory .cvmfscatalog: a nested catalog marker \
+             must be a regular file"
+                .to_owned(),
+        ),
+        (
+            TarB::new().file("a/.cvmfsautocatalog/f", b"").finish(),
+            "img layer1: a/.cvmfsautocatalog/f: directory .cvmfsautocatalog: a nested \
+             catalog marker must be a regular file"
+                .to_owned(),
+        ),
+        (
+            TarB::new().symlink("b/.cvmfscatalog", "x").finish(),
+            "img layer1: b/.cvmfscatalog: a nested catalog marker must be a regular file"
+                .to_owned(),
+        ),
+    ];
+    for (bad, want) in cases {
+        let l0 = TarB::new().file("ok", b"1").finish();
+        let l2 = TarB::new().file("top", b"2").finish();
+        let err = flat(vec![l0, bad, l2]).unwrap_err().to_string();
+        assert_eq!(err, want);
+    }
+    // Hidden by a higher layer: never part of the tree, so never refused.
+    let l0 = TarB::new()
+        .dir("a/.cvmfscatalog", 0o755)
+        .long_file(&format!("h/{long}"), b"x")
+        .finish();
+    let l1 = TarB::new()
+        .file("a/.wh..cvmfscatalog", b"")
+        .file("h/.wh..wh..opq", b"")
+        .finish();
+    let (dir, _, _) = flat(vec![l0, l1]).unwrap();
+    assert!(names(&dir, "a").is_empty() && names(&dir, "h").is_empty());
+    // A regular file is a marker as cvmfs wants it.
+    let l0 = TarB::new().file("c/.cvmfscatalog", b"").finish();
+    let (dir, _, _) = flat(vec![l0]).unwrap();
+    assert_eq!(names(&dir, "c"), vec![".cvmfscatalog"]);
+}
+
 #[test]
 fn a_memo_is_checked_against_the_store_once_per_context() {
     let tmp = tempfile::tempdir().unwrap();

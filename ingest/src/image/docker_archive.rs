@@ -109,10 +109,10 @@ impl DockerArchiveSource {
             .or_else(|| picked.repo_tags.as_ref().and_then(|t| t.first().cloned()));
         let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned());
         let candidate = first_tag.or(stem).unwrap_or_default();
-        let name = ImageName::for_local(&candidate).ok_or_else(|| {
+        let name = ImageName::for_local(&candidate).map_err(|why| {
             Error::image(
                 &reference,
-                format!("{candidate:?} is not usable as an image name"),
+                format!("{candidate:?} is not usable as an image name: {why}"),
             )
         })?;
         let find = |member: &str| -> Result<(String, Location)> {

@@ -98,10 +98,10 @@ impl OciLayoutSource {
             .or_else(|| entry.annotations.get(REF_NAME).cloned())
             .or(dir_name)
             .unwrap_or_default();
-        ImageName::for_local(&candidate).ok_or_else(|| {
+        ImageName::for_local(&candidate).map_err(|why| {
             Error::image(
                 &self.reference,
-                format!("{candidate:?} is not usable as an image name"),
+                format!("{candidate:?} is not usable as an image name: {why}"),
             )
         })
     }

@@ -113,6 +113,64 @@ fn looks_like_host(component: &str) -> bool {
     component.contains('.') || component.contains(':') || component == "localhost"
 }
 
+/// Longest registry host (with port) accepted: a file name in the repository.
+const HOST_MAX: usize = 255;
+
+/// Checks a registry host as Docker's reference grammar has it: a host name (labels of
+/// letters, digits and inner `-`, joined by `.`), an IPv4 address or a bracketed IPv6 one,
+/// with an optional `:port`. The host becomes the first component of the image's link and
+/// metadata paths, so nothing else may pass: `.flat`, `.metadata` or `.cvmfscatalog` would
+/// put the image's names inside the layout's own directories or make a nested catalog
+/// marker a directory.
+fn check_host(host: &str) -> std::result::Result<(), String> {
+    if host.len() > HOST_MAX {
+        return Err(format!(
+            "registry host of {} bytes (at most {HOST_MAX})",
+            host.len()
+        ));
+    }
+    let bad = |why: &str| Err(format!("registry host {host:?} {why}"));
+    let (name, port) = match host.strip_prefix('[') {
+        Some(rest) => {
+            let Some((addr, after)) = rest.split_once(']') else {
+                return bad("lacks the closing ']' of its IPv6 address");
+            };
+            if addr.parse::<std::net::Ipv6Addr>().is_err() {
+                return bad("is not a valid IPv6 address");
+            }
+            match after {
+                "" => (None, None),
+                _ => match after.strip_prefix(':') {
+                    Some(port) => (None, Some(port)),
+                    None => return bad("has text after its IPv6 address"),
+                },
+            }
+        }
+        None => match host.split_once(':') {
+            Some((name, port)) => (Some(name), Some(port)),
+            None => (Some(host), None),
+        },
+    };
+    if let Some(port) = port {
+        let digits =
+            !port.is_empty() && port.len() <= 5 && port.bytes().all(|b| b.is_ascii_digit());
+        if !digits || port.parse::<u16>().is_err() {
+            return bad("has an invalid port");
+        }
+    }
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if name.is_some_and(|n| !n.split('.').all(label_ok)) {
+        return bad("is not a host name or IP address");
+    }
+    Ok(())
+}
+
 fn valid_repository(repo: &str) -> bool {
     let component_ok = |c: &str| {
         !c.is_empty()
@@ -167,6 +225,7 @@ impl RegistryRef {
             Some((first, rest)) if looks_like_host(first) => (first.to_owned(), rest.to_owned()),
             _ => (DOCKER_HUB_API.to_owned(), path.to_owned()),
         };
+        check_host(&host)?;
         let (host, repository) = if is_docker_hub(&host) {
             let repo = if repository.contains('/') {
                 repository
@@ -247,20 +306,25 @@ impl fmt::Display for RegistryRef {
 impl ImageName {
     /// Name for an image read from a local file under the reference name `ref_name` (an OCI
     /// `ref.name` annotation or a `RepoTags` entry). A full registry reference keeps its
-    /// registry (`127.0.0.1:5000/a/b:1`, `docker.io/a/b:1`); anything else lands under
-    /// [`LOCAL_LAYOUT`] with tag `latest` unless it names one.
-    pub fn for_local(ref_name: &str) -> Option<ImageName> {
+    /// registry (`127.0.0.1:5000/a/b:1`, `docker.io/a/b:1`) and must be a valid one; anything
+    /// else lands under [`LOCAL_LAYOUT`] with tag `latest` unless it names one. The error
+    /// says why the name is unusable.
+    pub fn for_local(ref_name: &str) -> std::result::Result<ImageName, String> {
         let first = ref_name.split('/').next().unwrap_or_default();
         if ref_name.contains('/') && looks_like_host(first) {
-            if let Ok(r) = RegistryRef::parse(ref_name) {
-                return Some(r.name());
-            }
+            return RegistryRef::parse(ref_name).map(|r| r.name());
         }
         let (repository, tag) = match ref_name.rsplit_once(':') {
             Some((repo, tag)) if !tag.contains('/') => (repo, tag),
             _ => (ref_name, "latest"),
         };
-        (valid_repository(repository) && valid_tag(tag)).then(|| ImageName {
+        if !valid_repository(repository) {
+            return Err(format!("invalid repository name {repository:?}"));
+        }
+        if !valid_tag(tag) {
+            return Err(format!("invalid tag {tag:?}"));
+        }
+        Ok(ImageName {
             registry: LOCAL_LAYOUT.to_owned(),
             repository: repository.to_owned(),
             reference: NameRef::Tag(tag.to_owned()),
@@ -340,6 +404,31 @@ impl Platform {
         self.os == offered.os
             && self.architecture == offered.architecture
             && (self.variant.is_none() || self.effective_variant() == offered.effective_variant())
+    }
+
+    /// Checks that os, architecture and variant are plain names (`a-z`, `0-9`, `.`, `_`,
+    /// `-`, starting with a letter or digit): they become part of a link's file name
+    /// ([`Platform::link_suffix`]), so `/`, `..` or control characters must not pass.
+    pub fn check_names(&self) -> std::result::Result<(), String> {
+        let plain = |t: &str| {
+            t.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+                && t.bytes()
+                    .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'-'))
+        };
+        let fields = [
+            ("os", Some(&self.os)),
+            ("architecture", Some(&self.architecture)),
+            ("variant", self.variant.as_ref()),
+        ];
+        for (what, value) in fields {
+            if let Some(v) = value.filter(|v| !plain(v)) {
+                return Err(format!(
+                    "platform {what} {v:?} is not a plain name (a-z, 0-9, '.', '_', '-', \
+                     starting with a letter or digit)"
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Suffix of the per-platform tag link `<tag>@<suffix>`: `linux-amd64`, `linux-arm-v7`
@@ -480,7 +569,55 @@ mod tests {
         );
         let n = ImageName::for_local("127.0.0.1:5000/testbed/app:oci-gzip").unwrap();
         assert_eq!(n.to_string(), "127.0.0.1:5000/testbed/app:oci-gzip");
-        assert!(ImageName::for_local("Bad Name").is_none());
+        assert!(ImageName::for_local("Bad Name").is_err());
+    }
+
+    /// A ref name whose first component looks like a host must be a valid host: it becomes
+    /// the first component of the link and metadata paths (`/.metadata/...`, `/.flat/...`
+    /// or `/.cvmfscatalog/...` would land in the layout's own directories).
+    #[test]
+    fn local_names_with_a_host_need_a_valid_one() {
+        let long = format!("{}.example.org/x:1", "a".repeat(250));
+        for bad in [
+            ".cvmfscatalog/x:1",
+            ".cvmfsautocatalog/x:1",
+            ".metadata/example.com/victim:1",
+            ".flat/evil:latest",
+            "../evil:latest",
+            "./evil:latest",
+            "a\0b.example.org/x:1",
+            "ex_ample.org/x:1",
+            "-a.org/x:1",
+            "a..b/x:1",
+            "host:port/x:1",
+            "host:99999/x:1",
+            "[::1/x:1",
+            "[zz::1]:5000/x:1",
+            long.as_str(),
+        ] {
+            let err = ImageName::for_local(bad).unwrap_err();
+            assert!(err.contains("registry host"), "{bad:?}: {err}");
+            assert!(
+                ImageRef::parse(&format!("docker://{bad}")).is_err(),
+                "docker://{bad:?} accepted"
+            );
+        }
+        for good in [
+            "localhost/x:1",
+            "localhost:5000/x:1",
+            "Registry.Example.org/x:1",
+            "10.0.0.1/x:1",
+            "[::1]:5000/x:1",
+            "[fe80::1]/x:1",
+            "a-b.example.org:443/team/x:1",
+        ] {
+            let name = ImageName::for_local(good).unwrap();
+            assert_eq!(name.to_string(), good);
+        }
+        assert_eq!(
+            ImageName::for_local("example.org/Up:1").unwrap_err(),
+            "invalid repository name \"Up\""
+        );
     }
 
     #[test]
@@ -495,6 +632,23 @@ mod tests {
         assert!(!v7.accepts(&Platform::parse("linux/arm/v6").unwrap()));
         assert!(Platform::parse("linux").is_err());
         assert!(Platform::parse("linux//v7").is_err());
+        assert!(v7.check_names().is_ok());
+        for (arch, variant) in [
+            ("arm64/.cvmfscatalog", None),
+            ("..", None),
+            (".hidden", None),
+            ("AMD64", None),
+            ("arm", Some("v7/.cvmfscatalog")),
+            ("arm", Some("")),
+            ("arm", Some("v7\n")),
+        ] {
+            let p = Platform {
+                os: "linux".into(),
+                architecture: arch.into(),
+                variant: variant.map(str::to_owned),
+            };
+            assert!(p.check_names().is_err(), "{p:?}");
+        }
         let host = Platform::host();
         assert_eq!(host.os, "linux");
         if cfg!(target_arch = "x86_64") {
