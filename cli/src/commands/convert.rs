@@ -561,6 +561,8 @@ fn report_image(summary: &mut Summary, status: Status, job: &Job, t0: Instant, o
 
 fn report_failure(summary: &mut Summary, image: &str, e: &anyhow::Error, out: Output) {
     summary.failed += 1;
+    // A reference typed with `user:password@` is refused; its password is not echoed.
+    let image = &ingest::image::reference::redact_userinfo(image);
     let mut line = crate::output::error_line(e);
     let shown = crate::output::printable(image);
     if !line.contains(&shown) {

@@ -98,6 +98,11 @@ fn bases_first(sources: &Sources, refs: Vec<String>, selection: &PlatformSelecti
 
 /// `docker://HOST[/PREFIX]` → (host, repository prefix).
 fn parse_registry_url(url: &str) -> Result<(String, String)> {
+    use ingest::image::reference::{redact_userinfo, USERINFO_REFUSED};
+    let shown = redact_userinfo(url);
+    if shown != url {
+        bail!("{shown}: {USERINFO_REFUSED}");
+    }
     let Some(rest) = url.strip_prefix("docker://") else {
         bail!("{url}: expected docker://REGISTRY[/REPOSITORY-PREFIX]");
     };
@@ -234,6 +239,21 @@ fn forecast(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_registry_url_with_credentials_is_refused_without_echoing_them() {
+        let err = parse_registry_url("docker://u:SECRETPW123@r.io/team")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("docker://u:***@r.io/team: credentials do not belong"),
+            "{err}"
+        );
+        assert_eq!(
+            parse_registry_url("docker://r.io:5000/team/").unwrap(),
+            ("r.io:5000".to_owned(), "team".to_owned())
+        );
+    }
 
     #[test]
     fn prune_scope_is_the_registry_or_its_prefix() {

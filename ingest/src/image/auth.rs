@@ -1,11 +1,12 @@
 //! Registry credentials: `--creds USER:PASS`, `REGISTRY_AUTH_FILE`, `~/.docker/config.json`
 //! (inline `auths`, and the credential helpers of `credHelpers` / `credsStore`).
-//! Secrets never reach `Debug`/`Display` output.
+//! Secrets never reach `Debug`/`Display` output, and [`Redactor`] blanks them out of text
+//! servers send back.
 
 use super::error::{Error, Result};
 use base64::Engine as _;
 use serde::Deserialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -32,6 +33,75 @@ impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("<redacted>")
     }
+}
+
+/// What stands in for a secret in text shown to the user.
+pub const REDACTED: &str = "[redacted]";
+
+/// The secrets a client has sent, in every form they went out in, for blanking them out of
+/// text a server sent back: a registry, proxy or token service may quote the request's
+/// `Authorization` header in its error message.
+#[derive(Default)]
+pub struct Redactor {
+    secrets: Mutex<BTreeSet<String>>,
+}
+
+impl fmt::Debug for Redactor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Redactor")
+    }
+}
+
+impl Redactor {
+    /// The password, `user:password`, and that pair in base64 (with and without padding,
+    /// standard and URL-safe alphabet): the forms a basic header or a token request carries.
+    pub fn add_credentials(&self, creds: &Credentials) {
+        use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+        let pair = format!("{}:{}", creds.username, creds.password.expose());
+        let mut forms = vec![creds.password.expose().to_owned()];
+        forms.extend([&STANDARD, &STANDARD_NO_PAD, &URL_SAFE_NO_PAD].map(|e| e.encode(&pair)));
+        forms.push(pair);
+        self.add(forms);
+    }
+
+    /// A bearer or identity token.
+    pub fn add_secret(&self, secret: &Secret) {
+        self.add([secret.expose().to_owned()]);
+    }
+
+    fn add(&self, forms: impl IntoIterator<Item = String>) {
+        let mut secrets = self.secrets.lock().unwrap_or_else(|p| p.into_inner());
+        secrets.extend(forms.into_iter().filter(|f| !f.is_empty()));
+    }
+
+    /// `text` with every secret added so far replaced by [`REDACTED`].
+    pub fn redact(&self, text: &str) -> String {
+        let secrets = self.secrets.lock().unwrap_or_else(|p| p.into_inner());
+        let list: Vec<&str> = secrets.iter().map(String::as_str).collect();
+        redact(text, &list)
+    }
+}
+
+/// `text` with each occurrence of any of `secrets` replaced by [`REDACTED`], in one pass and
+/// longest first where they overlap (`user:pass` goes whole, not as `user:` + a redaction).
+pub fn redact(text: &str, secrets: &[&str]) -> String {
+    let mut by_length: Vec<&str> = secrets.iter().copied().filter(|s| !s.is_empty()).collect();
+    by_length.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(c) = rest.chars().next() {
+        match by_length.iter().find(|s| rest.starts_with(**s)) {
+            Some(secret) => {
+                out.push_str(REDACTED);
+                rest = &rest[secret.len()..];
+            }
+            None => {
+                out.push(c);
+                rest = &rest[c.len_utf8()..];
+            }
+        }
+    }
+    out
 }
 
 /// A user name and password (or token) for HTTP basic auth and token requests.
@@ -126,6 +196,21 @@ impl fmt::Debug for AuthStore {
     }
 }
 
+/// Why an auth file does not parse, without quoting it: serde names the offending value
+/// (`invalid type: string "…"`), and in an auth file that value may be a password.
+fn describe_json_error(e: &serde_json::Error) -> String {
+    let place = format!("line {} column {}", e.line(), e.column());
+    match e.classify() {
+        serde_json::error::Category::Data => format!(
+            "not a valid auth file: a value of the wrong kind at {place} (`auths` maps hosts to \
+             objects holding `auth`, or `username` and `password`; `credHelpers` maps hosts to \
+             helper names; `credsStore` is a helper name)"
+        ),
+        // Syntax and end-of-file errors say what was expected, never what was found.
+        _ => format!("not a valid auth file: {e}"),
+    }
+}
+
 /// Host part of an `auths` key: `https://index.docker.io/v1/` → `index.docker.io`.
 fn key_host(key: &str) -> &str {
     let rest = key
@@ -159,7 +244,7 @@ impl AuthStore {
             reason,
         };
         let file: ConfigFile =
-            serde_json::from_slice(json).map_err(|e| bad(format!("not a valid auth file: {e}")))?;
+            serde_json::from_slice(json).map_err(|e| bad(describe_json_error(&e)))?;
         let mut by_host = BTreeMap::new();
         let helpers = file
             .cred_helpers
@@ -313,14 +398,11 @@ fn run_helper(program: &Path, server: &str) -> HelperAnswer {
         if text.to_ascii_lowercase().contains("credentials not found") {
             return Ok(None);
         }
-        let first = text
-            .lines()
-            .next()
-            .unwrap_or("")
-            .chars()
-            .take(200)
-            .collect::<String>();
-        return Err(format!("failed ({status}): {first}"));
+        // What it said is not passed on: a helper may quote the secret it failed to use.
+        return Err(format!(
+            "failed ({status}); to see why, run `echo {server} | {} get` by hand",
+            program.display()
+        ));
     }
     #[derive(Deserialize)]
     #[serde(rename_all = "PascalCase")]
@@ -510,7 +592,16 @@ mod tests {
             "none",
             "echo 'credentials not found in native keychain'; exit 1",
         );
-        helper(dir.path(), "broken", "echo 'keychain locked' >&2; exit 2");
+        helper(
+            dir.path(),
+            "broken",
+            "echo 'secret hunter2 has expired' >&2; exit 2",
+        );
+        helper(
+            dir.path(),
+            "loud",
+            "echo 'stored secret hunter3 is locked'; exit 1",
+        );
         helper(dir.path(), "garbage", "echo 'not json'");
         helper(
             dir.path(),
@@ -527,11 +618,21 @@ mod tests {
         };
         // Not found: anonymous, no error.
         assert_eq!(with("none").unwrap(), None);
+        // Which helper, its status, how to see why; never what it said (it may be the secret).
         let err = with("broken").unwrap_err();
         assert!(
-            err.contains("docker-credential-broken")
-                && err.contains("r.example.org")
-                && err.contains("keychain locked"),
+            err.contains("docker-credential-broken for r.example.org: failed (exit status: 2)")
+                && err.contains("run `echo r.example.org | ")
+                && err.contains("docker-credential-broken get` by hand"),
+            "{err}"
+        );
+        assert!(
+            !err.contains("hunter2") && !err.contains("expired"),
+            "{err}"
+        );
+        let err = with("loud").unwrap_err();
+        assert!(
+            err.contains("exit status: 1") && !err.contains("hunter3"),
             "{err}"
         );
         assert!(with("garbage")
@@ -572,5 +673,53 @@ mod tests {
             "{err}"
         );
         assert!(AuthStore::from_json(b"[", "f").is_err());
+        // A value of the wrong kind is placed, not quoted: it may be a password.
+        for json in [
+            r#"{"auths": {"h": "SECRETPW123"}}"#,
+            r#"{"auths": {"h": {"password": ["SECRETPW123"]}}}"#,
+            r#"{"credsStore": {"x": "SECRETPW123"}}"#,
+        ] {
+            let err = AuthStore::from_json(json.as_bytes(), "/x/config.json")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("/x/config.json") && err.contains("wrong kind at line 1 column"),
+                "{err}"
+            );
+            assert!(!err.contains("SECRETPW123"), "{err}");
+        }
+        let err = AuthStore::from_json(br#"{"auths": {"h": {"auth": "x"#, "f")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("EOF") && !err.contains("\"x"), "{err}");
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_every_form_they_were_sent() {
+        let redactor = Redactor::default();
+        let quoted = "denied; you sent Authorization: Basic cWF1c2VyOlNFQ1JFVFBXMTIz \
+                      decoded=qauser:SECRETPW123, or cWF1c2VyOlNFQ1JFVFBXMTIz; Bearer tok-9 pw=SECRETPW123";
+        // Nothing known yet: the text is left alone.
+        assert_eq!(redactor.redact(quoted), quoted);
+        redactor.add_credentials(&Credentials::parse("qauser:SECRETPW123").unwrap());
+        redactor.add_secret(&Secret::new("tok-9".to_owned()));
+        let shown = redactor.redact(quoted);
+        assert_eq!(
+            shown,
+            "denied; you sent Authorization: Basic [redacted] \
+             decoded=[redacted], or [redacted]; Bearer [redacted] pw=[redacted]"
+        );
+        // Base64 with and without padding, and in the URL-safe alphabet (`u:a~~~~` is
+        // `dTphfn5+fg==` in the standard one).
+        let r = Redactor::default();
+        r.add_credentials(&Credentials::parse("u:a~~~~").unwrap());
+        for form in ["dTphfn5+fg==", "dTphfn5+fg", "dTphfn5-fg"] {
+            assert_eq!(r.redact(&format!("<{form}>")), "<[redacted]>", "{form}");
+        }
+        // Overlapping secrets go longest first, in one pass; multi-byte text survives.
+        assert_eq!(
+            redact("ä abcd ab é", &["ab", "abcd", ""]),
+            "ä [redacted] [redacted] é"
+        );
     }
 }

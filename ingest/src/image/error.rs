@@ -80,6 +80,51 @@ impl Error {
         }
     }
 
+    /// This error with `scrub` applied to the texts in it that may quote a server's answer
+    /// (reasons and URLs).
+    pub(crate) fn scrubbed(self, scrub: impl Fn(&str) -> String) -> Error {
+        match self {
+            Error::Reference { input, reason } => Error::Reference {
+                input,
+                reason: scrub(&reason),
+            },
+            Error::Image { image, reason } => Error::Image {
+                image,
+                reason: scrub(&reason),
+            },
+            Error::Layer {
+                image,
+                layer,
+                reason,
+            } => Error::Layer {
+                image,
+                layer,
+                reason: scrub(&reason),
+            },
+            Error::Registry {
+                image,
+                url,
+                status,
+                reason,
+            } => Error::Registry {
+                image,
+                url: scrub(&url),
+                status,
+                reason: scrub(&reason),
+            },
+            Error::Credentials { origin, reason } => Error::Credentials {
+                origin,
+                reason: scrub(&reason),
+            },
+            Error::Recipe { path, reason } => Error::Recipe {
+                path,
+                reason: scrub(&reason),
+            },
+            // Local file errors hold no server text.
+            io @ Error::Io { .. } => io,
+        }
+    }
+
     /// This error as an `io::Error`, for `Read` implementations.
     pub(crate) fn into_io(self) -> io::Error {
         io::Error::new(io::ErrorKind::InvalidData, self)

@@ -65,7 +65,10 @@ impl Recipe {
             .input
             .iter()
             .map(|line| {
-                parse_input(line).map_err(|reason| bad(format!("input {line:?}: {reason}")))
+                parse_input(line).map_err(|reason| {
+                    let shown = super::reference::redact_userinfo(line);
+                    bad(format!("input {shown:?}: {reason}"))
+                })
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Recipe {
@@ -119,6 +122,10 @@ impl Recipe {
 
 /// `https://REG/REPO:TAG`, `http://…`, `docker://…` or a bare `REG/REPO:TAG`.
 fn parse_input(line: &str) -> std::result::Result<RecipeInput, String> {
+    // Checked first: the parsers' reasons would quote pieces of the password.
+    if super::reference::redact_userinfo(line) != line {
+        return Err(super::reference::USERINFO_REFUSED.to_owned());
+    }
     let line = line.trim();
     let (rest, insecure) = if let Some(r) = line.strip_prefix("https://") {
         (r, false)
@@ -308,6 +315,17 @@ input:
         .to_string();
         assert!(
             err.starts_with("recipe r.yaml: input \"https://h.io/Bad:1\": invalid repository"),
+            "{err}"
+        );
+        let err = Recipe::parse(
+            "version: 1\ncvmfs_repo: x\ninput: ['http://qauser:SECRETPW123@h.io/r:1']\n",
+            "r.yaml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("recipe r.yaml: input \"http://qauser:***@h.io/r:1\": credentials do")
+                && !err.contains("SECRETPW123"),
             "{err}"
         );
     }

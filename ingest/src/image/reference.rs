@@ -55,10 +55,15 @@ pub enum NameRef {
 impl ImageRef {
     /// Parses `docker://…`, `oci:…` or `docker-archive:…`.
     pub fn parse(input: &str) -> Result<ImageRef> {
+        let shown = redact_userinfo(input);
         let bad = |reason: &str| Error::Reference {
-            input: input.to_owned(),
+            input: shown.clone(),
             reason: reason.to_owned(),
         };
+        // Checked first: the parsers' reasons would quote pieces of the password.
+        if shown != input {
+            return Err(bad(USERINFO_REFUSED));
+        }
         if let Some(rest) = input.strip_prefix("docker://") {
             return RegistryRef::parse(rest)
                 .map(ImageRef::Registry)
@@ -106,6 +111,55 @@ impl fmt::Display for ImageRef {
             ImageRef::DockerArchive { path, tag } => local(f, "docker-archive", path, tag),
         }
     }
+}
+
+/// Why a reference with `user:password@` is refused.
+pub const USERINFO_REFUSED: &str = "credentials do not belong in an image reference (give them \
+     with --creds, in the auth file or through a credential helper)";
+
+/// `text` (an image reference or wishlist line, echoed in an error) with the password of a
+/// `user:password@` before the registry replaced by `***`: references take no credentials and
+/// are refused, but whoever typed one must not see the password come back in logs.
+pub fn redact_userinfo(text: &str) -> String {
+    if text.starts_with("oci:") || text.starts_with("docker-archive:") {
+        return text.to_owned();
+    }
+    let (scheme, rest) = match text.find("://") {
+        Some(at) => text.split_at(at + 3),
+        None => ("", text),
+    };
+    // The last `@` that does not introduce a digest ends the user info.
+    let at = rest
+        .match_indices('@')
+        .map(|(i, _)| i)
+        .rfind(|&i| !looks_like_digest(&rest[i + 1..]));
+    let Some(at) = at else {
+        return text.to_owned();
+    };
+    let (userinfo, after) = (&rest[..at], &rest[at + 1..]);
+    // `host/repo@junk` is a bad digest, not user info (which holds no `/` before a host).
+    let host = after.split('/').next().unwrap_or_default();
+    if userinfo.contains('/') && !looks_like_host(host) {
+        return text.to_owned();
+    }
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}{user}:***@{after}"),
+        None => format!("{scheme}***@{after}"),
+    }
+}
+
+/// Whether `text` starts with `ALGORITHM:HEX` (a digest after `@`), not `host:port/…`.
+fn looks_like_digest(text: &str) -> bool {
+    let Some((algorithm, rest)) = text.split_once(':') else {
+        return false;
+    };
+    let hex = rest.split('@').next().unwrap_or_default();
+    !algorithm.is_empty()
+        && algorithm
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && hex.len() >= 32
+        && hex.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// Whether the first path component of a reference names a registry host.
@@ -523,6 +577,50 @@ mod tests {
             let err = ImageRef::parse(bad).unwrap_err().to_string();
             assert!(err.starts_with("invalid image reference"), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn credentials_in_references_are_not_echoed() {
+        let hex = "a".repeat(64);
+        for (input, shown) in [
+            (
+                "docker://qauser:SECRETPW123@127.0.0.1:5000/testbed/base:bookworm".to_owned(),
+                "docker://qauser:***@127.0.0.1:5000/testbed/base:bookworm".to_owned(),
+            ),
+            (
+                format!("docker://u:p@ss/w:rd@quay.io/a/b@sha256:{hex}"),
+                format!("docker://u:***@quay.io/a/b@sha256:{hex}"),
+            ),
+            (
+                "docker://TOKEN@registry:5000".to_owned(),
+                "docker://***@registry:5000".to_owned(),
+            ),
+        ] {
+            let err = ImageRef::parse(&input).unwrap_err().to_string();
+            assert_eq!(
+                err,
+                format!("invalid image reference {shown:?}: {USERINFO_REFUSED}")
+            );
+            assert!(
+                !["SECRETPW123", "p@ss", "w:rd", "TOKEN"]
+                    .iter()
+                    .any(|s| err.contains(s)),
+                "{err}"
+            );
+        }
+        // Digests, bad digests and local paths are no user info.
+        for text in [
+            format!("docker://ubuntu:22.04@sha256:{hex}"),
+            format!("quay.io/a/b@sha256:{hex}"),
+            "docker://host.io/repo@junk".to_owned(),
+            "oci:/tmp/a@b:c".to_owned(),
+        ] {
+            assert_eq!(redact_userinfo(&text), text);
+        }
+        assert_eq!(
+            redact_userinfo("http://u:pw@h.io/r:1"),
+            "http://u:***@h.io/r:1"
+        );
     }
 
     #[test]

@@ -4,10 +4,14 @@
 //! `certs.d` CAs, with the host's `certs.d` client certificate if it has one, and for hosts
 //! named insecure (as Docker's `insecure-registries`) HTTPS without verification, else plain
 //! HTTP; and a cap on concurrent requests per registry.
+//! Credentials and tokens go only to the registry's own host (a redirect or a `Link` to
+//! another host gets none; a token realm gets credentials over HTTPS or when insecure), a
+//! redirect to another host is fetched with that host's TLS settings, and whatever a server
+//! says back reaches errors and notices with every secret sent blanked out.
 //! Async inside (its own tokio runtime), blocking outside: blob bodies reach the caller
 //! through a bounded channel, so memory stays bounded whatever the layer size.
 
-use super::auth::{AuthStore, Secret};
+use super::auth::{AuthStore, Redactor, Secret};
 use super::digest::{Checked, Digest, VerifyingReader};
 use super::error::{Error, Result};
 use super::manifest::{IndexEntry, PlatformSelection, ACCEPT};
@@ -15,8 +19,10 @@ use super::reference::RegistryRef;
 use super::source::{
     check_blob, check_config, resolve_document, ImageManifest, ImageSource, ResolvedImage,
 };
-use reqwest::header::{HeaderMap, ACCEPT as ACCEPT_HEADER, AUTHORIZATION, CONTENT_TYPE, RANGE};
-use reqwest::StatusCode;
+use reqwest::header::{
+    HeaderMap, HeaderValue, ACCEPT as ACCEPT_HEADER, AUTHORIZATION, CONTENT_TYPE, LOCATION, RANGE,
+};
+use reqwest::{StatusCode, Url};
 use std::collections::HashMap;
 use std::fmt;
 use std::io::{self, Read};
@@ -149,6 +155,8 @@ struct Inner {
     per_host: Mutex<HashMap<String, reqwest::Client>>,
     options: RegistryOptions,
     hosts: Mutex<HashMap<String, Arc<Host>>>,
+    /// Every secret this client sent, blanked out of what servers say back.
+    redactor: Redactor,
 }
 
 /// A blocking registry client; share it (`Arc`) between the sources of one run.
@@ -196,6 +204,7 @@ impl RegistryClient {
                 per_host: Mutex::new(HashMap::new()),
                 options,
                 hosts: Mutex::new(HashMap::new()),
+                redactor: Redactor::default(),
             }),
         })
     }
@@ -231,8 +240,10 @@ impl RegistryClient {
         let pages = self.paginate(&repo.host, first, &scope, &display)?;
         let mut out = Vec::new();
         for (url, body) in pages {
-            let page: Page = serde_json::from_slice(&body)
-                .map_err(|e| Error::image(&display, format!("{url}: not a tag list: {e}")))?;
+            let page: Page = serde_json::from_slice(&body).map_err(|e| {
+                Error::image(&display, format!("{url}: not a tag list: {e}"))
+                    .scrubbed(|t| self.inner.scrub(t))
+            })?;
             out.extend(page.tags.unwrap_or_default());
         }
         Ok(out)
@@ -249,8 +260,10 @@ impl RegistryClient {
         let pages = self.paginate(host, first, "registry:catalog:*", &display)?;
         let mut out = Vec::new();
         for (url, body) in pages {
-            let page: Page = serde_json::from_slice(&body)
-                .map_err(|e| Error::image(&display, format!("{url}: not a catalog: {e}")))?;
+            let page: Page = serde_json::from_slice(&body).map_err(|e| {
+                Error::image(&display, format!("{url}: not a catalog: {e}"))
+                    .scrubbed(|t| self.inner.scrub(t))
+            })?;
             out.extend(page.repositories.unwrap_or_default());
         }
         Ok(out)
@@ -278,7 +291,10 @@ impl RegistryClient {
                 .runtime
                 .block_on(async move { inner.fetch_document(&req).await })
                 .map_err(|f| f.image(display))?;
-            next = next_link(&headers, &self.base(host));
+            next = next_link(&headers, &url).map_err(|reason| {
+                // The link is the registry's text.
+                Error::image(display, self.inner.scrub(&format!("{url}: {reason}")))
+            })?;
             if pages.len() > 10_000 {
                 return Err(Error::image(
                     display,
@@ -457,12 +473,7 @@ impl Inner {
     /// `--registry-ca` files and the host's `certs.d` CAs (unverifying for an insecure host),
     /// and presenting the host's `certs.d` client certificate if it has one.
     fn client_for(&self, url: &str) -> Result<reqwest::Client> {
-        let authority = url
-            .split_once("://")
-            .map_or(url, |(_, rest)| rest)
-            .split('/')
-            .next()
-            .unwrap_or_default();
+        let authority = authority(url);
         let mut cache = self.per_host.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(client) = cache.get(authority) {
             return Ok(client.clone());
@@ -546,12 +557,12 @@ impl Inner {
     /// Tells the `on_retry` callback that `url` is retried after `why`.
     fn announce_retry(&self, url: &str, why: &str, attempt: u32, delay: Duration) {
         if let Some(notices) = &self.options.on_retry {
-            (notices.0)(&format!(
+            (notices.0)(&self.scrub(&format!(
                 "{url}: {why}; retry {} of {} in {:.1} s",
                 attempt + 1,
                 self.options.max_retries,
                 delay.as_secs_f64()
-            ));
+            )));
         }
     }
 
@@ -563,22 +574,112 @@ impl Inner {
             .min(self.options.max_backoff)
     }
 
-    /// The `Authorization` header for a request, if any is known.
+    /// The `Authorization` header for a request, if any is known; never for a URL on another
+    /// host than the one the credentials and tokens are for.
     async fn auth_header(&self, host: &Host, req: &Request) -> Option<String> {
+        if authority(&req.url) != req.host {
+            return None;
+        }
         if let Some(token) = host.tokens.lock().await.get(&req.scope) {
             return Some(format!("Bearer {}", token.expose()));
         }
         if host.basic.load(std::sync::atomic::Ordering::Relaxed) {
             // A helper's failure was reported when the challenge was answered.
-            return self
-                .options
-                .auth
-                .lookup(&req.host)
-                .ok()
-                .flatten()
-                .map(|c| c.basic_header());
+            let creds = self.options.auth.lookup(&req.host).ok().flatten()?;
+            self.redactor.add_credentials(&creds);
+            return Some(creds.basic_header());
         }
         None
+    }
+
+    /// `text` with every secret this client sent blanked out. Whatever a server said (error
+    /// messages, redirect targets, a parser's quote of a body) goes through here before it
+    /// reaches an error or a notice: a registry may echo the request's credentials.
+    fn scrub(&self, text: &str) -> String {
+        self.redactor.redact(text)
+    }
+
+    /// A failed request, scrubbed: its URL and reason may hold what a server sent.
+    fn failure(&self, url: &str, status: Option<u16>, reason: String) -> Failure {
+        Failure {
+            url: self.scrub(url),
+            status,
+            reason: self.scrub(&reason),
+        }
+    }
+
+    /// `CODE: message` of a distribution-API error body, scrubbed before it is cut to 200
+    /// characters (a cut could leave part of a secret where the whole no longer matches).
+    async fn error_detail(&self, resp: reqwest::Response) -> String {
+        let detail = self.scrub(&error_detail(resp).await);
+        detail
+            .replace(['\n', '\r'], " ")
+            .chars()
+            .take(200)
+            .collect()
+    }
+
+    /// GETs `url` with `headers` (and `auth`), following redirects: those within one origin
+    /// the HTTP client follows itself ([`redirect_policy`]); one to another origin is followed
+    /// here, with the client of the target's host (verifying its certificate unless that host
+    /// is insecure itself) and without `Authorization`, which is for the registry only.
+    async fn request(
+        &self,
+        url: &str,
+        headers: &HeaderMap,
+        auth: Option<String>,
+    ) -> std::result::Result<reqwest::Response, SendError> {
+        let client = self
+            .client_for(url)
+            .map_err(|e| SendError::Refused(e.to_string()))?;
+        let mut builder = client.get(url).headers(headers.clone());
+        if let Some(auth) = auth {
+            builder = builder.header(AUTHORIZATION, auth);
+        }
+        let mut resp = builder.send().await.map_err(SendError::Http)?;
+        let mut hops = 0;
+        while let Some(target) = cross_origin_redirect(&resp) {
+            if hops == MAX_REDIRECTS {
+                return Err(SendError::Refused(format!(
+                    "more than {MAX_REDIRECTS} redirects"
+                )));
+            }
+            hops += 1;
+            self.check_redirect(resp.url(), &target)?;
+            remember_redirect(url, &target);
+            let client = self
+                .client_for(target.as_str())
+                .map_err(|e| SendError::Refused(e.to_string()))?;
+            let sent = client
+                .get(target.clone())
+                .headers(headers.clone())
+                .send()
+                .await;
+            // Where the target sent the request on (within its origin) is where it went.
+            adopt_redirect(target.as_str(), url);
+            resp = sent.map_err(SendError::Http)?;
+        }
+        Ok(resp)
+    }
+
+    /// Refuses a redirect that gives up TLS for a host not named insecure (the content would
+    /// travel unprotected), or that leaves HTTP altogether.
+    fn check_redirect(&self, from: &Url, target: &Url) -> std::result::Result<(), SendError> {
+        let shown = without_query(target);
+        let to = authority(target.as_str());
+        match (from.scheme(), target.scheme()) {
+            (_, "https") => Ok(()),
+            ("http", "http") => Ok(()),
+            ("https", "http") if self.is_insecure(to) => Ok(()),
+            ("https", "http") => Err(SendError::Refused(format!(
+                "redirected from HTTPS to plain HTTP {shown}: not followed, the download would \
+                 not be protected by TLS (if that host is trusted, allow it with \
+                 --insecure-registry {to})"
+            ))),
+            (_, other) => Err(SendError::Refused(format!(
+                "redirected to {shown}: not followed, {other:?} is not HTTP"
+            ))),
+        }
     }
 
     /// Sends a request, retrying 5xx, 429 and connection failures with backoff, and answering
@@ -588,11 +689,20 @@ impl Inner {
         req: &Request,
     ) -> std::result::Result<(reqwest::Response, OwnedSemaphorePermit), Failure> {
         let host = self.host(&req.host);
-        let fail = |status: Option<u16>, reason: String| Failure {
-            url: req.url.clone(),
-            status,
-            reason,
-        };
+        let fail = |status: Option<u16>, reason: String| self.failure(&req.url, status, reason);
+        let mut headers = HeaderMap::new();
+        if let Some(accept) = req
+            .accept
+            .as_deref()
+            .and_then(|a| HeaderValue::from_str(a).ok())
+        {
+            headers.insert(ACCEPT_HEADER, accept);
+        }
+        if req.range_from > 0 {
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes={}-", req.range_from)) {
+                headers.insert(RANGE, v);
+            }
+        }
         let mut authenticated = false;
         let mut attempt = 0u32;
         loop {
@@ -602,25 +712,18 @@ impl Inner {
                 .acquire_owned()
                 .await
                 .map_err(|_| fail(None, "client shut down".to_owned()))?;
-            let client = self
-                .client_for(&req.url)
-                .map_err(|e| fail(None, e.to_string()))?;
-            let mut builder = client.get(&req.url);
-            if let Some(accept) = &req.accept {
-                builder = builder.header(ACCEPT_HEADER, accept);
-            }
-            if req.range_from > 0 {
-                builder = builder.header(RANGE, format!("bytes={}-", req.range_from));
-            }
-            if let Some(auth) = self.auth_header(&host, req).await {
-                builder = builder.header(AUTHORIZATION, auth);
-            }
-            let delay = match builder.send().await {
+            let auth = self.auth_header(&host, req).await;
+            let delay = match self.request(&req.url, &headers, auth).await {
                 Ok(resp) if resp.status().is_success() => {
                     forget_redirect(&req.url);
                     return Ok((resp, permit));
                 }
-                Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED && !authenticated => {
+                // A challenge from the registry itself, not from where it redirected to.
+                Ok(resp)
+                    if resp.status() == StatusCode::UNAUTHORIZED
+                        && !authenticated
+                        && authority(resp.url().as_str()) == req.host =>
+                {
                     drop(permit);
                     authenticated = true;
                     self.answer_challenge(&host, req, resp.headers()).await?;
@@ -630,14 +733,19 @@ impl Inner {
                     let delay = retry_after(resp.headers())
                         .map(|d| d.min(self.options.max_retry_after))
                         .unwrap_or_else(|| self.backoff(attempt));
-                    self.announce_retry(&req.url, &status_line(resp.status()), attempt, delay);
+                    let why = status_line(resp.status()) + &redirect_note(&req.url);
+                    self.announce_retry(&req.url, &why, attempt, delay);
                     delay
                 }
                 Ok(resp) => {
                     let status = resp.status();
-                    let detail = error_detail(resp).await;
+                    let from_registry = authority(resp.url().as_str()) == req.host;
+                    let detail = self.error_detail(resp).await;
                     let mut reason = describe_status(status, &detail);
-                    if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+                    reason.push_str(&redirect_note(&req.url));
+                    let refused =
+                        status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN;
+                    if refused && from_registry {
                         reason.push_str(match self.options.auth.lookup(&req.host) {
                             Ok(Some(_)) => " (credentials were refused)",
                             _ => " (no credentials for this registry)",
@@ -648,7 +756,8 @@ impl Inner {
                     }
                     return Err(fail(Some(status.as_u16()), reason));
                 }
-                Err(e) if transient(&e) && attempt < self.options.max_retries => {
+                Err(SendError::Refused(reason)) => return Err(fail(None, reason)),
+                Err(SendError::Http(e)) if transient(&e) && attempt < self.options.max_retries => {
                     if attempt == 0 && closed_after_handshake(&e) {
                         if let Some(refusal) = self.client_certificate_refusal(&req.url).await {
                             return Err(fail(None, describe_send_error(refusal, &req.url)));
@@ -660,9 +769,11 @@ impl Inner {
                     self.announce_retry(&req.url, &why, attempt, delay);
                     delay
                 }
-                Err(e) => {
+                Err(SendError::Http(e)) => {
                     let note = redirect_note(&req.url);
-                    return Err(fail(None, describe_send_error(e, &req.url) + &note));
+                    // The hints name the host that failed, which may be a redirect target.
+                    let at = e.url().map_or_else(|| req.url.clone(), Url::to_string);
+                    return Err(fail(None, describe_send_error(e, &at) + &note));
                 }
             };
             drop(permit);
@@ -679,17 +790,17 @@ impl Inner {
         req: &Request,
         headers: &HeaderMap,
     ) -> std::result::Result<(), Failure> {
-        let fail = |reason: String| Failure {
-            url: req.url.clone(),
-            status: Some(401),
-            reason,
-        };
+        let fail = |reason: String| self.failure(&req.url, Some(401), reason);
         let header = headers
             .get(reqwest::header::WWW_AUTHENTICATE)
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default();
         let (scheme, params) = parse_challenge(header);
         let creds = self.options.auth.lookup(&req.host).map_err(fail)?;
+        if let Some(creds) = &creds {
+            // Before anything is sent: the token service's error may quote them.
+            self.redactor.add_credentials(creds);
+        }
         match scheme.to_ascii_lowercase().as_str() {
             "basic" => match creds {
                 Some(_) => {
@@ -716,6 +827,7 @@ impl Inner {
                 let token = self
                     .fetch_token(token_url, creds.map(|c| c.basic_header()))
                     .await?;
+                self.redactor.add_secret(&token);
                 host.tokens.lock().await.insert(req.scope.clone(), token);
                 Ok(())
             }
@@ -737,26 +849,31 @@ impl Inner {
         }
         // The token URL without its query, for messages (the query holds no secret, but the
         // realm is what the user can act on).
-        let shown = format!("{}{}", url.origin().ascii_serialization(), url.path());
-        let fail = |status: Option<u16>, reason: String| Failure {
-            url: shown.clone(),
-            status,
-            reason,
-        };
+        let shown = without_query(&url);
+        let fail = |status: Option<u16>, reason: String| self.failure(&shown, status, reason);
+        // Credentials cross the network in clear text only where the user said that is fine.
+        let realm_host = authority(url.as_str());
+        if basic.is_some() && url.scheme() != "https" && !self.is_insecure(realm_host) {
+            return Err(fail(
+                None,
+                format!(
+                    "the registry's token realm is plain HTTP: credentials are sent to a token \
+                     service only over HTTPS (if that service is trusted, allow it with \
+                     --insecure-registry {realm_host})"
+                ),
+            ));
+        }
         let mut attempt = 0;
         loop {
-            let client = self
-                .client_for(url.as_str())
-                .map_err(|e| fail(None, e.to_string()))?;
-            let mut builder = client.get(url.clone());
-            if let Some(b) = &basic {
-                builder = builder.header(AUTHORIZATION, b);
-            }
-            match builder.send().await {
+            match self
+                .request(url.as_str(), &HeaderMap::new(), basic.clone())
+                .await
+            {
                 Ok(resp) if resp.status().is_success() => {
                     let body = read_limited(resp, MAX_DOCUMENT)
                         .await
                         .map_err(|e| fail(None, format!("token: {}", self.body_failure(&e))))?;
+                    // (`fail` scrubs serde's quote of the reply.)
                     let reply: TokenReply = serde_json::from_slice(&body)
                         .map_err(|e| fail(None, format!("token reply is not JSON: {e}")))?;
                     let token = reply.token.or(reply.access_token).filter(|t| !t.is_empty());
@@ -773,7 +890,7 @@ impl Inner {
                 }
                 Ok(resp) => {
                     let status = resp.status();
-                    let detail = error_detail(resp).await;
+                    let detail = self.error_detail(resp).await;
                     let what = if basic.is_some() {
                         "credentials were refused"
                     } else {
@@ -784,12 +901,13 @@ impl Inner {
                         format!("{} ({what})", describe_status(status, &detail)),
                     ));
                 }
-                Err(e) if transient(&e) && attempt < self.options.max_retries => {
+                Err(SendError::Refused(reason)) => return Err(fail(None, reason)),
+                Err(SendError::Http(e)) if transient(&e) && attempt < self.options.max_retries => {
                     let delay = self.backoff(attempt);
                     self.announce_retry(&shown, &error_chain(&e.without_url()), attempt, delay);
                     tokio::time::sleep(delay).await;
                 }
-                Err(e) => {
+                Err(SendError::Http(e)) => {
                     return Err(fail(
                         None,
                         format!("token request failed: {}", error_chain(&e.without_url())),
@@ -823,13 +941,7 @@ impl Inner {
                     tokio::time::sleep(delay).await;
                     attempt += 1;
                 }
-                Err(e) => {
-                    return Err(Failure {
-                        url: req.url.clone(),
-                        status: None,
-                        reason: self.body_failure(&e),
-                    })
-                }
+                Err(e) => return Err(self.failure(&req.url, None, self.body_failure(&e))),
             }
         }
     }
@@ -883,11 +995,8 @@ impl Inner {
                 )
             };
             if fruitless >= self.options.max_retries {
-                return Err(Failure {
-                    url: req.url.clone(),
-                    status: None,
-                    reason: format!("{why} (after {fruitless} retries without progress)"),
-                });
+                let reason = format!("{why} (after {fruitless} retries without progress)");
+                return Err(self.failure(&req.url, None, reason));
             }
             let delay = self.backoff(fruitless);
             self.announce_retry(&req.url, &why, fruitless, delay);
@@ -1182,21 +1291,44 @@ fn parse_challenge(header: &str) -> (String, HashMap<String, String>) {
     (scheme.to_owned(), params)
 }
 
-/// The `rel="next"` target of a `Link` header, made absolute against `base`.
-fn next_link(headers: &HeaderMap, base: &str) -> Option<String> {
-    let link = headers.get(reqwest::header::LINK)?.to_str().ok()?;
-    link.split(',').find_map(|part| {
+/// The `rel="next"` target of a `Link` header, resolved against `current` (the page it came
+/// with). A link to another host, or from HTTPS to plain HTTP, is refused: the request would
+/// carry this registry's token or credentials there.
+fn next_link(headers: &HeaderMap, current: &str) -> std::result::Result<Option<String>, String> {
+    let Some(link) = headers
+        .get(reqwest::header::LINK)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return Ok(None);
+    };
+    let target = link.split(',').find_map(|part| {
         let (target, params) = part.split_once(';')?;
         if !params.replace(' ', "").contains("rel=\"next\"") && !params.contains("rel=next") {
             return None;
         }
-        let target = target.trim().strip_prefix('<')?.strip_suffix('>')?;
-        Some(if target.starts_with('/') {
-            format!("{base}{target}")
-        } else {
-            target.to_owned()
-        })
-    })
+        target.trim().strip_prefix('<')?.strip_suffix('>')
+    });
+    let Some(target) = target else {
+        return Ok(None);
+    };
+    let base = Url::parse(current).map_err(|e| format!("not a URL: {e}"))?;
+    let next = base
+        .join(target)
+        .map_err(|e| format!("the next page's link {target:?} is not a URL: {e}"))?;
+    let shown = without_query(&next);
+    if authority(next.as_str()) != authority(base.as_str()) {
+        return Err(format!(
+            "the next page's link points to another host ({shown}): not followed, this \
+             registry's credentials would go there"
+        ));
+    }
+    match (base.scheme(), next.scheme()) {
+        ("https", "https") | ("http", "http" | "https") => Ok(Some(next.to_string())),
+        _ => Err(format!(
+            "the next page's link {shown} leaves HTTPS: not followed, this registry's \
+             credentials would travel without TLS"
+        )),
+    }
 }
 
 fn describe_status(status: StatusCode, detail: &str) -> String {
@@ -1211,7 +1343,8 @@ fn describe_status(status: StatusCode, detail: &str) -> String {
     out
 }
 
-/// `CODE: message` of the first error in a distribution-API error body, if any.
+/// `CODE: message` of the first error in a distribution-API error body, if any, whole and
+/// unscrubbed: [`Inner::error_detail`] makes it fit to show.
 async fn error_detail(resp: reqwest::Response) -> String {
     #[derive(serde::Deserialize)]
     struct Body {
@@ -1232,12 +1365,11 @@ async fn error_detail(resp: reqwest::Response) -> String {
         .errors
         .first()
         .map(|e| {
-            let text = format!(
+            format!(
                 "{}: {}",
                 e.code.as_deref().unwrap_or("ERROR"),
                 e.message.as_deref().unwrap_or("")
-            );
-            text.replace('\n', " ").chars().take(200).collect()
+            )
         })
         .unwrap_or_default()
 }
@@ -1278,22 +1410,76 @@ static REDIRECTS: Mutex<Option<HashMap<String, String>>> = Mutex::new(None);
 /// Redirects followed per request, as reqwest's default policy allows.
 const MAX_REDIRECTS: usize = 10;
 
-/// reqwest's default redirect policy, remembering where each request was sent.
+/// reqwest's default redirect policy within one origin, remembering where each request was
+/// sent. A redirect to another origin is not followed: the client's TLS settings are those of
+/// the registry's host (which may be insecure), so [`Inner::request`] follows it with the
+/// target's own client.
 fn redirect_policy() -> reqwest::redirect::Policy {
     reqwest::redirect::Policy::custom(|attempt| {
         if attempt.previous().len() > MAX_REDIRECTS {
             return attempt.error("too many redirects");
         }
+        let from = attempt.previous().last().map(Url::origin);
+        if from.is_some_and(|from| from != attempt.url().origin()) {
+            return attempt.stop();
+        }
         if let Some(first) = attempt.previous().first() {
-            let mut target = attempt.url().clone();
-            target.set_query(None);
-            target.set_fragment(None);
-            let mut map = REDIRECTS.lock().unwrap_or_else(|p| p.into_inner());
-            map.get_or_insert_with(HashMap::new)
-                .insert(first.to_string(), target.to_string());
+            remember_redirect(first.as_str(), attempt.url());
         }
         attempt.follow()
     })
+}
+
+/// Notes that the request for `first` was sent on to `target` (shown without its query).
+fn remember_redirect(first: &str, target: &Url) {
+    let mut map = REDIRECTS.lock().unwrap_or_else(|p| p.into_inner());
+    map.get_or_insert_with(HashMap::new)
+        .insert(first.to_owned(), without_query(target));
+}
+
+/// Where the request for `hop` (a redirect target of `first`) went on to is where `first` went.
+fn adopt_redirect(hop: &str, first: &str) {
+    let mut map = REDIRECTS.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(m) = map.as_mut() {
+        if let Some(target) = m.remove(hop) {
+            m.insert(first.to_owned(), target);
+        }
+    }
+}
+
+/// The target of a redirect to another origin (scheme, host or port) that the HTTP client
+/// stopped at ([`redirect_policy`]).
+fn cross_origin_redirect(resp: &reqwest::Response) -> Option<Url> {
+    if !resp.status().is_redirection() {
+        return None;
+    }
+    let location = resp.headers().get(LOCATION)?.to_str().ok()?;
+    let target = resp.url().join(location).ok()?;
+    (target.origin() != resp.url().origin()).then_some(target)
+}
+
+/// `host[:port]` of a URL (the key of `--insecure-registry`, `certs.d` and per-host state).
+fn authority(url: &str) -> &str {
+    url.split_once("://")
+        .map_or(url, |(_, rest)| rest)
+        .split(['/', '?', '#'])
+        .next()
+        .unwrap_or_default()
+}
+
+/// A URL without its query and fragment, for messages: a pre-signed URL's query holds its
+/// credentials.
+fn without_query(url: &Url) -> String {
+    let mut shown = url.clone();
+    shown.set_query(None);
+    shown.set_fragment(None);
+    shown.to_string()
+}
+
+/// Why a request got no response to judge: the HTTP client failed, or a redirect was refused.
+enum SendError {
+    Http(reqwest::Error),
+    Refused(String),
 }
 
 /// Drops what [`redirect_policy`] remembered of `url` (it succeeded).
@@ -1407,17 +1593,9 @@ impl ImageSource for RegistrySource {
     }
 
     fn resolve_manifests(&self, selection: &PlatformSelection) -> Result<Vec<ImageManifest>> {
-        let top =
-            self.client
-                .manifest(&self.repo, &self.repo.manifest_reference(), &self.reference)?;
-        if let Some(d) = &self.repo.digest {
-            check_blob(&top.0, d, None, &self.reference, "manifest")?;
-        }
-        let fetch = |e: &IndexEntry| {
-            self.client
-                .manifest(&self.repo, &e.digest.to_string(), &self.reference)
-        };
-        resolve_document(&self.reference, &self.repo.name(), top, selection, &fetch)
+        // Parsers quote what the registry sent.
+        self.resolve_unscrubbed(selection)
+            .map_err(|e| e.scrubbed(|t| self.client.inner.scrub(t)))
     }
 
     fn fetch_config(&self, manifest: &ImageManifest) -> Result<Vec<u8>> {
@@ -1425,6 +1603,7 @@ impl ImageSource for RegistrySource {
             .client
             .small_blob(&self.repo, &manifest.config_digest, &self.reference)?;
         check_config(bytes, manifest, &self.reference)
+            .map_err(|e| e.scrubbed(|t| self.client.inner.scrub(t)))
     }
 
     fn open_layer(&self, image: &ResolvedImage, index: usize) -> Result<Box<dyn Read + Send>> {
@@ -1440,6 +1619,22 @@ impl ImageSource for RegistrySource {
             &desc.digest.to_string(),
             Checked::Blob,
         )))
+    }
+}
+
+impl RegistrySource {
+    fn resolve_unscrubbed(&self, selection: &PlatformSelection) -> Result<Vec<ImageManifest>> {
+        let top =
+            self.client
+                .manifest(&self.repo, &self.repo.manifest_reference(), &self.reference)?;
+        if let Some(d) = &self.repo.digest {
+            check_blob(&top.0, d, None, &self.reference, "manifest")?;
+        }
+        let fetch = |e: &IndexEntry| {
+            self.client
+                .manifest(&self.repo, &e.digest.to_string(), &self.reference)
+        };
+        resolve_document(&self.reference, &self.repo.name(), top, selection, &fetch)
     }
 }
 
@@ -1547,10 +1742,48 @@ mod tests {
             reqwest::header::LINK,
             "</v2/_catalog?last=b&n=2>; rel=\"next\"".parse().unwrap(),
         );
+        let first = "http://127.0.0.1:5000/v2/_catalog?n=2";
         assert_eq!(
-            next_link(&h, "http://127.0.0.1:5000").as_deref(),
+            next_link(&h, first).unwrap().as_deref(),
             Some("http://127.0.0.1:5000/v2/_catalog?last=b&n=2")
         );
+        // Relative to the page, as RFC 8288 says; absolute on the same host.
+        for (link, next) in [
+            (
+                "<_catalog?last=c>; rel=next",
+                "http://127.0.0.1:5000/v2/_catalog?last=c",
+            ),
+            (
+                "<?last=d>; rel=\"next\"",
+                "http://127.0.0.1:5000/v2/_catalog?last=d",
+            ),
+            (
+                "<https://127.0.0.1:5000/v2/_catalog?last=e>; rel=\"next\"",
+                "https://127.0.0.1:5000/v2/_catalog?last=e",
+            ),
+        ] {
+            h.insert(reqwest::header::LINK, link.parse().unwrap());
+            assert_eq!(next_link(&h, first).unwrap().as_deref(), Some(next));
+        }
+        // Another host or port, or from HTTPS down to HTTP: refused, naming the target.
+        for (current, link) in [
+            (first, "http://localhost:5000/v2/_catalog?last=f"),
+            (first, "http://127.0.0.1:5001/v2/_catalog"),
+            (first, "//evil.example/v2/_catalog"),
+            (
+                "https://127.0.0.1:5000/v2/_catalog",
+                "http://127.0.0.1:5000/v2/_catalog?last=g",
+            ),
+        ] {
+            h.insert(
+                reqwest::header::LINK,
+                format!("<{link}>; rel=\"next\"").parse().unwrap(),
+            );
+            let e = next_link(&h, current).unwrap_err();
+            assert!(e.contains("not followed"), "{e}");
+        }
+        h.remove(reqwest::header::LINK);
+        assert_eq!(next_link(&h, first), Ok(None));
         h.insert(reqwest::header::RETRY_AFTER, "7".parse().unwrap());
         assert_eq!(retry_after(&h), Some(Duration::from_secs(7)));
         assert_eq!(

@@ -459,8 +459,9 @@ fn docker_archive_detects_changed_layer() {
 
 /// A scripted HTTP/1.1 server on loopback: one thread per connection, `Connection: close`.
 mod http {
+    use openssl::ssl::{SslAcceptor, SslMethod};
     use std::collections::HashMap;
-    use std::io::{BufRead, BufReader, Write};
+    use std::io::{BufRead, BufReader, Read, Write};
     use std::net::TcpListener;
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
@@ -503,70 +504,138 @@ mod http {
 
     /// Starts the server; returns `127.0.0.1:PORT` and the request log.
     pub fn serve(handler: impl Fn(&Req) -> Reply + Send + Sync + 'static) -> (String, Log) {
+        serve_with(None, handler)
+    }
+
+    /// The same over HTTPS, with a self-signed certificate for 127.0.0.1 that nothing trusts.
+    pub fn serve_untrusted_tls(
+        handler: impl Fn(&Req) -> Reply + Send + Sync + 'static,
+    ) -> (String, Log) {
+        serve_with(Some(Arc::new(self_signed_acceptor())), handler)
+    }
+
+    fn self_signed_acceptor() -> SslAcceptor {
+        use openssl::asn1::Asn1Time;
+        use openssl::bn::BigNum;
+        use openssl::ec::{EcGroup, EcKey};
+        use openssl::hash::MessageDigest;
+        use openssl::nid::Nid;
+        use openssl::pkey::PKey;
+        use openssl::x509::extension::SubjectAlternativeName;
+        use openssl::x509::{X509Builder, X509NameBuilder};
+        let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
+        let key = PKey::from_ec_key(EcKey::generate(&group).unwrap()).unwrap();
+        let mut name = X509NameBuilder::new().unwrap();
+        name.append_entry_by_text("CN", "127.0.0.1").unwrap();
+        let name = name.build();
+        let mut cert = X509Builder::new().unwrap();
+        cert.set_version(2).unwrap();
+        let serial = BigNum::from_u32(1).unwrap().to_asn1_integer().unwrap();
+        cert.set_serial_number(&serial).unwrap();
+        cert.set_subject_name(&name).unwrap();
+        cert.set_issuer_name(&name).unwrap();
+        cert.set_pubkey(&key).unwrap();
+        cert.set_not_before(&Asn1Time::days_from_now(0).unwrap())
+            .unwrap();
+        cert.set_not_after(&Asn1Time::days_from_now(1).unwrap())
+            .unwrap();
+        let san = SubjectAlternativeName::new()
+            .ip("127.0.0.1")
+            .build(&cert.x509v3_context(None, None))
+            .unwrap();
+        cert.append_extension(san).unwrap();
+        cert.sign(&key, MessageDigest::sha256()).unwrap();
+        let mut acceptor = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls()).unwrap();
+        acceptor.set_private_key(&key).unwrap();
+        acceptor.set_certificate(&cert.build()).unwrap();
+        acceptor.build()
+    }
+
+    type Handler = Arc<dyn Fn(&Req) -> Reply + Send + Sync>;
+    type Counts = Arc<Mutex<HashMap<String, usize>>>;
+
+    fn serve_with(
+        tls: Option<Arc<SslAcceptor>>,
+        handler: impl Fn(&Req) -> Reply + Send + Sync + 'static,
+    ) -> (String, Log) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
-        let handler = Arc::new(handler);
+        let handler: Handler = Arc::new(handler);
         let log: Log = Arc::default();
-        let counts: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+        let counts: Counts = Arc::default();
         let log2 = log.clone();
         std::thread::spawn(move || {
             for stream in listener.incoming() {
-                let Ok(mut stream) = stream else { return };
+                let Ok(stream) = stream else { return };
                 let (handler, log, counts) = (handler.clone(), log2.clone(), counts.clone());
-                std::thread::spawn(move || {
-                    let mut reader = BufReader::new(stream.try_clone().unwrap());
-                    let mut line = String::new();
-                    // A TLS hello is no request line: answer with plain text, as an HTTP
-                    // server would.
-                    if reader.read_line(&mut line).is_err() || !line.starts_with("GET ") {
-                        let _ = stream.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n");
-                        return;
-                    }
-                    let path = line.split_whitespace().nth(1).unwrap_or("/").to_owned();
-                    let mut headers = HashMap::new();
-                    loop {
-                        let mut h = String::new();
-                        if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
-                            break;
-                        }
-                        if let Some((k, v)) = h.trim_end().split_once(':') {
-                            headers.insert(k.to_ascii_lowercase(), v.trim().to_owned());
+                let tls = tls.clone();
+                std::thread::spawn(move || match tls {
+                    None => answer(stream, &handler, &log, &counts),
+                    // A client that refuses the certificate ends the handshake: nothing to do.
+                    Some(acceptor) => {
+                        if let Ok(stream) = acceptor.accept(stream) {
+                            answer(stream, &handler, &log, &counts)
                         }
                     }
-                    let seen = {
-                        let mut c = counts.lock().unwrap();
-                        let n = c.entry(path.clone()).or_insert(0);
-                        *n += 1;
-                        *n - 1
-                    };
-                    log.lock().unwrap().push((path.clone(), headers.clone()));
-                    let reply = handler(&Req {
-                        path,
-                        headers,
-                        seen,
-                    });
-                    let mut head = format!(
-                        "HTTP/1.1 {} X\r\nContent-Length: {}\r\nConnection: close\r\n",
-                        reply.status,
-                        reply.body.len()
-                    );
-                    for (k, v) in &reply.headers {
-                        head.push_str(&format!("{k}: {v}\r\n"));
-                    }
-                    head.push_str("\r\n");
-                    let body = &reply.body[..reply.cut_at.unwrap_or(reply.body.len())];
-                    let _ = stream.write_all(head.as_bytes());
-                    let _ = stream.write_all(body);
-                    let _ = stream.flush();
-                    std::thread::sleep(reply.hold);
                 });
             }
         });
         (addr, log)
     }
+
+    /// Reads one request from `stream` and writes the handler's reply.
+    fn answer(stream: impl Read + Write, handler: &Handler, log: &Log, counts: &Counts) {
+        let mut reader = BufReader::new(stream);
+        let mut line = String::new();
+        // A TLS hello is no request line: answer with plain text, as an HTTP server would.
+        if reader.read_line(&mut line).is_err() || !line.starts_with("GET ") {
+            let _ = reader
+                .get_mut()
+                .write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n");
+            return;
+        }
+        let path = line.split_whitespace().nth(1).unwrap_or("/").to_owned();
+        let mut headers = HashMap::new();
+        loop {
+            let mut h = String::new();
+            if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                break;
+            }
+            if let Some((k, v)) = h.trim_end().split_once(':') {
+                headers.insert(k.to_ascii_lowercase(), v.trim().to_owned());
+            }
+        }
+        let seen = {
+            let mut c = counts.lock().unwrap();
+            let n = c.entry(path.clone()).or_insert(0);
+            *n += 1;
+            *n - 1
+        };
+        log.lock().unwrap().push((path.clone(), headers.clone()));
+        let reply = handler(&Req {
+            path,
+            headers,
+            seen,
+        });
+        let mut head = format!(
+            "HTTP/1.1 {} X\r\nContent-Length: {}\r\nConnection: close\r\n",
+            reply.status,
+            reply.body.len()
+        );
+        for (k, v) in &reply.headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        let body = &reply.body[..reply.cut_at.unwrap_or(reply.body.len())];
+        let stream = reader.get_mut();
+        let _ = stream.write_all(head.as_bytes());
+        let _ = stream.write_all(body);
+        let _ = stream.flush();
+        std::thread::sleep(reply.hold);
+    }
 }
 
-use http::{serve, Reply, Req};
+use http::{serve, serve_untrusted_tls, Reply, Req};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -1186,4 +1255,224 @@ fn docker_archive_documents_are_capped() {
              16777216-byte limit for documents"
         )
     );
+}
+
+/// `alice:s3cret-pw` for every registry, the registry itself insecure (plain HTTP here).
+fn client_with_creds(addr: &str, insecure: &[&str]) -> Sources {
+    let creds = Credentials::parse("alice:s3cret-pw").unwrap();
+    client_for(addr, |o| {
+        o.auth = AuthStore::anonymous().with_credentials(creds);
+        o.insecure.extend(insecure.iter().map(|h| h.to_string()));
+        o.max_retries = 0;
+    })
+}
+
+/// Why resolving `r/x:1` at `addr` failed.
+fn resolve_error(sources: &Sources, addr: &str) -> String {
+    sources
+        .open(&ImageRef::parse(&format!("docker://{addr}/r/x:1")).unwrap())
+        .and_then(|s| s.resolve_manifests(&PlatformSelection::Host))
+        .map(|m| m.len())
+        .expect_err("the registry refuses")
+        .to_string()
+}
+
+#[test]
+fn registry_errors_never_show_the_credentials_sent() {
+    let b64 = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode("alice:s3cret-pw")
+    };
+    // Every refusal quotes the request's Authorization header, as a misbehaving proxy would.
+    let echo = |req: &Req, pad: usize| {
+        let auth = req
+            .headers
+            .get("authorization")
+            .cloned()
+            .unwrap_or_default();
+        let message = format!(
+            "{} you sent {auth} decoded=alice:s3cret-pw",
+            "x".repeat(pad)
+        );
+        let body = serde_json::json!({"errors": [{"code": "DENIED", "message": message}]});
+        Reply::new(403, body.to_string())
+    };
+    let basic = |pad: usize| {
+        serve(move |req| match req.headers.get("authorization") {
+            Some(_) => echo(req, pad),
+            None => Reply::new(401, "").header("WWW-Authenticate", "Basic realm=\"r\""),
+        })
+    };
+    let bearer = |token_status: u16| {
+        serve(move |req| {
+            let auth = req.headers.get("authorization").map(String::as_str);
+            if req.path.starts_with("/token?") {
+                return match token_status {
+                    200 => Reply::new(200, r#"{"token":"tok-SECRET-1"}"#),
+                    _ => Reply::new(token_status, echo(req, 0).body),
+                };
+            }
+            match auth {
+                Some("Bearer tok-SECRET-1") => echo(req, 0),
+                _ => Reply::new(401, "").header(
+                    "WWW-Authenticate",
+                    &format!("Bearer realm=\"http://{}/token\"", req.headers["host"]),
+                ),
+            }
+        })
+    };
+    let cases = [
+        ("basic", basic(0)),
+        // The base64 pair straddles the 200-character cut of error details ("DENIED: ",
+        // the padding, " you sent Basic "): a cut before scrubbing would leave its start.
+        ("basic, cut", basic(171)),
+        ("bearer", bearer(200)),
+        ("token service", bearer(401)),
+    ];
+    for (case, (addr, _)) in cases {
+        let err = resolve_error(&client_with_creds(&addr, &[]), &addr);
+        assert!(
+            err.contains("you sent") && err.contains("[reda"),
+            "{case}: {err}"
+        );
+        for secret in ["s3cret-pw", &b64, &b64[..5], "tok-SECRET-1", "SECRET"] {
+            assert!(!err.contains(secret), "{case}: {secret} in {err}");
+        }
+    }
+}
+
+/// A registry serving `img` as `r/x:1` to requests bearing `Bearer tok`, challenging the others
+/// to fetch that token at `realm` (`None`: its own `/token`, which hands it out).
+fn bearer_registry(img: &Built, realm: Option<String>) -> (String, http::Log) {
+    let routes = registry_routes(img);
+    serve(move |req| {
+        if req.path.starts_with("/token?") {
+            return Reply::new(200, r#"{"token":"tok"}"#);
+        }
+        if req.headers.get("authorization").map(String::as_str) != Some("Bearer tok") {
+            let own = format!("http://{}/token", req.headers["host"]);
+            let realm = realm.clone().unwrap_or(own);
+            return Reply::new(401, "")
+                .header("WWW-Authenticate", &format!("Bearer realm=\"{realm}\""));
+        }
+        routes(req).unwrap_or_else(|| Reply::new(404, ""))
+    })
+}
+
+#[test]
+fn credentials_go_to_a_plain_http_token_realm_only_of_an_insecure_host() {
+    let img = image("amd64", "t");
+    let (realm, realm_log) = serve(|req| match req.path.starts_with("/token?") {
+        true => Reply::new(200, r#"{"token":"tok"}"#),
+        false => Reply::new(404, ""),
+    });
+    let (addr, _) = bearer_registry(&img, Some(format!("http://{realm}/token")));
+    // The registry is insecure, the realm's host is not: no credentials go there.
+    let err = resolve_error(&client_with_creds(&addr, &[]), &addr);
+    assert!(
+        err.contains(&format!(
+            "http://{realm}/token: the registry's token realm is plain HTTP"
+        )) && err.contains(&format!("--insecure-registry {realm}")),
+        "{err}"
+    );
+    assert!(realm_log.lock().unwrap().is_empty(), "the realm was asked");
+    // Anonymous token requests carry nothing to protect.
+    open_x1(&client_for(&addr, |_| {}), &addr);
+    // Named insecure, the realm gets the credentials.
+    open_x1(&client_with_creds(&addr, &[&realm]), &addr);
+    let log = realm_log.lock().unwrap();
+    assert_eq!(log.len(), 2, "{log:?}");
+    assert!(!log[0].1.contains_key("authorization"));
+    assert!(log[1].1["authorization"].starts_with("Basic "));
+}
+
+#[test]
+fn a_next_page_on_another_host_is_not_followed() {
+    let (elsewhere, elsewhere_log) = serve(|_| Reply::new(200, r#"{"tags":["evil"]}"#));
+    for link in [
+        format!("http://{elsewhere}/v2/r/x/tags/list?last=2"),
+        format!("//{elsewhere}/v2/r/x/tags/list?last=2"),
+    ] {
+        let (addr, _) = serve(move |req| match req.headers.get("authorization") {
+            None => Reply::new(401, "").header("WWW-Authenticate", "Basic realm=\"r\""),
+            Some(_) => Reply::new(200, r#"{"name":"r/x","tags":["1","2"]}"#)
+                .header("Link", &format!("<{link}>; rel=\"next\"")),
+        });
+        let repo = RegistryRef::parse(&format!("{addr}/r/x")).unwrap();
+        let err = client_with_creds(&addr, &[])
+            .registry()
+            .unwrap()
+            .list_tags(&repo)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&format!(
+                "the next page's link points to another host (http://{elsewhere}/v2/r/x/tags/list)"
+            )),
+            "{err}"
+        );
+    }
+    assert!(elsewhere_log.lock().unwrap().is_empty());
+}
+
+#[test]
+fn a_redirect_to_another_host_is_fetched_with_that_hosts_tls_settings() {
+    let img = image("amd64", "u");
+    let manifest = img.manifest.clone();
+    let (untrusted, untrusted_log) = serve_untrusted_tls(move |_| {
+        Reply::new(200, manifest.clone()).header("Content-Type", manifest::OCI_MANIFEST)
+    });
+    let target = format!("https://{untrusted}/m");
+    // A plain-HTTP registry (insecure) behind basic auth, sending its manifest elsewhere.
+    let (addr, _) = serve(move |req| match req.headers.get("authorization") {
+        None => Reply::new(401, "").header("WWW-Authenticate", "Basic realm=\"r\""),
+        Some(_) => Reply::new(302, "").header("Location", &target),
+    });
+    // Only the registry is insecure: its target's certificate is checked, and refused.
+    let err = resolve_error(&client_with_creds(&addr, &[]), &addr);
+    assert!(
+        err.contains("invalid peer certificate")
+            && err.contains(&format!("--insecure-registry {untrusted}"))
+            && err.contains(&format!("(redirected to https://{untrusted}/m)")),
+        "{err}"
+    );
+    assert!(untrusted_log.lock().unwrap().is_empty());
+    // Named insecure too, it is fetched, without the registry's credentials.
+    let sources = client_with_creds(&addr, &[&untrusted]);
+    let manifests = sources
+        .open(&ImageRef::parse(&format!("docker://{addr}/r/x:1")).unwrap())
+        .and_then(|s| s.resolve_manifests(&PlatformSelection::Host))
+        .unwrap();
+    assert_eq!(manifests[0].manifest_bytes, img.manifest);
+    let log = untrusted_log.lock().unwrap();
+    assert!(!log.is_empty() && log.iter().all(|(_, h)| !h.contains_key("authorization")));
+}
+
+#[test]
+fn a_redirect_from_https_to_plain_http_is_refused_unless_that_host_is_insecure() {
+    let img = image("amd64", "d");
+    let manifest = img.manifest.clone();
+    let (plain, plain_log) = serve(move |_| {
+        Reply::new(200, manifest.clone()).header("Content-Type", manifest::OCI_MANIFEST)
+    });
+    let target = format!("http://{plain}/m");
+    // An HTTPS registry (insecure: its certificate is not checked, but TLS is used).
+    let (registry, _) = serve_untrusted_tls(move |req| match req.path.as_str() {
+        "/v2/" => Reply::new(200, "{}"),
+        _ => Reply::new(307, "").header("Location", &target),
+    });
+    let err = resolve_error(&client_for(&registry, |o| o.max_retries = 0), &registry);
+    assert!(
+        err.contains(&format!(
+            "redirected from HTTPS to plain HTTP http://{plain}/m: not followed"
+        )) && err.contains(&format!("--insecure-registry {plain}")),
+        "{err}"
+    );
+    assert!(plain_log.lock().unwrap().is_empty());
+    let sources = client_for(&registry, |o| o.insecure.push(plain.clone()));
+    let manifests = sources
+        .open(&ImageRef::parse(&format!("docker://{registry}/r/x:1")).unwrap())
+        .and_then(|s| s.resolve_manifests(&PlatformSelection::Host))
+        .unwrap();
+    assert_eq!(manifests[0].manifest_bytes, img.manifest);
 }
