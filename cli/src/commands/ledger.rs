@@ -119,9 +119,8 @@ mod tests {
 
     #[test]
     fn the_ledger_survives_a_save_and_a_damaged_one_is_an_error() {
-        let dir = std::env::temp_dir().join(format!("ledger-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("sync-ledger.json");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sync-ledger.json");
         assert!(!SyncLedger::load(&path).unwrap().knows("a.yaml"));
         let mut ledger = SyncLedger::default();
         ledger.record("a.yaml", &links(&["/r/x:1"]), false);
@@ -130,6 +129,5 @@ mod tests {
         std::fs::write(&path, b"{not json").unwrap();
         let err = SyncLedger::load(&path).err().unwrap();
         assert!(format!("{err:#}").contains("sync-ledger.json"), "{err:#}");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -179,18 +179,17 @@ fn modified_since(entry: &fs::DirEntry, limit: SystemTime) -> bool {
 mod tests {
     use super::*;
 
-    fn store() -> (PathBuf, LocalStore) {
-        let dir =
-            std::env::temp_dir().join(format!("unsynced-{}-{}", std::process::id(), now_unix()));
-        let _ = fs::remove_dir_all(&dir);
-        let store = LocalStore::create(&dir.join("storage")).unwrap();
+    /// A storage in a directory of its own (tests run in parallel threads of one process).
+    fn store() -> (tempfile::TempDir, LocalStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::create(&dir.path().join("storage")).unwrap();
         (dir, store)
     }
 
     #[test]
     fn another_boots_torn_objects_are_deleted_and_whole_ones_kept() {
         let (dir, store) = store();
-        let state = dir.join("state");
+        let state = dir.path().join("state");
         let old = ContentHash::of(b"old object");
         store.put_new(&old, Suffix::None, b"old object").unwrap();
         assert!(begin(&state, &store).unwrap().is_none(), "no mark yet");
@@ -224,13 +223,12 @@ mod tests {
         clear(&state).unwrap();
         assert!(!mark_path(&state).exists());
         clear(&state).unwrap();
-        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn an_unreadable_mark_counts_as_another_boots() {
         let (dir, store) = store();
-        let state = dir.join("state");
+        let state = dir.path().join("state");
         fs::create_dir_all(&state).unwrap();
         fs::write(mark_path(&state), b"garbage").unwrap();
         let torn = ContentHash::of(b"torn");
@@ -238,6 +236,5 @@ mod tests {
         fs::write(store.object_path(&torn, Suffix::None), b"x").unwrap();
         let recovery = begin(&state, &store).unwrap().expect("recovered");
         assert_eq!(recovery.removed, vec![(torn, Suffix::None)]);
-        fs::remove_dir_all(&dir).unwrap();
     }
 }
