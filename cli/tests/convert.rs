@@ -394,6 +394,50 @@ fn stored(env: &Env) -> BTreeMap<std::path::PathBuf, String> {
 /// cannot hold them (a `.cvmfscatalog` directory, another image's metadata, `/.flat`, above
 /// the root) fail when the batch is planned: one error line naming the image and the name,
 /// nothing stored, the revision unchanged and sound.
+/// An image whose only name cannot be linked (a published file in the way) is not published
+/// unlinked beside the images of its batch that succeed.
+#[test]
+fn an_image_none_of_whose_names_could_be_linked_is_not_left_in_the_revision() {
+    let env = Env::init(&[]);
+    let tree = env.path("tree");
+    std::fs::create_dir_all(&tree).unwrap();
+    std::fs::write(
+        tree.join("example.com"),
+        b"a file where a link directory would go\n",
+    )
+    .unwrap();
+    env.ok(&["publish", FQRN, tree.to_str().unwrap()]);
+    let layout = env.path("layout");
+    for (name, content) in [
+        ("example.com/blocked:1", "blocked"),
+        ("example.org/good:1", "good"),
+    ] {
+        let mut l = fixtures::layers::LayerBuilder::new();
+        l.file("f", content.as_bytes());
+        ImageBuilder::new()
+            .layer(l.finish(), Compression::Gzip)
+            .write_layout(&layout, name)
+            .unwrap();
+    }
+    let run = env.run(&[
+        "convert",
+        FQRN,
+        &format!("oci:{}:example.com/blocked:1", layout.display()),
+        &format!("oci:{}:example.org/good:1", layout.display()),
+    ]);
+    assert!(!run.status.success(), "the blocked image failed");
+    assert_eq!(env.revision(), 3, "the good image was published");
+    let report = witness(&env);
+    let flats: Vec<&String> = report
+        .entries
+        .keys()
+        .filter(|p| p.starts_with("/.flat/") && p.matches('/').count() == 3)
+        .collect();
+    assert_eq!(flats.len(), 1, "only the linked image: {flats:?}");
+    assert!(report.entries.contains_key("/example.org/good:1"));
+    env.check(true);
+}
+
 #[test]
 fn hostile_ref_names_fail_before_anything_is_stored() {
     let env = Env::init(&[]);

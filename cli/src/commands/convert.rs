@@ -266,6 +266,8 @@ pub(super) fn run_batch(
     )?;
     // 3. Serially, in the order given: links and metadata.
     let mut flat_ok: std::collections::HashMap<Vec<u8>, bool> = std::collections::HashMap::new();
+    // Flat directories grafted in this batch, and those some name now links to.
+    let (mut new_flats, mut linked_flats) = (Vec::new(), HashSet::new());
     for (job, flat) in jobs.iter().zip(grafted) {
         let t0 = Instant::now();
         let shares_flat = flat.is_none() && job.status == Status::Missing;
@@ -273,6 +275,7 @@ pub(super) fn run_batch(
             if let Some(flat) = flat {
                 flat_ok.insert(job.placement.flat_dir.clone(), flat.is_ok());
                 flat?;
+                new_flats.push(job.placement.flat_dir.clone());
             } else if flat_ok.get(&job.placement.flat_dir) == Some(&false) {
                 bail!(
                     "{}: its image failed to convert under another name",
@@ -292,9 +295,18 @@ pub(super) fn run_batch(
             })
         })();
         match result {
-            Ok(status) => report_image(&mut summary, status, job, t0, out),
+            Ok(status) => {
+                linked_flats.insert(job.placement.flat_dir.clone());
+                report_image(&mut summary, status, job, t0, out)
+            }
             Err(e) => report_failure(&mut summary, &job.name, &e, out),
         }
+    }
+    // An image whose every name failed (a path in the way of its link) would be published
+    // with nothing pointing at it.
+    for dir in new_flats.iter().filter(|d| !linked_flats.contains(*d)) {
+        let (ns, objects) = txn.namespace_and_objects();
+        ns.remove(dir, &objects)?;
     }
     if let Some(prune) = prune {
         (summary.pruned, summary.flat_removed) = apply_prune(&mut txn, &prune)?;
