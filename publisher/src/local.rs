@@ -534,7 +534,7 @@ fn start_writeback(f: &File) {
 /// Opens `path` for reading if it is a regular file. Without blocking, so that a FIFO in its
 /// place is refused instead of waiting for a writer; a device (`/dev/zero`) is refused too,
 /// as it could be read without end.
-fn open_regular(path: &Path) -> io::Result<File> {
+pub fn open_regular(path: &Path) -> io::Result<File> {
     let file = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK)

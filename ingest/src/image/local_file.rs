@@ -3,30 +3,14 @@
 //! registry document has.
 
 use super::error::{Error, Result};
-use std::fs::{File, OpenOptions};
-use std::io::{self, Read};
-use std::os::unix::fs::OpenOptionsExt;
+use std::io::Read;
 use std::path::Path;
 
 /// Largest index, manifest or config read into memory, wherever it comes from.
 pub(crate) const MAX_DOCUMENT: u64 = 16 << 20;
 
-/// Opens `path` for reading if it is a regular file. Without blocking, so that a FIFO in its
-/// place is refused instead of waiting for a writer; a device (`/dev/zero`) is refused too,
-/// as it could be read without end.
-pub(crate) fn open_regular(path: &Path) -> io::Result<File> {
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)?;
-    if !file.metadata()?.is_file() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "not a regular file; refusing to read it",
-        ));
-    }
-    Ok(file)
-}
+/// Opens `path` for reading if it is a regular file (a FIFO or a device is refused).
+pub(crate) use publisher::local::open_regular;
 
 /// Reads document `what` (e.g. `config sha256:…`) of `image` from `from`, which holds
 /// `actual` bytes (a file's length, a tar member's size) where its descriptor, if any,
@@ -89,6 +73,8 @@ pub(crate) fn read_document_file(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::File;
+    use std::io;
 
     /// Bytes without end, as `/dev/zero` or a FIFO fed forever.
     struct Endless;
