@@ -129,10 +129,10 @@ pub(crate) fn valid_name(name: &[u8]) -> bool {
 }
 
 /// Longest name a client can look up (Linux `NAME_MAX`).
-const NAME_MAX: usize = 255;
+pub const NAME_MAX: usize = 255;
 /// Longest symlink target a client can return from `readlink` (Linux `PATH_MAX` less the
 /// terminating NUL).
-const SYMLINK_MAX: usize = 4095;
+pub const SYMLINK_MAX: usize = 4095;
 
 /// Entries the client cannot serve, and `.cvmfscatalog`/`.cvmfsautocatalog` that are not
 /// regular files: every such name is taken for a nested catalog marker, and a marker that is

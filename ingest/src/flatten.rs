@@ -26,6 +26,7 @@ use crate::tarsource::{
     drain_member, drain_rest, ingest_member, read_member, split_member_path, MemberKind,
 };
 use catalog_writer::entry::{Entry, EntryKind};
+use catalog_writer::namespace::{NAME_MAX, SYMLINK_MAX};
 use catalog_writer::tree::Dir;
 use publisher::{LayerMemo, MemoEntry, MemoKind, MemoLayer, MemoMeta, ObjectStore};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -118,10 +119,6 @@ const WH_META_PREFIX: &[u8] = b".wh..wh.";
 const WH_OPAQUE: &[u8] = b".wh..wh..opq";
 /// Bound on alias chains (link to link to link ...) inside one layer.
 const MAX_ALIAS_DEPTH: usize = 64;
-/// Longest name a client can look up (Linux `NAME_MAX`).
-const NAME_MAX: usize = 255;
-/// Longest symlink target a client can return (Linux `PATH_MAX` less the NUL).
-const SYMLINK_MAX: usize = 4095;
 /// Names cvmfs takes for nested catalog markers, whatever they are.
 const MARKERS: [&[u8]; 2] = [crate::convert::CATALOG_MARKER, b".cvmfsautocatalog"];
 
