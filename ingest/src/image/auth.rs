@@ -55,18 +55,26 @@ impl fmt::Debug for Redactor {
 impl Redactor {
     /// The password, `user:password`, and that pair in base64 (with and without padding,
     /// standard and URL-safe alphabet): the forms a basic header or a token request carries.
+    /// Also the password and the pair percent-encoded, as a server quoting a request URL or a
+    /// form body (a token service's `password=`) shows them.
     pub fn add_credentials(&self, creds: &Credentials) {
         use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE_NO_PAD};
         let pair = format!("{}:{}", creds.username, creds.password.expose());
         let mut forms = vec![creds.password.expose().to_owned()];
         forms.extend([&STANDARD, &STANDARD_NO_PAD, &URL_SAFE_NO_PAD].map(|e| e.encode(&pair)));
+        for plain in [creds.password.expose(), pair.as_str()] {
+            forms.extend(percent_encodings(plain));
+        }
         forms.push(pair);
         self.add(forms);
     }
 
-    /// A bearer or identity token.
+    /// A bearer or identity token (and its percent-encoded forms: a token may go out in a
+    /// form body or a query, as OAuth2 refresh tokens do).
     pub fn add_secret(&self, secret: &Secret) {
-        self.add([secret.expose().to_owned()]);
+        let mut forms = vec![secret.expose().to_owned()];
+        forms.extend(percent_encodings(secret.expose()));
+        self.add(forms);
     }
 
     fn add(&self, forms: impl IntoIterator<Item = String>) {
@@ -80,6 +88,33 @@ impl Redactor {
         let list: Vec<&str> = secrets.iter().map(String::as_str).collect();
         redact(text, &list)
     }
+}
+
+/// `text` percent-encoded (RFC 3986 unreserved characters kept) with upper- and lower-case
+/// hex digits, and in `application/x-www-form-urlencoded` (space as `+`); none when nothing
+/// needed encoding.
+fn percent_encodings(text: &str) -> Vec<String> {
+    let keep = |b: u8| b.is_ascii_alphanumeric() || b"-._~".contains(&b);
+    if text.bytes().all(keep) {
+        return Vec::new();
+    }
+    let encode = |upper: bool, plus: bool| {
+        let mut out = String::with_capacity(text.len() * 3);
+        for b in text.bytes() {
+            match b {
+                b' ' if plus => out.push('+'),
+                b if keep(b) => out.push(char::from(b)),
+                b if upper => out.push_str(&format!("%{b:02X}")),
+                b => out.push_str(&format!("%{b:02x}")),
+            }
+        }
+        out
+    };
+    vec![
+        encode(true, false),
+        encode(false, false),
+        encode(true, true),
+    ]
 }
 
 /// `text` with each occurrence of any of `secrets` replaced by [`REDACTED`], in one pass and
@@ -715,6 +750,20 @@ mod tests {
         r.add_credentials(&Credentials::parse("u:a~~~~").unwrap());
         for form in ["dTphfn5+fg==", "dTphfn5+fg", "dTphfn5-fg"] {
             assert_eq!(r.redact(&format!("<{form}>")), "<[redacted]>", "{form}");
+        }
+        // Percent-encoded, as a quoted URL or form body has them (either hex case, `+` for
+        // a space); the token too.
+        let r = Redactor::default();
+        r.add_credentials(&Credentials::parse("u:p@ss w/rd").unwrap());
+        r.add_secret(&Secret::new("t/k=1".to_owned()));
+        for form in [
+            "p%40ss%20w%2Frd",
+            "p%40ss%20w%2frd",
+            "p%40ss+w%2Frd",
+            "u%3Ap%40ss%20w%2Frd",
+            "t%2Fk%3D1",
+        ] {
+            assert_eq!(r.redact(&format!("?x={form}&")), "?x=[redacted]&", "{form}");
         }
         // Overlapping secrets go longest first, in one pass; multi-byte text survives.
         assert_eq!(
