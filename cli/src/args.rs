@@ -22,7 +22,9 @@ pub struct Global {
     /// Default: $CVMFS_OCI_HOME, else /var/lib/cvmfs-oci for root, else ~/.local/share/cvmfs-oci.
     #[arg(long, global = true, env = "CVMFS_OCI_HOME")]
     pub home: Option<PathBuf>,
-    /// Directory with the repository keys (FQRN.masterkey, FQRN.key, FQRN.crt, FQRN.pub).
+    /// Directory with the repository keys (FQRN.masterkey, FQRN.key, FQRN.crt, FQRN.pub): at
+    /// `init`, where they are kept; for other commands, looked in first for this run only (e.g.
+    /// `resign --keys /media/usb` with the master key kept offline).
     #[arg(long, global = true)]
     pub keys: Option<PathBuf>,
     /// One JSON object per line on stdout instead of human-readable text.
@@ -91,8 +93,8 @@ pub struct InitArgs {
     /// Stratum-0 storage directory (what an HTTP server serves).
     #[arg(long)]
     pub storage: PathBuf,
-    /// Whitelist validity in days.
-    #[arg(long, default_value_t = 30)]
+    /// Whitelist validity in days (1 to 3650; clients refuse the repository once it expires).
+    #[arg(long, default_value_t = 30, value_parser = whitelist_days)]
     pub whitelist_days: u32,
     /// Catalog TTL in seconds.
     #[arg(long, default_value_t = 240)]
@@ -168,11 +170,12 @@ fn parse_owner(text: &str) -> Result<(u32, u32), String> {
 #[derive(Args)]
 pub struct IngestArgs {
     pub fqrn: String,
-    /// Tar file, or `-` for standard input.
-    pub tar: String,
+    /// Tar file, or `-` for standard input; may be left out with --delete (only remove paths).
+    #[arg(required_unless_present = "delete")]
+    pub tar: Option<String>,
     #[command(flatten)]
     pub graft: GraftArgs,
-    /// Remove these repository paths in the same revision.
+    /// Remove these repository paths in the same revision (without a tar: only that).
     #[arg(long = "delete")]
     pub delete: Vec<String>,
     #[command(flatten)]
@@ -197,8 +200,19 @@ pub struct CheckArgs {
 #[derive(Args)]
 pub struct ResignArgs {
     pub fqrn: String,
-    #[arg(long, default_value_t = 30)]
+    /// Validity of the new whitelist in days (1 to 3650).
+    #[arg(long, default_value_t = 30, value_parser = whitelist_days)]
     pub days: u32,
+}
+
+/// A whitelist validity: 0 days would sign one that has already expired (every client
+/// refuses the repository at once), and decades are a typo rather than a policy.
+fn whitelist_days(text: &str) -> Result<u32, String> {
+    match text.parse::<u32>() {
+        Ok(d) if (1..=3650).contains(&d) => Ok(d),
+        Ok(0) => Err("0 days would sign a whitelist that has already expired".to_string()),
+        _ => Err(format!("{text:?} is not a number of days from 1 to 3650")),
+    }
 }
 
 #[derive(Args)]
@@ -297,7 +311,7 @@ pub struct GcArgs {
     /// Report what would be deleted; change nothing.
     #[arg(long)]
     pub dry_run: bool,
-    /// Append the names of the deleted objects to this file.
+    /// Append the names of the deleted objects to this file (with --dry-run: of those that would be deleted).
     #[arg(long, value_name = "FILE")]
     pub deletion_log: Option<PathBuf>,
 }

@@ -24,9 +24,15 @@ mod push;
 mod schedule;
 mod tags;
 
+/// `--keys DIR` of a command other than `init`: looked in first for key files, this run only.
+static KEYS_FIRST: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
 pub fn run(cli: Cli, out: Output) -> Result<i32> {
     let g = cli.global;
     let home = home_dir(g.home.clone());
+    if let (Some(dir), false) = (&g.keys, matches!(cli.command, Command::Init(_))) {
+        let _ = KEYS_FIRST.set(dir.clone());
+    }
     match cli.command {
         Command::Init(a) => init(&home, &g, &a, out),
         Command::Publish(a) => publish(&home, &g, &a, out),
@@ -69,7 +75,21 @@ pub(crate) fn note_set_aside(aside: Option<&Path>, what: &str, out: Output) {
 
 /// Starts a transaction, and says what it repaired after an unclean shutdown.
 pub(crate) fn begin(repo: &Repository, wait: bool, out: Output) -> Result<publisher::Transaction> {
-    let txn = repo.begin(wait)?;
+    let txn = match repo.begin(false) {
+        // Said once, so that a publish queued behind a long conversion does not look hung.
+        Err(publisher::Error::Locked { path, .. }) if wait => {
+            out.event(
+                &format!(
+                    "waiting for the lock {} of {} (another process holds it)",
+                    path.display(),
+                    repo.fqrn()
+                ),
+                event_json("waiting", json!({"lock": path})),
+            );
+            repo.begin(true)?
+        }
+        other => other?,
+    };
     if let Some(r) = txn.recovery() {
         out.event(
             &format!(
@@ -202,14 +222,19 @@ pub fn pipeline_config(
 }
 
 pub(crate) fn open_repo(home: &Path, fqrn: &str) -> Result<Repository> {
-    Repository::open(home, fqrn).with_context(|| format!("repository {fqrn}"))
+    let repo = Repository::open(home, fqrn).with_context(|| format!("repository {fqrn}"))?;
+    match KEYS_FIRST.get() {
+        Some(dir) => Ok(repo.with_keys_first(dir)?),
+        None => Ok(repo),
+    }
 }
 
 /// What a `publish` or `ingest` puts into the repository.
 struct SourceGraft<'a> {
     /// Repository path (root when empty).
     path: &'a [u8],
-    tree: Dir,
+    /// `None`: nothing grafted, only `deletes` (an ingest of `--delete` alone).
+    tree: Option<Dir>,
     /// `--catalog` and `--owner`.
     how: &'a GraftArgs,
     /// Paths removed in the same revision.
@@ -228,20 +253,21 @@ fn graft_and_commit(
     out: Output,
 ) -> Result<i32> {
     let now = unix_now();
-    sanitize_xattrs(&mut job.tree, &mut job.path.to_vec(), out);
     let (uid, gid) = job.how.owner.unwrap_or((0, 0));
-    if job.how.owner.is_some() {
-        set_owner(&mut job.tree, uid, gid);
-    }
-    if job.how.catalog {
-        if job.path.is_empty() {
-            bail!("--catalog: the root has its catalog already; give --path a subdirectory");
+    if let Some(tree) = job.tree.as_mut() {
+        sanitize_xattrs(tree, &mut job.path.to_vec(), out);
+        if job.how.owner.is_some() {
+            set_owner(tree, uid, gid);
         }
-        let marker = catalog_writer::rows::marker_entry(&job.tree.meta);
-        job.tree
-            .children
-            .entry(b".cvmfscatalog".to_vec())
-            .or_insert(Node::Leaf(marker));
+        if job.how.catalog {
+            if job.path.is_empty() {
+                bail!("--catalog: the root has its catalog already; give --path a subdirectory");
+            }
+            let marker = catalog_writer::rows::marker_entry(&tree.meta);
+            tree.children
+                .entry(b".cvmfscatalog".to_vec())
+                .or_insert(Node::Leaf(marker));
+        }
     }
     {
         let (ns, objects) = txn.namespace_and_objects();
@@ -249,10 +275,12 @@ fn graft_and_commit(
             ns.remove(d, &objects)
                 .with_context(|| format!("--delete {}", String::from_utf8_lossy(d)))?;
         }
-        let parent = Entry::directory(0o755, uid, gid, now);
-        let shown = String::from_utf8_lossy(job.path).into_owned();
-        ns.replace(job.path, Node::Dir(job.tree), &parent, &objects)
-            .with_context(|| format!("{}: grafting at {shown:?}", job.what))?;
+        if let Some(tree) = job.tree {
+            let parent = Entry::directory(0o755, uid, gid, now);
+            let shown = String::from_utf8_lossy(job.path).into_owned();
+            ns.replace(job.path, Node::Dir(tree), &parent, &objects)
+                .with_context(|| format!("{}: grafting at {shown:?}", job.what))?;
+        }
     }
     publisher::fault_point("after-objects");
     let outcome = txn.commit(&CommitSettings::default())?;
@@ -331,21 +359,23 @@ pub(crate) fn new_pipeline(
 
 pub fn publish(home: &Path, g: &Global, a: &PublishArgs, out: Output) -> Result<i32> {
     let path = repo_path(&a.graft.path)?;
-    let meta = std::fs::symlink_metadata(&a.source)
+    // The source itself may be a symbolic link to a directory (`/srv/sw/current`); links
+    // below it are published as links.
+    let source = std::fs::canonicalize(&a.source)
         .with_context(|| format!("publish source {}", a.source.display()))?;
-    if !meta.is_dir() {
+    if !source.is_dir() {
         bail!("publish source {}: not a directory", a.source.display());
     }
     let repo = open_repo(home, &a.fqrn)?;
     let started = Instant::now();
     let txn = begin(&repo, !g.no_wait, out)?;
     let pipeline = new_pipeline(&repo, &txn, &a.tuning, out)?;
-    let tree = ingest::tree_from_dir(&a.source, &pipeline)
+    let tree = ingest::tree_from_dir(&source, &pipeline)
         .with_context(|| format!("publish {}", a.source.display()))?;
     let stats = pipeline.finish()?.stats;
     let job = SourceGraft {
         path: &path,
-        tree,
+        tree: Some(tree),
         how: &a.graft,
         deletes: &[],
         what: a.source.display().to_string(),
@@ -360,34 +390,72 @@ pub fn ingest_tar(home: &Path, g: &Global, a: &IngestArgs, out: Output) -> Resul
         .iter()
         .map(|d| crate::paths::option_path("--delete", d))
         .collect::<Result<Vec<_>>>()?;
+    let Some(tar) = a.tar.as_deref() else {
+        return delete_only(home, g, a, &deletes, out);
+    };
     let repo = open_repo(home, &a.fqrn)?;
-    let reader: Box<dyn std::io::Read + Send> = if a.tar == "-" {
+    let reader: Box<dyn std::io::Read + Send> = if tar == "-" {
         Box::new(std::io::stdin())
     } else {
-        Box::new(std::fs::File::open(&a.tar).with_context(|| format!("ingest source {}", a.tar))?)
+        Box::new(std::fs::File::open(tar).with_context(|| format!("ingest source {tar}"))?)
     };
     let started = Instant::now();
     let txn = begin(&repo, !g.no_wait, out)?;
     let pipeline = new_pipeline(&repo, &txn, &a.tuning, out)?;
-    let what = if a.tar == "-" {
-        "stdin".to_string()
-    } else {
-        a.tar.clone()
-    };
+    let what = if tar == "-" { "stdin" } else { tar }.to_string();
     let opts = ingest::TarOptions {
         archive_name: what.clone(),
         ..Default::default()
     };
     let tree = ingest::tree_from_tar(reader, &pipeline, &opts)?;
     let stats = pipeline.finish()?.stats;
+    if tree.children.is_empty() {
+        // Grafting it would replace the path with an empty directory: almost certainly an
+        // empty stdin or `/dev/null` meant to only delete (the whole repository, at `/`).
+        bail!(
+            "{what}: the archive holds no entries; it would replace {} with an empty \
+             directory (to only remove paths, give --delete without an archive)",
+            shown_path(&path)
+        );
+    }
     let job = SourceGraft {
         path: &path,
-        tree,
+        tree: Some(tree),
         how: &a.graft,
         deletes: &deletes,
         what,
     };
     graft_and_commit(&repo, txn, job, started, &stats, out)
+}
+
+/// `ingest FQRN --delete /p...` without an archive: a revision that only removes those paths.
+fn delete_only(
+    home: &Path,
+    g: &Global,
+    a: &IngestArgs,
+    deletes: &[Vec<u8>],
+    out: Output,
+) -> Result<i32> {
+    if a.graft.catalog || a.graft.owner.is_some() || a.graft.path != "/" {
+        bail!("--path, --catalog and --owner describe where an archive goes: give one, or leave them out to only --delete");
+    }
+    let repo = open_repo(home, &a.fqrn)?;
+    let started = Instant::now();
+    let txn = begin(&repo, !g.no_wait, out)?;
+    let job = SourceGraft {
+        path: &[],
+        tree: None,
+        how: &a.graft,
+        deletes,
+        what: "--delete".to_string(),
+    };
+    let stats = ingest::pipeline::PipelineStats::default();
+    graft_and_commit(&repo, txn, job, started, &stats, out)
+}
+
+/// A repository path as users write it (`/` for the root).
+fn shown_path(path: &[u8]) -> String {
+    format!("/{}", String::from_utf8_lossy(path))
 }
 
 /// The storage at `storage` (a directory, or an `http(s)://` URL), else the storage of the

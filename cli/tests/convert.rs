@@ -1231,6 +1231,19 @@ fn sync_a_wishlist_with_wildcards_and_prune() {
     );
     assert!(has(&witness(&env), "sync/app:2.0"));
     assert_eq!(env.revision(), 5);
+
+    // A listed image converted by hand becomes convert's: dropped from the wishlist, it stays
+    // (as after a rollback to before the sync that listed it, then a convert).
+    env.ok(&[
+        "convert",
+        FQRN,
+        &format!("docker://{addr}/sync/app:1.0"),
+        "--insecure-registry",
+        &addr,
+    ]);
+    write(&["sync/app:2.*"]);
+    env.ok(&["sync", FQRN, recipe.to_str().unwrap(), "--prune"]);
+    assert!(has(&witness(&env), "sync/app:1.0"), "converted by hand");
 }
 
 /// A TLS registry holding `REPO:1` built from `edge_image`, and a fresh repository.

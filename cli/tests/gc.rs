@@ -348,3 +348,101 @@ fn rollback_publishes_a_tagged_tree_again_as_cvmfs_server_does() {
     env.check(true);
     assert_matches_source(&env, &trees[0], "");
 }
+
+/// Revisions 2..=5 of a tree whose `sub/` has a nested catalog and a file that changes each
+/// time, so that every old revision has a nested catalog and an object of its own.
+fn four_revisions_with_a_nested_catalog(env: &Env) -> std::path::PathBuf {
+    let src = env.path("src");
+    std::fs::create_dir_all(src.join("sub")).unwrap();
+    std::fs::write(src.join("sub/.cvmfscatalog"), "").unwrap();
+    for seed in 1..=4 {
+        std::fs::write(src.join("sub/f"), noise(50_000, seed)).unwrap();
+        publish(env, &src);
+    }
+    assert_eq!(env.revision(), 5);
+    src
+}
+
+#[test]
+fn a_collection_stopped_while_deleting_leaves_no_half_revision_behind() {
+    let env = Env::init(&["--gc"]);
+    let src = four_revisions_with_a_nested_catalog(&env);
+    // Killed right after the abandoned revisions' root catalogs went, before their nested
+    // catalogs and files.
+    let out = env
+        .cmd(&["gc", FQRN, "--keep-revisions", "0"])
+        .env("CVMFS_OCI_CRASH_AT", "gc-after-heads")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the fault point aborts");
+    // Revisions 2 and 3 are gone as a whole: no tag can name them, nothing can roll back
+    // to them, and a collection keeping three days of revisions is not blocked by them.
+    for revision in ["2", "3"] {
+        let line = env.fails(&["tag", FQRN, "--add", "old", "--revision", revision]);
+        assert!(line.contains("not stored"), "{line}");
+    }
+    env.check(true);
+    let r = last_json(&env.ok(&["--json", "gc", FQRN]));
+    assert_eq!(kept(&r), [5, 4]);
+    assert!(
+        r["objects_deleted"].as_u64().unwrap() >= 4,
+        "the rest goes now: {r}"
+    );
+    env.check(true);
+    assert_matches_source(&env, &src, "");
+}
+
+/// The objects a `gc --keep-revisions N` would delete (a dry run's deletion log).
+fn doomed(env: &Env, keep: &str) -> std::collections::BTreeSet<String> {
+    let log = env.path(&format!("doomed-{keep}.log"));
+    let _ = std::fs::remove_file(&log);
+    let log_arg = log.to_str().unwrap();
+    let args = [
+        "gc",
+        FQRN,
+        "--keep-revisions",
+        keep,
+        "--dry-run",
+        "--deletion-log",
+        log_arg,
+    ];
+    env.ok(&args);
+    let text = std::fs::read_to_string(&log).unwrap();
+    text.lines().skip(1).map(str::to_string).collect()
+}
+
+fn remove_object(env: &Env, name: &str) {
+    std::fs::remove_file(env.storage.join("data").join(&name[..2]).join(&name[2..])).unwrap();
+}
+
+#[test]
+fn a_revision_missing_objects_is_neither_tagged_nor_rolled_back_to() {
+    let env = Env::init(&["--gc"]);
+    four_revisions_with_a_nested_catalog(&env);
+    // What only revision 2 references, and what only revision 3 does.
+    let only_2 = doomed(&env, "2");
+    let only_3: Vec<String> = doomed(&env, "1").difference(&only_2).cloned().collect();
+    env.ok(&["tag", FQRN, "--add", "second", "--revision", "3"]);
+    // Data objects (not catalogs: a missing root catalog ends the chain), as a collection
+    // stopped by an older version, or a hand, could lose them.
+    let data = |names: &[&String]| -> String {
+        // A whole file's object: no suffix (old history objects `H` go too).
+        let found = names.iter().find(|n| n.len() == 40);
+        found.expect("a file's object").to_string()
+    };
+    remove_object(&env, &data(&only_2.iter().collect::<Vec<_>>()));
+    remove_object(&env, &data(&only_3.iter().collect::<Vec<_>>()));
+    let before = env.snapshot();
+    let line = env.fails(&["tag", FQRN, "--add", "first", "--revision", "2"]);
+    assert!(
+        line.contains("revision 2") && line.contains("not complete"),
+        "{line}"
+    );
+    let line = env.fails(&["rollback", FQRN, "--tag", "second"]);
+    assert!(
+        line.contains("revision 3") && line.contains("not complete"),
+        "{line}"
+    );
+    assert_eq!(env.snapshot(), before, "nothing written");
+    env.check(true);
+}

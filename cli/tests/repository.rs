@@ -112,7 +112,16 @@ fn publish_at_subpaths_keeps_the_rest() {
     let other = env.path("other");
     std::fs::create_dir_all(other.join("x")).unwrap();
     std::fs::write(other.join("x/hello"), b"hello\n").unwrap();
-    env.ok(&["publish", FQRN, other.to_str().unwrap(), "--path", "/sw/b"]);
+    // Through a symbolic link to the directory, as `/srv/sw/current` often is.
+    let current = env.path("current");
+    std::os::unix::fs::symlink(&other, &current).unwrap();
+    env.ok(&[
+        "publish",
+        FQRN,
+        current.to_str().unwrap(),
+        "--path",
+        "/sw/b",
+    ]);
     assert_eq!(env.revision(), 3);
     env.check(true);
     assert_matches_source(&env, &src, "/sw/a");
@@ -162,6 +171,28 @@ fn ingest_tar_gzip_zstd_and_stdin() {
     assert!(
         !report.entries.contains_key("/gz"),
         "--delete /gz was not applied"
+    );
+
+    // An empty archive (an empty stdin, /dev/null) is refused: grafted at / it would empty
+    // the whole repository. `--delete` alone removes just that path.
+    let revision = env.revision();
+    let line = env.fails(&["ingest", FQRN, "/dev/null", "--delete", "/zst"]);
+    assert!(
+        line.contains("no entries") && line.contains("--delete"),
+        "{line}"
+    );
+    assert_eq!(env.revision(), revision);
+    env.ok(&["ingest", FQRN, "--delete", "/zst"]);
+    assert_eq!(env.revision(), revision + 1);
+    env.check(true);
+    let report = fixtures::witness::witness_read_dir(&env.storage, &env.path("wc2")).unwrap();
+    assert!(!report.entries.contains_key("/zst"), "--delete /zst");
+    assert_matches_source(&env, &src, "/stdin");
+    let line = env.fails(&["ingest", FQRN, "--delete", "/stdin", "--path", "/x"]);
+    assert!(line.contains("--path"), "{line}");
+    assert!(
+        !env.run(&["ingest", FQRN]).status.success(),
+        "neither archive nor --delete"
     );
 }
 
@@ -379,6 +410,20 @@ fn no_wait_reports_the_lock_holder() {
     std::fs::create_dir_all(&src).unwrap();
     let line = env.fails(&["--no-wait", "publish", FQRN, src.to_str().unwrap()]);
     assert!(line.contains("another process"), "{line}");
+    // Without --no-wait it says once that it waits, then publishes when the lock is free.
+    let mut waiting = env
+        .cmd(&["publish", FQRN, src.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    let mut stdout = std::io::BufReader::new(waiting.stdout.take().unwrap());
+    std::io::BufRead::read_line(&mut stdout, &mut first).unwrap();
+    assert!(first.starts_with("waiting for the lock"), "{first}");
+    assert_eq!(env.revision(), 1, "still waiting");
+    drop(lock);
+    assert!(waiting.wait().unwrap().success());
+    assert_eq!(env.revision(), 2);
 }
 
 #[test]
@@ -523,4 +568,57 @@ fn ingest_into_a_nested_catalog_with_an_owner() {
     let out = env.run(&["ingest", FQRN, tar, "--owner", "root"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("UID:GID"));
+}
+
+#[test]
+fn resign_with_the_master_key_kept_offline() {
+    let env = Env::init(&[]);
+    let keys = env.home.join(FQRN).join("keys");
+    let usb = env.path("usb");
+    std::fs::create_dir_all(&usb).unwrap();
+    let master = format!("{FQRN}.masterkey");
+    std::fs::rename(keys.join(&master), usb.join(&master)).unwrap();
+    let line = env.fails(&["resign", FQRN]);
+    assert!(
+        line.contains("master key") && line.contains("--keys"),
+        "{line}"
+    );
+    // `--keys` is looked in first for this run; the repository key stays where it is.
+    env.ok(&[
+        "--keys",
+        usb.to_str().unwrap(),
+        "resign",
+        FQRN,
+        "--days",
+        "10",
+    ]);
+    env.check(true);
+    assert!(
+        !keys.join(&master).exists(),
+        "the master key was not copied back"
+    );
+    // Nothing remembered: the next resign without it fails again.
+    let line = env.fails(&["resign", FQRN]);
+    assert!(line.contains("master key"), "{line}");
+    // Another repository's master key there is refused, not used.
+    let other = Env::init(&[]);
+    let wrong = env.path("wrong");
+    std::fs::create_dir_all(&wrong).unwrap();
+    let other_keys = other.home.join(FQRN).join("keys");
+    std::fs::copy(other_keys.join(&master), wrong.join(&master)).unwrap();
+    let line = env.fails(&["--keys", wrong.to_str().unwrap(), "resign", FQRN]);
+    assert!(line.contains("masterkey"), "{line}");
+    // A whitelist that has already expired, or lasts for centuries, is not signed.
+    for days in ["0", "100000"] {
+        let out = env.run(&[
+            "--keys",
+            usb.to_str().unwrap(),
+            "resign",
+            FQRN,
+            "--days",
+            days,
+        ]);
+        assert!(!out.status.success(), "--days {days}");
+    }
+    env.check(true);
 }

@@ -170,6 +170,29 @@ pub fn walk_catalogs(store: &dyn ObjectStore, root: CatalogRef, verify_hash: boo
     walk_catalog_trees(store, vec![(String::new(), root)], verify_hash)
 }
 
+/// Why the tree of root catalog `root` cannot be served whole: the first of its catalogs that
+/// cannot be read, else the number of objects its catalogs reference that are not stored
+/// (e.g. a garbage collection stopped half-way, or objects deleted by hand); `None` when it
+/// is complete. Holds only the hashes, so that a tree of millions of objects can be checked.
+pub fn incomplete_tree(store: &dyn ObjectStore, root: CatalogRef) -> Option<String> {
+    let walk = walk_catalog_hashes(store, vec![(String::new(), root)]);
+    if let Some(first) = walk.problems.first() {
+        return Some(first.clone());
+    }
+    const ANY: [Suffix; 3] = [Suffix::None, Suffix::Partial, Suffix::Catalog];
+    // An object that cannot be looked up counts as present: this is a refusal, not a check.
+    let missing: Vec<&ContentHash> = walk
+        .hashes
+        .iter()
+        .filter(|h| !ANY.iter().any(|s| store.contains(h, *s).unwrap_or(true)))
+        .collect();
+    let first = missing.first()?;
+    Some(format!(
+        "{} object(s) its catalogs reference are not stored, e.g. {first}",
+        missing.len()
+    ))
+}
+
 /// Walks several catalog trees (`(label, root)`, e.g. the revisions garbage collection
 /// keeps); a catalog reached twice is read once (its subtree is the same, by its hash).
 pub fn walk_catalog_trees(

@@ -34,6 +34,11 @@ pub struct Config {
     pub storage: PathBuf,
     /// Where `<fqrn>.masterkey`, `.pub`, `.key`, `.crt` live; never inside `storage`.
     pub keys_dir: PathBuf,
+    /// Looked in before `keys_dir` for each key file, for this run only (never saved):
+    /// `--keys DIR` given to a command other than `init`, e.g. the master key on removable
+    /// media for `resign`.
+    #[serde(skip)]
+    pub keys_first: Option<PathBuf>,
     /// Manifest `D` and root catalog TTL (seconds).
     #[serde(default = "default_ttl")]
     pub ttl: u32,
@@ -79,6 +84,7 @@ impl Config {
             fqrn: fqrn.to_string(),
             storage: storage.to_path_buf(),
             keys_dir: repo_home.join("keys"),
+            keys_first: None,
             ttl: default_ttl(),
             whitelist_days: default_whitelist_days(),
             chunking: Chunking::default(),
@@ -107,21 +113,44 @@ impl Config {
 
     /// Path of the master public key clients must trust.
     pub fn public_key_path(&self) -> PathBuf {
-        self.keys_dir.join(format!("{}.pub", self.fqrn))
+        let name = format!("{}.pub", self.fqrn);
+        let found = self
+            .key_dirs()
+            .into_iter()
+            .map(|d| d.join(&name))
+            .find(|p| p.exists());
+        found.unwrap_or_else(|| self.keys_dir.join(name))
     }
 
     /// Refuses a keys directory inside (or equal to) the served storage directory.
     pub fn check_keys_outside_storage(&self) -> Result<()> {
-        let keys = resolve(&self.keys_dir)?;
         let storage = resolve(&self.storage)?;
-        if keys.starts_with(&storage) {
-            return Err(Error::Invalid(format!(
-                "keys directory {} is inside the storage directory {}: private keys would be published",
-                self.keys_dir.display(),
-                self.storage.display()
-            )));
+        for dir in self.key_dirs() {
+            if resolve(dir)?.starts_with(&storage) {
+                return Err(Error::Invalid(format!(
+                    "keys directory {} is inside the storage directory {}: private keys would be published",
+                    dir.display(),
+                    self.storage.display()
+                )));
+            }
         }
         Ok(())
+    }
+
+    /// Where key files are looked for, in order: `keys_first` (if given), then `keys_dir`.
+    pub fn key_dirs(&self) -> Vec<&Path> {
+        let first = self.keys_first.as_deref();
+        first.into_iter().chain([self.keys_dir.as_path()]).collect()
+    }
+
+    /// `keys_dir`, or both directories when `keys_first` is given, for messages.
+    pub fn describe_key_dirs(&self) -> String {
+        let dirs: Vec<String> = self
+            .key_dirs()
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect();
+        dirs.join(" or ")
     }
 }
 

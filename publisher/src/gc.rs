@@ -73,7 +73,8 @@ pub struct GcOptions {
     pub dry_run: bool,
     /// Wait for the repository lock instead of failing when it is held.
     pub wait: bool,
-    /// Append the deleted objects' names (`<hash><suffix>`, one per line) to this file.
+    /// Append the deleted objects' names (`<hash><suffix>`, one per line) to this file (in a
+    /// dry run, those it would delete).
     pub deletion_log: Option<PathBuf>,
 }
 
@@ -197,15 +198,16 @@ impl Repository {
             .iter()
             .filter(|c| c.suffix == Suffix::Catalog)
             .count();
+        if let Some(path) = &opts.deletion_log {
+            log_deletions(path, fqrn, opts.dry_run, &condemned)?;
+        }
         if opts.dry_run {
             return Ok(report);
         }
         report.reflog_removed =
             rewrite_reflog(&store, &keys, &base, &base_bytes, &marked, &condemned)?;
-        if let Some(path) = &opts.deletion_log {
-            log_deletions(path, fqrn, &condemned)?;
-        }
-        delete(&store, &condemned)?;
+        let heads = abandoned_roots(&store, &report.kept);
+        delete(&store, &condemned, &heads)?;
         report.scratch_removed = remove_stale_scratch(&store, started, STALE_SCRATCH_SECONDS)?;
         let gone: Vec<ContentHash> = condemned.iter().map(|c| c.hash).collect();
         report.index_forgotten = self.content_index()?.invalidate_all(&gone)?;
@@ -455,9 +457,12 @@ fn store_has_any(store: &LocalStore, hash: &ContentHash) -> bool {
     .any(|s| store.contains(hash, *s).unwrap_or(true))
 }
 
-fn log_deletions(path: &Path, fqrn: &str, condemned: &[Condemned]) -> Result<()> {
+/// Appends the names of the objects to delete (before deleting them: a collection stopped
+/// half-way still leaves its list), or that a dry run would delete.
+fn log_deletions(path: &Path, fqrn: &str, dry_run: bool, condemned: &[Condemned]) -> Result<()> {
+    let what = if dry_run { "gc --dry-run" } else { "gc" };
     let mut text = format!(
-        "# cvmfs-oci gc of {fqrn} at {}: {} objects\n",
+        "# cvmfs-oci {what} of {fqrn} at {}: {} objects\n",
         crate::repo::now_unix(),
         condemned.len()
     );
@@ -530,8 +535,47 @@ fn record_status(store: &LocalStore, now: i64) -> Result<()> {
         .map_err(|e| Error::io(what.as_str(), e))
 }
 
-/// Deletes the object files; one that is gone already is fine.
-fn delete(store: &LocalStore, condemned: &[Condemned]) -> Result<()> {
+/// The root catalogs of the revisions no longer kept that `previous_revision` still leads to
+/// from a kept one: those a tag or a rollback could still find.
+fn abandoned_roots(store: &LocalStore, kept: &[KeptRevision]) -> HashSet<ContentHash> {
+    let kept_roots: HashSet<ContentHash> = kept.iter().map(|k| k.root).collect();
+    let mut found = HashSet::new();
+    for k in kept {
+        let mut cat = catalog(k.root, 0);
+        // An unreadable catalog ends the chain: what lies behind it cannot be found either.
+        while let Some(prev) = load_catalog(store, &cat, false)
+            .ok()
+            .and_then(|c| c.property("previous_revision").ok().flatten())
+            .and_then(|p| ContentHash::from_hex(&p))
+        {
+            if kept_roots.contains(&prev) || !found.insert(prev) {
+                break;
+            }
+            if !store.contains(&prev, Suffix::Catalog).unwrap_or(false) {
+                break;
+            }
+            cat = catalog(prev, 0);
+        }
+    }
+    found
+}
+
+/// Deletes the object files; one that is gone already is fine. The root catalogs of the
+/// abandoned revisions (`heads`) go first, durably, and only then their nested catalogs and
+/// files: a collection stopped half-way (killed, a power cut) must not leave a revision that
+/// a tag or a rollback can still find by its root while parts of its tree are gone.
+fn delete(store: &LocalStore, condemned: &[Condemned], heads: &HashSet<ContentHash>) -> Result<()> {
+    let is_head = |c: &&Condemned| c.suffix == Suffix::Catalog && heads.contains(&c.hash);
+    let (first, rest): (Vec<&Condemned>, Vec<&Condemned>) = condemned.iter().partition(is_head);
+    delete_files(store, &first)?;
+    if !first.is_empty() {
+        store.sync().map_err(|e| Error::io(store.describe(), e))?;
+        crate::txn::fault_point("gc-after-heads");
+    }
+    delete_files(store, &rest)
+}
+
+fn delete_files(store: &LocalStore, condemned: &[&Condemned]) -> Result<()> {
     condemned.par_iter().try_for_each(|c| {
         let path = store.object_path(&c.hash, c.suffix);
         match fs::remove_file(&path) {

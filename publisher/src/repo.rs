@@ -227,6 +227,21 @@ impl Repository {
     pub fn fqrn(&self) -> &str {
         &self.config.fqrn
     }
+
+    /// Looks for key files in `dir` first, for this run only (`--keys DIR` of a command other
+    /// than `init`); refused inside the storage directory.
+    pub fn with_keys_first(mut self, dir: &Path) -> Result<Repository> {
+        let dir = std::path::absolute(dir).map_err(|e| Error::io_path(dir, e))?;
+        if !dir.is_dir() {
+            return Err(Error::Invalid(format!(
+                "--keys {}: not a directory",
+                dir.display()
+            )));
+        }
+        self.config.keys_first = Some(dir);
+        self.config.check_keys_outside_storage()?;
+        Ok(self)
+    }
     pub fn config(&self) -> &Config {
         &self.config
     }
@@ -301,11 +316,10 @@ impl Repository {
         let keys = load_keys(&self.config)?;
         let master = keys.master.as_ref().ok_or_else(|| {
             Error::Invalid(format!(
-                "master key {} not available: cannot re-sign the whitelist of {}",
-                self.config
-                    .keys_dir
-                    .join(format!("{}.masterkey", self.config.fqrn))
-                    .display(),
+                "master key {}.masterkey not available in {}: cannot re-sign the whitelist \
+                 of {} (name the directory holding it with --keys)",
+                self.config.fqrn,
+                self.config.describe_key_dirs(),
                 self.config.fqrn
             ))
         })?;
@@ -610,9 +624,9 @@ fn try_lock(r: std::result::Result<(), std::fs::TryLockError>) -> std::io::Resul
 }
 
 pub(crate) fn load_keys(config: &Config) -> Result<signer::RepoKeys> {
-    signer::RepoKeys::load(&config.keys_dir, &config.fqrn).map_err(|e| {
+    signer::RepoKeys::load_from(&config.key_dirs(), &config.fqrn).map_err(|e| {
         Error::signature(
-            format!("keys of {} in {}", config.fqrn, config.keys_dir.display()),
+            format!("keys of {} in {}", config.fqrn, config.describe_key_dirs()),
             e,
         )
     })

@@ -47,6 +47,7 @@ impl Repository {
             }
         };
         let target = rollback_target(&history, fqrn, name, base.revision)?;
+        crate::tags::refuse_incomplete(store.as_ref(), &target, fqrn)?;
         let mut removed: Vec<Tag> = history
             .tags_replaced_by_rollback(&target)?
             .into_iter()

@@ -3,7 +3,7 @@
 //! one writes a new history object and re-signs the manifest at the same revision (new `H`
 //! and `Y`), under the repository lock and with the compare-and-swap a publish uses.
 
-use crate::catalogs::load_catalog;
+use crate::catalogs::{incomplete_tree, load_catalog};
 use crate::error::{Error, Result};
 use crate::history::{History, Tag, TRUNK, TRUNK_PREVIOUS};
 use crate::local::LocalStore;
@@ -46,6 +46,9 @@ impl Repository {
                 )));
             }
             let tag = find_revision(store, head, wanted)?;
+            if revision.is_some() && wanted != manifest.revision {
+                refuse_incomplete(store, &tag, fqrn)?;
+            }
             let tag = Tag {
                 name: name.to_string(),
                 description: description.to_string(),
@@ -146,6 +149,23 @@ fn check_tag_name(name: &str) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// Refuses a revision whose tree is not all stored: a tag or a rollback would hand clients
+/// catalogs or files that are gone.
+pub(crate) fn refuse_incomplete(store: &dyn ObjectStore, tag: &Tag, fqrn: &str) -> Result<()> {
+    let root = CatalogRef {
+        hash: tag.hash,
+        size: tag.size,
+    };
+    match incomplete_tree(store, root) {
+        None => Ok(()),
+        Some(why) => Err(Error::Invalid(format!(
+            "{fqrn}: revision {} (root catalog {}) is not complete, a garbage collection may \
+             have been stopped while deleting it: {why}",
+            tag.revision, tag.hash
+        ))),
+    }
 }
 
 /// The tag fields of revision `wanted`, found by following `previous_revision` from `head`.

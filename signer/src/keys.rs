@@ -65,6 +65,21 @@ impl KeyFiles {
     }
 }
 
+impl KeyFiles {
+    /// Each file of `self` that does not exist replaced by `other`'s (which may not either).
+    fn fill_missing(&mut self, other: KeyFiles) {
+        let pick = |mine: &mut PathBuf, theirs: PathBuf| {
+            if !mine.exists() {
+                *mine = theirs;
+            }
+        };
+        pick(&mut self.master, other.master);
+        pick(&mut self.repo_key, other.repo_key);
+        pick(&mut self.master_public, other.master_public);
+        pick(&mut self.certificate, other.certificate);
+    }
+}
+
 impl RepoKeys {
     /// New RSA-2048 master and repository keys and a self-signed certificate
     /// `CN=<fqrn> CernVM-FS Release Managers`, valid 365 days, signed with SHA-256.
@@ -125,7 +140,21 @@ impl RepoKeys {
     /// the certificate must hold the public half of `FQRN.key`, and a master key the public
     /// half in `FQRN.pub`.
     pub fn load(dir: &Path, fqrn: &str) -> Result<RepoKeys> {
-        let files = KeyFiles::new(dir, fqrn)?;
+        Self::load_from(&[dir], fqrn)
+    }
+
+    /// Like [`RepoKeys::load`], each file taken from the first of `dirs` that has it: the
+    /// master key can then come from removable media (`--keys /media/usb`) while the
+    /// repository key stays where it always is.
+    pub fn load_from(dirs: &[&Path], fqrn: &str) -> Result<RepoKeys> {
+        let mut found = dirs.iter().map(|d| KeyFiles::new(d, fqrn));
+        let mut files = found.next().ok_or_else(|| Error::Invalid {
+            item: "key directory",
+            reason: "none given".to_string(),
+        })??;
+        for other in found {
+            files.fill_missing(other?);
+        }
         let repo_key = read_private_key(&files.repo_key)?;
         let certificate = parse_certificate_pem(&read(&files.certificate)?)
             .map_err(|err| at_path(err, &files.certificate))?;

@@ -43,7 +43,23 @@ pub fn convert(home: &Path, g: &Global, a: &ConvertArgs, out: Output) -> Result<
     let repo = open_repo(home, &a.fqrn)?;
     let sources = sources(&a.registry, out)?;
     let refs: Vec<String> = a.images.clone();
+    claim_links(&repo, &refs)?;
     run_batch(&repo, g, &sources, &refs, &selection, &a.tuning, None, out)
+}
+
+/// Takes the links of `refs` out of the sync ledger before `convert` or `migrate` makes them:
+/// an image an operator converted by hand is no wishlist's to prune.
+pub(super) fn claim_links(repo: &publisher::Repository, refs: &[String]) -> Result<()> {
+    let links: Vec<Vec<u8>> = refs.iter().filter_map(|r| link_of(r)).collect();
+    let path = ledger::ledger_path(repo);
+    if links.is_empty() || !path.exists() {
+        return Ok(());
+    }
+    let mut ledger = ledger::SyncLedger::load(&path)?;
+    if ledger.claim(&links) {
+        ledger.save(&path)?;
+    }
+    Ok(())
 }
 
 pub fn sync(home: &Path, g: &Global, a: &SyncArgs, out: Output) -> Result<i32> {

@@ -80,6 +80,23 @@ impl SyncLedger {
         );
     }
 
+    /// Forgets `links` in every wishlist's record: `convert` or `migrate` made them, so they
+    /// are no wishlist's to prune any more (even where a sync had listed them before, or a
+    /// rollback brought back a state the ledger does not know). Returns whether it changed.
+    pub(super) fn claim(&mut self, links: &[Vec<u8>]) -> bool {
+        let claimed: HashSet<String> = links
+            .iter()
+            .map(|l| String::from_utf8_lossy(l).into_owned())
+            .collect();
+        let mut changed = false;
+        for listed in self.recipes.values_mut() {
+            let before = listed.len();
+            listed.retain(|l| !claimed.contains(l));
+            changed |= listed.len() != before;
+        }
+        changed
+    }
+
     /// Writes the ledger atomically (temp file, then rename).
     pub(super) fn save(&self, path: &Path) -> Result<()> {
         let tmp = path.with_extension("json.tmp");
@@ -115,6 +132,20 @@ mod tests {
             ledger.prunable("a.yaml"),
             links(&["/r/z:1"]).into_iter().collect()
         );
+    }
+
+    #[test]
+    fn links_made_by_convert_are_no_wishlists_to_prune() {
+        let mut ledger = SyncLedger::default();
+        ledger.record("a.yaml", &links(&["/r/x:1", "/r/y:1"]), false);
+        ledger.record("b.yaml", &links(&["/r/x:1"]), false);
+        assert!(ledger.claim(&links(&["/r/x:1", "/r/z:1"])));
+        assert_eq!(
+            ledger.prunable("a.yaml"),
+            links(&["/r/y:1"]).into_iter().collect()
+        );
+        assert!(ledger.prunable("b.yaml").is_empty());
+        assert!(!ledger.claim(&links(&["/r/x:1"])), "nothing left to claim");
     }
 
     #[test]

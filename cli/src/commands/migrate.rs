@@ -3,7 +3,7 @@
 //! where it stopped; the layer memo skips layers already flattened.
 
 use super::concurrent;
-use super::convert::{link_of, run_batch, selection, sources, Prune};
+use super::convert::{claim_links, link_of, run_batch, selection, sources, Prune};
 use super::open_repo;
 use super::plan::{layer_count, plan};
 use crate::args::{Global, MigrateArgs};
@@ -44,6 +44,7 @@ pub fn migrate(home: &Path, g: &Global, a: &MigrateArgs, out: Output) -> Result<
     } else {
         refs
     };
+    claim_links(&repo, &refs)?;
     for (i, chunk) in refs.chunks(batch).enumerate() {
         out.say(&format!(
             "batch {}/{}: {} images",
