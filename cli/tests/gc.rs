@@ -446,3 +446,35 @@ fn a_revision_missing_objects_is_neither_tagged_nor_rolled_back_to() {
     assert_eq!(env.snapshot(), before, "nothing written");
     env.check(true);
 }
+
+#[test]
+fn a_half_deleted_old_revision_does_not_block_later_collections() {
+    let env = Env::init(&["--gc"]);
+    let src = four_revisions_with_a_nested_catalog(&env);
+    // Revision 3's nested catalog gone, its root left (as a collection by an older version,
+    // stopped half-way, could leave it).
+    let only_2 = doomed(&env, "2");
+    let t = last_json(&env.ok(&["--json", "tag", FQRN, "--add", "probe", "--revision", "3"]));
+    let root_3 = format!("{}C", t["root"].as_str().unwrap());
+    env.ok(&["tag", FQRN, "--remove", "probe"]);
+    let nested_3 = doomed(&env, "1")
+        .difference(&only_2)
+        .find(|n| n.ends_with('C') && **n != root_3)
+        .cloned()
+        .expect("the nested catalog only revision 3 has");
+    remove_object(&env, &nested_3);
+    // Every revision is younger than three days: the window holds revision 3.
+    let out = env.ok(&["--json", "gc", FQRN]);
+    let r = last_json(&out);
+    let dropped: Vec<u64> = r["incomplete_dropped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    assert!(dropped.contains(&3), "{r}");
+    assert!(!kept(&r).contains(&3), "{r}");
+    assert!(kept(&r).contains(&2), "complete, in the window: {r}");
+    env.check(true);
+    assert_matches_source(&env, &src, "");
+}

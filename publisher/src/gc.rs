@@ -116,6 +116,10 @@ pub struct GcReport {
     /// Scratch files of `data/txn` older than [`STALE_SCRATCH_SECONDS`] removed (left by a
     /// killed writer where objects cannot be written as unnamed files).
     pub scratch_removed: usize,
+    /// Untagged earlier revisions within the window that were not kept because catalogs of
+    /// theirs are gone already (a collection by an older version stopped half-way, or files
+    /// deleted by hand): they cannot be served, and what is left of them goes now.
+    pub incomplete_dropped: Vec<u64>,
     pub dry_run: bool,
 }
 
@@ -277,7 +281,13 @@ fn mark(
     report.kept.sort_by_key(|k| std::cmp::Reverse(k.revision));
     // The walk reads every catalog once; a kept catalog that cannot be read would hide what
     // it references, so nothing may be deleted then.
-    let mut walk = walk_catalog_hashes(store, roots);
+    let mut walk = walk_catalog_hashes(store, roots.clone());
+    if !walk.problems.is_empty() {
+        report.incomplete_dropped = drop_incomplete(store, head.hash, &mut report.kept, &mut roots);
+        if !report.incomplete_dropped.is_empty() {
+            walk = walk_catalog_hashes(store, roots);
+        }
+    }
     if let Some(first) = walk.problems.first() {
         return Err(Error::Invalid(format!(
             "{}: not collecting garbage: {} problem(s) reading the kept revisions, first: {first}",
@@ -292,6 +302,29 @@ fn mark(
     marked.extend(walk.bulk);
     report.objects_kept = marked.len();
     Ok(marked)
+}
+
+/// Takes the untagged predecessors whose catalogs cannot all be read out of `kept` and
+/// `roots`; returns their revision numbers. The current revision and tagged ones stay (a
+/// problem there still stops the collection: what their missing catalogs reference is unknown).
+fn drop_incomplete(
+    store: &LocalStore,
+    head: ContentHash,
+    kept: &mut Vec<KeptRevision>,
+    roots: &mut Vec<(String, CatalogRef)>,
+) -> Vec<u64> {
+    let broken: Vec<(u64, ContentHash)> = kept
+        .iter()
+        .filter(|k| k.tags.is_empty() && k.root != head)
+        .filter(|k| {
+            let alone = vec![(String::new(), catalog(k.root, 0))];
+            !walk_catalog_hashes(store, alone).problems.is_empty()
+        })
+        .map(|k| (k.revision, k.root))
+        .collect();
+    kept.retain(|k| !broken.iter().any(|(_, root)| *root == k.root));
+    roots.retain(|(_, r)| !broken.iter().any(|(_, root)| *root == r.hash));
+    broken.into_iter().map(|(revision, _)| revision).collect()
 }
 
 fn catalog(hash: ContentHash, size: u64) -> CatalogRef {

@@ -31,6 +31,14 @@ pub fn gc(home: &Path, g: &Global, a: &GcArgs, out: Output) -> Result<i32> {
     };
     let started = Instant::now();
     let r = repo.gc(&opts).with_context(|| format!("gc {}", a.fqrn))?;
+    if !r.incomplete_dropped.is_empty() {
+        let list: Vec<String> = r.incomplete_dropped.iter().map(u64::to_string).collect();
+        out.say(&format!(
+            "note: revision(s) {} not kept: catalogs of theirs were gone already (an earlier \
+             collection stopped half-way?); what is left of them is deleted",
+            list.join(", ")
+        ));
+    }
     report(&a.fqrn, &r, started, out);
     Ok(0)
 }
@@ -74,6 +82,7 @@ fn report(fqrn: &str, r: &GcReport, started: Instant, out: Output) {
                    "catalogs_deleted": r.catalogs_deleted, "objects_too_new": r.objects_too_new,
                    "reflog_removed": r.reflog_removed, "index_forgotten": r.index_forgotten,
                    "memos_forgotten": r.memos_forgotten, "scratch_removed": r.scratch_removed,
+                   "incomplete_dropped": r.incomplete_dropped,
                    "seconds": started.elapsed().as_secs_f64()}),
         ),
     );
