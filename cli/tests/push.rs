@@ -1,8 +1,10 @@
 //! `push` end to end against a real S3 implementation on loopback (moto's server, installed by
 //! `scripts/test`): the bucket is read back by the independent `cvmfs` crate over plain HTTP,
 //! a push killed before its manifest leaves the bucket at the old revision and a rerun
-//! finishes it, a bucket ahead of the local storage is refused, and `--delete` after `gc`
-//! removes from the bucket what the storage no longer holds.
+//! finishes it, a bucket ahead of the local storage (or at its revision with another tree) is
+//! refused, `--delete` after `gc` removes from the bucket what the storage no longer holds but
+//! never what a kept revision references, root files changed without a new manifest (`resign`)
+//! go up, and the reflog goes up only after the manifest it belongs to.
 
 mod common;
 
@@ -290,6 +292,28 @@ fn push_errors_are_one_line_and_change_nothing() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("s3://nowhere/repo/.cvmfspublished"), "{err}");
     assert!(!err.contains("test-secret"), "{err}");
+    // A plain-HTTP endpoint without --allow-http: the option is named.
+    for (flag, value) in [("--endpoint", endpoint.as_str()), ("", "")] {
+        let mut args = vec!["push", FQRN, "s3://nowhere/repo"];
+        if !flag.is_empty() {
+            args.extend([flag, value]);
+        }
+        let out = env
+            .cmd(&args)
+            .env("AWS_ACCESS_KEY_ID", "test-key-id")
+            .env("AWS_SECRET_ACCESS_KEY", "test-secret")
+            .env("AWS_ENDPOINT_URL", &endpoint)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(
+            err.contains(&format!(
+                "endpoint {endpoint} is plain HTTP, refused without --allow-http"
+            )),
+            "{err}"
+        );
+    }
     assert_eq!(env.snapshot(), before);
 }
 
@@ -392,6 +416,11 @@ fn every_new_revision_goes_to_the_push_target_until_it_is_forgotten() {
         err.contains("revision 5 is published locally, but its push"),
         "{err}"
     );
+    assert!(
+        err.contains("no credentials found: push reads AWS_ACCESS_KEY_ID")
+            && err.contains("~/.aws/credentials and AWS_PROFILE are not read"),
+        "{err}"
+    );
     assert_eq!(env.revision(), 5);
     assert_eq!(served_revision(&env, &s3, "auto"), 4);
     ok_with_s3(&env, &s3, &["push", FQRN]);
@@ -408,4 +437,189 @@ fn every_new_revision_goes_to_the_push_target_until_it_is_forgotten() {
         err.contains("no target given and the repository has none"),
         "{err}"
     );
+}
+
+fn remote_file(s3: &S3Server, prefix: &str, name: &str) -> Vec<u8> {
+    s3.request("GET", &format!("/{BUCKET}/{prefix}/{name}"), "")
+}
+
+fn local_file(env: &Env, name: &str) -> Vec<u8> {
+    std::fs::read(env.storage.join(name)).unwrap()
+}
+
+/// `check --storage URL`: what a stratum 1 verifies (the reflog against the manifest's `Y`
+/// included).
+fn check_bucket(env: &Env, s3: &S3Server, prefix: &str) {
+    let key = env.home.join(FQRN).join("keys").join(format!("{FQRN}.pub"));
+    let url = s3.url(prefix);
+    let args = ["check", FQRN, "--storage", &url, "--key"];
+    env.ok(&[&args[..], &[key.to_str().unwrap()]].concat());
+}
+
+#[test]
+fn root_files_follow_the_manifest_and_the_bucket_stays_consistent() {
+    let s3 = S3Server::start();
+    let env = Env::init(&[]);
+    // As `cvmfs_server mkfs`: a stratum 1 may replicate the storage, and the bucket.
+    assert!(env.storage.join(".cvmfs_master_replica").is_file());
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("a.txt"), "a\n").unwrap();
+    publish(&env, &src);
+    push(&env, &s3, "repo", &[]);
+    assert_eq!(
+        remote_file(&s3, "repo", ".cvmfs_master_replica"),
+        local_file(&env, ".cvmfs_master_replica")
+    );
+
+    // `resign` renews the whitelist without a new manifest: push still takes it up.
+    env.ok(&["resign", FQRN, "--days", "90"]);
+    assert_ne!(
+        remote_file(&s3, "repo", ".cvmfswhitelist"),
+        local_file(&env, ".cvmfswhitelist")
+    );
+    let resigned = push(&env, &s3, "repo", &[]);
+    assert_eq!(resigned["manifest_written"], false, "{resigned}");
+    assert_eq!(resigned["root_files_written"][0], ".cvmfswhitelist");
+    assert_eq!(
+        remote_file(&s3, "repo", ".cvmfswhitelist"),
+        local_file(&env, ".cvmfswhitelist")
+    );
+
+    // A push that stops before its manifest has not replaced the reflog the served manifest's
+    // Y names: the bucket still passes check.
+    let reflog_2 = remote_file(&s3, "repo", ".cvmfsreflog");
+    std::fs::write(src.join("b.txt"), "b\n").unwrap();
+    publish(&env, &src);
+    push_fails(&env, &s3, "repo", Some("push-before-manifest"));
+    assert_eq!(remote_file(&s3, "repo", ".cvmfsreflog"), reflog_2);
+    check_bucket(&env, &s3, "repo");
+    // One that stops right after its manifest leaves the reflog behind; the rerun, with the
+    // manifest current, uploads it.
+    push_fails(&env, &s3, "repo", Some("push-after-manifest"));
+    assert_eq!(remote_manifest(&s3, "repo"), local_manifest(&env));
+    assert_eq!(remote_file(&s3, "repo", ".cvmfsreflog"), reflog_2);
+    let rerun = push(&env, &s3, "repo", &[]);
+    assert_eq!(rerun["manifest_written"], false, "{rerun}");
+    assert_eq!(
+        remote_file(&s3, "repo", ".cvmfsreflog"),
+        local_file(&env, ".cvmfsreflog")
+    );
+    check_bucket(&env, &s3, "repo");
+
+    // The reply to the manifest's put is lost and the retry fails its condition against the
+    // manifest it wrote: that is success.
+    std::fs::write(src.join("c.txt"), "c\n").unwrap();
+    publish(&env, &src);
+    let out = push_cmd(&env, &s3, "repo", &[])
+        .env("CVMFS_OCI_CRASH_AT", "push-manifest-reply-lost")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(remote_manifest(&s3, "repo"), local_manifest(&env));
+    check_bucket(&env, &s3, "repo");
+    assert_served_matches_source(&env, &s3.url("repo"), &src, "");
+}
+
+#[test]
+fn a_bucket_revision_is_replaced_only_by_the_same_tree() {
+    let s3 = S3Server::start();
+    let a = Env::init(&[]);
+    let keys = a.home.join(FQRN).join("keys");
+    let b = Env::init(&["--keys", keys.to_str().unwrap()]);
+    for (env, who) in [(&a, "A"), (&b, "B")] {
+        let src = env.path("src");
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("who"), who).unwrap();
+        publish(env, &src);
+    }
+    push(&a, &s3, "repo", &[]);
+    let err = push_fails(&b, &s3, "repo", None);
+    assert!(
+        err.contains("serves another revision 2 (root catalog"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert_eq!(remote_manifest(&s3, "repo"), local_manifest(&a));
+}
+
+/// Object files (`data/XX/…`) of the storage.
+fn object_files(env: &Env) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    for dir in std::fs::read_dir(env.storage.join("data")).unwrap() {
+        let dir = dir.unwrap();
+        let prefix = dir.file_name().to_string_lossy().to_string();
+        if prefix.len() != 2 {
+            continue;
+        }
+        for f in std::fs::read_dir(dir.path()).unwrap() {
+            let file = f.unwrap().file_name().to_string_lossy().to_string();
+            names.insert(format!("data/{prefix}/{file}"));
+        }
+    }
+    names
+}
+
+/// Publishes `src` and returns the one file object (no suffix) the revision added.
+fn publish_adding_one_file(env: &Env, src: &Path) -> String {
+    let before = object_files(env);
+    publish(env, src);
+    let added: Vec<String> = object_files(env)
+        .difference(&before)
+        .filter(|n| n.len() == "data/xx/".len() + 38)
+        .cloned()
+        .collect();
+    assert_eq!(added.len(), 1, "{added:?}");
+    added[0].clone()
+}
+
+#[test]
+fn objects_the_storage_lost_are_neither_served_nor_deleted() {
+    let s3 = S3Server::start();
+    let env = Env::init(&[]);
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("keep.txt"), "kept in every revision\n").unwrap();
+    let keep = publish_adding_one_file(&env, &src);
+    std::fs::write(src.join("old.txt"), "only in revision 3\n").unwrap();
+    let old = publish_adding_one_file(&env, &src);
+    std::fs::remove_file(src.join("old.txt")).unwrap();
+    publish(&env, &src);
+    push(&env, &s3, "repo", &[]);
+    let remote_object = |name: &str| {
+        s3.try_request("GET", &format!("/{BUCKET}/repo/{name}"), "")
+            .unwrap()
+    };
+
+    // Lost locally but referenced by a revision the storage keeps (3): --delete spares it.
+    std::fs::remove_file(env.storage.join(&old)).unwrap();
+    let pruned = push(&env, &s3, "repo", &["--delete"]);
+    assert_eq!(pruned["objects_deleted"], 0, "{pruned}");
+    assert_eq!(pruned["objects_spared"], 1, "{pruned}");
+    remote_object(&old);
+
+    // Lost locally and referenced by the revision to push: refused, with --delete or without
+    // (a publish would have stored it again, so it is lost after the publish).
+    std::fs::write(src.join("new.txt"), "revision 5\n").unwrap();
+    publish(&env, &src);
+    std::fs::remove_file(env.storage.join(&keep)).unwrap();
+    let hash = keep.replace("data/", "").replace('/', "");
+    for extra in [&[][..], &["--delete"]] {
+        let out = push_cmd(&env, &s3, "repo", extra).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(
+            err.contains(&format!(
+                "revision 5: 1 object(s) it references are missing from the storage, first \
+                 {hash}"
+            )),
+            "{err}"
+        );
+    }
+    remote_object(&keep);
+    assert_eq!(served_revision(&env, &s3, "repo"), 4);
 }

@@ -225,6 +225,21 @@ impl Repository {
     }
 }
 
+/// The hashes (any suffix) that the revisions of `manifest` which the storage still holds
+/// need: every predecessor whose root catalog is there, and every tagged revision. What a
+/// push with `delete` must leave in the bucket whatever the storage lost.
+pub(crate) fn referenced_by_kept(
+    store: &LocalStore,
+    manifest: &signer::Manifest,
+) -> Result<HashSet<ContentHash>> {
+    mark(
+        store,
+        manifest,
+        Keep::Revisions(u64::MAX),
+        &mut GcReport::default(),
+    )
+}
+
 /// The hashes (any suffix, as `cvmfs_server gc` compares them) the kept revisions need.
 fn mark(
     store: &LocalStore,

@@ -3,13 +3,21 @@
 //!
 //! The bucket is updated in publish order, so a client (or a replica) reading it at any moment
 //! sees the last complete revision: the objects the bucket lacks (catalogs after everything
-//! else, as a catalog references the rest) → `.cvmfswhitelist`, `.cvmfsreflog`,
-//! `.cvmfs_status.json` → `.cvmfspublished` last. Each S3 put is atomic, and the manifest's is
-//! conditional on the manifest found at the start (its ETag, or its absence), so two pushers
-//! cannot interleave; a bucket ahead of the local storage (a higher revision) or holding
-//! another repository is refused. A push that stops half-way leaves the bucket's manifest as
-//! it was; the next one lists the bucket and uploads only what is missing. With `delete`, objects the bucket holds and the
-//! local storage no longer does (after `gc`) are deleted once the new manifest is in place.
+//! else, as a catalog references the rest) → the root files the bucket's current manifest can
+//! live with (`.cvmfswhitelist`, signed by the master key for the same certificate, and
+//! `.cvmfs_master_replica`) → `.cvmfspublished` → the root files that go with the new manifest
+//! (`.cvmfsreflog`, whose hash is the manifest's `Y`, and `.cvmfs_status.json`). Each S3 put is
+//! atomic and every root file's is conditional on the version found at the start, the
+//! manifest's included (its ETag, or its absence), so two pushers cannot interleave: the loser
+//! writes no root file, and only a push whose manifest is in writes the reflog. A bucket ahead
+//! of the local storage (a higher revision, or the same one with another tree) or holding
+//! another repository is refused. A push that stops before its manifest leaves the bucket as it
+//! was; one that stops between the manifest and the reflog leaves a reflog behind the manifest
+//! (a stratum 1's `check` flags it) until the next push, which compares every root file and
+//! uploads it. The revision's catalogs are read first: a storage that lost an object of it is
+//! refused. With `delete`, objects the bucket holds and the local storage no longer does
+//! (after `gc`) are deleted once the new manifest is in place, except what a revision the
+//! storage keeps references.
 //!
 //! [`Repository::set_auto_push`] makes a target the repository's own (kept in `config.json`,
 //! without credentials); [`Repository::auto_push`] then pushes there after each publish.
@@ -29,17 +37,22 @@
 //! # Ok(()) }
 //! ```
 
+use crate::catalogs::walk_catalog_hashes;
 use crate::error::{Error, Result};
+use crate::gc::referenced_by_kept;
 use crate::local::{parse_object_name, LocalStore};
-use crate::repo::{load_keys, lock, storage_lock, Repository, StorageUse};
+use crate::repo::{load_keys, lock, parse_hash_field, storage_lock, Repository, StorageUse};
 use crate::store::{root_files, ObjectStore};
-use crate::txn::{fault_point, verified_manifest};
+use crate::txn::{fault_armed, fault_point, verified_manifest};
+use catalog_writer::hash::ContentHash;
+use catalog_writer::namespace::CatalogRef;
+use futures_util::stream::FuturesUnordered;
 use futures_util::{StreamExt, TryStreamExt};
-use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::path::Path as S3Path;
 use object_store::{
-    ClientOptions, ObjectStore as _, ObjectStoreExt as _, PutMode, PutOptions, PutPayload,
-    RetryConfig, UpdateVersion, WriteMultipart,
+    ClientOptions, MultipartUpload, ObjectStore as _, ObjectStoreExt as _, PutMode, PutOptions,
+    PutPayload, RetryConfig, UpdateVersion,
 };
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -110,6 +123,7 @@ impl S3Target {
         if let Some(region) = &self.region {
             builder = builder.with_region(region);
         }
+        self.check_scheme(&builder)?;
         let mut client = ClientOptions::new().with_allow_http(self.allow_http);
         if self.public_read {
             let mut headers = http::HeaderMap::new();
@@ -129,6 +143,67 @@ impl S3Target {
             .build()
             .map_err(|e| Error::Invalid(format!("{}: {e}", self.describe())))
     }
+}
+
+impl S3Target {
+    /// Refuses a plain-HTTP endpoint (given, or from `AWS_ENDPOINT_URL`/`AWS_ENDPOINT_URL_S3`)
+    /// unless allowed: the client would fail each request with a bare "builder error".
+    fn check_scheme(&self, builder: &AmazonS3Builder) -> Result<()> {
+        let endpoint = builder
+            .get_config_value(&AmazonS3ConfigKey::S3Endpoint)
+            .or_else(|| builder.get_config_value(&AmazonS3ConfigKey::Endpoint));
+        match endpoint {
+            Some(url) if !self.allow_http && url.to_ascii_lowercase().starts_with("http://") => {
+                Err(Error::Invalid(format!(
+                    "{}: endpoint {} is plain HTTP, refused without --allow-http (allow_http)",
+                    self.describe(),
+                    redact_userinfo(&url)
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// `url` without a `user[:password]@` before its host.
+fn redact_userinfo(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..end].rsplit_once('@') {
+        Some((_, host)) => format!("{scheme}://…@{host}{}", &rest[end..]),
+        None => url.to_string(),
+    }
+}
+
+/// What to do about an S3 error whose cause is a common set-up mistake, judged by the text
+/// of the error and its sources (the client's errors are not typed that finely).
+fn hint(e: &object_store::Error) -> Option<&'static str> {
+    let mut text = String::new();
+    let mut next: Option<&dyn std::error::Error> = Some(e);
+    while let Some(err) = next {
+        text.push_str(&err.to_string().to_ascii_lowercase());
+        text.push('\n');
+        next = err.source();
+    }
+    hint_for(&text)
+}
+
+fn hint_for(text: &str) -> Option<&'static str> {
+    if text.contains("certificate") || text.contains("unknownissuer") {
+        return Some(
+            "the endpoint's TLS certificate is not trusted (certificate verify failed); a \
+             private CA is trusted through SSL_CERT_FILE=/path/to/ca.pem",
+        );
+    }
+    if text.contains("/latest/api/token") || text.contains("/latest/meta-data") {
+        return Some(
+            "no credentials found: push reads AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and \
+             AWS_SESSION_TOKEN), web identity (AWS_WEB_IDENTITY_TOKEN_FILE, AWS_ROLE_ARN), \
+             container credentials (AWS_CONTAINER_CREDENTIALS_*), then the EC2 instance \
+             metadata; ~/.aws/credentials and AWS_PROFILE are not read",
+        );
+    }
+    None
 }
 
 /// What [`Repository::push`] does besides copying.
@@ -170,6 +245,11 @@ pub struct PushReport {
     pub objects_deleted: usize,
     /// Whether `.cvmfspublished` was written (not when the bucket already had this one).
     pub manifest_written: bool,
+    /// Other root files written (e.g. the whitelist after `resign`, the manifest unchanged).
+    pub root_files_written: Vec<String>,
+    /// With `delete`: objects the storage lacks but a revision it keeps references, left in
+    /// the bucket.
+    pub objects_spared: usize,
 }
 
 impl Repository {
@@ -220,6 +300,48 @@ impl Repository {
     }
 }
 
+/// A root file of the storage other than the manifest, and the bucket's copy.
+struct RootFile {
+    name: &'static str,
+    bytes: Vec<u8>,
+    /// The bucket's version when the push began (`None`: it had none).
+    remote: Option<UpdateVersion>,
+    /// Whether the bucket already holds these bytes.
+    current: bool,
+}
+
+impl RootFile {
+    /// Whether it goes up before the manifest: only what the bucket's current manifest can
+    /// live with. The reflog cannot (the manifest's `Y` is its hash); the whitelist can when
+    /// it names the same certificate; the status and the marker are not checked by clients.
+    fn before_manifest(&self, same_certificate: bool) -> bool {
+        match self.name {
+            root_files::WHITELIST => same_certificate,
+            root_files::MASTER_REPLICA => true,
+            _ => false,
+        }
+    }
+}
+
+/// Conditional puts of a root file after the manifest before giving up: each failure means
+/// another push wrote it meanwhile, which takes pushes from several homes at once.
+const ROOT_FILE_ATTEMPTS: usize = 5;
+
+/// A put conditional on `version` (`None`: on there being nothing).
+fn mode_for(version: Option<UpdateVersion>) -> PutMode {
+    match version {
+        Some(v) => PutMode::Update(v),
+        None => PutMode::Create,
+    }
+}
+
+fn version_of(meta: &object_store::ObjectMeta) -> UpdateVersion {
+    UpdateVersion {
+        e_tag: meta.e_tag.clone(),
+        version: meta.version.clone(),
+    }
+}
+
 /// The manifest a bucket held when the push began.
 struct RemoteManifest {
     manifest: signer::Manifest,
@@ -255,48 +377,187 @@ impl Push<'_> {
         if let Some(remote) = &remote {
             self.may_replace(&remote.manifest, local)?;
         }
+        // Root files change without a new manifest too (`resign` renews the whitelist).
+        let roots = self.root_files().await?;
         let up_to_date = remote.as_ref().is_some_and(|r| r.bytes == manifest);
-        if up_to_date && !opts.delete {
+        if up_to_date && !opts.delete && roots.iter().all(|f| f.current) {
             return Ok(report);
         }
+        let objects = match !up_to_date || opts.delete {
+            true => Some(self.copy_objects(local, opts, &mut report).await?),
+            false => None,
+        };
+        // The whitelist is signed by the master key and names the certificate: with the same
+        // certificate the new one holds for the bucket's manifest as well, so it may go first
+        // (a manifest with a new certificate needs it before, and the old one after).
+        let same_certificate = remote
+            .as_ref()
+            .is_none_or(|r| r.manifest.certificate == local.certificate);
+        let (before, after): (Vec<&RootFile>, Vec<&RootFile>) = roots
+            .iter()
+            .filter(|f| !f.current)
+            .partition(|f| f.before_manifest(same_certificate));
+        for file in before {
+            self.put_root_before_manifest(file).await?;
+            report.root_files_written.push(file.name.to_string());
+        }
+        fault_point("push-before-manifest");
+        if !up_to_date {
+            self.put_manifest(manifest, remote.map(|r| r.version))
+                .await?;
+            report.manifest_written = true;
+        }
+        fault_point("push-after-manifest");
+        for file in after {
+            if self.put_root_after_manifest(file, manifest).await? {
+                report.root_files_written.push(file.name.to_string());
+            }
+        }
+        if let (true, Some((held, local_names))) = (opts.delete, objects) {
+            let kept = referenced_by_kept(self.store, local)?;
+            // What the storage lacks but a revision it keeps references stays: the storage
+            // lost it (a disk error, an operator's rm), the bucket did not.
+            let (gone, spared): (Vec<&String>, Vec<&String>) = held
+                .iter()
+                .filter(|n| !local_names.contains(*n))
+                .partition(|n| hash_of_name(n).is_none_or(|h| !kept.contains(&h)));
+            report.objects_spared = spared.len();
+            report.objects_deleted = self.delete_all(&gone, opts.jobs).await?;
+        }
+        Ok(report)
+    }
+
+    /// Uploads the objects the bucket lacks, once it is sure the storage holds every object
+    /// of the revision; returns the bucket's objects and the storage's.
+    async fn copy_objects(
+        &self,
+        local: &signer::Manifest,
+        opts: &PushOptions,
+        report: &mut PushReport,
+    ) -> Result<(HashSet<String>, HashSet<String>)> {
+        let names = local_objects(self.store)?;
+        check_complete(self.store, local, &names)?;
         let held = self.remote_objects().await?;
-        let local = local_objects(self.store)?;
-        let (catalogs, rest): (Vec<_>, Vec<_>) = local
+        let (catalogs, rest): (Vec<_>, Vec<_>) = names
             .iter()
             .filter(|name| !held.contains(*name))
             .partition(|name| name.ends_with('C'));
-        report.objects_present = local.len() - catalogs.len() - rest.len();
+        report.objects_present = names.len() - catalogs.len() - rest.len();
         for batch in [rest, catalogs] {
             let (n, bytes) = self.upload_all(&batch, opts.jobs).await?;
             report.objects_uploaded += n;
             report.bytes_uploaded += bytes;
         }
         report.multipart_uploads = self.multipart.load(std::sync::atomic::Ordering::Relaxed);
-        if !up_to_date {
-            for name in [
-                root_files::WHITELIST,
-                root_files::REFLOG,
-                root_files::STATUS,
-            ] {
-                if let Some(bytes) = self.root_file(name)? {
-                    self.put(name, bytes, PutMode::Overwrite).await?;
-                }
-            }
-            fault_point("push-before-manifest");
-            let mode = match remote {
-                Some(r) => PutMode::Update(r.version),
-                None => PutMode::Create,
+        Ok((held, names))
+    }
+
+    /// The storage's root files besides the manifest, each with the bucket's version.
+    async fn root_files(&self) -> Result<Vec<RootFile>> {
+        let mut files = Vec::new();
+        for name in [
+            root_files::WHITELIST,
+            root_files::MASTER_REPLICA,
+            root_files::REFLOG,
+            root_files::STATUS,
+        ] {
+            let Some(bytes) = self.root_file(name)? else {
+                continue;
             };
-            self.put(root_files::MANIFEST, manifest.to_vec(), mode)
+            let (remote, current) = self.remote_root_file(name, &bytes).await?;
+            files.push(RootFile {
+                name,
+                bytes,
+                remote,
+                current,
+            });
+        }
+        Ok(files)
+    }
+
+    /// The bucket's version of root file `name` (`None`: it has none), and whether it holds
+    /// `ours` (any content will do for the replication marker, which is not read).
+    async fn remote_root_file(
+        &self,
+        name: &str,
+        ours: &[u8],
+    ) -> Result<(Option<UpdateVersion>, bool)> {
+        let got = match self.client.get(&self.target.key(name)).await {
+            Ok(got) => got,
+            Err(object_store::Error::NotFound { .. }) => return Ok((None, false)),
+            Err(e) => return Err(self.remote_error(name, e)),
+        };
+        let version = version_of(&got.meta);
+        let current = name == root_files::MASTER_REPLICA
+            || (got.meta.size == ours.len() as u64 && self.body(name, got).await? == ours);
+        Ok((Some(version), current))
+    }
+
+    /// A root file the bucket's current manifest can live with (whitelist, replication
+    /// marker), before the new manifest: conditional on the version found at the start, so
+    /// that a push losing a race does not replace the winner's.
+    async fn put_root_before_manifest(&self, file: &RootFile) -> Result<()> {
+        let payload = PutPayload::from(file.bytes.clone());
+        let written = self
+            .try_put(file.name, payload, mode_for(file.remote.clone()))
+            .await?;
+        // Another push made the marker meanwhile: any will do.
+        if written || file.name == root_files::MASTER_REPLICA {
+            return Ok(());
+        }
+        Err(self.conflict(file.name))
+    }
+
+    /// A root file that goes with the new manifest (the reflog, whose hash is its `Y`; the
+    /// status), after it: a push that stops or loses the race before its manifest leaves
+    /// the bucket's pair as it was. Only a push whose manifest is in writes them, conditional
+    /// on the version found at the start. When that changed, another push wrote the file:
+    /// an earlier one finishing after its manifest was replaced by ours (ours must still go
+    /// up), or a later one whose manifest replaced ours (its file belongs there; `false`).
+    /// A crash between the manifest and these leaves the bucket's reflog behind its manifest
+    /// until the next push, which finds the manifest current and uploads the reflog.
+    async fn put_root_after_manifest(&self, file: &RootFile, ours: &[u8]) -> Result<bool> {
+        let payload = PutPayload::from(file.bytes.clone());
+        let mut expected = file.remote.clone();
+        for _ in 0..ROOT_FILE_ATTEMPTS {
+            if self
+                .try_put(file.name, payload.clone(), mode_for(expected))
+                .await?
+            {
+                return Ok(true);
+            }
+            let manifest = self.remote_manifest().await?;
+            if manifest.is_none_or(|m| m.bytes != ours) {
+                return Ok(false);
+            }
+            expected = self.remote_version(file.name).await?;
+        }
+        Err(self.conflict(file.name))
+    }
+
+    /// The manifest, conditional on the one found at the start (`None`: none).
+    async fn put_manifest(&self, ours: &[u8], start: Option<UpdateVersion>) -> Result<()> {
+        let name = root_files::MANIFEST;
+        let payload = PutPayload::from(ours.to_vec());
+        if fault_armed("push-manifest-reply-lost") {
+            // As if the reply to a put that went through were lost: the put below is the
+            // client's retry.
+            self.try_put(name, payload.clone(), mode_for(start.clone()))
                 .await?;
-            report.manifest_written = true;
         }
-        if opts.delete {
-            let local: HashSet<&String> = local.iter().collect();
-            let gone: Vec<&String> = held.iter().filter(|n| !local.contains(n)).collect();
-            report.objects_deleted = self.delete_all(&gone, opts.jobs).await?;
+        if self.try_put(name, payload, mode_for(start)).await? {
+            return Ok(());
         }
-        Ok(report)
+        // A retried put whose first attempt went through (its reply lost) fails its condition
+        // against our own manifest: that is success.
+        if self
+            .remote_manifest()
+            .await?
+            .is_some_and(|m| m.bytes == ours)
+        {
+            return Ok(());
+        }
+        Err(self.conflict(name))
     }
 
     /// Refuses to replace another repository's manifest, or a newer revision of this one.
@@ -306,6 +567,15 @@ impl Push<'_> {
             return Err(Error::Invalid(format!(
                 "{there}: holds repository {}, not {}; refusing to replace it",
                 remote.fqrn, local.fqrn
+            )));
+        }
+        if remote.revision == local.revision && remote.root_catalog != local.root_catalog {
+            // Clients and replicas that have the bucket's revision would keep it, new ones
+            // would get ours: same number, two trees. Re-signing (gc, a tag, repoinfo) keeps C.
+            return Err(Error::Invalid(format!(
+                "{there}: serves another revision {} (root catalog {}, the local one is {}); \
+                 refusing to replace it (publish a newer revision to supersede it)",
+                remote.revision, remote.root_catalog, local.root_catalog
             )));
         }
         if remote.revision > local.revision {
@@ -326,11 +596,8 @@ impl Push<'_> {
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(self.remote_error(root_files::MANIFEST, e)),
         };
-        let version = UpdateVersion {
-            e_tag: got.meta.e_tag.clone(),
-            version: got.meta.version.clone(),
-        };
-        let bytes = self.manifest_body(got).await?;
+        let version = version_of(&got.meta);
+        let bytes = self.body(root_files::MANIFEST, got).await?;
         let parsed = signer::Manifest::parse(&bytes).map_err(|e| {
             Error::corrupt(
                 format!("{}/{}", self.target.describe(), root_files::MANIFEST),
@@ -344,12 +611,21 @@ impl Push<'_> {
         }))
     }
 
-    /// The body of the bucket's manifest, refused (unread, or read no further than the
-    /// limit) when it is longer than a root file may be.
-    async fn manifest_body(&self, got: object_store::GetResult) -> Result<Vec<u8>> {
-        let limit = root_files::max_bytes(root_files::MANIFEST);
+    /// The version of root file `name` in the bucket (`None`: it has none).
+    async fn remote_version(&self, name: &str) -> Result<Option<UpdateVersion>> {
+        match self.client.head(&self.target.key(name)).await {
+            Ok(meta) => Ok(Some(version_of(&meta))),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.remote_error(name, e)),
+        }
+    }
+
+    /// The body of the bucket's root file `name`, refused (unread, or read no further than
+    /// the limit) when it is longer than that root file may be.
+    async fn body(&self, name: &str, got: object_store::GetResult) -> Result<Vec<u8>> {
+        let limit = root_files::max_bytes(name);
         let too_large = || Error::Remote {
-            what: format!("{}/{}", self.target.describe(), root_files::MANIFEST),
+            what: format!("{}/{name}", self.target.describe()),
             reason: format!("longer than the limit of {limit} bytes; refusing to read it"),
         };
         if got.meta.size > limit {
@@ -358,7 +634,7 @@ impl Push<'_> {
         let mut body = Vec::new();
         let mut chunks = got.into_stream();
         while let Some(chunk) = chunks.next().await {
-            let chunk = chunk.map_err(|e| self.remote_error(root_files::MANIFEST, e))?;
+            let chunk = chunk.map_err(|e| self.remote_error(name, e))?;
             if (body.len() + chunk.len()) as u64 > limit {
                 return Err(too_large());
             }
@@ -422,41 +698,68 @@ impl Push<'_> {
             .map_err(|e| Error::io_path(&path, e))?;
         let len = bytes.len() as u64;
         // Same name, same bytes: an object someone stored meanwhile may be overwritten.
-        self.put(name, bytes, PutMode::Overwrite).await?;
+        self.try_put(name, PutPayload::from(bytes), PutMode::Overwrite)
+            .await?;
         Ok(len)
     }
 
     /// A large object (a single PUT takes at most 5 GB) as a multipart upload, read part by
-    /// part: at most [`MULTIPART_IN_FLIGHT`] parts, the one being filled and the read buffer
-    /// are in memory.
+    /// part: at most [`MULTIPART_IN_FLIGHT`] parts and the one being read are in memory. On
+    /// any failure the upload is aborted: S3 would otherwise keep (and bill) the parts until
+    /// a lifecycle rule removes them. A push killed meanwhile cannot abort; see the README.
     async fn upload_in_parts(&self, name: &str, path: &std::path::Path) -> Result<()> {
         let key = self.target.key(name);
         let remote = |e| self.remote_error(name, e);
         let mut file = tokio::fs::File::open(path)
             .await
             .map_err(|e| Error::io_path(path, e))?;
-        let upload = self.client.put_multipart(&key).await.map_err(remote)?;
-        let mut writer = WriteMultipart::new_with_chunk_size(upload, MULTIPART_PART);
-        let mut part = vec![0u8; MULTIPART_PART];
+        let mut upload = self.client.put_multipart(&key).await.map_err(remote)?;
+        let sent = self
+            .send_parts(upload.as_mut(), &mut file, name, path)
+            .await;
+        let completed = match sent {
+            Ok(()) => upload.complete().await.map(|_| ()).map_err(remote),
+            Err(e) => Err(e),
+        };
+        if completed.is_err() {
+            // Best effort: the error that stopped the upload is the one to report.
+            let _ = upload.abort().await;
+        }
+        completed
+    }
+
+    /// The parts of `file`, [`MULTIPART_IN_FLIGHT`] at a time.
+    async fn send_parts(
+        &self,
+        upload: &mut dyn MultipartUpload,
+        file: &mut tokio::fs::File,
+        name: &str,
+        path: &std::path::Path,
+    ) -> Result<()> {
+        let remote = |e| self.remote_error(name, e);
+        let mut in_flight: FuturesUnordered<object_store::UploadPart> = FuturesUnordered::new();
         loop {
-            let n = match read_full(&mut file, &mut part).await {
-                Ok(n) => n,
-                Err(e) => {
-                    // Best effort: S3 would otherwise keep the parts until a lifecycle rule.
-                    let _ = writer.abort().await;
-                    return Err(Error::io_path(path, e));
-                }
-            };
+            let mut part = vec![0u8; MULTIPART_PART];
+            let n = read_full(file, &mut part)
+                .await
+                .map_err(|e| Error::io_path(path, e))?;
             if n == 0 {
                 break;
             }
-            writer
-                .wait_for_capacity(MULTIPART_IN_FLIGHT)
-                .await
-                .map_err(remote)?;
-            writer.write(&part[..n]);
+            part.truncate(n);
+            while in_flight.len() >= MULTIPART_IN_FLIGHT {
+                if let Some(done) = in_flight.next().await {
+                    done.map_err(remote)?;
+                }
+            }
+            in_flight.push(upload.put_part(PutPayload::from(part)));
+            if n < MULTIPART_PART {
+                break;
+            }
         }
-        writer.finish().await.map_err(remote)?;
+        while let Some(done) = in_flight.next().await {
+            done.map_err(remote)?;
+        }
         Ok(())
     }
 
@@ -472,25 +775,26 @@ impl Push<'_> {
         .await
     }
 
-    async fn put(&self, name: &str, bytes: Vec<u8>, mode: PutMode) -> Result<()> {
+    /// Puts `payload` as `name`; `false` when the put's condition failed.
+    async fn try_put(&self, name: &str, payload: PutPayload, mode: PutMode) -> Result<bool> {
         let opts = PutOptions {
             mode,
             ..PutOptions::default()
         };
         let key = self.target.key(name);
-        match self
-            .client
-            .put_opts(&key, PutPayload::from(bytes), opts)
-            .await
-        {
-            Ok(_) => Ok(()),
+        match self.client.put_opts(&key, payload, opts).await {
+            Ok(_) => Ok(true),
             Err(
                 object_store::Error::Precondition { .. }
                 | object_store::Error::AlreadyExists { .. },
-            ) => Err(Error::Conflict {
-                path: PathBuf::from(format!("{}/{name}", self.target.describe())),
-            }),
+            ) => Ok(false),
             Err(e) => Err(self.remote_error(name, e)),
+        }
+    }
+
+    fn conflict(&self, name: &str) -> Error {
+        Error::Conflict {
+            path: PathBuf::from(format!("{}/{name}", self.target.describe())),
         }
     }
 
@@ -502,11 +806,14 @@ impl Push<'_> {
 
     fn remote_error(&self, name: &str, e: object_store::Error) -> Error {
         // One line: S3 errors may quote a multi-line XML response.
-        let reason = e
+        let mut reason = e
             .to_string()
             .split_whitespace()
             .collect::<Vec<_>>()
             .join(" ");
+        if let Some(hint) = hint(&e) {
+            reason = format!("{reason}; {hint}");
+        }
         Error::Remote {
             what: format!("{}/{name}", self.target.describe()),
             reason,
@@ -549,14 +856,70 @@ fn is_object_key(name: &str) -> bool {
     dir.len() == 2 && parse_object_name(prefix, std::ffi::OsStr::new(file)).is_some()
 }
 
+/// The hash of object key `data/XX/<38 hex>[suffix]`.
+fn hash_of_name(name: &str) -> Option<ContentHash> {
+    let hex = name.strip_prefix("data/")?;
+    let (dir, file) = hex.split_once('/')?;
+    ContentHash::from_hex(&format!("{dir}{}", file.get(..38)?))
+}
+
+/// Refuses a revision whose objects the storage does not all hold: the bucket would serve a
+/// revision with holes. Every catalog of the revision is read (as `check` does).
+fn check_complete(
+    store: &LocalStore,
+    manifest: &signer::Manifest,
+    names: &HashSet<String>,
+) -> Result<()> {
+    let root = CatalogRef {
+        hash: parse_hash_field("C", &manifest.root_catalog)?,
+        size: manifest.root_size,
+    };
+    let refusal = |what: String| {
+        Error::Invalid(format!(
+            "{}: revision {}: {what}; not pushing (`check {} --full` tells more)",
+            store.describe(),
+            manifest.revision,
+            manifest.fqrn
+        ))
+    };
+    let walk = walk_catalog_hashes(store, vec![(String::new(), root)]);
+    if let Some(first) = walk.problems.first() {
+        return Err(refusal(format!(
+            "{} problem(s) reading its catalogs, first: {first}",
+            walk.problems.len()
+        )));
+    }
+    let mut wanted = walk.hashes;
+    for (field, text) in [
+        ("X", Some(manifest.certificate.as_str())),
+        ("H", manifest.history.as_deref()),
+        ("M", manifest.meta_info.as_deref()),
+    ] {
+        if let Some(text) = text {
+            wanted.insert(parse_hash_field(field, text)?);
+        }
+    }
+    // Hashes with any suffix, as garbage collection compares them: a name per object would
+    // double the memory.
+    let held: HashSet<ContentHash> = names.iter().filter_map(|n| hash_of_name(n)).collect();
+    let missing: Vec<&ContentHash> = wanted.iter().filter(|h| !held.contains(*h)).collect();
+    match missing.first() {
+        None => Ok(()),
+        Some(first) => Err(refusal(format!(
+            "{} object(s) it references are missing from the storage, first {first}",
+            missing.len()
+        ))),
+    }
+}
+
 /// Every object file of the local storage, as `data/XX/<name>`.
-fn local_objects(store: &LocalStore) -> Result<Vec<String>> {
-    let mut names = Vec::new();
+fn local_objects(store: &LocalStore) -> Result<HashSet<String>> {
+    let mut names = HashSet::new();
     for prefix in 0..=255u8 {
         for (entry, _, _) in store.object_files(prefix)? {
             // An object name is ASCII: `object_files` parsed it.
             if let Some(file) = entry.file_name().to_str() {
-                names.push(format!("data/{prefix:02x}/{file}"));
+                names.insert(format!("data/{prefix:02x}/{file}"));
             }
         }
     }
@@ -577,6 +940,29 @@ mod tests {
         for bad in ["http://x/y", "s3://", "s3:///p", "s3://b/../c"] {
             assert!(S3Target::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn common_set_up_mistakes_get_a_hint() {
+        let tls = "generic s3 error: http error: error sending request\ninvalid peer \
+                   certificate: unknownissuer";
+        assert!(hint_for(tls).unwrap().contains("SSL_CERT_FILE"));
+        let imds = "error performing put http://169.254.169.254/latest/api/token";
+        assert!(hint_for(imds).unwrap().contains("AWS_ACCESS_KEY_ID"));
+        assert!(hint_for("nosuchbucket").is_none());
+        assert_eq!(
+            redact_userinfo("http://u:SECRET@h:9000/p"),
+            "http://…@h:9000/p"
+        );
+        assert_eq!(redact_userinfo("http://h:9000"), "http://h:9000");
+    }
+
+    #[test]
+    fn object_keys_name_their_hash() {
+        let hex = "0123456789abcdef0123456789abcdef01234567";
+        let name = format!("data/{}/{}P", &hex[..2], &hex[2..]);
+        assert_eq!(hash_of_name(&name).unwrap().to_hex(), hex);
+        assert!(hash_of_name("data/01/23").is_none());
     }
 
     #[test]

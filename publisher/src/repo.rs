@@ -142,6 +142,15 @@ impl Repository {
         // taken over gets it from its first transaction).
         open_lock_file(&store.collect_lock_path())?;
         publish_first_revision(&store, &keys, &config)?;
+        // As `cvmfs_server mkfs`: stratum 1s may replicate the repository (push copies it).
+        store
+            .put_root_file(root_files::MASTER_REPLICA, root_files::MASTER_REPLICA_TEXT)
+            .map_err(|e| {
+                Error::io(
+                    format!("{}/{}", store.describe(), root_files::MASTER_REPLICA),
+                    e,
+                )
+            })?;
         // Written last: a home with config.json is a complete repository.
         config.save(&repo_home.config_path())?;
         Ok(Repository {

@@ -116,6 +116,13 @@ pub mod root_files {
     pub const REFLOG: &str = ".cvmfsreflog";
     /// Free-form status for monitoring (`last_gc`, …); clients never read it.
     pub const STATUS: &str = ".cvmfs_status.json";
+    /// Marks the storage as a master copy that stratum 1s may replicate: `cvmfs_server
+    /// add-replica` and `snapshot` refuse a stratum 0 without it. `cvmfs_server mkfs` makes
+    /// it and `alterfs -m off` removes it; its content is not read.
+    pub const MASTER_REPLICA: &str = ".cvmfs_master_replica";
+    /// What `cvmfs_server alterfs -m on` writes (some S3 stores refuse empty uploads).
+    pub const MASTER_REPLICA_TEXT: &[u8] =
+        b"This file marks the repository as replicatable to stratum 1 servers\n";
 
     /// Most bytes read of a root file other than the reflog: a manifest is under 1 KiB, a
     /// whitelist a few KiB, the status a few hundred bytes.

@@ -37,6 +37,12 @@ pub fn fault_point(name: &str) {
     }
 }
 
+/// Whether the fault `name` is asked for (`CVMFS_OCI_CRASH_AT`), for faults that are
+/// simulated rather than crashed into (e.g. a lost reply).
+pub(crate) fn fault_armed(name: &str) -> bool {
+    std::env::var_os(CRASH_ENV).is_some_and(|v| v == name)
+}
+
 /// Removes the scratch files a killed writer left in `data/txn` (a large file streamed
 /// through a scratch file, where objects cannot be unnamed files), so that a repository that
 /// is never garbage-collected does not keep them: only when no transaction, tag, push or gc of

@@ -102,7 +102,11 @@ fn report(
 ) -> Result<()> {
     let secs = started.elapsed().as_secs_f64();
     let to = target.describe();
-    let text = if !r.manifest_written && r.objects_uploaded == 0 && r.objects_deleted == 0 {
+    let nothing_written = !r.manifest_written
+        && r.objects_uploaded == 0
+        && r.objects_deleted == 0
+        && r.root_files_written.is_empty();
+    let text = if nothing_written {
         format!(
             "{fqrn} -> {to}: already at revision {}; {secs:.2} s",
             r.revision
@@ -114,7 +118,7 @@ fn report(
         };
         format!(
             "{fqrn} -> {to}: revision {} (was {before}); {} objects uploaded ({:.1} MB), {} \
-             already there{}{}; {secs:.2} s",
+             already there{}{}{}{}; {secs:.2} s",
             r.revision,
             r.objects_uploaded,
             r.bytes_uploaded as f64 / 1e6,
@@ -124,9 +128,19 @@ fn report(
             } else {
                 ", manifest unchanged"
             },
+            match r.root_files_written.as_slice() {
+                [] => String::new(),
+                files => format!(", {} updated", files.join(" ")),
+            },
             match r.objects_deleted {
                 0 => String::new(),
                 n => format!(", {n} objects deleted"),
+            },
+            match r.objects_spared {
+                0 => String::new(),
+                n => format!(
+                    ", {n} objects the storage lacks kept (a kept revision references them)"
+                ),
             },
         )
     };
