@@ -1086,6 +1086,242 @@ fn a_base_image_listed_after_the_image_built_on_it_still_reads_its_layer_once() 
     env.check(true);
 }
 
+/// Sibling images on one base, the first of which hides base files (a replaced file, a
+/// whiteout): the base layer is read once in the batch and never again in a later run, and
+/// each image sees the base files the others hide.
+#[test]
+fn sibling_images_read_their_shared_base_layer_once() {
+    let env = Env::init(&[]);
+    let layout = env.path("layout");
+    let mut base = fixtures::layers::LayerBuilder::new();
+    base.dir("etc").file("etc/motd", b"base motd\n");
+    base.file("etc/gone", b"base gone\n")
+        .file("etc/keep", b"keep\n");
+    let base = base.finish();
+    let image = |tag: &str, top: &fixtures::layers::LayerBuilder| {
+        ImageBuilder::new()
+            .layer(base.clone(), Compression::Gzip)
+            .layer(top.finish(), Compression::Gzip)
+            .write_layout(&layout, tag)
+            .unwrap()
+    };
+    let mut hides = fixtures::layers::LayerBuilder::new();
+    hides.file("etc/motd", b"jq motd\n").whiteout("etc/gone");
+    let a = image("a-hides", &hides);
+    let mut plain = fixtures::layers::LayerBuilder::new();
+    plain.file("app0.txt", b"0\n");
+    let b = image("b-plain", &plain);
+    let mut later = fixtures::layers::LayerBuilder::new();
+    later.file("app1.txt", b"1\n");
+    let c = image("c-later", &later);
+    let refs: Vec<String> = ["a-hides", "b-plain"]
+        .iter()
+        .map(|t| format!("oci:{}:{t}", layout.display()))
+        .collect();
+    let mut args = vec!["--json", "convert", FQRN, "--workers", "2"];
+    args.extend(refs.iter().map(String::as_str));
+    let mut read = layers_read(&env.ok(&args));
+    read.sort();
+    let mut want = vec![
+        a.layer_digests[0].clone(),
+        a.layer_digests[1].clone(),
+        b.layer_digests[1].clone(),
+    ];
+    want.sort();
+    assert_eq!(read, want, "the base layer is read once");
+    // A later run: only the new top layer is read.
+    let later_ref = format!("oci:{}:c-later", layout.display());
+    let read = layers_read(&env.ok(&["--json", "convert", FQRN, &later_ref]));
+    assert_eq!(read, [c.layer_digests[1].clone()]);
+    let report = witness(&env);
+    let sha1 = |path: &str, tag: &str| {
+        let flat = link_target(&env, &format!("/local/{tag}:latest"));
+        report
+            .entries
+            .get(&format!("{flat}/{path}"))
+            .and_then(|e| e.sha1.clone())
+    };
+    let of = |bytes: &[u8]| Some(catalog_writer::hash::ContentHash::of(bytes).to_hex());
+    assert_eq!(sha1("etc/motd", "a-hides"), of(b"jq motd\n"));
+    assert_eq!(sha1("etc/gone", "a-hides"), None);
+    for tag in ["b-plain", "c-later"] {
+        assert_eq!(sha1("etc/motd", tag), of(b"base motd\n"), "{tag}");
+        assert_eq!(sha1("etc/gone", tag), of(b"base gone\n"), "{tag}");
+    }
+    env.check(true);
+}
+
+/// A repository of `_catalog` whose tag list fails (deleted in between, or not readable by
+/// the caller) is one reported failure, not the end of the migration; filters that rule it
+/// out keep it from being asked at all; `--prune` does not run on such a listing.
+#[test]
+fn migrate_reports_an_unlistable_repository_and_goes_on() {
+    let Some((reg, env, layout)) = registry_env() else {
+        return;
+    };
+    let (_, app) = base_and_app(&layout);
+    reg.push_oci_layout(&layout, "app", "lib/ok:1").unwrap();
+    reg.push_oci_layout(&layout, "base", "lib/gone:1").unwrap();
+    // `_catalog` still lists lib/gone; its tag list answers 404 NAME_UNKNOWN.
+    let tags = reg
+        .storage_dir()
+        .join("docker/registry/v2/repositories/lib/gone/_manifests/tags");
+    std::fs::remove_dir_all(&tags).unwrap();
+    let addr = reg.addr();
+    let url = format!("docker://{addr}");
+    let migrate = |extra: &[&str]| {
+        let mut args = vec!["migrate", FQRN, &url, "--insecure-registry", &addr];
+        args.extend(extra);
+        env.run(&args)
+    };
+    let unlisted = |out: &std::process::Output| {
+        String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+
+    // --dry-run lists the rest and reports the repository.
+    let dry = migrate(&["--dry-run"]);
+    assert_eq!(dry.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&dry.stdout);
+    assert!(stdout.contains("1 images selected"), "{stdout}");
+    assert!(stdout.contains("forecast: 1 images"), "{stdout}");
+    let lines = unlisted(&dry);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].starts_with(&format!(
+            "cvmfs-oci: error: repository docker://{addr}/lib/gone: "
+        )) && lines[0].contains("tags/list"),
+        "{}",
+        lines[0]
+    );
+
+    // The run converts the rest and fails with that one line; --prune is not run on it.
+    let run = migrate(&["--prune"]);
+    assert_eq!(run.status.code(), Some(1));
+    assert_eq!(unlisted(&run), lines, "the same single line");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        stdout.contains("not pruning: 1 repository could not be listed"),
+        "{stdout}"
+    );
+    assert_eq!(env.revision(), 2, "one batch, no prune revision");
+    assert_eq!(
+        link_target(&env, &format!("/{addr}/lib/ok:1")),
+        format!(
+            "/.flat/{}/{}",
+            &app.config_digest[7..9],
+            &app.config_digest[7..]
+        )
+    );
+
+    // Filters that rule the repository out by its name: its tags are never asked for.
+    let asked = || {
+        let log = std::fs::read_to_string(reg.log_path()).unwrap_or_default();
+        log.matches("/v2/lib/gone/tags/list").count()
+    };
+    let before = asked();
+    assert!(before > 0, "the log shows tag-list requests");
+    for filter in [
+        &["--include", "lib/ok:*"][..],
+        &["--exclude", "lib/gone*"],
+        &["--include", "lib/o*", "--exclude", "lib/gone:*"],
+    ] {
+        let out = migrate(filter);
+        assert!(
+            out.status.success(),
+            "{filter:?}: {}",
+            unlisted(&out).join("\n")
+        );
+    }
+    assert_eq!(asked(), before, "lib/gone's tags were asked for");
+    env.check(true);
+}
+
+/// `migrate --dry-run` changes nothing: it gives its forecast while another process holds
+/// the repository lock. The forecast counts a layer shared by several images once, and
+/// another name for an image the run converts as links only.
+#[test]
+fn migrate_dry_run_takes_no_lock_and_counts_what_the_run_does() {
+    let Some((reg, env, layout)) = registry_env() else {
+        return;
+    };
+    let (base, app) = base_and_app(&layout);
+    reg.push_oci_layout(&layout, "app", "lib/app:1").unwrap();
+    reg.push_oci_layout(&layout, "app", "lib/app:same").unwrap();
+    reg.push_oci_layout(&layout, "base", "lib/base:1").unwrap();
+    let addr = reg.addr();
+    let url = format!("docker://{addr}");
+    let lock = std::fs::OpenOptions::new()
+        .write(true)
+        .open(env.home.join(FQRN).join("lock"))
+        .unwrap();
+    lock.lock().unwrap();
+    let mut child = env
+        .cmd(&[
+            "--json",
+            "migrate",
+            FQRN,
+            &url,
+            "--insecure-registry",
+            &addr,
+            "--dry-run",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("migrate --dry-run waits for the repository lock");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let dry = child.wait_with_output().unwrap();
+    drop(lock);
+    assert!(dry.status.success());
+    let stdout = String::from_utf8_lossy(&dry.stdout);
+    let forecast = events(&stdout, "migrate-forecast")
+        .next()
+        .unwrap_or_else(|| panic!("no forecast: {stdout}"));
+    assert_eq!(forecast["convert"], 2, "{forecast}");
+    assert_eq!(
+        forecast["link_only"], 1,
+        "lib/app:same is lib/app:1: {forecast}"
+    );
+    assert_eq!(
+        forecast["layers"], 2,
+        "the base layer counted once: {forecast}"
+    );
+    let size = |d: &str| {
+        std::fs::metadata(reg.storage_dir().join(format!(
+            "docker/registry/v2/blobs/sha256/{}/{}/data",
+            &d[7..9],
+            &d[7..]
+        )))
+        .unwrap()
+        .len()
+    };
+    let blobs = size(&base.layer_digests[0]) + size(&app.layer_digests[1]);
+    assert_eq!(forecast["download_bytes"], blobs, "{forecast}");
+    assert_eq!(env.revision(), 1, "nothing changed");
+    let run = env.ok(&[
+        "--json",
+        "migrate",
+        FQRN,
+        &url,
+        "--insecure-registry",
+        &addr,
+    ]);
+    let summary = events(&run, "summary").next().unwrap();
+    assert_eq!(summary["converted"], 2, "{summary}");
+    assert_eq!(summary["linked"], 1, "{summary}");
+    assert_eq!(layers_read(&run).len(), 2, "each layer read once");
+}
+
 #[test]
 fn migrate_converts_base_images_before_the_images_built_on_them() {
     let Some((reg, env, layout)) = registry_env() else {

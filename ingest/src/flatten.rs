@@ -10,15 +10,18 @@
 //!
 //! Hard links (tar type 1) point at a path of the same layer (earlier in the tar) or of a lower
 //! layer. Links to lower layers are kept pending until that layer is read; their target's
-//! bytes are ingested even if the target path itself is shadowed. Regular files shadowed in a
-//! layer are drained, never stored: when a later visible link of the same layer turns out to
-//! need one, the layer is opened a second time and only those files are ingested (rare:
-//! nothing is written to disk and memory does not grow with the layer).
+//! bytes are ingested even if the target path itself is shadowed. Without a memo, regular
+//! files shadowed in a layer are drained, never stored: when a later visible link of the same
+//! layer turns out to need one, the layer is opened a second time and only those files are
+//! ingested (rare: nothing is written to disk and memory does not grow with the layer).
 //!
 //! With a [`MemoContext`], each layer read from its stream is recorded in the
-//! [`publisher::LayerMemo`] under its diff_id (members in tar order, objects of the files that
-//! were ingested), and a layer whose memo holds everything this image needs from it is
-//! replayed from the memo through the same decisions, without opening its stream.
+//! [`publisher::LayerMemo`] under its diff_id (members in tar order, the objects of its
+//! files), and a layer whose memo holds everything this image needs from it is replayed from
+//! the memo through the same decisions, without opening its stream. Shadowed files of a layer
+//! being recorded are ingested too: the memo is then complete, so another image that shares
+//! the layer but not the layers above it (sibling images on one base) replays it instead of
+//! downloading and reading the blob again. Upper layers usually shadow few files of a base.
 
 use crate::error::{show, Error, Result};
 use crate::pipeline::{finalize, FileTicket, ObjectPipeline, PDir, PLeaf, PNode};
@@ -278,8 +281,9 @@ enum LayerItem {
         member: usize,
         /// Its record in the memo being written.
         rec: Option<usize>,
-        /// Entry with known data (replayed from a memo); `None`: its bytes were skipped.
-        known: Option<Entry>,
+        /// Entry with known data (replayed from a memo, or ingested for the memo being
+        /// written, with its ticket); `None`: its bytes were skipped.
+        known: Option<(Entry, Option<FileTicket>)>,
     },
 }
 
@@ -739,11 +743,21 @@ impl Flattener<'_> {
         let pend = self.take_pending(&path, l);
         if !visible && pend.is_none() {
             let known = match content {
+                // Recorded for the memo: ingested all the same, so that the memo is complete
+                // and every other image sharing the layer (visible where this one shadows it)
+                // replays it instead of downloading and reading the blob again. Shadowed
+                // files are few; without a memo nothing reuses them, so they are skipped.
+                Content::Tar(m) if rec.is_some() => {
+                    let name = format!("{}: {}", self.names[l], show(raw));
+                    let ticket = ingest_member(m, self.pipeline, &name)?;
+                    scan.set_ticket(rec, ticket);
+                    Some((entry, Some(ticket)))
+                }
                 Content::Tar(m) => {
                     drain_member(m).map_err(|e| err(self, e))?;
                     None
                 }
-                Content::Known => Some(entry),
+                Content::Known => Some((entry, None)),
                 Content::Unknown => None,
             };
             let item = LayerItem::Shadowed {
@@ -899,7 +913,7 @@ impl Flattener<'_> {
                     Some(&i) => i,
                     None => {
                         let i = match known {
-                            Some(entry) => self.fill(None, entry, None),
+                            Some((entry, ticket)) => self.fill(None, entry, ticket),
                             None if scan.replay => {
                                 let msg = format!(
                                     "layer memo lacks the data of hardlink target {}",

@@ -69,7 +69,7 @@ pub use layer_memo::{LayerMemo, MemoEntry, MemoKind, MemoLayer, MemoMeta, MemoSu
 pub use local::LocalStore;
 pub use push::{PushOptions, PushReport, S3Target};
 pub use reflog::Reflog;
-pub use repo::{Adopted, InitOptions, RepoInfo, Repository};
+pub use repo::{Adopted, InitOptions, RepoInfo, Repository, Snapshot};
 pub use rollback::RollBack;
 pub use seed::{seed_content_index, seed_repository, SeedProgress, SeedStats};
 pub use store::{as_objects, ContentIndex, ObjectStore, StoreObjects};

@@ -51,6 +51,21 @@ impl Default for InitOptions {
     }
 }
 
+/// The published tree, read without the repository lock (see [`Repository::snapshot`]).
+pub struct Snapshot {
+    store: Arc<LocalStore>,
+    namespace: Namespace,
+}
+
+impl Snapshot {
+    /// The entry at `path` (absolute, `b""` is the root) in the revision the snapshot read.
+    pub fn entry(&mut self, path: &[u8]) -> Result<Option<catalog_writer::entry::Entry>> {
+        Ok(self
+            .namespace
+            .entry(path, &StoreObjects(self.store.as_ref()))?)
+    }
+}
+
 /// A summary of the published state.
 #[derive(Clone, Debug)]
 pub struct RepoInfo {
@@ -281,6 +296,22 @@ impl Repository {
     /// The current manifest, parsed (signature not verified: for reading, not publishing).
     pub(crate) fn published_manifest(&self) -> Result<signer::Manifest> {
         crate::store::published_manifest(self.store.as_ref())
+    }
+
+    /// The current revision's tree, for reading only: takes no lock, so it neither waits for
+    /// nor holds up a publish (a forecast, `migrate --dry-run`, changes nothing). Catalogs of
+    /// the revision read stay in the storage until a gc that no longer keeps it.
+    pub fn snapshot(&self) -> Result<Snapshot> {
+        let m = self.published_manifest()?;
+        let root = CatalogRef {
+            hash: parse_hash_field("C", &m.root_catalog)?,
+            size: m.root_size,
+        };
+        let namespace = Namespace::open(root, &StoreObjects(self.store.as_ref()))?;
+        Ok(Snapshot {
+            store: self.store.clone(),
+            namespace,
+        })
     }
 
     /// Current revision, root catalog, timestamps and root catalog counters (no verification).

@@ -22,23 +22,35 @@ pub fn migrate(home: &Path, g: &Global, a: &MigrateArgs, out: Output) -> Result<
     let selection = selection(a.platform.as_deref(), a.all_platforms)?;
     let repo = open_repo(home, &a.fqrn)?;
     let sources = sources(&a.registry, out)?;
-    let refs = list_images(&sources, &host, &prefix, &include, &exclude)?;
+    let Listing { refs, unlisted } = list_images(&sources, &host, &prefix, &include, &exclude)?;
+    for (repository, why) in &unlisted {
+        report_unlisted(repository, why, out);
+    }
     out.event(
         &format!("{}: {} images selected", a.registry_url, refs.len()),
         event_json(
             "migrate-list",
-            json!({"registry": a.registry_url, "images": refs.len()}),
+            json!({"registry": a.registry_url, "images": refs.len(),
+                   "unlisted_repositories": unlisted.len()}),
         ),
     );
+    let mut code = i32::from(!unlisted.is_empty());
     if a.dry_run {
-        return forecast(&repo, &sources, &refs, &selection, out);
+        return Ok(code | forecast(&repo, &sources, &refs, &selection, out)?);
     }
-    let mut code = 0;
     let batch = a.batch.max(1);
-    // The listing is complete here (a failed tag list ends the command before).
-    let prune = a
-        .prune
-        .then(|| Prune::keeping(&refs, registry_scope(&host, &prefix)));
+    // A repository that could not be listed would look like all its images removed.
+    let prune = match (a.prune, unlisted.len()) {
+        (false, _) => None,
+        (true, 0) => Some(Prune::keeping(&refs, registry_scope(&host, &prefix))),
+        (true, n) => {
+            out.say(&format!(
+                "not pruning: {n} repositor{} could not be listed",
+                if n == 1 { "y" } else { "ies" }
+            ));
+            None
+        }
+    };
     let refs = if refs.len() > batch {
         bases_first(&sources, refs, &selection)
     } else {
@@ -70,6 +82,22 @@ pub fn migrate(home: &Path, g: &Global, a: &MigrateArgs, out: Output) -> Result<
     Ok(code)
 }
 
+/// One line (and a JSON `error` event) for a repository whose tags could not be listed.
+fn report_unlisted(repository: &str, why: &str, out: Output) {
+    let line = format!(
+        "repository {}: {}",
+        crate::output::printable(repository),
+        crate::output::printable(why)
+    );
+    eprintln!("cvmfs-oci: error: {line}");
+    if out.json {
+        out.event(
+            "",
+            event_json("error", json!({"repository": repository, "error": line})),
+        );
+    }
+}
+
 /// The repository path below which the links of `docker://HOST/PREFIX` live (`/HOST` or
 /// `/HOST/PREFIX`).
 fn registry_scope(host: &str, prefix: &str) -> Vec<u8> {
@@ -83,9 +111,8 @@ fn registry_scope(host: &str, prefix: &str) -> Vec<u8> {
 }
 
 /// Orders images so that base images come before the images built on them, across batches:
-/// layers are read top-down, so a base layer read under an image's own layers is memoized
-/// without the files they replace, and its base image, converted in a later batch, would read
-/// it again. A base image has fewer layers than any image built on it: images go by layer
+/// a base layer read under an image's own layers also ingests the files they replace, which
+/// only the base image needs (and a memo of an older version lacks them). A base image has fewer layers than any image built on it: images go by layer
 /// count, in the listed order otherwise, unreadable ones last (their batch reports them).
 /// Costs one manifest request per image, made only when there is more than one batch.
 fn bases_first(sources: &Sources, refs: Vec<String>, selection: &PlatformSelection) -> Vec<String> {
@@ -121,20 +148,30 @@ fn patterns(globs: &[String]) -> Result<Vec<glob::Pattern>> {
         .collect()
 }
 
+/// What the registry listed: the selected images, and the repositories whose tag list could
+/// not be read (with why).
+struct Listing {
+    refs: Vec<String>,
+    unlisted: Vec<(String, String)>,
+}
+
 /// Every `repository:tag` of the registry under `prefix` that the filters select, as
-/// `docker://` references, sorted.
+/// `docker://` references, sorted. Repositories no filter lets through are not asked for
+/// their tags; one whose tag list fails is reported in [`Listing::unlisted`] and the others
+/// are still listed (`_catalog` often names repositories the caller may not read).
 fn list_images(
     sources: &Sources,
     host: &str,
     prefix: &str,
     include: &[glob::Pattern],
     exclude: &[glob::Pattern],
-) -> Result<Vec<String>> {
+) -> Result<Listing> {
     let client = sources.registry()?;
     let repositories: Vec<String> = client
         .catalog(host)?
         .into_iter()
         .filter(|r| prefix.is_empty() || r == prefix || r.starts_with(&format!("{prefix}/")))
+        .filter(|r| repository_may_be_selected(r, include, exclude))
         .collect();
     // One tag-list request per repository: several in flight.
     let tags = concurrent::map(
@@ -150,8 +187,16 @@ fn list_images(
         },
     );
     let mut out = BTreeSet::new();
+    let mut unlisted = Vec::new();
     for (repository, tags) in repositories.iter().zip(tags) {
-        for tag in tags? {
+        let tags = match tags {
+            Ok(tags) => tags,
+            Err(e) => {
+                unlisted.push((format!("docker://{host}/{repository}"), listing_error(&e)));
+                continue;
+            }
+        };
+        for tag in tags {
             let name = format!("{repository}:{tag}");
             let included = include.is_empty() || include.iter().any(|p| p.matches(&name));
             if included && !exclude.iter().any(|p| p.matches(&name)) {
@@ -159,11 +204,65 @@ fn list_images(
             }
         }
     }
-    Ok(out.into_iter().collect())
+    Ok(Listing {
+        refs: out.into_iter().collect(),
+        unlisted,
+    })
+}
+
+/// Why a tag list failed, without the "image …" prefix the image errors carry: the line
+/// names the repository itself.
+fn listing_error(e: &ingest::image::Error) -> String {
+    use ingest::image::Error;
+    match e {
+        Error::Registry { url, reason, .. } => format!("{url}: {reason}"),
+        Error::Image { reason, .. } => reason.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Whether some `repository:tag` of `repository` could pass the filters, decided from the
+/// patterns' literal beginnings alone (when in doubt: yes). The glob `*` matches `/` and `:`
+/// too, so `team/*` covers every tag of every repository below `team/`.
+fn repository_may_be_selected(
+    repository: &str,
+    include: &[glob::Pattern],
+    exclude: &[glob::Pattern],
+) -> bool {
+    let head = format!("{repository}:");
+    let included =
+        include.is_empty() || include.iter().any(|p| pattern_may_match(p.as_str(), &head));
+    included
+        && !exclude
+            .iter()
+            .any(|p| pattern_matches_all(p.as_str(), &head))
+}
+
+/// `pattern` up to its first wildcard, and the rest.
+fn literal_prefix(pattern: &str) -> (&str, &str) {
+    pattern.split_at(pattern.find(['*', '?', '[']).unwrap_or(pattern.len()))
+}
+
+/// Whether `pattern` may match a name `head` + tag (a tag has no `:` or `/`).
+fn pattern_may_match(pattern: &str, head: &str) -> bool {
+    let (literal, _) = literal_prefix(pattern);
+    match literal.strip_prefix(head) {
+        Some(tag_part) => !tag_part.contains([':', '/']),
+        None => head.starts_with(literal),
+    }
+}
+
+/// Whether `pattern` matches every name `head` + tag: its literal beginning is a prefix of
+/// `head` and the rest is `*` alone.
+fn pattern_matches_all(pattern: &str, head: &str) -> bool {
+    let (literal, rest) = literal_prefix(pattern);
+    !rest.is_empty() && rest.chars().all(|c| c == '*') && head.starts_with(literal)
 }
 
 /// What a migration would do: images already converted, layers the memo already knows, blob
 /// bytes to download. Reads manifests and configs only; changes nothing.
+/// Takes no lock (it reads the published revision): it neither waits for a running
+/// migration nor holds one up.
 fn forecast(
     repo: &publisher::Repository,
     sources: &Sources,
@@ -173,17 +272,23 @@ fn forecast(
 ) -> Result<i32> {
     let memo = repo.layer_memo()?;
     super::note_set_aside(memo.set_aside(), "layer memo", out);
-    let mut txn = super::begin(repo, true, out)?;
+    let mut tree = repo.snapshot()?;
     let (mut complete, mut link_only, mut convert, mut failed) = (0usize, 0usize, 0usize, 0usize);
     let mut layers = BTreeSet::new();
     let mut known = BTreeSet::new();
     let mut sizes = std::collections::BTreeMap::new();
-    for (reference, planned) in refs.iter().zip(plan(&mut txn, sources, refs, selection)) {
+    // Flat directories some image of the run converts: another name for the same image
+    // (same config) only gets links, as the run does.
+    let mut flats = BTreeSet::new();
+    for (reference, planned) in refs.iter().zip(plan(&mut tree, sources, refs, selection)) {
         let result = planned.and_then(|jobs| {
             for job in jobs {
                 match job.status {
                     Status::Complete => complete += 1,
                     Status::FlatPresent => link_only += 1,
+                    Status::Missing if !flats.insert(job.placement.flat_dir.clone()) => {
+                        link_only += 1
+                    }
                     Status::Missing => {
                         convert += 1;
                         let image = job
@@ -213,7 +318,6 @@ fn forecast(
             );
         }
     }
-    drop(txn);
     let download: u64 = layers.difference(&known).filter_map(|l| sizes.get(l)).sum();
     let dedup: u64 = known.iter().filter_map(|l| sizes.get(l)).sum();
     out.event(
@@ -254,6 +358,35 @@ mod tests {
             parse_registry_url("docker://r.io:5000/team/").unwrap(),
             ("r.io:5000".to_owned(), "team".to_owned())
         );
+    }
+
+    #[test]
+    fn repositories_the_filters_rule_out_by_name_are_not_listed() {
+        let pats = |g: &[&str]| {
+            g.iter()
+                .map(|p| glob::Pattern::new(p).unwrap())
+                .collect::<Vec<_>>()
+        };
+        let selected = |repo: &str, inc: &[&str], exc: &[&str]| {
+            repository_may_be_selected(repo, &pats(inc), &pats(exc))
+        };
+        assert!(selected("ok/plain", &["ok/plain:*"], &[]));
+        assert!(!selected("basic/attfirst", &["ok/plain:*"], &[]));
+        assert!(!selected("ok/plainer", &["ok/plain:*"], &[]));
+        assert!(selected("ok/plainer", &["ok/plain*"], &[]));
+        assert!(!selected("basic/x", &[], &["basic/*"]));
+        assert!(!selected("basic", &[], &["basic*"]));
+        assert!(selected("basic", &[], &["basic/*"]));
+        assert!(
+            selected("basic/x", &[], &["basic/*:v1"]),
+            "other tags may pass"
+        );
+        assert!(
+            selected("a/b", &["*/b:*"], &[]),
+            "a wildcard first: undecided"
+        );
+        assert!(!selected("a/b", &["a/b:v1/x"], &[]), "a tag has no '/'");
+        assert!(selected("a/b", &["a/b:v1"], &[]));
     }
 
     #[test]

@@ -5,12 +5,32 @@
 
 use super::concurrent;
 use anyhow::{anyhow, Result};
+use catalog_writer::entry::Entry;
 use ingest::convert::{self as layout, Status};
 use ingest::image::{
     ImageManifest, ImageRef, ImageSource, PlatformSelection, ResolvedImage, Sources,
 };
-use publisher::Transaction;
+use publisher::{Snapshot, Transaction};
 use std::sync::Arc;
+
+/// Where [`plan`] looks up what the repository already has: the tree of a transaction, or a
+/// snapshot of the published one (a forecast, which takes no lock).
+pub(super) trait Tree {
+    fn entry(&mut self, path: &[u8]) -> Result<Option<Entry>>;
+}
+
+impl Tree for Transaction {
+    fn entry(&mut self, path: &[u8]) -> Result<Option<Entry>> {
+        let (ns, objects) = self.namespace_and_objects();
+        Ok(ns.entry(path, &objects)?)
+    }
+}
+
+impl Tree for Snapshot {
+    fn entry(&mut self, path: &[u8]) -> Result<Option<Entry>> {
+        Ok(Snapshot::entry(self, path)?)
+    }
+}
 
 /// One platform image of a reference and what it needs.
 pub(super) struct Job {
@@ -29,7 +49,7 @@ pub(super) struct Job {
 /// Resolves each reference to jobs, one per platform image, checking what the repository
 /// has (see the module doc).
 pub(super) fn plan(
-    txn: &mut Transaction,
+    txn: &mut dyn Tree,
     sources: &Sources,
     refs: &[String],
     selection: &PlatformSelection,
@@ -111,7 +131,7 @@ pub(super) fn layer_count(
 
 /// Jobs for resolved manifests, with what the repository already has of each.
 fn check_present(
-    txn: &mut Transaction,
+    txn: &mut dyn Tree,
     source: Arc<dyn ImageSource>,
     manifests: Vec<ImageManifest>,
     selection: &PlatformSelection,
@@ -120,12 +140,8 @@ fn check_present(
     let placements = layout::placements(&manifests, selection)?;
     let mut jobs = Vec::new();
     for (manifest, placement) in manifests.into_iter().zip(placements) {
-        let status = {
-            let (ns, objects) = txn.namespace_and_objects();
-            layout::conversion_status(&placement, &manifest.manifest_bytes, |p| {
-                ns.entry(p, &objects)
-            })?
-        };
+        let status =
+            layout::conversion_status(&placement, &manifest.manifest_bytes, |p| txn.entry(p))?;
         jobs.push(Job {
             source: source.clone(),
             name: display_name(&manifest),

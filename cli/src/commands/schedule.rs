@@ -6,10 +6,10 @@
 //!
 //! Of the images free to go, one with a new layer that other queued images share goes first
 //! (its memo frees them), and of those the one with the fewest layers above its shared ones,
-//! then the first given: layers are read top-down and what a higher layer shadows is never
-//! ingested, so the memo of a layer read under others lacks those files and an image built on
-//! a base image, read first, would leave the base image to read the shared layers again (a
-//! registry lists `app` before `debian`). Otherwise the image with the most bytes left to read
+//! then the first given: a memo written by an older version lacks the files that higher
+//! layers shadowed where it was read, and reading a shared layer under the fewest layers
+//! ingests the fewest files only some images need (a registry lists `app` before `debian`).
+//! Layers read now are recorded whole, shadowed files included. Otherwise the image with the most bytes left to read
 //! goes first: layers are read one after the other, so a large one started last would leave
 //! the cores idle while one thread reads it.
 

@@ -255,6 +255,23 @@ fn key_host(key: &str) -> &str {
     rest.split('/').next().unwrap_or(rest)
 }
 
+/// The scope an `auths` key covers, as containers-auth.json(5) reads it: `host` or
+/// `host/namespace[/repository]` (Docker Hub's aliases as one host). A URL-form key
+/// (`https://index.docker.io/v1/`, `http://host:5000/v2/`) names its host only: its path is
+/// the API's, not a namespace.
+fn key_scope(key: &str) -> String {
+    let host = canonical_host(key_host(key));
+    if key.contains("://") {
+        return host.to_owned();
+    }
+    let path = key.split_once('/').map_or("", |(_, p)| p.trim_matches('/'));
+    if path.is_empty() {
+        host.to_owned()
+    } else {
+        format!("{host}/{path}")
+    }
+}
+
 /// The host under which credentials are looked up; Docker Hub's aliases are one host.
 fn canonical_host(host: &str) -> &str {
     match host {
@@ -304,7 +321,8 @@ impl AuthStore {
                 // Entries without secrets (credential helpers) give nothing usable here.
                 _ => continue,
             };
-            by_host.insert(canonical_host(key_host(&key)).to_owned(), creds);
+            // A later key of the same scope (`host` and `https://host/v2/`) wins, as in Docker.
+            by_host.insert(key_scope(&key), creds);
         }
         Ok(AuthStore {
             by_host,
@@ -359,17 +377,48 @@ impl AuthStore {
         self
     }
 
-    /// Credentials for a registry host (`host[:port]`), in Docker's order: `--creds`, the
-    /// host's `credHelpers` entry, `credsStore`, the inline `auths` entry. A helper runs at
-    /// most once per host; `Err` says why it gave nothing (no secret in it).
+    /// Credentials for a registry host (`host[:port]`) as a whole (e.g. its catalog): see
+    /// [`AuthStore::lookup_repository`].
     pub fn lookup(&self, host: &str) -> std::result::Result<Option<Credentials>, String> {
+        self.lookup_repository(host, None)
+    }
+
+    /// Credentials for `repository` of a registry host, in Docker's order: `--creds`, the
+    /// host's `credHelpers` entry, `credsStore`, the inline `auths` entry. Of the `auths`
+    /// keys, the most specific one that covers `host/repository` component-wise wins
+    /// (`host/team/app`, then `host/team`, then `host`), as in podman and skopeo; without a
+    /// repository only a host-wide key applies. A helper runs at most once per host; `Err`
+    /// says why it gave nothing (no secret in it).
+    pub fn lookup_repository(
+        &self,
+        host: &str,
+        repository: Option<&str>,
+    ) -> std::result::Result<Option<Credentials>, String> {
         if let Some(c) = &self.everywhere {
             return Ok(Some(c.clone()));
         }
         let host = canonical_host(host);
         match self.helpers.get(host).or(self.default_helper.as_ref()) {
             Some(helper) => self.ask_helper(helper, host),
-            None => Ok(self.by_host.get(host).cloned()),
+            None => Ok(self.inline(host, repository).cloned()),
+        }
+    }
+
+    /// The most specific `auths` entry covering `host/repository`.
+    fn inline(&self, host: &str, repository: Option<&str>) -> Option<&Credentials> {
+        let mut scope = match repository.filter(|r| !r.is_empty()) {
+            Some(r) => format!("{host}/{r}"),
+            None => host.to_owned(),
+        };
+        loop {
+            if let Some(c) = self.by_host.get(&scope) {
+                return Some(c);
+            }
+            // Drop the last component, down to the host and no further.
+            match scope.rfind('/') {
+                Some(cut) if scope.len() > host.len() => scope.truncate(cut),
+                _ => return None,
+            }
         }
     }
 
@@ -542,6 +591,74 @@ mod tests {
         assert_eq!(alice.basic_header(), "Basic YWxpY2U6czNjcmV0");
         assert!(store.lookup("127.0.0.1:5000").unwrap().is_none());
         assert!(store.lookup("helper.example.org").unwrap().is_none());
+    }
+
+    /// containers-auth.json(5): `host/namespace` keys are matched most specific first against
+    /// `host/repository`, component-wise; host-wide and URL-form keys still apply.
+    #[test]
+    fn namespaced_keys_match_most_specific_first() {
+        let entry = |user: &str| {
+            let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:pw"));
+            format!(r#"{{"auth":"{auth}"}}"#)
+        };
+        let json = format!(
+            r#"{{"auths":{{
+                "reg.example:5000/team-a":{a},
+                "reg.example:5000/team-a/special":{special},
+                "reg.example:5000/zzz-other":{other},
+                "reg.example:5000":{host},
+                "https://index.docker.io/v1/":{hub},
+                "docker.io/library":{library},
+                "http://plain.example:5001/v2/":{plain}}}}}"#,
+            a = entry("team-a"),
+            special = entry("special"),
+            other = entry("other"),
+            host = entry("host-wide"),
+            hub = entry("hub"),
+            library = entry("library"),
+            plain = entry("plain"),
+        );
+        let store = AuthStore::from_json(json.as_bytes(), "test").unwrap();
+        let user = |host: &str, repo: Option<&str>| {
+            store
+                .lookup_repository(host, repo)
+                .unwrap()
+                .map(|c| c.username)
+        };
+        let reg = "reg.example:5000";
+        assert_eq!(user(reg, Some("team-a/app")).as_deref(), Some("team-a"));
+        assert_eq!(user(reg, Some("team-a")).as_deref(), Some("team-a"));
+        assert_eq!(
+            user(reg, Some("team-a/special/x")).as_deref(),
+            Some("special")
+        );
+        assert_eq!(user(reg, Some("zzz-other/app")).as_deref(), Some("other"));
+        // Component-wise: `team-ab` is not below `team-a`.
+        assert_eq!(user(reg, Some("team-ab/app")).as_deref(), Some("host-wide"));
+        assert_eq!(user(reg, None).as_deref(), Some("host-wide"));
+        assert_eq!(
+            user("registry-1.docker.io", Some("library/ubuntu")).as_deref(),
+            Some("library")
+        );
+        assert_eq!(
+            user("registry-1.docker.io", Some("someone/tool")).as_deref(),
+            Some("hub")
+        );
+        assert_eq!(
+            user("plain.example:5001", Some("x/y")).as_deref(),
+            Some("plain")
+        );
+        // Only namespaced keys: other namespaces and the host as a whole get nothing.
+        let json = format!(
+            r#"{{"auths":{{"reg.example:5000/team-a":{}}}}}"#,
+            entry("a")
+        );
+        let store = AuthStore::from_json(json.as_bytes(), "test").unwrap();
+        assert!(store
+            .lookup_repository(reg, Some("team-b/app"))
+            .unwrap()
+            .is_none());
+        assert!(store.lookup(reg).unwrap().is_none());
     }
 
     #[test]

@@ -341,7 +341,7 @@ impl ImageSource for DockerArchiveSource {
         });
         let bytes = serde_json::to_vec(&manifest)
             .map_err(|e| Error::image(&self.reference, format!("writing a manifest: {e}")))?;
-        let no_index = |_: &super::manifest::IndexEntry| -> Result<(Vec<u8>, Option<String>)> {
+        let no_index = |_: &Digest, _: u64| -> Result<(Vec<u8>, Option<String>)> {
             Err(Error::image(
                 &self.reference,
                 "docker archives hold no index",

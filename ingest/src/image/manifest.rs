@@ -104,11 +104,20 @@ pub struct Manifest {
     pub layers: Vec<LayerDescriptor>,
 }
 
+/// An entry of an index that is itself an index (a nested index, which containerd follows).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NestedIndex {
+    pub digest: Digest,
+    pub size: u64,
+    pub media_type: String,
+}
+
 /// What a manifest document turned out to be.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Document {
     Manifest(Manifest),
-    Index(Vec<IndexEntry>),
+    /// The platform manifests an index lists, and the indexes it nests.
+    Index(Vec<IndexEntry>, Vec<NestedIndex>),
 }
 
 /// The digest and size of a descriptor; `what` names it in errors (a negative size is one).
@@ -163,7 +172,18 @@ pub fn parse_document(bytes: &[u8], content_type: Option<&str>, image: &str) -> 
 
 fn parse_index(raw: RawDocument, image: &str) -> Result<Document> {
     let mut entries = Vec::new();
+    let mut nested = Vec::new();
     for m in raw.manifests.unwrap_or_default() {
+        // Nested indexes usually carry no platform: their entries say it.
+        if m.media_type == OCI_INDEX || m.media_type == DOCKER_LIST {
+            let (digest, size) = descriptor(&m, image, "index entry")?;
+            nested.push(NestedIndex {
+                digest,
+                size,
+                media_type: m.media_type.clone(),
+            });
+            continue;
+        }
         // Attestations and other artifacts have no real platform; they are not images.
         let Some(p) = &m.platform else { continue };
         if p.os == "unknown" || p.architecture == "unknown" {
@@ -187,7 +207,7 @@ fn parse_index(raw: RawDocument, image: &str) -> Result<Document> {
             },
         });
     }
-    Ok(Document::Index(entries))
+    Ok(Document::Index(entries, nested))
 }
 
 fn parse_manifest(raw: RawDocument, media_type: String, image: &str) -> Result<Document> {
@@ -269,17 +289,15 @@ pub fn select_platforms(
     };
     if picked.is_empty() {
         let offered: Vec<String> = entries.iter().map(|e| e.platform.to_string()).collect();
+        let why = if offered.is_empty() {
+            // Only attestations, artifacts or unknown media types: say so, not "offers: none".
+            "the index lists no image manifest with a platform".to_owned()
+        } else {
+            format!("the index offers: {}", offered.join(", "))
+        };
         return Err(Error::image(
             image,
-            format!(
-                "no manifest for platform {} (the index offers: {})",
-                selection.preferred(),
-                if offered.is_empty() {
-                    "none".to_owned()
-                } else {
-                    offered.join(", ")
-                }
-            ),
+            format!("no manifest for platform {} ({why})", selection.preferred()),
         ));
     }
     Ok(picked)
@@ -399,7 +417,7 @@ mod tests {
     #[test]
     fn index_selection() {
         for media in [OCI_INDEX, DOCKER_LIST] {
-            let Document::Index(entries) =
+            let Document::Index(entries, _) =
                 parse_document(index_json(media).as_bytes(), None, "i").unwrap()
             else {
                 panic!("not an index");
@@ -428,7 +446,7 @@ mod tests {
         let json = index_json(OCI_INDEX).replace(&format!(r#""mediaType":"{OCI_INDEX}","#), "");
         assert!(matches!(
             parse_document(json.as_bytes(), None, "i").unwrap(),
-            Document::Index(_)
+            Document::Index(..)
         ));
     }
 

@@ -118,8 +118,8 @@ impl ImageSource for OciLayoutSource {
         let top = self.read_blob(&digest, Some(size), "manifest")?;
         let media_type = Some(entry.media_type.clone()).filter(|m| !m.is_empty());
         let name = self.name(&entry)?;
-        let fetch = |e: &super::manifest::IndexEntry| -> Result<(Vec<u8>, Option<String>)> {
-            Ok((self.read_blob(&e.digest, Some(e.size), "manifest")?, None))
+        let fetch = |digest: &Digest, size: u64| -> Result<(Vec<u8>, Option<String>)> {
+            Ok((self.read_blob(digest, Some(size), "manifest")?, None))
         };
         resolve_document(&self.reference, &name, (top, media_type), selection, &fetch)
     }

@@ -14,7 +14,7 @@
 use super::auth::{AuthStore, Redactor, Secret};
 use super::digest::{Checked, Digest, VerifyingReader};
 use super::error::{Error, Result};
-use super::manifest::{IndexEntry, PlatformSelection, ACCEPT};
+use super::manifest::{PlatformSelection, ACCEPT};
 use super::reference::RegistryRef;
 use super::source::{
     check_blob, check_config, resolve_document, ImageManifest, ImageSource, ResolvedImage,
@@ -181,6 +181,16 @@ struct Request {
     scope: String,
     accept: Option<String>,
     range_from: u64,
+}
+
+impl Request {
+    /// The repository the request's scope names (`repository:NAME:pull`); `None` for the
+    /// registry's own endpoints (`_catalog`), which only host-wide credentials cover.
+    fn repository(&self) -> Option<&str> {
+        self.scope
+            .strip_prefix("repository:")?
+            .strip_suffix(":pull")
+    }
 }
 
 impl RegistryClient {
@@ -585,7 +595,12 @@ impl Inner {
         }
         if host.basic.load(std::sync::atomic::Ordering::Relaxed) {
             // A helper's failure was reported when the challenge was answered.
-            let creds = self.options.auth.lookup(&req.host).ok().flatten()?;
+            let creds = self
+                .options
+                .auth
+                .lookup_repository(&req.host, req.repository())
+                .ok()
+                .flatten()?;
             self.redactor.add_credentials(&creds);
             return Some(creds.basic_header());
         }
@@ -746,10 +761,16 @@ impl Inner {
                     let refused =
                         status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN;
                     if refused && from_registry {
-                        reason.push_str(match self.options.auth.lookup(&req.host) {
-                            Ok(Some(_)) => " (credentials were refused)",
-                            _ => " (no credentials for this registry)",
-                        });
+                        reason.push_str(
+                            match self
+                                .options
+                                .auth
+                                .lookup_repository(&req.host, req.repository())
+                            {
+                                Ok(Some(_)) => " (credentials were refused)",
+                                _ => " (no credentials for this registry)",
+                            },
+                        );
                     }
                     if retryable(status) {
                         reason.push_str(&format!(" after {} retries", self.options.max_retries));
@@ -796,7 +817,11 @@ impl Inner {
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default();
         let (scheme, params) = parse_challenge(header);
-        let creds = self.options.auth.lookup(&req.host).map_err(fail)?;
+        let creds = self
+            .options
+            .auth
+            .lookup_repository(&req.host, req.repository())
+            .map_err(fail)?;
         if let Some(creds) = &creds {
             // Before anything is sent: the token service's error may quote them.
             self.redactor.add_credentials(creds);
@@ -1630,9 +1655,9 @@ impl RegistrySource {
         if let Some(d) = &self.repo.digest {
             check_blob(&top.0, d, None, &self.reference, "manifest")?;
         }
-        let fetch = |e: &IndexEntry| {
+        let fetch = |digest: &Digest, _size: u64| {
             self.client
-                .manifest(&self.repo, &e.digest.to_string(), &self.reference)
+                .manifest(&self.repo, &digest.to_string(), &self.reference)
         };
         resolve_document(&self.reference, &self.repo.name(), top, selection, &fetch)
     }

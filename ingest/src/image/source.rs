@@ -5,7 +5,7 @@ use super::digest::{Checked, Digest, VerifyingReader};
 use super::error::{Error, Result};
 use super::manifest::{
     layer_compression, parse_document, select_platforms, Document, ImageConfig, IndexEntry,
-    LayerDescriptor, Manifest, PlatformSelection,
+    LayerDescriptor, Manifest, NestedIndex, PlatformSelection,
 };
 use super::reference::{ImageName, Platform};
 use std::io::{self, Read};
@@ -316,12 +316,17 @@ pub fn open_uncompressed_layer(
 
 /// A fetched document: bytes and, when known, the content type.
 pub(crate) type Fetched = (Vec<u8>, Option<String>);
-/// Fetches the manifest an index entry names.
-pub(crate) type FetchManifest<'a> = dyn Fn(&IndexEntry) -> Result<Fetched> + 'a;
+/// Fetches the manifest (or nested index) of a digest and size an index names.
+pub(crate) type FetchManifest<'a> = dyn Fn(&Digest, u64) -> Result<Fetched> + 'a;
+
+/// Most index levels followed below the top one: containerd follows nested indexes, real
+/// images nest one level at most; the bound keeps a hostile or cyclic chain finite.
+pub const MAX_NESTED_INDEXES: usize = 4;
 
 /// Turns a top-level manifest document into the manifests to convert: itself, or the
 /// selected entries of an index, fetched with `fetch` (which returns the bytes and, when
-/// known, their content type; digests are checked here).
+/// known, their content type; digests are checked here). Nested indexes are followed (up to
+/// [`MAX_NESTED_INDEXES`] levels) and their entries offered with the top index's own.
 pub(crate) fn resolve_document(
     reference: &str,
     name: &ImageName,
@@ -330,39 +335,82 @@ pub(crate) fn resolve_document(
     fetch: &FetchManifest<'_>,
 ) -> Result<Vec<ImageManifest>> {
     let (bytes, content_type) = top;
-    match parse_document(&bytes, content_type.as_deref(), reference)? {
-        Document::Manifest(m) => Ok(vec![image_manifest(reference, name, bytes, m, None)]),
-        Document::Index(entries) => {
-            let mut out = Vec::new();
-            for entry in select_platforms(&entries, selection, reference)? {
-                let (bytes, content_type) = fetch(&entry)?;
-                check_blob(
-                    &bytes,
-                    &entry.digest,
-                    Some(entry.size),
-                    reference,
-                    "manifest",
-                )?;
-                let ct = content_type
-                    .or_else(|| Some(entry.media_type.clone()).filter(|m| !m.is_empty()));
-                match parse_document(&bytes, ct.as_deref(), reference)? {
-                    Document::Manifest(m) => out.push(image_manifest(
-                        reference,
-                        name,
-                        bytes,
-                        m,
-                        Some(entry.platform),
-                    )),
-                    Document::Index(_) => {
-                        return Err(Error::image(
-                            reference,
-                            format!("index entry {} is itself an index", entry.digest),
-                        ))
-                    }
-                }
+    let (mut entries, mut nested) =
+        match parse_document(&bytes, content_type.as_deref(), reference)? {
+            Document::Manifest(m) => {
+                return Ok(vec![image_manifest(reference, name, bytes, m, None)])
             }
-            Ok(out)
+            Document::Index(entries, nested) => (entries, nested),
+        };
+    for depth in 1.. {
+        if nested.is_empty() {
+            break;
         }
+        if depth > MAX_NESTED_INDEXES {
+            return Err(Error::image(
+                reference,
+                format!(
+                    "index entry {} is an index nested more than {MAX_NESTED_INDEXES} levels deep (not supported)",
+                    nested[0].digest
+                ),
+            ));
+        }
+        let mut deeper = Vec::new();
+        for n in nested {
+            let (e, d) = fetch_nested(reference, &n, fetch)?;
+            entries.extend(e);
+            deeper.extend(d);
+        }
+        nested = deeper;
+    }
+    let mut out = Vec::new();
+    for entry in select_platforms(&entries, selection, reference)? {
+        let (bytes, content_type) = fetch(&entry.digest, entry.size)?;
+        check_blob(
+            &bytes,
+            &entry.digest,
+            Some(entry.size),
+            reference,
+            "manifest",
+        )?;
+        let ct = content_type.or_else(|| Some(entry.media_type.clone()).filter(|m| !m.is_empty()));
+        match parse_document(&bytes, ct.as_deref(), reference)? {
+            Document::Manifest(m) => out.push(image_manifest(
+                reference,
+                name,
+                bytes,
+                m,
+                Some(entry.platform),
+            )),
+            Document::Index(..) => {
+                return Err(Error::image(
+                    reference,
+                    format!("index entry {} is itself an index", entry.digest),
+                ))
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The entries and nested indexes of the nested index `n`.
+fn fetch_nested(
+    reference: &str,
+    n: &NestedIndex,
+    fetch: &FetchManifest<'_>,
+) -> Result<(Vec<IndexEntry>, Vec<NestedIndex>)> {
+    let (bytes, content_type) = fetch(&n.digest, n.size)?;
+    check_blob(&bytes, &n.digest, Some(n.size), reference, "nested index")?;
+    let ct = content_type.or_else(|| Some(n.media_type.clone()));
+    match parse_document(&bytes, ct.as_deref(), reference)? {
+        Document::Index(entries, nested) => Ok((entries, nested)),
+        Document::Manifest(_) => Err(Error::image(
+            reference,
+            format!(
+                "index entry {} says it is an index but is a manifest",
+                n.digest
+            ),
+        )),
     }
 }
 

@@ -3,6 +3,7 @@
 
 use super::*;
 use flate2::write::GzEncoder;
+use source::MAX_NESTED_INDEXES;
 use std::io::{Read, Write};
 use std::path::Path;
 
@@ -216,6 +217,66 @@ fn oci_layout_index_platforms() {
             .contains("no manifest for platform linux/riscv64"),
         "{err}"
     );
+}
+
+/// Adds to the layout of [`layout`] an image `name` whose index nests the `multi` index
+/// `depth` levels deep (each level an index whose only entry is the next).
+fn nest_multi(dir: &Path, name: &str, depth: usize) {
+    let top_path = dir.join("index.json");
+    let mut top: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&top_path).unwrap()).unwrap();
+    let mut inner = top["manifests"][1].clone();
+    inner.as_object_mut().unwrap().remove("annotations");
+    for _ in 0..depth {
+        let index = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2, "mediaType": manifest::OCI_INDEX, "manifests": [inner],
+        }))
+        .unwrap();
+        let digest = put_blob(dir, &index);
+        inner = serde_json::json!({"mediaType": manifest::OCI_INDEX,
+                                   "digest": digest.to_string(), "size": index.len()});
+    }
+    inner["annotations"] = serde_json::json!({"org.opencontainers.image.ref.name": name});
+    top["manifests"].as_array_mut().unwrap().push(inner);
+    std::fs::write(&top_path, serde_json::to_vec(&top).unwrap()).unwrap();
+}
+
+/// An index whose entry is an index (containerd follows them): the platforms of the nested
+/// one are offered; too deep a chain is refused, saying so (never "the index offers: none").
+#[test]
+fn oci_layout_nested_index_is_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, amd, arm) = layout(dir.path());
+    nest_multi(dir.path(), "127.0.0.1:5000/t/nested:1", 1);
+    nest_multi(
+        dir.path(),
+        "127.0.0.1:5000/t/deep:1",
+        1 + MAX_NESTED_INDEXES,
+    );
+    let source = open(&format!(
+        "oci:{}:127.0.0.1:5000/t/nested:1",
+        dir.path().display()
+    ));
+    let amd64 = PlatformSelection::One(Platform::parse("linux/amd64").unwrap());
+    let one = source.resolve(&amd64).unwrap();
+    assert_eq!(one.len(), 1);
+    assert_eq!(one[0].manifest_bytes, amd.manifest);
+    assert!(one[0].from_index);
+    let all = source.resolve(&PlatformSelection::All).unwrap();
+    assert_eq!(all.len(), 2);
+    assert_eq!(all[1].config_bytes, arm.config);
+    let deep = open(&format!(
+        "oci:{}:127.0.0.1:5000/t/deep:1",
+        dir.path().display()
+    ));
+    let err = deep.resolve(&amd64).unwrap_err().to_string();
+    assert!(
+        err.contains(&format!(
+            "nested more than {MAX_NESTED_INDEXES} levels deep (not supported)"
+        )),
+        "{err}"
+    );
+    assert!(!err.contains("offers: none"), "{err}");
 }
 
 #[test]
