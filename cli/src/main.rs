@@ -12,7 +12,7 @@ use clap::Parser;
 fn main() {
     let cli = args::Cli::parse();
     batch_scheduling();
-    memory::limit_arenas();
+    memory::tune_allocator();
     let out = output::Output {
         json: cli.global.json,
     };
