@@ -695,7 +695,7 @@ fn warn_dropped(x: &mut catalog_writer::entry::Xattrs, path: &[u8], out: Output)
     let reasons = catalog_writer::xattr::retain_representable(x);
     for r in &reasons {
         let p = String::from_utf8_lossy(path);
-        eprintln!("cvmfs-oci: warning: {p}: {r}");
+        crate::output::to_stderr(&format!("cvmfs-oci: warning: {p}: {r}"));
         if out.json {
             out.event("", event_json("warning", json!({"path": p, "warning": r})));
         }

@@ -29,7 +29,7 @@ fn main() {
                     serde_json::json!({ "action": "error", "error": line })
                 );
             }
-            eprintln!("cvmfs-oci: error: {line}");
+            crate::output::to_stderr(&format!("cvmfs-oci: error: {line}"));
             std::process::exit(1);
         }
     }

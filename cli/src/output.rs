@@ -58,6 +58,13 @@ impl Output {
 }
 
 /// The standard shape of a JSON event.
+/// Writes `line` to stderr, ignoring failure: when whoever reads stderr has gone away
+/// (`2>&1 | head`, a dropped ssh session), `eprintln!` would panic, killing the run half-way
+/// or leaving it waiting on a thread that died with the repository lock held.
+pub fn to_stderr(line: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
 pub fn event_json(action: &str, extra: Value) -> Value {
     let mut v = json!({ "action": action });
     if let (Some(obj), Value::Object(more)) = (v.as_object_mut(), extra) {

@@ -1658,3 +1658,30 @@ fn registries_asking_for_a_client_certificate() {
     );
     case.env.check(true);
 }
+
+#[test]
+fn a_closed_stderr_does_not_stop_a_conversion() {
+    let env = Env::init(&[]);
+    let layout = env.path("layout");
+    edge_image(Compression::Gzip, MediaTypes::Oci)
+        .write_layout(&layout, "a")
+        .unwrap();
+    let image = format!("oci:{}:a", layout.display());
+    // The edge image has an xattr CVMFS cannot store: the warning goes to a stderr whose
+    // reader has gone away (`2>&1 | head`), which must not kill or hang the run.
+    let mut child = env
+        .cmd(&["convert", FQRN, &image])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stderr.take());
+    assert!(child.wait().unwrap().success());
+    assert_eq!(env.revision(), 2);
+    env.check(true);
+    // The same conversion elsewhere, read: the warning is there.
+    let other = Env::init(&[]);
+    let out = other.run(&["convert", FQRN, &image]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && err.contains("warning"), "{err}");
+}

@@ -221,7 +221,7 @@ pub(super) fn sources(r: &RegistryArgs, out: Output) -> Result<Sources> {
         if out.json {
             out.event("", event_json("retry", json!({ "message": notice })));
         } else {
-            eprintln!("retrying: {notice}");
+            crate::output::to_stderr(&format!("retrying: {notice}"));
         }
     };
     Ok(Sources::new(RegistryOptions {
@@ -596,7 +596,7 @@ fn report_failure(summary: &mut Summary, image: &str, e: &anyhow::Error, out: Ou
     if !line.contains(&shown) {
         line = format!("image {shown}: {line}");
     }
-    eprintln!("cvmfs-oci: error: {line}");
+    crate::output::to_stderr(&format!("cvmfs-oci: error: {line}"));
     if out.json {
         out.event(
             "",

@@ -139,10 +139,10 @@ pub fn after_publish(repo: &Repository, outcome: &CommitOutcome, out: Output) {
     match repo.auto_gc() {
         Ok(Some(r)) => report(repo.fqrn(), &r, started, out),
         Ok(None) => {}
-        Err(e) => eprintln!(
+        Err(e) => crate::output::to_stderr(&format!(
             "cvmfs-oci: warning: automatic garbage collection of {}: {e}",
             repo.fqrn()
-        ),
+        )),
     }
 }
 

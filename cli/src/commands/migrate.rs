@@ -89,7 +89,7 @@ fn report_unlisted(repository: &str, why: &str, out: Output) {
         crate::output::printable(repository),
         crate::output::printable(why)
     );
-    eprintln!("cvmfs-oci: error: {line}");
+    crate::output::to_stderr(&format!("cvmfs-oci: error: {line}"));
     if out.json {
         out.event(
             "",
@@ -311,7 +311,7 @@ fn forecast(
             failed += 1;
             let line = crate::output::error_line(&e);
             let shown = crate::output::printable(reference);
-            eprintln!("cvmfs-oci: error: cannot read {shown}: {line}");
+            crate::output::to_stderr(&format!("cvmfs-oci: error: cannot read {shown}: {line}"));
             out.event(
                 &format!("cannot read {shown}: {line}"),
                 event_json("error", json!({"image": reference, "error": line})),
