@@ -154,6 +154,14 @@ pub fn fetch(cref: &CatalogRef, path: &[u8], objects: &dyn Objects) -> Result<Ve
             context: format!("loading {}", ctx()),
             source,
         })?;
+    // Before anything is read from it: a catalog whose bytes are not its name could nest a
+    // catalog that nests it again, and every walk would go round for ever.
+    if ContentHash::of(&packed) != cref.hash {
+        return Err(Error::Corrupt {
+            catalog: cref.hash.to_hex(),
+            reason: format!("{}: its bytes do not hash to its name", ctx()),
+        });
+    }
     let limit = if cref.size > 0 {
         cref.size
     } else {

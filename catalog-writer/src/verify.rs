@@ -135,7 +135,16 @@ fn check_catalog(
     objects: &dyn Objects,
     v: &mut Verification,
 ) -> Option<Counts> {
-    v.objects.insert((cref.hash, Suffix::Catalog));
+    if !v.objects.insert((cref.hash, Suffix::Catalog)) {
+        // A catalog's rows name its mount point: one catalog cannot be mounted twice, and a
+        // tree that repeats one would be checked once per path to it (exponentially often).
+        v.problems.push(Problem {
+            catalog: cref.hash,
+            path: prefix.to_vec(),
+            message: "catalog nested at more than one mount point".to_string(),
+        });
+        return None;
+    }
     let db = match node::fetch_db(cref, prefix, objects) {
         Ok(db) => db,
         Err(e) => {

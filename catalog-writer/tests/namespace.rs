@@ -748,6 +748,66 @@ fn verify_reports_broken_catalogs() {
 }
 
 #[test]
+fn verify_stops_at_catalogs_that_are_not_their_name_or_are_mounted_twice() {
+    use catalog_writer::hash::ContentHash;
+    use catalog_writer::namespace::Objects;
+    let objects = MemObjects::default();
+    let mut ns = Namespace::empty(1);
+    graft(&mut ns, &objects, b"", nested_tree(&objects));
+    let report = commit(&mut ns, &objects, 1);
+    let store = |db: &catalog_writer::sql::CatalogDb| {
+        let raw = catalog_writer::sql::write(db, "edited").unwrap();
+        let z = catalog_writer::zlib::compress(&raw);
+        let hash = ContentHash::of(&z);
+        objects.store(&hash, Suffix::Catalog, &z).unwrap();
+        (
+            CatalogRef {
+                hash,
+                size: raw.len() as u64,
+            },
+            z,
+        )
+    };
+    // The root's nested catalog /d mounted a second time at /c: walked once per path, a
+    // tree of such catalogs would be checked exponentially often.
+    let mut db = objects.catalog(&report.root);
+    let d = db.nested.iter().find(|n| n.path == b"/d").unwrap().clone();
+    db.nested.push(catalog_writer::sql::NestedRow {
+        path: b"/c".to_vec(),
+        ..d
+    });
+    let (twice, _) = store(&db);
+    let v = catalog_writer::verify::verify(twice, &objects);
+    let text: Vec<String> = v.problems.iter().map(|p| p.to_string()).collect();
+    assert!(
+        text.iter().any(|t| t.contains("more than one mount point")),
+        "{text:?}"
+    );
+    // Bytes stored under another catalog's name (a loop needs that: A nesting B nesting A)
+    // are refused before anything in them is followed.
+    let (_, z) = store(&objects.catalog(&report.root));
+    let forged = ContentHash([0x5a; 20]);
+    objects
+        .map
+        .lock()
+        .unwrap()
+        .insert((forged, Suffix::Catalog), z);
+    let v = catalog_writer::verify::verify(
+        CatalogRef {
+            hash: forged,
+            size: 0,
+        },
+        &objects,
+    );
+    let text: Vec<String> = v.problems.iter().map(|p| p.to_string()).collect();
+    assert_eq!(v.catalogs, 0, "{text:?}");
+    assert!(
+        text.iter().any(|t| t.contains("do not hash to its name")),
+        "{text:?}"
+    );
+}
+
+#[test]
 fn hundred_thousand_entries_commit_and_reopen() {
     let objects = MemObjects::default();
     let Node::Leaf(f) = file(&objects, b"same") else {

@@ -54,10 +54,20 @@ pub fn catalog_tree(
     visit: &mut dyn FnMut(CatalogNode) -> Result<()>,
 ) -> Result<()> {
     let mut stack = vec![(0usize, Vec::new(), root)];
+    // A catalog names its own mount point in its rows, so one catalog cannot serve two: a
+    // repeated one is a damaged (or hostile) tree, which would otherwise be walked once per
+    // path to it, exponentially many times.
+    let mut seen = std::collections::HashMap::new();
     while let Some((level, mountpoint, cref)) = stack.pop() {
         let shown = display(&mountpoint);
+        if let Some(first) = seen.insert(cref.hash, shown.clone()) {
+            return Err(Error::corrupt(
+                format!("catalog {}", cref.hash),
+                format!("nested both at {first} and at {shown}"),
+            ));
+        }
         let what = format!("catalog {} for {shown}", cref.hash);
-        let catalog = load_catalog(store, &cref, false)?;
+        let catalog = load_catalog(store, &cref)?;
         let rows: i64 = catalog
             .conn()
             .query_row("SELECT count(*) FROM catalog", [], |r| r.get(0))

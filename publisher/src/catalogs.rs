@@ -67,13 +67,10 @@ impl LoadedCatalog {
     }
 }
 
-/// Fetches catalog `cat`; checks the stored bytes' hash when `verify_hash`, and that the
-/// inflated size equals `cat.size` when that is > 0.
-pub fn load_catalog(
-    store: &dyn ObjectStore,
-    cat: &CatalogRef,
-    verify_hash: bool,
-) -> Result<LoadedCatalog> {
+/// Fetches catalog `cat`; checks that the stored bytes hash to its name (a catalog that is not
+/// what its name says could nest one that nests it again: every walk would go round for ever)
+/// and that the inflated size equals `cat.size` when that is > 0.
+pub fn load_catalog(store: &dyn ObjectStore, cat: &CatalogRef) -> Result<LoadedCatalog> {
     let what = format!("catalog {}", cat.hash.object_path(Suffix::Catalog));
     let limit = if cat.size > 0 {
         cat.size
@@ -83,7 +80,7 @@ pub fn load_catalog(
     let stored = store
         .get_at_most(&cat.hash, Suffix::Catalog, stored_bound(limit))
         .map_err(|e| Error::io(what.as_str(), e))?;
-    if verify_hash && ContentHash::of(&stored) != cat.hash {
+    if ContentHash::of(&stored) != cat.hash {
         return Err(Error::corrupt(
             what,
             format!("stored bytes hash to {}", ContentHash::of(&stored)),
@@ -166,8 +163,8 @@ impl CatalogWalk {
 }
 
 /// Walks the catalog tree from `root` (depth first). Problems are collected, not fatal.
-pub fn walk_catalogs(store: &dyn ObjectStore, root: CatalogRef, verify_hash: bool) -> CatalogWalk {
-    walk_catalog_trees(store, vec![(String::new(), root)], verify_hash)
+pub fn walk_catalogs(store: &dyn ObjectStore, root: CatalogRef) -> CatalogWalk {
+    walk_catalog_trees(store, vec![(String::new(), root)])
 }
 
 /// Why the tree of root catalog `root` cannot be served whole: the first of its catalogs that
@@ -198,9 +195,8 @@ pub fn incomplete_tree(store: &dyn ObjectStore, root: CatalogRef) -> Option<Stri
 pub fn walk_catalog_trees(
     store: &dyn ObjectStore,
     roots: Vec<(String, CatalogRef)>,
-    verify_hash: bool,
 ) -> CatalogWalk {
-    walk_trees(store, roots, verify_hash, CatalogWalk::default())
+    walk_trees(store, roots, CatalogWalk::default())
 }
 
 /// As [`walk_catalog_trees`], but collects only the hashes of the objects (`hashes`, any
@@ -213,13 +209,12 @@ pub fn walk_catalog_hashes(
         hashes_only: true,
         ..CatalogWalk::default()
     };
-    walk_trees(store, roots, false, walk)
+    walk_trees(store, roots, walk)
 }
 
 fn walk_trees(
     store: &dyn ObjectStore,
     roots: Vec<(String, CatalogRef)>,
-    verify_hash: bool,
     mut walk: CatalogWalk,
 ) -> CatalogWalk {
     let mut seen = HashSet::new();
@@ -237,7 +232,7 @@ fn walk_trees(
             continue;
         }
         let label = if path.is_empty() { "/" } else { path.as_str() };
-        let loaded = match load_catalog(store, &cat, verify_hash) {
+        let loaded = match load_catalog(store, &cat) {
             Ok(l) => l,
             Err(e) => {
                 walk.problems.push(format!("catalog for {label}: {e}"));

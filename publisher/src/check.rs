@@ -265,7 +265,7 @@ impl Checker<'_> {
             size: manifest.root_size,
         };
         // A root catalog that cannot be loaded is reported by the walk below, with its path.
-        if let Ok(cat) = crate::catalogs::load_catalog(self.store, &root_ref, false) {
+        if let Ok(cat) = crate::catalogs::load_catalog(self.store, &root_ref) {
             match cat.property("revision") {
                 Ok(Some(r)) if r.parse::<u64>().ok() == Some(manifest.revision) => {}
                 Ok(r) => self.problem(format!(
@@ -275,7 +275,7 @@ impl Checker<'_> {
                 Err(e) => self.problem(e.to_string()),
             }
         }
-        let walk = walk_catalogs(self.store, root_ref, false);
+        let walk = walk_catalogs(self.store, root_ref);
         self.report.catalogs = walk.catalogs;
         self.report.entries = walk.entries;
         self.report.bytes += walk.catalog_bytes;

@@ -577,7 +577,7 @@ fn within(path: &[u8], mountpoint: &[u8]) -> bool {
 
 impl OpenCatalog {
     fn load(store: &dyn ObjectStore, mountpoint: &[u8], cref: &CatalogRef) -> Result<OpenCatalog> {
-        let catalog = load_catalog(store, cref, false)?;
+        let catalog = load_catalog(store, cref)?;
         let what = format!("catalog {} for {}", cref.hash, display(mountpoint));
         let sql = |e| Error::sql(what.as_str(), e);
         let conn = catalog.conn();

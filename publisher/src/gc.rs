@@ -352,7 +352,7 @@ fn kept_chain(store: &LocalStore, head: CatalogRef, keep: Keep) -> Result<Vec<Ke
     let mut kept = Vec::new();
     let mut next = Some(head);
     while let Some(cat) = next.take() {
-        let loaded = load_catalog(store, &cat, false)?;
+        let loaded = load_catalog(store, &cat)?;
         let number = |key: &str| -> Result<i64> {
             let text = loaded.property(key)?.unwrap_or_default();
             text.parse().map_err(|_| {
@@ -591,7 +591,7 @@ fn abandoned_roots(store: &LocalStore, kept: &[KeptRevision]) -> HashSet<Content
     for k in kept {
         let mut cat = catalog(k.root, 0);
         // An unreadable catalog ends the chain: what lies behind it cannot be found either.
-        while let Some(prev) = load_catalog(store, &cat, false)
+        while let Some(prev) = load_catalog(store, &cat)
             .ok()
             .and_then(|c| c.property("previous_revision").ok().flatten())
             .and_then(|p| ContentHash::from_hex(&p))

@@ -321,7 +321,7 @@ impl Repository {
             hash: parse_hash_field("C", &m.root_catalog)?,
             size: m.root_size,
         };
-        let statistics = load_catalog(self.store.as_ref(), &root, false)?.statistics()?;
+        let statistics = load_catalog(self.store.as_ref(), &root)?.statistics()?;
         let whitelist_expires = self
             .store
             .get_root_file(root_files::WHITELIST)

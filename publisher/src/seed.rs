@@ -78,7 +78,7 @@ pub fn seed_content_index(
     index: &SqliteContentIndex,
     progress: &mut dyn FnMut(&SeedProgress),
 ) -> Result<SeedStats> {
-    let walk = walk_catalogs(store, root, false);
+    let walk = walk_catalogs(store, root);
     if walk.catalogs == 0 {
         return Err(Error::Invalid(format!(
             "{}: cannot read root catalog {}: {}",

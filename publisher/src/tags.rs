@@ -172,7 +172,7 @@ pub(crate) fn refuse_incomplete(store: &dyn ObjectStore, tag: &Tag, fqrn: &str) 
 fn find_revision(store: &LocalStore, head: CatalogRef, wanted: u64) -> Result<Tag> {
     let mut cat = head;
     loop {
-        let loaded = load_catalog(store, &cat, false)?;
+        let loaded = load_catalog(store, &cat)?;
         let number = |key: &str| -> Option<i64> { loaded.property(key).ok()??.parse().ok() };
         let revision = number("revision").and_then(|r| u64::try_from(r).ok());
         if revision == Some(wanted) {
