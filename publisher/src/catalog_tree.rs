@@ -89,6 +89,59 @@ pub fn catalog_tree(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::local::LocalStore;
+    use crate::store::StoreObjects;
+    use catalog_writer::entry::Entry;
+    use catalog_writer::hash::Suffix;
+    use catalog_writer::namespace::{CommitOptions, Namespace};
+    use catalog_writer::tree::{Dir, Node};
+
+    #[test]
+    fn a_catalog_mounted_twice_is_an_error_not_walked_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::create(dir.path()).unwrap();
+        let objects = StoreObjects(&store);
+        let top = Entry::directory(0o755, 0, 0, 1);
+        let mut tree = Dir::new(top.clone());
+        let mut nested = Dir::new(top.clone());
+        let marker = catalog_writer::rows::marker_entry(&top);
+        nested
+            .children
+            .insert(b".cvmfscatalog".to_vec(), Node::Leaf(marker));
+        tree.children.insert(b"d".to_vec(), Node::Dir(nested));
+        tree.children
+            .insert(b"c".to_vec(), Node::Dir(Dir::new(top.clone())));
+        let mut ns = Namespace::empty(1);
+        ns.replace(b"", Node::Dir(tree), &top, &objects).unwrap();
+        let opts = CommitOptions {
+            revision: 2,
+            timestamp: 1,
+            ttl: 240,
+            max_entries: 0,
+            apply_dirtab: false,
+        };
+        let root = ns.commit(&opts, &objects).unwrap().root;
+        let mut count = 0;
+        catalog_tree(&store, root, &mut |_| Ok(count += 1)).unwrap();
+        assert_eq!(count, 2);
+        // The root nests /d's catalog a second time at /c.
+        let mut db = catalog_writer::verify::read_catalog(&root, &objects).unwrap();
+        let d = db.nested[0].clone();
+        db.nested.push(catalog_writer::sql::NestedRow {
+            path: b"/c".to_vec(),
+            ..d
+        });
+        let raw = catalog_writer::sql::write(&db, "edited").unwrap();
+        let z = catalog_writer::zlib::compress(&raw);
+        let hash = ContentHash::of(&z);
+        store.put(&hash, Suffix::Catalog, &z).unwrap();
+        let twice = CatalogRef {
+            hash,
+            size: raw.len() as u64,
+        };
+        let err = catalog_tree(&store, twice, &mut |_| Ok(())).unwrap_err();
+        assert!(err.to_string().contains("nested both at"), "{err}");
+    }
 
     #[test]
     fn lines_as_lsrepo_prints_them() {
