@@ -122,7 +122,11 @@ mod tests {
         };
         let root = ns.commit(&opts, &objects).unwrap().root;
         let mut count = 0;
-        catalog_tree(&store, root, &mut |_| Ok(count += 1)).unwrap();
+        let mut visit = |_| {
+            count += 1;
+            Ok(())
+        };
+        catalog_tree(&store, root, &mut visit).unwrap();
         assert_eq!(count, 2);
         // The root nests /d's catalog a second time at /c.
         let mut db = catalog_writer::verify::read_catalog(&root, &objects).unwrap();
