@@ -167,12 +167,17 @@ mod tests {
                 }
             }
             Body::Announced(n) => {
-                write!(conn, "HTTP/1.1 200 OK\r\nContent-Length: {n}\r\n\r\n")
-            }
-            Body::Exactly(b) => {
                 write!(
                     conn,
-                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
+                    "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: {n}\r\n\r\n"
+                )
+            }
+            Body::Exactly(b) => {
+                // One connection per request: without `Connection: close` the client may
+                // send the next request on this connection just as the server drops it.
+                write!(
+                    conn,
+                    "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
                     b.len()
                 )?;
                 conn.write_all(b)
@@ -222,6 +227,9 @@ mod tests {
             .get_at_most(&h, Suffix::Catalog, 9)
             .unwrap_err()
             .to_string();
-        assert!(msg.contains(&h.object_path(Suffix::Catalog)) && msg.contains("limit of 9"));
+        assert!(
+            msg.contains(&h.object_path(Suffix::Catalog)) && msg.contains("limit of 9"),
+            "{msg}"
+        );
     }
 }
