@@ -167,27 +167,37 @@ pub fn walk_catalogs(store: &dyn ObjectStore, root: CatalogRef) -> CatalogWalk {
     walk_catalog_trees(store, vec![(String::new(), root)])
 }
 
-/// Why the tree of root catalog `root` cannot be served whole: the first of its catalogs that
-/// cannot be read, else the number of objects its catalogs reference that are not stored
-/// (e.g. a garbage collection stopped half-way, or objects deleted by hand); `None` when it
-/// is complete. Holds only the hashes, so that a tree of millions of objects can be checked.
-pub fn incomplete_tree(store: &dyn ObjectStore, root: CatalogRef) -> Option<String> {
+/// Why a revision cannot be served whole (see [`tree_gap`]).
+pub enum TreeGap {
+    /// Catalogs that could not be read (how many problems, the first).
+    Unreadable(usize, String),
+    /// Objects referenced but not present (how many, the first).
+    Missing(usize, ContentHash),
+}
+
+/// What the tree of root catalog `root`, plus the objects `also` names, lacks: first its
+/// catalogs that cannot be read, else the objects its catalogs reference that `present` says
+/// are not stored (e.g. a garbage collection stopped half-way, or objects deleted by hand);
+/// `None` when it is complete. Holds only the hashes, so that a tree of millions of objects
+/// can be checked.
+pub fn tree_gap(
+    store: &dyn ObjectStore,
+    root: CatalogRef,
+    also: &[ContentHash],
+    present: &dyn Fn(&ContentHash) -> bool,
+) -> Option<TreeGap> {
     let walk = walk_catalog_hashes(store, vec![(String::new(), root)]);
     if let Some(first) = walk.problems.first() {
-        return Some(first.clone());
+        return Some(TreeGap::Unreadable(walk.problems.len(), first.clone()));
     }
-    const ANY: [Suffix; 3] = [Suffix::None, Suffix::Partial, Suffix::Catalog];
-    // An object that cannot be looked up counts as present: this is a refusal, not a check.
     let missing: Vec<&ContentHash> = walk
         .hashes
         .iter()
-        .filter(|h| !ANY.iter().any(|s| store.contains(h, *s).unwrap_or(true)))
+        .chain(also)
+        .filter(|h| !present(h))
         .collect();
     let first = missing.first()?;
-    Some(format!(
-        "{} object(s) its catalogs reference are not stored, e.g. {first}",
-        missing.len()
-    ))
+    Some(TreeGap::Missing(missing.len(), **first))
 }
 
 /// Walks several catalog trees (`(label, root)`, e.g. the revisions garbage collection

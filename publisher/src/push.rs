@@ -37,7 +37,7 @@
 //! # Ok(()) }
 //! ```
 
-use crate::catalogs::walk_catalog_hashes;
+use crate::catalogs::{tree_gap, TreeGap};
 use crate::error::{Error, Result};
 use crate::gc::referenced_by_kept;
 use crate::local::{parse_object_name, LocalStore};
@@ -882,32 +882,26 @@ fn check_complete(
             manifest.fqrn
         ))
     };
-    let walk = walk_catalog_hashes(store, vec![(String::new(), root)]);
-    if let Some(first) = walk.problems.first() {
-        return Err(refusal(format!(
-            "{} problem(s) reading its catalogs, first: {first}",
-            walk.problems.len()
-        )));
-    }
-    let mut wanted = walk.hashes;
+    let mut also = Vec::new();
     for (field, text) in [
         ("X", Some(manifest.certificate.as_str())),
         ("H", manifest.history.as_deref()),
         ("M", manifest.meta_info.as_deref()),
     ] {
         if let Some(text) = text {
-            wanted.insert(parse_hash_field(field, text)?);
+            also.push(parse_hash_field(field, text)?);
         }
     }
     // Hashes with any suffix, as garbage collection compares them: a name per object would
     // double the memory.
     let held: HashSet<ContentHash> = names.iter().filter_map(|n| hash_of_name(n)).collect();
-    let missing: Vec<&ContentHash> = wanted.iter().filter(|h| !held.contains(*h)).collect();
-    match missing.first() {
+    match tree_gap(store, root, &also, &|h| held.contains(h)) {
         None => Ok(()),
-        Some(first) => Err(refusal(format!(
-            "{} object(s) it references are missing from the storage, first {first}",
-            missing.len()
+        Some(TreeGap::Unreadable(n, first)) => Err(refusal(format!(
+            "{n} problem(s) reading its catalogs, first: {first}"
+        ))),
+        Some(TreeGap::Missing(n, first)) => Err(refusal(format!(
+            "{n} object(s) it references are missing from the storage, first {first}"
         ))),
     }
 }

@@ -3,7 +3,7 @@
 //! one writes a new history object and re-signs the manifest at the same revision (new `H`
 //! and `Y`), under the repository lock and with the compare-and-swap a publish uses.
 
-use crate::catalogs::{incomplete_tree, load_catalog};
+use crate::catalogs::{load_catalog, tree_gap, TreeGap};
 use crate::error::{Error, Result};
 use crate::history::{History, Tag, TRUNK, TRUNK_PREVIOUS};
 use crate::local::LocalStore;
@@ -158,14 +158,21 @@ pub(crate) fn refuse_incomplete(store: &dyn ObjectStore, tag: &Tag, fqrn: &str) 
         hash: tag.hash,
         size: tag.size,
     };
-    match incomplete_tree(store, root) {
-        None => Ok(()),
-        Some(why) => Err(Error::Invalid(format!(
-            "{fqrn}: revision {} (root catalog {}) is not complete, a garbage collection may \
-             have been stopped while deleting it: {why}",
-            tag.revision, tag.hash
-        ))),
-    }
+    const ANY: [Suffix; 3] = [Suffix::None, Suffix::Partial, Suffix::Catalog];
+    // An object that cannot be looked up counts as present: this is a refusal, not a check.
+    let present = |h: &ContentHash| ANY.iter().any(|s| store.contains(h, *s).unwrap_or(true));
+    let why = match tree_gap(store, root, &[], &present) {
+        None => return Ok(()),
+        Some(TreeGap::Unreadable(_, first)) => first,
+        Some(TreeGap::Missing(n, first)) => {
+            format!("{n} object(s) its catalogs reference are not stored, e.g. {first}")
+        }
+    };
+    Err(Error::Invalid(format!(
+        "{fqrn}: revision {} (root catalog {}) is not complete, a garbage collection may have \
+         been stopped while deleting it: {why}",
+        tag.revision, tag.hash
+    )))
 }
 
 /// The tag fields of revision `wanted`, found by following `previous_revision` from `head`.
