@@ -192,7 +192,7 @@ pub struct CheckArgs {
     /// Check this storage directory or http(s) URL instead of a configured repository.
     #[arg(long)]
     pub storage: Option<String>,
-    /// Master public key(s) to trust (with --storage).
+    /// Master public key(s) to trust (needed with --storage; default: the repository's own).
     #[arg(long = "key")]
     pub key: Vec<PathBuf>,
 }
@@ -268,10 +268,13 @@ pub struct DiffArgs {
     #[arg(short, long)]
     pub ignore_timediff: bool,
     /// Read the repository from this storage directory or URL instead of the home's (any
-    /// repository, e.g. a stratum 1 or one written by the CVMFS tools; FQRN is then only a
-    /// label).
+    /// repository, e.g. a stratum 1 or one written by the CVMFS tools, named FQRN there);
+    /// its signatures are verified with --key.
     #[arg(long, value_name = "DIR|URL")]
     pub storage: Option<String>,
+    /// Master public key(s) to trust (needed with --storage; default: the repository's own).
+    #[arg(long = "key")]
+    pub key: Vec<PathBuf>,
 }
 
 #[derive(Args)]
@@ -292,9 +295,13 @@ pub struct ListCatalogsArgs {
     /// A root catalog hash to list instead of the current revision's.
     #[arg(long, value_name = "HASH")]
     pub root: Option<String>,
-    /// Read the repository from this storage directory or URL instead of the home's.
+    /// Read the repository from this storage directory or URL instead of the home's (named
+    /// FQRN there); its signatures are verified with --key.
     #[arg(long, value_name = "DIR|URL")]
     pub storage: Option<String>,
+    /// Master public key(s) to trust (needed with --storage; default: the repository's own).
+    #[arg(long = "key")]
+    pub key: Vec<PathBuf>,
 }
 
 #[derive(Args)]

@@ -460,7 +460,7 @@ fn shown_path(path: &[u8]) -> String {
 
 /// The storage at `storage` (a directory, or an `http(s)://` URL), else the storage of the
 /// repository `fqrn` in `home`.
-pub fn storage_or_home(
+fn storage_or_home(
     home: &Path,
     fqrn: &str,
     storage: Option<&str>,
@@ -476,20 +476,47 @@ pub fn storage_or_home(
     })
 }
 
-pub fn check(home: &Path, a: &CheckArgs, out: Output) -> Result<i32> {
-    let started = Instant::now();
-    let store = storage_or_home(home, &a.fqrn, a.storage.as_deref())?;
-    let mut keys = a.key.clone();
-    if keys.is_empty() && a.storage.is_none() {
-        keys.push(open_repo(home, &a.fqrn)?.config().public_key_path());
-    }
+/// A repository to read or check (`check`, `diff`, `list-catalogs`): its storage, and the
+/// master public keys its whitelist must be signed by.
+pub(crate) struct TrustedStorage {
+    pub store: Box<dyn publisher::ObjectStore>,
+    pub masters: Vec<signer::PublicKey>,
+}
+
+/// The storage `--storage` names (else the home's repository `fqrn`) with the master keys
+/// `--key` names (else, for the home's repository, its own public key). A foreign storage
+/// without `--key` is refused: nothing would tell a forged stratum 1 from the real one.
+pub(crate) fn trusted_storage(
+    home: &Path,
+    command: &str,
+    fqrn: &str,
+    storage: Option<&str>,
+    keys: &[std::path::PathBuf],
+) -> Result<TrustedStorage> {
+    let mut keys = keys.to_vec();
     if keys.is_empty() {
-        bail!("check --storage needs at least one --key (the master public key)");
+        match storage {
+            Some(s) => bail!(
+                "{command} --storage {s}: no --key: the master public key that signs {fqrn} \
+                 (e.g. {fqrn}.pub) is needed to verify the storage's signatures"
+            ),
+            None => keys.push(open_repo(home, fqrn)?.config().public_key_path()),
+        }
     }
     let masters = keys
         .iter()
         .map(|k| signer::load_public_key(k).with_context(|| format!("key {}", k.display())))
         .collect::<Result<Vec<_>>>()?;
+    Ok(TrustedStorage {
+        store: storage_or_home(home, fqrn, storage)?,
+        masters,
+    })
+}
+
+pub fn check(home: &Path, a: &CheckArgs, out: Output) -> Result<i32> {
+    let started = Instant::now();
+    let TrustedStorage { store, masters } =
+        trusted_storage(home, "check", &a.fqrn, a.storage.as_deref(), &a.key)?;
     let report = publisher::check_repository(store.as_ref(), &a.fqrn, &masters, a.full)?;
     for n in &report.notes {
         out.event(

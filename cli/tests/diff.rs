@@ -209,3 +209,90 @@ fn list_catalogs_walks_the_tree_as_lsrepo() {
     );
     assert_eq!(first["size"].as_u64().unwrap() % 1024, 0);
 }
+
+/// `diff` and `list-catalogs` read only a repository whose signatures verify as `check`
+/// verifies them: with `--key` for a storage of any origin, with the repository's own public
+/// key for the home's. A stratum 1 signed by another key, or with a manifest altered after
+/// signing, is refused on one line naming the storage, not listed as fact.
+#[test]
+fn diff_and_list_catalogs_refuse_an_unverified_storage() {
+    let env = Env::init(&[]);
+    let src = env.path("src");
+    file(&src, "a.txt", "one", 0o644);
+    env.ok(&["publish", FQRN, src.to_str().unwrap()]);
+    file(&src, "nested/.cvmfscatalog", "", 0o644);
+    file(&src, "nested/b.txt", "two", 0o644);
+    env.ok(&["publish", FQRN, src.to_str().unwrap()]);
+    let key = env.home.join(FQRN).join("keys").join(format!("{FQRN}.pub"));
+    let key = key.to_str().unwrap();
+    let storage = env.storage.to_str().unwrap();
+    fn diff<'a>(storage: &'a str, key: &[&'a str]) -> Vec<&'a str> {
+        [&["diff", FQRN, "-m", "--storage", storage][..], key].concat()
+    }
+    fn list<'a>(storage: &'a str, key: &[&'a str]) -> Vec<&'a str> {
+        [&["list-catalogs", FQRN, "--storage", storage][..], key].concat()
+    }
+
+    // The genuine repository, from its directory and as a stratum 1 over HTTP.
+    let listing = "/\n├─ /nested\n";
+    assert_eq!(env.ok(&list(storage, &["--key", key])), listing);
+    let changes = env.ok(&diff(storage, &["--key", key]));
+    assert!(changes.contains("A F /nested/b.txt +3"), "{changes}");
+    let server = fixtures::witness::serve_repository(&env.storage).expect("serve storage");
+    let url = server.url();
+    assert_eq!(env.ok(&list(&url, &["--key", key])), listing);
+    assert_eq!(env.ok(&diff(&url, &["--key", key])), changes);
+
+    // A foreign storage without a key to verify it with.
+    for args in [list(storage, &[]), diff(storage, &[])] {
+        let line = env.fails(&args);
+        assert!(
+            line.contains(storage) && line.contains("no --key"),
+            "{args:?}: {line}"
+        );
+    }
+
+    // A repository of the same name signed by other keys, served as if it were this one.
+    let forged = Env::init(&[]);
+    forged.ok(&["publish", FQRN, src.to_str().unwrap()]);
+    let forged_storage = forged.storage.to_str().unwrap();
+    for args in [
+        list(forged_storage, &["--key", key]),
+        diff(forged_storage, &["--key", key]),
+    ] {
+        let line = env.fails(&args);
+        assert!(
+            line.contains(forged_storage) && line.contains(".cvmfswhitelist"),
+            "{args:?}: {line}"
+        );
+    }
+
+    // This repository's manifest changed after it was signed (the revision raised), served
+    // over HTTP and in the home's own storage.
+    let manifest_path = env.storage.join(".cvmfspublished");
+    let genuine = std::fs::read(&manifest_path).unwrap();
+    let text = String::from_utf8_lossy(&genuine).into_owned();
+    let tampered = text.replacen("\nS3\n", "\nS4\n", 1);
+    assert_ne!(tampered, text, "the manifest names revision 3: {text}");
+    std::fs::write(&manifest_path, tampered).unwrap();
+    for args in [
+        list(&url, &["--key", key]),
+        diff(&url, &["--key", key]),
+        vec!["list-catalogs", FQRN],
+        vec!["diff", FQRN],
+    ] {
+        let line = env.fails(&args);
+        assert!(
+            line.contains(storage) || line.contains(&url),
+            "{args:?} names the storage: {line}"
+        );
+        assert!(line.contains(".cvmfspublished"), "{args:?}: {line}");
+    }
+    // The same refusal with --json: one JSON error line on stdout, nothing else.
+    let out = env.run(&["--json", "list-catalogs", FQRN]);
+    assert!(!out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    std::fs::write(&manifest_path, genuine).unwrap();
+    assert_eq!(env.ok(&["list-catalogs", FQRN]), listing);
+}

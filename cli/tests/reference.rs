@@ -489,14 +489,27 @@ fn diff_reads_the_reference_revisions() {
     let env = Env::init(&[]);
     let storage = reference().join("ref.test.local");
     let storage = storage.to_str().unwrap();
-    let out = env.ok(&["diff", "ref.test.local", "--storage", storage, "-m"]);
+    let key = reference().join("keys/ref.test.local.pub");
+    let key = key.to_str().unwrap();
+    let diff = |flag: &str| {
+        env.ok(&[
+            "diff",
+            "ref.test.local",
+            "--storage",
+            storage,
+            "--key",
+            key,
+            flag,
+        ])
+    };
+    let out = diff("-m");
     let expected = "S F 6\nS S 1\nS D 3\nS N 0\n\
         A D /fromstdin\nA D /fromstdin/sub\nA D /fromstdin/sub/deeper\n\
         A F /fromstdin/sub/deeper/big.bin +25000000\nA F /fromstdin/sub/run.sh +18\n\
         A F /fromstdin/sub/numbers.txt +588895\nA S /fromstdin/link +0\n\
         A F /fromstdin/empty +0\nA F /fromstdin/hard.txt +12\nA F /fromstdin/hello.txt +12\n";
     assert_eq!(out, expected);
-    let out = env.ok(&["diff", "ref.test.local", "--storage", storage, "--header"]);
+    let out = diff("--header");
     assert!(
         out.starts_with("DELTA: trunk-previous/r2 (") && out.contains(") --> trunk/r3 ("),
         "{out}"
@@ -509,9 +522,18 @@ fn list_catalogs_of_the_reference() {
     let env = Env::init(&[]);
     let storage = reference().join("ref.test.local");
     let storage = storage.to_str().unwrap();
+    let key = reference().join("keys/ref.test.local.pub");
+    let key = key.to_str().unwrap();
     let list = |flags: &[&str]| {
         env.ok(&[
-            &["list-catalogs", "ref.test.local", "--storage", storage][..],
+            &[
+                "list-catalogs",
+                "ref.test.local",
+                "--storage",
+                storage,
+                "--key",
+                key,
+            ][..],
             flags,
         ]
         .concat())

@@ -3,7 +3,7 @@
 //! master keys).
 
 use crate::catalogs::{walk_catalogs, Expect};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::history::{History, TRUNK};
 use crate::reflog::{RefKind, Reflog};
 use crate::store::{root_files, stored_bound, ObjectStore, StoreObjects};
@@ -59,14 +59,36 @@ pub fn check_repository(
     masters: &[PKey<Public>],
     full: bool,
 ) -> Result<CheckReport> {
-    let mut c = Checker {
-        store,
-        fqrn,
-        report: CheckReport::default(),
-        objects: BTreeMap::new(),
-    };
+    let mut c = Checker::new(store, fqrn);
     c.run(masters, full);
     Ok(c.report)
+}
+
+/// The manifest of the repository `fqrn` in `store`, once it is verified as `check` verifies
+/// it first: it names `fqrn`, its certificate signs it, and a whitelist signed by one of
+/// `masters` lists that certificate and has not expired. For commands that only read a
+/// revision (`diff`, `list-catalogs`), so that a forged storage is refused instead of shown as
+/// fact. The manifest is read once and what was verified is returned, so a server cannot
+/// answer a later read with another one.
+///
+/// Every problem found is in the error, on one line, after the storage's name.
+pub fn verified_manifest(
+    store: &dyn ObjectStore,
+    fqrn: &str,
+    masters: &[PKey<Public>],
+) -> Result<signer::Manifest> {
+    let mut c = Checker::new(store, fqrn);
+    let read = c.read_manifest();
+    if let Some((bytes, manifest)) = &read {
+        c.check_name_and_signatures(bytes, manifest, masters);
+    }
+    match read {
+        Some((_, manifest)) if c.report.problems.is_empty() => Ok(manifest),
+        _ => Err(Error::signature(
+            format!("{}: not verified", store.describe()),
+            c.report.problems.join("; "),
+        )),
+    }
 }
 
 struct Checker<'a> {
@@ -95,7 +117,16 @@ fn parse_hash(field: &str, text: Option<&str>, problems: &mut Vec<String>) -> Op
     h
 }
 
-impl Checker<'_> {
+impl<'a> Checker<'a> {
+    fn new(store: &'a dyn ObjectStore, fqrn: &'a str) -> Self {
+        Checker {
+            store,
+            fqrn,
+            report: CheckReport::default(),
+            objects: BTreeMap::new(),
+        }
+    }
+
     fn problem(&mut self, p: String) {
         self.report.problems.push(p);
     }
@@ -140,16 +171,27 @@ impl Checker<'_> {
         }
     }
 
-    fn run(&mut self, masters: &[PKey<Public>], full: bool) {
+    /// The manifest's bytes and fields; `None` (and a problem) when it is missing or does not
+    /// parse.
+    fn read_manifest(&mut self) -> Option<(Vec<u8>, signer::Manifest)> {
         let Some(bytes) = self.root_file(root_files::MANIFEST) else {
             if self.report.problems.is_empty() {
                 self.problem(format!("{}: no .cvmfspublished", self.store.describe()));
             }
-            return;
+            return None;
         };
-        let manifest = match signer::Manifest::parse(&bytes) {
-            Ok(s) => s.manifest,
-            Err(e) => return self.problem(format!(".cvmfspublished: {e}")),
+        match signer::Manifest::parse(&bytes) {
+            Ok(s) => Some((bytes, s.manifest)),
+            Err(e) => {
+                self.problem(format!(".cvmfspublished: {e}"));
+                None
+            }
+        }
+    }
+
+    fn run(&mut self, masters: &[PKey<Public>], full: bool) {
+        let Some((bytes, manifest)) = self.read_manifest() else {
+            return;
         };
         self.report.revision = manifest.revision;
         if bytes.len() >= 4096 {
@@ -159,13 +201,7 @@ impl Checker<'_> {
                 bytes.len()
             ));
         }
-        if manifest.fqrn != self.fqrn {
-            self.problem(format!(
-                ".cvmfspublished: N is {:?}, expected {:?}",
-                manifest.fqrn, self.fqrn
-            ));
-        }
-        self.check_signatures(&bytes, &manifest, masters);
+        self.check_name_and_signatures(&bytes, &manifest, masters);
         let mut hash_problems = Vec::new();
         let root = parse_hash("C", Some(&manifest.root_catalog), &mut hash_problems);
         let history = parse_hash("H", manifest.history.as_deref(), &mut hash_problems);
@@ -190,6 +226,23 @@ impl Checker<'_> {
             self.check_alt_links(&manifest, root);
         }
         self.check_objects(full);
+    }
+
+    /// The manifest names this repository, and is signed as clients require (see
+    /// [`Checker::check_signatures`]).
+    fn check_name_and_signatures(
+        &mut self,
+        bytes: &[u8],
+        manifest: &signer::Manifest,
+        masters: &[PKey<Public>],
+    ) {
+        if manifest.fqrn != self.fqrn {
+            self.problem(format!(
+                ".cvmfspublished: N is {:?}, expected {:?}",
+                manifest.fqrn, self.fqrn
+            ));
+        }
+        self.check_signatures(bytes, manifest, masters);
     }
 
     /// Manifest signature via the certificate `X`, whitelist via the master keys, and the

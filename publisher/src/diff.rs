@@ -9,7 +9,7 @@ use crate::catalogs::{bytes_of, load_catalog, nested_links, LoadedCatalog};
 use crate::error::{Error, Result};
 use crate::history::{History, Tag};
 use crate::repo::parse_hash_field;
-use crate::store::{published_manifest, ObjectStore};
+use crate::store::ObjectStore;
 use catalog_writer::hash::ContentHash;
 use catalog_writer::namespace::CatalogRef;
 use catalog_writer::pathhash::{display, join, parent_path, PathHash};
@@ -298,10 +298,14 @@ pub struct DiffOptions {
     pub ignore_timediff: bool,
 }
 
-/// The side named `name` of the repository in `store`: a tag of its current history
-/// database, or `@HASH` (a root catalog by its hash). The manifest's signature is not
-/// checked here (`check` does that).
-pub fn diff_side(store: &dyn ObjectStore, name: &str) -> Result<DiffSide> {
+/// The side named `name` of the repository in `store` whose manifest is `manifest`: a tag of
+/// its current history database, or `@HASH` (a root catalog by its hash). The manifest is
+/// taken as given: verify it first ([`crate::check::verified_manifest`]).
+pub fn diff_side(
+    store: &dyn ObjectStore,
+    manifest: &signer::Manifest,
+    name: &str,
+) -> Result<DiffSide> {
     if let Some(hex) = name.strip_prefix('@') {
         let hash = ContentHash::from_hex(hex)
             .ok_or_else(|| Error::Invalid(format!("{name}: not a root catalog hash")))?;
@@ -312,7 +316,6 @@ pub fn diff_side(store: &dyn ObjectStore, name: &str) -> Result<DiffSide> {
             root: CatalogRef { hash, size: 0 },
         });
     }
-    let manifest = published_manifest(store)?;
     let tag = match manifest.history.as_deref() {
         Some(h) => History::load(store, &parse_hash_field("H", h)?)?.tag(name)?,
         None => None,
@@ -333,9 +336,8 @@ pub fn diff_side(store: &dyn ObjectStore, name: &str) -> Result<DiffSide> {
     })
 }
 
-/// The root catalog the manifest in `store` names (signature not checked).
-pub fn published_root(store: &dyn ObjectStore) -> Result<CatalogRef> {
-    let manifest = published_manifest(store)?;
+/// The root catalog `manifest` names.
+pub fn manifest_root(manifest: &signer::Manifest) -> Result<CatalogRef> {
     Ok(CatalogRef {
         hash: parse_hash_field("C", &manifest.root_catalog)?,
         size: manifest.root_size,

@@ -58,7 +58,7 @@ mod tags;
 mod tempdb;
 pub mod txn;
 
-pub use check::{check_repository, CheckReport};
+pub use check::{check_repository, verified_manifest, CheckReport};
 pub use config::{Chunking, Config, RepoHome};
 pub use content_index::{IndexSummary, SqliteContentIndex};
 pub use error::{Error, Result};

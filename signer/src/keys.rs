@@ -212,9 +212,13 @@ pub fn certificate_fingerprint(cert: &X509) -> Result<String> {
     Ok(pairs.join(":"))
 }
 
+/// A master public key, as [`load_public_key`] reads it and whitelists are verified with
+/// (a name for crates that do not use openssl themselves).
+pub type PublicKey = PKey<Public>;
+
 /// Reads a master public key file (`-----BEGIN PUBLIC KEY-----`, what clients load with
 /// `PEM_read_PUBKEY`; the PKCS#1 `BEGIN RSA PUBLIC KEY` form is refused like clients do).
-pub fn load_public_key(path: &Path) -> Result<PKey<Public>> {
+pub fn load_public_key(path: &Path) -> Result<PublicKey> {
     const LABEL: &[u8] = b"-----BEGIN PUBLIC KEY-----";
     let pem = read(path)?;
     let not_spki = || {

@@ -51,7 +51,9 @@ mod time;
 mod whitelist;
 
 pub use error::{Error, Result};
-pub use keys::{certificate_fingerprint, load_public_key, parse_certificate_pem, RepoKeys};
+pub use keys::{
+    certificate_fingerprint, load_public_key, parse_certificate_pem, PublicKey, RepoKeys,
+};
 pub use manifest::{Manifest, SignedManifest, ROOT_PATH_HASH};
 pub use time::utc_stamp;
 pub use whitelist::{SignedWhitelist, Whitelist};

@@ -1,20 +1,24 @@
 //! Read-only views of revisions: `diff` between two (`cvmfs_server diff`) and
 //! `list-catalogs` of one (`cvmfs_server list-catalogs`), of the home's repository or of any
-//! storage directory or URL.
+//! storage directory or URL, once its signatures are verified as `check` verifies them.
 
+use super::trusted_storage;
 use crate::args::{DiffArgs, ListCatalogsArgs};
 use crate::output::{event_json, Output};
 use anyhow::{Context, Result};
 use publisher::catalog_tree::catalog_tree;
-use publisher::diff::{diff_side, published_root, Change, DiffOptions, TreeDiff};
+use publisher::diff::{diff_side, manifest_root, Change, DiffOptions, TreeDiff};
 use serde_json::json;
 use std::path::Path;
 
 pub fn diff(home: &Path, a: &DiffArgs, out: Output) -> Result<i32> {
-    let store = super::storage_or_home(home, &a.fqrn, a.storage.as_deref())?;
+    let source = trusted_storage(home, "diff", &a.fqrn, a.storage.as_deref(), &a.key)?;
+    let store = source.store;
     let context = || format!("diff {} {} --> {}", a.fqrn, a.from, a.to);
-    let from = diff_side(store.as_ref(), &a.from).with_context(context)?;
-    let to = diff_side(store.as_ref(), &a.to).with_context(context)?;
+    let manifest = publisher::verified_manifest(store.as_ref(), &a.fqrn, &source.masters)
+        .with_context(context)?;
+    let from = diff_side(store.as_ref(), &manifest, &a.from).with_context(context)?;
+    let to = diff_side(store.as_ref(), &manifest, &a.to).with_context(context)?;
     if a.header {
         out.say(&match a.machine_readable {
             true => MACHINE_LEGEND.to_string(),
@@ -47,10 +51,16 @@ pub fn diff(home: &Path, a: &DiffArgs, out: Output) -> Result<i32> {
 }
 
 pub fn list_catalogs(home: &Path, a: &ListCatalogsArgs, out: Output) -> Result<i32> {
-    let store = super::storage_or_home(home, &a.fqrn, a.storage.as_deref())?;
+    let source = trusted_storage(home, "list-catalogs", &a.fqrn, a.storage.as_deref(), &a.key)?;
+    let store = source.store;
+    let context = || format!("list-catalogs {}", a.fqrn);
+    // Verified even when --root names the catalog: the tree is then shown as this
+    // repository's, so the storage must be the repository.
+    let manifest = publisher::verified_manifest(store.as_ref(), &a.fqrn, &source.masters)
+        .with_context(context)?;
     let root = match &a.root {
-        Some(hash) => diff_side(store.as_ref(), &format!("@{hash}"))?.root,
-        None => published_root(store.as_ref())?,
+        Some(hash) => diff_side(store.as_ref(), &manifest, &format!("@{hash}"))?.root,
+        None => manifest_root(&manifest)?,
     };
     catalog_tree(store.as_ref(), root, &mut |node| {
         out.event(
@@ -63,7 +73,7 @@ pub fn list_catalogs(home: &Path, a: &ListCatalogsArgs, out: Output) -> Result<i
         );
         Ok(())
     })
-    .with_context(|| format!("list-catalogs {}", a.fqrn))?;
+    .with_context(context)?;
     Ok(0)
 }
 
