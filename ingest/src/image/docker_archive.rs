@@ -216,9 +216,22 @@ fn index_members(path: &Path, reference: &str) -> Result<Members> {
     let file = open_regular(path).map_err(io_err)?;
     let mut archive = tar::Archive::new(file);
     let mut out = Members::new();
+    let mut previous: Option<String> = None;
     for entry in archive.entries_with_seek().map_err(io_err)? {
-        let entry = entry.map_err(io_err)?;
+        let entry = entry.map_err(|e| match e.kind() {
+            // The tar crate's words for a block that is no tar header quote the block as the
+            // member's name: a text file given by mistake would be printed.
+            std::io::ErrorKind::Other | std::io::ErrorKind::InvalidData => {
+                let place = match &previous {
+                    None => "no tar header at its start".to_string(),
+                    Some(member) => format!("no valid tar header after member {member:?}"),
+                };
+                Error::image(reference, format!("not a docker-archive tar ({place})"))
+            }
+            _ => io_err(e),
+        })?;
         let name = normalise(&String::from_utf8_lossy(&entry.path_bytes()));
+        previous = Some(name.clone());
         let link = match entry.header().entry_type() {
             tar::EntryType::Symlink => entry
                 .link_name_bytes()

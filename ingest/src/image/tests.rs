@@ -1318,6 +1318,40 @@ fn docker_archive_documents_are_capped() {
     );
 }
 
+/// A file that is no tar (say `/etc/passwd`), or a tar with something else after its members,
+/// is named as such on one line that quotes none of its bytes (the tar crate's own message
+/// repeats the block it could not read as a header).
+#[test]
+fn docker_archive_that_is_no_tar_is_named_so_without_its_content() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("passwd");
+    let secret = "root:x:0:0:root:/root:/bin/bash\n";
+    std::fs::write(&path, secret.repeat(40)).unwrap();
+    let reference = format!("docker-archive:{}", path.display());
+    assert_eq!(
+        resolve_err(&reference),
+        format!("image {reference}: not a docker-archive tar (no tar header at its start)")
+    );
+
+    let path = dir.path().join("trailing.tar");
+    archive(&path);
+    let mut bytes = std::fs::read(&path).unwrap();
+    // The first block of the end-of-archive zeros, where a reader looks for the next header.
+    let end = bytes.len() - 1024;
+    bytes.truncate(end);
+    bytes.extend(secret.repeat(40).as_bytes());
+    std::fs::write(&path, &bytes).unwrap();
+    let reference = format!("docker-archive:{}", path.display());
+    let err = resolve_err(&reference);
+    assert!(
+        err.starts_with(&format!(
+            "image {reference}: not a docker-archive tar (no valid tar header after member "
+        )),
+        "{err}"
+    );
+    assert!(!err.contains("root:x"), "{err}");
+}
+
 /// `alice:s3cret-pw` for every registry, the registry itself insecure (plain HTTP here).
 fn client_with_creds(addr: &str, insecure: &[&str]) -> Sources {
     let creds = Credentials::parse("alice:s3cret-pw").unwrap();
