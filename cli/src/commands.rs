@@ -78,7 +78,7 @@ pub(crate) fn begin(repo: &Repository, wait: bool, out: Output) -> Result<publis
     let txn = match repo.begin(false) {
         // Said once, so that a publish queued behind a long conversion does not look hung.
         Err(publisher::Error::Locked { path, .. }) if wait => {
-            out.event(
+            out.notice(
                 &format!(
                     "waiting for the lock {} of {} (another process holds it)",
                     path.display(),

@@ -23,6 +23,17 @@ impl Output {
         };
     }
 
+    /// Progress someone may wait on (a lock held by another process, a retry): the text on
+    /// stderr, since stdout holds the results a script reads; with `--json` the event on
+    /// stdout, where every event goes.
+    pub fn notice(&self, text: &str, fields: Value) {
+        if self.json {
+            self.event(text, fields);
+        } else {
+            to_stderr(&printable_lines(text));
+        }
+    }
+
     /// A line for humans only (headings, hints); JSON mode skips it.
     pub fn say(&self, text: &str) {
         if !self.json {

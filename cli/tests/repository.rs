@@ -410,20 +410,59 @@ fn no_wait_reports_the_lock_holder() {
     std::fs::create_dir_all(&src).unwrap();
     let line = env.fails(&["--no-wait", "publish", FQRN, src.to_str().unwrap()]);
     assert!(line.contains("another process"), "{line}");
-    // Without --no-wait it says once that it waits, then publishes when the lock is free.
+    // Without --no-wait it says once, on stderr (stdout is for results), that it waits, then
+    // publishes when the lock is free.
     let mut waiting = env
         .cmd(&["publish", FQRN, src.to_str().unwrap()])
         .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read on a thread: a line that never comes on stderr must fail the test, not hang it.
+    let stderr = waiting.stderr.take().unwrap();
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)) {
+            let _ = lines_tx.send(line.unwrap_or_default());
+        }
+    });
+    let Ok(first) = lines.recv_timeout(std::time::Duration::from_secs(60)) else {
+        let _ = waiting.kill();
+        panic!("no line on stderr while waiting for the lock");
+    };
+    assert!(first.starts_with("waiting for the lock"), "{first}");
+    assert_eq!(env.revision(), 1, "still waiting");
+    lock.unlock().unwrap();
+    let done = waiting.wait_with_output().unwrap();
+    assert!(done.status.success());
+    let stdout = String::from_utf8_lossy(&done.stdout);
+    assert!(!stdout.contains("waiting"), "{stdout}");
+    assert!(stdout.contains("published revision 2"), "{stdout}");
+    assert_eq!(env.revision(), 2);
+
+    // With --json the wait is an event on stdout like the others, and stdout holds JSON only.
+    lock.lock().unwrap();
+    let mut waiting = env
+        .cmd(&["--json", "publish", FQRN, src.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let mut first = String::new();
     let mut stdout = std::io::BufReader::new(waiting.stdout.take().unwrap());
     std::io::BufRead::read_line(&mut stdout, &mut first).unwrap();
-    assert!(first.starts_with("waiting for the lock"), "{first}");
-    assert_eq!(env.revision(), 1, "still waiting");
+    let event: serde_json::Value = serde_json::from_str(&first).expect(&first);
+    assert_eq!(event["action"], "waiting", "{first}");
     drop(lock);
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
     assert!(waiting.wait().unwrap().success());
-    assert_eq!(env.revision(), 2);
+    for line in rest.lines() {
+        assert!(
+            serde_json::from_str::<serde_json::Value>(line).is_ok(),
+            "{line}"
+        );
+    }
 }
 
 #[test]

@@ -218,11 +218,10 @@ pub(super) fn selection(platform: Option<&str>, all: bool) -> Result<PlatformSel
 pub(super) fn sources(r: &RegistryArgs, out: Output) -> Result<Sources> {
     let auth = AuthStore::from_environment(r.creds.as_deref())?;
     let announce = move |notice: &str| {
-        if out.json {
-            out.event("", event_json("retry", json!({ "message": notice })));
-        } else {
-            crate::output::to_stderr(&format!("retrying: {notice}"));
-        }
+        out.notice(
+            &format!("retrying: {notice}"),
+            event_json("retry", json!({ "message": notice })),
+        );
     };
     Ok(Sources::new(RegistryOptions {
         auth,
