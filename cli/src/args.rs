@@ -81,6 +81,32 @@ pub enum Command {
     Demo(DemoArgs),
 }
 
+impl Command {
+    /// The repository the command works on (`demo` makes its own).
+    pub fn fqrn(&self) -> Option<&str> {
+        Some(match self {
+            Command::Init(a) => &a.fqrn,
+            Command::Publish(a) => &a.fqrn,
+            Command::Ingest(a) => &a.fqrn,
+            Command::Check(a) => &a.fqrn,
+            Command::Resign(a) => &a.fqrn,
+            Command::Repoinfo(a) => &a.fqrn,
+            Command::Info(a) => &a.fqrn,
+            Command::Gc(a) => &a.fqrn,
+            Command::Tag(a) => &a.fqrn,
+            Command::Rollback(a) => &a.fqrn,
+            Command::Diff(a) => &a.fqrn,
+            Command::ListCatalogs(a) => &a.fqrn,
+            Command::Push(a) => &a.fqrn,
+            Command::Convert(a) => &a.fqrn,
+            Command::Sync(a) => &a.fqrn,
+            Command::Migrate(a) => &a.fqrn,
+            Command::Cache(CacheCommand::Seed(a) | CacheCommand::Stats(a)) => &a.fqrn,
+            Command::Demo(_) => return None,
+        })
+    }
+}
+
 #[derive(Args)]
 pub struct FqrnArg {
     /// Fully qualified repository name, e.g. sw.example.org

@@ -241,6 +241,8 @@ struct SourceGraft<'a> {
     deletes: &'a [Vec<u8>],
     /// The source, for messages.
     what: String,
+    /// The command (`publish`, `ingest`): the action of the event that reports the outcome.
+    command: &'static str,
 }
 
 /// Grafts the source tree and commits; prints the outcome.
@@ -284,7 +286,7 @@ fn graft_and_commit(
     }
     publisher::fault_point("after-objects");
     let outcome = txn.commit(&CommitSettings::default())?;
-    report_outcome(&job.what, &outcome, started, stats, out);
+    report_outcome(job.command, &job.what, &outcome, started, stats, out);
     gc::after_publish(repo, &outcome, out);
     push::after_publish(repo, &outcome, out)?;
     Ok(0)
@@ -301,7 +303,9 @@ fn set_owner(dir: &mut Dir, uid: u32, gid: u32) {
     }
 }
 
+/// Says what a commit made; `action` names the command in the JSON event.
 pub fn report_outcome(
+    action: &str,
     what: &str,
     outcome: &CommitOutcome,
     started: Instant,
@@ -325,7 +329,7 @@ pub fn report_outcome(
     out.event(
         &text,
         event_json(
-            "publish",
+            action,
             json!({"source": what, "revision": revision, "changed": changed, "files": s.files,
                    "bytes_in": s.bytes_in, "bytes_compressed": s.bytes_compressed,
                    "objects_new": s.objects_new, "objects_existing": s.objects_existing,
@@ -379,6 +383,7 @@ pub fn publish(home: &Path, g: &Global, a: &PublishArgs, out: Output) -> Result<
         how: &a.graft,
         deletes: &[],
         what: a.source.display().to_string(),
+        command: "publish",
     };
     graft_and_commit(&repo, txn, job, started, &stats, out)
 }
@@ -424,6 +429,7 @@ pub fn ingest_tar(home: &Path, g: &Global, a: &IngestArgs, out: Output) -> Resul
         how: &a.graft,
         deletes: &deletes,
         what,
+        command: "ingest",
     };
     graft_and_commit(&repo, txn, job, started, &stats, out)
 }
@@ -448,6 +454,7 @@ fn delete_only(
         how: &a.graft,
         deletes,
         what: "--delete".to_string(),
+        command: "ingest",
     };
     let stats = ingest::pipeline::PipelineStats::default();
     graft_and_commit(&repo, txn, job, started, &stats, out)

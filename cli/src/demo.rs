@@ -13,6 +13,10 @@ use std::path::{Path, PathBuf};
 const FQRN: &str = "demo.cvmfs-oci.local";
 
 pub fn run(a: &DemoArgs, out: Output) -> Result<i32> {
+    let out = Output {
+        fqrn: Some(FQRN),
+        ..out
+    };
     let base = match &a.dir {
         Some(d) => d.clone(),
         None => std::env::temp_dir().join(format!("cvmfs-oci-demo-{}", std::process::id())),

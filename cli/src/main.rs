@@ -15,6 +15,11 @@ fn main() {
     memory::tune_allocator();
     let out = output::Output {
         json: cli.global.json,
+        // Leaked: one string for the life of the process, so that `Output` stays `Copy`.
+        fqrn: cli
+            .command
+            .fqrn()
+            .map(|fqrn| &*Box::leak(fqrn.to_owned().into_boxed_str())),
     };
     match commands::run(cli, out) {
         Ok(code) => std::process::exit(code),
@@ -22,11 +27,9 @@ fn main() {
             // One line: the chain of causes, joined, so scripts can grep it.
             let line = output::error_line(&err);
             if out.json {
-                use std::io::Write;
-                let _ = writeln!(
-                    std::io::stdout().lock(),
-                    "{}",
-                    serde_json::json!({ "action": "error", "error": line })
+                out.event(
+                    "",
+                    output::event_json("error", serde_json::json!({ "error": line })),
                 );
             }
             crate::output::to_stderr(&format!("cvmfs-oci: error: {line}"));

@@ -10,13 +10,20 @@ use std::time::Duration;
 #[derive(Clone, Copy)]
 pub struct Output {
     pub json: bool,
+    /// The repository the command works on, named by every JSON event (`fqrn`) so that the
+    /// events of several runs can be told apart; `None` when it names none (a usage error).
+    pub fqrn: Option<&'static str>,
 }
 
 impl Output {
-    /// A result or event. In JSON mode `fields` is printed as one line; otherwise `text`.
-    pub fn event(&self, text: &str, fields: Value) {
+    /// A result or event. In JSON mode `fields` is printed as one line (with `fqrn` added
+    /// where it is missing); otherwise `text`.
+    pub fn event(&self, text: &str, mut fields: Value) {
         let mut out = std::io::stdout().lock();
         let _ = if self.json {
+            if let (Some(fqrn), Value::Object(map)) = (self.fqrn, &mut fields) {
+                map.entry("fqrn").or_insert_with(|| json!(fqrn));
+            }
             writeln!(out, "{fields}")
         } else {
             writeln!(out, "{}", printable_lines(text))

@@ -661,3 +661,56 @@ fn resign_with_the_master_key_kept_offline() {
     }
     env.check(true);
 }
+
+/// With `--json`, `ingest` reports its revision as an `ingest` event, not `publish`, and every
+/// event of a command on a repository names it (`fqrn`), whichever part of the code emits it.
+#[test]
+fn json_events_name_their_command_and_repository() {
+    let env = Env::init(&[]);
+    let src = env.path("src");
+    std::fs::create_dir_all(src.join("nested")).unwrap();
+    std::fs::write(src.join("a.txt"), "a").unwrap();
+    std::fs::write(src.join("nested/.cvmfscatalog"), "").unwrap();
+    let tar = gnu_tar(&env, &src, "src.tar", "--no-auto-compress");
+    let tar = tar.to_str().unwrap();
+    let events = |args: &[&str]| -> Vec<serde_json::Value> {
+        let out = env.ok(&[&["--json"][..], args].concat());
+        out.lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect()
+    };
+
+    let ingested = events(&["ingest", FQRN, tar, "--path", "/t"]);
+    let outcome = ingested.last().unwrap();
+    assert_eq!(outcome["action"], "ingest", "{outcome}");
+    assert_eq!(outcome["revision"], 2, "{outcome}");
+    let deleted = events(&["ingest", FQRN, "--delete", "/t/a.txt"]);
+    assert_eq!(deleted.last().unwrap()["action"], "ingest");
+    let published = events(&["publish", FQRN, src.to_str().unwrap()]);
+    assert_eq!(published.last().unwrap()["action"], "publish");
+
+    let mut all = [ingested, deleted, published].concat();
+    for args in [
+        &["diff", FQRN][..],
+        &["list-catalogs", FQRN],
+        &["tag", FQRN],
+        &["check", FQRN],
+        &["info", FQRN],
+    ] {
+        let got = events(args);
+        assert!(!got.is_empty(), "{args:?} printed no event");
+        all.extend(got);
+    }
+    for event in &all {
+        assert_eq!(event["fqrn"], FQRN, "{event}");
+    }
+    // An error too.
+    let out = env.run(&["--json", "diff", FQRN, "--from", "no-such-tag"]);
+    assert!(!out.status.success());
+    let error: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (&error["action"], &error["fqrn"]),
+        (&serde_json::json!("error"), &serde_json::json!(FQRN)),
+        "{error}"
+    );
+}

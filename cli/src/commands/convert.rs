@@ -356,7 +356,7 @@ pub(super) fn run_batch(
             String::new()
         }
     );
-    report_outcome(&what, &outcome, started, &stats, out);
+    report_outcome("publish", &what, &outcome, started, &stats, out);
     super::gc::after_publish(repo, &outcome, out);
     if out.json {
         out.event(
