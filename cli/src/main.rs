@@ -10,7 +10,7 @@ mod paths;
 use clap::Parser;
 
 fn main() {
-    let cli = args::Cli::parse();
+    let cli = args::Cli::try_parse().unwrap_or_else(|err| usage_error(err));
     batch_scheduling();
     memory::tune_allocator();
     let out = output::Output {
@@ -36,6 +36,55 @@ fn main() {
             std::process::exit(1);
         }
     }
+}
+
+/// Ends the process on what clap could not parse, with clap's exit code. `--help` and
+/// `--version` stay plain text; a usage error on a command line that asks for `--json` is
+/// also the JSON error event on stdout (as other errors are), since whoever reads stdout
+/// expects JSON only.
+fn usage_error(err: clap::Error) -> ! {
+    use clap::error::ErrorKind;
+    if err.use_stderr() && asks_for_json(std::env::args_os()) {
+        let message = match err.kind() {
+            // Its rendering is the whole help text.
+            ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+                "a command is required (see --help)".to_string()
+            }
+            _ => usage_message(&err.render().to_string()),
+        };
+        let out = output::Output {
+            json: true,
+            fqrn: None,
+        };
+        out.event(
+            "",
+            output::event_json(
+                "error",
+                serde_json::json!({ "kind": "usage", "error": message }),
+            ),
+        );
+    }
+    err.exit()
+}
+
+/// Whether `--json` is among the options (before a `--` that ends them).
+fn asks_for_json(args: impl Iterator<Item = std::ffi::OsString>) -> bool {
+    args.skip(1)
+        .take_while(|a| a != "--")
+        .any(|a| a == "--json")
+}
+
+/// The first paragraph of clap's rendered error on one line, without its `error: ` label:
+/// what is wrong (with the missing arguments it lists below), as other errors say it; the
+/// tip and usage paragraphs after it are for a terminal.
+fn usage_message(rendered: &str) -> String {
+    let first: Vec<&str> = rendered
+        .lines()
+        .take_while(|l| !l.trim().is_empty())
+        .map(str::trim)
+        .collect();
+    let line = first.join(" ");
+    output::printable(line.strip_prefix("error: ").unwrap_or(&line))
 }
 
 /// Asks the kernel to schedule this process (and the threads it starts) as batch work

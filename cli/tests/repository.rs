@@ -714,3 +714,60 @@ fn json_events_name_their_command_and_repository() {
         "{error}"
     );
 }
+
+/// A usage error on a command line with `--json` is one JSON error event on stdout, with
+/// clap's exit code 2; `--help` and `--version` stay text, and without `--json` stdout stays
+/// empty.
+#[test]
+fn usage_errors_under_json_are_a_json_event() {
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_cvmfs-oci"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &["--json", "publish", FQRN, "src", "--no-such-flag"],
+            "unexpected argument '--no-such-flag' found",
+        ),
+        (
+            &["publish", "--json"],
+            "the following required arguments were not provided: <FQRN> <SOURCE>",
+        ),
+        (&["--json", "resign", FQRN, "--days", "0"], "0 days"),
+        (
+            &["--json"],
+            "requires a subcommand but one was not provided",
+        ),
+        // What clap answers with the whole help text.
+        (&["--json", "cache"], "a command is required"),
+    ];
+    for (args, says) in cases {
+        let out = run(args);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stdout}");
+        assert_eq!(stdout.lines().count(), 1, "{args:?}: {stdout}");
+        let event: serde_json::Value = serde_json::from_str(&stdout).expect(&stdout);
+        assert_eq!(event["action"], "error", "{event}");
+        assert_eq!(event["kind"], "usage", "{event}");
+        let error = event["error"].as_str().unwrap_or_default();
+        assert!(error.contains(says), "{args:?}: {error}");
+    }
+    let plain = run(&["publish", FQRN, "--no-such-flag"]);
+    assert_eq!(plain.status.code(), Some(2));
+    assert!(plain.stdout.is_empty());
+    for args in [
+        &["--json", "--help"][..],
+        &["--json", "--version"],
+        &["--json", "publish", "--help"],
+    ] {
+        let out = run(args);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+        assert!(
+            stdout.contains("Usage: cvmfs-oci") || stdout.starts_with("cvmfs-oci "),
+            "{args:?}: {stdout}"
+        );
+    }
+}
