@@ -404,6 +404,9 @@ fn every_new_revision_goes_to_the_push_target_until_it_is_forgotten() {
         .env_remove("AWS_SECRET_ACCESS_KEY")
         .env_remove("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
         .env_remove("AWS_WEB_IDENTITY_TOKEN_FILE")
+        .env_remove("AWS_PROFILE")
+        .env("AWS_SHARED_CREDENTIALS_FILE", env.path("no-credentials"))
+        .env("AWS_CONFIG_FILE", env.path("no-config"))
         .env(
             "AWS_METADATA_ENDPOINT",
             format!("http://127.0.0.1:{closed}"),
@@ -418,7 +421,7 @@ fn every_new_revision_goes_to_the_push_target_until_it_is_forgotten() {
     );
     assert!(
         err.contains("no credentials found: push reads AWS_ACCESS_KEY_ID")
-            && err.contains("~/.aws/credentials and AWS_PROFILE are not read"),
+            && err.contains("the profile AWS_PROFILE (default: default) of ~/.aws/credentials"),
         "{err}"
     );
     assert_eq!(env.revision(), 5);
@@ -622,4 +625,80 @@ fn objects_the_storage_lost_are_neither_served_nor_deleted() {
     }
     remote_object(&keep);
     assert_eq!(served_revision(&env, &s3, "repo"), 4);
+}
+
+#[test]
+fn credentials_come_from_the_aws_profile_when_the_environment_has_none() {
+    let s3 = S3Server::start();
+    let env = Env::init(&[]);
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("a.txt"), "a\n").unwrap();
+    publish(&env, &src);
+    let credentials = env.path("aws-credentials");
+    let config = env.path("aws-config");
+    std::fs::write(
+        &credentials,
+        "[ci]\naws_access_key_id = profile-key-id\naws_secret_access_key = profile-secret\n",
+    )
+    .unwrap();
+    std::fs::write(&config, "[profile ci]\nregion = us-east-1\n").unwrap();
+    // Without credentials the client would ask the instance metadata: a closed port here.
+    let closed = format!("http://127.0.0.1:{}", free_port());
+    let target = format!("s3://{BUCKET}/repo");
+    let run = |profile: &str| {
+        let mut cmd = env.cmd(&[
+            "--json",
+            "push",
+            FQRN,
+            &target,
+            "--allow-http",
+            "--public-read",
+            "--endpoint",
+            &s3.endpoint(),
+        ]);
+        for var in [
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_SESSION_TOKEN",
+            "AWS_REGION",
+            "AWS_DEFAULT_REGION",
+            "AWS_ENDPOINT_URL",
+            "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+            "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+            "AWS_WEB_IDENTITY_TOKEN_FILE",
+        ] {
+            cmd.env_remove(var);
+        }
+        cmd.env("AWS_PROFILE", profile)
+            .env("AWS_SHARED_CREDENTIALS_FILE", &credentials)
+            .env("AWS_CONFIG_FILE", &config)
+            .env("AWS_METADATA_ENDPOINT", &closed)
+            .output()
+            .unwrap()
+    };
+
+    let out = run("nosuch");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains(&format!(
+            "AWS profile 'nosuch' (AWS_PROFILE) is in neither {} nor {}",
+            credentials.display(),
+            config.display()
+        )),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(!err.contains("profile-secret"), "{err}");
+
+    let out = run("ci");
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{all}");
+    assert!(!all.contains("profile-secret"), "{all}");
+    assert_eq!(remote_manifest(&s3, "repo"), local_manifest(&env));
 }

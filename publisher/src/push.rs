@@ -23,9 +23,12 @@
 //! without credentials); [`Repository::auto_push`] then pushes there after each publish.
 //!
 //! The home's lock and the storage's collection lock (shared) are held: no local publish or
-//! collection changes the storage during a push. Credentials come from the environment
-//! (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_REGION`, ...)
-//! and are never printed.
+//! collection changes the storage during a push. Credentials and region come from the
+//! environment (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`,
+//! `AWS_REGION`, ...), else from the profile `AWS_PROFILE` (default `default`) of
+//! `~/.aws/credentials` and `~/.aws/config` (`AWS_SHARED_CREDENTIALS_FILE`,
+//! `AWS_CONFIG_FILE`), else from web identity, container credentials or the instance
+//! metadata; they are never printed.
 //!
 //! ```no_run
 //! use publisher::{PushOptions, Repository, S3Target};
@@ -48,14 +51,15 @@ use catalog_writer::hash::ContentHash;
 use catalog_writer::namespace::CatalogRef;
 use futures_util::stream::FuturesUnordered;
 use futures_util::{StreamExt, TryStreamExt};
-use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
+use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey, AwsCredential};
 use object_store::path::Path as S3Path;
 use object_store::{
     ClientOptions, MultipartUpload, ObjectStore as _, ObjectStoreExt as _, PutMode, PutOptions,
-    PutPayload, RetryConfig, UpdateVersion,
+    PutPayload, RetryConfig, StaticCredentialProvider, UpdateVersion,
 };
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// Where to push: `s3://BUCKET[/PREFIX]` plus how to reach the store. Kept in `config.json`
 /// as the repository's push target ([`Config::auto_push`](crate::Config::auto_push)); no
@@ -116,13 +120,7 @@ impl S3Target {
     }
 
     fn client(&self) -> Result<AmazonS3> {
-        let mut builder = AmazonS3Builder::from_env().with_bucket_name(&self.bucket);
-        if let Some(endpoint) = &self.endpoint {
-            builder = builder.with_endpoint(endpoint);
-        }
-        if let Some(region) = &self.region {
-            builder = builder.with_region(region);
-        }
+        let builder = self.builder(&process_env())?;
         self.check_scheme(&builder)?;
         let mut client = ClientOptions::new().with_allow_http(self.allow_http);
         if self.public_read {
@@ -145,7 +143,65 @@ impl S3Target {
     }
 }
 
+/// The process environment's `AWS_*` variables and `HOME`, for [`S3Target::builder`].
+fn process_env() -> HashMap<String, String> {
+    std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .filter(|(k, _)| k.starts_with("AWS_") || k == "HOME")
+        .collect()
+}
+
 impl S3Target {
+    /// The client's settings, in the order of the AWS tools: the options (`--endpoint`,
+    /// `--region`), then the environment `env` (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+    /// `AWS_SESSION_TOKEN`, `AWS_REGION`, ...), then the profile `AWS_PROFILE` of the shared
+    /// credentials and config files (see [`crate::aws_profile`]); without credentials from
+    /// any of these, the client's own chain (web identity, container, instance metadata).
+    fn builder(&self, env: &HashMap<String, String>) -> Result<AmazonS3Builder> {
+        let mut builder = AmazonS3Builder::new().with_bucket_name(&self.bucket);
+        for (key, value) in env {
+            // As `AmazonS3Builder::from_env`.
+            if let (true, Ok(config)) = (
+                key.starts_with("AWS_"),
+                key.to_ascii_lowercase().parse::<AmazonS3ConfigKey>(),
+            ) {
+                builder = builder.with_config(config, value);
+            }
+        }
+        if let Some(endpoint) = &self.endpoint {
+            builder = builder.with_endpoint(endpoint);
+        }
+        if let Some(region) = &self.region {
+            builder = builder.with_region(region);
+        }
+        let has_keys = [
+            AmazonS3ConfigKey::AccessKeyId,
+            AmazonS3ConfigKey::SecretAccessKey,
+        ]
+        .iter()
+        .any(|k| builder.get_config_value(k).is_some());
+        let has_region = builder
+            .get_config_value(&AmazonS3ConfigKey::Region)
+            .is_some();
+        if has_keys && has_region {
+            return Ok(builder);
+        }
+        let profile = crate::aws_profile::profile_settings(&|k| env.get(k).cloned())
+            .map_err(|e| Error::Invalid(format!("{}: {e}", self.describe())))?;
+        if let (false, Some(c)) = (has_keys, profile.credential) {
+            let credential = AwsCredential {
+                key_id: c.key_id,
+                secret_key: c.secret_key,
+                token: c.token,
+            };
+            builder = builder.with_credentials(Arc::new(StaticCredentialProvider::new(credential)));
+        }
+        if let (false, Some(region)) = (has_region, profile.region) {
+            builder = builder.with_region(region);
+        }
+        Ok(builder)
+    }
+
     /// Refuses a plain-HTTP endpoint (given, or from `AWS_ENDPOINT_URL`/`AWS_ENDPOINT_URL_S3`)
     /// unless allowed: the client would fail each request with a bare "builder error".
     fn check_scheme(&self, builder: &AmazonS3Builder) -> Result<()> {
@@ -198,9 +254,11 @@ fn hint_for(text: &str) -> Option<&'static str> {
     if text.contains("/latest/api/token") || text.contains("/latest/meta-data") {
         return Some(
             "no credentials found: push reads AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and \
-             AWS_SESSION_TOKEN), web identity (AWS_WEB_IDENTITY_TOKEN_FILE, AWS_ROLE_ARN), \
+             AWS_SESSION_TOKEN), then the profile AWS_PROFILE (default: default) of \
+             ~/.aws/credentials (AWS_SHARED_CREDENTIALS_FILE) and ~/.aws/config \
+             (AWS_CONFIG_FILE), web identity (AWS_WEB_IDENTITY_TOKEN_FILE, AWS_ROLE_ARN), \
              container credentials (AWS_CONTAINER_CREDENTIALS_*), then the EC2 instance \
-             metadata; ~/.aws/credentials and AWS_PROFILE are not read",
+             metadata",
         );
     }
     None
@@ -934,6 +992,80 @@ mod tests {
         for bad in ["http://x/y", "s3://", "s3:///p", "s3://b/../c"] {
             assert!(S3Target::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn credentials_come_from_the_options_the_environment_then_the_profile() {
+        let home = tempfile::tempdir().unwrap();
+        let aws = home.path().join(".aws");
+        std::fs::create_dir(&aws).unwrap();
+        std::fs::write(
+            aws.join("credentials"),
+            "[default]\naws_access_key_id = FILEKEY\naws_secret_access_key = file-secret\n\
+             [team]\naws_access_key_id = TEAMKEY\naws_secret_access_key = team-secret\n",
+        )
+        .unwrap();
+        std::fs::write(
+            aws.join("config"),
+            "[profile team]\nregion = eu-central-1\n",
+        )
+        .unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        // The access key and region the client would use.
+        let resolve = |target: &S3Target, vars: &[(&str, &str)]| -> Result<(String, String)> {
+            let mut env: HashMap<String, String> = vars
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            env.insert("HOME".into(), home.path().display().to_string());
+            let builder = target.builder(&env)?;
+            let region = builder
+                .get_config_value(&AmazonS3ConfigKey::Region)
+                .unwrap_or_default();
+            let client = builder.build().unwrap();
+            let credential = runtime
+                .block_on(client.credentials().get_credential())
+                .unwrap();
+            Ok((credential.key_id.clone(), region))
+        };
+        let target = S3Target::parse("s3://bucket/repo").unwrap();
+        let got = |vars: &[(&str, &str)]| resolve(&target, vars).unwrap();
+        let pair = |k: &str, r: &str| (k.to_string(), r.to_string());
+        assert_eq!(got(&[]), pair("FILEKEY", ""));
+        assert_eq!(
+            got(&[("AWS_PROFILE", "team")]),
+            pair("TEAMKEY", "eu-central-1")
+        );
+        // The environment beats the file, key by key and region by region.
+        let env_keys = [
+            ("AWS_PROFILE", "team"),
+            ("AWS_ACCESS_KEY_ID", "ENVKEY"),
+            ("AWS_SECRET_ACCESS_KEY", "env-secret"),
+        ];
+        assert_eq!(got(&env_keys), pair("ENVKEY", "eu-central-1"));
+        let all = [&env_keys[..], &[("AWS_REGION", "us-west-1")]].concat();
+        assert_eq!(got(&all), pair("ENVKEY", "us-west-1"));
+        // And --region beats both.
+        let flagged = S3Target {
+            region: Some("ap-east-1".into()),
+            ..target.clone()
+        };
+        let (_, region) = resolve(&flagged, &[("AWS_PROFILE", "team")]).unwrap();
+        assert_eq!(region, "ap-east-1");
+        // A profile that is in neither file: one line naming it and the file, no secret.
+        let err = resolve(&target, &[("AWS_PROFILE", "nosuch")])
+            .unwrap_err()
+            .to_string();
+        let file = aws.join("credentials").display().to_string();
+        assert!(
+            err.contains("AWS profile 'nosuch' (AWS_PROFILE)") && err.contains(&file),
+            "{err}"
+        );
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(!err.contains("secret"), "{err}");
     }
 
     #[test]
