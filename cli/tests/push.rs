@@ -76,12 +76,26 @@ impl S3Server {
 
     /// [`S3Server::request`], with connection errors returned rather than panicking.
     fn try_request(&self, method: &str, path: &str, headers: &str) -> std::io::Result<Vec<u8>> {
+        self.try_request_with_body(method, path, headers, b"")
+    }
+
+    /// One plain HTTP request with a body; returns the response body; panics on a status
+    /// other than 200.
+    fn try_request_with_body(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &str,
+        body: &[u8],
+    ) -> std::io::Result<Vec<u8>> {
         let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
         write!(
             s,
-            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n{headers}Content-Length: 0\r\nConnection: close\r\n\r\n",
-            self.port
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n",
+            self.port,
+            body.len()
         )?;
+        s.write_all(body)?;
         let mut response = Vec::new();
         s.read_to_end(&mut response)?;
         let head_end = response
@@ -625,6 +639,75 @@ fn objects_the_storage_lost_are_neither_served_nor_deleted() {
     }
     remote_object(&keep);
     assert_eq!(served_revision(&env, &s3, "repo"), 4);
+}
+
+/// Starts a multipart upload of `key` in the bucket and uploads one part without completing
+/// it (what a push killed during a large object leaves); returns the upload id.
+fn start_multipart_upload(s3: &S3Server, key: &str) -> String {
+    let reply = s3
+        .try_request_with_body("POST", &format!("/{BUCKET}/{key}?uploads"), "", b"")
+        .unwrap();
+    let reply = String::from_utf8_lossy(&reply);
+    let id = reply
+        .split("<UploadId>")
+        .nth(1)
+        .and_then(|rest| rest.split("</UploadId>").next())
+        .unwrap_or_else(|| panic!("no UploadId in {reply}"))
+        .to_string();
+    let part = format!("/{BUCKET}/{key}?partNumber=1&uploadId={id}");
+    s3.try_request_with_body("PUT", &part, "", &noise(64 << 10, 5))
+        .unwrap();
+    id
+}
+
+/// The keys of the bucket's incomplete multipart uploads.
+fn incomplete_uploads(s3: &S3Server) -> String {
+    String::from_utf8_lossy(&s3.request("GET", &format!("/{BUCKET}?uploads"), "")).to_string()
+}
+
+#[test]
+fn a_push_aborts_the_multipart_uploads_killed_pushes_left() {
+    let s3 = S3Server::start();
+    let env = Env::init(&[]);
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("a.txt"), "a\n").unwrap();
+    publish(&env, &src);
+    // moto dates every upload 2010-11-10, so each of these is older than a day: what decides
+    // is whose it is. (The age limit is tested against a stand-in in the publisher's tests.)
+    let hex = "0123456789abcdef0123456789abcdef012345";
+    let killed = format!("repo/data/ab/{hex}");
+    let not_an_object = "repo/notes/big.bin".to_string();
+    let other_repository = format!("mirror/two/data/ab/{hex}");
+    for key in [&killed, &not_an_object, &other_repository] {
+        start_multipart_upload(&s3, key);
+    }
+    assert!(incomplete_uploads(&s3).contains(&killed));
+
+    let first = push(&env, &s3, "repo", &[]);
+    assert_eq!(first["stale_uploads_aborted"], 1, "{first}");
+    assert!(first.get("stale_uploads_error").is_none(), "{first}");
+    let left = incomplete_uploads(&s3);
+    assert!(!left.contains(&killed), "{left}");
+    assert!(
+        left.contains(&not_an_object) && left.contains(&other_repository),
+        "{left}"
+    );
+    // Also when there is nothing else to do, and it is said.
+    start_multipart_upload(&s3, &killed);
+    let target = format!("s3://{BUCKET}/repo");
+    let args = ["push", FQRN, &target, "--allow-http"];
+    let out = ok_with_s3(&env, &s3, &args);
+    assert!(
+        out.contains("revision 2 (was revision 2)")
+            && out.contains(
+                "manifest unchanged, 1 stale multipart uploads (of killed pushes) aborted"
+            ),
+        "{out}"
+    );
+    assert!(!incomplete_uploads(&s3).contains(&killed));
+    let out = ok_with_s3(&env, &s3, &args);
+    assert!(out.contains("already at revision 2"), "{out}");
 }
 
 #[test]
