@@ -4,7 +4,9 @@
 //! finishes it, a bucket ahead of the local storage (or at its revision with another tree) is
 //! refused, `--delete` after `gc` removes from the bucket what the storage no longer holds but
 //! never what a kept revision references, root files changed without a new manifest (`resign`)
-//! go up, and the reflog goes up only after the manifest it belongs to.
+//! go up, the reflog goes up only after the manifest it belongs to (and a rerun repairs a
+//! reflog and status left behind it), killed pushes' multipart uploads are aborted, and
+//! credentials come from the AWS profile files when the environment has none.
 
 mod common;
 
@@ -639,6 +641,81 @@ fn objects_the_storage_lost_are_neither_served_nor_deleted() {
     }
     remote_object(&keep);
     assert_eq!(served_revision(&env, &s3, "repo"), 4);
+}
+
+/// Puts `bytes` as root file `name` of the bucket's repository at `prefix` (as a crash or an
+/// older push would have left it).
+fn put_remote_file(s3: &S3Server, prefix: &str, name: &str, bytes: &[u8]) {
+    let path = format!("/{BUCKET}/{prefix}/{name}");
+    s3.try_request_with_body("PUT", &path, "x-amz-acl: public-read\r\n", bytes)
+        .unwrap();
+}
+
+#[test]
+fn a_rerun_repairs_a_reflog_and_status_left_behind_the_manifest() {
+    let s3 = S3Server::start();
+    let env = Env::init(&["--gc"]);
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("a.txt"), "a\n").unwrap();
+    publish(&env, &src);
+    env.ok(&["gc", FQRN, "--keep-revisions", "0"]); // writes .cvmfs_status.json
+    push(&env, &s3, "repo", &[]);
+    let old_reflog = remote_file(&s3, "repo", ".cvmfsreflog");
+    assert_eq!(old_reflog, local_file(&env, ".cvmfsreflog"));
+
+    std::fs::write(src.join("b.txt"), "b\n").unwrap();
+    publish(&env, &src);
+    push(&env, &s3, "repo", &[]);
+    check_bucket(&env, &s3, "repo");
+    // A push that died between its manifest and its reflog (and status): the bucket serves
+    // the new manifest with the old reflog, which a stratum 1's check flags.
+    put_remote_file(&s3, "repo", ".cvmfsreflog", &old_reflog);
+    let old_status = b"{\n  \"last_gc\": \"Thu Jan  1 00:00:00 UTC 1970\"\n}\n";
+    put_remote_file(&s3, "repo", ".cvmfs_status.json", old_status);
+    let key = env.home.join(FQRN).join("keys").join(format!("{FQRN}.pub"));
+    let url = s3.url("repo");
+    let check = [
+        "check",
+        FQRN,
+        "--storage",
+        &url,
+        "--key",
+        key.to_str().unwrap(),
+    ];
+    let out = env.run(&check);
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success() && said.contains("reflog"), "{said}");
+
+    // A rerun with nothing new puts both back and leaves the manifest alone.
+    let rerun = push(&env, &s3, "repo", &[]);
+    assert_eq!(rerun["manifest_written"], false, "{rerun}");
+    assert_eq!(rerun["objects_uploaded"], 0, "{rerun}");
+    let written = rerun["root_files_written"].to_string();
+    assert!(
+        written.contains(".cvmfsreflog") && written.contains(".cvmfs_status.json"),
+        "{rerun}"
+    );
+    assert_eq!(
+        remote_file(&s3, "repo", ".cvmfsreflog"),
+        local_file(&env, ".cvmfsreflog")
+    );
+    assert_eq!(
+        remote_file(&s3, "repo", ".cvmfs_status.json"),
+        local_file(&env, ".cvmfs_status.json")
+    );
+    assert_eq!(remote_manifest(&s3, "repo"), local_manifest(&env));
+    check_bucket(&env, &s3, "repo");
+    let again = push(&env, &s3, "repo", &[]);
+    assert_eq!(
+        again["root_files_written"],
+        serde_json::json!([]),
+        "{again}"
+    );
 }
 
 /// Starts a multipart upload of `key` in the bucket and uploads one part without completing
