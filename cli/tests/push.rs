@@ -4,7 +4,9 @@
 //! finishes it, a bucket ahead of the local storage (or at its revision with another tree) is
 //! refused, `--delete` after `gc` removes from the bucket what the storage no longer holds but
 //! never what a kept revision references, root files changed without a new manifest (`resign`)
-//! go up, and the reflog goes up only after the manifest it belongs to.
+//! go up, the reflog goes up only after the manifest it belongs to (and a rerun repairs a
+//! reflog and status left behind it), killed pushes' multipart uploads are aborted, and
+//! credentials come from the AWS profile files when the environment has none.
 
 mod common;
 
@@ -76,12 +78,26 @@ impl S3Server {
 
     /// [`S3Server::request`], with connection errors returned rather than panicking.
     fn try_request(&self, method: &str, path: &str, headers: &str) -> std::io::Result<Vec<u8>> {
+        self.try_request_with_body(method, path, headers, b"")
+    }
+
+    /// One plain HTTP request with a body; returns the response body; panics on a status
+    /// other than 200.
+    fn try_request_with_body(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &str,
+        body: &[u8],
+    ) -> std::io::Result<Vec<u8>> {
         let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
         write!(
             s,
-            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n{headers}Content-Length: 0\r\nConnection: close\r\n\r\n",
-            self.port
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n",
+            self.port,
+            body.len()
         )?;
+        s.write_all(body)?;
         let mut response = Vec::new();
         s.read_to_end(&mut response)?;
         let head_end = response
@@ -404,6 +420,9 @@ fn every_new_revision_goes_to_the_push_target_until_it_is_forgotten() {
         .env_remove("AWS_SECRET_ACCESS_KEY")
         .env_remove("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
         .env_remove("AWS_WEB_IDENTITY_TOKEN_FILE")
+        .env_remove("AWS_PROFILE")
+        .env("AWS_SHARED_CREDENTIALS_FILE", env.path("no-credentials"))
+        .env("AWS_CONFIG_FILE", env.path("no-config"))
         .env(
             "AWS_METADATA_ENDPOINT",
             format!("http://127.0.0.1:{closed}"),
@@ -418,7 +437,7 @@ fn every_new_revision_goes_to_the_push_target_until_it_is_forgotten() {
     );
     assert!(
         err.contains("no credentials found: push reads AWS_ACCESS_KEY_ID")
-            && err.contains("~/.aws/credentials and AWS_PROFILE are not read"),
+            && err.contains("the profile AWS_PROFILE (default: default) of ~/.aws/credentials"),
         "{err}"
     );
     assert_eq!(env.revision(), 5);
@@ -622,4 +641,224 @@ fn objects_the_storage_lost_are_neither_served_nor_deleted() {
     }
     remote_object(&keep);
     assert_eq!(served_revision(&env, &s3, "repo"), 4);
+}
+
+/// Puts `bytes` as root file `name` of the bucket's repository at `prefix` (as a crash or an
+/// older push would have left it).
+fn put_remote_file(s3: &S3Server, prefix: &str, name: &str, bytes: &[u8]) {
+    let path = format!("/{BUCKET}/{prefix}/{name}");
+    s3.try_request_with_body("PUT", &path, "x-amz-acl: public-read\r\n", bytes)
+        .unwrap();
+}
+
+#[test]
+fn a_rerun_repairs_a_reflog_and_status_left_behind_the_manifest() {
+    let s3 = S3Server::start();
+    let env = Env::init(&["--gc"]);
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("a.txt"), "a\n").unwrap();
+    publish(&env, &src);
+    env.ok(&["gc", FQRN, "--keep-revisions", "0"]); // writes .cvmfs_status.json
+    push(&env, &s3, "repo", &[]);
+    let old_reflog = remote_file(&s3, "repo", ".cvmfsreflog");
+    assert_eq!(old_reflog, local_file(&env, ".cvmfsreflog"));
+
+    std::fs::write(src.join("b.txt"), "b\n").unwrap();
+    publish(&env, &src);
+    push(&env, &s3, "repo", &[]);
+    check_bucket(&env, &s3, "repo");
+    // A push that died between its manifest and its reflog (and status): the bucket serves
+    // the new manifest with the old reflog, which a stratum 1's check flags.
+    put_remote_file(&s3, "repo", ".cvmfsreflog", &old_reflog);
+    let old_status = b"{\n  \"last_gc\": \"Thu Jan  1 00:00:00 UTC 1970\"\n}\n";
+    put_remote_file(&s3, "repo", ".cvmfs_status.json", old_status);
+    let key = env.home.join(FQRN).join("keys").join(format!("{FQRN}.pub"));
+    let url = s3.url("repo");
+    let check = [
+        "check",
+        FQRN,
+        "--storage",
+        &url,
+        "--key",
+        key.to_str().unwrap(),
+    ];
+    let out = env.run(&check);
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success() && said.contains("reflog"), "{said}");
+
+    // A rerun with nothing new puts both back and leaves the manifest alone.
+    let rerun = push(&env, &s3, "repo", &[]);
+    assert_eq!(rerun["manifest_written"], false, "{rerun}");
+    assert_eq!(rerun["objects_uploaded"], 0, "{rerun}");
+    let written = rerun["root_files_written"].to_string();
+    assert!(
+        written.contains(".cvmfsreflog") && written.contains(".cvmfs_status.json"),
+        "{rerun}"
+    );
+    assert_eq!(
+        remote_file(&s3, "repo", ".cvmfsreflog"),
+        local_file(&env, ".cvmfsreflog")
+    );
+    assert_eq!(
+        remote_file(&s3, "repo", ".cvmfs_status.json"),
+        local_file(&env, ".cvmfs_status.json")
+    );
+    assert_eq!(remote_manifest(&s3, "repo"), local_manifest(&env));
+    check_bucket(&env, &s3, "repo");
+    let again = push(&env, &s3, "repo", &[]);
+    assert_eq!(
+        again["root_files_written"],
+        serde_json::json!([]),
+        "{again}"
+    );
+}
+
+/// Starts a multipart upload of `key` in the bucket and uploads one part without completing
+/// it (what a push killed during a large object leaves); returns the upload id.
+fn start_multipart_upload(s3: &S3Server, key: &str) -> String {
+    let reply = s3
+        .try_request_with_body("POST", &format!("/{BUCKET}/{key}?uploads"), "", b"")
+        .unwrap();
+    let reply = String::from_utf8_lossy(&reply);
+    let id = reply
+        .split("<UploadId>")
+        .nth(1)
+        .and_then(|rest| rest.split("</UploadId>").next())
+        .unwrap_or_else(|| panic!("no UploadId in {reply}"))
+        .to_string();
+    let part = format!("/{BUCKET}/{key}?partNumber=1&uploadId={id}");
+    s3.try_request_with_body("PUT", &part, "", &noise(64 << 10, 5))
+        .unwrap();
+    id
+}
+
+/// The keys of the bucket's incomplete multipart uploads.
+fn incomplete_uploads(s3: &S3Server) -> String {
+    String::from_utf8_lossy(&s3.request("GET", &format!("/{BUCKET}?uploads"), "")).to_string()
+}
+
+#[test]
+fn a_push_aborts_the_multipart_uploads_killed_pushes_left() {
+    let s3 = S3Server::start();
+    let env = Env::init(&[]);
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("a.txt"), "a\n").unwrap();
+    publish(&env, &src);
+    // moto dates every upload 2010-11-10, so each of these is older than a day: what decides
+    // is whose it is. (The age limit is tested against a stand-in in the publisher's tests.)
+    let hex = "0123456789abcdef0123456789abcdef012345";
+    let killed = format!("repo/data/ab/{hex}");
+    let not_an_object = "repo/notes/big.bin".to_string();
+    let other_repository = format!("mirror/two/data/ab/{hex}");
+    for key in [&killed, &not_an_object, &other_repository] {
+        start_multipart_upload(&s3, key);
+    }
+    assert!(incomplete_uploads(&s3).contains(&killed));
+
+    let first = push(&env, &s3, "repo", &[]);
+    assert_eq!(first["stale_uploads_aborted"], 1, "{first}");
+    assert!(first.get("stale_uploads_error").is_none(), "{first}");
+    let left = incomplete_uploads(&s3);
+    assert!(!left.contains(&killed), "{left}");
+    assert!(
+        left.contains(&not_an_object) && left.contains(&other_repository),
+        "{left}"
+    );
+    // Also when there is nothing else to do, and it is said.
+    start_multipart_upload(&s3, &killed);
+    let target = format!("s3://{BUCKET}/repo");
+    let args = ["push", FQRN, &target, "--allow-http"];
+    let out = ok_with_s3(&env, &s3, &args);
+    assert!(
+        out.contains("revision 2 (was revision 2)")
+            && out.contains(
+                "manifest unchanged, 1 stale multipart uploads (of killed pushes) aborted"
+            ),
+        "{out}"
+    );
+    assert!(!incomplete_uploads(&s3).contains(&killed));
+    let out = ok_with_s3(&env, &s3, &args);
+    assert!(out.contains("already at revision 2"), "{out}");
+}
+
+#[test]
+fn credentials_come_from_the_aws_profile_when_the_environment_has_none() {
+    let s3 = S3Server::start();
+    let env = Env::init(&[]);
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("a.txt"), "a\n").unwrap();
+    publish(&env, &src);
+    let credentials = env.path("aws-credentials");
+    let config = env.path("aws-config");
+    std::fs::write(
+        &credentials,
+        "[ci]\naws_access_key_id = profile-key-id\naws_secret_access_key = profile-secret\n",
+    )
+    .unwrap();
+    std::fs::write(&config, "[profile ci]\nregion = us-east-1\n").unwrap();
+    // Without credentials the client would ask the instance metadata: a closed port here.
+    let closed = format!("http://127.0.0.1:{}", free_port());
+    let target = format!("s3://{BUCKET}/repo");
+    let run = |profile: &str| {
+        let mut cmd = env.cmd(&[
+            "--json",
+            "push",
+            FQRN,
+            &target,
+            "--allow-http",
+            "--public-read",
+            "--endpoint",
+            &s3.endpoint(),
+        ]);
+        for var in [
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_SESSION_TOKEN",
+            "AWS_REGION",
+            "AWS_DEFAULT_REGION",
+            "AWS_ENDPOINT_URL",
+            "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+            "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+            "AWS_WEB_IDENTITY_TOKEN_FILE",
+        ] {
+            cmd.env_remove(var);
+        }
+        cmd.env("AWS_PROFILE", profile)
+            .env("AWS_SHARED_CREDENTIALS_FILE", &credentials)
+            .env("AWS_CONFIG_FILE", &config)
+            .env("AWS_METADATA_ENDPOINT", &closed)
+            .output()
+            .unwrap()
+    };
+
+    let out = run("nosuch");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains(&format!(
+            "AWS profile 'nosuch' (AWS_PROFILE) is in neither {} nor {}",
+            credentials.display(),
+            config.display()
+        )),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(!err.contains("profile-secret"), "{err}");
+
+    let out = run("ci");
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{all}");
+    assert!(!all.contains("profile-secret"), "{all}");
+    assert_eq!(remote_manifest(&s3, "repo"), local_manifest(&env));
 }

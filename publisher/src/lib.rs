@@ -34,6 +34,7 @@
 //! # Ok(()) }
 //! ```
 
+mod aws_profile;
 mod cache_db;
 pub mod catalog_tree;
 mod catalogs;

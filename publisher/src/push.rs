@@ -23,9 +23,12 @@
 //! without credentials); [`Repository::auto_push`] then pushes there after each publish.
 //!
 //! The home's lock and the storage's collection lock (shared) are held: no local publish or
-//! collection changes the storage during a push. Credentials come from the environment
-//! (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_REGION`, ...)
-//! and are never printed.
+//! collection changes the storage during a push. Credentials and region come from the
+//! environment (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`,
+//! `AWS_REGION`, ...), else from the profile `AWS_PROFILE` (default `default`) of
+//! `~/.aws/credentials` and `~/.aws/config` (`AWS_SHARED_CREDENTIALS_FILE`,
+//! `AWS_CONFIG_FILE`), else from web identity, container credentials or the instance
+//! metadata; they are never printed.
 //!
 //! ```no_run
 //! use publisher::{PushOptions, Repository, S3Target};
@@ -48,14 +51,18 @@ use catalog_writer::hash::ContentHash;
 use catalog_writer::namespace::CatalogRef;
 use futures_util::stream::FuturesUnordered;
 use futures_util::{StreamExt, TryStreamExt};
-use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
+use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey, AwsCredential};
+use object_store::client::{HttpClient, HttpConnector, HttpRequestBody, ReqwestConnector};
+use object_store::multipart::MultipartStore;
 use object_store::path::Path as S3Path;
+use object_store::signer::{SignedUrlOptions, Signer};
 use object_store::{
     ClientOptions, MultipartUpload, ObjectStore as _, ObjectStoreExt as _, PutMode, PutOptions,
-    PutPayload, RetryConfig, UpdateVersion,
+    PutPayload, RetryConfig, StaticCredentialProvider, UpdateVersion,
 };
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// Where to push: `s3://BUCKET[/PREFIX]` plus how to reach the store. Kept in `config.json`
 /// as the repository's push target ([`Config::auto_push`](crate::Config::auto_push)); no
@@ -116,13 +123,7 @@ impl S3Target {
     }
 
     fn client(&self) -> Result<AmazonS3> {
-        let mut builder = AmazonS3Builder::from_env().with_bucket_name(&self.bucket);
-        if let Some(endpoint) = &self.endpoint {
-            builder = builder.with_endpoint(endpoint);
-        }
-        if let Some(region) = &self.region {
-            builder = builder.with_region(region);
-        }
+        let builder = self.builder(&process_env())?;
         self.check_scheme(&builder)?;
         let mut client = ClientOptions::new().with_allow_http(self.allow_http);
         if self.public_read {
@@ -145,7 +146,74 @@ impl S3Target {
     }
 }
 
+/// The process environment's `AWS_*` variables and `HOME`, for [`S3Target::builder`].
+fn process_env() -> HashMap<String, String> {
+    std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .filter(|(k, _)| k.starts_with("AWS_") || k == "HOME")
+        .collect()
+}
+
 impl S3Target {
+    /// A plain HTTP client with the S3 client's connection settings (but none of its default
+    /// headers: an unsigned `x-amz-acl` would void a signed URL).
+    fn http_client(&self) -> Result<HttpClient> {
+        let options = ClientOptions::new().with_allow_http(self.allow_http);
+        ReqwestConnector::default()
+            .connect(&options)
+            .map_err(|e| Error::Invalid(format!("{}: {e}", self.describe())))
+    }
+
+    /// The client's settings, in the order of the AWS tools: the options (`--endpoint`,
+    /// `--region`), then the environment `env` (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+    /// `AWS_SESSION_TOKEN`, `AWS_REGION`, ...), then the profile `AWS_PROFILE` of the shared
+    /// credentials and config files (see [`crate::aws_profile`]); without credentials from
+    /// any of these, the client's own chain (web identity, container, instance metadata).
+    fn builder(&self, env: &HashMap<String, String>) -> Result<AmazonS3Builder> {
+        let mut builder = AmazonS3Builder::new().with_bucket_name(&self.bucket);
+        for (key, value) in env {
+            // As `AmazonS3Builder::from_env`.
+            if let (true, Ok(config)) = (
+                key.starts_with("AWS_"),
+                key.to_ascii_lowercase().parse::<AmazonS3ConfigKey>(),
+            ) {
+                builder = builder.with_config(config, value);
+            }
+        }
+        if let Some(endpoint) = &self.endpoint {
+            builder = builder.with_endpoint(endpoint);
+        }
+        if let Some(region) = &self.region {
+            builder = builder.with_region(region);
+        }
+        let has_keys = [
+            AmazonS3ConfigKey::AccessKeyId,
+            AmazonS3ConfigKey::SecretAccessKey,
+        ]
+        .iter()
+        .any(|k| builder.get_config_value(k).is_some());
+        let has_region = builder
+            .get_config_value(&AmazonS3ConfigKey::Region)
+            .is_some();
+        if has_keys && has_region {
+            return Ok(builder);
+        }
+        let profile = crate::aws_profile::profile_settings(&|k| env.get(k).cloned())
+            .map_err(|e| Error::Invalid(format!("{}: {e}", self.describe())))?;
+        if let (false, Some(c)) = (has_keys, profile.credential) {
+            let credential = AwsCredential {
+                key_id: c.key_id,
+                secret_key: c.secret_key,
+                token: c.token,
+            };
+            builder = builder.with_credentials(Arc::new(StaticCredentialProvider::new(credential)));
+        }
+        if let (false, Some(region)) = (has_region, profile.region) {
+            builder = builder.with_region(region);
+        }
+        Ok(builder)
+    }
+
     /// Refuses a plain-HTTP endpoint (given, or from `AWS_ENDPOINT_URL`/`AWS_ENDPOINT_URL_S3`)
     /// unless allowed: the client would fail each request with a bare "builder error".
     fn check_scheme(&self, builder: &AmazonS3Builder) -> Result<()> {
@@ -198,9 +266,11 @@ fn hint_for(text: &str) -> Option<&'static str> {
     if text.contains("/latest/api/token") || text.contains("/latest/meta-data") {
         return Some(
             "no credentials found: push reads AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and \
-             AWS_SESSION_TOKEN), web identity (AWS_WEB_IDENTITY_TOKEN_FILE, AWS_ROLE_ARN), \
+             AWS_SESSION_TOKEN), then the profile AWS_PROFILE (default: default) of \
+             ~/.aws/credentials (AWS_SHARED_CREDENTIALS_FILE) and ~/.aws/config \
+             (AWS_CONFIG_FILE), web identity (AWS_WEB_IDENTITY_TOKEN_FILE, AWS_ROLE_ARN), \
              container credentials (AWS_CONTAINER_CREDENTIALS_*), then the EC2 instance \
-             metadata; ~/.aws/credentials and AWS_PROFILE are not read",
+             metadata",
         );
     }
     None
@@ -216,7 +286,15 @@ pub struct PushOptions {
     pub jobs: usize,
     /// Wait for a busy lock instead of failing.
     pub wait: bool,
+    /// Incomplete multipart uploads of objects under the prefix that were started longer ago
+    /// than this are a killed push's and are aborted (a younger one may be a concurrent
+    /// push's).
+    pub stale_upload_age: std::time::Duration,
 }
+
+/// [`PushOptions::stale_upload_age`] by default: a day, as the lifecycle rule the README
+/// suggests; no push runs that long.
+pub const STALE_UPLOAD_AGE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 impl PushOptions {
     pub fn new(target: S3Target) -> PushOptions {
@@ -225,6 +303,7 @@ impl PushOptions {
             delete: false,
             jobs: 16,
             wait: true,
+            stale_upload_age: STALE_UPLOAD_AGE,
         }
     }
 }
@@ -250,6 +329,12 @@ pub struct PushReport {
     /// With `delete`: objects the storage lacks but a revision it keeps references, left in
     /// the bucket.
     pub objects_spared: usize,
+    /// Incomplete multipart uploads of killed pushes aborted (see
+    /// [`PushOptions::stale_upload_age`]).
+    pub stale_uploads_aborted: usize,
+    /// Why looking for or aborting them failed, if it did: the push itself stands.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stale_uploads_error: Option<String>,
 }
 
 impl Repository {
@@ -291,6 +376,7 @@ impl Repository {
         let push = Push {
             target: &opts.target,
             client: opts.target.client()?,
+            http: opts.target.http_client()?,
             store: &store,
             buffers: tokio::sync::Semaphore::new(budget_mib as usize),
             budget_mib,
@@ -353,6 +439,8 @@ struct RemoteManifest {
 struct Push<'a> {
     target: &'a S3Target,
     client: AmazonS3,
+    /// For the one request the client has no call for (listing multipart uploads).
+    http: HttpClient,
     store: &'a LocalStore,
     /// MiB of object bytes in memory at once: the repository's memory budget.
     buffers: tokio::sync::Semaphore,
@@ -362,7 +450,26 @@ struct Push<'a> {
 }
 
 impl Push<'_> {
+    /// The push, then the clean-up of killed pushes' multipart uploads: last, so that it
+    /// never delays the revision, and without failing the push.
     async fn run(
+        &self,
+        manifest: &[u8],
+        local: &signer::Manifest,
+        opts: &PushOptions,
+    ) -> Result<PushReport> {
+        let mut report = self.copy(manifest, local, opts).await?;
+        match self
+            .abort_stale_uploads(opts.stale_upload_age, opts.jobs)
+            .await
+        {
+            Ok(n) => report.stale_uploads_aborted = n,
+            Err(e) => report.stale_uploads_error = Some(e.to_string()),
+        }
+        Ok(report)
+    }
+
+    async fn copy(
         &self,
         manifest: &[u8],
         local: &signer::Manifest,
@@ -763,6 +870,107 @@ impl Push<'_> {
         Ok(())
     }
 
+    /// Aborts the incomplete multipart uploads of objects under the prefix (`PREFIX/data/`)
+    /// started more than `age` ago: those of pushes killed during a large object, which S3
+    /// would keep (and bill) for ever without a lifecycle rule. Returns how many.
+    async fn abort_stale_uploads(&self, age: std::time::Duration, jobs: usize) -> Result<usize> {
+        let prefix = format!("{}/", self.target.key("data").as_ref());
+        let strip = match self.target.prefix.as_str() {
+            "" => String::new(),
+            p => format!("{p}/"),
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut stale = Vec::new();
+        let mut marker: Option<(String, String)> = None;
+        for _ in 0..MAX_UPLOAD_PAGES {
+            let mut query = vec![("uploads", ""), ("prefix", prefix.as_str())];
+            if let Some((key, id)) = &marker {
+                query.extend([
+                    ("key-marker", key.as_str()),
+                    ("upload-id-marker", id.as_str()),
+                ]);
+            }
+            let page = self.incomplete_uploads(&query).await?;
+            for upload in page.uploads {
+                let ours = upload
+                    .key
+                    .strip_prefix(strip.as_str())
+                    .is_some_and(is_object_key);
+                if ours && is_stale(&upload.initiated, now, age) {
+                    stale.push(upload);
+                }
+            }
+            marker = match (page.is_truncated, page.next_key_marker) {
+                (true, Some(key)) if !key.is_empty() => {
+                    Some((key, page.next_upload_id_marker.unwrap_or_default()))
+                }
+                _ => break,
+            };
+        }
+        futures_util::stream::iter(stale.iter().map(|upload| async move {
+            let key = S3Path::parse(&upload.key).map_err(|e| Error::Remote {
+                what: format!("{}/{}", self.target.describe(), upload.key),
+                reason: e.to_string(),
+            })?;
+            let aborted = MultipartStore::abort_multipart(&self.client, &key, &upload.upload_id);
+            match aborted.await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                Err(e) => Err(self.remote_error(&upload.key, e)),
+            }
+        }))
+        .buffer_unordered(jobs.max(1))
+        .try_fold(0, |n, ()| async move { Ok(n + 1) })
+        .await
+    }
+
+    /// One page of `ListMultipartUploads` (`query`: its parameters), a request the client
+    /// signs (as a URL valid for a few minutes) but has no call for.
+    async fn incomplete_uploads(&self, query: &[(&str, &str)]) -> Result<ListUploadsPage> {
+        let what = "data/ (incomplete multipart uploads)";
+        let failed = |reason: String| Error::Remote {
+            what: format!("{}/{what}", self.target.describe()),
+            reason,
+        };
+        let options = SignedUrlOptions::new().with_query(query.iter().copied());
+        let url = self
+            .client
+            .signed_url_opts(
+                http::Method::GET,
+                &S3Path::default(),
+                std::time::Duration::from_secs(300),
+                &options,
+            )
+            .await
+            .map_err(|e| self.remote_error(what, e))?;
+        // The URL carries a signature: no message quotes it.
+        let hide = |text: String| text.replace(url.as_str(), "…");
+        let request = http::Request::get(url.as_str())
+            .body(HttpRequestBody::empty())
+            .map_err(|e| failed(hide(e.to_string())))?;
+        let response = self
+            .http
+            .execute(request)
+            .await
+            .map_err(|e| failed(hide(one_line(&e))))?;
+        let status = response.status();
+        let body = response
+            .into_body()
+            .bytes()
+            .await
+            .map_err(|e| failed(hide(one_line(&e))))?;
+        let text = String::from_utf8_lossy(&body);
+        if !status.is_success() {
+            let detail = quick_xml::de::from_str::<S3ErrorBody>(&text)
+                .map(|e| format!(": {} {}", e.code, e.message))
+                .unwrap_or_default();
+            return Err(failed(hide(format!("HTTP {status}{detail}"))));
+        }
+        quick_xml::de::from_str(&text)
+            .map_err(|e| failed(format!("unreadable ListMultipartUploads reply: {e}")))
+    }
+
     async fn delete_all(&self, names: &[&String], jobs: usize) -> Result<usize> {
         futures_util::stream::iter(names.iter().map(|name| async move {
             match self.client.delete(&self.target.key(name)).await {
@@ -819,6 +1027,57 @@ impl Push<'_> {
             reason,
         }
     }
+}
+
+/// Pages of `ListMultipartUploads` (1000 uploads each) read at most.
+const MAX_UPLOAD_PAGES: usize = 100;
+
+/// A page of `ListMultipartUploads`.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+struct ListUploadsPage {
+    is_truncated: bool,
+    next_key_marker: Option<String>,
+    next_upload_id_marker: Option<String>,
+    #[serde(rename = "Upload")]
+    uploads: Vec<IncompleteUpload>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+struct IncompleteUpload {
+    key: String,
+    upload_id: String,
+    initiated: String,
+}
+
+/// An S3 error reply.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+struct S3ErrorBody {
+    code: String,
+    message: String,
+}
+
+/// Whether an upload started at `initiated` (RFC 3339, as S3 gives it) is more than `age`
+/// before `now` (seconds since the epoch); one without a readable time is not.
+fn is_stale(initiated: &str, now: u64, age: std::time::Duration) -> bool {
+    chrono::DateTime::parse_from_rfc3339(initiated)
+        .ok()
+        .and_then(|t| u64::try_from(t.timestamp()).ok())
+        .is_some_and(|t| now.saturating_sub(t) > age.as_secs())
+}
+
+/// An error and its sources on one line.
+fn one_line(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut next = e.source();
+    while let Some(err) = next {
+        text.push_str(": ");
+        text.push_str(&err.to_string());
+        next = err.source();
+    }
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// Objects from this size on go up as multipart uploads (one PUT takes at most 5 GB; parts
@@ -934,6 +1193,288 @@ mod tests {
         for bad in ["http://x/y", "s3://", "s3:///p", "s3://b/../c"] {
             assert!(S3Target::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn credentials_come_from_the_options_the_environment_then_the_profile() {
+        let home = tempfile::tempdir().unwrap();
+        let aws = home.path().join(".aws");
+        std::fs::create_dir(&aws).unwrap();
+        std::fs::write(
+            aws.join("credentials"),
+            "[default]\naws_access_key_id = FILEKEY\naws_secret_access_key = file-secret\n\
+             [team]\naws_access_key_id = TEAMKEY\naws_secret_access_key = team-secret\n",
+        )
+        .unwrap();
+        std::fs::write(
+            aws.join("config"),
+            "[profile team]\nregion = eu-central-1\n",
+        )
+        .unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        // The access key and region the client would use.
+        let resolve = |target: &S3Target, vars: &[(&str, &str)]| -> Result<(String, String)> {
+            let mut env: HashMap<String, String> = vars
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            env.insert("HOME".into(), home.path().display().to_string());
+            let builder = target.builder(&env)?;
+            let region = builder
+                .get_config_value(&AmazonS3ConfigKey::Region)
+                .unwrap_or_default();
+            let client = builder.build().unwrap();
+            let credential = runtime
+                .block_on(client.credentials().get_credential())
+                .unwrap();
+            Ok((credential.key_id.clone(), region))
+        };
+        let target = S3Target::parse("s3://bucket/repo").unwrap();
+        let got = |vars: &[(&str, &str)]| resolve(&target, vars).unwrap();
+        let pair = |k: &str, r: &str| (k.to_string(), r.to_string());
+        assert_eq!(got(&[]), pair("FILEKEY", ""));
+        assert_eq!(
+            got(&[("AWS_PROFILE", "team")]),
+            pair("TEAMKEY", "eu-central-1")
+        );
+        // The environment beats the file, key by key and region by region.
+        let env_keys = [
+            ("AWS_PROFILE", "team"),
+            ("AWS_ACCESS_KEY_ID", "ENVKEY"),
+            ("AWS_SECRET_ACCESS_KEY", "env-secret"),
+        ];
+        assert_eq!(got(&env_keys), pair("ENVKEY", "eu-central-1"));
+        let all = [&env_keys[..], &[("AWS_REGION", "us-west-1")]].concat();
+        assert_eq!(got(&all), pair("ENVKEY", "us-west-1"));
+        // And --region beats both.
+        let flagged = S3Target {
+            region: Some("ap-east-1".into()),
+            ..target.clone()
+        };
+        let (_, region) = resolve(&flagged, &[("AWS_PROFILE", "team")]).unwrap();
+        assert_eq!(region, "ap-east-1");
+        // A profile that is in neither file: one line naming it and the file, no secret.
+        let err = resolve(&target, &[("AWS_PROFILE", "nosuch")])
+            .unwrap_err()
+            .to_string();
+        let file = aws.join("credentials").display().to_string();
+        assert!(
+            err.contains("AWS profile 'nosuch' (AWS_PROFILE)") && err.contains(&file),
+            "{err}"
+        );
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(!err.contains("secret"), "{err}");
+    }
+
+    /// A loopback stand-in for S3's `ListMultipartUploads` (`pages`: the replies to the first
+    /// request and to one with a `key-marker`, or a status and body for every listing) and
+    /// `AbortMultipartUpload` (204); each connection is closed after its answer. Returns the
+    /// endpoint and the request lines, filled until `requests` were answered or 30 s passed.
+    fn fake_s3(
+        listing: impl Fn(&str) -> (u16, String) + Send + 'static,
+        requests: usize,
+    ) -> (String, std::thread::JoinHandle<Vec<String>>) {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let server = std::thread::spawn(move || {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            let mut seen = Vec::new();
+            while seen.len() < requests && std::time::Instant::now() < deadline {
+                let mut conn = match listener.accept() {
+                    Ok((conn, _)) => conn,
+                    Err(_) => {
+                        std::thread::sleep(std::time::Duration::from_millis(10));
+                        continue;
+                    }
+                };
+                conn.set_nonblocking(false).unwrap();
+                conn.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                    .unwrap();
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte).unwrap_or(0) == 1 {
+                    head.push(byte[0]);
+                }
+                let line = String::from_utf8_lossy(&head)
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .to_string();
+                let (status, body) = if line.starts_with("DELETE ") {
+                    (204, String::new())
+                } else if line.starts_with("GET ") && line.contains("uploads") {
+                    listing(&line)
+                } else {
+                    (404, String::new())
+                };
+                let reason = match status {
+                    200 => "OK",
+                    204 => "No Content",
+                    403 => "Forbidden",
+                    _ => "Not Found",
+                };
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 {status} {reason}\r\nContent-Length: {}\r\n\
+                     Content-Type: application/xml\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                seen.push(line);
+            }
+            seen
+        });
+        (endpoint, server)
+    }
+
+    /// Runs `abort_stale_uploads` of a push to `endpoint`'s bucket `b`, prefix `repo`.
+    fn abort_stale(endpoint: &str) -> Result<usize> {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::create(&dir.path().join("storage")).unwrap();
+        let target = S3Target {
+            endpoint: Some(endpoint.to_string()),
+            region: Some("us-east-1".into()),
+            allow_http: true,
+            ..S3Target::parse("s3://b/repo").unwrap()
+        };
+        let env: HashMap<String, String> = [
+            ("AWS_ACCESS_KEY_ID", "test-key-id"),
+            ("AWS_SECRET_ACCESS_KEY", "test-secret"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let client = target
+            .builder(&env)
+            .unwrap()
+            .with_client_options(ClientOptions::new().with_allow_http(true))
+            .with_retry(RetryConfig {
+                max_retries: 0,
+                ..RetryConfig::default()
+            })
+            .build()
+            .unwrap();
+        let push = Push {
+            target: &target,
+            client,
+            http: target.http_client().unwrap(),
+            store: &store,
+            buffers: tokio::sync::Semaphore::new(16),
+            budget_mib: 16,
+            multipart: Default::default(),
+        };
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(push.abort_stale_uploads(STALE_UPLOAD_AGE, 2))
+    }
+
+    #[test]
+    fn only_stale_uploads_of_the_repository_objects_are_aborted() {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let ago = |hours: i64| {
+            chrono::DateTime::from_timestamp(now - hours * 3600, 0)
+                .unwrap()
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        };
+        let hex = "0123456789abcdef0123456789abcdef012345";
+        let upload = |key: String, id: &str, initiated: String| {
+            format!(
+                "<Upload><Key>{key}</Key><UploadId>{id}</UploadId><Initiator><ID>x</ID>\
+                 </Initiator><StorageClass>STANDARD</StorageClass><Initiated>{initiated}\
+                 </Initiated></Upload>"
+            )
+        };
+        let page = |truncated: bool, uploads: Vec<String>| {
+            format!(
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<ListMultipartUploadsResult \
+                 xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Bucket>b</Bucket>\
+                 <KeyMarker></KeyMarker><UploadIdMarker></UploadIdMarker>\
+                 <NextKeyMarker>repo/data/ab/{hex}</NextKeyMarker>\
+                 <NextUploadIdMarker>old-1</NextUploadIdMarker><MaxUploads>1000</MaxUploads>\
+                 <IsTruncated>{truncated}</IsTruncated>{}</ListMultipartUploadsResult>",
+                uploads.concat()
+            )
+        };
+        let first = page(
+            true,
+            vec![
+                upload(format!("repo/data/ab/{hex}"), "old-1", ago(48)),
+                // A concurrent push's: kept.
+                upload(format!("repo/data/cd/{hex}C"), "fresh", ago(1)),
+                // Not an object's key, or no readable time: kept.
+                upload("repo/data/txn/scratch".into(), "not-ours", ago(48)),
+                upload(format!("repo/data/ef/{hex}"), "no-time", "yesterday".into()),
+            ],
+        );
+        let second = page(
+            false,
+            vec![
+                upload(format!("repo/data/ef/{hex}P"), "old-2", ago(25)),
+                upload(format!("repo/data/12/{hex}"), "young", ago(23)),
+            ],
+        );
+        // Two listings (the second after the first's marker), two aborts.
+        let (endpoint, server) = fake_s3(
+            move |line| match line.contains("key-marker=repo") {
+                false => (200, first.clone()),
+                true => (200, second.clone()),
+            },
+            4,
+        );
+        assert_eq!(abort_stale(&endpoint).unwrap(), 2);
+        let seen = server.join().unwrap();
+        let aborted: Vec<&String> = seen.iter().filter(|l| l.starts_with("DELETE")).collect();
+        assert_eq!(aborted.len(), 2, "{seen:?}");
+        for (id, key) in [("old-1", "ab"), ("old-2", "ef")] {
+            assert!(
+                aborted.iter().any(|l| l.contains(&format!("uploadId={id}"))
+                    && l.contains(&format!("/b/repo/data/{key}/"))),
+                "{id}: {seen:?}"
+            );
+        }
+        let listing = &seen[0];
+        assert!(
+            listing.contains("uploads") && listing.contains("prefix=repo%2Fdata%2F"),
+            "{listing}"
+        );
+
+        // A listing refused (a policy without s3:ListBucketMultipartUploads): an error that
+        // names the bucket and S3's reason, not the signed URL.
+        let denied = "<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>";
+        let (endpoint, server) = fake_s3(move |_| (403, denied.to_string()), 1);
+        let err = abort_stale(&endpoint).unwrap_err().to_string();
+        server.join().unwrap();
+        assert!(
+            err.contains("s3://b/repo/data/ (incomplete multipart uploads): HTTP 403")
+                && err.contains("AccessDenied Access Denied"),
+            "{err}"
+        );
+        assert!(
+            !err.contains("Signature") && !err.contains("test-key-id"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn upload_ages() {
+        let day = STALE_UPLOAD_AGE;
+        let t = chrono::DateTime::parse_from_rfc3339("2026-01-02T00:00:00.000Z")
+            .unwrap()
+            .timestamp() as u64;
+        assert!(is_stale("2026-01-01T00:00:00.000Z", t + 1, day));
+        assert!(!is_stale("2026-01-01T00:00:00.000Z", t, day));
+        assert!(!is_stale("2026-01-01T12:00:00Z", t, day));
+        assert!(!is_stale("not a time", t, day));
+        assert!(!is_stale("2027-01-01T00:00:00Z", t, day));
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use super::open_repo;
 use crate::args::{Global, PushArgs};
-use crate::output::{event_json, Output};
+use crate::output::{event_json, to_stderr, Output};
 use anyhow::{anyhow, bail, Context, Result};
 use publisher::{CommitOutcome, PushOptions, PushReport, Repository, S3Target};
 use serde_json::json;
@@ -105,6 +105,7 @@ fn report(
     let nothing_written = !r.manifest_written
         && r.objects_uploaded == 0
         && r.objects_deleted == 0
+        && r.stale_uploads_aborted == 0
         && r.root_files_written.is_empty();
     let text = if nothing_written {
         format!(
@@ -118,7 +119,7 @@ fn report(
         };
         format!(
             "{fqrn} -> {to}: revision {} (was {before}); {} objects uploaded ({:.1} MB), {} \
-             already there{}{}{}{}; {secs:.2} s",
+             already there{}{}{}{}{}; {secs:.2} s",
             r.revision,
             r.objects_uploaded,
             r.bytes_uploaded as f64 / 1e6,
@@ -142,8 +143,18 @@ fn report(
                     ", {n} objects the storage lacks kept (a kept revision references them)"
                 ),
             },
+            match r.stale_uploads_aborted {
+                0 => String::new(),
+                n => format!(", {n} stale multipart uploads (of killed pushes) aborted"),
+            },
         )
     };
+    if let Some(e) = &r.stale_uploads_error {
+        // The revision is pushed; what a killed push left stays until the next one.
+        to_stderr(&format!(
+            "cvmfs-oci: warning: {fqrn} -> {to}: stale multipart uploads not cleaned up: {e}"
+        ));
+    }
     let mut fields = serde_json::to_value(r)?;
     fields["fqrn"] = json!(fqrn);
     fields["target"] = json!(to);

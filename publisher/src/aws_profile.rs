@@ -1,0 +1,394 @@
+//! The AWS shared files a `push` takes credentials and a region from when the environment has
+//! none: the profile `AWS_PROFILE` (default `default`) of the credentials file
+//! (`AWS_SHARED_CREDENTIALS_FILE`, default `~/.aws/credentials`, sections `[NAME]`) and of the
+//! config file (`AWS_CONFIG_FILE`, default `~/.aws/config`, sections `[profile NAME]` and
+//! `[default]`). Keys in the credentials file win over keys in the config file; the region
+//! comes from the config file. Only static keys are taken (`aws_access_key_id`,
+//! `aws_secret_access_key`, `aws_session_token`); a profile that gets its credentials another
+//! way (`role_arn`, `credential_process`, SSO) is refused by name rather than passed over.
+//!
+//! The files are read with the subset of INI the AWS tools write: `[section]` lines,
+//! `key = value` lines, whole-line comments (`#`, `;`) and comments after a value that follow
+//! whitespace; indented lines below a key (nested settings such as `s3 =`) are skipped. No
+//! error message quotes a value of these files.
+
+use crate::error::{Error, Result};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// Static credentials from a profile.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct ProfileCredential {
+    pub key_id: String,
+    pub secret_key: String,
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for ProfileCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the secret (nor the token): this may end up in a log.
+        f.debug_struct("ProfileCredential")
+            .field("key_id", &self.key_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the selected profile gives.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct ProfileSettings {
+    pub credential: Option<ProfileCredential>,
+    pub region: Option<String>,
+}
+
+/// Keys that obtain credentials in ways this reader does not follow.
+const UNSUPPORTED: [&str; 5] = [
+    "role_arn",
+    "credential_process",
+    "sso_session",
+    "sso_start_url",
+    "web_identity_token_file",
+];
+
+type Profiles = HashMap<String, HashMap<String, String>>;
+
+/// The settings of the profile `AWS_PROFILE` names (or `default`), `env` standing for the
+/// process environment. A profile named by `AWS_PROFILE` that neither file has is an error;
+/// a missing `default` profile (or missing files) is not: there is nothing to take.
+pub(crate) fn profile_settings(env: &dyn Fn(&str) -> Option<String>) -> Result<ProfileSettings> {
+    let named = env("AWS_PROFILE").filter(|p| !p.is_empty());
+    let profile = named.clone().unwrap_or_else(|| "default".to_string());
+    let home = env("HOME").filter(|h| !h.is_empty());
+    let file = |var: &str, default: &str| -> Option<PathBuf> {
+        let path = env(var).filter(|p| !p.is_empty());
+        let path = path.unwrap_or_else(|| format!("~/.aws/{default}"));
+        match path.strip_prefix("~/") {
+            Some(rest) => home.as_ref().map(|h| Path::new(h).join(rest)),
+            None => Some(PathBuf::from(path)),
+        }
+    };
+    let credentials_file = file("AWS_SHARED_CREDENTIALS_FILE", "credentials");
+    let config_file = file("AWS_CONFIG_FILE", "config");
+    let credentials = read(credentials_file.as_deref(), false)?;
+    let config = read(config_file.as_deref(), true)?;
+    let in_credentials = credentials.get(&profile);
+    let in_config = config.get(&profile);
+    if in_credentials.is_none() && in_config.is_none() {
+        if named.is_some() {
+            let shown = |p: &Option<PathBuf>, var: &str| match p {
+                Some(p) => p.display().to_string(),
+                None => format!("~/.aws/{var} (HOME is not set)"),
+            };
+            return Err(Error::Invalid(format!(
+                "AWS profile '{profile}' (AWS_PROFILE) is in neither {} nor {}",
+                shown(&credentials_file, "credentials"),
+                shown(&config_file, "config")
+            )));
+        }
+        return Ok(ProfileSettings::default());
+    }
+    let sources = [
+        (in_credentials, credentials_file.as_deref()),
+        (in_config, config_file.as_deref()),
+    ];
+    let mut credential = None;
+    for (settings, path) in sources {
+        let (Some(settings), Some(path)) = (settings, path) else {
+            continue;
+        };
+        if let Some(found) = static_credential(settings, &profile, path)? {
+            credential = Some(found);
+            break;
+        }
+    }
+    if credential.is_none() {
+        for (settings, path) in sources {
+            let (Some(settings), Some(path)) = (settings, path) else {
+                continue;
+            };
+            if let Some(key) = UNSUPPORTED.iter().find(|k| settings.contains_key(**k)) {
+                return Err(Error::Invalid(format!(
+                    "AWS profile '{profile}' in {}: {key} is not supported; give the profile \
+                     aws_access_key_id and aws_secret_access_key, or set AWS_ACCESS_KEY_ID and \
+                     AWS_SECRET_ACCESS_KEY",
+                    path.display()
+                )));
+            }
+        }
+    }
+    let region = in_config
+        .and_then(|s| s.get("region"))
+        .filter(|r| !r.is_empty())
+        .cloned();
+    Ok(ProfileSettings { credential, region })
+}
+
+/// The static keys of a profile's section, if it has any.
+fn static_credential(
+    settings: &HashMap<String, String>,
+    profile: &str,
+    path: &Path,
+) -> Result<Option<ProfileCredential>> {
+    let get = |k: &str| settings.get(k).filter(|v| !v.is_empty()).cloned();
+    match (get("aws_access_key_id"), get("aws_secret_access_key")) {
+        (Some(key_id), Some(secret_key)) => Ok(Some(ProfileCredential {
+            key_id,
+            secret_key,
+            token: get("aws_session_token"),
+        })),
+        (None, None) => Ok(None),
+        (has_id, _) => Err(Error::Invalid(format!(
+            "AWS profile '{profile}' in {}: {} without {}",
+            path.display(),
+            if has_id.is_some() {
+                "aws_access_key_id"
+            } else {
+                "aws_secret_access_key"
+            },
+            if has_id.is_some() {
+                "aws_secret_access_key"
+            } else {
+                "aws_access_key_id"
+            },
+        ))),
+    }
+}
+
+/// The profiles of a file (none when it does not exist).
+fn read(path: Option<&Path>, config: bool) -> Result<Profiles> {
+    let Some(path) = path else {
+        return Ok(Profiles::new());
+    };
+    match std::fs::read(path) {
+        Ok(bytes) => parse(&String::from_utf8_lossy(&bytes), path, config),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Profiles::new()),
+        Err(e) => Err(Error::io_path(path, e)),
+    }
+}
+
+/// The sections of an AWS shared file by profile name: in the config file `[profile NAME]`
+/// and `[default]` (other sections, such as `[sso-session …]`, are not profiles), in the
+/// credentials file `[NAME]`. A section seen twice is merged, the later key winning.
+fn parse(text: &str, path: &Path, config: bool) -> Result<Profiles> {
+    let mut profiles = Profiles::new();
+    // The profile the lines belong to; `None` before any section and in other sections.
+    let mut current: Option<String> = None;
+    let mut in_section = false;
+    for (number, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        let malformed =
+            |what: &str| Error::Invalid(format!("{} line {}: {what}", path.display(), number + 1));
+        if line.is_empty() || line.starts_with(['#', ';']) {
+            continue;
+        }
+        if let Some(inner) = line.strip_prefix('[') {
+            let name = strip_comment(inner)
+                .strip_suffix(']')
+                .ok_or_else(|| malformed("a section header without its closing ']'"))?
+                .trim();
+            current = if !config || name == "default" {
+                Some(name.to_string())
+            } else {
+                name.strip_prefix("profile")
+                    .filter(|rest| rest.starts_with([' ', '\t']))
+                    .map(|rest| rest.trim().to_string())
+            };
+            if let Some(name) = &current {
+                profiles.entry(name.clone()).or_default();
+            }
+            in_section = true;
+            continue;
+        }
+        if raw.starts_with([' ', '\t']) {
+            // A nested setting under the key above (`s3 =` then `  addressing_style = path`).
+            continue;
+        }
+        let (key, value) = line
+            .split_once('=')
+            .ok_or_else(|| malformed("neither a [section] nor a key = value line"))?;
+        if !in_section {
+            return Err(malformed("a setting before the first [section]"));
+        }
+        if let Some(settings) = current.as_ref().and_then(|name| profiles.get_mut(name)) {
+            let value = strip_comment(value).trim().to_string();
+            settings.insert(key.trim().to_ascii_lowercase(), value);
+        }
+    }
+    Ok(profiles)
+}
+
+/// `text` up to a `#` or `;` that follows whitespace (a comment after a value).
+fn strip_comment(text: &str) -> &str {
+    let bytes = text.as_bytes();
+    for (i, b) in bytes.iter().enumerate() {
+        if (*b == b'#' || *b == b';') && i > 0 && bytes[i - 1].is_ascii_whitespace() {
+            return text[..i].trim_end();
+        }
+    }
+    text.trim_end()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CREDENTIALS: &str = "\
+[default]
+aws_access_key_id = DEFAULTKEY
+aws_secret_access_key = default/secret+1
+
+# the team's bucket
+[team]
+aws_access_key_id=TEAMKEY
+aws_secret_access_key=team/secret ; rotated monthly
+aws_session_token = team-token
+";
+
+    const CONFIG: &str = "\
+[default]
+region = eu-west-1
+s3 =
+    addressing_style = path
+    region = not-a-profile-key
+
+[profile team]
+region = eu-central-1 # Frankfurt
+
+[profile config-only]
+aws_access_key_id = CONFIGKEY
+aws_secret_access_key = config-secret
+
+[sso-session corp]
+sso_region = us-east-1
+
+[profile sso]
+sso_session = corp
+";
+
+    /// A temporary HOME with `~/.aws/credentials` and `~/.aws/config`, and an environment
+    /// made of `vars` (HOME included).
+    fn with_files(
+        credentials: &str,
+        config: &str,
+        vars: &[(&str, &str)],
+    ) -> (tempfile::TempDir, HashMap<String, String>) {
+        let home = tempfile::tempdir().unwrap();
+        let aws = home.path().join(".aws");
+        std::fs::create_dir(&aws).unwrap();
+        std::fs::write(aws.join("credentials"), credentials).unwrap();
+        std::fs::write(aws.join("config"), config).unwrap();
+        let mut env: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        env.insert("HOME".into(), home.path().display().to_string());
+        (home, env)
+    }
+
+    fn settings(env: &HashMap<String, String>) -> Result<ProfileSettings> {
+        profile_settings(&|k| env.get(k).cloned())
+    }
+
+    fn key_of(s: &ProfileSettings) -> Option<&str> {
+        s.credential.as_ref().map(|c| c.key_id.as_str())
+    }
+
+    #[test]
+    fn aws_profile_selects_the_profile() {
+        let (_home, env) = with_files(CREDENTIALS, CONFIG, &[]);
+        let default = settings(&env).unwrap();
+        let c = default.credential.clone().unwrap();
+        assert_eq!(
+            (c.key_id.as_str(), c.secret_key.as_str(), c.token),
+            ("DEFAULTKEY", "default/secret+1", None)
+        );
+        assert_eq!(default.region.as_deref(), Some("eu-west-1"));
+
+        let (_home, env) = with_files(CREDENTIALS, CONFIG, &[("AWS_PROFILE", "team")]);
+        let team = settings(&env).unwrap();
+        let c = team.credential.clone().unwrap();
+        assert_eq!(
+            (c.key_id.as_str(), c.secret_key.as_str()),
+            ("TEAMKEY", "team/secret")
+        );
+        assert_eq!(c.token.as_deref(), Some("team-token"));
+        assert_eq!(team.region.as_deref(), Some("eu-central-1"));
+        assert!(!format!("{team:?}").contains("secret"), "{team:?}");
+
+        // Keys in the config file's profile count when the credentials file has none.
+        let (_home, env) = with_files(CREDENTIALS, CONFIG, &[("AWS_PROFILE", "config-only")]);
+        assert_eq!(key_of(&settings(&env).unwrap()), Some("CONFIGKEY"));
+    }
+
+    #[test]
+    fn other_files_are_named_by_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let credentials = dir.path().join("creds");
+        let config = dir.path().join("conf");
+        std::fs::write(
+            &credentials,
+            "[ci]\naws_access_key_id=CI\naws_secret_access_key=s\n",
+        )
+        .unwrap();
+        std::fs::write(&config, "[profile ci]\nregion=ap-south-1\n").unwrap();
+        let (_home, mut env) = with_files(CREDENTIALS, CONFIG, &[("AWS_PROFILE", "ci")]);
+        env.insert(
+            "AWS_SHARED_CREDENTIALS_FILE".into(),
+            credentials.display().to_string(),
+        );
+        env.insert("AWS_CONFIG_FILE".into(), config.display().to_string());
+        let s = settings(&env).unwrap();
+        assert_eq!(key_of(&s), Some("CI"));
+        assert_eq!(s.region.as_deref(), Some("ap-south-1"));
+    }
+
+    #[test]
+    fn a_missing_profile_is_an_error_only_when_named() {
+        let (home, env) = with_files(CREDENTIALS, CONFIG, &[("AWS_PROFILE", "nosuch")]);
+        let err = settings(&env).unwrap_err().to_string();
+        let credentials = home.path().join(".aws/credentials");
+        assert!(
+            err.contains("AWS profile 'nosuch'")
+                && err.contains(&credentials.display().to_string()),
+            "{err}"
+        );
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(!err.contains("secret") && !err.contains("KEY"), "{err}");
+
+        // No files, no AWS_PROFILE: nothing to take, and no error.
+        let empty = tempfile::tempdir().unwrap();
+        let env: HashMap<String, String> =
+            [("HOME".to_string(), empty.path().display().to_string())].into();
+        assert_eq!(settings(&env).unwrap(), ProfileSettings::default());
+        // A default profile with only a region (an EC2 host's): no credentials from it.
+        let (_home, env) = with_files("", "[default]\nregion = us-west-2\n", &[]);
+        let s = settings(&env).unwrap();
+        assert!(s.credential.is_none());
+        assert_eq!(s.region.as_deref(), Some("us-west-2"));
+    }
+
+    #[test]
+    fn profiles_this_reader_cannot_follow_are_refused_without_values() {
+        let (_home, env) = with_files(CREDENTIALS, CONFIG, &[("AWS_PROFILE", "sso")]);
+        let err = settings(&env).unwrap_err().to_string();
+        assert!(
+            err.contains("'sso'") && err.contains("sso_session"),
+            "{err}"
+        );
+        assert!(!err.contains("corp"), "{err}");
+
+        let half = "[default]\naws_access_key_id = HALFKEY\n";
+        let (_home, env) = with_files(half, "", &[]);
+        let err = settings(&env).unwrap_err().to_string();
+        assert!(
+            err.contains("aws_access_key_id without aws_secret_access_key"),
+            "{err}"
+        );
+        assert!(!err.contains("HALFKEY"), "{err}");
+
+        let bad = "[default]\naws_secret_access_key VERYSECRET\n";
+        let (_home, env) = with_files(bad, "", &[]);
+        let err = settings(&env).unwrap_err().to_string();
+        assert!(err.contains("credentials line 2:"), "{err}");
+        assert!(!err.contains("VERYSECRET"), "{err}");
+    }
+}
