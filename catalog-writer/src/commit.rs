@@ -19,6 +19,9 @@ pub struct Ctx<'a> {
     pub objects: &'a dyn Objects,
     /// `self + subtree` counters of stored catalogs, by hash.
     pub known: &'a Mutex<HashMap<ContentHash, Counts>>,
+    /// The caller unloads what it commits: each catalog drops its leaves as soon as its rows
+    /// are built, so that they are not held while SQLite holds the same entries as pages.
+    pub release_leaves: bool,
 }
 
 /// The outcome for one catalog (written now or kept).
@@ -79,6 +82,9 @@ pub fn commit_catalog(
         kids: Vec::new(),
     };
     region.emit_root(dir, &path)?;
+    if ctx.release_leaves {
+        drop_region_leaves(dir);
+    }
     let subtree = subtree_counts(dir.cat.as_deref(), &region.kids, ctx)?;
     let stats = Statistics {
         self_: region.counts,
@@ -109,7 +115,7 @@ pub fn commit_catalog(
         // It would say exactly what the stored catalog says: keep that one, so the parent's
         // `nested_catalogs` row (and with it the parent) stays the same too.
         Some(o) => (o.cref, written_below, o.revision),
-        None => (store(&db, &path, ctx)?, written_below + 1, revision),
+        None => (store(db, &path, ctx)?, written_below + 1, revision),
     };
     if let Ok(mut known) = ctx.known.lock() {
         known.insert(cref.hash, stats.totals());
@@ -148,10 +154,26 @@ fn previous_version(
     CatInfo::of_db(&cref, &db).ok()
 }
 
+/// Drops the leaves of a catalog's region, its marker excepted. What the parent catalog's rows
+/// need of it (metadata, size, link count, being a catalog root) and nested catalogs stay.
+fn drop_region_leaves(dir: &mut DirNode) {
+    dir.children.retain(|name, child| match child {
+        Child::Leaf(_) => name.as_slice() == crate::node::MARKER,
+        Child::Dir(d) => {
+            if !d.has_marker() {
+                drop_region_leaves(d);
+            }
+            true
+        }
+        Child::Stub(_) => true,
+    });
+}
+
 /// Writes `db` as a catalog object and returns its reference.
-fn store(db: &CatalogDb, path: &[u8], ctx: &Ctx<'_>) -> Result<CatalogRef> {
-    let raw = sql::write(db, &display(path))?;
-    let packed = crate::zlib::compress_catalog(&raw);
+fn store(db: CatalogDb, path: &[u8], ctx: &Ctx<'_>) -> Result<CatalogRef> {
+    let (packed, raw_len) = sql::write_with(db, &display(path), |raw| {
+        (crate::zlib::compress_catalog(raw), raw.len())
+    })?;
     let hash = ContentHash::of(&packed);
     ctx.objects
         .store(&hash, Suffix::Catalog, &packed)
@@ -161,7 +183,7 @@ fn store(db: &CatalogDb, path: &[u8], ctx: &Ctx<'_>) -> Result<CatalogRef> {
         })?;
     Ok(CatalogRef {
         hash,
-        size: raw.len() as u64,
+        size: raw_len as u64,
     })
 }
 

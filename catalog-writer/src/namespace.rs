@@ -12,7 +12,7 @@ use crate::pathhash::display;
 use crate::sql::Counts;
 use crate::tree::Node;
 use crate::{Error, Result};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::sync::Mutex;
 
@@ -348,6 +348,7 @@ impl Namespace {
             opts,
             objects,
             known: &self.known,
+            release_leaves: false,
         };
         let before = self.root.cat.as_ref().map(|c| c.cref);
         let built = crate::commit::commit_catalog(&mut self.root, Vec::new(), None, &ctx)?;
@@ -377,7 +378,12 @@ impl Namespace {
     }
 
     /// [`commit_subtree`](Self::commit_subtree) for several disjoint subtrees, written in
-    /// parallel: each is taken out of the tree, written, and put back.
+    /// parallel: each is taken out of the tree, written, and put back unloaded (a stub of
+    /// its stored catalog, as [`Namespace::open`] leaves nested catalogs): a batch of images
+    /// would otherwise hold every image's tree until the final commit. A later change below
+    /// one loads its catalog again. After an error the subtrees that failed are gone from the
+    /// namespace (their leaves are dropped while their catalogs are written): the caller must
+    /// not commit it.
     pub fn commit_subtrees(
         &mut self,
         paths: &[&[u8]],
@@ -399,6 +405,7 @@ impl Namespace {
             opts,
             objects,
             known: &self.known,
+            release_leaves: true,
         };
         let written: Vec<crate::Result<usize>> = detached
             .par_iter_mut()
@@ -411,8 +418,12 @@ impl Namespace {
                 Ok(built.written)
             })
             .collect();
-        for (path, dir) in detached {
-            self.attach(&path, dir)?;
+        for ((path, dir), result) in detached.into_iter().zip(&written) {
+            // A subtree whose catalogs could not all be written may have lost leaves already:
+            // it is left out rather than committed later without them.
+            if result.is_ok() {
+                self.attach(&path, unloaded(&path, dir)?)?;
+            }
         }
         written.into_iter().sum()
     }
@@ -439,11 +450,11 @@ impl Namespace {
     }
 
     /// Puts back what [`Namespace::detach_catalog_root`] took out.
-    fn attach(&mut self, path: &[u8], dir: Box<DirNode>) -> Result<()> {
+    fn attach(&mut self, path: &[u8], child: Child) -> Result<()> {
         let comps = components(path)?;
         if let Some((last, above)) = comps.split_last() {
             if let Some(parent) = self.in_memory_dir(above) {
-                parent.children.insert(last.to_vec(), Child::Dir(dir));
+                parent.children.insert(last.to_vec(), child);
             }
         }
         Ok(())
@@ -562,6 +573,9 @@ fn graft(node: Node, path: &[u8]) -> Result<Child> {
             meta.kind = EntryKind::Directory;
             meta.hardlink = None;
             let mut d = DirNode::new(meta);
+            // Collected into a vector first: a map built from sorted pairs has full nodes, one
+            // built by inserting them one by one is left about half empty.
+            let mut children = Vec::with_capacity(dir.children.len());
             for (name, child) in dir.children {
                 if !valid_name(&name) {
                     return Err(path_error(
@@ -579,11 +593,35 @@ fn graft(node: Node, path: &[u8]) -> Result<Child> {
                 }
                 let child_path = crate::pathhash::join(path, &name);
                 check_leaf(&child_path, &name, &child)?;
-                d.children.insert(name, graft(child, &child_path)?);
+                children.push((name, graft(child, &child_path)?));
             }
+            d.children = BTreeMap::from_iter(children);
             Child::Dir(Box::new(d))
         }
     })
+}
+
+/// A catalog root just written, as the stub its parent's catalog will name: the mountpoint
+/// row the parent's commit would make of the directory, and the stored catalog.
+fn unloaded(path: &[u8], dir: Box<DirNode>) -> Result<Child> {
+    let (Some(cat), false) = (dir.cat.as_ref(), dir.dirty) else {
+        return Ok(Child::Dir(dir));
+    };
+    let parent = crate::pathhash::parent_path(path).unwrap_or_default();
+    let row = crate::rows::dir_row(
+        path,
+        crate::pathhash::PathHash::of(parent),
+        &dir.meta,
+        dir.size,
+        dir.linkcount(),
+        crate::rows::DirRole::Mountpoint,
+    )?;
+    let entry = crate::rows::row_entry(&row, path, &[])?;
+    Ok(Child::Stub(Box::new(node::Stub {
+        cref: cat.cref,
+        row,
+        entry,
+    })))
 }
 
 fn clear_dirty(dir: &mut DirNode) {

@@ -296,6 +296,18 @@ pub fn write(db: &CatalogDb, label: &str) -> Result<Vec<u8>> {
     Ok(image.to_vec())
 }
 
+/// [`write`] of a catalog the caller is done with, handing the file's bytes to `use_image`:
+/// the rows are dropped as soon as SQLite holds them, and the image is not copied again. A
+/// large catalog was otherwise held four times at once (rows, SQLite's pages, SQLite's
+/// image, its copy): 100 000 entries cost ~75 MB instead of ~35.
+pub fn write_with<T>(db: CatalogDb, label: &str, use_image: impl FnOnce(&[u8]) -> T) -> Result<T> {
+    let mut conn = Connection::open_in_memory().map_err(sql_err(label))?;
+    fill(&mut conn, &db).map_err(sql_err(label))?;
+    drop(db);
+    let image = conn.serialize(rusqlite::MAIN_DB).map_err(sql_err(label))?;
+    Ok(use_image(&image))
+}
+
 /// The page size of catalogs cvmfs writes.
 const CATALOG_PAGE_SIZE: i64 = 1024;
 

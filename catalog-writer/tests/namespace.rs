@@ -969,6 +969,30 @@ fn subtrees_committed_early_give_the_same_repository() {
     }
 }
 
+/// A subtree written early leaves memory: what is below it is read back from its stored
+/// catalog when asked for, and the final commit names that catalog as it is.
+#[test]
+fn subtrees_committed_early_are_unloaded() {
+    let objects = MemObjects::default();
+    let mut img = dir();
+    put(&mut img, b".cvmfscatalog", file(&objects, b""));
+    put(&mut img, b"d/f", file(&objects, b"f"));
+    let mut ns = Namespace::empty(1);
+    graft(&mut ns, &objects, b"/img", img);
+    let o = opts(1);
+    assert_eq!(ns.commit_subtree(b"/img", &o, &objects).unwrap(), 1);
+    objects.loads.lock().unwrap().clear();
+    assert!(ns.entry(b"/img/d/f", &objects).unwrap().is_some());
+    assert_eq!(
+        objects.loads.lock().unwrap().len(),
+        1,
+        "the written catalog is loaded again"
+    );
+    let report = ns.commit(&o, &objects).unwrap();
+    assert_verified(&objects, report.root);
+    assert_eq!(report.catalogs_total, 2);
+}
+
 #[test]
 fn subtrees_are_left_to_commit_when_a_dirtab_applies() {
     let objects = MemObjects::default();

@@ -155,7 +155,8 @@ pub struct TuningArgs {
     /// Worker threads for compression (default: all cores).
     #[arg(long)]
     pub workers: Option<usize>,
-    /// Memory for in-flight buffers, in MiB.
+    /// Memory for in-flight buffers (file bytes between reading and storing), in MiB; the
+    /// entries' metadata comes on top (see docs/design.md, "Memory per entry").
     #[arg(long)]
     pub memory_mib: Option<usize>,
 }

@@ -107,13 +107,13 @@ impl<'a> MemoContext<'a> {
     }
 
     /// Stores a layer's memo (and drops the cached older version).
-    fn put(&self, diff_id: &str, layer: &MemoLayer) -> publisher::Result<()> {
+    fn put(&self, diff_id: &str, layer: MemoLayer) -> publisher::Result<()> {
         let mut cache = self.cache();
         if let Some(old) = cache.layers.remove(diff_id) {
             cache.entries -= old.entries.len();
         }
         drop(cache);
-        self.memo.put(diff_id, layer)
+        self.memo.put_owned(diff_id, layer)
     }
 }
 
@@ -207,13 +207,15 @@ pub fn flatten_layers_with(
             ),
         });
     }
-    let root = fl.root_to_pending()?;
+    let root = fl.into_pending()?;
     finalize(root, &Entry::directory(0o755, 0, 0, 0), pipeline)
 }
 
-/// A node of the merged tree; `layer` fields say which layer decided it.
+/// A node of the merged tree; `layer` fields say which layer decided it. Directories are
+/// boxed: most nodes are leaves, and the map holding them sizes every slot for the largest
+/// variant (an unboxed `FDir` made each leaf cost ~200 bytes instead of 24).
 enum FNode {
-    Dir(FDir),
+    Dir(Box<FDir>),
     Leaf {
         inode: usize,
         layer: usize,
@@ -282,8 +284,9 @@ enum LayerItem {
         /// Its record in the memo being written.
         rec: Option<usize>,
         /// Entry with known data (replayed from a memo, or ingested for the memo being
-        /// written, with its ticket); `None`: its bytes were skipped.
-        known: Option<(Entry, Option<FileTicket>)>,
+        /// written, with its ticket); `None`: its bytes were skipped. Boxed because shadowed
+        /// files are few, and every path of the layer has an item.
+        known: Option<Box<(Entry, Option<FileTicket>)>>,
     },
 }
 
@@ -296,17 +299,21 @@ struct Flattener<'p> {
     pipeline: &'p ObjectPipeline,
 }
 
-/// A member of the memo being written; a regular file's data is its ticket's resolution.
-struct MemoRec {
-    entry: MemoEntry,
-    ticket: Option<FileTicket>,
+/// The memo of a layer being read: its members, and the tickets whose resolutions are the
+/// data of its regular files, kept apart so that the members become the memo as they are
+/// (not copied into a second vector the size of the layer).
+#[derive(Default)]
+struct MemoRecs {
+    entries: Vec<MemoEntry>,
+    /// (member index, ticket of its data).
+    tickets: Vec<(usize, FileTicket)>,
 }
 
 /// A layer read from its stream whose memo is not written yet.
 struct Unsaved {
     diff_id: String,
     layer: usize,
-    recs: Vec<MemoRec>,
+    recs: MemoRecs,
 }
 
 /// Per-layer state.
@@ -324,7 +331,7 @@ struct LayerScan {
     /// Shadowed files given an inode already (several links may name one), by member.
     materialized: HashMap<usize, usize>,
     /// The memo being written; `None` when not recording.
-    recs: Option<Vec<MemoRec>>,
+    recs: Option<MemoRecs>,
 }
 
 impl LayerScan {
@@ -338,26 +345,23 @@ impl LayerScan {
             opaque_dirs: HashSet::new(),
             needed: HashMap::new(),
             materialized: HashMap::new(),
-            recs: record.then(Vec::new),
+            recs: record.then(MemoRecs::default),
         }
     }
 
     /// Appends a memo member; returns its index when recording.
     fn record(&mut self, path: &[u8], kind: MemoKind) -> Option<usize> {
         let recs = self.recs.as_mut()?;
-        recs.push(MemoRec {
-            entry: MemoEntry {
-                path: path.to_vec(),
-                kind,
-            },
-            ticket: None,
+        recs.entries.push(MemoEntry {
+            path: path.to_vec(),
+            kind,
         });
-        Some(recs.len() - 1)
+        Some(recs.entries.len() - 1)
     }
 
     fn set_ticket(&mut self, rec: Option<usize>, ticket: FileTicket) {
-        if let Some(r) = rec.and_then(|i| self.recs.as_mut()?.get_mut(i)) {
-            r.ticket = Some(ticket);
+        if let (Some(i), Some(recs)) = (rec, self.recs.as_mut()) {
+            recs.tickets.push((i, ticket));
         }
     }
 }
@@ -481,7 +485,7 @@ impl Flattener<'_> {
     fn save_stored(&self, m: &MemoContext<'_>, unsaved: &mut Vec<Unsaved>) -> Result<()> {
         let mut i = 0;
         while i < unsaved.len() {
-            let tickets = unsaved[i].recs.iter().filter_map(|r| r.ticket);
+            let tickets = unsaved[i].recs.tickets.iter().map(|&(_, t)| t);
             if self.pipeline.all_stored(tickets) {
                 self.save_memo(m, unsaved.remove(i))?;
             } else {
@@ -494,15 +498,16 @@ impl Flattener<'_> {
     /// Resolves the tickets of a layer read from its stream and stores its memo (merged
     /// with what an older memo of the same layer knew).
     fn save_memo(&self, m: &MemoContext<'_>, layer: Unsaved) -> Result<()> {
-        let mut entries = Vec::with_capacity(layer.recs.len());
-        for rec in layer.recs {
-            let mut entry = rec.entry;
-            if let (Some(t), MemoKind::File { data, .. }) = (rec.ticket, &mut entry.kind) {
+        let MemoRecs {
+            mut entries,
+            tickets,
+        } = layer.recs;
+        for (i, t) in tickets {
+            if let Some(MemoKind::File { data, .. }) = entries.get_mut(i).map(|e| &mut e.kind) {
                 *data = Some(self.pipeline.resolve(t)?.1);
             }
-            entries.push(entry);
         }
-        m.put(&layer.diff_id, &MemoLayer::new(entries))
+        m.put(&layer.diff_id, MemoLayer::new(entries))
             .map_err(|source| Error::Memo {
                 layer: self.names[layer.layer].clone(),
                 source,
@@ -516,7 +521,7 @@ impl Flattener<'_> {
         idx: usize,
         layer: &LayerInput,
         record: bool,
-    ) -> Result<Option<Vec<MemoRec>>> {
+    ) -> Result<Option<MemoRecs>> {
         let mut scan = LayerScan::new(idx, record, false);
         self.first_pass(&mut scan, (layer.open)()?)?;
         self.check_pending_hidden(&scan)?;
@@ -751,13 +756,13 @@ impl Flattener<'_> {
                     let name = format!("{}: {}", self.names[l], show(raw));
                     let ticket = ingest_member(m, self.pipeline, &name)?;
                     scan.set_ticket(rec, ticket);
-                    Some((entry, Some(ticket)))
+                    Some(Box::new((entry, Some(ticket))))
                 }
                 Content::Tar(m) => {
                     drain_member(m).map_err(|e| err(self, e))?;
                     None
                 }
-                Content::Known => Some((entry, None)),
+                Content::Known => Some(Box::new((entry, None))),
                 Content::Unknown => None,
             };
             let item = LayerItem::Shadowed {
@@ -913,7 +918,10 @@ impl Flattener<'_> {
                     Some(&i) => i,
                     None => {
                         let i = match known {
-                            Some((entry, ticket)) => self.fill(None, entry, ticket),
+                            Some(known) => {
+                                let (entry, ticket) = *known;
+                                self.fill(None, entry, ticket)
+                            }
                             None if scan.replay => {
                                 let msg = format!(
                                     "layer memo lacks the data of hardlink target {}",
@@ -1051,13 +1059,13 @@ impl Flattener<'_> {
             let node = dir
                 .children
                 .entry(c.to_vec())
-                .or_insert_with(|| FNode::Dir(FDir::new(l)));
+                .or_insert_with(|| FNode::Dir(Box::new(FDir::new(l))));
             if let FNode::Whiteout { layer } = *node {
                 // Removed below, recreated by this layer: lower content stays hidden.
                 let mut d = FDir::new(l);
                 d.opaque = Some(layer);
                 d.sealed = Some(layer);
-                *node = FNode::Dir(d);
+                *node = FNode::Dir(Box::new(d));
             }
             match node {
                 FNode::Dir(d) => dir = d,
@@ -1082,16 +1090,16 @@ impl Flattener<'_> {
         let node = parent
             .children
             .entry(last.to_vec())
-            .or_insert_with(|| FNode::Dir(FDir::new(l)));
+            .or_insert_with(|| FNode::Dir(Box::new(FDir::new(l))));
         match node {
             FNode::Dir(_) => {}
             FNode::Whiteout { layer } => {
                 let mut d = FDir::new(l);
                 d.opaque = Some(*layer);
                 d.sealed = Some(*layer);
-                *node = FNode::Dir(d);
+                *node = FNode::Dir(Box::new(d));
             }
-            FNode::Leaf { .. } => *node = FNode::Dir(FDir::new(l)),
+            FNode::Leaf { .. } => *node = FNode::Dir(Box::new(FDir::new(l))),
         }
         match node {
             FNode::Dir(d) => Ok(d),
@@ -1153,14 +1161,18 @@ impl Flattener<'_> {
         Err("hardlink cycle".into())
     }
 
-    /// Converts the merged tree, giving inodes referenced more than once a hardlink id.
-    fn root_to_pending(&self) -> Result<PDir> {
-        let mut refs: HashMap<usize, u32> = HashMap::new();
+    /// Converts the merged tree, giving inodes referenced more than once a hardlink id. The
+    /// merged tree and the inodes are consumed as the pending tree grows: the image's
+    /// metadata is held once, not twice.
+    fn into_pending(mut self) -> Result<PDir> {
+        let mut refs = vec![0u32; self.inodes.len()];
         self.count_refs(&self.root, &mut refs)?;
-        self.convert(&self.root, &refs, &mut Vec::new())
+        let root = std::mem::replace(&mut self.root, FDir::new(usize::MAX));
+        self.convert(root, &refs, &mut Vec::new())
     }
 
-    fn count_refs(&self, d: &FDir, refs: &mut HashMap<usize, u32>) -> Result<()> {
+    /// How many leaves of the merged tree resolve to each inode.
+    fn count_refs(&self, d: &FDir, refs: &mut [u32]) -> Result<()> {
         for node in d.children.values() {
             match node {
                 FNode::Dir(sub) => self.count_refs(sub, refs)?,
@@ -1168,7 +1180,9 @@ impl Flattener<'_> {
                     let (i, _, _) = self
                         .resolve_inode(*inode)
                         .map_err(|e| self.lerr(*layer, b"", e))?;
-                    *refs.entry(i).or_default() += 1;
+                    if let Some(n) = refs.get_mut(i) {
+                        *n = n.saturating_add(1);
+                    }
                 }
                 FNode::Whiteout { .. } => {}
             }
@@ -1176,35 +1190,54 @@ impl Flattener<'_> {
         Ok(())
     }
 
-    fn convert(&self, d: &FDir, refs: &HashMap<usize, u32>, path: &mut Vec<u8>) -> Result<PDir> {
-        let mut out = PDir {
-            meta: d.meta.clone(),
-            children: BTreeMap::new(),
-        };
-        for (name, node) in &d.children {
+    fn convert(&mut self, d: FDir, refs: &[u32], path: &mut Vec<u8>) -> Result<PDir> {
+        // Collected into a vector first: a map built from sorted pairs has full nodes, one
+        // built by inserting them one by one is left about half empty.
+        let mut children = Vec::with_capacity(d.children.len());
+        for (name, node) in d.children {
             let node = match node {
                 FNode::Whiteout { .. } => continue,
                 FNode::Dir(sub) => {
                     let len = path.len();
                     path.push(b'/');
-                    path.extend_from_slice(name);
-                    let c = self.convert(sub, refs, path)?;
+                    path.extend_from_slice(&name);
+                    let c = self.convert(*sub, refs, path)?;
                     path.truncate(len);
                     PNode::Dir(c)
                 }
-                FNode::Leaf { inode, layer } => {
-                    let (i, entry, ticket) = self
-                        .resolve_inode(*inode)
-                        .map_err(|e| self.lerr(*layer, path, e))?;
-                    let mut entry = entry.clone();
-                    entry.hardlink =
-                        (refs.get(&i).copied().unwrap_or(0) > 1).then_some(i as u64 + 1);
-                    PNode::Leaf(PLeaf { entry, ticket })
-                }
+                FNode::Leaf { inode, layer } => self.pending_leaf(inode, layer, refs, path)?,
             };
-            out.children.insert(name.clone(), node);
+            children.push((name, node));
         }
-        Ok(out)
+        Ok(PDir {
+            meta: d.meta,
+            children: crate::pipeline::sorted_map(children),
+        })
+    }
+
+    /// The leaf of inode `inode`, its entry moved out when this is its only leaf. Kept out of
+    /// the recursive [`Self::convert`], whose frame every directory level pays for.
+    fn pending_leaf(
+        &mut self,
+        inode: usize,
+        layer: usize,
+        refs: &[u32],
+        path: &[u8],
+    ) -> Result<PNode> {
+        let (i, entry, ticket) = self
+            .resolve_inode(inode)
+            .map_err(|e| self.lerr(layer, path, e))?;
+        let shared = refs.get(i).copied().unwrap_or(0) > 1;
+        let mut entry = if shared {
+            entry.clone()
+        } else {
+            match std::mem::replace(&mut self.inodes[i], Inode::Pending) {
+                Inode::Ready { entry, .. } => entry,
+                _ => return Err(self.lerr(layer, path, "internal: inode moved".into())),
+            }
+        };
+        entry.hardlink = shared.then_some(i as u64 + 1);
+        Ok(PNode::Leaf(PLeaf { entry, ticket }))
     }
 }
 

@@ -431,6 +431,12 @@ impl LayerMemo {
     /// Stores the memo of layer `diff_id`. When a memo of the same members exists, file data
     /// known there but unknown in `layer` is kept (a memo only ever gains data).
     pub fn put(&self, diff_id: &str, layer: &MemoLayer) -> Result<()> {
+        self.put_owned(diff_id, layer.clone())
+    }
+
+    /// [`LayerMemo::put`] of a memo the caller is done with: a layer of many members is not
+    /// held twice while it is written.
+    pub fn put_owned(&self, diff_id: &str, layer: MemoLayer) -> Result<()> {
         check_diff_id(diff_id)?;
         for e in &layer.entries {
             if let MemoKind::File {
@@ -448,7 +454,7 @@ impl LayerMemo {
             }
         }
         self.update(diff_id, |old| {
-            let mut new = layer.clone();
+            let mut new = layer;
             if let Some(old) = old {
                 new.merge_known_from(&old);
             }
@@ -611,6 +617,7 @@ enum Bytes {
 }
 
 impl Bytes {
+    #[cfg(test)]
     fn of(b: &[u8]) -> Bytes {
         match std::str::from_utf8(b) {
             Ok(s) => Bytes::Text(s.to_string()),
@@ -686,6 +693,8 @@ enum SKind {
     },
 }
 
+/// The owned form, to check [`encode`] against (tests).
+#[cfg(test)]
 fn smeta(m: &MemoMeta) -> SMeta {
     SMeta {
         perm: m.perm,
@@ -716,6 +725,8 @@ fn meta_of(m: SMeta) -> MemoMeta {
     }
 }
 
+/// The owned form, to check [`encode`] against (tests).
+#[cfg(test)]
 fn sdata(d: &FileData) -> SData {
     match d {
         FileData::Whole(h) => SData::Whole(h.to_hex()),
@@ -748,6 +759,8 @@ fn data_of(d: SData) -> std::result::Result<FileData, String> {
     })
 }
 
+/// The owned form, to check [`encode`] against (tests).
+#[cfg(test)]
 fn skind(k: &MemoKind) -> SKind {
     match k {
         MemoKind::Directory(m) => SKind::Dir(smeta(m)),
@@ -808,20 +821,193 @@ fn kind_of(k: SKind) -> std::result::Result<MemoKind, String> {
     })
 }
 
+/// The document of `layer`, serialised from borrowed views of its members: building the
+/// owned [`Doc`] first held every path and object hash of the layer a second time (as
+/// strings) while the JSON text was written.
 fn encode(layer: &MemoLayer) -> std::result::Result<Vec<u8>, String> {
-    let doc = Doc {
+    let doc = DocRef {
         v: FORMAT,
-        entries: layer
-            .entries
-            .iter()
-            .map(|e| SEntry {
-                path: Bytes::of(&e.path),
-                kind: skind(&e.kind),
-            })
-            .collect(),
+        entries: EntriesRef(&layer.entries),
     };
     let json = serde_json::to_vec(&doc).map_err(|e| e.to_string())?;
     zstd::bulk::compress(&json, ZSTD_LEVEL).map_err(|e| e.to_string())
+}
+
+/// [`Bytes`] borrowed; serialises the same.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum BytesRef<'a> {
+    Text(&'a str),
+    Raw(&'a [u8]),
+}
+
+impl BytesRef<'_> {
+    fn of(b: &[u8]) -> BytesRef<'_> {
+        match std::str::from_utf8(b) {
+            Ok(s) => BytesRef::Text(s),
+            Err(_) => BytesRef::Raw(b),
+        }
+    }
+}
+
+/// [`Doc`] borrowed; serialises the same.
+#[derive(Serialize)]
+struct DocRef<'a> {
+    v: u32,
+    entries: EntriesRef<'a>,
+}
+
+struct EntriesRef<'a>(&'a [MemoEntry]);
+
+impl Serialize for EntriesRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(|e| SEntryRef {
+            path: BytesRef::of(&e.path),
+            kind: skind_ref(&e.kind),
+        }))
+    }
+}
+
+#[derive(Serialize)]
+struct SEntryRef<'a> {
+    path: BytesRef<'a>,
+    kind: SKindRef<'a>,
+}
+
+/// [`SMeta`] borrowed; serialises the same.
+#[derive(Serialize)]
+struct SMetaRef<'a> {
+    perm: u32,
+    uid: u32,
+    gid: u32,
+    mtime: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ns: Option<u32>,
+    #[serde(skip_serializing_if = "XattrsRef::is_empty")]
+    xattrs: XattrsRef<'a>,
+}
+
+struct XattrsRef<'a>(&'a Xattrs);
+
+impl XattrsRef<'_> {
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl Serialize for XattrsRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_seq(
+            self.0
+                .iter()
+                .map(|(k, v)| (BytesRef::of(k), BytesRef::of(v))),
+        )
+    }
+}
+
+/// An object hash as the hex string [`SData`] holds.
+struct HexRef<'a>(&'a ContentHash);
+
+impl Serialize for HexRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let mut hex = [0u8; 40];
+        hex::encode_to_slice(self.0 .0, &mut hex).map_err(serde::ser::Error::custom)?;
+        let text = std::str::from_utf8(&hex).map_err(serde::ser::Error::custom)?;
+        s.serialize_str(text)
+    }
+}
+
+/// [`SData`] borrowed; serialises the same.
+#[derive(Serialize)]
+enum SDataRef<'a> {
+    Whole(HexRef<'a>),
+    Chunked(ChunksRef<'a>),
+}
+
+struct ChunksRef<'a>(&'a [Chunk]);
+
+impl Serialize for ChunksRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(|c| (c.offset, c.size, HexRef(&c.hash))))
+    }
+}
+
+/// [`SKind`] borrowed; serialises the same.
+#[derive(Serialize)]
+enum SKindRef<'a> {
+    Dir(SMetaRef<'a>),
+    File {
+        meta: SMetaRef<'a>,
+        size: u64,
+        data: Option<SDataRef<'a>>,
+    },
+    Symlink {
+        meta: SMetaRef<'a>,
+        target: BytesRef<'a>,
+    },
+    Char {
+        meta: SMetaRef<'a>,
+        rdev: u64,
+    },
+    Block {
+        meta: SMetaRef<'a>,
+        rdev: u64,
+    },
+    Fifo(SMetaRef<'a>),
+    Socket(SMetaRef<'a>),
+    Whiteout,
+    Opaque,
+    Hardlink {
+        target: BytesRef<'a>,
+    },
+}
+
+fn smeta_ref(m: &MemoMeta) -> SMetaRef<'_> {
+    SMetaRef {
+        perm: m.perm,
+        uid: m.uid,
+        gid: m.gid,
+        mtime: m.mtime,
+        ns: m.mtime_ns,
+        xattrs: XattrsRef(&m.xattrs),
+    }
+}
+
+fn sdata_ref(d: &FileData) -> SDataRef<'_> {
+    match d {
+        FileData::Whole(h) => SDataRef::Whole(HexRef(h)),
+        FileData::Chunked(cs) => SDataRef::Chunked(ChunksRef(cs)),
+    }
+}
+
+fn skind_ref(k: &MemoKind) -> SKindRef<'_> {
+    match k {
+        MemoKind::Directory(m) => SKindRef::Dir(smeta_ref(m)),
+        MemoKind::File { meta, size, data } => SKindRef::File {
+            meta: smeta_ref(meta),
+            size: *size,
+            data: data.as_ref().map(sdata_ref),
+        },
+        MemoKind::Symlink { meta, target } => SKindRef::Symlink {
+            meta: smeta_ref(meta),
+            target: BytesRef::of(target),
+        },
+        MemoKind::CharDevice { meta, rdev } => SKindRef::Char {
+            meta: smeta_ref(meta),
+            rdev: *rdev,
+        },
+        MemoKind::BlockDevice { meta, rdev } => SKindRef::Block {
+            meta: smeta_ref(meta),
+            rdev: *rdev,
+        },
+        MemoKind::Fifo(m) => SKindRef::Fifo(smeta_ref(m)),
+        MemoKind::Socket(m) => SKindRef::Socket(smeta_ref(m)),
+        MemoKind::Whiteout => SKindRef::Whiteout,
+        MemoKind::Opaque => SKindRef::Opaque,
+        MemoKind::Hardlink { target } => SKindRef::Hardlink {
+            target: BytesRef::of(target),
+        },
+    }
 }
 
 /// `Ok(None)` for a document of another format version.
@@ -854,4 +1040,116 @@ fn decode(blob: &[u8]) -> std::result::Result<Option<MemoLayer>, String> {
         })
         .collect::<std::result::Result<_, String>>()?;
     Ok(Some(MemoLayer { entries }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(xattrs: &[(&[u8], &[u8])], ns: Option<u32>) -> MemoMeta {
+        MemoMeta {
+            perm: 0o640,
+            uid: 7,
+            gid: 8,
+            mtime: -3,
+            mtime_ns: ns,
+            xattrs: xattrs
+                .iter()
+                .map(|(k, v)| (k.to_vec(), v.to_vec()))
+                .collect(),
+        }
+    }
+
+    /// The document as the owned [`Doc`] serialises it (what memos were written with).
+    fn owned_json(layer: &MemoLayer) -> Vec<u8> {
+        let doc = Doc {
+            v: FORMAT,
+            entries: layer
+                .entries
+                .iter()
+                .map(|e| SEntry {
+                    path: Bytes::of(&e.path),
+                    kind: skind(&e.kind),
+                })
+                .collect(),
+        };
+        serde_json::to_vec(&doc).unwrap()
+    }
+
+    #[test]
+    fn borrowed_encoding_writes_the_owned_document() {
+        let h = |b: u8| ContentHash([b; 20]);
+        let kinds = vec![
+            MemoKind::Directory(meta(
+                &[(b"user.a", b"1"), (b"user.\xff", b"\x00\xfe")],
+                None,
+            )),
+            MemoKind::File {
+                meta: meta(&[], Some(5)),
+                size: 3,
+                data: Some(FileData::Whole(h(0xab))),
+            },
+            MemoKind::File {
+                meta: meta(&[], None),
+                size: 10,
+                data: Some(FileData::Chunked(vec![
+                    Chunk {
+                        offset: 0,
+                        size: 4,
+                        hash: h(1),
+                    },
+                    Chunk {
+                        offset: 4,
+                        size: 6,
+                        hash: h(2),
+                    },
+                ])),
+            },
+            MemoKind::File {
+                meta: meta(&[], None),
+                size: 1,
+                data: None,
+            },
+            MemoKind::Symlink {
+                meta: meta(&[], None),
+                target: b"../t\"\\\n".to_vec(),
+            },
+            MemoKind::CharDevice {
+                meta: meta(&[], None),
+                rdev: 259,
+            },
+            MemoKind::BlockDevice {
+                meta: meta(&[], None),
+                rdev: 2049,
+            },
+            MemoKind::Fifo(meta(&[], None)),
+            MemoKind::Socket(meta(&[], None)),
+            MemoKind::Whiteout,
+            MemoKind::Opaque,
+            MemoKind::Hardlink {
+                target: b"bin/\x80x".to_vec(),
+            },
+        ];
+        let layer = MemoLayer::new(
+            kinds
+                .into_iter()
+                .enumerate()
+                .map(|(i, kind)| MemoEntry {
+                    path: if i == 3 {
+                        b"not/utf8/\xc3".to_vec()
+                    } else {
+                        format!("p/{i}").into_bytes()
+                    },
+                    kind,
+                })
+                .collect(),
+        );
+        let blob = encode(&layer).unwrap();
+        let json = zstd::stream::decode_all(blob.as_slice()).unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&json),
+            String::from_utf8_lossy(&owned_json(&layer))
+        );
+        assert_eq!(decode(&blob).unwrap(), Some(layer));
+    }
 }

@@ -568,3 +568,11 @@ fn a_memo_is_checked_against_the_store_once_per_context() {
     let (_, _, opens) = flat_counted(&layers, &store, Some(&fresh)).unwrap();
     assert_eq!(opens, vec![1]);
 }
+
+/// The merged tree and the per-layer index have a slot per path of the image: a large
+/// variant (an unboxed directory, a shadowed file's entry) sized every slot for itself.
+#[test]
+fn per_path_slots_stay_small() {
+    assert!(std::mem::size_of::<FNode>() <= 24);
+    assert!(std::mem::size_of::<LayerItem>() <= 40);
+}

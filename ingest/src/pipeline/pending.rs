@@ -57,24 +57,49 @@ fn build(
     counts: &HashMap<u64, u32>,
 ) -> Result<Dir> {
     let meta = root.meta.unwrap_or_else(|| default_dir.clone());
-    let mut dir = Dir::new(meta);
+    // Collected into a vector first: a map built from sorted pairs has full nodes, one built
+    // by inserting them one by one is left about half empty.
+    let mut children = Vec::with_capacity(root.children.len());
     for (name, node) in root.children {
         let node = match node {
             PNode::Dir(d) => Node::Dir(build(d, default_dir, pipeline, counts)?),
-            PNode::Leaf(mut leaf) => {
-                if let Some(id) = leaf.entry.hardlink {
-                    if counts.get(&id).copied().unwrap_or(0) < 2 {
-                        leaf.entry.hardlink = None;
-                    }
-                }
-                if let Some(t) = leaf.ticket {
-                    let (size, data) = pipeline.resolve(t)?;
-                    leaf.entry.kind = EntryKind::File { size, data };
-                }
-                Node::Leaf(leaf.entry)
-            }
+            PNode::Leaf(leaf) => Node::Leaf(final_leaf(leaf, pipeline, counts)?),
         };
-        dir.children.insert(name, node);
+        children.push((name, node));
     }
-    Ok(dir)
+    Ok(Dir {
+        meta,
+        children: sorted_map(children),
+    })
+}
+
+/// A leaf's entry with its file's data. Kept out of the recursive [`build`], whose frame
+/// every directory level of a deep tree pays for.
+fn final_leaf(
+    mut leaf: PLeaf,
+    pipeline: &ObjectPipeline,
+    counts: &HashMap<u64, u32>,
+) -> Result<Entry> {
+    // Only hard links share a ticket: any other leaf is its file's last reader.
+    let linked = leaf.entry.hardlink.is_some();
+    if let Some(id) = leaf.entry.hardlink {
+        if counts.get(&id).copied().unwrap_or(0) < 2 {
+            leaf.entry.hardlink = None;
+        }
+    }
+    if let Some(t) = leaf.ticket {
+        let (size, data) = if linked {
+            pipeline.resolve(t)?
+        } else {
+            pipeline.take(t)?
+        };
+        leaf.entry.kind = EntryKind::File { size, data };
+    }
+    Ok(leaf.entry)
+}
+
+/// A map of children already in key order (see [`build`]); out of line for the same reason
+/// as [`final_leaf`].
+pub(crate) fn sorted_map<V>(children: Vec<(Vec<u8>, V)>) -> BTreeMap<Vec<u8>, V> {
+    BTreeMap::from_iter(children)
 }

@@ -81,16 +81,20 @@ fn put_object(sh: &Shared, st: &Stored, bytes: &ObjectBytes) -> std::io::Result<
 
 /// Builds the file's `FileData` once its size is known and all pieces are stored.
 pub(super) fn try_complete(f: &mut FileState) -> bool {
-    let Some((size, n)) = f.total else {
+    let FileState::Open(progress) = f else {
         return false;
     };
-    if f.done.is_some() || f.pieces.len() != n {
+    let Some((size, n)) = progress.total else {
+        return false;
+    };
+    if progress.pieces.len() != n {
         return false;
     }
-    let data = match f.pieces.values().next() {
+    let data = match progress.pieces.values().next() {
         Some(p) if n == 1 && p.suffix == Suffix::None => FileData::Whole(p.hash),
         _ => FileData::Chunked(
-            f.pieces
+            progress
+                .pieces
                 .values()
                 .map(|p| Chunk {
                     offset: p.offset,
@@ -100,7 +104,6 @@ pub(super) fn try_complete(f: &mut FileState) -> bool {
                 .collect(),
         ),
     };
-    f.pieces.clear();
-    f.done = Some((size, data));
+    *f = FileState::Done(size, data);
     true
 }
