@@ -374,10 +374,7 @@ fn served_revision(env: &Env, s3: &S3Server, prefix: &str) -> u32 {
 fn every_new_revision_goes_to_the_push_target_until_it_is_forgotten() {
     let s3 = S3Server::start();
     let env = Env::init(&[]);
-    let src = env.path("src");
-    std::fs::create_dir_all(&src).unwrap();
-    std::fs::write(src.join("a.txt"), "a\n").unwrap();
-    publish(&env, &src);
+    let src = publish_one_file(&env);
     let out = push_cmd(&env, &s3, "auto", &["--auto"]).output().unwrap();
     assert!(out.status.success());
     let events: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
@@ -481,10 +478,7 @@ fn root_files_follow_the_manifest_and_the_bucket_stays_consistent() {
     let env = Env::init(&[]);
     // As `cvmfs_server mkfs`: a stratum 1 may replicate the storage, and the bucket.
     assert!(env.storage.join(".cvmfs_master_replica").is_file());
-    let src = env.path("src");
-    std::fs::create_dir_all(&src).unwrap();
-    std::fs::write(src.join("a.txt"), "a\n").unwrap();
-    publish(&env, &src);
+    let src = publish_one_file(&env);
     push(&env, &s3, "repo", &[]);
     assert_eq!(
         remote_file(&s3, "repo", ".cvmfs_master_replica"),
@@ -655,10 +649,7 @@ fn put_remote_file(s3: &S3Server, prefix: &str, name: &str, bytes: &[u8]) {
 fn a_rerun_repairs_a_reflog_and_status_left_behind_the_manifest() {
     let s3 = S3Server::start();
     let env = Env::init(&["--gc"]);
-    let src = env.path("src");
-    std::fs::create_dir_all(&src).unwrap();
-    std::fs::write(src.join("a.txt"), "a\n").unwrap();
-    publish(&env, &src);
+    let src = publish_one_file(&env);
     env.ok(&["gc", FQRN, "--keep-revisions", "0"]); // writes .cvmfs_status.json
     push(&env, &s3, "repo", &[]);
     let old_reflog = remote_file(&s3, "repo", ".cvmfsreflog");
@@ -737,6 +728,15 @@ fn start_multipart_upload(s3: &S3Server, key: &str) -> String {
     id
 }
 
+/// Publishes a tree of one file (`a.txt`) from `env`'s `src` directory, which it returns.
+fn publish_one_file(env: &Env) -> std::path::PathBuf {
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("a.txt"), "a\n").unwrap();
+    publish(env, &src);
+    src
+}
+
 /// The keys of the bucket's incomplete multipart uploads.
 fn incomplete_uploads(s3: &S3Server) -> String {
     String::from_utf8_lossy(&s3.request("GET", &format!("/{BUCKET}?uploads"), "")).to_string()
@@ -746,10 +746,7 @@ fn incomplete_uploads(s3: &S3Server) -> String {
 fn a_push_aborts_the_multipart_uploads_killed_pushes_left() {
     let s3 = S3Server::start();
     let env = Env::init(&[]);
-    let src = env.path("src");
-    std::fs::create_dir_all(&src).unwrap();
-    std::fs::write(src.join("a.txt"), "a\n").unwrap();
-    publish(&env, &src);
+    publish_one_file(&env);
     // moto dates every upload 2010-11-10, so each of these is older than a day: what decides
     // is whose it is. (The age limit is tested against a stand-in in the publisher's tests.)
     let hex = "0123456789abcdef0123456789abcdef012345";
@@ -791,10 +788,7 @@ fn a_push_aborts_the_multipart_uploads_killed_pushes_left() {
 fn credentials_come_from_the_aws_profile_when_the_environment_has_none() {
     let s3 = S3Server::start();
     let env = Env::init(&[]);
-    let src = env.path("src");
-    std::fs::create_dir_all(&src).unwrap();
-    std::fs::write(src.join("a.txt"), "a\n").unwrap();
-    publish(&env, &src);
+    publish_one_file(&env);
     let credentials = env.path("aws-credentials");
     let config = env.path("aws-config");
     std::fs::write(
