@@ -1,7 +1,7 @@
 //! One function per command; each returns the process exit code.
 
 use crate::args::*;
-use crate::output::{event_json, Output};
+use crate::output::{event_json, Counting, Output};
 use crate::paths::{home_dir, repo_path};
 use anyhow::{anyhow, bail, Context, Result};
 use catalog_writer::entry::Entry;
@@ -374,8 +374,10 @@ pub fn publish(home: &Path, g: &Global, a: &PublishArgs, out: Output) -> Result<
     let started = Instant::now();
     let txn = begin(&repo, !g.no_wait, out)?;
     let pipeline = new_pipeline(&repo, &txn, &a.tuning, out)?;
+    let progress = out.follow_pipeline(a.source.display().to_string(), pipeline.watch());
     let tree = ingest::tree_from_dir(&source, &pipeline)
         .with_context(|| format!("publish {}", a.source.display()))?;
+    drop(progress);
     let stats = pipeline.finish()?.stats;
     let job = SourceGraft {
         path: &path,
@@ -412,7 +414,9 @@ pub fn ingest_tar(home: &Path, g: &Global, a: &IngestArgs, out: Output) -> Resul
         archive_name: what.clone(),
         ..Default::default()
     };
+    let progress = out.follow_pipeline(what.clone(), pipeline.watch());
     let tree = ingest::tree_from_tar(reader, &pipeline, &opts)?;
+    drop(progress);
     let stats = pipeline.finish()?.stats;
     if tree.children.is_empty() {
         // Grafting it would replace the path with an empty directory: almost certainly an
@@ -651,7 +655,11 @@ pub fn info(home: &Path, fqrn: &str, out: Output) -> Result<i32> {
 pub fn cache_seed(home: &Path, fqrn: &str, out: Output) -> Result<i32> {
     let repo = open_repo(home, fqrn)?;
     let started = Instant::now();
-    let bar = out.progress(format!("{fqrn}: seeding content index"), None);
+    let bar = out.progress(
+        format!("{fqrn}: seeding content index"),
+        Some(0),
+        Counting::Items("objects"),
+    );
     let stats = publisher::seed_repository(&repo, &mut |p| {
         bar.set_length(p.objects_total);
         bar.set_position(p.objects_done);

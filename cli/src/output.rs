@@ -4,6 +4,8 @@
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{json, Value};
 use std::io::{IsTerminal, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Writes results and events in the chosen format.
@@ -50,7 +52,8 @@ impl Output {
     }
 
     /// A spinner/bar on stderr when it is a terminal and not in JSON mode; hidden otherwise.
-    pub fn progress(&self, message: String, total: Option<u64>) -> ProgressBar {
+    /// With a `total` it is a bar (its length may be set later), without one a spinner.
+    pub fn progress(&self, message: String, total: Option<u64>, counting: Counting) -> ProgressBar {
         let visible = !self.json && std::io::stderr().is_terminal();
         let bar = match total {
             Some(n) => ProgressBar::new(n),
@@ -60,18 +63,84 @@ impl Output {
             bar.set_draw_target(ProgressDrawTarget::hidden());
             return bar;
         }
-        let style = match total {
-            Some(_) => ProgressStyle::with_template(
-                "{spinner} {msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
-            ),
-            None => ProgressStyle::with_template("{spinner} {msg} {bytes} {bytes_per_sec}"),
-        };
-        if let Ok(style) = style {
+        if let Ok(style) = ProgressStyle::with_template(&template(total.is_some(), counting)) {
             bar.set_style(style.progress_chars("=> "));
         }
-        bar.set_message(message);
+        bar.set_message(printable(&message));
         bar.enable_steady_tick(Duration::from_millis(120));
         bar
+    }
+
+    /// A spinner that follows a pipeline's counters while the returned guard lives: bytes
+    /// read, their rate and the files added, for commands whose work is one long pipeline run
+    /// (`publish`, `ingest`).
+    pub fn follow_pipeline(&self, label: String, watch: ingest::PipelineWatch) -> Follower {
+        let bar = self.progress(label.clone(), None, Counting::Bytes);
+        Follower::start(bar, move |bar| {
+            let s = watch.stats();
+            bar.set_position(s.bytes_in);
+            bar.set_message(printable(&format!("{label}: {} files", s.files)));
+        })
+    }
+}
+
+/// What a progress display counts.
+#[derive(Clone, Copy)]
+pub enum Counting {
+    Bytes,
+    /// Things of this name ("objects").
+    Items(&'static str),
+}
+
+fn template(bar: bool, counting: Counting) -> String {
+    let shape = if bar { " [{bar:30}]" } else { "" };
+    match counting {
+        Counting::Bytes if bar => {
+            format!("{{spinner}} {{msg}}{shape} {{bytes}}/{{total_bytes}} {{bytes_per_sec}}")
+        }
+        Counting::Bytes => "{spinner} {msg} {bytes} {bytes_per_sec}".to_string(),
+        Counting::Items(what) if bar => {
+            format!("{{spinner}} {{msg}}{shape} {{human_pos}}/{{human_len}} {what}")
+        }
+        Counting::Items(what) => format!("{{spinner}} {{msg}} {{human_pos}} {what}"),
+    }
+}
+
+/// Updates a progress display from counters another part of the program keeps, a few times a
+/// second on its own thread, until dropped. Nothing runs when the display is hidden.
+pub struct Follower {
+    bar: ProgressBar,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Follower {
+    pub fn start(
+        bar: ProgressBar,
+        mut update: impl FnMut(&ProgressBar) + Send + 'static,
+    ) -> Follower {
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = (!bar.is_hidden()).then(|| {
+            let (bar, stop) = (bar.clone(), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    update(&bar);
+                    std::thread::park_timeout(Duration::from_millis(200));
+                }
+            })
+        });
+        Follower { bar, stop, thread }
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.thread().unpark();
+            let _ = t.join();
+        }
+        self.bar.finish_and_clear();
     }
 }
 

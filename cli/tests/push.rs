@@ -10,7 +10,9 @@
 
 mod common;
 
-use common::{assert_manifest_verifies, assert_served_matches_source, noise, Env, FQRN};
+use common::{
+    assert_manifest_verifies, assert_served_matches_source, noise, on_terminal, Env, FQRN,
+};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
@@ -386,12 +388,19 @@ fn every_new_revision_goes_to_the_push_target_until_it_is_forgotten() {
     assert_eq!(events[1]["action"], "push-target");
     assert_eq!(events[1]["target"], "s3://cvmfs-push-test/auto");
 
-    // A publish and a conversion each end with a push of their revision.
+    // A publish and a conversion each end with a push of their revision. On a terminal the
+    // push shows a bar of the objects uploaded (then clears it).
     std::fs::write(src.join("b.txt"), "b\n").unwrap();
-    let out = ok_with_s3(&env, &s3, &["publish", FQRN, src.to_str().unwrap()]);
+    let publish = env.cmd(&["publish", FQRN, src.to_str().unwrap()]);
+    let out = on_terminal(&with_s3(publish, &s3));
     assert!(
         out.contains("-> s3://cvmfs-push-test/auto: revision 3 (was revision 2)"),
         "{out}"
+    );
+    assert!(
+        out.contains(&format!("{FQRN}: push to s3://cvmfs-push-test/auto"))
+            && out.contains(" objects"),
+        "no push progress: {out:?}"
     );
     assert_served_matches_source(&env, &s3.url("auto"), &src, "");
     let layout = env.path("layout");

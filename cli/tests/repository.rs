@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{assert_matches_source, gnu_tar, noise, Env, FQRN};
+use common::{assert_matches_source, gnu_tar, noise, on_terminal, Env, FQRN};
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -770,4 +770,45 @@ fn usage_errors_under_json_are_a_json_event() {
             "{args:?}: {stdout}"
         );
     }
+}
+
+/// On a terminal `publish` and `ingest` show how far they are (the source, files and bytes
+/// read) on stderr and clear that line at the end; with `--json` nothing is drawn, and when
+/// stderr is not a terminal neither (every other test).
+#[test]
+fn publish_and_ingest_show_progress_on_a_terminal_only() {
+    let env = Env::init(&[]);
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("noise"), noise(3 << 20, 7)).unwrap();
+    std::fs::write(src.join("small"), b"small\n").unwrap();
+    let src_text = src.to_str().unwrap();
+    // The spinner's rate (indicatif writes "0 B/s", "1.2 MiB/s"; the summary says "MB/s").
+    let drawn = |s: &str| s.contains(" B/s") || s.contains("iB/s");
+    let shown = on_terminal(&env.cmd(&["publish", FQRN, src_text]));
+    assert!(drawn(&shown) && shown.contains(src_text), "{shown:?}");
+    assert!(
+        shown.contains("\u{1b}[2K"),
+        "the line is cleared: {shown:?}"
+    );
+    assert!(shown.contains("published revision 2"), "{shown:?}");
+
+    let tar = gnu_tar(&env, &src, "src.tar", "--no-auto-compress");
+    let tar_text = tar.to_str().unwrap();
+    let shown = on_terminal(&env.cmd(&["ingest", FQRN, tar_text, "--path", "/t"]));
+    assert!(drawn(&shown) && shown.contains(tar_text), "{shown:?}");
+
+    std::fs::write(src.join("small"), b"changed\n").unwrap();
+    let json = on_terminal(&env.cmd(&["--json", "publish", FQRN, src_text]));
+    assert!(
+        !json.contains('\u{1b}') && !drawn(&json),
+        "nothing drawn with --json: {json:?}"
+    );
+    assert!(
+        json.lines()
+            .all(|l| l.trim().is_empty() || l.trim().starts_with('{')),
+        "{json:?}"
+    );
+    let plain = env.run(&["publish", FQRN, src_text]);
+    assert!(plain.stderr.is_empty(), "{plain:?}");
 }

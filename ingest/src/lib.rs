@@ -70,5 +70,7 @@ pub use decode::open_layer_stream;
 pub use dirsource::tree_from_dir;
 pub use error::{Error, Result};
 pub use flatten::{flatten_layers, flatten_layers_with, LayerInput, MemoContext};
-pub use pipeline::{FileTicket, ObjectPipeline, PipelineConfig, PipelineOutput, PipelineStats};
+pub use pipeline::{
+    FileTicket, ObjectPipeline, PipelineConfig, PipelineOutput, PipelineStats, PipelineWatch,
+};
 pub use tarsource::{tree_from_tar, TarOptions};

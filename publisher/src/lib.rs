@@ -68,7 +68,7 @@ pub use history::{History, Tag};
 pub use http::HttpStore;
 pub use layer_memo::{LayerMemo, MemoEntry, MemoKind, MemoLayer, MemoMeta, MemoSummary};
 pub use local::LocalStore;
-pub use push::{PushOptions, PushReport, S3Target};
+pub use push::{PushOptions, PushProgress, PushReport, S3Target};
 pub use reflog::Reflog;
 pub use repo::{Adopted, InitOptions, RepoInfo, Repository, Snapshot};
 pub use rollback::RollBack;

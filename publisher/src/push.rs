@@ -62,6 +62,7 @@ use object_store::{
 };
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// Where to push: `s3://BUCKET[/PREFIX]` plus how to reach the store. Kept in `config.json`
@@ -290,6 +291,17 @@ pub struct PushOptions {
     /// than this are a killed push's and are aborted (a younger one may be a concurrent
     /// push's).
     pub stale_upload_age: std::time::Duration,
+    /// Counters the push keeps up to date, for a progress display.
+    pub progress: Option<Arc<PushProgress>>,
+}
+
+/// How far a running push is ([`PushOptions::progress`]).
+#[derive(Debug, Default)]
+pub struct PushProgress {
+    /// Objects the bucket lacks, to upload (0 until the bucket has been listed).
+    pub objects_to_upload: AtomicU64,
+    pub objects_uploaded: AtomicU64,
+    pub bytes_uploaded: AtomicU64,
 }
 
 /// [`PushOptions::stale_upload_age`] by default: a day, as the lifecycle rule the README
@@ -304,6 +316,7 @@ impl PushOptions {
             jobs: 16,
             wait: true,
             stale_upload_age: STALE_UPLOAD_AGE,
+            progress: None,
         }
     }
 }
@@ -352,9 +365,15 @@ impl Repository {
 
     /// After a publish that made a revision: the push to the repository's push target, if it
     /// has one.
-    pub fn auto_push(&self) -> Result<Option<PushReport>> {
+    pub fn auto_push(&self, progress: Option<Arc<PushProgress>>) -> Result<Option<PushReport>> {
         match &self.config().auto_push {
-            Some(target) => self.push(&PushOptions::new(target.clone())).map(Some),
+            Some(target) => {
+                let opts = PushOptions {
+                    progress,
+                    ..PushOptions::new(target.clone())
+                };
+                self.push(&opts).map(Some)
+            }
             None => Ok(None),
         }
     }
@@ -550,12 +569,16 @@ impl Push<'_> {
             .filter(|name| !held.contains(*name))
             .partition(|name| name.ends_with('C'));
         report.objects_present = names.len() - catalogs.len() - rest.len();
+        if let Some(p) = &opts.progress {
+            let n = (catalogs.len() + rest.len()) as u64;
+            p.objects_to_upload.store(n, Ordering::Relaxed);
+        }
         for batch in [rest, catalogs] {
-            let (n, bytes) = self.upload_all(&batch, opts.jobs).await?;
+            let (n, bytes) = self.upload_all(&batch, opts).await?;
             report.objects_uploaded += n;
             report.bytes_uploaded += bytes;
         }
-        report.multipart_uploads = self.multipart.load(std::sync::atomic::Ordering::Relaxed);
+        report.multipart_uploads = self.multipart.load(Ordering::Relaxed);
         Ok((held, names))
     }
 
@@ -770,10 +793,15 @@ impl Push<'_> {
     }
 
     /// Uploads the named local objects, `jobs` at a time; returns how many and their bytes.
-    async fn upload_all(&self, names: &[&String], jobs: usize) -> Result<(usize, u64)> {
+    async fn upload_all(&self, names: &[&String], opts: &PushOptions) -> Result<(usize, u64)> {
+        let progress = opts.progress.as_deref();
         futures_util::stream::iter(names.iter().map(|name| self.upload(name)))
-            .buffer_unordered(jobs.max(1))
+            .buffer_unordered(opts.jobs.max(1))
             .try_fold((0, 0), |(n, total), bytes| async move {
+                if let Some(p) = progress {
+                    p.objects_uploaded.fetch_add(1, Ordering::Relaxed);
+                    p.bytes_uploaded.fetch_add(bytes, Ordering::Relaxed);
+                }
                 Ok((n + 1, total + bytes))
             })
             .await
@@ -796,8 +824,7 @@ impl Push<'_> {
             .map_err(|e| Error::io(name.to_string(), std::io::Error::other(e)))?;
         if size >= MULTIPART_FROM {
             self.upload_in_parts(name, &path).await?;
-            self.multipart
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.multipart.fetch_add(1, Ordering::Relaxed);
             return Ok(size);
         }
         let bytes = tokio::fs::read(&path)

@@ -2,7 +2,7 @@
 //! own, the next one requested while the last blocks of the current one are parsed, with a
 //! progress bar and a `layer` event per layer read.
 
-use crate::output::{event_json, Output};
+use crate::output::{event_json, Counting, Output};
 use anyhow::Result;
 use ingest::decode::ReadAhead;
 use ingest::image::{open_uncompressed_layer, ImageSource, ResolvedImage};
@@ -163,7 +163,7 @@ impl LayerProgress {
         let short = layer.get(..19).unwrap_or(&layer).to_string();
         LayerProgress {
             inner,
-            bar: out.progress(format!("{image} {short}"), None),
+            bar: out.progress(format!("{image} {short}"), None, Counting::Bytes),
             image: image.to_string(),
             layer,
             bytes: 0,

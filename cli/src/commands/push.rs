@@ -2,11 +2,13 @@
 
 use super::open_repo;
 use crate::args::{Global, PushArgs};
-use crate::output::{event_json, to_stderr, Output};
+use crate::output::{event_json, to_stderr, Counting, Follower, Output};
 use anyhow::{anyhow, bail, Context, Result};
-use publisher::{CommitOutcome, PushOptions, PushReport, Repository, S3Target};
+use publisher::{CommitOutcome, PushOptions, PushProgress, PushReport, Repository, S3Target};
 use serde_json::json;
 use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Instant;
 
 pub fn push(home: &Path, g: &Global, a: &PushArgs, out: Output) -> Result<i32> {
@@ -43,16 +45,21 @@ pub fn push(home: &Path, g: &Global, a: &PushArgs, out: Output) -> Result<i32> {
             )
         })?,
     };
+    let progress = Arc::new(PushProgress::default());
     let opts = PushOptions {
         delete: a.delete,
         jobs: a.jobs,
         wait: !g.no_wait,
+        progress: Some(Arc::clone(&progress)),
         ..PushOptions::new(target.clone())
     };
     let started = Instant::now();
+    let following = follow(&a.fqrn, &target, progress, out);
     let r = repo
         .push(&opts)
-        .with_context(|| format!("push {} to {}", a.fqrn, target.describe()))?;
+        .with_context(|| format!("push {} to {}", a.fqrn, target.describe()));
+    drop(following);
+    let r = r?;
     report(&a.fqrn, &target, &r, started, out)?;
     if a.auto {
         repo.set_auto_push(Some(target.clone()))?;
@@ -78,7 +85,9 @@ pub fn after_publish(repo: &Repository, outcome: &CommitOutcome, out: Output) ->
         return Ok(());
     };
     let started = Instant::now();
-    let r = repo.auto_push().with_context(|| {
+    let progress = Arc::new(PushProgress::default());
+    let following = follow(repo.fqrn(), target, Arc::clone(&progress), out);
+    let r = repo.auto_push(Some(progress)).with_context(|| {
         format!(
             "{}: revision {} is published locally, but its push to {} failed (`push {}` retries)",
             repo.fqrn(),
@@ -86,11 +95,25 @@ pub fn after_publish(repo: &Repository, outcome: &CommitOutcome, out: Output) ->
             target.describe(),
             repo.fqrn()
         )
-    })?;
-    match r {
+    });
+    drop(following);
+    match r? {
         Some(r) => report(repo.fqrn(), target, &r, started, out),
         None => Ok(()),
     }
+}
+
+/// A bar of the objects uploaded, shown while the returned guard lives.
+fn follow(fqrn: &str, target: &S3Target, progress: Arc<PushProgress>, out: Output) -> Follower {
+    let bar = out.progress(
+        format!("{fqrn}: push to {}", target.describe()),
+        Some(0),
+        Counting::Items("objects"),
+    );
+    Follower::start(bar, move |bar| {
+        bar.set_length(progress.objects_to_upload.load(Ordering::Relaxed));
+        bar.set_position(progress.objects_uploaded.load(Ordering::Relaxed));
+    })
 }
 
 fn report(

@@ -289,3 +289,28 @@ pub fn edge_image(
     }
     b
 }
+
+/// Runs `cmd` with a terminal for stdin, stdout and stderr (util-linux `script` makes one)
+/// and returns everything written there; asserts that it succeeded.
+pub fn on_terminal(cmd: &Command) -> String {
+    let quote = |s: &std::ffi::OsStr| format!("'{}'", s.to_string_lossy().replace('\'', "'\\''"));
+    let line: Vec<String> = std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(quote)
+        .collect();
+    let mut script = Command::new("script");
+    script.args(["-q", "-e", "-c", &line.join(" "), "/dev/null"]);
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => script.env(k, v),
+            None => script.env_remove(k),
+        };
+    }
+    let out = script.output().expect("script (util-linux) runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{line:?} on a terminal failed: {text}"
+    );
+    text
+}

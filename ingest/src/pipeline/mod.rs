@@ -120,6 +120,18 @@ pub struct PipelineStats {
     pub dedup_hits: u64,
 }
 
+/// The counters of a running [`ObjectPipeline`], readable from any thread (made by
+/// [`ObjectPipeline::watch`]).
+#[derive(Clone)]
+pub struct PipelineWatch(Arc<Counters>);
+
+impl PipelineWatch {
+    /// Snapshot of the counters so far.
+    pub fn stats(&self) -> PipelineStats {
+        self.0.snapshot()
+    }
+}
+
 /// What [`ObjectPipeline::finish`] returns.
 #[derive(Debug)]
 pub struct PipelineOutput {
@@ -153,7 +165,8 @@ struct Shared {
     failed: AtomicBool,
     dedup: Mutex<HashMap<DedupKey, Dedup>>,
     budget: Arc<Budget>,
-    counters: Counters,
+    /// Shared with [`PipelineWatch`]es, which may outlive the pipeline.
+    counters: Arc<Counters>,
     /// Objects stored in a row that the store did not have (see `store::put_object`).
     new_streak: AtomicU64,
 }
@@ -295,7 +308,7 @@ impl ObjectPipeline {
             failed: AtomicBool::new(false),
             dedup: Mutex::new(HashMap::new()),
             budget: Arc::new(Budget::new(budget)),
-            counters: Counters::default(),
+            counters: Arc::default(),
             new_streak: AtomicU64::new(0),
         });
         let (job_tx, job_rx) = bounded::<Job>(cap);
@@ -454,6 +467,12 @@ impl ObjectPipeline {
     /// Snapshot of the counters so far.
     pub fn stats(&self) -> PipelineStats {
         self.shared.counters.snapshot()
+    }
+
+    /// A handle on the counters that another thread can read while the pipeline works (a
+    /// progress display).
+    pub fn watch(&self) -> PipelineWatch {
+        PipelineWatch(Arc::clone(&self.shared.counters))
     }
 
     /// Waits for all workers and returns every file's resolution and the counters, or the

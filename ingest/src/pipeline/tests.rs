@@ -563,3 +563,24 @@ fn large_unchunked_file_is_compressed_while_read() {
     );
     assert_eq!(std::fs::read_dir(scratch.path()).unwrap().count(), 0);
 }
+
+/// A watch sees the counters grow while the pipeline works, and keeps the last ones after it
+/// finished (a progress display may read once more after the run).
+#[test]
+fn a_watch_follows_the_counters_from_another_thread() {
+    let store = Arc::new(MemStore::default());
+    let p = pipeline(&store, PipelineConfig::default());
+    let watch = p.watch();
+    assert_eq!(watch.stats(), PipelineStats::default());
+    let t = p.add_file(&mut Cursor::new(b"hello\n"), 6).unwrap();
+    p.resolve(t).unwrap();
+    let seen = std::thread::spawn({
+        let watch = watch.clone();
+        move || watch.stats()
+    })
+    .join()
+    .unwrap();
+    assert_eq!((seen.files, seen.bytes_in), (1, 6));
+    let out = p.finish().unwrap();
+    assert_eq!(watch.stats(), out.stats);
+}
