@@ -93,7 +93,7 @@ pub struct CaseResult {
     pub error: Option<String>,
     pub warnings: Vec<String>,
     pub floor: Option<FloorReport>,
-    /// The last `"action":"publish"` event the tool printed.
+    /// The last outcome event the tool printed (see [`last_outcome_event`]).
     pub tool: Option<Value>,
     pub run: Option<ChildRun>,
 }
@@ -140,7 +140,7 @@ impl CaseResult {
         self.peak_rss_kib = Some(run.peak_rss_kib);
         self.cpu_s = Some(run.user_s + run.sys_s);
         self.stored_bytes = Some(stored);
-        self.tool = last_publish_event(&run.stdout);
+        self.tool = last_outcome_event(&run.stdout);
         self.load_after = load_average();
         if let Some(f) = self.floor.as_ref().filter(|f| f.cpu_s > 0.0) {
             self.cpu_ratio = Some((run.user_s + run.sys_s) / f.cpu_s);
@@ -180,13 +180,16 @@ pub struct Repo {
     pub storage: PathBuf,
 }
 
-/// The tool's last `"action":"publish"` JSON line.
-pub fn last_publish_event(stdout: &str) -> Option<Value> {
+/// The tool's last outcome event: the JSON line that reports a revision made (or found
+/// unchanged) with its counters. Its `action` names the command (`publish`, `convert`,
+/// `migrate`, …; every command reported `publish` before), so it is told by its fields, which
+/// every publishing command reports alike.
+pub fn last_outcome_event(stdout: &str) -> Option<Value> {
     stdout
         .lines()
         .rev()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .find(|v| v["action"] == "publish")
+        .find(|v| v.get("revision").is_some() && v.get("bytes_in").is_some())
 }
 
 /// Total size of the files below `storage/data` (0 if it does not exist yet).
@@ -630,5 +633,29 @@ pub fn settle_after_deletions(work: &std::path::Path) {
             wait.as_secs() + 1
         );
         std::thread::sleep(wait);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_outcome_is_found_whatever_the_command() {
+        let stdout = [
+            r#"{"action":"image","image":"a","status":"converted"}"#,
+            r#"{"action":"convert","source":"1 image(s)","revision":2,"changed":true,"files":3,"bytes_in":10,"objects_new":1}"#,
+            r#"{"action":"summary","images":1,"objects_new":1}"#,
+            "not json",
+        ]
+        .join("\n");
+        let event = last_outcome_event(&stdout).unwrap();
+        assert_eq!(
+            (event["action"].as_str(), event["files"].as_u64()),
+            (Some("convert"), Some(3))
+        );
+        let old = r#"{"action":"publish","revision":3,"bytes_in":5,"files":1}"#;
+        assert_eq!(last_outcome_event(old).unwrap()["revision"], 3);
+        assert!(last_outcome_event(r#"{"action":"info","revision":3}"#).is_none());
     }
 }

@@ -33,6 +33,10 @@ pub fn run(cli: Cli, out: Output) -> Result<i32> {
     if let (Some(dir), false) = (&g.keys, matches!(cli.command, Command::Init(_))) {
         let _ = KEYS_FIRST.set(dir.clone());
     }
+    // The demo makes a home of its own, in the system's temporary directory.
+    if !matches!(cli.command, Command::Demo(_)) {
+        prepare_scratch(&home);
+    }
     match cli.command {
         Command::Init(a) => init(&home, &g, &a, out),
         Command::Publish(a) => publish(&home, &g, &a, out),
@@ -54,6 +58,20 @@ pub fn run(cli: Cli, out: Output) -> Result<i32> {
         Command::Cache(CacheCommand::Stats(a)) => cache_stats(&home, &a.fqrn, out),
         Command::Demo(a) => crate::demo::run(&a, out),
     }
+}
+
+/// Every command but `demo` may open temporary databases (history, reflog, catalogs being
+/// read): they go to `<home>/tmp` (`publisher::tempdb` says why there), and first what
+/// killed runs left there, and in `TMPDIR` where versions before this one put them, is
+/// removed. Only directories whose owner is gone are (their lock is free), so concurrent runs
+/// are safe. Best effort and silent, like the scratch files a transaction clears: housekeeping
+/// that fails must not stop the command, and it has nothing to report to a script.
+fn prepare_scratch(home: &Path) {
+    let root = home.join("tmp");
+    for dir in [root.clone(), std::env::temp_dir()] {
+        let _ = publisher::tempdb::sweep(&dir);
+    }
+    publisher::tempdb::set_scratch_root(root);
 }
 
 /// Says that a damaged cache database was moved aside (`what` names the cache).

@@ -156,7 +156,7 @@ fn converts_registry_images_in_one_revision_like_umoci() {
     args.extend(images.iter().map(String::as_str));
     args.extend(["--insecure-registry", addr.as_str()]);
     let out = env.ok(&args);
-    assert!(out.contains("\"action\":\"publish\""), "{out}");
+    assert_one_outcome(&out, "convert");
     assert_eq!(
         env.revision(),
         2,
@@ -861,6 +861,9 @@ fn migrate_a_registry_in_batches_and_resume() {
         out.contains("\"result\":\"skipped\""),
         "converted images are skipped on resume: {out}"
     );
+    // One outcome per batch: the two skipped images' batch, unchanged, then team/b's.
+    let actions: Vec<_> = outcomes(&out).map(|e| e["action"].clone()).collect();
+    assert_eq!(actions, ["migrate", "migrate"], "{out}");
     assert_eq!(env.revision(), 3);
     env.check(true);
     let report = witness(&env);
@@ -1047,6 +1050,31 @@ fn events<'a>(out: &'a str, action: &'a str) -> impl Iterator<Item = serde_json:
     out.lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter(move |e| e["action"] == action)
+}
+
+/// The outcome events of `--json` output (a revision made or found unchanged, with the
+/// pipeline's counters): told by their fields, as the bench finds them.
+fn outcomes(out: &str) -> impl Iterator<Item = serde_json::Value> + '_ {
+    out.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e.get("revision").is_some() && e.get("bytes_in").is_some())
+}
+
+/// Asserts that `out` holds exactly one outcome event and that it names `command`; returns it.
+fn assert_one_outcome(out: &str, command: &str) -> serde_json::Value {
+    let all: Vec<_> = outcomes(out).collect();
+    assert_eq!(all.len(), 1, "one outcome expected: {out}");
+    assert_eq!(all[0]["action"], command, "{out}");
+    for field in [
+        "source",
+        "files",
+        "objects_new",
+        "objects_existing",
+        "seconds",
+    ] {
+        assert!(all[0].get(field).is_some(), "{field} missing: {out}");
+    }
+    all[0].clone()
 }
 
 /// The digests of the layers read (the `layer` events of `--json` output), in order.
@@ -1386,7 +1414,12 @@ fn sync_a_wishlist_with_wildcards_and_prune() {
         report.entries.contains_key(&format!("/{addr}/{path}"))
     };
     write(&["sync/app:1.*"]);
-    env.ok(&["sync", FQRN, recipe.to_str().unwrap()]);
+    let out = env.ok(&["--json", "sync", FQRN, recipe.to_str().unwrap()]);
+    let outcome = assert_one_outcome(&out, "sync");
+    assert_eq!(
+        (&outcome["revision"], &outcome["changed"]),
+        (&2.into(), &true.into())
+    );
     assert_eq!(env.revision(), 2);
     let report = witness(&env);
     assert!(has(&report, "sync/app:1.0"));

@@ -320,6 +320,66 @@ fn crash_at_every_stage_keeps_the_last_revision() {
     assert_matches_source(&env, &second, "/second");
 }
 
+/// Temporary databases (`<home>/tmp/cvmfs-oci-db*`, each with an `owner.lock` its process
+/// holds) that a SIGKILL left are removed by the next command; one whose owner lives is kept.
+#[test]
+fn temporary_databases_of_a_killed_run_are_removed_by_the_next() {
+    let env = Env::init(&[]);
+    let tmp = env.home.join("tmp");
+    let (dead, live) = (
+        tmp.join("cvmfs-oci-dbDead01"),
+        tmp.join("cvmfs-oci-dbLive01"),
+    );
+    let mut owners = Vec::new();
+    for dir in [&dead, &live] {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join("db.sqlite"), b"a catalog being read").unwrap();
+        owners.push(lock_holder(&dir.join("owner.lock")));
+    }
+    owners[0].kill().unwrap(); // SIGKILL
+    owners[0].wait().unwrap();
+
+    env.ok(&["info", FQRN]);
+    assert_eq!(temp_dbs(&tmp), vec![live.clone()], "the live owner's stays");
+    owners[1].kill().unwrap();
+    owners[1].wait().unwrap();
+    env.ok(&["info", FQRN]);
+    assert!(temp_dbs(&tmp).is_empty());
+}
+
+/// A process holding an exclusive `flock` on `file` until killed.
+fn lock_holder(file: &std::path::Path) -> std::process::Child {
+    let mut child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(r#"exec 9>>"$0" && flock 9 && echo locked && exec sleep 600"#)
+        .arg(file)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line, "locked\n");
+    child
+}
+
+fn temp_dbs(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|entries| entries.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default();
+    found.retain(|p| {
+        p.file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("cvmfs-oci-db")
+    });
+    found.sort();
+    found
+}
+
 /// Objects of a publish killed before its `syncfs`, then lost to a power failure (files there,
 /// bytes not: simulated by emptying them and by the mark naming another boot), are re-hashed
 /// and stored again by the rerun instead of being taken as stored.

@@ -56,7 +56,7 @@ pub mod rollback;
 pub mod seed;
 pub mod store;
 mod tags;
-mod tempdb;
+pub mod tempdb;
 pub mod txn;
 
 pub use check::{check_repository, verified_manifest, CheckReport};

@@ -44,7 +44,13 @@ pub fn convert(home: &Path, g: &Global, a: &ConvertArgs, out: Output) -> Result<
     let sources = sources(&a.registry, out)?;
     let refs: Vec<String> = a.images.clone();
     claim_links(&repo, &refs)?;
-    run_batch(&repo, g, &sources, &refs, &selection, &a.tuning, None, out)
+    let batch = Batch {
+        command: "convert",
+        refs: &refs,
+        selection: &selection,
+        prune: None,
+    };
+    run_batch(&repo, g, &sources, batch, &a.tuning, out)
 }
 
 /// Takes the links of `refs` out of the sync ledger before `convert` or `migrate` makes them:
@@ -109,16 +115,13 @@ pub fn sync(home: &Path, g: &Global, a: &SyncArgs, out: Output) -> Result<i32> {
         (true, 0, true) => Some(Prune::keeping(&refs, Vec::new()).only(ledger.prunable(&key))),
     };
     let pruned = prune.is_some();
-    let code = run_batch(
-        &repo,
-        g,
-        &sources,
-        &refs,
-        &PlatformSelection::Host,
-        &a.tuning,
+    let batch = Batch {
+        command: "sync",
+        refs: &refs,
+        selection: &PlatformSelection::Host,
         prune,
-        out,
-    )?;
+    };
+    let code = run_batch(&repo, g, &sources, batch, &a.tuning, out)?;
     let links: Vec<Vec<u8>> = refs.iter().filter_map(|r| link_of(r)).collect();
     ledger.record(&key, &links, pruned);
     ledger.save(&ledger_path)?;
@@ -239,18 +242,32 @@ pub(super) fn sources(r: &RegistryArgs, out: Output) -> Result<Sources> {
     }))
 }
 
-/// Converts `refs` into one transaction and commits once.
-#[allow(clippy::too_many_arguments)]
+/// What one revision of `convert`, `sync` or `migrate` converts.
+pub(super) struct Batch<'a> {
+    /// The command, named by the event that reports the batch's outcome (`"action"`), so that
+    /// a script reading several commands' events can tell whose revision it was.
+    pub command: &'static str,
+    pub refs: &'a [String],
+    pub selection: &'a PlatformSelection,
+    /// Links to remove in the same revision.
+    pub prune: Option<Prune>,
+}
+
+/// Converts the batch's references into one transaction and commits once.
 pub(super) fn run_batch(
     repo: &Repository,
     g: &Global,
     sources: &Sources,
-    refs: &[String],
-    selection: &PlatformSelection,
+    batch: Batch<'_>,
     tuning: &TuningArgs,
-    prune: Option<Prune>,
     out: Output,
 ) -> Result<i32> {
+    let Batch {
+        command,
+        refs,
+        selection,
+        prune,
+    } = batch;
     let started = Instant::now();
     let mut txn = super::begin(repo, !g.no_wait, out)?;
     let pipeline = new_pipeline(repo, &txn, tuning, out)?;
@@ -356,7 +373,7 @@ pub(super) fn run_batch(
             String::new()
         }
     );
-    report_outcome("publish", &what, &outcome, started, &stats, out);
+    report_outcome(command, &what, &outcome, started, &stats, out);
     super::gc::after_publish(repo, &outcome, out);
     if out.json {
         out.event(

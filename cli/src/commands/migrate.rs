@@ -3,7 +3,7 @@
 //! where it stopped; the layer memo skips layers already flattened.
 
 use super::concurrent;
-use super::convert::{claim_links, link_of, run_batch, selection, sources, Prune};
+use super::convert::{claim_links, link_of, run_batch, selection, sources, Batch, Prune};
 use super::open_repo;
 use super::plan::{layer_count, plan};
 use crate::args::{Global, MigrateArgs};
@@ -64,20 +64,23 @@ pub fn migrate(home: &Path, g: &Global, a: &MigrateArgs, out: Output) -> Result<
             refs.len().div_ceil(batch),
             chunk.len()
         ));
-        code |= run_batch(&repo, g, &sources, chunk, &selection, &a.tuning, None, out)?;
+        let batch = Batch {
+            command: "migrate",
+            refs: chunk,
+            selection: &selection,
+            prune: None,
+        };
+        code |= run_batch(&repo, g, &sources, batch, &a.tuning, out)?;
     }
     if let Some(prune) = prune {
         out.say("pruning links of images no longer listed");
-        code |= run_batch(
-            &repo,
-            g,
-            &sources,
-            &[],
-            &selection,
-            &a.tuning,
-            Some(prune),
-            out,
-        )?;
+        let batch = Batch {
+            command: "migrate",
+            refs: &[],
+            selection: &selection,
+            prune: Some(prune),
+        };
+        code |= run_batch(&repo, g, &sources, batch, &a.tuning, out)?;
     }
     Ok(code)
 }

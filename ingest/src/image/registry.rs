@@ -1061,12 +1061,43 @@ fn transient(e: &reqwest::Error) -> bool {
 /// refusal of our client certificate may look like (see
 /// [`Inner::client_certificate_refusal`]).
 fn closed_after_handshake(e: &reqwest::Error) -> bool {
-    let text = error_chain(e);
-    e.is_request()
-        && !e.is_connect()
-        && ["connection closed", "broken pipe", "connection reset"]
-            .iter()
-            .any(|s| text.contains(s))
+    e.is_request() && !e.is_connect() && (closed_in_words(&error_chain(e)) || closed_io(e))
+}
+
+/// How hyper words a connection closed under a request; which one depends on which of its
+/// tasks sees the close first. Reading the response: "connection closed before message
+/// completed". The connection's task reading the server's close (or its alert) while the
+/// request still waits to be dispatched: "channel closed", "operation was canceled:
+/// connection closed" or "... connection was not ready" (most of the time on a loaded
+/// machine, where the request is dispatched later: once taken for transient, they were
+/// retried with announcements instead of being told a refusal by the TLS 1.2 probe).
+fn closed_in_words(text: &str) -> bool {
+    [
+        "connection closed",
+        "channel closed",
+        "connection was not ready",
+    ]
+    .iter()
+    .any(|s| text.contains(s))
+}
+
+/// An I/O error in `e`'s chain that says the peer closed or reset the connection (a write
+/// after its close). By kind, as the OS words them "Connection reset by peer", "Broken pipe".
+fn closed_io(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<io::Error>() {
+            use io::ErrorKind::*;
+            if matches!(
+                io.kind(),
+                ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof
+            ) {
+                return true;
+            }
+        }
+        cur = err.source();
+    }
+    false
 }
 
 fn untrusted_certificate(e: &reqwest::Error) -> bool {
@@ -1666,6 +1697,41 @@ impl RegistrySource {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The ways hyper reported a mutual-TLS refusal racing with the request, as seen under
+    /// load (the flaky `registries_asking_for_a_client_certificate`), and an OS-level reset.
+    #[test]
+    fn a_connection_closed_under_the_request_is_recognised_however_worded() {
+        for seen in [
+            "client error (SendRequest): channel closed",
+            "client error (Canceled): operation was canceled: connection closed",
+            "client error (Canceled): operation was canceled: connection was not ready",
+            "client error (SendRequest): connection closed before message completed",
+        ] {
+            assert!(closed_in_words(seen), "{seen}");
+        }
+        assert!(!closed_in_words(
+            "client error (Connect): tcp connect error"
+        ));
+
+        #[derive(Debug)]
+        struct Wrapper(io::Error);
+        impl fmt::Display for Wrapper {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("connection error")
+            }
+        }
+        impl std::error::Error for Wrapper {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let reset = Wrapper(io::Error::from_raw_os_error(libc::ECONNRESET));
+        assert!(!closed_in_words(&error_chain(&reset)), "the OS capitalises");
+        assert!(closed_io(&reset));
+        assert!(closed_io(&Wrapper(io::ErrorKind::BrokenPipe.into())));
+        assert!(!closed_io(&Wrapper(io::ErrorKind::TimedOut.into())));
+    }
 
     #[test]
     fn certs_d_directories_as_docker_reads_them() {
