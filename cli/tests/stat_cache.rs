@@ -116,7 +116,7 @@ fn content_changed_with_size_and_mtime_restored_is_published() {
     }
     settle();
     let third = publish(&env, &src, &[]);
-    assert_eq!(third.2, false);
+    assert!(!third.2, "nothing changed");
     assert_eq!(publish(&env, &src, &[]), (0, FILES, false));
     assert_matches_source(&env, &src, "");
 }
