@@ -94,7 +94,12 @@ impl Known<'_> {
     /// The row of a walked file if its state is the one recorded; a row that differs is
     /// stale.
     fn matching(&mut self, dir: &[u8], name: &[u8], stat: &FileStat) -> Option<CachedFile> {
-        let row = self.rows.get_mut(dir)?.remove(name)?;
+        let rows = self.rows.get_mut(dir)?;
+        let row = rows.remove(name)?;
+        if rows.is_empty() {
+            // A map does not shrink as it empties: give back a finished directory's rows.
+            self.rows.remove(dir);
+        }
         if row.stat == *stat {
             return Some(row);
         }
