@@ -52,9 +52,18 @@ struct ReadJob {
 
 /// A file to record in the stat cache once read, if it was read in the state the walk saw.
 struct Record {
-    dir: Vec<u8>,
-    name: Vec<u8>,
+    /// Relative to the source root.
+    path: Box<[u8]>,
     stat: FileStat,
+}
+
+/// Files read that the stat cache may record: their rows (content filled in once the
+/// pipeline resolved them) and, side by side, their tickets. Built in place, as the rows of
+/// a first publish of a million files weigh a hundred megabytes.
+#[derive(Default)]
+struct Recorded {
+    tickets: Vec<FileTicket>,
+    rows: Vec<(Box<[u8]>, CachedFile)>,
 }
 
 /// A file's state is trusted only when its mtime and ctime are at least this much older than
@@ -128,8 +137,7 @@ impl Known<'_> {
 struct Shared<'a> {
     pipeline: &'a ObjectPipeline,
     failure: Mutex<Option<Error>>,
-    /// Files read that the stat cache may record, with their tickets.
-    read: Mutex<Vec<(FileTicket, Record)>>,
+    read: Mutex<Recorded>,
 }
 
 /// Reads the tree below `path` (its own metadata becomes the root's). Hard links inside the
@@ -167,7 +175,7 @@ fn walk_and_read(
     let shared = Shared {
         pipeline,
         failure: Mutex::new(None),
-        read: Mutex::new(Vec::new()),
+        read: Mutex::new(Recorded::default()),
     };
     let walked = std::thread::scope(|s| {
         let (small, small_rx) = bounded::<ReadJob>(READ_QUEUE);
@@ -196,12 +204,11 @@ fn walk_and_read(
     let update = match known {
         Some(known) => {
             let mut update = known.finish();
-            for (ticket, r) in read.into_inner().unwrap_or_else(|p| p.into_inner()) {
-                let (_, data) = pipeline.resolve(ticket)?;
-                update
-                    .recorded
-                    .push((r.dir, r.name, CachedFile { stat: r.stat, data }));
+            let mut read = read.into_inner().unwrap_or_else(|p| p.into_inner());
+            for (ticket, row) in read.tickets.iter().zip(read.rows.iter_mut()) {
+                row.1.data = pipeline.resolve(*ticket)?.1;
             }
+            update.recorded = read.rows;
             Some(update)
         }
         None => None,
@@ -222,8 +229,12 @@ fn read_files(jobs: Receiver<ReadJob>, shared: &Shared<'_>) {
             Ok(after) => {
                 if let Some(r) = job.record {
                     if r.stat == stat_of(&after) && settled(&r.stat, started) {
+                        // Filled in with the file's objects once the pipeline has them.
+                        let data = FileData::Whole(EMPTY_OBJECT);
+                        let row = (r.path, CachedFile { stat: r.stat, data });
                         let mut read = shared.read.lock().unwrap_or_else(|p| p.into_inner());
-                        read.push((job.ticket, r));
+                        read.tickets.push(job.ticket);
+                        read.rows.push(row);
                     }
                 }
             }
@@ -478,8 +489,7 @@ fn file_ticket(
             k.stale(&dir, name);
         }
         record = Some(Record {
-            dir,
-            name: name.to_vec(),
+            path: w.comps.join(&b'/').into(),
             stat,
         });
     }

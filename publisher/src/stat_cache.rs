@@ -50,8 +50,9 @@ pub trait StatCache {
 /// What a walk learnt, applied after the publish committed ([`SqliteStatCache::apply`]).
 #[derive(Debug, Default)]
 pub struct StatCacheUpdate {
-    /// Files read completely and in a state old enough to trust (dir, name, row).
-    pub recorded: Vec<(Vec<u8>, Vec<u8>, CachedFile)>,
+    /// Files read completely and in a state old enough to trust, by path relative to the
+    /// source root (one boxed path a file: a first publish records every file).
+    pub recorded: Vec<(Box<[u8]>, CachedFile)>,
     /// Rows found stale: changed, no longer regular files, or gone from their directory.
     pub stale: Vec<(Vec<u8>, Vec<u8>)>,
     /// Every directory the walk listed: rows of other directories are dropped.
@@ -149,7 +150,8 @@ impl SqliteStatCache {
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
                 )
                 .map_err(sql)?;
-            for (dir, name, f) in &update.recorded {
+            for (path, f) in &update.recorded {
+                let (dir, name) = split_path(path);
                 let s = &f.stat;
                 put.execute(params![
                     root,
@@ -247,6 +249,14 @@ impl StatCache for SqliteStatCache {
     }
 }
 
+/// A relative path's directory (empty at the root) and name.
+fn split_path(path: &[u8]) -> (&[u8], &[u8]) {
+    match path.iter().rposition(|&b| b == b'/') {
+        Some(i) => (&path[..i], &path[i + 1..]),
+        None => (&[], path),
+    }
+}
+
 const WHOLE: u8 = 0;
 const CHUNKED: u8 = 1;
 
@@ -337,14 +347,14 @@ mod tests {
         let chunked = file(2, chunks);
         let mut a = SqliteStatCache::open(&db, Path::new("/src/a")).unwrap();
         let mut update = StatCacheUpdate::default();
-        for (dir, name, f) in [
+        for (dir, path, f) in [
             ("", "top", &whole),
-            ("d", "x", &chunked),
-            ("d", "y", &whole),
-            ("e", "z", &whole),
+            ("d", "d/x", &chunked),
+            ("d", "d/y", &whole),
+            ("e", "e/z", &whole),
         ] {
             update.dirs.insert(dir.as_bytes().to_vec());
-            update.recorded.push((dir.into(), name.into(), f.clone()));
+            update.recorded.push((path.as_bytes().into(), f.clone()));
         }
         a.apply(&update).unwrap();
         let b = SqliteStatCache::open(&db, Path::new("/src/b")).unwrap();
@@ -361,8 +371,7 @@ mod tests {
         let mut next = StatCacheUpdate::default();
         next.dirs.extend([b"".to_vec(), b"d".to_vec()]);
         next.stale.push((b"d".to_vec(), b"y".to_vec()));
-        next.recorded
-            .push((b"d".to_vec(), b"w".to_vec(), whole.clone()));
+        next.recorded.push((b"d/w"[..].into(), whole.clone()));
         a.apply(&next).unwrap();
         drop(a);
         let a = SqliteStatCache::open(&db, Path::new("/src/a")).unwrap();
@@ -378,16 +387,22 @@ mod tests {
         let mut c = SqliteStatCache::open(&tmp.path().join("s.db"), Path::new("/r")).unwrap();
         let f = file(3, FileData::Whole(ContentHash([3; 20])));
         let mut u = StatCacheUpdate::default();
-        u.recorded.push((b"d".to_vec(), b"old".to_vec(), f.clone()));
+        u.recorded.push((b"d/old"[..].into(), f.clone()));
         u.dirs.insert(b"d".to_vec());
         c.apply(&u).unwrap();
         let mut rescan = StatCacheUpdate {
             replace_all: true,
             ..Default::default()
         };
-        rescan.recorded.push((b"d".to_vec(), b"new".to_vec(), f));
+        rescan.recorded.push((b"d/new"[..].into(), f));
         c.apply(&rescan).unwrap();
         assert_eq!(names(&c, "d"), ["new"]);
+    }
+
+    #[test]
+    fn paths_split_at_their_last_slash() {
+        assert_eq!(split_path(b"top"), (&b""[..], &b"top"[..]));
+        assert_eq!(split_path(b"a/b/c"), (&b"a/b"[..], &b"c"[..]));
     }
 
     #[test]
