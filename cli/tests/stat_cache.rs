@@ -228,3 +228,33 @@ fn a_crashed_or_failed_publish_then_a_rerun_is_correct() {
     assert_matches_source(&env, &src, "");
     assert_eq!(publish(&env, &src, &[]), (0, FILES, false));
 }
+
+/// An xattr change moves ctime: published; an unchanged file's xattrs come from the cache.
+#[test]
+fn an_xattr_change_is_published_and_cached_xattrs_stay() {
+    let (env, src) = fresh(6);
+    publish(&env, &src, &[]);
+    let f = src.join("d2/f5");
+    let path = std::ffi::CString::new(f.to_str().unwrap()).unwrap();
+    // SAFETY: NUL-terminated strings and a value buffer of the length given.
+    let rc = unsafe {
+        libc::lsetxattr(
+            path.as_ptr(),
+            c"user.stage".as_ptr(),
+            b"2".as_ptr().cast(),
+            1,
+            0,
+        )
+    };
+    if rc != 0 {
+        eprintln!("no user xattrs here: skipped");
+        return;
+    }
+    assert_eq!(publish(&env, &src, &[]), (1, FILES - 1, true));
+    assert_matches_source(&env, &src, "");
+    settle();
+    publish(&env, &src, &[]);
+    // Now recorded with its xattr: not read, and the revision keeps it.
+    assert_eq!(publish(&env, &src, &[]), (0, FILES, false));
+    assert_matches_source(&env, &src, "");
+}

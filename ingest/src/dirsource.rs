@@ -55,6 +55,9 @@ struct Record {
     /// Relative to the source root.
     path: Box<[u8]>,
     stat: FileStat,
+    /// As the walk read them after its `lstat`: a change in between moves ctime, and the
+    /// reader's fstat then differs from `stat`.
+    xattrs: Xattrs,
 }
 
 /// Files read that the stat cache may record: their rows (content filled in once the
@@ -231,7 +234,8 @@ fn read_files(jobs: Receiver<ReadJob>, shared: &Shared<'_>) {
                     if r.stat == stat_of(&after) && settled(&r.stat, started) {
                         // Filled in with the file's objects once the pipeline has them.
                         let data = FileData::Whole(EMPTY_OBJECT);
-                        let row = (r.path, CachedFile { stat: r.stat, data });
+                        let (stat, xattrs) = (r.stat, r.xattrs);
+                        let row = (r.path, CachedFile { stat, data, xattrs });
                         let mut read = shared.read.lock().unwrap_or_else(|p| p.into_inner());
                         read.tickets.push(job.ticket);
                         read.rows.push(row);
@@ -372,7 +376,9 @@ fn walk(
                 .unwrap_or_else(|| io::Error::other("stat error"));
             Error::io(full.display().to_string(), source)
         })?;
-        let entry = entry_for(full, &meta)?;
+        // With a stat cache, a regular file's xattrs come from its row when it matches.
+        let defer_xattrs = known.is_some() && meta.file_type().is_file();
+        let entry = entry_for(full, &meta, !defer_xattrs)?;
         let rel = full.strip_prefix(path).map_err(|_| {
             Error::io(
                 full.display().to_string(),
@@ -445,14 +451,18 @@ fn leaf_for(
 ) -> Result<PLeaf> {
     let meta = w.meta;
     let key = (meta.dev(), meta.ino());
+    let is_file = matches!(entry.kind, EntryKind::File { .. });
     if meta.nlink() > 1 {
         if let Some(&(id, ticket)) = inodes.get(&key) {
+            if is_file && known.is_some() {
+                entry.xattrs = xattrs_of(w.full)?;
+            }
             entry.hardlink = Some(id);
             return Ok(PLeaf { entry, ticket });
         }
     }
-    let ticket = if matches!(entry.kind, EntryKind::File { .. }) {
-        Some(file_ticket(w, pipeline, reads, known)?)
+    let ticket = if is_file {
+        Some(file_ticket(w, &mut entry, pipeline, reads, known)?)
     } else {
         None
     };
@@ -465,9 +475,11 @@ fn leaf_for(
 }
 
 /// The ticket of a regular file: resolved at once from the stat cache when it knows the file
-/// as it is and the store holds its content, else queued for a reader.
+/// as it is and the store holds its content, else queued for a reader. With a stat cache the
+/// file's xattrs are set here: the row's (an xattr change moves ctime), else read now.
 fn file_ticket(
     w: &Walked<'_>,
+    entry: &mut Entry,
     pipeline: &ObjectPipeline,
     reads: &ReadQueues,
     known: Option<&mut Known<'_>>,
@@ -484,13 +496,16 @@ fn file_ticket(
         let (dir, stat) = (parents.join(&b'/'), stat_of(w.meta));
         if let Some(row) = k.matching(&dir, name, &stat) {
             if pipeline.add_known_file(ticket, stat.size, &row.data)? {
+                entry.xattrs = row.xattrs;
                 return Ok(ticket);
             }
             k.stale(&dir, name);
         }
+        entry.xattrs = xattrs_of(w.full)?;
         record = Some(Record {
             path: w.comps.join(&b'/').into(),
             stat,
+            xattrs: entry.xattrs.clone(),
         });
     }
     let job = ReadJob {
@@ -533,7 +548,7 @@ fn insert(root: &mut PDir, comps: &[&[u8]], node: PNode, full: &Path) -> Result<
 }
 
 /// Metadata of one path (lstat) as an entry; regular files get a placeholder content.
-fn entry_for(full: &Path, meta: &Metadata) -> Result<Entry> {
+fn entry_for(full: &Path, meta: &Metadata, with_xattrs: bool) -> Result<Entry> {
     let ft = meta.file_type();
     let rdev = || {
         let d = meta.rdev();
@@ -573,9 +588,16 @@ fn entry_for(full: &Path, meta: &Metadata) -> Result<Entry> {
         gid: meta.gid(),
         mtime: meta.mtime(),
         mtime_ns: u32::try_from(meta.mtime_nsec()).ok(),
-        xattrs: read_xattrs(full).map_err(|e| Error::io(full.display().to_string(), e))?,
+        xattrs: match with_xattrs {
+            true => xattrs_of(full)?,
+            false => Xattrs::new(),
+        },
         hardlink: None,
     })
+}
+
+fn xattrs_of(full: &Path) -> Result<Xattrs> {
+    read_xattrs(full).map_err(|e| Error::io(full.display().to_string(), e))
 }
 
 /// glibc `gnu_dev_major`.
@@ -769,6 +791,7 @@ mod tests {
         let e = entry_for(
             Path::new("/dev/null"),
             &std::fs::symlink_metadata("/dev/null").unwrap(),
+            true,
         )
         .unwrap();
         assert_eq!(e.kind, EntryKind::CharDevice { rdev: 259 });
@@ -980,7 +1003,13 @@ mod tests {
         };
         let known = data_of(d, "known");
         let stat = stat_of(&std::fs::symlink_metadata(root.join("d/known")).unwrap());
-        let row = |data: FileData| CachedFile { stat, data };
+        // The row's xattrs stand for the file's: matching the state, they are not read.
+        let cached_xattrs = Xattrs::from([(b"user.cached".to_vec(), b"1".to_vec())]);
+        let row = |data: FileData| CachedFile {
+            stat,
+            data,
+            xattrs: cached_xattrs.clone(),
+        };
         let mut rows = Rows::default();
         rows.0
             .insert(b"d".to_vec(), vec![(b"known".to_vec(), row(known.clone()))]);
@@ -993,6 +1022,8 @@ mod tests {
             panic!()
         };
         assert_eq!(data_of(d2, "known"), known);
+        assert_eq!(leaf(d2, "known").xattrs, cached_xattrs);
+        assert!(leaf(d2, "new").xattrs.is_empty());
         assert!(second.update.stale.is_empty(), "{:?}", second.update.stale);
         assert!(!second.update.replace_all);
         assert!(second.update.dirs.contains(&b"d"[..]) && second.update.dirs.contains(&b""[..]));
@@ -1003,6 +1034,10 @@ mod tests {
         let (third, stats) = walk_cached(root, &store, Some(&rows));
         assert_eq!((stats.files, stats.files_reused), (3, 0));
         assert_eq!(third.update.stale, vec![(b"d".to_vec(), b"known".to_vec())]);
+        let Node::Dir(d3) = third.tree.children.get(&b"d"[..]).unwrap() else {
+            panic!()
+        };
+        assert!(leaf(d3, "known").xattrs.is_empty(), "read: its own xattrs");
         assert_eq!(
             store.get_inflated(
                 match &known {
@@ -1028,6 +1063,36 @@ mod tests {
     }
 
     #[test]
+    fn a_settled_file_is_recorded_with_its_xattrs() {
+        let tmp = tempfile::tempdir().unwrap();
+        let f = tmp.path().join("f");
+        std::fs::write(&f, b"content").unwrap();
+        let cpath = CString::new(f.as_os_str().as_bytes()).unwrap();
+        // SAFETY: valid NUL-terminated strings and value buffer.
+        let rc = unsafe {
+            libc::lsetxattr(
+                cpath.as_ptr(),
+                c"user.k".as_ptr(),
+                b"v".as_ptr().cast(),
+                1,
+                0,
+            )
+        };
+        let with_xattr = rc == 0;
+        std::thread::sleep(std::time::Duration::from_millis(2100));
+        let store = Arc::new(MemStore::default());
+        let (walked, _) = walk_cached(tmp.path(), &store, None);
+        let [(path, row)] = &walked.update.recorded[..] else {
+            panic!("{:?}", walked.update.recorded)
+        };
+        assert_eq!(&path[..], b"f");
+        assert_eq!(row.stat, stat_of(&std::fs::symlink_metadata(&f).unwrap()));
+        assert_eq!(row.data, data_of(&walked.tree, "f"));
+        assert_eq!(row.xattrs, leaf(&walked.tree, "f").xattrs);
+        assert_eq!(row.xattrs.contains_key(&b"user.k"[..]), with_xattr);
+    }
+
+    #[test]
     fn a_row_for_a_path_that_is_no_longer_a_file_is_stale() {
         let tmp = tempfile::tempdir().unwrap();
         std::fs::create_dir(tmp.path().join("was-a-file")).unwrap();
@@ -1036,7 +1101,14 @@ mod tests {
         let data = FileData::Whole(EMPTY_OBJECT);
         rows.0.insert(
             Vec::new(),
-            vec![(b"was-a-file".to_vec(), CachedFile { stat, data })],
+            vec![(
+                b"was-a-file".to_vec(),
+                CachedFile {
+                    stat,
+                    data,
+                    xattrs: Xattrs::new(),
+                },
+            )],
         );
         let store = Arc::new(MemStore::default());
         let (walked, _) = walk_cached(tmp.path(), &store, Some(&rows));

@@ -11,7 +11,7 @@
 //! transaction.
 
 use crate::error::{Error, Result};
-use catalog_writer::entry::{Chunk, FileData};
+use catalog_writer::entry::{Chunk, FileData, Xattrs};
 use catalog_writer::hash::ContentHash;
 use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::HashSet;
@@ -33,11 +33,13 @@ pub struct FileStat {
     pub gid: u32,
 }
 
-/// A file's recorded state and where its content is stored.
+/// A file's recorded state, where its content is stored and its extended attributes (a
+/// change of those moves ctime too: `llistxattr` per file was a tenth of a no-op publish).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CachedFile {
     pub stat: FileStat,
     pub data: FileData,
+    pub xattrs: Xattrs,
 }
 
 /// Rows read by a walk: the files recorded directly in one directory of the source tree.
@@ -69,6 +71,9 @@ pub struct SqliteStatCache {
     root: i64,
 }
 
+/// The layout of `stat.db` (`PRAGMA user_version`).
+const SCHEMA: i64 = 1;
+
 fn i64_of(v: u64) -> i64 {
     // Stored bit for bit: dev and inode numbers may use the top bit.
     v as i64
@@ -79,6 +84,14 @@ impl SqliteStatCache {
     /// canonical path). A damaged database is set aside and started afresh.
     pub fn open(path: &Path, root: &Path) -> Result<SqliteStatCache> {
         let db = crate::cache_db::open(path, |conn| {
+            // Rows of another layout are only a cache: dropped, not migrated.
+            let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+            if version != SCHEMA {
+                conn.execute_batch(&format!(
+                    "DROP TABLE IF EXISTS files; DROP TABLE IF EXISTS roots; \
+                     PRAGMA user_version = {SCHEMA};"
+                ))?;
+            }
             conn.execute_batch(
                 "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
                  CREATE TABLE IF NOT EXISTS roots ( \
@@ -88,7 +101,7 @@ impl SqliteStatCache {
                    dev INTEGER NOT NULL, ino INTEGER NOT NULL, size INTEGER NOT NULL, \
                    mtime_ns INTEGER NOT NULL, ctime_ns INTEGER NOT NULL, \
                    mode INTEGER NOT NULL, uid INTEGER NOT NULL, gid INTEGER NOT NULL, \
-                   data BLOB NOT NULL, \
+                   data BLOB NOT NULL, xattrs BLOB NOT NULL, \
                    PRIMARY KEY (root, dir, name)) WITHOUT ROWID;",
             )
         })?;
@@ -146,8 +159,8 @@ impl SqliteStatCache {
             let mut put = tx
                 .prepare(
                     "INSERT OR REPLACE INTO files (root, dir, name, dev, ino, size, mtime_ns, \
-                     ctime_ns, mode, uid, gid, data) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                     ctime_ns, mode, uid, gid, data, xattrs) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
                 )
                 .map_err(sql)?;
             for (path, f) in &update.recorded {
@@ -165,7 +178,8 @@ impl SqliteStatCache {
                     s.mode,
                     s.uid,
                     s.gid,
-                    encode_data(&f.data)
+                    encode_data(&f.data),
+                    encode_xattrs(&f.xattrs)
                 ])
                 .map_err(sql)?;
             }
@@ -197,7 +211,7 @@ impl SqliteStatCache {
 
     fn rows_in(&self, dir: &[u8]) -> rusqlite::Result<Vec<(Vec<u8>, CachedFile)>> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT name, dev, ino, size, mtime_ns, ctime_ns, mode, uid, gid, data \
+            "SELECT name, dev, ino, size, mtime_ns, ctime_ns, mode, uid, gid, data, xattrs \
              FROM files WHERE root = ?1 AND dir = ?2",
         )?;
         let rows = stmt.query_map(params![self.root, dir], |r| {
@@ -211,15 +225,16 @@ impl SqliteStatCache {
                 uid: r.get(7)?,
                 gid: r.get(8)?,
             };
-            Ok((r.get::<_, Vec<u8>>(0)?, stat, r.get::<_, Vec<u8>>(9)?))
+            let blobs = (r.get::<_, Vec<u8>>(9)?, r.get::<_, Vec<u8>>(10)?);
+            Ok((r.get::<_, Vec<u8>>(0)?, stat, blobs))
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (name, stat, data) = row?;
-            // A row whose data does not decode is left out: its file is read again and the
+            let (name, stat, (data, xattrs)) = row?;
+            // A row whose blobs do not decode is left out: its file is read again and the
             // row replaced or dropped.
-            if let Some(data) = decode_data(&data) {
-                out.push((name, CachedFile { stat, data }));
+            if let (Some(data), Some(xattrs)) = (decode_data(&data), decode_xattrs(&xattrs)) {
+                out.push((name, CachedFile { stat, data, xattrs }));
             }
         }
         Ok(out)
@@ -255,6 +270,35 @@ fn split_path(path: &[u8]) -> (&[u8], &[u8]) {
         Some(i) => (&path[..i], &path[i + 1..]),
         None => (&[], path),
     }
+}
+
+/// Extended attributes as a blob: name length, name, value length, value (u32 little-endian
+/// lengths), pair after pair; none is the empty blob.
+fn encode_xattrs(xattrs: &Xattrs) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (name, value) in xattrs {
+        for part in [name, value] {
+            out.extend_from_slice(&(part.len() as u32).to_le_bytes());
+            out.extend_from_slice(part);
+        }
+    }
+    out
+}
+
+fn decode_xattrs(mut bytes: &[u8]) -> Option<Xattrs> {
+    let take = |bytes: &mut &[u8]| -> Option<Vec<u8>> {
+        let (len, rest) = bytes.split_first_chunk::<4>()?;
+        let len = usize::try_from(u32::from_le_bytes(*len)).ok()?;
+        let part = rest.get(..len)?.to_vec();
+        *bytes = &rest[len..];
+        Some(part)
+    };
+    let mut out = Xattrs::new();
+    while !bytes.is_empty() {
+        let name = take(&mut bytes)?;
+        out.insert(name, take(&mut bytes)?);
+    }
+    Some(out)
 }
 
 const WHOLE: u8 = 0;
@@ -314,6 +358,7 @@ mod tests {
                 gid: 100,
             },
             data,
+            xattrs: Xattrs::from([(b"user.a".to_vec(), b"v\0".to_vec())]),
         }
     }
 
@@ -382,6 +427,24 @@ mod tests {
     }
 
     #[test]
+    fn a_database_of_another_layout_is_started_afresh() {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = tmp.path().join("stat.db");
+        let conn = Connection::open(&db).unwrap();
+        conn.execute_batch("CREATE TABLE files (root INTEGER, dir BLOB, name BLOB);")
+            .unwrap();
+        drop(conn);
+        let mut c = SqliteStatCache::open(&db, Path::new("/r")).unwrap();
+        let mut u = StatCacheUpdate::default();
+        u.recorded.push((
+            b"f"[..].into(),
+            file(4, FileData::Whole(ContentHash([4; 20]))),
+        ));
+        c.apply(&u).unwrap();
+        assert_eq!(names(&c, ""), ["f"]);
+    }
+
+    #[test]
     fn replace_all_starts_the_root_afresh() {
         let tmp = tempfile::tempdir().unwrap();
         let mut c = SqliteStatCache::open(&tmp.path().join("s.db"), Path::new("/r")).unwrap();
@@ -413,5 +476,10 @@ mod tests {
         assert!(decode_data(&[9; 21]).is_none());
         let d = FileData::Whole(ContentHash([5; 20]));
         assert_eq!(decode_data(&encode_data(&d)), Some(d));
+        let x = Xattrs::from([(b"user.a".to_vec(), b"1".to_vec()), (b"b".to_vec(), vec![])]);
+        assert_eq!(decode_xattrs(&encode_xattrs(&x)), Some(x));
+        assert_eq!(decode_xattrs(b""), Some(Xattrs::new()));
+        assert!(decode_xattrs(&[1, 0, 0, 0]).is_none());
+        assert!(decode_xattrs(&[1, 0, 0, 0, b'a', 5, 0, 0, 0, b'x']).is_none());
     }
 }
