@@ -58,6 +58,8 @@ struct Record {
     /// As the walk read them after its `lstat`: a change in between moves ctime, and the
     /// reader's fstat then differs from `stat`.
     xattrs: Xattrs,
+    /// When the walk was about to `lstat` the file: reading it starts there.
+    seen_ns: i64,
 }
 
 /// Files read that the stat cache may record: their rows (content filled in once the
@@ -227,11 +229,10 @@ fn read_files(jobs: Receiver<ReadJob>, shared: &Shared<'_>) {
         if failed(&shared.failure) {
             continue;
         }
-        let started = now_ns();
         match read_file(&job, shared.pipeline) {
             Ok(after) => {
                 if let Some(r) = job.record {
-                    if r.stat == stat_of(&after) && settled(&r.stat, started) {
+                    if r.stat == stat_of(&after) && settled(&r.stat, r.seen_ns) {
                         // Filled in with the file's objects once the pipeline has them.
                         let data = FileData::Whole(EMPTY_OBJECT);
                         let (stat, xattrs) = (r.stat, r.xattrs);
@@ -370,6 +371,8 @@ fn walk(
             Error::io(p, source)
         })?;
         let full = item.path();
+        // Before the lstat: a file is trusted only if its state is 2 s older than this.
+        let seen_ns = if known.is_some() { now_ns() } else { 0 };
         let meta = item.metadata().map_err(|e| {
             let source = e
                 .into_io_error()
@@ -420,6 +423,7 @@ fn walk(
                 full,
                 comps: &comps,
                 meta: &meta,
+                seen_ns,
             };
             let k = known.as_deref_mut();
             PNode::Leaf(leaf_for(&walked, entry, &mut inodes, pipeline, reads, k)?)
@@ -438,6 +442,7 @@ struct Walked<'a> {
     /// Its components below the root.
     comps: &'a [&'a [u8]],
     meta: &'a Metadata,
+    seen_ns: i64,
 }
 
 /// A non-directory; files are queued once per inode, hard links share the id and the ticket.
@@ -506,6 +511,7 @@ fn file_ticket(
             path: w.comps.join(&b'/').into(),
             stat,
             xattrs: entry.xattrs.clone(),
+            seen_ns: w.seen_ns,
         });
     }
     let job = ReadJob {
