@@ -165,6 +165,10 @@ pub struct TuningArgs {
 pub struct PublishArgs {
     pub fqrn: String,
     pub source: PathBuf,
+    /// Read every file, even those the stat cache knows unchanged (same device, inode, size,
+    /// mtime, ctime, mode and owner as when last read), and record them afresh.
+    #[arg(long)]
+    pub rescan: bool,
     #[command(flatten)]
     pub graft: GraftArgs,
     #[command(flatten)]

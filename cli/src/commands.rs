@@ -261,6 +261,8 @@ struct SourceGraft<'a> {
     what: String,
     /// The command (`publish`, `ingest`): the action of the event that reports the outcome.
     command: &'static str,
+    /// What the walk learnt for the stat cache, written once the revision is committed.
+    stat_cache: Option<(publisher::SqliteStatCache, publisher::StatCacheUpdate)>,
 }
 
 /// Grafts the source tree and commits; prints the outcome.
@@ -304,6 +306,12 @@ fn graft_and_commit(
     }
     publisher::fault_point("after-objects");
     let outcome = txn.commit(&CommitSettings::default())?;
+    if let Some((mut cache, update)) = job.stat_cache {
+        // Only a cache: a publish that could not record its reads stands.
+        if let Err(e) = cache.apply(&update) {
+            crate::output::to_stderr(&format!("cvmfs-oci: warning: stat cache not updated: {e}"));
+        }
+    }
     report_outcome(job.command, &job.what, &outcome, started, stats, out);
     gc::after_publish(repo, &outcome, out);
     push::after_publish(repo, &outcome, out)?;
@@ -336,19 +344,28 @@ pub fn report_outcome(
         CommitOutcome::Unchanged { revision } => (*revision, false),
         CommitOutcome::Published(p) => (p.revision, true),
     };
+    // Files the stat cache vouched for were not read (publish only).
+    let reused = match s.files_reused {
+        0 => String::new(),
+        n => format!(", {n} unchanged files not read (stat cache)"),
+    };
     let text = if changed {
         format!(
-            "{what}: published revision {revision}: {} files, {:.1} MB in, {} new objects, {} already stored, {:.2} s ({mbps:.1} MB/s)",
+            "{what}: published revision {revision}: {} files read, {:.1} MB in, {} new objects, {} already stored{reused}, {:.2} s ({mbps:.1} MB/s)",
             s.files, s.bytes_in as f64 / 1e6, s.objects_new, s.objects_existing, secs
         )
     } else {
-        format!("{what}: nothing changed, still revision {revision}")
+        format!(
+            "{what}: nothing changed, still revision {revision} ({} files read{reused})",
+            s.files
+        )
     };
     out.event(
         &text,
         event_json(
             action,
             json!({"source": what, "revision": revision, "changed": changed, "files": s.files,
+                   "files_read": s.files, "files_reused": s.files_reused,
                    "bytes_in": s.bytes_in, "bytes_compressed": s.bytes_compressed,
                    "objects_new": s.objects_new, "objects_existing": s.objects_existing,
                    "index_hits": s.index_hits, "seconds": secs}),
@@ -392,18 +409,22 @@ pub fn publish(home: &Path, g: &Global, a: &PublishArgs, out: Output) -> Result<
     let started = Instant::now();
     let txn = begin(&repo, !g.no_wait, out)?;
     let pipeline = new_pipeline(&repo, &txn, &a.tuning, out)?;
+    let cache = repo.stat_cache(&source)?;
+    note_set_aside(cache.set_aside(), "stat cache", out);
+    let lookup: Option<&dyn publisher::StatCache> = (!a.rescan).then_some(&cache);
     let progress = out.follow_pipeline(a.source.display().to_string(), pipeline.watch());
-    let tree = ingest::tree_from_dir(&source, &pipeline)
+    let walked = ingest::tree_from_dir_cached(&source, &pipeline, lookup)
         .with_context(|| format!("publish {}", a.source.display()))?;
     drop(progress);
     let stats = pipeline.finish()?.stats;
     let job = SourceGraft {
         path: &path,
-        tree: Some(tree),
+        tree: Some(walked.tree),
         how: &a.graft,
         deletes: &[],
         what: a.source.display().to_string(),
         command: "publish",
+        stat_cache: Some((cache, walked.update)),
     };
     graft_and_commit(&repo, txn, job, started, &stats, out)
 }
@@ -452,6 +473,7 @@ pub fn ingest_tar(home: &Path, g: &Global, a: &IngestArgs, out: Output) -> Resul
         deletes: &deletes,
         what,
         command: "ingest",
+        stat_cache: None,
     };
     graft_and_commit(&repo, txn, job, started, &stats, out)
 }
@@ -477,6 +499,7 @@ fn delete_only(
         deletes,
         what: "--delete".to_string(),
         command: "ingest",
+        stat_cache: None,
     };
     let stats = ingest::pipeline::PipelineStats::default();
     graft_and_commit(&repo, txn, job, started, &stats, out)

@@ -59,6 +59,7 @@ pub fn run(a: &DemoArgs, out: Output) -> Result<i32> {
     let publish = PublishArgs {
         fqrn: FQRN.into(),
         source: source.clone(),
+        rescan: false,
         graft: GraftArgs {
             path: "/".into(),
             catalog: false,

@@ -79,7 +79,7 @@ impl Output {
         Follower::start(bar, move |bar| {
             let s = watch.stats();
             bar.set_position(s.bytes_in);
-            bar.set_message(printable(&format!("{label}: {} files", s.files)));
+            bar.set_message(printable(&format!("{label}: {} files read", s.files)));
         })
     }
 }

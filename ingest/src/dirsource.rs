@@ -7,6 +7,7 @@ use catalog_writer::entry::{makedev, Entry, EntryKind, FileData, Xattrs};
 use catalog_writer::hash::EMPTY_OBJECT;
 use catalog_writer::tree::Dir;
 use crossbeam_channel::{bounded, Receiver, Sender};
+use publisher::stat_cache::{CachedFile, FileStat, StatCache, StatCacheUpdate};
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::fs::{File, Metadata};
@@ -45,13 +46,142 @@ struct ReadJob {
     size: u64,
     /// (dev, ino) the walker saw: the reader checks it opened that same file.
     inode: (u64, u64),
+    /// Where the stat cache would keep the file, and its state when walked.
+    record: Option<Record>,
+}
+
+/// A file to record in the stat cache once read, if it was read in the state the walk saw.
+struct Record {
+    /// Relative to the source root.
+    path: Box<[u8]>,
+    stat: FileStat,
+    /// As the walk read them after its `lstat`: a change in between moves ctime, and the
+    /// reader's fstat then differs from `stat`.
+    xattrs: Xattrs,
+    /// When the walk was about to `lstat` the file: reading it starts there.
+    seen_ns: i64,
+}
+
+/// Files read that the stat cache may record: their rows (content filled in once the
+/// pipeline resolved them) and, side by side, their tickets. Built in place, as the rows of
+/// a first publish of a million files weigh a hundred megabytes.
+#[derive(Default)]
+struct Recorded {
+    tickets: Vec<FileTicket>,
+    rows: Vec<(Box<[u8]>, CachedFile)>,
+}
+
+/// A file's state is trusted only when its mtime and ctime are at least this much older than
+/// the moment it was read. Timestamps are coarse (the kernel's tick, a file system's
+/// granularity): a write in the same tick as the read would leave both unchanged and the file
+/// would never be read again (git's "racy git" problem).
+const RACY_NS: i64 = 2_000_000_000;
+
+/// A tree read with a stat cache ([`tree_from_dir_cached`]).
+pub struct CachedWalk {
+    pub tree: Dir,
+    /// What to write into the stat cache once the tree is published.
+    pub update: StatCacheUpdate,
+}
+
+/// The walker's side of the stat cache: the rows of the directories it is in.
+#[derive(Default)]
+struct Known<'a> {
+    cache: Option<&'a dyn StatCache>,
+    /// Rows of each listed directory not yet matched to a walked file.
+    rows: HashMap<Vec<u8>, HashMap<Vec<u8>, CachedFile>>,
+    update: StatCacheUpdate,
+}
+
+impl Known<'_> {
+    /// A directory the walk lists: its rows are loaded before its files come.
+    fn enter(&mut self, dir: &[u8]) {
+        self.update.dirs.insert(dir.to_vec());
+        if let Some(cache) = self.cache {
+            let rows: HashMap<_, _> = cache.files_in(dir).into_iter().collect();
+            if !rows.is_empty() {
+                self.rows.insert(dir.to_vec(), rows);
+            }
+        }
+    }
+
+    /// The row of a walked file if its state is the one recorded; a row that differs is
+    /// stale.
+    fn matching(&mut self, dir: &[u8], name: &[u8], stat: &FileStat) -> Option<CachedFile> {
+        let rows = self.rows.get_mut(dir)?;
+        let row = rows.remove(name)?;
+        if rows.is_empty() {
+            // A map does not shrink as it empties: give back a finished directory's rows.
+            self.rows.remove(dir);
+        }
+        if row.stat == *stat {
+            return Some(row);
+        }
+        self.stale(dir, name);
+        None
+    }
+
+    fn stale(&mut self, dir: &[u8], name: &[u8]) {
+        self.update.stale.push((dir.to_vec(), name.to_vec()));
+    }
+
+    /// Rows no walked file matched (removed, no longer regular files, second names of hard
+    /// links) are stale.
+    fn finish(mut self) -> StatCacheUpdate {
+        for (dir, rows) in self.rows.drain() {
+            for name in rows.into_keys() {
+                self.update.stale.push((dir.clone(), name));
+            }
+        }
+        self.update.replace_all = self.cache.is_none();
+        self.update
+    }
+}
+
+/// What the walker shares with the readers.
+struct Shared<'a> {
+    pipeline: &'a ObjectPipeline,
+    failure: Mutex<Option<Error>>,
+    read: Mutex<Recorded>,
 }
 
 /// Reads the tree below `path` (its own metadata becomes the root's). Hard links inside the
 /// tree (same device and inode) share a hardlink id; `security.selinux` labels are skipped.
 /// This thread walks the tree; reader threads read the regular files into `pipeline`.
 pub fn tree_from_dir(path: &Path, pipeline: &ObjectPipeline) -> Result<Dir> {
-    let failure: Mutex<Option<Error>> = Mutex::new(None);
+    walk_and_read(path, pipeline, None).map(|(tree, _)| tree)
+}
+
+/// [`tree_from_dir`] with a stat cache: a regular file whose state (dev, inode, size, mtime,
+/// ctime, mode, owner) is the one `cache` recorded is not read if the store still holds its
+/// content. `cache` `None` reads every file (a rescan). Either way the walk returns what the
+/// cache should learn: the files read in a state old enough to trust, and the stale rows.
+pub fn tree_from_dir_cached(
+    path: &Path,
+    pipeline: &ObjectPipeline,
+    cache: Option<&dyn StatCache>,
+) -> Result<CachedWalk> {
+    let known = Known {
+        cache,
+        ..Known::default()
+    };
+    let (tree, update) = walk_and_read(path, pipeline, Some(known))?;
+    Ok(CachedWalk {
+        tree,
+        update: update.unwrap_or_default(),
+    })
+}
+
+fn walk_and_read(
+    path: &Path,
+    pipeline: &ObjectPipeline,
+    mut known: Option<Known<'_>>,
+) -> Result<(Dir, Option<StatCacheUpdate>)> {
+    let shared = Shared {
+        pipeline,
+        failure: Mutex::new(None),
+        read: Mutex::new(Recorded::default()),
+    };
     let walked = std::thread::scope(|s| {
         let (small, small_rx) = bounded::<ReadJob>(READ_QUEUE);
         let (large, large_rx) = bounded::<ReadJob>(READ_QUEUE);
@@ -61,36 +191,97 @@ pub fn tree_from_dir(path: &Path, pipeline: &ObjectPipeline) -> Result<Dir> {
             .flat_map(|(n, rx)| std::iter::repeat_n(*rx, *n))
             .enumerate()
         {
-            let (rx, failure) = (rx.clone(), &failure);
+            let (rx, shared) = (rx.clone(), &shared);
             std::thread::Builder::new()
                 .name(format!("dir-read-{i}"))
-                .spawn_scoped(s, move || read_files(rx, pipeline, failure))
+                .spawn_scoped(s, move || read_files(rx, shared))
                 .map_err(|e| Error::Stopped(format!("cannot start a reader thread: {e}")))?;
         }
-        walk(path, pipeline, &ReadQueues { small, large }, &failure)
+        let queues = ReadQueues { small, large };
+        walk(path, &shared, &queues, known.as_mut())
         // The queues close here: the readers finish them and end, and the scope joins them.
     });
+    let Shared { failure, read, .. } = shared;
     if let Some(e) = failure.into_inner().unwrap_or_else(|p| p.into_inner()) {
         return Err(e);
     }
-    finalize(walked?, &Entry::directory(0o755, 0, 0, 0), pipeline)
+    let walked = walked?;
+    let update = match known {
+        Some(known) => {
+            let mut update = known.finish();
+            let mut read = read.into_inner().unwrap_or_else(|p| p.into_inner());
+            for (ticket, row) in read.tickets.iter().zip(read.rows.iter_mut()) {
+                row.1.data = pipeline.resolve(*ticket)?.1;
+            }
+            update.recorded = read.rows;
+            Some(update)
+        }
+        None => None,
+    };
+    let tree = finalize(walked, &Entry::directory(0o755, 0, 0, 0), pipeline)?;
+    Ok((tree, update))
 }
 
 /// A reader thread: reads queued files until the queue closes. After the first failure (its
 /// own or another reader's) it only drains the queue.
-fn read_files(jobs: Receiver<ReadJob>, pipeline: &ObjectPipeline, failure: &Mutex<Option<Error>>) {
+fn read_files(jobs: Receiver<ReadJob>, shared: &Shared<'_>) {
     for job in jobs {
-        if failed(failure) {
+        if failed(&shared.failure) {
             continue;
         }
-        if let Err(e) = read_file(&job, pipeline) {
-            let mut f = failure.lock().unwrap_or_else(|p| p.into_inner());
-            f.get_or_insert(e);
+        match read_file(&job, shared.pipeline) {
+            Ok(after) => {
+                if let Some(r) = job.record {
+                    if r.stat == stat_of(&after) && settled(&r.stat, r.seen_ns) {
+                        // Filled in with the file's objects once the pipeline has them.
+                        let data = FileData::Whole(EMPTY_OBJECT);
+                        let (stat, xattrs) = (r.stat, r.xattrs);
+                        let row = (r.path, CachedFile { stat, data, xattrs });
+                        let mut read = shared.read.lock().unwrap_or_else(|p| p.into_inner());
+                        read.tickets.push(job.ticket);
+                        read.rows.push(row);
+                    }
+                }
+            }
+            Err(e) => {
+                let mut f = shared.failure.lock().unwrap_or_else(|p| p.into_inner());
+                f.get_or_insert(e);
+            }
         }
     }
 }
 
-fn read_file(job: &ReadJob, pipeline: &ObjectPipeline) -> Result<()> {
+/// Nanoseconds since the epoch (0 if the clock is before it: then nothing is settled).
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+}
+
+/// Whether a file in state `stat`, read from `read_ns` on, can be trusted to be unchanged
+/// while its state is (see [`RACY_NS`]).
+fn settled(stat: &FileStat, read_ns: i64) -> bool {
+    let limit = read_ns.saturating_sub(RACY_NS);
+    stat.mtime_ns <= limit && stat.ctime_ns <= limit
+}
+
+/// The state the stat cache compares.
+fn stat_of(meta: &Metadata) -> FileStat {
+    let ns = |s: i64, n: i64| s.saturating_mul(1_000_000_000).saturating_add(n);
+    FileStat {
+        dev: meta.dev(),
+        ino: meta.ino(),
+        size: meta.len(),
+        mtime_ns: ns(meta.mtime(), meta.mtime_nsec()),
+        ctime_ns: ns(meta.ctime(), meta.ctime_nsec()),
+        mode: meta.mode(),
+        uid: meta.uid(),
+        gid: meta.gid(),
+    }
+}
+
+/// Reads the file into its ticket; returns its state (fstat) after the read.
+fn read_file(job: &ReadJob, pipeline: &ObjectPipeline) -> Result<Metadata> {
     let name = job.path.display().to_string();
     let mut f = open_walked(job).map_err(|e| Error::io(&name, e))?;
     let before = f.metadata().map_err(|e| Error::io(&name, e))?;
@@ -116,7 +307,7 @@ fn read_file(job: &ReadJob, pipeline: &ObjectPipeline) -> Result<()> {
             )),
         ));
     }
-    Ok(())
+    Ok(after)
 }
 
 /// Counts the bytes read through it.
@@ -160,10 +351,11 @@ fn failed(failure: &Mutex<Option<Error>>) -> bool {
 /// readers. Stops early (with what it has) once a reader failed.
 fn walk(
     path: &Path,
-    pipeline: &ObjectPipeline,
+    shared: &Shared<'_>,
     reads: &ReadQueues,
-    failure: &Mutex<Option<Error>>,
+    mut known: Option<&mut Known<'_>>,
 ) -> Result<PDir> {
+    let pipeline = shared.pipeline;
     let mut root = PDir::default();
     // (dev, ino) → (hardlink id, ticket of the content read once).
     let mut inodes: HashMap<(u64, u64), (u64, Option<FileTicket>)> = HashMap::new();
@@ -179,13 +371,17 @@ fn walk(
             Error::io(p, source)
         })?;
         let full = item.path();
+        // Before the lstat: a file is trusted only if its state is 2 s older than this.
+        let seen_ns = if known.is_some() { now_ns() } else { 0 };
         let meta = item.metadata().map_err(|e| {
             let source = e
                 .into_io_error()
                 .unwrap_or_else(|| io::Error::other("stat error"));
             Error::io(full.display().to_string(), source)
         })?;
-        let entry = entry_for(full, &meta)?;
+        // With a stat cache, a regular file's xattrs come from its row when it matches.
+        let defer_xattrs = known.is_some() && meta.file_type().is_file();
+        let entry = entry_for(full, &meta, !defer_xattrs)?;
         let rel = full.strip_prefix(path).map_err(|_| {
             Error::io(
                 full.display().to_string(),
@@ -201,6 +397,11 @@ fn walk(
                     crate::tarsource::MAX_DEPTH
                 )),
             ));
+        }
+        if entry.is_dir() {
+            if let Some(k) = known.as_deref_mut() {
+                k.enter(&comps.join(&b'/'));
+            }
         }
         if item.depth() == 0 {
             if !entry.is_dir() {
@@ -218,49 +419,55 @@ fn walk(
                 ..PDir::default()
             })
         } else {
-            PNode::Leaf(leaf_for(full, &meta, entry, &mut inodes, pipeline, reads)?)
+            let walked = Walked {
+                full,
+                comps: &comps,
+                meta: &meta,
+                seen_ns,
+            };
+            let k = known.as_deref_mut();
+            PNode::Leaf(leaf_for(&walked, entry, &mut inodes, pipeline, reads, k)?)
         };
         insert(&mut root, &comps, node, full)?;
-        if failed(failure) {
+        if failed(&shared.failure) {
             break;
         }
     }
     Ok(root)
 }
 
+/// A path the walk found.
+struct Walked<'a> {
+    full: &'a Path,
+    /// Its components below the root.
+    comps: &'a [&'a [u8]],
+    meta: &'a Metadata,
+    seen_ns: i64,
+}
+
 /// A non-directory; files are queued once per inode, hard links share the id and the ticket.
 fn leaf_for(
-    full: &Path,
-    meta: &Metadata,
+    w: &Walked<'_>,
     mut entry: Entry,
     inodes: &mut HashMap<(u64, u64), (u64, Option<FileTicket>)>,
     pipeline: &ObjectPipeline,
     reads: &ReadQueues,
+    known: Option<&mut Known<'_>>,
 ) -> Result<PLeaf> {
+    let meta = w.meta;
     let key = (meta.dev(), meta.ino());
+    let is_file = matches!(entry.kind, EntryKind::File { .. });
     if meta.nlink() > 1 {
         if let Some(&(id, ticket)) = inodes.get(&key) {
+            if is_file && known.is_some() {
+                entry.xattrs = xattrs_of(w.full)?;
+            }
             entry.hardlink = Some(id);
             return Ok(PLeaf { entry, ticket });
         }
     }
-    let ticket = if matches!(entry.kind, EntryKind::File { .. }) {
-        let job = ReadJob {
-            ticket: pipeline.reserve_ticket(),
-            path: full.to_path_buf(),
-            size: meta.len(),
-            inode: key,
-        };
-        let ticket = job.ticket;
-        let queue = if job.size > LARGE_FILE {
-            &reads.large
-        } else {
-            &reads.small
-        };
-        queue
-            .send(job)
-            .map_err(|_| Error::Stopped("the file readers stopped".into()))?;
-        Some(ticket)
+    let ticket = if is_file {
+        Some(file_ticket(w, &mut entry, pipeline, reads, known)?)
     } else {
         None
     };
@@ -270,6 +477,59 @@ fn leaf_for(
         entry.hardlink = Some(id);
     }
     Ok(PLeaf { entry, ticket })
+}
+
+/// The ticket of a regular file: resolved at once from the stat cache when it knows the file
+/// as it is and the store holds its content, else queued for a reader. With a stat cache the
+/// file's xattrs are set here: the row's (an xattr change moves ctime), else read now.
+fn file_ticket(
+    w: &Walked<'_>,
+    entry: &mut Entry,
+    pipeline: &ObjectPipeline,
+    reads: &ReadQueues,
+    known: Option<&mut Known<'_>>,
+) -> Result<FileTicket> {
+    let ticket = pipeline.reserve_ticket();
+    let mut record = None;
+    if let Some(k) = known {
+        let (name, parents) = w.comps.split_last().ok_or_else(|| {
+            Error::io(
+                w.full.display().to_string(),
+                io::Error::other("no file name"),
+            )
+        })?;
+        let (dir, stat) = (parents.join(&b'/'), stat_of(w.meta));
+        if let Some(row) = k.matching(&dir, name, &stat) {
+            if pipeline.add_known_file(ticket, stat.size, &row.data)? {
+                entry.xattrs = row.xattrs;
+                return Ok(ticket);
+            }
+            k.stale(&dir, name);
+        }
+        entry.xattrs = xattrs_of(w.full)?;
+        record = Some(Record {
+            path: w.comps.join(&b'/').into(),
+            stat,
+            xattrs: entry.xattrs.clone(),
+            seen_ns: w.seen_ns,
+        });
+    }
+    let job = ReadJob {
+        ticket,
+        path: w.full.to_path_buf(),
+        size: w.meta.len(),
+        inode: (w.meta.dev(), w.meta.ino()),
+        record,
+    };
+    let queue = if job.size > LARGE_FILE {
+        &reads.large
+    } else {
+        &reads.small
+    };
+    queue
+        .send(job)
+        .map_err(|_| Error::Stopped("the file readers stopped".into()))?;
+    Ok(ticket)
 }
 
 fn insert(root: &mut PDir, comps: &[&[u8]], node: PNode, full: &Path) -> Result<()> {
@@ -294,7 +554,7 @@ fn insert(root: &mut PDir, comps: &[&[u8]], node: PNode, full: &Path) -> Result<
 }
 
 /// Metadata of one path (lstat) as an entry; regular files get a placeholder content.
-fn entry_for(full: &Path, meta: &Metadata) -> Result<Entry> {
+fn entry_for(full: &Path, meta: &Metadata, with_xattrs: bool) -> Result<Entry> {
     let ft = meta.file_type();
     let rdev = || {
         let d = meta.rdev();
@@ -334,9 +594,16 @@ fn entry_for(full: &Path, meta: &Metadata) -> Result<Entry> {
         gid: meta.gid(),
         mtime: meta.mtime(),
         mtime_ns: u32::try_from(meta.mtime_nsec()).ok(),
-        xattrs: read_xattrs(full).map_err(|e| Error::io(full.display().to_string(), e))?,
+        xattrs: match with_xattrs {
+            true => xattrs_of(full)?,
+            false => Xattrs::new(),
+        },
         hardlink: None,
     })
+}
+
+fn xattrs_of(full: &Path) -> Result<Xattrs> {
+    read_xattrs(full).map_err(|e| Error::io(full.display().to_string(), e))
 }
 
 /// glibc `gnu_dev_major`.
@@ -421,7 +688,7 @@ fn xattr_call(mut f: impl FnMut(*mut u8, usize) -> isize) -> io::Result<Vec<u8>>
 mod tests {
     use super::*;
     use crate::pipeline::memstore::MemStore;
-    use crate::pipeline::PipelineConfig;
+    use crate::pipeline::{PipelineConfig, PipelineStats};
     use catalog_writer::tree::Node;
     use std::os::unix::fs::{symlink, PermissionsExt};
     use std::sync::Arc;
@@ -530,6 +797,7 @@ mod tests {
         let e = entry_for(
             Path::new("/dev/null"),
             &std::fs::symlink_metadata("/dev/null").unwrap(),
+            true,
         )
         .unwrap();
         assert_eq!(e.kind, EntryKind::CharDevice { rdev: 259 });
@@ -627,6 +895,7 @@ mod tests {
             path: path.to_path_buf(),
             size: 6,
             inode: (meta.dev(), meta.ino()),
+            record: None,
         };
         assert!(open_walked(&job(&file)).is_ok());
 
@@ -658,6 +927,7 @@ mod tests {
             path: path.clone(),
             size,
             inode: (meta.dev(), meta.ino()),
+            record: None,
         };
         read_file(&job(10), &p).unwrap();
         // Listed at 14 bytes, truncated to 10 before it was read.
@@ -687,6 +957,199 @@ mod tests {
         assert!(
             err.to_string().starts_with("/nonexistent/cvmfs-oci-x: "),
             "{err}"
+        );
+    }
+
+    /// Rows kept in memory, as a walk reads them.
+    #[derive(Default)]
+    struct Rows(HashMap<Vec<u8>, Vec<(Vec<u8>, CachedFile)>>);
+
+    impl StatCache for Rows {
+        fn files_in(&self, dir: &[u8]) -> Vec<(Vec<u8>, CachedFile)> {
+            self.0.get(dir).cloned().unwrap_or_default()
+        }
+    }
+
+    fn walk_cached(
+        root: &Path,
+        store: &Arc<MemStore>,
+        rows: Option<&Rows>,
+    ) -> (CachedWalk, PipelineStats) {
+        let p = ObjectPipeline::new(store.clone(), None, PipelineConfig::default()).unwrap();
+        let walked = tree_from_dir_cached(root, &p, rows.map(|r| r as &dyn StatCache)).unwrap();
+        (walked, p.finish().unwrap().stats)
+    }
+
+    fn data_of(d: &Dir, name: &str) -> FileData {
+        match &leaf(d, name).kind {
+            EntryKind::File { data, .. } => data.clone(),
+            k => panic!("{name}: {k:?}"),
+        }
+    }
+
+    #[test]
+    fn a_file_the_cache_knows_is_not_read_while_its_objects_exist() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        std::fs::create_dir(root.join("d")).unwrap();
+        std::fs::write(root.join("d/known"), b"known content").unwrap();
+        std::fs::write(root.join("d/new"), b"new content").unwrap();
+        std::fs::write(root.join("top"), b"top").unwrap();
+        let store = Arc::new(MemStore::default());
+        // First walk: everything read; nothing recorded, as every file is seconds old at most.
+        let (first, stats) = walk_cached(root, &store, None);
+        assert_eq!((stats.files, stats.files_reused), (3, 0));
+        assert!(
+            first.update.recorded.is_empty(),
+            "racy files are not recorded"
+        );
+        assert!(first.update.replace_all);
+        let Node::Dir(d) = first.tree.children.get(&b"d"[..]).unwrap() else {
+            panic!()
+        };
+        let known = data_of(d, "known");
+        let stat = stat_of(&std::fs::symlink_metadata(root.join("d/known")).unwrap());
+        // The row's xattrs stand for the file's: matching the state, they are not read.
+        let cached_xattrs = Xattrs::from([(b"user.cached".to_vec(), b"1".to_vec())]);
+        let row = |data: FileData| CachedFile {
+            stat,
+            data,
+            xattrs: cached_xattrs.clone(),
+        };
+        let mut rows = Rows::default();
+        rows.0
+            .insert(b"d".to_vec(), vec![(b"known".to_vec(), row(known.clone()))]);
+        // A row of a path that is no longer a file of the tree, in a directory that is gone.
+        rows.0
+            .insert(b"gone".to_vec(), vec![(b"x".to_vec(), row(known.clone()))]);
+        let (second, stats) = walk_cached(root, &store, Some(&rows));
+        assert_eq!((stats.files, stats.files_reused), (2, 1));
+        let Node::Dir(d2) = second.tree.children.get(&b"d"[..]).unwrap() else {
+            panic!()
+        };
+        assert_eq!(data_of(d2, "known"), known);
+        assert_eq!(leaf(d2, "known").xattrs, cached_xattrs);
+        assert!(leaf(d2, "new").xattrs.is_empty());
+        assert!(second.update.stale.is_empty(), "{:?}", second.update.stale);
+        assert!(!second.update.replace_all);
+        assert!(second.update.dirs.contains(&b"d"[..]) && second.update.dirs.contains(&b""[..]));
+        assert!(!second.update.dirs.contains(&b"gone"[..]));
+
+        // Its object gone (gc): read again, and the row is stale.
+        store.objects.lock().unwrap().clear();
+        let (third, stats) = walk_cached(root, &store, Some(&rows));
+        assert_eq!((stats.files, stats.files_reused), (3, 0));
+        assert_eq!(third.update.stale, vec![(b"d".to_vec(), b"known".to_vec())]);
+        let Node::Dir(d3) = third.tree.children.get(&b"d"[..]).unwrap() else {
+            panic!()
+        };
+        assert!(leaf(d3, "known").xattrs.is_empty(), "read: its own xattrs");
+        assert_eq!(
+            store.get_inflated(
+                match &known {
+                    FileData::Whole(h) => h,
+                    _ => panic!(),
+                },
+                catalog_writer::hash::Suffix::None,
+            ),
+            b"known content"
+        );
+
+        // Another state (here: another inode number recorded): read, and the row is stale.
+        let mut other = row(known);
+        other.stat.ino ^= 1;
+        rows.0
+            .insert(b"d".to_vec(), vec![(b"known".to_vec(), other)]);
+        let (fourth, stats) = walk_cached(root, &store, Some(&rows));
+        assert_eq!((stats.files, stats.files_reused), (3, 0));
+        assert_eq!(
+            fourth.update.stale,
+            vec![(b"d".to_vec(), b"known".to_vec())]
+        );
+    }
+
+    #[test]
+    fn a_settled_file_is_recorded_with_its_xattrs() {
+        let tmp = tempfile::tempdir().unwrap();
+        let f = tmp.path().join("f");
+        std::fs::write(&f, b"content").unwrap();
+        let cpath = CString::new(f.as_os_str().as_bytes()).unwrap();
+        // SAFETY: valid NUL-terminated strings and value buffer.
+        let rc = unsafe {
+            libc::lsetxattr(
+                cpath.as_ptr(),
+                c"user.k".as_ptr(),
+                b"v".as_ptr().cast(),
+                1,
+                0,
+            )
+        };
+        let with_xattr = rc == 0;
+        std::thread::sleep(std::time::Duration::from_millis(2100));
+        let store = Arc::new(MemStore::default());
+        let (walked, _) = walk_cached(tmp.path(), &store, None);
+        let [(path, row)] = &walked.update.recorded[..] else {
+            panic!("{:?}", walked.update.recorded)
+        };
+        assert_eq!(&path[..], b"f");
+        assert_eq!(row.stat, stat_of(&std::fs::symlink_metadata(&f).unwrap()));
+        assert_eq!(row.data, data_of(&walked.tree, "f"));
+        assert_eq!(row.xattrs, leaf(&walked.tree, "f").xattrs);
+        assert_eq!(row.xattrs.contains_key(&b"user.k"[..]), with_xattr);
+    }
+
+    #[test]
+    fn a_row_for_a_path_that_is_no_longer_a_file_is_stale() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir(tmp.path().join("was-a-file")).unwrap();
+        let stat = stat_of(&std::fs::symlink_metadata(tmp.path()).unwrap());
+        let mut rows = Rows::default();
+        let data = FileData::Whole(EMPTY_OBJECT);
+        rows.0.insert(
+            Vec::new(),
+            vec![(
+                b"was-a-file".to_vec(),
+                CachedFile {
+                    stat,
+                    data,
+                    xattrs: Xattrs::new(),
+                },
+            )],
+        );
+        let store = Arc::new(MemStore::default());
+        let (walked, _) = walk_cached(tmp.path(), &store, Some(&rows));
+        assert_eq!(
+            walked.update.stale,
+            vec![(Vec::new(), b"was-a-file".to_vec())]
+        );
+    }
+
+    #[test]
+    fn only_states_older_than_the_racy_window_are_settled() {
+        let stat = |m: i64, c: i64| FileStat {
+            dev: 1,
+            ino: 2,
+            size: 3,
+            mtime_ns: m,
+            ctime_ns: c,
+            mode: 0o100644,
+            uid: 0,
+            gid: 0,
+        };
+        let read = 100 * RACY_NS;
+        assert!(settled(&stat(read - RACY_NS, read - RACY_NS), read));
+        assert!(!settled(&stat(read - RACY_NS + 1, read - RACY_NS), read));
+        assert!(
+            !settled(&stat(read - RACY_NS, read - 1), read),
+            "ctime counts"
+        );
+        assert!(
+            !settled(&stat(read + RACY_NS, 0), read),
+            "a future mtime is never settled"
+        );
+        assert!(
+            !settled(&stat(0, 0), 0),
+            "a clock before 1970 trusts nothing"
         );
     }
 

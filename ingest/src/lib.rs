@@ -67,7 +67,7 @@ pub mod tarsource;
 
 pub use chunker::{ChunkSizes, Chunker};
 pub use decode::open_layer_stream;
-pub use dirsource::tree_from_dir;
+pub use dirsource::{tree_from_dir, tree_from_dir_cached, CachedWalk};
 pub use error::{Error, Result};
 pub use flatten::{flatten_layers, flatten_layers_with, LayerInput, MemoContext};
 pub use pipeline::{

@@ -218,6 +218,10 @@ impl RepoHome {
     pub fn content_db_path(&self) -> PathBuf {
         self.state_dir().join("content.db")
     }
+    /// The stat cache of `publish` (see [`crate::stat_cache`]).
+    pub fn stat_db_path(&self) -> PathBuf {
+        self.state_dir().join("stat.db")
+    }
     /// The layer memo (see [`crate::layer_memo`]).
     pub fn layer_db_path(&self) -> PathBuf {
         self.state_dir().join("layers.db")

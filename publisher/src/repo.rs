@@ -11,6 +11,7 @@ use crate::layer_memo::LayerMemo;
 use crate::local::LocalStore;
 use crate::reflog::{RefKind, Reflog};
 use crate::repoinfo::{store_meta_info, SKELETON};
+use crate::stat_cache::SqliteStatCache;
 use crate::store::{put_named, root_files, stored_bound, ObjectStore, StoreObjects};
 use crate::txn::{fault_point, Transaction};
 use catalog_writer::hash::{ContentHash, Suffix};
@@ -280,6 +281,12 @@ impl Repository {
     pub fn content_index(&self) -> Result<SqliteContentIndex> {
         create_dir(&self.home.state_dir())?;
         SqliteContentIndex::open(&self.home.content_db_path())
+    }
+
+    /// The stat cache in `state/stat.db`, for the source tree at `root` (canonical).
+    pub fn stat_cache(&self, root: &Path) -> Result<SqliteStatCache> {
+        create_dir(&self.home.state_dir())?;
+        SqliteStatCache::open(&self.home.stat_db_path(), root)
     }
 
     /// The layer memo in `state/layers.db`.

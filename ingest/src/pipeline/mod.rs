@@ -102,8 +102,10 @@ pub struct FileTicket(pub(crate) u64);
 /// Counters of one pipeline run.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PipelineStats {
-    /// Files added.
+    /// Files added (read).
     pub files: u64,
+    /// Files not read: a stat cache knew their content and the store still holds it.
+    pub files_reused: u64,
     /// Plaintext bytes read.
     pub bytes_in: u64,
     /// Compressed bytes produced (each distinct piece compressed at most once per run).
@@ -174,6 +176,7 @@ struct Shared {
 #[derive(Default)]
 struct Counters {
     files: AtomicU64,
+    files_reused: AtomicU64,
     bytes_in: AtomicU64,
     bytes_compressed: AtomicU64,
     compressions: AtomicU64,
@@ -405,6 +408,41 @@ impl ObjectPipeline {
         }
     }
 
+    /// Resolves a reserved ticket with content stored by an earlier run, without reading the
+    /// file, if the store still has every object of `data` (gc or a rolled back publish may
+    /// have removed them). `Ok(false)`: it does not, read the file instead.
+    pub(crate) fn add_known_file(
+        &self,
+        ticket: FileTicket,
+        size: u64,
+        data: &FileData,
+    ) -> Result<bool> {
+        let objects: Vec<(ContentHash, Suffix)> = match data {
+            FileData::Whole(h) => vec![(*h, Suffix::None)],
+            FileData::Chunked(chunks) => chunks.iter().map(|c| (c.hash, Suffix::Partial)).collect(),
+        };
+        for (hash, suffix) in objects {
+            let present = self
+                .shared
+                .store
+                .contains(&hash, suffix)
+                .map_err(|e| self.shared.store_error(&hash, suffix, e))?;
+            if !present {
+                return Ok(false);
+            }
+        }
+        self.shared
+            .counters
+            .files_reused
+            .fetch_add(1, Ordering::Relaxed);
+        let mut st = self.shared.lock();
+        if let Some(f) = st.files.get_mut(&ticket) {
+            *f = FileState::Done(size, data.clone());
+            self.shared.notify_resolved(st);
+        }
+        Ok(true)
+    }
+
     fn check_failed(&self) -> Result<()> {
         if self.shared.failed.load(Ordering::Acquire) {
             return Err(Error::Stopped(self.shared.failure_message()));
@@ -586,6 +624,7 @@ impl Counters {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
         PipelineStats {
             files: g(&self.files),
+            files_reused: g(&self.files_reused),
             bytes_in: g(&self.bytes_in),
             bytes_compressed: g(&self.bytes_compressed),
             compressions: g(&self.compressions),

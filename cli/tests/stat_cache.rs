@@ -1,0 +1,260 @@
+//! `publish`'s stat cache end to end: an unchanged file is not read again, every kind of
+//! change is noticed (content with size and mtime restored, a file renamed over, chmod, a
+//! write inside the racy window), content removed by `gc` is read and stored again, `--rescan`
+//! reads everything, and a crashed or failed publish leaves nothing wrong behind. Every
+//! outcome is read back from the repository through the independent `cvmfs` crate.
+
+mod common;
+
+use common::{assert_matches_source, noise, Env, FQRN};
+use std::fs::{File, FileTimes};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A file's state is trusted only once its mtime and ctime are 2 s old (the racy window).
+fn settle() {
+    std::thread::sleep(Duration::from_millis(2100));
+}
+
+fn last_json(out: &str) -> serde_json::Value {
+    serde_json::from_str(out.lines().last().unwrap_or("{}")).expect("JSON line")
+}
+
+/// Publishes `dir` (extra args appended); returns (files read, files reused, changed).
+fn publish(env: &Env, dir: &Path, extra: &[&str]) -> (u64, u64, bool) {
+    let args = [
+        &["--json", "publish", FQRN, dir.to_str().unwrap()][..],
+        extra,
+    ]
+    .concat();
+    let v = last_json(&env.ok(&args));
+    let n = |k: &str| v[k].as_u64().unwrap_or_else(|| panic!("{k} in {v}"));
+    (
+        n("files_read"),
+        n("files_reused"),
+        v["changed"].as_bool().unwrap(),
+    )
+}
+
+/// A tree of `n` small files in a few directories, plus a large one (chunked) and a hard link.
+fn tree(env: &Env, n: usize) -> PathBuf {
+    let src = env.path("src");
+    for i in 0..n {
+        let dir = src.join(format!("d{}", i % 3));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("f{i}")), noise(3000 + i, i as u64 + 1)).unwrap();
+    }
+    std::fs::write(src.join("big"), noise(20 << 20, 99)).unwrap();
+    std::fs::hard_link(src.join("d0/f0"), src.join("link-to-f0")).unwrap();
+    src
+}
+
+/// Regular files of the tree, each inode once.
+const FILES: u64 = 7;
+
+fn fresh(files: usize) -> (Env, PathBuf) {
+    let env = Env::init(&["--gc"]);
+    let src = tree(&env, files);
+    settle();
+    (env, src)
+}
+
+fn mtime(path: &Path) -> std::time::SystemTime {
+    std::fs::metadata(path).unwrap().modified().unwrap()
+}
+
+#[test]
+fn an_unchanged_tree_is_not_read_again() {
+    let (env, src) = fresh(6);
+    assert_eq!(publish(&env, &src, &[]), (FILES, 0, true));
+    let manifest = std::fs::read(env.storage.join(".cvmfspublished")).unwrap();
+    let text = env.ok(&["publish", FQRN, src.to_str().unwrap()]);
+    assert!(
+        text.contains("nothing changed") && text.contains("0 files read"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("{FILES} unchanged files not read")),
+        "{text}"
+    );
+    assert_eq!(publish(&env, &src, &[]), (0, FILES, false));
+    assert_eq!(
+        manifest,
+        std::fs::read(env.storage.join(".cvmfspublished")).unwrap(),
+        "same root catalog, same revision"
+    );
+    assert_matches_source(&env, &src, "");
+
+    // --rescan reads everything again (and changes nothing).
+    assert_eq!(publish(&env, &src, &["--rescan"]), (FILES, 0, false));
+    assert_eq!(publish(&env, &src, &[]), (0, FILES, false));
+}
+
+#[test]
+fn content_changed_with_size_and_mtime_restored_is_published() {
+    let (env, src) = fresh(6);
+    publish(&env, &src, &[]);
+    let f = src.join("d1/f1");
+    let before = mtime(&f);
+    let mut bytes = std::fs::read(&f).unwrap();
+    bytes[0] ^= 0xff;
+    std::fs::write(&f, &bytes).unwrap();
+    // As a reproducible build leaves it: same size, same mtime; only ctime tells.
+    let file = File::options().write(true).open(&f).unwrap();
+    file.set_times(FileTimes::new().set_modified(before))
+        .unwrap();
+    drop(file);
+    let written = std::time::Instant::now();
+    assert_eq!(mtime(&f), before);
+    assert_eq!(publish(&env, &src, &[]), (1, FILES - 1, true));
+    // Read inside the racy window, it was not recorded: read again by the next publish,
+    // if that one too starts inside the window (a slow machine may take longer).
+    let again = publish(&env, &src, &[]);
+    if written.elapsed() < Duration::from_millis(1800) {
+        assert_eq!(again, (1, FILES - 1, false));
+    }
+    settle();
+    let third = publish(&env, &src, &[]);
+    assert!(!third.2, "nothing changed");
+    assert_eq!(publish(&env, &src, &[]), (0, FILES, false));
+    assert_matches_source(&env, &src, "");
+}
+
+#[test]
+fn a_file_renamed_over_another_is_published() {
+    let (env, src) = fresh(6);
+    publish(&env, &src, &[]);
+    let f = src.join("d2/f2");
+    let before = mtime(&f);
+    let len = std::fs::metadata(&f).unwrap().len() as usize;
+    let tmp = src.join("d2/.f2.new");
+    std::fs::write(&tmp, noise(len, 12345)).unwrap();
+    let file = File::options().write(true).open(&tmp).unwrap();
+    file.set_times(FileTimes::new().set_modified(before))
+        .unwrap();
+    drop(file);
+    settle();
+    std::fs::rename(&tmp, &f).unwrap();
+    assert_eq!(publish(&env, &src, &[]), (1, FILES - 1, true));
+    assert_matches_source(&env, &src, "");
+}
+
+/// A chmod moves ctime, which a write with its mtime restored moves too: the file is read
+/// again (its content is found stored, nothing is compressed) and the new mode published.
+#[test]
+fn a_chmod_is_published() {
+    let (env, src) = fresh(6);
+    publish(&env, &src, &[]);
+    let f = src.join("d0/f3");
+    std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o751)).unwrap();
+    let out = last_json(&env.ok(&["--json", "publish", FQRN, src.to_str().unwrap()]));
+    assert_eq!(out["changed"], true, "{out}");
+    assert_eq!(out["objects_new"].as_u64(), Some(0), "{out}");
+    assert_eq!(out["files_read"].as_u64(), Some(1), "{out}");
+    assert_matches_source(&env, &src, "");
+}
+
+#[test]
+fn content_removed_by_gc_is_read_and_stored_again() {
+    let (env, src) = fresh(6);
+    publish(&env, &src, &[]);
+    // Another tree at the root: the first one's objects are now only in an old revision.
+    let other = env.path("other");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join("x"), b"other\n").unwrap();
+    publish(&env, &other, &[]);
+    // Once more, so that `trunk-previous` (which gc keeps) is no longer the first tree.
+    std::fs::write(other.join("y"), b"more\n").unwrap();
+    publish(&env, &other, &[]);
+    let gc = last_json(&env.ok(&["--json", "gc", FQRN, "--keep-revisions", "0"]));
+    assert!(gc["objects_deleted"].as_u64().unwrap() >= FILES, "{gc}");
+    // The stat cache still knows every file of `src` as it is; their objects are gone.
+    assert_eq!(publish(&env, &src, &[]), (FILES, 0, true));
+    env.check(true);
+    assert_matches_source(&env, &src, "");
+    assert_eq!(publish(&env, &src, &[]), (0, FILES, false));
+}
+
+#[test]
+fn a_subpath_publish_uses_the_cache_and_removed_files_are_forgotten() {
+    let (env, src) = fresh(6);
+    assert_eq!(publish(&env, &src, &["--path", "/sw"]), (FILES, 0, true));
+    assert_eq!(publish(&env, &src, &["--path", "/sw"]), (0, FILES, false));
+    std::fs::remove_dir_all(src.join("d1")).unwrap();
+    std::fs::remove_file(src.join("d0/f3")).unwrap();
+    assert_eq!(
+        publish(&env, &src, &["--path", "/sw"]),
+        (0, FILES - 3, true)
+    );
+    assert_matches_source(&env, &src, "/sw");
+    // The forgotten rows: files put back under the same names are read.
+    std::fs::create_dir(src.join("d1")).unwrap();
+    std::fs::write(src.join("d1/f1"), b"back\n").unwrap();
+    std::fs::write(src.join("d0/f3"), b"back too\n").unwrap();
+    assert_eq!(
+        publish(&env, &src, &["--path", "/sw"]),
+        (2, FILES - 3, true)
+    );
+    assert_matches_source(&env, &src, "/sw");
+}
+
+#[test]
+fn a_crashed_or_failed_publish_then_a_rerun_is_correct() {
+    let (env, src) = fresh(6);
+    publish(&env, &src, &[]);
+    let f = src.join("d1/f4");
+    let before = mtime(&f);
+    let mut bytes = std::fs::read(&f).unwrap();
+    bytes[10] ^= 0x55;
+    std::fs::write(&f, &bytes).unwrap();
+    let file = File::options().write(true).open(&f).unwrap();
+    file.set_times(FileTimes::new().set_modified(before))
+        .unwrap();
+    drop(file);
+    settle();
+    let out = env
+        .cmd(&["publish", FQRN, src.to_str().unwrap()])
+        .env("CVMFS_OCI_CRASH_AT", "after-objects")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the publish did not crash");
+    // Fails after the walk (the root has its catalog): its new objects are removed again.
+    let err = env.fails(&["publish", FQRN, src.to_str().unwrap(), "--catalog"]);
+    assert!(err.contains("--catalog"), "{err}");
+    assert_eq!(env.revision(), 2);
+    assert_eq!(publish(&env, &src, &[]), (1, FILES - 1, true));
+    env.check(true);
+    assert_matches_source(&env, &src, "");
+    assert_eq!(publish(&env, &src, &[]), (0, FILES, false));
+}
+
+/// An xattr change moves ctime: published; an unchanged file's xattrs come from the cache.
+#[test]
+fn an_xattr_change_is_published_and_cached_xattrs_stay() {
+    let (env, src) = fresh(6);
+    publish(&env, &src, &[]);
+    let f = src.join("d2/f5");
+    let path = std::ffi::CString::new(f.to_str().unwrap()).unwrap();
+    // SAFETY: NUL-terminated strings and a value buffer of the length given.
+    let rc = unsafe {
+        libc::lsetxattr(
+            path.as_ptr(),
+            c"user.stage".as_ptr(),
+            b"2".as_ptr().cast(),
+            1,
+            0,
+        )
+    };
+    if rc != 0 {
+        eprintln!("no user xattrs here: skipped");
+        return;
+    }
+    assert_eq!(publish(&env, &src, &[]), (1, FILES - 1, true));
+    assert_matches_source(&env, &src, "");
+    settle();
+    publish(&env, &src, &[]);
+    // Now recorded with its xattr: not read, and the revision keeps it.
+    assert_eq!(publish(&env, &src, &[]), (0, FILES, false));
+    assert_matches_source(&env, &src, "");
+}
