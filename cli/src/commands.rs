@@ -733,24 +733,34 @@ pub fn cache_stats(home: &Path, fqrn: &str, out: Output) -> Result<i32> {
     let layers = repo.layer_memo()?.list()?;
     let complete = layers.iter().filter(|l| l.complete).count();
     let index = repo.content_index()?.summary()?;
+    let trees = repo.stat_cache_roots()?;
+    let stat_files: u64 = trees.iter().map(|(_, n)| n).sum();
     out.event(
         &format!(
             "{fqrn}: content index: {} plaintexts -> {} objects ({:.1} MB plain, {:.1} MB \
-             compressed); layer memo: {} layers ({complete} complete)",
+             compressed); layer memo: {} layers ({complete} complete); stat cache: \
+             {stat_files} files of {} source trees",
             index.entries,
             index.objects,
             index.plain_bytes as f64 / 1e6,
             index.compressed_bytes as f64 / 1e6,
-            layers.len()
+            layers.len(),
+            trees.len()
         ),
         event_json(
             "cache-stats",
             json!({"fqrn": fqrn, "layers": layers.len(), "complete": complete,
                    "index_entries": index.entries, "index_objects": index.objects,
                    "index_plain_bytes": index.plain_bytes,
-                   "index_compressed_bytes": index.compressed_bytes}),
+                   "index_compressed_bytes": index.compressed_bytes,
+                   "stat_files": stat_files,
+                   "stat_trees": trees.iter().map(|(root, n)| json!({
+                       "source": root.display().to_string(), "files": n})).collect::<Vec<_>>()}),
         ),
     );
+    for (root, n) in &trees {
+        out.say(&format!("  stat cache: {} ({n} files)", root.display()));
+    }
     Ok(0)
 }
 

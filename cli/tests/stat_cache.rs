@@ -89,6 +89,20 @@ fn an_unchanged_tree_is_not_read_again() {
     // --rescan reads everything again (and changes nothing).
     assert_eq!(publish(&env, &src, &["--rescan"]), (FILES, 0, false));
     assert_eq!(publish(&env, &src, &[]), (0, FILES, false));
+
+    // `cache stats` shows what the stat cache holds, per source tree.
+    let stats = last_json(&env.ok(&["--json", "cache", "stats", FQRN]));
+    let canonical = std::fs::canonicalize(&src).unwrap();
+    assert_eq!(stats["stat_files"], FILES, "{stats}");
+    assert_eq!(
+        stats["stat_trees"],
+        serde_json::json!([{"source": canonical.to_str().unwrap(), "files": FILES}])
+    );
+    let text = env.ok(&["cache", "stats", FQRN]);
+    assert!(
+        text.contains(&format!("stat cache: {FILES} files of 1 source trees")),
+        "{text}"
+    );
 }
 
 #[test]

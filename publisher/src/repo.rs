@@ -289,6 +289,11 @@ impl Repository {
         SqliteStatCache::open(&self.home.stat_db_path(), root)
     }
 
+    /// The source trees `state/stat.db` has rows for, with their number of files.
+    pub fn stat_cache_roots(&self) -> Result<Vec<(PathBuf, u64)>> {
+        crate::stat_cache::roots(&self.home.stat_db_path())
+    }
+
     /// The layer memo in `state/layers.db`.
     pub fn layer_memo(&self) -> Result<LayerMemo> {
         create_dir(&self.home.state_dir())?;

@@ -15,6 +15,7 @@ use catalog_writer::entry::{Chunk, FileData, Xattrs};
 use catalog_writer::hash::ContentHash;
 use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::HashSet;
+use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -258,6 +259,38 @@ impl SqliteStatCache {
     }
 }
 
+/// The source roots a stat cache at `path` has rows for, with their number of files (for
+/// `cache stats`). Read only: a missing database, or one of another layout, holds none.
+pub fn roots(path: &Path) -> Result<Vec<(PathBuf, u64)>> {
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let what = path.display().to_string();
+    let sql = |e| Error::sql(what.as_str(), e);
+    let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(sql)?;
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(sql)?;
+    if version != SCHEMA {
+        return Ok(Vec::new());
+    }
+    let mut stmt = conn
+        .prepare(
+            "SELECT roots.path, COUNT(files.root) FROM roots \
+             LEFT JOIN files ON files.root = roots.id GROUP BY roots.id ORDER BY roots.path",
+        )
+        .map_err(sql)?;
+    let rows = stmt
+        .query_map([], |r| {
+            let root: Vec<u8> = r.get(0)?;
+            let n: i64 = r.get(1)?;
+            Ok((PathBuf::from(OsStr::from_bytes(&root)), n.max(0) as u64))
+        })
+        .map_err(sql)?;
+    rows.collect::<rusqlite::Result<Vec<_>>>().map_err(sql)
+}
+
 impl StatCache for SqliteStatCache {
     fn files_in(&self, dir: &[u8]) -> Vec<(Vec<u8>, CachedFile)> {
         self.rows_in(dir).unwrap_or_default()
@@ -370,6 +403,26 @@ mod tests {
             .collect();
         v.sort();
         v
+    }
+
+    #[test]
+    fn roots_lists_each_source_tree_with_its_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = tmp.path().join("stat.db");
+        assert!(roots(&db).unwrap().is_empty(), "no database, no roots");
+        let mut a = SqliteStatCache::open(&db, Path::new("/src/a")).unwrap();
+        let mut update = StatCacheUpdate::default();
+        update.dirs.insert(Vec::new());
+        for (path, n) in [("x", 1), ("y", 2)] {
+            let row = file(n, FileData::Whole(ContentHash([n; 20])));
+            update.recorded.push((path.as_bytes().into(), row));
+        }
+        a.apply(&update).unwrap();
+        let _b = SqliteStatCache::open(&db, Path::new("/src/b")).unwrap();
+        assert_eq!(
+            roots(&db).unwrap(),
+            vec![(PathBuf::from("/src/a"), 2), (PathBuf::from("/src/b"), 0)]
+        );
     }
 
     #[test]
