@@ -64,6 +64,22 @@ fn mtime(path: &Path) -> std::time::SystemTime {
     std::fs::metadata(path).unwrap().modified().unwrap()
 }
 
+fn set_mtime(path: &Path, when: std::time::SystemTime) {
+    let file = File::options().write(true).open(path).unwrap();
+    file.set_times(FileTimes::new().set_modified(when)).unwrap();
+}
+
+/// Flips byte `at` of `path` and puts its mtime back, as a reproducible build leaves a changed
+/// file: same size, same mtime; only ctime tells.
+fn flip_keeping_size_and_mtime(path: &Path, at: usize) {
+    let before = mtime(path);
+    let mut bytes = std::fs::read(path).unwrap();
+    bytes[at] ^= 0xff;
+    std::fs::write(path, &bytes).unwrap();
+    set_mtime(path, before);
+    assert_eq!(mtime(path), before);
+}
+
 #[test]
 fn an_unchanged_tree_is_not_read_again() {
     let (env, src) = fresh(6);
@@ -109,18 +125,8 @@ fn an_unchanged_tree_is_not_read_again() {
 fn content_changed_with_size_and_mtime_restored_is_published() {
     let (env, src) = fresh(6);
     publish(&env, &src, &[]);
-    let f = src.join("d1/f1");
-    let before = mtime(&f);
-    let mut bytes = std::fs::read(&f).unwrap();
-    bytes[0] ^= 0xff;
-    std::fs::write(&f, &bytes).unwrap();
-    // As a reproducible build leaves it: same size, same mtime; only ctime tells.
-    let file = File::options().write(true).open(&f).unwrap();
-    file.set_times(FileTimes::new().set_modified(before))
-        .unwrap();
-    drop(file);
+    flip_keeping_size_and_mtime(&src.join("d1/f1"), 0);
     let written = std::time::Instant::now();
-    assert_eq!(mtime(&f), before);
     assert_eq!(publish(&env, &src, &[]), (1, FILES - 1, true));
     // Read inside the racy window, it was not recorded: read again by the next publish,
     // if that one too starts inside the window (a slow machine may take longer).
@@ -144,10 +150,7 @@ fn a_file_renamed_over_another_is_published() {
     let len = std::fs::metadata(&f).unwrap().len() as usize;
     let tmp = src.join("d2/.f2.new");
     std::fs::write(&tmp, noise(len, 12345)).unwrap();
-    let file = File::options().write(true).open(&tmp).unwrap();
-    file.set_times(FileTimes::new().set_modified(before))
-        .unwrap();
-    drop(file);
+    set_mtime(&tmp, before);
     settle();
     std::fs::rename(&tmp, &f).unwrap();
     assert_eq!(publish(&env, &src, &[]), (1, FILES - 1, true));
@@ -218,14 +221,7 @@ fn a_crashed_or_failed_publish_then_a_rerun_is_correct() {
     let (env, src) = fresh(6);
     publish(&env, &src, &[]);
     let f = src.join("d1/f4");
-    let before = mtime(&f);
-    let mut bytes = std::fs::read(&f).unwrap();
-    bytes[10] ^= 0x55;
-    std::fs::write(&f, &bytes).unwrap();
-    let file = File::options().write(true).open(&f).unwrap();
-    file.set_times(FileTimes::new().set_modified(before))
-        .unwrap();
-    drop(file);
+    flip_keeping_size_and_mtime(&f, 10);
     settle();
     let out = env
         .cmd(&["publish", FQRN, src.to_str().unwrap()])
