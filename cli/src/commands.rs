@@ -734,7 +734,7 @@ pub fn cache_stats(home: &Path, fqrn: &str, out: Output) -> Result<i32> {
     let complete = layers.iter().filter(|l| l.complete).count();
     let index = repo.content_index()?.summary()?;
     let trees = repo.stat_cache_roots()?;
-    let stat_files: u64 = trees.iter().map(|(_, n)| n).sum();
+    let stat_files: u64 = trees.iter().map(|t| t.files).sum();
     out.event(
         &format!(
             "{fqrn}: content index: {} plaintexts -> {} objects ({:.1} MB plain, {:.1} MB \
@@ -754,14 +754,36 @@ pub fn cache_stats(home: &Path, fqrn: &str, out: Output) -> Result<i32> {
                    "index_plain_bytes": index.plain_bytes,
                    "index_compressed_bytes": index.compressed_bytes,
                    "stat_files": stat_files,
-                   "stat_trees": trees.iter().map(|(root, n)| json!({
-                       "source": root.display().to_string(), "files": n})).collect::<Vec<_>>()}),
+                   "stat_trees": trees.iter().map(|t| json!({
+                       "source": t.path.display().to_string(), "files": t.files,
+                       "last_publish": t.used.map(rfc3339)})).collect::<Vec<_>>()}),
         ),
     );
-    for (root, n) in &trees {
-        out.say(&format!("  stat cache: {} ({n} files)", root.display()));
+    for t in &trees {
+        let when = t.used.map_or("never".to_string(), rfc3339);
+        out.say(&format!(
+            "  stat cache: {} ({} files, last published {when}; dropped {} days after)",
+            t.path.display(),
+            t.files,
+            publisher::stat_cache::ROOT_TTL_SECS / 86_400
+        ));
     }
     Ok(0)
+}
+
+/// `2026-11-27T18:22:37Z` for seconds since the epoch.
+fn rfc3339(unix: i64) -> String {
+    let s = signer::utc_stamp(unix); // YYYYMMDDhhmmss
+    let f = |r: std::ops::Range<usize>| s.get(r).unwrap_or("00");
+    format!(
+        "{}-{}-{}T{}:{}:{}Z",
+        f(0..4),
+        f(4..6),
+        f(6..8),
+        f(8..10),
+        f(10..12),
+        f(12..14)
+    )
 }
 
 /// Drops extended attributes CVMFS cannot represent (values over 255 bytes and the like),

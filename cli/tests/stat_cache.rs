@@ -110,13 +110,24 @@ fn an_unchanged_tree_is_not_read_again() {
     let stats = last_json(&env.ok(&["--json", "cache", "stats", FQRN]));
     let canonical = std::fs::canonicalize(&src).unwrap();
     assert_eq!(stats["stat_files"], FILES, "{stats}");
-    assert_eq!(
-        stats["stat_trees"],
-        serde_json::json!([{"source": canonical.to_str().unwrap(), "files": FILES}])
+    let trees = stats["stat_trees"].as_array().unwrap();
+    assert_eq!(trees.len(), 1, "{stats}");
+    assert_eq!(trees[0]["source"], canonical.to_str().unwrap());
+    assert_eq!(trees[0]["files"], FILES);
+    // Published minutes ago at most, as `YYYY-MM-DDThh:mm:ssZ`.
+    let when = trees[0]["last_publish"].as_str().unwrap();
+    let year = when.get(..4).unwrap().parse::<u32>().unwrap();
+    assert!(
+        when.len() == 20 && when.ends_with('Z') && year >= 2025,
+        "{when}"
     );
     let text = env.ok(&["cache", "stats", FQRN]);
     assert!(
         text.contains(&format!("stat cache: {FILES} files of 1 source trees")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("({FILES} files, last published {when}")),
         "{text}"
     );
 }

@@ -289,8 +289,8 @@ impl Repository {
         SqliteStatCache::open(&self.home.stat_db_path(), root)
     }
 
-    /// The source trees `state/stat.db` has rows for, with their number of files.
-    pub fn stat_cache_roots(&self) -> Result<Vec<(PathBuf, u64)>> {
+    /// The source trees `state/stat.db` knows, with their number of files and last use.
+    pub fn stat_cache_roots(&self) -> Result<Vec<crate::stat_cache::StatRoot>> {
         crate::stat_cache::roots(&self.home.stat_db_path())
     }
 

@@ -9,6 +9,10 @@
 //! the reader checks each with `ObjectStore::contains` before trusting a row, the same gate
 //! that keeps the content index correct. Rows are written only after a commit, in one SQLite
 //! transaction.
+//!
+//! Each source root remembers when a publish last recorded it; the rows of a root no publish
+//! has walked for [`ROOT_TTL_SECS`] (a tree published once, then moved or deleted) are dropped
+//! by the next publish of any root, so `stat.db` does not keep them for ever.
 
 use crate::error::{Error, Result};
 use catalog_writer::entry::{Chunk, FileData, Xattrs};
@@ -72,8 +76,30 @@ pub struct SqliteStatCache {
     root: i64,
 }
 
-/// The layout of `stat.db` (`PRAGMA user_version`).
-const SCHEMA: i64 = 1;
+/// The layout of `stat.db` (`PRAGMA user_version`). 2 added `roots.used`; a layout-1 database
+/// is upgraded in place, its roots counted as used now.
+const SCHEMA: i64 = 2;
+
+/// A source root not walked by a publish for this long (30 days) loses its rows.
+pub const ROOT_TTL_SECS: i64 = 30 * 24 * 3600;
+
+/// A source tree the stat cache has rows for (`cache stats`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StatRoot {
+    /// The tree's canonical path.
+    pub path: PathBuf,
+    /// Files recorded.
+    pub files: u64,
+    /// When a publish last recorded it (seconds since the epoch; `None`: never).
+    pub used: Option<i64>,
+}
+
+/// Seconds since the epoch (0 if the clock is before it).
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
 
 fn i64_of(v: u64) -> i64 {
     // Stored bit for bit: dev and inode numbers may use the top bit.
@@ -87,7 +113,13 @@ impl SqliteStatCache {
         let db = crate::cache_db::open(path, |conn| {
             // Rows of another layout are only a cache: dropped, not migrated.
             let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-            if version != SCHEMA {
+            if version == 1 {
+                conn.execute_batch(&format!(
+                    "ALTER TABLE roots ADD COLUMN used INTEGER NOT NULL DEFAULT 0; \
+                     UPDATE roots SET used = {}; PRAGMA user_version = {SCHEMA};",
+                    now_secs()
+                ))?;
+            } else if version != SCHEMA {
                 conn.execute_batch(&format!(
                     "DROP TABLE IF EXISTS files; DROP TABLE IF EXISTS roots; \
                      PRAGMA user_version = {SCHEMA};"
@@ -96,7 +128,8 @@ impl SqliteStatCache {
             conn.execute_batch(
                 "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
                  CREATE TABLE IF NOT EXISTS roots ( \
-                   id INTEGER PRIMARY KEY, path BLOB NOT NULL UNIQUE); \
+                   id INTEGER PRIMARY KEY, path BLOB NOT NULL UNIQUE, \
+                   used INTEGER NOT NULL DEFAULT 0); \
                  CREATE TABLE IF NOT EXISTS files ( \
                    root INTEGER NOT NULL, dir BLOB NOT NULL, name BLOB NOT NULL, \
                    dev INTEGER NOT NULL, ino INTEGER NOT NULL, size INTEGER NOT NULL, \
@@ -129,8 +162,13 @@ impl SqliteStatCache {
         self.set_aside.as_deref()
     }
 
-    /// Writes what a walk learnt, in one transaction.
+    /// Writes what a walk learnt, in one transaction; marks this root used now and drops
+    /// the rows of roots unused for [`ROOT_TTL_SECS`].
     pub fn apply(&mut self, update: &StatCacheUpdate) -> Result<()> {
+        self.apply_at(update, now_secs())
+    }
+
+    fn apply_at(&mut self, update: &StatCacheUpdate, now: i64) -> Result<()> {
         let what = self.path.display().to_string();
         let sql = |e| Error::sql(what.as_str(), e);
         let root = self.root;
@@ -144,6 +182,19 @@ impl SqliteStatCache {
             tx.execute("DELETE FROM files WHERE root = ?1", [root])
                 .map_err(sql)?;
         }
+        tx.execute(
+            "UPDATE roots SET used = ?2 WHERE id = ?1",
+            params![root, now],
+        )
+        .map_err(sql)?;
+        let cutoff = now.saturating_sub(ROOT_TTL_SECS);
+        tx.execute(
+            "DELETE FROM files WHERE root IN (SELECT id FROM roots WHERE used < ?1)",
+            [cutoff],
+        )
+        .map_err(sql)?;
+        tx.execute("DELETE FROM roots WHERE used < ?1", [cutoff])
+            .map_err(sql)?;
         {
             let mut del_dir = tx
                 .prepare("DELETE FROM files WHERE root = ?1 AND dir = ?2")
@@ -259,9 +310,9 @@ impl SqliteStatCache {
     }
 }
 
-/// The source roots a stat cache at `path` has rows for, with their number of files (for
-/// `cache stats`). Read only: a missing database, or one of another layout, holds none.
-pub fn roots(path: &Path) -> Result<Vec<(PathBuf, u64)>> {
+/// The source roots a stat cache at `path` knows, with their number of files and last use
+/// (for `cache stats`). Read only: a missing database, or one of another layout, holds none.
+pub fn roots(path: &Path) -> Result<Vec<StatRoot>> {
     if !path.exists() {
         return Ok(Vec::new());
     }
@@ -272,20 +323,28 @@ pub fn roots(path: &Path) -> Result<Vec<(PathBuf, u64)>> {
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .map_err(sql)?;
-    if version != SCHEMA {
-        return Ok(Vec::new());
-    }
+    // Layout 1 (no `used`) is read as never used; the next publish upgrades it.
+    let used = match version {
+        SCHEMA => "roots.used",
+        1 => "0",
+        _ => return Ok(Vec::new()),
+    };
     let mut stmt = conn
-        .prepare(
-            "SELECT roots.path, COUNT(files.root) FROM roots \
-             LEFT JOIN files ON files.root = roots.id GROUP BY roots.id ORDER BY roots.path",
-        )
+        .prepare(&format!(
+            "SELECT roots.path, COUNT(files.root), {used} FROM roots \
+             LEFT JOIN files ON files.root = roots.id GROUP BY roots.id ORDER BY roots.path"
+        ))
         .map_err(sql)?;
     let rows = stmt
         .query_map([], |r| {
             let root: Vec<u8> = r.get(0)?;
             let n: i64 = r.get(1)?;
-            Ok((PathBuf::from(OsStr::from_bytes(&root)), n.max(0) as u64))
+            let used: i64 = r.get(2)?;
+            Ok(StatRoot {
+                path: PathBuf::from(OsStr::from_bytes(&root)),
+                files: n.max(0) as u64,
+                used: (used > 0).then_some(used),
+            })
         })
         .map_err(sql)?;
     rows.collect::<rusqlite::Result<Vec<_>>>().map_err(sql)
@@ -417,12 +476,81 @@ mod tests {
             let row = file(n, FileData::Whole(ContentHash([n; 20])));
             update.recorded.push((path.as_bytes().into(), row));
         }
-        a.apply(&update).unwrap();
+        a.apply_at(&update, 1_000).unwrap();
         let _b = SqliteStatCache::open(&db, Path::new("/src/b")).unwrap();
+        let root = |p: &str, files, used| StatRoot {
+            path: PathBuf::from(p),
+            files,
+            used,
+        };
         assert_eq!(
             roots(&db).unwrap(),
-            vec![(PathBuf::from("/src/a"), 2), (PathBuf::from("/src/b"), 0)]
+            vec![root("/src/a", 2, Some(1_000)), root("/src/b", 0, None)]
         );
+    }
+
+    fn one_file_update(n: u8) -> StatCacheUpdate {
+        let mut update = StatCacheUpdate::default();
+        update.dirs.insert(Vec::new());
+        let row = file(n, FileData::Whole(ContentHash([n; 20])));
+        update.recorded.push((b"f"[..].into(), row));
+        update
+    }
+
+    #[test]
+    fn roots_not_published_for_the_ttl_lose_their_rows() {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = tmp.path().join("stat.db");
+        let t0 = 1_700_000_000;
+        let mut old = SqliteStatCache::open(&db, Path::new("/src/old")).unwrap();
+        old.apply_at(&one_file_update(1), t0).unwrap();
+        let mut recent = SqliteStatCache::open(&db, Path::new("/src/recent")).unwrap();
+        recent.apply_at(&one_file_update(2), t0 + 10).unwrap();
+        // Just inside the TTL for both: nothing goes.
+        let mut other = SqliteStatCache::open(&db, Path::new("/src/other")).unwrap();
+        other
+            .apply_at(&one_file_update(3), t0 + ROOT_TTL_SECS)
+            .unwrap();
+        assert_eq!(roots(&db).unwrap().len(), 3);
+        // One second later `old` is past it: its rows and its root go, the others stay.
+        other
+            .apply_at(&one_file_update(3), t0 + ROOT_TTL_SECS + 1)
+            .unwrap();
+        let left: Vec<_> = roots(&db).unwrap().into_iter().map(|r| r.path).collect();
+        assert_eq!(
+            left,
+            [PathBuf::from("/src/other"), PathBuf::from("/src/recent")]
+        );
+        assert!(old.is_empty().unwrap());
+        assert_eq!(recent.len().unwrap(), 1);
+    }
+
+    #[test]
+    fn a_layout_1_database_keeps_its_rows_and_counts_as_used_now() {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = tmp.path().join("stat.db");
+        let conn = Connection::open(&db).unwrap();
+        conn.execute_batch(
+            &"CREATE TABLE roots (id INTEGER PRIMARY KEY, path BLOB NOT NULL UNIQUE); \
+             CREATE TABLE files (root INTEGER NOT NULL, dir BLOB NOT NULL, name BLOB NOT NULL, \
+               dev INTEGER NOT NULL, ino INTEGER NOT NULL, size INTEGER NOT NULL, \
+               mtime_ns INTEGER NOT NULL, ctime_ns INTEGER NOT NULL, mode INTEGER NOT NULL, \
+               uid INTEGER NOT NULL, gid INTEGER NOT NULL, data BLOB NOT NULL, \
+               xattrs BLOB NOT NULL, PRIMARY KEY (root, dir, name)) WITHOUT ROWID; \
+             INSERT INTO roots VALUES (1, CAST('/r' AS BLOB)); \
+             INSERT INTO files VALUES (1, x'', x'66', 1, 2, 10, 1, 1, 33188, 0, 0, \
+               x'00{}', x''); \
+             PRAGMA user_version = 1;"
+                .replace("{}", &"00".repeat(20)),
+        )
+        .unwrap();
+        drop(conn);
+        assert_eq!(roots(&db).unwrap()[0].used, None, "read only: not upgraded");
+        let before = now_secs();
+        let c = SqliteStatCache::open(&db, Path::new("/r")).unwrap();
+        assert_eq!(names(&c, ""), ["f"]);
+        let used = roots(&db).unwrap()[0].used.unwrap();
+        assert!(used >= before, "{used} < {before}");
     }
 
     #[test]
