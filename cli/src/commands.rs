@@ -60,7 +60,7 @@ pub fn run(cli: Cli, out: Output) -> Result<i32> {
     }
 }
 
-/// Every command but `demo` may open temporary databases (history, reflog, catalogs being
+/// Every command but `demo` (whose home is in its own directory) may open temporary databases (history, reflog, catalogs being
 /// read): they go to `<home>/tmp` (`publisher::tempdb` says why there), and first what
 /// killed runs left there, and in `TMPDIR` where versions before this one put them, is
 /// removed. Only directories whose owner is gone are (their lock is free), so concurrent runs

@@ -28,6 +28,9 @@ pub fn run(a: &DemoArgs, out: Output) -> Result<i32> {
         );
     }
     let home = base.join("home");
+    // Its temporary databases go inside the demo directory too, as other commands' go to
+    // their home (none is left behind in TMPDIR when the demo directory is deleted).
+    publisher::tempdb::set_scratch_root(home.join("tmp"));
     let storage = base.join("storage");
     let source = base.join("source");
     write_sample_tree(&source).with_context(|| format!("writing {}", source.display()))?;
