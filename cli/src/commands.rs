@@ -396,6 +396,15 @@ pub(crate) fn new_pipeline(
     )?)
 }
 
+/// How a publish cuts files into objects, as the stat cache keys its rows: a row made in
+/// another mode names objects this publish would not make.
+fn chunking_mode(config: &ingest::pipeline::PipelineConfig) -> String {
+    match &config.chunking {
+        Some(c) => format!("chunks {}/{}/{}", c.min, c.avg, c.max),
+        None => "whole".to_string(),
+    }
+}
+
 pub fn publish(home: &Path, g: &Global, a: &PublishArgs, out: Output) -> Result<i32> {
     let path = repo_path(&a.graft.path)?;
     // The source itself may be a symbolic link to a directory (`/srv/sw/current`); links
@@ -409,9 +418,11 @@ pub fn publish(home: &Path, g: &Global, a: &PublishArgs, out: Output) -> Result<
     let started = Instant::now();
     let txn = begin(&repo, !g.no_wait, out)?;
     let pipeline = new_pipeline(&repo, &txn, &a.tuning, out)?;
-    let cache = repo.stat_cache(&source)?;
+    let cache = repo.stat_cache(&source, &chunking_mode(&pipeline_config(&repo, &a.tuning)?))?;
     note_set_aside(cache.set_aside(), "stat cache", out);
-    let lookup: Option<&dyn publisher::StatCache> = (!a.rescan).then_some(&cache);
+    // Rows of another boot are not used (see `publisher::stat_cache`): all is read again.
+    let lookup: Option<&dyn publisher::StatCache> =
+        (!a.rescan && cache.trusted()).then_some(&cache);
     let progress = out.follow_pipeline(a.source.display().to_string(), pipeline.watch());
     let walked = ingest::tree_from_dir_cached(&source, &pipeline, lookup)
         .with_context(|| format!("publish {}", a.source.display()))?;
@@ -755,15 +766,16 @@ pub fn cache_stats(home: &Path, fqrn: &str, out: Output) -> Result<i32> {
                    "index_compressed_bytes": index.compressed_bytes,
                    "stat_files": stat_files,
                    "stat_trees": trees.iter().map(|t| json!({
-                       "source": t.path.display().to_string(), "files": t.files,
+                       "source": t.path.display().to_string(), "mode": t.mode, "files": t.files,
                        "last_publish": t.used.map(rfc3339)})).collect::<Vec<_>>()}),
         ),
     );
     for t in &trees {
         let when = t.used.map_or("never".to_string(), rfc3339);
         out.say(&format!(
-            "  stat cache: {} ({} files, last published {when}; dropped {} days after)",
+            "  stat cache: {} ({}: {} files, last published {when}; dropped {} days after)",
             t.path.display(),
+            t.mode,
             t.files,
             publisher::stat_cache::ROOT_TTL_SECS / 86_400
         ));

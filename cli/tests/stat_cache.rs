@@ -114,6 +114,7 @@ fn an_unchanged_tree_is_not_read_again() {
     assert_eq!(trees.len(), 1, "{stats}");
     assert_eq!(trees[0]["source"], canonical.to_str().unwrap());
     assert_eq!(trees[0]["files"], FILES);
+    assert_eq!(trees[0]["mode"], "chunks 4194304/8388608/16777216");
     // Published minutes ago at most, as `YYYY-MM-DDThh:mm:ssZ`.
     let when = trees[0]["last_publish"].as_str().unwrap();
     let year = when.get(..4).unwrap().parse::<u32>().unwrap();
@@ -127,7 +128,9 @@ fn an_unchanged_tree_is_not_read_again() {
         "{text}"
     );
     assert!(
-        text.contains(&format!("({FILES} files, last published {when}")),
+        text.contains(&format!(
+            "(chunks 4194304/8388608/16777216: {FILES} files, last published {when}"
+        )),
         "{text}"
     );
 }
@@ -278,4 +281,89 @@ fn an_xattr_change_is_published_and_cached_xattrs_stay() {
     // Now recorded with its xattr: not read, and the revision keeps it.
     assert_eq!(publish(&env, &src, &[]), (0, FILES, false));
     assert_matches_source(&env, &src, "");
+}
+
+#[test]
+fn a_no_chunking_publish_does_not_take_chunked_rows() {
+    let (env, src) = fresh(6);
+    assert_eq!(publish(&env, &src, &[]), (FILES, 0, true));
+    // In another chunking mode the rows of the first do not count: every file is read, and
+    // the large one is stored whole.
+    let whole = ["--no-chunking", "--path", "/nc"];
+    assert_eq!(publish(&env, &src, &whole).0, FILES);
+    assert_eq!(publish(&env, &src, &whole), (0, FILES, false));
+    // The chunked rows are still there for a chunked publish (here at another path).
+    assert_eq!(
+        publish(&env, &src, &["--path", "/c"]),
+        (0, FILES, true),
+        "chunked again"
+    );
+    let cache = env.path("witness-cache");
+    let seen = fixtures::witness::witness_read_dir(&env.storage, &cache).unwrap();
+    assert!(
+        seen.entries["/c/big"].chunks > 1,
+        "{:?}",
+        seen.entries["/c/big"]
+    );
+    assert_eq!(
+        seen.entries["/nc/big"].chunks, 0,
+        "{:?}",
+        seen.entries["/nc/big"]
+    );
+    assert_eq!(seen.entries["/nc/big"].sha1, seen.entries["/c/big"].sha1);
+}
+
+/// Unmounts on drop, so a failing test leaves no mount behind.
+struct Mounted(PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+fn run(cmd: &mut std::process::Command) {
+    let out = cmd.output().expect("spawn");
+    assert!(out.status.success(), "{cmd:?}: {out:?}");
+}
+
+#[test]
+fn a_rebuilt_image_mounted_in_place_is_published_with_its_new_content() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("mounting a squashfs image needs root: skipped");
+        return;
+    }
+    let env = Env::init(&["--gc"]);
+    let mnt = env.path("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    // Two builds of one release with every timestamp fixed (SOURCE_DATE_EPOCH): squashfs gives
+    // its files the same inode numbers, size, mtime and ctime, only the content differs.
+    let image = |name: &str, text: &str| {
+        let dir = env.path(name);
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("f"), text).unwrap();
+        let img = env.path(&format!("{name}.sqfs"));
+        run(std::process::Command::new("mksquashfs")
+            .arg(&dir)
+            .arg(&img)
+            .args(["-all-time", "1704067200", "-quiet", "-no-progress"]));
+        img
+    };
+    let (one, two) = (image("v1", "release one\n"), image("v2", "release TWO\n"));
+    let mount = |img: &Path| {
+        run(std::process::Command::new("mount")
+            .args(["-o", "loop,ro"])
+            .arg(img)
+            .arg(&mnt));
+        Mounted(mnt.clone())
+    };
+    let m = mount(&one);
+    assert_eq!(publish(&env, &mnt, &[]), (1, 0, true));
+    // Never trusted on squashfs: read again, unchanged.
+    assert_eq!(publish(&env, &mnt, &[]), (1, 0, false));
+    drop(m);
+    let _m = mount(&two);
+    assert_eq!(publish(&env, &mnt, &[]), (1, 0, true));
+    assert_matches_source(&env, &mnt, "");
 }

@@ -232,7 +232,7 @@ fn read_files(jobs: Receiver<ReadJob>, shared: &Shared<'_>) {
         match read_file(&job, shared.pipeline) {
             Ok(after) => {
                 if let Some(r) = job.record {
-                    if r.stat == stat_of(&after) && settled(&r.stat, r.seen_ns) {
+                    if r.stat == stat_of(&after, r.stat.mnt) && settled(&r.stat, r.seen_ns) {
                         // Filled in with the file's objects once the pipeline has them.
                         let data = FileData::Whole(EMPTY_OBJECT);
                         let (stat, xattrs) = (r.stat, r.xattrs);
@@ -265,8 +265,8 @@ fn settled(stat: &FileStat, read_ns: i64) -> bool {
     stat.mtime_ns <= limit && stat.ctime_ns <= limit
 }
 
-/// The state the stat cache compares.
-fn stat_of(meta: &Metadata) -> FileStat {
+/// The state the stat cache compares, for a file whose directory is on mount `mnt`.
+fn stat_of(meta: &Metadata, mnt: u64) -> FileStat {
     let ns = |s: i64, n: i64| s.saturating_mul(1_000_000_000).saturating_add(n);
     FileStat {
         dev: meta.dev(),
@@ -277,6 +277,68 @@ fn stat_of(meta: &Metadata) -> FileStat {
         mode: meta.mode(),
         uid: meta.uid(),
         gid: meta.gid(),
+        mnt,
+    }
+}
+
+/// `STATX_MNT_ID_UNIQUE` (Linux 6.8): a mount id never given out again in this boot.
+const STATX_MNT_ID_UNIQUE: u32 = 0x4000;
+
+/// File systems whose ctime is not the kernel's record of the last change but a stored or
+/// reported value (`statfs` `f_type`): read-only images (squashfs, erofs, iso9660, cramfs,
+/// romfs, udf), FUSE (CernVM-FS itself: a new revision may keep a file's inode, size and
+/// times) and FAT, which has no ctime. A file there may change without its state changing,
+/// so the stat cache neither uses nor records rows for it.
+const UNTRUSTED_CTIME: [i64; 10] = [
+    0x7371_7368, // squashfs
+    0xE0F5_E1E2, // erofs
+    0x9660,      // iso9660
+    0x28CD_3D45, // cramfs
+    0x453D_CD28, // cramfs, other byte order
+    0x7275,      // romfs
+    0x1501_3346, // udf
+    0x6573_5546, // fuse, fuseblk
+    0x4D44,      // vfat, msdos
+    0x2011_BAB0, // exfat
+];
+
+/// The mount `dir` is on, as the stat cache compares it: `None` if its file system's ctime
+/// cannot be trusted ([`UNTRUSTED_CTIME`]), else its unique mount id, 0 when the kernel
+/// does not tell (before 6.8).
+fn mount_of(dir: &Path) -> Option<u64> {
+    let path = CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: an all-zero statfs is a valid value of the plain C struct.
+    let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is NUL-terminated and `fs` is writable for the call's duration.
+    if unsafe { libc::statfs(path.as_ptr(), &mut fs) } != 0 {
+        return None;
+    }
+    #[allow(clippy::unnecessary_cast)] // f_type is i64 or u32 depending on the target
+    let kind = fs.f_type as i64;
+    if UNTRUSTED_CTIME.contains(&kind) {
+        return None;
+    }
+    Some(mount_id(&path))
+}
+
+/// The unique id of the mount `path` is on; 0 when the kernel does not tell.
+fn mount_id(path: &CString) -> u64 {
+    // SAFETY: an all-zero statx is a valid value of the plain C struct.
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is NUL-terminated and `stx` is a writable statx for the call's duration.
+    let rc = unsafe {
+        libc::statx(
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+            STATX_MNT_ID_UNIQUE,
+            &mut stx,
+        )
+    };
+    if rc == 0 && stx.stx_mask & STATX_MNT_ID_UNIQUE != 0 {
+        stx.stx_mnt_id
+    } else {
+        0
     }
 }
 
@@ -294,9 +356,11 @@ fn read_file(job: &ReadJob, pipeline: &ObjectPipeline) -> Result<Metadata> {
     let after = f.metadata().map_err(|e| Error::io(&name, e))?;
     // A file written to while it is read would be published torn (GNU tar: "file changed
     // as we read it"); the whole publish fails instead, and a rerun takes the new content.
+    // ctime too: a writer that puts the mtime back (`touch -r`, `rsync --inplace`) moves it.
     let changed = read != job.size
         || after.len() != job.size
-        || (after.mtime(), after.mtime_nsec()) != (before.mtime(), before.mtime_nsec());
+        || (after.mtime(), after.mtime_nsec()) != (before.mtime(), before.mtime_nsec())
+        || (after.ctime(), after.ctime_nsec()) != (before.ctime(), before.ctime_nsec());
     if changed {
         return Err(Error::io(
             &name,
@@ -359,6 +423,8 @@ fn walk(
     let mut root = PDir::default();
     // (dev, ino) → (hardlink id, ticket of the content read once).
     let mut inodes: HashMap<(u64, u64), (u64, Option<FileTicket>)> = HashMap::new();
+    // With a stat cache: the mount of each directory on the way down, by depth.
+    let mut mounts: Vec<Option<u64>> = Vec::new();
     let walker = walkdir::WalkDir::new(path)
         .follow_links(false)
         .sort_by_file_name();
@@ -401,6 +467,8 @@ fn walk(
         if entry.is_dir() {
             if let Some(k) = known.as_deref_mut() {
                 k.enter(&comps.join(&b'/'));
+                mounts.truncate(item.depth());
+                mounts.push(mount_of(full));
             }
         }
         if item.depth() == 0 {
@@ -424,6 +492,7 @@ fn walk(
                 comps: &comps,
                 meta: &meta,
                 seen_ns,
+                mnt: mounts.get(item.depth() - 1).copied().flatten(),
             };
             let k = known.as_deref_mut();
             PNode::Leaf(leaf_for(&walked, entry, &mut inodes, pipeline, reads, k)?)
@@ -443,6 +512,8 @@ struct Walked<'a> {
     comps: &'a [&'a [u8]],
     meta: &'a Metadata,
     seen_ns: i64,
+    /// The mount of its directory (stat cache only; `None`: not one to trust).
+    mnt: Option<u64>,
 }
 
 /// A non-directory; files are queued once per inode, hard links share the id and the ticket.
@@ -492,27 +563,34 @@ fn file_ticket(
     let ticket = pipeline.reserve_ticket();
     let mut record = None;
     if let Some(k) = known {
-        let (name, parents) = w.comps.split_last().ok_or_else(|| {
-            Error::io(
-                w.full.display().to_string(),
-                io::Error::other("no file name"),
-            )
-        })?;
-        let (dir, stat) = (parents.join(&b'/'), stat_of(w.meta));
-        if let Some(row) = k.matching(&dir, name, &stat) {
-            if pipeline.add_known_file(ticket, stat.size, &row.data)? {
-                entry.xattrs = row.xattrs;
-                return Ok(ticket);
+        if let Some(mnt) = w.mnt {
+            let (name, parents) = w.comps.split_last().ok_or_else(|| {
+                Error::io(
+                    w.full.display().to_string(),
+                    io::Error::other("no file name"),
+                )
+            })?;
+            let (dir, stat) = (parents.join(&b'/'), stat_of(w.meta, mnt));
+            if let Some(row) = k.matching(&dir, name, &stat) {
+                if pipeline.add_known_file(ticket, stat.size, &row.data)? {
+                    entry.xattrs = row.xattrs;
+                    return Ok(ticket);
+                }
+                k.stale(&dir, name);
             }
-            k.stale(&dir, name);
+            record = Some(Record {
+                path: w.comps.join(&b'/').into(),
+                stat,
+                xattrs: Xattrs::new(),
+                seen_ns: w.seen_ns,
+            });
         }
+        // On a file system whose ctime cannot be trusted the file is only read: any row
+        // of it stays unmatched, so the walk drops it.
         entry.xattrs = xattrs_of(w.full)?;
-        record = Some(Record {
-            path: w.comps.join(&b'/').into(),
-            stat,
-            xattrs: entry.xattrs.clone(),
-            seen_ns: w.seen_ns,
-        });
+        if let Some(r) = record.as_mut() {
+            r.xattrs = entry.xattrs.clone();
+        }
     }
     let job = ReadJob {
         ticket,
@@ -1008,7 +1086,10 @@ mod tests {
             panic!()
         };
         let known = data_of(d, "known");
-        let stat = stat_of(&std::fs::symlink_metadata(root.join("d/known")).unwrap());
+        let stat = stat_of(
+            &std::fs::symlink_metadata(root.join("d/known")).unwrap(),
+            mount_of(&root.join("d")).unwrap(),
+        );
         // The row's xattrs stand for the file's: matching the state, they are not read.
         let cached_xattrs = Xattrs::from([(b"user.cached".to_vec(), b"1".to_vec())]);
         let row = |data: FileData| CachedFile {
@@ -1055,17 +1136,24 @@ mod tests {
             b"known content"
         );
 
-        // Another state (here: another inode number recorded): read, and the row is stale.
-        let mut other = row(known);
-        other.stat.ino ^= 1;
-        rows.0
-            .insert(b"d".to_vec(), vec![(b"known".to_vec(), other)]);
-        let (fourth, stats) = walk_cached(root, &store, Some(&rows));
-        assert_eq!((stats.files, stats.files_reused), (3, 0));
-        assert_eq!(
-            fourth.update.stale,
-            vec![(b"d".to_vec(), b"known".to_vec())]
+        // Another state (here: another inode number recorded, or another mount, as a rebuilt
+        // image remounted in its place gives): read, and the row is stale.
+        assert_ne!(
+            stat.mnt, 0,
+            "this kernel (6.8 or later) tells unique mount ids"
         );
+        for change in [|s: &mut FileStat| s.ino ^= 1, |s: &mut FileStat| s.mnt ^= 1] {
+            let mut other = row(known.clone());
+            change(&mut other.stat);
+            rows.0
+                .insert(b"d".to_vec(), vec![(b"known".to_vec(), other)]);
+            let (fourth, stats) = walk_cached(root, &store, Some(&rows));
+            assert_eq!((stats.files, stats.files_reused), (3, 0));
+            assert_eq!(
+                fourth.update.stale,
+                vec![(b"d".to_vec(), b"known".to_vec())]
+            );
+        }
     }
 
     #[test]
@@ -1092,7 +1180,11 @@ mod tests {
             panic!("{:?}", walked.update.recorded)
         };
         assert_eq!(&path[..], b"f");
-        assert_eq!(row.stat, stat_of(&std::fs::symlink_metadata(&f).unwrap()));
+        let mnt = mount_of(tmp.path()).unwrap();
+        assert_eq!(
+            row.stat,
+            stat_of(&std::fs::symlink_metadata(&f).unwrap(), mnt)
+        );
         assert_eq!(row.data, data_of(&walked.tree, "f"));
         assert_eq!(row.xattrs, leaf(&walked.tree, "f").xattrs);
         assert_eq!(row.xattrs.contains_key(&b"user.k"[..]), with_xattr);
@@ -1102,7 +1194,7 @@ mod tests {
     fn a_row_for_a_path_that_is_no_longer_a_file_is_stale() {
         let tmp = tempfile::tempdir().unwrap();
         std::fs::create_dir(tmp.path().join("was-a-file")).unwrap();
-        let stat = stat_of(&std::fs::symlink_metadata(tmp.path()).unwrap());
+        let stat = stat_of(&std::fs::symlink_metadata(tmp.path()).unwrap(), 0);
         let mut rows = Rows::default();
         let data = FileData::Whole(EMPTY_OBJECT);
         rows.0.insert(
@@ -1135,6 +1227,7 @@ mod tests {
             mode: 0o100644,
             uid: 0,
             gid: 0,
+            mnt: 0,
         };
         let read = 100 * RACY_NS;
         assert!(settled(&stat(read - RACY_NS, read - RACY_NS), read));

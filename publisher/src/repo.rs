@@ -283,10 +283,11 @@ impl Repository {
         SqliteContentIndex::open(&self.home.content_db_path())
     }
 
-    /// The stat cache in `state/stat.db`, for the source tree at `root` (canonical).
-    pub fn stat_cache(&self, root: &Path) -> Result<SqliteStatCache> {
+    /// The stat cache in `state/stat.db`, for the source tree at `root` (canonical) published
+    /// in chunking `mode` (`chunks MIN/AVG/MAX` or `whole`).
+    pub fn stat_cache(&self, root: &Path, mode: &str) -> Result<SqliteStatCache> {
         create_dir(&self.home.state_dir())?;
-        SqliteStatCache::open(&self.home.stat_db_path(), root)
+        SqliteStatCache::open(&self.home.stat_db_path(), root, mode)
     }
 
     /// The source trees `state/stat.db` knows, with their number of files and last use.

@@ -10,11 +10,21 @@
 //! that keeps the content index correct. Rows are written only after a commit, in one SQLite
 //! transaction.
 //!
-//! Each source root remembers when a publish last recorded it; the rows of a root no publish
-//! has walked for [`ROOT_TTL_SECS`] (a tree published once, then moved or deleted) are dropped
-//! by the next publish of any root, so `stat.db` does not keep them for ever.
+//! Rows are kept per source root and chunking mode (`--no-chunking` stores other objects). Each
+//! root remembers when a publish last recorded it; the rows of a root no publish has walked
+//! for [`ROOT_TTL_SECS`] (a tree published once, then moved or deleted) are dropped by the
+//! next publish of any root, so `stat.db` does not keep them for ever.
+//!
+//! A state equal to the recorded one proves nothing across a remount: a rebuilt read-only
+//! image (squashfs, erofs, an ISO) mounted where the old one was gives its files the same
+//! device, inode numbers, size, mtime and ctime (reproducible builds fix all timestamps). So
+//! a row also holds the unique id of the mount its directory was on (`statx`
+//! `STATX_MNT_ID_UNIQUE`, never reused within a boot), and a root's rows are trusted only in
+//! the boot that recorded them ([`SqliteStatCache::trusted`]): the first publish after a
+//! reboot reads every file again.
 
 use crate::error::{Error, Result};
+use crate::txn::unsynced::boot_id;
 use catalog_writer::entry::{Chunk, FileData, Xattrs};
 use catalog_writer::hash::ContentHash;
 use rusqlite::{params, Connection, OptionalExtension};
@@ -36,6 +46,8 @@ pub struct FileStat {
     pub mode: u32,
     pub uid: u32,
     pub gid: u32,
+    /// Unique id of the mount the file's directory is on (0: the kernel does not tell).
+    pub mnt: u64,
 }
 
 /// A file's recorded state, where its content is stored and its extended attributes (a
@@ -74,10 +86,14 @@ pub struct SqliteStatCache {
     set_aside: Option<PathBuf>,
     conn: Connection,
     root: i64,
+    /// The root's rows were recorded in this boot.
+    trusted: bool,
+    /// This boot's id ('' if unknown: then nothing is ever trusted).
+    boot: String,
 }
 
-/// The layout of `stat.db` (`PRAGMA user_version`). 2 added `roots.used`; a layout-1 database
-/// is upgraded in place, its roots counted as used now.
+/// The layout of `stat.db` (`PRAGMA user_version`); 2 added the roots' chunking mode, last use
+/// and boot, and the rows' mount ids.
 const SCHEMA: i64 = 2;
 
 /// A source root not walked by a publish for this long (30 days) loses its rows.
@@ -88,6 +104,8 @@ pub const ROOT_TTL_SECS: i64 = 30 * 24 * 3600;
 pub struct StatRoot {
     /// The tree's canonical path.
     pub path: PathBuf,
+    /// How its files were cut into objects (`chunks MIN/AVG/MAX` or `whole`).
+    pub mode: String,
     /// Files recorded.
     pub files: u64,
     /// When a publish last recorded it (seconds since the epoch; `None`: never).
@@ -108,18 +126,13 @@ fn i64_of(v: u64) -> i64 {
 
 impl SqliteStatCache {
     /// Opens (or creates) the cache at `path` for the source tree at `root` (an absolute,
-    /// canonical path). A damaged database is set aside and started afresh.
-    pub fn open(path: &Path, root: &Path) -> Result<SqliteStatCache> {
+    /// canonical path) published in chunking `mode` (see [`StatRoot::mode`]). A damaged
+    /// database is set aside and started afresh.
+    pub fn open(path: &Path, root: &Path, mode: &str) -> Result<SqliteStatCache> {
         let db = crate::cache_db::open(path, |conn| {
             // Rows of another layout are only a cache: dropped, not migrated.
             let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-            if version == 1 {
-                conn.execute_batch(&format!(
-                    "ALTER TABLE roots ADD COLUMN used INTEGER NOT NULL DEFAULT 0; \
-                     UPDATE roots SET used = {}; PRAGMA user_version = {SCHEMA};",
-                    now_secs()
-                ))?;
-            } else if version != SCHEMA {
+            if version != SCHEMA {
                 conn.execute_batch(&format!(
                     "DROP TABLE IF EXISTS files; DROP TABLE IF EXISTS roots; \
                      PRAGMA user_version = {SCHEMA};"
@@ -128,14 +141,15 @@ impl SqliteStatCache {
             conn.execute_batch(
                 "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
                  CREATE TABLE IF NOT EXISTS roots ( \
-                   id INTEGER PRIMARY KEY, path BLOB NOT NULL UNIQUE, \
-                   used INTEGER NOT NULL DEFAULT 0); \
+                   id INTEGER PRIMARY KEY, path BLOB NOT NULL, mode TEXT NOT NULL, \
+                   used INTEGER NOT NULL DEFAULT 0, boot TEXT NOT NULL DEFAULT '', \
+                   UNIQUE (path, mode)); \
                  CREATE TABLE IF NOT EXISTS files ( \
                    root INTEGER NOT NULL, dir BLOB NOT NULL, name BLOB NOT NULL, \
                    dev INTEGER NOT NULL, ino INTEGER NOT NULL, size INTEGER NOT NULL, \
                    mtime_ns INTEGER NOT NULL, ctime_ns INTEGER NOT NULL, \
                    mode INTEGER NOT NULL, uid INTEGER NOT NULL, gid INTEGER NOT NULL, \
-                   data BLOB NOT NULL, xattrs BLOB NOT NULL, \
+                   mnt INTEGER NOT NULL, data BLOB NOT NULL, xattrs BLOB NOT NULL, \
                    PRIMARY KEY (root, dir, name)) WITHOUT ROWID;",
             )
         })?;
@@ -143,18 +157,36 @@ impl SqliteStatCache {
         let sql = |e| Error::sql(what.as_str(), e);
         let key = root.as_os_str().as_bytes();
         db.conn
-            .execute("INSERT OR IGNORE INTO roots (path) VALUES (?1)", [key])
+            .execute(
+                "INSERT OR IGNORE INTO roots (path, mode) VALUES (?1, ?2)",
+                params![key, mode],
+            )
             .map_err(sql)?;
-        let id = db
+        let (id, boot): (i64, String) = db
             .conn
-            .query_row("SELECT id FROM roots WHERE path = ?1", [key], |r| r.get(0))
+            .query_row(
+                "SELECT id, boot FROM roots WHERE path = ?1 AND mode = ?2",
+                params![key, mode],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
             .map_err(sql)?;
+        let this_boot = boot_id();
         Ok(SqliteStatCache {
             path: path.to_path_buf(),
             set_aside: db.set_aside,
             conn: db.conn,
             root: id,
+            trusted: this_boot.as_deref() == Some(boot.as_str()),
+            boot: this_boot.unwrap_or_default(),
         })
+    }
+
+    /// Whether the root's rows may be used: they were recorded in this boot, so their mount
+    /// ids name the mounts the walk sees (a reboot may give a remounted image the old id).
+    /// An untrusted cache is not consulted; the next [`apply`](Self::apply), with
+    /// `replace_all`, makes it trusted.
+    pub fn trusted(&self) -> bool {
+        self.trusted
     }
 
     /// Where a damaged database found at [`open`](Self::open) was moved.
@@ -183,8 +215,8 @@ impl SqliteStatCache {
                 .map_err(sql)?;
         }
         tx.execute(
-            "UPDATE roots SET used = ?2 WHERE id = ?1",
-            params![root, now],
+            "UPDATE roots SET used = ?2, boot = ?3 WHERE id = ?1",
+            params![root, now, self.boot],
         )
         .map_err(sql)?;
         let cutoff = now.saturating_sub(ROOT_TTL_SECS);
@@ -211,8 +243,8 @@ impl SqliteStatCache {
             let mut put = tx
                 .prepare(
                     "INSERT OR REPLACE INTO files (root, dir, name, dev, ino, size, mtime_ns, \
-                     ctime_ns, mode, uid, gid, data, xattrs) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                     ctime_ns, mode, uid, gid, mnt, data, xattrs) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
                 )
                 .map_err(sql)?;
             for (path, f) in &update.recorded {
@@ -230,6 +262,7 @@ impl SqliteStatCache {
                     s.mode,
                     s.uid,
                     s.gid,
+                    i64_of(s.mnt),
                     encode_data(&f.data),
                     encode_xattrs(&f.xattrs)
                 ])
@@ -263,8 +296,8 @@ impl SqliteStatCache {
 
     fn rows_in(&self, dir: &[u8]) -> rusqlite::Result<Vec<(Vec<u8>, CachedFile)>> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT name, dev, ino, size, mtime_ns, ctime_ns, mode, uid, gid, data, xattrs \
-             FROM files WHERE root = ?1 AND dir = ?2",
+            "SELECT name, dev, ino, size, mtime_ns, ctime_ns, mode, uid, gid, mnt, data, \
+             xattrs FROM files WHERE root = ?1 AND dir = ?2",
         )?;
         let rows = stmt.query_map(params![self.root, dir], |r| {
             let stat = FileStat {
@@ -276,8 +309,9 @@ impl SqliteStatCache {
                 mode: r.get(6)?,
                 uid: r.get(7)?,
                 gid: r.get(8)?,
+                mnt: r.get::<_, i64>(9)? as u64,
             };
-            let blobs = (r.get::<_, Vec<u8>>(9)?, r.get::<_, Vec<u8>>(10)?);
+            let blobs = (r.get::<_, Vec<u8>>(10)?, r.get::<_, Vec<u8>>(11)?);
             Ok((r.get::<_, Vec<u8>>(0)?, stat, blobs))
         })?;
         let mut out = Vec::new();
@@ -323,17 +357,15 @@ pub fn roots(path: &Path) -> Result<Vec<StatRoot>> {
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .map_err(sql)?;
-    // Layout 1 (no `used`) is read as never used; the next publish upgrades it.
-    let used = match version {
-        SCHEMA => "roots.used",
-        1 => "0",
-        _ => return Ok(Vec::new()),
-    };
+    if version != SCHEMA {
+        return Ok(Vec::new());
+    }
     let mut stmt = conn
-        .prepare(&format!(
-            "SELECT roots.path, COUNT(files.root), {used} FROM roots \
-             LEFT JOIN files ON files.root = roots.id GROUP BY roots.id ORDER BY roots.path"
-        ))
+        .prepare(
+            "SELECT roots.path, COUNT(files.root), roots.used, roots.mode FROM roots \
+             LEFT JOIN files ON files.root = roots.id GROUP BY roots.id \
+             ORDER BY roots.path, roots.mode",
+        )
         .map_err(sql)?;
     let rows = stmt
         .query_map([], |r| {
@@ -342,6 +374,7 @@ pub fn roots(path: &Path) -> Result<Vec<StatRoot>> {
             let used: i64 = r.get(2)?;
             Ok(StatRoot {
                 path: PathBuf::from(OsStr::from_bytes(&root)),
+                mode: r.get(3)?,
                 files: n.max(0) as u64,
                 used: (used > 0).then_some(used),
             })
@@ -437,6 +470,8 @@ fn decode_data(bytes: &[u8]) -> Option<FileData> {
 mod tests {
     use super::*;
 
+    const MODE: &str = "chunks 4194304/8388608/16777216";
+
     fn file(n: u8, data: FileData) -> CachedFile {
         CachedFile {
             stat: FileStat {
@@ -448,6 +483,7 @@ mod tests {
                 mode: 0o100644,
                 uid: 1000,
                 gid: 100,
+                mnt: u64::MAX - 7,
             },
             data,
             xattrs: Xattrs::from([(b"user.a".to_vec(), b"v\0".to_vec())]),
@@ -469,7 +505,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let db = tmp.path().join("stat.db");
         assert!(roots(&db).unwrap().is_empty(), "no database, no roots");
-        let mut a = SqliteStatCache::open(&db, Path::new("/src/a")).unwrap();
+        let mut a = SqliteStatCache::open(&db, Path::new("/src/a"), MODE).unwrap();
         let mut update = StatCacheUpdate::default();
         update.dirs.insert(Vec::new());
         for (path, n) in [("x", 1), ("y", 2)] {
@@ -477,9 +513,10 @@ mod tests {
             update.recorded.push((path.as_bytes().into(), row));
         }
         a.apply_at(&update, 1_000).unwrap();
-        let _b = SqliteStatCache::open(&db, Path::new("/src/b")).unwrap();
+        let _b = SqliteStatCache::open(&db, Path::new("/src/b"), MODE).unwrap();
         let root = |p: &str, files, used| StatRoot {
             path: PathBuf::from(p),
+            mode: MODE.to_string(),
             files,
             used,
         };
@@ -502,12 +539,12 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let db = tmp.path().join("stat.db");
         let t0 = 1_700_000_000;
-        let mut old = SqliteStatCache::open(&db, Path::new("/src/old")).unwrap();
+        let mut old = SqliteStatCache::open(&db, Path::new("/src/old"), MODE).unwrap();
         old.apply_at(&one_file_update(1), t0).unwrap();
-        let mut recent = SqliteStatCache::open(&db, Path::new("/src/recent")).unwrap();
+        let mut recent = SqliteStatCache::open(&db, Path::new("/src/recent"), MODE).unwrap();
         recent.apply_at(&one_file_update(2), t0 + 10).unwrap();
         // Just inside the TTL for both: nothing goes.
-        let mut other = SqliteStatCache::open(&db, Path::new("/src/other")).unwrap();
+        let mut other = SqliteStatCache::open(&db, Path::new("/src/other"), MODE).unwrap();
         other
             .apply_at(&one_file_update(3), t0 + ROOT_TTL_SECS)
             .unwrap();
@@ -526,31 +563,44 @@ mod tests {
     }
 
     #[test]
-    fn a_layout_1_database_keeps_its_rows_and_counts_as_used_now() {
+    fn each_chunking_mode_has_rows_of_its_own() {
         let tmp = tempfile::tempdir().unwrap();
         let db = tmp.path().join("stat.db");
+        let mut chunked = SqliteStatCache::open(&db, Path::new("/src"), MODE).unwrap();
+        chunked.apply(&one_file_update(1)).unwrap();
+        let whole = SqliteStatCache::open(&db, Path::new("/src"), "whole").unwrap();
+        assert!(whole.files_in(b"").is_empty(), "--no-chunking reads again");
+        assert_eq!(names(&chunked, ""), ["f"]);
+        let modes: Vec<_> = roots(&db).unwrap().into_iter().map(|r| r.mode).collect();
+        assert_eq!(modes, [MODE, "whole"]);
+    }
+
+    #[test]
+    fn rows_are_trusted_only_in_the_boot_that_recorded_them() {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = tmp.path().join("stat.db");
+        let mut c = SqliteStatCache::open(&db, Path::new("/src"), MODE).unwrap();
+        assert!(!c.trusted(), "nothing recorded yet");
+        c.apply(&one_file_update(1)).unwrap();
+        drop(c);
+        let c = SqliteStatCache::open(&db, Path::new("/src"), MODE).unwrap();
+        assert!(c.trusted(), "recorded in this boot");
+        drop(c);
+        // Recorded in another boot: mount ids may have been given out again since.
         let conn = Connection::open(&db).unwrap();
-        conn.execute_batch(
-            &"CREATE TABLE roots (id INTEGER PRIMARY KEY, path BLOB NOT NULL UNIQUE); \
-             CREATE TABLE files (root INTEGER NOT NULL, dir BLOB NOT NULL, name BLOB NOT NULL, \
-               dev INTEGER NOT NULL, ino INTEGER NOT NULL, size INTEGER NOT NULL, \
-               mtime_ns INTEGER NOT NULL, ctime_ns INTEGER NOT NULL, mode INTEGER NOT NULL, \
-               uid INTEGER NOT NULL, gid INTEGER NOT NULL, data BLOB NOT NULL, \
-               xattrs BLOB NOT NULL, PRIMARY KEY (root, dir, name)) WITHOUT ROWID; \
-             INSERT INTO roots VALUES (1, CAST('/r' AS BLOB)); \
-             INSERT INTO files VALUES (1, x'', x'66', 1, 2, 10, 1, 1, 33188, 0, 0, \
-               x'00{}', x''); \
-             PRAGMA user_version = 1;"
-                .replace("{}", &"00".repeat(20)),
-        )
-        .unwrap();
+        conn.execute("UPDATE roots SET boot = 'another-boot'", [])
+            .unwrap();
         drop(conn);
-        assert_eq!(roots(&db).unwrap()[0].used, None, "read only: not upgraded");
-        let before = now_secs();
-        let c = SqliteStatCache::open(&db, Path::new("/r")).unwrap();
-        assert_eq!(names(&c, ""), ["f"]);
-        let used = roots(&db).unwrap()[0].used.unwrap();
-        assert!(used >= before, "{used} < {before}");
+        let mut c = SqliteStatCache::open(&db, Path::new("/src"), MODE).unwrap();
+        assert!(!c.trusted());
+        let rescan = StatCacheUpdate {
+            replace_all: true,
+            ..one_file_update(2)
+        };
+        c.apply(&rescan).unwrap();
+        drop(c);
+        let c = SqliteStatCache::open(&db, Path::new("/src"), MODE).unwrap();
+        assert!(c.trusted(), "a publish in this boot recorded them again");
     }
 
     #[test]
@@ -571,7 +621,7 @@ mod tests {
             },
         ]);
         let chunked = file(2, chunks);
-        let mut a = SqliteStatCache::open(&db, Path::new("/src/a")).unwrap();
+        let mut a = SqliteStatCache::open(&db, Path::new("/src/a"), MODE).unwrap();
         let mut update = StatCacheUpdate::default();
         for (dir, path, f) in [
             ("", "top", &whole),
@@ -583,7 +633,7 @@ mod tests {
             update.recorded.push((path.as_bytes().into(), f.clone()));
         }
         a.apply(&update).unwrap();
-        let b = SqliteStatCache::open(&db, Path::new("/src/b")).unwrap();
+        let b = SqliteStatCache::open(&db, Path::new("/src/b"), MODE).unwrap();
         assert!(
             b.is_empty().unwrap(),
             "another source root has its own rows"
@@ -600,7 +650,7 @@ mod tests {
         next.recorded.push((b"d/w"[..].into(), whole.clone()));
         a.apply(&next).unwrap();
         drop(a);
-        let a = SqliteStatCache::open(&db, Path::new("/src/a")).unwrap();
+        let a = SqliteStatCache::open(&db, Path::new("/src/a"), MODE).unwrap();
         assert_eq!(names(&a, ""), ["top"]);
         assert_eq!(names(&a, "d"), ["w", "x"]);
         assert!(names(&a, "e").is_empty());
@@ -615,7 +665,7 @@ mod tests {
         conn.execute_batch("CREATE TABLE files (root INTEGER, dir BLOB, name BLOB);")
             .unwrap();
         drop(conn);
-        let mut c = SqliteStatCache::open(&db, Path::new("/r")).unwrap();
+        let mut c = SqliteStatCache::open(&db, Path::new("/r"), MODE).unwrap();
         let mut u = StatCacheUpdate::default();
         u.recorded.push((
             b"f"[..].into(),
@@ -628,7 +678,7 @@ mod tests {
     #[test]
     fn replace_all_starts_the_root_afresh() {
         let tmp = tempfile::tempdir().unwrap();
-        let mut c = SqliteStatCache::open(&tmp.path().join("s.db"), Path::new("/r")).unwrap();
+        let mut c = SqliteStatCache::open(&tmp.path().join("s.db"), Path::new("/r"), MODE).unwrap();
         let f = file(3, FileData::Whole(ContentHash([3; 20])));
         let mut u = StatCacheUpdate::default();
         u.recorded.push((b"d/old"[..].into(), f.clone()));

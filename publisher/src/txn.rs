@@ -6,7 +6,7 @@
 //! process cannot clean up: its objects stay, unreferenced, which is harmless.
 
 mod tracked;
-mod unsynced;
+pub(crate) mod unsynced;
 
 pub use tracked::RollBack;
 use tracked::TrackedStore;

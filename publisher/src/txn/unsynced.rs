@@ -41,7 +41,7 @@ fn mark_path(state_dir: &Path) -> PathBuf {
 }
 
 /// This boot's id (`/proc/sys/kernel/random/boot_id`), if the kernel tells it.
-fn boot_id() -> Option<String> {
+pub(crate) fn boot_id() -> Option<String> {
     let id = fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
     Some(id.trim().to_string()).filter(|s| !s.is_empty())
 }
