@@ -872,3 +872,46 @@ fn publish_and_ingest_show_progress_on_a_terminal_only() {
     let plain = env.run(&["publish", FQRN, src_text]);
     assert!(plain.stderr.is_empty(), "{plain:?}");
 }
+
+/// `check` reads catalogs through temporary databases: with `<home>/tmp` unusable they go to
+/// TMPDIR, and with no place at all that is this machine's error, not a damaged repository.
+#[test]
+fn check_without_a_usable_home_tmp_falls_back_and_never_blames_the_repository() {
+    let env = Env::init(&[]);
+    let src = env.path("src");
+    std::fs::create_dir_all(src.join("d")).unwrap();
+    std::fs::write(src.join("d/f"), b"content").unwrap();
+    env.ok(&["publish", FQRN, src.to_str().unwrap()]);
+    // A file where `<home>/tmp` should be: nothing can be made there, even by root.
+    let _ = std::fs::remove_dir_all(env.home.join("tmp"));
+    std::fs::write(env.home.join("tmp"), b"").unwrap();
+    let tmpdir = env.path("tmpdir");
+    std::fs::create_dir(&tmpdir).unwrap();
+    let check = |tmpdir: &std::path::Path| {
+        env.cmd(&["--json", "check", FQRN, "--full"])
+            .env("TMPDIR", tmpdir)
+            .output()
+            .unwrap()
+    };
+    let ok = check(&tmpdir);
+    let text = String::from_utf8_lossy(&ok.stdout);
+    assert!(
+        ok.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(text.contains(r#""ok":true"#), "{text}");
+
+    let nowhere = check(&env.path("no-such-tmpdir"));
+    let (text, err) = (
+        String::from_utf8_lossy(&nowhere.stdout),
+        String::from_utf8_lossy(&nowhere.stderr),
+    );
+    assert!(!nowhere.status.success());
+    assert!(
+        !text.contains(r#""ok":false"#),
+        "not a verdict on the repository: {text}"
+    );
+    assert!(err.contains("temporary directory"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+}

@@ -59,6 +59,10 @@ pub fn check_repository(
     masters: &[PKey<Public>],
     full: bool,
 ) -> Result<CheckReport> {
+    // Catalogs, history and reflog are read through temporary databases: without a place
+    // for them every one would look damaged, so that is this machine's error, not a
+    // problem of the repository.
+    crate::tempdb::TempDb::create("check's scratch database")?;
     let mut c = Checker::new(store, fqrn);
     c.run(masters, full);
     Ok(c.report)

@@ -85,6 +85,22 @@ fn owned_dir(root: &Path) -> io::Result<(TempDir, File)> {
     Ok((dir, owner))
 }
 
+/// [`owned_dir`] in `root`, else in `TMPDIR`: a scratch root that exists but cannot be
+/// written (a home mounted read only, or another user's, used by `check --storage`) must not
+/// stop a command that only reads.
+fn owned_dir_or_tmpdir(root: &Path) -> io::Result<(TempDir, File)> {
+    let first = match owned_dir(root) {
+        Ok(owned) => return Ok(owned),
+        Err(e) => e,
+    };
+    let tmp = std::env::temp_dir();
+    if tmp == root {
+        return Err(first);
+    }
+    owned_dir(&tmp)
+        .map_err(|e| io::Error::new(e.kind(), format!("{first}; then in {}: {e}", tmp.display())))
+}
+
 /// What [`sweep`] found.
 #[derive(Debug, Default)]
 pub struct Swept {
@@ -189,7 +205,7 @@ impl TempDb {
     }
 
     fn in_root(root: &Path, what: &str, bytes: Option<&[u8]>, read_only: bool) -> Result<TempDb> {
-        let (dir, owner) = owned_dir(root).map_err(|e| {
+        let (dir, owner) = owned_dir_or_tmpdir(root).map_err(|e| {
             Error::io(
                 format!("{what}: temporary directory in {}", root.display()),
                 e,
@@ -348,5 +364,19 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let swept = sweep(&root.path().join("tmp")).unwrap();
         assert_eq!((swept.removed, swept.kept), (0, 0));
+    }
+
+    #[test]
+    fn a_root_that_cannot_hold_directories_falls_back_to_tmpdir() {
+        let tmp = tempfile::tempdir().unwrap();
+        // A file where the root should be: nothing can be made in it, even by root.
+        let root = tmp.path().join("tmp");
+        fs::write(&root, b"").unwrap();
+        let db = TempDb::in_root(&root, "fallback", None, false).unwrap();
+        assert!(db._dir.path().starts_with(std::env::temp_dir()));
+        db.conn()
+            .execute_batch("CREATE TABLE t (x INTEGER);")
+            .unwrap();
+        assert!(!db.into_bytes().unwrap().is_empty());
     }
 }
