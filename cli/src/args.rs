@@ -73,7 +73,7 @@ pub enum Command {
     /// Convert a whole registry (`/v2/_catalog` and tag lists) in batches, one revision per
     /// batch; a rerun resumes where an interrupted one stopped.
     Migrate(MigrateArgs),
-    /// Publisher caches (content index, layer memo).
+    /// Publisher caches (content index, layer memo, publish's stat cache).
     #[command(subcommand)]
     Cache(CacheCommand),
     /// Run the bundled demo: create a repository in a temporary directory, publish a sample
@@ -458,7 +458,7 @@ pub enum CacheCommand {
     /// Fill the plaintext content index from the objects of the current revision, so content
     /// the repository already holds is never compressed again.
     Seed(FqrnArg),
-    /// Show what the content index and the layer memo hold.
+    /// Show what the content index, the layer memo and the stat cache hold.
     Stats(FqrnArg),
 }
 

@@ -396,6 +396,30 @@ pub(crate) fn new_pipeline(
     )?)
 }
 
+/// The stat cache for publishing `source`; `None`, with a warning, when its database cannot
+/// be used (locked by another program, unreadable): it only saves reads, so the publish reads
+/// every file instead of failing.
+fn stat_cache(
+    repo: &Repository,
+    source: &Path,
+    tuning: &TuningArgs,
+    out: Output,
+) -> Result<Option<publisher::SqliteStatCache>> {
+    let mode = chunking_mode(&pipeline_config(repo, tuning)?);
+    match repo.stat_cache(source, &mode) {
+        Ok(cache) => {
+            note_set_aside(cache.set_aside(), "stat cache", out);
+            Ok(Some(cache))
+        }
+        Err(e) => {
+            crate::output::to_stderr(&format!(
+                "cvmfs-oci: warning: stat cache not used, every file is read: {e}"
+            ));
+            Ok(None)
+        }
+    }
+}
+
 /// How a publish cuts files into objects, as the stat cache keys its rows: a row made in
 /// another mode names objects this publish would not make.
 fn chunking_mode(config: &ingest::pipeline::PipelineConfig) -> String {
@@ -418,11 +442,12 @@ pub fn publish(home: &Path, g: &Global, a: &PublishArgs, out: Output) -> Result<
     let started = Instant::now();
     let txn = begin(&repo, !g.no_wait, out)?;
     let pipeline = new_pipeline(&repo, &txn, &a.tuning, out)?;
-    let cache = repo.stat_cache(&source, &chunking_mode(&pipeline_config(&repo, &a.tuning)?))?;
-    note_set_aside(cache.set_aside(), "stat cache", out);
+    let cache = stat_cache(&repo, &source, &a.tuning, out)?;
     // Rows of another boot are not used (see `publisher::stat_cache`): all is read again.
-    let lookup: Option<&dyn publisher::StatCache> =
-        (!a.rescan && cache.trusted()).then_some(&cache);
+    let lookup = cache
+        .as_ref()
+        .filter(|c| !a.rescan && c.trusted())
+        .map(|c| c as &dyn publisher::StatCache);
     let progress = out.follow_pipeline(a.source.display().to_string(), pipeline.watch());
     let walked = ingest::tree_from_dir_cached(&source, &pipeline, lookup)
         .with_context(|| format!("publish {}", a.source.display()))?;
@@ -435,7 +460,7 @@ pub fn publish(home: &Path, g: &Global, a: &PublishArgs, out: Output) -> Result<
         deletes: &[],
         what: a.source.display().to_string(),
         command: "publish",
-        stat_cache: Some((cache, walked.update)),
+        stat_cache: cache.map(|c| (c, walked.update)),
     };
     graft_and_commit(&repo, txn, job, started, &stats, out)
 }
@@ -744,7 +769,11 @@ pub fn cache_stats(home: &Path, fqrn: &str, out: Output) -> Result<i32> {
     let layers = repo.layer_memo()?.list()?;
     let complete = layers.iter().filter(|l| l.complete).count();
     let index = repo.content_index()?.summary()?;
-    let trees = repo.stat_cache_roots()?;
+    // Only a cache: one that cannot be read is reported, the rest is still shown.
+    let (trees, stat_error) = match repo.stat_cache_roots() {
+        Ok(trees) => (trees, None),
+        Err(e) => (Vec::new(), Some(e.to_string())),
+    };
     let stat_files: u64 = trees.iter().map(|t| t.files).sum();
     out.event(
         &format!(
@@ -764,12 +793,15 @@ pub fn cache_stats(home: &Path, fqrn: &str, out: Output) -> Result<i32> {
                    "index_entries": index.entries, "index_objects": index.objects,
                    "index_plain_bytes": index.plain_bytes,
                    "index_compressed_bytes": index.compressed_bytes,
-                   "stat_files": stat_files,
+                   "stat_files": stat_files, "stat_error": stat_error,
                    "stat_trees": trees.iter().map(|t| json!({
                        "source": t.path.display().to_string(), "mode": t.mode, "files": t.files,
                        "last_publish": t.used.map(rfc3339)})).collect::<Vec<_>>()}),
         ),
     );
+    if let Some(e) = &stat_error {
+        crate::output::to_stderr(&format!("cvmfs-oci: warning: stat cache unreadable: {e}"));
+    }
     for t in &trees {
         let when = t.used.map_or("never".to_string(), rfc3339);
         out.say(&format!(

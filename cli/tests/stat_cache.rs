@@ -367,3 +367,55 @@ fn a_rebuilt_image_mounted_in_place_is_published_with_its_new_content() {
     assert_eq!(publish(&env, &mnt, &[]), (1, 0, true));
     assert_matches_source(&env, &mnt, "");
 }
+
+#[test]
+fn an_unusable_stat_database_only_costs_reads() {
+    let (env, src) = fresh(6);
+    assert_eq!(publish(&env, &src, &[]), (FILES, 0, true));
+    let db = env.home.join(FQRN).join("state/stat.db");
+
+    // Locked by another program for longer than SQLite waits: the publish reads every file.
+    let mut holder = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import sqlite3, sys, time\n\
+             c = sqlite3.connect(sys.argv[1], isolation_level=None)\n\
+             c.execute('BEGIN EXCLUSIVE')\n\
+             print('locked', flush=True)\n\
+             time.sleep(60)",
+        )
+        .arg(&db)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line, "locked\n");
+    std::fs::write(src.join("new"), b"new file").unwrap();
+    let out = env.run(&["--json", "publish", FQRN, src.to_str().unwrap()]);
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("stat cache not used"), "{err}");
+    let v = last_json(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(v["files_read"], FILES + 1, "{v}");
+    assert_matches_source(&env, &src, "");
+
+    // Damaged: `cache stats` still reports the other caches, and says so.
+    for companion in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{companion}", db.display()));
+    }
+    std::fs::write(&db, b"garbage".repeat(600)).unwrap();
+    let stats = env.run(&["--json", "cache", "stats", FQRN]);
+    assert!(stats.status.success());
+    let v = last_json(&String::from_utf8_lossy(&stats.stdout));
+    assert!(v["stat_error"].is_string(), "{v}");
+    assert!(v["index_entries"].as_u64().unwrap() > 0, "{v}");
+    // A publish sets the damaged one aside and starts afresh.
+    assert_eq!(publish(&env, &src, &[]).0, FILES + 1);
+}
