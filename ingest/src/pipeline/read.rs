@@ -88,6 +88,12 @@ impl ObjectPipeline {
             };
             self.check_failed()?;
             total += n as u64;
+            // Counted as read, not once the file is done: a progress display of a large file
+            // moves while it is read.
+            self.shared
+                .counters
+                .bytes_in
+                .fetch_add(n as u64, Ordering::Relaxed);
             let mut data = &buf[..n];
             if let Some(ch) = chunker.as_mut() {
                 while let Some(i) = ch.next_cut(data) {
@@ -121,10 +127,6 @@ impl ObjectPipeline {
                 }
             }
         }
-        self.shared
-            .counters
-            .bytes_in
-            .fetch_add(total, Ordering::Relaxed);
         let suffix = if idx > 0 {
             Suffix::Partial
         } else {

@@ -584,3 +584,58 @@ fn a_watch_follows_the_counters_from_another_thread() {
     let out = p.finish().unwrap();
     assert_eq!(watch.stats(), out.stats);
 }
+
+/// Gives `first` bytes, then waits for a signal before the rest: a file being read slowly.
+struct Stalling {
+    first: Vec<u8>,
+    rest: Vec<u8>,
+    go: std::sync::mpsc::Receiver<()>,
+}
+
+impl Read for Stalling {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let part = if !self.first.is_empty() {
+            &mut self.first
+        } else {
+            if !self.rest.is_empty() {
+                let _ = self.go.recv();
+            }
+            &mut self.rest
+        };
+        let n = part.len().min(buf.len());
+        buf[..n].copy_from_slice(&part[..n]);
+        part.drain(..n);
+        Ok(n)
+    }
+}
+
+#[test]
+fn bytes_read_show_in_a_watch_before_the_file_is_done() {
+    let store = Arc::new(MemStore::default());
+    let p = Arc::new(pipeline(&store, PipelineConfig::default()));
+    let watch = p.watch();
+    let (go, wait) = std::sync::mpsc::channel();
+    let reader = Stalling {
+        first: vec![7; 100_000],
+        rest: vec![8; 50_000],
+        go: wait,
+    };
+    let adder = std::thread::spawn({
+        let p = p.clone();
+        move || {
+            let mut reader = reader;
+            p.add_file(&mut reader, 150_000).unwrap()
+        }
+    });
+    // The first part is counted while the reader waits for the rest.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while watch.stats().bytes_in < 100_000 {
+        assert!(std::time::Instant::now() < deadline, "{:?}", watch.stats());
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert_eq!(watch.stats().bytes_in, 100_000);
+    go.send(()).unwrap();
+    let ticket = adder.join().unwrap();
+    p.resolve(ticket).unwrap();
+    assert_eq!(watch.stats().bytes_in, 150_000);
+}
