@@ -92,22 +92,39 @@ pub(crate) fn note_set_aside(aside: Option<&Path>, what: &str, out: Output) {
 }
 
 /// Starts a transaction, and says what it repaired after an unclean shutdown.
-pub(crate) fn begin(repo: &Repository, wait: bool, out: Output) -> Result<publisher::Transaction> {
-    let txn = match repo.begin(false) {
-        // Said once, so that a publish queued behind a long conversion does not look hung.
-        Err(publisher::Error::Locked { path, .. }) if wait => {
-            out.notice(
-                &format!(
-                    "waiting for the lock {} of {} (another process holds it)",
-                    path.display(),
-                    repo.fqrn()
-                ),
-                event_json("waiting", json!({"lock": path})),
-            );
-            repo.begin(true)?
-        }
-        other => other?,
+/// Runs `locked` (which takes the repository's or the storage's lock first, then works) without
+/// waiting; when a lock is held by another process and `wait`, says so once, so that a command
+/// queued behind a long conversion or a garbage collection does not look hung, and runs it
+/// again, waiting.
+pub(crate) fn waiting<T>(
+    fqrn: &str,
+    wait: bool,
+    out: Output,
+    locked: impl Fn(bool) -> publisher::Result<T>,
+) -> publisher::Result<T> {
+    let (text, path) = match locked(false) {
+        Err(publisher::Error::Locked { path, .. }) if wait => (
+            format!(
+                "waiting for the lock {} of {fqrn} (another process holds it)",
+                path.display()
+            ),
+            path,
+        ),
+        Err(publisher::Error::StorageBusy { holder, path, .. }) if wait => (
+            format!(
+                "waiting for {holder} to finish with the storage of {fqrn} (lock {})",
+                path.display()
+            ),
+            path,
+        ),
+        other => return other,
     };
+    out.notice(&text, event_json("waiting", json!({"lock": path})));
+    locked(true)
+}
+
+pub(crate) fn begin(repo: &Repository, wait: bool, out: Output) -> Result<publisher::Transaction> {
+    let txn = waiting(repo.fqrn(), wait, out, |w| repo.begin(w))?;
     if let Some(r) = txn.recovery() {
         out.event(
             &format!(
@@ -665,8 +682,7 @@ pub fn repoinfo(home: &Path, g: &Global, a: &RepoinfoArgs, out: Output) -> Resul
         } else {
             std::fs::read(path).with_context(|| format!("{}", path.display()))?
         };
-        let hash = repo
-            .set_meta_info(&json, !g.no_wait)
+        let hash = waiting(&a.fqrn, !g.no_wait, out, |w| repo.set_meta_info(&json, w))
             .with_context(|| format!("repoinfo {}", a.fqrn))?;
         out.event(
             &format!("{}: meta-info replaced ({hash})", a.fqrn),

@@ -915,3 +915,43 @@ fn check_without_a_usable_home_tmp_falls_back_and_never_blames_the_repository() 
     assert!(err.contains("temporary directory"), "{err}");
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
 }
+
+/// A publish that finds the storage held by garbage collection (another home's `gc`, here a
+/// process holding the collection lock) waits for it and says so once, as it does for the
+/// repository lock; with `--no-wait` it fails in one line.
+#[test]
+fn a_publish_waits_for_a_garbage_collection_of_the_storage() {
+    let env = Env::init(&[]);
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f"), b"content").unwrap();
+    let mut gc = lock_holder(&env.storage.join("data/txn/collect.lock"));
+
+    let refused = env.fails(&["--no-wait", "publish", FQRN, src.to_str().unwrap()]);
+    assert!(
+        refused.contains("in use by garbage collection"),
+        "{refused}"
+    );
+
+    let mut publish = env
+        .cmd(&["--json", "publish", FQRN, src.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines =
+        std::io::BufRead::lines(std::io::BufReader::new(publish.stdout.take().unwrap()));
+    let first = lines.next().unwrap().unwrap();
+    assert!(
+        first.contains(r#""action":"waiting""#) && first.contains("collect.lock"),
+        "{first}"
+    );
+    gc.kill().unwrap();
+    gc.wait().unwrap();
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    assert!(publish.wait().unwrap().success(), "{rest:?}");
+    assert!(
+        rest.iter().any(|l| l.contains(r#""revision":2"#)),
+        "{rest:?}"
+    );
+    assert_matches_source(&env, &src, "");
+}

@@ -30,7 +30,13 @@ pub fn gc(home: &Path, g: &Global, a: &GcArgs, out: Output) -> Result<i32> {
         deletion_log: a.deletion_log.clone(),
     };
     let started = Instant::now();
-    let r = repo.gc(&opts).with_context(|| format!("gc {}", a.fqrn))?;
+    let r = super::waiting(&a.fqrn, opts.wait, out, |wait| {
+        repo.gc(&GcOptions {
+            wait,
+            ..opts.clone()
+        })
+    })
+    .with_context(|| format!("gc {}", a.fqrn))?;
     if !r.incomplete_dropped.is_empty() {
         let list: Vec<String> = r.incomplete_dropped.iter().map(u64::to_string).collect();
         out.say(&format!(

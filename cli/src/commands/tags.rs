@@ -1,6 +1,6 @@
 //! `tag`: named snapshots (history tags); `rollback` to one of them.
 
-use super::open_repo;
+use super::{open_repo, waiting};
 use crate::args::{Global, RollbackArgs, TagArgs};
 use crate::output::{event_json, Output};
 use anyhow::{bail, Context, Result};
@@ -12,16 +12,16 @@ pub fn tag(home: &Path, g: &Global, a: &TagArgs, out: Output) -> Result<i32> {
     let repo = open_repo(home, &a.fqrn)?;
     let wait = !g.no_wait;
     if let Some(name) = &a.add {
-        let t = repo
-            .add_tag(name, a.revision, &a.description, wait)
-            .with_context(|| format!("tag {}", a.fqrn))?;
+        let t = waiting(&a.fqrn, wait, out, |w| {
+            repo.add_tag(name, a.revision, &a.description, w)
+        })
+        .with_context(|| format!("tag {}", a.fqrn))?;
         out.event(
             &format!("{}: revision {} tagged {}", a.fqrn, t.revision, t.name),
             event_json("tag-added", tag_json(&t)),
         );
     } else if let Some(name) = &a.remove {
-        if !repo
-            .remove_tag(name, wait)
+        if !waiting(&a.fqrn, wait, out, |w| repo.remove_tag(name, w))
             .with_context(|| format!("tag {}", a.fqrn))?
         {
             bail!("{}: no tag {name}", a.fqrn);
@@ -50,9 +50,10 @@ pub fn tag(home: &Path, g: &Global, a: &TagArgs, out: Output) -> Result<i32> {
 
 pub fn rollback(home: &Path, g: &Global, a: &RollbackArgs, out: Output) -> Result<i32> {
     let repo = open_repo(home, &a.fqrn)?;
-    let r = repo
-        .roll_back(a.tag.as_deref(), !g.no_wait)
-        .with_context(|| format!("rollback {}", a.fqrn))?;
+    let r = waiting(&a.fqrn, !g.no_wait, out, |w| {
+        repo.roll_back(a.tag.as_deref(), w)
+    })
+    .with_context(|| format!("rollback {}", a.fqrn))?;
     let p = &r.published;
     let removed: Vec<&str> = r.removed.iter().map(|t| t.name.as_str()).collect();
     out.event(
