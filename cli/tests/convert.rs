@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{convert_edge_layout_and_archive, edge_image, Env, FQRN};
+use common::{convert_edge_layout_and_archive, edge_image, lock_holder, Env, FQRN};
 use fixtures::oci::{Compression, ImageBuilder, MediaTypes};
 use fixtures::registry::PushOptions;
 use fixtures::Registry;
@@ -1717,4 +1717,105 @@ fn a_closed_stderr_does_not_stop_a_conversion() {
     let out = other.run(&["convert", FQRN, &image]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && err.contains("warning"), "{err}");
+}
+
+#[test]
+fn the_sync_ledger_is_read_and_written_under_the_lock() {
+    let Some((reg, env, layout)) = registry_env() else {
+        return;
+    };
+    for (i, tag) in ["1.0", "2.0"].iter().enumerate() {
+        let mut top = fixtures::layers::LayerBuilder::new();
+        top.file("version", format!("{i}\n").as_bytes());
+        ImageBuilder::new()
+            .layer(top.finish(), Compression::Gzip)
+            .write_layout(&layout, tag)
+            .unwrap();
+        reg.push_oci_layout(&layout, tag, &format!("ledger/app:{tag}"))
+            .unwrap();
+    }
+    let addr = reg.addr();
+    let wishlist = |name: &str, tags: &[&str]| {
+        let path = env.path(name);
+        let lines: String = tags
+            .iter()
+            .map(|t| format!("  - 'http://{addr}/ledger/app:{t}'\n"))
+            .collect();
+        std::fs::write(
+            &path,
+            format!("version: 1\ncvmfs_repo: {FQRN}\ninput:\n{lines}"),
+        )
+        .unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let ledger = env.home.join(FQRN).join("state/sync-ledger.json");
+    let w1 = wishlist("w1.yaml", &["1.0"]);
+    env.ok(&["sync", FQRN, &w1]);
+    let recorded = std::fs::read(&ledger).unwrap();
+    let lock = env.home.join(FQRN).join("lock");
+
+    // A convert queued behind the lock claims its link once it holds the lock: a sync that
+    // recorded the link while the convert waited (here: the ledger written back as that sync
+    // left it) does not get it back.
+    let mut holder = lock_holder(&lock);
+    let image = format!("docker://{addr}/ledger/app:1.0");
+    let convert = ["convert", FQRN, &image, "--insecure-registry", &addr];
+    let (mut child, _) = {
+        let mut child = env
+            .cmd(&[&["--json"], &convert[..]].concat())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines =
+            std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+        let first = lines.next().unwrap().unwrap();
+        assert!(first.contains(r#""action":"waiting""#), "{first}");
+        std::fs::write(&ledger, &recorded).unwrap();
+        holder.kill().unwrap();
+        holder.wait().unwrap();
+        let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+        (child, rest)
+    };
+    assert!(child.wait().unwrap().success());
+    let w1_next = wishlist("w1.yaml", &["2.0"]);
+    env.ok(&["sync", FQRN, &w1_next, "--prune"]);
+    let report = witness(&env);
+    assert!(
+        report
+            .entries
+            .contains_key(&format!("/{addr}/ledger/app:1.0")),
+        "converted by hand while the sync's record was written: kept"
+    );
+
+    // A sync queued behind the lock reads the ledger once it holds the lock: what another
+    // command recorded meanwhile (here: another wishlist's record) stays.
+    let mut holder = lock_holder(&lock);
+    let w2 = wishlist("w2.yaml", &["2.0"]);
+    let mut child = env
+        .cmd(&["--json", "sync", FQRN, &w2])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+    let first = lines.next().unwrap().unwrap();
+    assert!(first.contains(r#""action":"waiting""#), "{first}");
+    let mut doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&ledger).unwrap()).unwrap();
+    doc["recipes"]["/elsewhere/w3.yaml"] = serde_json::json!(["/somewhere/else:1"]);
+    std::fs::write(&ledger, serde_json::to_vec(&doc).unwrap()).unwrap();
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    let _: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    assert!(child.wait().unwrap().success());
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&ledger).unwrap()).unwrap();
+    assert_eq!(
+        doc["recipes"]["/elsewhere/w3.yaml"],
+        serde_json::json!(["/somewhere/else:1"]),
+        "{doc}"
+    );
+    assert!(doc["recipes"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .any(|k| k.ends_with("w2.yaml")));
 }

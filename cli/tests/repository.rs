@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{assert_matches_source, gnu_tar, noise, on_terminal, Env, FQRN};
+use common::{assert_matches_source, gnu_tar, lock_holder, noise, on_terminal, Env, FQRN};
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -345,25 +345,6 @@ fn temporary_databases_of_a_killed_run_are_removed_by_the_next() {
     owners[1].wait().unwrap();
     env.ok(&["info", FQRN]);
     assert!(temp_dbs(&tmp).is_empty());
-}
-
-/// A process holding an exclusive `flock` on `file` until killed.
-fn lock_holder(file: &std::path::Path) -> std::process::Child {
-    let mut child = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(r#"exec 9>>"$0" && flock 9 && echo locked && exec sleep 600"#)
-        .arg(file)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    assert_eq!(line, "locked\n");
-    child
 }
 
 fn temp_dbs(dir: &std::path::Path) -> Vec<PathBuf> {

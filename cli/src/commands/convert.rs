@@ -43,29 +43,14 @@ pub fn convert(home: &Path, g: &Global, a: &ConvertArgs, out: Output) -> Result<
     let repo = open_repo(home, &a.fqrn)?;
     let sources = sources(&a.registry, out)?;
     let refs: Vec<String> = a.images.clone();
-    claim_links(&repo, &refs)?;
     let batch = Batch {
         command: "convert",
         refs: &refs,
         selection: &selection,
         prune: None,
+        ledger: LedgerUse::Claim,
     };
     run_batch(&repo, g, &sources, batch, &a.tuning, out)
-}
-
-/// Takes the links of `refs` out of the sync ledger before `convert` or `migrate` makes them:
-/// an image an operator converted by hand is no wishlist's to prune.
-pub(super) fn claim_links(repo: &publisher::Repository, refs: &[String]) -> Result<()> {
-    let links: Vec<Vec<u8>> = refs.iter().filter_map(|r| link_of(r)).collect();
-    let path = ledger::ledger_path(repo);
-    if links.is_empty() || !path.exists() {
-        return Ok(());
-    }
-    let mut ledger = ledger::SyncLedger::load(&path)?;
-    if ledger.claim(&links) {
-        ledger.save(&path)?;
-    }
-    Ok(())
 }
 
 pub fn sync(home: &Path, g: &Global, a: &SyncArgs, out: Output) -> Result<i32> {
@@ -98,34 +83,40 @@ pub fn sync(home: &Path, g: &Global, a: &SyncArgs, out: Output) -> Result<i32> {
             }
         }
     }
-    let key = ledger::recipe_key(&a.recipe);
-    let ledger_path = ledger::ledger_path(&repo);
-    let mut ledger = ledger::SyncLedger::load(&ledger_path)?;
-    let prune = match (a.prune, failed, ledger.knows(&key)) {
-        (false, _, _) => None,
-        // A tag list that could not be read would look like every tag of it removed.
-        (true, 1.., _) => {
-            out.say("not pruning: the wishlist could not be listed in full");
-            None
-        }
-        (true, 0, false) => {
-            out.say("not pruning: no earlier sync of this wishlist is recorded");
-            None
-        }
-        (true, 0, true) => Some(Prune::keeping(&refs, Vec::new()).only(ledger.prunable(&key))),
-    };
-    let pruned = prune.is_some();
     let batch = Batch {
         command: "sync",
         refs: &refs,
         selection: &PlatformSelection::Host,
-        prune,
+        prune: None,
+        ledger: LedgerUse::Sync {
+            key: ledger::recipe_key(&a.recipe),
+            prune: a.prune,
+            listed_in_full: failed == 0,
+        },
     };
     let code = run_batch(&repo, g, &sources, batch, &a.tuning, out)?;
-    let links: Vec<Vec<u8>> = refs.iter().filter_map(|r| link_of(r)).collect();
-    ledger.record(&key, &links, pruned);
-    ledger.save(&ledger_path)?;
     Ok(if failed > 0 { 1 } else { code })
+}
+
+/// What `sync --prune` of wishlist `key` may remove: the links it listed before, names no
+/// more and no other wishlist names; `None` (said why) when it may not prune at all.
+fn sync_prune(
+    ledger: &ledger::SyncLedger,
+    key: &str,
+    refs: &[String],
+    listed_in_full: bool,
+    out: Output,
+) -> Option<Prune> {
+    if !listed_in_full {
+        // A tag list that could not be read would look like every tag of it removed.
+        out.say("not pruning: the wishlist could not be listed in full");
+        return None;
+    }
+    if !ledger.knows(key) {
+        out.say("not pruning: no earlier sync of this wishlist is recorded");
+        return None;
+    }
+    Some(Prune::keeping(refs, Vec::new()).only(ledger.prunable(key)))
 }
 
 /// Registry references a recipe input stands for (`*` in the tag matched against the tag list).
@@ -251,6 +242,22 @@ pub(super) struct Batch<'a> {
     pub selection: &'a PlatformSelection,
     /// Links to remove in the same revision.
     pub prune: Option<Prune>,
+    pub ledger: LedgerUse,
+}
+
+/// What a batch does with the home's sync ledger. Read and written while the batch holds the
+/// repository lock, so that a command queued behind another sees, and keeps, what that one
+/// recorded (a ledger read before waiting would be saved back stale).
+pub(super) enum LedgerUse {
+    /// `convert`, `migrate`: the links they make are no wishlist's to prune any more.
+    Claim,
+    /// `sync` of the wishlist `key`: with `prune` (and the wishlist `listed_in_full`) it
+    /// removes what the wishlist listed before and lists no more, then records what it lists.
+    Sync {
+        key: String,
+        prune: bool,
+        listed_in_full: bool,
+    },
 }
 
 /// Converts the batch's references into one transaction and commits once.
@@ -267,9 +274,20 @@ pub(super) fn run_batch(
         refs,
         selection,
         prune,
+        ledger: ledger_use,
     } = batch;
     let started = Instant::now();
     let mut txn = super::begin(repo, !g.no_wait, out)?;
+    let ledger_path = ledger::ledger_path(repo);
+    let mut ledger = ledger::SyncLedger::load(&ledger_path)?;
+    let prune = match &ledger_use {
+        LedgerUse::Sync {
+            key,
+            prune: true,
+            listed_in_full,
+        } => sync_prune(&ledger, key, refs, *listed_in_full, out),
+        _ => prune,
+    };
     let pipeline = new_pipeline(repo, &txn, tuning, out)?;
     let memo = repo.layer_memo()?;
     super::note_set_aside(memo.set_aside(), "layer memo", out);
@@ -340,10 +358,17 @@ pub(super) fn run_batch(
         let (ns, objects) = txn.namespace_and_objects();
         ns.remove(dir, &objects)?;
     }
-    if let Some(prune) = prune {
-        (summary.pruned, summary.flat_removed) = apply_prune(&mut txn, &prune)?;
+    if let Some(prune) = &prune {
+        (summary.pruned, summary.flat_removed) = apply_prune(&mut txn, prune)?;
     }
     let stats = pipeline.finish()?.stats;
+    update_ledger(
+        &mut ledger,
+        &ledger_path,
+        &ledger_use,
+        refs,
+        prune.is_some(),
+    )?;
     publisher::fault_point("after-objects");
     let outcome = if summary.failed > 0
         && summary.converted + summary.linked + summary.pruned + summary.flat_removed == 0
@@ -391,6 +416,27 @@ pub(super) fn run_batch(
     }
     super::push::after_publish(repo, &outcome, out)?;
     Ok(if summary.failed > 0 { 1 } else { 0 })
+}
+
+/// Claims the batch's links, or records what a sync listed (see [`LedgerUse`]); before the
+/// commit, while the lock is held. A commit that then fails leaves a claim or a record of
+/// links it did not make: harmless, as a prune only removes links that exist.
+fn update_ledger(
+    ledger: &mut ledger::SyncLedger,
+    path: &Path,
+    usage: &LedgerUse,
+    refs: &[String],
+    pruned: bool,
+) -> Result<()> {
+    let links: Vec<Vec<u8>> = refs.iter().filter_map(|r| link_of(r)).collect();
+    match usage {
+        LedgerUse::Claim if ledger.claim(&links) => ledger.save(path),
+        LedgerUse::Claim => Ok(()),
+        LedgerUse::Sync { key, .. } => {
+            ledger.record(key, &links, pruned);
+            ledger.save(path)
+        }
+    }
 }
 
 /// What flattening an image needs besides the image.

@@ -3,7 +3,7 @@
 //! where it stopped; the layer memo skips layers already flattened.
 
 use super::concurrent;
-use super::convert::{claim_links, link_of, run_batch, selection, sources, Batch, Prune};
+use super::convert::{link_of, run_batch, selection, sources, Batch, LedgerUse, Prune};
 use super::open_repo;
 use super::plan::{layer_count, plan};
 use crate::args::{Global, MigrateArgs};
@@ -56,7 +56,6 @@ pub fn migrate(home: &Path, g: &Global, a: &MigrateArgs, out: Output) -> Result<
     } else {
         refs
     };
-    claim_links(&repo, &refs)?;
     for (i, chunk) in refs.chunks(batch).enumerate() {
         out.say(&format!(
             "batch {}/{}: {} images",
@@ -69,6 +68,7 @@ pub fn migrate(home: &Path, g: &Global, a: &MigrateArgs, out: Output) -> Result<
             refs: chunk,
             selection: &selection,
             prune: None,
+            ledger: LedgerUse::Claim,
         };
         code |= run_batch(&repo, g, &sources, batch, &a.tuning, out)?;
     }
@@ -79,6 +79,7 @@ pub fn migrate(home: &Path, g: &Global, a: &MigrateArgs, out: Output) -> Result<
             refs: &[],
             selection: &selection,
             prune: Some(prune),
+            ledger: LedgerUse::Claim,
         };
         code |= run_batch(&repo, g, &sources, batch, &a.tuning, out)?;
     }

@@ -314,3 +314,22 @@ pub fn on_terminal(cmd: &Command) -> String {
     );
     text
 }
+
+/// A process holding an exclusive `flock` on `file` until killed.
+pub fn lock_holder(file: &std::path::Path) -> std::process::Child {
+    let mut child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(r#"exec 9>>"$0" && flock 9 && echo locked && exec sleep 600"#)
+        .arg(file)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line, "locked\n");
+    child
+}
