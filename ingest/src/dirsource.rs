@@ -356,12 +356,7 @@ fn read_file(job: &ReadJob, pipeline: &ObjectPipeline) -> Result<Metadata> {
     let after = f.metadata().map_err(|e| Error::io(&name, e))?;
     // A file written to while it is read would be published torn (GNU tar: "file changed
     // as we read it"); the whole publish fails instead, and a rerun takes the new content.
-    // ctime too: a writer that puts the mtime back (`touch -r`, `rsync --inplace`) moves it.
-    let changed = read != job.size
-        || after.len() != job.size
-        || (after.mtime(), after.mtime_nsec()) != (before.mtime(), before.mtime_nsec())
-        || (after.ctime(), after.ctime_nsec()) != (before.ctime(), before.ctime_nsec());
-    if changed {
+    if changed_while_read(job.size, read, &before, &after) {
         return Err(Error::io(
             &name,
             io::Error::other(format!(
@@ -372,6 +367,16 @@ fn read_file(job: &ReadJob, pipeline: &ObjectPipeline) -> Result<Metadata> {
         ));
     }
     Ok(after)
+}
+
+/// Whether a file listed at `listed` bytes, of which `read` were read between the states
+/// `before` and `after`, may have been written meanwhile. ctime too: a writer that puts the
+/// mtime back (`touch -r`, `rsync --inplace`) moves it.
+fn changed_while_read(listed: u64, read: u64, before: &Metadata, after: &Metadata) -> bool {
+    read != listed
+        || after.len() != listed
+        || (after.mtime(), after.mtime_nsec()) != (before.mtime(), before.mtime_nsec())
+        || (after.ctime(), after.ctime_nsec()) != (before.ctime(), before.ctime_nsec())
 }
 
 /// Counts the bytes read through it.
@@ -1014,6 +1019,27 @@ mod tests {
             err.contains("changed while being read (14 bytes when listed, 10 read, 10 now)"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_change_that_keeps_size_and_mtime_still_counts_as_a_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"0123456789").unwrap();
+        let before = std::fs::metadata(&path).unwrap();
+        assert!(!changed_while_read(10, 10, &before, &before));
+        assert!(changed_while_read(10, 9, &before, &before), "short read");
+        // Rewritten in place with its mtime put back: only ctime tells.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&path, b"9876543210").unwrap();
+        let f = std::fs::File::options().write(true).open(&path).unwrap();
+        f.set_modified(before.modified().unwrap()).unwrap();
+        let after = std::fs::metadata(&path).unwrap();
+        assert_eq!(
+            (after.len(), after.mtime(), after.mtime_nsec()),
+            (before.len(), before.mtime(), before.mtime_nsec())
+        );
+        assert!(changed_while_read(10, 10, &before, &after));
     }
 
     #[test]
