@@ -60,10 +60,10 @@ pub fn run(cli: Cli, out: Output) -> Result<i32> {
     }
 }
 
-/// Every command but `demo` (whose home is in its own directory) may open temporary databases (history, reflog, catalogs being
-/// read): they go to `<home>/tmp` (`publisher::tempdb` says why there), and first what
-/// killed runs left there, and in `TMPDIR` where versions before this one put them, is
-/// removed. Only directories whose owner is gone are (their lock is free), so concurrent runs
+/// Every command but `demo` (whose home is in its own directory) may open temporary databases
+/// (history, reflog, catalogs being read): they go to `<home>/tmp` (`publisher::tempdb` says
+/// why there), and first what killed runs left there, and in `TMPDIR` where versions before
+/// this one put them, is removed. Only directories whose owner is gone are (their lock is free), so concurrent runs
 /// are safe. Best effort and silent, like the scratch files a transaction clears: housekeeping
 /// that fails must not stop the command, and it has nothing to report to a script.
 fn prepare_scratch(home: &Path) {
@@ -91,7 +91,6 @@ pub(crate) fn note_set_aside(aside: Option<&Path>, what: &str, out: Output) {
     }
 }
 
-/// Starts a transaction, and says what it repaired after an unclean shutdown.
 /// Runs `locked` (which takes the repository's or the storage's lock first, then works) without
 /// waiting; when a lock is held by another process and `wait`, says so once, so that a command
 /// queued behind a long conversion or a garbage collection does not look hung, and runs it
@@ -123,6 +122,7 @@ pub(crate) fn waiting<T>(
     locked(true)
 }
 
+/// Starts a transaction, and says what it repaired after an unclean shutdown.
 pub(crate) fn begin(repo: &Repository, wait: bool, out: Output) -> Result<publisher::Transaction> {
     let txn = waiting(repo.fqrn(), wait, out, |w| repo.begin(w))?;
     if let Some(r) = txn.recovery() {
