@@ -1818,4 +1818,22 @@ fn the_sync_ledger_is_read_and_written_under_the_lock() {
         .unwrap()
         .keys()
         .any(|k| k.ends_with("w2.yaml")));
+
+    // A sync --prune that dies before its commit forgets nothing: its rerun prunes.
+    let w4 = wishlist("w4.yaml", &["1.0", "2.0"]);
+    env.ok(&["sync", FQRN, &w4]);
+    let w4 = wishlist("w4.yaml", &["2.0"]);
+    let crashed = env
+        .cmd(&["sync", FQRN, &w4, "--prune"])
+        .env("CVMFS_OCI_CRASH_AT", "before-manifest")
+        .output()
+        .unwrap();
+    assert!(!crashed.status.success());
+    let link = format!("/{addr}/ledger/app:1.0");
+    assert!(witness(&env).entries.contains_key(&link), "not pruned yet");
+    env.ok(&["sync", FQRN, &w4, "--prune"]);
+    assert!(
+        !witness(&env).entries.contains_key(&link),
+        "pruned by the rerun"
+    );
 }

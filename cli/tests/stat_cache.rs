@@ -362,10 +362,38 @@ fn a_rebuilt_image_mounted_in_place_is_published_with_its_new_content() {
     assert_eq!(publish(&env, &mnt, &[]), (1, 0, true));
     // Never trusted on squashfs: read again, unchanged.
     assert_eq!(publish(&env, &mnt, &[]), (1, 0, false));
+
+    // The image's file bound alone into a tree on a trusted file system (as containers bind
+    // configuration files): a mount of its own, so read every time too.
+    let tree = env.path("tree");
+    std::fs::create_dir(&tree).unwrap();
+    std::fs::write(tree.join("cfg"), b"placeholder\n").unwrap();
+    std::fs::write(tree.join("plain"), b"plain file\n").unwrap();
+    let bind = |from: &Path| {
+        run(std::process::Command::new("mount")
+            .arg("--bind")
+            .arg(from)
+            .arg(tree.join("cfg")));
+        Mounted(tree.join("cfg"))
+    };
+    let b = bind(&mnt.join("f"));
+    settle();
+    let at = ["--path", "/tree"];
+    assert_eq!(publish(&env, &tree, &at), (2, 0, true));
+    assert_eq!(
+        publish(&env, &tree, &at),
+        (1, 1, false),
+        "the bound file only"
+    );
+    drop(b);
     drop(m);
+
     let _m = mount(&two);
     assert_eq!(publish(&env, &mnt, &[]), (1, 0, true));
     assert_matches_source(&env, &mnt, "");
+    let _b = bind(&mnt.join("f"));
+    assert_eq!(publish(&env, &tree, &at), (1, 1, true));
+    assert_matches_source(&env, &tree, "/tree");
 }
 
 #[test]

@@ -8,7 +8,7 @@ use catalog_writer::hash::EMPTY_OBJECT;
 use catalog_writer::tree::Dir;
 use crossbeam_channel::{bounded, Receiver, Sender};
 use publisher::stat_cache::{CachedFile, FileStat, StatCache, StatCacheUpdate};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::CString;
 use std::fs::{File, Metadata};
 use std::io::{self, Read};
@@ -321,6 +321,45 @@ fn mount_of(dir: &Path) -> Option<u64> {
     Some(mount_id(&path))
 }
 
+/// The mount points below `root` (`/proc/self/mountinfo`): a file bind-mounted into the tree
+/// (as containers and configuration overlays do) is a mount of its own, which its directory's
+/// mount says nothing about. None when the table cannot be read (then such a file is trusted
+/// like its directory, as on kernels without unique mount ids).
+fn mounted_below(root: &Path) -> HashSet<PathBuf> {
+    let Ok(table) = std::fs::read("/proc/self/mountinfo") else {
+        return HashSet::new();
+    };
+    table
+        .split(|&b| b == b'\n')
+        .filter_map(|line| line.split(|&b| b == b' ').nth(4))
+        .map(|field| PathBuf::from(std::ffi::OsStr::from_bytes(&unescape_octal(field))))
+        .filter(|p| p.starts_with(root) && p != root)
+        .collect()
+}
+
+/// A mountinfo field with its `\NNN` octal escapes (space, tab, newline, backslash) undone.
+fn unescape_octal(field: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(field.len());
+    let mut i = 0;
+    while i < field.len() {
+        let code = field.get(i + 1..i + 4).and_then(|d| {
+            let text = std::str::from_utf8(d).ok()?;
+            u8::from_str_radix(text, 8).ok()
+        });
+        match (field[i], code) {
+            (b'\\', Some(c)) => {
+                out.push(c);
+                i += 4;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
 /// The unique id of the mount `path` is on; 0 when the kernel does not tell.
 fn mount_id(path: &CString) -> u64 {
     // SAFETY: an all-zero statx is a valid value of the plain C struct.
@@ -428,8 +467,13 @@ fn walk(
     let mut root = PDir::default();
     // (dev, ino) → (hardlink id, ticket of the content read once).
     let mut inodes: HashMap<(u64, u64), (u64, Option<FileTicket>)> = HashMap::new();
-    // With a stat cache: the mount of each directory on the way down, by depth.
+    // With a stat cache: the mount of each directory on the way down, by depth, and the
+    // files that are mount points of their own.
     let mut mounts: Vec<Option<u64>> = Vec::new();
+    let mounted = match known {
+        Some(_) => mounted_below(path),
+        None => HashSet::new(),
+    };
     let walker = walkdir::WalkDir::new(path)
         .follow_links(false)
         .sort_by_file_name();
@@ -497,7 +541,10 @@ fn walk(
                 comps: &comps,
                 meta: &meta,
                 seen_ns,
-                mnt: mounts.get(item.depth() - 1).copied().flatten(),
+                mnt: match mounted.contains(full) {
+                    true => None,
+                    false => mounts.get(item.depth() - 1).copied().flatten(),
+                },
             };
             let k = known.as_deref_mut();
             PNode::Leaf(leaf_for(&walked, entry, &mut inodes, pipeline, reads, k)?)
@@ -1040,6 +1087,15 @@ mod tests {
             (before.len(), before.mtime(), before.mtime_nsec())
         );
         assert!(changed_while_read(10, 10, &before, &after));
+    }
+
+    #[test]
+    fn mountinfo_escapes_are_undone() {
+        assert_eq!(unescape_octal(br"/srv/a\040b"), b"/srv/a b");
+        assert_eq!(unescape_octal(br"/x\134y\011"), b"/x\\y\t");
+        assert_eq!(unescape_octal(br"/plain\04"), br"/plain\04");
+        let root = mounted_below(Path::new("/"));
+        assert!(root.contains(Path::new("/proc")), "{root:?}");
     }
 
     #[test]

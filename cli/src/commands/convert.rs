@@ -245,9 +245,10 @@ pub(super) struct Batch<'a> {
     pub ledger: LedgerUse,
 }
 
-/// What a batch does with the home's sync ledger. Read and written while the batch holds the
-/// repository lock, so that a command queued behind another sees, and keeps, what that one
-/// recorded (a ledger read before waiting would be saved back stale).
+/// What a batch does with the home's sync ledger. Read after the batch took the repository
+/// lock and written under the ledger's own lock, held past the commit, so that a command
+/// queued behind another sees, and keeps, what that one recorded (a ledger read before
+/// waiting would be saved back stale).
 pub(super) enum LedgerUse {
     /// `convert`, `migrate`: the links they make are no wishlist's to prune any more.
     Claim,
@@ -279,6 +280,8 @@ pub(super) fn run_batch(
     let started = Instant::now();
     let mut txn = super::begin(repo, !g.no_wait, out)?;
     let ledger_path = ledger::ledger_path(repo);
+    // Held until the ledger is saved after the commit, which releases the repository lock.
+    let _ledger_lock = ledger::lock(&ledger_path)?;
     let mut ledger = ledger::SyncLedger::load(&ledger_path)?;
     let prune = match &ledger_use {
         LedgerUse::Sync {
@@ -362,13 +365,11 @@ pub(super) fn run_batch(
         (summary.pruned, summary.flat_removed) = apply_prune(&mut txn, prune)?;
     }
     let stats = pipeline.finish()?.stats;
-    update_ledger(
-        &mut ledger,
-        &ledger_path,
-        &ledger_use,
-        refs,
-        prune.is_some(),
-    )?;
+    let links: Vec<Vec<u8>> = refs.iter().filter_map(|r| link_of(r)).collect();
+    // A claim before the commit: one whose commit then fails only keeps a link from a prune.
+    if matches!(ledger_use, LedgerUse::Claim) && ledger.claim(&links) {
+        ledger.save(&ledger_path)?;
+    }
     publisher::fault_point("after-objects");
     let outcome = if summary.failed > 0
         && summary.converted + summary.linked + summary.pruned + summary.flat_removed == 0
@@ -381,6 +382,12 @@ pub(super) fn run_batch(
     } else {
         txn.commit(&CommitSettings::default())?
     };
+    // A sync's record after it: written before, a failed commit would forget the links its
+    // prune dropped, and no rerun would prune them.
+    if let LedgerUse::Sync { key, .. } = &ledger_use {
+        ledger.record(key, &links, prune.is_some());
+        ledger.save(&ledger_path)?;
+    }
     let what = format!(
         "{} image(s): {} converted, {} linked, {} unchanged, {} failed, {:.1} MB of layer blobs fetched{}",
         refs.len(),
@@ -416,27 +423,6 @@ pub(super) fn run_batch(
     }
     super::push::after_publish(repo, &outcome, out)?;
     Ok(if summary.failed > 0 { 1 } else { 0 })
-}
-
-/// Claims the batch's links, or records what a sync listed (see [`LedgerUse`]); before the
-/// commit, while the lock is held. A commit that then fails leaves a claim or a record of
-/// links it did not make: harmless, as a prune only removes links that exist.
-fn update_ledger(
-    ledger: &mut ledger::SyncLedger,
-    path: &Path,
-    usage: &LedgerUse,
-    refs: &[String],
-    pruned: bool,
-) -> Result<()> {
-    let links: Vec<Vec<u8>> = refs.iter().filter_map(|r| link_of(r)).collect();
-    match usage {
-        LedgerUse::Claim if ledger.claim(&links) => ledger.save(path),
-        LedgerUse::Claim => Ok(()),
-        LedgerUse::Sync { key, .. } => {
-            ledger.record(key, &links, pruned);
-            ledger.save(path)
-        }
-    }
 }
 
 /// What flattening an image needs besides the image.

@@ -27,6 +27,25 @@ pub(super) fn recipe_key(recipe: &Path) -> String {
         .to_string()
 }
 
+/// Takes the ledger's lock (`sync-ledger.lock` beside it, exclusive, released when the file is
+/// dropped). Taken after the repository lock and held past the commit that releases it, so a
+/// command never saves a ledger read before another one saved its own.
+pub(super) fn lock(path: &Path) -> Result<std::fs::File> {
+    let lock = path.with_extension("lock");
+    if let Some(dir) = lock.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock)
+        .with_context(|| format!("opening {}", lock.display()))?;
+    file.lock()
+        .with_context(|| format!("locking {}", lock.display()))?;
+    Ok(file)
+}
+
 impl SyncLedger {
     /// Reads the ledger; a missing one is empty. An unreadable one is an error: treating it as
     /// empty would silently stop pruning, and rewriting it would forget every wishlist.
