@@ -398,11 +398,17 @@ fn read_file(job: &ReadJob, pipeline: &ObjectPipeline) -> Result<Metadata> {
     if changed_while_read(job.size, read, &before, &after) {
         return Err(Error::io(
             &name,
-            io::Error::other(format!(
-                "changed while being read ({} bytes when listed, {read} read, {} now)",
-                job.size,
-                after.len()
-            )),
+            io::Error::other(if read == job.size && after.len() == job.size {
+                "changed while being read (same size, but its mtime or ctime moved: written \
+                 to, or its metadata changed)"
+                    .to_string()
+            } else {
+                format!(
+                    "changed while being read ({} bytes when listed, {read} read, {} now)",
+                    job.size,
+                    after.len()
+                )
+            }),
         ));
     }
     Ok(after)
