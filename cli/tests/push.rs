@@ -448,8 +448,18 @@ fn every_new_revision_goes_to_the_push_target_until_it_is_forgotten() {
     );
     assert_eq!(env.revision(), 5);
     assert_eq!(served_revision(&env, &s3, "auto"), 4);
-    ok_with_s3(&env, &s3, &["push", FQRN]);
+    // The job's retry changes nothing locally, and still brings the bucket up to date.
+    let retry = ok_with_s3(&env, &s3, &["publish", FQRN, src.to_str().unwrap()]);
+    assert!(
+        retry.contains("-> s3://cvmfs-push-test/auto: revision 5 (was revision 4)"),
+        "{retry}"
+    );
     assert_eq!(served_revision(&env, &s3, "auto"), 5);
+    // Up to date: nothing more is said.
+    let quiet = ok_with_s3(&env, &s3, &["publish", FQRN, src.to_str().unwrap()]);
+    assert!(!quiet.contains("s3://"), "{quiet}");
+    let again = ok_with_s3(&env, &s3, &["push", FQRN]);
+    assert!(again.contains("already at revision 5"), "{again}");
 
     // Forgotten: publishes stay local.
     ok_with_s3(&env, &s3, &["push", FQRN, "--no-auto"]);

@@ -78,29 +78,45 @@ pub fn push(home: &Path, g: &Global, a: &PushArgs, out: Output) -> Result<i32> {
     Ok(0)
 }
 
-/// After a publish that made a revision: the push to the repository's push target, if it has
-/// one. A failure is an error (the revision stands locally; a rerun of `push` catches up).
+/// After a publish: the push to the repository's push target, if it has one. Also after one
+/// that changed nothing, so that the rerun of a command whose push failed (a CI job's retry)
+/// brings the bucket up to date instead of succeeding with the bucket behind; that costs a
+/// look at the bucket's manifest, and says nothing when the bucket is current. A failure is
+/// an error (the revision stands locally; a rerun of `push` catches up).
 pub fn after_publish(repo: &Repository, outcome: &CommitOutcome, out: Output) -> Result<()> {
-    let (CommitOutcome::Published(p), Some(target)) = (outcome, &repo.config().auto_push) else {
+    let Some(target) = &repo.config().auto_push else {
         return Ok(());
+    };
+    let (revision, made) = match outcome {
+        CommitOutcome::Published(p) => (p.revision, true),
+        CommitOutcome::Unchanged { revision } => (*revision, false),
     };
     let started = Instant::now();
     let progress = Arc::new(PushProgress::default());
     let following = follow(repo.fqrn(), target, Arc::clone(&progress), out);
     let r = repo.auto_push(Some(progress)).with_context(|| {
         format!(
-            "{}: revision {} is published locally, but its push to {} failed (`push {}` retries)",
+            "{}: revision {revision} is published locally, but its push to {} failed (`push {}` \
+             retries)",
             repo.fqrn(),
-            p.revision,
             target.describe(),
             repo.fqrn()
         )
     });
     drop(following);
     match r? {
-        Some(r) => report(repo.fqrn(), target, &r, started, out),
-        None => Ok(()),
+        Some(r) if made || !nothing_written(&r) => report(repo.fqrn(), target, &r, started, out),
+        _ => Ok(()),
     }
+}
+
+/// Whether a push found the bucket current and wrote nothing.
+fn nothing_written(r: &PushReport) -> bool {
+    !r.manifest_written
+        && r.objects_uploaded == 0
+        && r.objects_deleted == 0
+        && r.stale_uploads_aborted == 0
+        && r.root_files_written.is_empty()
 }
 
 /// A bar of the objects uploaded, shown while the returned guard lives.
@@ -125,12 +141,7 @@ fn report(
 ) -> Result<()> {
     let secs = started.elapsed().as_secs_f64();
     let to = target.describe();
-    let nothing_written = !r.manifest_written
-        && r.objects_uploaded == 0
-        && r.objects_deleted == 0
-        && r.stale_uploads_aborted == 0
-        && r.root_files_written.is_empty();
-    let text = if nothing_written {
+    let text = if nothing_written(r) {
         format!(
             "{fqrn} -> {to}: already at revision {}; {secs:.2} s",
             r.revision
