@@ -424,6 +424,11 @@ pub struct ConvertArgs {
     /// Convert every platform of a multi-platform image.
     #[arg(long)]
     pub all_platforms: bool,
+    /// Also remove, in the same revision, the flattened images no link points to any more
+    /// (a tag converted again after it moved to another image leaves its old image behind),
+    /// so that `gc` can free them. No link is removed.
+    #[arg(long)]
+    pub prune_unlinked: bool,
     #[command(flatten)]
     pub registry: RegistryArgs,
     #[command(flatten)]

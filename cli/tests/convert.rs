@@ -1837,3 +1837,57 @@ fn the_sync_ledger_is_read_and_written_under_the_lock() {
         "pruned by the rerun"
     );
 }
+
+#[test]
+fn a_moved_tag_leaves_its_old_image_until_prune_unlinked() {
+    let Some((reg, env, layout)) = registry_env() else {
+        return;
+    };
+    let addr = reg.addr();
+    let image = format!("docker://{addr}/moving/app:latest");
+    let link = format!("/{addr}/moving/app:latest");
+    let build = |i: usize| {
+        let mut top = fixtures::layers::LayerBuilder::new();
+        top.file("build", format!("{i}\n").as_bytes());
+        ImageBuilder::new()
+            .layer(top.finish(), Compression::Gzip)
+            .write_layout(&layout, "latest")
+            .unwrap();
+        reg.push_oci_layout(&layout, "latest", "moving/app:latest")
+            .unwrap();
+    };
+    let convert = |extra: &[&str]| {
+        let args = [
+            &[
+                "--json",
+                "convert",
+                FQRN,
+                &image,
+                "--insecure-registry",
+                &addr,
+            ][..],
+            extra,
+        ]
+        .concat();
+        env.ok(&args)
+    };
+    build(1);
+    convert(&[]);
+    let first = link_target(&env, &link);
+    build(2);
+    convert(&[]);
+    let second = link_target(&env, &link);
+    assert_ne!(first, second);
+    assert!(
+        witness(&env).entries.contains_key(&first),
+        "without the option the old image stays"
+    );
+    build(3);
+    let out = convert(&["--prune-unlinked"]);
+    assert!(out.contains(r#""flat_removed":2"#), "{out}");
+    let third = link_target(&env, &link);
+    let report = witness(&env);
+    assert!(report.entries.contains_key(&third));
+    assert!(!report.entries.contains_key(&first) && !report.entries.contains_key(&second));
+    env.check(true);
+}

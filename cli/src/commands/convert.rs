@@ -47,7 +47,10 @@ pub fn convert(home: &Path, g: &Global, a: &ConvertArgs, out: Output) -> Result<
         command: "convert",
         refs: &refs,
         selection: &selection,
-        prune: None,
+        // A prune that may remove no link: only the images left unlinked.
+        prune: a
+            .prune_unlinked
+            .then(|| Prune::keeping(&refs, Vec::new()).only(HashSet::new())),
         ledger: LedgerUse::Claim,
     };
     run_batch(&repo, g, &sources, batch, &a.tuning, out)
