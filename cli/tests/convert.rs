@@ -1719,6 +1719,25 @@ fn a_closed_stderr_does_not_stop_a_conversion() {
     assert!(out.status.success() && err.contains("warning"), "{err}");
 }
 
+/// Runs `args` (with `--json`) while another process holds the repository lock; once the
+/// command says it waits, runs `meanwhile`, then lets it go and checks that it succeeds.
+fn behind_the_lock(env: &Env, args: &[&str], meanwhile: impl FnOnce()) {
+    let mut holder = lock_holder(&env.home.join(FQRN).join("lock"));
+    let mut child = env
+        .cmd(&[&["--json"], args].concat())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+    let first = lines.next().unwrap().unwrap();
+    assert!(first.contains(r#""action":"waiting""#), "{first}");
+    meanwhile();
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    assert!(child.wait().unwrap().success(), "{rest:?}");
+}
+
 #[test]
 fn the_sync_ledger_is_read_and_written_under_the_lock() {
     let Some((reg, env, layout)) = registry_env() else {
@@ -1752,31 +1771,15 @@ fn the_sync_ledger_is_read_and_written_under_the_lock() {
     let w1 = wishlist("w1.yaml", &["1.0"]);
     env.ok(&["sync", FQRN, &w1]);
     let recorded = std::fs::read(&ledger).unwrap();
-    let lock = env.home.join(FQRN).join("lock");
 
     // A convert queued behind the lock claims its link once it holds the lock: a sync that
     // recorded the link while the convert waited (here: the ledger written back as that sync
     // left it) does not get it back.
-    let mut holder = lock_holder(&lock);
     let image = format!("docker://{addr}/ledger/app:1.0");
     let convert = ["convert", FQRN, &image, "--insecure-registry", &addr];
-    let (mut child, _) = {
-        let mut child = env
-            .cmd(&[&["--json"], &convert[..]].concat())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut lines =
-            std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
-        let first = lines.next().unwrap().unwrap();
-        assert!(first.contains(r#""action":"waiting""#), "{first}");
-        std::fs::write(&ledger, &recorded).unwrap();
-        holder.kill().unwrap();
-        holder.wait().unwrap();
-        let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
-        (child, rest)
-    };
-    assert!(child.wait().unwrap().success());
+    behind_the_lock(&env, &convert, || {
+        std::fs::write(&ledger, &recorded).unwrap()
+    });
     let w1_next = wishlist("w1.yaml", &["2.0"]);
     env.ok(&["sync", FQRN, &w1_next, "--prune"]);
     let report = witness(&env);
@@ -1789,24 +1792,13 @@ fn the_sync_ledger_is_read_and_written_under_the_lock() {
 
     // A sync queued behind the lock reads the ledger once it holds the lock: what another
     // command recorded meanwhile (here: another wishlist's record) stays.
-    let mut holder = lock_holder(&lock);
     let w2 = wishlist("w2.yaml", &["2.0"]);
-    let mut child = env
-        .cmd(&["--json", "sync", FQRN, &w2])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
-    let first = lines.next().unwrap().unwrap();
-    assert!(first.contains(r#""action":"waiting""#), "{first}");
-    let mut doc: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&ledger).unwrap()).unwrap();
-    doc["recipes"]["/elsewhere/w3.yaml"] = serde_json::json!(["/somewhere/else:1"]);
-    std::fs::write(&ledger, serde_json::to_vec(&doc).unwrap()).unwrap();
-    holder.kill().unwrap();
-    holder.wait().unwrap();
-    let _: Vec<String> = lines.map(|l| l.unwrap()).collect();
-    assert!(child.wait().unwrap().success());
+    behind_the_lock(&env, &["sync", FQRN, &w2], || {
+        let mut doc: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&ledger).unwrap()).unwrap();
+        doc["recipes"]["/elsewhere/w3.yaml"] = serde_json::json!(["/somewhere/else:1"]);
+        std::fs::write(&ledger, serde_json::to_vec(&doc).unwrap()).unwrap();
+    });
     let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&ledger).unwrap()).unwrap();
     assert_eq!(
         doc["recipes"]["/elsewhere/w3.yaml"],
