@@ -1376,6 +1376,19 @@ fn migrate_converts_base_images_before_the_images_built_on_them() {
     env.check(true);
 }
 
+/// A DUCC wishlist for `FQRN` of `inputs` (`repo:tag`) on the plain-HTTP registry `addr`.
+fn write_wishlist(path: &Path, addr: &str, inputs: &[&str]) {
+    let lines: String = inputs
+        .iter()
+        .map(|i| format!("  - 'http://{addr}/{i}'\n"))
+        .collect();
+    std::fs::write(
+        path,
+        format!("version: 1\ncvmfs_repo: {FQRN}\ninput:\n{lines}"),
+    )
+    .unwrap();
+}
+
 #[test]
 fn sync_a_wishlist_with_wildcards_and_prune() {
     let Some((reg, env, layout)) = registry_env() else {
@@ -1399,17 +1412,7 @@ fn sync_a_wishlist_with_wildcards_and_prune() {
     }
     let addr = reg.addr();
     let recipe = env.path("wishlist.yaml");
-    let write = |inputs: &[&str]| {
-        let lines: String = inputs
-            .iter()
-            .map(|i| format!("  - 'http://{addr}/{i}'\n"))
-            .collect();
-        std::fs::write(
-            &recipe,
-            format!("version: 1\ncvmfs_repo: {FQRN}\ninput:\n{lines}"),
-        )
-        .unwrap();
-    };
+    let write = |inputs: &[&str]| write_wishlist(&recipe, &addr, inputs);
     let has = |report: &fixtures::witness::WitnessReport, path: &str| {
         report.entries.contains_key(&format!("/{addr}/{path}"))
     };
@@ -1756,15 +1759,9 @@ fn the_sync_ledger_is_read_and_written_under_the_lock() {
     let addr = reg.addr();
     let wishlist = |name: &str, tags: &[&str]| {
         let path = env.path(name);
-        let lines: String = tags
-            .iter()
-            .map(|t| format!("  - 'http://{addr}/ledger/app:{t}'\n"))
-            .collect();
-        std::fs::write(
-            &path,
-            format!("version: 1\ncvmfs_repo: {FQRN}\ninput:\n{lines}"),
-        )
-        .unwrap();
+        let inputs: Vec<String> = tags.iter().map(|t| format!("ledger/app:{t}")).collect();
+        let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+        write_wishlist(&path, &addr, &inputs);
         path.to_str().unwrap().to_string()
     };
     let ledger = env.home.join(FQRN).join("state/sync-ledger.json");
