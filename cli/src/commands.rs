@@ -419,28 +419,28 @@ pub(crate) fn new_pipeline(
 fn stat_cache(
     repo: &Repository,
     source: &Path,
-    tuning: &TuningArgs,
+    pipeline: &ingest::pipeline::ObjectPipeline,
     out: Output,
-) -> Result<Option<publisher::SqliteStatCache>> {
-    let mode = chunking_mode(&pipeline_config(repo, tuning)?);
+) -> Option<publisher::SqliteStatCache> {
+    let mode = chunking_mode(pipeline.chunking());
     match repo.stat_cache(source, &mode) {
         Ok(cache) => {
             note_set_aside(cache.set_aside(), "stat cache", out);
-            Ok(Some(cache))
+            Some(cache)
         }
         Err(e) => {
             crate::output::to_stderr(&format!(
                 "cvmfs-oci: warning: stat cache not used, every file is read: {e}"
             ));
-            Ok(None)
+            None
         }
     }
 }
 
 /// How a publish cuts files into objects, as the stat cache keys its rows: a row made in
 /// another mode names objects this publish would not make.
-fn chunking_mode(config: &ingest::pipeline::PipelineConfig) -> String {
-    match &config.chunking {
+fn chunking_mode(chunking: Option<ingest::chunker::ChunkSizes>) -> String {
+    match chunking {
         Some(c) => format!("chunks {}/{}/{}", c.min, c.avg, c.max),
         None => "whole".to_string(),
     }
@@ -459,7 +459,7 @@ pub fn publish(home: &Path, g: &Global, a: &PublishArgs, out: Output) -> Result<
     let started = Instant::now();
     let txn = begin(&repo, !g.no_wait, out)?;
     let pipeline = new_pipeline(&repo, &txn, &a.tuning, out)?;
-    let cache = stat_cache(&repo, &source, &a.tuning, out)?;
+    let cache = stat_cache(&repo, &source, &pipeline, out);
     // Rows of another boot are not used (see `publisher::stat_cache`): all is read again.
     let lookup = cache
         .as_ref()

@@ -507,6 +507,11 @@ impl ObjectPipeline {
         self.shared.counters.snapshot()
     }
 
+    /// How files are cut into objects (`None`: one object per file).
+    pub fn chunking(&self) -> Option<ChunkSizes> {
+        self.chunking
+    }
+
     /// A handle on the counters that another thread can read while the pipeline works (a
     /// progress display).
     pub fn watch(&self) -> PipelineWatch {
