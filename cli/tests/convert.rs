@@ -661,7 +661,15 @@ fn registry_errors_fail_cleanly() {
         &addr,
     ]);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(events(&stdout, "retry").count(), 5, "{stdout}");
+    let retries: Vec<_> = events(&stdout, "retry").collect();
+    assert_eq!(retries.len(), 5, "{stdout}");
+    // Each names the image and what was fetched, so a log reader need not parse the message.
+    for (n, retry) in retries.iter().enumerate() {
+        assert_eq!(retry["image"], format!("{addr}/some/image"), "{retry}");
+        assert_eq!(retry["object"], "manifests/1", "{retry}");
+        assert_eq!(retry["attempt"], n + 1, "{retry}");
+        assert_eq!(retry["retries"], 5, "{retry}");
+    }
     if let Some(reg) = registry_or_skip() {
         let addr = reg.addr();
         let missing = format!("docker://{addr}/no/such:tag");

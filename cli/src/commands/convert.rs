@@ -12,8 +12,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use catalog_writer::namespace::Namespace;
 use ingest::convert::{self as layout, Status};
 use ingest::image::{
-    AuthStore, ImageRef, Platform, PlatformSelection, RegistryOptions, ResolvedImage, RetryNotices,
-    Sources, SYSTEM_CERTS_DIRS,
+    AuthStore, ImageRef, Platform, PlatformSelection, RegistryOptions, ResolvedImage, Retry,
+    RetryNotices, Sources, SYSTEM_CERTS_DIRS,
 };
 use ingest::pipeline::ObjectPipeline;
 use ingest::MemoContext;
@@ -214,10 +214,20 @@ pub(super) fn selection(platform: Option<&str>, all: bool) -> Result<PlatformSel
 /// `retry` event with `--json`).
 pub(super) fn sources(r: &RegistryArgs, out: Output) -> Result<Sources> {
     let auth = AuthStore::from_environment(r.creds.as_deref())?;
-    let announce = move |notice: &str| {
+    let announce = move |retry: &Retry| {
         out.notice(
-            &format!("retrying: {notice}"),
-            event_json("retry", json!({ "message": notice })),
+            &format!("retrying: {}", retry.message),
+            event_json(
+                "retry",
+                json!({
+                    "message": retry.message,
+                    "image": retry.image,
+                    "object": retry.object,
+                    "attempt": retry.attempt,
+                    "retries": retry.retries,
+                    "delay_s": retry.delay.as_secs_f64(),
+                }),
+            ),
         );
     };
     Ok(Sources::new(RegistryOptions {

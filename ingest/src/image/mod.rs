@@ -35,7 +35,7 @@ pub use manifest::{ImageConfig, LayerDescriptor, PlatformSelection};
 pub use oci_layout::OciLayoutSource;
 pub use reference::{ImageName, ImageRef, NameRef, Platform, RegistryRef};
 pub use registry::{
-    RegistryClient, RegistryOptions, RegistrySource, RetryNotices, SYSTEM_CERTS_DIRS,
+    RegistryClient, RegistryOptions, RegistrySource, Retry, RetryNotices, SYSTEM_CERTS_DIRS,
 };
 pub use source::{open_uncompressed_layer, ImageManifest, ImageSource, ResolvedImage};
 

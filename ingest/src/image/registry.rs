@@ -73,15 +73,30 @@ pub struct RegistryOptions {
     pub on_retry: Option<RetryNotices>,
 }
 
-/// A callback taking a one-line notice per retry (`URL: why; retry N of M in S s`). Notices
-/// never hold credentials: URLs carry none, and token URLs are shown without their query.
+/// A callback told about each retry. Notices never hold credentials: URLs carry none, and
+/// token URLs are shown without their query.
 #[derive(Clone)]
-pub struct RetryNotices(Arc<dyn Fn(&str) + Send + Sync>);
+pub struct RetryNotices(Arc<dyn Fn(&Retry) + Send + Sync>);
 
 impl RetryNotices {
-    pub fn new(notice: impl Fn(&str) + Send + Sync + 'static) -> RetryNotices {
+    pub fn new(notice: impl Fn(&Retry) + Send + Sync + 'static) -> RetryNotices {
         RetryNotices(Arc::new(notice))
     }
+}
+
+/// One retry of a registry request, announced before its backoff.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Retry {
+    /// One line: `URL: why; retry N of M in S s`.
+    pub message: String,
+    /// The image the request is for (`host/repository`); `None` for registry-wide endpoints.
+    pub image: Option<String>,
+    /// What the request fetches (`blobs/sha256:…` or `manifests/TAG`), if it names one.
+    pub object: Option<String>,
+    /// This retry's number, from 1, and how many retries a request gets.
+    pub attempt: u32,
+    pub retries: u32,
+    pub delay: Duration,
 }
 
 impl fmt::Debug for RetryNotices {
@@ -190,6 +205,14 @@ impl Request {
         self.scope
             .strip_prefix("repository:")?
             .strip_suffix(":pull")
+    }
+
+    /// What the request fetches, as its URL names it: `blobs/DIGEST` or `manifests/REF`.
+    fn object(&self) -> Option<&str> {
+        let path = self.url.split(['?', '#']).next()?;
+        let repository = self.repository()?;
+        let at = path.find(&format!("/v2/{repository}/"))? + repository.len() + 5;
+        path.get(at..).filter(|o| !o.is_empty())
     }
 }
 
@@ -564,16 +587,25 @@ impl Inner {
         format!("reading the body: {e}")
     }
 
-    /// Tells the `on_retry` callback that `url` is retried after `why`.
-    fn announce_retry(&self, url: &str, why: &str, attempt: u32, delay: Duration) {
-        if let Some(notices) = &self.options.on_retry {
-            (notices.0)(&self.scrub(&format!(
-                "{url}: {why}; retry {} of {} in {:.1} s",
-                attempt + 1,
-                self.options.max_retries,
-                delay.as_secs_f64()
-            )));
-        }
+    /// Tells the `on_retry` callback that `url`, fetched for `req`, is retried after `why`.
+    fn announce_retry(&self, url: &str, req: &Request, why: &str, attempt: u32, delay: Duration) {
+        let Some(notices) = &self.options.on_retry else {
+            return;
+        };
+        let retries = self.options.max_retries;
+        let message = self.scrub(&format!(
+            "{url}: {why}; retry {} of {retries} in {:.1} s",
+            attempt + 1,
+            delay.as_secs_f64()
+        ));
+        (notices.0)(&Retry {
+            message,
+            image: req.repository().map(|r| format!("{}/{r}", req.host)),
+            object: req.object().map(|o| self.scrub(o)),
+            attempt: attempt + 1,
+            retries,
+            delay,
+        });
     }
 
     fn backoff(&self, attempt: u32) -> Duration {
@@ -749,7 +781,7 @@ impl Inner {
                         .map(|d| d.min(self.options.max_retry_after))
                         .unwrap_or_else(|| self.backoff(attempt));
                     let why = status_line(resp.status()) + &redirect_note(&req.url);
-                    self.announce_retry(&req.url, &why, attempt, delay);
+                    self.announce_retry(&req.url, req, &why, attempt, delay);
                     delay
                 }
                 Ok(resp) => {
@@ -787,7 +819,7 @@ impl Inner {
                     let delay = self.backoff(attempt);
                     let note = redirect_note(&req.url);
                     let why = error_chain(&e.without_url()) + &note;
-                    self.announce_retry(&req.url, &why, attempt, delay);
+                    self.announce_retry(&req.url, req, &why, attempt, delay);
                     delay
                 }
                 Err(SendError::Http(e)) => {
@@ -850,7 +882,7 @@ impl Inner {
                     q.append_pair("scope", params.get("scope").unwrap_or(&req.scope));
                 }
                 let token = self
-                    .fetch_token(token_url, creds.map(|c| c.basic_header()))
+                    .fetch_token(token_url, creds.map(|c| c.basic_header()), req)
                     .await?;
                 self.redactor.add_secret(&token);
                 host.tokens.lock().await.insert(req.scope.clone(), token);
@@ -866,6 +898,7 @@ impl Inner {
         &self,
         url: reqwest::Url,
         basic: Option<String>,
+        for_req: &Request,
     ) -> std::result::Result<Secret, Failure> {
         #[derive(serde::Deserialize)]
         struct TokenReply {
@@ -910,7 +943,13 @@ impl Inner {
                     let delay = retry_after(resp.headers())
                         .unwrap_or_else(|| self.backoff(attempt))
                         .min(self.options.max_retry_after);
-                    self.announce_retry(&shown, &status_line(resp.status()), attempt, delay);
+                    self.announce_retry(
+                        &shown,
+                        for_req,
+                        &status_line(resp.status()),
+                        attempt,
+                        delay,
+                    );
                     tokio::time::sleep(delay).await;
                 }
                 Ok(resp) => {
@@ -929,7 +968,13 @@ impl Inner {
                 Err(SendError::Refused(reason)) => return Err(fail(None, reason)),
                 Err(SendError::Http(e)) if transient(&e) && attempt < self.options.max_retries => {
                     let delay = self.backoff(attempt);
-                    self.announce_retry(&shown, &error_chain(&e.without_url()), attempt, delay);
+                    self.announce_retry(
+                        &shown,
+                        for_req,
+                        &error_chain(&e.without_url()),
+                        attempt,
+                        delay,
+                    );
                     tokio::time::sleep(delay).await;
                 }
                 Err(SendError::Http(e)) => {
@@ -962,7 +1007,7 @@ impl Inner {
                 {
                     let delay = self.backoff(attempt);
                     let why = self.body_failure(&e);
-                    self.announce_retry(&req.url, &why, attempt, delay);
+                    self.announce_retry(&req.url, req, &why, attempt, delay);
                     tokio::time::sleep(delay).await;
                     attempt += 1;
                 }
@@ -1024,7 +1069,7 @@ impl Inner {
                 return Err(self.failure(&req.url, None, reason));
             }
             let delay = self.backoff(fruitless);
-            self.announce_retry(&req.url, &why, fruitless, delay);
+            self.announce_retry(&req.url, &req, &why, fruitless, delay);
             tokio::time::sleep(delay).await;
             fruitless += 1;
         }

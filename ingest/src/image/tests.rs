@@ -801,13 +801,13 @@ fn range_start(req: &Req) -> usize {
 }
 
 /// Notices collected from the client, and a client that records them.
-fn noticing_client(addr: &str, read_timeout: Duration) -> (Sources, Arc<Mutex<Vec<String>>>) {
-    let notices: Arc<Mutex<Vec<String>>> = Arc::default();
+fn noticing_client(addr: &str, read_timeout: Duration) -> (Sources, Arc<Mutex<Vec<Retry>>>) {
+    let notices: Arc<Mutex<Vec<Retry>>> = Arc::default();
     let seen = notices.clone();
     let sources = client_for(addr, |o| {
         o.read_timeout = read_timeout;
         o.on_retry = Some(RetryNotices::new(move |n| {
-            seen.lock().unwrap().push(n.to_owned())
+            seen.lock().unwrap().push(n.clone())
         }));
     });
     (sources, notices)
@@ -873,9 +873,14 @@ fn a_stalled_blob_is_resumed_and_every_retry_announced() {
         let at = 3 * (i + 1);
         let expected = format!("http://{addr}{blob0}: stalled: no data for 0.3 s at byte {at}");
         assert!(
-            n.starts_with(&format!("{expected}; retry 1 of 3 in ")),
-            "{n}"
+            n.message
+                .starts_with(&format!("{expected}; retry 1 of 3 in ")),
+            "{n:?}"
         );
+        assert_eq!(n.image.as_deref(), Some(&*format!("{addr}/r/x")));
+        let layer = format!("blobs/{}", Digest::of(&img.blobs[0]));
+        assert_eq!(n.object.as_deref(), Some(&*layer));
+        assert_eq!((n.attempt, n.retries), (1, 3));
     }
 }
 
@@ -905,7 +910,7 @@ fn a_registry_that_sends_nothing_fails_after_the_retries_naming_the_layer() {
     let notices = notices.lock().unwrap();
     let retries: Vec<&str> = notices
         .iter()
-        .map(|n| n.split("; ").nth(1).unwrap())
+        .map(|n| n.message.split("; ").nth(1).unwrap())
         .collect();
     assert_eq!(retries.len(), 3, "{notices:?}");
     assert!(retries[0].starts_with("retry 1 of 3") && retries[2].starts_with("retry 3 of 3"));
@@ -927,7 +932,7 @@ fn failing_requests_are_announced_before_each_retry() {
     assert_eq!(
         notices
             .iter()
-            .map(|n| n.rsplit_once(" in ").unwrap().0)
+            .map(|n| n.message.rsplit_once(" in ").unwrap().0)
             .collect::<Vec<_>>(),
         [
             format!("http://{addr}/v2/r/x/manifests/1: 503 Service Unavailable; retry 1 of 3"),
