@@ -875,3 +875,54 @@ fn credentials_come_from_the_aws_profile_when_the_environment_has_none() {
     assert!(!all.contains("profile-secret"), "{all}");
     assert_eq!(remote_manifest(&s3, "repo"), local_manifest(&env));
 }
+
+/// Two homes publish into one storage and push it to one bucket. A push overtaken on its way by
+/// the other home's publish and push of a later revision finds the bucket serving what the
+/// storage now holds: it succeeds and says so, instead of failing its compare-and-swap (which
+/// a CI job would then retry for nothing).
+#[test]
+fn a_push_overtaken_by_another_homes_later_revision_succeeds() {
+    let s3 = S3Server::start();
+    let env = Env::init(&[]);
+    let src = publish_one_file(&env);
+    push(&env, &s3, "shared", &[]);
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = Env {
+        home: other_dir.path().join("home"),
+        storage: env.storage.clone(),
+        dir: other_dir,
+    };
+    let keys = env.home.join(FQRN).join("keys");
+    let storage = env.storage.to_str().unwrap();
+    other.ok(&["init", FQRN, "--storage", storage, "--existing"]
+        .into_iter()
+        .chain(["--keys", keys.to_str().unwrap()])
+        .collect::<Vec<_>>());
+
+    std::fs::write(src.join("b.txt"), "b\n").unwrap();
+    publish(&env, &src);
+    let mut paused = push_cmd(&env, &s3, "shared", &[])
+        .env("CVMFS_OCI_PAUSE_AT", "push-before-manifest")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(paused.stderr.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
+    assert!(line.contains("paused"), "{line}");
+
+    std::fs::write(src.join("c.txt"), "c\n").unwrap();
+    publish(&other, &src);
+    assert_eq!(push(&other, &s3, "shared", &[])["revision"], 4);
+    paused.stdin.take().unwrap().write_all(b"\n").unwrap();
+    let out = paused.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    let report: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(report["superseded"], true, "{report}");
+    assert_eq!(report["revision"], 4, "{report}");
+    assert_eq!(remote_manifest(&s3, "shared"), local_manifest(&env));
+    assert_served_matches_source(&env, &s3.url("shared"), &src, "");
+}

@@ -348,6 +348,10 @@ pub struct PushReport {
     /// Why looking for or aborting them failed, if it did: the push itself stands.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stale_uploads_error: Option<String>,
+    /// Whether the bucket, during this push, came to serve a later revision of the storage
+    /// (pushed from another home sharing it): the revision is then that one, and this push
+    /// stopped short of its own manifest.
+    pub superseded: bool,
 }
 
 impl Repository {
@@ -501,6 +505,9 @@ impl Push<'_> {
             ..PushReport::default()
         };
         if let Some(remote) = &remote {
+            if remote.bytes != manifest && self.superseded(remote, &mut report)? {
+                return Ok(report);
+            }
             self.may_replace(&remote.manifest, local)?;
         }
         // Root files change without a new manifest too (`resign` renews the whitelist).
@@ -529,8 +536,13 @@ impl Push<'_> {
         }
         fault_point("push-before-manifest");
         if !up_to_date {
-            self.put_manifest(manifest, remote.map(|r| r.version))
-                .await?;
+            let start = remote.map(|r| r.version);
+            if let Some(newer) = self.put_manifest(manifest, start).await? {
+                if self.superseded(&newer, &mut report)? {
+                    return Ok(report);
+                }
+                return Err(self.conflict(root_files::MANIFEST));
+            }
             report.manifest_written = true;
         }
         fault_point("push-after-manifest");
@@ -665,8 +677,13 @@ impl Push<'_> {
         Err(self.conflict(file.name))
     }
 
-    /// The manifest, conditional on the one found at the start (`None`: none).
-    async fn put_manifest(&self, ours: &[u8], start: Option<UpdateVersion>) -> Result<()> {
+    /// The manifest, conditional on the one found at the start (`None`: none). Returns the
+    /// bucket's manifest when another push replaced it first (`None`: ours is in).
+    async fn put_manifest(
+        &self,
+        ours: &[u8],
+        start: Option<UpdateVersion>,
+    ) -> Result<Option<RemoteManifest>> {
         let name = root_files::MANIFEST;
         let payload = PutPayload::from(ours.to_vec());
         if fault_armed("push-manifest-reply-lost") {
@@ -676,18 +693,28 @@ impl Push<'_> {
                 .await?;
         }
         if self.try_put(name, payload, mode_for(start)).await? {
-            return Ok(());
+            return Ok(None);
         }
         // A retried put whose first attempt went through (its reply lost) fails its condition
         // against our own manifest: that is success.
-        if self
-            .remote_manifest()
-            .await?
-            .is_some_and(|m| m.bytes == ours)
-        {
-            return Ok(());
+        match self.remote_manifest().await? {
+            Some(m) if m.bytes == ours => Ok(None),
+            Some(m) => Ok(Some(m)),
+            None => Err(self.conflict(name)),
         }
-        Err(self.conflict(name))
+    }
+
+    /// Whether the bucket's manifest, not the one this push set out with, is what the storage
+    /// holds now: a publish and push from another home sharing the storage overtook this
+    /// push, and the bucket is as current as this push would have made it.
+    fn superseded(&self, remote: &RemoteManifest, report: &mut PushReport) -> Result<bool> {
+        let now = self.root_file(root_files::MANIFEST)?;
+        if now.as_deref() != Some(remote.bytes.as_slice()) {
+            return Ok(false);
+        }
+        report.revision = remote.manifest.revision;
+        report.superseded = true;
+        Ok(true)
     }
 
     /// Refuses to replace another repository's manifest, or a newer revision of this one.

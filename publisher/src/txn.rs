@@ -27,6 +27,9 @@ use std::sync::Arc;
 
 /// Environment variable naming the fault point at which the process aborts (crash tests).
 pub const CRASH_ENV: &str = "CVMFS_OCI_CRASH_AT";
+/// Environment variable naming the fault point where a process waits for a line on its stdin:
+/// tests use it to let another process act at exactly that moment.
+pub const PAUSE_ENV: &str = "CVMFS_OCI_PAUSE_AT";
 
 /// Aborts the process when `CVMFS_OCI_CRASH_AT` equals `name`. Points used by the publisher:
 /// `after-catalogs`, `after-history`, `before-manifest`; the ingest pipeline uses `after-objects`.
@@ -34,6 +37,10 @@ pub fn fault_point(name: &str) {
     if std::env::var_os(CRASH_ENV).is_some_and(|v| v == name) {
         eprintln!("{CRASH_ENV}={name}: aborting on purpose");
         std::process::abort();
+    }
+    if std::env::var_os(PAUSE_ENV).is_some_and(|v| v == name) {
+        eprintln!("{PAUSE_ENV}={name}: paused until a line arrives on stdin");
+        let _ = std::io::stdin().read_line(&mut String::new());
     }
 }
 

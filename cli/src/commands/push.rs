@@ -141,7 +141,17 @@ fn report(
 ) -> Result<()> {
     let secs = started.elapsed().as_secs_f64();
     let to = target.describe();
-    let text = if nothing_written(r) {
+    let text = if r.superseded {
+        format!(
+            "{fqrn} -> {to}: revision {} (was {}), published and pushed meanwhile from another \
+             home sharing the storage; {} objects uploaded ({:.1} MB); {secs:.2} s",
+            r.revision,
+            r.remote_revision
+                .map_or("no repository".into(), |n| format!("revision {n}")),
+            r.objects_uploaded,
+            r.bytes_uploaded as f64 / 1e6,
+        )
+    } else if nothing_written(r) {
         format!(
             "{fqrn} -> {to}: already at revision {}; {secs:.2} s",
             r.revision
