@@ -9,7 +9,9 @@
 //! (`.cvmfsreflog`, whose hash is the manifest's `Y`, and `.cvmfs_status.json`). Each S3 put is
 //! atomic and every root file's is conditional on the version found at the start, the
 //! manifest's included (its ETag, or its absence), so two pushers cannot interleave: the loser
-//! writes no root file, and only a push whose manifest is in writes the reflog. A bucket ahead
+//! writes no root file, and only a push whose manifest is in writes the reflog (a loser that
+//! finds the bucket serving what the storage now holds, another home's push of a later
+//! revision, has nothing left to do: it ends as `superseded`). A bucket ahead
 //! of the local storage (a higher revision, or the same one with another tree) or holding
 //! another repository is refused. A push that stops before its manifest leaves the bucket as it
 //! was; one that stops between the manifest and the reflog leaves a reflog behind the manifest
