@@ -829,8 +829,16 @@ fn encode(layer: &MemoLayer) -> std::result::Result<Vec<u8>, String> {
         v: FORMAT,
         entries: EntriesRef(&layer.entries),
     };
-    let json = serde_json::to_vec(&doc).map_err(|e| e.to_string())?;
-    zstd::bulk::compress(&json, ZSTD_LEVEL).map_err(|e| e.to_string())
+    // Streamed into the compressor: the JSON text of a layer of a million members would be a
+    // few hundred MB.
+    let zstd = zstd::stream::write::Encoder::new(Vec::new(), ZSTD_LEVEL)
+        .map_err(|e| format!("zstd: {e}"))?;
+    let mut text = std::io::BufWriter::with_capacity(1 << 16, zstd);
+    serde_json::to_writer(&mut text, &doc).map_err(|e| e.to_string())?;
+    text.into_inner()
+        .map_err(|e| format!("zstd: {}", e.error()))?
+        .finish()
+        .map_err(|e| format!("zstd: {e}"))
 }
 
 /// [`Bytes`] borrowed; serialises the same.
@@ -1012,23 +1020,40 @@ fn skind_ref(k: &MemoKind) -> SKindRef<'_> {
 
 /// `Ok(None)` for a document of another format version.
 fn decode(blob: &[u8]) -> std::result::Result<Option<MemoLayer>, String> {
-    use std::io::Read;
-    let mut json = Vec::new();
-    zstd::stream::read::Decoder::new(blob)
-        .and_then(|d| d.take(MAX_DOC_BYTES + 1).read_to_end(&mut json))
-        .map_err(|e| format!("zstd: {e}"))?;
-    if json.len() as u64 > MAX_DOC_BYTES {
-        return Err(format!("inflates to more than {MAX_DOC_BYTES} bytes"));
-    }
     #[derive(Deserialize)]
     struct Version {
         v: u32,
     }
-    let version: Version = serde_json::from_slice(&json).map_err(|e| format!("json: {e}"))?;
-    if version.v != FORMAT {
-        return Ok(None);
+    // Parsed as it inflates, never held as text (see `encode`).
+    let parse = |what: &mut dyn FnMut(&mut dyn std::io::Read) -> serde_json::Result<()>| {
+        use std::io::Read;
+        let zstd = zstd::stream::read::Decoder::new(blob).map_err(|e| format!("zstd: {e}"))?;
+        let mut limited = zstd.take(MAX_DOC_BYTES + 1);
+        let parsed = what(&mut std::io::BufReader::with_capacity(
+            1 << 16,
+            &mut limited,
+        ));
+        if limited.limit() == 0 {
+            return Err(format!("inflates to more than {MAX_DOC_BYTES} bytes"));
+        }
+        parsed.map_err(|e| match e.io_error_kind() {
+            Some(_) => format!("zstd: {e}"),
+            None => format!("json: {e}"),
+        })
+    };
+    let mut doc: Option<Doc> = None;
+    if let Err(why) = parse(&mut |r| serde_json::from_reader(r).map(|d| doc = Some(d))) {
+        // Another version's entries need not parse as this one's.
+        let mut version = None;
+        parse(&mut |r| serde_json::from_reader(r).map(|v: Version| version = Some(v.v)))?;
+        return match version {
+            Some(v) if v != FORMAT => Ok(None),
+            _ => Err(why),
+        };
     }
-    let doc: Doc = serde_json::from_slice(&json).map_err(|e| format!("json: {e}"))?;
+    let Some(doc) = doc.filter(|d| d.v == FORMAT) else {
+        return Ok(None);
+    };
     let entries = doc
         .entries
         .into_iter()
@@ -1151,5 +1176,16 @@ mod tests {
             String::from_utf8_lossy(&owned_json(&layer))
         );
         assert_eq!(decode(&blob).unwrap(), Some(layer));
+    }
+
+    #[test]
+    fn another_versions_document_is_no_memo_and_a_broken_one_an_error() {
+        let z = |json: &str| zstd::bulk::compress(json.as_bytes(), 3).unwrap();
+        let later = z(r#"{"v":999,"entries":[{"shape":"unknown to this version"}]}"#);
+        assert_eq!(decode(&later).unwrap(), None);
+        let broken = z(&format!(r#"{{"v":{FORMAT},"entries":[{{"shape":1}}]}}"#));
+        assert!(decode(&broken).unwrap_err().starts_with("json: "));
+        let truncated = &encode(&MemoLayer::new(Vec::new())).unwrap()[..8];
+        assert!(decode(truncated).is_err());
     }
 }
