@@ -70,9 +70,20 @@ impl Error {
     }
 }
 
-/// Lossy text of a raw path for messages.
+/// Lossy text of a raw path for messages; a path longer than any name the repository takes
+/// (a hostile one) is shown by its start, end and length, so a message stays a line.
 pub(crate) fn show(path: &[u8]) -> String {
-    String::from_utf8_lossy(path).into_owned()
+    const HEAD: usize = 200;
+    const TAIL: usize = 100;
+    if path.len() <= 4096 {
+        return String::from_utf8_lossy(path).into_owned();
+    }
+    format!(
+        "{}…({} bytes)…{}",
+        String::from_utf8_lossy(&path[..HEAD]),
+        path.len(),
+        String::from_utf8_lossy(&path[path.len() - TAIL..])
+    )
 }
 
 /// `archive: path: msg`, each said once: a layer stream's own errors (digest, decoding,
@@ -89,6 +100,21 @@ fn tar_line(archive: &str, path: &str, msg: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_path_too_long_for_any_name_is_shown_abridged() {
+        let name = [b"start/".as_slice(), &[b'a'; 10_000], b"/end"].concat();
+        let shown = show(&name);
+        assert!(
+            shown.starts_with("start/aaa") && shown.ends_with("aaa/end"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("…(10010 bytes)…") && shown.len() < 400,
+            "{shown}"
+        );
+        assert_eq!(show(&name[..4096]), String::from_utf8_lossy(&name[..4096]));
+    }
 
     #[test]
     fn a_tar_error_names_archive_and_path_once() {

@@ -533,7 +533,7 @@ impl Flattener<'_> {
 
     fn first_pass(&mut self, scan: &mut LayerScan, stream: Box<dyn Read + Send>) -> Result<()> {
         let idx = scan.idx;
-        let mut archive = tar::Archive::new(stream);
+        let mut archive = crate::targuard::guarded(stream);
         let entries = archive
             .entries()
             .map_err(|e| self.lerr(idx, b"", format!("reading layer: {e}")))?;
@@ -551,7 +551,7 @@ impl Flattener<'_> {
     /// Ingests the shadowed files that links of the layer turned out to need.
     fn second_pass(&mut self, scan: &mut LayerScan, stream: Box<dyn Read + Send>) -> Result<()> {
         let idx = scan.idx;
-        let mut archive = tar::Archive::new(stream);
+        let mut archive = crate::targuard::guarded(stream);
         let entries = archive
             .entries()
             .map_err(|e| self.lerr(idx, b"", format!("reading layer again: {e}")))?;

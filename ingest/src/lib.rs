@@ -63,6 +63,7 @@ pub mod flatten;
 pub mod gzip;
 pub mod image;
 pub mod pipeline;
+mod targuard;
 pub mod tarsource;
 
 pub use chunker::{ChunkSizes, Chunker};

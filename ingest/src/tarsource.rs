@@ -40,7 +40,7 @@ pub fn tree_from_tar<R: Read + Send + 'static>(
     opts: &TarOptions,
 ) -> Result<Dir> {
     let stream = open_named_stream(&opts.archive_name, reader)?;
-    let mut archive = tar::Archive::new(stream);
+    let mut archive = crate::targuard::guarded(stream);
     let mut builder = TarTree {
         root: PDir::default(),
         next_link_id: 1,

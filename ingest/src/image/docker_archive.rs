@@ -214,7 +214,7 @@ type Members = BTreeMap<String, (Location, Option<String>)>;
 fn index_members(path: &Path, reference: &str) -> Result<Members> {
     let io_err = |e| Error::io(format!("image {reference}: {}", path.display()), e);
     let file = open_regular(path).map_err(io_err)?;
-    let mut archive = tar::Archive::new(file);
+    let mut archive = crate::targuard::guarded(file);
     let mut out = Members::new();
     let mut previous: Option<String> = None;
     for entry in archive.entries_with_seek().map_err(io_err)? {

@@ -3,7 +3,7 @@ use crate::pipeline::memstore::{MemStore, TarB};
 use crate::pipeline::PipelineConfig;
 use catalog_writer::hash::ContentHash;
 use catalog_writer::tree::Node;
-use std::io::{Cursor, Write};
+use std::io::{Cursor, Read, Write};
 use std::sync::Arc;
 use tar::EntryType;
 
@@ -397,4 +397,30 @@ fn a_sparse_member_may_not_declare_an_absurd_size() {
         err.contains("sparse: sparse file of 1125899906842624 bytes (at most 68719476736)"),
         "{err}"
     );
+}
+
+/// A GNU long name of 256 MiB (a few hundred KB once compressed) is refused at its header,
+/// before the tar crate would read it whole into memory, in a short message.
+#[test]
+fn a_huge_long_name_is_refused_unread() {
+    let size = 256u64 << 20;
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(EntryType::GNULongName);
+    h.set_path("././@LongLink").unwrap();
+    h.set_size(size);
+    h.set_cksum();
+    let body = std::io::repeat(b'a').take(size);
+    let tar = Cursor::new(h.as_bytes().to_vec()).chain(body);
+    let store = Arc::new(MemStore::default());
+    let p = ObjectPipeline::new(store, None, PipelineConfig::default()).unwrap();
+    let opts = TarOptions {
+        archive_name: "bomb.tar".into(),
+        ..TarOptions::default()
+    };
+    let err = tree_from_tar(tar, &p, &opts).unwrap_err().to_string();
+    assert!(
+        err.contains("GNU long name member of 268435456 bytes at byte 0 (at most 65536)"),
+        "{err}"
+    );
+    assert!(err.starts_with("bomb.tar: ") && err.len() < 300, "{err}");
 }

@@ -1,0 +1,381 @@
+//! A reader under `tar::Archive` that refuses an archive's extension members (GNU long names
+//! `L` and `K`, PAX `x` records) larger than any name or header needs, before the `tar` crate
+//! reads them whole into memory: a long name of one repeated byte compresses about 1000:1, so
+//! a layer of a few MB could otherwise make the process allocate gigabytes.
+//!
+//! It follows the archive's layout as the crate does (header blocks, a PAX `size` record,
+//! GNU sparse extension blocks) and stops looking where the crate stops reading: at the
+//! end-of-archive block, or at a header the crate refuses (its checksum or size is wrong).
+//!
+//! Every `tar::Archive` over input is made on one (`guarded`).
+
+use std::io::{self, Read, Seek, SeekFrom};
+
+/// Longest GNU long name or link (`L`, `K`) read; names themselves stop at 4095 bytes.
+pub(crate) const MAX_LONG_NAME: u64 = 64 << 10;
+/// Longest PAX record block (`x`) read: room for many extended attributes.
+pub(crate) const MAX_PAX_RECORDS: u64 = 1 << 20;
+
+const BLOCK: u64 = 512;
+
+/// `tar::Archive::new` over `inner` with the guard between them.
+pub(crate) fn guarded<R: Read>(inner: R) -> tar::Archive<ExtensionGuard<R>> {
+    tar::Archive::new(ExtensionGuard::new(inner))
+}
+
+pub(crate) struct ExtensionGuard<R> {
+    inner: R,
+    /// Bytes passed through so far.
+    pos: u64,
+    /// Where the block looked at next starts (a header or a sparse extension block).
+    next: u64,
+    /// That block, as far as it has passed.
+    block: Vec<u8>,
+    state: State,
+    /// The PAX records that apply to the next member (the crate takes its `size` from them).
+    pax: Option<Vec<u8>>,
+}
+
+enum State {
+    Header,
+    /// GNU sparse extension blocks follow the header; then `size` bytes of data.
+    Sparse {
+        size: u64,
+    },
+    /// A PAX `x` member's records are passing, up to `end`.
+    Pax {
+        end: u64,
+        records: Vec<u8>,
+    },
+    /// Past the end of the archive, or at a header the crate will refuse.
+    Done,
+}
+
+impl<R: Read> ExtensionGuard<R> {
+    pub(crate) fn new(inner: R) -> ExtensionGuard<R> {
+        ExtensionGuard {
+            inner,
+            pos: 0,
+            next: 0,
+            block: Vec::with_capacity(BLOCK as usize),
+            state: State::Header,
+            pax: None,
+        }
+    }
+
+    /// Follows the layout through `bytes`, which start at `self.pos`.
+    fn follow(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let end = self.pos + bytes.len() as u64;
+        loop {
+            match &mut self.state {
+                State::Done => return Ok(()),
+                State::Pax {
+                    end: until,
+                    records,
+                } => {
+                    let from = (self.next + BLOCK).max(self.pos);
+                    let to = (*until).min(end);
+                    if from < to {
+                        records.extend_from_slice(
+                            &bytes[(from - self.pos) as usize..(to - self.pos) as usize],
+                        );
+                    }
+                    if to < *until {
+                        return Ok(());
+                    }
+                    let until = *until;
+                    self.pax = Some(std::mem::take(records));
+                    self.next = round_up(until);
+                    self.state = State::Header;
+                }
+                State::Header | State::Sparse { .. } => {
+                    if self.next >= end {
+                        return Ok(());
+                    }
+                    let from = (self.next + self.block.len() as u64).max(self.pos);
+                    let want = BLOCK as usize - self.block.len();
+                    let take = want.min((end - from) as usize);
+                    let at = (from - self.pos) as usize;
+                    self.block.extend_from_slice(&bytes[at..at + take]);
+                    if self.block.len() < BLOCK as usize {
+                        return Ok(());
+                    }
+                    let block = std::mem::take(&mut self.block);
+                    self.block = Vec::with_capacity(BLOCK as usize);
+                    match self.state {
+                        State::Sparse { size } => self.sparse_block(&block, size),
+                        _ => self.header(&block)?,
+                    }
+                }
+            }
+        }
+    }
+
+    /// A header block at `self.next`.
+    fn header(&mut self, block: &[u8]) -> io::Result<()> {
+        if block.iter().all(|b| *b == 0) || !checksum_holds(block) {
+            self.state = State::Done;
+            return Ok(());
+        }
+        let header = tar::Header::from_byte_slice(block);
+        let Ok(stated) = header.entry_size() else {
+            self.state = State::Done;
+            return Ok(());
+        };
+        let kind = header.entry_type();
+        let recognised = header.as_gnu().is_some() || header.as_ustar().is_some();
+        let body = self.next + BLOCK;
+        let limit = match kind {
+            _ if !recognised => None,
+            tar::EntryType::GNULongName | tar::EntryType::GNULongLink => Some(MAX_LONG_NAME),
+            tar::EntryType::XHeader => Some(MAX_PAX_RECORDS),
+            _ => None,
+        };
+        if let Some(limit) = limit {
+            if stated > limit {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "{} member of {stated} bytes at byte {} (at most {limit}): not read",
+                        describe(kind),
+                        self.next
+                    ),
+                ));
+            }
+            self.state = match kind {
+                tar::EntryType::XHeader => State::Pax {
+                    end: body + stated,
+                    records: Vec::new(),
+                },
+                _ => State::Header,
+            };
+            if matches!(self.state, State::Header) {
+                self.next = round_up(body + stated);
+            }
+            return Ok(());
+        }
+        // The member the extension members described: the crate takes its size from a PAX
+        // `size` record, except for extension-typed members it hands out as they are.
+        let records = self.pax.take();
+        let is_extension = matches!(
+            kind,
+            tar::EntryType::GNULongName
+                | tar::EntryType::GNULongLink
+                | tar::EntryType::XHeader
+                | tar::EntryType::XGlobalHeader
+        );
+        let size = match records {
+            Some(r) if !is_extension => pax_size(&r).unwrap_or(stated),
+            _ => stated,
+        };
+        self.next = body;
+        match header.as_gnu() {
+            Some(gnu) if kind == tar::EntryType::GNUSparse && gnu.is_extended() => {
+                self.state = State::Sparse { size }
+            }
+            _ => self.next = round_up(body + size),
+        }
+        Ok(())
+    }
+
+    /// A GNU sparse extension block at `self.next`, of a member with `size` bytes of data.
+    fn sparse_block(&mut self, block: &[u8], size: u64) {
+        self.next += BLOCK;
+        // `isextended`, as `GnuExtSparseHeader::is_extended` reads it.
+        if block[504] != 1 {
+            self.next = round_up(self.next + size);
+            self.state = State::Header;
+        }
+    }
+}
+
+impl<R: Read> Read for ExtensionGuard<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.follow(&buf[..n])?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+/// For archives the crate reads with `entries_with_seek`: it seeks only to skip a member's
+/// data, never past the next header; a seek that does anything else ends the guarding.
+impl<R: Read + Seek> Seek for ExtensionGuard<R> {
+    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+        let at = self.inner.seek(to)?;
+        let skips_data = at >= self.pos && at <= self.next && self.block.is_empty();
+        if !skips_data || matches!(self.state, State::Pax { .. }) {
+            self.state = State::Done;
+        }
+        self.pos = at;
+        Ok(at)
+    }
+}
+
+fn round_up(at: u64) -> u64 {
+    at.div_ceil(BLOCK).saturating_mul(BLOCK)
+}
+
+/// The header checksum as the crate checks it (the field itself counted as spaces).
+fn checksum_holds(block: &[u8]) -> bool {
+    let sum: u32 = block[..148]
+        .iter()
+        .chain(&block[156..])
+        .map(|b| *b as u32)
+        .sum::<u32>()
+        + 8 * 32;
+    tar::Header::from_byte_slice(block)
+        .cksum()
+        .is_ok_and(|c| c == sum)
+}
+
+/// The PAX `size` record, as the crate reads it (the first `size`; none if a record before it
+/// is malformed or its value is not a number).
+fn pax_size(records: &[u8]) -> Option<u64> {
+    for record in tar::PaxExtensions::new(records) {
+        let record = record.ok()?;
+        if record.key() == Ok("size") {
+            return record.value().ok()?.parse().ok();
+        }
+    }
+    None
+}
+
+fn describe(kind: tar::EntryType) -> &'static str {
+    match kind {
+        tar::EntryType::GNULongName => "GNU long name",
+        tar::EntryType::GNULongLink => "GNU long link",
+        _ => "PAX header",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(b: &mut tar::Builder<Vec<u8>>, path: &str, data: &[u8]) {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        b.append_data(&mut h, path, data).unwrap();
+    }
+
+    /// Every member of `tar` read through the guard, in small and odd-sized reads, and where
+    /// the guard found the end of the archive.
+    fn read_through(tar: &[u8], step: usize) -> io::Result<(Vec<(String, Vec<u8>)>, u64)> {
+        struct Trickle<'a>(&'a [u8], usize);
+        impl Read for Trickle<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                let n = self.1.min(buf.len()).min(self.0.len());
+                buf[..n].copy_from_slice(&self.0[..n]);
+                self.0 = &self.0[n..];
+                Ok(n)
+            }
+        }
+        let mut archive = tar::Archive::new(ExtensionGuard::new(Trickle(tar, step)));
+        let mut out = Vec::new();
+        for e in archive.entries()? {
+            let mut e = e?;
+            let mut data = Vec::new();
+            e.read_to_end(&mut data)?;
+            out.push((String::from_utf8_lossy(&e.path_bytes()).into_owned(), data));
+        }
+        let guard = archive.into_inner();
+        assert!(matches!(guard.state, State::Done));
+        Ok((out, guard.next))
+    }
+
+    /// GNU long names, PAX records (with a `size`), a sparse member with extension blocks
+    /// and a plain member after them all: the guard keeps in step and lets it all through.
+    #[test]
+    fn long_names_pax_and_sparse_members_pass() {
+        let mut b = tar::Builder::new(Vec::new());
+        member(&mut b, &"n".repeat(300), b"long name");
+        let mut pax = tar::Builder::new(Vec::new());
+        pax.append_pax_extensions([("path", b"pax/named".as_slice()), ("size", b"3")])
+            .unwrap();
+        let mut h = tar::Header::new_ustar();
+        h.set_size(0);
+        h.set_mode(0o644);
+        h.set_path("short").unwrap();
+        h.set_cksum();
+        pax.append(&h, b"abc".as_slice()).unwrap();
+        let pax = pax.into_inner().unwrap();
+        // (Without the end-of-archive blocks `into_inner` adds.)
+        b.get_mut().extend_from_slice(&pax[..pax.len() - 1024]);
+        b.get_mut().extend_from_slice(&sparse_member());
+        member(&mut b, "last", b"the end");
+        let tar = b.into_inner().unwrap();
+        for step in [1, 7, 512, 4096, 1 << 20] {
+            let (got, end) = read_through(&tar, step).unwrap();
+            assert_eq!(
+                end,
+                tar.len() as u64 - 1024,
+                "in step up to the end-of-archive block"
+            );
+            let names: Vec<&str> = got.iter().map(|(n, _)| n.as_str()).collect();
+            assert_eq!(names, [&*"n".repeat(300), "pax/named", "sparse", "last"]);
+            assert_eq!(got[1].1, b"abc");
+            assert_eq!(got[3].1, b"the end");
+        }
+    }
+
+    /// A GNU sparse member (`S`) whose map continues in two extension blocks: data 3 × 512
+    /// bytes at offsets 0, 4096 and 8192 of an 8704-byte file.
+    fn sparse_member() -> Vec<u8> {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::GNUSparse);
+        h.set_path("sparse").unwrap();
+        h.set_mode(0o644);
+        h.set_size(3 * 512);
+        let gnu = h.as_gnu_mut().unwrap();
+        gnu.sparse[0].offset = octal(0);
+        gnu.sparse[0].numbytes = octal(512);
+        gnu.isextended[0] = 1;
+        gnu.realsize = octal(8704);
+        h.set_cksum();
+        let mut out = h.as_bytes().to_vec();
+        for (offset, last) in [(4096u64, false), (8192, true)] {
+            let mut ext = tar::GnuExtSparseHeader::new();
+            ext.sparse[0].offset = octal(offset);
+            ext.sparse[0].numbytes = octal(512);
+            ext.isextended[0] = u8::from(!last);
+            out.extend_from_slice(ext.as_bytes());
+        }
+        out.extend(std::iter::repeat_n(b'x', 3 * 512));
+        out
+    }
+
+    fn octal(n: u64) -> [u8; 12] {
+        let mut field = [0u8; 12];
+        let text = format!("{n:011o}");
+        field[..11].copy_from_slice(text.as_bytes());
+        field
+    }
+
+    /// A long name, a long link and PAX records each one byte over their limit are refused
+    /// while their header passes, before their bytes are read.
+    #[test]
+    fn oversized_extension_members_are_refused_at_their_header() {
+        for (kind, limit) in [
+            (tar::EntryType::GNULongName, MAX_LONG_NAME),
+            (tar::EntryType::GNULongLink, MAX_LONG_NAME),
+            (tar::EntryType::XHeader, MAX_PAX_RECORDS),
+        ] {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(kind);
+            h.set_path("././@LongLink").unwrap();
+            h.set_size(limit + 1);
+            h.set_cksum();
+            // Only the header: the guard must refuse before asking for the body.
+            let err = read_through(h.as_bytes(), 512).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!(
+                    "of {} bytes at byte 0 (at most {limit})",
+                    limit + 1
+                )),
+                "{err}"
+            );
+        }
+    }
+}
