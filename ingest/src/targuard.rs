@@ -260,9 +260,11 @@ mod tests {
         b.append_data(&mut h, path, data).unwrap();
     }
 
+    type Members = Vec<(String, Vec<u8>)>;
+
     /// Every member of `tar` read through the guard, in small and odd-sized reads, and where
     /// the guard found the end of the archive.
-    fn read_through(tar: &[u8], step: usize) -> io::Result<(Vec<(String, Vec<u8>)>, u64)> {
+    fn read_through(tar: &[u8], step: usize) -> io::Result<(Members, u64)> {
         struct Trickle<'a>(&'a [u8], usize);
         impl Read for Trickle<'_> {
             fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
