@@ -270,16 +270,14 @@ impl RegistryClient {
             repo.repository
         );
         let scope = format!("repository:{}:pull", repo.repository);
-        let pages = self.paginate(&repo.host, first, &scope, &display)?;
-        let mut out = Vec::new();
-        for (url, body) in pages {
-            let page: Page = serde_json::from_slice(&body).map_err(|e| {
-                Error::image(&display, format!("{url}: not a tag list: {e}"))
-                    .scrubbed(|t| self.inner.scrub(t))
-            })?;
-            out.extend(page.tags.unwrap_or_default());
-        }
-        Ok(out)
+        self.paginate(
+            &repo.host,
+            first,
+            &scope,
+            &display,
+            "tag list",
+            |p: Page| p.tags.unwrap_or_default(),
+        )
     }
 
     /// Repositories of a registry (`/v2/_catalog`), following `Link` pagination.
@@ -290,28 +288,35 @@ impl RegistryClient {
         }
         let display = format!("docker://{host}");
         let first = format!("{}/v2/_catalog?n=1000", self.base(host));
-        let pages = self.paginate(host, first, "registry:catalog:*", &display)?;
-        let mut out = Vec::new();
-        for (url, body) in pages {
-            let page: Page = serde_json::from_slice(&body).map_err(|e| {
-                Error::image(&display, format!("{url}: not a catalog: {e}"))
-                    .scrubbed(|t| self.inner.scrub(t))
-            })?;
-            out.extend(page.repositories.unwrap_or_default());
-        }
-        Ok(out)
+        let scope = "registry:catalog:*";
+        self.paginate(host, first, scope, &display, "catalog", |p: Page| {
+            p.repositories.unwrap_or_default()
+        })
     }
 
-    fn paginate(
+    /// The names a listing's pages hold, each page parsed as it arrives (`names_of` takes a
+    /// page's names). A listing that goes on for ever, or comes back to a page it had, is an
+    /// error rather than memory spent on it.
+    fn paginate<P: serde::de::DeserializeOwned>(
         &self,
         host: &str,
         first: String,
         scope: &str,
         display: &str,
-    ) -> Result<Vec<(String, Vec<u8>)>> {
-        let mut pages = Vec::new();
+        what: &str,
+        names_of: impl Fn(P) -> Vec<String>,
+    ) -> Result<Vec<String>> {
+        let mut names = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         let mut next = Some(first);
         while let Some(url) = next.take() {
+            let fail = |why: String| {
+                // The URL and the reason are the registry's text.
+                Error::image(display, self.inner.scrub(&format!("{url}: {why}")))
+            };
+            if !seen.insert(url.clone()) {
+                return Err(fail("the listing's pages link back to this one".into()));
+            }
             let req = Request {
                 host: host.to_owned(),
                 url: url.clone(),
@@ -324,19 +329,20 @@ impl RegistryClient {
                 .runtime
                 .block_on(async move { inner.fetch_document(&req).await })
                 .map_err(|f| f.image(display))?;
-            next = next_link(&headers, &url).map_err(|reason| {
-                // The link is the registry's text.
-                Error::image(display, self.inner.scrub(&format!("{url}: {reason}")))
-            })?;
-            if pages.len() > 10_000 {
-                return Err(Error::image(
-                    display,
-                    format!("{url}: more than 10000 pages"),
-                ));
+            let page: P =
+                serde_json::from_slice(&body).map_err(|e| fail(format!("not a {what}: {e}")))?;
+            names.extend(names_of(page));
+            if names.len() > MAX_LISTED || seen.len() > MAX_PAGES {
+                return Err(fail(format!(
+                    "the {what} is longer than this tool takes ({} names in {} pages so far; at \
+                     most {MAX_LISTED} names in {MAX_PAGES} pages)",
+                    names.len(),
+                    seen.len()
+                )));
             }
-            pages.push((url, body));
+            next = next_link(&headers, &url).map_err(fail)?;
         }
-        Ok(pages)
+        Ok(names)
     }
 
     /// A manifest by tag or digest: bytes and `Content-Type`.
@@ -1086,6 +1092,11 @@ fn status_line(status: StatusCode) -> String {
     .trim_end()
     .to_owned()
 }
+
+/// Most names one listing (a registry's catalog, a repository's tags) may hold, and most pages
+/// it may take.
+const MAX_LISTED: usize = 1_000_000;
+const MAX_PAGES: usize = 10_000;
 
 /// Statuses worth retrying.
 fn retryable(status: StatusCode) -> bool {

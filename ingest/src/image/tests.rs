@@ -1576,3 +1576,43 @@ fn a_redirect_from_https_to_plain_http_is_refused_unless_that_host_is_insecure()
         .unwrap();
     assert_eq!(manifests[0].manifest_bytes, img.manifest);
 }
+
+/// A listing whose pages link back to one it had, or go on for ever, fails naming the page,
+/// with what it read so far parsed page by page, never held.
+#[test]
+fn a_listing_that_loops_or_never_ends_fails() {
+    let (addr, _) = serve(|req| {
+        let page: u64 = req
+            .path
+            .rsplit_once("page=")
+            .and_then(|(_, n)| n.parse().ok())
+            .unwrap_or(0);
+        let tags: Vec<String> = (0..1000).map(|i| format!("t{page}-{i}")).collect();
+        let body = serde_json::json!({ "name": "r/x", "tags": tags }).to_string();
+        // `/v2/r/loop` pages link back to their first page after the second one.
+        let next = match req.path.starts_with("/v2/r/loop/") {
+            true => (page + 1) % 2,
+            false => page + 1,
+        };
+        let base = req.path.split('?').next().unwrap_or_default().to_owned();
+        Reply::new(200, body).header(
+            "Link",
+            &format!("<{base}?n=1000&page={next}>; rel=\"next\""),
+        )
+    });
+    let registry = client_for(&addr, |_| {}).registry().unwrap();
+    let looping = RegistryRef::parse(&format!("{addr}/r/loop")).unwrap();
+    let err = registry.list_tags(&looping).unwrap_err().to_string();
+    assert!(
+        err.contains(
+            "/v2/r/loop/tags/list?n=1000&page=1: the listing's pages link back to this one"
+        ),
+        "{err}"
+    );
+    let endless = RegistryRef::parse(&format!("{addr}/r/endless")).unwrap();
+    let err = registry.list_tags(&endless).unwrap_err().to_string();
+    assert!(
+        err.contains("page=1000: the tag list is longer than this tool takes (1001000 names in 1001 pages so far"),
+        "{err}"
+    );
+}
