@@ -134,6 +134,25 @@ pub const NAME_MAX: usize = 255;
 /// terminating NUL).
 pub const SYMLINK_MAX: usize = 4095;
 
+/// Most directory levels a path in the repository may have. Namespaces are read, compared,
+/// written and dropped by recursive walks, one stack frame or more per level; sources stop
+/// trees at 512 levels, and this leaves room for where they are placed (`--path`, an image
+/// under `/.flat/…`), not for trees stacked on trees until the walks overflow the stack.
+pub const MAX_PATH_DEPTH: usize = 544;
+
+/// Levels below `node`: 0 for a leaf or an empty directory.
+fn levels_below(node: &Node) -> usize {
+    let mut deepest = 0;
+    let mut todo = vec![(node, 0usize)];
+    while let Some((node, level)) = todo.pop() {
+        deepest = deepest.max(level);
+        if let Node::Dir(d) = node {
+            todo.extend(d.children.values().map(|c| (c, level + 1)));
+        }
+    }
+    deepest
+}
+
 /// Entries the client cannot serve, and `.cvmfscatalog`/`.cvmfsautocatalog` that are not
 /// regular files: every such name is taken for a nested catalog marker, and a marker that is
 /// a directory or a link would leave a catalog no client or `check` accepts.
@@ -246,6 +265,16 @@ impl Namespace {
         let comps = components(path)?;
         if let Some(last) = comps.last() {
             check_leaf(path, last, &node)?;
+        }
+        let depth = comps.len() + levels_below(&node);
+        if depth > MAX_PATH_DEPTH {
+            return Err(path_error(
+                path,
+                format!(
+                    "the tree placed here reaches {depth} directory levels (at most \
+                     {MAX_PATH_DEPTH})"
+                ),
+            ));
         }
         let new = graft(node, path)?;
         let Some((last, parents)) = comps.split_last() else {

@@ -327,6 +327,44 @@ fn bad_names_and_limits_are_refused() {
         .is_err());
 }
 
+/// A tree placed so deep that the whole reaches past `MAX_PATH_DEPTH` levels is refused, by
+/// the depth of where it goes plus its own: stacking legal trees on each other must not build
+/// a namespace the recursive walks cannot get through.
+#[test]
+fn trees_placed_deeper_than_the_walks_allow_are_refused() {
+    use catalog_writer::namespace::MAX_PATH_DEPTH;
+    let objects = MemObjects::default();
+    let mut ns = Namespace::empty(1);
+    let pm = Entry::directory(0o755, 0, 0, 1);
+    let deep = |levels: usize| "/d".repeat(levels).into_bytes();
+    let mut tree = dir();
+    let ten_levels = format!("{}f", "d/".repeat(9));
+    put(&mut tree, ten_levels.as_bytes(), file(&objects, b"x"));
+    // The tree is 10 levels deep (9 directories and a file).
+    let at = deep(MAX_PATH_DEPTH - 10);
+    ns.replace(&at, Node::Dir(tree.clone()), &pm, &objects)
+        .unwrap();
+    let err = ns
+        .replace(&deep(MAX_PATH_DEPTH - 9), Node::Dir(tree), &pm, &objects)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&format!(
+            "the tree placed here reaches {} directory levels (at most {MAX_PATH_DEPTH})",
+            MAX_PATH_DEPTH + 1
+        )),
+        "{err}"
+    );
+    assert!(ns
+        .replace(
+            &deep(MAX_PATH_DEPTH + 1),
+            file(&objects, b"y"),
+            &pm,
+            &objects
+        )
+        .is_err());
+}
+
 /// /a and /a/b are nested catalogs (markers), /c is plain.
 fn nested_tree(objects: &MemObjects) -> Dir {
     let mut t = dir();
