@@ -294,7 +294,7 @@ fn graft_and_commit(
     let now = unix_now();
     let (uid, gid) = job.how.owner.unwrap_or((0, 0));
     if let Some(tree) = job.tree.as_mut() {
-        sanitize_xattrs(tree, &mut job.path.to_vec(), out);
+        sanitize_xattrs(tree, &mut job.path.to_vec(), None, out);
         if job.how.owner.is_some() {
             set_owner(tree, uid, gid);
         }
@@ -847,32 +847,45 @@ fn rfc3339(unix: i64) -> String {
 }
 
 /// Drops extended attributes CVMFS cannot represent (values over 255 bytes and the like),
-/// warning once per attribute, so one odd file does not fail a whole publish.
-pub fn sanitize_xattrs(dir: &mut Dir, path: &mut Vec<u8>, out: Output) -> usize {
-    let mut dropped = warn_dropped(&mut dir.meta.xattrs, path, out);
+/// warning once per attribute, so one odd file does not fail a whole publish. `image` names
+/// the image the tree is of, for `convert`'s warnings.
+pub fn sanitize_xattrs(
+    dir: &mut Dir,
+    path: &mut Vec<u8>,
+    image: Option<&str>,
+    out: Output,
+) -> usize {
+    let mut dropped = warn_dropped(&mut dir.meta.xattrs, path, image, out);
     for (name, node) in dir.children.iter_mut() {
         let len = path.len();
         path.push(b'/');
         path.extend_from_slice(name);
         dropped += match node {
-            Node::Dir(d) => sanitize_xattrs(d, path, out),
-            Node::Leaf(e) => warn_dropped(&mut e.xattrs, path, out),
+            Node::Dir(d) => sanitize_xattrs(d, path, image, out),
+            Node::Leaf(e) => warn_dropped(&mut e.xattrs, path, image, out),
         };
         path.truncate(len);
     }
     dropped
 }
 
-fn warn_dropped(x: &mut catalog_writer::entry::Xattrs, path: &[u8], out: Output) -> usize {
+fn warn_dropped(
+    x: &mut catalog_writer::entry::Xattrs,
+    path: &[u8],
+    image: Option<&str>,
+    out: Output,
+) -> usize {
     if x.is_empty() {
         return 0;
     }
     let reasons = catalog_writer::xattr::retain_representable(x);
     for r in &reasons {
         let p = String::from_utf8_lossy(path);
-        crate::output::to_stderr(&format!("cvmfs-oci: warning: {p}: {r}"));
+        let place = image.map_or(String::new(), |i| format!("image {i}: "));
+        crate::output::to_stderr(&format!("cvmfs-oci: warning: {place}{p}: {r}"));
         if out.json {
-            out.event("", event_json("warning", json!({"path": p, "warning": r})));
+            let fields = json!({"path": p, "warning": r, "image": image});
+            out.event("", event_json("warning", fields));
         }
     }
     reasons.len()

@@ -39,7 +39,7 @@ impl Output {
         if self.json {
             self.event(text, fields);
         } else {
-            to_stderr(&printable_lines(text));
+            let _ = writeln!(std::io::stderr().lock(), "{}", printable_lines(text));
         }
     }
 
@@ -148,8 +148,10 @@ impl Drop for Follower {
 /// Writes `line` to stderr, ignoring failure: when whoever reads stderr has gone away
 /// (`2>&1 | head`, a dropped ssh session), `eprintln!` would panic, killing the run half-way
 /// or leaving it waiting on a thread that died with the repository lock held.
+/// One line on stderr: whatever it quotes (a member name, an attribute, a server's words)
+/// cannot break it or drive the terminal.
 pub fn to_stderr(line: &str) {
-    let _ = writeln!(std::io::stderr().lock(), "{line}");
+    let _ = writeln!(std::io::stderr().lock(), "{}", printable(line));
 }
 
 pub fn event_json(action: &str, extra: Value) -> Value {

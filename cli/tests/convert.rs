@@ -1888,3 +1888,37 @@ fn a_moved_tag_leaves_its_old_image_until_prune_unlinked() {
     assert!(!report.entries.contains_key(&first) && !report.entries.contains_key(&second));
     env.check(true);
 }
+
+/// An extended attribute CVMFS cannot store is dropped with one warning line per attribute,
+/// naming the image; control characters in the member's name and the attribute's key are
+/// escaped, so the warning cannot split or rewrite the terminal's lines.
+#[test]
+fn dropped_attribute_warnings_name_the_image_and_stay_one_line() {
+    let env = Env::init(&[]);
+    let layout = env.path("layout");
+    let meta = fixtures::layers::Meta::new(0o644)
+        .xattr("user.big", &[b'v'; 300])
+        .xattr("user.k\u{1b}[31m\rX", &[b'w'; 300]);
+    let mut l = fixtures::layers::LayerBuilder::new();
+    l.file_with(b"dir/evil\nname\r\x1b[2Kall fine", b"x", meta);
+    ImageBuilder::new()
+        .layer(l.finish(), Compression::Gzip)
+        .write_layout(&layout, "a")
+        .unwrap();
+    let image = format!("oci:{}:a", layout.display());
+    let out = env.run(&["convert", FQRN, &image]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let warnings: Vec<&str> = stderr.lines().filter(|l| l.contains("warning")).collect();
+    assert_eq!(warnings.len(), 2, "{stderr}");
+    for w in &warnings {
+        assert!(
+            w.starts_with(&format!("cvmfs-oci: warning: image {image}: /.flat/")),
+            "{w}"
+        );
+        assert!(w.contains("/dir/evil\\nname\\r\\u{1b}[2Kall fine: "), "{w}");
+        assert!(!w.contains(['\r', '\u{1b}']), "{w}");
+    }
+    assert!(warnings[1].contains("user.k\\u{1b}[31m\\rX"), "{stderr}");
+    assert!(!stderr.contains(['\r', '\u{1b}']), "{stderr:?}");
+}
