@@ -68,6 +68,10 @@ pub struct RegistryOptions {
     pub connect_timeout: Duration,
     /// No bytes for this long ends (and retries) a request: a stalled registry.
     pub read_timeout: Duration,
+    /// Longest a document (manifest, index, config, tag list page) may take to arrive: a
+    /// registry sending a byte now and then never stalls, and would hold the repository lock
+    /// for days.
+    pub document_deadline: Duration,
     /// Told about every retry before its backoff, so a failing or stalled registry shows up
     /// at once rather than when the last retry gives up minutes later.
     pub on_retry: Option<RetryNotices>,
@@ -119,6 +123,7 @@ impl Default for RegistryOptions {
             max_retry_after: Duration::from_secs(120),
             connect_timeout: Duration::from_secs(30),
             read_timeout: Duration::from_secs(30),
+            document_deadline: Duration::from_secs(300),
             on_retry: None,
         }
     }
@@ -1003,8 +1008,16 @@ impl Inner {
         loop {
             let (resp, permit) = self.send(req).await?;
             let headers = resp.headers().clone();
-            let result = read_limited(resp, MAX_DOCUMENT).await;
+            let deadline = self.options.document_deadline;
+            let result = tokio::time::timeout(deadline, read_limited(resp, MAX_DOCUMENT)).await;
             drop(permit);
+            let Ok(result) = result else {
+                let why = format!(
+                    "not all there after {} s (the registry sends too slowly)",
+                    deadline.as_secs_f64()
+                );
+                return Err(self.failure(&req.url, None, why));
+            };
             match result {
                 Ok(body) => return Ok((body, headers)),
                 Err(e)

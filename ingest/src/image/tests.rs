@@ -542,6 +542,8 @@ mod http {
         pub cut_at: Option<usize>,
         /// Keep the connection open this long after the body, sending nothing: a stall.
         pub hold: Duration,
+        /// Send the body a byte at a time, this long apart.
+        pub trickle: Option<Duration>,
     }
 
     impl Reply {
@@ -552,6 +554,7 @@ mod http {
                 body: body.into(),
                 cut_at: None,
                 hold: Duration::ZERO,
+                trickle: None,
             }
         }
 
@@ -690,7 +693,23 @@ mod http {
         let body = &reply.body[..reply.cut_at.unwrap_or(reply.body.len())];
         let stream = reader.get_mut();
         let _ = stream.write_all(head.as_bytes());
-        let _ = stream.write_all(body);
+        match reply.trickle {
+            None => {
+                let _ = stream.write_all(body);
+            }
+            Some(every) => {
+                for byte in body.chunks(1) {
+                    if stream
+                        .write_all(byte)
+                        .and_then(|()| stream.flush())
+                        .is_err()
+                    {
+                        return;
+                    }
+                    std::thread::sleep(every);
+                }
+            }
+        }
         let _ = stream.flush();
         std::thread::sleep(reply.hold);
     }
@@ -1615,4 +1634,39 @@ fn a_listing_that_loops_or_never_ends_fails() {
         err.contains("page=1000: the tag list is longer than this tool takes (1001000 names in 1001 pages so far"),
         "{err}"
     );
+}
+
+/// A registry that sends a manifest a byte at a time, never stalling long enough for the read
+/// timeout, is given up on once the document's deadline passes, not retried.
+#[test]
+fn a_document_trickling_in_fails_at_its_deadline() {
+    let img = image("amd64", "r");
+    let routes = registry_routes(&img);
+    let (addr, log) = serve(move |req| {
+        let mut reply = routes(req).unwrap_or_else(|| Reply::new(404, ""));
+        if req.path.contains("/manifests/") {
+            reply.trickle = Some(Duration::from_millis(50));
+        }
+        reply
+    });
+    let sources = client_for(&addr, |o| o.document_deadline = Duration::from_millis(500));
+    let image_ref = ImageRef::parse(&format!("docker://{addr}/r/x:1")).unwrap();
+    let start = Instant::now();
+    let err = sources
+        .open(&image_ref)
+        .and_then(|s| s.resolve(&PlatformSelection::Host).map(|_| ()))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(
+        err.contains(
+            "/v2/r/x/manifests/1: not all there after 0.5 s (the registry sends too slowly)"
+        ),
+        "{err}"
+    );
+    assert_eq!(log.lock().unwrap().len(), 1, "not retried");
 }
