@@ -313,6 +313,7 @@ impl RegistryClient {
     ) -> Result<Vec<String>> {
         let mut names = Vec::new();
         let mut seen = std::collections::HashSet::new();
+        let mut bytes = 0;
         let mut next = Some(first);
         while let Some(url) = next.take() {
             let fail = |why: String| {
@@ -337,10 +338,12 @@ impl RegistryClient {
             let page: P =
                 serde_json::from_slice(&body).map_err(|e| fail(format!("not a {what}: {e}")))?;
             names.extend(names_of(page));
-            if names.len() > MAX_LISTED || seen.len() > MAX_PAGES {
+            bytes += body.len();
+            if names.len() > MAX_LISTED || seen.len() > MAX_PAGES || bytes > MAX_LISTING_BYTES {
                 return Err(fail(format!(
-                    "the {what} is longer than this tool takes ({} names in {} pages so far; at \
-                     most {MAX_LISTED} names in {MAX_PAGES} pages)",
+                    "the {what} is longer than this tool takes ({} names in {} pages, {bytes} \
+                     bytes so far; at most {MAX_LISTED} names, {MAX_PAGES} pages, \
+                     {MAX_LISTING_BYTES} bytes)",
                     names.len(),
                     seen.len()
                 )));
@@ -1110,6 +1113,8 @@ fn status_line(status: StatusCode) -> String {
 /// it may take.
 const MAX_LISTED: usize = 1_000_000;
 const MAX_PAGES: usize = 10_000;
+/// Most bytes of pages one listing may take: a million names in JSON are about 50 MB.
+const MAX_LISTING_BYTES: usize = 256 << 20;
 
 /// Statuses worth retrying.
 fn retryable(status: StatusCode) -> bool {

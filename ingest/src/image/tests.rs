@@ -1631,7 +1631,9 @@ fn a_listing_that_loops_or_never_ends_fails() {
     let endless = RegistryRef::parse(&format!("{addr}/r/endless")).unwrap();
     let err = registry.list_tags(&endless).unwrap_err().to_string();
     assert!(
-        err.contains("page=1000: the tag list is longer than this tool takes (1001000 names in 1001 pages so far"),
+        err.contains(
+            "page=1000: the tag list is longer than this tool takes (1001000 names in 1001 pages, "
+        ),
         "{err}"
     );
 }
