@@ -332,6 +332,34 @@ fn push_errors_are_one_line_and_change_nothing() {
             "{err}"
         );
     }
+    // A held repository lock: --no-wait fails at once; without it the push says once that
+    // it waits (then goes on, here to the endpoint nothing listens on).
+    let mut holder = common::lock_holder(&env.home.join(FQRN).join("lock"));
+    let push = |extra: &[&str]| {
+        let args = [extra, &["push", FQRN, "s3://nowhere/repo", "--allow-http"]].concat();
+        let mut cmd = env.cmd(&args);
+        cmd.env("AWS_ACCESS_KEY_ID", "test-key-id")
+            .env("AWS_SECRET_ACCESS_KEY", "test-secret")
+            .env("AWS_ENDPOINT_URL", &endpoint);
+        cmd
+    };
+    let out = push(&["--no-wait"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("another process"),
+        "{err}"
+    );
+    let mut waiting = push(&[]).stderr(Stdio::piped()).spawn().unwrap();
+    let mut stderr = std::io::BufReader::new(waiting.stderr.take().unwrap());
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut stderr, &mut first).unwrap();
+    assert!(first.starts_with("waiting for the lock"), "{first}");
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    let mut rest = String::new();
+    stderr.read_to_string(&mut rest).unwrap();
+    assert!(!waiting.wait().unwrap().success());
+    assert!(rest.contains("s3://nowhere/repo/.cvmfspublished"), "{rest}");
     assert_eq!(env.snapshot(), before);
 }
 

@@ -504,6 +504,23 @@ fn no_wait_reports_the_lock_holder() {
             "{line}"
         );
     }
+
+    // `resign` takes the repository lock too: it honours --no-wait and says that it waits.
+    let mut holder = lock_holder(&env.home.join(FQRN).join("lock"));
+    let line = env.fails(&["--no-wait", "resign", FQRN]);
+    assert!(line.contains("another process"), "{line}");
+    let mut waiting = env
+        .cmd(&["--json", "resign", FQRN])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(waiting.stdout.take().unwrap());
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut first).unwrap();
+    assert!(first.contains(r#""action":"waiting""#), "{first}");
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    assert!(waiting.wait().unwrap().success());
 }
 
 #[test]

@@ -371,11 +371,16 @@ impl Repository {
 
     /// After a publish that made a revision: the push to the repository's push target, if it
     /// has one.
-    pub fn auto_push(&self, progress: Option<Arc<PushProgress>>) -> Result<Option<PushReport>> {
+    pub fn auto_push(
+        &self,
+        progress: Option<Arc<PushProgress>>,
+        wait: bool,
+    ) -> Result<Option<PushReport>> {
         match &self.config().auto_push {
             Some(target) => {
                 let opts = PushOptions {
                     progress,
+                    wait,
                     ..PushOptions::new(target.clone())
                 };
                 self.push(&opts).map(Some)

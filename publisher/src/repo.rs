@@ -360,12 +360,13 @@ impl Repository {
     /// Returns the new expiry (unix seconds). Waits for the repository lock, so do not call it
     /// while this process holds an open [`Transaction`].
     pub fn resign(&self) -> Result<i64> {
-        self.resign_for(self.config.whitelist_days)
+        self.resign_for(self.config.whitelist_days, true)
     }
 
-    /// Like [`Repository::resign`], with a validity of `days` days.
-    pub fn resign_for(&self, days: u32) -> Result<i64> {
-        let _lock = lock(&self.home.lock_path(), &self.config.fqrn, true)?;
+    /// Like [`Repository::resign`], with a validity of `days` days; without `wait`, a held
+    /// repository lock is an error ([`Error::Locked`]).
+    pub fn resign_for(&self, days: u32, wait: bool) -> Result<i64> {
+        let _lock = lock(&self.home.lock_path(), &self.config.fqrn, wait)?;
         let keys = load_keys(&self.config)?;
         let master = keys.master.as_ref().ok_or_else(|| {
             Error::Invalid(format!(

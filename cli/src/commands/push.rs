@@ -46,17 +46,16 @@ pub fn push(home: &Path, g: &Global, a: &PushArgs, out: Output) -> Result<i32> {
         })?,
     };
     let progress = Arc::new(PushProgress::default());
-    let opts = PushOptions {
+    let opts = |wait: bool| PushOptions {
         delete: a.delete,
         jobs: a.jobs,
-        wait: !g.no_wait,
+        wait,
         progress: Some(Arc::clone(&progress)),
         ..PushOptions::new(target.clone())
     };
     let started = Instant::now();
-    let following = follow(&a.fqrn, &target, progress, out);
-    let r = repo
-        .push(&opts)
+    let following = follow(&a.fqrn, &target, Arc::clone(&progress), out);
+    let r = super::waiting(&a.fqrn, !g.no_wait, out, |w| repo.push(&opts(w)))
         .with_context(|| format!("push {} to {}", a.fqrn, target.describe()));
     drop(following);
     let r = r?;
@@ -94,7 +93,10 @@ pub fn after_publish(repo: &Repository, outcome: &CommitOutcome, out: Output) ->
     let started = Instant::now();
     let progress = Arc::new(PushProgress::default());
     let following = follow(repo.fqrn(), target, Arc::clone(&progress), out);
-    let r = repo.auto_push(Some(progress)).with_context(|| {
+    let r = super::waiting(repo.fqrn(), true, out, |w| {
+        repo.auto_push(Some(Arc::clone(&progress)), w)
+    })
+    .with_context(|| {
         format!(
             "{}: revision {revision} is published locally, but its push to {} failed (`push {}` \
              retries)",
