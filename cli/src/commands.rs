@@ -42,7 +42,7 @@ pub fn run(cli: Cli, out: Output) -> Result<i32> {
         Command::Publish(a) => publish(&home, &g, &a, out),
         Command::Ingest(a) => ingest_tar(&home, &g, &a, out),
         Command::Check(a) => check(&home, &a, out),
-        Command::Resign(a) => resign(&home, &a, out),
+        Command::Resign(a) => resign(&home, &g, &a, out),
         Command::Info(a) => info(&home, &a.fqrn, out),
         Command::Repoinfo(a) => repoinfo(&home, &g, &a, out),
         Command::Gc(a) => gc::gc(&home, &g, &a, out),
@@ -658,9 +658,9 @@ pub fn check(home: &Path, a: &CheckArgs, out: Output) -> Result<i32> {
     Ok(if ok { 0 } else { 1 })
 }
 
-pub fn resign(home: &Path, a: &ResignArgs, out: Output) -> Result<i32> {
+pub fn resign(home: &Path, g: &Global, a: &ResignArgs, out: Output) -> Result<i32> {
     let repo = open_repo(home, &a.fqrn)?;
-    let expires = repo.resign_for(a.days)?;
+    let expires = waiting(&a.fqrn, !g.no_wait, out, |w| repo.resign_for(a.days, w))?;
     out.event(
         &format!(
             "{}: whitelist renewed, expires {}",

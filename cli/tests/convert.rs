@@ -1879,7 +1879,22 @@ fn a_moved_tag_leaves_its_old_image_until_prune_unlinked() {
         witness(&env).entries.contains_key(&first),
         "without the option the old image stays"
     );
+    // Links of the operator's own keep the old images: one through the clients' mount
+    // point (as older DUCC versions wrote them), one into an image.
+    let apps = env.path("apps");
+    std::fs::create_dir_all(&apps).unwrap();
+    std::os::unix::fs::symlink(format!("/cvmfs/{FQRN}{first}"), apps.join("abs")).unwrap();
+    std::os::unix::fs::symlink(format!("..{second}/build"), apps.join("into")).unwrap();
+    env.ok(&["publish", FQRN, apps.to_str().unwrap(), "--path", "/apps"]);
     build(3);
+    let out = convert(&["--prune-unlinked"]);
+    assert!(out.contains(r#""flat_removed":0"#), "{out}");
+    let report = witness(&env);
+    assert!(report.entries.contains_key(&first) && report.entries.contains_key(&second));
+    // Without them, they go.
+    std::fs::remove_dir_all(&apps).unwrap();
+    std::fs::create_dir_all(&apps).unwrap();
+    env.ok(&["publish", FQRN, apps.to_str().unwrap(), "--path", "/apps"]);
     let out = convert(&["--prune-unlinked"]);
     assert!(out.contains(r#""flat_removed":2"#), "{out}");
     let third = link_target(&env, &link);
@@ -1921,4 +1936,39 @@ fn dropped_attribute_warnings_name_the_image_and_stay_one_line() {
     }
     assert!(warnings[1].contains("user.k\\u{1b}[31m\\rX"), "{stderr}");
     assert!(!stderr.contains(['\r', '\u{1b}']), "{stderr:?}");
+}
+
+/// A batch lets go of the sync ledger before its automatic gc and push, which take the
+/// repository lock again: a conversion queued for that lock then never holds it while waiting
+/// for the ledger (each would wait for the other for ever), and one with `--no-wait` runs.
+#[test]
+fn a_batch_releases_the_sync_ledger_before_its_automatic_gc_and_push() {
+    let env = Env::init(&[]);
+    let layout = env.path("layout");
+    for tag in ["a", "b"] {
+        let mut l = fixtures::layers::LayerBuilder::new();
+        l.file("tag", tag.as_bytes());
+        ImageBuilder::new()
+            .layer(l.finish(), Compression::Gzip)
+            .write_layout(&layout, tag)
+            .unwrap();
+    }
+    let image = |tag: &str| format!("oci:{}:{tag}", layout.display());
+    let mut first = env
+        .cmd(&["convert", FQRN, &image("a")])
+        .env("CVMFS_OCI_PAUSE_AT", "batch-after-ledger")
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(first.stderr.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
+    assert!(line.contains("paused"), "{line}");
+    env.ok(&["--no-wait", "convert", FQRN, &image("b")]);
+    std::io::Write::write_all(&mut first.stdin.take().unwrap(), b"\n").unwrap();
+    assert!(first.wait().unwrap().success());
+    assert_eq!(env.revision(), 3);
+    env.check(true);
 }

@@ -159,6 +159,30 @@ pub fn absolute_target(link: &[u8], target: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// The flattened image (`/.flat/XX/DIGEST`) a symlink at `link` keeps alive: the one its
+/// target reaches, itself or anything inside it, whether the target is relative (as this
+/// tool writes them) or absolute through a client's mount point (`/cvmfs/FQRN/.flat/…`, as
+/// older DUCC versions wrote them). `None` if it reaches none.
+pub fn flat_image_of(link: &[u8], target: &[u8]) -> Option<Vec<u8>> {
+    let path = match target.starts_with(b"/") {
+        true => target.to_vec(),
+        false => absolute_target(link, target)?,
+    };
+    let comps: Vec<&[u8]> = path
+        .split(|&b| b == b'/')
+        .filter(|c| !c.is_empty())
+        .collect();
+    let flat = FLAT_ROOT.trim_start_matches('/').as_bytes();
+    comps.windows(3).find_map(|w| match w {
+        [root, prefix, image]
+            if *root == flat && prefix.len() == 2 && image.starts_with(prefix) =>
+        {
+            Some([FLAT_ROOT.as_bytes(), b"/", prefix, b"/", image].concat())
+        }
+        _ => None,
+    })
+}
+
 /// Longest file name a client can look up (Linux `NAME_MAX`).
 const NAME_MAX: usize = 255;
 
@@ -712,6 +736,20 @@ mod tests {
             );
         }
         assert_eq!(absolute_target(b"/a/l", b"../../x"), None);
+        // What keeps a flattened image: a link to it, into it, or to it through a client's
+        // mount point; not a link elsewhere.
+        let image = b"/.flat/ab/abcdef".to_vec();
+        for (link, target) in [
+            (b"/r/x:1".as_slice(), b"../.flat/ab/abcdef".as_slice()),
+            (b"/apps/x", b"../.flat/ab/abcdef/etc/conf"),
+            (b"/r/x:2", b"/cvmfs/sw.example.org/.flat/ab/abcdef"),
+            (b"/r/x:3", b"/cvmfs/sw.example.org/.flat/ab/abcdef/usr/bin"),
+        ] {
+            assert_eq!(flat_image_of(link, target), Some(image.clone()), "{link:?}");
+        }
+        assert_eq!(flat_image_of(b"/r/x", b"../.flat/ab"), None);
+        assert_eq!(flat_image_of(b"/r/x", b"../.flat/ab/cdef"), None);
+        assert_eq!(flat_image_of(b"/r/x", b"../elsewhere/.flat"), None);
         assert_eq!(absolute_target(b"/a/l", b"/cvmfs/x"), None);
     }
 

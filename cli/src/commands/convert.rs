@@ -294,7 +294,7 @@ pub(super) fn run_batch(
     let mut txn = super::begin(repo, !g.no_wait, out)?;
     let ledger_path = ledger::ledger_path(repo);
     // Held until the ledger is saved after the commit, which releases the repository lock.
-    let _ledger_lock = ledger::lock(&ledger_path)?;
+    let ledger_lock = ledger::lock(&ledger_path, !g.no_wait)?;
     let mut ledger = ledger::SyncLedger::load(&ledger_path)?;
     let prune = match &ledger_use {
         LedgerUse::Sync {
@@ -401,6 +401,10 @@ pub(super) fn run_batch(
         ledger.record(key, &links, prune.is_some());
         ledger.save(&ledger_path)?;
     }
+    // Before the automatic gc and push, which take the repository lock again: a command
+    // queued for that lock would otherwise hold it while waiting for this one.
+    drop(ledger_lock);
+    publisher::fault_point("batch-after-ledger");
     let what = format!(
         "{} image(s): {} converted, {} linked, {} unchanged, {} failed, {:.1} MB of layer blobs fetched{}",
         refs.len(),
@@ -724,7 +728,7 @@ fn remove_unlinked_flat_dirs(
 ) -> Result<usize> {
     let linked: HashSet<Vec<u8>> = links
         .iter()
-        .filter_map(|(link, target)| layout::absolute_target(link, target))
+        .filter_map(|(link, target)| layout::flat_image_of(link, target))
         .collect();
     let flat_root = layout::FLAT_ROOT.as_bytes();
     let mut removed = 0;

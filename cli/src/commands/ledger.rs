@@ -29,8 +29,11 @@ pub(super) fn recipe_key(recipe: &Path) -> String {
 
 /// Takes the ledger's lock (`sync-ledger.lock` beside it, exclusive, released when the file is
 /// dropped). Taken after the repository lock and held past the commit that releases it, so a
-/// command never saves a ledger read before another one saved its own.
-pub(super) fn lock(path: &Path) -> Result<std::fs::File> {
+/// command never saves a ledger read before another one saved its own; released once the
+/// ledger is saved, before anything takes the repository lock again (an automatic gc or
+/// push), so that two commands never wait for each other. Its holder is between its commit
+/// and its ledger's save, a moment: without `wait` a held lock is an error.
+pub(super) fn lock(path: &Path, wait: bool) -> Result<std::fs::File> {
     let lock = path.with_extension("lock");
     if let Some(dir) = lock.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -41,8 +44,19 @@ pub(super) fn lock(path: &Path) -> Result<std::fs::File> {
         .truncate(false)
         .open(&lock)
         .with_context(|| format!("opening {}", lock.display()))?;
-    file.lock()
-        .with_context(|| format!("locking {}", lock.display()))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) if wait => file
+            .lock()
+            .with_context(|| format!("locking {}", lock.display()))?,
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "{}: in use by another command of this home, saving its sync ledger (--no-wait)",
+            lock.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(e).with_context(|| format!("locking {}", lock.display()))
+        }
+    }
     Ok(file)
 }
 
