@@ -147,8 +147,8 @@ impl Drop for Follower {
 /// The standard shape of a JSON event.
 /// Writes `line` to stderr, ignoring failure: when whoever reads stderr has gone away
 /// (`2>&1 | head`, a dropped ssh session), `eprintln!` would panic, killing the run half-way
-/// or leaving it waiting on a thread that died with the repository lock held.
-/// One line on stderr: whatever it quotes (a member name, an attribute, a server's words)
+/// or leaving it waiting on a thread that died with the repository lock held. Escaped with
+/// [`printable`]: whatever the line quotes (a member name, an attribute, a server's words)
 /// cannot break it or drive the terminal.
 pub fn to_stderr(line: &str) {
     let _ = writeln!(std::io::stderr().lock(), "{}", printable(line));
