@@ -22,7 +22,16 @@ fn main() {
             .map(|fqrn| &*Box::leak(fqrn.to_owned().into_boxed_str())),
     };
     match commands::run(cli, out) {
-        Ok(code) => std::process::exit(code),
+        Ok(code) => match output::stdout_failure() {
+            Some(e) => {
+                // The work is done; whoever reads the results did not get them.
+                output::to_stderr(&format!(
+                    "cvmfs-oci: error: writing the results to stdout: {e}"
+                ));
+                std::process::exit(if code == 0 { 1 } else { code });
+            }
+            None => std::process::exit(code),
+        },
         Err(err) => {
             // One line: the chain of causes, joined, so scripts can grep it.
             let line = output::error_line(&err);

@@ -22,7 +22,7 @@ impl Output {
     /// where it is missing); otherwise `text`.
     pub fn event(&self, text: &str, mut fields: Value) {
         let mut out = std::io::stdout().lock();
-        let _ = if self.json {
+        let written = if self.json {
             if let (Some(fqrn), Value::Object(map)) = (self.fqrn, &mut fields) {
                 map.entry("fqrn").or_insert_with(|| json!(fqrn));
             }
@@ -30,6 +30,7 @@ impl Output {
         } else {
             writeln!(out, "{}", printable_lines(text))
         };
+        note_stdout(written);
     }
 
     /// Progress someone may wait on (a lock held by another process, a retry): the text on
@@ -46,8 +47,11 @@ impl Output {
     /// A line for humans only (headings, hints); JSON mode skips it.
     pub fn say(&self, text: &str) {
         if !self.json {
-            // Ignored like `event`'s: a reader that went away (`| head`) must not stop the work.
-            let _ = writeln!(std::io::stdout().lock(), "{}", printable_lines(text));
+            note_stdout(writeln!(
+                std::io::stdout().lock(),
+                "{}",
+                printable_lines(text)
+            ));
         }
     }
 
@@ -145,6 +149,26 @@ impl Drop for Follower {
 }
 
 /// The standard shape of a JSON event.
+/// The first failure to write the results to stdout other than its reader going away.
+static STDOUT_FAILURE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// A reader that went away (`| head`) must not stop the work, so a write to stdout never
+/// fails a command at once; any other failure (a full disk under `> results.json`) is kept,
+/// and the command then ends with an error instead of success ([`stdout_failure`]).
+fn note_stdout(written: std::io::Result<()>) {
+    if let Err(e) = written {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            let _ = STDOUT_FAILURE.set(e.to_string());
+        }
+    }
+}
+
+/// Why some results could not be written to stdout, if they could not.
+pub fn stdout_failure() -> Option<&'static str> {
+    note_stdout(std::io::stdout().lock().flush());
+    STDOUT_FAILURE.get().map(String::as_str)
+}
+
 /// Writes `line` to stderr, ignoring failure: when whoever reads stderr has gone away
 /// (`2>&1 | head`, a dropped ssh session), `eprintln!` would panic, killing the run half-way
 /// or leaving it waiting on a thread that died with the repository lock held. Escaped with

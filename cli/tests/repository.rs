@@ -953,3 +953,31 @@ fn a_publish_waits_for_a_garbage_collection_of_the_storage() {
     );
     assert_matches_source(&env, &src, "");
 }
+
+/// Results that cannot be written to stdout (a full disk under `> info.json`) make the command
+/// fail, though the work is done; a reader that went away (`| head`) does not.
+#[test]
+fn results_lost_on_a_full_disk_fail_the_command() {
+    let env = Env::init(&[]);
+    let Ok(full) = std::fs::File::create("/dev/full") else {
+        return; // no /dev/full here
+    };
+    let out = env
+        .cmd(&["--json", "info", FQRN])
+        .stdout(full)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.starts_with("cvmfs-oci: error: writing the results to stdout: No space left"),
+        "{err}"
+    );
+    let mut closed = env
+        .cmd(&["--json", "info", FQRN])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(closed.stdout.take());
+    assert!(closed.wait().unwrap().success());
+}
