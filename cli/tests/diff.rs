@@ -296,3 +296,29 @@ fn diff_and_list_catalogs_refuse_an_unverified_storage() {
     std::fs::write(&manifest_path, genuine).unwrap();
     assert_eq!(env.ok(&["list-catalogs", FQRN]), listing);
 }
+
+/// Names with a newline or bytes that are not UTF-8: each change stays one line in `-m`
+/// output, and `--json` tells two such names apart by their bytes (`path_hex`).
+#[test]
+fn odd_names_keep_diff_lines_whole_and_apart() {
+    use std::os::unix::ffi::OsStrExt;
+    let env = Env::init(&[]);
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    env.ok(&["publish", FQRN, src.to_str().unwrap()]);
+    for name in [&b"evil\nS F 1000000"[..], b"n\xff\xfe", b"n\xfe\xff"] {
+        std::fs::write(src.join(std::ffi::OsStr::from_bytes(name)), b"x").unwrap();
+    }
+    env.ok(&["publish", FQRN, src.to_str().unwrap()]);
+    let machine = env.ok(&["diff", FQRN, "-m"]);
+    let stats: Vec<&str> = machine.lines().filter(|l| l.starts_with("S ")).collect();
+    assert_eq!(stats.len(), 4, "{machine}");
+    assert!(machine.contains("A F /evil\\nS F 1000000 +1"), "{machine}");
+    let json = env.ok(&["--json", "diff", FQRN]);
+    let hex: BTreeSet<String> = json
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|e| e["path_hex"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(hex, BTreeSet::from(["2f6efeff".into(), "2f6efffe".into()]));
+}

@@ -43,7 +43,10 @@ pub fn diff(home: &Path, a: &DiffArgs, out: Output) -> Result<i32> {
         );
     }
     diff.run(options, &mut |change| {
-        out.event(&change.line(a.machine_readable), change_json(&change));
+        // One line whatever the path holds: a newline in a name must not make a line of its
+        // own in `-m` output a script parses.
+        let line = crate::output::printable(&change.line(a.machine_readable));
+        out.event(&line, change_json(&change));
         Ok(())
     })
     .with_context(context)?;
@@ -84,6 +87,17 @@ const MACHINE_LEGEND: &str = "# line descriptor: A - add, R - remove, M - modify
      N - nested catalog";
 
 fn change_json(change: &Change) -> serde_json::Value {
+    let mut event = change_fields(change);
+    // A name that is not UTF-8 shows with U+FFFD in `path`: its bytes, in hex, tell such
+    // names apart.
+    if std::str::from_utf8(change.path()).is_err() {
+        let hex: String = change.path().iter().map(|b| format!("{b:02x}")).collect();
+        event["path_hex"] = json!(hex);
+    }
+    event
+}
+
+fn change_fields(change: &Change) -> serde_json::Value {
     let path = catalog_writer::pathhash::display(change.path());
     match change {
         Change::Added { entry, .. } | Change::Removed { entry, .. } => {
