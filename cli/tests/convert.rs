@@ -1504,9 +1504,15 @@ fn sync_a_wishlist_with_wildcards_and_prune() {
     write(&["sync/app:1.0", "sync/gone:*"]);
     let run = env.run(&["sync", FQRN, recipe.to_str().unwrap(), "--prune"]);
     let out = String::from_utf8_lossy(&run.stdout);
+    let err = String::from_utf8_lossy(&run.stderr);
     assert!(!run.status.success(), "an input failed: {out}");
+    // Said like any other failure, and counted as one.
     assert!(
-        out.contains("sync/gone") && out.contains("not pruning"),
+        err.starts_with("cvmfs-oci: error: ") && err.contains("sync/gone"),
+        "{err}"
+    );
+    assert!(
+        out.contains("not pruning") && out.contains(" 1 failed"),
         "{out}"
     );
     assert!(has(&witness(&env), "sync/app:2.0"));

@@ -52,18 +52,22 @@ pub fn convert(home: &Path, g: &Global, a: &ConvertArgs, out: Output) -> Result<
             .prune_unlinked
             .then(|| Prune::keeping(&refs, Vec::new()).only(HashSet::new())),
         ledger: LedgerUse::Claim,
+        failed_inputs: 0,
     };
     run_batch(&repo, g, &sources, batch, &a.tuning, out)
 }
 
 pub fn sync(home: &Path, g: &Global, a: &SyncArgs, out: Output) -> Result<i32> {
-    let recipe = ingest::image::recipe::Recipe::load(&a.recipe)
-        .with_context(|| format!("recipe {}", a.recipe.display()))?;
+    // Its errors name the recipe.
+    let recipe = ingest::image::recipe::Recipe::load(&a.recipe)?;
     if !recipe.cvmfs_repo.is_empty() && recipe.cvmfs_repo != a.fqrn {
-        out.say(&format!(
-            "note: recipe names repository {}, converting into {}",
-            recipe.cvmfs_repo, a.fqrn
-        ));
+        out.notice(
+            &format!(
+                "note: recipe names repository {}, converting into {}",
+                recipe.cvmfs_repo, a.fqrn
+            ),
+            event_json("note", json!({"recipe_repository": recipe.cvmfs_repo})),
+        );
     }
     let repo = open_repo(home, &a.fqrn)?;
     let mut registry = a.registry.clone();
@@ -78,11 +82,7 @@ pub fn sync(home: &Path, g: &Global, a: &SyncArgs, out: Output) -> Result<i32> {
             Ok(mut r) => refs.append(&mut r),
             Err(e) => {
                 failed += 1;
-                let line = crate::output::error_line(&e);
-                out.event(
-                    &format!("failed: {line}"),
-                    event_json("error", json!({"image": input.text, "error": line})),
-                );
+                report_error(&input.text, &e, out);
             }
         }
     }
@@ -96,9 +96,9 @@ pub fn sync(home: &Path, g: &Global, a: &SyncArgs, out: Output) -> Result<i32> {
             prune: a.prune,
             listed_in_full: failed == 0,
         },
+        failed_inputs: failed,
     };
-    let code = run_batch(&repo, g, &sources, batch, &a.tuning, out)?;
-    Ok(if failed > 0 { 1 } else { code })
+    run_batch(&repo, g, &sources, batch, &a.tuning, out)
 }
 
 /// What `sync --prune` of wishlist `key` may remove: the links it listed before, names no
@@ -256,6 +256,9 @@ pub(super) struct Batch<'a> {
     /// Links to remove in the same revision.
     pub prune: Option<Prune>,
     pub ledger: LedgerUse,
+    /// Inputs that failed before the batch (a wishlist entry whose tags could not be listed),
+    /// reported already: counted with the images that fail.
+    pub failed_inputs: usize,
 }
 
 /// What a batch does with the home's sync ledger. Read after the batch took the repository
@@ -289,6 +292,7 @@ pub(super) fn run_batch(
         selection,
         prune,
         ledger: ledger_use,
+        failed_inputs,
     } = batch;
     let started = Instant::now();
     let mut txn = super::begin(repo, !g.no_wait, out)?;
@@ -307,7 +311,10 @@ pub(super) fn run_batch(
     let pipeline = new_pipeline(repo, &txn, tuning, out)?;
     let memo = repo.layer_memo()?;
     super::note_set_aside(memo.set_aside(), "layer memo", out);
-    let mut summary = Summary::default();
+    let mut summary = Summary {
+        failed: failed_inputs,
+        ..Summary::default()
+    };
     let mtime = unix_now();
     // 1+2. Manifests, what is already there and configs, a few references at a time; each
     // image is flattened as soon as it is planned (one per flat directory), so the first
@@ -655,6 +662,11 @@ fn report_image(summary: &mut Summary, status: Status, job: &Job, t0: Instant, o
 
 fn report_failure(summary: &mut Summary, image: &str, e: &anyhow::Error, out: Output) {
     summary.failed += 1;
+    report_error(image, e, out);
+}
+
+/// `cvmfs-oci: error: image …: why` on stderr, and the `error` event with `--json`.
+fn report_error(image: &str, e: &anyhow::Error, out: Output) {
     // A reference typed with `user:password@` is refused; its password is not echoed.
     let image = &ingest::image::reference::redact_userinfo(image);
     let mut line = crate::output::error_line(e);

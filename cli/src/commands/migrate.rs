@@ -69,6 +69,7 @@ pub fn migrate(home: &Path, g: &Global, a: &MigrateArgs, out: Output) -> Result<
             selection: &selection,
             prune: None,
             ledger: LedgerUse::Claim,
+            failed_inputs: 0,
         };
         code |= run_batch(&repo, g, &sources, batch, &a.tuning, out)?;
     }
@@ -80,6 +81,7 @@ pub fn migrate(home: &Path, g: &Global, a: &MigrateArgs, out: Output) -> Result<
             selection: &selection,
             prune: Some(prune),
             ledger: LedgerUse::Claim,
+            failed_inputs: 0,
         };
         code |= run_batch(&repo, g, &sources, batch, &a.tuning, out)?;
     }

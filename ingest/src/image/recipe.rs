@@ -54,7 +54,17 @@ impl Recipe {
             path: origin.to_owned(),
             reason,
         };
-        let raw: RawRecipe = serde_yaml::from_str(text).map_err(|e| bad(e.to_string()))?;
+        // A file given by mistake (a token, a password file) reads as one YAML string: it is
+        // named for what it is, never quoted.
+        let value: serde_yaml::Value =
+            serde_yaml::from_str(text).map_err(|e| bad(without_long_quotes(&e.to_string())))?;
+        if !value.is_mapping() {
+            return Err(bad(
+                "not a DUCC wishlist (a YAML mapping of version, cvmfs_repo, input, ...)".into(),
+            ));
+        }
+        let raw: RawRecipe =
+            serde_yaml::from_value(value).map_err(|e| bad(without_long_quotes(&e.to_string())))?;
         if raw.version != 1 {
             return Err(bad(format!(
                 "version {} is not supported (only 1)",
@@ -118,6 +128,26 @@ impl Recipe {
             .map_err(|e| Error::io(format!("reading recipe {}", path.display()), e))?;
         Recipe::parse(&text, &path.display().to_string())
     }
+}
+
+/// A parser's message with what it quotes from the file cut short: a value of the wrong
+/// type may be a secret, or megabytes.
+fn without_long_quotes(message: &str) -> String {
+    const KEEP: usize = 32;
+    let mut out = String::with_capacity(message.len().min(1024));
+    for (i, part) in message.split('"').enumerate() {
+        if i > 0 {
+            out.push('"');
+        }
+        match (i % 2 == 1, part.chars().count() > KEEP) {
+            (true, true) => {
+                out.extend(part.chars().take(KEEP));
+                out.push_str(&format!("…({} bytes)", part.len()));
+            }
+            _ => out.push_str(part),
+        }
+    }
+    out
 }
 
 /// `https://REG/REPO:TAG`, `http://…`, `docker://…` or a bare `REG/REPO:TAG`.
@@ -328,5 +358,20 @@ input:
                 && !err.contains("SECRETPW123"),
             "{err}"
         );
+        // A file that is no wishlist at all (a token) is not quoted; a value of the wrong type
+        // is quoted only in part.
+        let err = Recipe::parse("ghp_SECRETTOKEN0123456789\n", "tok").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "recipe tok: not a DUCC wishlist (a YAML mapping of version, cvmfs_repo, input, ...)"
+        );
+        let long = "x".repeat(10_000);
+        let err = Recipe::parse(
+            &format!("version: 1\ncvmfs_repo: x\ninput: \"{long}\"\n"),
+            "r",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.len() < 300 && err.contains("…(10000 bytes)"), "{err}");
     }
 }
