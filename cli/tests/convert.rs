@@ -872,6 +872,22 @@ fn migrate_a_registry_in_batches_and_resume() {
     // One outcome per batch: the two skipped images' batch, unchanged, then team/b's.
     let actions: Vec<_> = outcomes(&out).map(|e| e["action"].clone()).collect();
     assert_eq!(actions, ["migrate", "migrate"], "{out}");
+    let batches: Vec<_> = events(&out, "batch")
+        .map(|e| {
+            (
+                e["batch"].clone(),
+                e["batches"].clone(),
+                e["images"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        batches,
+        [
+            (1.into(), 2.into(), 2.into()),
+            (2.into(), 2.into(), 1.into())
+        ]
+    );
     assert_eq!(env.revision(), 3);
     env.check(true);
     let report = witness(&env);

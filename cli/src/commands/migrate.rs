@@ -57,12 +57,14 @@ pub fn migrate(home: &Path, g: &Global, a: &MigrateArgs, out: Output) -> Result<
         refs
     };
     for (i, chunk) in refs.chunks(batch).enumerate() {
-        out.say(&format!(
-            "batch {}/{}: {} images",
-            i + 1,
-            refs.len().div_ceil(batch),
-            chunk.len()
-        ));
+        let batches = refs.len().div_ceil(batch);
+        out.event(
+            &format!("batch {}/{batches}: {} images", i + 1, chunk.len()),
+            event_json(
+                "batch",
+                json!({"batch": i + 1, "batches": batches, "images": chunk.len()}),
+            ),
+        );
         let batch = Batch {
             command: "migrate",
             refs: chunk,
