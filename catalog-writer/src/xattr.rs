@@ -81,6 +81,24 @@ pub fn decode(blob: &[u8], path: &[u8]) -> Result<Xattrs> {
     Ok(out)
 }
 
+/// What a reader of untrusted input needs to keep of an attribute's key or value: one byte
+/// more than a catalog takes, so that [`retain_representable`] still drops and reports it,
+/// without holding megabytes of a value no catalog will store.
+pub const MAX_READ_LEN: usize = 256;
+
+/// Most attributes a reader needs to keep per entry, for the same reason.
+pub const MAX_READ_COUNT: usize = 256;
+
+/// Adds `key` = `value` to `xattrs` as a reader of untrusted input should: both cut to
+/// [`MAX_READ_LEN`], and nothing past [`MAX_READ_COUNT`] attributes.
+pub fn insert_bounded(xattrs: &mut Xattrs, mut key: Vec<u8>, mut value: Vec<u8>) {
+    key.truncate(MAX_READ_LEN);
+    value.truncate(MAX_READ_LEN);
+    if xattrs.len() < MAX_READ_COUNT || xattrs.contains_key(&key) {
+        xattrs.insert(key, value);
+    }
+}
+
 /// Removes the attributes a catalog cannot hold (empty or > 255-byte keys, > 255-byte values,
 /// more than 255 attributes), as cvmfs drops them, and returns why each was dropped so the
 /// caller can warn.
@@ -89,11 +107,17 @@ pub fn retain_representable(xattrs: &mut Xattrs) -> Vec<String> {
     xattrs.retain(|key, value| {
         let ok = !key.is_empty() && key.len() <= 255 && value.len() <= 255;
         if !ok {
+            // Readers may cut what no catalog takes to just over the limit (see
+            // `MAX_READ_LEN`): a length past it is said as such.
+            let length = |what: &str, len: usize| match len > 255 {
+                true => format!("{what} over 255 bytes"),
+                false => format!("{len}-byte {what}"),
+            };
             dropped.push(format!(
-                "extended attribute {} ({}-byte key, {}-byte value) cannot be stored in a catalog",
+                "extended attribute {} ({}, {}) cannot be stored in a catalog",
                 String::from_utf8_lossy(key),
-                key.len(),
-                value.len()
+                length("key", key.len()),
+                length("value", value.len())
             ));
         }
         ok
@@ -141,5 +165,39 @@ mod tests {
             .collect();
         assert!(encode(&many, b"/f").is_err());
         assert!(decode(&[1, 1, 3, 0, b'a'], b"/f").is_err());
+    }
+
+    /// A reader keeps at most one byte more than a catalog takes, and one attribute more:
+    /// enough for `retain_representable` to drop and report them, never megabytes.
+    #[test]
+    fn readers_keep_just_enough_to_report_what_no_catalog_takes() {
+        let mut x = Xattrs::new();
+        insert_bounded(&mut x, b"user.big".to_vec(), vec![b'v'; 1 << 20]);
+        insert_bounded(&mut x, vec![b'k'; 10_000], b"v".to_vec());
+        for i in 0..1000 {
+            insert_bounded(&mut x, format!("user.{i:04}").into_bytes(), vec![]);
+        }
+        assert_eq!(x.len(), MAX_READ_COUNT);
+        assert_eq!(x[&b"user.big"[..]].len(), MAX_READ_LEN);
+        assert!(x.keys().all(|k| k.len() <= MAX_READ_LEN));
+        let reasons = retain_representable(&mut x);
+        assert!(reasons.contains(
+            &"extended attribute user.big (8-byte key, value over 255 bytes) cannot be stored \
+              in a catalog"
+                .to_string()
+        ));
+        assert!(reasons
+            .iter()
+            .any(|r| r.contains("(key over 255 bytes, 1-byte value)")));
+        assert_eq!(x.len(), MAX_READ_COUNT - 2);
+        let mut many = Xattrs::new();
+        for i in 0..1000 {
+            insert_bounded(&mut many, format!("user.{i:04}").into_bytes(), vec![]);
+        }
+        let reasons = retain_representable(&mut many);
+        assert_eq!(
+            reasons,
+            ["extended attribute user.0255 dropped: more than 255 attributes"]
+        );
     }
 }

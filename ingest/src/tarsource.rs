@@ -8,6 +8,7 @@ use base64::Engine;
 use catalog_writer::entry::{makedev, Entry, EntryKind, FileData, Xattrs};
 use catalog_writer::hash::EMPTY_OBJECT;
 use catalog_writer::tree::Dir;
+use catalog_writer::xattr::insert_bounded;
 use std::io::{self, Read};
 use tar::EntryType;
 
@@ -407,12 +408,14 @@ pub(crate) fn read_member<R: Read>(
             } else if !keep_xattrs {
                 continue;
             } else if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
-                xattrs.insert(name.to_vec(), rec.value_bytes().to_vec());
+                // Bounded: a tree holds every member's attributes until the catalogs drop
+                // what they cannot store, and PAX records compress very well.
+                insert_bounded(&mut xattrs, name.to_vec(), rec.value_bytes().to_vec());
             } else if let Some(name) = key.strip_prefix(b"LIBARCHIVE.xattr.") {
                 let value = base64::engine::general_purpose::STANDARD
                     .decode(rec.value_bytes())
                     .map_err(|e| format!("PAX {}: {e}", show(key)))?;
-                xattrs.insert(percent_decode(name), value);
+                insert_bounded(&mut xattrs, percent_decode(name), value);
             }
         }
     }

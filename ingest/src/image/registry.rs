@@ -672,7 +672,15 @@ impl Inner {
     /// `CODE: message` of a distribution-API error body, scrubbed before it is cut to 200
     /// characters (a cut could leave part of a secret where the whole no longer matches).
     async fn error_detail(&self, resp: reqwest::Response) -> String {
-        let detail = self.scrub(&error_detail(resp).await);
+        // Only a detail: not worth waiting long for a body sent a byte at a time.
+        let patience = self
+            .options
+            .read_timeout
+            .min(self.options.document_deadline);
+        let detail = tokio::time::timeout(patience, error_detail(resp))
+            .await
+            .unwrap_or_default();
+        let detail = self.scrub(&detail);
         detail
             .replace(['\n', '\r'], " ")
             .chars()
@@ -942,8 +950,10 @@ impl Inner {
                 .await
             {
                 Ok(resp) if resp.status().is_success() => {
-                    let body = read_limited(resp, MAX_DOCUMENT)
+                    let deadline = self.options.document_deadline;
+                    let body = tokio::time::timeout(deadline, read_limited(resp, MAX_DOCUMENT))
                         .await
+                        .map_err(|_| fail(None, too_slow("token reply", deadline)))?
                         .map_err(|e| fail(None, format!("token: {}", self.body_failure(&e))))?;
                     // (`fail` scrubs serde's quote of the reply.)
                     let reply: TokenReply = serde_json::from_slice(&body)
@@ -1015,11 +1025,7 @@ impl Inner {
             let result = tokio::time::timeout(deadline, read_limited(resp, MAX_DOCUMENT)).await;
             drop(permit);
             let Ok(result) = result else {
-                let why = format!(
-                    "not all there after {} s (the registry sends too slowly)",
-                    deadline.as_secs_f64()
-                );
-                return Err(self.failure(&req.url, None, why));
+                return Err(self.failure(&req.url, None, too_slow("body", deadline)));
             };
             match result {
                 Ok(body) => return Ok((body, headers)),
@@ -1506,6 +1512,14 @@ async fn error_detail(resp: reqwest::Response) -> String {
 
 /// Reads a body of at most `limit` bytes (`InvalidData` beyond; `TimedOut` when it stalls,
 /// saying where).
+/// Why a `what` that had not all arrived by its `deadline` was given up on.
+fn too_slow(what: &str, deadline: Duration) -> String {
+    format!(
+        "{what} not all there after {} s (the registry sends too slowly)",
+        deadline.as_secs_f64()
+    )
+}
+
 async fn read_limited(mut resp: reqwest::Response, limit: usize) -> io::Result<Vec<u8>> {
     let mut out = Vec::new();
     loop {

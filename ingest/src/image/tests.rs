@@ -1666,9 +1666,56 @@ fn a_document_trickling_in_fails_at_its_deadline() {
     );
     assert!(
         err.contains(
-            "/v2/r/x/manifests/1: not all there after 0.5 s (the registry sends too slowly)"
+            "/v2/r/x/manifests/1: body not all there after 0.5 s (the registry sends too slowly)"
         ),
         "{err}"
     );
     assert_eq!(log.lock().unwrap().len(), 1, "not retried");
+}
+
+/// Error bodies and token replies sent a byte at a time are not waited for past the
+/// document deadline either: an error's detail is dropped, a token reply is an error.
+#[test]
+fn trickled_error_bodies_and_token_replies_meet_the_deadline() {
+    let (addr, _) = serve(|req| {
+        let mut reply = match req.path.as_str() {
+            p if p.starts_with("/token") => {
+                Reply::new(200, format!(r#"{{"token":"{}"}}"#, "t".repeat(200)))
+            }
+            "/v2/r/denied/manifests/1" => Reply::new(401, "").header(
+                "WWW-Authenticate",
+                &format!(
+                    "Bearer realm=\"http://{}/token\",service=\"s\"",
+                    req.headers["host"]
+                ),
+            ),
+            _ => Reply::new(
+                404,
+                format!(r#"{{"errors":[{{"code":"{}"}}]}}"#, "X".repeat(200)),
+            ),
+        };
+        if reply.status != 401 {
+            reply.trickle = Some(Duration::from_millis(50));
+        }
+        reply
+    });
+    let sources = client_for(&addr, |o| o.document_deadline = Duration::from_millis(500));
+    for (image, expected) in [
+        ("r/missing", "404"),
+        ("r/denied", "token reply not all there after 0.5 s"),
+    ] {
+        let image_ref = ImageRef::parse(&format!("docker://{addr}/{image}:1")).unwrap();
+        let start = Instant::now();
+        let err = sources
+            .open(&image_ref)
+            .and_then(|s| s.resolve(&PlatformSelection::Host).map(|_| ()))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            start.elapsed()
+        );
+        assert!(err.contains(expected), "{err}");
+    }
 }
