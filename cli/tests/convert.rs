@@ -1902,21 +1902,30 @@ fn a_moved_tag_leaves_its_old_image_until_prune_unlinked() {
         "without the option the old image stays"
     );
     // Links of the operator's own keep the old images: one through the clients' mount
-    // point (as older DUCC versions wrote them), one into an image.
-    let apps = env.path("apps");
+    // point (as older DUCC versions wrote them), one into an image from a directory of its
+    // own whose name starts with a dot.
+    let (apps, pinned) = (env.path("apps"), env.path("pinned"));
+    let publish_at = |dir: &std::path::Path, at: &str| {
+        env.ok(&["publish", FQRN, dir.to_str().unwrap(), "--path", at]);
+    };
     std::fs::create_dir_all(&apps).unwrap();
+    std::fs::create_dir_all(&pinned).unwrap();
     std::os::unix::fs::symlink(format!("/cvmfs/{FQRN}{first}"), apps.join("abs")).unwrap();
-    std::os::unix::fs::symlink(format!("..{second}/build"), apps.join("into")).unwrap();
-    env.ok(&["publish", FQRN, apps.to_str().unwrap(), "--path", "/apps"]);
+    std::os::unix::fs::symlink(format!("..{second}/build"), pinned.join("into")).unwrap();
+    publish_at(&apps, "/apps");
+    publish_at(&pinned, "/.pinned");
     build(3);
     let out = convert(&["--prune-unlinked"]);
     assert!(out.contains(r#""flat_removed":0"#), "{out}");
     let report = witness(&env);
     assert!(report.entries.contains_key(&first) && report.entries.contains_key(&second));
     // Without them, they go.
-    std::fs::remove_dir_all(&apps).unwrap();
-    std::fs::create_dir_all(&apps).unwrap();
-    env.ok(&["publish", FQRN, apps.to_str().unwrap(), "--path", "/apps"]);
+    for dir in [&apps, &pinned] {
+        std::fs::remove_dir_all(dir).unwrap();
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    publish_at(&apps, "/apps");
+    publish_at(&pinned, "/.pinned");
     let out = convert(&["--prune-unlinked"]);
     assert!(out.contains(r#""flat_removed":2"#), "{out}");
     let third = link_target(&env, &link);

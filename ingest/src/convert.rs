@@ -164,14 +164,23 @@ pub fn absolute_target(link: &[u8], target: &[u8]) -> Option<Vec<u8>> {
 /// tool writes them) or absolute through a client's mount point (`/cvmfs/FQRN/.flat/…`, as
 /// older DUCC versions wrote them). `None` if it reaches none.
 pub fn flat_image_of(link: &[u8], target: &[u8]) -> Option<Vec<u8>> {
-    let path = match target.starts_with(b"/") {
-        true => target.to_vec(),
-        false => absolute_target(link, target)?,
-    };
-    let comps: Vec<&[u8]> = path
-        .split(|&b| b == b'/')
-        .filter(|c| !c.is_empty())
-        .collect();
+    // Resolved leniently: `..` above the root is dropped (a client's `/cvmfs/FQRN/../..`
+    // climbs out of the repository and may come back into it by name), so every way a link
+    // can reach an image counts.
+    let mut comps: Vec<&[u8]> = Vec::new();
+    if !target.starts_with(b"/") {
+        comps.extend(link.split(|&b| b == b'/').filter(|c| !c.is_empty()));
+        comps.pop(); // the link's own name
+    }
+    for c in target.split(|&b| b == b'/') {
+        match c {
+            b"" | b"." => {}
+            b".." => {
+                comps.pop();
+            }
+            c => comps.push(c),
+        }
+    }
     let flat = FLAT_ROOT.trim_start_matches('/').as_bytes();
     comps.windows(3).find_map(|w| match w {
         [root, prefix, image]
@@ -747,6 +756,15 @@ mod tests {
         ] {
             assert_eq!(flat_image_of(link, target), Some(image.clone()), "{link:?}");
         }
+        // `..` resolved, also above the root (back in through the repository's name).
+        assert_eq!(
+            flat_image_of(b"/r/x", b"/cvmfs/sw.example.org/.flat/ab/abzzz/../abcdef"),
+            Some(image.clone())
+        );
+        assert_eq!(
+            flat_image_of(b"/r/x", b"../../../sw.example.org/.flat/ab/abcdef"),
+            Some(image.clone())
+        );
         assert_eq!(flat_image_of(b"/r/x", b"../.flat/ab"), None);
         assert_eq!(flat_image_of(b"/r/x", b"../.flat/ab/cdef"), None);
         assert_eq!(flat_image_of(b"/r/x", b"../elsewhere/.flat"), None);

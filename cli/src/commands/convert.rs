@@ -781,8 +781,13 @@ fn collect_flat_links(
         return Ok(());
     };
     for (name, entry) in children {
-        if dir.is_empty() && name.starts_with(b".") {
-            continue; // /.flat, /.metadata, /.cvmfs*
+        // The images and their metadata hold no links to images; anything else may, an
+        // operator's `/.pinned` too.
+        let ours = [layout::FLAT_ROOT, layout::METADATA_ROOT]
+            .iter()
+            .any(|r| r.as_bytes()[1..] == name[..]);
+        if dir.is_empty() && (ours || name.starts_with(b".cvmfs")) {
+            continue;
         }
         let path = [dir, b"/", &name].concat();
         match &entry.kind {
