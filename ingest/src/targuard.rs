@@ -133,14 +133,12 @@ impl<R: Read> ExtensionGuard<R> {
         };
         if let Some(limit) = limit {
             if stated > limit {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!(
-                        "{} member of {stated} bytes at byte {} (at most {limit}): not read",
-                        describe(kind),
-                        self.next
-                    ),
-                ));
+                let why = format!(
+                    "{} member of {stated} bytes at byte {} (at most {limit}): not read",
+                    describe(kind),
+                    self.next
+                );
+                return Err(io::Error::new(io::ErrorKind::InvalidData, Refusal(why)));
             }
             self.state = match kind {
                 tar::EntryType::XHeader => State::Pax {
@@ -210,6 +208,24 @@ impl<R: Read + Seek> Seek for ExtensionGuard<R> {
         self.pos = at;
         Ok(at)
     }
+}
+
+/// The guard's refusal, told apart by its type from the tar crate's own errors (which some
+/// callers reword).
+#[derive(Debug)]
+struct Refusal(String);
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Refusal {}
+
+/// Whether `e` is the guard refusing an extension member.
+pub(crate) fn is_refusal(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<Refusal>())
 }
 
 fn round_up(at: u64) -> u64 {
@@ -370,7 +386,9 @@ mod tests {
             h.set_size(limit + 1);
             h.set_cksum();
             // Only the header: the guard must refuse before asking for the body.
-            let err = read_through(h.as_bytes(), 512).unwrap_err().to_string();
+            let err = read_through(h.as_bytes(), 512).unwrap_err();
+            assert!(is_refusal(&err), "{err}");
+            let err = err.to_string();
             assert!(
                 err.contains(&format!(
                     "of {} bytes at byte 0 (at most {limit})",

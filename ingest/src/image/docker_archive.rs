@@ -219,6 +219,7 @@ fn index_members(path: &Path, reference: &str) -> Result<Members> {
     let mut previous: Option<String> = None;
     for entry in archive.entries_with_seek().map_err(io_err)? {
         let entry = entry.map_err(|e| match e.kind() {
+            _ if crate::targuard::is_refusal(&e) => Error::image(reference, e.to_string()),
             // The tar crate's words for a block that is no tar header quote the block as the
             // member's name: a text file given by mistake would be printed.
             std::io::ErrorKind::Other | std::io::ErrorKind::InvalidData => {

@@ -1719,3 +1719,22 @@ fn trickled_error_bodies_and_token_replies_meet_the_deadline() {
         assert!(err.contains(expected), "{err}");
     }
 }
+
+/// A docker-archive whose outer tar holds an oversized long name is refused with that reason,
+/// not as "not a docker-archive".
+#[test]
+fn an_oversized_long_name_in_a_docker_archive_is_named_as_such() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.tar");
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::GNULongName);
+    h.set_path("././@LongLink").unwrap();
+    h.set_size(1 << 30);
+    h.set_cksum();
+    std::fs::write(&path, h.as_bytes()).unwrap();
+    let err = resolve_err(&format!("docker-archive:{}", path.display()));
+    assert!(
+        err.contains("GNU long name member of 1073741824 bytes at byte 0 (at most 65536)"),
+        "{err}"
+    );
+}
