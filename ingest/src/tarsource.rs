@@ -405,6 +405,16 @@ pub(crate) fn read_member<R: Read>(
                 }
             } else if key == b"mtime" {
                 (mtime, mtime_ns) = parse_pax_time(rec.value_bytes())?;
+            } else if key.starts_with(b"GNU.sparse.") {
+                // The member's data is a sparse map and the blocks it lists, under a made-up
+                // name (`GNUSparseFile.PID/NAME` in format 1.0): published as it is, it would
+                // be another file.
+                return Err(
+                    "a sparse file in PAX format (GNU.sparse.* records, `tar --format=pax \
+                     --sparse`) is not supported: make the archive with --format=gnu, or \
+                     without --sparse"
+                        .into(),
+                );
             } else if !keep_xattrs {
                 continue;
             } else if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {

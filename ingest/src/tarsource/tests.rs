@@ -424,3 +424,30 @@ fn a_huge_long_name_is_refused_unread() {
     );
     assert!(err.starts_with("bomb.tar: ") && err.len() < 300, "{err}");
 }
+
+/// A sparse file in PAX format (what `tar --format=pax --sparse` writes: `GNU.sparse.*`
+/// records, the map in the data, a made-up name) is refused, never published as another file.
+#[test]
+fn a_pax_format_sparse_file_is_refused() {
+    let mut b = tar::Builder::new(Vec::new());
+    b.append_pax_extensions([
+        ("GNU.sparse.major", b"1".as_slice()),
+        ("GNU.sparse.minor", b"0"),
+        ("GNU.sparse.name", b"d/sparse"),
+        ("GNU.sparse.realsize", b"1048576"),
+    ])
+    .unwrap();
+    let mut data = b"1\n0\n512\n".to_vec();
+    data.resize(512, 0);
+    data.extend([b'x'; 512]);
+    let mut h = tar::Header::new_ustar();
+    h.set_size(data.len() as u64);
+    h.set_mode(0o644);
+    b.append_data(&mut h, "d/GNUSparseFile.1/sparse", data.as_slice())
+        .unwrap();
+    let err = run(b.into_inner().unwrap()).unwrap_err().to_string();
+    assert!(
+        err.contains("d/GNUSparseFile.1/sparse: a sparse file in PAX format"),
+        "{err}"
+    );
+}
