@@ -781,7 +781,7 @@ pub(crate) fn read_xattrs(path: &Path) -> io::Result<Xattrs> {
             )
         });
         match value {
-            Ok(v) => catalog_writer::xattr::insert_bounded(&mut out, name.to_vec(), v),
+            Ok(v) => catalog_writer::xattr::insert_bounded(&mut out, name, &v),
             // Removed between list and get: not there any more.
             Err(e) if e.raw_os_error() == Some(libc::ENODATA) => {}
             Err(e) => return Err(e),

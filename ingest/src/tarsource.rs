@@ -420,12 +420,12 @@ pub(crate) fn read_member<R: Read>(
             } else if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
                 // Bounded: a tree holds every member's attributes until the catalogs drop
                 // what they cannot store, and PAX records compress very well.
-                insert_bounded(&mut xattrs, name.to_vec(), rec.value_bytes().to_vec());
+                insert_bounded(&mut xattrs, name, rec.value_bytes());
             } else if let Some(name) = key.strip_prefix(b"LIBARCHIVE.xattr.") {
                 let value = base64::engine::general_purpose::STANDARD
                     .decode(rec.value_bytes())
                     .map_err(|e| format!("PAX {}: {e}", show(key)))?;
-                insert_bounded(&mut xattrs, percent_decode(name), value);
+                insert_bounded(&mut xattrs, &percent_decode(name), &value);
             }
         }
     }
