@@ -907,7 +907,8 @@ fn credentials_come_from_the_aws_profile_when_the_environment_has_none() {
 /// Two homes publish into one storage and push it to one bucket. A push overtaken on its way by
 /// the other home's publish and push of a later revision finds the bucket serving what the
 /// storage now holds: it succeeds and says so, instead of failing its compare-and-swap (which
-/// a CI job would then retry for nothing).
+/// a CI job would then retry for nothing), and brings up the root files that go with that
+/// manifest, which the other push, stopped after its manifest, left behind.
 #[test]
 fn a_push_overtaken_by_another_homes_later_revision_succeeds() {
     let s3 = S3Server::start();
@@ -943,7 +944,14 @@ fn a_push_overtaken_by_another_homes_later_revision_succeeds() {
 
     std::fs::write(src.join("c.txt"), "c\n").unwrap();
     publish(&other, &src);
-    assert_eq!(push(&other, &s3, "shared", &[])["revision"], 4);
+    let mut crashing = push_cmd(&other, &s3, "shared", &[]);
+    crashing.env("CVMFS_OCI_CRASH_AT", "push-after-manifest");
+    assert!(!crashing.output().unwrap().status.success());
+    assert_eq!(remote_manifest(&s3, "shared"), local_manifest(&env));
+    assert_ne!(
+        remote_file(&s3, "shared", ".cvmfsreflog"),
+        local_file(&env, ".cvmfsreflog")
+    );
     paused.stdin.take().unwrap().write_all(b"\n").unwrap();
     let out = paused.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -952,5 +960,29 @@ fn a_push_overtaken_by_another_homes_later_revision_succeeds() {
     assert_eq!(report["superseded"], true, "{report}");
     assert_eq!(report["revision"], 4, "{report}");
     assert_eq!(remote_manifest(&s3, "shared"), local_manifest(&env));
+    assert_eq!(
+        remote_file(&s3, "shared", ".cvmfsreflog"),
+        local_file(&env, ".cvmfsreflog")
+    );
+    check_bucket(&env, &s3, "shared");
     assert_served_matches_source(&env, &s3.url("shared"), &src, "");
+
+    // `push --delete` holds the storage as gc does: no home publishes while it decides what
+    // the bucket may lose.
+    let mut deleting = push_cmd(&env, &s3, "shared", &["--delete"])
+        .env("CVMFS_OCI_PAUSE_AT", "push-before-manifest")
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(deleting.stderr.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
+    assert!(line.contains("paused"), "{line}");
+    std::fs::write(src.join("d.txt"), "d\n").unwrap();
+    let refused = other.fails(&["--no-wait", "publish", FQRN, src.to_str().unwrap()]);
+    assert!(refused.contains("or a push --delete"), "{refused}");
+    deleting.stdin.take().unwrap().write_all(b"\n").unwrap();
+    assert!(deleting.wait().unwrap().success());
+    publish(&other, &src);
 }

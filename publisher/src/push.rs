@@ -394,7 +394,14 @@ impl Repository {
         let fqrn = self.fqrn();
         let _lock = lock(&self.home().lock_path(), fqrn, opts.wait)?;
         let store = self.store();
-        let _storage = storage_lock(&store, fqrn, StorageUse::Publish, opts.wait)?;
+        // `--delete` decides from the storage's objects and the bucket's what no revision
+        // needs: no other home may publish (and push what it then finds in the bucket)
+        // meanwhile, so it holds the storage as `gc` does.
+        let usage = match opts.delete {
+            true => StorageUse::Collect,
+            false => StorageUse::Publish,
+        };
+        let _storage = storage_lock(&store, fqrn, usage, opts.wait)?;
         let keys = load_keys(self.config())?;
         let (manifest, parsed) = verified_manifest(&store, fqrn, &keys)?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -512,7 +519,7 @@ impl Push<'_> {
             ..PushReport::default()
         };
         if let Some(remote) = &remote {
-            if remote.bytes != manifest && self.superseded(remote, &mut report)? {
+            if remote.bytes != manifest && self.superseded(remote, &mut report).await? {
                 return Ok(report);
             }
             self.may_replace(&remote.manifest, local)?;
@@ -545,7 +552,7 @@ impl Push<'_> {
         if !up_to_date {
             let start = remote.map(|r| r.version);
             if let Some(newer) = self.put_manifest(manifest, start).await? {
-                if self.superseded(&newer, &mut report)? {
+                if self.superseded(&newer, &mut report).await? {
                     return Ok(report);
                 }
                 return Err(self.conflict(root_files::MANIFEST));
@@ -713,14 +720,25 @@ impl Push<'_> {
 
     /// Whether the bucket's manifest, not the one this push set out with, is what the storage
     /// holds now: a publish and push from another home sharing the storage overtook this
-    /// push, and the bucket is as current as this push would have made it.
-    fn superseded(&self, remote: &RemoteManifest, report: &mut PushReport) -> Result<bool> {
+    /// push. The root files that go with that manifest are then brought up too (the push
+    /// that wrote it may have stopped before them), so that the bucket is as current as this
+    /// push would have made it.
+    async fn superseded(&self, remote: &RemoteManifest, report: &mut PushReport) -> Result<bool> {
         let now = self.root_file(root_files::MANIFEST)?;
         if now.as_deref() != Some(remote.bytes.as_slice()) {
             return Ok(false);
         }
         report.revision = remote.manifest.revision;
         report.superseded = true;
+        for file in self.root_files().await? {
+            // A reflog newer than the manifest (a publish under way) is not its pair.
+            let pair = file.name != root_files::REFLOG
+                || remote.manifest.reflog.as_deref()
+                    == Some(ContentHash::of(&file.bytes).to_hex().as_str());
+            if !file.current && pair && self.put_root_after_manifest(&file, &remote.bytes).await? {
+                report.root_files_written.push(file.name.to_string());
+            }
+        }
         Ok(true)
     }
 

@@ -657,7 +657,7 @@ pub(crate) fn storage_lock(
     .map_err(|e| Error::io_path(&path, e))?;
     if !taken {
         let holder = match usage {
-            StorageUse::Publish => "garbage collection",
+            StorageUse::Publish => "garbage collection (or a push --delete)",
             StorageUse::Collect => "a publisher (of this or another home)",
         };
         return Err(Error::StorageBusy {
