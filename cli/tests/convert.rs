@@ -2003,3 +2003,57 @@ fn a_batch_releases_the_sync_ledger_before_its_automatic_gc_and_push() {
     assert_eq!(env.revision(), 3);
     env.check(true);
 }
+
+/// One image under two names in two repositories, one of which lost a layer blob (a registry
+/// keeps blobs, and their access rules, per repository): the image is read through the other
+/// name, and both names are linked, whichever comes first.
+#[test]
+fn an_image_is_read_through_another_repository_when_its_own_lost_a_blob() {
+    let Some((reg, env, layout)) = registry_env() else {
+        return;
+    };
+    let mut l = fixtures::layers::LayerBuilder::new();
+    l.file("f", b"the content");
+    let layer = l.finish();
+    let layer_digest = fixtures::oci::sha256_digest(&fixtures::layers::gzip(&layer));
+    let layer_digest = layer_digest.trim_start_matches("sha256:");
+    ImageBuilder::new()
+        .layer(layer, Compression::Gzip)
+        .write_layout(&layout, "1")
+        .unwrap();
+    for name in ["a/broken:1", "b/healthy:1"] {
+        reg.push_oci_layout(&layout, "1", name).unwrap();
+    }
+    let addr = reg.addr();
+    // Deleted through the API: the registry's blob cache forgets it too; `b` keeps it.
+    let mut http = std::net::TcpStream::connect(&addr).unwrap();
+    let request = format!(
+        "DELETE /v2/a/broken/blobs/sha256:{layer_digest} HTTP/1.1\r\nHost: {addr}\r\n\
+         Connection: close\r\n\r\n"
+    );
+    std::io::Write::write_all(&mut http, request.as_bytes()).unwrap();
+    let mut reply = String::new();
+    std::io::Read::read_to_string(&mut http, &mut reply).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 202"), "{reply}");
+    let image = |name: &str| format!("docker://{addr}/{name}");
+    let out = env.ok(&[
+        "--json",
+        "convert",
+        FQRN,
+        &image("a/broken:1"),
+        &image("b/healthy:1"),
+        "--insecure-registry",
+        &addr,
+    ]);
+    let fallback: Vec<_> = events(&out, "fallback").collect();
+    assert_eq!(fallback.len(), 1, "{out}");
+    assert_eq!(fallback[0]["through"], image("b/healthy:1"), "{out}");
+    let report = witness(&env);
+    for name in ["a/broken:1", "b/healthy:1"] {
+        assert!(
+            report.entries.contains_key(&format!("/{addr}/{name}")),
+            "{name}"
+        );
+    }
+    env.check(true);
+}

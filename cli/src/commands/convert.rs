@@ -480,7 +480,7 @@ fn plan_and_flatten(
     threads: usize,
     summary: &mut Summary,
 ) -> Result<(Vec<Arc<Job>>, Vec<Grafted>)> {
-    let schedule: Schedule<(usize, Arc<Job>)> = Schedule::new();
+    let schedule: Schedule<Queued> = Schedule::new();
     let (done_tx, done_rx) = std::sync::mpsc::channel::<Flattened>();
     let mut jobs: Vec<Arc<Job>> = Vec::new();
     let mut finished = Finished {
@@ -492,9 +492,9 @@ fn plan_and_flatten(
             let (schedule, done_tx) = (&schedule, done_tx.clone());
             scope.spawn(move || {
                 while let Some(taken) = schedule.next() {
-                    let (i, job) = &taken.item;
+                    let q = &taken.item;
                     // The receiver lives until every worker has ended.
-                    let _ = done_tx.send((*i, flatten_job(job, cx)));
+                    let _ = done_tx.send((q.index, flatten_any(&q.job, &q.others, cx)));
                 }
             });
         }
@@ -519,12 +519,17 @@ fn plan_and_flatten(
                         .image
                         .as_ref()
                         .map_or_else(Vec::new, |image| layers_to_read(image, cx.memo));
-                    queued.push(((jobs.len(), job.clone()), layers));
+                    queued.push((jobs.len(), layers));
                 }
                 jobs.push(job);
             }
         }
-        schedule.push_all(queued);
+        let queued = queued.into_iter().map(|(index, layers)| {
+            let job = jobs[index].clone();
+            let others = other_sources(&job, &jobs);
+            (Queued { index, job, others }, layers)
+        });
+        schedule.push_all(queued.collect::<Vec<_>>());
         schedule.close();
         loop {
             let done = match done_rx.try_recv() {
@@ -550,6 +555,68 @@ fn plan_and_flatten(
         .map(|i| finished.grafted.remove(&i))
         .collect();
     Ok((jobs, results))
+}
+
+/// An image to flatten: its job (by index), and the other names of the same image in other
+/// repositories, to read it from when its own repository fails.
+struct Queued {
+    index: usize,
+    job: Arc<Job>,
+    others: Vec<Arc<Job>>,
+}
+
+/// The jobs of `job`'s image (same flat directory) that name another repository: a registry
+/// keeps blobs, and their access rules, per repository, so one that lost a blob or refuses it
+/// does not mean the others do.
+fn other_sources(job: &Job, jobs: &[Arc<Job>]) -> Vec<Arc<Job>> {
+    let mut repositories = vec![repository_of(&job.name)];
+    let mut others = Vec::new();
+    for other in jobs {
+        let repository = repository_of(&other.name);
+        if other.placement.flat_dir == job.placement.flat_dir
+            && other.image.is_some()
+            && !repositories.contains(&repository)
+        {
+            repositories.push(repository);
+            others.push(other.clone());
+        }
+    }
+    others
+}
+
+/// `docker://host/repo` of `docker://host/repo:tag` or `…@sha256:…`.
+fn repository_of(name: &str) -> &str {
+    let name = name.split_once('@').map_or(name, |(n, _)| n);
+    match name.rsplit_once(':') {
+        Some((repo, tag)) if !tag.contains('/') => repo,
+        _ => name,
+    }
+}
+
+/// [`flatten_job`] of `job`, else of the same image through each of `others` in turn; the
+/// first error if none works.
+fn flatten_any(job: &Job, others: &[Arc<Job>], cx: &FlattenContext<'_>) -> Result<layout::Graft> {
+    let first = match flatten_job(job, cx) {
+        Ok(graft) => return Ok(graft),
+        Err(e) => e,
+    };
+    for other in others {
+        let why = crate::output::error_line(&first);
+        cx.out.notice(
+            &format!(
+                "{}: failed ({why}); reading it through {}",
+                job.name, other.name
+            ),
+            event_json(
+                "fallback",
+                json!({"image": job.name, "through": other.name, "error": why}),
+            ),
+        );
+        if let Ok(graft) = flatten_job(other, cx) {
+            return Ok(graft);
+        }
+    }
+    Err(first)
 }
 
 /// The layers of `image` the memo does not know, with their blob sizes, for the [`Schedule`].
