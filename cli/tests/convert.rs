@@ -2057,3 +2057,51 @@ fn an_image_is_read_through_another_repository_when_its_own_lost_a_blob() {
     }
     env.check(true);
 }
+
+/// A layer that comes in two compressions (the gzip and zstd images of one build) is fetched
+/// once, as either: the forecast's download figure is an upper bound, counting the larger.
+#[test]
+fn the_forecast_counts_the_larger_of_a_layers_two_compressions() {
+    let Some((reg, env, layout)) = registry_env() else {
+        return;
+    };
+    let mut l = fixtures::layers::LayerBuilder::new();
+    l.file("a", &common::noise(20_000, 1))
+        .file("b", &[b'b'; 50_000]);
+    let layer = l.finish();
+    let mut sizes = Vec::new();
+    for (tag, compression) in [("gz", Compression::Gzip), ("zst", Compression::Zstd)] {
+        let built = ImageBuilder::new()
+            .layer(layer.clone(), compression)
+            .write_layout(&layout, tag)
+            .unwrap();
+        reg.push_oci_layout(&layout, tag, &format!("twin/{tag}:1"))
+            .unwrap();
+        let digest = &built.layer_digests[0];
+        let blob = reg.storage_dir().join(format!(
+            "docker/registry/v2/blobs/sha256/{}/{}/data",
+            &digest[7..9],
+            &digest[7..]
+        ));
+        sizes.push(std::fs::metadata(blob).unwrap().len());
+    }
+    assert_ne!(sizes[0], sizes[1]);
+    let addr = reg.addr();
+    let url = format!("docker://{addr}");
+    let out = env.ok(&[
+        "--json",
+        "migrate",
+        FQRN,
+        &url,
+        "--insecure-registry",
+        &addr,
+        "--dry-run",
+    ]);
+    let forecast = events(&out, "migrate-forecast").next().unwrap();
+    assert_eq!(forecast["layers"], 1, "{forecast}");
+    assert_eq!(
+        forecast["download_bytes"],
+        *sizes.iter().max().unwrap(),
+        "{forecast}"
+    );
+}

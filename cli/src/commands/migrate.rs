@@ -305,7 +305,10 @@ fn forecast(
                         for (desc, diff_id) in image.layers.iter().zip(&image.config.diff_ids) {
                             let key = diff_id.to_string();
                             layers.insert(key.clone());
-                            sizes.insert(key.clone(), desc.size);
+                            // A layer in two compressions (gzip and zstd images of one
+                            // build) is fetched once, as either: the larger bounds it.
+                            let size = sizes.entry(key.clone()).or_insert(0);
+                            *size = (*size).max(desc.size);
                             if memo.get(&key)?.is_some_and(|l| l.is_complete()) {
                                 known.insert(key);
                             }
@@ -330,7 +333,7 @@ fn forecast(
     let dedup: u64 = known.iter().filter_map(|l| sizes.get(l)).sum();
     out.event(
         &format!(
-            "forecast: {} images: {complete} already converted, {link_only} need only links, {convert} to convert, {failed} unreadable\n  layers to flatten: {} distinct, {} already known (memo), {} to download\n  blob bytes to download: {:.1} MB (new content at most this, compressed); already known: {:.1} MB (deduplicated)",
+            "forecast: {} images: {complete} already converted, {link_only} need only links, {convert} to convert, {failed} unreadable\n  layers to flatten: {} distinct, {} already known (memo), {} to download\n  blob bytes to download: at most {:.1} MB (new content at most this, compressed); already known: {:.1} MB (deduplicated)",
             refs.len(),
             layers.len(),
             known.len(),
