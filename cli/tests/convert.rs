@@ -2104,4 +2104,21 @@ fn the_forecast_counts_the_larger_of_a_layers_two_compressions() {
         *sizes.iter().max().unwrap(),
         "{forecast}"
     );
+    // A pattern that selects nothing says so (patterns match `repository:tag`).
+    let run = env.run(&[
+        "migrate",
+        FQRN,
+        &url,
+        "--insecure-registry",
+        &addr,
+        "--dry-run",
+        "--include",
+        "twin/gz",
+    ]);
+    let err = String::from_utf8_lossy(&run.stderr);
+    let hint = "(patterns match REPOSITORY:TAG: twin/gz:* takes every tag)";
+    assert!(
+        err.contains(&format!("--include twin/gz matches no image {hint}")),
+        "{err}"
+    );
 }

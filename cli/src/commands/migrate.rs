@@ -22,9 +22,27 @@ pub fn migrate(home: &Path, g: &Global, a: &MigrateArgs, out: Output) -> Result<
     let selection = selection(a.platform.as_deref(), a.all_platforms)?;
     let repo = open_repo(home, &a.fqrn)?;
     let sources = sources(&a.registry, out)?;
-    let Listing { refs, unlisted } = list_images(&sources, &host, &prefix, &include, &exclude)?;
+    let Listing {
+        refs,
+        unlisted,
+        unmatched,
+    } = list_images(&sources, &host, &prefix, &include, &exclude)?;
     for (repository, why) in &unlisted {
         report_unlisted(repository, why, out);
+    }
+    for pattern in &unmatched {
+        // A pattern without a tag part names no `repository:tag`: the usual slip.
+        let hint = match pattern.contains(':') {
+            true => String::new(),
+            false => format!(" (patterns match REPOSITORY:TAG: {pattern}:* takes every tag)"),
+        };
+        out.notice(
+            &format!("cvmfs-oci: warning: --include {pattern} matches no image{hint}"),
+            event_json(
+                "warning",
+                json!({"include": pattern, "warning": "matches no image"}),
+            ),
+        );
     }
     out.event(
         &format!("{}: {} images selected", a.registry_url, refs.len()),
@@ -161,6 +179,8 @@ fn patterns(globs: &[String]) -> Result<Vec<glob::Pattern>> {
 struct Listing {
     refs: Vec<String>,
     unlisted: Vec<(String, String)>,
+    /// The `--include` patterns no `repository:tag` matched.
+    unmatched: Vec<String>,
 }
 
 /// Every `repository:tag` of the registry under `prefix` that the filters select, as
@@ -196,6 +216,7 @@ fn list_images(
     );
     let mut out = BTreeSet::new();
     let mut unlisted = Vec::new();
+    let mut matched = vec![false; include.len()];
     for (repository, tags) in repositories.iter().zip(tags) {
         let tags = match tags {
             Ok(tags) => tags,
@@ -206,15 +227,25 @@ fn list_images(
         };
         for tag in tags {
             let name = format!("{repository}:{tag}");
+            for (seen, p) in matched.iter_mut().zip(include) {
+                *seen |= p.matches(&name);
+            }
             let included = include.is_empty() || include.iter().any(|p| p.matches(&name));
             if included && !exclude.iter().any(|p| p.matches(&name)) {
                 out.insert(format!("docker://{host}/{name}"));
             }
         }
     }
+    let unmatched = include
+        .iter()
+        .zip(matched)
+        .filter(|(_, seen)| !seen)
+        .map(|(p, _)| p.as_str().to_owned())
+        .collect();
     Ok(Listing {
         refs: out.into_iter().collect(),
         unlisted,
+        unmatched,
     })
 }
 
