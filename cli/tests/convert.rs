@@ -2122,3 +2122,65 @@ fn the_forecast_counts_the_larger_of_a_layers_two_compressions() {
         "{err}"
     );
 }
+
+/// An image whose manifest fails while the migration orders its images is reported then, once,
+/// and not asked for again, through every retry, in its batch.
+#[test]
+fn migrate_asks_for_an_unreadable_manifest_once() {
+    use std::io::{BufRead, Write};
+    let env = Env::init(&[]);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let manifests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = manifests.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { break };
+            let mut line = String::new();
+            let _ = std::io::BufReader::new(&s).read_line(&mut line);
+            let path = line.split_whitespace().nth(1).unwrap_or("").to_owned();
+            let (status, body) = if path.starts_with("/v2/_catalog") {
+                (200, r#"{"repositories":["bad/x"]}"#)
+            } else if path.starts_with("/v2/bad/x/tags/list") {
+                (200, r#"{"name":"bad/x","tags":["1","2"]}"#)
+            } else if path.starts_with("/v2/bad/x/manifests/") {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                (
+                    503,
+                    r#"{"errors":[{"code":"UNAVAILABLE","message":"down"}]}"#,
+                )
+            } else {
+                (404, "")
+            };
+            let _ = write!(
+                s,
+                "HTTP/1.1 {status} X\r\nRetry-After: 0\r\nContent-Type: application/json\r\n\
+                 Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    let url = format!("docker://{addr}");
+    let run = env.run(&[
+        "migrate",
+        FQRN,
+        &url,
+        "--batch",
+        "1",
+        "--insecure-registry",
+        &addr,
+    ]);
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success());
+    let errors: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("cvmfs-oci: error:"))
+        .collect();
+    assert_eq!(errors.len(), 2, "{err}");
+    // Each of the two tags: its first request and 5 retries, once.
+    assert_eq!(
+        manifests.load(std::sync::atomic::Ordering::SeqCst),
+        12,
+        "{err}"
+    );
+}

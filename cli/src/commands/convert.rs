@@ -733,7 +733,7 @@ fn report_failure(summary: &mut Summary, image: &str, e: &anyhow::Error, out: Ou
 }
 
 /// `cvmfs-oci: error: image …: why` on stderr, and the `error` event with `--json`.
-fn report_error(image: &str, e: &anyhow::Error, out: Output) {
+pub(super) fn report_error(image: &str, e: &anyhow::Error, out: Output) {
     // A reference typed with `user:password@` is refused; its password is not echoed.
     let image = &ingest::image::reference::redact_userinfo(image);
     let mut line = crate::output::error_line(e);

@@ -69,11 +69,16 @@ pub fn migrate(home: &Path, g: &Global, a: &MigrateArgs, out: Output) -> Result<
             None
         }
     };
-    let refs = if refs.len() > batch {
-        bases_first(&sources, refs, &selection)
-    } else {
-        refs
+    let (refs, unreadable) = match refs.len() > batch {
+        true => bases_first(&sources, refs, &selection),
+        false => (refs, Vec::new()),
     };
+    // Reported once: their batch would only ask again, through every retry.
+    for (reference, e) in &unreadable {
+        super::convert::report_error(reference, e, out);
+    }
+    code |= i32::from(!unreadable.is_empty());
+    let mut failed_inputs = unreadable.len();
     for (i, chunk) in refs.chunks(batch).enumerate() {
         let batches = refs.len().div_ceil(batch);
         out.event(
@@ -89,7 +94,7 @@ pub fn migrate(home: &Path, g: &Global, a: &MigrateArgs, out: Output) -> Result<
             selection: &selection,
             prune: None,
             ledger: LedgerUse::Claim,
-            failed_inputs: 0,
+            failed_inputs: std::mem::take(&mut failed_inputs),
         };
         code |= run_batch(&repo, g, &sources, batch, &a.tuning, out)?;
     }
@@ -139,15 +144,28 @@ fn registry_scope(host: &str, prefix: &str) -> Vec<u8> {
 /// Orders images so that base images come before the images built on them, across batches:
 /// a base layer read under an image's own layers also ingests the files they replace, which
 /// only the base image needs (and a memo of an older version lacks them). A base image has fewer layers than any image built on it: images go by layer
-/// count, in the listed order otherwise, unreadable ones last (their batch reports them).
-/// Costs one manifest request per image, made only when there is more than one batch.
-fn bases_first(sources: &Sources, refs: Vec<String>, selection: &PlatformSelection) -> Vec<String> {
+/// count, in the listed order otherwise. Costs one manifest request per image, made only
+/// when there is more than one batch; the images that cannot be read are returned apart, with
+/// why.
+fn bases_first(
+    sources: &Sources,
+    refs: Vec<String>,
+    selection: &PlatformSelection,
+) -> (Vec<String>, Vec<(String, anyhow::Error)>) {
     let counts = concurrent::map(&refs, concurrent::REQUESTS_IN_FLIGHT, |reference| {
-        layer_count(sources, reference, selection).unwrap_or(usize::MAX)
+        layer_count(sources, reference, selection)
     });
-    let mut order: Vec<(usize, String)> = counts.into_iter().zip(refs).collect();
+    let mut order = Vec::new();
+    let mut unreadable = Vec::new();
+    for (count, reference) in counts.into_iter().zip(refs) {
+        match count {
+            Ok(n) => order.push((n, reference)),
+            Err(e) => unreadable.push((reference, e)),
+        }
+    }
     order.sort_by_key(|(count, _)| *count);
-    order.into_iter().map(|(_, reference)| reference).collect()
+    let order = order.into_iter().map(|(_, reference)| reference).collect();
+    (order, unreadable)
 }
 
 /// `docker://HOST[/PREFIX]` → (host, repository prefix).
