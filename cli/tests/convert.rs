@@ -360,6 +360,18 @@ fn bad_images_fail_cleanly_and_leave_the_manifest() {
             "{r}: expected {expect:?} in: {stderr}"
         );
     }
+    // With --json, the error event names the layer and the member as fields of their own.
+    let image = format!("oci:{}:hostile", layout.display());
+    let out = env.run(&["--json", "convert", FQRN, &image]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let error = events(&stdout, "error").next().expect("an error event");
+    assert_eq!(error["path"], "../escape", "{error}");
+    assert!(
+        error["layer"]
+            .as_str()
+            .is_some_and(|l| l.starts_with("sha256:")),
+        "{error}"
+    );
     let after = env.snapshot();
     let manifest = env.storage.join(".cvmfspublished");
     assert_eq!(

@@ -743,10 +743,24 @@ pub(super) fn report_error(image: &str, e: &anyhow::Error, out: Output) {
     }
     crate::output::to_stderr(&format!("cvmfs-oci: error: {line}"));
     if out.json {
-        out.event(
-            "",
-            event_json("error", json!({"image": image, "error": line})),
-        );
+        let mut event = event_json("error", json!({"image": image, "error": line}));
+        // The layer and the member, where the failure was in one, as fields of their own.
+        let member = e
+            .chain()
+            .find_map(|c| match c.downcast_ref::<ingest::Error>() {
+                Some(ingest::Error::Tar { archive, path, .. }) => Some((archive, Some(path))),
+                Some(ingest::Error::Decode { archive, .. }) => Some((archive, None)),
+                _ => None,
+            });
+        if let Some((archive, path)) = member {
+            if let Some((_, layer)) = archive.rsplit_once(" layer ") {
+                event["layer"] = json!(layer);
+            }
+            if let Some(path) = path.filter(|p| !p.is_empty()) {
+                event["path"] = json!(path);
+            }
+        }
+        out.event("", event);
     }
 }
 
