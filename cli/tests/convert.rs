@@ -1997,21 +1997,11 @@ fn a_batch_releases_the_sync_ledger_before_its_automatic_gc_and_push() {
             .unwrap();
     }
     let image = |tag: &str| format!("oci:{}:{tag}", layout.display());
-    let mut first = env
-        .cmd(&["convert", FQRN, &image("a")])
-        .env("CVMFS_OCI_PAUSE_AT", "batch-after-ledger")
-        .stdin(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stderr = std::io::BufReader::new(first.stderr.take().unwrap());
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
-    assert!(line.contains("paused"), "{line}");
+    let mut first = env.cmd(&["convert", FQRN, &image("a")]);
+    first.stdout(std::process::Stdio::null());
+    let first = common::Paused::at(first, "batch-after-ledger");
     env.ok(&["--no-wait", "convert", FQRN, &image("b")]);
-    std::io::Write::write_all(&mut first.stdin.take().unwrap(), b"\n").unwrap();
-    assert!(first.wait().unwrap().success());
+    assert!(first.resume().status.success());
     assert_eq!(env.revision(), 3);
     env.check(true);
 }

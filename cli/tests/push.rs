@@ -930,17 +930,9 @@ fn a_push_overtaken_by_another_homes_later_revision_succeeds() {
 
     std::fs::write(src.join("b.txt"), "b\n").unwrap();
     publish(&env, &src);
-    let mut paused = push_cmd(&env, &s3, "shared", &[])
-        .env("CVMFS_OCI_PAUSE_AT", "push-before-manifest")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = std::io::BufReader::new(paused.stderr.take().unwrap());
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
-    assert!(line.contains("paused"), "{line}");
+    let mut first = push_cmd(&env, &s3, "shared", &[]);
+    first.stdout(Stdio::piped());
+    let paused = common::Paused::at(first, "push-before-manifest");
 
     std::fs::write(src.join("c.txt"), "c\n").unwrap();
     publish(&other, &src);
@@ -952,8 +944,7 @@ fn a_push_overtaken_by_another_homes_later_revision_succeeds() {
         remote_file(&s3, "shared", ".cvmfsreflog"),
         local_file(&env, ".cvmfsreflog")
     );
-    paused.stdin.take().unwrap().write_all(b"\n").unwrap();
-    let out = paused.wait_with_output().unwrap();
+    let out = paused.resume();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
     let report: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
@@ -969,20 +960,13 @@ fn a_push_overtaken_by_another_homes_later_revision_succeeds() {
 
     // `push --delete` holds the storage as gc does: no home publishes while it decides what
     // the bucket may lose.
-    let mut deleting = push_cmd(&env, &s3, "shared", &["--delete"])
-        .env("CVMFS_OCI_PAUSE_AT", "push-before-manifest")
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = std::io::BufReader::new(deleting.stderr.take().unwrap());
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
-    assert!(line.contains("paused"), "{line}");
+    let deleting = common::Paused::at(
+        push_cmd(&env, &s3, "shared", &["--delete"]),
+        "push-before-manifest",
+    );
     std::fs::write(src.join("d.txt"), "d\n").unwrap();
     let refused = other.fails(&["--no-wait", "publish", FQRN, src.to_str().unwrap()]);
     assert!(refused.contains("or a push --delete"), "{refused}");
-    deleting.stdin.take().unwrap().write_all(b"\n").unwrap();
-    assert!(deleting.wait().unwrap().success());
+    assert!(deleting.resume().status.success());
     publish(&other, &src);
 }

@@ -333,3 +333,37 @@ pub fn lock_holder(file: &std::path::Path) -> std::process::Child {
     assert_eq!(line, "locked\n");
     child
 }
+
+/// A command stopped at a fault point (`CVMFS_OCI_PAUSE_AT`) until [`Paused::resume`].
+pub struct Paused {
+    child: std::process::Child,
+}
+
+impl Paused {
+    /// Starts `cmd` (its stdout as the caller set it) and waits until it reaches `point`.
+    pub fn at(mut cmd: std::process::Command, point: &str) -> Paused {
+        let mut child = cmd
+            .env("CVMFS_OCI_PAUSE_AT", point)
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        let stderr = child.stderr.as_mut().unwrap();
+        // Byte by byte: what follows the line stays for `resume`'s output.
+        let mut byte = [0u8];
+        while !line.ends_with('\n') && std::io::Read::read(stderr, &mut byte).unwrap() == 1 {
+            line.push(byte[0] as char);
+        }
+        assert!(line.contains("paused"), "{line}");
+        Paused { child }
+    }
+
+    /// Lets it go on; its output once it ends.
+    pub fn resume(mut self) -> std::process::Output {
+        let mut stdin = self.child.stdin.take().unwrap();
+        std::io::Write::write_all(&mut stdin, b"\n").unwrap();
+        drop(stdin);
+        self.child.wait_with_output().unwrap()
+    }
+}
