@@ -19,10 +19,13 @@ pub struct Dirtab {
 }
 
 impl Dirtab {
-    /// One rule per line; `#` comments; `!` negates; positive rules must be absolute.
-    pub fn parse(text: &[u8]) -> Dirtab {
+    /// One rule per line; `#` comments; `!` negates. As in CernVM-FS, a dirtab with a positive
+    /// rule that is not absolute, or with a rule that is also negated word for word, is
+    /// invalid as a whole (`cvmfs_server publish` stops on it): the error says which line.
+    pub fn parse(text: &[u8]) -> std::result::Result<Dirtab, String> {
         let mut tab = Dirtab::default();
-        for line in text.split(|&b| b == b'\n') {
+        let mut positive_text = Vec::new();
+        for (n, line) in text.split(|&b| b == b'\n').enumerate() {
             let line = line.trim_ascii();
             if line.is_empty() || line[0] == b'#' {
                 continue;
@@ -32,7 +35,13 @@ impl Dirtab {
                 if !neg.is_empty() {
                     tab.negative.push(neg.to_vec());
                 }
-            } else if line[0] == b'/' {
+            } else if line[0] != b'/' {
+                return Err(format!(
+                    "line {}: {}: a rule must be an absolute path (start with /)",
+                    n + 1,
+                    String::from_utf8_lossy(line)
+                ));
+            } else {
                 let comps: Vec<Vec<u8>> = line
                     .split(|&b| b == b'/')
                     .filter(|c| !c.is_empty())
@@ -40,10 +49,20 @@ impl Dirtab {
                     .collect();
                 if !comps.is_empty() {
                     tab.positive.push(comps);
+                    positive_text.push(line);
                 }
             }
         }
-        tab
+        if let Some(both) = positive_text
+            .iter()
+            .find(|p| tab.negative.iter().any(|n| n == *p))
+        {
+            return Err(format!(
+                "{} is both a rule and its negation",
+                String::from_utf8_lossy(both)
+            ));
+        }
+        Ok(tab)
     }
 
     /// Whether a negative rule excludes `path`. Wildcards span `/` here; relative rules match
@@ -126,7 +145,12 @@ pub fn apply(ns: &mut Namespace, objects: &dyn Objects) -> Result<()> {
             context: format!("reading /.cvmfsdirtab (object {hash})"),
             source,
         })?;
-    let tab = Dirtab::parse(&text);
+    let tab = Dirtab::parse(&text).map_err(|why| {
+        path_error(
+            b"/.cvmfsdirtab",
+            format!("{why}; the dirtab is invalid (cvmfs_server refuses it too)"),
+        )
+    })?;
     let mut targets = Vec::new();
     for rule in &tab.positive {
         expand(ns, rule, objects, &mut targets)?;
@@ -193,7 +217,9 @@ mod tests {
 
     #[test]
     fn parsing_and_negation() {
-        let tab = Dirtab::parse(b"# comment\n  /software/releases/*\n! *.git\nrelative/ignored\n!/software/releases/old\n");
+        let tab =
+            Dirtab::parse(b"# comment\n  /software/releases/*\n! *.git\n!/software/releases/old\n")
+                .unwrap();
         assert_eq!(
             tab.positive,
             vec![vec![
@@ -205,5 +231,14 @@ mod tests {
         assert!(tab.excluded(b"/software/releases/x.git"));
         assert!(tab.excluded(b"/software/releases/old"));
         assert!(!tab.excluded(b"/software/releases/new"));
+        // What makes CernVM-FS refuse the whole dirtab.
+        assert_eq!(
+            Dirtab::parse(b"/a/*\nrelative/*\n").unwrap_err(),
+            "line 2: relative/*: a rule must be an absolute path (start with /)"
+        );
+        assert_eq!(
+            Dirtab::parse(b"/software/*\n! /software/*\n").unwrap_err(),
+            "/software/* is both a rule and its negation"
+        );
     }
 }

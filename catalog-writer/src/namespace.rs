@@ -153,6 +153,39 @@ fn levels_below(node: &Node) -> usize {
     deepest
 }
 
+/// Where no tree may go: below a directory named like a nested catalog marker (every such
+/// name is taken for one), and into `/.cvmfs`, which CernVM-FS keeps for itself (its
+/// snapshots; `cvmfs_server` refuses it too).
+fn check_placement(path: &[u8], comps: &[&[u8]], node: &Node) -> Result<()> {
+    const RESERVED: &[u8] = b".cvmfs";
+    if let Some((_, parents)) = comps.split_last() {
+        if let Some(marker) = parents
+            .iter()
+            .find(|c| **c == MARKER || **c == crate::node::AUTO_MARKER)
+        {
+            return Err(path_error(
+                path,
+                format!(
+                    "{} cannot be a directory: the name marks a nested catalog",
+                    String::from_utf8_lossy(marker)
+                ),
+            ));
+        }
+    }
+    let reserved = match (comps.first(), node) {
+        (Some(first), _) => *first == RESERVED,
+        (None, Node::Dir(d)) => d.children.contains_key(RESERVED),
+        (None, Node::Leaf(_)) => false,
+    };
+    if reserved {
+        return Err(path_error(
+            path,
+            "/.cvmfs is reserved for CernVM-FS (its snapshots) and cannot be published",
+        ));
+    }
+    Ok(())
+}
+
 /// Entries the client cannot serve, and `.cvmfscatalog`/`.cvmfsautocatalog` that are not
 /// regular files: every such name is taken for a nested catalog marker, and a marker that is
 /// a directory or a link would leave a catalog no client or `check` accepts.
@@ -266,6 +299,7 @@ impl Namespace {
         if let Some(last) = comps.last() {
             check_leaf(path, last, &node)?;
         }
+        check_placement(path, &comps, &node)?;
         let depth = comps.len() + levels_below(&node);
         if depth > MAX_PATH_DEPTH {
             return Err(path_error(

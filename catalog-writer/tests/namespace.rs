@@ -318,6 +318,29 @@ fn bad_names_and_limits_are_refused() {
     ns.replace(b"/dir/f", Node::Leaf(e), &pm, &objects).unwrap();
     let err = ns.commit(&opts(1), &objects).unwrap_err().to_string();
     assert!(err.contains("/dir/f"), "{err}");
+    // No tree below a directory named like a marker, none in CernVM-FS's own /.cvmfs.
+    let mut ns = Namespace::empty(1);
+    for (path, why) in [
+        (
+            &b"/a/.cvmfscatalog/x"[..],
+            ".cvmfscatalog cannot be a directory",
+        ),
+        (
+            b"/b/.cvmfsautocatalog/x",
+            ".cvmfsautocatalog cannot be a directory",
+        ),
+        (b"/.cvmfs/snapshots/evil", "/.cvmfs is reserved"),
+    ] {
+        let err = ns
+            .replace(path, file(&objects, b"x"), &pm, &objects)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(why), "{err}");
+    }
+    let mut t = dir();
+    put(&mut t, b".cvmfs/x", file(&objects, b""));
+    let err = ns.replace(b"", Node::Dir(t), &pm, &objects).unwrap_err();
+    assert!(err.to_string().contains("/.cvmfs is reserved"), "{err}");
     // A file in the way of a directory.
     let mut ns = Namespace::empty(1);
     ns.replace(b"/f", file(&objects, b"x"), &pm, &objects)

@@ -981,3 +981,39 @@ fn results_lost_on_a_full_disk_fail_the_command() {
     drop(closed.stdout.take());
     assert!(closed.wait().unwrap().success());
 }
+
+/// A `.cvmfsdirtab` CernVM-FS would refuse (a relative rule, a rule negated word for word)
+/// fails the publish in one line naming the line, instead of being half applied; places no
+/// tree may go (below a directory named like a marker, into `/.cvmfs`) are refused too.
+#[test]
+fn invalid_dirtabs_and_reserved_places_are_refused() {
+    let env = Env::init(&[]);
+    let src = env.path("src");
+    std::fs::create_dir_all(src.join("software/a")).unwrap();
+    std::fs::write(src.join("software/a/f"), b"x").unwrap();
+    for (dirtab, why) in [
+        (
+            "software/*\n",
+            "line 1: software/*: a rule must be an absolute path",
+        ),
+        (
+            "/software/*\n!/software/*\n",
+            "/software/* is both a rule and its negation",
+        ),
+    ] {
+        std::fs::write(src.join(".cvmfsdirtab"), dirtab).unwrap();
+        let err = env.fails(&["publish", FQRN, src.to_str().unwrap()]);
+        assert!(
+            err.contains("/.cvmfsdirtab: ") && err.contains(why),
+            "{err}"
+        );
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    }
+    std::fs::remove_file(src.join(".cvmfsdirtab")).unwrap();
+    for at in ["/a/.cvmfscatalog/x", "/.cvmfs/snapshots"] {
+        let err = env.fails(&["publish", FQRN, src.to_str().unwrap(), "--path", at]);
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    }
+    assert_eq!(env.revision(), 1);
+    env.check(true);
+}
