@@ -1360,15 +1360,7 @@ fn migrate_dry_run_takes_no_lock_and_counts_what_the_run_does() {
         forecast["layers"], 2,
         "the base layer counted once: {forecast}"
     );
-    let size = |d: &str| {
-        std::fs::metadata(reg.storage_dir().join(format!(
-            "docker/registry/v2/blobs/sha256/{}/{}/data",
-            &d[7..9],
-            &d[7..]
-        )))
-        .unwrap()
-        .len()
-    };
+    let size = |d: &str| std::fs::metadata(reg.blob_path(d)).unwrap().len();
     let blobs = size(&base.layer_digests[0]) + size(&app.layer_digests[1]);
     assert_eq!(forecast["download_bytes"], blobs, "{forecast}");
     assert_eq!(env.revision(), 1, "nothing changed");
@@ -2079,12 +2071,7 @@ fn the_forecast_counts_the_larger_of_a_layers_two_compressions() {
             .unwrap();
         reg.push_oci_layout(&layout, tag, &format!("twin/{tag}:1"))
             .unwrap();
-        let digest = &built.layer_digests[0];
-        let blob = reg.storage_dir().join(format!(
-            "docker/registry/v2/blobs/sha256/{}/{}/data",
-            &digest[7..9],
-            &digest[7..]
-        ));
+        let blob = reg.blob_path(&built.layer_digests[0]);
         sizes.push(std::fs::metadata(blob).unwrap().len());
     }
     assert_ne!(sizes[0], sizes[1]);

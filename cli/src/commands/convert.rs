@@ -693,8 +693,8 @@ fn flatten_job(job: &Job, cx: &FlattenContext<'_>) -> Result<layout::Graft> {
         image.layers.len()
     ));
     let mut rootfs = flatten(&job.source, image, cx.pipeline, Some(cx.memo), cx.out)?;
-    let flat_dir = &mut job.placement.flat_dir.clone();
-    super::sanitize_xattrs(&mut rootfs, flat_dir, Some(&job.name), cx.out);
+    let mut path = job.placement.flat_dir.clone();
+    super::sanitize_xattrs(&mut rootfs, &mut path, Some(&job.name), cx.out);
     Ok(layout::flat_graft(image, rootfs, cx.mtime, cx.pipeline)?)
 }
 
