@@ -357,9 +357,9 @@ pub fn report_outcome(
 ) {
     let secs = started.elapsed().as_secs_f64();
     let mbps = s.bytes_in as f64 / 1e6 / secs.max(1e-9);
-    let (revision, changed) = match outcome {
-        CommitOutcome::Unchanged { revision } => (*revision, false),
-        CommitOutcome::Published(p) => (p.revision, true),
+    let (revision, changed, root) = match outcome {
+        CommitOutcome::Unchanged { revision } => (*revision, false, None),
+        CommitOutcome::Published(p) => (p.revision, true, Some(p.root.hash.to_hex())),
     };
     // Files the stat cache vouched for were not read (publish only).
     let reused = match s.files_reused {
@@ -381,7 +381,8 @@ pub fn report_outcome(
         &text,
         event_json(
             action,
-            json!({"source": what, "revision": revision, "changed": changed, "files": s.files,
+            json!({"source": what, "revision": revision, "changed": changed, "root": root,
+                   "files": s.files,
                    "files_read": s.files, "files_reused": s.files_reused,
                    "bytes_in": s.bytes_in, "bytes_compressed": s.bytes_compressed,
                    "objects_new": s.objects_new, "objects_existing": s.objects_existing,
@@ -735,7 +736,8 @@ pub fn info(home: &Path, fqrn: &str, out: Output) -> Result<i32> {
         &text,
         event_json(
             "info",
-            json!({"fqrn": fqrn, "revision": i.revision, "root_catalog": i.root_catalog,
+            json!({"fqrn": fqrn, "revision": i.revision, "root": i.root_catalog,
+                   "root_catalog": i.root_catalog,
                    "root_size": i.root_size, "timestamp": i.timestamp,
                    "whitelist_expires": i.whitelist_expires, "storage": i.storage,
                    "files": files, "directories": dirs, "catalogs": catalogs, "file_bytes": bytes,

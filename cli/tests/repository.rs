@@ -30,6 +30,39 @@ fn publish_reads_back_through_cvmfs_crate() {
     assert_eq!(env.revision(), 2);
 }
 
+/// The `C` line of the storage's signed manifest.
+fn manifest_root(env: &Env) -> String {
+    let manifest = std::fs::read(env.storage.join(".cvmfspublished")).unwrap();
+    let text = String::from_utf8_lossy(&manifest);
+    text.lines()
+        .find_map(|l| l.strip_prefix('C'))
+        .expect("C line")
+        .to_string()
+}
+
+#[test]
+fn publish_and_info_name_the_root_catalog_as_root() {
+    let env = Env::init(&[]);
+    let src = sample(&env);
+    let last = |out: &str| -> serde_json::Value {
+        serde_json::from_str(out.lines().last().unwrap()).unwrap()
+    };
+    let published = last(&env.ok(&["--json", "publish", FQRN, src.to_str().unwrap()]));
+    let root = manifest_root(&env);
+    assert_eq!(published["root"], root.as_str(), "{published}");
+    let info = last(&env.ok(&["--json", "info", FQRN]));
+    assert_eq!(
+        (&info["root"], &info["root_catalog"]),
+        (&root.as_str().into(), &root.as_str().into())
+    );
+    // Nothing published: no root to name.
+    let again = last(&env.ok(&["--json", "publish", FQRN, src.to_str().unwrap()]));
+    assert_eq!(
+        (&again["changed"], &again["root"]),
+        (&false.into(), &serde_json::Value::Null)
+    );
+}
+
 #[test]
 fn objects_are_world_readable_whatever_the_umask() {
     let env = Env::init(&[]);
