@@ -201,7 +201,8 @@ fn converts_registry_images_in_one_revision_like_umoci() {
 
     // Both platforms of an index.
     let multi = format!("docker://{addr}/fixtures/multi:1");
-    env.ok(&[
+    let out = env.ok(&[
+        "--json",
         "convert",
         FQRN,
         &multi,
@@ -210,6 +211,23 @@ fn converts_registry_images_in_one_revision_like_umoci() {
         &addr,
     ]);
     assert_eq!(env.revision(), 3);
+    // The counts are of images (one per platform), and say so against the one reference.
+    let summary = events(&out, "summary").next().expect("summary event");
+    assert_eq!(
+        (
+            &summary["images"],
+            &summary["references"],
+            &summary["converted"]
+        ),
+        (&2.into(), &1.into(), &2.into()),
+        "{out}"
+    );
+    let outcome = assert_one_outcome(&out, "convert");
+    let source = outcome["source"].as_str().unwrap_or_default();
+    assert!(
+        source.starts_with("2 image(s) of 1 reference(s): 2 converted"),
+        "{source}"
+    );
     let report = witness(&env);
     for link in ["multi:1", "multi:1@linux-amd64", "multi:1@linux-arm64"] {
         assert!(

@@ -38,6 +38,22 @@ struct Summary {
     flat_removed: usize,
 }
 
+impl Summary {
+    /// Images converted, linked, unchanged or failed: with `--all-platforms` one reference
+    /// counts each platform's image.
+    fn images(&self) -> usize {
+        self.converted + self.linked + self.skipped + self.failed
+    }
+
+    /// `N image(s)`, and the references they came from where those are fewer.
+    fn counted(&self, references: usize) -> String {
+        match self.images() {
+            n if n == references => format!("{n} image(s)"),
+            n => format!("{n} image(s) of {references} reference(s)"),
+        }
+    }
+}
+
 pub fn convert(home: &Path, g: &Global, a: &ConvertArgs, out: Output) -> Result<i32> {
     let selection = selection(a.platform.as_deref(), a.all_platforms)?;
     let repo = open_repo(home, &a.fqrn)?;
@@ -413,8 +429,8 @@ pub(super) fn run_batch(
     drop(ledger_lock);
     publisher::fault_point("batch-after-ledger");
     let what = format!(
-        "{} image(s): {} converted, {} linked, {} unchanged, {} failed, {:.1} MB of layer blobs fetched{}",
-        refs.len(),
+        "{}: {} converted, {} linked, {} unchanged, {} failed, {:.1} MB of layer blobs fetched{}",
+        summary.counted(refs.len()),
         summary.converted,
         summary.linked,
         summary.skipped,
@@ -436,7 +452,8 @@ pub(super) fn run_batch(
             "",
             event_json(
                 "summary",
-                json!({"images": refs.len(), "converted": summary.converted,
+                json!({"images": summary.images(), "references": refs.len(),
+                       "converted": summary.converted,
                        "linked": summary.linked, "unchanged": summary.skipped,
                        "failed": summary.failed, "pruned": summary.pruned,
                        "flat_removed": summary.flat_removed,
