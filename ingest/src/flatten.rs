@@ -25,8 +25,10 @@
 
 use crate::error::{show, Error, Result};
 use crate::pipeline::{finalize, FileTicket, ObjectPipeline, PDir, PLeaf, PNode};
+use crate::targuard::MemberExt;
 use crate::tarsource::{
-    drain_member, drain_rest, ingest_member, read_member, split_member_path, MemberKind,
+    check_crate_reading, drain_member, drain_rest, ingest_member, member_path, read_member,
+    split_member_path, MemberKind,
 };
 use catalog_writer::entry::{Entry, EntryKind};
 use catalog_writer::namespace::{NAME_MAX, SYMLINK_MAX};
@@ -330,6 +332,9 @@ struct LayerScan {
     needed: HashMap<usize, (usize, Option<usize>)>,
     /// Shadowed files given an inode already (several links may name one), by member.
     materialized: HashMap<usize, usize>,
+    /// Higher layers' links that a member of this layer filled, by path: a later member at
+    /// the same path takes them over ([`Flattener::reopen_link_target`]).
+    filled: HashMap<Vec<u8>, Pending>,
     /// The memo being written; `None` when not recording.
     recs: Option<MemoRecs>,
 }
@@ -345,6 +350,7 @@ impl LayerScan {
             opaque_dirs: HashSet::new(),
             needed: HashMap::new(),
             materialized: HashMap::new(),
+            filled: HashMap::new(),
             recs: record.then(MemoRecs::default),
         }
     }
@@ -533,16 +539,17 @@ impl Flattener<'_> {
 
     fn first_pass(&mut self, scan: &mut LayerScan, stream: Box<dyn Read + Send>) -> Result<()> {
         let idx = scan.idx;
-        let mut archive = crate::targuard::guarded(stream);
+        let (mut archive, slot) = crate::targuard::guarded_with(stream);
         let entries = archive
             .entries()
             .map_err(|e| self.lerr(idx, b"", format!("reading layer: {e}")))?;
         for (ordinal, member) in entries.enumerate() {
             let mut member =
                 member.map_err(|e| self.lerr(idx, b"", format!("reading next member: {e}")))?;
-            let raw = member.path_bytes().into_owned();
+            let ext = slot.take();
+            let raw = member_path(&member, &ext).map_err(|e| self.lerr(idx, b"", e))?;
             scan.member = ordinal;
-            self.member(scan, &raw, &mut member)?;
+            self.member(scan, &raw, &mut member, &ext)?;
         }
         drain_rest(archive.into_inner())
             .map_err(|e| self.lerr(idx, b"", format!("after the end of the layer: {e}")))
@@ -551,7 +558,7 @@ impl Flattener<'_> {
     /// Ingests the shadowed files that links of the layer turned out to need.
     fn second_pass(&mut self, scan: &mut LayerScan, stream: Box<dyn Read + Send>) -> Result<()> {
         let idx = scan.idx;
-        let mut archive = crate::targuard::guarded(stream);
+        let (mut archive, slot) = crate::targuard::guarded_with(stream);
         let entries = archive
             .entries()
             .map_err(|e| self.lerr(idx, b"", format!("reading layer again: {e}")))?;
@@ -561,11 +568,12 @@ impl Flattener<'_> {
             }
             let mut member = member
                 .map_err(|e| self.lerr(idx, b"", format!("reading next member again: {e}")))?;
+            let ext = slot.take();
             let Some((inode, rec)) = scan.needed.remove(&ordinal) else {
                 continue;
             };
-            let raw = member.path_bytes().into_owned();
-            let m = read_member(&mut member, true).map_err(|e| self.lerr(idx, &raw, e))?;
+            let raw = member_path(&member, &ext).map_err(|e| self.lerr(idx, b"", e))?;
+            let m = read_member(&mut member, true, &ext).map_err(|e| self.lerr(idx, &raw, e))?;
             if !matches!(m.kind, MemberKind::File) {
                 let msg = "no longer a regular file on the second read of the layer";
                 return Err(self.lerr(idx, &raw, msg.into()));
@@ -660,6 +668,7 @@ impl Flattener<'_> {
         scan: &mut LayerScan,
         raw: &[u8],
         m: &mut tar::Entry<'_, R>,
+        ext: &MemberExt,
     ) -> Result<()> {
         let layer_name = self.names[scan.idx].clone();
         let err = |msg: String| Error::Tar {
@@ -670,12 +679,13 @@ impl Flattener<'_> {
         let comps = split_member_path(raw).map_err(err)?;
         if let Some((last, parents)) = comps.split_last() {
             if last.starts_with(WH_PREFIX) {
+                check_crate_reading(m, ext).map_err(err)?;
                 drain_member(m).map_err(err)?;
                 return self.whiteout_marker(scan, parents, last).map_err(err);
             }
         }
         let path = join(&comps);
-        let member = read_member(m, true).map_err(err)?;
+        let member = read_member(m, true, ext).map_err(err)?;
         match member.kind {
             MemberKind::Skip => drain_member(m).map_err(err),
             MemberKind::Dir => {
@@ -706,6 +716,7 @@ impl Flattener<'_> {
         entry: Entry,
     ) -> Res<()> {
         let l = scan.idx;
+        self.reopen_link_target(scan, &path);
         if let Some(p) = self.pending.get(&path).filter(|p| p.layer > l) {
             let link = show(&p.link);
             return Err(format!(
@@ -744,8 +755,9 @@ impl Flattener<'_> {
                 data: None,
             },
         );
-        let visible = self.visible(comps, l, false).map_err(|e| err(self, e))?;
-        let pend = self.take_pending(&path, l);
+        self.reopen_link_target(scan, &path);
+        let visible = self.leaf_visible(comps, l).map_err(|e| err(self, e))?;
+        let pend = self.take_pending(scan, &path);
         if !visible && pend.is_none() {
             let known = match content {
                 // Recorded for the memo: ingested all the same, so that the memo is complete
@@ -800,8 +812,9 @@ impl Flattener<'_> {
     ) -> Res<()> {
         let l = scan.idx;
         scan.record(&path, MemoKind::from_entry(&entry));
-        let visible = self.visible(comps, l, false)?;
-        let pend = self.take_pending(&path, l);
+        self.reopen_link_target(scan, &path);
+        let visible = self.leaf_visible(comps, l)?;
+        let pend = self.take_pending(scan, &path);
         let inode = self.fill(pend, entry, None);
         self.place_leaf(scan, comps, path, inode, visible)
     }
@@ -822,8 +835,9 @@ impl Flattener<'_> {
                 target: target.clone(),
             },
         );
+        self.reopen_link_target(scan, &path);
         let visible = self
-            .visible(comps, l, false)
+            .leaf_visible(comps, l)
             .map_err(|e| self.lerr(l, raw, e))?;
         let wanted = visible || self.pending.get(&path).is_some_and(|p| p.layer > l);
         if !wanted {
@@ -836,7 +850,7 @@ impl Flattener<'_> {
         }
         let inode = self.link_target(scan, &target, raw, 0)?;
         // A higher layer's link to this path now resolves to the same inode.
-        if let Some(p) = self.take_pending(&path, l) {
+        if let Some(p) = self.take_pending(scan, &path) {
             self.inodes[p] = Inode::Forward(inode);
         }
         self.place_leaf(scan, comps, path, inode, visible)
@@ -844,11 +858,61 @@ impl Flattener<'_> {
     }
 
     /// Removes and returns the pending inode waiting for `path`, if a higher layer created it.
-    fn take_pending(&mut self, path: &[u8], layer: usize) -> Option<usize> {
+    fn take_pending(&mut self, scan: &mut LayerScan, path: &[u8]) -> Option<usize> {
         match self.pending.get(path) {
-            Some(p) if p.layer > layer => self.pending.remove(path).map(|p| p.inode),
+            Some(p) if p.layer > scan.idx => {
+                let p = self.pending.remove(path)?;
+                let inode = p.inode;
+                scan.filled.insert(path.to_vec(), p);
+                Some(inode)
+            }
             _ => None,
         }
+    }
+
+    /// A second member of this layer at `path`, whose first filled a higher layer's link: the
+    /// link must get what the layer leaves at the path (the last member, as Docker applies a
+    /// layer), while this layer's own links to the first member, made before, keep it. The
+    /// first member moves to a new inode and the link waits again for this member.
+    fn reopen_link_target(&mut self, scan: &mut LayerScan, path: &[u8]) {
+        let Some(pending) = scan.filled.remove(path) else {
+            return;
+        };
+        let first = pending.inode;
+        let moved = std::mem::replace(&mut self.inodes[first], Inode::Pending);
+        self.inodes.push(moved);
+        let kept = self.inodes.len() - 1;
+        let names: Vec<Vec<u8>> = scan
+            .items
+            .iter()
+            .filter(|(name, item)| {
+                name.as_slice() != path && matches!(item, LayerItem::Inode(i) if *i == first)
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in names {
+            scan.items.insert(name.clone(), LayerItem::Inode(kept));
+            if let Some(FNode::Leaf { inode, layer }) = self.node_mut(&name) {
+                if *inode == first && *layer == scan.idx {
+                    *inode = kept;
+                }
+            }
+        }
+        self.pending.insert(path.to_vec(), pending);
+    }
+
+    /// The node at `path` (components joined by `/`), if the tree has one.
+    fn node_mut(&mut self, path: &[u8]) -> Option<&mut FNode> {
+        let comps: Vec<&[u8]> = path.split(|&b| b == b'/').collect();
+        let (last, parents) = comps.split_last()?;
+        let mut dir = &mut self.root;
+        for c in parents {
+            match dir.children.get_mut(*c) {
+                Some(FNode::Dir(d)) => dir = d,
+                _ => return None,
+            }
+        }
+        dir.children.get_mut(*last)
     }
 
     /// Fills a pending inode or makes a new one.
@@ -1015,6 +1079,23 @@ impl Flattener<'_> {
             Some(FNode::Leaf { .. } | FNode::Whiteout { .. }) => {}
         }
         Ok(())
+    }
+
+    /// Whether a non-directory of layer `l` at `comps` shows in the result. One hidden by a
+    /// higher layer's directory there still replaced, in layer `l`, whatever lower layers had
+    /// at the path: that directory takes nothing from below `l` (as after a whiteout), or
+    /// files removed by the replacement would come back.
+    fn leaf_visible(&mut self, comps: &[&[u8]], l: usize) -> Res<bool> {
+        if self.visible(comps, l, false)? {
+            return Ok(true);
+        }
+        if let Some(FNode::Dir(d)) = self.node_mut(&join(comps)) {
+            if d.created > l {
+                d.opaque = d.opaque.max(Some(l));
+                d.sealed = d.sealed.max(Some(l));
+            }
+        }
+        Ok(false)
     }
 
     /// Whether an entry of layer `l` at `comps` shows in the result (nothing higher decided it).

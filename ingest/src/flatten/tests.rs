@@ -165,6 +165,98 @@ fn type_changes() {
     assert_eq!(stats.bytes_in, 11);
 }
 
+/// Flattens `layers` plainly, then twice with a layer memo (recording, then replaying), and
+/// checks the three trees agree; returns the plain one.
+fn flat_all_ways(layers: &[Vec<u8>]) -> (Dir, Arc<MemStore>) {
+    let store = Arc::new(MemStore::default());
+    let (plain, _, _) = flat_counted(layers, &store, None).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let memo = publisher::LayerMemo::open(&tmp.path().join("layers.db")).unwrap();
+    let ctx = MemoContext::new(&memo, store.as_ref());
+    let (recorded, _, _) = flat_counted(layers, &store, Some(&ctx)).unwrap();
+    let (replayed, _, opens) = flat_counted(layers, &store, Some(&ctx)).unwrap();
+    assert!(opens.iter().all(|&n| n == 0), "replayed: {opens:?}");
+    assert_eq!(recorded, plain);
+    assert_eq!(replayed, plain);
+    (plain, store)
+}
+
+/// A directory replaced by a non-directory, then made a directory again by a higher layer
+/// (no opaque marker): the replacement removed the old directory, so nothing below it may
+/// come back (image-spec layer.md: unless both are directories, the path is removed first).
+#[test]
+fn a_directory_replaced_and_made_again_keeps_nothing_from_below() {
+    let l0 = TarB::new()
+        .dir("d/", 0o700)
+        .file("d/secret", b"removed by layer 1")
+        .dir("d/sub/", 0o755)
+        .file("d/sub/deep", b"also removed")
+        .dir("p/", 0o755)
+        .file("p/old", b"under a file")
+        .finish();
+    for replacement in ["symlink", "file", "fifo", "hardlink"] {
+        let mut l1 = TarB::new();
+        l1.file("target", b"t");
+        match replacement {
+            "symlink" => l1.symlink("d", "/elsewhere"),
+            "file" => l1.file("d", b"a file now"),
+            "fifo" => l1.device("d", tar::EntryType::Fifo, 0, 0),
+            _ => l1.hardlink("d", "target"),
+        };
+        l1.file("p", b"p is a file");
+        let l1 = l1.finish();
+        let l2 = TarB::new()
+            .dir("d/", 0o750)
+            .file("d/new", b"new")
+            .file("p/child", b"implied parent")
+            .finish();
+        let (dir, _) = flat_all_ways(&[l0.clone(), l1, l2]);
+        assert_eq!(names(&dir, "d"), vec!["new"], "{replacement}");
+        assert_eq!(node(&dir, "d").unwrap().entry().perm, 0o750);
+        assert_eq!(names(&dir, "p"), vec!["child"], "{replacement}");
+    }
+    // A directory at every layer still merges.
+    let l1 = TarB::new().dir("d/", 0o755).file("d/mid", b"m").finish();
+    let l2 = TarB::new().dir("d/", 0o750).file("d/new", b"n").finish();
+    let (dir, _) = flat_all_ways(&[l0, l1, l2]);
+    assert_eq!(names(&dir, "d"), vec!["mid", "new", "secret", "sub"]);
+}
+
+/// A lower layer names a path twice; a higher layer's hard link to that path gets what the
+/// layer leaves there, the last member, while the layer's own link made in between keeps the
+/// first (as tar extraction and Docker's layer applier do).
+#[test]
+fn a_link_into_a_layer_with_a_path_twice_gets_the_last_member() {
+    let l0 = TarB::new()
+        .file_mode("a", 0o4755, b"first version")
+        .hardlink("between", "a")
+        .file_mode("a", 0o644, b"second version")
+        .finish();
+    let l1 = TarB::new().hardlink("h", "a").finish();
+    let (dir, store) = flat_all_ways(&[l0.clone(), l1.clone()]);
+    assert_eq!(content(&dir, &store, "a"), b"second version");
+    assert_eq!(content(&dir, &store, "h"), b"second version");
+    assert_eq!(node(&dir, "h").unwrap().entry().perm, 0o644);
+    let id = node(&dir, "a").unwrap().entry().hardlink;
+    assert!(id.is_some());
+    assert_eq!(node(&dir, "h").unwrap().entry().hardlink, id);
+    assert_eq!(content(&dir, &store, "between"), b"first version");
+    assert_eq!(node(&dir, "between").unwrap().entry().perm, 0o4755);
+    assert_ne!(node(&dir, "between").unwrap().entry().hardlink, id);
+    // The second member a link to another file: the higher link follows it there.
+    let l0 = TarB::new()
+        .file("a", b"first")
+        .file("b", b"bee")
+        .hardlink("a", "b")
+        .finish();
+    let (dir, store) = flat_all_ways(&[l0, l1.clone()]);
+    assert_eq!(content(&dir, &store, "h"), b"bee");
+    // The second member a directory: a link cannot name it.
+    let l0 = TarB::new().file("a", b"first").dir("a/", 0o755).finish();
+    let err = flat(vec![l0, l1]).unwrap_err().to_string();
+    assert!(err.contains("is a directory, but a hardlink"), "{err}");
+}
+
 #[test]
 fn shadowed_file_is_never_compressed() {
     let old = crate::pipeline::memstore::lcg_bytes(300_000, 1);
