@@ -8,8 +8,14 @@
 //! end-of-archive block, or at a header the crate refuses (its checksum or size is wrong).
 //!
 //! Every `tar::Archive` over input is made on one (`guarded`).
+//!
+//! It also keeps, for the member the crate hands out, the PAX records as they really are
+//! ([`MemberExt`]): the crate splits records at every newline, where a record is as long as
+//! its length prefix says, so a value holding a newline byte (a binary `security.capability`,
+//! a name with a newline) comes out of `tar::Entry::pax_extensions` as malformed fragments.
 
 use std::io::{self, Read, Seek, SeekFrom};
+use std::sync::{Arc, Mutex, PoisonError};
 
 /// Longest GNU long name or link (`L`, `K`) read; names themselves stop at 4095 bytes.
 pub(crate) const MAX_LONG_NAME: u64 = 64 << 10;
@@ -20,7 +26,72 @@ const BLOCK: u64 = 512;
 
 /// `tar::Archive::new` over `inner` with the guard between them.
 pub(crate) fn guarded<R: Read>(inner: R) -> tar::Archive<ExtensionGuard<R>> {
-    tar::Archive::new(ExtensionGuard::new(inner))
+    guarded_with(inner).0
+}
+
+/// [`guarded`], and where to find the extension records of each member it hands out.
+pub(crate) fn guarded_with<R: Read>(inner: R) -> (tar::Archive<ExtensionGuard<R>>, MemberExtSlot) {
+    let guard = ExtensionGuard::new(inner);
+    let slot = guard.slot.clone();
+    (tar::Archive::new(guard), slot)
+}
+
+/// What extension members said of the member the crate handed out last.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct MemberExt {
+    /// Its PAX `x` record block, as stored.
+    pub records: Option<Vec<u8>>,
+    /// Whether a GNU long name (`L`) or long link (`K`) came before it: the crate (as Go and
+    /// GNU tar) takes those over a PAX `path` or `linkpath`.
+    pub long_name: bool,
+    pub long_link: bool,
+}
+
+/// Shared with the guard inside the archive; read while the member is current (the guard
+/// moves on only when the crate reads the next header, after the member's data).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct MemberExtSlot(Arc<Mutex<MemberExt>>);
+
+impl MemberExtSlot {
+    /// The current member's extensions (taken: each member's are read once).
+    pub(crate) fn take(&self) -> MemberExt {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    fn set(&self, ext: MemberExt) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = ext;
+    }
+}
+
+/// One PAX record: key and value.
+pub(crate) type PaxRecord<'a> = (&'a [u8], &'a [u8]);
+
+/// The records of a PAX block in order, parsed as POSIX lays them out: `LEN KEY=VALUE\n`,
+/// where `LEN` counts the whole record, so a value may hold any byte, newlines included.
+pub(crate) fn pax_records(block: &[u8]) -> Result<Vec<PaxRecord<'_>>, String> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < block.len() {
+        let rest = &block[at..];
+        let bad = || format!("malformed PAX record at byte {at} of the PAX header");
+        let space = rest.iter().position(|&b| b == b' ').ok_or_else(bad)?;
+        let digits = &rest[..space];
+        if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) || digits.len() > 7 {
+            return Err(bad());
+        }
+        let len: usize = std::str::from_utf8(digits)
+            .ok()
+            .and_then(|d| d.parse().ok())
+            .ok_or_else(bad)?;
+        if len <= space + 1 || len > rest.len() || rest[len - 1] != b'\n' {
+            return Err(bad());
+        }
+        let body = &rest[space + 1..len - 1];
+        let eq = body.iter().position(|&b| b == b'=').ok_or_else(bad)?;
+        out.push((&body[..eq], &body[eq + 1..]));
+        at += len;
+    }
+    Ok(out)
 }
 
 pub(crate) struct ExtensionGuard<R> {
@@ -34,6 +105,11 @@ pub(crate) struct ExtensionGuard<R> {
     state: State,
     /// The PAX records that apply to the next member (the crate takes its `size` from them).
     pax: Option<Vec<u8>>,
+    /// GNU long name / long link members seen since the last member.
+    long_name: bool,
+    long_link: bool,
+    /// The last member's extensions, for its reader.
+    slot: MemberExtSlot,
 }
 
 enum State {
@@ -60,6 +136,9 @@ impl<R: Read> ExtensionGuard<R> {
             block: Vec::with_capacity(BLOCK as usize),
             state: State::Header,
             pax: None,
+            long_name: false,
+            long_link: false,
+            slot: MemberExtSlot::default(),
         }
     }
 
@@ -140,6 +219,11 @@ impl<R: Read> ExtensionGuard<R> {
                 );
                 return Err(io::Error::new(io::ErrorKind::InvalidData, Refusal(why)));
             }
+            match kind {
+                tar::EntryType::GNULongName => self.long_name = true,
+                tar::EntryType::GNULongLink => self.long_link = true,
+                _ => {}
+            }
             self.state = match kind {
                 tar::EntryType::XHeader => State::Pax {
                     end: body + stated,
@@ -162,10 +246,15 @@ impl<R: Read> ExtensionGuard<R> {
                 | tar::EntryType::XHeader
                 | tar::EntryType::XGlobalHeader
         );
-        let size = match records {
-            Some(r) if !is_extension => pax_size(&r).unwrap_or(stated),
+        let size = match &records {
+            Some(r) if !is_extension => pax_size(r).unwrap_or(stated),
             _ => stated,
         };
+        self.slot.set(MemberExt {
+            records: records.filter(|_| !is_extension),
+            long_name: std::mem::take(&mut self.long_name) && !is_extension,
+            long_link: std::mem::take(&mut self.long_link) && !is_extension,
+        });
         self.next = body;
         match header.as_gnu() {
             Some(gnu) if kind == tar::EntryType::GNUSparse && gnu.is_extended() => {
@@ -274,6 +363,34 @@ mod tests {
         h.set_size(data.len() as u64);
         h.set_mode(0o644);
         b.append_data(&mut h, path, data).unwrap();
+    }
+
+    #[test]
+    fn pax_records_are_split_by_their_lengths() {
+        let block = b"29 SCHILY.xattr.user.a=x\ny\nz\n12 path=abc\n";
+        let records = pax_records(block).unwrap();
+        assert_eq!(
+            records,
+            vec![
+                (&b"SCHILY.xattr.user.a"[..], &b"x\ny\nz"[..]),
+                (&b"path"[..], &b"abc"[..])
+            ]
+        );
+        assert_eq!(pax_records(b"").unwrap(), vec![]);
+        for bad in [
+            &b"12 path=abc"[..],    // no newline at the end
+            b"13 path=abc\n",       // longer than the block
+            b"11 pathabc\n",        // no '='
+            b"x path=abc\n",        // no length
+            b"5 a\n",               // shorter than its own prefix
+            b"99999999 path=abc\n", // absurd length
+        ] {
+            assert!(
+                pax_records(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 
     type Members = Vec<(String, Vec<u8>)>;

@@ -4,6 +4,7 @@
 use crate::decode::open_named_stream;
 use crate::error::{show, Error, Result};
 use crate::pipeline::{finalize, FileTicket, ObjectPipeline, PDir, PLeaf, PNode};
+use crate::targuard::{pax_records, MemberExt, MemberExtSlot};
 use base64::Engine;
 use catalog_writer::entry::{makedev, Entry, EntryKind, FileData, Xattrs};
 use catalog_writer::hash::EMPTY_OBJECT;
@@ -41,7 +42,7 @@ pub fn tree_from_tar<R: Read + Send + 'static>(
     opts: &TarOptions,
 ) -> Result<Dir> {
     let stream = open_named_stream(&opts.archive_name, reader)?;
-    let mut archive = crate::targuard::guarded(stream);
+    let (mut archive, slot) = crate::targuard::guarded_with(stream);
     let mut builder = TarTree {
         root: PDir::default(),
         next_link_id: 1,
@@ -53,7 +54,7 @@ pub fn tree_from_tar<R: Read + Send + 'static>(
     for member in entries {
         let mut member =
             member.map_err(|e| tar_err(opts, b"", format!("reading next member: {e}")))?;
-        builder.add(&mut member, pipeline)?;
+        builder.add(&mut member, &slot, pipeline)?;
     }
     // Read to the end so gzip/zstd trailers (checksums) are verified too.
     drain_rest(archive.into_inner())
@@ -83,12 +84,14 @@ impl TarTree<'_> {
     fn add<R: Read>(
         &mut self,
         member: &mut tar::Entry<R>,
+        slot: &MemberExtSlot,
         pipeline: &ObjectPipeline,
     ) -> Result<()> {
-        let raw = member.path_bytes().into_owned();
+        let ext = slot.take();
+        let raw = member_path(member, &ext).map_err(|e| tar_err(self.opts, b"", e))?;
         let err = |msg: String| tar_err(self.opts, &raw, msg);
         let comps = split_member_path(&raw).map_err(err)?;
-        let m = read_member(member, self.opts.keep_xattrs).map_err(err)?;
+        let m = read_member(member, self.opts.keep_xattrs, &ext).map_err(err)?;
         let mut entry = m.entry;
         if let Some((uid, gid)) = self.opts.owner {
             (entry.uid, entry.gid) = (uid, gid);
@@ -297,18 +300,73 @@ pub(crate) struct Member {
     pub entry: Entry,
 }
 
-/// Reads a member's header and PAX records into an `Entry`.
+/// The last value of PAX record `key` in `ext`, read by the records' lengths (the crate
+/// splits them at newlines, so a value holding one could hide a record from it, or show it
+/// one that is not there).
+fn pax_value(ext: &MemberExt, key: &[u8]) -> std::result::Result<Option<Vec<u8>>, String> {
+    let Some(block) = &ext.records else {
+        return Ok(None);
+    };
+    let records = pax_records(block)?;
+    Ok(records
+        .iter()
+        .rev()
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| v.to_vec()))
+}
+
+/// The member's name: a GNU long name, else its PAX `path`, else the header's (as Go and GNU
+/// tar read it).
+pub(crate) fn member_path<R: Read>(
+    m: &tar::Entry<R>,
+    ext: &MemberExt,
+) -> std::result::Result<Vec<u8>, String> {
+    if ext.long_name {
+        return Ok(m.path_bytes().into_owned());
+    }
+    Ok(pax_value(ext, b"path")?.unwrap_or_else(|| m.header().path_bytes().into_owned()))
+}
+
+/// The member's link name, chosen as [`member_path`] chooses the name.
+fn member_link<R: Read>(
+    m: &tar::Entry<R>,
+    ext: &MemberExt,
+) -> std::result::Result<Option<Vec<u8>>, String> {
+    if ext.long_link {
+        return Ok(m.link_name_bytes().map(|l| l.into_owned()));
+    }
+    Ok(pax_value(ext, b"linkpath")?
+        .or_else(|| m.header().link_name_bytes().map(|l| l.into_owned())))
+}
+
+/// Checks that the crate reads as many data bytes as the member's PAX `size` says: it takes
+/// the header's size when a record before `size` is one it misreads.
+pub(crate) fn check_crate_reading<R: Read>(
+    m: &tar::Entry<R>,
+    ext: &MemberExt,
+) -> std::result::Result<(), String> {
+    if let Some(v) = pax_value(ext, b"size")? {
+        let n = pax_number(b"size", &v)?;
+        if n != m.size() {
+            return Err(format!(
+                "PAX size {n} disagrees with the member's {}",
+                m.size()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Reads a member's header and PAX records (`ext`, from the guard) into an `Entry`.
 pub(crate) fn read_member<R: Read>(
     m: &mut tar::Entry<R>,
     keep_xattrs: bool,
+    ext: &MemberExt,
 ) -> std::result::Result<Member, String> {
+    check_crate_reading(m, ext)?;
     let h = m.header().clone();
     let et = h.entry_type();
-    let link = || {
-        m.link_name_bytes()
-            .map(|l| l.into_owned())
-            .ok_or_else(|| "link member without a link name".to_string())
-    };
+    let link = || member_link(m, ext)?.ok_or_else(|| "link member without a link name".to_string());
     let dev = |what: &str| -> std::result::Result<u64, String> {
         let major = h.device_major().map_err(|e| format!("{what} major: {e}"))?;
         let minor = h.device_minor().map_err(|e| format!("{what} minor: {e}"))?;
@@ -383,8 +441,20 @@ pub(crate) fn read_member<R: Read>(
     let perm = numeric(&old.mode, || h.mode().map(u64::from)).map_err(|e| format!("mode: {e}"))?
         as u32
         & 0o7777;
-    let uid = numeric(&old.uid, || h.uid()).map_err(|e| format!("uid: {e}"))?;
-    let gid = numeric(&old.gid, || h.gid()).map_err(|e| format!("gid: {e}"))?;
+    let mut uid = numeric(&old.uid, || h.uid()).map_err(|e| format!("uid: {e}"))?;
+    let mut gid = numeric(&old.gid, || h.gid()).map_err(|e| format!("gid: {e}"))?;
+    let records = match &ext.records {
+        Some(block) => pax_records(block)?,
+        None => Vec::new(),
+    };
+    // The crate applies PAX `uid`/`gid` only when no record before them is one it misreads.
+    for (key, value) in &records {
+        match *key {
+            b"uid" => uid = pax_number(key, value)?,
+            b"gid" => gid = pax_number(key, value)?,
+            _ => {}
+        }
+    }
     let uid = u32::try_from(uid).map_err(|_| format!("uid {uid} does not fit 32 bits"))?;
     let gid = u32::try_from(gid).map_err(|_| format!("gid {gid} does not fit 32 bits"))?;
     let mtime = numeric(&old.mtime, || h.mtime()).map_err(|e| format!("mtime: {e}"))?;
@@ -392,41 +462,37 @@ pub(crate) fn read_member<R: Read>(
     let mut mtime_ns = None;
     let mut xattrs = Xattrs::new();
     let size = m.size();
-    if let Some(pax) = m.pax_extensions().map_err(|e| format!("PAX header: {e}"))? {
-        for rec in pax {
-            let rec = rec.map_err(|e| format!("PAX record: {e}"))?;
-            let key = rec.key_bytes();
-            if matches!(key, b"size" | b"uid" | b"gid") {
-                let n = pax_number(key, rec.value_bytes())?;
-                // The tar crate reads the first `size` and ignores one it cannot parse: a
-                // second, different one would make other readers see another archive.
-                if key == b"size" && n != size {
-                    return Err(format!("PAX size {n} disagrees with the member's {size}"));
-                }
-            } else if key == b"mtime" {
-                (mtime, mtime_ns) = parse_pax_time(rec.value_bytes())?;
-            } else if key.starts_with(b"GNU.sparse.") {
-                // The member's data is a sparse map and the blocks it lists, under a made-up
-                // name (`GNUSparseFile.PID/NAME` in format 1.0): published as it is, it would
-                // be another file.
-                return Err(
-                    "a sparse file in PAX format (GNU.sparse.* records, `tar --format=pax \
-                     --sparse`) is not supported: make the archive with --format=gnu, or \
-                     without --sparse"
-                        .into(),
-                );
-            } else if !keep_xattrs {
-                continue;
-            } else if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
-                // Bounded: a tree holds every member's attributes until the catalogs drop
-                // what they cannot store, and PAX records compress very well.
-                insert_bounded(&mut xattrs, name, rec.value_bytes());
-            } else if let Some(name) = key.strip_prefix(b"LIBARCHIVE.xattr.") {
-                let value = base64::engine::general_purpose::STANDARD
-                    .decode(rec.value_bytes())
-                    .map_err(|e| format!("PAX {}: {e}", show(key)))?;
-                insert_bounded(&mut xattrs, &percent_decode(name), &value);
+    for (key, value) in records {
+        if key == b"size" {
+            // The tar crate reads the first `size` and ignores one it cannot parse: a
+            // second, different one would make other readers see another archive.
+            let n = pax_number(key, value)?;
+            if n != size {
+                return Err(format!("PAX size {n} disagrees with the member's {size}"));
             }
+        } else if key == b"mtime" {
+            (mtime, mtime_ns) = parse_pax_time(value)?;
+        } else if key.starts_with(b"GNU.sparse.") {
+            // The member's data is a sparse map and the blocks it lists, under a made-up
+            // name (`GNUSparseFile.PID/NAME` in format 1.0): published as it is, it would
+            // be another file.
+            return Err(
+                "a sparse file in PAX format (GNU.sparse.* records, `tar --format=pax \
+                 --sparse`) is not supported: make the archive with --format=gnu, or \
+                 without --sparse"
+                    .into(),
+            );
+        } else if !keep_xattrs {
+            continue;
+        } else if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
+            // Bounded: a tree holds every member's attributes until the catalogs drop
+            // what they cannot store, and PAX records compress very well.
+            insert_bounded(&mut xattrs, name, value);
+        } else if let Some(name) = key.strip_prefix(b"LIBARCHIVE.xattr.") {
+            let value = base64::engine::general_purpose::STANDARD
+                .decode(value)
+                .map_err(|e| format!("PAX {}: {e}", show(key)))?;
+            insert_bounded(&mut xattrs, &percent_decode(name), &value);
         }
     }
     let entry = Entry {

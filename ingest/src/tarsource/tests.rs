@@ -38,6 +38,13 @@ fn get<'a>(dir: &'a Dir, path: &str) -> &'a Node {
     unreachable!()
 }
 
+fn names_of(dir: &Dir, path: &str) -> Vec<Vec<u8>> {
+    match get(dir, path) {
+        Node::Dir(d) => d.children.keys().cloned().collect(),
+        Node::Leaf(_) => panic!("{path} is not a dir"),
+    }
+}
+
 fn file_hash(n: &Node) -> ContentHash {
     match &n.entry().kind {
         EntryKind::File {
@@ -206,6 +213,79 @@ fn pax_and_gnu_extensions() {
         .file("x", b"")
         .finish();
     assert!(run(tar).unwrap_err().to_string().contains("uid"));
+}
+
+/// PAX records are as long as their length prefix says, so a value may hold newlines: a binary
+/// `security.capability` often does (e.g. telegraf's). The tar crate splits records at
+/// newlines; the guard's own reading of the block is what counts.
+#[test]
+fn pax_values_with_newlines_are_read_by_their_length() {
+    let cap = b"\x01\x00\x00\x02\x0a\x20\x00\x00\x0a\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00";
+    let tar = TarB::new()
+        .pax(&[
+            ("SCHILY.xattr.security.capability", cap.as_slice()),
+            (
+                "SCHILY.xattr.user.note",
+                b"line one\n13 path=evil\nline three",
+            ),
+            ("mtime", b"1700000000.5"),
+            ("uid", b"3000000000"),
+        ])
+        .file("usr/bin/telegraf", b"binary")
+        .finish();
+    let (root, _) = run(tar).unwrap();
+    assert!(!root.children.contains_key(&b"evil"[..]));
+    let e = get(&root, "usr/bin/telegraf").entry();
+    assert_eq!(e.xattrs.get(&b"security.capability"[..]).unwrap(), cap);
+    assert_eq!(
+        e.xattrs.get(&b"user.note"[..]).unwrap(),
+        b"line one\n13 path=evil\nline three"
+    );
+    assert_eq!((e.mtime, e.mtime_ns), (1_700_000_000, Some(500_000_000)));
+    // Hidden from the crate by the record before it, but the member's owner all the same.
+    assert_eq!(e.uid, 3_000_000_000);
+
+    // A name with a newline (the crate would take the header's name), and a link to it.
+    let tar = TarB::new()
+        .pax(&[("path", b"dir/new\nline")])
+        .file("dir/placeholder", b"x")
+        .pax(&[("path", b"sym\nlink"), ("linkpath", b"dir/new\nline")])
+        .symlink("placeholder2", "elsewhere")
+        .finish();
+    let (root, _) = run(tar).unwrap();
+    assert_eq!(names_of(&root, "dir"), vec![b"new\nline".to_vec()]);
+    assert_eq!(
+        root.children.keys().cloned().collect::<Vec<_>>(),
+        vec![b"dir".to_vec(), b"sym\nlink".to_vec()]
+    );
+    assert_eq!(
+        root.children[&b"sym\nlink"[..]].entry().kind,
+        EntryKind::Symlink {
+            target: b"dir/new\nline".to_vec()
+        }
+    );
+    // A size the crate cannot see behind such a record, differing from the header's.
+    let tar = TarB::new()
+        .pax(&[("SCHILY.xattr.user.a", b"x\ny"), ("size", b"0")])
+        .file("victim", b"tiny")
+        .finish();
+    let err = run(tar).unwrap_err().to_string();
+    assert!(
+        err.contains("PAX size 0 disagrees with the member's 4"),
+        "{err}"
+    );
+    // A block whose lengths do not add up is refused, naming where.
+    let mut tar = TarB::new();
+    tar.raw(
+        b"PaxHeader",
+        EntryType::XHeader,
+        0o644,
+        b"99 path=x\n",
+        None,
+    )
+    .file("f", b"");
+    let err = run(tar.finish()).unwrap_err().to_string();
+    assert!(err.contains("malformed PAX record at byte 0"), "{err}");
 }
 
 #[test]
