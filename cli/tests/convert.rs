@@ -1217,7 +1217,7 @@ fn sibling_images_read_their_shared_base_layer_once() {
     assert_eq!(read, [c.layer_digests[1].clone()]);
     let report = witness(&env);
     let sha1 = |path: &str, tag: &str| {
-        let flat = link_target(&env, &format!("/local/{tag}:latest"));
+        let flat = link_target(&env, &format!("/local/layout:{tag}"));
         report
             .entries
             .get(&format!("{flat}/{path}"))
@@ -2190,4 +2190,102 @@ fn migrate_asks_for_an_unreadable_manifest_once() {
         12,
         "{err}"
     );
+}
+
+/// `skopeo copy … oci:DIR:latest` writes the bare tag as the ref name: each layout is
+/// published under its directory's name, with that tag, so two layouts tagged `latest` keep
+/// a link each.
+#[test]
+fn layouts_with_a_tag_only_ref_name_are_named_after_their_directory() {
+    let env = Env::init(&[]);
+    let mut refs = Vec::new();
+    for (dir, tag) in [("busybox", "latest"), ("jq", "latest"), ("jq", "1.6")] {
+        let layout = env.path(dir);
+        let mut l = fixtures::layers::LayerBuilder::new();
+        l.file("id", format!("{dir} {tag}\n").as_bytes());
+        ImageBuilder::new()
+            .layer(l.finish(), Compression::Gzip)
+            .write_layout(&layout, tag)
+            .unwrap();
+        refs.push(format!("oci:{}:{tag}", layout.display()));
+    }
+    let mut args = vec!["--json", "convert", FQRN];
+    args.extend(refs.iter().map(String::as_str));
+    let out = env.ok(&args);
+    let links: Vec<_> = events(&out, "image")
+        .map(|e| e["links"][0].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(
+        links,
+        ["/local/busybox:latest", "/local/jq:latest", "/local/jq:1.6"],
+        "{out}"
+    );
+    let report = witness(&env);
+    let id = |link: &str| {
+        let flat = link_target(&env, link);
+        report.entries[&format!("{flat}/id")].sha1.clone()
+    };
+    let of = |bytes: &[u8]| Some(catalog_writer::hash::ContentHash::of(bytes).to_hex());
+    assert_eq!(id("/local/busybox:latest"), of(b"busybox latest\n"));
+    assert_eq!(id("/local/jq:latest"), of(b"jq latest\n"));
+    assert_eq!(id("/local/jq:1.6"), of(b"jq 1.6\n"));
+    env.check(true);
+}
+
+/// `--all-platforms` over an index listing `arm64` and `arm64/v8` (one link name): one is
+/// converted, and the other is named in a warning, not lost without a word.
+#[test]
+fn all_platforms_warns_about_entries_sharing_a_link_name() {
+    let env = Env::init(&[]);
+    let layout = env.path("multi");
+    let image = |arch: &str, variant: Option<&str>| {
+        let mut l = fixtures::layers::LayerBuilder::new();
+        l.file("id", format!("{arch} {variant:?}\n").as_bytes());
+        ImageBuilder::new()
+            .platform(arch, variant)
+            .layer(l.finish(), Compression::Gzip)
+    };
+    let built = fixtures::oci::write_index_layout(
+        &layout,
+        "app:1",
+        &[
+            image("amd64", None),
+            image("arm64", None),
+            image("arm64", Some("v8")),
+        ],
+    )
+    .unwrap();
+    let reference = format!("oci:{}:app:1", layout.display());
+    let out = env.run(&["convert", FQRN, &reference, "--all-platforms"]);
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let dropped = &built.images[2].manifest_digest;
+    let warning = stderr
+        .lines()
+        .find(|l| l.starts_with("cvmfs-oci: warning:"))
+        .unwrap_or_else(|| panic!("no warning: {stderr}"));
+    assert!(
+        warning.contains(&format!(
+            "index entry {dropped} (linux/arm64/v8) is not converted"
+        )),
+        "{warning}"
+    );
+    assert!(warning.contains("app:1@linux-arm64"), "{warning}");
+    let report = witness(&env);
+    let arm = link_target(&env, "/local/app:1@linux-arm64");
+    assert_eq!(
+        report.entries[&format!("{arm}/id")].sha1,
+        Some(catalog_writer::hash::ContentHash::of(b"arm64 None\n").to_hex())
+    );
+    // With --json, a warning event naming the image.
+    let out = env.ok(&["--json", "convert", FQRN, &reference, "--all-platforms"]);
+    let w = events(&out, "warning").next().expect("warning event");
+    assert!(
+        w["warning"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(dropped.as_str()),
+        "{w}"
+    );
+    env.check(true);
 }

@@ -225,16 +225,14 @@ fn check_name_text(text: &str) -> std::result::Result<(), String> {
 /// a single image gets the plain tag; several get one `@<os>-<arch>` name each, and the
 /// plain tag goes to the preferred platform (else the first). Every name is checked here,
 /// while the batch is planned, so that an image with a name the layout cannot hold fails
-/// before anything of it is flattened or stored.
+/// before anything of it is flattened or stored, and so are duplicate names (which would
+/// leave one image unlinked).
 fn link_names(
     manifests: &[ImageManifest],
     selection: &PlatformSelection,
 ) -> Result<Vec<Vec<Option<String>>>> {
-    let preferred = selection.preferred();
-    let default = manifests
-        .iter()
-        .position(|m| m.platform.as_ref().is_some_and(|p| preferred.accepts(p)))
-        .unwrap_or(0);
+    let default = default_image(manifests, selection);
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
     let mut out = Vec::with_capacity(manifests.len());
     for (i, m) in manifests.iter().enumerate() {
         let mut names: Vec<Option<String>> = Vec::new();
@@ -242,7 +240,11 @@ fn link_names(
             names.push(None);
         }
         if manifests.len() > 1 {
-            names.push(platform_suffix(m)?);
+            // An image without a platform has no suffix: the plain tag is its only name.
+            let suffix = platform_suffix(m)?;
+            if !names.contains(&suffix) {
+                names.push(suffix);
+            }
         }
         for suffix in &names {
             let text = name_text(&m.name, suffix.as_deref());
@@ -252,10 +254,50 @@ fn link_names(
                     format!("{text:?} cannot name an image in the repository: {why}"),
                 )
             })?;
+            if let Some(other) = seen.insert(text.clone(), i) {
+                return Err(duplicate_name(manifests, other, i, &text));
+            }
         }
         out.push(names);
     }
     Ok(out)
+}
+
+/// Which of `manifests` gets the plain tag: the one whose platform fits the preferred one
+/// best ([`Platform::rank`](crate::image::Platform::rank), the order the platform of a
+/// single-platform convert is picked in), the one with the preferred platform's own link
+/// suffix among equals (so that `TAG` and `TAG@<host suffix>` are the same image, also when
+/// `amd64` and `amd64/v1` are both listed), else the first in index order.
+fn default_image(manifests: &[ImageManifest], selection: &PlatformSelection) -> usize {
+    let preferred = selection.preferred();
+    let own_suffix = preferred.link_suffix();
+    manifests
+        .iter()
+        .enumerate()
+        .filter_map(|(i, m)| {
+            let p = m.platform.as_ref()?;
+            Some((preferred.rank(p)?, p.link_suffix() != own_suffix, i))
+        })
+        .min()
+        .map_or(0, |(_, _, i)| i)
+}
+
+/// The error for two images of one reference that would get the same link `text`.
+fn duplicate_name(manifests: &[ImageManifest], first: usize, second: usize, text: &str) -> Error {
+    let describe = |m: &ImageManifest| match &m.platform {
+        Some(p) => format!("{} ({p})", m.manifest_digest),
+        None => format!("{} (no platform in the index)", m.manifest_digest),
+    };
+    let m = &manifests[second];
+    Error::image(
+        &m.reference,
+        format!(
+            "index entries {} and {} would both be linked as {text:?}; convert them one at a \
+             time by digest",
+            describe(&manifests[first]),
+            describe(m)
+        ),
+    )
 }
 
 /// The `@<os>-<arch>` suffix of an index entry's links, once its platform names are plain.
@@ -686,6 +728,7 @@ mod tests {
             layers: Vec::new(),
             platform: platform.map(|p| Platform::parse(p).unwrap()),
             from_index: platform.is_some(),
+            same_links: Vec::new(),
         }
     }
 
@@ -815,6 +858,93 @@ mod tests {
         );
         assert_eq!(placed[1].flat_dir, flat_dir_path(&Digest::of(b"arm")));
         assert_eq!(placed[1].metadata_dirs.len(), 2);
+    }
+
+    /// The plain tag goes to the image the host would get on its own (the default variant
+    /// before other levels, whatever the index order), and it is the image of the host's
+    /// `TAG@<suffix>` link too.
+    #[test]
+    fn plain_tag_is_the_host_suffix_image() {
+        let link_of = |placed: &[Placement], path: &str| -> Vec<usize> {
+            (0..placed.len())
+                .filter(|&i| placed[i].links.iter().any(|l| l.path == path.as_bytes()))
+                .collect()
+        };
+        let amd = PlatformSelection::One(Platform::parse("linux/amd64").unwrap());
+        for order in [
+            [
+                "linux/amd64/v3",
+                "linux/amd64/v1",
+                "linux/amd64",
+                "linux/amd64/v2",
+            ],
+            [
+                "linux/amd64",
+                "linux/amd64/v3",
+                "linux/amd64/v1",
+                "linux/amd64/v2",
+            ],
+        ] {
+            let multi: Vec<ImageManifest> = order
+                .iter()
+                .map(|p| manifest("t", p.as_bytes(), Some(p)))
+                .collect();
+            let placed = placements(&multi, &amd).unwrap();
+            let plain = link_of(&placed, "/127.0.0.1:5000/testbed/app:t");
+            assert_eq!(
+                plain,
+                link_of(&placed, "/127.0.0.1:5000/testbed/app:t@linux-amd64"),
+                "{order:?}"
+            );
+            assert_eq!(
+                multi[plain[0]].platform.as_ref().unwrap().to_string(),
+                "linux/amd64"
+            );
+        }
+        let arm = PlatformSelection::One(Platform::parse("linux/arm").unwrap());
+        let multi = [
+            manifest("t", b"6", Some("linux/arm/v6")),
+            manifest("t", b"7", Some("linux/arm/v7")),
+        ];
+        let placed = placements(&multi, &arm).unwrap();
+        assert_eq!(link_of(&placed, "/127.0.0.1:5000/testbed/app:t"), [1]);
+    }
+
+    /// Two images that would get the same link name are refused while placing (one of them
+    /// would be left unlinked); images without a platform get the plain tag only.
+    #[test]
+    fn placements_refuse_duplicate_link_names() {
+        let multi = [
+            manifest("a", b"a", Some("linux/arm64")),
+            manifest("b", b"b", Some("linux/arm64/v8")),
+        ];
+        let mut multi = multi.map(|mut m| {
+            m.name = multi_name();
+            m
+        });
+        let err = placements(&multi, &PlatformSelection::All)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("would both be linked as \"127.0.0.1:5000/testbed/app:t@linux-arm64\""),
+            "{err}"
+        );
+        for m in &mut multi {
+            m.platform = None;
+        }
+        let err = placements(&multi, &PlatformSelection::All)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("(no platform in the index) would both be linked as \"127.0.0.1:5000/testbed/app:t\""),
+            "{err}"
+        );
+        let one = placements(&multi[..1], &PlatformSelection::All).unwrap();
+        assert_eq!(one[0].links.len(), 1);
+    }
+
+    fn multi_name() -> ImageName {
+        manifest("t", b"", None).name
     }
 
     /// Names the layout cannot hold are refused while placing, naming the image and the

@@ -33,6 +33,8 @@ struct Summary {
     linked: usize,
     skipped: usize,
     failed: usize,
+    /// Tags from a tag list whose manifest is a signature or artifact: skipped, no failure.
+    not_images: usize,
     pruned: usize,
     /// Flattened images removed because no link points at them any more.
     flat_removed: usize,
@@ -69,6 +71,8 @@ pub fn convert(home: &Path, g: &Global, a: &ConvertArgs, out: Output) -> Result<
             .then(|| Prune::keeping(&refs, Vec::new()).only(HashSet::new())),
         ledger: LedgerUse::Claim,
         failed_inputs: 0,
+        // Every image is named: a signature or artifact among them fails.
+        listed: Listed::None,
     };
     run_batch(&repo, g, &sources, batch, &a.tuning, out)
 }
@@ -93,15 +97,26 @@ pub fn sync(home: &Path, g: &Global, a: &SyncArgs, out: Output) -> Result<i32> {
     let sources = sources(&registry, out)?;
     let mut refs = Vec::new();
     let mut failed = 0usize;
+    // References only a `*` tag pattern matched: the ones a signature or artifact is skipped in.
+    let (mut from_tag_lists, mut named) = (HashSet::new(), HashSet::new());
     for input in &recipe.inputs {
         match expand_input(&sources, input) {
-            Ok(mut r) => refs.append(&mut r),
+            Ok(r) => {
+                let kind = if input.wildcard {
+                    &mut from_tag_lists
+                } else {
+                    &mut named
+                };
+                kind.extend(r.iter().cloned());
+                refs.extend(r);
+            }
             Err(e) => {
                 failed += 1;
                 report_error(&input.text, &e, out);
             }
         }
     }
+    from_tag_lists.retain(|r| !named.contains(r));
     let batch = Batch {
         command: "sync",
         refs: &refs,
@@ -113,6 +128,7 @@ pub fn sync(home: &Path, g: &Global, a: &SyncArgs, out: Output) -> Result<i32> {
             listed_in_full: failed == 0,
         },
         failed_inputs: failed,
+        listed: Listed::Only(from_tag_lists),
     };
     run_batch(&repo, g, &sources, batch, &a.tuning, out)
 }
@@ -275,6 +291,50 @@ pub(super) struct Batch<'a> {
     /// Inputs that failed before the batch (a wishlist entry whose tags could not be listed),
     /// reported already: counted with the images that fail.
     pub failed_inputs: usize,
+    /// The references that came from a registry's tag list rather than being named.
+    pub listed: Listed,
+}
+
+/// Which references of a batch a registry's tag list gave (a `migrate`, a wishlist's `*`
+/// tag). Such a list holds, beside the images, the signatures, attestations and SBOMs stored
+/// as tags (cosign's `sha256-<hex>.sig`, OCI 1.1 artifacts and their referrers tags): for
+/// those references a manifest that is no container image is skipped and said so, not
+/// counted as a failure, else every run of a signed repository would fail. A named image
+/// that is none still fails.
+pub(super) enum Listed {
+    None,
+    All,
+    Only(HashSet<String>),
+}
+
+impl Listed {
+    fn covers(&self, reference: &str) -> bool {
+        match self {
+            Listed::None => false,
+            Listed::All => true,
+            Listed::Only(refs) => refs.contains(reference),
+        }
+    }
+}
+
+/// The reason, when `e` says the manifest is no container image (a signature or artifact).
+pub(super) fn not_an_image(e: &anyhow::Error) -> Option<String> {
+    e.chain()
+        .find_map(|c| match c.downcast_ref::<ingest::image::Error>() {
+            Some(ingest::image::Error::NotAnImage { reason, .. }) => {
+                Some(format!("not a container image: {reason}"))
+            }
+            _ => None,
+        })
+}
+
+/// `skipped: IMAGE: not a container image: …`, and the `skipped` event with `--json`.
+pub(super) fn report_not_an_image(image: &str, reason: &str, out: Output) {
+    let shown = crate::output::printable(image);
+    out.event(
+        &format!("skipped: {shown}: {reason}"),
+        event_json("skipped", json!({"image": image, "reason": reason})),
+    );
 }
 
 /// What a batch does with the home's sync ledger. Read after the batch took the repository
@@ -309,6 +369,7 @@ pub(super) fn run_batch(
         prune,
         ledger: ledger_use,
         failed_inputs,
+        listed,
     } = batch;
     let started = Instant::now();
     let mut txn = super::begin(repo, !g.no_wait, out)?;
@@ -347,7 +408,7 @@ pub(super) fn run_batch(
     let (jobs, grafted) = plan_and_flatten(
         &mut txn,
         sources,
-        refs,
+        (refs, &listed),
         selection,
         &flatten,
         flatten_threads(tuning, refs.len()),
@@ -429,12 +490,16 @@ pub(super) fn run_batch(
     drop(ledger_lock);
     publisher::fault_point("batch-after-ledger");
     let what = format!(
-        "{}: {} converted, {} linked, {} unchanged, {} failed, {:.1} MB of layer blobs fetched{}",
+        "{}: {} converted, {} linked, {} unchanged, {} failed, {}{:.1} MB of layer blobs fetched{}",
         summary.counted(refs.len()),
         summary.converted,
         summary.linked,
         summary.skipped,
         summary.failed,
+        match summary.not_images {
+            0 => String::new(),
+            n => format!("{n} not container images skipped, "),
+        },
         BLOB_BYTES_FETCHED.swap(0, Ordering::Relaxed) as f64 / 1e6,
         if summary.pruned + summary.flat_removed > 0 {
             format!(
@@ -455,7 +520,8 @@ pub(super) fn run_batch(
                 json!({"images": summary.images(), "references": refs.len(),
                        "converted": summary.converted,
                        "linked": summary.linked, "unchanged": summary.skipped,
-                       "failed": summary.failed, "pruned": summary.pruned,
+                       "failed": summary.failed, "not_images": summary.not_images,
+                       "pruned": summary.pruned,
                        "flat_removed": summary.flat_removed,
                        "objects_new": stats.objects_new, "objects_existing": stats.objects_existing,
                        "seconds": started.elapsed().as_secs_f64()}),
@@ -491,7 +557,7 @@ fn flatten_threads(tuning: &TuningArgs, refs: usize) -> usize {
 fn plan_and_flatten(
     txn: &mut Transaction,
     sources: &Sources,
-    refs: &[String],
+    (refs, listed): (&[String], &Listed),
     selection: &PlatformSelection,
     cx: &FlattenContext<'_>,
     threads: usize,
@@ -521,11 +587,17 @@ fn plan_and_flatten(
         // before the `debian` it is built on). Planning is a few round trips per image.
         let mut seen = std::collections::HashSet::new();
         let mut queued = Vec::new();
-        for (reference, planned) in refs.iter().zip(plan(txn, sources, refs, selection)) {
+        for (reference, planned) in refs.iter().zip(plan(txn, sources, refs, selection, cx.out)) {
             let planned = match planned {
                 Ok(p) => p,
                 Err(e) => {
-                    report_failure(summary, reference, &e, cx.out);
+                    match not_an_image(&e).filter(|_| listed.covers(reference)) {
+                        Some(reason) => {
+                            summary.not_images += 1;
+                            report_not_an_image(reference, &reason, cx.out);
+                        }
+                        None => report_failure(summary, reference, &e, cx.out),
+                    }
                     continue;
                 }
             };

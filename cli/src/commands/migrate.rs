@@ -3,7 +3,10 @@
 //! where it stopped; the layer memo skips layers already flattened.
 
 use super::concurrent;
-use super::convert::{link_of, run_batch, selection, sources, Batch, LedgerUse, Prune};
+use super::convert::{
+    link_of, not_an_image, report_not_an_image, run_batch, selection, sources, Batch, LedgerUse,
+    Listed, Prune,
+};
 use super::open_repo;
 use super::plan::{layer_count, plan};
 use crate::args::{Global, MigrateArgs};
@@ -95,6 +98,8 @@ pub fn migrate(home: &Path, g: &Global, a: &MigrateArgs, out: Output) -> Result<
             prune: None,
             ledger: LedgerUse::Claim,
             failed_inputs: std::mem::take(&mut failed_inputs),
+            // Every tag of the registry: its signatures and artifacts are skipped.
+            listed: Listed::All,
         };
         code |= run_batch(&repo, g, &sources, batch, &a.tuning, out)?;
     }
@@ -107,6 +112,7 @@ pub fn migrate(home: &Path, g: &Global, a: &MigrateArgs, out: Output) -> Result<
             prune: Some(prune),
             ledger: LedgerUse::Claim,
             failed_inputs: 0,
+            listed: Listed::All,
         };
         code |= run_batch(&repo, g, &sources, batch, &a.tuning, out)?;
     }
@@ -146,7 +152,8 @@ fn registry_scope(host: &str, prefix: &str) -> Vec<u8> {
 /// only the base image needs (and a memo of an older version lacks them). A base image has fewer layers than any image built on it: images go by layer
 /// count, in the listed order otherwise. Costs one manifest request per image, made only
 /// when there is more than one batch; the images that cannot be read are returned apart, with
-/// why.
+/// why. A tag that is no container image (a signature, an artifact) stays in, first: its
+/// batch skips it, and says so, at the cost of a second manifest request.
 fn bases_first(
     sources: &Sources,
     refs: Vec<String>,
@@ -160,6 +167,7 @@ fn bases_first(
     for (count, reference) in counts.into_iter().zip(refs) {
         match count {
             Ok(n) => order.push((n, reference)),
+            Err(e) if not_an_image(&e).is_some() => order.push((0, reference)),
             Err(e) => unreadable.push((reference, e)),
         }
     }
@@ -331,13 +339,18 @@ fn forecast(
     super::note_set_aside(memo.set_aside(), "layer memo", out);
     let mut tree = repo.snapshot()?;
     let (mut complete, mut link_only, mut convert, mut failed) = (0usize, 0usize, 0usize, 0usize);
+    // Signatures and artifacts among the tags: the run skips them.
+    let mut not_images = 0usize;
     let mut layers = BTreeSet::new();
     let mut known = BTreeSet::new();
     let mut sizes = std::collections::BTreeMap::new();
     // Flat directories some image of the run converts: another name for the same image
     // (same config) only gets links, as the run does.
     let mut flats = BTreeSet::new();
-    for (reference, planned) in refs.iter().zip(plan(&mut tree, sources, refs, selection)) {
+    for (reference, planned) in refs
+        .iter()
+        .zip(plan(&mut tree, sources, refs, selection, out))
+    {
         let result = planned.and_then(|jobs| {
             for job in jobs {
                 match job.status {
@@ -367,7 +380,10 @@ fn forecast(
             }
             Ok(())
         });
-        if let Err(e) = result {
+        if let Some(reason) = result.as_ref().err().and_then(not_an_image) {
+            not_images += 1;
+            report_not_an_image(reference, &reason, out);
+        } else if let Err(e) = result {
             failed += 1;
             let line = crate::output::error_line(&e);
             let shown = crate::output::printable(reference);
@@ -382,8 +398,12 @@ fn forecast(
     let dedup: u64 = known.iter().filter_map(|l| sizes.get(l)).sum();
     out.event(
         &format!(
-            "forecast: {} images: {complete} already converted, {link_only} need only links, {convert} to convert, {failed} unreadable\n  layers to flatten: {} distinct, {} already known (memo), {} to download\n  blob bytes to download: at most {:.1} MB (new content at most this, compressed); already known: {:.1} MB (deduplicated)",
+            "forecast: {} images: {complete} already converted, {link_only} need only links, {convert} to convert, {failed} unreadable{}\n  layers to flatten: {} distinct, {} already known (memo), {} to download\n  blob bytes to download: at most {:.1} MB (new content at most this, compressed); already known: {:.1} MB (deduplicated)",
             refs.len(),
+            match not_images {
+                0 => String::new(),
+                n => format!(", {n} not container images (skipped)"),
+            },
             layers.len(),
             known.len(),
             layers.len() - known.len(),
@@ -393,7 +413,8 @@ fn forecast(
         event_json(
             "migrate-forecast",
             json!({"images": refs.len(), "complete": complete, "link_only": link_only,
-                   "convert": convert, "unreadable": failed, "layers": layers.len(),
+                   "convert": convert, "unreadable": failed, "not_images": not_images,
+                   "layers": layers.len(),
                    "layers_known": known.len(), "download_bytes": download,
                    "known_bytes": dedup}),
         ),

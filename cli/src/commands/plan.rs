@@ -4,6 +4,7 @@
 //! already converted cost no config request.
 
 use super::concurrent;
+use crate::output::{event_json, Output};
 use anyhow::{anyhow, Result};
 use catalog_writer::entry::Entry;
 use ingest::convert::{self as layout, Status};
@@ -11,6 +12,7 @@ use ingest::image::{
     ImageManifest, ImageRef, ImageSource, PlatformSelection, ResolvedImage, Sources,
 };
 use publisher::{Snapshot, Transaction};
+use serde_json::json;
 use std::sync::Arc;
 
 /// Where [`plan`] looks up what the repository already has: the tree of a transaction, or a
@@ -53,13 +55,19 @@ pub(super) fn plan(
     sources: &Sources,
     refs: &[String],
     selection: &PlatformSelection,
+    out: Output,
 ) -> Vec<Result<Vec<Job>>> {
     let resolved = concurrent::map(refs, concurrent::REQUESTS_IN_FLIGHT, |reference| {
         resolve_reference(sources, reference, selection)
     });
     let mut planned: Vec<Result<Vec<Job>>> = resolved
         .into_iter()
-        .map(|r| r.and_then(|(source, manifests)| check_present(txn, source, manifests, selection)))
+        .map(|r| {
+            r.and_then(|(source, manifests)| {
+                warn_same_links(&manifests, out);
+                check_present(txn, source, manifests, selection)
+            })
+        })
         .collect();
     // Every job that needs a config, with the index of its reference.
     let todo: Vec<(usize, &Job)> = planned
@@ -127,6 +135,19 @@ pub(super) fn layer_count(
 ) -> Result<usize> {
     let (_, manifests) = resolve_reference(sources, reference, selection)?;
     Ok(manifests.iter().map(|m| m.layers.len()).max().unwrap_or(0))
+}
+
+/// Index entries of `--all-platforms` left out because another entry has their link name
+/// (`arm64` and `arm64/v8`): said, so that no image goes missing without a word.
+fn warn_same_links(manifests: &[ImageManifest], out: Output) {
+    for m in manifests {
+        for w in m.same_link_warnings() {
+            out.notice(
+                &format!("cvmfs-oci: warning: {w}"),
+                event_json("warning", json!({"image": m.reference, "warning": w})),
+            );
+        }
+    }
 }
 
 /// Jobs for resolved manifests, with what the repository already has of each.

@@ -11,6 +11,11 @@ pub enum Error {
     /// The image (manifest, index, config) is unusable.
     #[error("image {image}: {reason}")]
     Image { image: String, reason: String },
+    /// The manifest is not a container image: a signature, attestation, SBOM or other OCI
+    /// artifact (told by its config and layer media types and its `artifactType`). Kept apart
+    /// from [`Error::Image`] so that a batch that lists tags can skip such tags.
+    #[error("image {image}: not a container image: {reason}")]
+    NotAnImage { image: String, reason: String },
     /// One layer of the image is unusable (digest, size, media type, compression).
     #[error("image {image} layer {layer}: {reason}")]
     Layer {
@@ -59,6 +64,18 @@ impl Error {
         }
     }
 
+    pub(crate) fn not_an_image(image: impl Into<String>, reason: impl Into<String>) -> Error {
+        Error::NotAnImage {
+            image: image.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Whether this is [`Error::NotAnImage`]: the manifest is a signature or an artifact.
+    pub fn is_not_an_image(&self) -> bool {
+        matches!(self, Error::NotAnImage { .. })
+    }
+
     pub(crate) fn layer(
         image: impl Into<String>,
         layer: impl Into<String>,
@@ -89,6 +106,10 @@ impl Error {
                 reason: scrub(&reason),
             },
             Error::Image { image, reason } => Error::Image {
+                image,
+                reason: scrub(&reason),
+            },
+            Error::NotAnImage { image, reason } => Error::NotAnImage {
                 image,
                 reason: scrub(&reason),
             },

@@ -60,10 +60,15 @@ pub struct RawDescriptor {
     pub annotations: BTreeMap<String, String>,
 }
 
+/// A descriptor's `platform`. Every field may be missing (or null): an entry whose platform
+/// lacks `os` or `architecture` is skipped as attestations are, it does not fail the index.
 #[derive(Clone, Debug, Deserialize)]
 pub struct RawPlatform {
-    pub os: String,
-    pub architecture: String,
+    #[serde(default)]
+    pub os: Option<String>,
+    #[serde(default)]
+    pub architecture: Option<String>,
+    #[serde(default)]
     pub variant: Option<String>,
 }
 
@@ -76,6 +81,9 @@ struct RawDocument {
     manifests: Option<Vec<RawDescriptor>>,
     config: Option<RawDescriptor>,
     layers: Option<Vec<RawDescriptor>>,
+    /// OCI 1.1: set on artifacts (SBOMs, signatures) stored as manifests.
+    #[serde(default)]
+    artifact_type: Option<String>,
 }
 
 /// A layer as the manifest describes it.
@@ -92,7 +100,8 @@ pub struct IndexEntry {
     pub digest: Digest,
     pub size: u64,
     pub media_type: String,
-    pub platform: Platform,
+    /// `None` for an image manifest listed without a platform: its config tells it.
+    pub platform: Option<Platform>,
 }
 
 /// A parsed image manifest (config and layers).
@@ -184,50 +193,70 @@ fn parse_index(raw: RawDocument, image: &str) -> Result<Document> {
             });
             continue;
         }
-        // Attestations and other artifacts have no real platform; they are not images.
-        let Some(p) = &m.platform else { continue };
-        if p.os == "unknown" || p.architecture == "unknown" {
-            continue;
-        }
         if !m.media_type.is_empty()
             && m.media_type != OCI_MANIFEST
             && m.media_type != DOCKER_MANIFEST
         {
             continue;
         }
+        // An entry without a platform is kept (`crane index append`, re-indexing tools write
+        // them; containerd matches them): `select_platforms` falls back to it.
+        let platform = match &m.platform {
+            None => None,
+            Some(p) => match entry_platform(p) {
+                Some(platform) => Some(platform),
+                // Attestations and other artifacts have no real platform; they are not images.
+                None => continue,
+            },
+        };
         let (digest, size) = descriptor(&m, image, "index entry")?;
         entries.push(IndexEntry {
             digest,
             size,
             media_type: m.media_type.clone(),
-            platform: Platform {
-                os: p.os.clone(),
-                architecture: p.architecture.clone(),
-                variant: p.variant.clone().filter(|v| !v.is_empty()),
-            },
+            platform,
         });
     }
     Ok(Document::Index(entries, nested))
+}
+
+/// The platform of an index entry; `None` for one that names no real platform: `os` or
+/// `architecture` missing, empty or `unknown` (buildx attestations use `unknown/unknown`).
+fn entry_platform(p: &RawPlatform) -> Option<Platform> {
+    let known = |field: &Option<String>| field.clone().filter(|f| !f.is_empty() && f != "unknown");
+    Some(Platform {
+        os: known(&p.os)?,
+        architecture: known(&p.architecture)?,
+        variant: p.variant.clone().filter(|v| !v.is_empty()),
+    })
 }
 
 fn parse_manifest(raw: RawDocument, media_type: String, image: &str) -> Result<Document> {
     let config = raw
         .config
         .ok_or_else(|| Error::image(image, "manifest has no config"))?;
+    let artifact_type = raw.artifact_type.filter(|t| !t.is_empty());
     if !config.media_type.is_empty() && !CONFIG_TYPES.contains(&config.media_type.as_str()) {
-        return Err(Error::image(
-            image,
-            format!(
-                "not a container image: config media type {}",
+        let reason = match &artifact_type {
+            Some(t) => format!(
+                "artifact type {t} (config media type {})",
                 config.media_type
             ),
-        ));
+            None => format!("config media type {}", config.media_type),
+        };
+        return Err(Error::not_an_image(image, reason));
     }
     let (config_digest, config_size) = descriptor(&config, image, "config")?;
     let mut layers = Vec::new();
     for l in raw.layers.unwrap_or_default() {
         let (digest, size) = descriptor(&l, image, "layer")?;
         if layer_compression(&l.media_type).is_none() {
+            if let Some(kind) = non_image_layer(&l.media_type, artifact_type.as_deref()) {
+                return Err(Error::not_an_image(
+                    image,
+                    format!("layer {digest} is {} ({kind})", l.media_type),
+                ));
+            }
             return Err(Error::layer(
                 image,
                 digest.to_string(),
@@ -246,6 +275,176 @@ fn parse_manifest(raw: RawDocument, media_type: String, image: &str) -> Result<D
         config_size,
         layers,
     }))
+}
+
+/// Media type prefixes of the documents that signing and SBOM tools store as "layers" of an
+/// image-shaped manifest (cosign `.sig`/`.att`/`.sbom` tags, in-toto/DSSE attestations,
+/// sigstore bundles, Notary signatures, SPDX/CycloneDX/syft SBOMs), and what they are.
+const ARTIFACT_LAYER_TYPES: [(&str, &str); 11] = [
+    // Before the general cosign prefix: the first match names it.
+    ("application/vnd.dev.cosign.artifact.sbom", "an SBOM"),
+    (
+        "application/vnd.dev.cosign.",
+        "a cosign signature or attachment",
+    ),
+    ("application/vnd.dsse.envelope", "a DSSE attestation"),
+    ("application/vnd.in-toto", "an in-toto attestation"),
+    ("application/vnd.dev.sigstore.", "a sigstore bundle"),
+    ("application/vnd.cncf.notary.", "a Notary signature"),
+    ("application/vnd.oci.empty.v1+json", "an OCI artifact"),
+    ("text/spdx", "an SBOM"),
+    ("application/spdx", "an SBOM"),
+    ("application/vnd.cyclonedx", "an SBOM"),
+    ("application/vnd.syft", "an SBOM"),
+];
+
+/// What a layer that is not a filesystem layer shows the manifest to be, when it shows it
+/// is no container image at all: a manifest with an `artifactType`, a signature, attestation
+/// or SBOM document, or any JSON/XML/text document. `None` for a layer type that may be an
+/// image layer we cannot read (an unknown compression), which stays an error of the image.
+fn non_image_layer(media_type: &str, artifact_type: Option<&str>) -> Option<String> {
+    if let Some(t) = artifact_type {
+        return Some(format!("an artifact of type {t}"));
+    }
+    if let Some((_, kind)) = ARTIFACT_LAYER_TYPES
+        .iter()
+        .find(|(prefix, _)| media_type.starts_with(prefix))
+    {
+        return Some((*kind).to_owned());
+    }
+    let essence = media_type.split(';').next().unwrap_or_default().trim();
+    let document = essence.starts_with("text/")
+        || essence.ends_with("+json")
+        || essence.ends_with("/json")
+        || essence.ends_with("+xml")
+        || essence.ends_with("/xml");
+    document.then(|| "a document, not a filesystem layer".to_owned())
+}
+
+#[cfg(test)]
+mod non_image_tests {
+    use super::*;
+
+    /// An image-shaped OCI manifest: `config` and `layers` media types, and an optional
+    /// `artifactType`.
+    fn manifest(config: &str, layers: &[&str], artifact_type: Option<&str>) -> Vec<u8> {
+        let layers: Vec<_> = layers
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                serde_json::json!({"mediaType": m, "digest": format!("sha256:{}", format!("{i:x}").repeat(64)),
+                                   "size": 10})
+            })
+            .collect();
+        let mut doc = serde_json::json!({
+            "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": config, "digest": format!("sha256:{}", "c".repeat(64)), "size": 2},
+            "layers": layers,
+        });
+        if let Some(t) = artifact_type {
+            doc["artifactType"] = t.into();
+        }
+        serde_json::to_vec(&doc).unwrap()
+    }
+
+    /// The reason of a `NotAnImage` error, or what the document parsed to instead.
+    fn not_an_image(bytes: &[u8]) -> std::result::Result<String, String> {
+        match parse_document(bytes, None, "img") {
+            Err(Error::NotAnImage { image, reason }) => {
+                assert_eq!(image, "img");
+                Ok(reason)
+            }
+            other => Err(format!("{other:?}")),
+        }
+    }
+
+    const IMAGE_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+    const TAR_GZ: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+
+    #[test]
+    fn signatures_attestations_and_sboms_are_not_images() {
+        for (layer, kind) in [
+            (
+                "application/vnd.dev.cosign.simplesigning.v1+json",
+                "a cosign signature",
+            ),
+            (
+                "application/vnd.dsse.envelope.v1+json",
+                "a DSSE attestation",
+            ),
+            ("application/vnd.in-toto+json", "an in-toto attestation"),
+            (
+                "application/vnd.dev.sigstore.bundle.v0.3+json",
+                "a sigstore bundle",
+            ),
+            ("text/spdx", "an SBOM"),
+            ("application/vnd.cyclonedx+json", "an SBOM"),
+            (
+                "application/vnd.dev.cosign.artifact.sbom.v1+json",
+                "an SBOM",
+            ),
+            ("application/x-custom+json", "a document"),
+        ] {
+            let reason = not_an_image(&manifest(IMAGE_CONFIG, &[layer], None)).unwrap();
+            assert!(reason.contains(layer) && reason.contains(kind), "{reason}");
+        }
+    }
+
+    #[test]
+    fn oci_artifacts_are_not_images() {
+        // ORAS / referrers fallback: the empty config and an artifactType.
+        let sbom = manifest(
+            "application/vnd.oci.empty.v1+json",
+            &["application/spdx+json"],
+            Some("application/spdx+json"),
+        );
+        assert_eq!(
+            not_an_image(&sbom).unwrap(),
+            "artifact type application/spdx+json (config media type application/vnd.oci.empty.v1+json)"
+        );
+        // Any other config than an image's, e.g. a Helm chart.
+        let helm = manifest("application/vnd.cncf.helm.config.v1+json", &[TAR_GZ], None);
+        assert_eq!(
+            not_an_image(&helm).unwrap(),
+            "config media type application/vnd.cncf.helm.config.v1+json"
+        );
+        // An image config, but an artifactType and a blob that is no filesystem layer.
+        let blob = manifest(
+            IMAGE_CONFIG,
+            &["application/octet-stream"],
+            Some("application/vnd.example.thing"),
+        );
+        let reason = not_an_image(&blob).unwrap();
+        assert!(
+            reason.contains("an artifact of type application/vnd.example.thing"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn an_artifact_type_on_a_real_image_keeps_it_an_image() {
+        let bytes = manifest(
+            IMAGE_CONFIG,
+            &[TAR_GZ, "application/vnd.oci.image.layer.v1.tar"],
+            Some("application/vnd.example.app"),
+        );
+        let Document::Manifest(m) = parse_document(&bytes, None, "img").unwrap() else {
+            panic!("not a manifest");
+        };
+        assert_eq!(m.layers.len(), 2);
+    }
+
+    #[test]
+    fn an_unknown_layer_compression_stays_an_image_error() {
+        let bytes = manifest(
+            IMAGE_CONFIG,
+            &["application/vnd.oci.image.layer.v1.tar+lz4"],
+            None,
+        );
+        let err = parse_document(&bytes, None, "img").unwrap_err();
+        assert!(matches!(err, Error::Layer { .. }), "{err:?}");
+        assert!(!err.is_not_an_image());
+    }
 }
 
 /// Which platforms of a multi-platform image to convert.
@@ -269,29 +468,76 @@ impl PlatformSelection {
     }
 }
 
+/// An index entry picked for conversion.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SelectedEntry {
+    pub entry: IndexEntry,
+    /// Entries left out for this one because their links would have the same names
+    /// (`--all-platforms`, see [`select_platforms`]); the caller should say so.
+    pub same_links: Vec<IndexEntry>,
+}
+
+impl SelectedEntry {
+    fn alone(entry: IndexEntry) -> SelectedEntry {
+        SelectedEntry {
+            entry,
+            same_links: Vec::new(),
+        }
+    }
+}
+
 /// Picks the index entries to convert; an empty result is an error naming what was offered.
+///
+/// * One platform (`Host`, `One`): the entry whose platform fits best by [`Platform::rank`]
+///   (containerd's order: the exact or default variant before any other), the first in index
+///   order among equals. When no entry with a platform fits, the first entry without one (its
+///   config then gives the platform, as for a plain manifest).
+/// * `All`: every entry with a platform, but one per link suffix ([`Platform::link_suffix`]):
+///   `linux/arm64` and `linux/arm64/v8`, or two `linux/amd64` differing only in `os.version`,
+///   would both be linked as `TAG@linux-arm64` (`TAG@linux-amd64`) and overwrite each other.
+///   The best by [`Platform::rank`] is kept, the first in index order among equals; the others
+///   are returned in [`SelectedEntry::same_links`]. Without any entry with a platform, every
+///   entry without one.
 pub fn select_platforms(
     entries: &[IndexEntry],
     selection: &PlatformSelection,
     image: &str,
-) -> Result<Vec<IndexEntry>> {
-    let picked: Vec<IndexEntry> = match selection {
-        PlatformSelection::All => entries.to_vec(),
+) -> Result<Vec<SelectedEntry>> {
+    let unplatformed = || {
+        entries
+            .iter()
+            .filter(|e| e.platform.is_none())
+            .cloned()
+            .map(SelectedEntry::alone)
+    };
+    let picked: Vec<SelectedEntry> = match selection {
+        PlatformSelection::All => {
+            let picked = one_per_link_suffix(entries);
+            if picked.is_empty() {
+                unplatformed().collect()
+            } else {
+                picked
+            }
+        }
         other => {
             let want = other.preferred();
-            entries
+            let best = entries
                 .iter()
-                .find(|e| want.accepts(&e.platform))
-                .cloned()
-                .into_iter()
-                .collect()
+                .enumerate()
+                .filter_map(|(i, e)| Some((want.rank(e.platform.as_ref()?)?, i)))
+                .min()
+                .map(|(_, i)| SelectedEntry::alone(entries[i].clone()));
+            best.into_iter().chain(unplatformed()).take(1).collect()
         }
     };
     if picked.is_empty() {
-        let offered: Vec<String> = entries.iter().map(|e| e.platform.to_string()).collect();
+        let offered: Vec<String> = entries
+            .iter()
+            .filter_map(|e| Some(e.platform.as_ref()?.to_string()))
+            .collect();
         let why = if offered.is_empty() {
             // Only attestations, artifacts or unknown media types: say so, not "offers: none".
-            "the index lists no image manifest with a platform".to_owned()
+            "the index lists no image manifest".to_owned()
         } else {
             format!("the index offers: {}", offered.join(", "))
         };
@@ -301,6 +547,37 @@ pub fn select_platforms(
         ));
     }
     Ok(picked)
+}
+
+/// The entries with a platform, one per link suffix, in index order (see [`select_platforms`]).
+fn one_per_link_suffix(entries: &[IndexEntry]) -> Vec<SelectedEntry> {
+    let mut picked: Vec<SelectedEntry> = Vec::new();
+    let mut by_suffix: BTreeMap<String, usize> = BTreeMap::new();
+    for entry in entries {
+        let Some(platform) = &entry.platform else {
+            continue;
+        };
+        let suffix = platform.link_suffix();
+        let Some(&at) = by_suffix.get(&suffix) else {
+            by_suffix.insert(suffix, picked.len());
+            picked.push(SelectedEntry::alone(entry.clone()));
+            continue;
+        };
+        // Entries of one suffix share os and architecture: rank them as that platform.
+        let plain = Platform {
+            variant: None,
+            ..platform.clone()
+        };
+        let rank = |e: &IndexEntry| e.platform.as_ref().and_then(|p| plain.rank(p));
+        let kept = &mut picked[at];
+        if rank(entry) < rank(&kept.entry) {
+            let old = std::mem::replace(&mut kept.entry, entry.clone());
+            kept.same_links.push(old);
+        } else {
+            kept.same_links.push(entry.clone());
+        }
+    }
+    picked
 }
 
 /// What the converter uses from an image config.
@@ -426,8 +703,8 @@ mod tests {
             let arm = Platform::parse("linux/arm64").unwrap();
             let one = select_platforms(&entries, &PlatformSelection::One(arm), "i").unwrap();
             assert_eq!(one.len(), 1);
-            assert_eq!(one[0].digest.hex(), hex('b'));
-            assert_eq!(one[0].size, 11);
+            assert_eq!(one[0].entry.digest.hex(), hex('b'));
+            assert_eq!(one[0].entry.size, 11);
             let all = select_platforms(&entries, &PlatformSelection::All, "i").unwrap();
             assert_eq!(all.len(), 2);
             let s390 = PlatformSelection::One(Platform::parse("linux/s390x").unwrap());
@@ -439,6 +716,156 @@ mod tests {
                 "image img: no manifest for platform linux/s390x (the index offers: linux/amd64, linux/arm64/v8)"
             );
         }
+    }
+
+    /// An index of `(platform JSON or None, digest letter)` entries.
+    fn index_of(entries: &[(Option<&str>, char)]) -> Vec<IndexEntry> {
+        let list: Vec<String> = entries
+            .iter()
+            .map(|(platform, c)| {
+                let platform = platform.map_or(String::new(), |p| format!(r#","platform":{p}"#));
+                format!(
+                    r#"{{"mediaType":"{OCI_MANIFEST}","digest":"sha256:{}","size":1{platform}}}"#,
+                    hex(*c)
+                )
+            })
+            .collect();
+        let json = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[{}]}}"#,
+            list.join(",")
+        );
+        match parse_document(json.as_bytes(), None, "i").unwrap() {
+            Document::Index(entries, _) => entries,
+            other => panic!("not an index: {other:?}"),
+        }
+    }
+
+    fn plat(arch: &str, variant: Option<&str>) -> String {
+        match variant {
+            Some(v) => format!(r#"{{"os":"linux","architecture":"{arch}","variant":"{v}"}}"#),
+            None => format!(r#"{{"os":"linux","architecture":"{arch}"}}"#),
+        }
+    }
+
+    /// The digest letters `select_platforms` picks.
+    fn picked(entries: &[IndexEntry], selection: &PlatformSelection) -> Vec<char> {
+        select_platforms(entries, selection, "i")
+            .unwrap()
+            .iter()
+            .map(|s| s.entry.digest.hex().chars().next().unwrap())
+            .collect()
+    }
+
+    fn one(platform: &str) -> PlatformSelection {
+        PlatformSelection::One(Platform::parse(platform).unwrap())
+    }
+
+    /// Without a variant the exact/default variant wins over any other, whatever the index
+    /// order; else the most compatible level (containerd's order), never the first listed.
+    #[test]
+    fn platform_without_variant_prefers_the_default() {
+        let (v3, plain, v6, v7, v2) = (
+            plat("amd64", Some("v3")),
+            plat("amd64", None),
+            plat("arm", Some("v6")),
+            plat("arm", Some("v7")),
+            plat("amd64", Some("v2")),
+        );
+        let entries = index_of(&[
+            (Some(&v3), 'a'),
+            (Some(&plain), 'b'),
+            (Some(&v6), 'c'),
+            (Some(&v7), 'd'),
+        ]);
+        assert_eq!(picked(&entries, &one("linux/amd64")), ['b']);
+        assert_eq!(picked(&entries, &one("linux/arm")), ['d']);
+        assert_eq!(picked(&entries, &one("linux/arm/v6")), ['c']);
+        assert_eq!(picked(&entries, &one("linux/amd64/v3")), ['a']);
+        if Platform::host().to_string() == "linux/amd64" {
+            assert_eq!(picked(&entries, &PlatformSelection::Host), ['b']);
+        }
+        let levels = index_of(&[(Some(&v3), 'a'), (Some(&v2), 'b'), (Some(&v6), 'c')]);
+        assert_eq!(picked(&levels, &one("linux/amd64")), ['b']);
+        assert_eq!(picked(&levels, &one("linux/arm")), ['c']);
+        let err = select_platforms(&levels, &one("linux/amd64/v1"), "img").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "image img: no manifest for platform linux/amd64/v1 (the index offers: \
+             linux/amd64/v3, linux/amd64/v2, linux/arm/v6)"
+        );
+        // An explicit variant takes only itself; arm64/v8 is arm64.
+        let arm64 = index_of(&[
+            (Some(&plat("arm64", Some("v9"))), 'a'),
+            (Some(&plat("arm64", None)), 'b'),
+        ]);
+        assert_eq!(picked(&arm64, &one("linux/arm64/v8")), ['b']);
+        assert_eq!(picked(&arm64, &one("linux/arm64")), ['b']);
+        assert_eq!(picked(&arm64, &one("linux/arm64/v9")), ['a']);
+    }
+
+    /// An entry whose platform lacks os or architecture is skipped like an attestation, not
+    /// taken for invalid JSON; entries without a platform are the fallback when no entry with
+    /// one fits (the first for one platform, all for `All`).
+    #[test]
+    fn incomplete_and_missing_platforms() {
+        let amd = plat("amd64", None);
+        let entries = index_of(&[
+            (Some(&amd), 'a'),
+            (Some(r#"{"os":"unknown"}"#), 'b'),
+            (Some(r#"{"architecture":"arm64"}"#), 'c'),
+            (Some(r#"{"os":"linux","architecture":null}"#), 'd'),
+            (Some(r#"{"os":"linux","architecture":""}"#), 'e'),
+        ]);
+        assert_eq!(entries.len(), 1);
+        assert_eq!(picked(&entries, &one("linux/amd64")), ['a']);
+
+        let bare = index_of(&[(None, 'a'), (None, 'b')]);
+        assert_eq!(bare.len(), 2);
+        assert!(bare.iter().all(|e| e.platform.is_none()));
+        assert_eq!(picked(&bare, &one("linux/s390x")), ['a']);
+        assert_eq!(picked(&bare, &PlatformSelection::Host), ['a']);
+        assert_eq!(picked(&bare, &PlatformSelection::All), ['a', 'b']);
+        // A fitting entry with a platform wins over one without; one that does not fit
+        // leaves the choice to the entry without.
+        let mixed = index_of(&[(None, 'a'), (Some(&amd), 'b')]);
+        assert_eq!(picked(&mixed, &one("linux/amd64")), ['b']);
+        assert_eq!(picked(&mixed, &one("linux/arm64")), ['a']);
+        assert_eq!(picked(&mixed, &PlatformSelection::All), ['b']);
+        // Nothing at all: the error says so and lists what is offered.
+        let none = index_of(&[(Some(r#"{"os":"unknown","architecture":"unknown"}"#), 'a')]);
+        let err = select_platforms(&none, &one("linux/amd64"), "img").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "image img: no manifest for platform linux/amd64 (the index lists no image manifest)"
+        );
+    }
+
+    /// `All` converts one entry per link suffix: the others are returned, not converted.
+    #[test]
+    fn all_platforms_keep_one_entry_per_link_suffix() {
+        let amd = plat("amd64", None);
+        let amd_os = r#"{"os":"linux","architecture":"amd64","os.version":"2"}"#;
+        let (arm64, arm64_v8) = (plat("arm64", None), plat("arm64", Some("v8")));
+        let entries = index_of(&[
+            (Some(&amd), 'a'),
+            (Some(amd_os), 'b'),
+            (Some(&arm64_v8), 'c'),
+            (Some(&arm64), 'd'),
+            (Some(&plat("amd64", Some("v1"))), 'e'),
+        ]);
+        let all = select_platforms(&entries, &PlatformSelection::All, "i").unwrap();
+        let kept: Vec<(char, Vec<char>)> = all
+            .iter()
+            .map(|s| {
+                let letter = |e: &IndexEntry| e.digest.hex().chars().next().unwrap();
+                (letter(&s.entry), s.same_links.iter().map(letter).collect())
+            })
+            .collect();
+        assert_eq!(
+            kept,
+            [('a', vec!['b']), ('c', vec!['d']), ('e', vec![])],
+            "first in index order among equals; amd64/v1 has its own suffix"
+        );
     }
 
     #[test]

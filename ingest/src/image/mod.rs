@@ -86,6 +86,10 @@ impl From<Error> for crate::error::Error {
                 source,
             },
             Error::Image { image, reason } => crate::error::Error::Image { image, msg: reason },
+            Error::NotAnImage { image, reason } => crate::error::Error::Image {
+                image,
+                msg: format!("not a container image: {reason}"),
+            },
             Error::Layer {
                 image,
                 layer,

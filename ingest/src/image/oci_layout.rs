@@ -86,18 +86,21 @@ impl OciLayoutSource {
         })
     }
 
-    /// The repository name: from the reference name, else the directory name.
+    /// The image name. A `ref.name` that is a full reference (with `/` or `:`) names the image
+    /// itself. One that is only a tag, as `skopeo copy … oci:DIR:TAG`, buildah, umoci and
+    /// `buildx --output type=oci` write it, is that tag of the repository named after the
+    /// layout directory, as a layout without ref names is (with tag `latest`): two layouts
+    /// tagged `latest` must not take each other's link.
     fn name(&self, entry: &RawDescriptor) -> Result<ImageName> {
-        let dir_name = self
-            .dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned());
-        let candidate = self
+        let ref_name = self
             .tag
             .clone()
-            .or_else(|| entry.annotations.get(REF_NAME).cloned())
-            .or(dir_name)
-            .unwrap_or_default();
+            .or_else(|| entry.annotations.get(REF_NAME).cloned());
+        let candidate = match ref_name {
+            Some(full) if full.contains(['/', ':']) => full,
+            Some(tag) => return self.dir_repository_name(Some(&tag)),
+            None => return self.dir_repository_name(None),
+        };
         ImageName::for_local(&candidate).map_err(|why| {
             Error::image(
                 &self.reference,
@@ -105,6 +108,35 @@ impl OciLayoutSource {
             )
         })
     }
+
+    /// `/local/<directory name>:<tag>` (`latest` without one).
+    fn dir_repository_name(&self, tag: Option<&str>) -> Result<ImageName> {
+        let dir_name = layout_dir_name(&self.dir).unwrap_or_default();
+        let candidate = match tag {
+            Some(t) => format!("{dir_name}:{t}"),
+            None => dir_name.clone(),
+        };
+        ImageName::for_local(&candidate).map_err(|why| {
+            let what = match tag {
+                Some(t) => format!(
+                    "ref name {t:?} is a tag of the repository named after the layout directory, \
+                     but the directory name {dir_name:?} is not usable as one"
+                ),
+                None => format!(
+                    "the layout has no ref name and its directory name {dir_name:?} is not \
+                     usable as an image name"
+                ),
+            };
+            Error::image(&self.reference, format!("{what}: {why}"))
+        })
+    }
+}
+
+/// The last component of the layout directory (`oci:.` and `oci:..` name the directory
+/// they resolve to).
+fn layout_dir_name(dir: &Path) -> Option<String> {
+    let last = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned());
+    last(dir).or_else(|| last(&std::fs::canonicalize(dir).ok()?))
 }
 
 impl ImageSource for OciLayoutSource {
@@ -150,5 +182,90 @@ impl ImageSource for OciLayoutSource {
             &desc.digest.to_string(),
             Checked::Blob,
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fixtures::layers::LayerBuilder;
+    use fixtures::oci::{Compression, ImageBuilder};
+
+    /// A one-layer image written into the layout `dir` under `ref_name`.
+    fn write(dir: &Path, ref_name: &str) {
+        let mut layer = LayerBuilder::new();
+        layer.file("f", ref_name.as_bytes());
+        ImageBuilder::new()
+            .layer(layer.finish(), Compression::Gzip)
+            .write_layout(dir, ref_name)
+            .unwrap();
+    }
+
+    /// The names `oci:DIR[:REF]` resolves to.
+    fn names(dir: &Path, tag: Option<&str>) -> Result<Vec<String>> {
+        let source = OciLayoutSource::new(dir, tag);
+        let manifests = source.resolve_manifests(&PlatformSelection::Host)?;
+        Ok(manifests.iter().map(|m| m.name.to_string()).collect())
+    }
+
+    #[test]
+    fn a_tag_only_ref_name_is_a_tag_of_the_directory_repository() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (busybox, jq) = (tmp.path().join("busybox"), tmp.path().join("jq"));
+        // What `skopeo copy … oci:DIR:latest` writes, in two layouts.
+        write(&busybox, "latest");
+        write(&busybox, "1.0");
+        write(&jq, "latest");
+        let name = |dir: &Path, tag: Option<&str>| names(dir, tag).unwrap();
+        assert_eq!(name(&busybox, Some("latest")), ["local/busybox:latest"]);
+        assert_eq!(name(&busybox, Some("1.0")), ["local/busybox:1.0"]);
+        assert_eq!(name(&jq, Some("latest")), ["local/jq:latest"]);
+        // The only image, named by its tag-only ref name without it being given.
+        assert_eq!(name(&jq, None), ["local/jq:latest"]);
+    }
+
+    #[test]
+    fn a_full_ref_name_names_the_image_itself() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("layout");
+        write(&dir, "team/app:2.0");
+        write(&dir, "127.0.0.1:5000/t/multi:1");
+        let name = |tag: &str| names(&dir, Some(tag)).unwrap();
+        assert_eq!(name("team/app:2.0"), ["local/team/app:2.0"]);
+        assert_eq!(
+            name("127.0.0.1:5000/t/multi:1"),
+            ["127.0.0.1:5000/t/multi:1"]
+        );
+    }
+
+    #[test]
+    fn without_a_ref_name_the_directory_names_the_image() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("app");
+        write(&dir, "latest");
+        let index_path = dir.join("index.json");
+        let mut index: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&index_path).unwrap()).unwrap();
+        index["manifests"][0]
+            .as_object_mut()
+            .unwrap()
+            .remove("annotations");
+        std::fs::write(&index_path, serde_json::to_vec(&index).unwrap()).unwrap();
+        assert_eq!(names(&dir, None).unwrap(), ["local/app:latest"]);
+        // `oci:.` inside the layout: the directory it resolves to.
+        assert_eq!(layout_dir_name(&dir.join(".")).as_deref(), Some("app"));
+    }
+
+    #[test]
+    fn a_directory_name_unusable_as_a_repository_is_refused_for_a_tag() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("MyApp");
+        write(&dir, "latest");
+        let err = names(&dir, Some("latest")).unwrap_err().to_string();
+        assert!(
+            err.contains("ref name \"latest\" is a tag")
+                && err.contains("directory name \"MyApp\" is not usable"),
+            "{err}"
+        );
     }
 }

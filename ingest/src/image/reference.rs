@@ -148,18 +148,30 @@ pub fn redact_userinfo(text: &str) -> String {
     }
 }
 
-/// Whether `text` starts with `ALGORITHM:HEX` (a digest after `@`), not `host:port/…`.
+/// Digest algorithms the OCI image spec registers: `@sha256:d0758d…` after a name is a
+/// (maybe mistyped) digest even when it is short, never `user@host:port`.
+const DIGEST_ALGORITHMS: [&str; 4] = ["sha256", "sha384", "sha512", "blake3"];
+
+/// Whether `text` starts with `ALGORITHM:ENCODED` (a digest after `@`), not `host:port/…`:
+/// a registered algorithm with any encoded part (a truncated or mistyped digest, which the
+/// parser then reports as such), or another lowercase algorithm with 32+ hex digits.
 fn looks_like_digest(text: &str) -> bool {
     let Some((algorithm, rest)) = text.split_once(':') else {
         return false;
     };
-    let hex = rest.split('@').next().unwrap_or_default();
+    let encoded = rest.split('@').next().unwrap_or_default();
+    if DIGEST_ALGORITHMS.contains(&algorithm) {
+        return !encoded.is_empty()
+            && encoded
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'=' | b'_' | b'-'));
+    }
     !algorithm.is_empty()
         && algorithm
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-        && hex.len() >= 32
-        && hex.bytes().all(|b| b.is_ascii_hexdigit())
+        && encoded.len() >= 32
+        && encoded.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// Whether the first path component of a reference names a registry host.
@@ -444,20 +456,77 @@ impl Platform {
         }
     }
 
-    /// The variant with defaults filled in: `arm64` without one means `v8`.
-    fn effective_variant(&self) -> Option<&str> {
-        match (self.architecture.as_str(), self.variant.as_deref()) {
-            ("arm64", None) => Some("v8"),
-            (_, v) => v,
+    /// The variant an entry without one stands for, as containerd normalises platforms:
+    /// `amd64` is `v1`, `arm64` is `v8`, `arm` is `v7`; other architectures have none.
+    fn default_variant(architecture: &str) -> Option<&'static str> {
+        match architecture {
+            "amd64" => Some("v1"),
+            "arm64" => Some("v8"),
+            "arm" => Some("v7"),
+            _ => None,
         }
     }
 
-    /// Whether an image for `offered` runs where `self` is wanted. A wanted platform without a
-    /// variant accepts any variant.
+    /// The variant with the architecture's default filled in (`arm64` without one is `v8`).
+    fn effective_variant(&self) -> Option<&str> {
+        self.variant
+            .as_deref()
+            .or_else(|| Platform::default_variant(&self.architecture))
+    }
+
+    /// Whether an image for `offered` runs where `self` is wanted (see [`Platform::rank`]).
     pub fn accepts(&self, offered: &Platform) -> bool {
-        self.os == offered.os
-            && self.architecture == offered.architecture
-            && (self.variant.is_none() || self.effective_variant() == offered.effective_variant())
+        self.rank(offered).is_some()
+    }
+
+    /// How well an image for `offered` fits where `self` is wanted; `None` if it does not,
+    /// and a smaller rank is a better fit. Among equal ranks callers take the first in
+    /// index order, so the choice never depends on anything but the index.
+    ///
+    /// The order follows containerd's platform matcher (`platforms.Only`, which tries the
+    /// normalised platform first, then the older variants it can run, newest first):
+    ///
+    /// * os and architecture must be equal.
+    /// * A wanted variant matches only that variant, compared with defaults filled in
+    ///   (`arm64/v8` ≡ `arm64`, `arm/v7` ≡ `arm`, `amd64/v1` ≡ `amd64`).
+    /// * Without a wanted variant, any variant is accepted, best first:
+    ///   1. no variant or the architecture's default (`amd64` v1, `arm64` v8, `arm` v7);
+    ///   2. older levels than the default, the newest first (`arm`: v6, then v5): they
+    ///      run on every machine of the default level;
+    ///   3. newer levels, the lowest first (`amd64`: v2 before v3 before v4): the most
+    ///      likely to run on a machine that was not asked about;
+    ///   4. variants that are not `v<N>[.<M>]` levels, by name.
+    pub fn rank(&self, offered: &Platform) -> Option<PlatformRank> {
+        if self.os != offered.os || self.architecture != offered.architecture {
+            return None;
+        }
+        if self.variant.is_some() {
+            return (self.effective_variant() == offered.effective_variant())
+                .then(PlatformRank::default);
+        }
+        let wanted = Platform::default_variant(&self.architecture);
+        let got = offered.effective_variant();
+        if got == wanted {
+            return Some(PlatformRank::default());
+        }
+        let level = |v: Option<&str>| v.and_then(variant_level);
+        Some(match (level(wanted), level(got)) {
+            (Some(want), Some(have)) if have < want => PlatformRank {
+                class: 1,
+                level: (u32::MAX - have.0, u32::MAX - have.1),
+                variant: String::new(),
+            },
+            (Some(_), Some(have)) => PlatformRank {
+                class: 2,
+                level: have,
+                variant: String::new(),
+            },
+            _ => PlatformRank {
+                class: 3,
+                level: (0, 0),
+                variant: got.unwrap_or_default().to_owned(),
+            },
+        })
     }
 
     /// Checks that os, architecture and variant are plain names (`a-z`, `0-9`, `.`, `_`,
@@ -497,6 +566,29 @@ impl Platform {
         }
         out
     }
+}
+
+/// How well an offered platform fits a wanted one ([`Platform::rank`]): smaller is better.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PlatformRank {
+    /// 0: exact or default variant; 1: older level; 2: newer level; 3: other variant.
+    class: u8,
+    /// Sorts the levels of a class in the order of preference.
+    level: (u32, u32),
+    /// Sorts the variants of class 3 by name.
+    variant: String,
+}
+
+/// `v<N>` or `v<N>.<M>` as `(N, M)`: the micro-architecture levels of amd64, arm and arm64.
+fn variant_level(variant: &str) -> Option<(u32, u32)> {
+    let digits = variant.strip_prefix('v')?;
+    let (major, minor) = digits.split_once('.').unwrap_or((digits, "0"));
+    let number = |t: &str| {
+        (!t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| t.parse::<u32>().ok())
+            .flatten()
+    };
+    Some((number(major)?, number(minor)?))
 }
 
 impl fmt::Display for Platform {
@@ -620,6 +712,46 @@ mod tests {
         assert_eq!(
             redact_userinfo("http://u:pw@h.io/r:1"),
             "http://u:***@h.io/r:1"
+        );
+    }
+
+    /// A truncated or mistyped digest is a bad digest, shown as typed: not credentials, and
+    /// the registry's `host:port` is not taken for `user:password`.
+    #[test]
+    fn short_digest_is_a_bad_digest_not_credentials() {
+        for (input, digest) in [
+            (
+                "docker://127.0.0.1:5000/repo:tag@sha256:d0758d636741",
+                "sha256:d0758d636741",
+            ),
+            ("docker://quay.io/a/b@sha256:abc", "sha256:abc"),
+            ("docker://ubuntu@sha512:0", "sha512:0"),
+        ] {
+            assert_eq!(redact_userinfo(input), input);
+            let err = ImageRef::parse(input).unwrap_err().to_string();
+            assert_eq!(
+                err,
+                format!(
+                    "invalid image reference {input:?}: digest {digest:?} is not \
+                     sha256:<64 lowercase hex>"
+                )
+            );
+        }
+        // Credentials before a bad digest are still refused and hidden.
+        let err = ImageRef::parse("docker://u:SECRET@127.0.0.1:5000/r:t@sha256:d0758d")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            format!(
+                "invalid image reference \"docker://u:***@127.0.0.1:5000/r:t@sha256:d0758d\": \
+                 {USERINFO_REFUSED}"
+            )
+        );
+        // `user@host:port` with a port is user info, whatever the host is called.
+        assert_eq!(
+            redact_userinfo("docker://TOKEN@sha256:5000/x"),
+            "docker://***@sha256:5000/x"
         );
     }
 
@@ -755,5 +887,76 @@ mod tests {
         if cfg!(target_arch = "aarch64") {
             assert_eq!(host.to_string(), "linux/arm64/v8");
         }
+    }
+
+    /// Without a variant the default variant wins, then older levels newest first, then newer
+    /// levels lowest first, then other variants (containerd's order); a wanted variant takes
+    /// only itself, defaults filled in.
+    #[test]
+    fn platform_ranks() {
+        let p = |t: &str| Platform::parse(t).unwrap();
+        let best = |want: &str, offered: &[&str]| -> String {
+            let want = p(want);
+            offered
+                .iter()
+                .enumerate()
+                .filter_map(|(i, o)| Some((want.rank(&p(o))?, i, *o)))
+                .min()
+                .map(|(_, _, o)| o.to_owned())
+                .unwrap_or_default()
+        };
+        let amd = [
+            "linux/amd64/v3",
+            "linux/amd64/v2",
+            "linux/amd64",
+            "linux/amd64/v4",
+        ];
+        assert_eq!(best("linux/amd64", &amd), "linux/amd64");
+        assert_eq!(best("linux/amd64", &amd[..2]), "linux/amd64/v2");
+        assert_eq!(
+            best("linux/amd64", &["linux/amd64/v3", "linux/amd64/v1"]),
+            "linux/amd64/v1"
+        );
+        assert_eq!(best("linux/amd64/v3", &amd), "linux/amd64/v3");
+        assert_eq!(best("linux/amd64/v1", &amd), "linux/amd64");
+        let arm = [
+            "linux/arm/v5",
+            "linux/arm/v6",
+            "linux/arm/v8",
+            "linux/arm/v7",
+        ];
+        assert_eq!(best("linux/arm", &arm), "linux/arm/v7");
+        assert_eq!(best("linux/arm", &arm[..3]), "linux/arm/v6");
+        assert_eq!(best("linux/arm", &arm[..1]), "linux/arm/v5");
+        assert_eq!(
+            best("linux/arm", &["linux/arm/v8", "linux/arm/xyz"]),
+            "linux/arm/v8"
+        );
+        assert_eq!(
+            best("linux/arm", &["linux/arm/xyz", "linux/arm"]),
+            "linux/arm"
+        );
+        assert_eq!(
+            best("linux/arm/v7", &["linux/arm/v6", "linux/arm"]),
+            "linux/arm"
+        );
+        assert_eq!(best("linux/arm/v6", &arm[..1]), "");
+        let arm64 = ["linux/arm64/v9", "linux/arm64/v8.2", "linux/arm64/v8"];
+        assert_eq!(best("linux/arm64", &arm64), "linux/arm64/v8");
+        assert_eq!(best("linux/arm64", &arm64[..2]), "linux/arm64/v8.2");
+        assert_eq!(
+            best("linux/arm64/v8", &["linux/arm64/v9", "linux/arm64"]),
+            "linux/arm64"
+        );
+        assert_eq!(
+            best("linux/ppc64le", &["linux/ppc64le/power9", "linux/ppc64le"]),
+            "linux/ppc64le"
+        );
+        assert_eq!(best("linux/amd64", &["windows/amd64", "linux/386"]), "");
+        // Equal ranks: the index order decides (the caller's tie-break).
+        assert_eq!(
+            p("linux/arm64").rank(&p("linux/arm64/v8")),
+            p("linux/arm64").rank(&p("linux/arm64"))
+        );
     }
 }

@@ -30,6 +30,33 @@ pub struct ImageManifest {
     pub platform: Option<Platform>,
     /// Whether the manifest was picked from an index (manifest list).
     pub from_index: bool,
+    /// Index entries left out for this one because they would get the same link names
+    /// (`linux/arm64` and `linux/arm64/v8` with `--all-platforms`): digest and platform.
+    /// [`ImageManifest::same_link_warnings`] words them for the user.
+    pub same_links: Vec<(Digest, Platform)>,
+}
+
+impl ImageManifest {
+    /// One line per index entry in [`ImageManifest::same_links`]: which entry was not
+    /// converted and which one took its link instead.
+    pub fn same_link_warnings(&self) -> Vec<String> {
+        let Some(kept) = &self.platform else {
+            return Vec::new();
+        };
+        self.same_links
+            .iter()
+            .map(|(digest, platform)| {
+                format!(
+                    "{}: index entry {digest} ({platform}) is not converted: its link {}@{} \
+                     goes to index entry {} ({kept}) (convert it by digest to have it)",
+                    self.reference,
+                    self.name,
+                    kept.link_suffix(),
+                    self.manifest_digest,
+                )
+            })
+            .collect()
+    }
 }
 
 /// An image ready to convert: manifest, config and layer list.
@@ -364,7 +391,8 @@ pub(crate) fn resolve_document(
         nested = deeper;
     }
     let mut out = Vec::new();
-    for entry in select_platforms(&entries, selection, reference)? {
+    for selected in select_platforms(&entries, selection, reference)? {
+        let entry = selected.entry;
         let (bytes, content_type) = fetch(&entry.digest, entry.size)?;
         check_blob(
             &bytes,
@@ -375,13 +403,16 @@ pub(crate) fn resolve_document(
         )?;
         let ct = content_type.or_else(|| Some(entry.media_type.clone()).filter(|m| !m.is_empty()));
         match parse_document(&bytes, ct.as_deref(), reference)? {
-            Document::Manifest(m) => out.push(image_manifest(
-                reference,
-                name,
-                bytes,
-                m,
-                Some(entry.platform),
-            )),
+            Document::Manifest(m) => {
+                let mut image = image_manifest(reference, name, bytes, m, entry.platform);
+                image.from_index = true;
+                image.same_links = selected
+                    .same_links
+                    .into_iter()
+                    .filter_map(|e| Some((e.digest, e.platform?)))
+                    .collect();
+                out.push(image);
+            }
             Document::Index(..) => {
                 return Err(Error::image(
                     reference,
@@ -430,7 +461,158 @@ fn image_manifest(
         config_digest: m.config_digest,
         config_size: m.config_size,
         layers: m.layers,
-        from_index: platform.is_some(),
+        from_index: false,
         platform,
+        same_links: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::manifest::{OCI_INDEX, OCI_MANIFEST};
+    use std::collections::BTreeMap;
+
+    /// Image manifests (config blob included) and an index over them, kept in memory.
+    struct Store {
+        docs: BTreeMap<Digest, Vec<u8>>,
+        configs: BTreeMap<Digest, Vec<u8>>,
+    }
+
+    impl Store {
+        /// Adds an image whose config says `arch`; returns its manifest descriptor JSON
+        /// with `platform` (a JSON object, or none).
+        fn image(&mut self, arch: &str, platform: Option<&str>) -> String {
+            let config = format!(
+                r#"{{"architecture":"{arch}","os":"linux","rootfs":{{"type":"layers","diff_ids":[]}}}}"#
+            )
+            .into_bytes();
+            let config_digest = Digest::of(&config);
+            let manifest = format!(
+                r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":
+                  "application/vnd.oci.image.config.v1+json","digest":"{config_digest}",
+                  "size":{}}},"layers":[]}}"#,
+                config.len()
+            )
+            .into_bytes();
+            let digest = Digest::of(&manifest);
+            let size = manifest.len();
+            self.configs.insert(config_digest, config);
+            self.docs.insert(digest.clone(), manifest);
+            let platform = platform.map_or(String::new(), |p| format!(r#","platform":{p}"#));
+            format!(
+                r#"{{"mediaType":"{OCI_MANIFEST}","digest":"{digest}","size":{size}{platform}}}"#
+            )
+        }
+
+        fn resolve(
+            &self,
+            entries: &[String],
+            selection: &PlatformSelection,
+        ) -> Result<Vec<ResolvedImage>> {
+            let index = format!(
+                r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[{}]}}"#,
+                entries.join(",")
+            );
+            let name = super::super::RegistryRef::parse("127.0.0.1:5000/r:t")
+                .unwrap()
+                .name();
+            let fetch = |d: &Digest, _: u64| -> Result<Fetched> {
+                Ok((self.docs.get(d).cloned().unwrap_or_default(), None))
+            };
+            let manifests = resolve_document(
+                "docker://127.0.0.1:5000/r:t",
+                &name,
+                (index.into_bytes(), None),
+                selection,
+                &fetch,
+            )?;
+            manifests
+                .into_iter()
+                .map(|m| {
+                    let config = self.configs[&m.config_digest].clone();
+                    ResolvedImage::new(m, config)
+                })
+                .collect()
+        }
+    }
+
+    fn store() -> Store {
+        Store {
+            docs: BTreeMap::new(),
+            configs: BTreeMap::new(),
+        }
+    }
+
+    /// Entries without a platform are used when nothing with one fits; their config then
+    /// gives the platform, as for a plain manifest.
+    #[test]
+    fn index_entries_without_platform_are_the_fallback() {
+        let mut s = store();
+        let bare_arm = s.image("arm64", None);
+        let bare_amd = s.image("amd64", None);
+        let one = PlatformSelection::One(Platform::parse("linux/amd64").unwrap());
+        let got = s.resolve(std::slice::from_ref(&bare_arm), &one).unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].platform.to_string(), "linux/arm64");
+        assert!(got[0].from_index);
+        let all = s
+            .resolve(
+                &[bare_arm.clone(), bare_amd.clone()],
+                &PlatformSelection::All,
+            )
+            .unwrap();
+        let platforms: Vec<String> = all.iter().map(|i| i.platform.to_string()).collect();
+        assert_eq!(platforms, ["linux/arm64", "linux/amd64"]);
+        // An entry with a fitting platform wins; with an incomplete one it is skipped.
+        let s390 = s.image("s390x", Some(r#"{"os":"linux","architecture":"s390x"}"#));
+        let attestation = s.image("unknown", Some(r#"{"os":"unknown"}"#));
+        let want = PlatformSelection::One(Platform::parse("linux/s390x").unwrap());
+        let got = s
+            .resolve(&[bare_amd, attestation.clone(), s390], &want)
+            .unwrap();
+        assert_eq!(got[0].platform.to_string(), "linux/s390x");
+        let err = s.resolve(&[attestation], &want).unwrap_err().to_string();
+        assert!(err.contains("the index lists no image manifest"), "{err}");
+    }
+
+    /// `All` leaves out an entry whose link name another takes, and says so.
+    #[test]
+    fn same_link_entries_are_reported() {
+        let mut s = store();
+        let arm64 = s.image("arm64", Some(r#"{"os":"linux","architecture":"arm64"}"#));
+        let v8 = s.image(
+            "arm64",
+            Some(r#"{"os":"linux","architecture":"arm64","variant":"v8","os.version":"x"}"#),
+        );
+        let index = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[{arm64},{v8}]}}"#
+        );
+        let name = super::super::RegistryRef::parse("127.0.0.1:5000/r:t")
+            .unwrap()
+            .name();
+        let fetch = |d: &Digest, _: u64| -> Result<Fetched> { Ok((s.docs[d].clone(), None)) };
+        let got = resolve_document(
+            "docker://127.0.0.1:5000/r:t",
+            &name,
+            (index.into_bytes(), None),
+            &PlatformSelection::All,
+            &fetch,
+        )
+        .unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].same_links.len(), 1);
+        let warnings = got[0].same_link_warnings();
+        assert_eq!(warnings.len(), 1);
+        let dropped = &got[0].same_links[0].0;
+        assert_eq!(
+            warnings[0],
+            format!(
+                "docker://127.0.0.1:5000/r:t: index entry {dropped} (linux/arm64/v8) is not \
+                 converted: its link 127.0.0.1:5000/r:t@linux-arm64 goes to index entry {} \
+                 (linux/arm64) (convert it by digest to have it)",
+                got[0].manifest_digest
+            )
+        );
     }
 }

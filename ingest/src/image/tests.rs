@@ -122,7 +122,7 @@ fn layout(dir: &Path) -> (Built, Built, Built) {
         "schemaVersion": 2,
         "manifests": [
             {"mediaType": manifest::OCI_MANIFEST, "digest": Digest::of(&app.manifest).to_string(),
-             "size": app.manifest.len(), "annotations": {"org.opencontainers.image.ref.name": "app"}},
+             "size": app.manifest.len(), "annotations": {"org.opencontainers.image.ref.name": "app:1"}},
             {"mediaType": manifest::OCI_INDEX, "digest": index_digest.to_string(),
              "size": index.len(), "annotations": {"org.opencontainers.image.ref.name": "127.0.0.1:5000/t/multi:1"}},
         ],
@@ -153,11 +153,11 @@ fn open(text: &str) -> Box<dyn ImageSource> {
 fn oci_layout_single_image() {
     let dir = tempfile::tempdir().unwrap();
     let (app, _, _) = layout(dir.path());
-    let source = open(&format!("oci:{}:app", dir.path().display()));
+    let source = open(&format!("oci:{}:app:1", dir.path().display()));
     let images = source.resolve(&PlatformSelection::Host).unwrap();
     assert_eq!(images.len(), 1);
     let img = &images[0];
-    assert_eq!(img.name.to_string(), "local/app:latest");
+    assert_eq!(img.name.to_string(), "local/app:1");
     assert_eq!(img.manifest_bytes, app.manifest);
     assert_eq!(img.manifest_digest, Digest::of(&app.manifest));
     assert_eq!(img.config_digest, Digest::of(&app.config));
@@ -311,7 +311,7 @@ fn damaged(damage: impl FnOnce(&mut Vec<u8>)) -> std::result::Result<Vec<u8>, Er
     let mut blob = std::fs::read(&path).unwrap();
     damage(&mut blob);
     std::fs::write(&path, blob).unwrap();
-    let source = open(&format!("oci:{}:app", dir.path().display()));
+    let source = open(&format!("oci:{}:app:1", dir.path().display()));
     let img = source.resolve(&PlatformSelection::Host).unwrap().remove(0);
     read_layer(source.as_ref(), &img, 0)
 }
@@ -321,7 +321,7 @@ fn layer_digest_mismatch() {
     // The gzip mtime field: the data still decompresses, only the digest differs.
     let err = damaged(|b| b[4] ^= 0xff).unwrap_err().to_string();
     assert!(
-        err.starts_with("image oci:") && err.contains(":app layer sha256:"),
+        err.starts_with("image oci:") && err.contains(":app:1 layer sha256:"),
         "{err}"
     );
     assert!(err.contains(": digest mismatch (expected sha256:"), "{err}");
@@ -356,7 +356,7 @@ fn layer_corrupt_gzip() {
 fn diff_id_mismatch() {
     let dir = tempfile::tempdir().unwrap();
     let (app, _, _) = layout(dir.path());
-    let source = open(&format!("oci:{}:app", dir.path().display()));
+    let source = open(&format!("oci:{}:app:1", dir.path().display()));
     let mut img = source.resolve(&PlatformSelection::Host).unwrap().remove(0);
     img.config.diff_ids[1] = Digest::of(b"something else");
     let err = read_layer(source.as_ref(), &img, 1)
@@ -378,7 +378,7 @@ fn compressed_blob_whose_digest_is_its_diff_id_is_refused() {
     // one cannot be that, and must not slip through unverified.
     let dir = tempfile::tempdir().unwrap();
     let (app, _, _) = layout(dir.path());
-    let source = open(&format!("oci:{}:app", dir.path().display()));
+    let source = open(&format!("oci:{}:app:1", dir.path().display()));
     let mut img = source.resolve(&PlatformSelection::Host).unwrap().remove(0);
     let layer = Digest::of(&app.blobs[0]);
     img.config.diff_ids[0] = layer.clone();
@@ -406,7 +406,7 @@ fn config_and_layer_count_checked() {
     let mut config = app.config.clone();
     config[0] = b' ';
     std::fs::write(&path, &config).unwrap();
-    let source = open(&format!("oci:{}:app", dir.path().display()));
+    let source = open(&format!("oci:{}:app:1", dir.path().display()));
     let err = source
         .resolve(&PlatformSelection::Host)
         .unwrap_err()
@@ -1173,7 +1173,7 @@ fn resolve_err(reference: &str) -> String {
 fn oci_layout_documents_are_read_no_further_than_declared() {
     let dir = tempfile::tempdir().unwrap();
     let (app, _, _) = layout(dir.path());
-    let reference = format!("oci:{}:app", dir.path().display());
+    let reference = format!("oci:{}:app:1", dir.path().display());
     // A config declared as its real size but 64 MiB on disk (sparse: nothing written; small
     // enough that a reader without the bound only wastes memory, not the machine).
     let config = Digest::of(&app.config);
@@ -1224,14 +1224,14 @@ fn a_negative_size_in_index_json_is_refused() {
     let index = serde_json::json!({
         "schemaVersion": 2,
         "manifests": [{"mediaType": manifest::OCI_MANIFEST, "digest": digest.to_string(),
-                       "size": -1, "annotations": {"org.opencontainers.image.ref.name": "app"}}],
+                       "size": -1, "annotations": {"org.opencontainers.image.ref.name": "app:1"}}],
     });
     std::fs::write(
         dir.path().join("index.json"),
         serde_json::to_vec(&index).unwrap(),
     )
     .unwrap();
-    let reference = format!("oci:{}:app", dir.path().display());
+    let reference = format!("oci:{}:app:1", dir.path().display());
     assert_eq!(
         resolve_err(&reference),
         format!("image {reference}: index.json manifest {digest} has negative size")
