@@ -729,6 +729,7 @@ mod tests {
             platform: platform.map(|p| Platform::parse(p).unwrap()),
             from_index: platform.is_some(),
             same_links: Vec::new(),
+            config_must_fit: None,
         }
     }
 

@@ -335,6 +335,8 @@ struct LayerScan {
     /// Higher layers' links that a member of this layer filled, by path: a later member at
     /// the same path takes them over ([`Flattener::reopen_link_target`]).
     filled: HashMap<Vec<u8>, Pending>,
+    /// Directories of this layer at paths a higher layer's hard link names.
+    dirs_under_links: HashSet<Vec<u8>>,
     /// The memo being written; `None` when not recording.
     recs: Option<MemoRecs>,
 }
@@ -351,6 +353,7 @@ impl LayerScan {
             needed: HashMap::new(),
             materialized: HashMap::new(),
             filled: HashMap::new(),
+            dirs_under_links: HashSet::new(),
             recs: record.then(MemoRecs::default),
         }
     }
@@ -383,6 +386,22 @@ enum Content<'a, 'b, R: Read> {
 }
 
 type Res<T> = std::result::Result<T, String>;
+
+/// Removes from `dir` what layer `l` put there (lower layers are not read yet): a later
+/// member of `l` replaced `dir` with a non-directory, which a higher layer made again.
+fn drop_layer(dir: &mut FDir, l: usize) {
+    if dir.meta_layer == l {
+        dir.meta = None;
+    }
+    dir.children.retain(|_, node| match node {
+        FNode::Leaf { layer, .. } | FNode::Whiteout { layer } => *layer != l,
+        FNode::Dir(sub) if sub.created == l => false,
+        FNode::Dir(sub) => {
+            drop_layer(sub, l);
+            true
+        }
+    });
+}
 
 fn join(comps: &[&[u8]]) -> Vec<u8> {
     comps.join(&b'/')
@@ -717,11 +736,10 @@ impl Flattener<'_> {
     ) -> Res<()> {
         let l = scan.idx;
         self.reopen_link_target(scan, &path);
-        if let Some(p) = self.pending.get(&path).filter(|p| p.layer > l) {
-            let link = show(&p.link);
-            return Err(format!(
-                "is a directory, but a hardlink ({link}) of a higher layer points to it"
-            ));
+        if self.pending.get(&path).is_some_and(|p| p.layer > l) {
+            // An error unless a later member of the layer at this path takes the link
+            // (`check_pending_hidden`, at the end of the layer).
+            scan.dirs_under_links.insert(path.clone());
         }
         scan.record(&path, MemoKind::Directory(MemoMeta::of(&entry)));
         scan.items.insert(path, LayerItem::Dir);
@@ -896,6 +914,13 @@ impl Flattener<'_> {
                 if *inode == first && *layer == scan.idx {
                     *inode = kept;
                 }
+            }
+        }
+        // Higher links to this layer's links to the first member (filled in this layer, so
+        // forwarded to it) stay with it too.
+        for other in scan.filled.values() {
+            if matches!(self.inodes[other.inode], Inode::Forward(i) if i == first) {
+                self.inodes[other.inode] = Inode::Forward(kept);
             }
         }
         self.pending.insert(path.to_vec(), pending);
@@ -1093,6 +1118,8 @@ impl Flattener<'_> {
             if d.created > l {
                 d.opaque = d.opaque.max(Some(l));
                 d.sealed = d.sealed.max(Some(l));
+                // Earlier members of this layer below it went with it.
+                drop_layer(d, l);
             }
         }
         Ok(false)
@@ -1180,7 +1207,14 @@ impl Flattener<'_> {
                 d.sealed = Some(*layer);
                 *node = FNode::Dir(Box::new(d));
             }
-            FNode::Leaf { .. } => *node = FNode::Dir(Box::new(FDir::new(l))),
+            // An earlier member of this layer (a directory's is never hidden by a higher
+            // leaf): it removed what lower layers had at the path.
+            FNode::Leaf { .. } => {
+                let mut d = FDir::new(l);
+                d.opaque = Some(l);
+                d.sealed = Some(l);
+                *node = FNode::Dir(Box::new(d));
+            }
         }
         match node {
             FNode::Dir(d) => Ok(d),
@@ -1198,8 +1232,21 @@ impl Flattener<'_> {
         Ok(())
     }
 
-    /// Links of higher layers whose target this layer hides can never resolve.
+    /// Links of higher layers whose target this layer hides, or leaves a directory, can
+    /// never resolve.
     fn check_pending_hidden(&self, scan: &LayerScan) -> Result<()> {
+        for dir in &scan.dirs_under_links {
+            if let Some(p) = self.pending.get(dir).filter(|p| p.layer > scan.idx) {
+                let link = show(&p.link);
+                return Err(self.lerr(
+                    scan.idx,
+                    dir,
+                    format!(
+                        "is a directory, but a hardlink ({link}) of a higher layer points to it"
+                    ),
+                ));
+            }
+        }
         for (target, p) in &self.pending {
             if p.layer <= scan.idx {
                 continue;

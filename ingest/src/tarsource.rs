@@ -315,6 +315,13 @@ fn pax_value(ext: &MemberExt, key: &[u8]) -> std::result::Result<Option<Vec<u8>>
         .map(|(_, v)| v.to_vec()))
 }
 
+/// A PAX `path` or `linkpath`; an empty one deletes the field (POSIX pax: "If the value
+/// field is zero length, it shall delete any header block field … of the same name"), so
+/// the header's counts, as Go reads it.
+fn pax_name(ext: &MemberExt, key: &[u8]) -> std::result::Result<Option<Vec<u8>>, String> {
+    Ok(pax_value(ext, key)?.filter(|v| !v.is_empty()))
+}
+
 /// The member's name: a GNU long name, else its PAX `path`, else the header's (as Go and GNU
 /// tar read it).
 pub(crate) fn member_path<R: Read>(
@@ -324,7 +331,7 @@ pub(crate) fn member_path<R: Read>(
     if ext.long_name {
         return Ok(m.path_bytes().into_owned());
     }
-    Ok(pax_value(ext, b"path")?.unwrap_or_else(|| m.header().path_bytes().into_owned()))
+    Ok(pax_name(ext, b"path")?.unwrap_or_else(|| m.header().path_bytes().into_owned()))
 }
 
 /// The member's link name, chosen as [`member_path`] chooses the name.
@@ -335,7 +342,7 @@ fn member_link<R: Read>(
     if ext.long_link {
         return Ok(m.link_name_bytes().map(|l| l.into_owned()));
     }
-    Ok(pax_value(ext, b"linkpath")?
+    Ok(pax_name(ext, b"linkpath")?
         .or_else(|| m.header().link_name_bytes().map(|l| l.into_owned())))
 }
 

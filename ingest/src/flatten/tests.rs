@@ -253,8 +253,67 @@ fn a_link_into_a_layer_with_a_path_twice_gets_the_last_member() {
     assert_eq!(content(&dir, &store, "h"), b"bee");
     // The second member a directory: a link cannot name it.
     let l0 = TarB::new().file("a", b"first").dir("a/", 0o755).finish();
-    let err = flat(vec![l0, l1]).unwrap_err().to_string();
+    let err = flat(vec![l0, l1.clone()]).unwrap_err().to_string();
     assert!(err.contains("is a directory, but a hardlink"), "{err}");
+    // A directory, then a file: the file is what the link names (R2).
+    let l0 = TarB::new()
+        .dir("a/", 0o755)
+        .file("a/in", b"i")
+        .file("a", b"file at last")
+        .finish();
+    let (dir, store) = flat_all_ways(&[l0, l1.clone()]);
+    assert_eq!(content(&dir, &store, "h"), b"file at last");
+    // A higher link to this layer's link to the first member keeps the first (R1).
+    let l0 = TarB::new()
+        .file("a", b"v1")
+        .hardlink("h1", "a")
+        .file("a", b"v2")
+        .finish();
+    let l1 = TarB::new().hardlink("x", "a").hardlink("y", "h1").finish();
+    let (dir, store) = flat_all_ways(&[l0, l1]);
+    assert_eq!(content(&dir, &store, "a"), b"v2");
+    assert_eq!(content(&dir, &store, "x"), b"v2");
+    assert_eq!(content(&dir, &store, "h1"), b"v1");
+    assert_eq!(content(&dir, &store, "y"), b"v1");
+    let id = |p: &str| node(&dir, p).unwrap().entry().hardlink;
+    assert_eq!(id("y"), id("h1"));
+    assert_eq!(id("x"), id("a"));
+    assert_ne!(id("x"), id("y"));
+}
+
+/// The same rule inside one layer: a non-directory then a directory at one path (R3), and
+/// a directory's children then the directory replaced (R4): nothing from before comes back.
+#[test]
+fn replacements_inside_one_layer_keep_nothing_from_before() {
+    let l0 = TarB::new().dir("d/", 0o755).file("d/x", b"lower").finish();
+    for kind in ["file", "symlink"] {
+        let mut l1 = TarB::new();
+        match kind {
+            "file" => l1.file("d", b"a file"),
+            _ => l1.symlink("d", "elsewhere"),
+        };
+        let l1 = l1.dir("d/", 0o700).file("d/y", b"y").finish();
+        let (dir, _) = flat_all_ways(&[l0.clone(), l1]);
+        assert_eq!(names(&dir, "d"), vec!["y"], "{kind}");
+        assert_eq!(node(&dir, "d").unwrap().entry().perm, 0o700);
+    }
+    // Children, then the directory replaced by a file; a higher layer makes it again.
+    let l1 = TarB::new()
+        .dir("d/", 0o711)
+        .file("d/y", b"y")
+        .dir("d/sub/", 0o755)
+        .file("d/sub/z", b"z")
+        .file("d", b"now a file")
+        .finish();
+    let l2 = TarB::new().dir("d/", 0o750).file("d/top", b"t").finish();
+    let (dir, _) = flat_all_ways(&[l0.clone(), l1.clone(), l2]);
+    assert_eq!(names(&dir, "d"), vec!["top"]);
+    assert_eq!(node(&dir, "d").unwrap().entry().perm, 0o750);
+    // What the higher layer put in a subdirectory stays; the replaced layer's goes.
+    let l2 = TarB::new().file("d/sub/high", b"h").finish();
+    let (dir, _) = flat_all_ways(&[l0, l1, l2]);
+    assert_eq!(names(&dir, "d"), vec!["sub"]);
+    assert_eq!(names(&dir, "d/sub"), vec!["high"]);
 }
 
 #[test]

@@ -269,6 +269,14 @@ fn parse_manifest(raw: RawDocument, media_type: String, image: &str) -> Result<D
             media_type: l.media_type,
         });
     }
+    // An artifact whose content lives in its config or annotations (OCI 1.1 allows an
+    // image config there too): no filesystem, so no image.
+    if let (Some(t), true) = (&artifact_type, layers.is_empty()) {
+        return Err(Error::not_an_image(
+            image,
+            format!("artifact type {t} without filesystem layers"),
+        ));
+    }
     Ok(Document::Manifest(Manifest {
         media_type,
         config_digest,
@@ -419,6 +427,14 @@ mod non_image_tests {
             reason.contains("an artifact of type application/vnd.example.thing"),
             "{reason}"
         );
+        // An image config and an artifactType, but no layer at all.
+        let bare = manifest(IMAGE_CONFIG, &[], Some("application/vnd.example.thing"));
+        assert_eq!(
+            not_an_image(&bare).unwrap(),
+            "artifact type application/vnd.example.thing without filesystem layers"
+        );
+        // Without an artifactType, an image of no layers stays an image (`FROM scratch`).
+        assert!(not_an_image(&manifest(IMAGE_CONFIG, &[], None)).is_err());
     }
 
     #[test]
@@ -512,11 +528,15 @@ pub fn select_platforms(
     };
     let picked: Vec<SelectedEntry> = match selection {
         PlatformSelection::All => {
-            let picked = one_per_link_suffix(entries);
-            if picked.is_empty() {
-                unplatformed().collect()
-            } else {
-                picked
+            let mut picked = one_per_link_suffix(entries);
+            match picked.first_mut() {
+                None => unplatformed().collect(),
+                Some(first) => {
+                    // Beside entries with a platform, one without has no link name of its
+                    // own: left out, and said (with the first entry's warnings).
+                    first.same_links.extend(unplatformed().map(|s| s.entry));
+                    picked
+                }
             }
         }
         other => {

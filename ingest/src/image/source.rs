@@ -33,7 +33,12 @@ pub struct ImageManifest {
     /// Index entries left out for this one because they would get the same link names
     /// (`linux/arm64` and `linux/arm64/v8` with `--all-platforms`): digest and platform.
     /// [`ImageManifest::same_link_warnings`] words them for the user.
-    pub same_links: Vec<(Digest, Platform)>,
+    /// An entry without a platform (`None`), listed beside entries with one, is left out too.
+    pub same_links: Vec<(Digest, Option<Platform>)>,
+    /// The platform `--platform` asked for, when this manifest is an index entry without a
+    /// platform taken as the fallback: its config must declare one that fits (as containerd
+    /// checks), or another machine's image would be converted without a word.
+    pub config_must_fit: Option<Platform>,
 }
 
 impl ImageManifest {
@@ -45,15 +50,21 @@ impl ImageManifest {
         };
         self.same_links
             .iter()
-            .map(|(digest, platform)| {
-                format!(
+            .map(|(digest, platform)| match platform {
+                Some(platform) => format!(
                     "{}: index entry {digest} ({platform}) is not converted: its link {}@{} \
                      goes to index entry {} ({kept}) (convert it by digest to have it)",
                     self.reference,
                     self.name,
                     kept.link_suffix(),
                     self.manifest_digest,
-                )
+                ),
+                None => format!(
+                    "{}: index entry {digest} has no platform in the index, beside entries \
+                     that have one: not converted with --all-platforms, which could not name \
+                     its link (convert it by digest to have it)",
+                    self.reference,
+                ),
             })
             .collect()
     }
@@ -94,6 +105,18 @@ impl ResolvedImage {
             .platform
             .clone()
             .unwrap_or_else(|| config.platform());
+        if let Some(wanted) = &manifest.config_must_fit {
+            if !wanted.accepts(&platform) {
+                return Err(Error::image(
+                    &manifest.reference,
+                    format!(
+                        "index entry {} lists no platform and its config says {platform}, \
+                         not {wanted}",
+                        manifest.manifest_digest
+                    ),
+                ));
+            }
+        }
         Ok(ResolvedImage {
             reference: manifest.reference,
             name: manifest.name,
@@ -404,12 +427,17 @@ pub(crate) fn resolve_document(
         let ct = content_type.or_else(|| Some(entry.media_type.clone()).filter(|m| !m.is_empty()));
         match parse_document(&bytes, ct.as_deref(), reference)? {
             Document::Manifest(m) => {
+                let fit = match (&entry.platform, selection) {
+                    (None, PlatformSelection::One(wanted)) => Some(wanted.clone()),
+                    _ => None,
+                };
                 let mut image = image_manifest(reference, name, bytes, m, entry.platform);
                 image.from_index = true;
+                image.config_must_fit = fit;
                 image.same_links = selected
                     .same_links
                     .into_iter()
-                    .filter_map(|e| Some((e.digest, e.platform?)))
+                    .map(|e| (e.digest, e.platform))
                     .collect();
                 out.push(image);
             }
@@ -464,6 +492,7 @@ fn image_manifest(
         from_index: false,
         platform,
         same_links: Vec::new(),
+        config_must_fit: None,
     }
 }
 
@@ -551,11 +580,37 @@ mod tests {
         let mut s = store();
         let bare_arm = s.image("arm64", None);
         let bare_amd = s.image("amd64", None);
-        let one = PlatformSelection::One(Platform::parse("linux/amd64").unwrap());
-        let got = s.resolve(std::slice::from_ref(&bare_arm), &one).unwrap();
+        let got = s
+            .resolve(std::slice::from_ref(&bare_arm), &PlatformSelection::Host)
+            .unwrap();
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].platform.to_string(), "linux/arm64");
         assert!(got[0].from_index);
+        // A platform asked for by name must be the one the config declares (as containerd
+        // checks): not another machine's image without a word.
+        let one = PlatformSelection::One(Platform::parse("linux/s390x").unwrap());
+        let err = s
+            .resolve(std::slice::from_ref(&bare_arm), &one)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("lists no platform and its config says linux/arm64, not linux/s390x"),
+            "{err}"
+        );
+        let arm = PlatformSelection::One(Platform::parse("linux/arm64").unwrap());
+        assert_eq!(
+            s.resolve(std::slice::from_ref(&bare_arm), &arm)
+                .unwrap()
+                .len(),
+            1
+        );
+        // With --all-platforms, one without a platform beside one with it is left out, and
+        // said, rather than lost without a word.
+        let arm64 = s.image("arm64", Some(r#"{"os":"linux","architecture":"arm64"}"#));
+        let all = s
+            .resolve(&[arm64, bare_amd.clone()], &PlatformSelection::All)
+            .unwrap();
+        assert_eq!(all.len(), 1);
         let all = s
             .resolve(
                 &[bare_arm.clone(), bare_amd.clone()],
@@ -574,6 +629,40 @@ mod tests {
         assert_eq!(got[0].platform.to_string(), "linux/s390x");
         let err = s.resolve(&[attestation], &want).unwrap_err().to_string();
         assert!(err.contains("the index lists no image manifest"), "{err}");
+    }
+
+    /// `All` leaves out an entry without a platform beside entries with one, and says so.
+    #[test]
+    fn an_entry_without_platform_beside_others_is_reported() {
+        let mut s = store();
+        let arm64 = s.image("arm64", Some(r#"{"os":"linux","architecture":"arm64"}"#));
+        let bare = s.image("amd64", None);
+        let index = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[{arm64},{bare}]}}"#
+        );
+        let name = super::super::RegistryRef::parse("127.0.0.1:5000/r:t")
+            .unwrap()
+            .name();
+        let fetch = |d: &Digest, _: u64| -> Result<Fetched> { Ok((s.docs[d].clone(), None)) };
+        let got = resolve_document(
+            "docker://127.0.0.1:5000/r:t",
+            &name,
+            (index.into_bytes(), None),
+            &PlatformSelection::All,
+            &fetch,
+        )
+        .unwrap();
+        assert_eq!(got.len(), 1);
+        let warnings = got[0].same_link_warnings();
+        let dropped = &got[0].same_links[0].0;
+        assert_eq!(
+            warnings,
+            [format!(
+                "docker://127.0.0.1:5000/r:t: index entry {dropped} has no platform in the \
+                 index, beside entries that have one: not converted with --all-platforms, \
+                 which could not name its link (convert it by digest to have it)"
+            )]
+        );
     }
 
     /// `All` leaves out an entry whose link name another takes, and says so.

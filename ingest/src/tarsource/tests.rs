@@ -264,6 +264,18 @@ fn pax_values_with_newlines_are_read_by_their_length() {
             target: b"dir/new\nline".to_vec()
         }
     );
+    // An empty `path` or `linkpath` deletes the record: the header's name counts (as Go).
+    let tar = TarB::new()
+        .pax(&[("path", b""), ("linkpath", b"")])
+        .symlink("s", "target")
+        .finish();
+    let (root, _) = run(tar).unwrap();
+    assert_eq!(
+        get(&root, "s").entry().kind,
+        EntryKind::Symlink {
+            target: b"target".to_vec()
+        }
+    );
     // A size the crate cannot see behind such a record, differing from the header's.
     let tar = TarB::new()
         .pax(&[("SCHILY.xattr.user.a", b"x\ny"), ("size", b"0")])
