@@ -392,6 +392,45 @@ fn a_collection_stopped_while_deleting_leaves_no_half_revision_behind() {
     assert_matches_source(&env, &src, "");
 }
 
+/// The `Y` line of the signed manifest, and the SHA-1 of `.cvmfsreflog`.
+fn reflog_hashes(env: &Env) -> (String, String) {
+    let manifest = std::fs::read(env.storage.join(".cvmfspublished")).unwrap();
+    let text = String::from_utf8_lossy(&manifest);
+    let named = text
+        .lines()
+        .take_while(|l| *l != "--")
+        .find_map(|l| l.strip_prefix('Y'))
+        .expect("Y line")
+        .to_string();
+    let reflog = std::fs::read(env.storage.join(".cvmfsreflog")).unwrap();
+    (
+        named,
+        catalog_writer::hash::ContentHash::of(&reflog).to_hex(),
+    )
+}
+
+#[test]
+fn a_collection_stopped_between_reflog_and_manifest_is_completed_by_its_rerun() {
+    let env = Env::init(&["--gc"]);
+    let src = four_revisions_with_a_nested_catalog(&env);
+    let out = env
+        .cmd(&["gc", FQRN, "--keep-revisions", "0"])
+        .env("CVMFS_OCI_CRASH_AT", "after-reflog")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the fault point aborts");
+    let (named, actual) = reflog_hashes(&env);
+    assert_ne!(named, actual, "the window: a new reflog, the old manifest");
+    // The rerun has no entry left to remove, and still signs the manifest for the reflog
+    // (which `cvmfs_swissknife check` verifies).
+    env.ok(&["gc", FQRN, "--keep-revisions", "0"]);
+    let (named, actual) = reflog_hashes(&env);
+    assert_eq!(named, actual);
+    assert_manifest_verifies(&env);
+    env.check(true);
+    assert_matches_source(&env, &src, "");
+}
+
 /// The objects a `gc --keep-revisions N` would delete (a dry run's deletion log).
 fn doomed(env: &Env, keep: &str) -> std::collections::BTreeSet<String> {
     let log = env.path(&format!("doomed-{keep}.log"));

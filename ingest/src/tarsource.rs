@@ -342,8 +342,10 @@ fn member_link<R: Read>(
     if ext.long_link {
         return Ok(m.link_name_bytes().map(|l| l.into_owned()));
     }
-    Ok(pax_name(ext, b"linkpath")?
-        .or_else(|| m.header().link_name_bytes().map(|l| l.into_owned())))
+    Ok(
+        pax_name(ext, b"linkpath")?
+            .or_else(|| m.header().link_name_bytes().map(|l| l.into_owned())),
+    )
 }
 
 /// Checks that the crate reads as many data bytes as the member's PAX `size` says: it takes

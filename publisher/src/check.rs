@@ -422,7 +422,7 @@ impl<'a> Checker<'a> {
             if self.report.problems.len() == problems_before {
                 self.report.notes.push(format!(
                     "{m}: the reflog lists everything this revision needs and more (a commit \
-                     stopped before its manifest); the next publish rewrites it"
+                     stopped before its manifest; `cvmfs_swissknife check` fails on it); the next publish or `gc` signs it"
                 ));
             } else {
                 self.problem(m);
