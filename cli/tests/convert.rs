@@ -1568,6 +1568,21 @@ fn sync_a_wishlist_with_wildcards_and_prune() {
     write(&["sync/app:2.*"]);
     env.ok(&["sync", FQRN, recipe.to_str().unwrap(), "--prune"]);
     assert!(has(&witness(&env), "sync/app:1.0"), "converted by hand");
+
+    // A pruned link's directories go when it was their last (the registry's stays).
+    reg.push_oci_layout(&layout, "1.0", "team/solo/app:1")
+        .unwrap();
+    write(&["sync/app:2.*", "team/solo/app:1"]);
+    env.ok(&["sync", FQRN, recipe.to_str().unwrap(), "--prune"]);
+    assert!(has(&witness(&env), "team/solo/app:1"));
+    write(&["sync/app:2.*"]);
+    env.ok(&["sync", FQRN, recipe.to_str().unwrap(), "--prune"]);
+    let report = witness(&env);
+    for gone in [format!("/{addr}/team"), format!("/.metadata/{addr}/team")] {
+        assert!(!report.entries.contains_key(&gone), "{gone} is left empty");
+    }
+    assert!(has(&report, "sync/app:2.0"));
+    env.check(true);
 }
 
 /// A TLS registry holding `REPO:1` built from `edge_image`, and a fresh repository.

@@ -885,10 +885,37 @@ fn apply_prune(txn: &mut Transaction, prune: &Prune) -> Result<(usize, usize)> {
         ns.remove(&link, &objects)?;
         let meta = [layout::METADATA_ROOT.as_bytes(), &link].concat();
         ns.remove(&meta, &objects)?;
+        remove_emptied_parents(ns, &objects, &link, 1)?;
+        remove_emptied_parents(ns, &objects, &meta, 2)?;
         pruned += 1;
     }
     let removed = remove_unlinked_flat_dirs(ns, &objects, &remaining)?;
     Ok((pruned, removed))
+}
+
+/// Removes the directories above `path` that its removal left empty (`/REGISTRY/TEAM` once
+/// its last link is pruned), but not the first `keep` levels (`/REGISTRY`; with the
+/// metadata, `/.metadata/REGISTRY`), as a registry's directory is kept.
+fn remove_emptied_parents(
+    ns: &mut catalog_writer::namespace::Namespace,
+    objects: &dyn catalog_writer::namespace::Objects,
+    path: &[u8],
+    keep: usize,
+) -> Result<()> {
+    let mut dir = path;
+    while let Some(slash) = dir.iter().rposition(|&b| b == b'/') {
+        dir = &dir[..slash];
+        if dir.iter().filter(|&&b| b == b'/').count() <= keep {
+            break;
+        }
+        match ns.list(dir, objects)? {
+            Some(children) if children.is_empty() => {
+                ns.remove(dir, objects)?;
+            }
+            _ => break,
+        }
+    }
+    Ok(())
 }
 
 /// `/reg/repo:tag@linux-arm64` → `/reg/repo:tag`.
