@@ -607,6 +607,39 @@ fn a_bucket_revision_is_replaced_only_by_the_same_tree() {
     assert_eq!(remote_manifest(&s3, "repo"), local_manifest(&a));
 }
 
+/// A repository of the same name with other keys (`init` where `init --existing` was meant)
+/// never replaces the bucket, however new its revision: the bucket's clients trust the other
+/// master key. The same keys in another home do, with a newer revision.
+#[test]
+fn a_bucket_signed_by_another_master_key_is_not_replaced() {
+    let s3 = S3Server::start();
+    let a = Env::init(&[]);
+    let keys = a.home.join(FQRN).join("keys");
+    let same_keys = Env::init(&["--keys", keys.to_str().unwrap()]);
+    let other_keys = Env::init(&[]);
+    for (env, who) in [(&a, "A"), (&same_keys, "B"), (&other_keys, "C")] {
+        let src = env.path("src");
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("who"), who).unwrap();
+        publish(env, &src);
+    }
+    push(&a, &s3, "repo", &[]);
+    for env in [&same_keys, &other_keys] {
+        let src = env.path("src");
+        std::fs::write(src.join("more"), "newer").unwrap();
+        publish(env, &src);
+        assert_eq!(env.revision(), 3);
+    }
+    let err = push_fails(&other_keys, &s3, "repo", None);
+    assert!(err.contains("signed by another master key"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert_eq!(remote_manifest(&s3, "repo"), local_manifest(&a));
+    push(&same_keys, &s3, "repo", &[]);
+    assert_eq!(remote_manifest(&s3, "repo"), local_manifest(&same_keys));
+    // Checked with the key its clients have (A's home holds it).
+    check_bucket(&a, &s3, "repo");
+}
+
 /// Object files (`data/XX/…`) of the storage.
 fn object_files(env: &Env) -> std::collections::BTreeSet<String> {
     let mut names = std::collections::BTreeSet::new();

@@ -415,6 +415,7 @@ impl Repository {
             client: opts.target.client()?,
             http: opts.target.http_client()?,
             store: &store,
+            master: &keys.master_public,
             buffers: tokio::sync::Semaphore::new(budget_mib as usize),
             budget_mib,
             multipart: Default::default(),
@@ -479,6 +480,9 @@ struct Push<'a> {
     /// For the one request the client has no call for (listing multipart uploads).
     http: HttpClient,
     store: &'a LocalStore,
+    /// The repository's master public key: a bucket whose whitelist another key signed holds
+    /// another repository (of the same name), which clients trust by that key.
+    master: &'a openssl::pkey::PKey<openssl::pkey::Public>,
     /// MiB of object bytes in memory at once: the repository's memory budget.
     buffers: tokio::sync::Semaphore,
     budget_mib: u32,
@@ -523,6 +527,7 @@ impl Push<'_> {
                 return Ok(report);
             }
             self.may_replace(&remote.manifest, local)?;
+            self.same_master_key().await?;
         }
         // Root files change without a new manifest too (`resign` renews the whitelist).
         let roots = self.root_files().await?;
@@ -768,6 +773,31 @@ impl Push<'_> {
             )));
         }
         Ok(())
+    }
+
+    /// Refuses a bucket whose whitelist is not signed by this repository's master key: it
+    /// holds a repository of the same name with other keys (an `init` where `init --existing`
+    /// was meant, a CI runner making a new home each time), and its clients, trusting that
+    /// key, would fail every signature of ours.
+    async fn same_master_key(&self) -> Result<()> {
+        let name = root_files::WHITELIST;
+        let got = match self.client.get(&self.target.key(name)).await {
+            Ok(got) => got,
+            Err(object_store::Error::NotFound { .. }) => return Ok(()),
+            Err(e) => return Err(self.remote_error(name, e)),
+        };
+        let bytes = self.body(name, got).await?;
+        let there = format!("{}/{name}", self.target.describe());
+        match signer::Whitelist::signed_by(&bytes, std::slice::from_ref(self.master)) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(Error::Invalid(format!(
+                "{there}: signed by another master key than this repository's: the bucket \
+                 holds another repository of this name, whose clients trust that key; \
+                 refusing to replace it (use that repository's keys: `init --existing` with \
+                 its storage and keys, or push to another bucket or prefix)"
+            ))),
+            Err(e) => Err(Error::corrupt(there, e.to_string())),
+        }
     }
 
     /// The bucket's `.cvmfspublished`, if any.
@@ -1437,11 +1467,15 @@ mod tests {
             })
             .build()
             .unwrap();
+        let master = signer::RepoKeys::generate("repo.test.org")
+            .unwrap()
+            .master_public;
         let push = Push {
             target: &target,
             client,
             http: target.http_client().unwrap(),
             store: &store,
+            master: &master,
             buffers: tokio::sync::Semaphore::new(16),
             budget_mib: 16,
             multipart: Default::default(),

@@ -137,6 +137,15 @@ impl Whitelist {
         Ok(whitelist)
     }
 
+    /// Whether the whitelist in `bytes` is intact and signed by one of `masters`, whatever its
+    /// name and expiry: tells whose repository a stratum holds (an expired whitelist is
+    /// still its owner's, and `resign` renews it).
+    pub fn signed_by(bytes: &[u8], masters: &[PKey<Public>]) -> Result<bool> {
+        let env = envelope::split(ITEM, bytes)?;
+        env.check_hash(ITEM)?;
+        Ok(masters.iter().any(|key| signature_recovers(&env, key)))
+    }
+
     /// True if `fingerprint` (any case, with or without colons) is listed.
     pub fn lists_fingerprint(&self, fingerprint: &str) -> bool {
         let Some(wanted) = fingerprint_hash_text(fingerprint) else {
