@@ -9,7 +9,17 @@ mod paths;
 
 use clap::Parser;
 
+/// Variables the options fall back to: set but empty counts as unset, as with Docker, skopeo
+/// and the AWS tools (a CI secret a fork's pull request does not get is exported empty).
+const OPTION_ENV: [&str; 3] = ["CVMFS_OCI_HOME", "CVMFS_OCI_CREDS", "AWS_ENDPOINT_URL"];
+
 fn main() {
+    for name in OPTION_ENV {
+        if std::env::var_os(name).is_some_and(|v| v.is_empty()) {
+            // Before any thread starts.
+            std::env::remove_var(name);
+        }
+    }
     let cli = args::Cli::try_parse().unwrap_or_else(|err| usage_error(err));
     batch_scheduling();
     memory::tune_allocator();

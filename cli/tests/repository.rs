@@ -1050,3 +1050,45 @@ fn invalid_dirtabs_and_reserved_places_are_refused() {
     assert_eq!(env.revision(), 1);
     env.check(true);
 }
+
+/// Variables the options fall back to, exported but empty (a CI secret a fork's pull request
+/// does not get), count as unset, as with Docker, skopeo and the AWS tools.
+#[test]
+fn empty_environment_variables_count_as_unset() {
+    let env = Env::init(&[]);
+    let fake_home = env.path("user");
+    std::fs::create_dir_all(&fake_home).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cvmfs-oci"))
+        .args(["info", FQRN])
+        .env("CVMFS_OCI_HOME", "")
+        .env("HOME", &fake_home)
+        .env_remove("XDG_DATA_HOME")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(!stderr.contains("--home"), "a usage error: {stderr}");
+    assert!(
+        stderr.contains("cvmfs-oci/") || stderr.contains(FQRN),
+        "{stderr}"
+    );
+    // A local image needs no credentials: an empty CVMFS_OCI_CREDS is none.
+    let layout = env.path("layout");
+    common::edge_image(
+        fixtures::oci::Compression::Gzip,
+        fixtures::oci::MediaTypes::Oci,
+    )
+    .write_layout(&layout, "v1")
+    .unwrap();
+    let out = env
+        .cmd(&["convert", FQRN, &format!("oci:{}:v1", layout.display())])
+        .env("CVMFS_OCI_CREDS", "")
+        .env("AWS_ENDPOINT_URL", "")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

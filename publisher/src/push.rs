@@ -149,11 +149,12 @@ impl S3Target {
     }
 }
 
-/// The process environment's `AWS_*` variables and `HOME`, for [`S3Target::builder`].
+/// The process environment's `AWS_*` variables and `HOME`, for [`S3Target::builder`]; an
+/// empty one counts as unset, as for the AWS tools.
 fn process_env() -> HashMap<String, String> {
     std::env::vars_os()
         .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-        .filter(|(k, _)| k.starts_with("AWS_") || k == "HOME")
+        .filter(|(k, v)| (k.starts_with("AWS_") || k == "HOME") && !v.is_empty())
         .collect()
 }
 

@@ -343,14 +343,16 @@ impl AuthStore {
 
     /// The auth file in effect: `REGISTRY_AUTH_FILE`, else `$DOCKER_CONFIG/config.json`,
     /// else `~/.docker/config.json`.
+    /// An empty variable counts as unset.
     pub fn default_path() -> Option<PathBuf> {
-        if let Some(p) = std::env::var_os("REGISTRY_AUTH_FILE") {
+        let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+        if let Some(p) = var("REGISTRY_AUTH_FILE") {
             return Some(PathBuf::from(p));
         }
-        if let Some(dir) = std::env::var_os("DOCKER_CONFIG") {
+        if let Some(dir) = var("DOCKER_CONFIG") {
             return Some(PathBuf::from(dir).join("config.json"));
         }
-        std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker/config.json"))
+        var("HOME").map(|h| PathBuf::from(h).join(".docker/config.json"))
     }
 
     /// Credentials as the CLI resolves them: `--creds` wins, else the default auth file.
