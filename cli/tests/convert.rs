@@ -390,6 +390,26 @@ fn bad_images_fail_cleanly_and_leave_the_manifest() {
             .is_some_and(|l| l.starts_with("sha256:")),
         "{error}"
     );
+    // Also when the member's data is what fails (a layer ending inside it): `layer` is the
+    // layer's digest alone.
+    let mut short = fixtures::layers::LayerBuilder::new();
+    short.file("part", &[b'a'; 5000]);
+    let short = short.finish()[..1512].to_vec();
+    ImageBuilder::new()
+        .layer(short, Compression::Gzip)
+        .write_layout(&layout, "short-member")
+        .unwrap();
+    let image = format!("oci:{}:short-member", layout.display());
+    let out = env.run(&["--json", "convert", FQRN, &image]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let error = events(&stdout, "error").next().expect("an error event");
+    assert_eq!(error["path"], "part", "{error}");
+    assert!(
+        error["layer"]
+            .as_str()
+            .is_some_and(|l| l.starts_with("sha256:") && l.len() == 71),
+        "{error}"
+    );
     let after = env.snapshot();
     let manifest = env.storage.join(".cvmfspublished");
     assert_eq!(

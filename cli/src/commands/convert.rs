@@ -843,7 +843,16 @@ pub(super) fn report_error(image: &str, e: &anyhow::Error, out: Output) {
             });
         if let Some((archive, path)) = member {
             if let Some((_, layer)) = archive.rsplit_once(" layer ") {
+                // A member's data (truncated, unreadable) names it after the layer:
+                // `sha256:…: PATH`.
+                let (layer, in_name) = match layer.split_once(": ") {
+                    Some((layer, member)) => (layer, Some(member)),
+                    None => (layer, None),
+                };
                 event["layer"] = json!(layer);
+                if let Some(member) = in_name.filter(|_| path.is_none()) {
+                    event["path"] = json!(member);
+                }
             }
             if let Some(path) = path.filter(|p| !p.is_empty()) {
                 event["path"] = json!(path);
