@@ -64,7 +64,9 @@ pub enum Command {
     /// Show the tree of nested catalogs (`cvmfs_server list-catalogs`).
     ListCatalogs(ListCatalogsArgs),
     /// Copy the published revision to an S3 bucket (objects missing there, then catalogs,
-    /// then the manifest); credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY.
+    /// then the manifest); credentials as the AWS tools find them: AWS_ACCESS_KEY_ID /
+    /// AWS_SECRET_ACCESS_KEY, the AWS_PROFILE of ~/.aws/credentials and ~/.aws/config, web
+    /// identity, container or EC2 instance credentials (see the README).
     Push(PushArgs),
     /// Convert container images into the repository (DUCC-compatible layout).
     Convert(ConvertArgs),
@@ -346,7 +348,8 @@ pub struct GcArgs {
     /// Tagged revisions are always kept.
     #[arg(long, value_name = "WHEN")]
     pub keep_since: Option<String>,
-    /// Report what would be deleted; change nothing.
+    /// Report what would be deleted; change nothing (it still waits for the repository lock,
+    /// so that what it reports is what a collection would do).
     #[arg(long)]
     pub dry_run: bool,
     /// Append the names of the deleted objects to this file (with --dry-run: of those that would be deleted).
@@ -369,7 +372,8 @@ pub struct PushArgs {
     /// S3-compatible endpoint URL (default: AWS).
     #[arg(long, env = "AWS_ENDPOINT_URL")]
     pub endpoint: Option<String>,
-    /// Region (default: AWS_REGION / AWS_DEFAULT_REGION, else us-east-1).
+    /// Region (default: AWS_REGION / AWS_DEFAULT_REGION, else the profile's `region` in
+    /// ~/.aws/config, else us-east-1).
     #[arg(long)]
     pub region: Option<String>,
     /// Allow a plain-HTTP endpoint.
@@ -453,7 +457,8 @@ pub struct SyncArgs {
 
 #[derive(Args)]
 pub struct DemoArgs {
-    /// Keep the demo repository in this directory instead of a temporary one.
+    /// Keep the demo repository in this directory instead of a temporary one. Its home and
+    /// keys are kept inside it too (--home and --keys do not apply).
     #[arg(long)]
     pub dir: Option<PathBuf>,
 }

@@ -56,7 +56,7 @@ pub fn run(cli: Cli, out: Output) -> Result<i32> {
         Command::Migrate(a) => migrate::migrate(&home, &g, &a, out),
         Command::Cache(CacheCommand::Seed(a)) => cache_seed(&home, &a.fqrn, out),
         Command::Cache(CacheCommand::Stats(a)) => cache_stats(&home, &a.fqrn, out),
-        Command::Demo(a) => crate::demo::run(&a, out),
+        Command::Demo(a) => crate::demo::run(&a, &g, out),
     }
 }
 

@@ -12,11 +12,18 @@ use std::path::{Path, PathBuf};
 
 const FQRN: &str = "demo.cvmfs-oci.local";
 
-pub fn run(a: &DemoArgs, out: Output) -> Result<i32> {
+pub fn run(a: &DemoArgs, g: &Global, out: Output) -> Result<i32> {
     let out = Output {
         fqrn: Some(FQRN),
         ..out
     };
+    if g.home.is_some() || g.keys.is_some() {
+        // Self-contained: deleting the demo directory leaves nothing behind.
+        crate::output::to_stderr(
+            "cvmfs-oci: note: demo keeps its home and keys inside its own directory \
+             (--dir): --home (or CVMFS_OCI_HOME) and --keys are not used",
+        );
+    }
     let base = match &a.dir {
         Some(d) => d.clone(),
         None => std::env::temp_dir().join(format!("cvmfs-oci-demo-{}", std::process::id())),

@@ -58,4 +58,22 @@ fn the_demo_publishes_its_sample_tree_and_keeps_everything_in_its_directory() {
         manifest,
         std::fs::read(env.storage.join(".cvmfspublished")).unwrap()
     );
+
+    // --home and --keys do not apply: said, and nothing is put there.
+    let other_home = env.dir.path().join("other-home");
+    let out = Command::new(env!("CARGO_BIN_EXE_cvmfs-oci"))
+        .arg("--home")
+        .arg(&other_home)
+        .args(["demo", "--dir"])
+        .arg(env.dir.path().join("demo2"))
+        .env("TMPDIR", &tmpdir)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("--home (or CVMFS_OCI_HOME) and --keys are not used"),
+        "{err}"
+    );
+    assert!(!other_home.exists());
 }

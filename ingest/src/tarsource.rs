@@ -275,8 +275,8 @@ pub(crate) fn split_member_path(raw: &[u8]) -> std::result::Result<Vec<&[u8]>, S
     }
     if comps.len() > MAX_DEPTH {
         return Err(format!(
-            "{} directory levels (at most {MAX_DEPTH})",
-            comps.len() - 1
+            "a path of {} levels (at most {MAX_DEPTH})",
+            comps.len()
         ));
     }
     Ok(comps)

@@ -8,6 +8,9 @@ pub enum Error {
     /// The reference text itself is malformed.
     #[error("invalid image reference {input:?}: {reason}")]
     Reference { input: String, reason: String },
+    /// A platform (`--platform`) is malformed.
+    #[error("invalid platform {input:?}: {reason}")]
+    Platform { input: String, reason: String },
     /// The image (manifest, index, config) is unusable.
     #[error("image {image}: {reason}")]
     Image { image: String, reason: String },
@@ -105,6 +108,7 @@ impl Error {
                 input,
                 reason: scrub(&reason),
             },
+            platform @ Error::Platform { .. } => platform,
             Error::Image { image, reason } => Error::Image {
                 image,
                 reason: scrub(&reason),

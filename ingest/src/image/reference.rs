@@ -426,9 +426,10 @@ impl Platform {
         let parts: Vec<&str> = text.split('/').collect();
         let ok = (2..=3).contains(&parts.len()) && parts.iter().all(|p| !p.is_empty());
         if !ok {
-            return Err(Error::Reference {
+            return Err(Error::Platform {
                 input: text.to_owned(),
-                reason: "platform must be os/arch[/variant]".to_owned(),
+                reason: "a platform is os/arch[/variant], e.g. linux/amd64 or linux/arm64/v8"
+                    .to_owned(),
             });
         }
         Ok(Platform {
@@ -713,6 +714,20 @@ mod tests {
             redact_userinfo("http://u:pw@h.io/r:1"),
             "http://u:***@h.io/r:1"
         );
+    }
+
+    #[test]
+    fn a_bad_platform_is_reported_as_a_platform() {
+        for text in ["linux", "linux/", "/amd64", "a/b/c/d"] {
+            let err = Platform::parse(text).unwrap_err().to_string();
+            assert_eq!(
+                err,
+                format!(
+                    "invalid platform {text:?}: a platform is os/arch[/variant], e.g. \
+                     linux/amd64 or linux/arm64/v8"
+                )
+            );
+        }
     }
 
     /// A truncated or mistyped digest is a bad digest, shown as typed: not credentials, and
