@@ -31,6 +31,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
+mod trusted_tls;
+
 /// Largest manifest, config or listing page read into memory.
 const MAX_DOCUMENT: usize = super::local_file::MAX_DOCUMENT as usize;
 /// Where podman/skopeo and Docker keep per-registry CAs (`HOST[:PORT]/*.crt`) and client
@@ -546,12 +548,12 @@ impl Inner {
     ) -> Result<reqwest::Client> {
         let files = [self.options.ca_files.clone(), certs.cas.clone()].concat();
         let verify = (!self.is_insecure(authority)).then_some(&files[..]);
-        let builder = http_client_builder(&self.options, verify, certs.client.as_ref())?;
-        let builder = match tls12_only {
-            true => builder.max_tls_version(reqwest::tls::Version::TLS_1_2),
-            false => builder,
-        };
-        build_client(builder)
+        build_client(http_client_builder(
+            &self.options,
+            verify,
+            certs.client.as_ref(),
+            tls12_only,
+        )?)
     }
 
     /// Whether an HTTPS connection to `url`'s host that closed right after the handshake was
@@ -1202,22 +1204,42 @@ fn http_client(
     ca_files: Option<&[PathBuf]>,
     identity: Option<&ClientCertificate>,
 ) -> Result<reqwest::Client> {
-    build_client(http_client_builder(options, ca_files, identity)?)
+    build_client(http_client_builder(options, ca_files, identity, false)?)
 }
 
+/// [`http_client`]'s builder; `tls12_only` caps the protocol at TLS 1.2.
 fn http_client_builder(
     options: &RegistryOptions,
     ca_files: Option<&[PathBuf]>,
     identity: Option<&ClientCertificate>,
+    tls12_only: bool,
 ) -> Result<reqwest::ClientBuilder> {
     let builder = reqwest::Client::builder()
         .user_agent(concat!("cvmfs-oci/", env!("CARGO_PKG_VERSION")))
         .redirect(redirect_policy())
         .connect_timeout(options.connect_timeout)
         .read_timeout(options.read_timeout);
+    // Explicitly trusted certificates: our own rustls configuration, so that one of them
+    // may also be the server's certificate (see `trusted_tls`).
+    if let Some(files) = ca_files.filter(|files| !files.is_empty()) {
+        let identity = identity.map(ClientCertificate::load_rustls).transpose()?;
+        let config = trusted_tls::client_config(trusted_certs(files)?, identity, tls12_only)
+            .map_err(|e| {
+                let files: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+                Error::io(
+                    format!("TLS settings trusting {}", files.join(", ")),
+                    io::Error::other(e),
+                )
+            })?;
+        return Ok(builder.tls_backend_preconfigured(config));
+    }
     let builder = match ca_files {
-        Some(files) => builder.tls_certs_merge(extra_roots(files)?),
+        Some(_) => builder,
         None => builder.tls_danger_accept_invalid_certs(true),
+    };
+    let builder = match tls12_only {
+        true => builder.max_tls_version(reqwest::tls::Version::TLS_1_2),
+        false => builder,
     };
     Ok(match identity {
         Some(identity) => builder.identity(identity.load()?),
@@ -1314,6 +1336,29 @@ impl HostCerts {
 
 impl ClientCertificate {
     fn load(&self) -> Result<reqwest::Identity> {
+        let (what, pem) = self.read()?;
+        reqwest::Identity::from_pem(&pem)
+            .map_err(|e| Error::io(&what, io::Error::other(error_chain(&e))))
+    }
+
+    /// The same for a rustls configuration: the certificate chain and the key.
+    fn load_rustls(&self) -> Result<trusted_tls::Identity> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let (what, pem) = self.read()?;
+        let bad = |e: String| Error::io(&what, io::Error::other(e));
+        let chain = CertificateDer::pem_slice_iter(&pem)
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| bad(e.to_string()))?;
+        if chain.is_empty() {
+            return Err(bad("no PEM certificate in it".into()));
+        }
+        let key = PrivateKeyDer::from_pem_slice(&pem).map_err(|e| bad(e.to_string()))?;
+        Ok((chain, key))
+    }
+
+    /// What to call the pair in errors, and the certificate's PEM followed by the key's.
+    fn read(&self) -> Result<(String, Vec<u8>)> {
         let what = format!(
             "client certificate {} with key {}",
             self.cert.display(),
@@ -1322,19 +1367,21 @@ impl ClientCertificate {
         let mut pem = std::fs::read(&self.cert).map_err(|e| Error::io(&what, e))?;
         pem.push(b'\n');
         pem.extend(std::fs::read(&self.key).map_err(|e| Error::io(&what, e))?);
-        reqwest::Identity::from_pem(&pem)
-            .map_err(|e| Error::io(&what, io::Error::other(error_chain(&e))))
+        Ok((what, pem))
     }
 }
 
 /// The certificates of each PEM file in `files`.
-fn extra_roots(files: &[PathBuf]) -> Result<Vec<reqwest::Certificate>> {
+fn trusted_certs(files: &[PathBuf]) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
     let mut roots = Vec::new();
     for path in files {
         let what = format!("CA file {}", path.display());
         let pem = std::fs::read(path).map_err(|e| Error::io(&what, e))?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem)
-            .map_err(|e| Error::io(&what, io::Error::other(error_chain(&e))))?;
+        let certs = CertificateDer::pem_slice_iter(&pem)
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| Error::io(&what, io::Error::other(e.to_string())))?;
         if certs.is_empty() {
             return Err(Error::io(
                 &what,

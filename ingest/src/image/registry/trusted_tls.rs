@@ -1,0 +1,273 @@
+//! TLS for a registry whose certificates the user trusts explicitly (`--registry-ca`,
+//! `certs.d/HOST[:PORT]/*.crt`).
+//!
+//! Docker's recipe for a registry with a self-signed certificate (`openssl req -x509 …`)
+//! makes a certificate marked CA:TRUE that is also the server's certificate. Go (Docker,
+//! skopeo) and curl accept it once it is trusted; webpki refuses a CA as an end entity
+//! (`CaUsedAsEndEntity`). So the verifier here verifies as reqwest does (the system's roots
+//! plus the trusted files, through rustls-platform-verifier) and, only when that refuses a
+//! server certificate for being a CA, accepts it if it is byte for byte one of the trusted
+//! certificates and names the host. Handshake signatures are verified as always.
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::ParsedCertificate;
+use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
+use std::sync::Arc;
+
+/// The client's certificate chain and its private key (mutual TLS).
+pub(super) type Identity = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);
+
+/// A rustls configuration like the one reqwest builds (same crypto provider, protocol
+/// versions and ALPN), with [`PinningVerifier`] over `trusted` and `identity` as the client
+/// certificate. `tls12_only` caps the protocol at TLS 1.2.
+pub(super) fn client_config(
+    trusted: Vec<CertificateDer<'static>>,
+    identity: Option<Identity>,
+    tls12_only: bool,
+) -> Result<rustls::ClientConfig, rustls::Error> {
+    // reqwest's choice: a process-wide default if one was installed, else aws-lc-rs.
+    let provider = CryptoProvider::get_default()
+        .cloned()
+        .unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()));
+    let versions: &[&rustls::SupportedProtocolVersion] = match tls12_only {
+        true => &[&rustls::version::TLS12],
+        false => rustls::ALL_VERSIONS,
+    };
+    let verifier = PinningVerifier {
+        inner: rustls_platform_verifier::Verifier::new_with_extra_roots(
+            trusted.clone(),
+            provider.clone(),
+        )?,
+        pinned: trusted,
+    };
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier));
+    let mut config = match identity {
+        Some((chain, key)) => builder.with_client_auth_cert(chain, key)?,
+        None => builder.with_no_client_auth(),
+    };
+    // What reqwest offers with its `http2` feature, which oci-client turns on.
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// Verifies as reqwest does, but takes a CA certificate as the server's own when it is one
+/// of the explicitly trusted certificates (`pinned`) and is valid for the server name.
+#[derive(Debug)]
+struct PinningVerifier {
+    inner: rustls_platform_verifier::Verifier,
+    pinned: Vec<CertificateDer<'static>>,
+}
+
+impl ServerCertVerifier for PinningVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let refusal = match self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        ) {
+            Ok(verified) => return Ok(verified),
+            Err(e) => e,
+        };
+        // webpki checks the end entity's validity period before its basic constraints, so
+        // this refusal also says the certificate is within its dates.
+        if !ca_used_as_end_entity(&refusal) || !self.pinned.iter().any(|p| p == end_entity) {
+            return Err(refusal);
+        }
+        rustls::client::verify_server_name(&ParsedCertificate::try_from(end_entity)?, server_name)?;
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+fn ca_used_as_end_entity(e: &rustls::Error) -> bool {
+    match e {
+        rustls::Error::InvalidCertificate(CertificateError::Other(other)) => matches!(
+            other.0.downcast_ref::<webpki::Error>(),
+            Some(webpki::Error::CaUsedAsEndEntity)
+        ),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{http_client_builder, RegistryClient, RegistryOptions};
+    use crate::image::reference::RegistryRef;
+    use openssl::ssl::{SslAcceptor, SslFiletype, SslMethod};
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::TcpListener;
+    use std::path::{Path, PathBuf};
+    use std::process::Command;
+
+    /// Docker's recipe for a registry's self-signed certificate (CA:TRUE, as `openssl req
+    /// -x509` marks it) for `san`: `(certificate, key)` PEM files in `dir`.
+    fn docker_recipe_cert(dir: &Path, name: &str, san: &str) -> (PathBuf, PathBuf) {
+        let (cert, key) = (
+            dir.join(format!("{name}.crt")),
+            dir.join(format!("{name}.key")),
+        );
+        let status = Command::new("openssl")
+            .args([
+                "req", "-newkey", "rsa:2048", "-nodes", "-sha256", "-x509", "-days", "1",
+            ])
+            .args([
+                "-subj",
+                "/CN=127.0.0.1",
+                "-addext",
+                &format!("subjectAltName={san}"),
+            ])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .unwrap();
+        assert!(status.status.success(), "{status:?}");
+        let text = Command::new("openssl")
+            .args(["x509", "-noout", "-text", "-in"])
+            .arg(&cert)
+            .output()
+            .unwrap();
+        assert!(String::from_utf8_lossy(&text.stdout).contains("CA:TRUE"));
+        (cert, key)
+    }
+
+    /// An HTTPS registry on 127.0.0.1 presenting `cert` that answers every request with one
+    /// tag list; returns `127.0.0.1:PORT`.
+    fn serve(cert: &Path, key: &Path) -> String {
+        let mut acceptor = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls()).unwrap();
+        acceptor
+            .set_private_key_file(key, SslFiletype::PEM)
+            .unwrap();
+        acceptor.set_certificate_chain_file(cert).unwrap();
+        let acceptor = acceptor.build();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { return };
+                // A client refusing the certificate ends the handshake: nothing to answer.
+                let Ok(stream) = acceptor.accept(stream) else {
+                    continue;
+                };
+                let mut reader = BufReader::new(stream);
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                    line.clear();
+                }
+                let body = r#"{"name":"r/x","tags":["1"]}"#;
+                let _ = write!(
+                    reader.get_mut(),
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
+                     Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        addr
+    }
+
+    fn list_tags(
+        addr: &str,
+        tune: impl FnOnce(&mut RegistryOptions),
+    ) -> Result<Vec<String>, String> {
+        let mut options = RegistryOptions {
+            certs_dirs: Vec::new(),
+            max_retries: 0,
+            ..RegistryOptions::default()
+        };
+        tune(&mut options);
+        let repo = RegistryRef::parse(&format!("{addr}/r/x:1")).unwrap();
+        let client = RegistryClient::new(options).map_err(|e| e.to_string())?;
+        client.list_tags(&repo).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_trusted_self_signed_ca_certificate_is_accepted_as_the_servers() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (cert, key) = docker_recipe_cert(tmp.path(), "domain", "IP:127.0.0.1");
+        let addr = serve(&cert, &key);
+        let ca = list_tags(&addr, |o| o.ca_files = vec![cert.clone()]);
+        assert_eq!(ca, Ok(vec!["1".to_owned()]));
+        let host_dir = tmp.path().join("certs.d").join(&addr);
+        std::fs::create_dir_all(&host_dir).unwrap();
+        std::fs::copy(&cert, host_dir.join("ca.crt")).unwrap();
+        let certs_d = list_tags(&addr, |o| o.certs_dirs = vec![tmp.path().join("certs.d")]);
+        assert_eq!(certs_d, Ok(vec!["1".to_owned()]));
+    }
+
+    #[test]
+    fn a_self_signed_ca_certificate_is_refused_unless_it_is_the_one_trusted() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (cert, key) = docker_recipe_cert(tmp.path(), "domain", "IP:127.0.0.1");
+        let (other, _) = docker_recipe_cert(tmp.path(), "other", "IP:127.0.0.1");
+        let addr = serve(&cert, &key);
+        // webpki checks the server's certificate itself before looking for its issuer.
+        let e = list_tags(&addr, |_| {}).unwrap_err();
+        assert!(e.contains("CaUsedAsEndEntity"), "{e}");
+        // Same subject, another key: trusting it trusts nothing else.
+        let e = list_tags(&addr, |o| o.ca_files = vec![other.clone()]).unwrap_err();
+        assert!(e.contains("invalid peer certificate"), "{e}");
+    }
+
+    #[test]
+    fn a_trusted_self_signed_certificate_is_refused_for_a_host_it_does_not_name() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (cert, key) = docker_recipe_cert(tmp.path(), "domain", "IP:127.0.0.1");
+        let addr = serve(&cert, &key);
+        let port = addr.rsplit(':').next().unwrap();
+        let files = [cert];
+        let fetch = |host: &str| {
+            let client =
+                http_client_builder(&RegistryOptions::default(), Some(&files), None, false)
+                    .unwrap()
+                    .resolve(host, addr.parse().unwrap())
+                    .build()
+                    .unwrap();
+            let url = format!("https://{host}:{port}/v2/");
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            rt.block_on(async { client.get(url).send().await.map(|r| r.status().as_u16()) })
+                .map_err(|e| format!("{e:?}"))
+        };
+        // The same client setup reaches the host the certificate names...
+        assert_eq!(fetch("127.0.0.1"), Ok(200));
+        // ...and not another name for the same server.
+        let e = fetch("registry.example").unwrap_err();
+        assert!(e.contains("NotValidForName"), "{e}");
+    }
+}
