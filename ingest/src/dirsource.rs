@@ -143,6 +143,9 @@ struct Shared<'a> {
     pipeline: &'a ObjectPipeline,
     failure: Mutex<Option<Error>>,
     read: Mutex<Recorded>,
+    /// The source root (a directory handle) and its path: files are opened below it
+    /// without following any symbolic link on the way.
+    root: Option<(File, PathBuf)>,
 }
 
 /// Reads the tree below `path` (its own metadata becomes the root's). Hard links inside the
@@ -177,10 +180,17 @@ fn walk_and_read(
     pipeline: &ObjectPipeline,
     mut known: Option<Known<'_>>,
 ) -> Result<(Dir, Option<StatCacheUpdate>)> {
+    let root = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY)
+        .open(path)
+        .ok()
+        .map(|dir| (dir, path.to_path_buf()));
     let shared = Shared {
         pipeline,
         failure: Mutex::new(None),
         read: Mutex::new(Recorded::default()),
+        root,
     };
     let walked = std::thread::scope(|s| {
         let (small, small_rx) = bounded::<ReadJob>(READ_QUEUE);
@@ -229,7 +239,7 @@ fn read_files(jobs: Receiver<ReadJob>, shared: &Shared<'_>) {
         if failed(&shared.failure) {
             continue;
         }
-        match read_file(&job, shared.pipeline) {
+        match read_file(&job, shared) {
             Ok(after) => {
                 if let Some(r) = job.record {
                     if r.stat == stat_of(&after, r.stat.mnt) && settled(&r.stat, r.seen_ns) {
@@ -382,9 +392,14 @@ fn mount_id(path: &CString) -> u64 {
 }
 
 /// Reads the file into its ticket; returns its state (fstat) after the read.
-fn read_file(job: &ReadJob, pipeline: &ObjectPipeline) -> Result<Metadata> {
+fn read_file(job: &ReadJob, shared: &Shared<'_>) -> Result<Metadata> {
+    let pipeline = shared.pipeline;
     let name = job.path.display().to_string();
-    let mut f = open_walked(job).map_err(|e| Error::io(&name, e))?;
+    let root = shared
+        .root
+        .as_ref()
+        .map(|(dir, path)| (dir, path.as_path()));
+    let mut f = open_walked(job, root).map_err(|e| Error::io(&name, e))?;
     let before = f.metadata().map_err(|e| Error::io(&name, e))?;
     let mut counted = Counted {
         inner: &mut f,
@@ -439,22 +454,68 @@ impl Read for Counted<'_> {
 }
 
 /// Opens the file the walker saw, refusing whatever replaced it since: a symlink (not
-/// followed), a FIFO (not waited for: opening one for reading blocks until a writer comes),
-/// or another file. The tree being published may be live.
-fn open_walked(job: &ReadJob) -> io::Result<File> {
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(&job.path)
-        .map_err(|e| match e.raw_os_error() {
-            Some(libc::ELOOP) => io::Error::other("replaced by a symbolic link during the walk"),
-            _ => e,
-        })?;
+/// followed, nor one that replaced a directory on its way from `root`, which would read a
+/// file from outside the tree), a FIFO (not waited for: opening one for reading blocks until
+/// a writer comes), or another file. The tree being published may be live.
+fn open_walked(job: &ReadJob, root: Option<(&File, &Path)>) -> io::Result<File> {
+    let below = root.and_then(|(dir, path)| {
+        let rel = job.path.strip_prefix(path).ok()?;
+        (!rel.as_os_str().is_empty()).then_some((dir, rel))
+    });
+    let opened = match below {
+        Some((dir, rel)) => match open_beneath(dir, rel) {
+            // Kernels before 5.6 (or a sandbox) lack openat2: by path, as before.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::EPERM)) => None,
+            other => Some(other),
+        },
+        None => None,
+    };
+    let f = match opened {
+        Some(f) => f,
+        None => std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&job.path),
+    }
+    .map_err(|e| match e.raw_os_error() {
+        Some(libc::ELOOP) => io::Error::other(
+            "replaced during the walk: it, or a directory on its path, is a symbolic link now",
+        ),
+        Some(libc::EXDEV) => io::Error::other("moved out of the tree during the walk"),
+        _ => e,
+    })?;
     let meta = f.metadata()?;
     if !meta.is_file() || (meta.dev(), meta.ino()) != job.inode {
         return Err(io::Error::other("replaced by another file during the walk"));
     }
     Ok(f)
+}
+
+/// `rel` below the directory `dir`, for reading, with no symbolic link followed on the way
+/// (`openat2` with `RESOLVE_NO_SYMLINKS`; `ELOOP` if there is one).
+fn open_beneath(dir: &File, rel: &Path) -> io::Result<File> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let name = std::ffi::CString::new(rel.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: all-zero is a valid `open_how` (no flags, no mode, no resolve restrictions).
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC) as u64;
+    how.resolve = libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS | libc::RESOLVE_BENEATH;
+    // SAFETY: `name` is NUL-terminated, `how` lives through the call and its size is passed.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel returned a new descriptor that nothing else owns.
+    Ok(unsafe { File::from_raw_fd(fd as i32) })
 }
 
 fn failed(failure: &Mutex<Option<Error>>) -> bool {
@@ -1031,21 +1092,59 @@ mod tests {
             inode: (meta.dev(), meta.ino()),
             record: None,
         };
-        assert!(open_walked(&job(&file)).is_ok());
+        let dir = File::open(tmp.path()).unwrap();
+        // Below the root's handle, and by path (kernels without openat2).
+        for root in [Some((&dir, tmp.path())), None] {
+            std::fs::write(&file, b"walked").unwrap();
+            let meta = std::fs::symlink_metadata(&file).unwrap();
+            let job = |path: &Path| ReadJob {
+                inode: (meta.dev(), meta.ino()),
+                ..job(path)
+            };
+            assert!(open_walked(&job(&file), root).is_ok());
 
-        let err = open_walked(&job(&other)).unwrap_err();
-        assert!(err.to_string().contains("replaced"), "{err}");
-        std::fs::remove_file(&file).unwrap();
-        symlink(&other, &file).unwrap();
-        let err = open_walked(&job(&file)).unwrap_err();
+            let err = open_walked(&job(&other), root).unwrap_err();
+            assert!(err.to_string().contains("replaced"), "{err}");
+            std::fs::remove_file(&file).unwrap();
+            symlink(&other, &file).unwrap();
+            let err = open_walked(&job(&file), root).unwrap_err();
+            assert!(err.to_string().contains("symbolic link"), "{err}");
+            std::fs::remove_file(&file).unwrap();
+            let cpath = CString::new(file.as_os_str().as_bytes()).unwrap();
+            // SAFETY: valid NUL-terminated path.
+            assert_eq!(unsafe { libc::mkfifo(cpath.as_ptr(), 0o600) }, 0);
+            // Would block for a writer without O_NONBLOCK.
+            let err = open_walked(&job(&file), root).unwrap_err();
+            assert!(err.to_string().contains("replaced"), "{err}");
+            std::fs::remove_file(&file).unwrap();
+        }
+    }
+
+    /// A directory of the tree swapped for a symbolic link after the walk listed it: the
+    /// file read below it is not the one outside the tree the link leads to.
+    #[test]
+    fn a_directory_swapped_for_a_link_after_the_walk_is_not_followed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (root, outside) = (tmp.path().join("tree"), tmp.path().join("outside"));
+        std::fs::create_dir_all(root.join("d")).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(root.join("d/f"), b"inside").unwrap();
+        std::fs::write(outside.join("f"), b"secret").unwrap();
+        // The walk saw d/f; then d becomes a link to `outside` (whose f it is now, inode too:
+        // as if the walker's lstat had gone through the link already).
+        std::fs::rename(root.join("d"), tmp.path().join("d.old")).unwrap();
+        symlink(&outside, root.join("d")).unwrap();
+        let meta = std::fs::metadata(root.join("d/f")).unwrap();
+        let job = ReadJob {
+            ticket: FileTicket(0),
+            path: root.join("d/f"),
+            size: 6,
+            inode: (meta.dev(), meta.ino()),
+            record: None,
+        };
+        let dir = File::open(&root).unwrap();
+        let err = open_walked(&job, Some((&dir, &root))).unwrap_err();
         assert!(err.to_string().contains("symbolic link"), "{err}");
-        std::fs::remove_file(&file).unwrap();
-        let cpath = CString::new(file.as_os_str().as_bytes()).unwrap();
-        // SAFETY: valid NUL-terminated path.
-        assert_eq!(unsafe { libc::mkfifo(cpath.as_ptr(), 0o600) }, 0);
-        // Would block for a writer without O_NONBLOCK.
-        let err = open_walked(&job(&file)).unwrap_err();
-        assert!(err.to_string().contains("replaced"), "{err}");
     }
 
     #[test]
@@ -1063,9 +1162,15 @@ mod tests {
             inode: (meta.dev(), meta.ino()),
             record: None,
         };
-        read_file(&job(10), &p).unwrap();
+        let shared = Shared {
+            pipeline: &p,
+            failure: Mutex::new(None),
+            read: Mutex::new(Recorded::default()),
+            root: None,
+        };
+        read_file(&job(10), &shared).unwrap();
         // Listed at 14 bytes, truncated to 10 before it was read.
-        let err = read_file(&job(14), &p).unwrap_err().to_string();
+        let err = read_file(&job(14), &shared).unwrap_err().to_string();
         assert!(
             err.contains("changed while being read (14 bytes when listed, 10 read, 10 now)"),
             "{err}"

@@ -110,6 +110,8 @@ pub(crate) struct ExtensionGuard<R> {
     long_link: bool,
     /// The last member's extensions, for its reader.
     slot: MemberExtSlot,
+    /// An end-of-archive (all-zero) block was read.
+    ended: bool,
 }
 
 enum State {
@@ -139,7 +141,14 @@ impl<R: Read> ExtensionGuard<R> {
             long_name: false,
             long_link: false,
             slot: MemberExtSlot::default(),
+            ended: false,
         }
+    }
+
+    /// Whether the archive's end-of-archive block has passed: an archive without one was cut
+    /// short, between two members (where the tar crate, as GNU tar, just stops).
+    pub(crate) fn saw_end(&self) -> bool {
+        self.ended
     }
 
     /// Follows the layout through `bytes`, which start at `self.pos`.
@@ -192,7 +201,12 @@ impl<R: Read> ExtensionGuard<R> {
 
     /// A header block at `self.next`.
     fn header(&mut self, block: &[u8]) -> io::Result<()> {
-        if block.iter().all(|b| *b == 0) || !checksum_holds(block) {
+        if block.iter().all(|b| *b == 0) {
+            self.ended = true;
+            self.state = State::Done;
+            return Ok(());
+        }
+        if !checksum_holds(block) {
             self.state = State::Done;
             return Ok(());
         }

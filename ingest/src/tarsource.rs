@@ -51,14 +51,29 @@ pub fn tree_from_tar<R: Read + Send + 'static>(
     let entries = archive
         .entries()
         .map_err(|e| tar_err(opts, b"", format!("reading archive: {e}")))?;
+    let mut members = 0usize;
     for member in entries {
         let mut member =
             member.map_err(|e| tar_err(opts, b"", format!("reading next member: {e}")))?;
         builder.add(&mut member, &slot, pipeline)?;
+        members += 1;
     }
     // Read to the end so gzip/zstd trailers (checksums) are verified too.
-    drain_rest(archive.into_inner())
+    let mut guard = archive.into_inner();
+    drain_rest(&mut guard)
         .map_err(|e| tar_err(opts, b"", format!("after the end of the archive: {e}")))?;
+    // A stream cut between members reads as a complete archive of fewer members, and a
+    // publish at --path would delete the rest: only an archive that ends as tar archives end
+    // is taken.
+    // (An empty stream has no members: refused for that by the caller.)
+    if members > 0 && !guard.saw_end() {
+        return Err(tar_err(
+            opts,
+            b"",
+            "the archive ends without its end-of-archive block: cut short? (nothing published)"
+                .into(),
+        ));
+    }
     let mut default_dir = Entry::directory(0o755, 0, 0, 0);
     if let Some((uid, gid)) = opts.owner {
         (default_dir.uid, default_dir.gid) = (uid, gid);

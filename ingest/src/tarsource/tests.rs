@@ -300,6 +300,20 @@ fn pax_values_with_newlines_are_read_by_their_length() {
     assert!(err.contains("malformed PAX record at byte 0"), "{err}");
 }
 
+/// A plain tar stream cut between two members (a producer killed after whole records) is
+/// not taken for a complete archive of fewer members.
+#[test]
+fn an_archive_without_its_end_block_is_refused() {
+    let whole = TarB::new().file("a", &[b'a'; 600]).file("b", b"b").finish();
+    assert!(run(whole.clone()).is_ok());
+    // After member `a` (header + two data blocks), before `b`.
+    let err = run(whole[..3 * 512].to_vec()).unwrap_err().to_string();
+    assert!(err.contains("without its end-of-archive block"), "{err}");
+    // One zero block is an end, as for GNU tar.
+    let one = [&whole[..5 * 512], &[0u8; 512][..]].concat();
+    assert!(run(one).is_ok());
+}
+
 #[test]
 fn a_pax_global_header_is_skipped() {
     // What `git archive` writes first: a `g` member whose records apply to no entry of ours.
