@@ -534,11 +534,12 @@ mod tests {
             )
         }
 
-        fn resolve(
+        /// The manifests an index of `entries` resolves to.
+        fn manifests(
             &self,
             entries: &[String],
             selection: &PlatformSelection,
-        ) -> Result<Vec<ResolvedImage>> {
+        ) -> Result<Vec<ImageManifest>> {
             let index = format!(
                 r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[{}]}}"#,
                 entries.join(",")
@@ -549,14 +550,22 @@ mod tests {
             let fetch = |d: &Digest, _: u64| -> Result<Fetched> {
                 Ok((self.docs.get(d).cloned().unwrap_or_default(), None))
             };
-            let manifests = resolve_document(
+            resolve_document(
                 "docker://127.0.0.1:5000/r:t",
                 &name,
                 (index.into_bytes(), None),
                 selection,
                 &fetch,
-            )?;
-            manifests
+            )
+        }
+
+        /// [`Store::manifests`] with their configs.
+        fn resolve(
+            &self,
+            entries: &[String],
+            selection: &PlatformSelection,
+        ) -> Result<Vec<ResolvedImage>> {
+            self.manifests(entries, selection)?
                 .into_iter()
                 .map(|m| {
                     let config = self.configs[&m.config_digest].clone();
@@ -637,21 +646,9 @@ mod tests {
         let mut s = store();
         let arm64 = s.image("arm64", Some(r#"{"os":"linux","architecture":"arm64"}"#));
         let bare = s.image("amd64", None);
-        let index = format!(
-            r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[{arm64},{bare}]}}"#
-        );
-        let name = super::super::RegistryRef::parse("127.0.0.1:5000/r:t")
-            .unwrap()
-            .name();
-        let fetch = |d: &Digest, _: u64| -> Result<Fetched> { Ok((s.docs[d].clone(), None)) };
-        let got = resolve_document(
-            "docker://127.0.0.1:5000/r:t",
-            &name,
-            (index.into_bytes(), None),
-            &PlatformSelection::All,
-            &fetch,
-        )
-        .unwrap();
+        let got = s
+            .manifests(&[arm64, bare], &PlatformSelection::All)
+            .unwrap();
         assert_eq!(got.len(), 1);
         let warnings = got[0].same_link_warnings();
         let dropped = &got[0].same_links[0].0;
@@ -674,21 +671,7 @@ mod tests {
             "arm64",
             Some(r#"{"os":"linux","architecture":"arm64","variant":"v8","os.version":"x"}"#),
         );
-        let index = format!(
-            r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[{arm64},{v8}]}}"#
-        );
-        let name = super::super::RegistryRef::parse("127.0.0.1:5000/r:t")
-            .unwrap()
-            .name();
-        let fetch = |d: &Digest, _: u64| -> Result<Fetched> { Ok((s.docs[d].clone(), None)) };
-        let got = resolve_document(
-            "docker://127.0.0.1:5000/r:t",
-            &name,
-            (index.into_bytes(), None),
-            &PlatformSelection::All,
-            &fetch,
-        )
-        .unwrap();
+        let got = s.manifests(&[arm64, v8], &PlatformSelection::All).unwrap();
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].same_links.len(), 1);
         let warnings = got[0].same_link_warnings();
