@@ -394,17 +394,9 @@ fn a_collection_stopped_while_deleting_leaves_no_half_revision_behind() {
 
 /// The `Y` line of the signed manifest, and the SHA-1 of `.cvmfsreflog`.
 fn reflog_hashes(env: &Env) -> (String, String) {
-    let manifest = std::fs::read(env.storage.join(".cvmfspublished")).unwrap();
-    let text = String::from_utf8_lossy(&manifest);
-    let named = text
-        .lines()
-        .take_while(|l| *l != "--")
-        .find_map(|l| l.strip_prefix('Y'))
-        .expect("Y line")
-        .to_string();
     let reflog = std::fs::read(env.storage.join(".cvmfsreflog")).unwrap();
     (
-        named,
+        env.manifest_field('Y'),
         catalog_writer::hash::ContentHash::of(&reflog).to_hex(),
     )
 }

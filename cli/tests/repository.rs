@@ -30,16 +30,6 @@ fn publish_reads_back_through_cvmfs_crate() {
     assert_eq!(env.revision(), 2);
 }
 
-/// The `C` line of the storage's signed manifest.
-fn manifest_root(env: &Env) -> String {
-    let manifest = std::fs::read(env.storage.join(".cvmfspublished")).unwrap();
-    let text = String::from_utf8_lossy(&manifest);
-    text.lines()
-        .find_map(|l| l.strip_prefix('C'))
-        .expect("C line")
-        .to_string()
-}
-
 #[test]
 fn publish_and_info_name_the_root_catalog_as_root() {
     let env = Env::init(&[]);
@@ -48,7 +38,7 @@ fn publish_and_info_name_the_root_catalog_as_root() {
         serde_json::from_str(out.lines().last().unwrap()).unwrap()
     };
     let published = last(&env.ok(&["--json", "publish", FQRN, src.to_str().unwrap()]));
-    let root = manifest_root(&env);
+    let root = env.manifest_field('C');
     assert_eq!(published["root"], root.as_str(), "{published}");
     let info = last(&env.ok(&["--json", "info", FQRN]));
     assert_eq!(
@@ -587,23 +577,12 @@ fn resign_and_info() {
     assert_eq!(out.stdout, &rest[..nl]);
 }
 
-/// The `M` field of the published manifest.
-fn manifest_meta_info(env: &Env) -> String {
-    let bytes = std::fs::read(env.storage.join(".cvmfspublished")).unwrap();
-    let text = String::from_utf8_lossy(&bytes);
-    let body = text.split("\n--\n").next().unwrap();
-    body.lines()
-        .find_map(|l| l.strip_prefix('M'))
-        .expect("an M line")
-        .to_string()
-}
-
 #[test]
 fn meta_info_starts_as_cvmfs_server_skeleton_and_can_be_replaced() {
     let env = Env::init(&[]);
     // The object `cvmfs_server mkfs` makes of its skeleton has this name too.
     assert_eq!(
-        manifest_meta_info(&env),
+        env.manifest_field('M'),
         "85e4f386da0d5d77c7f66cf2f58e10951f24b653"
     );
     let shown = env.ok(&["repoinfo", FQRN]);
@@ -620,7 +599,7 @@ fn meta_info_starts_as_cvmfs_server_skeleton_and_can_be_replaced() {
     let set = env.ok(&["--json", "repoinfo", FQRN, "--set", info.to_str().unwrap()]);
     let hash: serde_json::Value = serde_json::from_str(set.lines().last().unwrap()).unwrap();
     let hash = hash["meta_info"].as_str().unwrap().to_string();
-    assert_eq!(manifest_meta_info(&env), hash);
+    assert_eq!(env.manifest_field('M'), hash);
     assert_eq!(env.revision(), revision, "re-signed at the same revision");
     common::assert_manifest_verifies(&env);
     env.check(true);
@@ -654,7 +633,7 @@ fn meta_info_starts_as_cvmfs_server_skeleton_and_can_be_replaced() {
     // A publish keeps it.
     let src = sample(&env);
     env.ok(&["publish", FQRN, src.to_str().unwrap()]);
-    assert_eq!(manifest_meta_info(&env), hash);
+    assert_eq!(env.manifest_field('M'), hash);
     env.check(true);
 }
 

@@ -99,6 +99,17 @@ impl Env {
         self.ok(&args);
     }
 
+    /// Field `key` (`C`, `M`, `Y`, …) of the signed manifest in the storage.
+    pub fn manifest_field(&self, key: char) -> String {
+        let bytes = std::fs::read(self.storage.join(".cvmfspublished")).expect("manifest");
+        let text = String::from_utf8_lossy(&bytes);
+        let body = text.split("\n--\n").next().unwrap_or_default();
+        body.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .unwrap_or_else(|| panic!("no {key} line in the manifest"))
+            .to_string()
+    }
+
     pub fn revision(&self) -> u64 {
         let out = self.ok(&["--json", "info", FQRN]);
         let v: serde_json::Value =
