@@ -2,6 +2,7 @@
 //! files into the object pipeline.
 
 use crate::error::{Error, Result};
+use crate::fdwalk::{FdWalk, Lstat, WalkEntry};
 use crate::pipeline::{finalize, FileTicket, ObjectPipeline, PDir, PLeaf, PNode};
 use catalog_writer::entry::{makedev, Entry, EntryKind, FileData, Xattrs};
 use catalog_writer::hash::EMPTY_OBJECT;
@@ -12,10 +13,11 @@ use std::collections::{HashMap, HashSet};
 use std::ffi::CString;
 use std::fs::{File, Metadata};
 use std::io::{self, Read};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// Threads reading regular files for [`tree_from_dir`]. A file outside the page cache costs a
 /// disk round trip, and a single reader waits for them one at a time (measured here: the
@@ -43,6 +45,8 @@ struct ReadQueues {
 struct ReadJob {
     ticket: FileTicket,
     path: PathBuf,
+    /// The directory the walker found it in, and its name there.
+    at: Option<(Arc<OwnedFd>, CString)>,
     size: u64,
     /// (dev, ino) the walker saw: the reader checks it opened that same file.
     inode: (u64, u64),
@@ -143,9 +147,6 @@ struct Shared<'a> {
     pipeline: &'a ObjectPipeline,
     failure: Mutex<Option<Error>>,
     read: Mutex<Recorded>,
-    /// The source root (a directory handle) and its path: files are opened below it
-    /// without following any symbolic link on the way.
-    root: Option<(File, PathBuf)>,
 }
 
 /// Reads the tree below `path` (its own metadata becomes the root's). Hard links inside the
@@ -180,17 +181,10 @@ fn walk_and_read(
     pipeline: &ObjectPipeline,
     mut known: Option<Known<'_>>,
 ) -> Result<(Dir, Option<StatCacheUpdate>)> {
-    let root = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECTORY)
-        .open(path)
-        .ok()
-        .map(|dir| (dir, path.to_path_buf()));
     let shared = Shared {
         pipeline,
         failure: Mutex::new(None),
         read: Mutex::new(Recorded::default()),
-        root,
     };
     let walked = std::thread::scope(|s| {
         let (small, small_rx) = bounded::<ReadJob>(READ_QUEUE);
@@ -242,7 +236,9 @@ fn read_files(jobs: Receiver<ReadJob>, shared: &Shared<'_>) {
         match read_file(&job, shared) {
             Ok(after) => {
                 if let Some(r) = job.record {
-                    if r.stat == stat_of(&after, r.stat.mnt) && settled(&r.stat, r.seen_ns) {
+                    if r.stat == stat_of(&Lstat::from(&after), r.stat.mnt)
+                        && settled(&r.stat, r.seen_ns)
+                    {
                         // Filled in with the file's objects once the pipeline has them.
                         let data = FileData::Whole(EMPTY_OBJECT);
                         let (stat, xattrs) = (r.stat, r.xattrs);
@@ -276,17 +272,17 @@ fn settled(stat: &FileStat, read_ns: i64) -> bool {
 }
 
 /// The state the stat cache compares, for a file whose directory is on mount `mnt`.
-fn stat_of(meta: &Metadata, mnt: u64) -> FileStat {
+fn stat_of(meta: &Lstat, mnt: u64) -> FileStat {
     let ns = |s: i64, n: i64| s.saturating_mul(1_000_000_000).saturating_add(n);
     FileStat {
-        dev: meta.dev(),
-        ino: meta.ino(),
-        size: meta.len(),
-        mtime_ns: ns(meta.mtime(), meta.mtime_nsec()),
-        ctime_ns: ns(meta.ctime(), meta.ctime_nsec()),
-        mode: meta.mode(),
-        uid: meta.uid(),
-        gid: meta.gid(),
+        dev: meta.dev,
+        ino: meta.ino,
+        size: meta.size,
+        mtime_ns: ns(meta.mtime, meta.mtime_nsec),
+        ctime_ns: ns(meta.ctime, meta.ctime_nsec),
+        mode: meta.mode,
+        uid: meta.uid,
+        gid: meta.gid,
         mnt,
     }
 }
@@ -312,15 +308,14 @@ const UNTRUSTED_CTIME: [i64; 10] = [
     0x2011_BAB0, // exfat
 ];
 
-/// The mount `dir` is on, as the stat cache compares it: `None` if its file system's ctime
-/// cannot be trusted ([`UNTRUSTED_CTIME`]), else its unique mount id, 0 when the kernel
-/// does not tell (before 6.8).
-fn mount_of(dir: &Path) -> Option<u64> {
-    let path = CString::new(dir.as_os_str().as_bytes()).ok()?;
+/// The mount the open directory `dir` is on, as the stat cache compares it: `None` if its
+/// file system's ctime cannot be trusted ([`UNTRUSTED_CTIME`]), else its unique mount id, 0
+/// when the kernel does not tell (before 6.8).
+fn mount_of(dir: &OwnedFd) -> Option<u64> {
     // SAFETY: an all-zero statfs is a valid value of the plain C struct.
     let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `path` is NUL-terminated and `fs` is writable for the call's duration.
-    if unsafe { libc::statfs(path.as_ptr(), &mut fs) } != 0 {
+    // SAFETY: `dir` is open and `fs` is writable for the call's duration.
+    if unsafe { libc::fstatfs(dir.as_raw_fd(), &mut fs) } != 0 {
         return None;
     }
     #[allow(clippy::unnecessary_cast)] // f_type is i64 or u32 depending on the target
@@ -328,7 +323,7 @@ fn mount_of(dir: &Path) -> Option<u64> {
     if UNTRUSTED_CTIME.contains(&kind) {
         return None;
     }
-    Some(mount_id(&path))
+    Some(mount_id(dir))
 }
 
 /// The mount points below `root` (`/proc/self/mountinfo`): a file bind-mounted into the tree
@@ -370,16 +365,17 @@ fn unescape_octal(field: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The unique id of the mount `path` is on; 0 when the kernel does not tell.
-fn mount_id(path: &CString) -> u64 {
+/// The unique id of the mount the open `dir` is on; 0 when the kernel does not tell.
+fn mount_id(dir: &OwnedFd) -> u64 {
     // SAFETY: an all-zero statx is a valid value of the plain C struct.
     let mut stx: libc::statx = unsafe { std::mem::zeroed() };
-    // SAFETY: `path` is NUL-terminated and `stx` is a writable statx for the call's duration.
+    // SAFETY: the path is an empty NUL-terminated string (AT_EMPTY_PATH: `dir` itself) and
+    // `stx` is a writable statx for the call's duration.
     let rc = unsafe {
         libc::statx(
-            libc::AT_FDCWD,
-            path.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
+            dir.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
             STATX_MNT_ID_UNIQUE,
             &mut stx,
         )
@@ -395,11 +391,7 @@ fn mount_id(path: &CString) -> u64 {
 fn read_file(job: &ReadJob, shared: &Shared<'_>) -> Result<Metadata> {
     let pipeline = shared.pipeline;
     let name = job.path.display().to_string();
-    let root = shared
-        .root
-        .as_ref()
-        .map(|(dir, path)| (dir, path.as_path()));
-    let mut f = open_walked(job, root).map_err(|e| Error::io(&name, e))?;
+    let mut f = open_walked(job).map_err(|e| Error::io(&name, e))?;
     let before = f.metadata().map_err(|e| Error::io(&name, e))?;
     let mut counted = Counted {
         inner: &mut f,
@@ -454,34 +446,32 @@ impl Read for Counted<'_> {
 }
 
 /// Opens the file the walker saw, refusing whatever replaced it since: a symlink (not
-/// followed, nor one that replaced a directory on its way from `root`, which would read a
-/// file from outside the tree), a FIFO (not waited for: opening one for reading blocks until
-/// a writer comes), or another file. The tree being published may be live.
-fn open_walked(job: &ReadJob, root: Option<(&File, &Path)>) -> io::Result<File> {
-    let below = root.and_then(|(dir, path)| {
-        let rel = job.path.strip_prefix(path).ok()?;
-        (!rel.as_os_str().is_empty()).then_some((dir, rel))
-    });
-    let opened = match below {
-        Some((dir, rel)) => match open_beneath(dir, rel) {
-            // Kernels before 5.6 (or a sandbox) lack openat2: by path, as before.
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::EPERM)) => None,
-            other => Some(other),
-        },
-        None => None,
-    };
-    let f = match opened {
-        Some(f) => f,
+/// followed), a FIFO (not waited for: opening one for reading blocks until a writer comes),
+/// or another file. It is opened by its name in the directory the walker listed (held open):
+/// a directory on its path swapped for a link since cannot lead outside the tree. The tree
+/// being published may be live.
+fn open_walked(job: &ReadJob) -> io::Result<File> {
+    let flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC;
+    let f = match &job.at {
+        Some((dir, name)) => {
+            // SAFETY: `name` is NUL-terminated and `dir` an open directory.
+            let fd = unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags) };
+            if fd < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                // SAFETY: the kernel returned a new descriptor that nothing else owns.
+                Ok(unsafe { File::from_raw_fd(fd) })
+            }
+        }
         None => std::fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
             .open(&job.path),
     }
     .map_err(|e| match e.raw_os_error() {
-        Some(libc::ELOOP) => io::Error::other(
-            "replaced during the walk: it, or a directory on its path, is a symbolic link now",
-        ),
-        Some(libc::EXDEV) => io::Error::other("moved out of the tree during the walk"),
+        Some(libc::ELOOP) => {
+            io::Error::other("replaced during the walk: it is a symbolic link now")
+        }
         _ => e,
     })?;
     let meta = f.metadata()?;
@@ -489,33 +479,6 @@ fn open_walked(job: &ReadJob, root: Option<(&File, &Path)>) -> io::Result<File> 
         return Err(io::Error::other("replaced by another file during the walk"));
     }
     Ok(f)
-}
-
-/// `rel` below the directory `dir`, for reading, with no symbolic link followed on the way
-/// (`openat2` with `RESOLVE_NO_SYMLINKS`; `ELOOP` if there is one).
-fn open_beneath(dir: &File, rel: &Path) -> io::Result<File> {
-    use std::os::fd::{AsRawFd, FromRawFd};
-    let name = std::ffi::CString::new(rel.as_os_str().as_bytes())
-        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: all-zero is a valid `open_how` (no flags, no mode, no resolve restrictions).
-    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = (libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC) as u64;
-    how.resolve = libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS | libc::RESOLVE_BENEATH;
-    // SAFETY: `name` is NUL-terminated, `how` lives through the call and its size is passed.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            &how as *const libc::open_how,
-            std::mem::size_of::<libc::open_how>(),
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the kernel returned a new descriptor that nothing else owns.
-    Ok(unsafe { File::from_raw_fd(fd as i32) })
 }
 
 fn failed(failure: &Mutex<Option<Error>>) -> bool {
@@ -541,29 +504,19 @@ fn walk(
         Some(_) => mounted_below(path),
         None => HashSet::new(),
     };
-    let walker = walkdir::WalkDir::new(path)
-        .follow_links(false)
-        .sort_by_file_name();
-    for item in walker {
-        let item = item.map_err(|e| {
-            let p = e.path().unwrap_or(path).display().to_string();
-            let source = e
-                .into_io_error()
-                .unwrap_or_else(|| io::Error::other("walk error"));
-            Error::io(p, source)
-        })?;
-        let full = item.path();
+    let mut walker = FdWalk::new(path);
+    loop {
         // Before the lstat: a file is trusted only if its state is 2 s older than this.
         let seen_ns = if known.is_some() { now_ns() } else { 0 };
-        let meta = item.metadata().map_err(|e| {
-            let source = e
-                .into_io_error()
-                .unwrap_or_else(|| io::Error::other("stat error"));
-            Error::io(full.display().to_string(), source)
-        })?;
+        let Some(item) = walker.next() else {
+            break;
+        };
+        let item = item.map_err(|e| Error::io(e.path.display().to_string(), e.source))?;
+        let full = item.path.as_path();
+        let meta = &item.stat;
         // With a stat cache, a regular file's xattrs come from its row when it matches.
-        let defer_xattrs = known.is_some() && meta.file_type().is_file();
-        let entry = entry_for(full, &meta, !defer_xattrs)?;
+        let defer_xattrs = known.is_some() && meta.is_file();
+        let entry = entry_for(&item, !defer_xattrs)?;
         let rel = full.strip_prefix(path).map_err(|_| {
             Error::io(
                 full.display().to_string(),
@@ -583,11 +536,11 @@ fn walk(
         if entry.is_dir() {
             if let Some(k) = known.as_deref_mut() {
                 k.enter(&comps.join(&b'/'));
-                mounts.truncate(item.depth());
-                mounts.push(mount_of(full));
+                mounts.truncate(item.depth);
+                mounts.push(item.dir_fd().and_then(mount_of));
             }
         }
-        if item.depth() == 0 {
+        if item.depth == 0 {
             if !entry.is_dir() {
                 return Err(Error::io(
                     full.display().to_string(),
@@ -604,13 +557,14 @@ fn walk(
             })
         } else {
             let walked = Walked {
+                item: &item,
                 full,
                 comps: &comps,
-                meta: &meta,
+                meta,
                 seen_ns,
                 mnt: match mounted.contains(full) {
                     true => None,
-                    false => mounts.get(item.depth() - 1).copied().flatten(),
+                    false => mounts.get(item.depth - 1).copied().flatten(),
                 },
             };
             let k = known.as_deref_mut();
@@ -626,10 +580,11 @@ fn walk(
 
 /// A path the walk found.
 struct Walked<'a> {
+    item: &'a WalkEntry,
     full: &'a Path,
     /// Its components below the root.
     comps: &'a [&'a [u8]],
-    meta: &'a Metadata,
+    meta: &'a Lstat,
     seen_ns: i64,
     /// The mount of its directory (stat cache only; `None`: not one to trust).
     mnt: Option<u64>,
@@ -645,12 +600,12 @@ fn leaf_for(
     known: Option<&mut Known<'_>>,
 ) -> Result<PLeaf> {
     let meta = w.meta;
-    let key = (meta.dev(), meta.ino());
+    let key = (meta.dev, meta.ino);
     let is_file = matches!(entry.kind, EntryKind::File { .. });
-    if meta.nlink() > 1 {
+    if meta.nlink > 1 {
         if let Some(&(id, ticket)) = inodes.get(&key) {
             if is_file && known.is_some() {
-                entry.xattrs = xattrs_of(w.full)?;
+                entry.xattrs = xattrs_of(w.item)?;
             }
             entry.hardlink = Some(id);
             return Ok(PLeaf { entry, ticket });
@@ -661,7 +616,7 @@ fn leaf_for(
     } else {
         None
     };
-    if meta.nlink() > 1 {
+    if meta.nlink > 1 {
         let id = inodes.len() as u64 + 1;
         inodes.insert(key, (id, ticket));
         entry.hardlink = Some(id);
@@ -706,7 +661,7 @@ fn file_ticket(
         }
         // On a file system whose ctime cannot be trusted the file is only read: any row
         // of it stays unmatched, so the walk drops it.
-        entry.xattrs = xattrs_of(w.full)?;
+        entry.xattrs = xattrs_of(w.item)?;
         if let Some(r) = record.as_mut() {
             r.xattrs = entry.xattrs.clone();
         }
@@ -714,8 +669,9 @@ fn file_ticket(
     let job = ReadJob {
         ticket,
         path: w.full.to_path_buf(),
-        size: w.meta.len(),
-        inode: (w.meta.dev(), w.meta.ino()),
+        at: w.item.parent(),
+        size: w.meta.size,
+        inode: (w.meta.dev, w.meta.ino),
         record,
     };
     let queue = if job.size > LARGE_FILE {
@@ -751,32 +707,28 @@ fn insert(root: &mut PDir, comps: &[&[u8]], node: PNode, full: &Path) -> Result<
 }
 
 /// Metadata of one path (lstat) as an entry; regular files get a placeholder content.
-fn entry_for(full: &Path, meta: &Metadata, with_xattrs: bool) -> Result<Entry> {
-    let ft = meta.file_type();
-    let rdev = || {
-        let d = meta.rdev();
-        makedev(major(d), minor(d))
-    };
-    let kind = if ft.is_dir() {
+fn entry_for(item: &WalkEntry, with_xattrs: bool) -> Result<Entry> {
+    let (full, meta) = (&item.path, &item.stat);
+    let rdev = || makedev(major(meta.rdev), minor(meta.rdev));
+    let kind = if meta.is_dir() {
         EntryKind::Directory
-    } else if ft.is_file() {
+    } else if meta.is_file() {
         EntryKind::File {
-            size: meta.len(),
+            size: meta.size,
             data: FileData::Whole(EMPTY_OBJECT),
         }
-    } else if ft.is_symlink() {
-        let target =
-            std::fs::read_link(full).map_err(|e| Error::io(full.display().to_string(), e))?;
-        EntryKind::Symlink {
-            target: target.as_os_str().as_bytes().to_vec(),
-        }
-    } else if ft.is_char_device() {
+    } else if meta.is_symlink() {
+        let target = item
+            .read_link()
+            .map_err(|e| Error::io(full.display().to_string(), e))?;
+        EntryKind::Symlink { target }
+    } else if meta.is_char_device() {
         EntryKind::CharDevice { rdev: rdev() }
-    } else if ft.is_block_device() {
+    } else if meta.is_block_device() {
         EntryKind::BlockDevice { rdev: rdev() }
-    } else if ft.is_fifo() {
+    } else if meta.is_fifo() {
         EntryKind::Fifo
-    } else if ft.is_socket() {
+    } else if meta.is_socket() {
         EntryKind::Socket
     } else {
         return Err(Error::io(
@@ -786,21 +738,22 @@ fn entry_for(full: &Path, meta: &Metadata, with_xattrs: bool) -> Result<Entry> {
     };
     Ok(Entry {
         kind,
-        perm: meta.mode() & 0o7777,
-        uid: meta.uid(),
-        gid: meta.gid(),
-        mtime: meta.mtime(),
-        mtime_ns: u32::try_from(meta.mtime_nsec()).ok(),
+        perm: meta.mode & 0o7777,
+        uid: meta.uid,
+        gid: meta.gid,
+        mtime: meta.mtime,
+        mtime_ns: u32::try_from(meta.mtime_nsec).ok(),
         xattrs: match with_xattrs {
-            true => xattrs_of(full)?,
+            true => xattrs_of(item)?,
             false => Xattrs::new(),
         },
         hardlink: None,
     })
 }
 
-fn xattrs_of(full: &Path) -> Result<Xattrs> {
-    read_xattrs(full).map_err(|e| Error::io(full.display().to_string(), e))
+/// The entry's xattrs, read through its directory's descriptor (the root's by its path).
+fn xattrs_of(item: &WalkEntry) -> Result<Xattrs> {
+    read_xattrs(&item.xattr_path()).map_err(|e| Error::io(item.path.display().to_string(), e))
 }
 
 /// glibc `gnu_dev_major`.
@@ -887,6 +840,10 @@ mod tests {
     use catalog_writer::tree::Node;
     use std::os::unix::fs::{symlink, PermissionsExt};
     use std::sync::Arc;
+
+    fn lstat(p: &Path) -> Lstat {
+        Lstat::from(&std::fs::symlink_metadata(p).unwrap())
+    }
 
     fn leaf<'a>(d: &'a Dir, name: &str) -> &'a Entry {
         d.children.get(name.as_bytes()).unwrap().entry()
@@ -989,12 +946,11 @@ mod tests {
     #[test]
     fn char_device_numbers() {
         // /dev/null is 1:3 on Linux.
-        let e = entry_for(
-            Path::new("/dev/null"),
-            &std::fs::symlink_metadata("/dev/null").unwrap(),
-            true,
-        )
-        .unwrap();
+        let null = FdWalk::new(Path::new("/dev"))
+            .filter_map(|e| e.ok())
+            .find(|e| e.path == Path::new("/dev/null"))
+            .unwrap();
+        let e = entry_for(&null, true).unwrap();
         assert_eq!(e.kind, EntryKind::CharDevice { rdev: 259 });
         assert_eq!((major(259), minor(259)), (1, 3));
         assert_eq!(
@@ -1078,73 +1034,89 @@ mod tests {
         assert!(err.contains("No space left on device"), "{err}");
     }
 
+    /// The descriptor of `dir` and `name`, as the walker hands them to a reader.
+    fn at(dir: &Path, name: &str) -> Option<(Arc<OwnedFd>, CString)> {
+        let fd = OwnedFd::from(File::open(dir).unwrap());
+        Some((Arc::new(fd), CString::new(name).unwrap()))
+    }
+
     #[test]
     fn a_file_replaced_after_the_walk_is_refused() {
         let tmp = tempfile::tempdir().unwrap();
         let (file, other) = (tmp.path().join("file"), tmp.path().join("other"));
         std::fs::write(&file, b"walked").unwrap();
         std::fs::write(&other, b"other").unwrap();
-        let meta = std::fs::symlink_metadata(&file).unwrap();
-        let job = |path: &Path| ReadJob {
-            ticket: FileTicket(0),
-            path: path.to_path_buf(),
-            size: 6,
-            inode: (meta.dev(), meta.ino()),
-            record: None,
-        };
-        let dir = File::open(tmp.path()).unwrap();
-        // Below the root's handle, and by path (kernels without openat2).
-        for root in [Some((&dir, tmp.path())), None] {
+        // From the walked directory's descriptor, and by path (as the tests' jobs without one).
+        for from_dir in [true, false] {
             std::fs::write(&file, b"walked").unwrap();
             let meta = std::fs::symlink_metadata(&file).unwrap();
             let job = |path: &Path| ReadJob {
+                ticket: FileTicket(0),
+                path: path.to_path_buf(),
+                at: from_dir
+                    .then(|| at(tmp.path(), &path.file_name().unwrap().to_string_lossy()))
+                    .flatten(),
+                size: 6,
                 inode: (meta.dev(), meta.ino()),
-                ..job(path)
+                record: None,
             };
-            assert!(open_walked(&job(&file), root).is_ok());
+            assert!(open_walked(&job(&file)).is_ok());
 
-            let err = open_walked(&job(&other), root).unwrap_err();
+            let err = open_walked(&job(&other)).unwrap_err();
             assert!(err.to_string().contains("replaced"), "{err}");
             std::fs::remove_file(&file).unwrap();
             symlink(&other, &file).unwrap();
-            let err = open_walked(&job(&file), root).unwrap_err();
+            let err = open_walked(&job(&file)).unwrap_err();
             assert!(err.to_string().contains("symbolic link"), "{err}");
             std::fs::remove_file(&file).unwrap();
             let cpath = CString::new(file.as_os_str().as_bytes()).unwrap();
             // SAFETY: valid NUL-terminated path.
             assert_eq!(unsafe { libc::mkfifo(cpath.as_ptr(), 0o600) }, 0);
             // Would block for a writer without O_NONBLOCK.
-            let err = open_walked(&job(&file), root).unwrap_err();
+            let err = open_walked(&job(&file)).unwrap_err();
             assert!(err.to_string().contains("replaced"), "{err}");
             std::fs::remove_file(&file).unwrap();
         }
     }
 
     /// A directory of the tree swapped for a symbolic link after the walk listed it: the
-    /// file read below it is not the one outside the tree the link leads to.
+    /// file read below it is the one the walk saw, not the one outside the tree the link
+    /// leads to, and a walk that meets the link does not follow it.
     #[test]
-    fn a_directory_swapped_for_a_link_after_the_walk_is_not_followed() {
+    fn a_directory_swapped_for_a_link_is_not_followed() {
         let tmp = tempfile::tempdir().unwrap();
         let (root, outside) = (tmp.path().join("tree"), tmp.path().join("outside"));
         std::fs::create_dir_all(root.join("d")).unwrap();
         std::fs::create_dir_all(&outside).unwrap();
         std::fs::write(root.join("d/f"), b"inside").unwrap();
         std::fs::write(outside.join("f"), b"secret").unwrap();
-        // The walk saw d/f; then d becomes a link to `outside` (whose f it is now, inode too:
-        // as if the walker's lstat had gone through the link already).
-        std::fs::rename(root.join("d"), tmp.path().join("d.old")).unwrap();
-        symlink(&outside, root.join("d")).unwrap();
         let meta = std::fs::metadata(root.join("d/f")).unwrap();
         let job = ReadJob {
             ticket: FileTicket(0),
             path: root.join("d/f"),
+            at: at(&root.join("d"), "f"),
             size: 6,
             inode: (meta.dev(), meta.ino()),
             record: None,
         };
-        let dir = File::open(&root).unwrap();
-        let err = open_walked(&job, Some((&dir, &root))).unwrap_err();
-        assert!(err.to_string().contains("symbolic link"), "{err}");
+        std::fs::rename(root.join("d"), tmp.path().join("d.old")).unwrap();
+        symlink(&outside, root.join("d")).unwrap();
+        let mut read = String::new();
+        open_walked(&job)
+            .unwrap()
+            .read_to_string(&mut read)
+            .unwrap();
+        assert_eq!(read, "inside");
+
+        let p = ObjectPipeline::new(
+            Arc::new(MemStore::default()),
+            None,
+            PipelineConfig::default(),
+        )
+        .unwrap();
+        let tree = tree_from_dir(&root, &p).unwrap();
+        let d = leaf(&tree, "d");
+        assert!(matches!(d.kind, EntryKind::Symlink { .. }), "{d:?}");
     }
 
     #[test]
@@ -1158,6 +1130,7 @@ mod tests {
         let job = |size| ReadJob {
             ticket: p.reserve_ticket(),
             path: path.clone(),
+            at: at(dir.path(), "f"),
             size,
             inode: (meta.dev(), meta.ino()),
             record: None,
@@ -1166,7 +1139,6 @@ mod tests {
             pipeline: &p,
             failure: Mutex::new(None),
             read: Mutex::new(Recorded::default()),
-            root: None,
         };
         read_file(&job(10), &shared).unwrap();
         // Listed at 14 bytes, truncated to 10 before it was read.
@@ -1278,8 +1250,8 @@ mod tests {
         };
         let known = data_of(d, "known");
         let stat = stat_of(
-            &std::fs::symlink_metadata(root.join("d/known")).unwrap(),
-            mount_of(&root.join("d")).unwrap(),
+            &lstat(&root.join("d/known")),
+            mount_of(&File::open(root.join("d")).unwrap().into()).unwrap(),
         );
         // The row's xattrs stand for the file's: matching the state, they are not read.
         let cached_xattrs = Xattrs::from([(b"user.cached".to_vec(), b"1".to_vec())]);
@@ -1371,11 +1343,8 @@ mod tests {
             panic!("{:?}", walked.update.recorded)
         };
         assert_eq!(&path[..], b"f");
-        let mnt = mount_of(tmp.path()).unwrap();
-        assert_eq!(
-            row.stat,
-            stat_of(&std::fs::symlink_metadata(&f).unwrap(), mnt)
-        );
+        let mnt = mount_of(&File::open(tmp.path()).unwrap().into()).unwrap();
+        assert_eq!(row.stat, stat_of(&lstat(&f), mnt));
         assert_eq!(row.data, data_of(&walked.tree, "f"));
         assert_eq!(row.xattrs, leaf(&walked.tree, "f").xattrs);
         assert_eq!(row.xattrs.contains_key(&b"user.k"[..]), with_xattr);
@@ -1385,7 +1354,7 @@ mod tests {
     fn a_row_for_a_path_that_is_no_longer_a_file_is_stale() {
         let tmp = tempfile::tempdir().unwrap();
         std::fs::create_dir(tmp.path().join("was-a-file")).unwrap();
-        let stat = stat_of(&std::fs::symlink_metadata(tmp.path()).unwrap(), 0);
+        let stat = stat_of(&lstat(tmp.path()), 0);
         let mut rows = Rows::default();
         let data = FileData::Whole(EMPTY_OBJECT);
         rows.0.insert(

@@ -59,6 +59,7 @@ pub mod convert;
 pub mod decode;
 pub mod dirsource;
 pub mod error;
+mod fdwalk;
 pub mod flatten;
 pub mod gzip;
 pub mod image;
