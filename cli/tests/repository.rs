@@ -1071,3 +1071,60 @@ fn empty_environment_variables_count_as_unset() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The two 320-byte PDF prefixes of the SHAttered collision (shattered.io, 2017): different
+/// bytes with one SHA-1, which any common suffix keeps.
+const SHATTERED: [&str; 2] = [
+    concat!(
+        "255044462d312e330a25e2e3cfd30a0a0a312030206f626a0a3c3c2f57696474682032203020522f48656967",
+        "68742033203020522f547970652034203020522f537562747970652035203020522f46696c74657220362030",
+        "20522f436f6c6f7253706163652037203020522f4c656e6774682038203020522f42697473506572436f6d70",
+        "6f6e656e7420383e3e0a73747265616d0affd8fffe00245348412d3120697320646561642121212121852fec",
+        "092339759c39b1a1c63c4c97e1fffe017f46dc93a6b67e013b029aaa1db2560b45ca67d688c7f84b8c4c791f",
+        "e02b3df614f86db1690901c56b45c1530afedfb76038e972722fe7ad728f0e4904e046c230570fe9d41398ab",
+        "e12ef5bc942be33542a4802d98b5d70f2a332ec37fac3514e74ddc0f2cc1a874cd0c78305a21566461309789",
+        "606bd0bf3f98cda8044629a1"
+    ),
+    concat!(
+        "255044462d312e330a25e2e3cfd30a0a0a312030206f626a0a3c3c2f57696474682032203020522f48656967",
+        "68742033203020522f547970652034203020522f537562747970652035203020522f46696c74657220362030",
+        "20522f436f6c6f7253706163652037203020522f4c656e6774682038203020522f42697473506572436f6d70",
+        "6f6e656e7420383e3e0a73747265616d0affd8fffe00245348412d3120697320646561642121212121852fec",
+        "092339759c39b1a1c63c4c97e1fffe017346dc9166b67e118f029ab621b2560ff9ca67cca8c7f85ba84c7903",
+        "0c2b3de218f86db3a90901d5df45c14f26fedfb3dc38e96ac22fe7bd728f0e45bce046d23c570feb141398bb",
+        "552ef5a0a82be331fea48037b8b5d71f0e332edf93ac3500eb4ddc0decc1a864790c782c76215660dd309791",
+        "d06bd0af3f98cda4bc4629b1"
+    ),
+];
+
+/// Two files with one SHA-1 are two contents: neither in one publish (in-run dedup) nor in a
+/// later one (content index) does one get the other's object.
+#[test]
+fn files_with_one_sha1_keep_their_own_content() {
+    use sha1::{Digest, Sha1};
+    let env = Env::init(&[]);
+    // Past the content index's minimum size, still colliding.
+    let pad = noise(8192, 11);
+    let [a, b] = SHATTERED.map(|h| {
+        let mut v = hex::decode(h).unwrap();
+        v.extend_from_slice(&pad);
+        v
+    });
+    assert_ne!(a, b);
+    assert_eq!(Sha1::digest(&a), Sha1::digest(&b), "the test's premise");
+
+    let both = env.path("both");
+    std::fs::create_dir_all(&both).unwrap();
+    std::fs::write(both.join("a.pdf"), &a).unwrap();
+    std::fs::write(both.join("b.pdf"), &b).unwrap();
+    env.ok(&["publish", FQRN, both.to_str().unwrap()]);
+    assert_matches_source(&env, &both, "");
+
+    let later = env.path("later");
+    std::fs::create_dir_all(&later).unwrap();
+    std::fs::write(later.join("b-again.pdf"), &b).unwrap();
+    std::fs::write(later.join("a-again.pdf"), &a).unwrap();
+    let src = later.to_str().unwrap();
+    env.ok(&["publish", FQRN, src, "--path", "/later"]);
+    assert_matches_source(&env, &later, "/later");
+}

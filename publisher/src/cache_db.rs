@@ -82,7 +82,7 @@ mod tests {
         let index = SqliteContentIndex::open(&path).unwrap();
         assert!(index.set_aside().is_none());
         let object = ContentHash::of(b"x");
-        index.record(&[1; 20], 4096, Suffix::None, object, 10);
+        index.record(&[1; 32], 4096, Suffix::None, object, 10);
         index.flush().unwrap();
         drop(index);
         // Cut short, as a disk fault or an interrupted copy would leave it.
@@ -91,9 +91,9 @@ mod tests {
         let index = SqliteContentIndex::open(&path).unwrap();
         let aside = index.set_aside().expect("set aside").to_path_buf();
         assert!(aside.exists(), "{}", aside.display());
-        assert!(index.lookup(&[1; 20], 4096, Suffix::None).is_none());
-        index.record(&[2; 20], 4096, Suffix::None, object, 10);
-        assert!(index.lookup(&[2; 20], 4096, Suffix::None).is_some());
+        assert!(index.lookup(&[1; 32], 4096, Suffix::None).is_none());
+        index.record(&[2; 32], 4096, Suffix::None, object, 10);
+        assert!(index.lookup(&[2; 32], 4096, Suffix::None).is_some());
 
         let memo_path = dir.path().join("layers.db");
         std::fs::write(&memo_path, vec![0xa5u8; 8192]).unwrap();

@@ -2,7 +2,7 @@
 //! (never published), so WAL mode is fine here.
 
 use crate::error::{Error, Result};
-use crate::store::ContentIndex;
+use crate::store::{ContentIndex, PlainHash};
 use catalog_writer::hash::{ContentHash, Suffix};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::{Path, PathBuf};
@@ -12,7 +12,7 @@ use std::sync::Mutex;
 const BATCH: usize = 512;
 
 struct Record {
-    plain: [u8; 20],
+    plain: PlainHash,
     size: u64,
     suffix: Suffix,
     object: ContentHash,
@@ -29,6 +29,38 @@ pub struct SqliteContentIndex {
     path: PathBuf,
     set_aside: Option<PathBuf>,
     inner: Mutex<Inner>,
+}
+
+/// The schema's version (`PRAGMA user_version`). Version 0 keyed plaintexts by SHA-1 (see
+/// [`PlainHash`]); its entries are dropped, not converted: the index only saves work, and
+/// `cache seed` refills it.
+const SCHEMA_VERSION: i64 = 2;
+
+fn set_up(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")?;
+    // One writer at a time decides, so two processes opening an old index drop it once.
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let result = if version < SCHEMA_VERSION {
+        conn.execute_batch(&format!(
+            "DROP TABLE IF EXISTS content; \
+             CREATE TABLE content ( \
+               plain BLOB NOT NULL, size INTEGER NOT NULL, suffix TEXT NOT NULL, \
+               object BLOB NOT NULL, compressed_size INTEGER NOT NULL, \
+               PRIMARY KEY (plain, size, suffix)); \
+             CREATE INDEX content_object ON content (object); \
+             PRAGMA user_version = {SCHEMA_VERSION};"
+        ))
+    } else {
+        Ok(())
+    };
+    match result {
+        Ok(()) => conn.execute_batch("COMMIT"),
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
 }
 
 fn i64_of(v: u64) -> i64 {
@@ -52,16 +84,7 @@ impl SqliteContentIndex {
     /// Opens or creates the index database at `path`.
     /// A damaged database is moved aside and started afresh ([`Self::set_aside`]).
     pub fn open(path: &Path) -> Result<SqliteContentIndex> {
-        let db = crate::cache_db::open(path, |conn| {
-            conn.execute_batch(
-                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-                 CREATE TABLE IF NOT EXISTS content ( \
-                   plain BLOB NOT NULL, size INTEGER NOT NULL, suffix TEXT NOT NULL, \
-                   object BLOB NOT NULL, compressed_size INTEGER NOT NULL, \
-                   PRIMARY KEY (plain, size, suffix)); \
-                 CREATE INDEX IF NOT EXISTS content_object ON content (object);",
-            )
-        })?;
+        let db = crate::cache_db::open(path, set_up)?;
         Ok(SqliteContentIndex {
             path: path.to_path_buf(),
             set_aside: db.set_aside,
@@ -201,7 +224,7 @@ impl SqliteContentIndex {
 
     fn lookup_db(
         inner: &Inner,
-        plain: &[u8; 20],
+        plain: &PlainHash,
         size: u64,
         suffix: Suffix,
     ) -> rusqlite::Result<Option<(Vec<u8>, i64)>> {
@@ -220,24 +243,18 @@ impl SqliteContentIndex {
 }
 
 impl ContentIndex for SqliteContentIndex {
-    fn lookup(
-        &self,
-        plain_sha1: &[u8; 20],
-        size: u64,
-        suffix: Suffix,
-    ) -> Option<(ContentHash, u64)> {
+    fn lookup(&self, plain: &PlainHash, size: u64, suffix: Suffix) -> Option<(ContentHash, u64)> {
         let inner = self.lock();
         if let Some(r) = inner
             .pending
             .iter()
             .rev()
-            .find(|r| r.plain == *plain_sha1 && r.size == size && r.suffix == suffix)
+            .find(|r| r.plain == *plain && r.size == size && r.suffix == suffix)
         {
             return Some((r.object, r.compressed_size));
         }
         // A failing read is a cache miss: the pipeline then simply compresses again.
-        let (object, csize) =
-            SqliteContentIndex::lookup_db(&inner, plain_sha1, size, suffix).ok()??;
+        let (object, csize) = SqliteContentIndex::lookup_db(&inner, plain, size, suffix).ok()??;
         Some((
             ContentHash::from_slice(&object)?,
             u64::try_from(csize).ok()?,
@@ -246,7 +263,7 @@ impl ContentIndex for SqliteContentIndex {
 
     fn record(
         &self,
-        plain_sha1: &[u8; 20],
+        plain: &PlainHash,
         size: u64,
         suffix: Suffix,
         object: ContentHash,
@@ -254,7 +271,7 @@ impl ContentIndex for SqliteContentIndex {
     ) {
         let mut inner = self.lock();
         inner.pending.push(Record {
-            plain: *plain_sha1,
+            plain: *plain,
             size,
             suffix,
             object,
@@ -277,6 +294,35 @@ impl Drop for SqliteContentIndex {
 mod tests {
     use super::*;
 
+    /// An index of the SHA-1 era is emptied on open: its keys cannot be compared with
+    /// SHA-256 ones, and its table would otherwise take the new entries' 32-byte keys beside.
+    #[test]
+    fn an_index_keyed_by_sha1_is_dropped_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("content.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE content (plain BLOB NOT NULL, size INTEGER NOT NULL, \
+                 suffix TEXT NOT NULL, object BLOB NOT NULL, compressed_size INTEGER NOT NULL, \
+                 PRIMARY KEY (plain, size, suffix)); \
+                 CREATE INDEX content_object ON content (object); \
+                 INSERT INTO content VALUES (zeroblob(20), 1, '', zeroblob(20), 9);",
+            )
+            .unwrap();
+        }
+        let idx = SqliteContentIndex::open(&path).unwrap();
+        assert_eq!(idx.summary().unwrap().entries, 0);
+        idx.record(&[4; 32], 1, Suffix::None, ContentHash([5; 20]), 9);
+        drop(idx);
+        let idx = SqliteContentIndex::open(&path).unwrap();
+        assert_eq!(idx.summary().unwrap().entries, 1, "kept on the next open");
+        assert_eq!(
+            idx.lookup(&[4; 32], 1, Suffix::None),
+            Some((ContentHash([5; 20]), 9))
+        );
+    }
+
     #[test]
     fn record_lookup_persist_invalidate() {
         let dir = tempfile::tempdir().unwrap();
@@ -284,22 +330,22 @@ mod tests {
         let obj = ContentHash([7; 20]);
         {
             let idx = SqliteContentIndex::open(&path).unwrap();
-            assert!(idx.lookup(&[1; 20], 10, Suffix::None).is_none());
-            idx.record(&[1; 20], 10, Suffix::None, obj, 8);
-            assert_eq!(idx.lookup(&[1; 20], 10, Suffix::None), Some((obj, 8)));
-            assert!(idx.lookup(&[1; 20], 10, Suffix::Partial).is_none());
+            assert!(idx.lookup(&[1; 32], 10, Suffix::None).is_none());
+            idx.record(&[1; 32], 10, Suffix::None, obj, 8);
+            assert_eq!(idx.lookup(&[1; 32], 10, Suffix::None), Some((obj, 8)));
+            assert!(idx.lookup(&[1; 32], 10, Suffix::Partial).is_none());
             for i in 0..(BATCH as u64 + 3) {
-                idx.record(&[2; 20], i, Suffix::Partial, ContentHash([3; 20]), i);
+                idx.record(&[2; 32], i, Suffix::Partial, ContentHash([3; 20]), i);
             }
         }
         let idx = SqliteContentIndex::open(&path).unwrap();
-        assert_eq!(idx.lookup(&[1; 20], 10, Suffix::None), Some((obj, 8)));
+        assert_eq!(idx.lookup(&[1; 32], 10, Suffix::None), Some((obj, 8)));
         assert_eq!(
-            idx.lookup(&[2; 20], BATCH as u64 + 2, Suffix::Partial),
+            idx.lookup(&[2; 32], BATCH as u64 + 2, Suffix::Partial),
             Some((ContentHash([3; 20]), BATCH as u64 + 2))
         );
         idx.invalidate(&obj).unwrap();
-        assert!(idx.lookup(&[1; 20], 10, Suffix::None).is_none());
+        assert!(idx.lookup(&[1; 32], 10, Suffix::None).is_none());
     }
 
     #[test]
@@ -311,7 +357,7 @@ mod tests {
                 let idx = idx.clone();
                 std::thread::spawn(move || {
                     for i in 0..200u64 {
-                        idx.record(&[t; 20], i, Suffix::None, ContentHash([t; 20]), i + 1);
+                        idx.record(&[t; 32], i, Suffix::None, ContentHash([t; 20]), i + 1);
                     }
                 })
             })
@@ -322,7 +368,7 @@ mod tests {
         idx.flush().unwrap();
         for t in 0..4u8 {
             assert_eq!(
-                idx.lookup(&[t; 20], 199, Suffix::None),
+                idx.lookup(&[t; 32], 199, Suffix::None),
                 Some((ContentHash([t; 20]), 200))
             );
         }

@@ -11,12 +11,13 @@ use crate::catalogs::walk_catalogs;
 use crate::content_index::SqliteContentIndex;
 use crate::error::{Error, Result};
 use crate::repo::Repository;
+use crate::store::PlainHash;
 use crate::store::{stored_bound, ContentIndex, ObjectStore};
 use catalog_writer::hash::{ContentHash, Suffix};
 use catalog_writer::namespace::CatalogRef;
 use flate2::read::ZlibDecoder;
 use rayon::prelude::*;
-use sha1::{Digest, Sha1};
+use sha2::{Digest, Sha256};
 use std::io::Read;
 
 /// Objects per batch: progress is reported and the index flushed after each one.
@@ -62,7 +63,7 @@ struct Todo {
 
 /// The record for one object.
 struct Found {
-    plain: [u8; 20],
+    plain: PlainHash,
     size: u64,
     suffix: Suffix,
     object: ContentHash,
@@ -212,7 +213,7 @@ fn read_object(store: &dyn ObjectStore, t: &Todo) -> std::result::Result<Found, 
     // Catalog sizes are trusted only as a bound: a longer stream is reported, not hashed.
     let limit = t.size.unwrap_or(u64::MAX);
     let (plain, size) =
-        inflate_sha1(&stored, limit).map_err(|e| format!("{name}: inflate: {e}"))?;
+        inflate_plain_hash(&stored, limit).map_err(|e| format!("{name}: inflate: {e}"))?;
     if let Some(expected) = t.size.filter(|&s| s != size) {
         return Err(format!(
             "{name}: inflates to {size} bytes, the catalog says {expected}"
@@ -227,10 +228,10 @@ fn read_object(store: &dyn ObjectStore, t: &Todo) -> std::result::Result<Found, 
     })
 }
 
-/// SHA-1 and length of the inflated `zlib` stream, reading at most `limit + 1` bytes.
-fn inflate_sha1(zlib: &[u8], limit: u64) -> std::io::Result<([u8; 20], u64)> {
+/// [`PlainHash`] and length of the inflated `zlib` stream, reading at most `limit + 1` bytes.
+fn inflate_plain_hash(zlib: &[u8], limit: u64) -> std::io::Result<(PlainHash, u64)> {
     let mut dec = ZlibDecoder::new(zlib).take(limit.saturating_add(1));
-    let mut hasher = Sha1::new();
+    let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 64 * 1024];
     let mut total = 0u64;
     loop {
@@ -274,10 +275,10 @@ mod tests {
     fn inflate_hash_matches_and_stops_at_limit() {
         let plain = b"some plaintext, some plaintext".repeat(1000);
         let z = catalog_writer::zlib::compress(&plain);
-        let (sha, n) = inflate_sha1(&z, plain.len() as u64).unwrap();
+        let (sha, n) = inflate_plain_hash(&z, plain.len() as u64).unwrap();
         assert_eq!(n, plain.len() as u64);
-        assert_eq!(sha, <[u8; 20]>::from(Sha1::digest(&plain)));
-        let (_, n) = inflate_sha1(&z, 10).unwrap();
+        assert_eq!(sha, crate::store::plain_hash(&plain));
+        let (_, n) = inflate_plain_hash(&z, 10).unwrap();
         assert_eq!(n, 11, "reads one byte past the limit, no more");
     }
 }

@@ -66,21 +66,30 @@ pub trait ObjectStore: Send + Sync {
     }
 }
 
+/// The content index's key for a plaintext: its SHA-256 ([`plain_hash`]).
+///
+/// Not SHA-1, although SHA-1 names the objects: two files of one size with the same SHA-1
+/// can be made (SHAttered, 2017), and under a SHA-1 key the second one converted would be
+/// published with the first one's content, across images and revisions. The object names
+/// hash the compressed bytes, which the crafter of such a pair does not choose.
+pub type PlainHash = [u8; 32];
+
+/// The [`PlainHash`] of `bytes`.
+pub fn plain_hash(bytes: &[u8]) -> PlainHash {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).into()
+}
+
 /// Plaintext content index: lets the pipeline skip compression of content it has stored before.
-/// Keys are the SHA-1 of the uncompressed bytes of a whole file or of one chunk, plus the size
-/// and the suffix the object would get. A hit must be checked with `ObjectStore::contains`
-/// before it is trusted (objects may have been removed by GC).
+/// Keys are the [`PlainHash`] of the uncompressed bytes of a whole file or of one chunk, plus
+/// the size and the suffix the object would get. A hit must be checked with
+/// `ObjectStore::contains` before it is trusted (objects may have been removed by GC).
 pub trait ContentIndex: Send + Sync {
-    fn lookup(
-        &self,
-        plain_sha1: &[u8; 20],
-        size: u64,
-        suffix: Suffix,
-    ) -> Option<(ContentHash, u64)>;
-    /// Records that plaintext `plain_sha1` is stored as `object` (`compressed_size` bytes).
+    fn lookup(&self, plain: &PlainHash, size: u64, suffix: Suffix) -> Option<(ContentHash, u64)>;
+    /// Records that plaintext `plain` is stored as `object` (`compressed_size` bytes).
     fn record(
         &self,
-        plain_sha1: &[u8; 20],
+        plain: &PlainHash,
         size: u64,
         suffix: Suffix,
         object: ContentHash,

@@ -232,7 +232,7 @@ fn collects_what_only_old_revisions_and_killed_publishes_left() {
     );
     std::fs::write(&shouting, "not an object").unwrap();
     let index = repo.content_index().unwrap();
-    let alpha_plain: [u8; 20] = sha1_of(b"alpha");
+    let alpha_plain = publisher::store::plain_hash(b"alpha");
     index.record(&alpha_plain, 5, Suffix::None, object_of(b"alpha"), 13);
     index.flush().unwrap();
     drop(index);
@@ -365,11 +365,6 @@ fn collects_what_only_old_revisions_and_killed_publishes_left() {
         bytes,
         "nothing changed, nothing re-signed"
     );
-}
-
-fn sha1_of(b: &[u8]) -> [u8; 20] {
-    use sha1::{Digest, Sha1};
-    Sha1::digest(b).into()
 }
 
 #[test]

@@ -12,12 +12,11 @@ use publisher::{
     seed_content_index, seed_repository, CommitOutcome, CommitSettings, ContentIndex, ObjectStore,
     Repository, SeedProgress,
 };
-use sha1::{Digest, Sha1};
 
 const FQRN: &str = "seed.example.org";
 
-fn sha1(b: &[u8]) -> [u8; 20] {
-    Sha1::digest(b).into()
+fn key(b: &[u8]) -> publisher::store::PlainHash {
+    publisher::store::plain_hash(b)
 }
 
 fn file(size: usize, data: FileData) -> Node {
@@ -107,7 +106,7 @@ fn seeds_every_object_once() {
     let index = repo.content_index().unwrap();
     for (plain, suffix, _, _) in &expected {
         assert!(index
-            .lookup(&sha1(plain), plain.len() as u64, *suffix)
+            .lookup(&key(plain), plain.len() as u64, *suffix)
             .is_none());
     }
 
@@ -130,19 +129,19 @@ fn seeds_every_object_once() {
 
     for (plain, suffix, obj, csize) in &expected {
         assert_eq!(
-            index.lookup(&sha1(plain), plain.len() as u64, *suffix),
+            index.lookup(&key(plain), plain.len() as u64, *suffix),
             Some((*obj, *csize)),
             "{suffix:?} object {obj}"
         );
     }
     assert_eq!(
-        index.lookup(&sha1(b""), 0, Suffix::None).map(|r| r.0),
+        index.lookup(&key(b""), 0, Suffix::None).map(|r| r.0),
         Some(EMPTY_OBJECT)
     );
     // Chunks are not whole files: the suffix is part of the key.
     let (chunk_plain, _, _, _) = &expected[expected.len() - 1];
     assert!(index
-        .lookup(&sha1(chunk_plain), chunk_plain.len() as u64, Suffix::None)
+        .lookup(&key(chunk_plain), chunk_plain.len() as u64, Suffix::None)
         .is_none());
 
     // A second run, even through a reopened index, reads and records nothing.
@@ -174,7 +173,7 @@ fn missing_and_corrupt_objects_are_reported() {
     assert!(text.contains(&bad.object_path(Suffix::None)), "{text}");
     let (plain, _, _, _) = &expected[1];
     assert!(index
-        .lookup(&sha1(plain), plain.len() as u64, Suffix::None)
+        .lookup(&key(plain), plain.len() as u64, Suffix::None)
         .is_none());
 }
 

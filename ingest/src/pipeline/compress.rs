@@ -1,5 +1,5 @@
 //! Stage 3, on the worker threads: the in-run dedup map and the content index are consulted
-//! with the piece's plaintext SHA-1, and only new plaintext is compressed (stock zlib level 6)
+//! with the piece's plaintext hash (SHA-256), and only new plaintext is compressed (stock zlib level 6)
 //! and named (SHA-1 of the compressed bytes).
 
 use super::store::store_one;
@@ -8,13 +8,14 @@ use crate::error::{Error, Result};
 use catalog_writer::hash::{ContentHash, Suffix};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use flate2::{Compress, Compression, FlushCompress, Status};
+use publisher::store::PlainHash;
 use sha1::{Digest, Sha1};
 use std::cell::RefCell;
 use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-pub(super) type DedupKey = ([u8; 20], u64, Suffix);
+pub(super) type DedupKey = (PlainHash, u64, Suffix);
 
 /// In-run dedup state of one plaintext: being compressed by some worker, or done (kept small:
 /// the map has one entry per distinct piece of the run).
@@ -68,9 +69,9 @@ fn process(sh: &Shared, job: Job) -> Result<Option<Stored>> {
         data,
         permit,
     } = job;
-    let (sha1, size) = match &data {
-        PieceData::Mem(v, sha1) => (*sha1, v.len() as u64),
-        PieceData::Compressed(obj) => (obj.sha1, obj.size),
+    let (plain, size) = match &data {
+        PieceData::Mem(v, plain) => (*plain, v.len() as u64),
+        PieceData::Compressed(obj) => (obj.plain, obj.size),
     };
     let done = |hash, put, parked| Stored {
         ticket,
@@ -83,7 +84,7 @@ fn process(sh: &Shared, job: Job) -> Result<Option<Stored>> {
         parked,
         _permit: permit,
     };
-    let key = (sha1, size, suffix);
+    let key = (plain, size, suffix);
     let data = match data {
         PieceData::Mem(v, _) => v,
         // Compressed by the caller already: only tell later copies its name.
@@ -94,7 +95,7 @@ fn process(sh: &Shared, job: Job) -> Result<Option<Stored>> {
             drop(map);
             return Ok(Some(done(
                 hash,
-                Some((ObjectBytes::File(obj), sha1)),
+                Some((ObjectBytes::File(obj), plain)),
                 Vec::new(),
             )));
         }
@@ -123,7 +124,7 @@ fn process(sh: &Shared, job: Job) -> Result<Option<Stored>> {
         }
     }
     // On an error the pipeline fails as a whole: parked pieces need no answer.
-    let (hash, bytes) = lookup_or_compress(sh, &data, sha1, size, suffix)?;
+    let (hash, bytes) = lookup_or_compress(sh, &data, plain, size, suffix)?;
     let parked = {
         let mut map = sh.dedup.lock().unwrap_or_else(|p| p.into_inner());
         match map.insert(key, Dedup::Done(hash)) {
@@ -131,7 +132,7 @@ fn process(sh: &Shared, job: Job) -> Result<Option<Stored>> {
             _ => Vec::new(),
         }
     };
-    Ok(Some(done(hash, bytes.map(|b| (b, sha1)), parked)))
+    Ok(Some(done(hash, bytes.map(|b| (b, plain)), parked)))
 }
 
 /// Pieces smaller than this bypass the content index: compressing them costs less than a
@@ -142,12 +143,12 @@ pub(super) const INDEX_MIN_SIZE: u64 = 2048;
 fn lookup_or_compress(
     sh: &Shared,
     data: &[u8],
-    sha1: [u8; 20],
+    plain: PlainHash,
     size: u64,
     suffix: Suffix,
 ) -> Result<(ContentHash, Option<ObjectBytes>)> {
     if let Some(index) = sh.index.as_ref().filter(|_| size >= INDEX_MIN_SIZE) {
-        if let Some((obj, _)) = index.lookup(&sha1, size, suffix) {
+        if let Some((obj, _)) = index.lookup(&plain, size, suffix) {
             let present = sh
                 .store
                 .contains(&obj, suffix)

@@ -1,7 +1,7 @@
 //! In-memory `ObjectStore` and `ContentIndex` for tests.
 
 use catalog_writer::hash::{ContentHash, Suffix};
-use publisher::store::{ContentIndex, ObjectStore};
+use publisher::store::{ContentIndex, ObjectStore, PlainHash};
 use std::collections::HashMap;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -81,7 +81,7 @@ impl ObjectStore for MemStore {
     }
 }
 
-type IndexKey = ([u8; 20], u64, Suffix);
+type IndexKey = (PlainHash, u64, Suffix);
 
 #[derive(Default)]
 pub(crate) struct MemIndex {
@@ -99,12 +99,7 @@ impl MemIndex {
 }
 
 impl ContentIndex for MemIndex {
-    fn lookup(
-        &self,
-        plain_sha1: &[u8; 20],
-        size: u64,
-        suffix: Suffix,
-    ) -> Option<(ContentHash, u64)> {
+    fn lookup(&self, plain: &PlainHash, size: u64, suffix: Suffix) -> Option<(ContentHash, u64)> {
         let mut held = self.hold.lock().unwrap();
         while *held == Some(size) {
             held = self.released.wait(held).unwrap();
@@ -113,12 +108,12 @@ impl ContentIndex for MemIndex {
         self.map
             .lock()
             .unwrap()
-            .get(&(*plain_sha1, size, suffix))
+            .get(&(*plain, size, suffix))
             .copied()
     }
     fn record(
         &self,
-        plain_sha1: &[u8; 20],
+        plain: &PlainHash,
         size: u64,
         suffix: Suffix,
         object: ContentHash,
@@ -127,7 +122,7 @@ impl ContentIndex for MemIndex {
         self.map
             .lock()
             .unwrap()
-            .insert((*plain_sha1, size, suffix), (object, compressed_size));
+            .insert((*plain, size, suffix), (object, compressed_size));
     }
 }
 

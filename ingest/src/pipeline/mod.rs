@@ -3,7 +3,7 @@
 //!
 //! * `read`: the thread adding a file reads it and cuts it into pieces (the chunker costs
 //!   about one shift and xor per byte, far less than compression), hashing each piece's
-//!   plaintext (SHA-1) as it is assembled.
+//!   plaintext (SHA-256, the content index key) as it is assembled.
 //! * `compress`: worker threads consult the in-run dedup map and the optional
 //!   [`ContentIndex`], and otherwise compress the piece with stock zlib level 6 and name it by
 //!   the SHA-1 of the compressed bytes.
@@ -38,7 +38,7 @@ use catalog_writer::entry::FileData;
 use catalog_writer::hash::{ContentHash, Suffix};
 use compress::{worker, Dedup, DedupKey, Parked};
 use crossbeam_channel::{bounded, Sender};
-use publisher::store::{ContentIndex, ObjectStore};
+use publisher::store::{ContentIndex, ObjectStore, PlainHash};
 use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Read};
 use std::path::PathBuf;
@@ -230,8 +230,8 @@ struct Job {
 }
 
 enum PieceData {
-    /// Plaintext and its SHA-1.
-    Mem(Vec<u8>, [u8; 20]),
+    /// Plaintext and its hash.
+    Mem(Vec<u8>, PlainHash),
     /// A large unchunked file, already compressed by the caller.
     Compressed(StreamedObject),
 }
@@ -260,8 +260,8 @@ struct Stored {
     size: u64,
     suffix: Suffix,
     hash: ContentHash,
-    /// Compressed bytes and plaintext SHA-1 when the object may have to be written.
-    put: Option<(ObjectBytes, [u8; 20])>,
+    /// Compressed bytes and plaintext hash when the object may have to be written.
+    put: Option<(ObjectBytes, PlainHash)>,
     /// Pieces with the same plaintext, done once this one is stored.
     parked: Vec<Parked>,
     _permit: Permit,

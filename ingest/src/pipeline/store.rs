@@ -26,7 +26,7 @@ pub(super) fn store_stage(sh: Arc<Shared>, rx: Receiver<Stored>) {
 /// Writes `st`'s object unless the store has it, records it in the content index, and
 /// registers the piece (and the pieces parked behind it) with their files.
 pub(super) fn store_one(sh: &Shared, st: Stored) -> Result<()> {
-    if let Some((bytes, sha1)) = &st.put {
+    if let Some((bytes, plain)) = &st.put {
         let created =
             put_object(sh, &st, bytes).map_err(|e| sh.store_error(&st.hash, st.suffix, e))?;
         let counter = match created {
@@ -36,7 +36,7 @@ pub(super) fn store_one(sh: &Shared, st: Stored) -> Result<()> {
         counter.fetch_add(1, Ordering::Relaxed);
         if let Some(index) = sh.index.as_ref().filter(|_| st.size >= INDEX_MIN_SIZE) {
             let csize = bytes.len();
-            index.record(sha1, st.size, st.suffix, st.hash, csize);
+            index.record(plain, st.size, st.suffix, st.hash, csize);
         }
     }
     let piece = |offset| PieceDone {

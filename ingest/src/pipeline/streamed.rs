@@ -5,7 +5,9 @@
 use catalog_writer::hash::ContentHash;
 use flate2::write::ZlibEncoder;
 use flate2::Compression;
+use publisher::store::PlainHash;
 use sha1::{Digest, Sha1};
+use sha2::Sha256;
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use tempfile::TempPath;
@@ -20,15 +22,15 @@ pub(crate) struct StreamedObject {
     /// Object name: SHA-1 of the compressed bytes.
     pub hash: ContentHash,
     pub compressed_len: u64,
-    /// SHA-1 and size of the plaintext (the content index key).
-    pub sha1: [u8; 20],
+    /// Hash and size of the plaintext (the content index key).
+    pub plain: PlainHash,
     pub size: u64,
 }
 
 /// Compresses (zlib level 6) into a scratch file while hashing both sides.
 pub(crate) struct StreamCompressor {
     enc: ZlibEncoder<HashingFile>,
-    plain: Sha1,
+    plain: Sha256,
     size: u64,
     path: TempPath,
 }
@@ -42,7 +44,7 @@ impl StreamCompressor {
             .into_parts();
         Ok(StreamCompressor {
             enc: ZlibEncoder::new(HashingFile::new(file), Compression::new(6)),
-            plain: Sha1::new(),
+            plain: Sha256::new(),
             size: 0,
             path,
         })
@@ -64,7 +66,7 @@ impl StreamCompressor {
             path: self.path,
             hash,
             compressed_len,
-            sha1: self.plain.finalize().into(),
+            plain: self.plain.finalize().into(),
             size: self.size,
         })
     }
@@ -122,7 +124,7 @@ mod tests {
         assert_eq!(bytes, catalog_writer::zlib::compress(&input));
         assert_eq!(obj.hash, ContentHash::of(&bytes));
         assert_eq!(obj.compressed_len, bytes.len() as u64);
-        assert_eq!(obj.sha1, <[u8; 20]>::from(Sha1::digest(&input)));
+        assert_eq!(obj.plain, publisher::store::plain_hash(&input));
         assert_eq!(obj.size, input.len() as u64);
         drop(obj);
         assert!(!scratch.exists(), "an object nobody stored is deleted");
