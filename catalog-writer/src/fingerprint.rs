@@ -7,18 +7,20 @@
 //! which rows share one matters, and a rewrite numbers them differently than the original.
 
 use crate::sql::{CatalogDb, NestedRow};
-use sha1::{Digest, Sha1};
+use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 
 /// Properties that change with every write of otherwise identical content.
 const VOLATILE: [&str; 3] = ["revision", "last_modified", "previous_revision"];
 
-/// SHA-1 over the canonical content of a catalog.
+/// SHA-256 over the canonical content of a catalog (not SHA-1: names and symlink targets are
+/// the publisher's input, and a crafted SHA-1 collision between two versions of a catalog
+/// would keep the old one).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Fingerprint([u8; 20]);
+pub struct Fingerprint([u8; 32]);
 
 /// Length-prefixed feeding, so that no two different contents give the same byte stream.
-struct Feed(Sha1);
+struct Feed(Sha256);
 
 impl Feed {
     fn int(&mut self, v: u64) {
@@ -61,7 +63,7 @@ impl Feed {
 
 impl Fingerprint {
     pub fn of(db: &CatalogDb) -> Fingerprint {
-        let mut f = Feed(Sha1::new());
+        let mut f = Feed(Sha256::new());
         f.bytes(b"properties");
         let stable: Vec<_> = db
             .properties
