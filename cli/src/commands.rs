@@ -209,12 +209,36 @@ fn take_over(home: &Path, a: &InitArgs, opts: InitOptions, out: Output) -> Resul
                    "keys": repo.config().keys_dir, "client_config": repo.client_config()}),
         ),
     );
+    warn_not_replicable(&a.storage, out);
     out.say(&format!(
         "next: `cvmfs-oci cache seed {}` indexes its content, so it is never compressed again",
         a.fqrn
     ));
     print_client_config(&repo, out);
     Ok(0)
+}
+
+/// A storage without `.cvmfs_master_replica` (made with `alterfs -m off`, or copied without
+/// its dot files) is refused by stratum 1s; taking it over does not add the file, as that
+/// would change what its operator chose.
+fn warn_not_replicable(storage: &Path, out: Output) {
+    use publisher::store::root_files::MASTER_REPLICA;
+    let marker = storage.join(MASTER_REPLICA);
+    if marker.exists() {
+        return;
+    }
+    out.notice(
+        &format!(
+            "cvmfs-oci: warning: {} has no {MASTER_REPLICA}: stratum 1s will not replicate it \
+             (`echo replicable > {}` allows it)",
+            storage.display(),
+            marker.display()
+        ),
+        event_json(
+            "warning",
+            json!({"storage": storage, "warning": format!("no {MASTER_REPLICA}: not replicable")}),
+        ),
+    );
 }
 
 fn print_client_config(repo: &Repository, out: Output) {

@@ -297,6 +297,24 @@ fn a_repository_made_by_the_cvmfs_tools_is_taken_over_and_published_on() {
         out.contains("took over ref.test.local at revision 3"),
         "{out}"
     );
+    // The reference has no `.cvmfs_master_replica`: said, not added.
+    let other = Takeover::new(unix_now());
+    let json = other.ok(&[
+        "--json",
+        "init",
+        REF,
+        "--storage",
+        other.storage(),
+        "--existing",
+    ]);
+    let warning = Takeover::json_line(&json, "warning");
+    assert!(
+        warning["warning"]
+            .as_str()
+            .unwrap()
+            .contains(".cvmfs_master_replica"),
+        "{warning}"
+    );
     assert_eq!(
         common::snapshot(&t.env.storage),
         before,
