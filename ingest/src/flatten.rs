@@ -27,8 +27,8 @@ use crate::error::{show, Error, Result};
 use crate::pipeline::{finalize, FileTicket, ObjectPipeline, PDir, PLeaf, PNode};
 use crate::targuard::MemberExt;
 use crate::tarsource::{
-    check_crate_reading, drain_member, drain_rest, ingest_member, member_path, read_member,
-    split_member_path, MemberKind,
+    check_crate_reading, drain_member, drain_rest, header_name, ingest_member, member_path,
+    read_member, split_member_path, MemberKind,
 };
 use catalog_writer::entry::{Entry, EntryKind};
 use catalog_writer::namespace::{NAME_MAX, SYMLINK_MAX};
@@ -566,7 +566,8 @@ impl Flattener<'_> {
             let mut member =
                 member.map_err(|e| self.lerr(idx, b"", format!("reading next member: {e}")))?;
             let ext = slot.take();
-            let raw = member_path(&member, &ext).map_err(|e| self.lerr(idx, b"", e))?;
+            let raw =
+                member_path(&member, &ext).map_err(|e| self.lerr(idx, &header_name(&member), e))?;
             scan.member = ordinal;
             self.member(scan, &raw, &mut member, &ext)?;
         }
@@ -591,7 +592,8 @@ impl Flattener<'_> {
             let Some((inode, rec)) = scan.needed.remove(&ordinal) else {
                 continue;
             };
-            let raw = member_path(&member, &ext).map_err(|e| self.lerr(idx, b"", e))?;
+            let raw =
+                member_path(&member, &ext).map_err(|e| self.lerr(idx, &header_name(&member), e))?;
             let m = read_member(&mut member, true, &ext).map_err(|e| self.lerr(idx, &raw, e))?;
             if !matches!(m.kind, MemberKind::File) {
                 let msg = "no longer a regular file on the second read of the layer";

@@ -103,7 +103,8 @@ impl TarTree<'_> {
         pipeline: &ObjectPipeline,
     ) -> Result<()> {
         let ext = slot.take();
-        let raw = member_path(member, &ext).map_err(|e| tar_err(self.opts, b"", e))?;
+        let raw =
+            member_path(member, &ext).map_err(|e| tar_err(self.opts, &header_name(member), e))?;
         let err = |msg: String| tar_err(self.opts, &raw, msg);
         let comps = split_member_path(&raw).map_err(err)?;
         let m = read_member(member, self.opts.keep_xattrs, &ext).map_err(err)?;
@@ -381,6 +382,37 @@ pub(crate) fn check_crate_reading<R: Read>(
     Ok(())
 }
 
+/// The name in the member's own header (ustar name and prefix), for an error about the
+/// extensions that would have named it otherwise.
+pub(crate) fn header_name<R: Read>(m: &tar::Entry<R>) -> Vec<u8> {
+    m.header().path_bytes().into_owned()
+}
+
+/// Member types that carry no data (Go's `isHeaderOnlyType`).
+fn header_only(et: EntryType) -> bool {
+    matches!(
+        et,
+        EntryType::Link
+            | EntryType::Symlink
+            | EntryType::Char
+            | EntryType::Block
+            | EntryType::Directory
+            | EntryType::Fifo
+    )
+}
+
+fn type_name(et: EntryType) -> &'static str {
+    match et {
+        EntryType::Link => "hard link",
+        EntryType::Symlink => "symbolic link",
+        EntryType::Char => "character device",
+        EntryType::Block => "block device",
+        EntryType::Directory => "directory",
+        EntryType::Fifo => "FIFO",
+        _ => "file",
+    }
+}
+
 /// Reads a member's header and PAX records (`ext`, from the guard) into an `Entry`.
 pub(crate) fn read_member<R: Read>(
     m: &mut tar::Entry<R>,
@@ -399,6 +431,16 @@ pub(crate) fn read_member<R: Read>(
             u64::from(minor.unwrap_or(0)),
         ))
     };
+    if header_only(et) && m.size() > 0 {
+        // Go's archive/tar (Docker, containerd) reads such a member as empty and the next
+        // header right after it, GNU tar does so for some of these types, the tar crate skips
+        // the data: the readers would see different trees (a member hidden in the "data").
+        return Err(format!(
+            "a {} member declaring {} bytes of data (tar readers disagree on what follows it)",
+            type_name(et),
+            m.size()
+        ));
+    }
     if et == EntryType::GNUSparse && m.size() > MAX_SPARSE_SIZE {
         // Its holes cost nothing in the archive but must all be read as zeros and chunked:
         // a 2 KiB member can declare a petabyte.

@@ -295,9 +295,10 @@ fn pax_values_with_newlines_are_read_by_their_length() {
         b"99 path=x\n",
         None,
     )
-    .file("f", b"");
+    .file("victim", b"");
     let err = run(tar.finish()).unwrap_err().to_string();
     assert!(err.contains("malformed PAX record at byte 0"), "{err}");
+    assert!(err.contains("victim"), "names the member by its header: {err}");
 }
 
 /// A plain tar stream cut between two members (a producer killed after whole records) is
@@ -556,4 +557,43 @@ fn a_pax_format_sparse_file_is_refused() {
         err.contains("d/GNUSparseFile.1/sparse: a sparse file in PAX format"),
         "{err}"
     );
+}
+
+/// A header-only member (link, directory, device, FIFO) declaring data: Go's archive/tar
+/// (Docker, containerd) reads the next header right after it, so a member hidden in the
+/// "data" is extracted there while the tar crate would skip it. Such archives are refused.
+#[test]
+fn a_header_only_member_declaring_data_is_refused() {
+    let without_end = |tar: Vec<u8>| tar[..tar.len() - 1024].to_vec();
+    let hidden = without_end(TarB::new().file("smuggled", b"seen by Go\n").finish());
+    assert_eq!(hidden.len(), 1024);
+    let cases = [
+        (EntryType::Symlink, Some(&b"keep"[..]), "symbolic link"),
+        (EntryType::Link, Some(&b"keep"[..]), "hard link"),
+        (EntryType::Directory, None, "directory"),
+        (EntryType::Fifo, None, "FIFO"),
+        (EntryType::Char, None, "character device"),
+    ];
+    for (ty, link, what) in cases {
+        let tar = TarB::new()
+            .file("keep", b"keep\n")
+            .raw(b"hider", ty, 0o755, &hidden, link)
+            .finish();
+        let err = run(tar).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("a {what} member declaring 1024 bytes of data")),
+            "{ty:?}: {err}"
+        );
+        assert!(err.contains("hider"), "names the member: {err}");
+    }
+    // The size may come from a PAX record too.
+    let head = without_end(
+        TarB::new()
+            .pax(&[("size", b"1024")])
+            .symlink("hider", "keep")
+            .finish(),
+    );
+    let tar = [head, hidden, vec![0u8; 1024]].concat();
+    let err = run(tar).unwrap_err().to_string();
+    assert!(err.contains("declaring 1024 bytes"), "{err}");
 }
