@@ -1706,6 +1706,13 @@ fn describe_send_error(e: reqwest::Error, url: &str) -> String {
     if plain_http {
         return format!("{text} (a plain-HTTP registry? allow it with --insecure-registry {host})");
     }
+    if untrusted && text.contains("CaUsedAsEndEntity") {
+        return format!(
+            "{text} (the registry's own certificate is marked as a CA, CA:TRUE: trust that \
+             certificate itself with --registry-ca FILE, as for a self-signed one, or give the \
+             registry a certificate without CA:TRUE)"
+        );
+    }
     if untrusted {
         return format!(
             "{text} (a registry with a private CA? trust it with --registry-ca FILE, or skip \

@@ -88,6 +88,11 @@ impl ServerCertVerifier for PinningVerifier {
             return Err(refusal);
         }
         rustls::client::verify_server_name(&ParsedCertificate::try_from(end_entity)?, server_name)?;
+        if !allows_server_auth(end_entity) {
+            return Err(rustls::Error::InvalidCertificate(
+                CertificateError::InvalidPurpose,
+            ));
+        }
         Ok(ServerCertVerified::assertion())
     }
 
@@ -114,6 +119,22 @@ impl ServerCertVerifier for PinningVerifier {
     }
 }
 
+/// Whether `cert` may identify a TLS server: it has no extended key usage, or one that lists
+/// serverAuth (or any usage), as Go and curl require. webpki checks this only after the
+/// basic constraints that made it refuse the certificate, so it is checked here.
+fn allows_server_auth(cert: &CertificateDer<'_>) -> bool {
+    use openssl::x509::{X509ExtendedKeyUsage, X509};
+    let Ok(x509) = X509::from_der(cert) else {
+        return false;
+    };
+    match x509.extended_key_usage() {
+        None => true,
+        Some(usage) => {
+            usage.intersects(X509ExtendedKeyUsage::SSL_SERVER | X509ExtendedKeyUsage::ANYEKU)
+        }
+    }
+}
+
 fn ca_used_as_end_entity(e: &rustls::Error) -> bool {
     match e {
         rustls::Error::InvalidCertificate(CertificateError::Other(other)) => matches!(
@@ -137,6 +158,11 @@ mod tests {
     /// Docker's recipe for a registry's self-signed certificate (CA:TRUE, as `openssl req
     /// -x509` marks it) for `san`: `(certificate, key)` PEM files in `dir`.
     fn docker_recipe_cert(dir: &Path, name: &str, san: &str) -> (PathBuf, PathBuf) {
+        self_signed(dir, name, &[&format!("subjectAltName={san}")])
+    }
+
+    /// A self-signed certificate (CA:TRUE) with the extensions `exts` (`-addext` values).
+    fn self_signed(dir: &Path, name: &str, exts: &[&str]) -> (PathBuf, PathBuf) {
         let (cert, key) = (
             dir.join(format!("{name}.crt")),
             dir.join(format!("{name}.key")),
@@ -145,12 +171,8 @@ mod tests {
             .args([
                 "req", "-newkey", "rsa:2048", "-nodes", "-sha256", "-x509", "-days", "1",
             ])
-            .args([
-                "-subj",
-                "/CN=127.0.0.1",
-                "-addext",
-                &format!("subjectAltName={san}"),
-            ])
+            .args(["-subj", "/CN=127.0.0.1"])
+            .args(exts.iter().flat_map(|e| ["-addext", e]))
             .arg("-keyout")
             .arg(&key)
             .arg("-out")
@@ -231,6 +253,22 @@ mod tests {
         assert_eq!(certs_d, Ok(vec!["1".to_owned()]));
     }
 
+    /// Trusting a certificate trusts it for what it allows: one restricted to client
+    /// authentication does not identify a server (as for Go and curl).
+    #[test]
+    fn a_trusted_self_signed_certificate_must_allow_server_authentication() {
+        let tmp = tempfile::tempdir().unwrap();
+        let san = "subjectAltName=IP:127.0.0.1";
+        let (cert, key) = self_signed(tmp.path(), "client", &[san, "extendedKeyUsage=clientAuth"]);
+        let addr = serve(&cert, &key);
+        let e = list_tags(&addr, |o| o.ca_files = vec![cert.clone()]).unwrap_err();
+        assert!(e.contains("InvalidPurpose"), "{e}");
+        let (cert, key) = self_signed(tmp.path(), "server", &[san, "extendedKeyUsage=serverAuth"]);
+        let addr = serve(&cert, &key);
+        let ok = list_tags(&addr, |o| o.ca_files = vec![cert.clone()]);
+        assert_eq!(ok, Ok(vec!["1".to_owned()]));
+    }
+
     #[test]
     fn a_self_signed_ca_certificate_is_refused_unless_it_is_the_one_trusted() {
         let tmp = tempfile::tempdir().unwrap();
@@ -240,6 +278,7 @@ mod tests {
         // webpki checks the server's certificate itself before looking for its issuer.
         let e = list_tags(&addr, |_| {}).unwrap_err();
         assert!(e.contains("CaUsedAsEndEntity"), "{e}");
+        assert!(e.contains("marked as a CA"), "the hint says why: {e}");
         // Same subject, another key: trusting it trusts nothing else.
         let e = list_tags(&addr, |o| o.ca_files = vec![other.clone()]).unwrap_err();
         assert!(e.contains("invalid peer certificate"), "{e}");
