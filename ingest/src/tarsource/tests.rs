@@ -298,7 +298,10 @@ fn pax_values_with_newlines_are_read_by_their_length() {
     .file("victim", b"");
     let err = run(tar.finish()).unwrap_err().to_string();
     assert!(err.contains("malformed PAX record at byte 0"), "{err}");
-    assert!(err.contains("victim"), "names the member by its header: {err}");
+    assert!(
+        err.contains("victim"),
+        "names the member by its header: {err}"
+    );
 }
 
 /// A plain tar stream cut between two members (a producer killed after whole records) is
