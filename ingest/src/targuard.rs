@@ -41,8 +41,9 @@ pub(crate) fn guarded_with<R: Read>(inner: R) -> (tar::Archive<ExtensionGuard<R>
 pub(crate) struct MemberExt {
     /// Its PAX `x` record block, as stored.
     pub records: Option<Vec<u8>>,
-    /// Whether a GNU long name (`L`) or long link (`K`) came before it: the crate (as Go and
-    /// GNU tar) takes those over a PAX `path` or `linkpath`.
+    /// Whether a GNU long name (`L`) or long link (`K`) came before it: the crate (as Go,
+    /// which container runtimes use; GNU tar prefers the PAX record) takes those over a PAX
+    /// `path` or `linkpath`.
     pub long_name: bool,
     pub long_link: bool,
 }
