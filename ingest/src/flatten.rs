@@ -183,6 +183,7 @@ pub fn flatten_layers_with(
     memo: Option<&MemoContext<'_>>,
 ) -> Result<Dir> {
     let names: Vec<String> = layers.iter().map(|l| l.name.clone()).collect();
+    let memo_names = names.clone();
     let mut fl = Flattener {
         root: FDir::new(usize::MAX),
         inodes: Vec::new(),
@@ -190,12 +191,35 @@ pub fn flatten_layers_with(
         names,
         pipeline,
     };
-    let mut unsaved = Vec::new();
-    let res = fl.all_layers(&layers, memo, &mut unsaved);
-    // Layers read completely keep their memo even when a lower one failed.
-    let saved = match memo {
-        Some(m) => unsaved.into_iter().try_for_each(|u| fl.save_memo(m, u)),
-        None => Ok(()),
+    let (res, saved) = match memo {
+        None => (fl.all_layers(&layers, None, None), Ok(())),
+        Some(m) => std::thread::scope(|s| {
+            // A layer's memo is written as soon as its files are stored, by this thread: a
+            // run killed while a later layer downloads keeps it (the rerun skips the layer),
+            // and the flattening never waits for the compressors at a layer boundary.
+            let (tx, rx) = crossbeam_channel::unbounded::<Unsaved>();
+            let names = &memo_names;
+            let saver = std::thread::Builder::new()
+                .name("layer-memo".into())
+                .spawn_scoped(s, move || -> Result<()> {
+                    // Layers read completely keep their memo even when a lower one fails.
+                    rx.into_iter()
+                        .try_for_each(|u| save_memo(pipeline, names, m, u))
+                });
+            let saver = match saver {
+                Ok(saver) => saver,
+                Err(e) => {
+                    let e = Error::Stopped(format!("cannot start the layer memo thread: {e}"));
+                    return (Err(e), Ok(()));
+                }
+            };
+            let res = fl.all_layers(&layers, Some(m), Some(&tx));
+            drop(tx);
+            let saved = saver
+                .join()
+                .unwrap_or_else(|_| Err(Error::Stopped("the layer memo thread panicked".into())));
+            (res, saved)
+        }),
     };
     res?;
     saved?;
@@ -430,7 +454,7 @@ impl Flattener<'_> {
         &mut self,
         layers: &[LayerInput],
         memo: Option<&MemoContext<'_>>,
-        unsaved: &mut Vec<Unsaved>,
+        saver: Option<&crossbeam_channel::Sender<Unsaved>>,
     ) -> Result<()> {
         for (idx, layer) in layers.iter().enumerate().rev() {
             let key = memo.zip(layer.diff_id.as_deref());
@@ -439,14 +463,14 @@ impl Flattener<'_> {
                 continue;
             }
             let recs = self.read_layer(idx, layer, key.is_some())?;
-            if let (Some((m, diff_id)), Some(recs)) = (key, recs) {
+            if let (Some((_, diff_id)), Some(recs), Some(saver)) = (key, recs, saver) {
                 let done = Unsaved {
                     diff_id: diff_id.to_string(),
                     layer: idx,
                     recs,
                 };
-                unsaved.push(done);
-                self.save_stored(m, unsaved)?;
+                // Closed only if the memo thread failed: its error is reported.
+                let _ = saver.send(done);
             }
         }
         Ok(())
@@ -503,40 +527,6 @@ impl Flattener<'_> {
             last.insert(path, file);
         }
         true
-    }
-
-    /// Writes the memos whose files are all stored, without waiting for the others: waiting
-    /// at a layer boundary would let the compressors run dry while this thread stands still.
-    fn save_stored(&self, m: &MemoContext<'_>, unsaved: &mut Vec<Unsaved>) -> Result<()> {
-        let mut i = 0;
-        while i < unsaved.len() {
-            let tickets = unsaved[i].recs.tickets.iter().map(|&(_, t)| t);
-            if self.pipeline.all_stored(tickets) {
-                self.save_memo(m, unsaved.remove(i))?;
-            } else {
-                i += 1;
-            }
-        }
-        Ok(())
-    }
-
-    /// Resolves the tickets of a layer read from its stream and stores its memo (merged
-    /// with what an older memo of the same layer knew).
-    fn save_memo(&self, m: &MemoContext<'_>, layer: Unsaved) -> Result<()> {
-        let MemoRecs {
-            mut entries,
-            tickets,
-        } = layer.recs;
-        for (i, t) in tickets {
-            if let Some(MemoKind::File { data, .. }) = entries.get_mut(i).map(|e| &mut e.kind) {
-                *data = Some(self.pipeline.resolve(t)?.1);
-            }
-        }
-        m.put(&layer.diff_id, MemoLayer::new(entries))
-            .map_err(|source| Error::Memo {
-                layer: self.names[layer.layer].clone(),
-                source,
-            })
     }
 
     /// Reads a layer from its stream (twice if a link needs a shadowed file); returns its
@@ -1373,3 +1363,27 @@ impl Flattener<'_> {
 
 #[cfg(test)]
 mod tests;
+
+/// Resolves the tickets of a layer read from its stream (waiting for its files to be
+/// stored) and stores its memo (merged with what an older memo of the same layer knew).
+fn save_memo(
+    pipeline: &ObjectPipeline,
+    names: &[String],
+    m: &MemoContext<'_>,
+    layer: Unsaved,
+) -> Result<()> {
+    let MemoRecs {
+        mut entries,
+        tickets,
+    } = layer.recs;
+    for (i, t) in tickets {
+        if let Some(MemoKind::File { data, .. }) = entries.get_mut(i).map(|e| &mut e.kind) {
+            *data = Some(pipeline.resolve(t)?.1);
+        }
+    }
+    m.put(&layer.diff_id, MemoLayer::new(entries))
+        .map_err(|source| Error::Memo {
+            layer: names.get(layer.layer).cloned().unwrap_or_default(),
+            source,
+        })
+}

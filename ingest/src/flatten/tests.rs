@@ -727,3 +727,70 @@ fn per_path_slots_stay_small() {
     assert!(std::mem::size_of::<FNode>() <= 24);
     assert!(std::mem::size_of::<LayerItem>() <= 40);
 }
+
+/// A layer's memo is written once its files are stored, not when the next layer is done: a
+/// run killed while a lower layer still downloads keeps the layers above it.
+#[test]
+fn a_layer_memo_is_written_while_the_next_layer_is_still_read() {
+    /// Stands for a lower layer still downloading: its first read waits until the memo of
+    /// the upper layer is in the database (or gives up), and notes which.
+    struct Stalled {
+        db: std::path::PathBuf,
+        upper: String,
+        seen: Arc<std::sync::atomic::AtomicBool>,
+        rest: Cursor<Vec<u8>>,
+        waited: bool,
+    }
+    impl Read for Stalled {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if !self.waited {
+                self.waited = true;
+                let memo = publisher::LayerMemo::open(&self.db).unwrap();
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+                while std::time::Instant::now() < deadline {
+                    if memo.get(&self.upper).unwrap().is_some() {
+                        self.seen.store(true, Ordering::SeqCst);
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+            }
+            self.rest.read(buf)
+        }
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("layers.db");
+    let memo = publisher::LayerMemo::open(&db).unwrap();
+    let store = Arc::new(MemStore::default());
+    let ctx = MemoContext::new(&memo, store.as_ref());
+    let upper_bytes = TarB::new().file("upper", b"read first").finish();
+    let lower_bytes = TarB::new().file("lower", b"read second").finish();
+    let upper = layer("img upper", upper_bytes);
+    let upper_id = upper.diff_id.clone().unwrap();
+    let seen = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let lower = {
+        let (db, upper, seen) = (db.clone(), upper_id.clone(), seen.clone());
+        LayerInput {
+            name: "img lower".into(),
+            diff_id: Some(format!("sha256:{}", ContentHash::of(&lower_bytes).to_hex())),
+            open: Box::new(move || {
+                Ok(Box::new(Stalled {
+                    db: db.clone(),
+                    upper: upper.clone(),
+                    seen: seen.clone(),
+                    rest: Cursor::new(lower_bytes.clone()),
+                    waited: false,
+                }) as Box<dyn Read + Send>)
+            }),
+        }
+    };
+    let p = ObjectPipeline::new(store.clone(), None, PipelineConfig::default()).unwrap();
+    let dir = flatten_layers_with(vec![lower, upper], &p, Some(&ctx)).unwrap();
+    p.finish().unwrap();
+    assert!(
+        seen.load(Ordering::SeqCst),
+        "the upper layer's memo came only at the end"
+    );
+    assert_eq!(content(&dir, &store, "lower"), b"read second");
+    assert_eq!(memo.list().unwrap().len(), 2);
+}
