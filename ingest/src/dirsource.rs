@@ -2,7 +2,7 @@
 //! files into the object pipeline.
 
 use crate::error::{Error, Result};
-use crate::fdwalk::{FdWalk, Lstat, WalkEntry};
+use crate::fdwalk::{FdWalk, Lstat, WalkEntry, XattrSource};
 use crate::pipeline::{finalize, FileTicket, ObjectPipeline, PDir, PLeaf, PNode};
 use catalog_writer::entry::{makedev, Entry, EntryKind, FileData, Xattrs};
 use catalog_writer::hash::EMPTY_OBJECT;
@@ -752,8 +752,15 @@ fn entry_for(item: &WalkEntry, with_xattrs: bool) -> Result<Entry> {
 }
 
 /// The entry's xattrs, read through its directory's descriptor (the root's by its path).
+/// Without `/proc`, a symbolic link's or special file's are not read (see
+/// [`XattrSource::Unreachable`]).
 fn xattrs_of(item: &WalkEntry) -> Result<Xattrs> {
-    read_xattrs(&item.xattr_path()).map_err(|e| Error::io(item.path.display().to_string(), e))
+    let read = || match item.xattr_source()? {
+        XattrSource::Path(p) => read_xattrs(&p),
+        XattrSource::Fd(fd) => read_xattrs_fd(&fd),
+        XattrSource::Unreachable => Ok(Xattrs::new()),
+    };
+    read().map_err(|e| Error::io(item.path.display().to_string(), e))
 }
 
 /// glibc `gnu_dev_major`.
@@ -769,13 +776,38 @@ fn minor(dev: u64) -> u64 {
 /// Extended attributes of the path itself (not a symlink's target), minus SELinux labels,
 /// which describe the build host rather than the content.
 pub(crate) fn read_xattrs(path: &Path) -> io::Result<Xattrs> {
-    let mut out = Xattrs::new();
     let cpath = CString::new(path.as_os_str().as_bytes())
         .map_err(|_| io::Error::other("path contains a NUL byte"))?;
-    let names = match xattr_call(|buf, len| unsafe {
+    collect_xattrs(
         // SAFETY: cpath is NUL-terminated; buf/len describe a valid writable buffer (or 0/null).
-        libc::llistxattr(cpath.as_ptr(), buf as *mut libc::c_char, len)
-    }) {
+        |buf, len| unsafe { libc::llistxattr(cpath.as_ptr(), buf as *mut libc::c_char, len) },
+        // SAFETY: as above; the name is NUL-terminated.
+        |name, buf, len| unsafe {
+            libc::lgetxattr(cpath.as_ptr(), name.as_ptr(), buf as *mut libc::c_void, len)
+        },
+    )
+}
+
+/// [`read_xattrs`] of what the descriptor `fd` refers to.
+fn read_xattrs_fd(fd: &OwnedFd) -> io::Result<Xattrs> {
+    let fd = fd.as_raw_fd();
+    collect_xattrs(
+        // SAFETY: `fd` is open; buf/len describe a valid writable buffer (or 0/null).
+        |buf, len| unsafe { libc::flistxattr(fd, buf as *mut libc::c_char, len) },
+        // SAFETY: as above; the name is NUL-terminated.
+        |name, buf, len| unsafe {
+            libc::fgetxattr(fd, name.as_ptr(), buf as *mut libc::c_void, len)
+        },
+    )
+}
+
+/// The xattrs that `list` names and `get` reads, minus SELinux labels.
+fn collect_xattrs(
+    mut list: impl FnMut(*mut u8, usize) -> isize,
+    mut get: impl FnMut(&CString, *mut u8, usize) -> isize,
+) -> io::Result<Xattrs> {
+    let mut out = Xattrs::new();
+    let names = match xattr_call(&mut list) {
         Ok(n) => n,
         Err(e) if unsupported(&e) => return Ok(out),
         Err(e) => return Err(e),
@@ -785,15 +817,7 @@ pub(crate) fn read_xattrs(path: &Path) -> io::Result<Xattrs> {
             continue;
         }
         let cname = CString::new(name).map_err(|_| io::Error::other("bad xattr name"))?;
-        let value = xattr_call(|buf, len| unsafe {
-            // SAFETY: as above; cname is NUL-terminated.
-            libc::lgetxattr(
-                cpath.as_ptr(),
-                cname.as_ptr(),
-                buf as *mut libc::c_void,
-                len,
-            )
-        });
+        let value = xattr_call(|buf, len| get(&cname, buf, len));
         match value {
             Ok(v) => catalog_writer::xattr::insert_bounded(&mut out, name, &v),
             // Removed between list and get: not there any more.
@@ -1421,5 +1445,55 @@ mod tests {
         let p = ObjectPipeline::new(store, None, PipelineConfig::default()).unwrap();
         let err = tree_from_dir(tmp.path(), &p).unwrap_err().to_string();
         assert!(err.contains("secret"), "{err}");
+    }
+
+    /// Without `/proc`, xattrs come through descriptors of the entries themselves: those of a
+    /// directory swapped for a link to another one with the same names are the walked ones.
+    #[test]
+    fn without_proc_xattrs_are_read_through_descriptors() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (root, outside) = (tmp.path().join("root"), tmp.path().join("outside"));
+        for d in [root.join("d"), outside.clone()] {
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("f"), b"x").unwrap();
+        }
+        let set = |p: &Path, v: &[u8]| {
+            let c = CString::new(p.as_os_str().as_bytes()).unwrap();
+            // SAFETY: valid NUL-terminated strings and buffer.
+            unsafe {
+                libc::lsetxattr(
+                    c.as_ptr(),
+                    c"user.k".as_ptr(),
+                    v.as_ptr().cast(),
+                    v.len(),
+                    0,
+                )
+            }
+        };
+        if set(&root.join("d/f"), b"inside") != 0 {
+            return; // no user xattrs on this file system
+        }
+        set(&root.join("d"), b"dir");
+        set(&outside.join("f"), b"OUTSIDE");
+        symlink(&outside, root.join("l")).unwrap();
+        let mut walk = FdWalk::new(&root).without_proc();
+        let _root = walk.next().unwrap().unwrap();
+        let d = walk.next().unwrap().unwrap();
+        assert_eq!(
+            xattrs_of(&d).unwrap().get(&b"user.k"[..]).map(|v| &v[..]),
+            Some(&b"dir"[..])
+        );
+        std::fs::rename(root.join("d"), tmp.path().join("d.old")).unwrap();
+        symlink(&outside, root.join("d")).unwrap();
+        let f = walk.next().unwrap().unwrap();
+        assert_eq!(f.path, root.join("d/f"));
+        let x = xattrs_of(&f).unwrap();
+        assert_eq!(x.get(&b"user.k"[..]).map(|v| &v[..]), Some(&b"inside"[..]));
+        let l = walk.next().unwrap().unwrap();
+        assert!(l.stat.is_symlink());
+        assert!(
+            xattrs_of(&l).unwrap().is_empty(),
+            "not reachable without /proc"
+        );
     }
 }

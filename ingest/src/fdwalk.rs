@@ -200,19 +200,49 @@ impl WalkEntry {
         Ok(buf)
     }
 
-    /// A path naming this entry (not following it if it is a link) for the `l*xattr` calls:
-    /// below `/proc/self/fd/N` of its directory, so that nothing swapped on the way from the
-    /// root is followed. Valid while `self` lives.
-    pub fn xattr_path(&self) -> PathBuf {
-        match &self.parent {
-            Some((dir, name)) if self.proc_fd => {
-                let mut p = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
-                p.push(OsStr::from_bytes(name.as_bytes()));
-                p
-            }
-            _ => self.path.clone(),
+    /// Where the entry's xattrs can be read without following anything swapped on the way
+    /// from the root: a path below `/proc/self/fd/N` of its directory (for the `l*xattr`
+    /// calls; valid while `self` lives), else (no `/proc`) a descriptor of the entry itself
+    /// for the `f*xattr` calls, which only directories and regular files can give.
+    pub fn xattr_source(&self) -> io::Result<XattrSource> {
+        let Some((dir, name)) = &self.parent else {
+            return Ok(XattrSource::Path(self.path.clone()));
+        };
+        if self.proc_fd {
+            let mut p = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
+            p.push(OsStr::from_bytes(name.as_bytes()));
+            return Ok(XattrSource::Path(p));
         }
+        if let Some(own) = &self.dir {
+            return Ok(XattrSource::Fd(own.clone()));
+        }
+        if !self.stat.is_file() {
+            return Ok(XattrSource::Unreachable);
+        }
+        let flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC;
+        // SAFETY: `name` is NUL-terminated and `dir` an open directory.
+        let fd = unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags) };
+        if fd < 0 {
+            return Err(replaced_or(
+                io::Error::last_os_error(),
+                "a symbolic link now",
+            ));
+        }
+        // SAFETY: the kernel returned a new descriptor that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        if Lstat::of(&fd)?.id() != self.stat.id() {
+            return Err(io::Error::other("replaced by another file during the walk"));
+        }
+        Ok(XattrSource::Fd(Arc::new(fd)))
     }
+}
+
+/// See [`WalkEntry::xattr_source`].
+pub(crate) enum XattrSource {
+    Path(PathBuf),
+    Fd(Arc<OwnedFd>),
+    /// A symbolic link or special file while `/proc` is not mounted: no safe way to name it.
+    Unreachable,
 }
 
 /// A directory the walk is inside of.
@@ -247,6 +277,13 @@ impl FdWalk {
             started: false,
             proc_fd: Path::new("/proc/self/fd").is_dir(),
         }
+    }
+
+    /// As where `/proc` is not mounted.
+    #[cfg(test)]
+    pub fn without_proc(mut self) -> Self {
+        self.proc_fd = false;
+        self
     }
 
     fn open_root(&mut self) -> Result<WalkEntry, WalkError> {
@@ -557,8 +594,11 @@ mod tests {
             .nth(1)
             .unwrap()
             .unwrap();
-        assert!(inside.xattr_path().starts_with("/proc/self/fd"));
-        assert!(std::fs::symlink_metadata(inside.xattr_path()).is_ok());
+        let Ok(XattrSource::Path(p)) = inside.xattr_source() else {
+            panic!("a /proc path expected");
+        };
+        assert!(p.starts_with("/proc/self/fd"));
+        assert!(std::fs::symlink_metadata(&p).is_ok());
     }
 
     #[test]
