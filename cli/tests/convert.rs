@@ -2324,3 +2324,41 @@ fn all_platforms_warns_about_entries_sharing_a_link_name() {
     );
     env.check(true);
 }
+
+/// A full disk under the objects stops the batch: each image it stopped is reported once,
+/// then one summary says nothing was committed; the repository keeps its revision.
+#[test]
+fn a_full_disk_is_reported_once_per_image_and_commits_nothing() {
+    let env = Env::init(&[]);
+    let layout = env.path("layout");
+    let image = edge_image(Compression::Gzip, MediaTypes::Oci);
+    image.write_layout(&layout, "a").unwrap();
+    let src = format!("oci:{}:a", layout.display());
+    let out = env
+        .cmd(&["--json", "convert", FQRN, &src])
+        .env("CVMFS_OCI_CRASH_AT", "objects-disk-full")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one line for the one image: {stderr}");
+    assert!(lines[0].contains("No space left on device"), "{stderr}");
+    let errors: Vec<_> = events(&stdout, "error").collect();
+    assert_eq!(errors.len(), 1, "{stdout}");
+    assert!(
+        errors[0]["image"].as_str().unwrap().contains(":a"),
+        "{stdout}"
+    );
+    let summary: Vec<_> = events(&stdout, "summary").collect();
+    assert_eq!(summary.len(), 1, "{stdout}");
+    assert_eq!(summary[0]["committed"], false, "{stdout}");
+    assert_eq!(summary[0]["failed"], 1, "{stdout}");
+    assert_eq!(env.revision(), 1);
+    env.check(true);
+    env.ok(&["convert", FQRN, &src]);
+    assert_eq!(env.revision(), 2, "a rerun with room converts it");
+}

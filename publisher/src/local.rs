@@ -126,6 +126,10 @@ impl LocalStore {
     /// Like [`ObjectStore::put`], and tells whether this call created the object (`false`:
     /// it existed already, or a concurrent writer stored it first).
     pub fn put_new(&self, hash: &ContentHash, suffix: Suffix, bytes: &[u8]) -> io::Result<bool> {
+        if disk_full_simulated() {
+            let full = io::Error::from_raw_os_error(libc::ENOSPC);
+            return Err(with_path(&self.object_path(hash, suffix), full));
+        }
         // No existence check first: callers that expect many hits (the pipeline) ask
         // `contains` themselves, and the no-replace link or rename settles it either way.
         if self.unnamed.load(Ordering::Relaxed) {
@@ -672,6 +676,13 @@ impl ObjectStore for LocalStore {
     fn scratch_dir(&self) -> Option<PathBuf> {
         Some(self.root.join("data/txn"))
     }
+}
+
+/// Whether the fault `objects-disk-full` is armed (`CVMFS_OCI_CRASH_AT`): every object
+/// write fails as on a full disk, for tests of how a command reports it.
+fn disk_full_simulated() -> bool {
+    static ARMED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ARMED.get_or_init(|| crate::txn::fault_armed("objects-disk-full"))
 }
 
 #[cfg(test)]

@@ -461,7 +461,34 @@ pub(super) fn run_batch(
     if let Some(prune) = &prune {
         (summary.pruned, summary.flat_removed) = apply_prune(&mut txn, prune)?;
     }
-    let stats = pipeline.finish()?.stats;
+    let stats = match pipeline.finish() {
+        Ok(output) => output.stats,
+        // A failed object store stops every image still storing, and each was reported with
+        // its error: the batch ends (uncommitted: objects may be missing) without it again.
+        Err(_) if summary.failed > 0 => {
+            let revision = txn.base_manifest().revision;
+            txn.abort();
+            out.event(
+                &format!(
+                    "{}: {} failed: the object pipeline stopped (see above), nothing committed, \
+                     still revision {revision}",
+                    summary.counted(refs.len()),
+                    summary.failed
+                ),
+                event_json(
+                    "summary",
+                    json!({"images": summary.images(), "references": refs.len(),
+                           "converted": 0, "linked": 0, "unchanged": summary.skipped,
+                           "failed": summary.failed, "not_images": summary.not_images,
+                           "pruned": 0, "flat_removed": 0, "committed": false,
+                           "revision": revision,
+                           "seconds": started.elapsed().as_secs_f64()}),
+                ),
+            );
+            return Ok(1);
+        }
+        Err(e) => return Err(e.into()),
+    };
     let links: Vec<Vec<u8>> = refs.iter().filter_map(|r| link_of(r)).collect();
     // A claim before the commit: one whose commit then fails only keeps a link from a prune.
     if matches!(ledger_use, LedgerUse::Claim) && ledger.claim(&links) {
