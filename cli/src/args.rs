@@ -449,6 +449,11 @@ pub struct SyncArgs {
     /// input cannot be listed, nor at a wishlist's first sync.
     #[arg(long)]
     pub prune: bool,
+    /// The wishlist's name in the sync ledger, instead of its file's canonical path: for a CI
+    /// job that checks the same wishlist out at changing paths (a runner's build directory, a
+    /// temporary file). Syncs of one name prune what earlier syncs of that name listed.
+    #[arg(long, value_name = "NAME")]
+    pub wishlist_name: Option<String>,
     #[command(flatten)]
     pub registry: RegistryArgs,
     #[command(flatten)]

@@ -2362,3 +2362,55 @@ fn a_full_disk_is_reported_once_per_image_and_commits_nothing() {
     env.ok(&["convert", FQRN, &src]);
     assert_eq!(env.revision(), 2, "a rerun with room converts it");
 }
+
+/// A CI job checks its wishlist out at another path every time: under `--wishlist-name` its
+/// syncs are one wishlist's, and a sync that cannot prune says why in `--json` too.
+#[test]
+fn a_named_wishlist_prunes_from_any_path() {
+    let Some((reg, env, layout)) = registry_env() else {
+        return;
+    };
+    for (i, tag) in ["1", "2"].iter().enumerate() {
+        let mut top = fixtures::layers::LayerBuilder::new();
+        top.file("version", format!("{i}\n").as_bytes());
+        ImageBuilder::new()
+            .layer(top.finish(), Compression::Gzip)
+            .write_layout(&layout, tag)
+            .unwrap();
+        reg.push_oci_layout(&layout, tag, &format!("ci/app:{tag}"))
+            .unwrap();
+    }
+    let addr = reg.addr();
+    let sync = |dir: &str, inputs: &[&str], name: Option<&str>| {
+        let recipe = env.path(dir).join("wishlist.yaml");
+        std::fs::create_dir_all(recipe.parent().unwrap()).unwrap();
+        write_wishlist(&recipe, &addr, inputs);
+        let mut args = vec!["--json", "sync", FQRN, recipe.to_str().unwrap(), "--prune"];
+        if let Some(n) = name {
+            args.extend(["--wishlist-name", n]);
+        }
+        env.ok(&args)
+    };
+    let first = sync("build-1", &["ci/app:1", "ci/app:2"], Some("app"));
+    let warning: Vec<_> = events(&first, "warning").collect();
+    assert_eq!(warning.len(), 1, "{first}");
+    assert!(
+        warning[0]["warning"]
+            .as_str()
+            .unwrap()
+            .starts_with("not pruning: no earlier sync"),
+        "{first}"
+    );
+    // Another checkout path, same name: ci/app:2, no longer listed, is pruned.
+    let second = sync("build-2", &["ci/app:1"], Some("app"));
+    assert_eq!(events(&second, "warning").count(), 0, "{second}");
+    let report = witness(&env);
+    assert!(report.entries.contains_key(&format!("/{addr}/ci/app:1")));
+    assert!(!report.entries.contains_key(&format!("/{addr}/ci/app:2")));
+    // Without the name, a new path is a wishlist of its own: nothing pruned, and said so.
+    let third = sync("build-3", &[], None);
+    assert_eq!(events(&third, "warning").count(), 1, "{third}");
+    assert!(witness(&env)
+        .entries
+        .contains_key(&format!("/{addr}/ci/app:1")));
+}

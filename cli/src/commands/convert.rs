@@ -123,7 +123,7 @@ pub fn sync(home: &Path, g: &Global, a: &SyncArgs, out: Output) -> Result<i32> {
         selection: &PlatformSelection::Host,
         prune: None,
         ledger: LedgerUse::Sync {
-            key: ledger::recipe_key(&a.recipe),
+            key: ledger::recipe_key(&a.recipe, a.wishlist_name.as_deref()),
             prune: a.prune,
             listed_in_full: failed == 0,
         },
@@ -142,13 +142,25 @@ fn sync_prune(
     listed_in_full: bool,
     out: Output,
 ) -> Option<Prune> {
+    let not_pruning = |why: &str| {
+        out.event(
+            &format!("not pruning: {why}"),
+            event_json(
+                "warning",
+                json!({"wishlist": key, "warning": format!("not pruning: {why}")}),
+            ),
+        );
+    };
     if !listed_in_full {
         // A tag list that could not be read would look like every tag of it removed.
-        out.say("not pruning: the wishlist could not be listed in full");
+        not_pruning("the wishlist could not be listed in full");
         return None;
     }
     if !ledger.knows(key) {
-        out.say("not pruning: no earlier sync of this wishlist is recorded");
+        not_pruning(&format!(
+            "no earlier sync of this wishlist ({key}) is recorded (a wishlist checked out at \
+             changing paths needs --wishlist-name)"
+        ));
         return None;
     }
     Some(Prune::keeping(refs, Vec::new()).only(ledger.prunable(key)))

@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 
-/// Per wishlist (by its canonical path), the link paths it listed and that no prune removed.
+/// Per wishlist (by its canonical path or its `--wishlist-name`), the link paths it listed and
+/// that no prune removed.
 #[derive(Default, Serialize, Deserialize)]
 pub(super) struct SyncLedger {
     recipes: BTreeMap<String, BTreeSet<String>>,
@@ -19,8 +20,12 @@ pub(super) fn ledger_path(repo: &publisher::Repository) -> PathBuf {
     repo.home().state_dir().join("sync-ledger.json")
 }
 
-/// The key of a wishlist: its canonical path (the file given on the command line).
-pub(super) fn recipe_key(recipe: &Path) -> String {
+/// The key of a wishlist: `name:NAME` for a name given, else its canonical path (the file
+/// given on the command line; a path is never taken for a name, as it starts with `/`).
+pub(super) fn recipe_key(recipe: &Path, name: Option<&str>) -> String {
+    if let Some(name) = name {
+        return format!("name:{name}");
+    }
     std::fs::canonicalize(recipe)
         .unwrap_or_else(|_| recipe.to_path_buf())
         .display()

@@ -65,10 +65,11 @@ pub fn migrate(home: &Path, g: &Global, a: &MigrateArgs, out: Output) -> Result<
         (false, _) => None,
         (true, 0) => Some(Prune::keeping(&refs, registry_scope(&host, &prefix))),
         (true, n) => {
-            out.say(&format!(
+            let why = format!(
                 "not pruning: {n} repositor{} could not be listed",
                 if n == 1 { "y" } else { "ies" }
-            ));
+            );
+            out.event(&why, event_json("warning", json!({"warning": why})));
             None
         }
     };
