@@ -202,6 +202,41 @@ impl SqliteContentIndex {
         Ok(removed)
     }
 
+    /// Forgets every entry whose object `store` no longer holds (another home's garbage
+    /// collection, or a hand, removed it); objects in `known` are taken as present without
+    /// asking. Returns how many entries went.
+    pub fn forget_missing(
+        &self,
+        store: &dyn crate::store::ObjectStore,
+        known: &std::collections::HashSet<ContentHash>,
+    ) -> Result<usize> {
+        self.flush()?;
+        let what = self.path.display().to_string();
+        let sql = |e| Error::sql(what.as_str(), e);
+        let objects: Vec<(Vec<u8>, String)> = {
+            let inner = self.lock();
+            let mut stmt = inner
+                .conn
+                .prepare("SELECT DISTINCT object, suffix FROM content")
+                .map_err(sql)?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .map_err(sql)?;
+            rows.collect::<rusqlite::Result<_>>().map_err(sql)?
+        };
+        let missing: Vec<ContentHash> = objects
+            .iter()
+            .filter_map(|(object, suffix)| {
+                let hash = ContentHash::from_slice(object)?;
+                let suffix = Suffix::from_str_opt(suffix)?;
+                let present =
+                    known.contains(&hash) || store.contains(&hash, suffix).unwrap_or(true);
+                (!present).then_some(hash)
+            })
+            .collect();
+        self.invalidate_all(&missing)
+    }
+
     /// Whether some plaintext is recorded as stored in `object` with `suffix` (pending records
     /// included). Lets `cache seed` skip objects it has indexed before.
     pub fn has_object(&self, object: &ContentHash, suffix: Suffix) -> Result<bool> {

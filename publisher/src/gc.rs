@@ -213,10 +213,13 @@ impl Repository {
         let heads = abandoned_roots(&store, &report.kept);
         delete(&store, &condemned, &heads)?;
         report.scratch_removed = remove_stale_scratch(&store, started, STALE_SCRATCH_SECONDS)?;
-        let gone: Vec<ContentHash> = condemned.iter().map(|c| c.hash).collect();
-        report.index_forgotten = self.content_index()?.invalidate_all(&gone)?;
-        let gone: HashSet<ContentHash> = gone.into_iter().collect();
-        report.memos_forgotten = self.layer_memo()?.forget_referencing(&gone)?;
+        // The caches forget every object gone: deleted now, or by another home's collection
+        // earlier (each home keeps its own caches). What the kept revisions reference is
+        // there; anything else is looked up.
+        report.index_forgotten = self
+            .content_index()?
+            .forget_missing(store.as_ref(), &marked)?;
+        report.memos_forgotten = self.layer_memo()?.forget_missing(store.as_ref(), &marked)?;
         let now = now_unix();
         let last = self.home().last_gc_path();
         fs::write(&last, format!("{now}\n")).map_err(|e| Error::io_path(&last, e))?;

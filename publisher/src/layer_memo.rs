@@ -512,6 +512,30 @@ impl LayerMemo {
         Ok(forgotten)
     }
 
+    /// Removes the memos referencing an object `store` no longer holds (another home's
+    /// garbage collection, or a hand, removed it); objects in `known` are taken as present
+    /// without asking. Returns how many went.
+    pub fn forget_missing(
+        &self,
+        store: &dyn ObjectStore,
+        known: &HashSet<ContentHash>,
+    ) -> Result<usize> {
+        let mut forgotten = 0;
+        for summary in self.list()? {
+            let Ok(Some(layer)) = self.get(&summary.diff_id) else {
+                continue;
+            };
+            let missing = layer
+                .objects()
+                .iter()
+                .any(|(h, s)| !known.contains(h) && !store.contains(h, *s).unwrap_or(true));
+            if missing && self.forget(&summary.diff_id)? {
+                forgotten += 1;
+            }
+        }
+        Ok(forgotten)
+    }
+
     /// Every memo row, by diff_id.
     pub fn list(&self) -> Result<Vec<MemoSummary>> {
         let conn = self.lock();

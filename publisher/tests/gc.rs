@@ -624,3 +624,54 @@ fn a_transaction_clears_scratch_files_left_an_hour_ago_when_nobody_holds_the_sto
     drop(txn);
     check_ok(&repo);
 }
+
+/// Each home keeps its own caches: objects another home's collection deleted are forgotten
+/// by this home's next collection, even when it has nothing left to delete itself.
+#[test]
+fn caches_forget_what_another_homes_collection_deleted() {
+    let dir = tempdir();
+    let repo = gc_repo(dir.path());
+    publish_history(&repo);
+    let other = second_home(&repo, dir.path());
+    let content = b"stored by the other home, then orphaned";
+    let (orphaned, _) = orphan(&repo, content, 3600);
+    let plain = publisher::store::plain_hash(content);
+    let index = other.content_index().unwrap();
+    index.record(&plain, content.len() as u64, Suffix::None, orphaned, 40);
+    index.flush().unwrap();
+    drop(index);
+    let layer = "sha256:00000000000000000000000000000000000000000000000000000000000000aa";
+    let entry = publisher::MemoEntry {
+        path: b"f".to_vec(),
+        kind: publisher::MemoKind::File {
+            meta: publisher::MemoMeta {
+                perm: 0o644,
+                uid: 0,
+                gid: 0,
+                mtime: 0,
+                mtime_ns: None,
+                xattrs: Default::default(),
+            },
+            size: content.len() as u64,
+            data: Some(FileData::Whole(orphaned)),
+        },
+    };
+    let memo = other.layer_memo().unwrap();
+    memo.put(layer, &publisher::MemoLayer::new(vec![entry]))
+        .unwrap();
+    drop(memo);
+
+    let first = gc(&repo, Keep::Revisions(0), false);
+    assert!(first.objects_deleted > 0);
+    assert!(!has(&repo, &orphaned, Suffix::None));
+    let again = gc(&other, Keep::Revisions(0), false);
+    assert_eq!(again.objects_deleted, 0, "the first home deleted it all");
+    assert_eq!(again.index_forgotten, 1);
+    assert_eq!(again.memos_forgotten, 1);
+    let index = other.content_index().unwrap();
+    assert!(index
+        .lookup(&plain, content.len() as u64, Suffix::None)
+        .is_none());
+    assert!(other.layer_memo().unwrap().get(layer).unwrap().is_none());
+    check_ok(&repo);
+}
