@@ -125,6 +125,7 @@ pub(crate) fn waiting<T>(
 /// Starts a transaction, and says what it repaired after an unclean shutdown.
 pub(crate) fn begin(repo: &Repository, wait: bool, out: Output) -> Result<publisher::Transaction> {
     let txn = waiting(repo.fqrn(), wait, out, |w| repo.begin(w))?;
+    warn_whitelist_expiry(repo, out);
     if let Some(r) = txn.recovery() {
         out.event(
             &format!(
@@ -141,6 +142,42 @@ pub(crate) fn begin(repo: &Repository, wait: bool, out: Output) -> Result<publis
         );
     }
     Ok(txn)
+}
+
+/// Warn this long before the whitelist expires.
+const WHITELIST_WARNING_SECONDS: i64 = 7 * 86_400;
+
+/// Clients refuse a repository whose whitelist has expired (and publishing fails then): in
+/// its last week, every publish says so, with the command that renews it.
+fn warn_whitelist_expiry(repo: &Repository, out: Output) {
+    use publisher::store::{root_files::WHITELIST, ObjectStore};
+    let expires = repo
+        .store()
+        .get_root_file(WHITELIST)
+        .ok()
+        .flatten()
+        .and_then(|b| signer::Whitelist::parse(&b).ok())
+        .map(|w| w.whitelist.expires);
+    let Some(expires) = expires else {
+        return;
+    };
+    let left = expires - unix_now();
+    if left <= 0 || left > WHITELIST_WARNING_SECONDS {
+        return;
+    }
+    let fqrn = repo.fqrn();
+    out.notice(
+        &format!(
+            "cvmfs-oci: warning: the whitelist of {fqrn} expires {} (in {:.1} days): clients \
+             then refuse the repository; renew it with `cvmfs-oci resign {fqrn}`",
+            signer::utc_stamp(expires),
+            left as f64 / 86_400.0
+        ),
+        event_json(
+            "warning",
+            json!({"warning": "whitelist expires soon", "whitelist_expires": expires}),
+        ),
+    );
 }
 
 pub fn init(home: &Path, g: &Global, a: &InitArgs, out: Output) -> Result<i32> {

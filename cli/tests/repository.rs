@@ -1128,3 +1128,29 @@ fn files_with_one_sha1_keep_their_own_content() {
     env.ok(&["publish", FQRN, src, "--path", "/later"]);
     assert_matches_source(&env, &later, "/later");
 }
+
+/// In the whitelist's last week every publish warns, naming the command that renews it.
+#[test]
+fn a_publish_warns_when_the_whitelist_expires_within_a_week() {
+    let env = Env::init(&["--whitelist-days", "3"]);
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f"), b"x").unwrap();
+    let out = env.run(&["publish", FQRN, src.to_str().unwrap()]);
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("warning: the whitelist of")
+            && err.contains(&format!("cvmfs-oci resign {FQRN}")),
+        "{err}"
+    );
+    env.ok(&["resign", FQRN, "--days", "30"]);
+    std::fs::write(src.join("g"), b"y").unwrap();
+    let out = env.run(&["publish", FQRN, src.to_str().unwrap()]);
+    assert!(out.status.success());
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
