@@ -22,6 +22,7 @@ fn main() {
     }
     let cli = args::Cli::try_parse().unwrap_or_else(|err| usage_error(err));
     batch_scheduling();
+    raise_open_file_limit();
     memory::tune_allocator();
     let out = output::Output {
         json: cli.global.json,
@@ -118,5 +119,25 @@ fn batch_scheduling() {
     // SAFETY: pid 0 is this thread (the only one so far); `param` lives across the call.
     unsafe {
         libc::sched_setscheduler(0, libc::SCHED_BATCH, &param);
+    }
+}
+
+/// Raises the soft limit of open files to the hard one, as Go programs (Docker, containerd)
+/// do at start: the local store keeps a descriptor for each of the 256 `data/XX` directories
+/// it writes to, the publish walk up to 32 for the tree and the readers theirs, so a soft
+/// limit of 256 (some CI runners) failed a publish of a few hundred files.
+fn raise_open_file_limit() {
+    // SAFETY: an all-zero rlimit is a valid value of the plain C struct.
+    let mut lim: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: `lim` is writable for the call's duration.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0
+        || lim.rlim_cur >= lim.rlim_max
+    {
+        return;
+    }
+    lim.rlim_cur = lim.rlim_max;
+    // SAFETY: `lim` is a valid rlimit; a refusal leaves the limit as it was.
+    unsafe {
+        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
     }
 }

@@ -1154,3 +1154,34 @@ fn a_publish_warns_when_the_whitelist_expires_within_a_week() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A soft limit of open files below what the store keeps open (one descriptor per `data/XX`
+/// directory written to) is raised to the hard limit, as Go programs do.
+#[test]
+fn a_low_soft_limit_of_open_files_is_raised() {
+    use std::os::unix::process::CommandExt;
+    let env = Env::init(&[]);
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..1000 {
+        std::fs::write(src.join(format!("f{i}")), format!("file {i}\n")).unwrap();
+    }
+    let mut cmd = env.cmd(&["publish", FQRN, src.to_str().unwrap()]);
+    // SAFETY: only setrlimit, async-signal-safe, between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let mut lim: libc::rlimit = std::mem::zeroed();
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+            lim.rlim_cur = 64.min(lim.rlim_max);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+            Ok(())
+        });
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    common::assert_matches_source(&env, &src, "");
+}
