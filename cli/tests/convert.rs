@@ -1443,6 +1443,20 @@ fn migrate_converts_base_images_before_the_images_built_on_them() {
 }
 
 /// A DUCC wishlist for `FQRN` of `inputs` (`repo:tag`) on the plain-HTTP registry `addr`.
+/// Pushes `repo:TAG` for each of `tags`: one small layer whose `version` file tells them apart.
+fn push_versions(reg: &Registry, layout: &Path, repo: &str, tags: &[&str]) {
+    for (i, tag) in tags.iter().enumerate() {
+        let mut top = fixtures::layers::LayerBuilder::new();
+        top.file("version", format!("{i}\n").as_bytes());
+        ImageBuilder::new()
+            .layer(top.finish(), Compression::Gzip)
+            .write_layout(layout, tag)
+            .unwrap();
+        reg.push_oci_layout(layout, tag, &format!("{repo}:{tag}"))
+            .unwrap();
+    }
+}
+
 fn write_wishlist(path: &Path, addr: &str, inputs: &[&str]) {
     let lines: String = inputs
         .iter()
@@ -1833,16 +1847,7 @@ fn the_sync_ledger_is_read_and_written_under_the_lock() {
     let Some((reg, env, layout)) = registry_env() else {
         return;
     };
-    for (i, tag) in ["1.0", "2.0"].iter().enumerate() {
-        let mut top = fixtures::layers::LayerBuilder::new();
-        top.file("version", format!("{i}\n").as_bytes());
-        ImageBuilder::new()
-            .layer(top.finish(), Compression::Gzip)
-            .write_layout(&layout, tag)
-            .unwrap();
-        reg.push_oci_layout(&layout, tag, &format!("ledger/app:{tag}"))
-            .unwrap();
-    }
+    push_versions(&reg, &layout, "ledger/app", &["1.0", "2.0"]);
     let addr = reg.addr();
     let wishlist = |name: &str, tags: &[&str]| {
         let path = env.path(name);
@@ -2370,16 +2375,7 @@ fn a_named_wishlist_prunes_from_any_path() {
     let Some((reg, env, layout)) = registry_env() else {
         return;
     };
-    for (i, tag) in ["1", "2"].iter().enumerate() {
-        let mut top = fixtures::layers::LayerBuilder::new();
-        top.file("version", format!("{i}\n").as_bytes());
-        ImageBuilder::new()
-            .layer(top.finish(), Compression::Gzip)
-            .write_layout(&layout, tag)
-            .unwrap();
-        reg.push_oci_layout(&layout, tag, &format!("ci/app:{tag}"))
-            .unwrap();
-    }
+    push_versions(&reg, &layout, "ci/app", &["1", "2"]);
     let addr = reg.addr();
     let sync = |dir: &str, inputs: &[&str], name: Option<&str>| {
         let recipe = env.path(dir).join("wishlist.yaml");

@@ -2,7 +2,7 @@
 //! files into the object pipeline.
 
 use crate::error::{Error, Result};
-use crate::fdwalk::{FdWalk, Lstat, WalkEntry, XattrSource};
+use crate::fdwalk::{open_file_at, FdWalk, Lstat, WalkEntry, XattrSource};
 use crate::pipeline::{finalize, FileTicket, ObjectPipeline, PDir, PLeaf, PNode};
 use catalog_writer::entry::{makedev, Entry, EntryKind, FileData, Xattrs};
 use catalog_writer::hash::EMPTY_OBJECT;
@@ -13,7 +13,7 @@ use std::collections::{HashMap, HashSet};
 use std::ffi::CString;
 use std::fs::{File, Metadata};
 use std::io::{self, Read};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -451,18 +451,8 @@ impl Read for Counted<'_> {
 /// a directory on its path swapped for a link since cannot lead outside the tree. The tree
 /// being published may be live.
 fn open_walked(job: &ReadJob) -> io::Result<File> {
-    let flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC;
     let f = match &job.at {
-        Some((dir, name)) => {
-            // SAFETY: `name` is NUL-terminated and `dir` an open directory.
-            let fd = unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags) };
-            if fd < 0 {
-                Err(io::Error::last_os_error())
-            } else {
-                // SAFETY: the kernel returned a new descriptor that nothing else owns.
-                Ok(unsafe { File::from_raw_fd(fd) })
-            }
-        }
+        Some((dir, name)) => open_file_at(dir, name).map(File::from),
         None => std::fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)

@@ -219,17 +219,7 @@ impl WalkEntry {
         if !self.stat.is_file() {
             return Ok(XattrSource::Unreachable);
         }
-        let flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC;
-        // SAFETY: `name` is NUL-terminated and `dir` an open directory.
-        let fd = unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags) };
-        if fd < 0 {
-            return Err(replaced_or(
-                io::Error::last_os_error(),
-                "a symbolic link now",
-            ));
-        }
-        // SAFETY: the kernel returned a new descriptor that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let fd = open_file_at(dir, name).map_err(|e| replaced_or(e, "a symbolic link now"))?;
         if Lstat::of(&fd)?.id() != self.stat.id() {
             return Err(io::Error::other("replaced by another file during the walk"));
         }
@@ -431,6 +421,17 @@ fn open_dir(dir: RawFd, name: &CStr, nofollow: bool) -> io::Result<OwnedFd> {
     if nofollow {
         flags |= libc::O_NOFOLLOW;
     }
+    open_at(dir, name, flags)
+}
+
+/// Opens `name` of the directory `dir` for reading: never a symbolic link (`ELOOP`), and
+/// without waiting for a writer if it turned into a FIFO. The caller checks what it got.
+pub(crate) fn open_file_at(dir: &OwnedFd, name: &CStr) -> io::Result<OwnedFd> {
+    let flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC;
+    open_at(dir.as_raw_fd(), name, flags)
+}
+
+fn open_at(dir: RawFd, name: &CStr, flags: libc::c_int) -> io::Result<OwnedFd> {
     // SAFETY: `name` is NUL-terminated.
     let fd = unsafe { libc::openat(dir, name.as_ptr(), flags) };
     if fd < 0 {
