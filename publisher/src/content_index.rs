@@ -31,10 +31,10 @@ pub struct SqliteContentIndex {
     inner: Mutex<Inner>,
 }
 
-/// The schema's version (`PRAGMA user_version`). Version 0 keyed plaintexts by SHA-1 (see
-/// [`PlainHash`]); its entries are dropped, not converted: the index only saves work, and
-/// `cache seed` refills it.
-const SCHEMA_VERSION: i64 = 2;
+/// The schema's version (`PRAGMA user_version`). Version 0 keyed plaintexts by SHA-1, version
+/// 2 by SHA-256, version 3 by BLAKE3 (see [`PlainHash`]). Older entries are dropped, not
+/// converted: the index only saves work, and `cache seed` refills it.
+const SCHEMA_VERSION: i64 = 3;
 
 fn set_up(conn: &Connection) -> rusqlite::Result<()> {
     conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")?;
@@ -356,6 +356,24 @@ mod tests {
             idx.lookup(&[4; 32], 1, Suffix::None),
             Some((ContentHash([5; 20]), 9))
         );
+    }
+
+    /// An index keyed by SHA-256 (user_version 2) is emptied too: its keys would never match
+    /// the BLAKE3 ones, only take space.
+    #[test]
+    fn an_index_keyed_by_sha256_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("content.db");
+        {
+            let idx = SqliteContentIndex::open(&path).unwrap();
+            idx.record(&[6; 32], 1, Suffix::None, ContentHash([7; 20]), 9);
+        }
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("PRAGMA user_version = 2")
+            .unwrap();
+        let idx = SqliteContentIndex::open(&path).unwrap();
+        assert_eq!(idx.summary().unwrap().entries, 0);
     }
 
     #[test]

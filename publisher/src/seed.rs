@@ -4,20 +4,19 @@
 //!
 //! Every catalog of the revision is read; each regular-file object and chunk (`P`) object
 //! not yet in the index is fetched once, checked against its name, inflated while being
-//! hashed (never held inflated in memory) and recorded as (plain SHA-1, plain size, suffix) →
+//! hashed (never held inflated in memory) and recorded as (plaintext hash, plain size, suffix) →
 //! (object, compressed size), exactly the key the ingest pipeline looks up.
 
 use crate::catalogs::walk_catalogs;
 use crate::content_index::SqliteContentIndex;
 use crate::error::{Error, Result};
 use crate::repo::Repository;
-use crate::store::PlainHash;
 use crate::store::{stored_bound, ContentIndex, ObjectStore};
+use crate::store::{PlainHash, PlainHasher};
 use catalog_writer::hash::{ContentHash, Suffix};
 use catalog_writer::namespace::CatalogRef;
 use flate2::read::ZlibDecoder;
 use rayon::prelude::*;
-use sha2::{Digest, Sha256};
 use std::io::Read;
 
 /// Objects per batch: progress is reported and the index flushed after each one.
@@ -231,7 +230,7 @@ fn read_object(store: &dyn ObjectStore, t: &Todo) -> std::result::Result<Found, 
 /// [`PlainHash`] and length of the inflated `zlib` stream, reading at most `limit + 1` bytes.
 fn inflate_plain_hash(zlib: &[u8], limit: u64) -> std::io::Result<(PlainHash, u64)> {
     let mut dec = ZlibDecoder::new(zlib).take(limit.saturating_add(1));
-    let mut hasher = Sha256::new();
+    let mut hasher = PlainHasher::new();
     let mut buf = vec![0u8; 64 * 1024];
     let mut total = 0u64;
     loop {
@@ -242,7 +241,7 @@ fn inflate_plain_hash(zlib: &[u8], limit: u64) -> std::io::Result<(PlainHash, u6
         hasher.update(&buf[..n]);
         total += n as u64;
     }
-    Ok((hasher.finalize().into(), total))
+    Ok((hasher.finalize(), total))
 }
 
 #[cfg(test)]

@@ -66,18 +66,45 @@ pub trait ObjectStore: Send + Sync {
     }
 }
 
-/// The content index's key for a plaintext: its SHA-256 ([`plain_hash`]).
+/// The content index's key for a plaintext: its BLAKE3 hash ([`plain_hash`], [`PlainHasher`]).
 ///
 /// Not SHA-1, although SHA-1 names the objects: two files of one size with the same SHA-1
 /// can be made (SHAttered, 2017), and under a SHA-1 key the second one converted would be
 /// published with the first one's content, across images and revisions. The object names
-/// hash the compressed bytes, which the crafter of such a pair does not choose.
+/// hash the compressed bytes, which the crafter of such a pair does not choose. BLAKE3 rather
+/// than SHA-256: every byte of every layer passes through this hash, and here BLAKE3 runs at
+/// 5 GB/s on 26 KB files and 10 GB/s on large ones, SHA-256 (SHA-NI) at 2.2 GB/s.
 pub type PlainHash = [u8; 32];
 
 /// The [`PlainHash`] of `bytes`.
 pub fn plain_hash(bytes: &[u8]) -> PlainHash {
-    use sha2::Digest;
-    sha2::Sha256::digest(bytes).into()
+    blake3::hash(bytes).into()
+}
+
+/// Computes a [`PlainHash`] over data given piece by piece.
+#[derive(Default, Clone)]
+pub struct PlainHasher(blake3::Hasher);
+
+impl PlainHasher {
+    pub fn new() -> PlainHasher {
+        PlainHasher::default()
+    }
+
+    pub fn update(&mut self, data: &[u8]) {
+        self.0.update(data);
+    }
+
+    /// The hash of everything given so far.
+    pub fn finalize(&self) -> PlainHash {
+        self.0.finalize().into()
+    }
+
+    /// The hash of everything given so far; starts over.
+    pub fn finalize_reset(&mut self) -> PlainHash {
+        let hash = self.finalize();
+        self.0.reset();
+        hash
+    }
 }
 
 /// Plaintext content index: lets the pipeline skip compression of content it has stored before.

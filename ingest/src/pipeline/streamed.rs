@@ -5,9 +5,8 @@
 use catalog_writer::hash::ContentHash;
 use flate2::write::ZlibEncoder;
 use flate2::Compression;
-use publisher::store::PlainHash;
+use publisher::store::{PlainHash, PlainHasher};
 use sha1::{Digest, Sha1};
-use sha2::Sha256;
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use tempfile::TempPath;
@@ -30,7 +29,7 @@ pub(crate) struct StreamedObject {
 /// Compresses (zlib level 6) into a scratch file while hashing both sides.
 pub(crate) struct StreamCompressor {
     enc: ZlibEncoder<HashingFile>,
-    plain: Sha256,
+    plain: PlainHasher,
     size: u64,
     path: TempPath,
 }
@@ -44,7 +43,7 @@ impl StreamCompressor {
             .into_parts();
         Ok(StreamCompressor {
             enc: ZlibEncoder::new(HashingFile::new(file), Compression::new(6)),
-            plain: Sha256::new(),
+            plain: PlainHasher::new(),
             size: 0,
             path,
         })
@@ -66,7 +65,7 @@ impl StreamCompressor {
             path: self.path,
             hash,
             compressed_len,
-            plain: self.plain.finalize().into(),
+            plain: self.plain.finalize(),
             size: self.size,
         })
     }
