@@ -228,6 +228,20 @@ fn converts_registry_images_in_one_revision_like_umoci() {
         source.starts_with("2 image(s) of 1 reference(s): 2 converted"),
         "{source}"
     );
+    // Again: each image's event and the summary say `unchanged` alike.
+    let again = env.ok(&[
+        "--json",
+        "convert",
+        FQRN,
+        &multi,
+        "--all-platforms",
+        "--insecure-registry",
+        &addr,
+    ]);
+    let results: Vec<_> = events(&again, "image").map(|e| e["result"].clone()).collect();
+    assert_eq!(results, ["unchanged", "unchanged"], "{again}");
+    let summary = events(&again, "summary").next().expect("summary event");
+    assert_eq!(summary["unchanged"], 2, "{again}");
     let report = witness(&env);
     for link in ["multi:1", "multi:1@linux-amd64", "multi:1@linux-arm64"] {
         assert!(

@@ -832,7 +832,7 @@ fn report_image(summary: &mut Summary, status: Status, job: &Job, t0: Instant, o
     let action = match status {
         Status::Complete => {
             summary.skipped += 1;
-            "skipped"
+            "unchanged"
         }
         Status::FlatPresent => {
             summary.linked += 1;
