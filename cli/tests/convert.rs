@@ -238,7 +238,9 @@ fn converts_registry_images_in_one_revision_like_umoci() {
         "--insecure-registry",
         &addr,
     ]);
-    let results: Vec<_> = events(&again, "image").map(|e| e["result"].clone()).collect();
+    let results: Vec<_> = events(&again, "image")
+        .map(|e| e["result"].clone())
+        .collect();
     assert_eq!(results, ["unchanged", "unchanged"], "{again}");
     let summary = events(&again, "summary").next().expect("summary event");
     assert_eq!(summary["unchanged"], 2, "{again}");

@@ -151,28 +151,44 @@ impl Repository {
         let Some(span) = self.config().auto_gc_seconds else {
             return Ok(None);
         };
-        let now = now_unix();
-        let last = fs::read_to_string(self.home().last_gc_path())
-            .ok()
-            .and_then(|t| t.trim().parse::<i64>().ok());
-        if last.is_some_and(|t| now - t < AUTO_GC_LAPSE_SECONDS && t <= now) {
+        if !self.auto_gc_due() {
+            return Ok(None);
+        }
+        let _lock = lock(&self.home().lock_path(), &self.config().fqrn, true)?;
+        // Asked again under the lock: two publishers that finish together both found it due,
+        // and the one that waited must not collect a second time.
+        if !self.auto_gc_due() {
             return Ok(None);
         }
         let span = i64::try_from(span).unwrap_or(i64::MAX);
         let opts = GcOptions {
-            keep: Keep::Since(now.saturating_sub(span)),
+            keep: Keep::Since(now_unix().saturating_sub(span)),
             dry_run: false,
             wait: true,
             deletion_log: None,
         };
-        self.gc(&opts).map(Some)
+        self.gc_locked(&opts).map(Some)
+    }
+
+    /// Whether no collection finished in the last [`AUTO_GC_LAPSE_SECONDS`].
+    fn auto_gc_due(&self) -> bool {
+        let now = now_unix();
+        let last = fs::read_to_string(self.home().last_gc_path())
+            .ok()
+            .and_then(|t| t.trim().parse::<i64>().ok());
+        !last.is_some_and(|t| now - t < AUTO_GC_LAPSE_SECONDS && t <= now)
     }
 
     /// Collects the garbage of this repository; see the module documentation.
     pub fn gc(&self, opts: &GcOptions) -> Result<GcReport> {
+        let _lock = lock(&self.home().lock_path(), &self.config().fqrn, opts.wait)?;
+        self.gc_locked(opts)
+    }
+
+    /// [`Repository::gc`] with the home's lock held.
+    fn gc_locked(&self, opts: &GcOptions) -> Result<GcReport> {
         let config = self.config();
         let fqrn = config.fqrn.as_str();
-        let _lock = lock(&self.home().lock_path(), fqrn, opts.wait)?;
         let store = self.store();
         // A dry run deletes nothing, so it need not stop publishers of other homes.
         let _storage_lock = match opts.dry_run {

@@ -675,3 +675,40 @@ fn caches_forget_what_another_homes_collection_deleted() {
     assert!(other.layer_memo().unwrap().get(layer).unwrap().is_none());
     check_ok(&repo);
 }
+
+/// Two publishers of one home that finish together both find the daily collection due; the
+/// one that waits for the other's collection must not run a second one.
+#[test]
+fn two_publishers_finishing_together_collect_once() {
+    let dir = tempdir();
+    let repo = init_repo_with(
+        dir.path(),
+        FQRN,
+        InitOptions {
+            gc: true,
+            auto_gc_seconds: Some(3600),
+            ..InitOptions::default()
+        },
+    );
+    publish_history(&repo);
+    let home = dir.path().join("home");
+    let barrier = std::sync::Barrier::new(2);
+    let ran = std::thread::scope(|s| {
+        let runs: Vec<_> = (0..2)
+            .map(|_| {
+                s.spawn(|| {
+                    let repo = Repository::open(&home, FQRN).unwrap();
+                    barrier.wait();
+                    repo.auto_gc().unwrap().is_some()
+                })
+            })
+            .collect();
+        runs.into_iter()
+            .map(|r| r.join().unwrap())
+            .filter(|&ran| ran)
+            .count()
+    });
+    assert_eq!(ran, 1);
+    assert!(repo.auto_gc().unwrap().is_none(), "not due again");
+    check_ok(&repo);
+}
