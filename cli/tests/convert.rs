@@ -932,10 +932,10 @@ fn migrate_a_registry_in_batches_and_resume() {
         &addr,
     ]);
     assert!(
-        out.contains("\"result\":\"skipped\""),
-        "converted images are skipped on resume: {out}"
+        out.contains("\"result\":\"unchanged\""),
+        "converted images are unchanged on resume: {out}"
     );
-    // One outcome per batch: the two skipped images' batch, unchanged, then team/b's.
+    // One outcome per batch: the two unchanged images' batch, then team/b's.
     let actions: Vec<_> = outcomes(&out).map(|e| e["action"].clone()).collect();
     assert_eq!(actions, ["migrate", "migrate"], "{out}");
     let batches: Vec<_> = events(&out, "batch")
@@ -2425,4 +2425,57 @@ fn a_named_wishlist_prunes_from_any_path() {
     assert!(witness(&env)
         .entries
         .contains_key(&format!("/{addr}/ci/app:1")));
+}
+
+/// A batch whose commit loses the revision to another home's publish reports its images only
+/// with the error, never as `converted`; a rerun converts them.
+#[test]
+fn a_batch_that_loses_its_commit_reports_no_image_converted() {
+    let env = Env::init(&[]);
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = Env {
+        home: other_dir.path().join("home"),
+        storage: env.storage.clone(),
+        dir: other_dir,
+    };
+    let keys = env.home.join(FQRN).join("keys");
+    other.ok(&[
+        "init",
+        FQRN,
+        "--storage",
+        env.storage.to_str().unwrap(),
+        "--existing",
+        "--keys",
+        keys.to_str().unwrap(),
+    ]);
+    let layout = env.path("layout");
+    let mut layer = fixtures::layers::LayerBuilder::new();
+    layer.file("f", b"from the image\n");
+    ImageBuilder::new()
+        .layer(layer.finish(), Compression::Gzip)
+        .write_layout(&layout, "a")
+        .unwrap();
+    let src = format!("oci:{}:a", layout.display());
+    let mut cmd = env.cmd(&["--json", "convert", FQRN, &src]);
+    cmd.stdout(std::process::Stdio::piped());
+    let paused = common::Paused::at(cmd, "after-objects");
+    let tree = other.path("tree");
+    std::fs::create_dir_all(&tree).unwrap();
+    std::fs::write(tree.join("f"), "from the other home\n").unwrap();
+    other.ok(&["publish", FQRN, tree.to_str().unwrap()]);
+    let out = paused.resume();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(!out.status.success(), "{stdout}");
+    assert_eq!(events(&stdout, "image").count(), 0, "{stdout}");
+    assert!(!stderr.contains("converted"), "{stderr}");
+    assert_eq!(env.revision(), 2, "the other home's revision stands");
+    let again = env.ok(&["--json", "convert", FQRN, &src]);
+    let results: Vec<_> = events(&again, "image")
+        .map(|e| e["result"].clone())
+        .collect();
+    assert_eq!(results, ["converted"], "{again}");
+    env.check(true);
 }

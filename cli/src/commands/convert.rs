@@ -18,7 +18,7 @@ use ingest::image::{
 use ingest::pipeline::ObjectPipeline;
 use ingest::MemoContext;
 use publisher::{CommitSettings, Repository, StoreObjects, Transaction};
-use serde_json::json;
+use serde_json::{json, Value};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -430,6 +430,9 @@ pub(super) fn run_batch(
     let mut flat_ok: std::collections::HashMap<Vec<u8>, bool> = std::collections::HashMap::new();
     // Flat directories grafted in this batch, and those some name now links to.
     let (mut new_flats, mut linked_flats) = (Vec::new(), HashSet::new());
+    // Printed once the revision is committed: an image is not "converted" by a batch whose
+    // commit then fails (another publisher won the revision, the object store failed).
+    let mut image_events = Vec::new();
     for (job, flat) in jobs.iter().zip(grafted) {
         let t0 = Instant::now();
         let shares_flat = flat.is_none() && job.status == Status::Missing;
@@ -459,7 +462,7 @@ pub(super) fn run_batch(
         match result {
             Ok(status) => {
                 linked_flats.insert(job.placement.flat_dir.clone());
-                report_image(&mut summary, status, job, t0, out)
+                image_events.push(image_event(&mut summary, status, job, t0));
             }
             Err(e) => report_failure(&mut summary, &job.name, &e, out),
         }
@@ -518,6 +521,9 @@ pub(super) fn run_batch(
     } else {
         txn.commit(&CommitSettings::default())?
     };
+    for (text, fields) in image_events {
+        out.event(&text, fields);
+    }
     // A sync's record after it: written before, a failed commit would forget the links its
     // prune dropped, and no rerun would prune them.
     if let LedgerUse::Sync { key, .. } = &ledger_use {
@@ -827,8 +833,8 @@ fn flatten_job(job: &Job, cx: &FlattenContext<'_>) -> Result<layout::Graft> {
 }
 
 /// `converted: NAME` for people; with `--json` also where it went: its flat directory and the
-/// links that name it.
-fn report_image(summary: &mut Summary, status: Status, job: &Job, t0: Instant, out: Output) {
+/// links that name it. Counted now, printed by the caller.
+fn image_event(summary: &mut Summary, status: Status, job: &Job, t0: Instant) -> (String, Value) {
     let action = match status {
         Status::Complete => {
             summary.skipped += 1;
@@ -845,14 +851,14 @@ fn report_image(summary: &mut Summary, status: Status, job: &Job, t0: Instant, o
     };
     let text = |p: &[u8]| String::from_utf8_lossy(p).into_owned();
     let links: Vec<String> = job.placement.links.iter().map(|l| text(&l.path)).collect();
-    out.event(
-        &format!("{action}: {}", job.name),
+    (
+        format!("{action}: {}", job.name),
         event_json(
             "image",
             json!({"image": job.name, "result": action, "flat": text(&job.placement.flat_dir),
                    "links": links, "seconds": t0.elapsed().as_secs_f64()}),
         ),
-    );
+    )
 }
 
 fn report_failure(summary: &mut Summary, image: &str, e: &anyhow::Error, out: Output) {
