@@ -2479,3 +2479,40 @@ fn a_batch_that_loses_its_commit_reports_no_image_converted() {
     assert_eq!(results, ["converted"], "{again}");
     env.check(true);
 }
+
+/// Two OCI layouts in directories of one name, converted in one batch, would both link
+/// `/local/layout:a`: the second fails in one line naming both, the first is published.
+#[test]
+fn two_layouts_that_would_share_a_link_in_one_batch_fail_the_second() {
+    let env = Env::init(&[]);
+    let mut refs = Vec::new();
+    for (dir, content) in [("x", "first"), ("y", "second")] {
+        let layout = env.path(dir).join("layout");
+        let mut layer = fixtures::layers::LayerBuilder::new();
+        layer.file("f", content.as_bytes());
+        ImageBuilder::new()
+            .layer(layer.finish(), Compression::Gzip)
+            .write_layout(&layout, "a")
+            .unwrap();
+        refs.push(format!("oci:{}:a", layout.display()));
+    }
+    let run = env.run(&["convert", FQRN, &refs[0], &refs[1]]);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(1), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(
+        lines[0].contains(refs[1].as_str())
+            && lines[0].contains(refs[0].as_str())
+            && lines[0].contains("/local/layout:a"),
+        "{stderr}"
+    );
+    assert_eq!(env.revision(), 2);
+    let flat = link_target(&env, "/local/layout:a");
+    let file = witness(&env).entries[&format!("{flat}/f")].clone();
+    assert_eq!(
+        file.sha1,
+        Some(hex::encode(<sha1::Sha1 as sha1::Digest>::digest(b"first")))
+    );
+    env.check(true);
+}

@@ -13,6 +13,7 @@ use ingest::image::{
 };
 use publisher::{Snapshot, Transaction};
 use serde_json::json;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 /// Where [`plan`] looks up what the repository already has: the tree of a transaction, or a
@@ -69,6 +70,7 @@ pub(super) fn plan(
             })
         })
         .collect();
+    reject_shared_links(&mut planned, refs);
     // Every job that needs a config, with the index of its reference.
     let todo: Vec<(usize, &Job)> = planned
         .iter()
@@ -88,6 +90,41 @@ pub(super) fn plan(
     let owners: Vec<usize> = todo.iter().map(|(i, _)| *i).collect();
     attach_configs(&mut planned, owners.into_iter().zip(configs));
     planned
+}
+
+/// Two references of one batch whose different images would take one link (OCI layouts in
+/// two directories of one name: `oci:a/layout:1` and `oci:b/layout:1` both link
+/// `/local/layout:1`): the later one fails, rather than one image being published with its
+/// link silently taken by the other.
+fn reject_shared_links(planned: &mut [Result<Vec<Job>>], refs: &[String]) {
+    let mut owners: HashMap<Vec<u8>, (usize, Vec<u8>)> = HashMap::new();
+    for (i, planned_ref) in planned.iter_mut().enumerate() {
+        let Ok(jobs) = planned_ref else { continue };
+        let clash = jobs.iter().find_map(|job| {
+            job.placement.links.iter().find_map(|link| {
+                let (owner, flat) = owners.get(&link.path)?;
+                (*owner != i && *flat != job.placement.flat_dir).then_some((&link.path, *owner))
+            })
+        });
+        if let Some((path, owner)) = clash {
+            let (me, other) = (refs.get(i), refs.get(owner));
+            *planned_ref = Err(anyhow!(
+                "{}: its link {} is also the link of {}, another image in this batch (OCI \
+                 layouts in two directories of one name take one link: rename one directory)",
+                me.map_or("?", String::as_str),
+                String::from_utf8_lossy(path),
+                other.map_or("?", String::as_str),
+            ));
+            continue;
+        }
+        for job in jobs.iter() {
+            for link in &job.placement.links {
+                owners
+                    .entry(link.path.clone())
+                    .or_insert_with(|| (i, job.placement.flat_dir.clone()));
+            }
+        }
+    }
 }
 
 /// Gives each job that needs one its image (manifest + config), in the order `plan` asked
