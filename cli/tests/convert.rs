@@ -2516,3 +2516,59 @@ fn two_layouts_that_would_share_a_link_in_one_batch_fail_the_second() {
     );
     env.check(true);
 }
+
+/// A moving tag's next build drops the host's platform: `--all-platforms` makes only its
+/// `TAG@os-arch` links and says so; `TAG` keeps the host's last image, never another
+/// architecture's.
+#[test]
+fn all_platforms_without_the_host_platform_leaves_the_plain_tag_alone() {
+    if std::env::consts::ARCH != "x86_64" {
+        eprintln!("skipped: the test's images assume an amd64 host");
+        return;
+    }
+    let env = Env::init(&[]);
+    let image = |arch: &str, build: &str| {
+        let mut l = fixtures::layers::LayerBuilder::new();
+        l.file("id", format!("{arch} {build}\n").as_bytes());
+        ImageBuilder::new()
+            .platform(arch, None)
+            .layer(l.finish(), Compression::Gzip)
+    };
+    let id = |link: &str| {
+        let flat = link_target(&env, link);
+        witness(&env).entries[&format!("{flat}/id")].sha1.clone()
+    };
+    let of = |s: &str| Some(catalog_writer::hash::ContentHash::of(s.as_bytes()).to_hex());
+    let first = env.path("b1").join("app");
+    fixtures::oci::write_index_layout(&first, "1", &[image("amd64", "1"), image("arm64", "1")])
+        .unwrap();
+    env.ok(&[
+        "convert",
+        FQRN,
+        &format!("oci:{}:1", first.display()),
+        "--all-platforms",
+    ]);
+    assert_eq!(id("/local/app:1"), of("amd64 1\n"));
+    let next = env.path("b2").join("app");
+    fixtures::oci::write_index_layout(&next, "1", &[image("arm64", "2")]).unwrap();
+    let out = env.ok(&[
+        "--json",
+        "convert",
+        FQRN,
+        &format!("oci:{}:1", next.display()),
+        "--all-platforms",
+    ]);
+    let w = events(&out, "warning").next().expect("warning event");
+    let text = w["warning"].as_str().unwrap_or_default();
+    assert!(
+        text.contains("no entry for platform linux/amd64") && text.contains("/local/app:1 "),
+        "{w}"
+    );
+    assert_eq!(
+        id("/local/app:1"),
+        of("amd64 1\n"),
+        "TAG keeps the host's image"
+    );
+    assert_eq!(id("/local/app:1@linux-arm64"), of("arm64 2\n"));
+    env.check(true);
+}

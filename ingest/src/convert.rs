@@ -236,10 +236,10 @@ fn link_names(
     let mut out = Vec::with_capacity(manifests.len());
     for (i, m) in manifests.iter().enumerate() {
         let mut names: Vec<Option<String>> = Vec::new();
-        if i == default {
+        if default == Some(i) {
             names.push(None);
         }
-        if manifests.len() > 1 {
+        if manifests.len() > 1 || default.is_none() {
             // An image without a platform has no suffix: the plain tag is its only name.
             let suffix = platform_suffix(m)?;
             if !names.contains(&suffix) {
@@ -267,8 +267,12 @@ fn link_names(
 /// best ([`Platform::rank`](crate::image::Platform::rank), the order the platform of a
 /// single-platform convert is picked in), the one with the preferred platform's own link
 /// suffix among equals (so that `TAG` and `TAG@<host suffix>` are the same image, also when
-/// `amd64` and `amd64/v1` are both listed), else the first in index order.
-fn default_image(manifests: &[ImageManifest], selection: &PlatformSelection) -> usize {
+/// `amd64` and `amd64/v1` are both listed), else the first one that did not come from an index
+/// entry with a platform. `None`: every image is an index entry for another platform, and
+/// `TAG` would hand the host's jobs another architecture's binaries (a build that drops the
+/// host's platform would move `TAG` to arm64 without a word): they get only their
+/// `TAG@<os>-<arch>` names ([`missing_plain_tag`] says why).
+fn default_image(manifests: &[ImageManifest], selection: &PlatformSelection) -> Option<usize> {
     let preferred = selection.preferred();
     let own_suffix = preferred.link_suffix();
     manifests
@@ -279,7 +283,41 @@ fn default_image(manifests: &[ImageManifest], selection: &PlatformSelection) -> 
             Some((preferred.rank(p)?, p.link_suffix() != own_suffix, i))
         })
         .min()
-        .map_or(0, |(_, _, i)| i)
+        .map(|(_, _, i)| i)
+        .or_else(|| {
+            manifests
+                .iter()
+                .position(|m| !m.from_index || m.platform.is_none())
+        })
+}
+
+/// The warning for a reference whose `manifests` (index entries for other platforms only)
+/// get no plain `TAG` link: it names the platform missing and the links made instead.
+pub fn missing_plain_tag(
+    manifests: &[ImageManifest],
+    selection: &PlatformSelection,
+) -> Option<String> {
+    let first = manifests.first()?;
+    if default_image(manifests, selection).is_some() {
+        return None;
+    }
+    let made: Vec<String> = manifests
+        .iter()
+        .filter_map(|m| m.platform.as_ref())
+        .map(|p| show_path(&link_path(&first.name, Some(&p.link_suffix()))))
+        .collect();
+    Some(format!(
+        "{}: the index has no entry for platform {}: no link {} is made (one made earlier \
+         stays), only {}",
+        first.reference,
+        selection.preferred(),
+        show_path(&link_path(&first.name, None)),
+        made.join(", ")
+    ))
+}
+
+fn show_path(path: &[u8]) -> String {
+    String::from_utf8_lossy(path).into_owned()
 }
 
 /// The error for two images of one reference that would get the same link `text`.
@@ -909,6 +947,55 @@ mod tests {
         ];
         let placed = placements(&multi, &arm).unwrap();
         assert_eq!(link_of(&placed, "/127.0.0.1:5000/testbed/app:t"), [1]);
+    }
+
+    /// Index entries all for other platforms than the one wanted get no plain tag (it would
+    /// hand that platform's jobs another architecture's binaries), only their `TAG@` links,
+    /// also a lone entry, and a warning names what is missing; an image that came from no
+    /// index keeps its plain tag whatever its platform.
+    #[test]
+    fn no_plain_tag_for_an_index_without_the_wanted_platform() {
+        let s390x = PlatformSelection::One(Platform::parse("linux/s390x").unwrap());
+        let paths = |placed: &[Placement]| -> Vec<String> {
+            placed
+                .iter()
+                .flat_map(|p| &p.links)
+                .map(|l| String::from_utf8(l.path.clone()).unwrap())
+                .collect()
+        };
+        let multi = [
+            manifest("t", b"arm", Some("linux/arm64/v8")),
+            manifest("t", b"arm7", Some("linux/arm/v7")),
+        ];
+        assert_eq!(
+            paths(&placements(&multi, &s390x).unwrap()),
+            [
+                "/127.0.0.1:5000/testbed/app:t@linux-arm64",
+                "/127.0.0.1:5000/testbed/app:t@linux-arm-v7"
+            ]
+        );
+        let warning = missing_plain_tag(&multi, &s390x).unwrap();
+        assert!(
+            warning.contains("linux/s390x")
+                && warning.contains("no link /127.0.0.1:5000/testbed/app:t is made")
+                && warning.contains("app:t@linux-arm-v7"),
+            "{warning}"
+        );
+        assert_eq!(
+            paths(&placements(&multi[..1], &s390x).unwrap()),
+            ["/127.0.0.1:5000/testbed/app:t@linux-arm64"]
+        );
+        let mut single = manifest("t", b"arm", Some("linux/arm64"));
+        single.from_index = false;
+        let single = [single];
+        assert_eq!(
+            paths(&placements(&single, &s390x).unwrap()),
+            ["/127.0.0.1:5000/testbed/app:t"]
+        );
+        assert_eq!(missing_plain_tag(&single, &s390x), None);
+        let amd = PlatformSelection::One(Platform::parse("linux/amd64").unwrap());
+        let with_amd = [multi[0].clone(), manifest("t", b"amd", Some("linux/amd64"))];
+        assert_eq!(missing_plain_tag(&with_amd, &amd), None);
     }
 
     /// Two images that would get the same link name are refused while placing (one of them

@@ -65,7 +65,7 @@ pub(super) fn plan(
         .into_iter()
         .map(|r| {
             r.and_then(|(source, manifests)| {
-                warn_same_links(&manifests, out);
+                warn_links(&manifests, selection, out);
                 check_present(txn, source, manifests, selection)
             })
         })
@@ -175,15 +175,25 @@ pub(super) fn layer_count(
 }
 
 /// Index entries of `--all-platforms` left out because another entry has their link name
-/// (`arm64` and `arm64/v8`): said, so that no image goes missing without a word.
-fn warn_same_links(manifests: &[ImageManifest], out: Output) {
+/// (`arm64` and `arm64/v8`), and a plain `TAG` not made because the index lacks the host's
+/// platform: said, so that no image or link goes missing without a word.
+fn warn_links(manifests: &[ImageManifest], selection: &PlatformSelection, out: Output) {
+    let warn = |reference: &str, w: String| {
+        out.notice(
+            &format!("cvmfs-oci: warning: {w}"),
+            event_json("warning", json!({"image": reference, "warning": w})),
+        )
+    };
     for m in manifests {
         for w in m.same_link_warnings() {
-            out.notice(
-                &format!("cvmfs-oci: warning: {w}"),
-                event_json("warning", json!({"image": m.reference, "warning": w})),
-            );
+            warn(&m.reference, w);
         }
+    }
+    if let (Some(m), Some(w)) = (
+        manifests.first(),
+        layout::missing_plain_tag(manifests, selection),
+    ) {
+        warn(&m.reference, w);
     }
 }
 
