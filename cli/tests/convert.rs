@@ -2246,6 +2246,24 @@ fn migrate_asks_for_an_unreadable_manifest_once() {
         12,
         "{err}"
     );
+    // The forecast says it once, on stderr, naming the image once.
+    let run = env.run(&[
+        "migrate",
+        FQRN,
+        &url,
+        "--dry-run",
+        "--insecure-registry",
+        &addr,
+    ]);
+    let (out, err) = (
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr),
+    );
+    let errors: Vec<&str> = err.lines().filter(|l| l.contains("bad/x:1")).collect();
+    assert_eq!(errors.len(), 1, "{err}");
+    assert_eq!(errors[0].matches("bad/x:1").count(), 1, "{err}");
+    assert!(!out.contains("bad/x:"), "{out}");
+    assert!(out.contains("2 unreadable"), "{out}");
 }
 
 /// `skopeo copy … oci:DIR:latest` writes the bare tag as the ref name: each layout is

@@ -386,13 +386,8 @@ fn forecast(
             report_not_an_image(reference, &reason, out);
         } else if let Err(e) = result {
             failed += 1;
-            let line = crate::output::error_line(&e);
-            let shown = crate::output::printable(reference);
-            crate::output::to_stderr(&format!("cvmfs-oci: error: cannot read {shown}: {line}"));
-            out.event(
-                &format!("cannot read {shown}: {line}"),
-                event_json("error", json!({"image": reference, "error": line})),
-            );
+            // One line on stderr (not again on stdout), naming the image once.
+            super::convert::report_error(reference, &e, out);
         }
     }
     let download: u64 = layers.difference(&known).filter_map(|l| sizes.get(l)).sum();
