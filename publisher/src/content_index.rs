@@ -32,8 +32,11 @@ pub struct SqliteContentIndex {
 }
 
 /// The schema's version (`PRAGMA user_version`). Version 0 keyed plaintexts by SHA-1, version
-/// 2 by SHA-256, version 3 by BLAKE3 (see [`PlainHash`]). Older entries are dropped, not
-/// converted: the index only saves work, and `cache seed` refills it.
+/// 2 by SHA-256, both in table `content`; version 3 keys them by BLAKE3 (see [`PlainHash`]) in
+/// table `plain_blake3`. Older entries are dropped, not converted: the index only saves work,
+/// and `cache seed` refills it. `content` stays, empty, for older binaries still run on this
+/// home during an upgrade (they fail without it): what they add there is deleted on every
+/// open, since its keys never match these.
 const SCHEMA_VERSION: i64 = 3;
 
 fn set_up(conn: &Connection) -> rusqlite::Result<()> {
@@ -49,10 +52,16 @@ fn set_up(conn: &Connection) -> rusqlite::Result<()> {
                object BLOB NOT NULL, compressed_size INTEGER NOT NULL, \
                PRIMARY KEY (plain, size, suffix)); \
              CREATE INDEX content_object ON content (object); \
+             DROP TABLE IF EXISTS plain_blake3; \
+             CREATE TABLE plain_blake3 ( \
+               plain BLOB NOT NULL, size INTEGER NOT NULL, suffix TEXT NOT NULL, \
+               object BLOB NOT NULL, compressed_size INTEGER NOT NULL, \
+               PRIMARY KEY (plain, size, suffix)); \
+             CREATE INDEX plain_blake3_object ON plain_blake3 (object); \
              PRAGMA user_version = {SCHEMA_VERSION};"
         ))
     } else {
-        Ok(())
+        conn.execute_batch("DELETE FROM content")
     };
     match result {
         Ok(()) => conn.execute_batch("COMMIT"),
@@ -124,7 +133,7 @@ impl SqliteContentIndex {
         {
             let mut stmt = tx
                 .prepare_cached(
-                    "INSERT OR REPLACE INTO content (plain, size, suffix, object, compressed_size) \
+                    "INSERT OR REPLACE INTO plain_blake3 (plain, size, suffix, object, compressed_size) \
                      VALUES (?1, ?2, ?3, ?4, ?5)",
                 )
                 .map_err(|e| Error::sql(what.as_str(), e))?;
@@ -153,7 +162,7 @@ impl SqliteContentIndex {
             .conn
             .query_row(
                 "SELECT COUNT(*), COUNT(DISTINCT object), COALESCE(SUM(size), 0), \
-                 COALESCE(SUM(compressed_size), 0) FROM content",
+                 COALESCE(SUM(compressed_size), 0) FROM plain_blake3",
                 [],
                 |r| {
                     Ok(IndexSummary {
@@ -173,7 +182,10 @@ impl SqliteContentIndex {
         inner.pending.retain(|r| r.object != *object);
         inner
             .conn
-            .execute("DELETE FROM content WHERE object = ?1", [&object.0[..]])
+            .execute(
+                "DELETE FROM plain_blake3 WHERE object = ?1",
+                [&object.0[..]],
+            )
             .map(|_| ())
             .map_err(|e| Error::sql(self.path.display().to_string(), e))
     }
@@ -192,7 +204,7 @@ impl SqliteContentIndex {
         let mut removed = 0;
         {
             let mut stmt = tx
-                .prepare_cached("DELETE FROM content WHERE object = ?1")
+                .prepare_cached("DELETE FROM plain_blake3 WHERE object = ?1")
                 .map_err(sql)?;
             for object in objects {
                 removed += stmt.execute([&object.0[..]]).map_err(sql)?;
@@ -217,7 +229,7 @@ impl SqliteContentIndex {
             let inner = self.lock();
             let mut stmt = inner
                 .conn
-                .prepare("SELECT DISTINCT object, suffix FROM content")
+                .prepare("SELECT DISTINCT object, suffix FROM plain_blake3")
                 .map_err(sql)?;
             let rows = stmt
                 .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
@@ -251,7 +263,7 @@ impl SqliteContentIndex {
         let sql = |e| Error::sql(self.path.display().to_string(), e);
         let mut stmt = inner
             .conn
-            .prepare_cached("SELECT 1 FROM content WHERE object = ?1 AND suffix = ?2 LIMIT 1")
+            .prepare_cached("SELECT 1 FROM plain_blake3 WHERE object = ?1 AND suffix = ?2 LIMIT 1")
             .map_err(sql)?;
         stmt.exists(params![&object.0[..], suffix.as_str()])
             .map_err(sql)
@@ -267,7 +279,7 @@ impl SqliteContentIndex {
         inner
             .conn
             .prepare_cached(
-                "SELECT object, compressed_size FROM content WHERE plain = ?1 AND size = ?2 AND suffix = ?3",
+                "SELECT object, compressed_size FROM plain_blake3 WHERE plain = ?1 AND size = ?2 AND suffix = ?3",
             )?
             .query_row(
                 params![&plain[..], i64_of(size), suffix.as_str()],
@@ -374,6 +386,36 @@ mod tests {
             .unwrap();
         let idx = SqliteContentIndex::open(&path).unwrap();
         assert_eq!(idx.summary().unwrap().entries, 0);
+    }
+
+    /// Rows an older binary adds to its table after the upgrade (it still runs on this home)
+    /// are deleted on the next open; the BLAKE3 rows stay.
+    #[test]
+    fn rows_an_older_binary_adds_are_deleted_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("content.db");
+        {
+            let idx = SqliteContentIndex::open(&path).unwrap();
+            idx.record(&[6; 32], 1, Suffix::None, ContentHash([7; 20]), 9);
+        }
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(
+                "INSERT INTO content VALUES (zeroblob(20), 1, '', zeroblob(20), 9); \
+                 INSERT INTO content VALUES (zeroblob(32), 1, '', zeroblob(20), 9);",
+            )
+            .unwrap();
+        let idx = SqliteContentIndex::open(&path).unwrap();
+        assert_eq!(idx.summary().unwrap().entries, 1);
+        let legacy: i64 = Connection::open(&path)
+            .unwrap()
+            .query_row("SELECT COUNT(*) FROM content", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(legacy, 0);
+        assert_eq!(
+            idx.lookup(&[6; 32], 1, Suffix::None),
+            Some((ContentHash([7; 20]), 9))
+        );
     }
 
     #[test]
