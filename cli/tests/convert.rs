@@ -201,7 +201,7 @@ fn converts_registry_images_in_one_revision_like_umoci() {
 
     // Both platforms of an index.
     let multi = format!("docker://{addr}/fixtures/multi:1");
-    let out = env.ok(&[
+    let all_platforms = [
         "--json",
         "convert",
         FQRN,
@@ -209,7 +209,8 @@ fn converts_registry_images_in_one_revision_like_umoci() {
         "--all-platforms",
         "--insecure-registry",
         &addr,
-    ]);
+    ];
+    let out = env.ok(&all_platforms);
     assert_eq!(env.revision(), 3);
     // The counts are of images (one per platform), and say so against the one reference.
     let summary = events(&out, "summary").next().expect("summary event");
@@ -229,15 +230,7 @@ fn converts_registry_images_in_one_revision_like_umoci() {
         "{source}"
     );
     // Again: each image's event and the summary say `unchanged` alike.
-    let again = env.ok(&[
-        "--json",
-        "convert",
-        FQRN,
-        &multi,
-        "--all-platforms",
-        "--insecure-registry",
-        &addr,
-    ]);
+    let again = env.ok(&all_platforms);
     let results: Vec<_> = events(&again, "image")
         .map(|e| e["result"].clone())
         .collect();
@@ -2450,22 +2443,7 @@ fn a_named_wishlist_prunes_from_any_path() {
 #[test]
 fn a_batch_that_loses_its_commit_reports_no_image_converted() {
     let env = Env::init(&[]);
-    let other_dir = tempfile::tempdir().unwrap();
-    let other = Env {
-        home: other_dir.path().join("home"),
-        storage: env.storage.clone(),
-        dir: other_dir,
-    };
-    let keys = env.home.join(FQRN).join("keys");
-    other.ok(&[
-        "init",
-        FQRN,
-        "--storage",
-        env.storage.to_str().unwrap(),
-        "--existing",
-        "--keys",
-        keys.to_str().unwrap(),
-    ]);
+    let other = env.other_home();
     let layout = env.path("layout");
     let mut layer = fixtures::layers::LayerBuilder::new();
     layer.file("f", b"from the image\n");

@@ -948,18 +948,7 @@ fn a_push_overtaken_by_another_homes_later_revision_succeeds() {
     let env = Env::init(&[]);
     let src = publish_one_file(&env);
     push(&env, &s3, "shared", &[]);
-    let other_dir = tempfile::tempdir().unwrap();
-    let other = Env {
-        home: other_dir.path().join("home"),
-        storage: env.storage.clone(),
-        dir: other_dir,
-    };
-    let keys = env.home.join(FQRN).join("keys");
-    let storage = env.storage.to_str().unwrap();
-    other.ok(&["init", FQRN, "--storage", storage, "--existing"]
-        .into_iter()
-        .chain(["--keys", keys.to_str().unwrap()])
-        .collect::<Vec<_>>());
+    let other = env.other_home();
 
     std::fs::write(src.join("b.txt"), "b\n").unwrap();
     publish(&env, &src);

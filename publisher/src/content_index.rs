@@ -370,20 +370,24 @@ mod tests {
         );
     }
 
+    /// `dir/content.db` with one record (plaintext `[6; 32]` → object `[7; 20]`), then `sql`
+    /// run on it as another program would.
+    fn one_record_then(dir: &Path, sql: &str) -> PathBuf {
+        let path = dir.join("content.db");
+        {
+            let idx = SqliteContentIndex::open(&path).unwrap();
+            idx.record(&[6; 32], 1, Suffix::None, ContentHash([7; 20]), 9);
+        }
+        Connection::open(&path).unwrap().execute_batch(sql).unwrap();
+        path
+    }
+
     /// An index keyed by SHA-256 (user_version 2) is emptied too: its keys would never match
     /// the BLAKE3 ones, only take space.
     #[test]
     fn an_index_keyed_by_sha256_is_dropped() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("content.db");
-        {
-            let idx = SqliteContentIndex::open(&path).unwrap();
-            idx.record(&[6; 32], 1, Suffix::None, ContentHash([7; 20]), 9);
-        }
-        Connection::open(&path)
-            .unwrap()
-            .execute_batch("PRAGMA user_version = 2")
-            .unwrap();
+        let path = one_record_then(dir.path(), "PRAGMA user_version = 2");
         let idx = SqliteContentIndex::open(&path).unwrap();
         assert_eq!(idx.summary().unwrap().entries, 0);
     }
@@ -393,18 +397,11 @@ mod tests {
     #[test]
     fn rows_an_older_binary_adds_are_deleted_on_open() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("content.db");
-        {
-            let idx = SqliteContentIndex::open(&path).unwrap();
-            idx.record(&[6; 32], 1, Suffix::None, ContentHash([7; 20]), 9);
-        }
-        Connection::open(&path)
-            .unwrap()
-            .execute_batch(
-                "INSERT INTO content VALUES (zeroblob(20), 1, '', zeroblob(20), 9); \
-                 INSERT INTO content VALUES (zeroblob(32), 1, '', zeroblob(20), 9);",
-            )
-            .unwrap();
+        let path = one_record_then(
+            dir.path(),
+            "INSERT INTO content VALUES (zeroblob(20), 1, '', zeroblob(20), 9); \
+             INSERT INTO content VALUES (zeroblob(32), 1, '', zeroblob(20), 9);",
+        );
         let idx = SqliteContentIndex::open(&path).unwrap();
         assert_eq!(idx.summary().unwrap().entries, 1);
         let legacy: i64 = Connection::open(&path)

@@ -50,6 +50,30 @@ impl Env {
         env.fails(&args)
     }
 
+    /// A second home for this repository's storage and keys (another machine, another CI
+    /// runner), made with `init --existing`.
+    pub fn other_home(&self) -> Env {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let other = Env {
+            home: dir.path().join("home"),
+            storage: self.storage.clone(),
+            dir,
+        };
+        let keys = self.home.join(FQRN).join("keys");
+        let storage = self.storage.to_str().expect("utf-8 temp path");
+        let keys = keys.to_str().expect("utf-8 temp path");
+        other.ok(&[
+            "init",
+            FQRN,
+            "--storage",
+            storage,
+            "--existing",
+            "--keys",
+            keys,
+        ]);
+        other
+    }
+
     pub fn path(&self, rel: &str) -> PathBuf {
         self.dir.path().join(rel)
     }
