@@ -63,13 +63,20 @@ pub fn open_detected_stream<R: Read + Send + 'static>(
 pub fn sniff(head: &[u8]) -> Option<Format> {
     if head.starts_with(&GZIP_MAGIC) {
         Some(Format::Gzip)
-    } else if head.starts_with(&ZSTD_MAGIC) {
+    } else if head.starts_with(&ZSTD_MAGIC) || is_zstd_skippable_frame(head) {
         Some(Format::Zstd)
     } else if looks_like_tar(head) {
         Some(Format::Tar)
     } else {
         None
     }
+}
+
+/// A zstd stream may begin with a skippable frame (magic `0x184D2A5?`, RFC 8878 §3.1.2),
+/// which zstd decoders pass over; a tar header cannot start so (its name would begin with
+/// `P*M` and a control byte).
+fn is_zstd_skippable_frame(head: &[u8]) -> bool {
+    matches!(head, [b0, 0x2a, 0x4d, 0x18, ..] if b0 & 0xf0 == 0x50)
 }
 
 /// A tar starts with a header whose checksum is right ("ustar" magic is not required: v7
@@ -165,6 +172,11 @@ mod tests {
             sniff(&zstd::encode_all(&t[..], 3).unwrap()),
             Some(Format::Zstd)
         );
+        // A leading skippable frame (as RFC 8878 allows), then the stream: zstd, and decoded.
+        let mut skippable = vec![0x5a, 0x2a, 0x4d, 0x18, 4, 0, 0, 0, 1, 2, 3, 4];
+        skippable.extend(zstd::encode_all(&t[..], 3).unwrap());
+        assert_eq!(sniff(&skippable), Some(Format::Zstd));
+        assert_eq!(zstd::decode_all(&skippable[..]).unwrap(), t);
         assert_eq!(sniff(&[0u8; 512]), Some(Format::Tar));
         assert_eq!(sniff(b""), Some(Format::Tar));
         assert_eq!(sniff(&[b'x'; 512]), None);

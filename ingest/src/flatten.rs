@@ -25,10 +25,10 @@
 
 use crate::error::{show, Error, Result};
 use crate::pipeline::{finalize, FileTicket, ObjectPipeline, PDir, PLeaf, PNode};
-use crate::targuard::MemberExt;
+use crate::targuard::{next_member_error, MemberExt};
 use crate::tarsource::{
     check_crate_reading, drain_member, drain_rest, header_name, ingest_member, member_path,
-    read_member, split_member_path, MemberKind,
+    read_member, split_link_target, split_member_path, MemberKind,
 };
 use catalog_writer::entry::{Entry, EntryKind};
 use catalog_writer::namespace::{NAME_MAX, SYMLINK_MAX};
@@ -553,8 +553,10 @@ impl Flattener<'_> {
             .entries()
             .map_err(|e| self.lerr(idx, b"", format!("reading layer: {e}")))?;
         for (ordinal, member) in entries.enumerate() {
-            let mut member =
-                member.map_err(|e| self.lerr(idx, b"", format!("reading next member: {e}")))?;
+            let mut member = member.map_err(|e| {
+                let (name, msg) = next_member_error(&slot, "layer", &e);
+                self.lerr(idx, &name, msg)
+            })?;
             let ext = slot.take();
             let raw =
                 member_path(&member, &ext).map_err(|e| self.lerr(idx, &header_name(&member), e))?;
@@ -576,8 +578,10 @@ impl Flattener<'_> {
             if scan.needed.is_empty() {
                 break;
             }
-            let mut member = member
-                .map_err(|e| self.lerr(idx, b"", format!("reading next member again: {e}")))?;
+            let mut member = member.map_err(|e| {
+                let (name, msg) = next_member_error(&slot, "layer", &e);
+                self.lerr(idx, &name, format!("{msg} (second read)"))
+            })?;
             let ext = slot.take();
             let Some((inode, rec)) = scan.needed.remove(&ordinal) else {
                 continue;
@@ -712,8 +716,7 @@ impl Flattener<'_> {
             }
             MemberKind::Hardlink(target) => {
                 drain_member(m).map_err(err)?;
-                let tcomps =
-                    split_member_path(&target).map_err(|e| err(format!("hardlink target: {e}")))?;
+                let tcomps = split_link_target(&target).map_err(err)?;
                 self.on_hardlink(scan, &comps, path, raw, &tcomps)
             }
         }

@@ -46,6 +46,9 @@ pub(crate) struct MemberExt {
     /// `path` or `linkpath`.
     pub long_name: bool,
     pub long_link: bool,
+    /// The name in the member's own header (its first 100 bytes, or ustar prefix and name):
+    /// what an error names when the crate refuses the member before handing it out.
+    pub header_name: Option<Vec<u8>>,
 }
 
 /// Shared with the guard inside the archive; read while the member is current (the guard
@@ -61,6 +64,21 @@ impl MemberExtSlot {
 
     fn set(&self, ext: MemberExt) {
         *self.0.lock().unwrap_or_else(PoisonError::into_inner) = ext;
+    }
+}
+
+/// The error for a member the crate would not hand out: named by its header when the guard
+/// saw one (a GNU sparse map that does not add up), else the layer's stream itself failed
+/// (its compression, or a header the crate refused).
+/// `stream` names the whole ("layer", "archive").
+pub(crate) fn next_member_error(
+    slot: &MemberExtSlot,
+    stream: &str,
+    e: &io::Error,
+) -> (Vec<u8>, String) {
+    match slot.take().header_name {
+        Some(name) => (name, format!("reading the member: {e}")),
+        None => (Vec::new(), format!("reading the {stream}: {e}")),
     }
 }
 
@@ -269,6 +287,7 @@ impl<R: Read> ExtensionGuard<R> {
             records: records.filter(|_| !is_extension),
             long_name: std::mem::take(&mut self.long_name) && !is_extension,
             long_link: std::mem::take(&mut self.long_link) && !is_extension,
+            header_name: Some(header.path_bytes().into_owned()),
         });
         self.next = body;
         match header.as_gnu() {

@@ -53,8 +53,10 @@ pub fn tree_from_tar<R: Read + Send + 'static>(
         .map_err(|e| tar_err(opts, b"", format!("reading archive: {e}")))?;
     let mut members = 0usize;
     for member in entries {
-        let mut member =
-            member.map_err(|e| tar_err(opts, b"", format!("reading next member: {e}")))?;
+        let mut member = member.map_err(|e| {
+            let (name, msg) = crate::targuard::next_member_error(&slot, "archive", &e);
+            tar_err(opts, &name, msg)
+        })?;
         builder.add(&mut member, &slot, pipeline)?;
         members += 1;
     }
@@ -151,7 +153,7 @@ impl TarTree<'_> {
 
     /// The target's inode, shared: both entries get the same hardlink id.
     fn link_to(&mut self, target: &[u8]) -> std::result::Result<PLeaf, String> {
-        let comps = split_member_path(target).map_err(|e| format!("hardlink target: {e}"))?;
+        let comps = split_link_target(target)?;
         let missing = || {
             format!(
                 "hardlink target {} is not earlier in this archive",
@@ -254,7 +256,8 @@ pub const MAX_DEPTH: usize = 512;
 
 /// Splits a member name into components after the safety checks: absolute names, `..`,
 /// NUL and over-long names are refused; `.` and empty components are dropped. An empty result
-/// is the root (`./` or `.`).
+/// is the root (`./`, `.`, or `/` alone, which kaniko writes at the top of its layers: it names
+/// nothing but the root, as Docker and containerd read it).
 pub(crate) fn split_member_path(raw: &[u8]) -> std::result::Result<Vec<&[u8]>, String> {
     if raw.is_empty() {
         return Err("empty member name".into());
@@ -269,6 +272,9 @@ pub(crate) fn split_member_path(raw: &[u8]) -> std::result::Result<Vec<&[u8]>, S
     }
     if raw.contains(&0) {
         return Err("member name contains a NUL byte".into());
+    }
+    if raw.iter().all(|&b| b == b'/') {
+        return Ok(Vec::new());
     }
     if raw.starts_with(b"/") {
         return Err("absolute member name".into());
@@ -296,6 +302,18 @@ pub(crate) fn split_member_path(raw: &[u8]) -> std::result::Result<Vec<&[u8]>, S
         ));
     }
     Ok(comps)
+}
+
+/// Splits a hard link's target like a member name, read from the archive's root also when it
+/// starts with `/`: the target names an earlier member (`/usr/bin/perl` for `usr/bin/perl`,
+/// as kaniko writes them), and Docker, containerd and GNU tar resolve it inside the root, as
+/// this does. Only the leading `/` is forgiven: `..` and the other checks still apply.
+pub(crate) fn split_link_target(raw: &[u8]) -> std::result::Result<Vec<&[u8]>, String> {
+    let relative = match raw.iter().position(|&b| b != b'/') {
+        Some(start) => &raw[start..],
+        None => return Err("hardlink target: the archive's root".into()),
+    };
+    split_member_path(relative).map_err(|e| format!("hardlink target: {e}"))
 }
 
 /// What a tar member is, beyond its metadata.

@@ -633,6 +633,48 @@ fn hostile_names_are_refused() {
     assert_eq!(names(&dir, "real"), vec!["passwd"]);
 }
 
+/// kaniko's layers: a `/` member for the root at the top of each layer above the base, and
+/// hard links whose targets start with `/`. Docker and containerd read both inside the root;
+/// so does this. `/name` as a member name and `..` in a target stay refused.
+#[test]
+fn kaniko_root_member_and_absolute_link_targets_are_read_inside_the_root() {
+    let dir = tar::EntryType::Directory;
+    let link = tar::EntryType::Link;
+    let l0 = TarB::new().file("usr/bin/perl", b"perl").finish();
+    let l1 = TarB::new()
+        .raw(b"/", dir, 0o750, b"", None)
+        .raw(
+            b"usr/bin/perl5.36",
+            link,
+            0o755,
+            b"",
+            Some(b"/usr/bin/perl"),
+        )
+        .file("f", b"f")
+        .raw(b"g", link, 0o644, b"", Some(b"//f"))
+        .finish();
+    // Read from the streams, recorded in a layer memo and replayed from it alike.
+    let (root, store) = flat_all_ways(&[l0, l1]);
+    assert_eq!(root.meta.mode() & 0o7777, 0o750, "the root's metadata");
+    assert_eq!(content(&root, &store, "usr/bin/perl5.36"), b"perl");
+    assert_eq!(content(&root, &store, "g"), b"f");
+    assert_eq!(
+        node(&root, "g").unwrap().entry().hardlink,
+        node(&root, "f").unwrap().entry().hardlink
+    );
+    for (target, why) in [
+        (&b"/../etc/shadow"[..], "'..' path component"),
+        (b"/", "the archive's root"),
+    ] {
+        let l = TarB::new()
+            .file("f", b"f")
+            .raw(b"x", link, 0o644, b"", Some(target))
+            .finish();
+        let err = flat(vec![l]).unwrap_err().to_string();
+        assert!(err.contains(&format!("x: hardlink target: {why}")), "{err}");
+    }
+}
+
 /// Entries a client cannot serve are refused while their layer is read, so the error names
 /// the layer and the member (the namespace's check when grafting knows neither); a lower
 /// layer's entry that a higher layer hides is never refused.

@@ -170,6 +170,16 @@ fn hostile_paths_are_refused() {
     // A hardlink may not point outside either.
     let tar = TarB::new().file("a", b"").hardlink("b", "../a").finish();
     assert!(run(tar).unwrap_err().to_string().contains("'..'"));
+    // Not hostile: a `/` member for the root and a hard link target written from the root
+    // (kaniko), both read inside it, as Docker and GNU tar do.
+    let tar = TarB::new()
+        .raw(b"/", EntryType::Directory, 0o700, b"", None)
+        .file("a", b"x")
+        .raw(b"b", EntryType::Link, 0o644, b"", Some(b"/a"))
+        .finish();
+    let (root, _) = run(tar).unwrap();
+    assert_eq!(root.meta.mode() & 0o7777, 0o700);
+    assert_eq!(file_hash(get(&root, "b")), file_hash(get(&root, "a")));
 }
 
 #[test]
@@ -599,4 +609,37 @@ fn a_header_only_member_declaring_data_is_refused() {
     let tar = [head, hidden, vec![0u8; 1024]].concat();
     let err = run(tar).unwrap_err().to_string();
     assert!(err.contains("declaring 1024 bytes"), "{err}");
+}
+
+/// A member the tar crate refuses before handing it out (an old-GNU sparse map that ends
+/// before the file's size: a trailing hole) is named by its header; a stream that fails
+/// before any header names the archive.
+#[test]
+fn a_member_refused_before_it_is_handed_out_is_named() {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(EntryType::GNUSparse);
+    h.set_path("sparse.img").unwrap();
+    h.set_mode(0o644);
+    h.set_size(5);
+    let gnu = h.as_gnu_mut().unwrap();
+    gnu.sparse[0].offset = *b"00000010000\0";
+    gnu.sparse[0].numbytes = *b"00000000005\0";
+    gnu.realsize = *b"00000020000\0";
+    h.set_cksum();
+    let mut tar = TarB::new().file("first", b"1").finish();
+    tar.truncate(tar.len() - 1024);
+    tar.extend_from_slice(h.as_bytes());
+    tar.extend_from_slice(&[b'x'; 512]);
+    tar.extend_from_slice(&[0; 1024]);
+    let err = run(tar).unwrap_err().to_string();
+    assert!(
+        err.contains("test.tar: sparse.img: reading the member:"),
+        "{err}"
+    );
+    // A zstd stream with a broken frame: the archive's compression, not a member.
+    let mut zst = zstd::encode_all(&TarB::new().file("a", b"a").finish()[..], 3).unwrap();
+    let mid = zst.len() / 2;
+    zst[mid] ^= 0xff;
+    let err = run(zst).unwrap_err().to_string();
+    assert!(err.starts_with("test.tar: reading the archive: "), "{err}");
 }
