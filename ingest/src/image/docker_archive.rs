@@ -208,6 +208,24 @@ fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(filled)
 }
 
+/// Why a docker-archive has no tar header at its start: often a `docker save | gzip`. The
+/// archive is read in place (members by offset), so a compressed one is not taken: say how to
+/// make it readable.
+fn compressed_hint(path: &Path) -> String {
+    let mut head = [0u8; 4];
+    let got = std::fs::File::open(path).and_then(|mut f| read_up_to(&mut f, &mut head));
+    match got.map(|n| crate::decode::sniff(&head[..n])) {
+        Ok(Some(crate::decode::Format::Gzip)) => {
+            "no tar header at its start: it is gzip-compressed; decompress it first (gunzip)".into()
+        }
+        Ok(Some(crate::decode::Format::Zstd)) => {
+            "no tar header at its start: it is zstd-compressed; decompress it first (zstd -d)"
+                .into()
+        }
+        _ => "no tar header at its start".into(),
+    }
+}
+
 /// Member name → (data location, symlink target).
 type Members = BTreeMap<String, (Location, Option<String>)>;
 
@@ -224,7 +242,7 @@ fn index_members(path: &Path, reference: &str) -> Result<Members> {
             // member's name: a text file given by mistake would be printed.
             std::io::ErrorKind::Other | std::io::ErrorKind::InvalidData => {
                 let place = match &previous {
-                    None => "no tar header at its start".to_string(),
+                    None => compressed_hint(path),
                     Some(member) => format!("no valid tar header after member {member:?}"),
                 };
                 Error::image(reference, format!("not a docker-archive tar ({place})"))

@@ -1357,6 +1357,22 @@ fn docker_archive_that_is_no_tar_is_named_so_without_its_content() {
         format!("image {reference}: not a docker-archive tar (no tar header at its start)")
     );
 
+    // `docker save | gzip`: read in place, so not taken, but the line says what to do.
+    let path = dir.path().join("saved.tar.gz");
+    let plain = dir.path().join("saved.tar");
+    archive(&plain);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut gz, &std::fs::read(&plain).unwrap()).unwrap();
+    std::fs::write(&path, gz.finish().unwrap()).unwrap();
+    let reference = format!("docker-archive:{}", path.display());
+    assert_eq!(
+        resolve_err(&reference),
+        format!(
+            "image {reference}: not a docker-archive tar (no tar header at its start: it is \
+             gzip-compressed; decompress it first (gunzip))"
+        )
+    );
+
     let path = dir.path().join("trailing.tar");
     archive(&path);
     let mut bytes = std::fs::read(&path).unwrap();
