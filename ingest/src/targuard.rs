@@ -69,8 +69,8 @@ impl MemberExtSlot {
 
 /// The error for a member the crate would not hand out: named by its header when the guard
 /// saw one (a GNU sparse map that does not add up), else the layer's stream itself failed
-/// (its compression, or a header the crate refused).
-/// `stream` names the whole ("layer", "archive").
+/// (its compression, or a header the crate refused). `stream` names the whole: "layer",
+/// "archive".
 pub(crate) fn next_member_error(
     slot: &MemberExtSlot,
     stream: &str,
