@@ -256,8 +256,8 @@ pub const MAX_DEPTH: usize = 512;
 
 /// Splits a member name into components after the safety checks: absolute names, `..`,
 /// NUL and over-long names are refused; `.` and empty components are dropped. An empty result
-/// is the root (`./`, `.`, or `/` alone, which kaniko writes at the top of its layers: it names
-/// nothing but the root, as Docker and containerd read it).
+/// is the root (`./`, `.`, or `/` alone, which kaniko writes at the top of its layers, or
+/// `/./`: they name nothing but the root, as Docker and containerd read them).
 pub(crate) fn split_member_path(raw: &[u8]) -> std::result::Result<Vec<&[u8]>, String> {
     if raw.is_empty() {
         return Err("empty member name".into());
@@ -273,11 +273,13 @@ pub(crate) fn split_member_path(raw: &[u8]) -> std::result::Result<Vec<&[u8]>, S
     if raw.contains(&0) {
         return Err("member name contains a NUL byte".into());
     }
-    if raw.iter().all(|&b| b == b'/') {
-        return Ok(Vec::new());
-    }
     if raw.starts_with(b"/") {
-        return Err("absolute member name".into());
+        // `/`, `//`, `/./`: the root, as Docker and containerd clean them.
+        let rest = raw.split(|&b| b == b'/').all(|c| matches!(c, b"" | b"."));
+        return match rest {
+            true => Ok(Vec::new()),
+            false => Err("absolute member name".into()),
+        };
     }
     let mut p = raw.strip_prefix(b"./").unwrap_or(raw);
     if p == b"." {
@@ -309,11 +311,16 @@ pub(crate) fn split_member_path(raw: &[u8]) -> std::result::Result<Vec<&[u8]>, S
 /// as kaniko writes them), and Docker, containerd and GNU tar resolve it inside the root, as
 /// this does. Only the leading `/` is forgiven: `..` and the other checks still apply.
 pub(crate) fn split_link_target(raw: &[u8]) -> std::result::Result<Vec<&[u8]>, String> {
-    let relative = match raw.iter().position(|&b| b != b'/') {
-        Some(start) => &raw[start..],
-        None => return Err("hardlink target: the archive's root".into()),
+    let root = || Err("hardlink target: the archive's root".into());
+    let Some(start) = raw.iter().position(|&b| b != b'/') else {
+        return root();
     };
-    split_member_path(relative).map_err(|e| format!("hardlink target: {e}"))
+    let comps = split_member_path(&raw[start..]).map_err(|e| format!("hardlink target: {e}"))?;
+    // `/.`, `./`: the root too, which a hard link cannot take.
+    if comps.is_empty() {
+        return root();
+    }
+    Ok(comps)
 }
 
 /// What a tar member is, beyond its metadata.

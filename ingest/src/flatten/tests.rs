@@ -656,6 +656,13 @@ fn kaniko_root_member_and_absolute_link_targets_are_read_inside_the_root() {
     // Read from the streams, recorded in a layer memo and replayed from it alike.
     let (root, store) = flat_all_ways(&[l0, l1]);
     assert_eq!(root.meta.mode() & 0o7777, 0o750, "the root's metadata");
+    // `/./` is the root too (Docker cleans it to `/`); `/.x` is an absolute name.
+    let l2 = TarB::new().raw(b"/./", dir, 0o705, b"", None).finish();
+    let (root2, _) = flat_all_ways(&[TarB::new().file("a", b"a").finish(), l2]);
+    assert_eq!(root2.meta.mode() & 0o7777, 0o705);
+    let l3 = TarB::new().raw(b"/.x", dir, 0o705, b"", None).finish();
+    let err = flat(vec![l3]).unwrap_err().to_string();
+    assert!(err.contains("/.x: absolute member name"), "{err}");
     assert_eq!(content(&root, &store, "usr/bin/perl5.36"), b"perl");
     assert_eq!(content(&root, &store, "g"), b"f");
     assert_eq!(
@@ -665,6 +672,9 @@ fn kaniko_root_member_and_absolute_link_targets_are_read_inside_the_root() {
     for (target, why) in [
         (&b"/../etc/shadow"[..], "'..' path component"),
         (b"/", "the archive's root"),
+        (b"/.", "the archive's root"),
+        (b"//./", "the archive's root"),
+        (b"./", "the archive's root"),
     ] {
         let l = TarB::new()
             .file("f", b"f")

@@ -180,6 +180,17 @@ fn hostile_paths_are_refused() {
     let (root, _) = run(tar).unwrap();
     assert_eq!(root.meta.mode() & 0o7777, 0o700);
     assert_eq!(file_hash(get(&root, "b")), file_hash(get(&root, "a")));
+    // A hard link to the root, however written, is refused as one.
+    for target in [&b"/."[..], b"./", b"."] {
+        let tar = TarB::new()
+            .raw(b"b", EntryType::Link, 0o644, b"", Some(target))
+            .finish();
+        let err = run(tar).unwrap_err().to_string();
+        assert!(
+            err.contains("b: hardlink target: the archive's root"),
+            "{err}"
+        );
+    }
 }
 
 #[test]
