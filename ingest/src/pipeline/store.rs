@@ -49,6 +49,9 @@ pub(super) fn store_one(sh: &Shared, st: Stored) -> Result<()> {
     for p in st.parked {
         sh.piece_done(p.ticket, p.idx, piece(p.offset));
     }
+    if let Some((ObjectBytes::Mem(bytes), _)) = st.put {
+        sh.pool.put(bytes);
+    }
     Ok(())
 }
 
