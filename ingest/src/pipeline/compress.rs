@@ -1,8 +1,7 @@
 //! Stage 3, on the worker threads: the in-run dedup map and the content index are consulted
-//! with the piece's plaintext hash (BLAKE3), and only new plaintext is compressed (stock zlib level 6)
+//! with the piece's plaintext hash (SHA-256), and only new plaintext is compressed (stock zlib level 6)
 //! and named (SHA-1 of the compressed bytes).
 
-use super::pool::BufferPool;
 use super::store::store_one;
 use super::{stopped_channel, FileTicket, Job, ObjectBytes, PieceData, Shared, Stored};
 use crate::error::{Error, Result};
@@ -107,7 +106,6 @@ fn process(sh: &Shared, job: Job) -> Result<Option<Stored>> {
             Some(Dedup::Done(hash)) => {
                 let hash = *hash;
                 drop(map);
-                sh.pool.put(data);
                 sh.counters.dedup_hits.fetch_add(1, Ordering::Relaxed);
                 return Ok(Some(done(hash, None, Vec::new())));
             }
@@ -117,8 +115,6 @@ fn process(sh: &Shared, job: Job) -> Result<Option<Stored>> {
                     idx,
                     offset,
                 });
-                drop(map);
-                sh.pool.put(data);
                 sh.counters.dedup_hits.fetch_add(1, Ordering::Relaxed);
                 return Ok(None);
             }
@@ -129,7 +125,6 @@ fn process(sh: &Shared, job: Job) -> Result<Option<Stored>> {
     }
     // On an error the pipeline fails as a whole: parked pieces need no answer.
     let (hash, bytes) = lookup_or_compress(sh, &data, plain, size, suffix)?;
-    sh.pool.put(data);
     let parked = {
         let mut map = sh.dedup.lock().unwrap_or_else(|p| p.into_inner());
         match map.insert(key, Dedup::Done(hash)) {
@@ -164,7 +159,7 @@ fn lookup_or_compress(
             }
         }
     }
-    let (hash, bytes) = compress_mem(data, &sh.pool).map_err(|e| Error::Compress {
+    let (hash, bytes) = compress_mem(data).map_err(|e| Error::Compress {
         what: format!("a {size}-byte piece"),
         source: e,
     })?;
@@ -185,20 +180,20 @@ thread_local! {
     static DEFLATER: RefCell<Option<Compress>> = const { RefCell::new(None) };
 }
 
-/// zlib level 6 (stock zlib, zlib header, as `cvmfs_server`) and SHA-1 of the output, which
-/// goes to a buffer from `pool`.
-fn compress_mem(data: &[u8], pool: &BufferPool) -> io::Result<(ContentHash, ObjectBytes)> {
+/// zlib level 6 (stock zlib, zlib header, as `cvmfs_server`) and SHA-1 of the output.
+fn compress_mem(data: &[u8]) -> io::Result<(ContentHash, ObjectBytes)> {
     DEFLATER.with_borrow_mut(|slot| {
         let z = slot.get_or_insert_with(|| Compress::new(Compression::new(6), true));
         z.reset();
-        let out = deflate_all(z, data, pool.get(first_capacity(data.len())))?;
+        let out = deflate_all(z, data)?;
         let hash = ContentHash(Sha1::digest(&out).into());
         Ok((hash, ObjectBytes::Mem(out)))
     })
 }
 
-/// Runs `z` (freshly reset) over all of `data` to the end of the stream, into `out` (empty).
-fn deflate_all(z: &mut Compress, data: &[u8], mut out: Vec<u8>) -> io::Result<Vec<u8>> {
+/// Runs `z` (freshly reset) over all of `data` to the end of the stream.
+fn deflate_all(z: &mut Compress, data: &[u8]) -> io::Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(first_capacity(data.len()));
     loop {
         // `total_in` counts from the reset: what is left of `data`.
         let done = usize::try_from(z.total_in()).map_err(io::Error::other)?;
@@ -263,17 +258,14 @@ mod tests {
             b"small again after large ones".to_vec(),
         ];
         // Twice over, so every input also follows a larger and a differently sized one.
-        // Output buffers are recycled too: a reused one must not leak its old bytes.
-        let pool = BufferPool::new(64 << 20);
         for data in inputs.iter().chain(inputs.iter().rev()) {
-            let (hash, bytes) = compress_mem(data, &pool).expect("compresses");
+            let (hash, bytes) = compress_mem(data).expect("compresses");
             let ObjectBytes::Mem(bytes) = bytes else {
                 panic!("in-memory object expected")
             };
             let expected = fresh_zlib6(data);
             assert!(bytes == expected, "{} bytes in: output differs", data.len());
             assert_eq!(hash.0, <[u8; 20]>::from(Sha1::digest(&expected)));
-            pool.put(bytes);
         }
     }
 }

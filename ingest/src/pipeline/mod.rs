@@ -3,7 +3,7 @@
 //!
 //! * `read`: the thread adding a file reads it and cuts it into pieces (the chunker costs
 //!   about one shift and xor per byte, far less than compression), hashing each piece's
-//!   plaintext (BLAKE3, the content index key) as it is assembled.
+//!   plaintext (SHA-256, the content index key) as it is assembled.
 //! * `compress`: worker threads consult the in-run dedup map and the optional
 //!   [`ContentIndex`], and otherwise compress the piece with stock zlib level 6 and name it by
 //!   the SHA-1 of the compressed bytes.
@@ -13,8 +13,7 @@
 //!
 //! Memory: the bytes of pieces in flight are bounded by `memory_budget` (`budget`, a byte
 //! semaphore, plus bounded channels); each thread adding files holds at most one piece being
-//! assembled. Large piece and output buffers are recycled (`pool`, at most a quarter of the
-//! budget idle) instead of being faulted in anew for every piece.
+//! assembled.
 //! Unchunked files larger than a quarter of the budget are compressed by the caller while it
 //! reads them, straight into a scratch file the store takes over with `ObjectStore::put_file`
 //! (see `streamed.rs`): their plaintext is never written to disk. Such files cannot consult
@@ -26,7 +25,6 @@ mod compress;
 #[cfg(test)]
 pub(crate) mod memstore;
 mod pending;
-mod pool;
 mod read;
 mod store;
 mod streamed;
@@ -40,7 +38,6 @@ use catalog_writer::entry::FileData;
 use catalog_writer::hash::{ContentHash, Suffix};
 use compress::{worker, Dedup, DedupKey, Parked};
 use crossbeam_channel::{bounded, Sender};
-use pool::BufferPool;
 use publisher::store::{ContentIndex, ObjectStore, PlainHash};
 use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Read};
@@ -170,8 +167,6 @@ struct Shared {
     failed: AtomicBool,
     dedup: Mutex<HashMap<DedupKey, Dedup>>,
     budget: Arc<Budget>,
-    /// Large piece and output buffers, reused rather than faulted in anew.
-    pool: BufferPool,
     /// Shared with [`PipelineWatch`]es, which may outlive the pipeline.
     counters: Arc<Counters>,
     /// Objects stored in a row that the store did not have (see `store::put_object`).
@@ -316,8 +311,6 @@ impl ObjectPipeline {
             failed: AtomicBool::new(false),
             dedup: Mutex::new(HashMap::new()),
             budget: Arc::new(Budget::new(budget)),
-            // Idle buffers sit outside the budget: a quarter of it bounds the extra memory.
-            pool: BufferPool::new(budget / 4),
             counters: Arc::default(),
             new_streak: AtomicU64::new(0),
         });

@@ -2,7 +2,6 @@
 //! (xor32 chunker), each hashed as it is assembled, then queued for the workers under the
 //! memory budget. Large unchunked files are compressed here while read (`streamed.rs`).
 
-use super::pool::BufferPool;
 use super::streamed::StreamCompressor;
 use super::{stopped_channel, FileTicket, Job, ObjectPipeline, PieceData};
 use crate::chunker::Chunker;
@@ -29,9 +28,9 @@ struct PieceBuf {
 }
 
 impl PieceBuf {
-    fn new(bytes: Vec<u8>) -> PieceBuf {
+    fn with_capacity(cap: usize) -> PieceBuf {
         PieceBuf {
-            bytes,
+            bytes: Vec::with_capacity(cap),
             hasher: PlainHasher::new(),
         }
     }
@@ -41,9 +40,9 @@ impl PieceBuf {
         self.bytes.extend_from_slice(data);
     }
 
-    /// The piece so far and its [`PlainHash`]; starts the next one in `next`.
-    fn take(&mut self, next: Vec<u8>) -> (Vec<u8>, PlainHash) {
-        let bytes = std::mem::replace(&mut self.bytes, next);
+    /// The piece so far and its [`PlainHash`]; starts the next one with capacity `cap`.
+    fn take(&mut self, cap: usize) -> (Vec<u8>, PlainHash) {
+        let bytes = std::mem::replace(&mut self.bytes, Vec::with_capacity(cap));
         (bytes, self.hasher.finalize_reset())
     }
 }
@@ -77,8 +76,7 @@ impl ObjectPipeline {
         piece_cap: usize,
     ) -> Result<(u64, usize)> {
         let mut chunker = self.chunking.map(Chunker::new).transpose()?;
-        let pool: &BufferPool = &self.shared.pool;
-        let mut cur = PieceBuf::new(pool.get(piece_cap));
+        let mut cur = PieceBuf::with_capacity(piece_cap);
         let mut stream: Option<StreamCompressor> = None;
         let (mut total, mut offset, mut idx) = (0u64, 0u64, 0usize);
         loop {
@@ -101,7 +99,7 @@ impl ObjectPipeline {
                 while let Some(i) = ch.next_cut(data) {
                     cur.extend(&data[..i]);
                     data = &data[i..];
-                    let (piece, plain) = cur.take(pool.get(piece_cap));
+                    let (piece, plain) = cur.take(piece_cap);
                     let len = piece.len() as u64;
                     self.send(
                         ticket,
@@ -122,10 +120,9 @@ impl ObjectPipeline {
                     let mut sc = StreamCompressor::new(&self.scratch_dir)
                         .map_err(|e| Error::io(self.scratch_name(), e))?;
                     // The compressor hashes the plaintext itself.
-                    let (head, _) = cur.take(Vec::new());
+                    let (head, _) = cur.take(0);
                     sc.write(&head)
                         .map_err(|e| self.stream_error(name, &sc, e))?;
-                    pool.put(head);
                     stream = Some(sc);
                 }
             }
@@ -153,7 +150,7 @@ impl ObjectPipeline {
                 PieceData::Compressed(obj)
             }
             None => {
-                let (bytes, plain) = cur.take(Vec::new());
+                let (bytes, plain) = cur.take(0);
                 PieceData::Mem(bytes, plain)
             }
         };

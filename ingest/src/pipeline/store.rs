@@ -49,9 +49,6 @@ pub(super) fn store_one(sh: &Shared, st: Stored) -> Result<()> {
     for p in st.parked {
         sh.piece_done(p.ticket, p.idx, piece(p.offset));
     }
-    if let Some((ObjectBytes::Mem(bytes), _)) = st.put {
-        sh.pool.put(bytes);
-    }
     Ok(())
 }
 
