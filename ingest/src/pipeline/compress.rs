@@ -1,5 +1,5 @@
 //! Stage 3, on the worker threads: the in-run dedup map and the content index are consulted
-//! with the piece's plaintext hash (SHA-256), and only new plaintext is compressed (stock zlib level 6)
+//! with the piece's plaintext hash (BLAKE3), and only new plaintext is compressed (stock zlib level 6)
 //! and named (SHA-1 of the compressed bytes).
 
 use super::store::store_one;

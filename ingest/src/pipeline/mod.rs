@@ -3,7 +3,7 @@
 //!
 //! * `read`: the thread adding a file reads it and cuts it into pieces (the chunker costs
 //!   about one shift and xor per byte, far less than compression), hashing each piece's
-//!   plaintext (SHA-256, the content index key) as it is assembled.
+//!   plaintext (BLAKE3, the content index key) as it is assembled.
 //! * `compress`: worker threads consult the in-run dedup map and the optional
 //!   [`ContentIndex`], and otherwise compress the piece with stock zlib level 6 and name it by
 //!   the SHA-1 of the compressed bytes.
