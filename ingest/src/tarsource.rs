@@ -275,8 +275,8 @@ pub(crate) fn split_member_path(raw: &[u8]) -> std::result::Result<Vec<&[u8]>, S
     }
     if raw.starts_with(b"/") {
         // `/`, `//`, `/./`: the root, as Docker and containerd clean them.
-        let rest = raw.split(|&b| b == b'/').all(|c| matches!(c, b"" | b"."));
-        return match rest {
+        let names_root = raw.split(|&b| b == b'/').all(|c| matches!(c, b"" | b"."));
+        return match names_root {
             true => Ok(Vec::new()),
             false => Err("absolute member name".into()),
         };
