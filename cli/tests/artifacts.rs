@@ -308,3 +308,106 @@ fn listed_signatures_and_artifacts_are_skipped_named_ones_fail() {
         "{stderr}"
     );
 }
+
+/// A tag whose index lists images for other platforms only (an `s390x`/`riscv64` build beside
+/// the host's images): `migrate` skips it, says why and still succeeds, counts it apart from
+/// artifacts in the forecast and the summary, and converts it when asked for that platform;
+/// named on its own, it fails.
+#[test]
+fn listed_indexes_without_the_platform_are_skipped_named_ones_fail() {
+    // The messages below name the host's platform.
+    if std::env::consts::ARCH != "x86_64" {
+        return;
+    }
+    let Some(reg) = registry_or_skip() else {
+        return;
+    };
+    let env = Env::init(&[]);
+    let mut layer = fixtures::layers::LayerBuilder::new();
+    layer.file("etc/hello", b"hi\n");
+    ImageBuilder::new()
+        .layer(layer.finish(), Compression::Gzip)
+        .write_layout(&env.path("host"), "1.0")
+        .unwrap();
+    reg.push_oci_layout(&env.path("host"), "1.0", &format!("{REPO}:1.0"))
+        .unwrap();
+    let image = |arch: &str| {
+        let mut l = fixtures::layers::LayerBuilder::new();
+        l.file("arch", format!("{arch}\n").as_bytes());
+        ImageBuilder::new()
+            .platform(arch, None)
+            .layer(l.finish(), Compression::Gzip)
+    };
+    let foreign = env.path("foreign");
+    fixtures::oci::write_index_layout(&foreign, "2.0", &[image("s390x"), image("riscv64")])
+        .unwrap();
+    let all = fixtures::registry::PushOptions {
+        all: true,
+        ..Default::default()
+    };
+    reg.push_oci_layout_with(&foreign, "2.0", &format!("{REPO}:2.0"), all)
+        .unwrap();
+    let addr = reg.addr();
+    let skipped_image = format!("docker://{addr}/{REPO}:2.0");
+    let url = format!("docker://{addr}/art");
+    let insecure = ["--insecure-registry", addr.as_str()];
+    let why = "no manifest for platform linux/amd64 (the index offers: linux/s390x, linux/riscv64)";
+    let skipped = |out: &str| -> Vec<(String, String)> {
+        events(out, "skipped")
+            .map(|e| (e["image"].to_string(), e["reason"].to_string()))
+            .collect()
+    };
+    let expected = vec![(json!(skipped_image).to_string(), json!(why).to_string())];
+
+    let mut dry = vec!["--json", "migrate", FQRN, &url, "--dry-run"];
+    dry.extend(insecure);
+    let out = env.ok(&dry);
+    let forecast = events(&out, "migrate-forecast").next().expect("forecast");
+    let counts = ["convert", "unreadable", "not_images", "no_platform"].map(|k| &forecast[k]);
+    assert_eq!(counts, [1, 0, 0, 1].map(Value::from).each_ref(), "{out}");
+    assert_eq!(skipped(&out), expected);
+
+    // Twice: a rerun skips it again, and neither run fails.
+    for _ in 0..2 {
+        let mut args = vec!["--json", "migrate", FQRN, &url];
+        args.extend(insecure);
+        let out = env.run(&args);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{stdout}");
+        assert_eq!(skipped(&stdout), expected);
+        let summary = events(&stdout, "summary").last().expect("summary");
+        assert_eq!(
+            (&summary["failed"], &summary["no_platform"]),
+            (&0.into(), &1.into()),
+            "{stdout}"
+        );
+    }
+    let mut args = vec!["migrate", FQRN, &url];
+    args.extend(insecure);
+    let out = env.ok(&args);
+    assert!(
+        out.contains(&format!("skipped: {skipped_image}: {why}"))
+            && out.contains("0 failed, 1 with no manifest for the platform skipped"),
+        "{out}"
+    );
+
+    // Named, it fails on one line naming the image and the platforms it offers.
+    let mut args = vec!["convert", FQRN, &skipped_image];
+    args.extend(insecure);
+    let line = env.fails(&args);
+    assert_eq!(
+        line,
+        format!("cvmfs-oci: error: image {skipped_image}: {why}")
+    );
+
+    // Asked for one of its platforms, migrate converts it.
+    let mut args = vec!["migrate", FQRN, &url, "--platform", "linux/s390x"];
+    args.extend(insecure);
+    let out = env.ok(&args);
+    assert!(!out.contains("skipped"), "{out}");
+    let cache = env.path("witness-cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    let report = fixtures::witness::witness_read_dir(&env.storage, &cache).expect("witness");
+    let link = format!("/{addr}/{REPO}:2.0");
+    assert!(report.entries.contains_key(&link), "{link}");
+}

@@ -33,8 +33,9 @@ struct Summary {
     linked: usize,
     skipped: usize,
     failed: usize,
-    /// Tags from a tag list whose manifest is a signature or artifact: skipped, no failure.
-    not_images: usize,
+    /// Tags from a tag list that are no container image, or have no manifest for the
+    /// platform: skipped, no failure.
+    skips: SkipCounts,
     pruned: usize,
     /// Flattened images removed because no link points at them any more.
     flat_removed: usize,
@@ -329,24 +330,68 @@ impl Listed {
     }
 }
 
-/// The reason, when `e` says the manifest is no container image (a signature or artifact).
-pub(super) fn not_an_image(e: &anyhow::Error) -> Option<String> {
-    e.chain()
-        .find_map(|c| match c.downcast_ref::<ingest::image::Error>() {
-            Some(ingest::image::Error::NotAnImage { reason, .. }) => {
-                Some(format!("not a container image: {reason}"))
-            }
-            _ => None,
-        })
+/// Why a tag that a batch listed itself is skipped rather than failed.
+pub(super) enum Skip {
+    /// A signature, attestation, SBOM or other artifact: `not a container image: …`.
+    NotAnImage(String),
+    /// An index with images for other platforms only: `no manifest for platform …`.
+    NoPlatform(String),
 }
 
-/// `skipped: IMAGE: not a container image: …`, and the `skipped` event with `--json`.
-pub(super) fn report_not_an_image(image: &str, reason: &str, out: Output) {
-    let shown = crate::output::printable(image);
-    out.event(
-        &format!("skipped: {shown}: {reason}"),
-        event_json("skipped", json!({"image": image, "reason": reason})),
-    );
+impl Skip {
+    /// The skip `e` calls for, if it is one of the errors a listed tag is skipped for.
+    pub(super) fn of(e: &anyhow::Error) -> Option<Skip> {
+        use ingest::image::Error;
+        e.chain().find_map(|c| match c.downcast_ref::<Error>()? {
+            Error::NotAnImage { reason, .. } => {
+                Some(Skip::NotAnImage(format!("not a container image: {reason}")))
+            }
+            Error::NoPlatform { reason, .. } => Some(Skip::NoPlatform(reason.clone())),
+            _ => None,
+        })
+    }
+
+    /// `skipped: IMAGE: why`, and the `skipped` event with `--json`; counted in `counts`.
+    pub(super) fn report(&self, image: &str, counts: &mut SkipCounts, out: Output) {
+        let reason = match self {
+            Skip::NotAnImage(reason) => {
+                counts.not_images += 1;
+                reason
+            }
+            Skip::NoPlatform(reason) => {
+                counts.no_platform += 1;
+                reason
+            }
+        };
+        let shown = crate::output::printable(image);
+        out.event(
+            &format!("skipped: {shown}: {reason}"),
+            event_json("skipped", json!({"image": image, "reason": reason})),
+        );
+    }
+}
+
+/// Listed tags a batch skipped, by why.
+#[derive(Default)]
+pub(super) struct SkipCounts {
+    pub(super) not_images: usize,
+    pub(super) no_platform: usize,
+}
+
+impl SkipCounts {
+    /// `N not container images skipped, M with no manifest for the platform skipped, `
+    /// (empty when nothing was skipped), for a summary line.
+    pub(super) fn text(&self) -> String {
+        let mut text = String::new();
+        if self.not_images > 0 {
+            text += &format!("{} not container images skipped, ", self.not_images);
+        }
+        if self.no_platform > 0 {
+            let n = self.no_platform;
+            text += &format!("{n} with no manifest for the platform skipped, ");
+        }
+        text
+    }
 }
 
 /// What a batch does with the home's sync ledger. Read after the batch took the repository
@@ -494,7 +539,8 @@ pub(super) fn run_batch(
                     "summary",
                     json!({"images": summary.images(), "references": refs.len(),
                            "converted": 0, "linked": 0, "unchanged": summary.skipped,
-                           "failed": summary.failed, "not_images": summary.not_images,
+                           "failed": summary.failed, "not_images": summary.skips.not_images,
+                           "no_platform": summary.skips.no_platform,
                            "pruned": 0, "flat_removed": 0, "committed": false,
                            "revision": revision,
                            "seconds": started.elapsed().as_secs_f64()}),
@@ -541,10 +587,7 @@ pub(super) fn run_batch(
         summary.linked,
         summary.skipped,
         summary.failed,
-        match summary.not_images {
-            0 => String::new(),
-            n => format!("{n} not container images skipped, "),
-        },
+        summary.skips.text(),
         BLOB_BYTES_FETCHED.swap(0, Ordering::Relaxed) as f64 / 1e6,
         if summary.pruned + summary.flat_removed > 0 {
             format!(
@@ -565,7 +608,8 @@ pub(super) fn run_batch(
                 json!({"images": summary.images(), "references": refs.len(),
                        "converted": summary.converted,
                        "linked": summary.linked, "unchanged": summary.skipped,
-                       "failed": summary.failed, "not_images": summary.not_images,
+                       "failed": summary.failed, "not_images": summary.skips.not_images,
+                           "no_platform": summary.skips.no_platform,
                        "pruned": summary.pruned,
                        "flat_removed": summary.flat_removed,
                        "objects_new": stats.objects_new, "objects_existing": stats.objects_existing,
@@ -636,11 +680,8 @@ fn plan_and_flatten(
             let planned = match planned {
                 Ok(p) => p,
                 Err(e) => {
-                    match not_an_image(&e).filter(|_| listed.covers(reference)) {
-                        Some(reason) => {
-                            summary.not_images += 1;
-                            report_not_an_image(reference, &reason, cx.out);
-                        }
+                    match Skip::of(&e).filter(|_| listed.covers(reference)) {
+                        Some(skip) => skip.report(reference, &mut summary.skips, cx.out),
                         None => report_failure(summary, reference, &e, cx.out),
                     }
                     continue;

@@ -4,8 +4,7 @@
 
 use super::concurrent;
 use super::convert::{
-    link_of, not_an_image, report_not_an_image, run_batch, selection, sources, Batch, LedgerUse,
-    Listed, Prune,
+    link_of, run_batch, selection, sources, Batch, LedgerUse, Listed, Prune, Skip, SkipCounts,
 };
 use super::open_repo;
 use super::plan::{layer_count, plan};
@@ -168,7 +167,7 @@ fn bases_first(
     for (count, reference) in counts.into_iter().zip(refs) {
         match count {
             Ok(n) => order.push((n, reference)),
-            Err(e) if not_an_image(&e).is_some() => order.push((0, reference)),
+            Err(e) if Skip::of(&e).is_some() => order.push((0, reference)),
             Err(e) => unreadable.push((reference, e)),
         }
     }
@@ -340,8 +339,8 @@ fn forecast(
     super::note_set_aside(memo.set_aside(), "layer memo", out);
     let mut tree = repo.snapshot()?;
     let (mut complete, mut link_only, mut convert, mut failed) = (0usize, 0usize, 0usize, 0usize);
-    // Signatures and artifacts among the tags: the run skips them.
-    let mut not_images = 0usize;
+    // Signatures, artifacts and other platforms' images among the tags: the run skips them.
+    let mut skips = SkipCounts::default();
     let mut layers = BTreeSet::new();
     let mut known = BTreeSet::new();
     let mut sizes = std::collections::BTreeMap::new();
@@ -381,9 +380,8 @@ fn forecast(
             }
             Ok(())
         });
-        if let Some(reason) = result.as_ref().err().and_then(not_an_image) {
-            not_images += 1;
-            report_not_an_image(reference, &reason, out);
+        if let Some(skip) = result.as_ref().err().and_then(Skip::of) {
+            skip.report(reference, &mut skips, out);
         } else if let Err(e) = result {
             failed += 1;
             // One line on stderr (not again on stdout), naming the image once.
@@ -396,9 +394,9 @@ fn forecast(
         &format!(
             "forecast: {} images: {complete} already converted, {link_only} need only links, {convert} to convert, {failed} unreadable{}\n  layers to flatten: {} distinct, {} already known (memo), {} to download\n  blob bytes to download: at most {:.1} MB (new content at most this, compressed); already known: {:.1} MB (deduplicated)",
             refs.len(),
-            match not_images {
-                0 => String::new(),
-                n => format!(", {n} not container images (skipped)"),
+            match skips.text() {
+                t if t.is_empty() => t,
+                t => format!(", {}", t.trim_end_matches(", ")),
             },
             layers.len(),
             known.len(),
@@ -409,7 +407,8 @@ fn forecast(
         event_json(
             "migrate-forecast",
             json!({"images": refs.len(), "complete": complete, "link_only": link_only,
-                   "convert": convert, "unreadable": failed, "not_images": not_images,
+                   "convert": convert, "unreadable": failed, "not_images": skips.not_images,
+                   "no_platform": skips.no_platform,
                    "layers": layers.len(),
                    "layers_known": known.len(), "download_bytes": download,
                    "known_bytes": dedup}),

@@ -19,6 +19,11 @@ pub enum Error {
     /// from [`Error::Image`] so that a batch that lists tags can skip such tags.
     #[error("image {image}: not a container image: {reason}")]
     NotAnImage { image: String, reason: String },
+    /// An index lists images, but none for the platform asked for (an `arm64`-only image on an
+    /// `amd64` host). Kept apart from [`Error::Image`] so that a batch that lists tags can
+    /// skip such tags.
+    #[error("image {image}: {reason}")]
+    NoPlatform { image: String, reason: String },
     /// One layer of the image is unusable (digest, size, media type, compression).
     #[error("image {image} layer {layer}: {reason}")]
     Layer {
@@ -114,6 +119,10 @@ impl Error {
                 reason: scrub(&reason),
             },
             Error::NotAnImage { image, reason } => Error::NotAnImage {
+                image,
+                reason: scrub(&reason),
+            },
+            Error::NoPlatform { image, reason } => Error::NoPlatform {
                 image,
                 reason: scrub(&reason),
             },

@@ -555,16 +555,22 @@ pub fn select_platforms(
             .iter()
             .filter_map(|e| Some(e.platform.as_ref()?.to_string()))
             .collect();
-        let why = if offered.is_empty() {
+        let wanted = selection.preferred();
+        if offered.is_empty() {
             // Only attestations, artifacts or unknown media types: say so, not "offers: none".
-            "the index lists no image manifest".to_owned()
-        } else {
-            format!("the index offers: {}", offered.join(", "))
-        };
-        return Err(Error::image(
-            image,
-            format!("no manifest for platform {} ({why})", selection.preferred()),
-        ));
+            let why = "the index lists no image manifest";
+            return Err(Error::image(
+                image,
+                format!("no manifest for platform {wanted} ({why})"),
+            ));
+        }
+        return Err(Error::NoPlatform {
+            image: image.to_owned(),
+            reason: format!(
+                "no manifest for platform {wanted} (the index offers: {})",
+                offered.join(", ")
+            ),
+        });
     }
     Ok(picked)
 }

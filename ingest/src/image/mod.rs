@@ -90,6 +90,9 @@ impl From<Error> for crate::error::Error {
                 image,
                 msg: format!("not a container image: {reason}"),
             },
+            Error::NoPlatform { image, reason } => {
+                crate::error::Error::Image { image, msg: reason }
+            }
             Error::Layer {
                 image,
                 layer,
