@@ -391,6 +391,23 @@ fn listed_indexes_without_the_platform_are_skipped_named_ones_fail() {
         "{out}"
     );
 
+    // A wishlist's `*` skips it the same way; a wishlist that names it fails.
+    let recipe = env.path("wishlist.yaml");
+    write_wishlist(&recipe, &addr, &[&format!("{REPO}:*")]);
+    let sync = ["--json", "sync", FQRN, recipe.to_str().unwrap()];
+    let out = env.run(&sync);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert_eq!(skipped(&stdout), expected);
+    write_wishlist(&recipe, &addr, &[&format!("{REPO}:2.0")]);
+    let out = env.run(&sync);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("image {skipped_image}: {why}")),
+        "{stderr}"
+    );
+
     // Named, it fails on one line naming the image and the platforms it offers.
     let mut args = vec!["convert", FQRN, &skipped_image];
     args.extend(insecure);
