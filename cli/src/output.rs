@@ -192,7 +192,9 @@ pub fn event_json(action: &str, extra: Value) -> Value {
 pub fn error_line(err: &anyhow::Error) -> String {
     let mut line = String::new();
     for cause in err.chain() {
-        let text = printable(&cause.to_string().replace('\n', " "));
+        // A line break inside is escaped, not made a space: a member named `a\nb` must not
+        // read as `a b`.
+        let text = printable(cause.to_string().trim_end_matches('\n'));
         if text.is_empty() || line.contains(&text) {
             continue;
         }
@@ -285,6 +287,12 @@ mod tests {
         assert_eq!(
             error_line(&err),
             "t.tar: x\\r\\u{1b}[2Kfine.txt/../y: '..' path component"
+        );
+        // A line break in a name stays visible as one: `a\nsecond line` is not `a second line`.
+        let err = anyhow::anyhow!("a\nsecond line: unsupported tar member type 'p'\n");
+        assert_eq!(
+            error_line(&err),
+            "a\\nsecond line: unsupported tar member type 'p'"
         );
         assert_eq!(
             printable("a:a\nb\u{85}\u{202e}c"),

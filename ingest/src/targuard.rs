@@ -294,7 +294,9 @@ impl<R: Read> ExtensionGuard<R> {
             Some(gnu) if kind == tar::EntryType::GNUSparse && gnu.is_extended() => {
                 self.state = State::Sparse { size }
             }
-            _ => self.next = round_up(body + size),
+            // A size near 2^64 (base-256 or PAX) would overflow: the crate then fails the
+            // member as truncated, and no header follows that the guard must see.
+            _ => self.next = round_up(body.saturating_add(size)),
         }
         Ok(())
     }
@@ -304,7 +306,7 @@ impl<R: Read> ExtensionGuard<R> {
         self.next += BLOCK;
         // `isextended`, as `GnuExtSparseHeader::is_extended` reads it.
         if block[504] != 1 {
-            self.next = round_up(self.next + size);
+            self.next = round_up(self.next.saturating_add(size));
             self.state = State::Header;
         }
     }
@@ -520,6 +522,30 @@ mod tests {
         let text = format!("{n:011o}");
         field[..11].copy_from_slice(text.as_bytes());
         field
+    }
+
+    /// A member declaring 2^64 - 1 bytes (GNU base-256, or a PAX `size` record) fails as the
+    /// crate fails it, without the guard's position arithmetic overflowing (a panic with
+    /// overflow checks on; found by fuzzing).
+    #[test]
+    fn members_declaring_sizes_near_2_64_fail_without_overflow() {
+        let mut gnu = tar::Header::new_gnu();
+        gnu.set_path("a").unwrap();
+        gnu.set_size(u64::MAX);
+        gnu.set_cksum();
+        let mut pax = tar::Builder::new(Vec::new());
+        pax.append_pax_extensions([("size", &b"18446744073709551615"[..])])
+            .unwrap();
+        let mut plain = tar::Header::new_ustar();
+        plain.set_path("a").unwrap();
+        plain.set_size(1);
+        plain.set_cksum();
+        pax.append(&plain, &b"x"[..]).unwrap();
+        for tar in [gnu.as_bytes().to_vec(), pax.into_inner().unwrap()] {
+            let mut tar = tar;
+            tar.extend([0u8; 1024]);
+            assert!(read_through(&tar, 512).is_err());
+        }
     }
 
     /// A long name, a long link and PAX records each one byte over their limit are refused
