@@ -162,31 +162,33 @@ impl Counts {
     pub fn add_row(&mut self, row: &Row, chunk_rows: i64) {
         let ty = row.mode & libc::S_IFMT;
         if row.xattr.is_some() {
-            self.xattr += 1;
+            self.xattr = self.xattr.wrapping_add(1);
         }
         match ty {
             libc::S_IFDIR => {
-                self.dir += 1;
+                self.dir = self.dir.wrapping_add(1);
                 if row.flags & flags::MOUNTPOINT != 0 && row.flags & flags::NESTED_ROOT == 0 {
-                    self.nested += 1;
+                    self.nested = self.nested.wrapping_add(1);
                 }
             }
-            libc::S_IFLNK => self.symlink += 1,
+            libc::S_IFLNK => self.symlink = self.symlink.wrapping_add(1),
             libc::S_IFREG => {
+                // Wrapping, as `plus` adds: sizes come from catalogs that may be hostile
+                // (`check`, `diff`), and CVMFS's int64 counters wrap the same way.
                 let size = row.size as i64;
-                self.regular += 1;
-                self.file_size += size;
+                self.regular = self.regular.wrapping_add(1);
+                self.file_size = self.file_size.wrapping_add(size);
                 if row.flags & flags::CHUNKED != 0 {
-                    self.chunked += 1;
-                    self.chunked_size += size;
+                    self.chunked = self.chunked.wrapping_add(1);
+                    self.chunked_size = self.chunked_size.wrapping_add(size);
                 }
                 if row.flags & flags::EXTERNAL != 0 {
-                    self.external += 1;
-                    self.external_file_size += size;
+                    self.external = self.external.wrapping_add(1);
+                    self.external_file_size = self.external_file_size.wrapping_add(size);
                 }
-                self.chunks += chunk_rows;
+                self.chunks = self.chunks.wrapping_add(chunk_rows);
             }
-            _ => self.special += 1,
+            _ => self.special = self.special.wrapping_add(1),
         }
     }
 }
@@ -618,6 +620,22 @@ mod tests {
             gid: 2,
             xattr: None,
         }
+    }
+
+    /// Rows of a hostile catalog may declare sizes near `i64::MAX`: counting them wraps, as
+    /// `Counts::plus` does, instead of overflowing (a panic with overflow checks on; found by
+    /// fuzzing `check`).
+    #[test]
+    fn counting_huge_sizes_wraps() {
+        let mut big = row(b"/a", PathHash::of(b""), b"a");
+        big.size = i64::MAX as u64;
+        big.flags = flags::FILE | flags::CHUNKED | flags::EXTERNAL;
+        let mut counts = Counts::default();
+        counts.add_row(&big, i64::MAX);
+        counts.add_row(&big, i64::MAX);
+        assert_eq!(counts.regular, 2);
+        assert_eq!(counts.file_size, i64::MAX.wrapping_mul(2));
+        assert_eq!(counts.chunks, i64::MAX.wrapping_mul(2));
     }
 
     /// The client takes rowid 1 of the root catalog for the root inode: the catalog's root

@@ -392,6 +392,7 @@ pub(crate) fn resolve_document(
             }
             Document::Index(entries, nested) => (entries, nested),
         };
+    let mut fetched = std::collections::HashSet::new();
     for depth in 1.. {
         if nested.is_empty() {
             break;
@@ -407,6 +408,11 @@ pub(crate) fn resolve_document(
         }
         let mut deeper = Vec::new();
         for n in nested {
+            // Each nested index once: one listing another many times over several levels
+            // would otherwise be fetched, and its entries kept, K^levels times.
+            if !fetched.insert(n.digest.clone()) {
+                continue;
+            }
             let (e, d) = fetch_nested(reference, &n, fetch)?;
             entries.extend(e);
             deeper.extend(d);

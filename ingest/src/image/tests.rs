@@ -222,6 +222,11 @@ fn oci_layout_index_platforms() {
 /// Adds to the layout of [`layout`] an image `name` whose index nests the `multi` index
 /// `depth` levels deep (each level an index whose only entry is the next).
 fn nest_multi(dir: &Path, name: &str, depth: usize) {
+    nest_multi_copies(dir, name, depth, 1);
+}
+
+/// [`nest_multi`] with each level listing the next `copies` times.
+fn nest_multi_copies(dir: &Path, name: &str, depth: usize, copies: usize) {
     let top_path = dir.join("index.json");
     let mut top: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&top_path).unwrap()).unwrap();
@@ -229,7 +234,8 @@ fn nest_multi(dir: &Path, name: &str, depth: usize) {
     inner.as_object_mut().unwrap().remove("annotations");
     for _ in 0..depth {
         let index = serde_json::to_vec(&serde_json::json!({
-            "schemaVersion": 2, "mediaType": manifest::OCI_INDEX, "manifests": [inner],
+            "schemaVersion": 2, "mediaType": manifest::OCI_INDEX,
+            "manifests": vec![inner; copies],
         }))
         .unwrap();
         let digest = put_blob(dir, &index);
@@ -277,6 +283,21 @@ fn oci_layout_nested_index_is_followed() {
         "{err}"
     );
     assert!(!err.contains("offers: none"), "{err}");
+}
+
+/// Nested indexes that each list the next many times (found by fuzzing: 60 copies over four
+/// levels took gigabytes) are fetched once each.
+#[test]
+fn nested_indexes_listed_many_times_are_read_once() {
+    let dir = tempfile::tempdir().unwrap();
+    layout(dir.path());
+    nest_multi_copies(dir.path(), "127.0.0.1:5000/t/fan:1", MAX_NESTED_INDEXES, 40);
+    let source = open(&format!(
+        "oci:{}:127.0.0.1:5000/t/fan:1",
+        dir.path().display()
+    ));
+    let all = source.resolve(&PlatformSelection::All).unwrap();
+    assert_eq!(all.len(), 2);
 }
 
 #[test]
