@@ -3,8 +3,8 @@
 use crate::entry::{Entry, EntryKind};
 use crate::fingerprint::Fingerprint;
 use crate::hash::{ContentHash, Suffix};
-use crate::namespace::{CatalogRef, Objects};
-use crate::pathhash::{display, join, PathHash};
+use crate::namespace::{CatalogRef, Objects, MAX_PATH_DEPTH};
+use crate::pathhash::{depth_of, display, display_head, join, PathHash};
 use crate::rows::{row_entry, DIR_SIZE};
 use crate::sql::{self, flags, ChunkRow, Counts, Row, Statistics};
 use crate::{Error, Result};
@@ -281,8 +281,70 @@ struct Builder<'a> {
     inconsistent: Vec<Vec<u8>>,
 }
 
-impl Builder<'_> {
-    fn dir(&mut self, row: &Row, path: &[u8]) -> Result<DirNode> {
+/// A directory being built by [`Builder::dir`]: its node, path and the rows still to place.
+struct Open<'r> {
+    node: DirNode,
+    /// Its name in its parent (empty for the directory [`Builder::dir`] was called for).
+    name: Vec<u8>,
+    path: Vec<u8>,
+    rows: std::vec::IntoIter<&'r Row>,
+    groups: HashMap<u32, u64>,
+}
+
+impl<'r> Builder<'r> {
+    /// The directory `row` at `path` and everything below it in this catalog. Iterative, with
+    /// the open directories on the heap: a hostile catalog's chain of directories must not
+    /// overflow the stack, and a frame per level cost 6 KiB in debug builds. Deeper than
+    /// [`MAX_PATH_DEPTH`] levels is refused, as no walk of a namespace goes deeper.
+    fn dir(&mut self, row: &'r Row, path: &[u8]) -> Result<DirNode> {
+        let mut above: Vec<Open<'r>> = Vec::new();
+        let mut cur = self.open(row, path, Vec::new())?;
+        loop {
+            let Some(r) = cur.rows.next() else {
+                let Some(parent) = above.pop() else {
+                    return Ok(cur.node);
+                };
+                let done = std::mem::replace(&mut cur, parent);
+                if done.node.has_marker() {
+                    // A marker in a directory that is not a catalog root: make it one.
+                    self.inconsistent.push(done.path);
+                }
+                let child = Child::Dir(Box::new(done.node));
+                cur.node.children.insert(done.name, child);
+                continue;
+            };
+            if r.name.is_empty() || r.name.contains(&b'/') {
+                return Err(corrupt(
+                    self.cref,
+                    format!(
+                        "bad entry name {:?} in {}",
+                        display(&r.name),
+                        display(&cur.path)
+                    ),
+                ));
+            }
+            let child_path = join(&cur.path, &r.name);
+            if r.is_dir() && r.flags & flags::MOUNTPOINT == 0 {
+                if depth_of(&child_path) > MAX_PATH_DEPTH {
+                    return Err(corrupt(
+                        self.cref,
+                        format!(
+                            "directory {} is more than {MAX_PATH_DEPTH} levels deep",
+                            display_head(&child_path)
+                        ),
+                    ));
+                }
+                let child = self.open(r, &child_path, r.name.clone())?;
+                above.push(std::mem::replace(&mut cur, child));
+                continue;
+            }
+            let child = self.leaf_or_stub(r, &child_path, &mut cur.groups)?;
+            cur.node.children.insert(r.name.clone(), child);
+        }
+    }
+
+    /// A directory to fill: its node and its rows, taken from `by_parent`.
+    fn open(&mut self, row: &Row, path: &[u8], name: Vec<u8>) -> Result<Open<'r>> {
         let mut node = DirNode::new(row_entry(row, path, &[])?);
         node.size = row.size;
         node.dirty = false;
@@ -290,49 +352,46 @@ impl Builder<'_> {
             .by_parent
             .remove(&PathHash::of(path))
             .unwrap_or_default();
-        let mut groups: HashMap<u32, u64> = HashMap::new();
-        for r in rows {
-            if r.name.is_empty() || r.name.contains(&b'/') {
-                return Err(corrupt(
+        Ok(Open {
+            node,
+            name,
+            path: path.to_vec(),
+            rows: rows.into_iter(),
+            groups: HashMap::new(),
+        })
+    }
+
+    /// A child that is no directory of this catalog: a nested catalog's stub, or a leaf
+    /// (hardlink groups numbered per directory, through `groups`).
+    fn leaf_or_stub(
+        &mut self,
+        r: &Row,
+        child_path: &[u8],
+        groups: &mut HashMap<u32, u64>,
+    ) -> Result<Child> {
+        if r.is_dir() {
+            let cref = *self.nested.get(child_path).ok_or_else(|| {
+                corrupt(
                     self.cref,
-                    format!("bad entry name {:?} in {}", display(&r.name), display(path)),
-                ));
-            }
-            let child_path = join(path, &r.name);
-            let child = if r.is_dir() && r.flags & flags::MOUNTPOINT != 0 {
-                let cref = *self.nested.get(&child_path).ok_or_else(|| {
-                    corrupt(
-                        self.cref,
-                        format!(
-                            "mountpoint {} is not in nested_catalogs",
-                            display(&child_path)
-                        ),
-                    )
-                })?;
-                Child::Stub(Box::new(Stub {
-                    cref,
-                    row: r.clone(),
-                    entry: row_entry(r, &child_path, &[])?,
-                }))
-            } else if r.is_dir() {
-                let d = self.dir(r, &child_path)?;
-                if d.has_marker() {
-                    // A marker in a directory that is not a catalog root: make it one.
-                    self.inconsistent.push(child_path.clone());
-                }
-                Child::Dir(Box::new(d))
-            } else {
-                let chunks = self.chunks.remove(&r.md5).unwrap_or_default();
-                let mut e = row_entry(r, &child_path, &chunks)?;
-                if r.group() != 0 {
-                    let ids = &mut *self.ids;
-                    e.hardlink = Some(*groups.entry(r.group()).or_insert_with(|| ids.next()));
-                }
-                Child::Leaf(e)
-            };
-            node.children.insert(r.name.clone(), child);
+                    format!(
+                        "mountpoint {} is not in nested_catalogs",
+                        display(child_path)
+                    ),
+                )
+            })?;
+            return Ok(Child::Stub(Box::new(Stub {
+                cref,
+                row: r.clone(),
+                entry: row_entry(r, child_path, &[])?,
+            })));
         }
-        Ok(node)
+        let chunks = self.chunks.remove(&r.md5).unwrap_or_default();
+        let mut e = row_entry(r, child_path, &chunks)?;
+        if r.group() != 0 {
+            let ids = &mut *self.ids;
+            e.hardlink = Some(*groups.entry(r.group()).or_insert_with(|| ids.next()));
+        }
+        Ok(Child::Leaf(e))
     }
 }
 

@@ -48,6 +48,19 @@ pub fn join(parent: &[u8], name: &[u8]) -> Vec<u8> {
 }
 
 /// Human-readable form of a repository path for messages (`/` for the root).
+/// Directory levels of a repository path (`/a/b` → 2; the root `""` → 0).
+pub fn depth_of(path: &[u8]) -> usize {
+    path.iter().filter(|&&b| b == b'/').count()
+}
+
+/// A path's first 200 bytes for a message (a hostile one can be very long), marked if cut.
+pub fn display_head(path: &[u8]) -> String {
+    match path.len() > 200 {
+        true => format!("{}…", String::from_utf8_lossy(&path[..200])),
+        false => display(path),
+    }
+}
+
 pub fn display(path: &[u8]) -> String {
     if path.is_empty() {
         "/".to_string()

@@ -1107,3 +1107,47 @@ fn entries_no_client_could_serve_are_refused_with_their_path() {
         .unwrap();
     commit(&mut ns, &objects, 2);
 }
+
+/// A hostile catalog with a chain of directories deeper than `MAX_PATH_DEPTH` (found by
+/// fuzzing: 100 000 levels overflowed the stack of `check`) is refused when opened and
+/// reported by `verify`, which stops there instead of recursing on.
+#[test]
+fn catalogs_deeper_than_the_path_limit_are_refused_not_recursed() {
+    use catalog_writer::hash::ContentHash;
+    use catalog_writer::namespace::{Objects, MAX_PATH_DEPTH};
+    let objects = MemObjects::default();
+    let mut ns = Namespace::empty(1);
+    let report = commit(&mut ns, &objects, 1);
+    let mut db = objects.catalog(&report.root);
+    let root = row(&db, b"").clone();
+    let mut path = Vec::new();
+    for _ in 0..MAX_PATH_DEPTH + 100 {
+        let mut dir = root.clone();
+        dir.parent = PathHash::of(&path);
+        path.extend_from_slice(b"/d");
+        dir.md5 = PathHash::of(&path);
+        dir.name = b"d".to_vec();
+        db.rows.push(dir);
+    }
+    let raw = catalog_writer::sql::write(&db, "deep").unwrap();
+    let z = catalog_writer::zlib::compress(&raw);
+    let hash = ContentHash::of(&z);
+    objects.store(&hash, Suffix::Catalog, &z).unwrap();
+    let deep = CatalogRef {
+        hash,
+        size: raw.len() as u64,
+    };
+    let err = Namespace::open(deep, &objects).err().expect("refused");
+    assert!(
+        err.to_string()
+            .contains(&format!("more than {MAX_PATH_DEPTH} levels deep")),
+        "{err}"
+    );
+    let v = catalog_writer::verify::verify(deep, &objects);
+    let text: Vec<String> = v.problems.iter().map(|p| p.to_string()).collect();
+    assert!(
+        text.iter()
+            .any(|t| t.contains(&format!("more than {MAX_PATH_DEPTH} levels deep"))),
+        "{text:?}"
+    );
+}
