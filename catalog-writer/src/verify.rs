@@ -217,6 +217,23 @@ fn check_catalog(
             subtree = None;
             continue;
         };
+        // Checked recursively, one catalog per level: only catalogs below this one, and not
+        // deeper than any walk goes (a hostile chain would overflow the stack).
+        let below = n.path.len() > prefix.len()
+            && n.path.starts_with(prefix)
+            && n.path[prefix.len()] == b'/';
+        if !below || depth_of(&n.path) > MAX_PATH_DEPTH {
+            v.problems.push(Problem {
+                catalog: hash,
+                path: n.path[..n.path.len().min(200)].to_vec(),
+                message: format!(
+                    "nested catalog not below this one or more than {MAX_PATH_DEPTH} levels \
+                     deep: not checked"
+                ),
+            });
+            subtree = None;
+            continue;
+        }
         let row = mountpoints
             .iter()
             .find(|(p, _)| *p == n.path)

@@ -1151,3 +1151,32 @@ fn catalogs_deeper_than_the_path_limit_are_refused_not_recursed() {
         "{text:?}"
     );
 }
+
+/// A `nested_catalogs` row naming a catalog that is not below the one listing it (here, the
+/// root again) is reported and not followed: followed, a chain of them would recurse on.
+#[test]
+fn nested_catalogs_not_below_their_parent_are_not_followed() {
+    use catalog_writer::hash::ContentHash;
+    use catalog_writer::namespace::Objects;
+    let objects = MemObjects::default();
+    let mut ns = Namespace::empty(1);
+    graft(&mut ns, &objects, b"", nested_tree(&objects));
+    let report = commit(&mut ns, &objects, 1);
+    let mut db = objects.catalog(&report.root);
+    db.nested[0].path = Vec::new();
+    let raw = catalog_writer::sql::write(&db, "loop").unwrap();
+    let z = catalog_writer::zlib::compress(&raw);
+    let hash = ContentHash::of(&z);
+    objects.store(&hash, Suffix::Catalog, &z).unwrap();
+    let root = CatalogRef {
+        hash,
+        size: raw.len() as u64,
+    };
+    let v = catalog_writer::verify::verify(root, &objects);
+    let text: Vec<String> = v.problems.iter().map(|p| p.to_string()).collect();
+    assert!(
+        text.iter()
+            .any(|t| t.contains("nested catalog not below this one")),
+        "{text:?}"
+    );
+}
