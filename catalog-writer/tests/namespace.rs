@@ -762,8 +762,6 @@ fn chained_nested_root_with_xattrs() {
 
 #[test]
 fn verify_reports_broken_catalogs() {
-    use catalog_writer::hash::ContentHash;
-    use catalog_writer::namespace::Objects;
     let objects = MemObjects::default();
     let mut ns = Namespace::empty(1);
     graft(&mut ns, &objects, b"", nested_tree(&objects));
@@ -782,26 +780,19 @@ fn verify_reports_broken_catalogs() {
         .position(|r| r.md5 == PathHash::of(b"/c"))
         .unwrap();
     db.rows[idx].hardlinks = 7;
-    let raw = catalog_writer::sql::write(&db, "broken").unwrap();
-    let z = catalog_writer::zlib::compress(&raw);
-    let hash = ContentHash::of(&z);
-    objects.store(&hash, Suffix::Catalog, &z).unwrap();
-    let broken = CatalogRef {
-        hash,
-        size: raw.len() as u64,
-    };
+    let broken = objects.store_catalog(&db);
     let v = catalog_writer::verify::verify(broken, &objects);
     let text: Vec<String> = v.problems.iter().map(|p| p.to_string()).collect();
     let has = |needle: &str| text.iter().any(|t| t.contains(needle));
     assert!(has("subtree_symlink"), "{text:?}");
     assert!(has("dangling"), "{text:?}");
     assert!(has("linkcount 7"), "{text:?}");
-    assert!(text.iter().all(|t| t.contains(&hash.to_hex())));
+    assert!(text.iter().all(|t| t.contains(&broken.hash.to_hex())));
     // Wrong size for the root: unreadable.
     let v = catalog_writer::verify::verify(
         CatalogRef {
-            hash,
-            size: raw.len() as u64 + 1,
+            size: broken.size + 1,
+            ..broken
         },
         &objects,
     );
@@ -932,8 +923,6 @@ fn non_utf8_mountpoint_and_odd_hardlinks() {
 
 #[test]
 fn verify_reports_missing_marker() {
-    use catalog_writer::hash::ContentHash;
-    use catalog_writer::namespace::Objects;
     let objects = MemObjects::default();
     let mut ns = Namespace::empty(1);
     graft(&mut ns, &objects, b"", nested_tree(&objects));
@@ -943,27 +932,17 @@ fn verify_reports_missing_marker() {
     let (_, _, d) = cats.iter().find(|(p, _, _)| p == b"/d").unwrap();
     let mut d = d.clone();
     d.rows.retain(|r| r.name != b".cvmfscatalog");
-    let raw = catalog_writer::sql::write(&d, "d").unwrap();
-    let z = catalog_writer::zlib::compress(&raw);
-    let dh = ContentHash::of(&z);
-    objects.store(&dh, Suffix::Catalog, &z).unwrap();
+    let d = objects.store_catalog(&d);
     let mut root = cats[0].2.clone();
     let n = root.nested.iter_mut().find(|n| n.path == b"/d").unwrap();
-    n.hash = dh.to_hex();
-    n.size = raw.len() as u64;
-    let raw = catalog_writer::sql::write(&root, "root").unwrap();
-    let z = catalog_writer::zlib::compress(&raw);
-    let rh = ContentHash::of(&z);
-    objects.store(&rh, Suffix::Catalog, &z).unwrap();
-    let broken = CatalogRef {
-        hash: rh,
-        size: raw.len() as u64,
-    };
+    n.hash = d.hash.to_hex();
+    n.size = d.size;
+    let broken = objects.store_catalog(&root);
     let v = catalog_writer::verify::verify(broken, &objects);
     let text: Vec<String> = v.problems.iter().map(|p| p.to_string()).collect();
     assert!(
         text.iter()
-            .any(|t| t.contains("without marker") && t.contains(&dh.to_hex())),
+            .any(|t| t.contains("without marker") && t.contains(&d.hash.to_hex())),
         "{text:?}"
     );
     // The namespace repairs it on the next commit: /d is folded into the root catalog.
@@ -1113,8 +1092,7 @@ fn entries_no_client_could_serve_are_refused_with_their_path() {
 /// reported by `verify`, which stops there instead of recursing on.
 #[test]
 fn catalogs_deeper_than_the_path_limit_are_refused_not_recursed() {
-    use catalog_writer::hash::ContentHash;
-    use catalog_writer::namespace::{Objects, MAX_PATH_DEPTH};
+    use catalog_writer::namespace::MAX_PATH_DEPTH;
     let objects = MemObjects::default();
     let mut ns = Namespace::empty(1);
     let report = commit(&mut ns, &objects, 1);
@@ -1129,14 +1107,7 @@ fn catalogs_deeper_than_the_path_limit_are_refused_not_recursed() {
         dir.name = b"d".to_vec();
         db.rows.push(dir);
     }
-    let raw = catalog_writer::sql::write(&db, "deep").unwrap();
-    let z = catalog_writer::zlib::compress(&raw);
-    let hash = ContentHash::of(&z);
-    objects.store(&hash, Suffix::Catalog, &z).unwrap();
-    let deep = CatalogRef {
-        hash,
-        size: raw.len() as u64,
-    };
+    let deep = objects.store_catalog(&db);
     let err = Namespace::open(deep, &objects).err().expect("refused");
     assert!(
         err.to_string()
@@ -1156,22 +1127,13 @@ fn catalogs_deeper_than_the_path_limit_are_refused_not_recursed() {
 /// root again) is reported and not followed: followed, a chain of them would recurse on.
 #[test]
 fn nested_catalogs_not_below_their_parent_are_not_followed() {
-    use catalog_writer::hash::ContentHash;
-    use catalog_writer::namespace::Objects;
     let objects = MemObjects::default();
     let mut ns = Namespace::empty(1);
     graft(&mut ns, &objects, b"", nested_tree(&objects));
     let report = commit(&mut ns, &objects, 1);
     let mut db = objects.catalog(&report.root);
     db.nested[0].path = Vec::new();
-    let raw = catalog_writer::sql::write(&db, "loop").unwrap();
-    let z = catalog_writer::zlib::compress(&raw);
-    let hash = ContentHash::of(&z);
-    objects.store(&hash, Suffix::Catalog, &z).unwrap();
-    let root = CatalogRef {
-        hash,
-        size: raw.len() as u64,
-    };
+    let root = objects.store_catalog(&db);
     let v = catalog_writer::verify::verify(root, &objects);
     let text: Vec<String> = v.problems.iter().map(|p| p.to_string()).collect();
     assert!(

@@ -52,6 +52,18 @@ impl MemObjects {
         h
     }
 
+    /// Stores `db` (an edited catalog, say) as a catalog object; returns its reference.
+    pub fn store_catalog(&self, db: &CatalogDb) -> CatalogRef {
+        let raw = sql::write(db, "stored").unwrap();
+        let z = catalog_writer::zlib::compress(&raw);
+        let hash = ContentHash::of(&z);
+        self.store(&hash, Suffix::Catalog, &z).unwrap();
+        CatalogRef {
+            hash,
+            size: raw.len() as u64,
+        }
+    }
+
     pub fn catalog(&self, cref: &CatalogRef) -> CatalogDb {
         let z = self.map.lock().unwrap()[&(cref.hash, Suffix::Catalog)].clone();
         let raw = catalog_writer::zlib::decompress(&z, 1 << 30).unwrap();
