@@ -53,10 +53,15 @@ pub fn depth_of(path: &[u8]) -> usize {
     path.iter().filter(|&&b| b == b'/').count()
 }
 
-/// A path's first 200 bytes for a message (a hostile one can be very long), marked if cut.
+/// A path's first 200 bytes, to name it in a message: a hostile one can be very long.
+pub fn head(path: &[u8]) -> &[u8] {
+    &path[..path.len().min(200)]
+}
+
+/// [`head`] for display, marked if cut.
 pub fn display_head(path: &[u8]) -> String {
-    match path.len() > 200 {
-        true => format!("{}…", String::from_utf8_lossy(&path[..200])),
+    match head(path).len() < path.len() {
+        true => format!("{}…", String::from_utf8_lossy(head(path))),
         false => display(path),
     }
 }

@@ -5,7 +5,7 @@ use crate::entry::Entry;
 use crate::hash::{ContentHash, Suffix};
 use crate::namespace::{CatalogRef, Objects, MAX_PATH_DEPTH};
 use crate::node::{self, Child, DirNode, LinkIds, MARKER};
-use crate::pathhash::{depth_of, display, join, parent_path, PathHash};
+use crate::pathhash::{depth_of, display, head, join, parent_path, PathHash};
 use crate::sql::{flags, CatalogDb, ChunkRow, Counts, Row, Statistics, COUNTER_NAMES};
 use crate::Result;
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -225,7 +225,7 @@ fn check_catalog(
         if !below || depth_of(&n.path) > MAX_PATH_DEPTH {
             v.problems.push(Problem {
                 catalog: hash,
-                path: n.path[..n.path.len().min(200)].to_vec(),
+                path: head(&n.path).to_vec(),
                 message: format!(
                     "nested catalog not below this one or more than {MAX_PATH_DEPTH} levels \
                      deep: not checked"
@@ -509,7 +509,7 @@ fn check_subdir<'a>(c: &mut Checker<'a>, row: &'a Row, path: &[u8]) {
         // lies below is left unvisited, and counted as such.
         // Named by its first 200 bytes: the whole path can be a hundred kilobytes.
         c.problem(
-            &path[..path.len().min(200)],
+            head(path),
             format!("directory more than {MAX_PATH_DEPTH} levels deep: not checked below"),
         );
         return;
