@@ -244,9 +244,10 @@ fn make_parents<'a>(
 /// Longest member name taken: PATH_MAX (4096, with the terminating NUL) less one.
 pub(crate) const MAX_MEMBER_NAME: usize = 4095;
 
-/// Largest size a sparse member may declare (64 GiB): layers written by Docker, BuildKit and
-/// other Go tools never use sparse members, and GNU tar writes them for disk images and the
-/// like, well below this.
+/// Largest size the GNU sparse members of one archive (layer) may declare in all, 64 GiB: their
+/// holes cost nothing in the archive but must all be read as zeros and chunked, so a 2 KiB
+/// member can declare a petabyte. Layers written by Docker, BuildKit and other Go tools never
+/// use sparse members; GNU tar writes them for disk images and the like, well below this.
 pub const MAX_SPARSE_SIZE: u64 = 64 << 30;
 
 /// Most components a member name may have. Trees are built, compared, written and dropped
@@ -463,14 +464,6 @@ pub(crate) fn read_member<R: Read>(
         return Err(format!(
             "a {} member declaring {} bytes of data (tar readers disagree on what follows it)",
             type_name(et),
-            m.size()
-        ));
-    }
-    if et == EntryType::GNUSparse && m.size() > MAX_SPARSE_SIZE {
-        // Its holes cost nothing in the archive but must all be read as zeros and chunked:
-        // a 2 KiB member can declare a petabyte.
-        return Err(format!(
-            "sparse file of {} bytes (at most {MAX_SPARSE_SIZE})",
             m.size()
         ));
     }
