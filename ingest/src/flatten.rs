@@ -24,6 +24,7 @@
 //! downloading and reading the blob again. Upper layers usually shadow few files of a base.
 
 use crate::error::{show, Error, Result};
+use crate::paxsparse::PaxSparse;
 use crate::pipeline::{finalize, FileTicket, ObjectPipeline, PDir, PLeaf, PNode};
 use crate::targuard::{next_member_error, MemberExt};
 use crate::tarsource::{
@@ -401,8 +402,8 @@ impl LayerScan {
 
 /// Where a regular file's bytes come from.
 enum Content<'a, 'b, R: Read> {
-    /// The member's data in the tar stream.
-    Tar(&'a mut tar::Entry<'b, R>),
+    /// The member's data in the tar stream, and how it expands if it is a PAX sparse file.
+    Tar(&'a mut tar::Entry<'b, R>, Option<PaxSparse>),
     /// Replayed from a memo: the entry carries the data.
     Known,
     /// Replayed from a memo that skipped the file's bytes.
@@ -594,7 +595,7 @@ impl Flattener<'_> {
                 return Err(self.lerr(idx, &raw, msg.into()));
             }
             let name = format!("{}: {}", self.names[idx], show(&raw));
-            let ticket = ingest_member(&mut member, self.pipeline, &name)?;
+            let ticket = ingest_member(&mut member, m.sparse.as_ref(), self.pipeline, &name)?;
             scan.set_ticket(rec, ticket);
             self.inodes[inode] = Inode::Ready {
                 entry: m.entry,
@@ -708,7 +709,8 @@ impl Flattener<'_> {
                 self.on_dir(scan, &comps, path, member.entry).map_err(err)
             }
             MemberKind::File => {
-                self.on_file(scan, &comps, path, raw, member.entry, Content::Tar(m))
+                let content = Content::Tar(m, member.sparse);
+                self.on_file(scan, &comps, path, raw, member.entry, content)
             }
             MemberKind::Other => {
                 drain_member(m).map_err(err)?;
@@ -777,13 +779,13 @@ impl Flattener<'_> {
                 // and every other image sharing the layer (visible where this one shadows it)
                 // replays it instead of downloading and reading the blob again. Shadowed
                 // files are few; without a memo nothing reuses them, so they are skipped.
-                Content::Tar(m) if rec.is_some() => {
+                Content::Tar(m, sparse) if rec.is_some() => {
                     let name = format!("{}: {}", self.names[l], show(raw));
-                    let ticket = ingest_member(m, self.pipeline, &name)?;
+                    let ticket = ingest_member(m, sparse.as_ref(), self.pipeline, &name)?;
                     scan.set_ticket(rec, ticket);
                     Some(Box::new((entry, Some(ticket))))
                 }
-                Content::Tar(m) => {
+                Content::Tar(m, _) => {
                     drain_member(m).map_err(|e| err(self, e))?;
                     None
                 }
@@ -799,9 +801,9 @@ impl Flattener<'_> {
             return Ok(());
         }
         let ticket = match content {
-            Content::Tar(m) => {
+            Content::Tar(m, sparse) => {
                 let name = format!("{}: {}", self.names[l], show(raw));
-                let ticket = ingest_member(m, self.pipeline, &name)?;
+                let ticket = ingest_member(m, sparse.as_ref(), self.pipeline, &name)?;
                 scan.set_ticket(rec, ticket);
                 Some(ticket)
             }

@@ -63,6 +63,7 @@ mod fdwalk;
 pub mod flatten;
 pub mod gzip;
 pub mod image;
+mod paxsparse;
 pub mod pipeline;
 mod targuard;
 pub mod tarsource;

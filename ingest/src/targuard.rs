@@ -291,6 +291,7 @@ impl<R: Read> ExtensionGuard<R> {
             Some(r) if !is_extension => pax_size(r).unwrap_or(stated),
             _ => stated,
         };
+        let sparse = sparse_size(header, records.as_deref().filter(|_| !is_extension));
         self.slot.set(MemberExt {
             records: records.filter(|_| !is_extension),
             long_name: std::mem::take(&mut self.long_name) && !is_extension,
@@ -298,9 +299,7 @@ impl<R: Read> ExtensionGuard<R> {
             header_name: Some(header.path_bytes().into_owned()),
         });
         self.next = body;
-        if kind == tar::EntryType::GNUSparse {
-            self.count_sparse(header)?;
-        }
+        self.count_sparse(sparse)?;
         match header.as_gnu() {
             Some(gnu) if kind == tar::EntryType::GNUSparse && gnu.is_extended() => {
                 self.state = State::Sparse { size }
@@ -312,15 +311,10 @@ impl<R: Read> ExtensionGuard<R> {
         Ok(())
     }
 
-    /// Adds a sparse member's declared size to the archive's, refusing it past the limit (its
-    /// name is in the slot already, for the error).
-    fn count_sparse(&mut self, header: &tar::Header) -> io::Result<()> {
+    /// Adds the size a sparse member declares to the archive's, refusing it past the limit
+    /// (its name is in the slot already, for the error).
+    fn count_sparse(&mut self, declared: u64) -> io::Result<()> {
         let limit = crate::tarsource::MAX_SPARSE_SIZE;
-        // An unreadable size is the crate's to refuse, when it reads the member.
-        let declared = header
-            .as_gnu()
-            .and_then(|g| g.real_size().ok())
-            .unwrap_or(0);
         self.sparse_bytes = self.sparse_bytes.saturating_add(declared);
         if self.sparse_bytes <= limit {
             return Ok(());
@@ -387,6 +381,25 @@ impl std::error::Error for Refusal {}
 /// Whether `e` is the guard refusing an extension member.
 pub(crate) fn is_refusal(e: &io::Error) -> bool {
     e.get_ref().is_some_and(|inner| inner.is::<Refusal>())
+}
+
+/// The size a sparse member declares, holes included: a GNU `S` member's real size, or a PAX
+/// one's `GNU.sparse.*` size; 0 for other members. An unreadable size counts 0 here and is
+/// refused when the member is read.
+fn sparse_size(header: &tar::Header, records: Option<&[u8]>) -> u64 {
+    if header.entry_type() == tar::EntryType::GNUSparse {
+        return header
+            .as_gnu()
+            .and_then(|g| g.real_size().ok())
+            .unwrap_or(0);
+    }
+    let Some(records) = records.and_then(|r| pax_records(r).ok()) else {
+        return 0;
+    };
+    match crate::paxsparse::PaxSparse::from_records(&records) {
+        Ok(Some(sparse)) => sparse.size,
+        _ => 0,
+    }
 }
 
 fn round_up(at: u64) -> u64 {
@@ -638,6 +651,40 @@ mod tests {
             4 * quarter
         );
         assert!(err.to_string().contains(&want), "{err}");
+
+        // PAX sparse files (format 0.1 here) count too.
+        let mut b = tar::Builder::new(Vec::new());
+        for name in ["p0", "p1"] {
+            let half = (2 * quarter).to_string();
+            b.append_pax_extensions([
+                ("GNU.sparse.size", half.as_bytes()),
+                ("GNU.sparse.name", name.as_bytes()),
+                ("GNU.sparse.map", b"0,1".as_slice()),
+            ])
+            .unwrap();
+            let mut h = tar::Header::new_ustar();
+            h.set_size(1);
+            h.set_cksum();
+            b.append_data(&mut h, format!("GNUSparseFile.1/{name}"), &b"x"[..])
+                .unwrap();
+        }
+        b.append_pax_extensions([
+            ("GNU.sparse.size", b"1".as_slice()),
+            ("GNU.sparse.map", b"0,1"),
+        ])
+        .unwrap();
+        let mut h = tar::Header::new_ustar();
+        h.set_size(1);
+        h.set_cksum();
+        b.append_data(&mut h, "GNUSparseFile.1/p2", &b"x"[..])
+            .unwrap();
+        let pax = b.into_inner().unwrap();
+        let mut archive = tar::Archive::new(ExtensionGuard::new(&pax[..]));
+        let got: Vec<_> = archive.entries().unwrap().collect();
+        assert_eq!(got.len(), 3);
+        assert!(got[0].is_ok() && got[1].is_ok());
+        let err = got[2].as_ref().err().expect("the third is refused");
+        assert!(err.to_string().contains("sparse file of 1 bytes"), "{err}");
 
         // Each archive counts its own.
         let mut one = sparse_of("big", 4 * quarter);

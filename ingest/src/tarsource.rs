@@ -3,6 +3,7 @@
 
 use crate::decode::open_named_stream;
 use crate::error::{show, Error, Result};
+use crate::paxsparse::PaxSparse;
 use crate::pipeline::{finalize, FileTicket, ObjectPipeline, PDir, PLeaf, PNode};
 use crate::targuard::{pax_records, MemberExt, MemberExtSlot};
 use base64::Engine;
@@ -125,7 +126,7 @@ impl TarTree<'_> {
             }
             MemberKind::File => {
                 let name = format!("{}: {}", self.opts.archive_name, show(&raw));
-                let ticket = ingest_member(member, pipeline, &name)?;
+                let ticket = ingest_member(member, m.sparse.as_ref(), pipeline, &name)?;
                 let leaf = PLeaf {
                     entry,
                     ticket: Some(ticket),
@@ -340,6 +341,8 @@ pub(crate) struct Member {
     pub kind: MemberKind,
     /// Metadata; regular files carry a placeholder `File` kind until their ticket resolves.
     pub entry: Entry,
+    /// A sparse file in PAX format: how its data expands.
+    pub sparse: Option<PaxSparse>,
 }
 
 /// The last value of PAX record `key` in `ext`, read by the records' lengths (the crate
@@ -364,12 +367,15 @@ fn pax_name(ext: &MemberExt, key: &[u8]) -> std::result::Result<Option<Vec<u8>>,
     Ok(pax_value(ext, key)?.filter(|v| !v.is_empty()))
 }
 
-/// The member's name: a GNU long name, else its PAX `path`, else the header's (as Go and GNU
-/// tar read it).
+/// The member's name: a PAX sparse file's real name (`GNU.sparse.name`), else a GNU long
+/// name, else its PAX `path`, else the header's (as Go and GNU tar read it).
 pub(crate) fn member_path<R: Read>(
     m: &tar::Entry<R>,
     ext: &MemberExt,
 ) -> std::result::Result<Vec<u8>, String> {
+    if let Some(name) = pax_name(ext, b"GNU.sparse.name")? {
+        return Ok(name);
+    }
     if ext.long_name {
         return Ok(m.path_bytes().into_owned());
     }
@@ -457,6 +463,17 @@ pub(crate) fn read_member<R: Read>(
             u64::from(minor.unwrap_or(0)),
         ))
     };
+    let records = match &ext.records {
+        Some(block) => pax_records(block)?,
+        None => Vec::new(),
+    };
+    let sparse = PaxSparse::from_records(&records)?;
+    if sparse.is_some() && !matches!(et, EntryType::Regular | EntryType::Continuous) {
+        return Err(format!(
+            "GNU.sparse PAX records on a {} member",
+            type_name(et)
+        ));
+    }
     if header_only(et) && m.size() > 0 {
         // Go's archive/tar (Docker, containerd) reads such a member as empty and the next
         // header right after it, GNU tar does so for some of these types, the tar crate skips
@@ -471,7 +488,7 @@ pub(crate) fn read_member<R: Read>(
         EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => (
             MemberKind::File,
             EntryKind::File {
-                size: m.size(),
+                size: sparse.as_ref().map_or(m.size(), |s| s.size),
                 data: FileData::Whole(EMPTY_OBJECT),
             },
         ),
@@ -514,6 +531,7 @@ pub(crate) fn read_member<R: Read>(
                 xattrs: Xattrs::new(),
                 hardlink: None,
             },
+            sparse: None,
         });
     }
     if let EntryKind::Symlink { target } = &ek {
@@ -527,10 +545,6 @@ pub(crate) fn read_member<R: Read>(
         & 0o7777;
     let mut uid = numeric(&old.uid, || h.uid()).map_err(|e| format!("uid: {e}"))?;
     let mut gid = numeric(&old.gid, || h.gid()).map_err(|e| format!("gid: {e}"))?;
-    let records = match &ext.records {
-        Some(block) => pax_records(block)?,
-        None => Vec::new(),
-    };
     // The crate applies PAX `uid`/`gid` only when no record before them is one it misreads.
     for (key, value) in &records {
         match *key {
@@ -557,15 +571,8 @@ pub(crate) fn read_member<R: Read>(
         } else if key == b"mtime" {
             (mtime, mtime_ns) = parse_pax_time(value)?;
         } else if key.starts_with(b"GNU.sparse.") {
-            // The member's data is a sparse map and the blocks it lists, under a made-up
-            // name (`GNUSparseFile.PID/NAME` in format 1.0): published as it is, it would
-            // be another file.
-            return Err(
-                "a sparse file in PAX format (GNU.sparse.* records, `tar --format=pax \
-                 --sparse`) is not supported: make the archive with --format=gnu, or \
-                 without --sparse"
-                    .into(),
-            );
+            // Read above, into `sparse`.
+            continue;
         } else if !keep_xattrs {
             continue;
         } else if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
@@ -589,7 +596,11 @@ pub(crate) fn read_member<R: Read>(
         xattrs,
         hardlink: None,
     };
-    Ok(Member { kind, entry })
+    Ok(Member {
+        kind,
+        entry,
+        sparse,
+    })
 }
 
 /// A numeric header field; all-NUL/blank fields (written by some tools) count as 0, as
@@ -677,11 +688,30 @@ impl<R: Read + ?Sized> Read for Counting<'_, R> {
 /// Streams a regular member into the pipeline and checks that all its bytes were there.
 pub(crate) fn ingest_member<R: Read>(
     m: &mut tar::Entry<R>,
+    sparse: Option<&PaxSparse>,
     pipeline: &ObjectPipeline,
     name: &str,
 ) -> Result<FileTicket> {
-    let size = m.size();
-    let mut counting = Counting { inner: m, n: 0 };
+    let Some(sparse) = sparse else {
+        let size = m.size();
+        return ingest_data(m, size, pipeline, name);
+    };
+    let decode = |e: io::Error| Error::Decode {
+        archive: name.into(),
+        msg: e.to_string(),
+    };
+    let mut expanded = sparse.reader(m).map_err(decode)?;
+    ingest_data(&mut expanded, sparse.size, pipeline, name)
+}
+
+/// Ingests `size` bytes from `data`, checking that there are as many.
+fn ingest_data(
+    data: &mut dyn Read,
+    size: u64,
+    pipeline: &ObjectPipeline,
+    name: &str,
+) -> Result<FileTicket> {
+    let mut counting = Counting { inner: data, n: 0 };
     let ticket = pipeline.add_named_file(name, &mut counting, size)?;
     if counting.n != size {
         return Err(Error::Decode {

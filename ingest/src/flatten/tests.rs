@@ -846,3 +846,31 @@ fn a_layer_memo_is_written_while_the_next_layer_is_still_read() {
     assert_eq!(content(&dir, &store, "lower"), b"read second");
     assert_eq!(memo.list().unwrap().len(), 2);
 }
+
+/// A PAX sparse file (format 1.0, as `tar --format=pax --sparse` writes it) in a layer is the
+/// file itself under its real name, with its holes as zeros, as Go's archive/tar (Docker,
+/// containerd) unpacks it; a hard link to it by that name gets the same content, also when
+/// the layer is replayed from the memo.
+#[test]
+fn pax_sparse_files_in_layers_are_expanded() {
+    let mut data = b"1\n8192\n3\n".to_vec();
+    data.resize(512, 0);
+    data.extend_from_slice(b"abc");
+    let l0 = TarB::new()
+        .dir("d/", 0o755)
+        .pax(&[
+            ("GNU.sparse.major", b"1"),
+            ("GNU.sparse.minor", b"0"),
+            ("GNU.sparse.name", b"d/holey"),
+            ("GNU.sparse.realsize", b"10000"),
+        ])
+        .file("d/GNUSparseFile.9/holey", &data)
+        .hardlink("d/link", "d/holey")
+        .finish();
+    let (dir, store) = flat_all_ways(&[l0]);
+    assert_eq!(names(&dir, "d"), ["holey", "link"]);
+    let mut want = vec![0u8; 10_000];
+    want[8192..8195].copy_from_slice(b"abc");
+    assert!(content(&dir, &store, "d/holey") == want);
+    assert!(content(&dir, &store, "d/link") == want);
+}

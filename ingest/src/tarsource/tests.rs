@@ -559,30 +559,117 @@ fn a_huge_long_name_is_refused_unread() {
     assert!(err.starts_with("bomb.tar: ") && err.len() < 300, "{err}");
 }
 
-/// A sparse file in PAX format (what `tar --format=pax --sparse` writes: `GNU.sparse.*`
-/// records, the map in the data, a made-up name) is refused, never published as another file.
-#[test]
-fn a_pax_format_sparse_file_is_refused() {
+/// A file of 1 MiB with `hello` at 500 000 and `tail` at its end, and a PAX member holding it
+/// in sparse format `version` as GNU tar 1.34 writes it (`tar --format=pax --sparse
+/// --sparse-version=V`): the header names `d/GNUSparseFile.1/holey` in 0.1 and 1.0.
+pub(super) fn pax_sparse_member(version: &str) -> (Vec<u8>, Vec<u8>) {
+    let size = 1 << 20;
+    let mut file = vec![0u8; size];
+    file[500_000..500_005].copy_from_slice(b"hello");
+    file.extend_from_slice(b"tail");
+    let regions: [(usize, usize); 2] = [(499_712, 4096), (size, 4)];
+    let mut data: Vec<u8> = Vec::new();
+    let real = file.len().to_string();
+    let map01 = format!("499712,4096,{size},4,{},0", file.len());
+    let mut records: Vec<(&str, &[u8])> = Vec::new();
+    let name = match version {
+        "0.0" => {
+            records.push(("GNU.sparse.size", real.as_bytes()));
+            records.push(("GNU.sparse.numblocks", b"2"));
+            records.push(("GNU.sparse.offset", b"499712"));
+            records.push(("GNU.sparse.numbytes", b"4096"));
+            records.push(("GNU.sparse.offset", b"1048576"));
+            records.push(("GNU.sparse.numbytes", b"4"));
+            "d/holey"
+        }
+        "0.1" => {
+            records.push(("GNU.sparse.size", real.as_bytes()));
+            records.push(("GNU.sparse.name", b"d/holey"));
+            records.push(("GNU.sparse.map", map01.as_bytes()));
+            "d/GNUSparseFile.1/holey"
+        }
+        _ => {
+            records.push(("GNU.sparse.major", b"1"));
+            records.push(("GNU.sparse.minor", b"0"));
+            records.push(("GNU.sparse.name", b"d/holey"));
+            records.push(("GNU.sparse.realsize", real.as_bytes()));
+            data.extend(format!("2\n499712\n4096\n{size}\n4\n").bytes());
+            data.resize(512, 0);
+            "d/GNUSparseFile.1/holey"
+        }
+    };
+    for (offset, len) in regions {
+        data.extend_from_slice(&file[offset..offset + len]);
+    }
     let mut b = tar::Builder::new(Vec::new());
-    b.append_pax_extensions([
-        ("GNU.sparse.major", b"1".as_slice()),
-        ("GNU.sparse.minor", b"0"),
-        ("GNU.sparse.name", b"d/sparse"),
-        ("GNU.sparse.realsize", b"1048576"),
-    ])
-    .unwrap();
-    let mut data = b"1\n0\n512\n".to_vec();
-    data.resize(512, 0);
-    data.extend([b'x'; 512]);
+    b.append_pax_extensions(records).unwrap();
     let mut h = tar::Header::new_ustar();
     h.set_size(data.len() as u64);
-    h.set_mode(0o644);
-    b.append_data(&mut h, "d/GNUSparseFile.1/sparse", data.as_slice())
-        .unwrap();
-    let err = run(b.into_inner().unwrap()).unwrap_err().to_string();
+    h.set_mode(0o640);
+    h.set_mtime(1_700_000_000);
+    h.set_cksum();
+    b.append_data(&mut h, name, data.as_slice()).unwrap();
+    (b.into_inner().unwrap(), file)
+}
+
+/// A sparse file in PAX format, in each of GNU tar's three layouts, is published under its
+/// real name with its holes as zeros (as Go's archive/tar, which Docker uses, reads it), not
+/// as the made-up `GNUSparseFile.N` member with a map in its data.
+#[test]
+fn pax_format_sparse_files_are_expanded_under_their_real_names() {
+    for version in ["0.0", "0.1", "1.0"] {
+        let (tar, file) = pax_sparse_member(version);
+        let (root, store) = run(tar).unwrap();
+        assert_eq!(names_of(&root, "d"), [b"holey".to_vec()], "{version}");
+        let node = get(&root, "d/holey");
+        assert!(
+            matches!(node.entry().kind, EntryKind::File { size, .. } if size == file.len() as u64),
+            "{version}: {:?}",
+            node.entry().kind
+        );
+        assert_eq!(node.entry().perm, 0o640);
+        let stored = store.get_inflated(&file_hash(node), catalog_writer::hash::Suffix::None);
+        assert!(stored == file, "{version}: other content");
+    }
+}
+
+/// A PAX sparse file whose map places less or more data than the member holds, or lies
+/// outside the file, is refused by name; so are formats other than 0.0, 0.1 and 1.0.
+#[test]
+fn pax_sparse_files_that_do_not_add_up_are_refused() {
+    let member = |records: Vec<(&str, &[u8])>, data: &[u8]| {
+        let mut b = tar::Builder::new(Vec::new());
+        b.append_pax_extensions(records).unwrap();
+        let mut h = tar::Header::new_ustar();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, "GNUSparseFile.7/f", data).unwrap();
+        run(b.into_inner().unwrap()).unwrap_err().to_string()
+    };
+    let v01 = |map: &'static str| {
+        vec![
+            ("GNU.sparse.size", &b"100"[..]),
+            ("GNU.sparse.name", b"f"),
+            ("GNU.sparse.map", map.as_bytes()),
+        ]
+    };
+    let short = member(v01("10,20"), &[1u8; 5]);
     assert!(
-        err.contains("d/GNUSparseFile.1/sparse: a sparse file in PAX format"),
-        "{err}"
+        short.contains("test.tar: f: ") && short.contains("ends before its map"),
+        "{short}"
+    );
+    let long = member(v01("10,2"), &[1u8; 5]);
+    assert!(long.contains("more data than its map places"), "{long}");
+    let outside = member(v01("90,20"), &[1u8; 20]);
+    assert!(outside.contains("f: sparse map region 90+20"), "{outside}");
+    let v2 = member(
+        vec![("GNU.sparse.major", &b"2"[..]), ("GNU.sparse.minor", b"0")],
+        b"",
+    );
+    assert!(
+        v2.contains("GNU sparse format 2.0 is not supported"),
+        "{v2}"
     );
 }
 
