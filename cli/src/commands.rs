@@ -383,17 +383,41 @@ fn graft_and_commit(
         }
     }
     publisher::fault_point("after-objects");
-    let outcome = txn.commit(&CommitSettings::default())?;
-    if let Some((mut cache, update)) = job.stat_cache {
-        // Only a cache: a publish that could not record its reads stands.
-        if let Err(e) = cache.apply(&update) {
-            crate::output::to_stderr(&format!("cvmfs-oci: warning: stat cache not updated: {e}"));
-        }
-    }
+    let outcome = commit_recording_stats(txn, job.stat_cache)?;
     report_outcome(job.command, &job.what, &outcome, started, stats, out);
     gc::after_publish(repo, &outcome, out);
     push::after_publish(repo, &outcome, out)?;
     Ok(0)
+}
+
+/// Commits, meanwhile writing what the walk learnt into the stat cache on another thread
+/// (0.25 s for 100 000 files, which would otherwise follow the mostly single-threaded
+/// commit); the rows are kept only if the commit succeeds.
+fn commit_recording_stats(
+    txn: publisher::Transaction,
+    stat_cache: Option<(publisher::SqliteStatCache, publisher::StatCacheUpdate)>,
+) -> Result<CommitOutcome> {
+    let Some((mut cache, update)) = stat_cache else {
+        return Ok(txn.commit(&CommitSettings::default())?);
+    };
+    std::thread::scope(|scope| {
+        // Dropped with this closure, also when the commit panics: the writer then rolls back
+        // instead of waiting for a verdict forever.
+        let (verdict, wait_verdict) = std::sync::mpsc::channel::<bool>();
+        let writer = scope
+            .spawn(move || cache.apply_if(&update, move || wait_verdict.recv().unwrap_or(false)));
+        let outcome = txn.commit(&CommitSettings::default());
+        let _ = verdict.send(outcome.is_ok());
+        // Only a cache: a publish that could not record its reads stands.
+        match writer.join() {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => crate::output::to_stderr(&format!(
+                "cvmfs-oci: warning: stat cache not updated: {e}"
+            )),
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+        Ok(outcome?)
+    })
 }
 
 /// Every entry of `dir` (itself included) owned by `uid`:`gid`.

@@ -200,7 +200,28 @@ impl SqliteStatCache {
         self.apply_at(update, now_secs())
     }
 
+    /// [`apply`](Self::apply), keeping the rows only if `keep` (called once they are all
+    /// written, before they are committed) says so: the rows can be written while the
+    /// revision they describe is being committed, and dropped if it fails. Returns whether
+    /// they were kept.
+    pub fn apply_if(
+        &mut self,
+        update: &StatCacheUpdate,
+        keep: impl FnOnce() -> bool,
+    ) -> Result<bool> {
+        self.write_rows(update, now_secs(), keep)
+    }
+
     fn apply_at(&mut self, update: &StatCacheUpdate, now: i64) -> Result<()> {
+        self.write_rows(update, now, || true).map(|_| ())
+    }
+
+    fn write_rows(
+        &mut self,
+        update: &StatCacheUpdate,
+        now: i64,
+        keep: impl FnOnce() -> bool,
+    ) -> Result<bool> {
         let what = self.path.display().to_string();
         let sql = |e| Error::sql(what.as_str(), e);
         let root = self.root;
@@ -269,7 +290,12 @@ impl SqliteStatCache {
                 .map_err(sql)?;
             }
         }
-        tx.commit().map_err(sql)
+        if !keep() {
+            // Dropping the transaction rolls it back.
+            return Ok(false);
+        }
+        tx.commit().map_err(sql)?;
+        Ok(true)
     }
 
     /// The directories with rows that are not in `seen`, found by skipping from one
@@ -560,6 +586,21 @@ mod tests {
         );
         assert!(old.is_empty().unwrap());
         assert_eq!(recent.len().unwrap(), 1);
+    }
+
+    /// Rows written while a commit runs stay only if it succeeds.
+    #[test]
+    fn rows_are_kept_only_when_the_caller_says_so() {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = tmp.path().join("stat.db");
+        let mut c = SqliteStatCache::open(&db, Path::new("/src"), MODE).unwrap();
+        assert!(!c.apply_if(&one_file_update(1), || false).unwrap());
+        assert!(c.files_in(b"").is_empty());
+        assert!(c.is_empty().unwrap());
+        assert!(c.apply_if(&one_file_update(1), || true).unwrap());
+        drop(c);
+        let c = SqliteStatCache::open(&db, Path::new("/src"), MODE).unwrap();
+        assert_eq!(names(&c, ""), ["f"]);
     }
 
     #[test]
