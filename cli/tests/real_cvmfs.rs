@@ -289,13 +289,43 @@ fn the_real_client_mounts_what_was_published() {
     std::fs::remove_file(tarred.join("special/socket")).unwrap();
     let tar = gnu_tar(&env, &tarred, "sample.tar", "--no-auto-compress");
     env.ok(&["ingest", FQRN, tar.to_str().unwrap(), "--path", "/tar"]);
+    // A sparse file in GNU tar's PAX format 1.0 (what bsdtar writes too).
+    let sparse = env.path("sparse");
+    std::fs::create_dir_all(&sparse).unwrap();
+    let holey = std::fs::File::create(sparse.join("holey")).unwrap();
+    holey.set_len(5 << 20).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&holey, b"data in the middle", 2 << 20).unwrap();
+    let sparse_tar = env.path("sparse.tar");
+    let status = std::process::Command::new("tar")
+        .args(["--format=pax", "--sparse", "-cf"])
+        .arg(&sparse_tar)
+        .arg("-C")
+        .arg(&sparse)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    env.ok(&[
+        "ingest",
+        FQRN,
+        sparse_tar.to_str().unwrap(),
+        "--path",
+        "/sparse",
+    ]);
     let Some(mounted) = mount(&env) else { return };
     let links = cvmfs_link_counts(&sample.hardlinks);
     assert!(links.values().any(|&n| n == 1) && links.values().any(|&n| n > 1));
     let marker = ["/.cvmfscatalog"];
     assert_mount_matches(&mounted, "/nested/deeper", &src, &links, &marker);
     assert_mount_matches(&mounted, "/tar", &tarred, &links, &["/"]);
-    assert_mount_matches(&mounted, "/", &src, &links, &["/", "/nested", "/tar"]);
+    assert_mount_matches(&mounted, "/sparse", &sparse, &links, &["/"]);
+    assert_mount_matches(
+        &mounted,
+        "/",
+        &src,
+        &links,
+        &["/", "/nested", "/tar", "/sparse"],
+    );
 }
 
 /// Real images (the testbed corpus, built from Debian packages; `$TESTBED_DIR`, as
