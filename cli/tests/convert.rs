@@ -387,6 +387,20 @@ fn bad_images_fail_cleanly_and_leave_the_manifest() {
             "{r}: expected {expect:?} in: {stderr}"
         );
     }
+    // A layer that declares a terabyte and ends early was not fetched: the summary does not
+    // count what the manifest declared.
+    ImageBuilder::new()
+        .layer(fixtures::layers::gzip(&tar0), Compression::Gzip)
+        .write_layout(&layout, "declared-huge")
+        .unwrap();
+    tamper_layout(&layout, "declared-huge", |m, _| {
+        m["layers"][0]["size"] = (1u64 << 40).into();
+    });
+    let image = format!("oci:{}:declared-huge", layout.display());
+    let out = env.run(&["convert", FQRN, &image]);
+    let all = String::from_utf8_lossy(&[out.stdout, out.stderr].concat()).into_owned();
+    assert!(!out.status.success(), "{all}");
+    assert!(all.contains(" 0.0 MB of layer blobs fetched"), "{all}");
     // With --json, the error event names the layer and the member as fields of their own.
     let image = format!("oci:{}:hostile", layout.display());
     let out = env.run(&["--json", "convert", FQRN, &image]);

@@ -63,7 +63,7 @@ pub fn tree_from_tar<R: Read + Send + 'static>(
     }
     // Read to the end so gzip/zstd trailers (checksums) are verified too.
     let mut guard = archive.into_inner();
-    drain_rest(&mut guard)
+    drain_trailer(&mut guard)
         .map_err(|e| tar_err(opts, b"", format!("after the end of the archive: {e}")))?;
     // A stream cut between members reads as a complete archive of fewer members, and a
     // publish at --path would delete the rest: only an archive that ends as tar archives end
@@ -729,6 +729,27 @@ pub(crate) fn drain_member<R: Read>(m: &mut tar::Entry<R>) -> std::result::Resul
     let n = io::copy(m, &mut io::sink()).map_err(|e| format!("reading data: {e}"))?;
     if n != size {
         return Err(format!("truncated: {n} of {size} bytes"));
+    }
+    Ok(())
+}
+
+/// Most bytes read after an archive's end-of-archive blocks: the padding of its last record
+/// (10 KiB with GNU tar's default blocking factor of 20) and a compressed stream's own end. More is not padding, and an input that never ends (a pipe whose writer
+/// goes on) would otherwise be read for ever, the repository locked.
+const MAX_TRAILER: u64 = 64 << 20;
+
+/// Reads what follows the end-of-archive blocks, up to [`MAX_TRAILER`] bytes.
+fn drain_trailer(r: impl Read) -> io::Result<()> {
+    let n = io::copy(&mut r.take(MAX_TRAILER + 1), &mut io::sink())?;
+    if n > MAX_TRAILER {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "more than {} MiB of data after the end-of-archive blocks (not an archive's \
+                 padding)",
+                MAX_TRAILER >> 20
+            ),
+        ));
     }
     Ok(())
 }

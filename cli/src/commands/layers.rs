@@ -125,7 +125,7 @@ impl LayerOpener {
                     }
                 }
             })?;
-        BLOB_BYTES_FETCHED.fetch_add(self.image.layers[i].size, Ordering::Relaxed);
+        let size = self.image.layers[i].size;
         let below = i.checked_sub(1).filter(|&b| self.prefetch[b]);
         let me = Arc::downgrade(self);
         Ok(ingest::decode::read_ahead_then(
@@ -133,6 +133,9 @@ impl LayerOpener {
             256 << 10,
             8,
             move || {
+                // Counted once read whole (its digest checked): a blob that fails on the way
+                // has not been fetched, whatever size the manifest gave it.
+                BLOB_BYTES_FETCHED.fetch_add(size, Ordering::Relaxed);
                 if let (Some(b), Some(me)) = (below, me.upgrade()) {
                     let stream = me.start(b);
                     me.lock_opened().insert(b, stream);
@@ -142,8 +145,8 @@ impl LayerOpener {
     }
 }
 
-/// Blob bytes of the layers opened in this process (a second pass counts twice: it fetches
-/// twice).
+/// Blob bytes of the layers read to their end in this process (a second pass counts twice:
+/// it fetches twice).
 pub(super) static BLOB_BYTES_FETCHED: AtomicU64 = AtomicU64::new(0);
 
 /// Counts a layer's uncompressed bytes for the progress bar, and reports the layer (bytes,

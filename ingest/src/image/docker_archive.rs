@@ -59,6 +59,24 @@ fn normalise(path: &str) -> String {
     parts.join("/")
 }
 
+/// The first few of `tags`, for a message (an archive may list thousands).
+fn some_of(tags: &[String]) -> String {
+    const SHOWN: usize = 10;
+    let mut text = tags
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if tags.len() > SHOWN {
+        text.push_str(&format!(" and {} more", tags.len() - SHOWN));
+    }
+    if text.is_empty() {
+        text.push_str("none");
+    }
+    text
+}
+
 /// The digest a member's name spells (`<hex>.tar`, `blobs/sha256/<hex>`, `<hex>.json`).
 fn digest_from_name(member: &str) -> Option<Digest> {
     let base = member.rsplit('/').next().unwrap_or(member);
@@ -75,10 +93,12 @@ impl DockerArchiveSource {
             None => format!("docker-archive:{}", path.display()),
         };
         let members = index_members(path, &reference)?;
-        let (manifest_loc, _) = members
-            .get("manifest.json")
-            .cloned()
-            .ok_or_else(|| Error::image(&reference, "archive has no manifest.json"))?;
+        if !members.contains_key("manifest.json") {
+            return Err(Error::image(&reference, "archive has no manifest.json"));
+        }
+        // A symlink, as the members it names may be.
+        let (_, manifest_loc) = resolve_member(&members, "manifest.json")
+            .map_err(|reason| Error::image(&reference, reason))?;
         let manifest = read_member(path, manifest_loc, &reference, "manifest.json")?;
         let images: Vec<ArchiveImage> = serde_json::from_slice(&manifest)
             .map_err(|e| Error::image(&reference, format!("manifest.json: {e}")))?;
@@ -100,7 +120,7 @@ impl DockerArchiveSource {
                 &reference,
                 format!(
                     "no such image in the archive (tags: {})",
-                    all_tags.join(", ")
+                    some_of(&all_tags)
                 ),
             )
         })?;

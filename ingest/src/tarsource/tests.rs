@@ -744,3 +744,25 @@ fn a_member_refused_before_it_is_handed_out_is_named() {
     let err = run(zst).unwrap_err().to_string();
     assert!(err.starts_with("test.tar: reading the archive: "), "{err}");
 }
+
+/// What follows the end-of-archive blocks is read (a record's padding, a compressed stream's
+/// checksum), but not for ever: an input that goes on after the archive (found by fuzzing: a
+/// tar then /dev/zero on a pipe) fails after 64 MiB instead of holding the lock for good.
+#[test]
+fn an_archive_followed_by_endless_data_fails_instead_of_reading_for_ever() {
+    let tar = TarB::new().file("f", b"x").finish();
+    let padded = [tar.clone(), vec![0u8; 10 << 10]].concat();
+    run(padded).unwrap();
+    let store = Arc::new(MemStore::default());
+    let p = ObjectPipeline::new(store, None, PipelineConfig::default()).unwrap();
+    let endless = Cursor::new(tar).chain(std::io::repeat(0));
+    let opts = TarOptions {
+        archive_name: "stdin".into(),
+        ..TarOptions::default()
+    };
+    let err = tree_from_tar(endless, &p, &opts).unwrap_err().to_string();
+    assert!(
+        err.contains("stdin: after the end of the archive: more than 64 MiB of data after"),
+        "{err}"
+    );
+}
