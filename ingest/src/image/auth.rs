@@ -55,26 +55,21 @@ impl fmt::Debug for Redactor {
 impl Redactor {
     /// The password, `user:password`, and that pair in base64 (with and without padding,
     /// standard and URL-safe alphabet): the forms a basic header or a token request carries.
-    /// Also the password and the pair percent-encoded, as a server quoting a request URL or a
-    /// form body (a token service's `password=`) shows them.
+    /// Percent-encoded forms ([`redact`] matches any) cover a server quoting a request URL or
+    /// a form body (a token service's `password=`).
     pub fn add_credentials(&self, creds: &Credentials) {
         use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE_NO_PAD};
         let pair = format!("{}:{}", creds.username, creds.password.expose());
         let mut forms = vec![creds.password.expose().to_owned()];
         forms.extend([&STANDARD, &STANDARD_NO_PAD, &URL_SAFE_NO_PAD].map(|e| e.encode(&pair)));
-        for plain in [creds.password.expose(), pair.as_str()] {
-            forms.extend(percent_encodings(plain));
-        }
         forms.push(pair);
         self.add(forms);
     }
 
-    /// A bearer or identity token (and its percent-encoded forms: a token may go out in a
-    /// form body or a query, as OAuth2 refresh tokens do).
+    /// A bearer or identity token (percent-encoded too: a token may go out in a form body or
+    /// a query, as OAuth2 refresh tokens do).
     pub fn add_secret(&self, secret: &Secret) {
-        let mut forms = vec![secret.expose().to_owned()];
-        forms.extend(percent_encodings(secret.expose()));
-        self.add(forms);
+        self.add([secret.expose().to_owned()]);
     }
 
     fn add(&self, forms: impl IntoIterator<Item = String>) {
@@ -90,45 +85,23 @@ impl Redactor {
     }
 }
 
-/// `text` percent-encoded (RFC 3986 unreserved characters kept) with upper- and lower-case
-/// hex digits, and in `application/x-www-form-urlencoded` (space as `+`); none when nothing
-/// needed encoding.
-fn percent_encodings(text: &str) -> Vec<String> {
-    let keep = |b: u8| b.is_ascii_alphanumeric() || b"-._~".contains(&b);
-    if text.bytes().all(keep) {
-        return Vec::new();
-    }
-    let encode = |upper: bool, plus: bool| {
-        let mut out = String::with_capacity(text.len() * 3);
-        for b in text.bytes() {
-            match b {
-                b' ' if plus => out.push('+'),
-                b if keep(b) => out.push(char::from(b)),
-                b if upper => out.push_str(&format!("%{b:02X}")),
-                b => out.push_str(&format!("%{b:02x}")),
-            }
-        }
-        out
-    };
-    vec![
-        encode(true, false),
-        encode(false, false),
-        encode(true, true),
-    ]
-}
-
 /// `text` with each occurrence of any of `secrets` replaced by [`REDACTED`], in one pass and
 /// longest first where they overlap (`user:pass` goes whole, not as `user:` + a redaction).
+/// An occurrence may have any of its bytes percent-encoded (either hex case, `+` for a
+/// space): encoders differ in what they leave alone (`/`, `@`, `~`…).
 pub fn redact(text: &str, secrets: &[&str]) -> String {
     let mut by_length: Vec<&str> = secrets.iter().copied().filter(|s| !s.is_empty()).collect();
     by_length.sort_by_key(|s| std::cmp::Reverse(s.len()));
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(c) = rest.chars().next() {
-        match by_length.iter().find(|s| rest.starts_with(**s)) {
-            Some(secret) => {
+        match by_length
+            .iter()
+            .find_map(|s| encoded_match(rest.as_bytes(), s.as_bytes()))
+        {
+            Some(len) => {
                 out.push_str(REDACTED);
-                rest = &rest[secret.len()..];
+                rest = &rest[len..];
             }
             None => {
                 out.push(c);
@@ -137,6 +110,23 @@ pub fn redact(text: &str, secrets: &[&str]) -> String {
         }
     }
     out
+}
+
+/// The length of the start of `text` that spells `secret`, each byte as itself or
+/// percent-encoded (a space also as `+`). It ends on a character boundary: the secret is
+/// text, and an encoded byte is matched whole.
+fn encoded_match(text: &[u8], secret: &[u8]) -> Option<usize> {
+    let mut at = 0;
+    for &want in secret {
+        let hex = |i: usize| char::from(*text.get(i)?).to_digit(16);
+        match text.get(at)? {
+            &b if b == want => at += 1,
+            b'+' if want == b' ' => at += 1,
+            b'%' if hex(at + 1)? * 16 + hex(at + 2)? == u32::from(want) => at += 3,
+            _ => return None,
+        }
+    }
+    Some(at)
 }
 
 /// A user name and password (or token) for HTTP basic auth and token requests.
@@ -881,6 +871,9 @@ mod tests {
             "p%40ss+w%2Frd",
             "u%3Ap%40ss%20w%2Frd",
             "t%2Fk%3D1",
+            // As Python's `quote` writes them (`/` left alone), and every byte encoded.
+            "p%40ss%20w/rd",
+            "%70%40%73%73%20%77%2f%72%64",
         ] {
             assert_eq!(r.redact(&format!("?x={form}&")), "?x=[redacted]&", "{form}");
         }

@@ -74,6 +74,11 @@ pub struct RegistryOptions {
     /// registry sending a byte now and then never stalls, and would hold the repository lock
     /// for days.
     pub document_deadline: Duration,
+    /// A blob download receiving fewer than `slow_blob_bytes` in `slow_blob_window` is cut
+    /// and resumed as a stalled one is, without counting as progress: a registry sending a
+    /// byte now and then never stalls.
+    pub slow_blob_window: Duration,
+    pub slow_blob_bytes: u64,
     /// Told about every retry before its backoff, so a failing or stalled registry shows up
     /// at once rather than when the last retry gives up minutes later.
     pub on_retry: Option<RetryNotices>,
@@ -126,6 +131,8 @@ impl Default for RegistryOptions {
             connect_timeout: Duration::from_secs(30),
             read_timeout: Duration::from_secs(30),
             document_deadline: Duration::from_secs(300),
+            slow_blob_window: Duration::from_secs(120),
+            slow_blob_bytes: 64 << 10,
             on_retry: None,
         }
     }
@@ -1014,8 +1021,25 @@ impl Inner {
         }
     }
 
-    /// A whole small document; a body cut short is retried like a dropped connection.
+    /// A whole small document; a body cut short is retried like a dropped connection. All
+    /// attempts together get twice `document_deadline` (each body gets it once): retries of
+    /// the body, of the request (5xx, 429 with its `Retry-After`) and of a token fetch nest,
+    /// and would otherwise let one document take hours.
     async fn fetch_document(
+        &self,
+        req: &Request,
+    ) -> std::result::Result<(Vec<u8>, HeaderMap), Failure> {
+        let deadline = self.options.document_deadline.saturating_mul(2);
+        match tokio::time::timeout(deadline, self.fetch_document_attempts(req)).await {
+            Ok(result) => result,
+            Err(_) => {
+                let why = format!("{}, retries included", too_slow("document", deadline));
+                Err(self.failure(&req.url, None, why))
+            }
+        }
+    }
+
+    async fn fetch_document_attempts(
         &self,
         req: &Request,
     ) -> std::result::Result<(Vec<u8>, HeaderMap), Failure> {
@@ -1046,17 +1070,21 @@ impl Inner {
         }
     }
 
-    /// Feeds a blob into `tx`, resuming after dropped or stalled connections. Only failures
-    /// in a row without a new byte count against `max_retries`: a long download over a flaky
-    /// link finishes, a registry that sends nothing gives up after the retries.
+    /// Feeds a blob into `tx`, resuming after dropped, stalled or too slow connections. Only
+    /// failures in a row without a new byte count against `max_retries`: a long download over
+    /// a flaky link finishes, a registry that sends nothing gives up after the retries. All
+    /// resumes together are capped too ([`MAX_RESUMES`] and two per MiB received): a
+    /// registry that drops the connection after every byte makes progress each time.
     async fn download(
         &self,
         mut req: Request,
         tx: &mpsc::Sender<Chunk>,
     ) -> std::result::Result<(), Failure> {
         let mut fruitless = 0u32;
+        let mut resumes = 0u64;
         loop {
             let started_at = req.range_from;
+            let mut window = (std::time::Instant::now(), req.range_from);
             let (mut resp, _permit) = self.send(&req).await?;
             // A server that ignores `Range` resends from the start: skip what we have.
             let mut skip = if req.range_from > 0 && resp.status() != StatusCode::PARTIAL_CONTENT {
@@ -1064,7 +1092,9 @@ impl Inner {
             } else {
                 0
             };
-            let error = loop {
+            let (window_len, window_min) =
+                (self.options.slow_blob_window, self.options.slow_blob_bytes);
+            let ended = loop {
                 match resp.chunk().await {
                     Ok(Some(bytes)) => {
                         let drop_n = skip.min(bytes.len() as u64) as usize;
@@ -1077,25 +1107,48 @@ impl Inner {
                         if tx.send(Ok(rest.to_vec())).await.is_err() {
                             return Ok(()); // the reader was dropped
                         }
+                        if window.0.elapsed() >= window_len {
+                            let got = req.range_from - window.1;
+                            if got < window_min {
+                                break Ended::TooSlow(got);
+                            }
+                            window = (std::time::Instant::now(), req.range_from);
+                        }
                     }
                     Ok(None) => return Ok(()),
-                    Err(e) => break e,
+                    Err(e) => break Ended::Failed(e),
                 }
             };
-            if req.range_from > started_at {
-                fruitless = 0;
-            }
-            let why = if error.is_timeout() {
-                self.stalled(&format!("at byte {}", req.range_from))
-            } else {
-                format!(
+            let too_slow = matches!(ended, Ended::TooSlow(_));
+            let why = match ended {
+                Ended::TooSlow(got) => format!(
+                    "too slow: {got} bytes in {} s at byte {}",
+                    window_len.as_secs_f64(),
+                    req.range_from
+                ),
+                Ended::Failed(e) if e.is_timeout() => {
+                    self.stalled(&format!("at byte {}", req.range_from))
+                }
+                Ended::Failed(e) => format!(
                     "connection dropped at byte {}: {}",
                     req.range_from,
-                    error_chain(&error.without_url())
-                )
+                    error_chain(&e.without_url())
+                ),
             };
+            if req.range_from > started_at && !too_slow {
+                fruitless = 0;
+            }
             if fruitless >= self.options.max_retries {
                 let reason = format!("{why} (after {fruitless} retries without progress)");
+                return Err(self.failure(&req.url, None, reason));
+            }
+            resumes += 1;
+            if resumes > MAX_RESUMES + 2 * (req.range_from >> 20) {
+                let reason = format!(
+                    "{why} (resumed {} times for {} bytes: the registry keeps failing)",
+                    resumes - 1,
+                    req.range_from
+                );
                 return Err(self.failure(&req.url, None, reason));
             }
             let delay = self.backoff(fruitless);
@@ -1104,6 +1157,16 @@ impl Inner {
             fruitless += 1;
         }
     }
+}
+
+/// Resumes of one blob allowed beyond two per MiB received.
+const MAX_RESUMES: u64 = 16;
+
+/// How one request of a blob download ended, short of the blob's end.
+enum Ended {
+    Failed(reqwest::Error),
+    /// Fewer than `slow_blob_bytes` (this many) in `slow_blob_window`.
+    TooSlow(u64),
 }
 
 /// `503 Service Unavailable`.

@@ -924,6 +924,93 @@ fn a_stalled_blob_is_resumed_and_every_retry_announced() {
     }
 }
 
+/// A registry that drops the connection after every byte makes progress each time, but is
+/// resumed at most 16 times (plus two per MiB received), not once per byte (found by fuzzing).
+#[test]
+fn a_blob_dropped_after_every_byte_is_given_up_on() {
+    let img = image("amd64", "r");
+    let routes = registry_routes(&img);
+    let blob0 = format!("/v2/r/x/blobs/{}", Digest::of(&img.blobs[0]));
+    let dropped = blob0.clone();
+    let (addr, log) = serve(move |req| {
+        let mut reply = routes(req).unwrap_or_else(|| Reply::new(404, ""));
+        if req.path == dropped {
+            let from = range_start(req);
+            reply = Reply::new(
+                if from > 0 { 206 } else { 200 },
+                reply.body[from..].to_vec(),
+            );
+            reply.cut_at = Some(1);
+        }
+        reply
+    });
+    assert!(
+        img.blobs[0].len() > 40,
+        "a blob longer than the resumes allowed"
+    );
+    let sources = client_for(&addr, |o| o.backoff = Duration::from_millis(1));
+    let (source, resolved) = open_x1(&sources, &addr);
+    let err = read_layer(source.as_ref(), &resolved, 0)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("connection dropped at byte 17: ")
+            && err.contains("(resumed 16 times for 17 bytes: the registry keeps failing)"),
+        "{err}"
+    );
+    let requests = log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(p, _)| *p == blob0)
+        .count();
+    assert_eq!(requests, 17, "the first request and 16 resumes");
+}
+
+/// A registry sending a blob a byte at a time, never stalling long enough for the read
+/// timeout, is cut when a window passes with too few bytes, and given up on after the
+/// retries: such an attempt counts as one without progress (found by fuzzing).
+#[test]
+fn a_blob_trickling_in_is_given_up_on_after_the_retries() {
+    let img = image("amd64", "r");
+    let routes = registry_routes(&img);
+    let blob0 = format!("/v2/r/x/blobs/{}", Digest::of(&img.blobs[0]));
+    let slow = blob0.clone();
+    let (addr, log) = serve(move |req| {
+        let mut reply = routes(req).unwrap_or_else(|| Reply::new(404, ""));
+        if req.path == slow {
+            let from = range_start(req);
+            reply = Reply::new(
+                if from > 0 { 206 } else { 200 },
+                reply.body[from..].to_vec(),
+            );
+            reply.trickle = Some(Duration::from_millis(20));
+        }
+        reply
+    });
+    let sources = client_for(&addr, |o| {
+        o.backoff = Duration::from_millis(1);
+        o.max_retries = 2;
+        o.slow_blob_window = Duration::from_millis(200);
+        o.slow_blob_bytes = 1 << 20;
+    });
+    let (source, resolved) = open_x1(&sources, &addr);
+    let err = read_layer(source.as_ref(), &resolved, 0)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("too slow: ") && err.contains("(after 2 retries without progress)"),
+        "{err}"
+    );
+    let requests = log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(p, _)| *p == blob0)
+        .count();
+    assert_eq!(requests, 3, "the first request and 2 resumes");
+}
+
 #[test]
 fn a_registry_that_sends_nothing_fails_after_the_retries_naming_the_layer() {
     let img = image("amd64", "r");
@@ -1706,6 +1793,32 @@ fn a_document_trickling_in_fails_at_its_deadline() {
         "{err}"
     );
     assert_eq!(log.lock().unwrap().len(), 1, "not retried");
+}
+
+/// A registry answering 503 with `Retry-After` again and again holds a document no longer
+/// than twice its deadline, retries included (found by fuzzing: nested retries of the body,
+/// the request and the token with `Retry-After: 120` held one manifest for two hours).
+#[test]
+fn retries_of_a_document_end_at_twice_its_deadline() {
+    let (addr, log) = serve(|_| Reply::new(503, "").header("Retry-After", "1"));
+    let sources = client_for(&addr, |o| {
+        o.document_deadline = Duration::from_millis(700);
+        o.max_retries = 10;
+    });
+    let err = resolve_fails(&sources, &format!("docker://{addr}/r/x:1"));
+    assert!(
+        err.contains(
+            "/v2/r/x/manifests/1: document not all there after 1.4 s (the registry \
+             sends too slowly), retries included"
+        ),
+        "{err}"
+    );
+    // Not the 11 attempts the retries alone would allow.
+    assert!(
+        log.lock().unwrap().len() <= 3,
+        "{:?}",
+        log.lock().unwrap().len()
+    );
 }
 
 /// Error bodies and token replies sent a byte at a time are not waited for past the
