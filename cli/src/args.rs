@@ -494,6 +494,10 @@ pub struct MigrateArgs {
     /// Print a forecast (images, layers already known, bytes to download) and change nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Refuse a listing that selects more images than this (a registry listing millions of
+    /// tags would otherwise fill the memory before the first conversion).
+    #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_images: u64,
     /// After the batches, remove the links below this registry (and prefix) whose images are
     /// no longer listed or selected, and the flattened images no link reaches any more.
     #[arg(long)]

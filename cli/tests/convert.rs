@@ -1365,6 +1365,47 @@ fn migrate_reports_an_unlistable_repository_and_goes_on() {
     env.check(true);
 }
 
+/// A listing that selects more images than `--max-images` is refused before anything is
+/// fetched (a registry listing millions of tags would otherwise fill the memory).
+#[test]
+fn migrate_refuses_a_listing_over_max_images() {
+    let Some((reg, env, layout)) = registry_env() else {
+        return;
+    };
+    base_and_app(&layout);
+    for tag in ["lib/a:1", "lib/a:2", "lib/b:1"] {
+        reg.push_oci_layout(&layout, "app", tag).unwrap();
+    }
+    let addr = reg.addr();
+    let url = format!("docker://{addr}");
+    let dry = |max: &str| {
+        env.run(&[
+            "migrate",
+            FQRN,
+            &url,
+            "--insecure-registry",
+            &addr,
+            "--dry-run",
+            "--max-images",
+            max,
+        ])
+    };
+    let out = dry("2");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "docker://{addr}: more than 2 images selected (--max-images); narrow"
+        )),
+        "{stderr}"
+    );
+    let out = dry("3");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("3 images selected"), "{stdout}");
+    assert_eq!(env.revision(), 1);
+}
+
 /// `migrate --dry-run` changes nothing: it gives its forecast while another process holds
 /// the repository lock. The forecast counts a layer shared by several images once, and
 /// another name for an image the run converts as links only.

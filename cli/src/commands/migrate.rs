@@ -16,6 +16,7 @@ use ingest::image::{PlatformSelection, RegistryRef, Sources};
 use serde_json::json;
 use std::collections::BTreeSet;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 pub fn migrate(home: &Path, g: &Global, a: &MigrateArgs, out: Output) -> Result<i32> {
     let (host, prefix) = parse_registry_url(&a.registry_url)?;
@@ -28,7 +29,7 @@ pub fn migrate(home: &Path, g: &Global, a: &MigrateArgs, out: Output) -> Result<
         refs,
         unlisted,
         unmatched,
-    } = list_images(&sources, &host, &prefix, &include, &exclude)?;
+    } = list_images(&sources, (&host, &prefix), &include, &exclude, a.max_images)?;
     for (repository, why) in &unlisted {
         report_unlisted(repository, why, out);
     }
@@ -209,17 +210,50 @@ struct Listing {
     unmatched: Vec<String>,
 }
 
+/// The tags of one repository that the filters select, as `repository:tag`, and which
+/// `--include` patterns matched any of its tags.
+struct Selected {
+    names: Vec<String>,
+    matched: Vec<bool>,
+}
+
+fn select_tags(
+    repository: &str,
+    tags: Vec<String>,
+    include: &[glob::Pattern],
+    exclude: &[glob::Pattern],
+) -> Selected {
+    let mut out = Selected {
+        names: Vec::new(),
+        matched: vec![false; include.len()],
+    };
+    for tag in tags {
+        let name = format!("{repository}:{tag}");
+        for (seen, p) in out.matched.iter_mut().zip(include) {
+            *seen |= p.matches(&name);
+        }
+        let included = include.is_empty() || include.iter().any(|p| p.matches(&name));
+        if included && !exclude.iter().any(|p| p.matches(&name)) {
+            out.names.push(name);
+        }
+    }
+    out
+}
+
 /// Every `repository:tag` of the registry under `prefix` that the filters select, as
 /// `docker://` references, sorted. Repositories no filter lets through are not asked for
 /// their tags; one whose tag list fails is reported in [`Listing::unlisted`] and the others
 /// are still listed (`_catalog` often names repositories the caller may not read).
+/// More than `max_selected` images selected is an error (a million `repository:tag` names
+/// are about 100 MB).
 fn list_images(
     sources: &Sources,
-    host: &str,
-    prefix: &str,
+    (host, prefix): (&str, &str),
     include: &[glob::Pattern],
     exclude: &[glob::Pattern],
+    max_selected: u64,
 ) -> Result<Listing> {
+    let max_selected = usize::try_from(max_selected).unwrap_or(usize::MAX);
     let client = sources.registry()?;
     let repositories: Vec<String> = client
         .catalog(host)?
@@ -227,40 +261,57 @@ fn list_images(
         .filter(|r| prefix.is_empty() || r == prefix || r.starts_with(&format!("{prefix}/")))
         .filter(|r| repository_may_be_selected(r, include, exclude))
         .collect();
-    // One tag-list request per repository: several in flight.
+    // One tag-list request per repository: several in flight. Each list is filtered as it
+    // arrives and the images selected are counted across all: a registry listing millions of
+    // tags per repository (each list within its own limits) must not fill the memory.
+    let selected_so_far = AtomicUsize::new(0);
     let tags = concurrent::map(
         &repositories,
         concurrent::REQUESTS_IN_FLIGHT,
-        |repository| {
-            client.list_tags(&RegistryRef {
+        |repository| -> Option<std::result::Result<Selected, ingest::image::Error>> {
+            if selected_so_far.load(Ordering::Relaxed) > max_selected {
+                return None;
+            }
+            let tags = client.list_tags(&RegistryRef {
                 host: host.to_string(),
                 repository: repository.clone(),
                 tag: None,
                 digest: None,
-            })
+            });
+            let selected = tags.map(|tags| select_tags(repository, tags, include, exclude));
+            if let Ok(s) = &selected {
+                selected_so_far.fetch_add(s.names.len(), Ordering::Relaxed);
+            }
+            Some(selected)
         },
     );
+    if selected_so_far.load(Ordering::Relaxed) > max_selected {
+        bail!(
+            "docker://{host}: more than {max_selected} images selected (--max-images); narrow \
+             the migration with a prefix, --include or --exclude"
+        );
+    }
     let mut out = BTreeSet::new();
     let mut unlisted = Vec::new();
     let mut matched = vec![false; include.len()];
-    for (repository, tags) in repositories.iter().zip(tags) {
-        let tags = match tags {
-            Ok(tags) => tags,
-            Err(e) => {
+    for (repository, selected) in repositories.iter().zip(tags) {
+        let selected = match selected {
+            Some(Ok(selected)) => selected,
+            Some(Err(e)) => {
                 unlisted.push((format!("docker://{host}/{repository}"), listing_error(&e)));
                 continue;
             }
+            None => continue,
         };
-        for tag in tags {
-            let name = format!("{repository}:{tag}");
-            for (seen, p) in matched.iter_mut().zip(include) {
-                *seen |= p.matches(&name);
-            }
-            let included = include.is_empty() || include.iter().any(|p| p.matches(&name));
-            if included && !exclude.iter().any(|p| p.matches(&name)) {
-                out.insert(format!("docker://{host}/{name}"));
-            }
+        for (seen, hit) in matched.iter_mut().zip(selected.matched) {
+            *seen |= hit;
         }
+        out.extend(
+            selected
+                .names
+                .into_iter()
+                .map(|name| format!("docker://{host}/{name}")),
+        );
     }
     let unmatched = include
         .iter()
