@@ -924,30 +924,47 @@ fn a_stalled_blob_is_resumed_and_every_retry_announced() {
     }
 }
 
+/// Serves `img` as `r/x:1`, its first blob from the requested `Range` start, each reply of
+/// it changed by `tweak`. Returns the address, the request log and the blob's path.
+fn tweaked_blob_registry(
+    img: &Built,
+    tweak: impl Fn(&mut Reply) + Send + Sync + 'static,
+) -> (String, http::Log, String) {
+    let routes = registry_routes(img);
+    let blob0 = format!("/v2/r/x/blobs/{}", Digest::of(&img.blobs[0]));
+    let path = blob0.clone();
+    let (addr, log) = serve(move |req| {
+        let mut reply = routes(req).unwrap_or_else(|| Reply::new(404, ""));
+        if req.path == path {
+            let from = range_start(req);
+            let status = if from > 0 { 206 } else { 200 };
+            reply = Reply::new(status, reply.body[from..].to_vec());
+            tweak(&mut reply);
+        }
+        reply
+    });
+    (addr, log, blob0)
+}
+
+/// How many requests in `log` asked for `path`.
+fn requests_for(log: &http::Log, path: &str) -> usize {
+    log.lock()
+        .unwrap()
+        .iter()
+        .filter(|(p, _)| p == path)
+        .count()
+}
+
 /// A registry that drops the connection after every byte makes progress each time, but is
 /// resumed at most 16 times (plus two per MiB received), not once per byte (found by fuzzing).
 #[test]
 fn a_blob_dropped_after_every_byte_is_given_up_on() {
     let img = image("amd64", "r");
-    let routes = registry_routes(&img);
-    let blob0 = format!("/v2/r/x/blobs/{}", Digest::of(&img.blobs[0]));
-    let dropped = blob0.clone();
-    let (addr, log) = serve(move |req| {
-        let mut reply = routes(req).unwrap_or_else(|| Reply::new(404, ""));
-        if req.path == dropped {
-            let from = range_start(req);
-            reply = Reply::new(
-                if from > 0 { 206 } else { 200 },
-                reply.body[from..].to_vec(),
-            );
-            reply.cut_at = Some(1);
-        }
-        reply
-    });
     assert!(
         img.blobs[0].len() > 40,
         "a blob longer than the resumes allowed"
     );
+    let (addr, log, blob0) = tweaked_blob_registry(&img, |reply| reply.cut_at = Some(1));
     let sources = client_for(&addr, |o| o.backoff = Duration::from_millis(1));
     let (source, resolved) = open_x1(&sources, &addr);
     let err = read_layer(source.as_ref(), &resolved, 0)
@@ -958,13 +975,11 @@ fn a_blob_dropped_after_every_byte_is_given_up_on() {
             && err.contains("(resumed 16 times for 17 bytes: the registry keeps failing)"),
         "{err}"
     );
-    let requests = log
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|(p, _)| *p == blob0)
-        .count();
-    assert_eq!(requests, 17, "the first request and 16 resumes");
+    assert_eq!(
+        requests_for(&log, &blob0),
+        17,
+        "the first request and 16 resumes"
+    );
 }
 
 /// A registry sending a blob a byte at a time, never stalling long enough for the read
@@ -973,20 +988,8 @@ fn a_blob_dropped_after_every_byte_is_given_up_on() {
 #[test]
 fn a_blob_trickling_in_is_given_up_on_after_the_retries() {
     let img = image("amd64", "r");
-    let routes = registry_routes(&img);
-    let blob0 = format!("/v2/r/x/blobs/{}", Digest::of(&img.blobs[0]));
-    let slow = blob0.clone();
-    let (addr, log) = serve(move |req| {
-        let mut reply = routes(req).unwrap_or_else(|| Reply::new(404, ""));
-        if req.path == slow {
-            let from = range_start(req);
-            reply = Reply::new(
-                if from > 0 { 206 } else { 200 },
-                reply.body[from..].to_vec(),
-            );
-            reply.trickle = Some(Duration::from_millis(20));
-        }
-        reply
+    let (addr, log, blob0) = tweaked_blob_registry(&img, |reply| {
+        reply.trickle = Some(Duration::from_millis(20));
     });
     let sources = client_for(&addr, |o| {
         o.backoff = Duration::from_millis(1);
@@ -1002,13 +1005,11 @@ fn a_blob_trickling_in_is_given_up_on_after_the_retries() {
         err.contains("too slow: ") && err.contains("(after 2 retries without progress)"),
         "{err}"
     );
-    let requests = log
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|(p, _)| *p == blob0)
-        .count();
-    assert_eq!(requests, 3, "the first request and 2 resumes");
+    assert_eq!(
+        requests_for(&log, &blob0),
+        3,
+        "the first request and 2 resumes"
+    );
 }
 
 #[test]
