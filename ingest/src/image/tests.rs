@@ -1356,25 +1356,15 @@ fn archive_naming(path: &Path, layer: &str, links: &[(&str, &str)]) {
         "Config": "config.json", "RepoTags": ["t/x:1"], "Layers": [layer],
     }]))
     .unwrap();
-    let mut b = tar::Builder::new(Vec::new());
-    for (name, data) in [
-        ("real/layer.tar", &tar),
-        ("config.json", &config),
-        ("manifest.json", &manifest),
-    ] {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o444);
-        h.set_cksum();
-        b.append_data(&mut h, name, data.as_slice()).unwrap();
-    }
-    for (name, target) in links {
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(tar::EntryType::Symlink);
-        h.set_size(0);
-        b.append_link(&mut h, name, target).unwrap();
-    }
-    std::fs::write(path, b.into_inner().unwrap()).unwrap();
+    archive_of(
+        path,
+        &[
+            ("real/layer.tar", &tar),
+            ("config.json", &config),
+            ("manifest.json", &manifest),
+        ],
+        links,
+    );
 }
 
 #[test]
