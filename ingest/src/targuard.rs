@@ -617,8 +617,8 @@ mod tests {
     }
 
     /// Sparse members may declare 64 GiB in all, not each: the member that passes it is
-    /// refused at its header, by name, however small it is itself (found by fuzzing: 4 096
-    /// members of 64 GiB in a 156-byte gzip layer).
+    /// refused at its header, by name, however small it is itself (found by fuzzing: four
+    /// members of 64 GiB each in a gzip layer of 156 bytes).
     #[test]
     fn sparse_members_may_declare_64_gib_in_all() {
         let quarter = crate::tarsource::MAX_SPARSE_SIZE / 4;

@@ -217,6 +217,7 @@ struct Selected {
     matched: Vec<bool>,
 }
 
+/// Filters one repository's tags.
 fn select_tags(
     repository: &str,
     tags: Vec<String>,

@@ -1084,8 +1084,9 @@ impl Inner {
         let mut resumes = 0u64;
         loop {
             let started_at = req.range_from;
-            let mut window = (std::time::Instant::now(), req.range_from);
             let (mut resp, _permit) = self.send(&req).await?;
+            // From the response on: waiting for a permit or a retried request is not slowness.
+            let mut window = (std::time::Instant::now(), req.range_from);
             // A server that ignores `Range` resends from the start: skip what we have.
             let mut skip = if req.range_from > 0 && resp.status() != StatusCode::PARTIAL_CONTENT {
                 req.range_from
