@@ -10,6 +10,7 @@
 //! | 1.0 | `GNU.sparse.name` | `GNU.sparse.realsize` | decimal lines at the start of the data |
 
 use crate::targuard::{PaxRecord, MAX_PAX_RECORDS};
+use crate::tarsource::pax_number as number;
 use std::io::{self, Read};
 
 const BLOCK: usize = 512;
@@ -190,20 +191,6 @@ impl<R: Read> SparseReader<R> {
 
 fn invalid(msg: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg.into())
-}
-
-fn number(key: &[u8], value: &[u8]) -> Result<u64, String> {
-    std::str::from_utf8(value)
-        .ok()
-        .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| {
-            format!(
-                "bad PAX {} {:?}",
-                String::from_utf8_lossy(key),
-                String::from_utf8_lossy(value)
-            )
-        })
 }
 
 /// `off,len,off,len…` (format 0.1).

@@ -615,7 +615,7 @@ fn numeric(field: &[u8], parse: impl FnOnce() -> io::Result<u64>) -> io::Result<
 /// A PAX decimal record (`size`, `uid`, `gid`). The tar crate skips values it cannot parse and
 /// falls back to the header's field, where GNU tar and Go refuse the archive: so do we, lest
 /// the tree we publish differ from what other tools unpack.
-fn pax_number(key: &[u8], v: &[u8]) -> std::result::Result<u64, String> {
+pub(crate) fn pax_number(key: &[u8], v: &[u8]) -> std::result::Result<u64, String> {
     let text = String::from_utf8_lossy(v);
     // Digits only: `str::parse` would also take a leading `+`.
     match v.iter().all(u8::is_ascii_digit) {
