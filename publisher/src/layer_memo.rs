@@ -14,8 +14,10 @@
 //! cleanup): check a memo with [`verify_objects`] (or use [`LayerMemo::get_verified`]) before
 //! trusting it. Local state only, never published, so WAL mode is fine.
 //!
-//! Rows hold one zstd-compressed JSON document per layer; a document of another format version
-//! reads as a miss, so a format change costs one download per layer, never a wrong replay.
+//! Rows hold one zstd-compressed JSON document per layer, its frame carrying a checksum of the
+//! document: a torn write or a flipped bit that still inflates to valid JSON is refused, never
+//! replayed. A document of another format version reads as a miss, so a format change costs one
+//! download per layer, never a wrong replay.
 //!
 //! ```
 //! use catalog_writer::entry::FileData;
@@ -51,8 +53,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
-/// Version of the JSON document in `layers.entries`.
-const FORMAT: u32 = 1;
+/// Version of the JSON document in `layers.entries`. 2: the zstd frame has a content checksum
+/// (version 1 rows had none and read as misses).
+const FORMAT: u32 = 2;
 /// zstd level: rows are written once per layer and read often; level 3 is fast both ways.
 const ZSTD_LEVEL: i32 = 3;
 /// Upper bound for an inflated row, so a corrupt row cannot exhaust memory.
@@ -855,7 +858,9 @@ fn encode(layer: &MemoLayer) -> std::result::Result<Vec<u8>, String> {
     };
     // Streamed into the compressor: the JSON text of a layer of a million members would be a
     // few hundred MB.
-    let zstd = zstd::stream::write::Encoder::new(Vec::new(), ZSTD_LEVEL)
+    let mut zstd = zstd::stream::write::Encoder::new(Vec::new(), ZSTD_LEVEL)
+        .map_err(|e| format!("zstd: {e}"))?;
+    zstd.include_checksum(true)
         .map_err(|e| format!("zstd: {e}"))?;
     let mut text = std::io::BufWriter::with_capacity(1 << 16, zstd);
     serde_json::to_writer(&mut text, &doc).map_err(|e| e.to_string())?;
@@ -1078,6 +1083,11 @@ fn decode(blob: &[u8]) -> std::result::Result<Option<MemoLayer>, String> {
     let Some(doc) = doc.filter(|d| d.v == FORMAT) else {
         return Ok(None);
     };
+    // The checksum is verified as the frame ends (serde_json reads to the end of the input);
+    // a frame without one would have been accepted unchecked.
+    if !has_checksum(blob) {
+        return Err("zstd: the frame has no content checksum".into());
+    }
     let entries = doc
         .entries
         .into_iter()
@@ -1089,6 +1099,13 @@ fn decode(blob: &[u8]) -> std::result::Result<Option<MemoLayer>, String> {
         })
         .collect::<std::result::Result<_, String>>()?;
     Ok(Some(MemoLayer { entries }))
+}
+
+/// Whether the zstd frame at the start of `blob` declares a content checksum
+/// (`Content_Checksum_flag`, bit 2 of the frame header descriptor after the 4-byte magic).
+fn has_checksum(blob: &[u8]) -> bool {
+    blob.get(4)
+        .is_some_and(|descriptor| descriptor & 0b100 != 0)
 }
 
 #[cfg(test)]
@@ -1211,5 +1228,45 @@ mod tests {
         assert!(decode(&broken).unwrap_err().starts_with("json: "));
         let truncated = &encode(&MemoLayer::new(Vec::new())).unwrap()[..8];
         assert!(decode(truncated).is_err());
+    }
+
+    #[test]
+    fn a_document_that_inflates_but_fails_its_checksum_is_refused() {
+        let file = |name: &[u8], hash: u8| MemoEntry {
+            path: name.to_vec(),
+            kind: MemoKind::File {
+                meta: meta(&[], None),
+                size: 1,
+                data: Some(FileData::Whole(ContentHash([hash; 20]))),
+            },
+        };
+        let right = MemoLayer::new(vec![file(b"bin/a", 1), file(b"bin/b", 2)]);
+        let blob = encode(&right).unwrap();
+        assert!(has_checksum(&blob));
+        assert_eq!(decode(&blob).unwrap(), Some(right.clone()));
+        // The same frame with another document's checksum: the objects of two files swapped,
+        // as a writer bug or a torn row might leave them.
+        let wrong = encode(&MemoLayer::new(vec![file(b"bin/a", 2), file(b"bin/b", 1)])).unwrap();
+        let mut spliced = wrong[..wrong.len() - 4].to_vec();
+        spliced.extend_from_slice(&blob[blob.len() - 4..]);
+        let err = decode(&spliced).unwrap_err();
+        assert!(err.starts_with("zstd: "), "{err}");
+        // A current document in a frame without a checksum is not trusted either ...
+        let json = zstd::stream::decode_all(blob.as_slice()).unwrap();
+        let unchecked = zstd::bulk::compress(&json, 3).unwrap();
+        assert!(!has_checksum(&unchecked));
+        let err = decode(&unchecked).unwrap_err();
+        assert!(err.contains("no content checksum"), "{err}");
+        // ... while version 1's rows (all without one) read as misses.
+        let old = String::from_utf8(json).unwrap().replacen(
+            &format!(r#"{{"v":{FORMAT},"#),
+            r#"{"v":1,"#,
+            1,
+        );
+        assert!(old.starts_with(r#"{"v":1,"#), "{old}");
+        assert_eq!(
+            decode(&zstd::bulk::compress(old.as_bytes(), 3).unwrap()).unwrap(),
+            None
+        );
     }
 }
