@@ -34,6 +34,12 @@ pub struct RecipeInput {
     pub wildcard: bool,
 }
 
+/// A wishlist is a few lines per image; even a registry's worth stays far below this.
+const MAX_RECIPE_BYTES: u64 = 4 << 20;
+/// Deeper flow collections (`[[[…`) are refused before YAML parsing: the parser's time grows
+/// with the square of the depth, and a wishlist needs two levels at most.
+const MAX_FLOW_DEPTH: usize = 64;
+
 #[derive(Deserialize)]
 struct RawRecipe {
     version: i64,
@@ -54,6 +60,11 @@ impl Recipe {
             path: origin.to_owned(),
             reason,
         };
+        if flow_depth(text) > MAX_FLOW_DEPTH {
+            return Err(bad(format!(
+                "flow collections ([ or {{) nested more than {MAX_FLOW_DEPTH} deep"
+            )));
+        }
         // A file given by mistake (a token, a password file) reads as one YAML string: it is
         // named for what it is, never quoted.
         let value: serde_yaml::Value =
@@ -124,10 +135,61 @@ impl Recipe {
 
     /// Reads and parses a wishlist file.
     pub fn load(path: &Path) -> Result<Recipe> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::io(format!("reading recipe {}", path.display()), e))?;
+        use std::io::Read;
+        let what = || format!("reading recipe {}", path.display());
+        let file = std::fs::File::open(path).map_err(|e| Error::io(what(), e))?;
+        let mut text = String::new();
+        file.take(MAX_RECIPE_BYTES + 1)
+            .read_to_string(&mut text)
+            .map_err(|e| Error::io(what(), e))?;
+        if text.len() as u64 > MAX_RECIPE_BYTES {
+            return Err(Error::Recipe {
+                path: path.display().to_string(),
+                reason: format!(
+                    "larger than {} MiB (not a wishlist)",
+                    MAX_RECIPE_BYTES >> 20
+                ),
+            });
+        }
         Recipe::parse(&text, &path.display().to_string())
     }
+}
+
+/// The deepest nesting of YAML flow collections in `text`, skipping comments and quoted
+/// scalars. Brackets inside plain scalars count too, which can only overstate the depth.
+fn flow_depth(text: &str) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let mut quote: Option<u8> = None;
+    let mut comment = false;
+    let mut prev = b'\n';
+    let mut bytes = text.bytes().peekable();
+    while let Some(b) = bytes.next() {
+        match (quote, b) {
+            _ if comment => comment = b != b'\n',
+            (Some(b'"'), b'\\') => {
+                bytes.next();
+            }
+            (Some(q), _) if b == q => {
+                // '' inside a single-quoted scalar is an escaped quote.
+                if q == b'\'' && bytes.peek() == Some(&b'\'') {
+                    bytes.next();
+                } else {
+                    quote = None;
+                }
+            }
+            (Some(_), _) => {}
+            (None, b'#') if prev.is_ascii_whitespace() => comment = true,
+            (None, b'\'' | b'"') if b" \t\n[{,:-".contains(&prev) => quote = Some(b),
+            (None, b'[' | b'{') => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            (None, b']' | b'}') => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        prev = b;
+    }
+    deepest
 }
 
 /// A parser's message with what it quotes from the file cut short: a value of the wrong
@@ -373,5 +435,47 @@ input:
         .unwrap_err()
         .to_string();
         assert!(err.len() < 300 && err.contains("…(10000 bytes)"), "{err}");
+    }
+
+    #[test]
+    fn deep_nesting_and_huge_files_are_refused_before_parsing() {
+        // 100 000 open brackets took libyaml 15 s before it gave up on its recursion limit.
+        let deep = format!(
+            "version: 1\ncvmfs_repo: x\ninput: {}\n",
+            "[".repeat(100_000)
+        );
+        let started = std::time::Instant::now();
+        let err = Recipe::parse(&deep, "r").unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "recipe r: flow collections ([ or {) nested more than 64 deep"
+        );
+        assert!(started.elapsed().as_secs() < 5, "{:?}", started.elapsed());
+        // Brackets in comments and quoted scalars do not count; real flow lists do.
+        let odd = format!(
+            "# {open}\nversion: 1\ncvmfs_repo: 'x''{open}'\noutput_format: \"\\\"{open}\"\ninput: [\"h.io/r:1\", 'h.io/r:2'] # {open}\n",
+            open = "[{".repeat(100)
+        );
+        assert_eq!(flow_depth(&odd), 1);
+        assert_eq!(Recipe::parse(&odd, "r").unwrap().inputs.len(), 2);
+        assert_eq!(
+            flow_depth(&format!("a: {}{}", "[".repeat(64), "]".repeat(64))),
+            64
+        );
+        assert_eq!(flow_depth("a: [{b: [c]}, [d]]"), 3);
+
+        let dir = tempfile::tempdir().unwrap();
+        let big = dir.path().join("big.yaml");
+        let mut text = "version: 1\ncvmfs_repo: x\ninput:\n".to_owned();
+        while text.len() as u64 <= MAX_RECIPE_BYTES {
+            text.push_str("  - 'registry.example.org/some/repository:tag'\n");
+        }
+        std::fs::write(&big, &text).unwrap();
+        let err = Recipe::load(&big).unwrap_err().to_string();
+        assert!(err.ends_with("larger than 4 MiB (not a wishlist)"), "{err}");
+        text.truncate(MAX_RECIPE_BYTES as usize - 200);
+        text.truncate(text.rfind('\n').unwrap() + 1);
+        std::fs::write(&big, &text).unwrap();
+        assert!(Recipe::load(&big).unwrap().inputs.len() > 80_000);
     }
 }
