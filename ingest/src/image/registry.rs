@@ -202,6 +202,22 @@ impl fmt::Debug for RegistryClient {
     }
 }
 
+/// The retries one request or document has taken: a failed status, a dropped connection, a
+/// body cut short and a token fetch all count here against `max_retries`, so that retry loops
+/// nested inside each other cannot multiply.
+#[derive(Default)]
+struct RetryBudget(std::sync::atomic::AtomicU32);
+
+impl RetryBudget {
+    fn used(&self) -> u32 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn spend(&self) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// One HTTP request: where, for which auth scope, with which headers.
 #[derive(Clone)]
 struct Request {
@@ -761,10 +777,12 @@ impl Inner {
     }
 
     /// Sends a request, retrying 5xx, 429 and connection failures with backoff, and answering
-    /// one 401 challenge. Returns the successful response and the permit it holds.
+    /// one 401 challenge. Returns the successful response and the permit it holds. Retries,
+    /// the token fetch's included, draw from `retries`.
     async fn send(
         &self,
         req: &Request,
+        retries: &RetryBudget,
     ) -> std::result::Result<(reqwest::Response, OwnedSemaphorePermit), Failure> {
         let host = self.host(&req.host);
         let fail = |status: Option<u16>, reason: String| self.failure(&req.url, status, reason);
@@ -782,8 +800,8 @@ impl Inner {
             }
         }
         let mut authenticated = false;
-        let mut attempt = 0u32;
         loop {
+            let attempt = retries.used();
             let permit = host
                 .permits
                 .clone()
@@ -804,7 +822,8 @@ impl Inner {
                 {
                     drop(permit);
                     authenticated = true;
-                    self.answer_challenge(&host, req, resp.headers()).await?;
+                    self.answer_challenge(&host, req, resp.headers(), retries)
+                        .await?;
                     continue;
                 }
                 Ok(resp) if retryable(resp.status()) && attempt < self.options.max_retries => {
@@ -861,7 +880,7 @@ impl Inner {
                 }
             };
             drop(permit);
-            attempt += 1;
+            retries.spend();
             tokio::time::sleep(delay).await;
         }
     }
@@ -873,6 +892,7 @@ impl Inner {
         host: &Host,
         req: &Request,
         headers: &HeaderMap,
+        retries: &RetryBudget,
     ) -> std::result::Result<(), Failure> {
         let fail = |reason: String| self.failure(&req.url, Some(401), reason);
         let header = headers
@@ -913,7 +933,7 @@ impl Inner {
                     q.append_pair("scope", params.get("scope").unwrap_or(&req.scope));
                 }
                 let token = self
-                    .fetch_token(token_url, creds.map(|c| c.basic_header()), req)
+                    .fetch_token(token_url, creds.map(|c| c.basic_header()), req, retries)
                     .await?;
                 self.redactor.add_secret(&token);
                 host.tokens.lock().await.insert(req.scope.clone(), token);
@@ -930,6 +950,7 @@ impl Inner {
         url: reqwest::Url,
         basic: Option<String>,
         for_req: &Request,
+        retries: &RetryBudget,
     ) -> std::result::Result<Secret, Failure> {
         #[derive(serde::Deserialize)]
         struct TokenReply {
@@ -952,8 +973,8 @@ impl Inner {
                 ),
             ));
         }
-        let mut attempt = 0;
         loop {
+            let attempt = retries.used();
             match self
                 .request(url.as_str(), &HeaderMap::new(), basic.clone())
                 .await
@@ -1017,7 +1038,7 @@ impl Inner {
                     ))
                 }
             }
-            attempt += 1;
+            retries.spend();
         }
     }
 
@@ -1043,9 +1064,11 @@ impl Inner {
         &self,
         req: &Request,
     ) -> std::result::Result<(Vec<u8>, HeaderMap), Failure> {
-        let mut attempt = 0;
+        // One budget for the body's, the request's and the token's retries: nested, separate
+        // counts multiplied (5 × 5 × 5 requests for one manifest).
+        let retries = RetryBudget::default();
         loop {
-            let (resp, permit) = self.send(req).await?;
+            let (resp, permit) = self.send(req, &retries).await?;
             let headers = resp.headers().clone();
             let deadline = self.options.document_deadline;
             let result = tokio::time::timeout(deadline, read_limited(resp, MAX_DOCUMENT)).await;
@@ -1056,14 +1079,15 @@ impl Inner {
             match result {
                 Ok(body) => return Ok((body, headers)),
                 Err(e)
-                    if attempt < self.options.max_retries
+                    if retries.used() < self.options.max_retries
                         && e.kind() != io::ErrorKind::InvalidData =>
                 {
+                    let attempt = retries.used();
                     let delay = self.backoff(attempt);
                     let why = self.body_failure(&e);
                     self.announce_retry(&req.url, req, &why, attempt, delay);
                     tokio::time::sleep(delay).await;
-                    attempt += 1;
+                    retries.spend();
                 }
                 Err(e) => return Err(self.failure(&req.url, None, self.body_failure(&e))),
             }
@@ -1084,7 +1108,7 @@ impl Inner {
         let mut resumes = 0u64;
         loop {
             let started_at = req.range_from;
-            let (mut resp, _permit) = self.send(&req).await?;
+            let (mut resp, _permit) = self.send(&req, &RetryBudget::default()).await?;
             // From the response on: waiting for a permit or a retried request is not slowness.
             let mut window = (std::time::Instant::now(), req.range_from);
             // A server that ignores `Range` resends from the start: skip what we have.

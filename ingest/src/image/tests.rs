@@ -1812,6 +1812,46 @@ fn retries_of_a_document_end_at_twice_its_deadline() {
     );
 }
 
+/// The token's, the request's and the body's retries of one document share one budget: a
+/// registry failing each of them in turn used to cost (1 + 3 + 3) requests per body attempt,
+/// 16 in all with three retries, and 78 with the default five.
+#[test]
+fn nested_retries_of_a_document_share_one_budget() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let tokens = AtomicUsize::new(0);
+    let manifests = AtomicUsize::new(0);
+    let (addr, log) = serve(move |req| {
+        if req.path.starts_with("/token") {
+            // Every third token request succeeds.
+            return match tokens.fetch_add(1, Ordering::SeqCst) % 3 {
+                2 => Reply::new(200, r#"{"token":"t0k3n"}"#),
+                _ => Reply::new(503, ""),
+            };
+        }
+        if !req.headers.contains_key("authorization") {
+            let realm = format!("http://{}/token", req.headers["host"]);
+            return Reply::new(401, "")
+                .header("WWW-Authenticate", &format!("Bearer realm=\"{realm}\""));
+        }
+        // Two 503s, then a manifest cut short, over and over.
+        match manifests.fetch_add(1, Ordering::SeqCst) % 3 {
+            2 => {
+                let mut reply = Reply::new(200, "{\"schemaVersion\": 2}   ".repeat(10));
+                reply.cut_at = Some(10);
+                reply
+            }
+            _ => Reply::new(503, ""),
+        }
+    });
+    let sources = client_for(&addr, |_| ());
+    let err = resolve_fails(&sources, &format!("docker://{addr}/r/x:1"));
+    assert!(err.contains("/v2/r/x/manifests/1: 503"), "{err}");
+    // The challenge, 2 failed tokens and 1 good one, 2 failed manifests: the third retry was
+    // the last.
+    let requests = log.lock().unwrap().len();
+    assert_eq!(requests, 6, "{:?}", log.lock().unwrap());
+}
+
 /// Error bodies and token replies sent a byte at a time are not waited for past the
 /// document deadline either: an error's detail is dropped, a token reply is an error.
 #[test]
