@@ -167,7 +167,7 @@ pub fn fetch(cref: &CatalogRef, path: &[u8], objects: &dyn Objects) -> Result<Ve
     } else {
         MAX_CATALOG_SIZE
     };
-    let raw = crate::zlib::decompress(&packed, limit).map_err(|source| Error::Io {
+    let raw = crate::zlib::decompress_sqlite(&packed, limit).map_err(|source| Error::Io {
         context: format!("inflating {}", ctx()),
         source,
     })?;

@@ -7,7 +7,7 @@ use crate::hash::ContentHash;
 use crate::pathhash::{display, PathHash};
 use crate::{Error, Result};
 use rusqlite::types::{ToSqlOutput, ValueRef};
-use rusqlite::{params, Connection, ToSql};
+use rusqlite::{params, Connection, OptionalExtension, ToSql};
 use std::collections::BTreeMap;
 
 /// Flag bits of the `flags` column (spec 2.5).
@@ -433,7 +433,34 @@ pub fn read(bytes: &[u8], label: &str) -> Result<CatalogDb> {
     let mut conn = Connection::open_in_memory().map_err(sql_err(label))?;
     conn.deserialize_read_exact(rusqlite::MAIN_DB, bytes, bytes.len(), true)
         .map_err(sql_err(label))?;
+    if let Some(object) = executable_schema_object(&conn).map_err(sql_err(label))? {
+        return Err(corrupt(
+            label,
+            format!("holds a {object} (not a CVMFS catalog)"),
+        ));
+    }
     read_conn(&conn, label)
+}
+
+/// The first schema object of an opened database that runs code when it is read or written: a
+/// view, a trigger or a virtual table. CVMFS databases (catalogs, history, reflog) hold only
+/// tables and indexes; a view named like one of their tables can run an endless recursive
+/// query on every read, and a trigger on every write. `None` when there is none.
+pub fn executable_schema_object(conn: &Connection) -> rusqlite::Result<Option<String>> {
+    conn.query_row(
+        "SELECT type, name FROM sqlite_master \
+         WHERE type IN ('view', 'trigger') OR (type = 'table' AND sql LIKE 'CREATE VIRTUAL%') \
+         LIMIT 1",
+        [],
+        |r| {
+            Ok(format!(
+                "{} {:?}",
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?
+            ))
+        },
+    )
+    .optional()
 }
 
 fn corrupt(label: &str, reason: String) -> Error {
@@ -686,6 +713,34 @@ mod tests {
         assert!(back.has_mtimens);
         back.has_mtimens = false;
         assert_eq!(back, db);
+    }
+
+    #[test]
+    fn views_triggers_and_virtual_tables_are_refused() {
+        let good = write(&CatalogDb::default(), "good").unwrap();
+        assert!(read(&good, "good").is_ok());
+        let endless = "SELECT * FROM t WHERE (WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL \
+                       SELECT n + 1 FROM r) SELECT count(*) FROM r) > 0";
+        for (sql, object) in [
+            (
+                format!("ALTER TABLE catalog RENAME TO t; CREATE VIEW catalog AS {endless};"),
+                "view \"catalog\"",
+            ),
+            (
+                "CREATE TRIGGER spin AFTER INSERT ON properties BEGIN SELECT 1; END;".to_owned(),
+                "trigger \"spin\"",
+            ),
+        ] {
+            let mut conn = Connection::open_in_memory().unwrap();
+            conn.deserialize_read_exact(rusqlite::MAIN_DB, &good[..], good.len(), false)
+                .unwrap();
+            conn.execute_batch(&sql).unwrap();
+            let bytes = conn.serialize(rusqlite::MAIN_DB).unwrap().to_vec();
+            let started = std::time::Instant::now();
+            let err = read(&bytes, "c").unwrap_err().to_string();
+            assert!(err.contains(&format!("holds a {object}")), "{err}");
+            assert!(started.elapsed().as_secs() < 5);
+        }
     }
 
     #[test]

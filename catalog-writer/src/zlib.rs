@@ -129,6 +129,62 @@ pub fn decompress(data: &[u8], limit: u64) -> std::io::Result<Vec<u8>> {
     Ok(out)
 }
 
+/// [`decompress`] of an SQLite database (catalog, history): refused as soon as its first bytes
+/// are not an SQLite header, and once it inflates past the size that header declares (page
+/// size × page count): a small zlib bomb cannot make a reader inflate gigabytes first.
+pub fn decompress_sqlite(data: &[u8], limit: u64) -> std::io::Result<Vec<u8>> {
+    let bad = |why: String| std::io::Error::new(std::io::ErrorKind::InvalidData, why);
+    let mut dec = ZlibDecoder::new(data);
+    let mut header = [0u8; 100];
+    let got = read_up_to(&mut dec, &mut header)?;
+    if got < header.len() || !header.starts_with(b"SQLite format 3\0") {
+        return Err(bad("not an SQLite 3 database".into()));
+    }
+    let limit = match sqlite_declared_size(&header) {
+        Some(size) if size > limit => {
+            return Err(bad(format!(
+                "its SQLite header declares {size} bytes, more than {limit}"
+            )))
+        }
+        Some(size) => size,
+        None => limit,
+    };
+    let mut out = header.to_vec();
+    dec.take(limit.saturating_sub(out.len() as u64).saturating_add(1))
+        .read_to_end(&mut out)?;
+    if out.len() as u64 > limit {
+        return Err(bad(format!(
+            "inflates past {limit} bytes (its SQLite header's size)"
+        )));
+    }
+    Ok(out)
+}
+
+/// Page size × page count of an SQLite header, when the header says the count is current
+/// (its "version-valid-for" equals its change counter, as SQLite since 3.7.0 writes it).
+fn sqlite_declared_size(header: &[u8; 100]) -> Option<u64> {
+    let be32 = |at: usize| {
+        u32::from_be_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]])
+    };
+    let page_size = match u16::from_be_bytes([header[16], header[17]]) {
+        1 => 65_536,
+        n => u64::from(n),
+    };
+    let pages = u64::from(be32(28));
+    (pages > 0 && page_size >= 512 && be32(24) == be32(92)).then_some(page_size * pages)
+}
+
+fn read_up_to(reader: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match reader.read(&mut buf[got..])? {
+            0 => break,
+            n => got += n,
+        }
+    }
+    Ok(got)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -190,5 +246,35 @@ mod tests {
         let last = z.len() - 1;
         z[last] ^= 1;
         assert!(decompress(&z, data.len() as u64).is_err());
+    }
+
+    #[test]
+    fn sqlite_bombs_stop_at_the_header() {
+        // A real database: the header's size is exact.
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        conn.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (randomblob(5000));")
+            .unwrap();
+        let db = conn.serialize(rusqlite::MAIN_DB).unwrap().to_vec();
+        let z = compress(&db);
+        assert_eq!(decompress_sqlite(&z, 1 << 30).unwrap(), db);
+        assert!(decompress_sqlite(&z, 100)
+            .unwrap_err()
+            .to_string()
+            .contains("declares"));
+        // Zeros after a good header: stopped at the declared size, not at the limit.
+        let mut bomb = db.clone();
+        bomb.resize(db.len() + (64 << 20), 0);
+        let err = decompress_sqlite(&compress(&bomb), 1 << 30)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&format!("inflates past {} bytes", db.len())),
+            "{err}"
+        );
+        // Not SQLite at all: refused from its first bytes.
+        let zeros = compress(&vec![0u8; 16 << 20]);
+        let err = decompress_sqlite(&zeros, 1 << 30).unwrap_err().to_string();
+        assert_eq!(err, "not an SQLite 3 database");
+        assert!(decompress_sqlite(&compress(b"SQLite format 3\0"), 1 << 30).is_err());
     }
 }

@@ -86,7 +86,7 @@ pub fn load_catalog(store: &dyn ObjectStore, cat: &CatalogRef) -> Result<LoadedC
             format!("stored bytes hash to {}", ContentHash::of(&stored)),
         ));
     }
-    let raw = catalog_writer::zlib::decompress(&stored, limit)
+    let raw = catalog_writer::zlib::decompress_sqlite(&stored, limit)
         .map_err(|e| Error::io(format!("{what}: inflate"), e))?;
     if cat.size > 0 && raw.len() as u64 != cat.size {
         return Err(Error::corrupt(

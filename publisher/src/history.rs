@@ -75,7 +75,7 @@ impl History {
         let stored = store
             .get_at_most(hash, Suffix::History, stored_bound(MAX_HISTORY_BYTES))
             .map_err(|e| Error::io(what.as_str(), e))?;
-        let raw = catalog_writer::zlib::decompress(&stored, MAX_HISTORY_BYTES)
+        let raw = catalog_writer::zlib::decompress_sqlite(&stored, MAX_HISTORY_BYTES)
             .map_err(|e| Error::io(format!("{what}: inflate"), e))?;
         History::from_sqlite(&raw, &what)
     }

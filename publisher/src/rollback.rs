@@ -135,7 +135,7 @@ fn republish_root(
     if ContentHash::of(&stored) != target.hash {
         return Err(Error::corrupt(what, "its bytes do not hash to its name"));
     }
-    let raw = catalog_writer::zlib::decompress(&stored, MAX_ROOT_CATALOG)
+    let raw = catalog_writer::zlib::decompress_sqlite(&stored, MAX_ROOT_CATALOG)
         .map_err(|e| Error::io(format!("{what}: inflate"), e))?;
     let db = TempDb::from_bytes(&what, &raw, false)?;
     db.set_property("revision", &revision.to_string())?;

@@ -223,6 +223,17 @@ impl TempDb {
                 | OpenFlags::SQLITE_OPEN_NO_MUTEX
         };
         let conn = Connection::open_with_flags(&path, flags).map_err(|e| Error::sql(what, e))?;
+        if bytes.is_some() {
+            // Fetched bytes: a view or trigger in them would run on our queries.
+            let object = catalog_writer::sql::executable_schema_object(&conn)
+                .map_err(|e| Error::sql(what, e))?;
+            if let Some(object) = object {
+                return Err(Error::corrupt(
+                    what,
+                    format!("holds a {object} (CVMFS databases hold only tables and indexes)"),
+                ));
+            }
+        }
         if !read_only {
             // A scratch file read back whole: durability comes from storing its bytes, so no
             // journal file and no fsyncs (they were ~40 ms at the end of every publish).
@@ -301,6 +312,40 @@ mod tests {
             .collect();
         dirs.sort();
         dirs
+    }
+
+    /// Fetched databases (history, reflog, catalogs) with a view or trigger are refused before
+    /// any query could run one: a view named `tags` over an endless recursive query made every
+    /// command reading the history spin for ever.
+    #[test]
+    fn fetched_databases_with_code_in_their_schema_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE tags_t (name TEXT); CREATE VIEW tags AS SELECT * FROM tags_t WHERE \
+             (WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r) \
+              SELECT count(*) FROM r) > 0;",
+        )
+        .unwrap();
+        drop(conn);
+        let bytes = fs::read(&path).unwrap();
+        for read_only in [true, false] {
+            let err = TempDb::from_bytes("history h", &bytes, read_only)
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(
+                err.contains("history h") && err.contains("holds a view \"tags\""),
+                "{err}"
+            );
+        }
+        let plain = Connection::open_in_memory().unwrap();
+        plain
+            .execute_batch("CREATE TABLE tags (name TEXT);")
+            .unwrap();
+        let bytes = plain.serialize(rusqlite::MAIN_DB).unwrap().to_vec();
+        assert!(TempDb::from_bytes("history h", &bytes, true).is_ok());
     }
 
     /// What a SIGKILL leaves: the directory and its lock file, and nobody holding the lock.
