@@ -53,6 +53,7 @@ pub mod reflog;
 pub mod repo;
 pub mod repoinfo;
 pub mod rollback;
+mod s3_http;
 pub mod seed;
 pub mod stat_cache;
 pub mod store;

@@ -54,7 +54,7 @@ use catalog_writer::namespace::CatalogRef;
 use futures_util::stream::FuturesUnordered;
 use futures_util::{StreamExt, TryStreamExt};
 use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey, AwsCredential};
-use object_store::client::{HttpClient, HttpConnector, HttpRequestBody, ReqwestConnector};
+use object_store::client::{HttpClient, HttpConnector, HttpRequestBody};
 use object_store::multipart::MultipartStore;
 use object_store::path::Path as S3Path;
 use object_store::signer::{SignedUrlOptions, Signer};
@@ -144,6 +144,7 @@ impl S3Target {
         builder
             .with_retry(retry)
             .with_client_options(client)
+            .with_http_connector(crate::s3_http::BoundedConnector)
             .build()
             .map_err(|e| Error::Invalid(format!("{}: {e}", self.describe())))
     }
@@ -163,7 +164,7 @@ impl S3Target {
     /// headers: an unsigned `x-amz-acl` would void a signed URL).
     fn http_client(&self) -> Result<HttpClient> {
         let options = ClientOptions::new().with_allow_http(self.allow_http);
-        ReqwestConnector::default()
+        crate::s3_http::BoundedConnector
             .connect(&options)
             .map_err(|e| Error::Invalid(format!("{}: {e}", self.describe())))
     }
@@ -595,7 +596,7 @@ impl Push<'_> {
     ) -> Result<(HashSet<String>, HashSet<String>)> {
         let names = local_objects(self.store)?;
         check_complete(self.store, local, &names)?;
-        let held = self.remote_objects().await?;
+        let held = self.remote_objects(max_listed(names.len())).await?;
         let (catalogs, rest): (Vec<_>, Vec<_>) = names
             .iter()
             .filter(|name| !held.contains(*name))
@@ -857,22 +858,46 @@ impl Push<'_> {
     }
 
     /// Names (`data/XX/…`) of the objects the bucket holds under the repository's prefix.
-    async fn remote_objects(&self) -> Result<HashSet<String>> {
+    /// S3 lists keys in ascending order, each once: a listing that repeats or goes back (a
+    /// continuation token handed out again) is refused rather than followed for ever, and so
+    /// is one of more than `max` keys.
+    async fn remote_objects(&self, max: usize) -> Result<HashSet<String>> {
         let prefix = self.target.key("data");
         let strip = match self.target.prefix.as_str() {
             "" => String::new(),
             p => format!("{p}/"),
         };
-        self.client
-            .list(Some(&prefix))
-            .map_err(|e| self.remote_error("data/", e))
-            .try_filter_map(|meta| {
-                let key = meta.location.as_ref();
-                let name = key.strip_prefix(strip.as_str()).unwrap_or(key);
-                std::future::ready(Ok(is_object_key(name).then(|| name.to_string())))
-            })
-            .try_collect()
-            .await
+        let refuse = |reason: String| Error::Remote {
+            what: format!("{}/data/", self.target.describe()),
+            reason,
+        };
+        let mut listing = self.client.list(Some(&prefix));
+        let (mut held, mut listed) = (HashSet::new(), 0usize);
+        let mut last: Option<String> = None;
+        while let Some(meta) = listing.next().await {
+            let meta = meta.map_err(|e| self.remote_error("data/", e))?;
+            let key = meta.location.as_ref();
+            if last.as_deref().is_some_and(|l| key <= l) {
+                return Err(refuse(format!(
+                    "the listing goes back to {:?} after {listed} keys (S3 lists every key \
+                     once, in order): not followed further",
+                    shown_key(key)
+                )));
+            }
+            listed += 1;
+            if listed > max {
+                return Err(refuse(format!(
+                    "the bucket lists more than {max} keys under data/, far more than the \
+                     storage holds: not read further (is the prefix shared?)"
+                )));
+            }
+            let name = key.strip_prefix(strip.as_str()).unwrap_or(key);
+            if is_object_key(name) {
+                held.insert(name.to_string());
+            }
+            last = Some(key.to_string());
+        }
+        Ok(held)
     }
 
     /// Uploads the named local objects, `jobs` at a time; returns how many and their bytes.
@@ -1129,6 +1154,9 @@ impl Push<'_> {
             .split_whitespace()
             .collect::<Vec<_>>()
             .join(" ");
+        if let Some((at, _)) = reason.char_indices().nth(MAX_REASON_CHARS) {
+            reason = format!("{}… ({} bytes)", &reason[..at], reason.len());
+        }
         if let Some(hint) = hint(&e) {
             reason = format!("{reason}; {hint}");
         }
@@ -1136,6 +1164,24 @@ impl Push<'_> {
             what: format!("{}/{name}", self.target.describe()),
             reason,
         }
+    }
+}
+
+/// An S3 error quoted at more length than this is cut: its XML page may be up to
+/// [`crate::s3_http::MAX_ERROR_BODY`].
+const MAX_REASON_CHARS: usize = 600;
+
+/// Keys a bucket's listing may hold for a storage of `local` objects: a bucket keeps objects
+/// the storage collected (until `push --delete`), so ten times as many, and a million at least.
+fn max_listed(local: usize) -> usize {
+    local.saturating_mul(10).max(1_000_000)
+}
+
+/// A key as an error message shows it: at most 120 characters.
+fn shown_key(key: &str) -> String {
+    match key.char_indices().nth(120) {
+        Some((at, _)) => format!("{}…", &key[..at]),
+        None => key.to_owned(),
     }
 }
 
@@ -1417,7 +1463,7 @@ mod tests {
                     .to_string();
                 let (status, body) = if line.starts_with("DELETE ") {
                     (204, String::new())
-                } else if line.starts_with("GET ") && line.contains("uploads") {
+                } else if line.starts_with("GET ") {
                     listing(&line)
                 } else {
                     (404, String::new())
@@ -1443,6 +1489,19 @@ mod tests {
 
     /// Runs `abort_stale_uploads` of a push to `endpoint`'s bucket `b`, prefix `repo`.
     fn abort_stale(endpoint: &str) -> Result<usize> {
+        with_test_push(endpoint, |push| {
+            Box::pin(push.abort_stale_uploads(STALE_UPLOAD_AGE, 2))
+        })
+    }
+
+    /// Runs `run` on a [`Push`] of an empty storage to `s3://b/repo` at `endpoint`.
+    fn with_test_push<T>(
+        endpoint: &str,
+        run: impl for<'p> FnOnce(
+            &'p Push<'p>,
+        )
+            -> std::pin::Pin<Box<dyn std::future::Future<Output = T> + 'p>>,
+    ) -> T {
         let dir = tempfile::tempdir().unwrap();
         let store = LocalStore::create(&dir.path().join("storage")).unwrap();
         let target = S3Target {
@@ -1485,7 +1544,80 @@ mod tests {
             .enable_all()
             .build()
             .unwrap()
-            .block_on(push.abort_stale_uploads(STALE_UPLOAD_AGE, 2))
+            .block_on(run(&push))
+    }
+
+    #[test]
+    fn listings_that_go_back_or_never_end_are_refused() {
+        let hex = "0123456789abcdef0123456789abcdef012345";
+        let page = |keys: &[String], next: Option<&str>| {
+            let contents: String = keys
+                .iter()
+                .map(|k| {
+                    format!(
+                        "<Contents><Key>{k}</Key><LastModified>2026-01-01T00:00:00.000Z\
+                         </LastModified><ETag>\"x\"</ETag><Size>1</Size></Contents>"
+                    )
+                })
+                .collect();
+            let more = match next {
+                Some(t) => format!(
+                    "<IsTruncated>true</IsTruncated><NextContinuationToken>{t}\
+                     </NextContinuationToken>"
+                ),
+                None => "<IsTruncated>false</IsTruncated>".to_owned(),
+            };
+            format!(
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?><ListBucketResult><Name>b</Name>\
+                 <Prefix>repo/data</Prefix><KeyCount>{}</KeyCount>{more}{contents}\
+                 </ListBucketResult>",
+                keys.len()
+            )
+        };
+        // `data/XX/` and 38 more hex digits: an object's key.
+        let key = move |i: usize| format!("repo/data/{i:02x}/{hex}");
+        // An honest listing of two pages.
+        let (first, second) = (page(&[key(1)], Some("t1")), page(&[key(2)], None));
+        let (endpoint, server) = fake_s3(
+            move |line| match line.contains("continuation-token=t1") {
+                false => (200, first.clone()),
+                true => (200, second.clone()),
+            },
+            2,
+        );
+        let held = with_test_push(&endpoint, |push| Box::pin(push.remote_objects(10)));
+        server.join().unwrap();
+        assert_eq!(held.unwrap().len(), 2);
+        // The same page handed out for ever: refused at its second reading.
+        let same = page(&[key(1), key(2)], Some("again"));
+        let (endpoint, server) = fake_s3(move |_| (200, same.clone()), 2);
+        let err = with_test_push(&endpoint, |push| Box::pin(push.remote_objects(10)))
+            .unwrap_err()
+            .to_string();
+        server.join().unwrap();
+        assert!(
+            err.contains("the listing goes back to \"repo/data/01/"),
+            "{err}"
+        );
+        // New keys on every page: refused past the bound.
+        let pages = std::sync::atomic::AtomicUsize::new(0);
+        let (endpoint, server) = fake_s3(
+            move |_| {
+                let n = pages.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                (
+                    200,
+                    page(&[key(3 * n), key(3 * n + 1), key(3 * n + 2)], Some("more")),
+                )
+            },
+            2,
+        );
+        let err = with_test_push(&endpoint, |push| Box::pin(push.remote_objects(4)))
+            .unwrap_err()
+            .to_string();
+        server.join().unwrap();
+        assert!(err.contains("lists more than 4 keys"), "{err}");
+        assert_eq!(max_listed(10), 1_000_000);
+        assert_eq!(max_listed(1_000_000), 10_000_000);
     }
 
     #[test]

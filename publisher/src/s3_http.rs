@@ -1,0 +1,194 @@
+//! The HTTP client under `push`'s S3 client: object_store's own reqwest client, with bounds on
+//! what one reply may make it hold and with what a request sent scrubbed from error replies.
+//!
+//! object_store reads an error reply whole to quote it, and a listing page whole to parse it:
+//! an endpoint sending an endless body made `push` hold gigabytes. And an endpoint (or a proxy)
+//! that echoes the request's headers in its error page had the session token printed.
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use object_store::client::{
+    HttpClient, HttpConnector, HttpError, HttpErrorKind, HttpRequest, HttpResponse,
+    HttpResponseBody, HttpService, ReqwestConnector,
+};
+use object_store::ClientOptions;
+
+/// What an error reply may bring: enough for S3's XML error and its message.
+pub(crate) const MAX_ERROR_BODY: usize = 64 << 10;
+/// What a listing page may bring: S3 lists at most 1 000 keys (about 300 KB) per page.
+pub(crate) const MAX_LISTING_PAGE: usize = 16 << 20;
+
+/// Connects object_store's reqwest client wrapped in [`BoundedService`].
+#[derive(Debug, Default)]
+pub(crate) struct BoundedConnector;
+
+impl HttpConnector for BoundedConnector {
+    fn connect(&self, options: &ClientOptions) -> object_store::Result<HttpClient> {
+        let inner = ReqwestConnector::default().connect(options)?;
+        Ok(HttpClient::new(BoundedService { inner }))
+    }
+}
+
+#[derive(Debug)]
+struct BoundedService {
+    inner: HttpClient,
+}
+
+#[async_trait]
+impl HttpService for BoundedService {
+    async fn call(&self, req: HttpRequest) -> Result<HttpResponse, HttpError> {
+        let sent = sent_secrets(&req);
+        let listing = req.method() == http::Method::GET
+            && req.uri().query().is_some_and(|q| {
+                q.split('&')
+                    .any(|p| p == "list-type=2" || p == "uploads" || p.starts_with("uploads="))
+            });
+        let resp = self.inner.execute(req).await?;
+        if !resp.status().is_success() {
+            let (mut parts, body) = resp.into_parts();
+            // Cut short, not refused: the first part of an error page says what went wrong.
+            let (head, _) = read_at_most(body, MAX_ERROR_BODY).await?;
+            parts.headers.remove(http::header::CONTENT_LENGTH);
+            let body = HttpResponseBody::from(scrub(head, &sent));
+            return Ok(HttpResponse::from_parts(parts, body));
+        }
+        if listing {
+            let (mut parts, body) = resp.into_parts();
+            let (page, whole) = read_at_most(body, MAX_LISTING_PAGE).await?;
+            if !whole {
+                return Err(HttpError::new(
+                    HttpErrorKind::Decode,
+                    std::io::Error::other(format!(
+                        "a listing page of more than {} MiB (S3 pages hold at most 1000 keys)",
+                        MAX_LISTING_PAGE >> 20
+                    )),
+                ));
+            }
+            parts.headers.remove(http::header::CONTENT_LENGTH);
+            return Ok(HttpResponse::from_parts(
+                parts,
+                HttpResponseBody::from(page),
+            ));
+        }
+        Ok(resp)
+    }
+}
+
+/// The first `max` bytes of `body`, and whether that was all of it.
+async fn read_at_most(body: HttpResponseBody, max: usize) -> Result<(Vec<u8>, bool), HttpError> {
+    let mut stream = body.bytes_stream();
+    let mut out = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        let room = max - out.len();
+        if chunk.len() > room {
+            out.extend_from_slice(&chunk[..room]);
+            return Ok((out, false));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok((out, true))
+}
+
+/// Values a request carried that a reply must not repeat: the session token, and the
+/// `Authorization` header with its parts (access key id, signature). The secret key itself
+/// is never sent.
+fn sent_secrets(req: &HttpRequest) -> Vec<Vec<u8>> {
+    let mut secrets = Vec::new();
+    for name in ["x-amz-security-token", "authorization"] {
+        for value in req.headers().get_all(name) {
+            let value = value.as_bytes();
+            secrets.push(value.to_vec());
+            // `AWS4-HMAC-SHA256 Credential=AKID/date/region/s3/aws4_request, ..., Signature=…`
+            for part in value.split(|&b| b == b' ' || b == b',') {
+                if let Some(eq) = part.iter().position(|&b| b == b'=') {
+                    let v = &part[eq + 1..];
+                    let v = v.split(|&b| b == b'/').next().unwrap_or(v);
+                    secrets.push(v.to_vec());
+                }
+            }
+        }
+    }
+    secrets.retain(|s| s.len() >= 8);
+    // Longest first: a header's value is replaced whole before its parts.
+    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    secrets
+}
+
+/// `body` with every secret, as sent or percent-encoded, replaced by `[redacted]`.
+fn scrub(body: Vec<u8>, secrets: &[Vec<u8>]) -> Vec<u8> {
+    let mut body = body;
+    for secret in secrets {
+        for form in [secret.clone(), percent_encoded(secret)] {
+            body = replace_all(&body, &form, b"[redacted]");
+        }
+    }
+    body
+}
+
+fn percent_encoded(s: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(s.len() * 3);
+    for &b in s {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b);
+        } else {
+            out.extend_from_slice(format!("%{b:02X}").as_bytes());
+        }
+    }
+    out
+}
+
+fn replace_all(haystack: &[u8], needle: &[u8], with: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(haystack.len());
+    let mut rest = haystack;
+    while let Some(at) = rest.windows(needle.len()).position(|w| w == needle) {
+        out.extend_from_slice(&rest[..at]);
+        out.extend_from_slice(with);
+        rest = &rest[at + needle.len()..];
+    }
+    out.extend_from_slice(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_a_request_sent_is_scrubbed_in_every_form() {
+        let req = http::Request::builder()
+            .header(
+                "x-amz-security-token",
+                "FwoGZXIvYXdzEBYaDH+token/with=signs",
+            )
+            .header(
+                "authorization",
+                "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE123/20261128/us-east-1/s3/aws4_request, \
+                 SignedHeaders=host;x-amz-date, Signature=0123456789abcdef0123",
+            )
+            .body(object_store::client::HttpRequestBody::empty())
+            .unwrap();
+        let secrets = sent_secrets(&req);
+        let page = b"<Error><Token>FwoGZXIvYXdzEBYaDH+token/with=signs</Token>\
+            <Echo>FwoGZXIvYXdzEBYaDH%2Btoken%2Fwith%3Dsigns</Echo>\
+            <Key>AKIDEXAMPLE123</Key><Sig>0123456789abcdef0123</Sig></Error>";
+        let out = String::from_utf8(scrub(page.to_vec(), &secrets)).unwrap();
+        assert_eq!(
+            out,
+            "<Error><Token>[redacted]</Token><Echo>[redacted]</Echo>\
+             <Key>[redacted]</Key><Sig>[redacted]</Sig></Error>"
+        );
+    }
+
+    #[test]
+    fn bodies_are_read_up_to_their_bound() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let body = || HttpResponseBody::from(vec![7u8; 1000]);
+        let (head, whole) = rt.block_on(read_at_most(body(), 10)).unwrap();
+        assert_eq!((head.len(), whole), (10, false));
+        let (all, whole) = rt.block_on(read_at_most(body(), 1000)).unwrap();
+        assert_eq!((all.len(), whole), (1000, true));
+    }
+}
