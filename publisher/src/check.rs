@@ -481,6 +481,22 @@ fn exists_problem(store: &dyn ObjectStore, hash: &ContentHash, suffix: Suffix) -
     }
 }
 
+/// The size `stored` inflates to, counted as it inflates: never held (a 1 MB object of
+/// zeros that a catalog declares as 2 GiB would otherwise cost 2 GiB, for every object
+/// `--full` checks at once).
+fn inflated_size(stored: &[u8], limit: u64) -> std::io::Result<u64> {
+    use std::io::Read;
+    let mut inflated = flate2::read::ZlibDecoder::new(stored).take(limit.saturating_add(1));
+    let size = std::io::copy(&mut inflated, &mut std::io::sink())?;
+    if size > limit {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("inflated object exceeds {limit} bytes"),
+        ));
+    }
+    Ok(size)
+}
+
 /// Re-hashes the stored bytes and inflates them; returns the stored size and any problem.
 fn verify_object(
     store: &dyn ObjectStore,
@@ -508,8 +524,8 @@ fn verify_object(
         return (n, Some(format!("{path}: stored bytes hash to {actual}")));
     }
     let plain_len = if expect.compressed {
-        match catalog_writer::zlib::decompress(&stored, limit) {
-            Ok(raw) => raw.len() as u64,
+        match inflated_size(&stored, limit) {
+            Ok(size) => size,
             Err(e) => return (n, Some(format!("{path}: does not inflate: {e}"))),
         }
     } else {
@@ -534,4 +550,24 @@ fn structural_catalog_problems(store: &dyn ObjectStore, root: CatalogRef) -> Vec
         .iter()
         .map(|p| p.to_string())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inflated_sizes_are_counted_not_held() {
+        let zeros = catalog_writer::zlib::compress(&vec![0u8; 8 << 20]);
+        assert_eq!(inflated_size(&zeros, 8 << 20).unwrap(), 8 << 20);
+        let err = inflated_size(&zeros, (8 << 20) - 1)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("exceeds"), "{err}");
+        let mut broken = zeros.clone();
+        let last = broken.len() - 1;
+        broken[last] ^= 1; // the Adler-32
+        assert!(inflated_size(&broken, 8 << 20).is_err());
+        assert!(inflated_size(b"not zlib", 100).is_err());
+    }
 }
