@@ -66,8 +66,13 @@ impl HttpStore {
 /// ([`ObjectStore::get_at_most`]).
 const MAX_OBJECT_BYTES: u64 = 4 << 30;
 
+/// `url`: the error with its causes ("error following redirect: too many redirects"), the URL
+/// once.
 fn net_err(url: &str, e: reqwest::Error) -> io::Error {
-    io::Error::other(format!("{url}: {e}"))
+    io::Error::other(format!(
+        "{url}: {}",
+        crate::push::one_line(&e.without_url())
+    ))
 }
 
 fn read_only(what: &str) -> io::Error {

@@ -418,6 +418,7 @@ impl Repository {
             http: opts.target.http_client()?,
             store: &store,
             master: &keys.master_public,
+            certificate: &keys.certificate,
             buffers: tokio::sync::Semaphore::new(budget_mib as usize),
             budget_mib,
             multipart: Default::default(),
@@ -485,6 +486,9 @@ struct Push<'a> {
     /// The repository's master public key: a bucket whose whitelist another key signed holds
     /// another repository (of the same name), which clients trust by that key.
     master: &'a openssl::pkey::PKey<openssl::pkey::Public>,
+    /// The repository's certificate: what a bucket's manifest of this repository is signed
+    /// with (a key rotation aside).
+    certificate: &'a openssl::x509::X509,
     /// MiB of object bytes in memory at once: the repository's memory budget.
     buffers: tokio::sync::Semaphore,
     budget_mib: u32,
@@ -528,7 +532,7 @@ impl Push<'_> {
             if remote.bytes != manifest && self.superseded(remote, &mut report).await? {
                 return Ok(report);
             }
-            self.may_replace(&remote.manifest, local)?;
+            self.may_replace(remote, local)?;
             self.same_master_key().await?;
         }
         // Root files change without a new manifest too (`resign` renews the whitelist).
@@ -749,30 +753,45 @@ impl Push<'_> {
         Ok(true)
     }
 
-    /// Refuses to replace another repository's manifest, or a newer revision of this one.
-    fn may_replace(&self, remote: &signer::Manifest, local: &signer::Manifest) -> Result<()> {
+    /// Refuses to replace another repository's manifest, or a newer revision of this one. A
+    /// manifest this repository did not sign is named as such rather than believed: its
+    /// revision may be anything.
+    fn may_replace(&self, remote_file: &RemoteManifest, local: &signer::Manifest) -> Result<()> {
+        let remote = &remote_file.manifest;
         let there = self.target.describe();
+        let refuse =
+            |reason: String| match signer::Manifest::verify(&remote_file.bytes, self.certificate) {
+                Ok(_) => Err(Error::Invalid(reason)),
+                Err(e) => Err(Error::signature(
+                    format!("{there}/{}", root_files::MANIFEST),
+                    format!(
+                        "not signed by this repository's key ({e}), and clients refuse it too; it \
+                     says: {reason}. If it is damaged or forged, delete it from the bucket and \
+                     push again"
+                    ),
+                )),
+            };
         if !remote.fqrn.is_empty() && remote.fqrn != local.fqrn {
-            return Err(Error::Invalid(format!(
+            return refuse(format!(
                 "{there}: holds repository {}, not {}; refusing to replace it",
                 remote.fqrn, local.fqrn
-            )));
+            ));
         }
         if remote.revision == local.revision && remote.root_catalog != local.root_catalog {
             // Clients and replicas that have the bucket's revision would keep it, new ones
             // would get ours: same number, two trees. Re-signing (gc, a tag, repoinfo) keeps C.
-            return Err(Error::Invalid(format!(
+            return refuse(format!(
                 "{there}: serves another revision {} (root catalog {}, the local one is {}); \
                  refusing to replace it (publish a newer revision to supersede it)",
                 remote.revision, remote.root_catalog, local.root_catalog
-            )));
+            ));
         }
         if remote.revision > local.revision {
-            return Err(Error::Invalid(format!(
+            return refuse(format!(
                 "{there}: serves revision {}, newer than the local revision {}; refusing to \
                  go back",
                 remote.revision, local.revision
-            )));
+            ));
         }
         Ok(())
     }
@@ -1225,7 +1244,7 @@ fn is_stale(initiated: &str, now: u64, age: std::time::Duration) -> bool {
 }
 
 /// An error and its sources on one line.
-fn one_line(e: &dyn std::error::Error) -> String {
+pub(crate) fn one_line(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut next = e.source();
     while let Some(err) = next {
@@ -1527,15 +1546,14 @@ mod tests {
             })
             .build()
             .unwrap();
-        let master = signer::RepoKeys::generate("repo.test.org")
-            .unwrap()
-            .master_public;
+        let keys = signer::RepoKeys::generate("repo.test.org").unwrap();
         let push = Push {
             target: &target,
             client,
             http: target.http_client().unwrap(),
             store: &store,
-            master: &master,
+            master: &keys.master_public,
+            certificate: &keys.certificate,
             buffers: tokio::sync::Semaphore::new(16),
             budget_mib: 16,
             multipart: Default::default(),
@@ -1545,6 +1563,64 @@ mod tests {
             .build()
             .unwrap()
             .block_on(run(&push))
+    }
+
+    #[test]
+    fn a_bucket_manifest_this_repository_did_not_sign_is_not_believed() {
+        let keys = signer::RepoKeys::generate("repo.test.org").unwrap();
+        let manifest = |revision: u64| signer::Manifest {
+            root_catalog: "0".repeat(40),
+            root_size: 1,
+            ttl: 240,
+            revision,
+            gc: false,
+            alt: false,
+            fqrn: "repo.test.org".into(),
+            certificate: String::new(),
+            history: None,
+            timestamp: 1,
+            meta_info: None,
+            reflog: None,
+        };
+        let remote = |bytes: Vec<u8>| RemoteManifest {
+            manifest: signer::Manifest::parse(&bytes).unwrap().manifest,
+            bytes,
+            version: UpdateVersion {
+                e_tag: None,
+                version: None,
+            },
+        };
+        let signed = manifest(999).sign(&keys.repo_key).unwrap();
+        // A stranger's key signed the forged one.
+        let other = signer::RepoKeys::generate("repo.test.org").unwrap();
+        let forged = manifest(999).sign(&other.repo_key).unwrap();
+        let (signed, forged) = (remote(signed), remote(forged));
+        let local = manifest(2);
+        // `with_test_push` generates its own keys: check with this test's.
+        with_test_push("http://127.0.0.1:9", |push| {
+            let push = Push {
+                certificate: &keys.certificate,
+                target: push.target,
+                client: push.client.clone(),
+                http: push.http.clone(),
+                store: push.store,
+                master: push.master,
+                buffers: tokio::sync::Semaphore::new(16),
+                budget_mib: 16,
+                multipart: Default::default(),
+            };
+            let newer = push.may_replace(&signed, &local).unwrap_err().to_string();
+            assert!(newer.contains("serves revision 999, newer than the local revision 2"));
+            assert!(!newer.contains("not signed"), "{newer}");
+            let err = push.may_replace(&forged, &local).unwrap_err().to_string();
+            assert!(
+                err.contains("s3://b/repo/.cvmfspublished")
+                    && err.contains("not signed by this repository's key")
+                    && err.contains("delete it from the bucket"),
+                "{err}"
+            );
+            Box::pin(async {})
+        });
     }
 
     #[test]

@@ -86,6 +86,9 @@ impl Repository {
                 Some(h) => History::load(store, h)?,
                 None => History::create(&fqrn)?,
             };
+            // Every row must read: a new history is built on this one, and would carry a
+            // damaged row into every later revision.
+            history.tags()?;
             let (out, changed) = edit(&mut history, store, manifest)?;
             if !changed {
                 return Ok((out, Vec::new()));
