@@ -736,10 +736,8 @@ mod tests {
                 .unwrap();
             conn.execute_batch(&sql).unwrap();
             let bytes = conn.serialize(rusqlite::MAIN_DB).unwrap().to_vec();
-            let started = std::time::Instant::now();
             let err = read(&bytes, "c").unwrap_err().to_string();
             assert!(err.contains(&format!("holds a {object}")), "{err}");
-            assert!(started.elapsed().as_secs() < 5);
         }
     }
 

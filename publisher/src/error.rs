@@ -85,3 +85,15 @@ impl Error {
         }
     }
 }
+
+/// An error and its sources on one line.
+pub(crate) fn one_line(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut next = e.source();
+    while let Some(err) = next {
+        text.push_str(": ");
+        text.push_str(&err.to_string());
+        next = err.source();
+    }
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}

@@ -71,7 +71,7 @@ const MAX_OBJECT_BYTES: u64 = 4 << 30;
 fn net_err(url: &str, e: reqwest::Error) -> io::Error {
     io::Error::other(format!(
         "{url}: {}",
-        crate::push::one_line(&e.without_url())
+        crate::error::one_line(&e.without_url())
     ))
 }
 

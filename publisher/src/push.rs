@@ -1107,13 +1107,13 @@ impl Push<'_> {
             .http
             .execute(request)
             .await
-            .map_err(|e| failed(hide(one_line(&e))))?;
+            .map_err(|e| failed(hide(crate::error::one_line(&e))))?;
         let status = response.status();
         let body = response
             .into_body()
             .bytes()
             .await
-            .map_err(|e| failed(hide(one_line(&e))))?;
+            .map_err(|e| failed(hide(crate::error::one_line(&e))))?;
         let text = String::from_utf8_lossy(&body);
         if !status.is_success() {
             let detail = quick_xml::de::from_str::<S3ErrorBody>(&text)
@@ -1241,18 +1241,6 @@ fn is_stale(initiated: &str, now: u64, age: std::time::Duration) -> bool {
         .ok()
         .and_then(|t| u64::try_from(t.timestamp()).ok())
         .is_some_and(|t| now.saturating_sub(t) > age.as_secs())
-}
-
-/// An error and its sources on one line.
-pub(crate) fn one_line(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut next = e.source();
-    while let Some(err) = next {
-        text.push_str(": ");
-        text.push_str(&err.to_string());
-        next = err.source();
-    }
-    text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// Objects from this size on go up as multipart uploads (one PUT takes at most 5 GB; parts

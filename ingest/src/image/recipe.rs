@@ -444,13 +444,11 @@ input:
             "version: 1\ncvmfs_repo: x\ninput: {}\n",
             "[".repeat(100_000)
         );
-        let started = std::time::Instant::now();
         let err = Recipe::parse(&deep, "r").unwrap_err().to_string();
         assert_eq!(
             err,
             "recipe r: flow collections ([ or {) nested more than 64 deep"
         );
-        assert!(started.elapsed().as_secs() < 5, "{:?}", started.elapsed());
         // Brackets in comments and quoted scalars do not count; real flow lists do.
         let odd = format!(
             "# {open}\nversion: 1\ncvmfs_repo: 'x''{open}'\noutput_format: \"\\\"{open}\"\ninput: [\"h.io/r:1\", 'h.io/r:2'] # {open}\n",
