@@ -148,6 +148,8 @@ pub struct CatalogWalk {
     /// for 1 and 3 million hashes).
     pub hashes: HashSet<ContentHash>,
     pub problems: Vec<String>,
+    /// Catalogs that could not be loaded (each is also one of `problems`).
+    pub unreadable: HashSet<ContentHash>,
     /// Whether `objects` (with what each should be) or only `hashes` is filled.
     hashes_only: bool,
 }
@@ -246,6 +248,7 @@ fn walk_trees(
             Ok(l) => l,
             Err(e) => {
                 walk.problems.push(format!("catalog for {label}: {e}"));
+                walk.unreadable.insert(cat.hash);
                 continue;
             }
         };

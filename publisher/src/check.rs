@@ -12,7 +12,7 @@ use catalog_writer::namespace::CatalogRef;
 use openssl::pkey::{PKey, Public};
 use openssl::x509::X509;
 use rayon::prelude::*;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 /// Largest certificate / meta-info object we inflate.
 const MAX_SMALL_OBJECT: u64 = 64 << 20;
@@ -100,6 +100,9 @@ struct Checker<'a> {
     fqrn: &'a str,
     report: CheckReport,
     objects: BTreeMap<(ContentHash, Suffix), Expect>,
+    /// Objects whose reading already failed with a problem of their own: the object pass
+    /// does not report them a second time.
+    reported: HashSet<(ContentHash, Suffix)>,
 }
 
 fn now_unix() -> i64 {
@@ -128,6 +131,7 @@ impl<'a> Checker<'a> {
             fqrn,
             report: CheckReport::default(),
             objects: BTreeMap::new(),
+            reported: HashSet::new(),
         }
     }
 
@@ -154,12 +158,14 @@ impl<'a> Checker<'a> {
         {
             Ok(b) => b,
             Err(e) => {
+                self.reported.insert((*hash, suffix));
                 self.problem(format!("{path}: cannot read: {e}"));
                 return None;
             }
         };
         self.report.bytes += stored.len() as u64;
         if ContentHash::of(&stored) != *hash {
+            self.reported.insert((*hash, suffix));
             self.problem(format!(
                 "{path}: stored bytes hash to {}",
                 ContentHash::of(&stored)
@@ -169,6 +175,7 @@ impl<'a> Checker<'a> {
         match catalog_writer::zlib::decompress(&stored, MAX_SMALL_OBJECT) {
             Ok(raw) => Some(raw),
             Err(e) => {
+                self.reported.insert((*hash, suffix));
                 self.problem(format!("{path}: does not inflate: {e}"));
                 None
             }
@@ -338,6 +345,8 @@ impl<'a> Checker<'a> {
         self.report.bytes += walk.catalog_bytes;
         self.report.problems.extend(walk.problems);
         self.objects.extend(walk.objects);
+        let unreadable = walk.unreadable.into_iter().map(|c| (c, Suffix::Catalog));
+        self.reported.extend(unreadable);
         if walk_loaded_root(&self.report) {
             let structural = structural_catalog_problems(self.store, root_ref);
             self.report.problems.extend(structural);
@@ -355,7 +364,10 @@ impl<'a> Checker<'a> {
         );
         let hist = match History::load(self.store, &h) {
             Ok(hist) => hist,
-            Err(e) => return self.problem(e.to_string()),
+            Err(e) => {
+                self.reported.insert((h, Suffix::History));
+                return self.problem(e.to_string());
+            }
         };
         self.report.problems.extend(hist.problems());
         match hist.tag(TRUNK) {
@@ -445,12 +457,18 @@ impl<'a> Checker<'a> {
     fn check_objects(&mut self, full: bool) {
         self.report.objects = self.objects.len();
         let store = self.store;
+        let reported = &self.reported;
         let results: Vec<(u64, Option<String>)> = self
             .objects
             .par_iter()
-            .map(|((hash, suffix), expect)| {
+            .map(|(key @ (hash, suffix), expect)| {
+                let already = reported.contains(key);
                 if full {
-                    verify_object(store, hash, *suffix, expect)
+                    // Read even so: `bytes` counts every referenced object.
+                    let (n, problem) = verify_object(store, hash, *suffix, expect);
+                    (n, problem.filter(|_| !already))
+                } else if already {
+                    (0, None)
                 } else {
                     (0, exists_problem(store, hash, *suffix))
                 }

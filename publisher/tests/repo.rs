@@ -380,3 +380,35 @@ fn full_check_detects_a_corrupted_data_object() {
         r.problems
     );
 }
+
+#[test]
+fn an_object_that_fails_to_read_is_reported_once() {
+    let f = fixture();
+    let m = manifest(&f.storage);
+    let root = ContentHash::from_hex(&m.root_catalog).unwrap();
+    let history = ContentHash::from_hex(m.history.as_deref().unwrap()).unwrap();
+    // Same names, other bytes: the walk and the history load fail on them, and so would the
+    // object pass (a hash mismatch with `full`); one line each is enough.
+    for (hash, suffix) in [(root, Suffix::Catalog), (history, Suffix::History)] {
+        fs::write(f.storage.join(hash.object_path(suffix)), b"not zlib").unwrap();
+    }
+    for full in [false, true] {
+        let r = check_repository(f.repo.store().as_ref(), FQRN, &[master(&f.repo)], full).unwrap();
+        for hash in [root, history] {
+            let lines = r
+                .problems
+                .iter()
+                .filter(|p| p.contains(&hash.to_hex()[2..]))
+                .count();
+            assert_eq!(lines, 1, "full={full} {hash}: {:#?}", r.problems);
+        }
+    }
+    // A missing catalog, likewise.
+    fs::remove_file(f.storage.join(root.object_path(Suffix::Catalog))).unwrap();
+    let r = check_repository(f.repo.store().as_ref(), FQRN, &[master(&f.repo)], false).unwrap();
+    let lines = r
+        .problems
+        .iter()
+        .filter(|p| p.contains(&root.to_hex()[2..]));
+    assert_eq!(lines.count(), 1, "{:#?}", r.problems);
+}
