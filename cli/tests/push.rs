@@ -992,3 +992,59 @@ fn a_push_overtaken_by_another_homes_later_revision_succeeds() {
     assert!(deleting.resume().status.success());
     publish(&other, &src);
 }
+
+/// An `https://` endpoint is trusted only through a CA the user names (`SSL_CERT_FILE`, as
+/// curl and OpenSSL read it) or the system's, for the name or address it is reached by; a
+/// refusal says why in one line and leaves the bucket as it was.
+#[test]
+fn an_https_endpoint_is_used_only_when_its_certificate_verifies() {
+    let s3 = S3Server::start();
+    let env = Env::init(&[]);
+    let src = env.dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("a"), b"over TLS\n").unwrap();
+    publish(&env, &src);
+    let ca = fixtures::tls::TestCa::new().unwrap();
+    let (good_cert, good_key) = ca.server_certificate("good", "IP:127.0.0.1").unwrap();
+    let (other_cert, other_key) = ca.server_certificate("other", "DNS:other.example").unwrap();
+    let good = fixtures::tls::TlsFront::start(&good_cert, &good_key, s3.port).unwrap();
+    let other = fixtures::tls::TlsFront::start(&other_cert, &other_key, s3.port).unwrap();
+    let push_to = |front: &fixtures::tls::TlsFront, ca_file: Option<&Path>| {
+        let target = format!("s3://{BUCKET}/tls");
+        let mut cmd = with_s3(
+            env.cmd(&["--json", "push", FQRN, &target, "--public-read"]),
+            &s3,
+        );
+        cmd.env(
+            "AWS_ENDPOINT_URL",
+            format!("https://127.0.0.1:{}", front.port()),
+        );
+        match ca_file {
+            Some(ca) => cmd.env("SSL_CERT_FILE", ca),
+            None => cmd.env_remove("SSL_CERT_FILE"),
+        };
+        cmd.output().unwrap()
+    };
+    let refused = |out: std::process::Output, why: &str| {
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(!out.status.success(), "{err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(err.contains("TLS refused the endpoint"), "{err}");
+        assert!(err.contains(why), "{err}");
+        assert!(!err.contains("test-secret"), "{err}");
+    };
+    refused(push_to(&good, None), "SSL_CERT_FILE");
+    refused(push_to(&other, Some(&ca.ca_path())), "not valid for name");
+    let out = push_to(&good, Some(&ca.ca_path()));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    // Nothing went up before: the refused pushes left no manifest and no object.
+    assert!(report["remote_revision"].is_null(), "{report}");
+    assert_eq!(report["objects_present"], 0, "{report}");
+    assert_eq!(remote_manifest(&s3, "tls"), local_manifest(&env));
+}

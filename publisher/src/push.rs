@@ -250,23 +250,31 @@ fn redact_userinfo(url: &str) -> String {
 
 /// What to do about an S3 error whose cause is a common set-up mistake, judged by the text
 /// of the error and its sources (the client's errors are not typed that finely).
-fn hint(e: &object_store::Error) -> Option<&'static str> {
+fn hint(e: &object_store::Error) -> Option<String> {
     let mut text = String::new();
     let mut next: Option<&dyn std::error::Error> = Some(e);
     while let Some(err) = next {
-        text.push_str(&err.to_string().to_ascii_lowercase());
+        text.push_str(&err.to_string());
         text.push('\n');
         next = err.source();
     }
     hint_for(&text)
 }
 
-fn hint_for(text: &str) -> Option<&'static str> {
-    if text.contains("certificate") || text.contains("unknownissuer") {
-        return Some(
-            "the endpoint's TLS certificate is not trusted (certificate verify failed); a \
-             private CA is trusted through SSL_CERT_FILE=/path/to/ca.pem",
-        );
+/// [`hint`] of the text of an error and its sources, one per line.
+fn hint_for(text: &str) -> Option<String> {
+    // The TLS library's reason is the last source, under "error sending request".
+    if let Some(at) = text.find("invalid peer certificate") {
+        let reason = text[at..].lines().next().unwrap_or_default();
+        let lower = reason.to_ascii_lowercase();
+        let what = if lower.contains("not valid for name") || lower.contains("notvalidforname") {
+            "the endpoint's address must be a name or IP address its certificate lists"
+        } else if lower.contains("expired") || lower.contains("not valid yet") {
+            "the endpoint's certificate is out of its validity period (or this clock is wrong)"
+        } else {
+            "a private CA is trusted through SSL_CERT_FILE=/path/to/ca.pem"
+        };
+        return Some(format!("TLS refused the endpoint: {reason}; {what}"));
     }
     if text.contains("/latest/api/token") || text.contains("/latest/meta-data") {
         return Some(
@@ -275,7 +283,8 @@ fn hint_for(text: &str) -> Option<&'static str> {
              ~/.aws/credentials (AWS_SHARED_CREDENTIALS_FILE) and ~/.aws/config \
              (AWS_CONFIG_FILE), web identity (AWS_WEB_IDENTITY_TOKEN_FILE, AWS_ROLE_ARN), \
              container credentials (AWS_CONTAINER_CREDENTIALS_*), then the EC2 instance \
-             metadata",
+             metadata"
+                .to_string(),
         );
     }
     None
@@ -1789,12 +1798,23 @@ mod tests {
 
     #[test]
     fn common_set_up_mistakes_get_a_hint() {
-        let tls = "generic s3 error: http error: error sending request\ninvalid peer \
-                   certificate: unknownissuer";
-        assert!(hint_for(tls).unwrap().contains("SSL_CERT_FILE"));
+        let tls = |reason: &str| {
+            let text = format!("Generic S3 error\nerror sending request\n{reason}\n");
+            hint_for(&text).unwrap()
+        };
+        let unknown = tls("invalid peer certificate: UnknownIssuer");
+        assert!(unknown.contains("UnknownIssuer; a private CA"), "{unknown}");
+        assert!(unknown.contains("SSL_CERT_FILE"), "{unknown}");
+        let name = tls("invalid peer certificate: certificate not valid for name \"127.0.0.1\"");
+        assert!(
+            name.contains("a name or IP address its certificate lists"),
+            "{name}"
+        );
+        let expired = tls("invalid peer certificate: certificate expired: verification time 9");
+        assert!(expired.contains("validity period"), "{expired}");
         let imds = "error performing put http://169.254.169.254/latest/api/token";
         assert!(hint_for(imds).unwrap().contains("AWS_ACCESS_KEY_ID"));
-        assert!(hint_for("nosuchbucket").is_none());
+        assert!(hint_for("NoSuchBucket").is_none());
         assert_eq!(
             redact_userinfo("http://u:SECRET@h:9000/p"),
             "http://…@h:9000/p"
