@@ -1811,6 +1811,41 @@ fn registries_with_a_private_ca() {
     case.env.check(true);
 }
 
+/// A registry whose certificate comes from a trusted CA but names another host: refused
+/// whatever CA is given, with the reason and the way out (not "trust the CA" again). The
+/// registry speaks plain HTTP behind a TLS relay that presents that certificate.
+#[test]
+fn a_registry_certificate_for_another_name_is_refused_with_its_reason() {
+    let Some(case) = TlsCase::start(Registry::start, "named/app") else {
+        return;
+    };
+    let ca = fixtures::tls::TestCa::new().unwrap();
+    let (cert, key) = ca.server_certificate("other", "DNS:other.example").unwrap();
+    let front = fixtures::tls::TlsFront::start(&cert, &key, case.reg.port()).unwrap();
+    let image = format!("docker://127.0.0.1:{}/{}:1", front.port(), case.repo);
+    let ca_file = ca.ca_path();
+    let out = case.env.run(&[
+        "convert",
+        FQRN,
+        &image,
+        "--registry-ca",
+        ca_file.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(!stderr.contains("retrying"), "{stderr}");
+    let last = stderr.trim_end().lines().last().unwrap();
+    assert!(
+        last.contains(&image)
+            && last.contains("not valid for name \"127.0.0.1\"")
+            && last.contains("does not list 127.0.0.1:")
+            && !last.contains("trust it with --registry-ca"),
+        "{last}"
+    );
+    let manifest = std::fs::read(case.env.storage.join(".cvmfspublished")).unwrap();
+    assert_eq!(case.manifest, manifest);
+}
+
 /// A registry that wants a client certificate from its CA (mutual TLS): without one, refused
 /// at once with the way out; with one in certs.d (`NAME.cert` and `NAME.key`), converted, for
 /// an insecure host too; half a pair is an error.

@@ -1794,18 +1794,8 @@ fn describe_send_error(e: reqwest::Error, url: &str) -> String {
     if plain_http {
         return format!("{text} (a plain-HTTP registry? allow it with --insecure-registry {host})");
     }
-    if untrusted && text.contains("CaUsedAsEndEntity") {
-        return format!(
-            "{text} (the registry's own certificate is marked as a CA, CA:TRUE: trust that \
-             certificate itself with --registry-ca FILE, as for a self-signed one, or give the \
-             registry a certificate without CA:TRUE)"
-        );
-    }
     if untrusted {
-        return format!(
-            "{text} (a registry with a private CA? trust it with --registry-ca FILE, or skip \
-             verification for this host with --insecure-registry {host})"
-        );
+        return format!("{text} ({})", untrusted_advice(&text, host));
     }
     if refused {
         return format!(
@@ -1815,6 +1805,45 @@ fn describe_send_error(e: reqwest::Error, url: &str) -> String {
         );
     }
     text
+}
+
+/// What to do about a registry certificate refused for the reason in `text` (the TLS
+/// library's): trusting a CA helps only when the issuer is unknown.
+fn untrusted_advice(text: &str, host: &str) -> String {
+    let skip = format!("or skip verification for this host with --insecure-registry {host}");
+    let reason = text.to_ascii_lowercase().replace(' ', "");
+    if text.contains("CaUsedAsEndEntity") {
+        "the registry's own certificate is marked as a CA, CA:TRUE: trust that certificate \
+         itself with --registry-ca FILE, as for a self-signed one, or give the registry a \
+         certificate without CA:TRUE"
+            .to_string()
+    } else if reason.contains("notvalidforname") {
+        format!(
+            "the registry's certificate does not list {}: reach it by a name it lists, {skip}",
+            without_port(host)
+        )
+    } else if reason.contains("expired") || reason.contains("notvalidyet") {
+        format!(
+            "the registry's certificate is outside its validity period, or this machine's \
+             clock is wrong: renew it, {skip}"
+        )
+    } else {
+        format!("a registry with a private CA? trust it with --registry-ca FILE, {skip}")
+    }
+}
+
+/// `host` of `host[:port]` (`[v6]` of `[v6]:port`): certificates name hosts, not ports.
+fn without_port(host: &str) -> &str {
+    match host.rsplit_once(':') {
+        Some((h, port))
+            if !port.is_empty()
+                && port.bytes().all(|b| b.is_ascii_digit())
+                && (!h.contains(':') || h.ends_with(']')) =>
+        {
+            h
+        }
+        _ => host,
+    }
 }
 
 /// An error with its causes, on one line (reqwest's own text omits the interesting part).
@@ -1927,6 +1956,45 @@ impl RegistrySource {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The advice follows the TLS library's reason (as rustls words them, with and without
+    /// their context): a CA helps only against an unknown issuer.
+    #[test]
+    fn refused_certificates_get_the_advice_of_their_reason() {
+        let host = "reg.example:5000";
+        let advice =
+            |reason: &str| untrusted_advice(&format!("invalid peer certificate: {reason}"), host);
+        for unknown in ["UnknownIssuer", "BadSignature"] {
+            assert!(advice(unknown).contains("--registry-ca FILE"), "{unknown}");
+        }
+        for name in [
+            "certificate not valid for name \"10.0.0.1\"; certificate is only valid for DnsName(\"a\")",
+            "NotValidForName",
+        ] {
+            let a = advice(name);
+            assert!(a.contains("does not list reg.example:"), "{a}");
+            assert!(!a.contains("--registry-ca"), "{a}");
+        }
+        for when in [
+            "certificate expired: verification time 2, but certificate is not valid after 1",
+            "Expired",
+            "certificate not valid yet: verification time 1, but certificate is not valid before 2",
+            "NotValidYet",
+        ] {
+            let a = advice(when);
+            assert!(a.contains("validity period"), "{a}");
+            assert!(a.contains("--insecure-registry reg.example:5000"), "{a}");
+        }
+        assert!(advice("CaUsedAsEndEntity").contains("CA:TRUE"));
+        for (host, name) in [
+            ("h:5000", "h"),
+            ("h", "h"),
+            ("[::1]:443", "[::1]"),
+            ("::1", "::1"),
+        ] {
+            assert_eq!(without_port(host), name);
+        }
+    }
 
     /// The ways hyper reported a mutual-TLS refusal racing with the request, as seen under
     /// load (the flaky `registries_asking_for_a_client_certificate`), and an OS-level reset.
