@@ -382,6 +382,10 @@ pub struct PushArgs {
     /// Upload with the canned ACL public-read (buckets without a public-read policy).
     #[arg(long)]
     pub public_read: bool,
+    /// Push even if the endpoint ignores conditional writes (If-Match, If-None-Match): only
+    /// one push at a time goes to this bucket (kept with --auto).
+    #[arg(long, requires = "target")]
+    pub single_pusher: bool,
     /// Then delete the bucket's objects the local storage no longer holds (after gc).
     #[arg(long)]
     pub delete: bool,

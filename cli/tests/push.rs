@@ -1048,3 +1048,119 @@ fn an_https_endpoint_is_used_only_when_its_certificate_verifies() {
     assert_eq!(report["objects_present"], 0, "{report}");
     assert_eq!(remote_manifest(&s3, "tls"), local_manifest(&env));
 }
+
+/// A relay in front of `backend` that renames the `if-match` and `if-none-match` headers of
+/// requests (to names of the same length; moto does not check signatures), as an
+/// S3-compatible server that ignores conditional writes behaves. Stops with the test.
+fn relay_without_conditions(backend: u16) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let Ok(server) = TcpStream::connect(("127.0.0.1", backend)) else {
+                continue;
+            };
+            let (mut c_read, mut s_write) =
+                (client.try_clone().unwrap(), server.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 1 << 16];
+                while let Ok(n) = c_read.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    let mut data = buf[..n].to_vec();
+                    for (from, to) in [
+                        (&b"if-none-match:"[..], &b"x-ignored-hdr:"[..]),
+                        (b"if-match:", b"x-ignore:"),
+                    ] {
+                        while let Some(at) = data
+                            .windows(from.len())
+                            .position(|w| w.eq_ignore_ascii_case(from))
+                        {
+                            data[at..at + to.len()].copy_from_slice(to);
+                        }
+                    }
+                    if s_write.write_all(&data).is_err() {
+                        break;
+                    }
+                }
+                let _ = s_write.shutdown(std::net::Shutdown::Write);
+            });
+            let (mut s_read, mut c_write) = (server, client);
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut s_read, &mut c_write);
+                let _ = c_write.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    port
+}
+
+/// An endpoint that ignores conditional writes cannot keep two pushes from overwriting each
+/// other's manifest: refused before any root file goes up, unless the operator says only
+/// one push at a time goes there (`--single-pusher`, kept with `--auto`).
+#[test]
+fn an_endpoint_that_ignores_conditional_writes_needs_single_pusher() {
+    let s3 = S3Server::start();
+    let env = Env::init(&[]);
+    let src = env.dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("a"), b"one writer\n").unwrap();
+    publish(&env, &src);
+    let relay = relay_without_conditions(s3.port);
+    let push = |extra: &[&str]| {
+        let target = format!("s3://{BUCKET}/single");
+        let args = [
+            &[
+                "--json",
+                "push",
+                FQRN,
+                &target,
+                "--allow-http",
+                "--public-read",
+            ][..],
+            extra,
+        ]
+        .concat();
+        let mut cmd = with_s3(env.cmd(&args), &s3);
+        cmd.env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{relay}"));
+        cmd.output().unwrap()
+    };
+    let out = push(&[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("ignores conditional writes, If-None-Match")
+            && err.contains("--single-pusher"),
+        "{err}"
+    );
+    // No root file went up; objects may have (they are content-addressed, never harmful).
+    let out = push(&["--single-pusher", "--auto"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v.get("manifest_written").is_some())
+        .unwrap_or_else(|| panic!("no push report: {stdout}"));
+    assert!(report["remote_revision"].is_null(), "{report}");
+    assert_eq!(report["manifest_written"], true, "{report}");
+    assert_eq!(remote_manifest(&s3, "single"), local_manifest(&env));
+    // The next publish pushes through the same endpoint by itself: the target kept the choice.
+    std::fs::write(src.join("b"), b"still one writer\n").unwrap();
+    let out = with_s3(env.cmd(&["publish", FQRN, src.to_str().unwrap()]), &s3)
+        .env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{relay}"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(remote_manifest(&s3, "single"), local_manifest(&env));
+}

@@ -85,6 +85,9 @@ pub struct S3Target {
     /// Upload with the canned ACL `public-read` (for buckets that still use ACLs; most serve
     /// a repository through a bucket policy instead).
     pub public_read: bool,
+    /// Push even to an endpoint that ignores conditional writes: the operator sees to it
+    /// that only one push at a time goes to this bucket (see [`Push::conditions_hold`]).
+    pub single_pusher: bool,
 }
 
 impl S3Target {
@@ -564,6 +567,9 @@ impl Push<'_> {
             .iter()
             .filter(|f| !f.current)
             .partition(|f| f.before_manifest(same_certificate));
+        if !self.target.single_pusher {
+            self.conditions_hold().await?;
+        }
         for file in before {
             self.put_root_before_manifest(file).await?;
             report.root_files_written.push(file.name.to_string());
@@ -1161,6 +1167,48 @@ impl Push<'_> {
             ) => Ok(false),
             Err(e) => Err(self.remote_error(name, e)),
         }
+    }
+
+    /// Refuses an endpoint that ignores conditional writes: two pushes at once rely on them
+    /// to never overwrite each other's root files (a slow push would put an older manifest
+    /// back over a newer one). S3 honours them since 2024; an S3-compatible server that
+    /// does not answers 200 where it should answer 412. Probed on a key of its own, before
+    /// the first root file: a create, the same create again, an update against a version
+    /// that is not the key's; then the key is deleted.
+    async fn conditions_hold(&self) -> Result<()> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let name = format!(".cvmfs-oci-probe-{}-{nanos}", std::process::id());
+        let body = || PutPayload::from_static(b"conditional write probe\n");
+        let created = self.try_put(&name, body(), PutMode::Create).await?;
+        let again = self.try_put(&name, body(), PutMode::Create).await?;
+        let stale = UpdateVersion {
+            e_tag: Some("\"00000000000000000000000000000000\"".to_string()),
+            version: None,
+        };
+        let updated = self.try_put(&name, body(), PutMode::Update(stale)).await?;
+        let _ = self.client.delete(&self.target.key(&name)).await;
+        let ignored = match (created, again, updated) {
+            (true, false, false) => return Ok(()),
+            (false, _, _) => {
+                return Err(Error::Remote {
+                    what: format!("{}/{name}", self.target.describe()),
+                    reason: "a conditional create of a new key was refused".to_string(),
+                })
+            }
+            (true, true, _) => "If-None-Match: * (a create over an existing key went through)",
+            (true, false, true) => "If-Match (an update against another version went through)",
+        };
+        Err(Error::Remote {
+            what: self.target.describe(),
+            reason: format!(
+                "the endpoint ignores conditional writes, {ignored}: two pushes at once could \
+                 put an older manifest over a newer one; if only one push at a time goes to \
+                 this bucket, push with --single-pusher"
+            ),
+        })
     }
 
     fn conflict(&self, name: &str) -> Error {

@@ -34,6 +34,7 @@ pub fn push(home: &Path, g: &Global, a: &PushArgs, out: Output) -> Result<i32> {
             endpoint: a.endpoint.clone(),
             region: a.region.clone(),
             allow_http: a.allow_http,
+            single_pusher: a.single_pusher,
             public_read: a.public_read,
             ..S3Target::parse(url)?
         },
