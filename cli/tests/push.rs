@@ -1000,10 +1000,7 @@ fn a_push_overtaken_by_another_homes_later_revision_succeeds() {
 fn an_https_endpoint_is_used_only_when_its_certificate_verifies() {
     let s3 = S3Server::start();
     let env = Env::init(&[]);
-    let src = env.dir.path().join("src");
-    std::fs::create_dir_all(&src).unwrap();
-    std::fs::write(src.join("a"), b"over TLS\n").unwrap();
-    publish(&env, &src);
+    publish_one_file(&env);
     let ca = fixtures::tls::TestCa::new().unwrap();
     let (good_cert, good_key) = ca.server_certificate("good", "IP:127.0.0.1").unwrap();
     let (other_cert, other_key) = ca.server_certificate("other", "DNS:other.example").unwrap();
@@ -1103,10 +1100,7 @@ fn relay_without_conditions(backend: u16) -> u16 {
 fn an_endpoint_that_ignores_conditional_writes_needs_single_pusher() {
     let s3 = S3Server::start();
     let env = Env::init(&[]);
-    let src = env.dir.path().join("src");
-    std::fs::create_dir_all(&src).unwrap();
-    std::fs::write(src.join("a"), b"one writer\n").unwrap();
-    publish(&env, &src);
+    let src = publish_one_file(&env);
     let relay = relay_without_conditions(s3.port);
     let push = |extra: &[&str]| {
         let target = format!("s3://{BUCKET}/single");
