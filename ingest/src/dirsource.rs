@@ -391,8 +391,7 @@ fn mount_id(dir: &OwnedFd) -> u64 {
 fn read_file(job: &ReadJob, shared: &Shared<'_>) -> Result<Metadata> {
     let pipeline = shared.pipeline;
     let name = job.path.display().to_string();
-    let mut f = open_walked(job).map_err(|e| Error::io(&name, e))?;
-    let before = f.metadata().map_err(|e| Error::io(&name, e))?;
+    let (mut f, before) = open_walked(job).map_err(|e| Error::io(&name, e))?;
     let mut counted = Counted {
         inner: &mut f,
         n: 0,
@@ -449,8 +448,8 @@ impl Read for Counted<'_> {
 /// followed), a FIFO (not waited for: opening one for reading blocks until a writer comes),
 /// or another file. It is opened by its name in the directory the walker listed (held open):
 /// a directory on its path swapped for a link since cannot lead outside the tree. The tree
-/// being published may be live.
-fn open_walked(job: &ReadJob) -> io::Result<File> {
+/// being published may be live. Returns the file and its state when opened.
+fn open_walked(job: &ReadJob) -> io::Result<(File, Metadata)> {
     let f = match &job.at {
         Some((dir, name)) => open_file_at(dir, name).map(File::from),
         None => std::fs::OpenOptions::new()
@@ -468,7 +467,7 @@ fn open_walked(job: &ReadJob) -> io::Result<File> {
     if !meta.is_file() || (meta.dev(), meta.ino()) != job.inode {
         return Err(io::Error::other("replaced by another file during the walk"));
     }
-    Ok(f)
+    Ok((f, meta))
 }
 
 fn failed(failure: &Mutex<Option<Error>>) -> bool {
@@ -1118,6 +1117,7 @@ mod tests {
         let mut read = String::new();
         open_walked(&job)
             .unwrap()
+            .0
             .read_to_string(&mut read)
             .unwrap();
         assert_eq!(read, "inside");
