@@ -1182,15 +1182,20 @@ impl Push<'_> {
             .unwrap_or(0);
         let name = format!(".cvmfs-oci-probe-{}-{nanos}", std::process::id());
         let body = || PutPayload::from_static(b"conditional write probe\n");
-        let created = self.try_put(&name, body(), PutMode::Create).await?;
-        let again = self.try_put(&name, body(), PutMode::Create).await?;
         let stale = UpdateVersion {
             e_tag: Some("\"00000000000000000000000000000000\"".to_string()),
             version: None,
         };
-        let updated = self.try_put(&name, body(), PutMode::Update(stale)).await?;
+        let answers = async {
+            let created = self.try_put(&name, body(), PutMode::Create).await?;
+            let again = self.try_put(&name, body(), PutMode::Create).await?;
+            let updated = self.try_put(&name, body(), PutMode::Update(stale)).await?;
+            Ok::<_, Error>((created, again, updated))
+        }
+        .await;
+        // Whatever the answers, the probe key goes (a failed delete leaves 24 bytes).
         let _ = self.client.delete(&self.target.key(&name)).await;
-        let ignored = match (created, again, updated) {
+        let ignored = match answers? {
             (true, false, false) => return Ok(()),
             (false, _, _) => {
                 return Err(Error::Remote {
