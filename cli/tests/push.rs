@@ -876,11 +876,41 @@ fn credentials_come_from_the_aws_profile_when_the_environment_has_none() {
         "[ci]\naws_access_key_id = profile-key-id\naws_secret_access_key = profile-secret\n",
     )
     .unwrap();
-    std::fs::write(&config, "[profile ci]\nregion = us-east-1\n").unwrap();
+    // A credential_process helper that counts its runs, and one that fails saying a secret.
+    let runs = env.path("helper-runs");
+    let helper = env.path("helper.sh");
+    let answer = r#"{"Version": 1, "AccessKeyId": "proc-key-id", "SecretAccessKey": "proc-secret", "SessionToken": "proc-token", "Expiration": "2099-01-01T00:00:00Z"}"#;
+    let script = format!(
+        "#!/bin/sh\n[ \"$1\" = \"two words\" ] || exit 9\necho run >> '{}'\necho '{answer}'\n",
+        runs.display()
+    );
+    let failing = env.path("failing.sh");
+    for (path, text) in [
+        (&helper, script.as_str()),
+        (
+            &failing,
+            "#!/bin/sh\necho proc-secret-in-stderr >&2\necho proc-secret\nexit 3\n",
+        ),
+    ] {
+        std::fs::write(path, text).unwrap();
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+    }
+    std::fs::write(
+        &config,
+        format!(
+            "[profile ci]\nregion = us-east-1\n[profile proc]\nregion = us-east-1\n\
+             credential_process = {} \"two words\"\n[profile failing]\nregion = us-east-1\n\
+             credential_process = {}\n",
+            helper.display(),
+            failing.display()
+        ),
+    )
+    .unwrap();
     // Without credentials the client would ask the instance metadata: a closed port here.
     let closed = format!("http://127.0.0.1:{}", free_port());
-    let target = format!("s3://{BUCKET}/repo");
-    let run = |profile: &str| {
+    let run_to = |profile: &str, prefix: &str| {
+        let target = format!("s3://{BUCKET}/{prefix}");
         let mut cmd = env.cmd(&[
             "--json",
             "push",
@@ -911,6 +941,7 @@ fn credentials_come_from_the_aws_profile_when_the_environment_has_none() {
             .output()
             .unwrap()
     };
+    let run = |profile: &str| run_to(profile, "repo");
 
     let out = run("nosuch");
     let err = String::from_utf8_lossy(&out.stderr);
@@ -935,6 +966,32 @@ fn credentials_come_from_the_aws_profile_when_the_environment_has_none() {
     assert!(out.status.success(), "{all}");
     assert!(!all.contains("profile-secret"), "{all}");
     assert_eq!(remote_manifest(&s3, "repo"), local_manifest(&env));
+
+    // credential_process: run once for the whole push (its credentials last), never shown.
+    let out = run_to("proc", "proc");
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{all}");
+    assert!(
+        !all.contains("proc-secret") && !all.contains("proc-token"),
+        "{all}"
+    );
+    assert_eq!(std::fs::read_to_string(&runs).unwrap(), "run\n");
+    assert_eq!(remote_manifest(&s3, "proc"), local_manifest(&env));
+
+    let out = run_to("failing", "failing");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("credential_process of AWS profile 'failing' in")
+            && err.contains("failed (exit status: 3)"),
+        "{err}"
+    );
+    assert!(!err.contains("proc-secret"), "{err}");
 }
 
 /// Two homes publish into one storage and push it to one bucket. A push overtaken on its way by

@@ -3,9 +3,10 @@
 //! (`AWS_SHARED_CREDENTIALS_FILE`, default `~/.aws/credentials`, sections `[NAME]`) and of the
 //! config file (`AWS_CONFIG_FILE`, default `~/.aws/config`, sections `[profile NAME]` and
 //! `[default]`). Keys in the credentials file win over keys in the config file; the region
-//! comes from the config file. Only static keys are taken (`aws_access_key_id`,
-//! `aws_secret_access_key`, `aws_session_token`); a profile that gets its credentials another
-//! way (`role_arn`, `credential_process`, SSO) is refused by name rather than passed over.
+//! comes from the config file. Static keys are taken (`aws_access_key_id`,
+//! `aws_secret_access_key`, `aws_session_token`), else the profile's `credential_process`
+//! (see [`crate::aws_process`]); a profile that gets its credentials another way (`role_arn`,
+//! SSO) is refused by name rather than passed over.
 //!
 //! The files are read with the subset of INI the AWS tools write: `[section]` lines,
 //! `key = value` lines, whole-line comments (`#`, `;`) and comments after a value that follow
@@ -37,13 +38,15 @@ impl std::fmt::Debug for ProfileCredential {
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct ProfileSettings {
     pub credential: Option<ProfileCredential>,
+    /// The profile's `credential_process` (when it has no static keys) and where it is
+    /// configured (`AWS profile 'NAME' in PATH`).
+    pub process: Option<(String, String)>,
     pub region: Option<String>,
 }
 
 /// Keys that obtain credentials in ways this reader does not follow.
-const UNSUPPORTED: [&str; 5] = [
+const UNSUPPORTED: [&str; 4] = [
     "role_arn",
-    "credential_process",
     "sso_session",
     "sso_start_url",
     "web_identity_token_file",
@@ -100,7 +103,15 @@ pub(crate) fn profile_settings(env: &dyn Fn(&str) -> Option<String>) -> Result<P
             break;
         }
     }
+    let mut process = None;
     if credential.is_none() {
+        process = sources.iter().find_map(|&(settings, path)| {
+            let command = settings?.get("credential_process")?;
+            let origin = format!("AWS profile '{profile}' in {}", path?.display());
+            Some((command.clone(), origin))
+        });
+    }
+    if credential.is_none() && process.is_none() {
         for (settings, path) in sources {
             let (Some(settings), Some(path)) = (settings, path) else {
                 continue;
@@ -119,7 +130,11 @@ pub(crate) fn profile_settings(env: &dyn Fn(&str) -> Option<String>) -> Result<P
         .and_then(|s| s.get("region"))
         .filter(|r| !r.is_empty())
         .cloned();
-    Ok(ProfileSettings { credential, region })
+    Ok(ProfileSettings {
+        credential,
+        process,
+        region,
+    })
 }
 
 /// The static keys of a profile's section, if it has any.
@@ -364,6 +379,22 @@ sso_session = corp
         let s = settings(&env).unwrap();
         assert!(s.credential.is_none());
         assert_eq!(s.region.as_deref(), Some("us-west-2"));
+    }
+
+    #[test]
+    fn a_credential_process_serves_when_the_profile_has_no_keys() {
+        let config = "[profile p]\ncredential_process = helper --x 'a b'\nregion = eu-west-1\n";
+        let (_home, env) = with_files("", config, &[("AWS_PROFILE", "p")]);
+        let got = settings(&env).unwrap();
+        let (command, origin) = got.process.unwrap();
+        assert_eq!(command, "helper --x 'a b'");
+        assert!(origin.starts_with("AWS profile 'p' in "), "{origin}");
+        assert_eq!(got.region.as_deref(), Some("eu-west-1"));
+        // Static keys in the credentials file win, as for the AWS tools.
+        let keys = "[p]\naws_access_key_id = K\naws_secret_access_key = S\n";
+        let (_home, env) = with_files(keys, config, &[("AWS_PROFILE", "p")]);
+        let got = settings(&env).unwrap();
+        assert!(got.credential.is_some() && got.process.is_none());
     }
 
     #[test]

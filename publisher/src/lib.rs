@@ -34,6 +34,7 @@
 //! # Ok(()) }
 //! ```
 
+mod aws_process;
 mod aws_profile;
 mod cache_db;
 pub mod catalog_tree;

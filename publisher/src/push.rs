@@ -208,13 +208,24 @@ impl S3Target {
         }
         let profile = crate::aws_profile::profile_settings(&|k| env.get(k).cloned())
             .map_err(|e| Error::Invalid(format!("{}: {e}", self.describe())))?;
-        if let (false, Some(c)) = (has_keys, profile.credential) {
+        let credential = profile.credential;
+        if let (false, Some(c)) = (has_keys, &credential) {
             let credential = AwsCredential {
-                key_id: c.key_id,
-                secret_key: c.secret_key,
-                token: c.token,
+                key_id: c.key_id.clone(),
+                secret_key: c.secret_key.clone(),
+                token: c.token.clone(),
             };
             builder = builder.with_credentials(Arc::new(StaticCredentialProvider::new(credential)));
+        }
+        if let (false, None, Some((command, origin))) = (has_keys, &credential, profile.process) {
+            let provider = crate::aws_process::ProcessCredentials::new(&command, origin.clone())
+                .ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "{}: credential_process of {origin} is not a command line",
+                        self.describe()
+                    ))
+                })?;
+            builder = builder.with_credentials(Arc::new(provider));
         }
         if let (false, Some(region)) = (has_region, profile.region) {
             builder = builder.with_region(region);

@@ -1,0 +1,190 @@
+//! Credentials from an AWS profile's `credential_process`: a command (split into words as
+//! the AWS tools split it, not run by a shell) that prints
+//! `{"Version": 1, "AccessKeyId": …, "SecretAccessKey": …, "SessionToken": …, "Expiration": …}`.
+//! It is how `aws-vault`, `aws configure export-credentials --format process` and many
+//! single-sign-on helpers hand credentials over. The command runs when the first request is
+//! signed and again five minutes before the `Expiration` it gave, so a long push keeps
+//! working. Neither its output nor its error output is ever shown: both may hold secrets.
+
+use object_store::aws::AwsCredential;
+use object_store::CredentialProvider;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// Credentials are fetched again this long before they expire.
+const REFRESH_BEFORE: Duration = Duration::from_secs(300);
+
+/// A [`CredentialProvider`] running `credential_process`.
+pub(crate) struct ProcessCredentials {
+    /// The command's words.
+    argv: Vec<String>,
+    /// Where it was configured, for messages: `AWS profile 'NAME' in PATH`.
+    origin: String,
+    cached: tokio::sync::Mutex<Option<Fetched>>,
+}
+
+struct Fetched {
+    credential: Arc<AwsCredential>,
+    expires: Option<SystemTime>,
+}
+
+impl std::fmt::Debug for ProcessCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the credentials: this may end up in a log.
+        f.debug_struct("ProcessCredentials")
+            .field("origin", &self.origin)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ProcessCredentials {
+    /// `None` when `command` does not split into words (an unclosed quote) or is empty.
+    pub(crate) fn new(command: &str, origin: String) -> Option<ProcessCredentials> {
+        let argv = shlex::split(command).filter(|a| !a.is_empty())?;
+        Some(ProcessCredentials {
+            argv,
+            origin,
+            cached: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    /// Runs the command `argv` and reads its answer (blocking).
+    fn fetch(argv: &[String]) -> Result<Fetched, String> {
+        let (program, args) = argv.split_first().ok_or("an empty command")?;
+        let out = Command::new(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run {program}: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("{program} failed ({})", out.status));
+        }
+        parse(&out.stdout).map_err(|why| format!("{program}: {why}"))
+    }
+
+    fn error(&self, why: String) -> object_store::Error {
+        object_store::Error::Generic {
+            store: "S3",
+            source: format!("credential_process of {}: {why}", self.origin).into(),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl CredentialProvider for ProcessCredentials {
+    type Credential = AwsCredential;
+
+    async fn get_credential(&self) -> object_store::Result<Arc<AwsCredential>> {
+        let mut cached = self.cached.lock().await;
+        let fresh = |f: &Fetched| {
+            f.expires
+                .is_none_or(|t| t > SystemTime::now() + REFRESH_BEFORE)
+        };
+        if let Some(f) = cached.as_ref().filter(|f| fresh(f)) {
+            return Ok(Arc::clone(&f.credential));
+        }
+        let argv = self.argv.clone();
+        let fetched = tokio::task::spawn_blocking(move || Self::fetch(&argv))
+            .await
+            .map_err(|e| self.error(e.to_string()))?
+            .map_err(|e| self.error(e))?;
+        let credential = Arc::clone(&fetched.credential);
+        *cached = Some(fetched);
+        Ok(credential)
+    }
+}
+
+/// The process's answer, as the AWS tools define it (Version 1).
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Answer {
+    version: Option<u32>,
+    access_key_id: Option<String>,
+    secret_access_key: Option<String>,
+    session_token: Option<String>,
+    expiration: Option<String>,
+}
+
+/// The credential in `stdout`; the error never quotes it.
+fn parse(stdout: &[u8]) -> Result<Fetched, String> {
+    let answer: Answer = serde_json::from_slice(stdout).map_err(|e| {
+        // The position only: the text around it may be a secret.
+        format!(
+            "its output is not the JSON object expected (line {}, column {})",
+            e.line(),
+            e.column()
+        )
+    })?;
+    if answer.version != Some(1) {
+        return Err(format!(
+            "its output says Version {:?}; only Version 1 is defined",
+            answer.version
+        ));
+    }
+    let nonempty = |v: Option<String>, name: &str| {
+        v.filter(|s| !s.is_empty())
+            .ok_or_else(|| format!("its output has no {name}"))
+    };
+    let key_id = nonempty(answer.access_key_id, "AccessKeyId")?;
+    let secret_key = nonempty(answer.secret_access_key, "SecretAccessKey")?;
+    let expires = match answer.expiration.filter(|e| !e.is_empty()) {
+        None => None,
+        Some(text) => {
+            let t = chrono::DateTime::parse_from_rfc3339(&text)
+                .map_err(|_| "its Expiration is not an RFC 3339 time".to_string())?;
+            let secs = u64::try_from(t.timestamp()).unwrap_or(0);
+            Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
+        }
+    };
+    Ok(Fetched {
+        credential: Arc::new(AwsCredential {
+            key_id,
+            secret_key,
+            token: answer.session_token.filter(|t| !t.is_empty()),
+        }),
+        expires,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_are_read_as_the_aws_tools_define_them() {
+        let ok = br#"{"Version": 1, "AccessKeyId": "AKID", "SecretAccessKey": "s3cr3t",
+            "SessionToken": "tok", "Expiration": "2030-01-01T00:00:00Z"}"#;
+        let f = parse(ok).unwrap();
+        assert_eq!(f.credential.key_id, "AKID");
+        assert_eq!(f.credential.token.as_deref(), Some("tok"));
+        let expected = SystemTime::UNIX_EPOCH + Duration::from_secs(1_893_456_000);
+        assert_eq!(f.expires, Some(expected));
+        let lasting = br#"{"Version": 1, "AccessKeyId": "AKID", "SecretAccessKey": "s3cr3t"}"#;
+        assert!(parse(lasting).unwrap().expires.is_none());
+
+        let refused: [(&[u8], &str); 4] = [
+            (b"s3cr3t garbage", "not the JSON object"),
+            (br#"{"Version": 2, "AccessKeyId": "a", "SecretAccessKey": "s3cr3t"}"#, "Version"),
+            (br#"{"Version": 1, "AccessKeyId": "a"}"#, "no SecretAccessKey"),
+            (
+                br#"{"Version": 1, "AccessKeyId": "a", "SecretAccessKey": "s3cr3t", "Expiration": "soon"}"#,
+                "Expiration",
+            ),
+        ];
+        for (answer, why) in refused {
+            let e = parse(answer).err().unwrap();
+            assert!(e.contains(why), "{e}");
+            assert!(!e.contains("s3cr3t"), "{e}");
+        }
+    }
+
+    #[test]
+    fn commands_are_split_into_words_not_run_by_a_shell() {
+        let p = ProcessCredentials::new(r#"/bin/helper --profile "a b" 'c'"#, "x".into()).unwrap();
+        assert_eq!(p.argv, ["/bin/helper", "--profile", "a b", "c"]);
+        assert!(ProcessCredentials::new("\"unclosed", "x".into()).is_none());
+        assert!(ProcessCredentials::new("   ", "x".into()).is_none());
+    }
+}
