@@ -120,7 +120,9 @@ pub(crate) fn profile_settings(env: &dyn Fn(&str) -> Option<String>) -> Result<P
                 return Err(Error::Invalid(format!(
                     "AWS profile '{profile}' in {}: {key} is not supported; give the profile \
                      aws_access_key_id and aws_secret_access_key, or set AWS_ACCESS_KEY_ID and \
-                     AWS_SECRET_ACCESS_KEY",
+                     AWS_SECRET_ACCESS_KEY, or use a profile whose credential_process lets the \
+                     AWS CLI do it (credential_process = aws configure export-credentials \
+                     --profile {profile} --format process)",
                     path.display()
                 )));
             }
