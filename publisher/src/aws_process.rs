@@ -12,8 +12,11 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-/// Credentials are fetched again this long before they expire.
+/// Credentials are fetched again this long before they expire…
 const REFRESH_BEFORE: Duration = Duration::from_secs(300);
+/// …but not sooner than this after they were fetched: a helper handing out credentials that
+/// expire within minutes would otherwise run for every request.
+const REFRESH_AFTER_AT_LEAST: Duration = Duration::from_secs(30);
 
 /// A [`CredentialProvider`] running `credential_process`.
 pub(crate) struct ProcessCredentials {
@@ -21,12 +24,22 @@ pub(crate) struct ProcessCredentials {
     argv: Vec<String>,
     /// Where it was configured, for messages: `AWS profile 'NAME' in PATH`.
     origin: String,
-    cached: tokio::sync::Mutex<Option<Fetched>>,
+    /// The credentials and when to fetch them again.
+    cached: tokio::sync::Mutex<Option<(Arc<AwsCredential>, Option<SystemTime>)>>,
 }
 
 struct Fetched {
     credential: Arc<AwsCredential>,
     expires: Option<SystemTime>,
+}
+
+impl Fetched {
+    /// When to run the command again (`None`: the credentials do not expire).
+    fn refresh_at(&self, fetched_at: SystemTime) -> Option<SystemTime> {
+        let soonest = fetched_at + REFRESH_AFTER_AT_LEAST;
+        self.expires
+            .map(|e| e.checked_sub(REFRESH_BEFORE).unwrap_or(e).max(soonest))
+    }
 }
 
 impl std::fmt::Debug for ProcessCredentials {
@@ -78,21 +91,20 @@ impl CredentialProvider for ProcessCredentials {
 
     async fn get_credential(&self) -> object_store::Result<Arc<AwsCredential>> {
         let mut cached = self.cached.lock().await;
-        let fresh = |f: &Fetched| {
-            f.expires
-                .is_none_or(|t| t > SystemTime::now() + REFRESH_BEFORE)
-        };
-        if let Some(f) = cached.as_ref().filter(|f| fresh(f)) {
-            return Ok(Arc::clone(&f.credential));
+        if let Some((credential, refresh_at)) = cached.as_ref() {
+            if refresh_at.is_none_or(|t| SystemTime::now() < t) {
+                return Ok(Arc::clone(credential));
+            }
         }
         let argv = self.argv.clone();
+        let fetched_at = SystemTime::now();
         let fetched = tokio::task::spawn_blocking(move || Self::fetch(&argv))
             .await
             .map_err(|e| self.error(e.to_string()))?
             .map_err(|e| self.error(e))?;
-        let credential = Arc::clone(&fetched.credential);
-        *cached = Some(fetched);
-        Ok(credential)
+        let refresh_at = fetched.refresh_at(fetched_at);
+        *cached = Some((Arc::clone(&fetched.credential), refresh_at));
+        Ok(fetched.credential)
     }
 }
 
@@ -161,8 +173,18 @@ mod tests {
         assert_eq!(f.credential.token.as_deref(), Some("tok"));
         let expected = SystemTime::UNIX_EPOCH + Duration::from_secs(1_893_456_000);
         assert_eq!(f.expires, Some(expected));
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_893_000_000);
+        assert_eq!(f.refresh_at(now), Some(expected - REFRESH_BEFORE));
+        // Expiring within the refresh margin: fetched again 30 s later, not per request.
+        let soon = now + Duration::from_secs(60);
+        let short = Fetched {
+            expires: Some(soon),
+            ..f
+        };
+        assert_eq!(short.refresh_at(now), Some(now + REFRESH_AFTER_AT_LEAST));
         let lasting = br#"{"Version": 1, "AccessKeyId": "AKID", "SecretAccessKey": "s3cr3t"}"#;
-        assert!(parse(lasting).unwrap().expires.is_none());
+        let lasting = parse(lasting).unwrap();
+        assert!(lasting.expires.is_none() && lasting.refresh_at(now).is_none());
 
         let refused: [(&[u8], &str); 4] = [
             (b"s3cr3t garbage", "not the JSON object"),
