@@ -901,7 +901,10 @@ fn credentials_come_from_the_aws_profile_when_the_environment_has_none() {
         format!(
             "[profile ci]\nregion = us-east-1\n[profile proc]\nregion = us-east-1\n\
              credential_process = {} \"two words\"\n[profile failing]\nregion = us-east-1\n\
-             credential_process = {}\n",
+             credential_process = {}\n[profile role]\nregion = us-east-1\n\
+             role_arn = arn:aws:iam::123456789012:role/cvmfs-push\nsource_profile = ci\n\
+             role_session_name = cvmfs-test\nexternal_id = ext-1\n\
+             [profile orphan]\nrole_arn = arn:aws:iam::123456789012:role/x\n",
             helper.display(),
             failing.display()
         ),
@@ -937,6 +940,7 @@ fn credentials_come_from_the_aws_profile_when_the_environment_has_none() {
         cmd.env("AWS_PROFILE", profile)
             .env("AWS_SHARED_CREDENTIALS_FILE", &credentials)
             .env("AWS_CONFIG_FILE", &config)
+            .env("AWS_ENDPOINT_URL_STS", s3.endpoint())
             .env("AWS_METADATA_ENDPOINT", &closed)
             .output()
             .unwrap()
@@ -992,6 +996,40 @@ fn credentials_come_from_the_aws_profile_when_the_environment_has_none() {
         "{err}"
     );
     assert!(!err.contains("proc-secret"), "{err}");
+
+    // role_arn: STS AssumeRole (moto's, at the same endpoint) signed with the source
+    // profile's keys; the role's credentials sign the push and are never shown.
+    let out = run_to("role", "role");
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{all}");
+    assert_eq!(remote_manifest(&s3, "role"), local_manifest(&env));
+    let state: serde_json::Value =
+        serde_json::from_slice(&s3.request("GET", "/moto-api/data.json", "")).unwrap();
+    let assumed = state["sts"]["AssumedRole"].as_array().unwrap();
+    assert_eq!(assumed.len(), 1, "{assumed:?}");
+    assert_eq!(
+        assumed[0]["role_arn"],
+        "arn:aws:iam::123456789012:role/cvmfs-push"
+    );
+    assert_eq!(assumed[0]["session_name"], "cvmfs-test");
+    assert_eq!(assumed[0]["external_id"], "ext-1");
+    let secret = assumed[0]["secret_access_key"].as_str().unwrap();
+    assert!(
+        !all.contains(secret) && !all.contains("profile-secret"),
+        "{all}"
+    );
+
+    let out = run_to("orphan", "orphan");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("AWS profile 'orphan' in") && err.contains("role_arn without source_profile"),
+        "{err}"
+    );
 }
 
 /// Two homes publish into one storage and push it to one bucket. A push overtaken on its way by

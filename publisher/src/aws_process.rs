@@ -24,13 +24,39 @@ pub(crate) struct ProcessCredentials {
     argv: Vec<String>,
     /// Where it was configured, for messages: `AWS profile 'NAME' in PATH`.
     origin: String,
+    cached: Refreshing,
+}
+
+/// Credentials fetched when first asked for, and again when they are about to expire.
+#[derive(Default)]
+pub(crate) struct Refreshing {
     /// The credentials and when to fetch them again.
     cached: tokio::sync::Mutex<Option<(Arc<AwsCredential>, Option<SystemTime>)>>,
 }
 
-struct Fetched {
-    credential: Arc<AwsCredential>,
-    expires: Option<SystemTime>,
+impl Refreshing {
+    /// The cached credentials while they last, else those `fetch` gets (and caches).
+    pub(crate) async fn get<F>(&self, fetch: F) -> object_store::Result<Arc<AwsCredential>>
+    where
+        F: std::future::Future<Output = object_store::Result<Fetched>>,
+    {
+        let mut cached = self.cached.lock().await;
+        if let Some((credential, refresh_at)) = cached.as_ref() {
+            if refresh_at.is_none_or(|t| SystemTime::now() < t) {
+                return Ok(Arc::clone(credential));
+            }
+        }
+        let fetched_at = SystemTime::now();
+        let fetched = fetch.await?;
+        let refresh_at = fetched.refresh_at(fetched_at);
+        *cached = Some((Arc::clone(&fetched.credential), refresh_at));
+        Ok(fetched.credential)
+    }
+}
+
+pub(crate) struct Fetched {
+    pub credential: Arc<AwsCredential>,
+    pub expires: Option<SystemTime>,
 }
 
 impl Fetched {
@@ -58,7 +84,7 @@ impl ProcessCredentials {
         Some(ProcessCredentials {
             argv,
             origin,
-            cached: tokio::sync::Mutex::new(None),
+            cached: Refreshing::default(),
         })
     }
 
@@ -90,21 +116,14 @@ impl CredentialProvider for ProcessCredentials {
     type Credential = AwsCredential;
 
     async fn get_credential(&self) -> object_store::Result<Arc<AwsCredential>> {
-        let mut cached = self.cached.lock().await;
-        if let Some((credential, refresh_at)) = cached.as_ref() {
-            if refresh_at.is_none_or(|t| SystemTime::now() < t) {
-                return Ok(Arc::clone(credential));
-            }
-        }
         let argv = self.argv.clone();
-        let fetched_at = SystemTime::now();
-        let fetched = tokio::task::spawn_blocking(move || Self::fetch(&argv))
-            .await
-            .map_err(|e| self.error(e.to_string()))?
-            .map_err(|e| self.error(e))?;
-        let refresh_at = fetched.refresh_at(fetched_at);
-        *cached = Some((Arc::clone(&fetched.credential), refresh_at));
-        Ok(fetched.credential)
+        let fetch = async {
+            tokio::task::spawn_blocking(move || Self::fetch(&argv))
+                .await
+                .map_err(|e| self.error(e.to_string()))?
+                .map_err(|e| self.error(e))
+        };
+        self.cached.get(fetch).await
     }
 }
 
@@ -143,12 +162,10 @@ fn parse(stdout: &[u8]) -> Result<Fetched, String> {
     let secret_key = nonempty(answer.secret_access_key, "SecretAccessKey")?;
     let expires = match answer.expiration.filter(|e| !e.is_empty()) {
         None => None,
-        Some(text) => {
-            let t = chrono::DateTime::parse_from_rfc3339(&text)
-                .map_err(|_| "its Expiration is not an RFC 3339 time".to_string())?;
-            let secs = u64::try_from(t.timestamp()).unwrap_or(0);
-            Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
-        }
+        Some(text) => Some(
+            parse_time(&text)
+                .ok_or_else(|| "its Expiration is not an RFC 3339 time".to_string())?,
+        ),
     };
     Ok(Fetched {
         credential: Arc::new(AwsCredential {
@@ -158,6 +175,13 @@ fn parse(stdout: &[u8]) -> Result<Fetched, String> {
         }),
         expires,
     })
+}
+
+/// An RFC 3339 time (as AWS gives expirations).
+pub(crate) fn parse_time(text: &str) -> Option<SystemTime> {
+    let t = chrono::DateTime::parse_from_rfc3339(text).ok()?;
+    let secs = u64::try_from(t.timestamp()).unwrap_or(0);
+    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
 }
 
 #[cfg(test)]

@@ -3,10 +3,12 @@
 //! (`AWS_SHARED_CREDENTIALS_FILE`, default `~/.aws/credentials`, sections `[NAME]`) and of the
 //! config file (`AWS_CONFIG_FILE`, default `~/.aws/config`, sections `[profile NAME]` and
 //! `[default]`). Keys in the credentials file win over keys in the config file; the region
-//! comes from the config file. Static keys are taken (`aws_access_key_id`,
-//! `aws_secret_access_key`, `aws_session_token`), else the profile's `credential_process`
-//! (see [`crate::aws_process`]); a profile that gets its credentials another way (`role_arn`,
-//! SSO) is refused by name rather than passed over.
+//! comes from the config file. A profile with `role_arn` assumes that role with the
+//! credentials of its `source_profile` (see [`crate::aws_role`]), as the AWS tools do; else its
+//! static keys are taken (`aws_access_key_id`, `aws_secret_access_key`, `aws_session_token`),
+//! else its `credential_process` (see [`crate::aws_process`]). A profile that gets its
+//! credentials another way (SSO, `credential_source`, a role behind a role) is refused by
+//! name rather than passed over.
 //!
 //! The files are read with the subset of INI the AWS tools write: `[section]` lines,
 //! `key = value` lines, whole-line comments (`#`, `;`) and comments after a value that follow
@@ -41,16 +43,31 @@ pub(crate) struct ProfileSettings {
     /// The profile's `credential_process` (when it has no static keys) and where it is
     /// configured (`AWS profile 'NAME' in PATH`).
     pub process: Option<(String, String)>,
+    /// The role the profile assumes (then `credential` and `process` are `None`).
+    pub role: Option<RoleSettings>,
     pub region: Option<String>,
 }
 
+/// A profile's `role_arn` and what assumes it.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct RoleSettings {
+    pub role_arn: String,
+    /// The source profile's static keys, or else its `credential_process` (command, origin).
+    pub source_credential: Option<ProfileCredential>,
+    pub source_process: Option<(String, String)>,
+    pub external_id: Option<String>,
+    pub session_name: Option<String>,
+    pub duration_seconds: Option<u32>,
+    /// `AWS profile 'NAME' in PATH`, for messages.
+    pub origin: String,
+}
+
+/// Role settings this reader does not follow: they need a person at a terminal or a
+/// credential source of their own.
+const UNSUPPORTED_ROLE: [&str; 2] = ["mfa_serial", "credential_source"];
+
 /// Keys that obtain credentials in ways this reader does not follow.
-const UNSUPPORTED: [&str; 4] = [
-    "role_arn",
-    "sso_session",
-    "sso_start_url",
-    "web_identity_token_file",
-];
+const UNSUPPORTED: [&str; 3] = ["sso_session", "sso_start_url", "web_identity_token_file"];
 
 type Profiles = HashMap<String, HashMap<String, String>>;
 
@@ -73,6 +90,12 @@ pub(crate) fn profile_settings(env: &dyn Fn(&str) -> Option<String>) -> Result<P
     let config_file = file("AWS_CONFIG_FILE", "config");
     let credentials = read(credentials_file.as_deref(), false)?;
     let config = read(config_file.as_deref(), true)?;
+    let files = Files {
+        credentials: &credentials,
+        config: &config,
+        credentials_file: credentials_file.as_deref(),
+        config_file: config_file.as_deref(),
+    };
     let in_credentials = credentials.get(&profile);
     let in_config = config.get(&profile);
     if in_credentials.is_none() && in_config.is_none() {
@@ -89,27 +112,127 @@ pub(crate) fn profile_settings(env: &dyn Fn(&str) -> Option<String>) -> Result<P
         }
         return Ok(ProfileSettings::default());
     }
-    let sources = [
-        (in_credentials, credentials_file.as_deref()),
-        (in_config, config_file.as_deref()),
-    ];
+    let region = in_config
+        .and_then(|s| s.get("region"))
+        .filter(|r| !r.is_empty())
+        .cloned();
+    if let Some(role) = role_settings(&files, &profile)? {
+        return Ok(ProfileSettings {
+            role: Some(role),
+            region,
+            ..ProfileSettings::default()
+        });
+    }
+    let (credential, process) = keys_or_process(&files, &profile)?;
+    Ok(ProfileSettings {
+        credential,
+        process,
+        role: None,
+        region,
+    })
+}
+
+/// A profile's section of one file (if it has one) and the file's path.
+type Section<'a> = (Option<&'a HashMap<String, String>>, Option<&'a Path>);
+
+/// A profile's static keys, or else its `credential_process` (command, where it is set).
+type KeysOrProcess = (Option<ProfileCredential>, Option<(String, String)>);
+
+/// Both shared files, read, and where they are.
+struct Files<'a> {
+    credentials: &'a Profiles,
+    config: &'a Profiles,
+    credentials_file: Option<&'a Path>,
+    config_file: Option<&'a Path>,
+}
+
+impl Files<'_> {
+    /// The profile's sections: the credentials file's first, as its keys win.
+    fn sections(&self, profile: &str) -> [Section<'_>; 2] {
+        [
+            (self.credentials.get(profile), self.credentials_file),
+            (self.config.get(profile), self.config_file),
+        ]
+    }
+
+    /// A setting of the profile, from whichever file has it (the credentials file first),
+    /// with where it was found.
+    fn setting(&self, profile: &str, key: &str) -> Option<(String, String)> {
+        self.sections(profile)
+            .into_iter()
+            .find_map(|(settings, path)| {
+                let value = settings?.get(key).filter(|v| !v.is_empty())?;
+                let origin = format!("AWS profile '{profile}' in {}", path?.display());
+                Some((value.clone(), origin))
+            })
+    }
+}
+
+/// The role `profile` assumes, if it names one, with the credentials of its source profile.
+fn role_settings(files: &Files<'_>, profile: &str) -> Result<Option<RoleSettings>> {
+    let Some((role_arn, origin)) = files.setting(profile, "role_arn") else {
+        return Ok(None);
+    };
+    let refuse = |why: String| Error::Invalid(format!("{origin}: {why}"));
+    if let Some(key) = UNSUPPORTED_ROLE
+        .iter()
+        .find(|k| files.setting(profile, k).is_some())
+    {
+        return Err(refuse(format!(
+            "{key} is not supported with role_arn; use a profile whose credential_process \
+             lets the AWS CLI assume the role (credential_process = aws configure \
+             export-credentials --profile {profile} --format process)"
+        )));
+    }
+    let Some((source, _)) = files.setting(profile, "source_profile") else {
+        return Err(refuse("role_arn without source_profile".to_string()));
+    };
+    if files.setting(&source, "role_arn").is_some() && source != profile {
+        return Err(refuse(format!(
+            "source_profile '{source}' assumes a role itself; chains of roles are not supported"
+        )));
+    }
+    let (source_credential, source_process) = keys_or_process(files, &source)?;
+    if source_credential.is_none() && source_process.is_none() {
+        return Err(refuse(format!(
+            "source_profile '{source}' has neither keys nor credential_process"
+        )));
+    }
+    let duration_seconds = match files.setting(profile, "duration_seconds") {
+        None => None,
+        Some((d, _)) => Some(
+            d.parse::<u32>()
+                .map_err(|_| refuse("duration_seconds is not a number of seconds".to_string()))?,
+        ),
+    };
+    Ok(Some(RoleSettings {
+        role_arn,
+        source_credential,
+        source_process,
+        external_id: files.setting(profile, "external_id").map(|v| v.0),
+        session_name: files.setting(profile, "role_session_name").map(|v| v.0),
+        duration_seconds,
+        origin,
+    }))
+}
+
+/// A profile's static keys, else its `credential_process`; an error for a profile that gets
+/// its credentials in a way this reader does not follow.
+fn keys_or_process(files: &Files<'_>, profile: &str) -> Result<KeysOrProcess> {
+    let sources = files.sections(profile);
     let mut credential = None;
     for (settings, path) in sources {
         let (Some(settings), Some(path)) = (settings, path) else {
             continue;
         };
-        if let Some(found) = static_credential(settings, &profile, path)? {
+        if let Some(found) = static_credential(settings, profile, path)? {
             credential = Some(found);
             break;
         }
     }
     let mut process = None;
     if credential.is_none() {
-        process = sources.iter().find_map(|&(settings, path)| {
-            let command = settings?.get("credential_process")?;
-            let origin = format!("AWS profile '{profile}' in {}", path?.display());
-            Some((command.clone(), origin))
-        });
+        process = files.setting(profile, "credential_process");
     }
     if credential.is_none() && process.is_none() {
         for (settings, path) in sources {
@@ -128,15 +251,7 @@ pub(crate) fn profile_settings(env: &dyn Fn(&str) -> Option<String>) -> Result<P
             }
         }
     }
-    let region = in_config
-        .and_then(|s| s.get("region"))
-        .filter(|r| !r.is_empty())
-        .cloned();
-    Ok(ProfileSettings {
-        credential,
-        process,
-        region,
-    })
+    Ok((credential, process))
 }
 
 /// The static keys of a profile's section, if it has any.
@@ -397,6 +512,44 @@ sso_session = corp
         let (_home, env) = with_files(keys, config, &[("AWS_PROFILE", "p")]);
         let got = settings(&env).unwrap();
         assert!(got.credential.is_some() && got.process.is_none());
+    }
+
+    #[test]
+    fn a_role_is_assumed_with_its_source_profiles_credentials() {
+        let credentials = "[base]\naws_access_key_id = BASEKEY\naws_secret_access_key = S\n";
+        let config = "[profile r]\nrole_arn = arn:aws:iam::1:role/x\nsource_profile = base\n\
+                      external_id = e\nduration_seconds = 900\nregion = eu-west-1\n\
+                      aws_access_key_id = IGNORED\naws_secret_access_key = IGNORED\n\
+                      [profile p]\ncredential_process = helper\n\
+                      [profile by-process]\nrole_arn = arn:aws:iam::1:role/y\nsource_profile = p\n\
+                      [profile chain]\nrole_arn = arn:aws:iam::1:role/z\nsource_profile = r\n\
+                      [profile mfa]\nrole_arn = arn:aws:iam::1:role/x\nsource_profile = base\n\
+                      mfa_serial = arn:aws:iam::1:mfa/me\n\
+                      [profile nothing]\nrole_arn = arn:aws:iam::1:role/x\nsource_profile = p2\n";
+        let profile = |name: &str| {
+            let (_home, env) = with_files(credentials, config, &[("AWS_PROFILE", name)]);
+            settings(&env)
+        };
+        // The role wins over keys in the same profile, as for the AWS tools.
+        let r = profile("r").unwrap();
+        assert!(r.credential.is_none() && r.process.is_none());
+        assert_eq!(r.region.as_deref(), Some("eu-west-1"));
+        let role = r.role.unwrap();
+        assert_eq!(role.role_arn, "arn:aws:iam::1:role/x");
+        assert_eq!(role.source_credential.unwrap().key_id, "BASEKEY");
+        assert_eq!(role.external_id.as_deref(), Some("e"));
+        assert_eq!(role.duration_seconds, Some(900));
+        let by_process = profile("by-process").unwrap().role.unwrap();
+        assert_eq!(by_process.source_process.unwrap().0, "helper");
+        for (name, why) in [
+            ("chain", "chains of roles are not supported"),
+            ("mfa", "mfa_serial is not supported"),
+            ("nothing", "has neither keys nor credential_process"),
+        ] {
+            let err = profile(name).unwrap_err().to_string();
+            assert!(err.contains(why), "{err}");
+            assert!(!err.contains("BASEKEY"), "{err}");
+        }
     }
 
     #[test]

@@ -36,6 +36,7 @@
 
 mod aws_process;
 mod aws_profile;
+mod aws_role;
 mod cache_db;
 pub mod catalog_tree;
 mod catalogs;

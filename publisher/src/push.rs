@@ -42,6 +42,7 @@
 //! # Ok(()) }
 //! ```
 
+use crate::aws_profile::{ProfileCredential, RoleSettings};
 use crate::catalogs::{tree_gap, TreeGap};
 use crate::error::{Error, Result};
 use crate::gc::referenced_by_kept;
@@ -153,6 +154,9 @@ impl S3Target {
     }
 }
 
+/// Something that gives AWS credentials (static, a process, a role).
+type CredentialSource = dyn object_store::CredentialProvider<Credential = AwsCredential>;
+
 /// The process environment's `AWS_*` variables and `HOME`, for [`S3Target::builder`]; an
 /// empty one counts as unset, as for the AWS tools.
 fn process_env() -> HashMap<String, String> {
@@ -208,29 +212,95 @@ impl S3Target {
         }
         let profile = crate::aws_profile::profile_settings(&|k| env.get(k).cloned())
             .map_err(|e| Error::Invalid(format!("{}: {e}", self.describe())))?;
-        let credential = profile.credential;
-        if let (false, Some(c)) = (has_keys, &credential) {
-            let credential = AwsCredential {
-                key_id: c.key_id.clone(),
-                secret_key: c.secret_key.clone(),
-                token: c.token.clone(),
-            };
-            builder = builder.with_credentials(Arc::new(StaticCredentialProvider::new(credential)));
-        }
-        if let (false, None, Some((command, origin))) = (has_keys, &credential, profile.process) {
-            let provider = crate::aws_process::ProcessCredentials::new(&command, origin.clone())
-                .ok_or_else(|| {
-                    Error::Invalid(format!(
-                        "{}: credential_process of {origin} is not a command line",
-                        self.describe()
-                    ))
-                })?;
-            builder = builder.with_credentials(Arc::new(provider));
-        }
-        if let (false, Some(region)) = (has_region, profile.region) {
+        if let (false, Some(region)) = (has_region, &profile.region) {
             builder = builder.with_region(region);
         }
+        if !has_keys {
+            let provider = match profile.role {
+                Some(role) => {
+                    let region = builder
+                        .get_config_value(&AmazonS3ConfigKey::Region)
+                        .unwrap_or_else(|| "us-east-1".to_string());
+                    Some(self.role_provider(role, env, region)?)
+                }
+                None => self.profile_provider(profile.credential, profile.process)?,
+            };
+            if let Some(provider) = provider {
+                builder = builder.with_credentials(provider);
+            }
+        }
         Ok(builder)
+    }
+
+    /// What gives a profile's credentials: its static keys, else its `credential_process`.
+    fn profile_provider(
+        &self,
+        credential: Option<ProfileCredential>,
+        process: Option<(String, String)>,
+    ) -> Result<Option<Arc<CredentialSource>>> {
+        if let Some(c) = credential {
+            let credential = AwsCredential {
+                key_id: c.key_id,
+                secret_key: c.secret_key,
+                token: c.token,
+            };
+            return Ok(Some(Arc::new(StaticCredentialProvider::new(credential))));
+        }
+        let Some((command, origin)) = process else {
+            return Ok(None);
+        };
+        let provider = crate::aws_process::ProcessCredentials::new(&command, origin.clone())
+            .ok_or_else(|| {
+                Error::Invalid(format!(
+                    "{}: credential_process of {origin} is not a command line",
+                    self.describe()
+                ))
+            })?;
+        Ok(Some(Arc::new(provider)))
+    }
+
+    /// The credentials of the role a profile assumes, through STS (see
+    /// [`crate::aws_role`]), signed for `region`.
+    fn role_provider(
+        &self,
+        role: RoleSettings,
+        env: &HashMap<String, String>,
+        region: String,
+    ) -> Result<Arc<CredentialSource>> {
+        let source = self
+            .profile_provider(role.source_credential, role.source_process)?
+            .ok_or_else(|| Error::Invalid(format!("{}: no source credentials", role.origin)))?;
+        let endpoint = env
+            .get("AWS_ENDPOINT_URL_STS")
+            .or_else(|| env.get("AWS_ENDPOINT_URL"))
+            .cloned()
+            .unwrap_or_else(|| format!("https://sts.{region}.amazonaws.com"));
+        if !self.allow_http && endpoint.to_ascii_lowercase().starts_with("http://") {
+            return Err(Error::Invalid(format!(
+                "{}: STS endpoint {endpoint} (for role_arn of {}) is plain HTTP, refused \
+                 without --allow-http (allow_http)",
+                self.describe(),
+                role.origin
+            )));
+        }
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        Ok(Arc::new(crate::aws_role::RoleCredentials {
+            role_arn: role.role_arn,
+            session_name: role
+                .session_name
+                .unwrap_or_else(|| format!("cvmfs-oci-{secs}")),
+            external_id: role.external_id,
+            duration_seconds: role.duration_seconds,
+            source,
+            endpoint,
+            region,
+            http: self.http_client()?,
+            origin: role.origin,
+            cached: Default::default(),
+        }))
     }
 
     /// Refuses a plain-HTTP endpoint (given, or from `AWS_ENDPOINT_URL`/`AWS_ENDPOINT_URL_S3`)

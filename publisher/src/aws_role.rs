@@ -1,0 +1,214 @@
+//! Credentials of a role an AWS profile assumes (`role_arn` with `source_profile`): STS
+//! `AssumeRole`, signed with the source profile's credentials, as the AWS tools do. The STS
+//! endpoint is `AWS_ENDPOINT_URL_STS`, else `AWS_ENDPOINT_URL`, else
+//! `https://sts.REGION.amazonaws.com`. The role's credentials are fetched again five minutes
+//! before they expire. No message quotes a credential or the STS reply's body beyond its
+//! error code and message.
+
+use crate::aws_process::{parse_time, Fetched, Refreshing};
+use object_store::aws::{AwsAuthorizer, AwsCredential};
+use object_store::client::{HttpClient, HttpRequestBody};
+use object_store::CredentialProvider;
+use std::sync::Arc;
+
+/// A [`CredentialProvider`] assuming a role with STS.
+pub(crate) struct RoleCredentials {
+    pub role_arn: String,
+    pub session_name: String,
+    pub external_id: Option<String>,
+    pub duration_seconds: Option<u32>,
+    /// Credentials that sign the `AssumeRole` request.
+    pub source: Arc<dyn CredentialProvider<Credential = AwsCredential>>,
+    /// STS's URL and the region requests are signed for.
+    pub endpoint: String,
+    pub region: String,
+    pub http: HttpClient,
+    /// `AWS profile 'NAME' in PATH`, for messages.
+    pub origin: String,
+    pub cached: Refreshing,
+}
+
+impl std::fmt::Debug for RoleCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RoleCredentials")
+            .field("role_arn", &self.role_arn)
+            .field("origin", &self.origin)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Largest STS reply read.
+const MAX_REPLY: usize = 64 << 10;
+
+impl RoleCredentials {
+    fn error(&self, why: impl std::fmt::Display) -> object_store::Error {
+        object_store::Error::Generic {
+            store: "S3",
+            source: format!(
+                "assuming role {} of {} at {}: {why}",
+                self.role_arn, self.origin, self.endpoint
+            )
+            .into(),
+        }
+    }
+
+    /// The form of the `AssumeRole` request.
+    fn form(&self) -> String {
+        let mut fields = vec![
+            ("Action", "AssumeRole".to_string()),
+            ("Version", "2011-06-15".to_string()),
+            ("RoleArn", self.role_arn.clone()),
+            ("RoleSessionName", self.session_name.clone()),
+        ];
+        if let Some(id) = &self.external_id {
+            fields.push(("ExternalId", id.clone()));
+        }
+        if let Some(d) = self.duration_seconds {
+            fields.push(("DurationSeconds", d.to_string()));
+        }
+        fields
+            .iter()
+            .map(|(k, v)| format!("{k}={}", form_encode(v)))
+            .collect::<Vec<_>>()
+            .join("&")
+    }
+
+    async fn assume(&self) -> object_store::Result<Fetched> {
+        let source = self.source.get_credential().await?;
+        let mut request = http::Request::post(self.endpoint.as_str())
+            .header(
+                http::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded; charset=utf-8",
+            )
+            .body(HttpRequestBody::from(self.form().into_bytes()))
+            .map_err(|e| self.error(e))?;
+        AwsAuthorizer::new(&source, "sts", &self.region)
+            .try_authorize(&mut request, None)
+            .map_err(|e| self.error(e))?;
+        let response = self
+            .http
+            .execute(request)
+            .await
+            .map_err(|e| self.error(crate::error::one_line(&e)))?;
+        let status = response.status();
+        let body = response
+            .into_body()
+            .bytes()
+            .await
+            .map_err(|e| self.error(crate::error::one_line(&e)))?;
+        let body = body.get(..MAX_REPLY).unwrap_or(&body);
+        let text = String::from_utf8_lossy(body);
+        if !status.is_success() {
+            let detail = quick_xml::de::from_str::<ErrorReply>(&text)
+                .map(|e| format!(": {} {}", e.error.code, e.error.message))
+                .unwrap_or_default();
+            return Err(self.error(format!("HTTP {status}{detail}")));
+        }
+        parse_reply(&text).map_err(|e| self.error(e))
+    }
+}
+
+#[async_trait::async_trait]
+impl CredentialProvider for RoleCredentials {
+    type Credential = AwsCredential;
+
+    async fn get_credential(&self) -> object_store::Result<Arc<AwsCredential>> {
+        self.cached.get(self.assume()).await
+    }
+}
+
+/// `application/x-www-form-urlencoded` of a value: unreserved bytes as they are, the rest
+/// percent-encoded.
+fn form_encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(b as char)
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Reply {
+    assume_role_result: ReplyResult,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ReplyResult {
+    credentials: ReplyCredentials,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ReplyCredentials {
+    access_key_id: String,
+    secret_access_key: String,
+    session_token: String,
+    expiration: String,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ErrorReply {
+    error: ErrorDetail,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ErrorDetail {
+    code: String,
+    message: String,
+}
+
+/// The credentials of an `AssumeRoleResponse`; the error never quotes them.
+fn parse_reply(text: &str) -> Result<Fetched, String> {
+    let reply: Reply = quick_xml::de::from_str(text)
+        .map_err(|_| "the reply is not an AssumeRoleResponse with credentials".to_string())?;
+    let c = reply.assume_role_result.credentials;
+    let expires = parse_time(&c.expiration)
+        .ok_or_else(|| "the reply's Expiration is not an RFC 3339 time".to_string())?;
+    Ok(Fetched {
+        credential: Arc::new(AwsCredential {
+            key_id: c.access_key_id,
+            secret_key: c.secret_access_key,
+            token: Some(c.session_token),
+        }),
+        expires: Some(expires),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_and_forms_are_as_sts_defines_them() {
+        let reply = r#"<AssumeRoleResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">
+          <AssumeRoleResult><SourceIdentity>x</SourceIdentity>
+            <AssumedRoleUser><Arn>arn:aws:sts::1:assumed-role/r/s</Arn>
+              <AssumedRoleId>ARO:s</AssumedRoleId></AssumedRoleUser>
+            <Credentials><AccessKeyId>ASIA1</AccessKeyId><SecretAccessKey>s3cr3t</SecretAccessKey>
+              <SessionToken>tok</SessionToken><Expiration>2030-01-01T00:00:00Z</Expiration>
+            </Credentials></AssumeRoleResult>
+          <ResponseMetadata><RequestId>1</RequestId></ResponseMetadata>
+        </AssumeRoleResponse>"#;
+        let f = parse_reply(reply).unwrap();
+        assert_eq!(f.credential.key_id, "ASIA1");
+        assert_eq!(f.credential.token.as_deref(), Some("tok"));
+        assert!(f.expires.is_some());
+        let e = parse_reply("<AssumeRoleResponse>s3cr3t</AssumeRoleResponse>")
+            .err()
+            .unwrap();
+        assert!(!e.contains("s3cr3t"), "{e}");
+        assert_eq!(
+            form_encode("arn:aws:iam::123:role/a b+c"),
+            "arn%3Aaws%3Aiam%3A%3A123%3Arole%2Fa%20b%2Bc"
+        );
+    }
+}
