@@ -91,18 +91,19 @@ impl RoleCredentials {
             .await
             .map_err(|e| self.error(crate::error::one_line(&e)))?;
         let status = response.status();
-        let body = response
-            .into_body()
-            .bytes()
+        // A reply is a few hundred bytes: a longer one is cut (error) or refused.
+        let (body, whole) = crate::s3_http::read_at_most(response.into_body(), MAX_REPLY)
             .await
             .map_err(|e| self.error(crate::error::one_line(&e)))?;
-        let body = body.get(..MAX_REPLY).unwrap_or(&body);
-        let text = String::from_utf8_lossy(body);
+        let text = String::from_utf8_lossy(&body);
         if !status.is_success() {
             let detail = quick_xml::de::from_str::<ErrorReply>(&text)
                 .map(|e| format!(": {} {}", e.error.code, e.error.message))
                 .unwrap_or_default();
             return Err(self.error(format!("HTTP {status}{detail}")));
+        }
+        if !whole {
+            return Err(self.error(format!("a reply of more than {} KiB", MAX_REPLY >> 10)));
         }
         parse_reply(&text).map_err(|e| self.error(e))
     }

@@ -75,7 +75,10 @@ impl HttpService for BoundedService {
 }
 
 /// The first `max` bytes of `body`, and whether that was all of it.
-async fn read_at_most(body: HttpResponseBody, max: usize) -> Result<(Vec<u8>, bool), HttpError> {
+pub(crate) async fn read_at_most(
+    body: HttpResponseBody,
+    max: usize,
+) -> Result<(Vec<u8>, bool), HttpError> {
     let mut stream = body.bytes_stream();
     let mut out = Vec::new();
     while let Some(chunk) = stream.next().await {
