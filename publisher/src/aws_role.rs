@@ -39,6 +39,15 @@ impl std::fmt::Debug for RoleCredentials {
 
 /// Largest STS reply read.
 const MAX_REPLY: usize = 64 << 10;
+/// `AssumeRole` calls before a transient failure is final (1 s, then 2 s apart).
+const STS_ATTEMPTS: u64 = 3;
+
+/// How an `AssumeRole` call failed.
+enum Attempt {
+    /// Worth another try: the connection dropped, STS answered 5xx, 429 or `Throttling`.
+    Transient(object_store::Error),
+    Final(object_store::Error),
+}
 
 impl RoleCredentials {
     fn error(&self, why: impl std::fmt::Display) -> object_store::Error {
@@ -73,39 +82,67 @@ impl RoleCredentials {
             .join("&")
     }
 
+    /// `AssumeRole`, tried again after a dropped connection, a 5xx or throttling.
     async fn assume(&self) -> object_store::Result<Fetched> {
-        let source = self.source.get_credential().await?;
+        let mut attempt = 1;
+        loop {
+            match self.assume_once().await {
+                Err(Attempt::Transient(_)) if attempt < STS_ATTEMPTS => {
+                    tokio::time::sleep(std::time::Duration::from_secs(attempt)).await;
+                    attempt += 1;
+                }
+                Err(Attempt::Transient(e) | Attempt::Final(e)) => return Err(e),
+                Ok(fetched) => return Ok(fetched),
+            }
+        }
+    }
+
+    async fn assume_once(&self) -> Result<Fetched, Attempt> {
+        let source = self.source.get_credential().await.map_err(Attempt::Final)?;
         let mut request = http::Request::post(self.endpoint.as_str())
             .header(
                 http::header::CONTENT_TYPE,
                 "application/x-www-form-urlencoded; charset=utf-8",
             )
             .body(HttpRequestBody::from(self.form().into_bytes()))
-            .map_err(|e| self.error(e))?;
+            .map_err(|e| Attempt::Final(self.error(e)))?;
         AwsAuthorizer::new(&source, "sts", &self.region)
             .try_authorize(&mut request, None)
-            .map_err(|e| self.error(e))?;
+            .map_err(|e| Attempt::Final(self.error(e)))?;
+        let transient =
+            |e: &dyn std::error::Error| Attempt::Transient(self.error(crate::error::one_line(e)));
         let response = self
             .http
             .execute(request)
             .await
-            .map_err(|e| self.error(crate::error::one_line(&e)))?;
+            .map_err(|e| transient(&e))?;
         let status = response.status();
         // A reply is a few hundred bytes: a longer one is cut (error) or refused.
         let (body, whole) = crate::s3_http::read_at_most(response.into_body(), MAX_REPLY)
             .await
-            .map_err(|e| self.error(crate::error::one_line(&e)))?;
+            .map_err(|e| transient(&e))?;
         let text = String::from_utf8_lossy(&body);
         if !status.is_success() {
-            let detail = quick_xml::de::from_str::<ErrorReply>(&text)
+            let detail = quick_xml::de::from_str::<ErrorReply>(&text).ok();
+            let throttled = detail
+                .as_ref()
+                .is_some_and(|d| d.error.code == "Throttling");
+            let detail = detail
                 .map(|e| format!(": {} {}", e.error.code, e.error.message))
                 .unwrap_or_default();
-            return Err(self.error(format!("HTTP {status}{detail}")));
+            let e = self.error(format!("HTTP {status}{detail}"));
+            return Err(
+                match status.is_server_error() || status.as_u16() == 429 || throttled {
+                    true => Attempt::Transient(e),
+                    false => Attempt::Final(e),
+                },
+            );
         }
         if !whole {
-            return Err(self.error(format!("a reply of more than {} KiB", MAX_REPLY >> 10)));
+            let e = self.error(format!("a reply of more than {} KiB", MAX_REPLY >> 10));
+            return Err(Attempt::Final(e));
         }
-        parse_reply(&text).map_err(|e| self.error(e))
+        parse_reply(&text).map_err(|e| Attempt::Final(self.error(e)))
     }
 }
 
@@ -187,6 +224,105 @@ fn parse_reply(text: &str) -> Result<Fetched, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use object_store::client::HttpConnector;
+    use std::io::{Read, Write};
+
+    /// A loopback STS answering each request with the next of `replies` (status, body);
+    /// returns its URL and the number of requests it got.
+    fn fake_sts(replies: Vec<(u16, &'static str)>) -> (String, std::thread::JoinHandle<usize>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        let server = std::thread::spawn(move || {
+            let mut served = 0;
+            for (status, body) in replies {
+                let Ok((mut conn, _)) = listener.accept() else {
+                    break;
+                };
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte).unwrap_or(0) == 1 {
+                    head.push(byte[0]);
+                }
+                if head.is_empty() {
+                    // The test's own wake-up call: nothing more is asked.
+                    break;
+                }
+                let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                let length = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse::<usize>().ok())
+                    .unwrap_or(0);
+                let mut form = vec![0u8; length];
+                conn.read_exact(&mut form).unwrap();
+                assert!(String::from_utf8_lossy(&form).contains("Action=AssumeRole"));
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                served += 1;
+            }
+            served
+        });
+        (url, server)
+    }
+
+    fn assume_at(url: &str) -> object_store::Result<Arc<AwsCredential>> {
+        let options = object_store::ClientOptions::new().with_allow_http(true);
+        let source = AwsCredential {
+            key_id: "SOURCEKEY".into(),
+            secret_key: "source-secret".into(),
+            token: None,
+        };
+        let role = RoleCredentials {
+            role_arn: "arn:aws:iam::1:role/r".into(),
+            session_name: "s".into(),
+            external_id: None,
+            duration_seconds: None,
+            source: Arc::new(object_store::StaticCredentialProvider::new(source)),
+            endpoint: url.to_string(),
+            region: "us-east-1".into(),
+            http: crate::s3_http::BoundedConnector.connect(&options).unwrap(),
+            origin: "AWS profile 'r' in test".into(),
+            cached: Refreshing::default(),
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(role.get_credential())
+    }
+
+    const GRANTED: &str = "<AssumeRoleResponse><AssumeRoleResult><Credentials>\
+        <AccessKeyId>ASIA1</AccessKeyId><SecretAccessKey>s</SecretAccessKey>\
+        <SessionToken>t</SessionToken><Expiration>2030-01-01T00:00:00Z</Expiration>\
+        </Credentials></AssumeRoleResult></AssumeRoleResponse>";
+
+    #[test]
+    fn sts_is_asked_again_after_a_server_error_but_not_after_a_refusal() {
+        let (url, server) = fake_sts(vec![(503, "busy"), (200, GRANTED)]);
+        assert_eq!(assume_at(&url).unwrap().key_id, "ASIA1");
+        assert_eq!(server.join().unwrap(), 2);
+
+        let denied = "<ErrorResponse><Error><Type>Sender</Type><Code>AccessDenied</Code>\
+            <Message>not allowed</Message></Error></ErrorResponse>";
+        let (url, server) = fake_sts(vec![(403, denied), (200, GRANTED)]);
+        let e = assume_at(&url).unwrap_err().to_string();
+        assert!(
+            e.contains("HTTP 403 Forbidden: AccessDenied not allowed"),
+            "{e}"
+        );
+        assert!(
+            e.contains("assuming role arn:aws:iam::1:role/r of AWS profile 'r'"),
+            "{e}"
+        );
+        // The refusal is final: the second reply is never asked for.
+        drop(std::net::TcpStream::connect(
+            url.trim_start_matches("http://").trim_end_matches('/'),
+        ));
+        assert_eq!(server.join().unwrap(), 1);
+    }
 
     #[test]
     fn replies_and_forms_are_as_sts_defines_them() {
