@@ -116,8 +116,9 @@ impl CredentialProvider for ProcessCredentials {
     type Credential = AwsCredential;
 
     async fn get_credential(&self) -> object_store::Result<Arc<AwsCredential>> {
-        let argv = self.argv.clone();
+        // Lazy: the command's words are copied only when it is run.
         let fetch = async {
+            let argv = self.argv.clone();
             tokio::task::spawn_blocking(move || Self::fetch(&argv))
                 .await
                 .map_err(|e| self.error(e.to_string()))?

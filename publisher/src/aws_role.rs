@@ -156,18 +156,9 @@ impl CredentialProvider for RoleCredentials {
 }
 
 /// `application/x-www-form-urlencoded` of a value: unreserved bytes as they are, the rest
-/// percent-encoded.
+/// percent-encoded (the output is ASCII).
 fn form_encode(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for b in value.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                out.push(b as char)
-            }
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
+    String::from_utf8_lossy(&crate::s3_http::percent_encoded(value.as_bytes())).into_owned()
 }
 
 #[derive(serde::Deserialize)]

@@ -154,6 +154,13 @@ impl S3Target {
     }
 }
 
+/// Time since the Unix epoch (zero on a clock set before it).
+fn since_epoch() -> std::time::Duration {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
 /// Something that gives AWS credentials (static, a process, a role).
 type CredentialSource = dyn object_store::CredentialProvider<Credential = AwsCredential>;
 
@@ -283,10 +290,7 @@ impl S3Target {
                 role.origin
             )));
         }
-        let secs = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        let secs = since_epoch().as_secs();
         Ok(Arc::new(crate::aws_role::RoleCredentials {
             role_arn: role.role_arn,
             session_name: role
@@ -1129,9 +1133,7 @@ impl Push<'_> {
             "" => String::new(),
             p => format!("{p}/"),
         };
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let now = since_epoch().as_secs();
         let mut stale = Vec::new();
         let mut marker: Option<(String, String)> = None;
         for _ in 0..MAX_UPLOAD_PAGES {
@@ -1257,10 +1259,7 @@ impl Push<'_> {
     /// the first root file: a create, the same create again, an update against a version
     /// that is not the key's; then the key is deleted.
     async fn conditions_hold(&self) -> Result<()> {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
+        let nanos = since_epoch().as_nanos();
         let name = format!(".cvmfs-oci-probe-{}-{nanos}", std::process::id());
         let body = || PutPayload::from_static(b"conditional write probe\n");
         let stale = UpdateVersion {

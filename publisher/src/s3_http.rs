@@ -129,7 +129,9 @@ fn scrub(body: Vec<u8>, secrets: &[Vec<u8>]) -> Vec<u8> {
     body
 }
 
-fn percent_encoded(s: &[u8]) -> Vec<u8> {
+/// `s` with every byte but the unreserved ones (RFC 3986: letters, digits, `-_.~`)
+/// percent-encoded, as query strings and forms carry it.
+pub(crate) fn percent_encoded(s: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(s.len() * 3);
     for &b in s {
         if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
