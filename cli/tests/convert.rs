@@ -1811,36 +1811,51 @@ fn registries_with_a_private_ca() {
     case.env.check(true);
 }
 
-/// A registry whose certificate comes from a trusted CA but names another host: refused
-/// whatever CA is given, with the reason and the way out (not "trust the CA" again). The
-/// registry speaks plain HTTP behind a TLS relay that presents that certificate.
+/// A registry whose certificate comes from a trusted CA but names another host, or has
+/// expired: refused whatever CA is given, with the reason and the way out (not "trust the CA"
+/// again). The registry speaks plain HTTP behind a TLS relay that presents that certificate.
 #[test]
-fn a_registry_certificate_for_another_name_is_refused_with_its_reason() {
+fn a_registry_certificate_for_another_name_or_expired_is_refused_with_its_reason() {
     let Some(case) = TlsCase::start(Registry::start, "named/app") else {
         return;
     };
     let ca = fixtures::tls::TestCa::new().unwrap();
     let (cert, key) = ca.server_certificate("other", "DNS:other.example").unwrap();
-    let front = fixtures::tls::TlsFront::start(&cert, &key, case.reg.port()).unwrap();
-    let image = format!("docker://127.0.0.1:{}/{}:1", front.port(), case.repo);
+    let (old_cert, old_key) = ca.expired_certificate("old", "IP:127.0.0.1").unwrap();
     let ca_file = ca.ca_path();
-    let out = case.env.run(&[
-        "convert",
-        FQRN,
-        &image,
-        "--registry-ca",
-        ca_file.to_str().unwrap(),
-    ]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
-    assert!(!stderr.contains("retrying"), "{stderr}");
-    let last = stderr.trim_end().lines().last().unwrap();
-    assert!(
-        last.contains(&image)
-            && last.contains("not valid for name \"127.0.0.1\"")
-            && last.contains("does not list 127.0.0.1:")
-            && !last.contains("trust it with --registry-ca"),
-        "{last}"
+    let refused = |cert: &Path, key: &Path, reasons: [&str; 2]| {
+        let front = fixtures::tls::TlsFront::start(cert, key, case.reg.port()).unwrap();
+        let image = format!("docker://127.0.0.1:{}/{}:1", front.port(), case.repo);
+        let out = case.env.run(&[
+            "convert",
+            FQRN,
+            &image,
+            "--registry-ca",
+            ca_file.to_str().unwrap(),
+        ]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        assert!(!stderr.contains("retrying"), "{stderr}");
+        let last = stderr.trim_end().lines().last().unwrap();
+        assert!(
+            last.contains(&image)
+                && reasons.iter().all(|r| last.contains(r))
+                && !last.contains("trust it with --registry-ca"),
+            "{last}"
+        );
+    };
+    refused(
+        &cert,
+        &key,
+        [
+            "not valid for name \"127.0.0.1\"",
+            "does not list 127.0.0.1:",
+        ],
+    );
+    refused(
+        &old_cert,
+        &old_key,
+        ["certificate expired", "outside its validity period"],
     );
     let manifest = std::fs::read(case.env.storage.join(".cvmfspublished")).unwrap();
     assert_eq!(case.manifest, manifest);

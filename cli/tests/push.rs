@@ -1099,8 +1099,10 @@ fn an_https_endpoint_is_used_only_when_its_certificate_verifies() {
     let ca = fixtures::tls::TestCa::new().unwrap();
     let (good_cert, good_key) = ca.server_certificate("good", "IP:127.0.0.1").unwrap();
     let (other_cert, other_key) = ca.server_certificate("other", "DNS:other.example").unwrap();
+    let (old_cert, old_key) = ca.expired_certificate("old", "IP:127.0.0.1").unwrap();
     let good = fixtures::tls::TlsFront::start(&good_cert, &good_key, s3.port).unwrap();
     let other = fixtures::tls::TlsFront::start(&other_cert, &other_key, s3.port).unwrap();
+    let expired = fixtures::tls::TlsFront::start(&old_cert, &old_key, s3.port).unwrap();
     let push_to = |front: &fixtures::tls::TlsFront, ca_file: Option<&Path>| {
         let target = format!("s3://{BUCKET}/tls");
         let mut cmd = with_s3(
@@ -1127,6 +1129,10 @@ fn an_https_endpoint_is_used_only_when_its_certificate_verifies() {
     };
     refused(push_to(&good, None), "SSL_CERT_FILE");
     refused(push_to(&other, Some(&ca.ca_path())), "not valid for name");
+    refused(
+        push_to(&expired, Some(&ca.ca_path())),
+        "out of its validity period",
+    );
     let out = push_to(&good, Some(&ca.ca_path()));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
