@@ -2,7 +2,7 @@
 //! files into the object pipeline.
 
 use crate::error::{Error, Result};
-use crate::fdwalk::{open_file_at, FdWalk, Lstat, WalkEntry, XattrSource};
+use crate::fdwalk::{open_file_at, xattrat, FdWalk, Lstat, WalkEntry, XattrSource};
 use crate::pipeline::{finalize, FileTicket, ObjectPipeline, PDir, PLeaf, PNode};
 use catalog_writer::entry::{makedev, Entry, EntryKind, FileData, Xattrs};
 use catalog_writer::hash::EMPTY_OBJECT;
@@ -10,7 +10,7 @@ use catalog_writer::tree::Dir;
 use crossbeam_channel::{bounded, Receiver, Sender};
 use publisher::stat_cache::{CachedFile, FileStat, StatCache, StatCacheUpdate};
 use std::collections::{HashMap, HashSet};
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::fs::{File, Metadata};
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -745,6 +745,7 @@ fn entry_for(item: &WalkEntry, with_xattrs: bool) -> Result<Entry> {
 /// [`XattrSource::Unreachable`]).
 fn xattrs_of(item: &WalkEntry) -> Result<Xattrs> {
     let read = || match item.xattr_source()? {
+        XattrSource::At(dir, name) => read_xattrs_at(&dir, &name),
         XattrSource::Path(p) => read_xattrs(&p),
         XattrSource::Fd(fd) => read_xattrs_fd(&fd),
         XattrSource::Unreachable => Ok(Xattrs::new()),
@@ -774,6 +775,15 @@ pub(crate) fn read_xattrs(path: &Path) -> io::Result<Xattrs> {
         |name, buf, len| unsafe {
             libc::lgetxattr(cpath.as_ptr(), name.as_ptr(), buf as *mut libc::c_void, len)
         },
+    )
+}
+
+/// [`read_xattrs`] of `name` in the directory `dir`.
+fn read_xattrs_at(dir: &OwnedFd, name: &CStr) -> io::Result<Xattrs> {
+    let dir = dir.as_raw_fd();
+    collect_xattrs(
+        |buf, len| xattrat::list(dir, name, buf, len),
+        |attr, buf, len| xattrat::get(dir, name, attr, buf, len),
     )
 }
 
@@ -1437,10 +1447,29 @@ mod tests {
         assert!(err.contains("secret"), "{err}");
     }
 
-    /// Without `/proc`, xattrs come through descriptors of the entries themselves: those of a
-    /// directory swapped for a link to another one with the same names are the walked ones.
+    /// Each way of reading xattrs reads those of the walked entries, not of what replaced
+    /// them: by name in the directory (Linux 6.13), through `/proc/self/fd`, and without
+    /// `/proc` through descriptors of the entries themselves (a symbolic link's are then
+    /// unreachable).
     #[test]
-    fn without_proc_xattrs_are_read_through_descriptors() {
+    fn xattrs_are_those_of_the_walked_entries_every_way() {
+        type Way = fn(FdWalk) -> FdWalk;
+        let ways: [(&str, Way); 3] = [
+            ("by name", |w| w),
+            ("through /proc", FdWalk::without_xattrat),
+            ("through descriptors", FdWalk::without_proc),
+        ];
+        for (way, configure) in ways {
+            if !xattrs_of_a_swapped_tree(way, configure) {
+                return; // no user xattrs on this file system
+            }
+        }
+    }
+
+    /// Sets `user.k` on a file, a directory and a file outside the tree, walks the tree in
+    /// the `configure`d way, swaps the directory for a link outside and reads the entries'
+    /// xattrs. False when the file system has no user xattrs.
+    fn xattrs_of_a_swapped_tree(way: &str, configure: fn(FdWalk) -> FdWalk) -> bool {
         let tmp = tempfile::tempdir().unwrap();
         let (root, outside) = (tmp.path().join("root"), tmp.path().join("outside"));
         for d in [root.join("d"), outside.clone()] {
@@ -1460,30 +1489,30 @@ mod tests {
                 )
             }
         };
-        if set(&root.join("d/f"), b"inside") != 0 {
-            return; // no user xattrs on this file system
+        // As long as a catalog keeps: the size is asked first, then the value read whole.
+        let long = vec![b'v'; catalog_writer::xattr::MAX_READ_LEN];
+        if set(&root.join("d/f"), &long) != 0 {
+            return false;
         }
         set(&root.join("d"), b"dir");
         set(&outside.join("f"), b"OUTSIDE");
         symlink(&outside, root.join("l")).unwrap();
-        let mut walk = FdWalk::new(&root).without_proc();
+        let mut walk = configure(FdWalk::new(&root));
         let _root = walk.next().unwrap().unwrap();
         let d = walk.next().unwrap().unwrap();
-        assert_eq!(
-            xattrs_of(&d).unwrap().get(&b"user.k"[..]).map(|v| &v[..]),
-            Some(&b"dir"[..])
-        );
+        let value = |e: &WalkEntry| xattrs_of(e).unwrap().get(&b"user.k"[..]).cloned();
+        assert_eq!(value(&d).as_deref(), Some(&b"dir"[..]), "{way}");
         std::fs::rename(root.join("d"), tmp.path().join("d.old")).unwrap();
         symlink(&outside, root.join("d")).unwrap();
         let f = walk.next().unwrap().unwrap();
-        assert_eq!(f.path, root.join("d/f"));
-        let x = xattrs_of(&f).unwrap();
-        assert_eq!(x.get(&b"user.k"[..]).map(|v| &v[..]), Some(&b"inside"[..]));
+        assert_eq!(f.path, root.join("d/f"), "{way}");
+        assert_eq!(value(&f).as_deref(), Some(&long[..]), "{way}");
+        if way == "by name" && xattrat::supported() {
+            assert!(matches!(f.xattr_source(), Ok(XattrSource::At(..))));
+        }
         let l = walk.next().unwrap().unwrap();
         assert!(l.stat.is_symlink());
-        assert!(
-            xattrs_of(&l).unwrap().is_empty(),
-            "not reachable without /proc"
-        );
+        assert!(xattrs_of(&l).unwrap().is_empty(), "{way}");
+        true
     }
 }
