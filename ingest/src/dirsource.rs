@@ -395,6 +395,7 @@ fn read_file(job: &ReadJob, shared: &Shared<'_>) -> Result<Metadata> {
     let mut counted = Counted {
         inner: &mut f,
         n: 0,
+        listed: job.size,
     };
     pipeline.add_reserved_file(job.ticket, &name, &mut counted, job.size)?;
     let read = counted.n;
@@ -430,15 +431,24 @@ fn changed_while_read(listed: u64, read: u64, before: &Metadata, after: &Metadat
         || (after.ctime(), after.ctime_nsec()) != (before.ctime(), before.ctime_nsec())
 }
 
-/// Counts the bytes read through it.
+/// Counts the bytes read through it, and reads no further than the listed size, ending there
+/// without asking the kernel for the end of file (one `read` per small file, not two): a file
+/// that grew meanwhile has another size or mtime afterwards, which [`changed_while_read`]
+/// refuses.
 struct Counted<'a> {
     inner: &'a mut File,
     n: u64,
+    listed: u64,
 }
 
 impl Read for Counted<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let k = self.inner.read(buf)?;
+        let left = usize::try_from(self.listed.saturating_sub(self.n)).unwrap_or(usize::MAX);
+        if left == 0 {
+            return Ok(0);
+        }
+        let end = left.min(buf.len());
+        let k = self.inner.read(&mut buf[..end])?;
         self.n += k as u64;
         Ok(k)
     }
@@ -1169,6 +1179,12 @@ mod tests {
         let err = read_file(&job(14), &shared).unwrap_err().to_string();
         assert!(
             err.contains("changed while being read (14 bytes when listed, 10 read, 10 now)"),
+            "{err}"
+        );
+        // Listed at 6 bytes, grown to 10: the read stops at 6, the size afterwards tells.
+        let err = read_file(&job(6), &shared).unwrap_err().to_string();
+        assert!(
+            err.contains("changed while being read (6 bytes when listed, 6 read, 10 now)"),
             "{err}"
         );
     }
