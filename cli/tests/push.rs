@@ -1147,10 +1147,21 @@ fn an_https_endpoint_is_used_only_when_its_certificate_verifies() {
     assert_eq!(remote_manifest(&s3, "tls"), local_manifest(&env));
 }
 
-/// A relay in front of `backend` that renames the `if-match` and `if-none-match` headers of
-/// requests (to names of the same length; moto does not check signatures), as an
-/// S3-compatible server that ignores conditional writes behaves. Stops with the test.
-fn relay_without_conditions(backend: u16) -> u16 {
+/// How [`relay`] changes the S3 endpoint behind it.
+#[derive(Clone, Copy, PartialEq)]
+enum Relayed {
+    /// Renames the `if-match` and `if-none-match` headers of requests (to names of the same
+    /// length; moto does not check signatures), as an S3-compatible server that ignores
+    /// conditional writes behaves.
+    WithoutConditions,
+    /// Answers every DELETE with 403 AccessDenied, as under a policy that allows PutObject
+    /// but denies DeleteObject.
+    DeletesDenied,
+}
+
+/// A relay in front of `backend`, changed as `how` says. Stops with the test. A DELETE has no
+/// body and comes alone (a client sends its next request only after the last answer).
+fn relay(backend: u16, how: Relayed) -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     std::thread::spawn(move || {
@@ -1160,6 +1171,7 @@ fn relay_without_conditions(backend: u16) -> u16 {
             };
             let (mut c_read, mut s_write) =
                 (client.try_clone().unwrap(), server.try_clone().unwrap());
+            let mut answer = client.try_clone().unwrap();
             std::thread::spawn(move || {
                 let mut buf = vec![0u8; 1 << 16];
                 while let Ok(n) = c_read.read(&mut buf) {
@@ -1167,15 +1179,24 @@ fn relay_without_conditions(backend: u16) -> u16 {
                         break;
                     }
                     let mut data = buf[..n].to_vec();
-                    for (from, to) in [
-                        (&b"if-none-match:"[..], &b"x-ignored-hdr:"[..]),
-                        (b"if-match:", b"x-ignore:"),
-                    ] {
-                        while let Some(at) = data
-                            .windows(from.len())
-                            .position(|w| w.eq_ignore_ascii_case(from))
-                        {
-                            data[at..at + to.len()].copy_from_slice(to);
+                    if how == Relayed::DeletesDenied && is_delete(&data) {
+                        let reply = denied_delete(&mut data, &mut c_read);
+                        if answer.write_all(&reply).is_err() {
+                            break;
+                        }
+                        continue;
+                    }
+                    if how == Relayed::WithoutConditions {
+                        for (from, to) in [
+                            (&b"if-none-match:"[..], &b"x-ignored-hdr:"[..]),
+                            (b"if-match:", b"x-ignore:"),
+                        ] {
+                            while let Some(at) = data
+                                .windows(from.len())
+                                .position(|w| w.eq_ignore_ascii_case(from))
+                            {
+                                data[at..at + to.len()].copy_from_slice(to);
+                            }
                         }
                     }
                     if s_write.write_all(&data).is_err() {
@@ -1194,6 +1215,113 @@ fn relay_without_conditions(backend: u16) -> u16 {
     port
 }
 
+/// Whether a request starts with a DELETE, or a multi-object delete (`POST /BUCKET?delete`).
+fn is_delete(request: &[u8]) -> bool {
+    let line = request.split(|&b| b == b'\n').next().unwrap_or_default();
+    line.starts_with(b"DELETE ")
+        || (line.starts_with(b"POST ") && line.windows(7).any(|w| w == b"?delete"))
+}
+
+/// Reads the rest of a delete request that starts with `request` and returns S3's answer
+/// under a policy that denies DeleteObject: 403 to a DELETE; to a multi-object delete 200
+/// with an AccessDenied error for each key.
+fn denied_delete(request: &mut Vec<u8>, from: &mut TcpStream) -> Vec<u8> {
+    let header_end = loop {
+        if let Some(at) = request.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+        let mut more = [0u8; 4096];
+        match from.read(&mut more) {
+            Ok(0) | Err(_) => return Vec::new(),
+            Ok(n) => request.extend_from_slice(&more[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&request[..header_end]).to_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    while request.len() < header_end + length {
+        let mut more = [0u8; 4096];
+        match from.read(&mut more) {
+            Ok(0) | Err(_) => return Vec::new(),
+            Ok(n) => request.extend_from_slice(&more[..n]),
+        }
+    }
+    let body = String::from_utf8_lossy(&request[header_end..]).to_string();
+    let (status, reply) = if request.starts_with(b"DELETE ") {
+        let denied = "<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>";
+        ("403 Forbidden", denied.to_string())
+    } else {
+        let errors: String = body
+            .split("<Key>")
+            .skip(1)
+            .filter_map(|k| k.split("</Key>").next())
+            .map(|k| {
+                format!(
+                    "<Error><Key>{k}</Key><Code>AccessDenied</Code>\
+                     <Message>Access Denied</Message></Error>"
+                )
+            })
+            .collect();
+        ("200 OK", format!("<DeleteResult>{errors}</DeleteResult>"))
+    };
+    format!(
+        "HTTP/1.1 {status}\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\r\n{reply}",
+        reply.len()
+    )
+    .into_bytes()
+}
+
+/// Where the bucket's policy denies DeleteObject, the probe of conditional writes stays: the
+/// push succeeds and says which key stayed and why, with `--json` in its report.
+#[test]
+fn a_probe_key_that_cannot_be_deleted_is_reported() {
+    let s3 = S3Server::start();
+    let env = Env::init(&[]);
+    publish_one_file(&env);
+    let port = relay(s3.port, Relayed::DeletesDenied);
+    let target = format!("s3://{BUCKET}/kept");
+    let args = [
+        "--json",
+        "push",
+        FQRN,
+        &target,
+        "--allow-http",
+        "--public-read",
+    ];
+    let out = with_s3(env.cmd(&args), &s3)
+        .env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}"))
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(remote_manifest(&s3, "kept"), local_manifest(&env));
+    let warning = stderr
+        .lines()
+        .find(|l| l.contains("probe of conditional writes stays"))
+        .unwrap_or_else(|| panic!("no warning: {stderr} {stdout}"));
+    let key = warning
+        .split_whitespace()
+        .find_map(|w| w.split_once("kept/.cvmfs-oci-probe-"))
+        .map(|(_, rest)| rest.trim_end_matches(':'))
+        .unwrap_or_else(|| panic!("no key named: {warning}"));
+    assert!(warning.contains("AccessDenied"), "{warning}");
+    assert!(!warning.contains("test-secret"), "{warning}");
+    let report: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert!(
+        report["probe_left"].as_str().unwrap().contains(key),
+        "{report}"
+    );
+    // It is there, as said.
+    let probe = remote_file(&s3, "kept", &format!(".cvmfs-oci-probe-{key}"));
+    assert_eq!(probe, b"conditional write probe\n");
+}
+
 /// An endpoint that ignores conditional writes cannot keep two pushes from overwriting each
 /// other's manifest: refused before any root file goes up, unless the operator says only
 /// one push at a time goes there (`--single-pusher`, kept with `--auto`).
@@ -1202,7 +1330,7 @@ fn an_endpoint_that_ignores_conditional_writes_needs_single_pusher() {
     let s3 = S3Server::start();
     let env = Env::init(&[]);
     let src = publish_one_file(&env);
-    let relay = relay_without_conditions(s3.port);
+    let relay = relay(s3.port, Relayed::WithoutConditions);
     let push = |extra: &[&str]| {
         let target = format!("s3://{BUCKET}/single");
         let args = [

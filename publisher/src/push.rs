@@ -449,6 +449,10 @@ pub struct PushReport {
     /// Why looking for or aborting them failed, if it did: the push itself stands.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stale_uploads_error: Option<String>,
+    /// The key of the probe of conditional writes and why deleting it failed (a policy may
+    /// allow PutObject but deny DeleteObject): it stays in the bucket, 24 bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub probe_left: Option<String>,
     /// Whether the bucket, during this push, came to serve a later revision of the storage
     /// (pushed from another home sharing it): the revision is then that one, and this push
     /// stopped short of its own manifest.
@@ -653,7 +657,7 @@ impl Push<'_> {
             .filter(|f| !f.current)
             .partition(|f| f.before_manifest(same_certificate));
         if !self.target.single_pusher {
-            self.conditions_hold().await?;
+            report.probe_left = self.conditions_hold().await?;
         }
         for file in before {
             self.put_root_before_manifest(file).await?;
@@ -1258,7 +1262,8 @@ impl Push<'_> {
     /// does not answers 200 where it should answer 412. Probed on a key of its own, before
     /// the first root file: a create, the same create again, an update against a version
     /// that is not the key's; then the key is deleted.
-    async fn conditions_hold(&self) -> Result<()> {
+    /// Returns the probe's key and why, if it could not be deleted.
+    async fn conditions_hold(&self) -> Result<Option<String>> {
         let nanos = since_epoch().as_nanos();
         let name = format!(".cvmfs-oci-probe-{}-{nanos}", std::process::id());
         let body = || PutPayload::from_static(b"conditional write probe\n");
@@ -1274,9 +1279,13 @@ impl Push<'_> {
         }
         .await;
         // Whatever the answers, the probe key goes (a failed delete leaves 24 bytes).
-        let _ = self.client.delete(&self.target.key(&name)).await;
+        let deleted = self.client.delete(&self.target.key(&name)).await;
         let ignored = match answers? {
-            (true, false, false) => return Ok(()),
+            (true, false, false) => {
+                return Ok(deleted
+                    .err()
+                    .map(|e| self.remote_error(&name, e).to_string()));
+            }
             (false, _, _) => {
                 return Err(Error::Remote {
                     what: format!("{}/{name}", self.target.describe()),

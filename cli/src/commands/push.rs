@@ -120,6 +120,7 @@ fn nothing_written(r: &PushReport) -> bool {
         && r.objects_deleted == 0
         && r.stale_uploads_aborted == 0
         && r.root_files_written.is_empty()
+        && r.probe_left.is_none()
 }
 
 /// A bar of the objects uploaded, shown while the returned guard lives.
@@ -200,6 +201,13 @@ fn report(
         // The revision is pushed; what a killed push left stays until the next one.
         to_stderr(&format!(
             "cvmfs-oci: warning: {fqrn} -> {to}: stale multipart uploads not cleaned up: {e}"
+        ));
+    }
+    if let Some(e) = &r.probe_left {
+        // The revision is pushed; the probe key is harmless but stays.
+        to_stderr(&format!(
+            "cvmfs-oci: warning: {fqrn} -> {to}: the probe of conditional writes stays in the \
+             bucket (24 bytes; every push probes unless --single-pusher): {e}"
         ));
     }
     let mut fields = serde_json::to_value(r)?;
