@@ -1089,8 +1089,9 @@ fn a_push_overtaken_by_another_homes_later_revision_succeeds() {
 }
 
 /// An `https://` endpoint is trusted only through a CA the user names (`SSL_CERT_FILE`, as
-/// curl and OpenSSL read it) or the system's, for the name or address it is reached by; a
-/// refusal says why in one line and leaves the bucket as it was.
+/// curl and OpenSSL read it) or the system's, for the name or address it is reached by and
+/// within its dates, or through its own self-signed certificate in that file; a refusal says
+/// why in one line and leaves the bucket as it was.
 #[test]
 fn an_https_endpoint_is_used_only_when_its_certificate_verifies() {
     let s3 = S3Server::start();
@@ -1100,11 +1101,13 @@ fn an_https_endpoint_is_used_only_when_its_certificate_verifies() {
     let (good_cert, good_key) = ca.server_certificate("good", "IP:127.0.0.1").unwrap();
     let (other_cert, other_key) = ca.server_certificate("other", "DNS:other.example").unwrap();
     let (old_cert, old_key) = ca.expired_certificate("old", "IP:127.0.0.1").unwrap();
+    let (own_cert, own_key) = ca.self_signed_certificate("own", "IP:127.0.0.1").unwrap();
     let good = fixtures::tls::TlsFront::start(&good_cert, &good_key, s3.port).unwrap();
     let other = fixtures::tls::TlsFront::start(&other_cert, &other_key, s3.port).unwrap();
     let expired = fixtures::tls::TlsFront::start(&old_cert, &old_key, s3.port).unwrap();
-    let push_to = |front: &fixtures::tls::TlsFront, ca_file: Option<&Path>| {
-        let target = format!("s3://{BUCKET}/tls");
+    let self_signed = fixtures::tls::TlsFront::start(&own_cert, &own_key, s3.port).unwrap();
+    let push_to_prefix = |front: &fixtures::tls::TlsFront, ca_file: Option<&Path>, prefix: &str| {
+        let target = format!("s3://{BUCKET}/{prefix}");
         let mut cmd = with_s3(
             env.cmd(&["--json", "push", FQRN, &target, "--public-read"]),
             &s3,
@@ -1118,6 +1121,9 @@ fn an_https_endpoint_is_used_only_when_its_certificate_verifies() {
             None => cmd.env_remove("SSL_CERT_FILE"),
         };
         cmd.output().unwrap()
+    };
+    let push_to = |front: &fixtures::tls::TlsFront, ca_file: Option<&Path>| {
+        push_to_prefix(front, ca_file, "tls")
     };
     let refused = |out: std::process::Output, why: &str| {
         let err = String::from_utf8_lossy(&out.stderr).to_string();
@@ -1145,6 +1151,20 @@ fn an_https_endpoint_is_used_only_when_its_certificate_verifies() {
     assert!(report["remote_revision"].is_null(), "{report}");
     assert_eq!(report["objects_present"], 0, "{report}");
     assert_eq!(remote_manifest(&s3, "tls"), local_manifest(&env));
+    // A self-signed certificate marked CA:TRUE (MinIO's `certgen -ca`, `openssl req -x509`)
+    // is the endpoint's own once trusted, as for the AWS and MinIO clients; not before.
+    refused(push_to_prefix(&self_signed, None, "own"), "CA:TRUE");
+    refused(
+        push_to_prefix(&self_signed, Some(&ca.ca_path()), "own"),
+        "trust that certificate itself through SSL_CERT_FILE",
+    );
+    let out = push_to_prefix(&self_signed, Some(&own_cert), "own");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(remote_manifest(&s3, "own"), local_manifest(&env));
 }
 
 /// How [`relay`] changes the S3 endpoint behind it.

@@ -274,7 +274,9 @@ mod tests {
             source: Arc::new(object_store::StaticCredentialProvider::new(source)),
             endpoint: url.to_string(),
             region: "us-east-1".into(),
-            http: crate::s3_http::BoundedConnector.connect(&options).unwrap(),
+            http: crate::s3_http::BoundedConnector::default()
+                .connect(&options)
+                .unwrap(),
             origin: "AWS profile 'r' in test".into(),
             cached: Refreshing::default(),
         };

@@ -61,6 +61,7 @@ pub mod stat_cache;
 pub mod store;
 mod tags;
 pub mod tempdb;
+pub mod tls;
 pub mod txn;
 
 pub use check::{check_repository, verified_manifest, CheckReport};

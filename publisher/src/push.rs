@@ -132,12 +132,11 @@ impl S3Target {
     fn client(&self) -> Result<AmazonS3> {
         let builder = self.builder(&process_env())?;
         self.check_scheme(&builder)?;
-        let mut client = ClientOptions::new().with_allow_http(self.allow_http);
+        let mut headers = http::HeaderMap::new();
         if self.public_read {
-            let mut headers = http::HeaderMap::new();
             headers.insert("x-amz-acl", http::HeaderValue::from_static("public-read"));
-            client = client.with_default_headers(headers);
         }
+        let client = client_options(self.allow_http).with_default_headers(headers.clone());
         // Transient errors are retried, but a wrong endpoint or a dead store should fail
         // within a minute, not the library's three.
         let retry = RetryConfig {
@@ -148,10 +147,18 @@ impl S3Target {
         builder
             .with_retry(retry)
             .with_client_options(client)
-            .with_http_connector(crate::s3_http::BoundedConnector)
+            .with_http_connector(self.connector(headers)?)
             .build()
             .map_err(|e| Error::Invalid(format!("{}: {e}", self.describe())))
     }
+}
+
+/// The clients' options: those of object_store's defaults `push` relies on, stated.
+fn client_options(allow_http: bool) -> ClientOptions {
+    ClientOptions::new()
+        .with_allow_http(allow_http)
+        .with_timeout(crate::s3_http::REQUEST_TIMEOUT)
+        .with_connect_timeout(crate::s3_http::CONNECT_TIMEOUT)
 }
 
 /// Time since the Unix epoch (zero on a clock set before it).
@@ -177,9 +184,14 @@ impl S3Target {
     /// A plain HTTP client with the S3 client's connection settings (but none of its default
     /// headers: an unsigned `x-amz-acl` would void a signed URL).
     fn http_client(&self) -> Result<HttpClient> {
-        let options = ClientOptions::new().with_allow_http(self.allow_http);
-        crate::s3_http::BoundedConnector
-            .connect(&options)
+        self.connector(http::HeaderMap::new())?
+            .connect(&client_options(self.allow_http))
+            .map_err(|e| Error::Invalid(format!("{}: {e}", self.describe())))
+    }
+
+    /// The connector of the clients, which send `headers` with every request.
+    fn connector(&self, headers: http::HeaderMap) -> Result<crate::s3_http::BoundedConnector> {
+        crate::s3_http::BoundedConnector::new(headers)
             .map_err(|e| Error::Invalid(format!("{}: {e}", self.describe())))
     }
 
@@ -359,6 +371,9 @@ fn hint_for(text: &str) -> Option<String> {
             "the endpoint's address must be a name or IP address its certificate lists"
         } else if lower.contains("expired") || lower.contains("not valid yet") {
             "the endpoint's certificate is out of its validity period (or this clock is wrong)"
+        } else if lower.contains("causedasendentity") {
+            "the endpoint's certificate is marked as a CA (CA:TRUE), as a self-signed one \
+             often is: trust that certificate itself through SSL_CERT_FILE=/path/to/it.pem"
         } else {
             "a private CA is trusted through SSL_CERT_FILE=/path/to/ca.pem"
         };
@@ -1954,6 +1969,11 @@ mod tests {
         );
         let expired = tls("invalid peer certificate: certificate expired: verification time 9");
         assert!(expired.contains("validity period"), "{expired}");
+        let ca = tls("invalid peer certificate: Other(OtherError(CaUsedAsEndEntity))");
+        assert!(
+            ca.contains("CA:TRUE") && ca.contains("certificate itself"),
+            "{ca}"
+        );
         let imds = "error performing put http://169.254.169.254/latest/api/token";
         assert!(hint_for(imds).unwrap().contains("AWS_ACCESS_KEY_ID"));
         assert!(hint_for("NoSuchBucket").is_none());

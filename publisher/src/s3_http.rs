@@ -18,13 +18,77 @@ pub(crate) const MAX_ERROR_BODY: usize = 64 << 10;
 /// What a listing page may bring: S3 lists at most 1 000 keys (about 300 KB) per page.
 pub(crate) const MAX_LISTING_PAGE: usize = 16 << 20;
 
-/// Connects object_store's reqwest client wrapped in [`BoundedService`].
+/// object_store's own limits, which `push` keeps: a request within 30 s, a connection
+/// within 5 s.
+pub(crate) const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+pub(crate) const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Connects object_store's reqwest client wrapped in [`BoundedService`], or, with
+/// `SSL_CERT_FILE` set, a reqwest client of ours with the same settings whose TLS also takes
+/// a certificate of that file as the endpoint's own ([`crate::tls`]: a self-signed CA:TRUE
+/// certificate, as MinIO's `certgen -ca` and `openssl req -x509` make).
 #[derive(Debug, Default)]
-pub(crate) struct BoundedConnector;
+pub(crate) struct BoundedConnector {
+    pinned: Option<PinnedTls>,
+}
+
+#[derive(Debug)]
+struct PinnedTls {
+    config: rustls::ClientConfig,
+    /// What object_store's client would send with every request (its default headers).
+    headers: http::HeaderMap,
+}
+
+impl BoundedConnector {
+    /// A connector for clients that send `headers` with every request.
+    pub(crate) fn new(headers: http::HeaderMap) -> Result<Self, String> {
+        let Some(file) = std::env::var_os("SSL_CERT_FILE").filter(|f| !f.is_empty()) else {
+            return Ok(Self::default());
+        };
+        let file = std::path::PathBuf::from(file);
+        let what = || format!("SSL_CERT_FILE={}", file.display());
+        let certs = crate::tls::certificates_in(&file).map_err(|e| format!("{}: {e}", what()))?;
+        let config = crate::tls::client_config(certs, None, false)
+            .map_err(|e| format!("{}: TLS settings: {e}", what()))?;
+        Ok(Self {
+            pinned: Some(PinnedTls { config, headers }),
+        })
+    }
+}
+
+impl PinnedTls {
+    /// A reqwest client as object_store builds one for `options` (user agent, headers,
+    /// timeouts, no transparent decompression, HTTPS only unless allowed), with this TLS.
+    fn client(&self, options: &ClientOptions) -> object_store::Result<reqwest::Client> {
+        let allow_http = options
+            .get_config_value(&object_store::ClientConfigKey::AllowHttp)
+            .is_some_and(|v| v == "true");
+        reqwest::Client::builder()
+            .user_agent(concat!("cvmfs-oci/", env!("CARGO_PKG_VERSION")))
+            .default_headers(self.headers.clone())
+            .timeout(REQUEST_TIMEOUT)
+            .connect_timeout(CONNECT_TIMEOUT)
+            // A decompressed body would not match its Content-Length (as object_store says).
+            .no_gzip()
+            .no_brotli()
+            .no_zstd()
+            .no_deflate()
+            .https_only(!allow_http)
+            .tls_backend_preconfigured(self.config.clone())
+            .build()
+            .map_err(|e| object_store::Error::Generic {
+                store: "S3",
+                source: Box::new(e),
+            })
+    }
+}
 
 impl HttpConnector for BoundedConnector {
     fn connect(&self, options: &ClientOptions) -> object_store::Result<HttpClient> {
-        let inner = ReqwestConnector::default().connect(options)?;
+        let inner = match &self.pinned {
+            None => ReqwestConnector::default().connect(options)?,
+            Some(pinned) => HttpClient::new(pinned.client(options)?),
+        };
         Ok(HttpClient::new(BoundedService { inner }))
     }
 }

@@ -1461,21 +1461,10 @@ impl ClientCertificate {
 
 /// The certificates of each PEM file in `files`.
 fn trusted_certs(files: &[PathBuf]) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::CertificateDer;
     let mut roots = Vec::new();
     for path in files {
-        let what = format!("CA file {}", path.display());
-        let pem = std::fs::read(path).map_err(|e| Error::io(&what, e))?;
-        let certs = CertificateDer::pem_slice_iter(&pem)
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|e| Error::io(&what, io::Error::other(e.to_string())))?;
-        if certs.is_empty() {
-            return Err(Error::io(
-                &what,
-                io::Error::other("no PEM certificate in it"),
-            ));
-        }
+        let certs = publisher::tls::certificates_in(path)
+            .map_err(|e| Error::io(format!("CA file {}", path.display()), e))?;
         roots.extend(certs);
     }
     Ok(roots)
