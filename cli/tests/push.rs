@@ -1130,6 +1130,8 @@ fn an_https_endpoint_is_used_only_when_its_certificate_verifies() {
         assert!(!out.status.success(), "{err}");
         assert_eq!(err.trim().lines().count(), 1, "{err}");
         assert!(err.contains("TLS refused the endpoint"), "{err}");
+        // A refusal is final: not tried again.
+        assert!(!err.contains("retries"), "{err}");
         assert!(err.contains(why), "{err}");
         assert!(!err.contains("test-secret"), "{err}");
     };

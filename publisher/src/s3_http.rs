@@ -107,7 +107,7 @@ impl HttpService for BoundedService {
                 q.split('&')
                     .any(|p| p == "list-type=2" || p == "uploads" || p.starts_with("uploads="))
             });
-        let resp = self.inner.execute(req).await?;
+        let resp = self.inner.execute(req).await.map_err(final_if_refused)?;
         if !resp.status().is_success() {
             let (mut parts, body) = resp.into_parts();
             // Cut short, not refused: the first part of an error page says what went wrong.
@@ -135,6 +135,38 @@ impl HttpService for BoundedService {
             ));
         }
         Ok(resp)
+    }
+}
+
+/// A TLS refusal of the endpoint's certificate as a final error: object_store files it as a
+/// connection error and would try again five times, to be refused each time.
+fn final_if_refused(e: HttpError) -> HttpError {
+    let mut next: Option<&dyn std::error::Error> = Some(&e);
+    while let Some(err) = next {
+        if err.to_string().contains("invalid peer certificate") {
+            return HttpError::new(HttpErrorKind::Unknown, Refused(e));
+        }
+        next = err.source();
+    }
+    e
+}
+
+/// An [`HttpError`] rewrapped by [`final_if_refused`]; it reads as the error it wraps did.
+#[derive(Debug)]
+struct Refused(HttpError);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match std::error::Error::source(&self.0) {
+            Some(inner) => write!(f, "{inner}"),
+            None => write!(f, "{}", self.0),
+        }
+    }
+}
+
+impl std::error::Error for Refused {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        std::error::Error::source(&self.0).and_then(|inner| inner.source())
     }
 }
 
