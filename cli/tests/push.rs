@@ -16,7 +16,7 @@ use common::{
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 const BUCKET: &str = "cvmfs-push-test";
@@ -1125,7 +1125,7 @@ fn an_https_endpoint_is_used_only_when_its_certificate_verifies() {
     let push_to = |front: &fixtures::tls::TlsFront, ca_file: Option<&Path>| {
         push_to_prefix(front, ca_file, "tls")
     };
-    let refused = |out: std::process::Output, why: &str| {
+    let refused = |out: Output, why: &str| {
         let err = String::from_utf8_lossy(&out.stderr).to_string();
         assert!(!out.status.success(), "{err}");
         assert_eq!(err.trim().lines().count(), 1, "{err}");
@@ -1296,6 +1296,28 @@ fn denied_delete(request: &mut Vec<u8>, from: &mut TcpStream) -> Vec<u8> {
     .into_bytes()
 }
 
+/// `push --json` to `PREFIX` in the test bucket through the endpoint on `port` (a [`relay`]),
+/// over plain HTTP, with `extra` arguments.
+fn push_through(env: &Env, s3: &S3Server, port: u16, prefix: &str, extra: &[&str]) -> Output {
+    let target = format!("s3://{BUCKET}/{prefix}");
+    let args = [
+        &[
+            "--json",
+            "push",
+            FQRN,
+            &target,
+            "--allow-http",
+            "--public-read",
+        ][..],
+        extra,
+    ]
+    .concat();
+    with_s3(env.cmd(&args), s3)
+        .env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}"))
+        .output()
+        .unwrap()
+}
+
 /// Where the bucket's policy denies DeleteObject, the probe of conditional writes stays: the
 /// push succeeds and says which key stayed and why, with `--json` in its report.
 #[test]
@@ -1304,19 +1326,7 @@ fn a_probe_key_that_cannot_be_deleted_is_reported() {
     let env = Env::init(&[]);
     publish_one_file(&env);
     let port = relay(s3.port, Relayed::DeletesDenied);
-    let target = format!("s3://{BUCKET}/kept");
-    let args = [
-        "--json",
-        "push",
-        FQRN,
-        &target,
-        "--allow-http",
-        "--public-read",
-    ];
-    let out = with_s3(env.cmd(&args), &s3)
-        .env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}"))
-        .output()
-        .unwrap();
+    let out = push_through(&env, &s3, port, "kept", &[]);
     let (stdout, stderr) = (
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr),
@@ -1353,24 +1363,7 @@ fn an_endpoint_that_ignores_conditional_writes_needs_single_pusher() {
     let env = Env::init(&[]);
     let src = publish_one_file(&env);
     let relay = relay(s3.port, Relayed::WithoutConditions);
-    let push = |extra: &[&str]| {
-        let target = format!("s3://{BUCKET}/single");
-        let args = [
-            &[
-                "--json",
-                "push",
-                FQRN,
-                &target,
-                "--allow-http",
-                "--public-read",
-            ][..],
-            extra,
-        ]
-        .concat();
-        let mut cmd = with_s3(env.cmd(&args), &s3);
-        cmd.env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{relay}"));
-        cmd.output().unwrap()
-    };
+    let push = |extra: &[&str]| push_through(&env, &s3, relay, "single", extra);
     let out = push(&[]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
