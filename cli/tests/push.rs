@@ -962,22 +962,14 @@ fn credentials_come_from_the_aws_profile_when_the_environment_has_none() {
     assert!(!err.contains("profile-secret"), "{err}");
 
     let out = run("ci");
-    let all = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let all = output_text(&out);
     assert!(out.status.success(), "{all}");
     assert!(!all.contains("profile-secret"), "{all}");
     assert_eq!(remote_manifest(&s3, "repo"), local_manifest(&env));
 
     // credential_process: run once for the whole push (its credentials last), never shown.
     let out = run_to("proc", "proc");
-    let all = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let all = output_text(&out);
     assert!(out.status.success(), "{all}");
     assert!(
         !all.contains("proc-secret") && !all.contains("proc-token"),
@@ -1000,11 +992,7 @@ fn credentials_come_from_the_aws_profile_when_the_environment_has_none() {
     // role_arn: STS AssumeRole (moto's, at the same endpoint) signed with the source
     // profile's keys; the role's credentials sign the push and are never shown.
     let out = run_to("role", "role");
-    let all = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let all = output_text(&out);
     assert!(out.status.success(), "{all}");
     assert_eq!(remote_manifest(&s3, "role"), local_manifest(&env));
     let state: serde_json::Value =
@@ -1294,6 +1282,15 @@ fn denied_delete(request: &mut Vec<u8>, from: &mut TcpStream) -> Vec<u8> {
         reply.len()
     )
     .into_bytes()
+}
+
+/// A command's standard output and error, one after the other.
+fn output_text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 /// `push --json` to `PREFIX` in the test bucket through the endpoint on `port` (a [`relay`]),
