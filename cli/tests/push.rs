@@ -912,38 +912,16 @@ fn credentials_come_from_the_aws_profile_when_the_environment_has_none() {
     .unwrap();
     // Without credentials the client would ask the instance metadata: a closed port here.
     let closed = format!("http://127.0.0.1:{}", free_port());
+    let files = (credentials.as_path(), config.as_path());
     let run_to = |profile: &str, prefix: &str| {
-        let target = format!("s3://{BUCKET}/{prefix}");
-        let mut cmd = env.cmd(&[
-            "--json",
-            "push",
-            FQRN,
-            &target,
-            "--allow-http",
-            "--public-read",
-            "--endpoint",
-            &s3.endpoint(),
-        ]);
-        for var in [
-            "AWS_ACCESS_KEY_ID",
-            "AWS_SECRET_ACCESS_KEY",
-            "AWS_SESSION_TOKEN",
-            "AWS_REGION",
-            "AWS_DEFAULT_REGION",
-            "AWS_ENDPOINT_URL",
-            "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
-            "AWS_CONTAINER_CREDENTIALS_FULL_URI",
-            "AWS_WEB_IDENTITY_TOKEN_FILE",
-        ] {
-            cmd.env_remove(var);
-        }
-        cmd.env("AWS_PROFILE", profile)
-            .env("AWS_SHARED_CREDENTIALS_FILE", &credentials)
-            .env("AWS_CONFIG_FILE", &config)
-            .env("AWS_ENDPOINT_URL_STS", s3.endpoint())
-            .env("AWS_METADATA_ENDPOINT", &closed)
-            .output()
-            .unwrap()
+        push_as_profile(
+            &env,
+            &s3,
+            files,
+            profile,
+            prefix,
+            &[("AWS_METADATA_ENDPOINT", &closed)],
+        )
     };
     let run = |profile: &str| run_to(profile, "repo");
 
@@ -1018,6 +996,286 @@ fn credentials_come_from_the_aws_profile_when_the_environment_has_none() {
         err.contains("AWS profile 'orphan' in") && err.contains("role_arn without source_profile"),
         "{err}"
     );
+}
+
+/// `push` of `env`'s repository to `s3` under `prefix` with the credentials of the AWS
+/// profile `profile` of `files` (credentials, config) and none from the environment; STS is
+/// moto's, and `extra` adds variables.
+fn push_as_profile(
+    env: &Env,
+    s3: &S3Server,
+    files: (&Path, &Path),
+    profile: &str,
+    prefix: &str,
+    extra: &[(&str, &str)],
+) -> Output {
+    let target = format!("s3://{BUCKET}/{prefix}");
+    let mut cmd = env.cmd(&[
+        "--json",
+        "push",
+        FQRN,
+        &target,
+        "--allow-http",
+        "--public-read",
+        "--endpoint",
+        &s3.endpoint(),
+    ]);
+    for var in [
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_REGION",
+        "AWS_DEFAULT_REGION",
+        "AWS_ENDPOINT_URL",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+        "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "AWS_EC2_METADATA_SERVICE_ENDPOINT",
+        "AWS_EC2_METADATA_DISABLED",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.env("AWS_PROFILE", profile)
+        .env("AWS_SHARED_CREDENTIALS_FILE", files.0)
+        .env("AWS_CONFIG_FILE", files.1)
+        .env("AWS_ENDPOINT_URL_STS", s3.endpoint());
+    cmd.envs(extra.iter().copied());
+    cmd.output().unwrap()
+}
+
+/// A loopback stand-in for an EC2 instance's metadata service (IMDSv2: a token first) and an
+/// EKS Pod Identity endpoint (`/pod`, with the pod's token), each handing out credentials
+/// whose secret names it; returns its URL and the requests it answered (`METHOD PATH`).
+fn credential_endpoints() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte).unwrap_or(0) == 1 {
+                head.push(byte[0]);
+            }
+            let head = String::from_utf8_lossy(&head).to_string();
+            let lower = head.to_ascii_lowercase();
+            let line = head.lines().next().unwrap_or("").to_string();
+            let path = line.split(' ').nth(1).unwrap_or("");
+            let credentials = |who: &str| {
+                format!(
+                    r#"{{"Code": "Success", "AccessKeyId": "{who}-key-id", "SecretAccessKey": "{who}-secret", "Token": "{who}-token", "Expiration": "2099-01-01T00:00:00Z"}}"#
+                )
+            };
+            let role_path = "/latest/meta-data/iam/security-credentials/";
+            let has_token = lower.contains("x-aws-ec2-metadata-token: imds-token");
+            let (status, body) = match (line.split(' ').next().unwrap_or(""), path) {
+                ("PUT", "/latest/api/token") => (200, "imds-token".to_string()),
+                ("GET", p) if p == role_path && has_token => (200, "instance-role".to_string()),
+                ("GET", p) if p == format!("{role_path}instance-role") && has_token => {
+                    (200, credentials("imds"))
+                }
+                ("GET", "/pod") if lower.contains("authorization: pod-token") => {
+                    (200, credentials("pod"))
+                }
+                _ => (401, String::new()),
+            };
+            log.lock()
+                .unwrap()
+                .push(format!("{} {status}", &line[..line.len().min(80)]));
+            let _ = write!(
+                conn,
+                "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (url, seen)
+}
+
+/// The roles moto's STS was asked for, in order, with the key id of the credentials it gave.
+fn assumed_roles(s3: &S3Server) -> Vec<(String, String)> {
+    let state: serde_json::Value =
+        serde_json::from_slice(&s3.request("GET", "/moto-api/data.json", "")).unwrap();
+    let field = |r: &serde_json::Value, key: &str| r[key].as_str().unwrap_or("").to_string();
+    state["sts"]["AssumedRole"]
+        .as_array()
+        .map(|roles| {
+            roles
+                .iter()
+                .map(|r| (field(r, "role_arn"), field(r, "access_key_id")))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_role_is_assumed_with_another_roles_or_the_instances_or_the_pods_credentials() {
+    let s3 = S3Server::start();
+    let env = Env::init(&[]);
+    publish_one_file(&env);
+    let credentials = env.path("aws-credentials");
+    let config = env.path("aws-config");
+    std::fs::write(
+        &credentials,
+        "[ci]\naws_access_key_id = profile-key-id\naws_secret_access_key = profile-secret\n",
+    )
+    .unwrap();
+    std::fs::write(
+        &config,
+        "[default]\nregion = us-east-1\n\
+         [profile inner]\nregion = us-east-1\n\
+         role_arn = arn:aws:iam::123456789012:role/inner\nsource_profile = ci\n\
+         [profile outer]\nregion = us-east-1\n\
+         role_arn = arn:aws:iam::210987654321:role/outer\nsource_profile = inner\n\
+         [profile ec2]\nregion = us-east-1\n\
+         role_arn = arn:aws:iam::123456789012:role/from-instance\n\
+         credential_source = Ec2InstanceMetadata\n\
+         [profile pod]\nregion = us-east-1\n\
+         role_arn = arn:aws:iam::123456789012:role/from-pod\ncredential_source = EcsContainer\n\
+         [profile env]\nregion = us-east-1\n\
+         role_arn = arn:aws:iam::123456789012:role/from-env\ncredential_source = Environment\n\
+         [profile loop]\nregion = us-east-1\n\
+         role_arn = arn:aws:iam::123456789012:role/loop\nsource_profile = loop2\n\
+         [profile loop2]\nrole_arn = arn:aws:iam::123456789012:role/loop2\nsource_profile = loop\n",
+    )
+    .unwrap();
+    let (endpoints, seen) = credential_endpoints();
+    let pod_token = env.path("pod-token");
+    std::fs::write(&pod_token, "pod-token").unwrap();
+    let pod_url = format!("{endpoints}/pod");
+    let files = (credentials.as_path(), config.as_path());
+    // STS behind a relay that keeps the requests, to see which keys signed each AssumeRole.
+    let sts_log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sts_port = relay(s3.port, Relayed::Logged(sts_log.clone()));
+    let sts = format!("http://127.0.0.1:{sts_port}");
+    let push_as = |profile: &str, prefix: &str, extra: &[(&str, &str)]| {
+        let mut vars = vec![("AWS_ENDPOINT_URL_STS", sts.as_str())];
+        vars.extend_from_slice(extra);
+        push_as_profile(&env, &s3, files, profile, prefix, &vars)
+    };
+    let signers = || {
+        let log = String::from_utf8_lossy(&sts_log.lock().unwrap()).to_string();
+        log.split("Credential=")
+            .skip(1)
+            .filter_map(|rest| rest.split('/').next().map(str::to_string))
+            .collect::<Vec<_>>()
+    };
+    let secrets = [
+        "profile-secret",
+        "imds-secret",
+        "imds-token",
+        "pod-secret",
+        "pod-token",
+    ];
+    let pushed = |out: &Output, prefix: &str| {
+        let all = output_text(out);
+        assert!(out.status.success(), "{all}");
+        assert!(!secrets.iter().any(|s| all.contains(s)), "{all}");
+        assert_eq!(remote_manifest(&s3, prefix), local_manifest(&env));
+    };
+
+    // A role behind a role: the inner one first, with the source profile's keys; the outer
+    // one with the inner one's credentials.
+    let out = push_as("outer", "outer", &[]);
+    pushed(&out, "outer");
+    let roles = assumed_roles(&s3);
+    let arns: Vec<&str> = roles.iter().map(|(arn, _)| arn.as_str()).collect();
+    assert_eq!(
+        arns,
+        [
+            "arn:aws:iam::123456789012:role/inner",
+            "arn:aws:iam::210987654321:role/outer"
+        ]
+    );
+    assert_eq!(signers(), ["profile-key-id", roles[0].1.as_str()]);
+
+    // credential_source = Ec2InstanceMetadata: the instance's credentials (IMDSv2) assume it.
+    let imds = [("AWS_EC2_METADATA_SERVICE_ENDPOINT", endpoints.as_str())];
+    let out = push_as("ec2", "ec2", &imds);
+    pushed(&out, "ec2");
+    let asked = seen.lock().unwrap().clone();
+    assert!(
+        asked
+            .iter()
+            .any(|r| r.starts_with("PUT /latest/api/token") && r.ends_with(" 200"))
+            && asked.iter().any(|r| {
+                r.starts_with("GET /latest/meta-data/iam/security-credentials/instance-role")
+                    && r.ends_with(" 200")
+            }),
+        "{asked:?}"
+    );
+    assert_eq!(
+        assumed_roles(&s3).last().map(|r| r.0.as_str()),
+        Some("arn:aws:iam::123456789012:role/from-instance")
+    );
+    assert_eq!(signers().last().map(String::as_str), Some("imds-key-id"));
+    // A profile without credentials: the instance's own, at the same (the AWS SDKs') variable.
+    let served = |s: &[String]| s.iter().filter(|r| r.contains("/instance-role ")).count();
+    let before = served(&seen.lock().unwrap());
+    let out = push_as("default", "instance", &imds);
+    pushed(&out, "instance");
+    assert_eq!(served(&seen.lock().unwrap()), before + 1);
+
+    // credential_source = EcsContainer: the pod's credentials (EKS Pod Identity) assume it.
+    let pod = [
+        ("AWS_CONTAINER_CREDENTIALS_FULL_URI", pod_url.as_str()),
+        (
+            "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+            pod_token.to_str().unwrap(),
+        ),
+        // Not asked: the container's endpoint serves.
+        ("AWS_METADATA_ENDPOINT", "http://127.0.0.1:9"),
+    ];
+    let out = push_as("pod", "pod", &pod);
+    pushed(&out, "pod");
+    assert!(
+        seen.lock()
+            .unwrap()
+            .iter()
+            .any(|r| r.starts_with("GET /pod ") && r.ends_with(" 200")),
+        "{:?}",
+        seen.lock().unwrap()
+    );
+    assert_eq!(
+        assumed_roles(&s3).last().map(|r| r.0.as_str()),
+        Some("arn:aws:iam::123456789012:role/from-pod")
+    );
+    assert_eq!(signers().last().map(String::as_str), Some("pod-key-id"));
+    let before = assumed_roles(&s3).len();
+
+    // What cannot serve fails in one line naming the profile, before any request to STS.
+    let no_keys = "credential_source = Environment, but AWS_ACCESS_KEY_ID and \
+                   AWS_SECRET_ACCESS_KEY are not set";
+    let no_pod = "credential_source = EcsContainer, but neither";
+    let disabled = "AWS_EC2_METADATA_DISABLED is true";
+    for (profile, vars, why) in [
+        ("env", &[][..], no_keys),
+        ("pod", &[][..], no_pod),
+        (
+            "ec2",
+            &[("AWS_EC2_METADATA_DISABLED", "true")][..],
+            disabled,
+        ),
+        (
+            "loop",
+            &[][..],
+            "source_profile 'loop' leads back to itself (loop -> loop2 -> loop)",
+        ),
+    ] {
+        let out = push_as(profile, profile, vars);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{profile}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(
+            err.contains(why) && err.contains("AWS profile '"),
+            "{profile}: {err}"
+        );
+    }
+    assert_eq!(assumed_roles(&s3).len(), before);
+    assert_eq!(signers().len(), before);
 }
 
 /// Two homes publish into one storage and push it to one bucket. A push overtaken on its way by
@@ -1158,7 +1416,7 @@ fn an_https_endpoint_is_used_only_when_its_certificate_verifies() {
 }
 
 /// How [`relay`] changes the S3 endpoint behind it.
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Clone)]
 enum Relayed {
     /// Renames the `if-match` and `if-none-match` headers of requests (to names of the same
     /// length; moto does not check signatures), as an S3-compatible server that ignores
@@ -1167,6 +1425,8 @@ enum Relayed {
     /// Answers every DELETE with 403 AccessDenied, as under a policy that allows PutObject
     /// but denies DeleteObject.
     DeletesDenied,
+    /// Passes everything on and keeps what clients sent.
+    Logged(std::sync::Arc<std::sync::Mutex<Vec<u8>>>),
 }
 
 /// A relay in front of `backend`, changed as `how` says. Stops with the test. A DELETE has no
@@ -1182,6 +1442,7 @@ fn relay(backend: u16, how: Relayed) -> u16 {
             let (mut c_read, mut s_write) =
                 (client.try_clone().unwrap(), server.try_clone().unwrap());
             let mut answer = client.try_clone().unwrap();
+            let how = how.clone();
             std::thread::spawn(move || {
                 let mut buf = vec![0u8; 1 << 16];
                 while let Ok(n) = c_read.read(&mut buf) {
@@ -1189,14 +1450,17 @@ fn relay(backend: u16, how: Relayed) -> u16 {
                         break;
                     }
                     let mut data = buf[..n].to_vec();
-                    if how == Relayed::DeletesDenied && is_delete(&data) {
+                    if let Relayed::Logged(log) = &how {
+                        log.lock().unwrap().extend_from_slice(&data);
+                    }
+                    if matches!(how, Relayed::DeletesDenied) && is_delete(&data) {
                         let reply = denied_delete(&mut data, &mut c_read);
                         if answer.write_all(&reply).is_err() {
                             break;
                         }
                         continue;
                     }
-                    if how == Relayed::WithoutConditions {
+                    if matches!(how, Relayed::WithoutConditions) {
                         for (from, to) in [
                             (&b"if-none-match:"[..], &b"x-ignored-hdr:"[..]),
                             (b"if-match:", b"x-ignore:"),

@@ -3,12 +3,13 @@
 //! (`AWS_SHARED_CREDENTIALS_FILE`, default `~/.aws/credentials`, sections `[NAME]`) and of the
 //! config file (`AWS_CONFIG_FILE`, default `~/.aws/config`, sections `[profile NAME]` and
 //! `[default]`). Keys in the credentials file win over keys in the config file; the region
-//! comes from the config file. A profile with `role_arn` assumes that role with the
-//! credentials of its `source_profile` (see [`crate::aws_role`]), as the AWS tools do; else its
+//! comes from the config file. A profile with `role_arn` assumes that role (see
+//! [`crate::aws_role`]), as the AWS tools do, with the credentials of its `source_profile`
+//! (whose own role is assumed first when it names one: a chain of roles) or of its
+//! `credential_source` (`Environment`, `Ec2InstanceMetadata`, `EcsContainer`); else its
 //! static keys are taken (`aws_access_key_id`, `aws_secret_access_key`, `aws_session_token`),
 //! else its `credential_process` (see [`crate::aws_process`]). A profile that gets its
-//! credentials another way (SSO, `credential_source`, a role behind a role) is refused by
-//! name rather than passed over.
+//! credentials another way (SSO, `mfa_serial`) is refused by name rather than passed over.
 //!
 //! The files are read with the subset of INI the AWS tools write: `[section]` lines,
 //! `key = value` lines, whole-line comments (`#`, `;`) and comments after a value that follow
@@ -52,9 +53,8 @@ pub(crate) struct ProfileSettings {
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct RoleSettings {
     pub role_arn: String,
-    /// The source profile's static keys, or else its `credential_process` (command, origin).
-    pub source_credential: Option<ProfileCredential>,
-    pub source_process: Option<(String, String)>,
+    /// The credentials that sign the `AssumeRole` request.
+    pub source: RoleSource,
     pub external_id: Option<String>,
     pub session_name: Option<String>,
     pub duration_seconds: Option<u32>,
@@ -62,9 +62,35 @@ pub(crate) struct RoleSettings {
     pub origin: String,
 }
 
-/// Role settings this reader does not follow: they need a person at a terminal or a
-/// credential source of their own.
-const UNSUPPORTED_ROLE: [&str; 2] = ["mfa_serial", "credential_source"];
+/// What assumes a role: its profile's `source_profile` or `credential_source`.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum RoleSource {
+    /// The source profile's static keys.
+    Keys(ProfileCredential),
+    /// The source profile's `credential_process` (command, where it is set).
+    Process(String, String),
+    /// The role the source profile assumes in its turn.
+    Role(Box<RoleSettings>),
+    /// `credential_source = Environment`: `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`.
+    Environment,
+    /// `credential_source = Ec2InstanceMetadata`: the instance's role, from its metadata.
+    Ec2InstanceMetadata,
+    /// `credential_source = EcsContainer`: the container's role, from the endpoint that
+    /// `AWS_CONTAINER_CREDENTIALS_RELATIVE_URI` or `..._FULL_URI` names.
+    EcsContainer,
+}
+
+impl RoleSource {
+    /// The `credential_source` values of the AWS tools.
+    fn named(value: &str) -> Option<RoleSource> {
+        match value {
+            "Environment" => Some(RoleSource::Environment),
+            "Ec2InstanceMetadata" => Some(RoleSource::Ec2InstanceMetadata),
+            "EcsContainer" => Some(RoleSource::EcsContainer),
+            _ => None,
+        }
+    }
+}
 
 /// Keys that obtain credentials in ways this reader does not follow.
 const UNSUPPORTED: [&str; 3] = ["sso_session", "sso_start_url", "web_identity_token_file"];
@@ -168,36 +194,53 @@ impl Files<'_> {
     }
 }
 
-/// The role `profile` assumes, if it names one, with the credentials of its source profile.
+/// The role `profile` assumes, if it names one, with what assumes it.
 fn role_settings(files: &Files<'_>, profile: &str) -> Result<Option<RoleSettings>> {
+    role_in_chain(files, profile, &mut Vec::new())
+}
+
+/// The role `profile` assumes, `chain` naming the profiles whose roles wait for it (a
+/// source profile met again would loop).
+fn role_in_chain(
+    files: &Files<'_>,
+    profile: &str,
+    chain: &mut Vec<String>,
+) -> Result<Option<RoleSettings>> {
     let Some((role_arn, origin)) = files.setting(profile, "role_arn") else {
         return Ok(None);
     };
     let refuse = |why: String| Error::Invalid(format!("{origin}: {why}"));
-    if let Some(key) = UNSUPPORTED_ROLE
-        .iter()
-        .find(|k| files.setting(profile, k).is_some())
-    {
+    if files.setting(profile, "mfa_serial").is_some() {
+        // A code from a person at a terminal: the AWS CLI can ask for it.
         return Err(refuse(format!(
-            "{key} is not supported with role_arn; use a profile whose credential_process \
+            "mfa_serial is not supported with role_arn; use a profile whose credential_process \
              lets the AWS CLI assume the role (credential_process = aws configure \
              export-credentials --profile {profile} --format process)"
         )));
     }
-    let Some((source, _)) = files.setting(profile, "source_profile") else {
-        return Err(refuse("role_arn without source_profile".to_string()));
+    let source_profile = files.setting(profile, "source_profile").map(|v| v.0);
+    let credential_source = files.setting(profile, "credential_source").map(|v| v.0);
+    chain.push(profile.to_string());
+    let source = match (source_profile, credential_source) {
+        (Some(_), Some(_)) => {
+            return Err(refuse(
+                "role_arn with both source_profile and credential_source (a role takes one)"
+                    .to_string(),
+            ))
+        }
+        (None, None) => {
+            return Err(refuse(
+                "role_arn without source_profile or credential_source".to_string(),
+            ))
+        }
+        (None, Some(named)) => RoleSource::named(&named).ok_or_else(|| {
+            refuse(format!(
+                "credential_source '{named}' is none of Environment, Ec2InstanceMetadata, \
+                 EcsContainer"
+            ))
+        })?,
+        (Some(source), None) => source_of(files, profile, &source, chain, &refuse)?,
     };
-    if files.setting(&source, "role_arn").is_some() && source != profile {
-        return Err(refuse(format!(
-            "source_profile '{source}' assumes a role itself; chains of roles are not supported"
-        )));
-    }
-    let (source_credential, source_process) = keys_or_process(files, &source)?;
-    if source_credential.is_none() && source_process.is_none() {
-        return Err(refuse(format!(
-            "source_profile '{source}' has neither keys nor credential_process"
-        )));
-    }
     let duration_seconds = match files.setting(profile, "duration_seconds") {
         None => None,
         Some((d, _)) => Some(
@@ -207,13 +250,43 @@ fn role_settings(files: &Files<'_>, profile: &str) -> Result<Option<RoleSettings
     };
     Ok(Some(RoleSettings {
         role_arn,
-        source_credential,
-        source_process,
+        source,
         external_id: files.setting(profile, "external_id").map(|v| v.0),
         session_name: files.setting(profile, "role_session_name").map(|v| v.0),
         duration_seconds,
         origin,
     }))
+}
+
+/// What the source profile `source` of `profile` gives to assume a role with: the role it
+/// assumes itself, else its keys or `credential_process`. A profile that is its own source
+/// gives its keys, as for the AWS tools. `refuse` makes an error about `profile`.
+fn source_of(
+    files: &Files<'_>,
+    profile: &str,
+    source: &str,
+    chain: &mut Vec<String>,
+    refuse: &dyn Fn(String) -> Error,
+) -> Result<RoleSource> {
+    if source != profile && files.setting(source, "role_arn").is_some() {
+        if chain.iter().any(|p| p == source) {
+            return Err(refuse(format!(
+                "source_profile '{source}' leads back to itself ({} -> {source}): a chain of \
+                 roles cannot loop",
+                chain.join(" -> ")
+            )));
+        }
+        let inner = role_in_chain(files, source, chain)?
+            .ok_or_else(|| refuse(format!("source_profile '{source}' has no role_arn")))?;
+        return Ok(RoleSource::Role(Box::new(inner)));
+    }
+    match keys_or_process(files, source)? {
+        (Some(keys), _) => Ok(RoleSource::Keys(keys)),
+        (None, Some((command, origin))) => Ok(RoleSource::Process(command, origin)),
+        (None, None) => Err(refuse(format!(
+            "source_profile '{source}' has neither keys nor credential_process"
+        ))),
+    }
 }
 
 /// A profile's static keys, else its `credential_process`; an error for a profile that gets
@@ -522,7 +595,6 @@ sso_session = corp
                       aws_access_key_id = IGNORED\naws_secret_access_key = IGNORED\n\
                       [profile p]\ncredential_process = helper\n\
                       [profile by-process]\nrole_arn = arn:aws:iam::1:role/y\nsource_profile = p\n\
-                      [profile chain]\nrole_arn = arn:aws:iam::1:role/z\nsource_profile = r\n\
                       [profile mfa]\nrole_arn = arn:aws:iam::1:role/x\nsource_profile = base\n\
                       mfa_serial = arn:aws:iam::1:mfa/me\n\
                       [profile nothing]\nrole_arn = arn:aws:iam::1:role/x\nsource_profile = p2\n";
@@ -536,19 +608,119 @@ sso_session = corp
         assert_eq!(r.region.as_deref(), Some("eu-west-1"));
         let role = r.role.unwrap();
         assert_eq!(role.role_arn, "arn:aws:iam::1:role/x");
-        assert_eq!(role.source_credential.unwrap().key_id, "BASEKEY");
+        assert!(matches!(&role.source, RoleSource::Keys(k) if k.key_id == "BASEKEY"));
         assert_eq!(role.external_id.as_deref(), Some("e"));
         assert_eq!(role.duration_seconds, Some(900));
         let by_process = profile("by-process").unwrap().role.unwrap();
-        assert_eq!(by_process.source_process.unwrap().0, "helper");
+        assert!(matches!(&by_process.source, RoleSource::Process(c, _) if c == "helper"));
         for (name, why) in [
-            ("chain", "chains of roles are not supported"),
             ("mfa", "mfa_serial is not supported"),
-            ("nothing", "has neither keys nor credential_process"),
+            (
+                "nothing",
+                "source_profile 'p2' has neither keys nor credential_process",
+            ),
         ] {
             let err = profile(name).unwrap_err().to_string();
             assert!(err.contains(why), "{err}");
+            assert!(err.contains(&format!("AWS profile '{name}' in ")), "{err}");
             assert!(!err.contains("BASEKEY"), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_role_behind_a_role_is_assumed_in_turn_and_a_loop_is_refused() {
+        let credentials = "[base]\naws_access_key_id = BASEKEY\naws_secret_access_key = S\n\
+                           [self]\naws_access_key_id = SELFKEY\naws_secret_access_key = S\n";
+        let config = "[profile inner]\nrole_arn = arn:aws:iam::1:role/inner\nsource_profile = base\n\
+                      [profile outer]\nrole_arn = arn:aws:iam::2:role/outer\nsource_profile = inner\n\
+                      role_session_name = o\n\
+                      [profile top]\nrole_arn = arn:aws:iam::3:role/top\nsource_profile = outer\n\
+                      [profile self]\nrole_arn = arn:aws:iam::1:role/s\nsource_profile = self\n\
+                      [profile a]\nrole_arn = arn:aws:iam::1:role/a\nsource_profile = b\n\
+                      [profile b]\nrole_arn = arn:aws:iam::1:role/b\nsource_profile = c\n\
+                      [profile c]\nrole_arn = arn:aws:iam::1:role/c\nsource_profile = a\n\
+                      [profile broken]\nrole_arn = arn:aws:iam::1:role/x\nsource_profile = sso\n\
+                      [profile sso]\nrole_arn = arn:aws:iam::1:role/y\nsource_profile = base\n\
+                      mfa_serial = arn:aws:iam::1:mfa/me\n";
+        let profile = |name: &str| {
+            let (_home, env) = with_files(credentials, config, &[("AWS_PROFILE", name)]);
+            settings(&env)
+        };
+        // top -> outer -> inner -> base's keys: the innermost role is assumed first.
+        let top = profile("top").unwrap().role.unwrap();
+        assert_eq!(top.role_arn, "arn:aws:iam::3:role/top");
+        let RoleSource::Role(outer) = top.source else {
+            panic!("{:?}", top.source)
+        };
+        assert_eq!(outer.role_arn, "arn:aws:iam::2:role/outer");
+        assert_eq!(outer.session_name.as_deref(), Some("o"));
+        assert!(
+            outer.origin.starts_with("AWS profile 'outer' in "),
+            "{}",
+            outer.origin
+        );
+        let RoleSource::Role(inner) = outer.source else {
+            panic!("{:?}", outer.source)
+        };
+        assert!(matches!(inner.source, RoleSource::Keys(k) if k.key_id == "BASEKEY"));
+        // A profile that is its own source takes its own keys: no loop.
+        let own = profile("self").unwrap().role.unwrap();
+        assert!(matches!(own.source, RoleSource::Keys(k) if k.key_id == "SELFKEY"));
+
+        let err = profile("a").unwrap_err().to_string();
+        assert!(
+            err.contains("AWS profile 'c' in ")
+                && err.contains("source_profile 'a' leads back to itself (a -> b -> c -> a)"),
+            "{err}"
+        );
+        // An error in a profile down the chain names that profile.
+        let err = profile("broken").unwrap_err().to_string();
+        assert!(
+            err.contains("AWS profile 'sso' in ") && err.contains("mfa_serial is not supported"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_role_takes_its_credential_source() {
+        let config = "[profile env]\nrole_arn = arn:aws:iam::1:role/e\ncredential_source = Environment\n\
+                      [profile ec2]\nrole_arn = arn:aws:iam::1:role/i\n\
+                      credential_source = Ec2InstanceMetadata\n\
+                      [profile ecs]\nrole_arn = arn:aws:iam::1:role/c\ncredential_source = EcsContainer\n\
+                      [profile odd]\nrole_arn = arn:aws:iam::1:role/o\ncredential_source = Ec2\n\
+                      [profile both]\nrole_arn = arn:aws:iam::1:role/b\ncredential_source = Environment\n\
+                      source_profile = env\n\
+                      [profile none]\nrole_arn = arn:aws:iam::1:role/n\n\
+                      [profile behind]\nrole_arn = arn:aws:iam::2:role/x\nsource_profile = ec2\n";
+        let profile = |name: &str| {
+            let (_home, env) = with_files("", config, &[("AWS_PROFILE", name)]);
+            settings(&env)
+        };
+        for (name, source) in [
+            ("env", RoleSource::Environment),
+            ("ec2", RoleSource::Ec2InstanceMetadata),
+            ("ecs", RoleSource::EcsContainer),
+        ] {
+            assert_eq!(profile(name).unwrap().role.unwrap().source, source);
+        }
+        let behind = profile("behind").unwrap().role.unwrap();
+        assert!(
+            matches!(&behind.source, RoleSource::Role(r) if r.source == RoleSource::Ec2InstanceMetadata)
+        );
+        for (name, why) in [
+            (
+                "odd",
+                "credential_source 'Ec2' is none of Environment, Ec2InstanceMetadata, EcsContainer",
+            ),
+            ("both", "both source_profile and credential_source"),
+            (
+                "none",
+                "role_arn without source_profile or credential_source",
+            ),
+        ] {
+            let err = profile(name).unwrap_err().to_string();
+            assert!(err.contains(why), "{name}: {err}");
+            assert!(err.contains(&format!("AWS profile '{name}' in ")), "{err}");
         }
     }
 

@@ -42,7 +42,7 @@
 //! # Ok(()) }
 //! ```
 
-use crate::aws_profile::{ProfileCredential, RoleSettings};
+use crate::aws_profile::{ProfileCredential, RoleSettings, RoleSource};
 use crate::catalogs::{tree_gap, TreeGap};
 use crate::error::{Error, Result};
 use crate::gc::referenced_by_kept;
@@ -171,6 +171,33 @@ fn since_epoch() -> std::time::Duration {
 /// Something that gives AWS credentials (static, a process, a role).
 type CredentialSource = dyn object_store::CredentialProvider<Credential = AwsCredential>;
 
+/// The variables that say where an EC2 instance's metadata is (the AWS SDKs' name, then
+/// object_store's, which wins), and whether IMDSv1 may serve when IMDSv2's token is refused.
+const INSTANCE_KEYS: [(&str, AmazonS3ConfigKey); 3] = [
+    (
+        "AWS_EC2_METADATA_SERVICE_ENDPOINT",
+        AmazonS3ConfigKey::MetadataEndpoint,
+    ),
+    ("AWS_METADATA_ENDPOINT", AmazonS3ConfigKey::MetadataEndpoint),
+    ("AWS_IMDSV1_FALLBACK", AmazonS3ConfigKey::ImdsV1Fallback),
+];
+
+/// The variables that say where a container's credentials are (ECS, EKS Pod Identity).
+const CONTAINER_KEYS: [(&str, AmazonS3ConfigKey); 3] = [
+    (
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+        AmazonS3ConfigKey::ContainerCredentialsRelativeUri,
+    ),
+    (
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+        AmazonS3ConfigKey::ContainerCredentialsFullUri,
+    ),
+    (
+        "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+        AmazonS3ConfigKey::ContainerAuthorizationTokenFile,
+    ),
+];
+
 /// The process environment's `AWS_*` variables and `HOME`, for [`S3Target::builder`]; an
 /// empty one counts as unset, as for the AWS tools.
 fn process_env() -> HashMap<String, String> {
@@ -210,6 +237,13 @@ impl S3Target {
             ) {
                 builder = builder.with_config(config, value);
             }
+        }
+        if let (Some(imds), None) = (
+            env.get("AWS_EC2_METADATA_SERVICE_ENDPOINT"),
+            env.get("AWS_METADATA_ENDPOINT"),
+        ) {
+            // The AWS SDKs' name for what object_store calls AWS_METADATA_ENDPOINT.
+            builder = builder.with_config(AmazonS3ConfigKey::MetadataEndpoint, imds);
         }
         if let Some(endpoint) = &self.endpoint {
             builder = builder.with_endpoint(endpoint);
@@ -286,9 +320,7 @@ impl S3Target {
         env: &HashMap<String, String>,
         region: String,
     ) -> Result<Arc<CredentialSource>> {
-        let source = self
-            .profile_provider(role.source_credential, role.source_process)?
-            .ok_or_else(|| Error::Invalid(format!("{}: no source credentials", role.origin)))?;
+        let source = self.role_source(role.source, &role.origin, env, &region)?;
         let endpoint = env
             .get("AWS_ENDPOINT_URL_STS")
             .or_else(|| env.get("AWS_ENDPOINT_URL"))
@@ -317,6 +349,89 @@ impl S3Target {
             origin: role.origin,
             cached: Default::default(),
         }))
+    }
+
+    /// What signs the `AssumeRole` request of the role `origin` configures.
+    fn role_source(
+        &self,
+        source: RoleSource,
+        origin: &str,
+        env: &HashMap<String, String>,
+        region: &str,
+    ) -> Result<Arc<CredentialSource>> {
+        let missing =
+            |why: &str| Error::Invalid(format!("{}: role_arn of {origin}: {why}", self.describe()));
+        let provider: Arc<CredentialSource> = match source {
+            RoleSource::Keys(keys) => self
+                .profile_provider(Some(keys), None)?
+                .ok_or_else(|| missing("no keys"))?,
+            RoleSource::Process(command, at) => self
+                .profile_provider(None, Some((command, at)))?
+                .ok_or_else(|| missing("no credential_process"))?,
+            RoleSource::Role(inner) => self.role_provider(*inner, env, region.to_string())?,
+            // Keys in the environment sign requests themselves (see `builder`), as for the
+            // AWS tools under AWS_PROFILE: a role reached here has none to take.
+            RoleSource::Environment => {
+                return Err(missing(
+                    "credential_source = Environment, but AWS_ACCESS_KEY_ID and \
+                     AWS_SECRET_ACCESS_KEY are not set (when they are, they sign requests \
+                     themselves, as for the AWS tools under AWS_PROFILE)",
+                ))
+            }
+            RoleSource::Ec2InstanceMetadata => {
+                if env
+                    .get("AWS_EC2_METADATA_DISABLED")
+                    .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+                {
+                    return Err(missing(
+                        "credential_source = Ec2InstanceMetadata, but \
+                         AWS_EC2_METADATA_DISABLED is true",
+                    ));
+                }
+                self.object_store_provider(env, region, &INSTANCE_KEYS)?
+            }
+            RoleSource::EcsContainer => {
+                // Without either, object_store would ask the instance metadata instead.
+                let set = |var: &str| env.contains_key(var);
+                let relative = set("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI");
+                let full = set("AWS_CONTAINER_CREDENTIALS_FULL_URI")
+                    && set("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE");
+                if !relative && !full {
+                    return Err(missing(
+                        "credential_source = EcsContainer, but neither \
+                         AWS_CONTAINER_CREDENTIALS_RELATIVE_URI nor \
+                         AWS_CONTAINER_CREDENTIALS_FULL_URI with \
+                         AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE is set",
+                    ));
+                }
+                self.object_store_provider(env, region, &CONTAINER_KEYS)?
+            }
+        };
+        Ok(provider)
+    }
+
+    /// object_store's own provider for the instance's or the container's role: the one its
+    /// client picks when given only `keys`' variables of `env` (and no keys or web identity).
+    fn object_store_provider(
+        &self,
+        env: &HashMap<String, String>,
+        region: &str,
+        keys: &[(&str, AmazonS3ConfigKey)],
+    ) -> Result<Arc<CredentialSource>> {
+        let mut builder = AmazonS3Builder::new()
+            .with_bucket_name(&self.bucket)
+            .with_region(region);
+        for (var, key) in keys {
+            if let Some(value) = env.get(*var) {
+                builder = builder.with_config(*key, value);
+            }
+        }
+        let s3 = builder
+            .with_client_options(client_options(self.allow_http))
+            .with_http_connector(self.connector(http::HeaderMap::new())?)
+            .build()
+            .map_err(|e| Error::Invalid(format!("{}: {e}", self.describe())))?;
+        Ok(Arc::clone(s3.credentials()))
     }
 
     /// Refuses a plain-HTTP endpoint (given, or from `AWS_ENDPOINT_URL`/`AWS_ENDPOINT_URL_S3`)
