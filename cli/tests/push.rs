@@ -864,18 +864,25 @@ fn a_push_aborts_the_multipart_uploads_killed_pushes_left() {
     assert!(out.contains("already at revision 2"), "{out}");
 }
 
-#[test]
-fn credentials_come_from_the_aws_profile_when_the_environment_has_none() {
+/// moto, a repository with one published file, and the AWS credentials file (profile `ci`,
+/// keys `profile-key-id`/`profile-secret`) and config file path (to be written) of its home.
+fn with_ci_profile() -> (S3Server, Env, std::path::PathBuf, std::path::PathBuf) {
     let s3 = S3Server::start();
     let env = Env::init(&[]);
     publish_one_file(&env);
     let credentials = env.path("aws-credentials");
-    let config = env.path("aws-config");
     std::fs::write(
         &credentials,
         "[ci]\naws_access_key_id = profile-key-id\naws_secret_access_key = profile-secret\n",
     )
     .unwrap();
+    let config = env.path("aws-config");
+    (s3, env, credentials, config)
+}
+
+#[test]
+fn credentials_come_from_the_aws_profile_when_the_environment_has_none() {
+    let (s3, env, credentials, config) = with_ci_profile();
     // A credential_process helper that counts its runs, and one that fails saying a secret.
     let runs = env.path("helper-runs");
     let helper = env.path("helper.sh");
@@ -1113,16 +1120,7 @@ fn assumed_roles(s3: &S3Server) -> Vec<(String, String)> {
 
 #[test]
 fn a_role_is_assumed_with_another_roles_or_the_instances_or_the_pods_credentials() {
-    let s3 = S3Server::start();
-    let env = Env::init(&[]);
-    publish_one_file(&env);
-    let credentials = env.path("aws-credentials");
-    let config = env.path("aws-config");
-    std::fs::write(
-        &credentials,
-        "[ci]\naws_access_key_id = profile-key-id\naws_secret_access_key = profile-secret\n",
-    )
-    .unwrap();
+    let (s3, env, credentials, config) = with_ci_profile();
     std::fs::write(
         &config,
         "[default]\nregion = us-east-1\n\
