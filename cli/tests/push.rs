@@ -1350,21 +1350,26 @@ fn an_https_endpoint_is_used_only_when_its_certificate_verifies() {
     let other = fixtures::tls::TlsFront::start(&other_cert, &other_key, s3.port).unwrap();
     let expired = fixtures::tls::TlsFront::start(&old_cert, &old_key, s3.port).unwrap();
     let self_signed = fixtures::tls::TlsFront::start(&own_cert, &own_key, s3.port).unwrap();
-    let push_to_prefix = |front: &fixtures::tls::TlsFront, ca_file: Option<&Path>, prefix: &str| {
-        let target = format!("s3://{BUCKET}/{prefix}");
-        let mut cmd = with_s3(
-            env.cmd(&["--json", "push", FQRN, &target, "--public-read"]),
-            &s3,
-        );
-        cmd.env(
-            "AWS_ENDPOINT_URL",
-            format!("https://127.0.0.1:{}", front.port()),
-        );
-        match ca_file {
-            Some(ca) => cmd.env("SSL_CERT_FILE", ca),
-            None => cmd.env_remove("SSL_CERT_FILE"),
+    // `trust`: the variable (SSL_CERT_FILE or SSL_CERT_DIR) that names what is trusted.
+    let push_trusting =
+        |front: &fixtures::tls::TlsFront, trust: Option<(&str, &Path)>, prefix: &str| {
+            let target = format!("s3://{BUCKET}/{prefix}");
+            let mut cmd = with_s3(
+                env.cmd(&["--json", "push", FQRN, &target, "--public-read"]),
+                &s3,
+            );
+            cmd.env(
+                "AWS_ENDPOINT_URL",
+                format!("https://127.0.0.1:{}", front.port()),
+            );
+            cmd.env_remove("SSL_CERT_FILE").env_remove("SSL_CERT_DIR");
+            if let Some((var, path)) = trust {
+                cmd.env(var, path);
+            }
+            cmd.output().unwrap()
         };
-        cmd.output().unwrap()
+    let push_to_prefix = |front: &fixtures::tls::TlsFront, ca_file: Option<&Path>, prefix: &str| {
+        push_trusting(front, ca_file.map(|f| ("SSL_CERT_FILE", f)), prefix)
     };
     let push_to = |front: &fixtures::tls::TlsFront, ca_file: Option<&Path>| {
         push_to_prefix(front, ca_file, "tls")
@@ -1411,6 +1416,34 @@ fn an_https_endpoint_is_used_only_when_its_certificate_verifies() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(remote_manifest(&s3, "own"), local_manifest(&env));
+    // The same through SSL_CERT_DIR, a list of directories of PEM files (one that is not
+    // there passed over, as by OpenSSL); the CA's certificate alone is not trusted for it.
+    let trusting_dirs = |dirs: &[&str]| {
+        let paths: Vec<_> = dirs.iter().map(|d| env.path(d)).collect();
+        for (src, dir) in [(&own_cert, "own-certs"), (&ca.ca_path(), "ca-certs")] {
+            if paths.contains(&env.path(dir)) && !env.path(dir).exists() {
+                std::fs::create_dir(env.path(dir)).unwrap();
+                std::fs::copy(src, env.path(dir).join("cert.pem")).unwrap();
+            }
+        }
+        let list = std::env::join_paths(&paths).unwrap();
+        push_trusting(
+            &self_signed,
+            Some(("SSL_CERT_DIR", Path::new(&list))),
+            "own-dir",
+        )
+    };
+    refused(
+        trusting_dirs(&["ca-certs"]),
+        "trust that certificate itself through SSL_CERT_FILE",
+    );
+    let out = trusting_dirs(&["no-such-dir", "ca-certs", "own-certs"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(remote_manifest(&s3, "own-dir"), local_manifest(&env));
 }
 
 /// How [`relay`] changes the S3 endpoint behind it.

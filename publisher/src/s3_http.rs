@@ -12,6 +12,7 @@ use object_store::client::{
     HttpResponseBody, HttpService, ReqwestConnector,
 };
 use object_store::ClientOptions;
+use rustls::pki_types::CertificateDer;
 
 /// What an error reply may bring: enough for S3's XML error and its message.
 pub(crate) const MAX_ERROR_BODY: usize = 64 << 10;
@@ -24,9 +25,10 @@ pub(crate) const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::fro
 pub(crate) const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Connects object_store's reqwest client wrapped in [`BoundedService`], or, with
-/// `SSL_CERT_FILE` set, a reqwest client of ours with the same settings whose TLS also takes
-/// a certificate of that file as the endpoint's own ([`crate::tls`]: a self-signed CA:TRUE
-/// certificate, as MinIO's `certgen -ca` and `openssl req -x509` make).
+/// `SSL_CERT_FILE` or `SSL_CERT_DIR` set, a reqwest client of ours with the same settings
+/// whose TLS also takes a certificate of that file or directory as the endpoint's own
+/// ([`crate::tls`]: a self-signed CA:TRUE certificate, as MinIO's `certgen -ca` and `openssl
+/// req -x509` make).
 #[derive(Debug, Default)]
 pub(crate) struct BoundedConnector {
     pinned: Option<PinnedTls>,
@@ -42,17 +44,92 @@ struct PinnedTls {
 impl BoundedConnector {
     /// A connector for clients that send `headers` with every request.
     pub(crate) fn new(headers: http::HeaderMap) -> Result<Self, String> {
-        let Some(file) = std::env::var_os("SSL_CERT_FILE").filter(|f| !f.is_empty()) else {
+        let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+        let (file, dirs) = (var("SSL_CERT_FILE"), var("SSL_CERT_DIR"));
+        if file.is_none() && dirs.is_none() {
             return Ok(Self::default());
-        };
-        let file = std::path::PathBuf::from(file);
-        let what = || format!("SSL_CERT_FILE={}", file.display());
-        let certs = crate::tls::certificates_in(&file).map_err(|e| format!("{}: {e}", what()))?;
+        }
+        let mut certs = Vec::new();
+        if let Some(file) = file {
+            let file = std::path::PathBuf::from(file);
+            let found = crate::tls::certificates_in(&file)
+                .map_err(|e| format!("SSL_CERT_FILE={}: {e}", file.display()))?;
+            certs.extend(found);
+        }
+        // As OpenSSL reads it: directories separated by ':'.
+        for dir in dirs.iter().flat_map(std::env::split_paths) {
+            match certificates_in_dir(&dir) {
+                Ok(found) => certs.extend(found),
+                // OpenSSL passes over a directory that is not there.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(format!("SSL_CERT_DIR: {}: {e}", dir.display())),
+            }
+        }
+        // The same certificate under its name and its hash link counts once.
+        let mut seen = std::collections::HashSet::new();
+        certs.retain(|c| seen.insert(c.as_ref().to_vec()));
         let config = crate::tls::client_config(certs, None, false)
-            .map_err(|e| format!("{}: TLS settings: {e}", what()))?;
+            .map_err(|e| format!("SSL_CERT_FILE/SSL_CERT_DIR: TLS settings: {e}"))?;
         Ok(Self {
             pinned: Some(PinnedTls { config, headers }),
         })
+    }
+}
+
+/// The certificates of the PEM files in `dir` (such as `c_rehash` makes: `HASH.0` links
+/// beside the files). Files without a certificate (CRLs, notes) are passed over, as OpenSSL
+/// passes over the names it does not look up.
+fn certificates_in_dir(dir: &std::path::Path) -> std::io::Result<Vec<CertificateDer<'static>>> {
+    let mut certs = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_file() {
+            if let Ok(found) = crate::tls::certificates_in(&path) {
+                certs.extend(found);
+            }
+        }
+    }
+    Ok(certs)
+}
+
+/// Resolves a host name as the system does and puts its addresses in random order, as
+/// object_store's own client does, so that the pushes of many hosts spread over the
+/// servers a name has.
+struct ShuffledDns;
+
+impl reqwest::dns::Resolve for ShuffledDns {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_string();
+        Box::pin(async move {
+            let found = tokio::task::spawn_blocking(move || {
+                use std::net::ToSocketAddrs;
+                (host.as_str(), 0).to_socket_addrs().map(Vec::from_iter)
+            })
+            .await;
+            let mut addrs = found.map_err(Box::new)?.map_err(Box::new)?;
+            shuffle(&mut addrs, random_seed());
+            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// A seed from std's per-process random keys (each `RandomState` differs).
+fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish()
+}
+
+/// Fisher-Yates over `items`, drawing from a xorshift generator seeded with `seed`.
+fn shuffle<T>(items: &mut [T], seed: u64) {
+    let mut x = seed | 1;
+    for i in (1..items.len()).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let j = usize::try_from(x % (i as u64 + 1)).unwrap_or(0);
+        items.swap(i, j);
     }
 }
 
@@ -63,7 +140,14 @@ impl PinnedTls {
         let allow_http = options
             .get_config_value(&object_store::ClientConfigKey::AllowHttp)
             .is_some_and(|v| v == "true");
-        reqwest::Client::builder()
+        let shuffled = options
+            .get_config_value(&object_store::ClientConfigKey::RandomizeAddresses)
+            .is_none_or(|v| v != "false");
+        let mut builder = reqwest::Client::builder();
+        if shuffled {
+            builder = builder.dns_resolver(std::sync::Arc::new(ShuffledDns));
+        }
+        builder
             .user_agent(concat!("cvmfs-oci/", env!("CARGO_PKG_VERSION")))
             .default_headers(self.headers.clone())
             .timeout(REQUEST_TIMEOUT)
@@ -291,5 +375,50 @@ mod tests {
         assert_eq!((head.len(), whole), (10, false));
         let (all, whole) = rt.block_on(read_at_most(body(), 1000)).unwrap();
         assert_eq!((all.len(), whole), (1000, true));
+    }
+
+    #[test]
+    fn addresses_come_in_random_order() {
+        let base: Vec<u32> = (0..6).collect();
+        let mut orders = std::collections::HashSet::new();
+        for _ in 0..50 {
+            let mut v = base.clone();
+            shuffle(&mut v, random_seed());
+            let mut sorted = v.clone();
+            sorted.sort_unstable();
+            assert_eq!(sorted, base, "a permutation");
+            orders.insert(v);
+        }
+        // 720 orders: fifty draws that all fell on a handful would be no shuffle.
+        assert!(orders.len() > 20, "{orders:?}");
+
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let name: reqwest::dns::Name = "localhost".parse().unwrap();
+        let addrs: Vec<_> = rt
+            .block_on(reqwest::dns::Resolve::resolve(&ShuffledDns, name))
+            .unwrap()
+            .collect();
+        assert!(addrs.iter().all(|a| a.ip().is_loopback()), "{addrs:?}");
+        assert!(!addrs.is_empty());
+    }
+
+    #[test]
+    fn a_certificate_directory_gives_the_certificates_of_its_pem_files() {
+        let ca = fixtures::tls::TestCa::new().unwrap();
+        let (own, _key) = ca.self_signed_certificate("own", "IP:127.0.0.1").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(&own, dir.path().join("own.pem")).unwrap();
+        // As c_rehash lays it out: a hash link beside the file, and other files passed over.
+        std::os::unix::fs::symlink("own.pem", dir.path().join("0a1b2c3d.0")).unwrap();
+        std::fs::write(dir.path().join("README"), "not a certificate\n").unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        let certs = certificates_in_dir(dir.path()).unwrap();
+        let expected = crate::tls::certificates_in(&own).unwrap();
+        assert_eq!(certs, [expected[0].clone(), expected[0].clone()]);
+        let e = certificates_in_dir(&dir.path().join("missing")).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::NotFound);
     }
 }
