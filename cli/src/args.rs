@@ -174,6 +174,8 @@ pub struct PublishArgs {
     #[command(flatten)]
     pub graft: GraftArgs,
     #[command(flatten)]
+    pub tag: RevisionTagArgs,
+    #[command(flatten)]
     pub tuning: TuningArgs,
 }
 
@@ -191,6 +193,39 @@ pub struct GraftArgs {
     /// numeric ids instead of the source's owners, as `cvmfs_server ingest -u/-g` does.
     #[arg(long, value_name = "UID:GID", value_parser = parse_owner)]
     pub owner: Option<(u32, u32)>,
+}
+
+/// A tag for the revision a command makes (`cvmfs_server publish -a NAME -m TEXT`).
+#[derive(Args)]
+pub struct RevisionTagArgs {
+    /// Tag the new revision NAME in the history database (moved if it named an earlier
+    /// one); when nothing changed, the current revision is tagged. Letters, digits, '-',
+    /// '_' and '.'; not `trunk` or `trunk-previous`.
+    #[arg(id = "tag_name", long = "tag", value_name = "NAME", value_parser = parse_tag_name)]
+    pub name: Option<String>,
+    /// The tag's description (`cvmfs-oci tag` lists it).
+    #[arg(
+        id = "tag_description",
+        long = "tag-description",
+        value_name = "TEXT",
+        requires = "tag_name"
+    )]
+    pub description: Option<String>,
+}
+
+impl RevisionTagArgs {
+    /// The tag to give, if one is named.
+    pub fn new_tag(&self) -> Option<publisher::NewTag> {
+        let name = self.name.as_deref()?;
+        // The name was checked when parsed.
+        publisher::NewTag::new(name, self.description.as_deref().unwrap_or("")).ok()
+    }
+}
+
+fn parse_tag_name(text: &str) -> Result<String, String> {
+    publisher::check_tag_name(text)
+        .map(|()| text.to_string())
+        .map_err(|e| e.to_string())
 }
 
 fn parse_owner(text: &str) -> Result<(u32, u32), String> {
@@ -211,6 +246,8 @@ pub struct IngestArgs {
     /// Remove these repository paths in the same revision (without a tar: only that).
     #[arg(long = "delete")]
     pub delete: Vec<String>,
+    #[command(flatten)]
+    pub tag: RevisionTagArgs,
     #[command(flatten)]
     pub tuning: TuningArgs,
 }
@@ -440,6 +477,8 @@ pub struct ConvertArgs {
     #[command(flatten)]
     pub registry: RegistryArgs,
     #[command(flatten)]
+    pub tag: RevisionTagArgs,
+    #[command(flatten)]
     pub tuning: TuningArgs,
 }
 
@@ -460,6 +499,8 @@ pub struct SyncArgs {
     pub wishlist_name: Option<String>,
     #[command(flatten)]
     pub registry: RegistryArgs,
+    #[command(flatten)]
+    pub tag: RevisionTagArgs,
     #[command(flatten)]
     pub tuning: TuningArgs,
 }

@@ -341,6 +341,10 @@ struct SourceGraft<'a> {
     command: &'static str,
     /// What the walk learnt for the stat cache, written once the revision is committed.
     stat_cache: Option<(publisher::SqliteStatCache, publisher::StatCacheUpdate)>,
+    /// `--tag`: a name for the revision.
+    tag: Option<publisher::NewTag>,
+    /// Wait for the repository lock (to tag an unchanged revision).
+    wait: bool,
 }
 
 /// Grafts the source tree and commits; prints the outcome.
@@ -383,8 +387,13 @@ fn graft_and_commit(
         }
     }
     publisher::fault_point("after-objects");
-    let outcome = commit_recording_stats(txn, job.stat_cache)?;
+    let settings = CommitSettings {
+        tag: job.tag.clone(),
+        ..CommitSettings::default()
+    };
+    let outcome = commit_recording_stats(txn, &settings, job.stat_cache)?;
     report_outcome(job.command, &job.what, &outcome, started, stats, out);
+    tag_revision(repo, job.wait, &outcome, job.tag.as_ref(), out)?;
     gc::after_publish(repo, &outcome, out);
     push::after_publish(repo, &outcome, out)?;
     Ok(0)
@@ -395,10 +404,11 @@ fn graft_and_commit(
 /// commit); the rows are kept only if the commit succeeds.
 fn commit_recording_stats(
     txn: publisher::Transaction,
+    settings: &CommitSettings,
     stat_cache: Option<(publisher::SqliteStatCache, publisher::StatCacheUpdate)>,
 ) -> Result<CommitOutcome> {
     let Some((mut cache, update)) = stat_cache else {
-        return Ok(txn.commit(&CommitSettings::default())?);
+        return Ok(txn.commit(settings)?);
     };
     std::thread::scope(|scope| {
         // Dropped with this closure, also when the commit panics: the writer then rolls back
@@ -406,7 +416,7 @@ fn commit_recording_stats(
         let (verdict, wait_verdict) = std::sync::mpsc::channel::<bool>();
         let writer = scope
             .spawn(move || cache.apply_if(&update, move || wait_verdict.recv().unwrap_or(false)));
-        let outcome = txn.commit(&CommitSettings::default());
+        let outcome = txn.commit(settings);
         let _ = verdict.send(outcome.is_ok());
         // Only a cache: a publish that could not record its reads stands.
         match writer.join() {
@@ -418,6 +428,32 @@ fn commit_recording_stats(
         }
         Ok(outcome?)
     })
+}
+
+/// After a commit with `--tag`: reports the tagged revision; a commit that made none (nothing
+/// changed) tags the current one, as the content asked for is what it holds.
+pub(crate) fn tag_revision(
+    repo: &Repository,
+    wait: bool,
+    outcome: &CommitOutcome,
+    tag: Option<&publisher::NewTag>,
+    out: Output,
+) -> Result<()> {
+    let Some(tag) = tag else {
+        return Ok(());
+    };
+    let revision = match outcome {
+        CommitOutcome::Published(p) => p.revision,
+        CommitOutcome::Unchanged { revision } => {
+            repo.add_tag(&tag.name, Some(*revision), &tag.description, wait)?;
+            *revision
+        }
+    };
+    out.event(
+        &format!("{}: revision {revision} tagged {}", repo.fqrn(), tag.name),
+        event_json("tag", json!({"tag": tag.name, "revision": revision})),
+    );
+    Ok(())
 }
 
 /// Every entry of `dir` (itself included) owned by `uid`:`gid`.
@@ -564,6 +600,8 @@ pub fn publish(home: &Path, g: &Global, a: &PublishArgs, out: Output) -> Result<
         what: a.source.display().to_string(),
         command: "publish",
         stat_cache: cache.map(|c| (c, walked.update)),
+        tag: a.tag.new_tag(),
+        wait: !g.no_wait,
     };
     graft_and_commit(&repo, txn, job, started, &stats, out)
 }
@@ -613,6 +651,8 @@ pub fn ingest_tar(home: &Path, g: &Global, a: &IngestArgs, out: Output) -> Resul
         what,
         command: "ingest",
         stat_cache: None,
+        tag: a.tag.new_tag(),
+        wait: !g.no_wait,
     };
     graft_and_commit(&repo, txn, job, started, &stats, out)
 }
@@ -639,6 +679,8 @@ fn delete_only(
         what: "--delete".to_string(),
         command: "ingest",
         stat_cache: None,
+        tag: a.tag.new_tag(),
+        wait: !g.no_wait,
     };
     let stats = ingest::pipeline::PipelineStats::default();
     graft_and_commit(&repo, txn, job, started, &stats, out)

@@ -1,7 +1,9 @@
 //! The bundled default job: a repository in a temporary directory, a sample tree published into
 //! it, a full check, and the client settings to mount it. Needs no network.
 
-use crate::args::{CheckArgs, DemoArgs, Global, GraftArgs, InitArgs, PublishArgs, TuningArgs};
+use crate::args::{
+    CheckArgs, DemoArgs, Global, GraftArgs, InitArgs, PublishArgs, RevisionTagArgs, TuningArgs,
+};
 use crate::commands;
 use crate::output::Output;
 use anyhow::{Context, Result};
@@ -74,6 +76,10 @@ pub fn run(a: &DemoArgs, g: &Global, out: Output) -> Result<i32> {
             path: "/".into(),
             catalog: false,
             owner: None,
+        },
+        tag: RevisionTagArgs {
+            name: None,
+            description: None,
         },
         tuning,
     };

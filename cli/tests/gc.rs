@@ -206,6 +206,134 @@ fn tags_name_revisions_that_gc_keeps() {
     assert_matches_source(&env, &src, "");
 }
 
+/// The tags (name, revision, description) `tag` lists.
+fn tags(env: &Env) -> Vec<(String, u64, String)> {
+    env.ok(&["--json", "tag", FQRN])
+        .lines()
+        .map(|l| {
+            let t = last_json(l);
+            let text = |k: &str| t[k].as_str().unwrap().to_string();
+            (
+                text("name"),
+                t["revision"].as_u64().unwrap(),
+                text("description"),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn publish_ingest_and_convert_tag_the_revision_they_make() {
+    let env = Env::init(&["--gc"]);
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("a"), noise(50_000, 1)).unwrap();
+    let dir = src.to_str().unwrap();
+    let tagged = |out: &str| {
+        let event = out
+            .lines()
+            .map(last_json)
+            .find(|e| e["action"] == "tag")
+            .expect("a tag event");
+        (
+            event["tag"].as_str().unwrap().to_string(),
+            event["revision"].as_u64().unwrap(),
+        )
+    };
+
+    // In the same commit as the revision: revision 2 is the first publish's, not a re-sign.
+    let out = env.ok(&[
+        "--json",
+        "publish",
+        FQRN,
+        dir,
+        "--tag",
+        "v1",
+        "--tag-description",
+        "first",
+    ]);
+    assert_eq!(tagged(&out), ("v1".to_string(), 2));
+    assert_eq!(env.revision(), 2);
+    let tag = |name: &str, revision: u64, description: &str| {
+        (name.to_string(), revision, description.to_string())
+    };
+    assert_eq!(
+        tags(&env),
+        [
+            tag("trunk", 2, "current HEAD"),
+            tag("trunk-previous", 1, "default undo target"),
+            tag("v1", 2, "first")
+        ]
+    );
+    assert_manifest_verifies(&env);
+    env.check(true);
+
+    // Nothing changed: no revision is made, and the current one gets the tag.
+    let out = env.ok(&["--json", "publish", FQRN, dir, "--tag", "v1-again"]);
+    assert_eq!(tagged(&out), ("v1-again".to_string(), 2));
+    assert_eq!(env.revision(), 2);
+    assert!(tags(&env).contains(&tag("v1-again", 2, "")));
+    assert_manifest_verifies(&env);
+
+    // A name another revision has moves to the new one; trunk-previous stays as ever.
+    std::fs::write(src.join("a"), noise(50_000, 2)).unwrap();
+    let out = env.ok(&["--json", "publish", FQRN, dir, "--tag", "v1"]);
+    assert_eq!(tagged(&out), ("v1".to_string(), 3));
+    let listed = tags(&env);
+    assert!(listed.contains(&tag("v1", 3, "")), "{listed:?}");
+    assert!(listed.contains(&tag("trunk-previous", 2, "default undo target")));
+
+    // A name that cannot be a tag fails before any work; so does a description alone.
+    std::fs::write(src.join("a"), noise(50_000, 3)).unwrap();
+    for (args, why) in [
+        (&["--tag", "trunk"][..], "maintained by every publish"),
+        (&["--tag", "a b"][..], "use letters, digits"),
+        (&["--tag-description", "x"][..], "--tag <NAME>"),
+    ] {
+        let mut all = vec!["publish", FQRN, dir];
+        all.extend_from_slice(args);
+        let out = env.run(&all);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(why),
+            "{args:?}: {err}"
+        );
+    }
+    assert_eq!(env.revision(), 3);
+
+    // ingest and convert take it too.
+    let tar = common::gnu_tar(&env, &src, "src.tar", "--no-auto-compress");
+    let out = env.ok(&[
+        "--json",
+        "ingest",
+        FQRN,
+        tar.to_str().unwrap(),
+        "--path",
+        "/t",
+        "--tag",
+        "ingested",
+    ]);
+    assert_eq!(tagged(&out), ("ingested".to_string(), 4));
+    let layout = env.path("layout");
+    let image = ImageBuilder::new().layer(
+        fixtures::layers::edge_case_layers().remove(0),
+        Compression::Gzip,
+    );
+    image.write_layout(&layout, "v1").unwrap();
+    let oci = format!("oci:{}:v1", layout.display());
+    let out = env.ok(&["--json", "convert", FQRN, &oci, "--tag", "image-1"]);
+    assert_eq!(tagged(&out), ("image-1".to_string(), 5));
+    // Converted again: unchanged, and the tag names the revision that holds it.
+    let out = env.ok(&["--json", "convert", FQRN, &oci, "--tag", "image-1b"]);
+    assert_eq!(tagged(&out), ("image-1b".to_string(), 5));
+
+    // gc keeps what the tags name.
+    let r = last_json(&env.ok(&["--json", "gc", FQRN, "--keep-revisions", "0"]));
+    assert_eq!(kept(&r), [5, 4, 3, 2]);
+    env.check(true);
+    assert_manifest_verifies(&env);
+}
+
 #[test]
 fn automatic_gc_runs_after_a_publish_at_most_daily() {
     let line = Env::init_fails(&["--auto-gc", "3d"]);

@@ -80,4 +80,5 @@ pub use rollback::RollBack;
 pub use seed::{seed_content_index, seed_repository, SeedProgress, SeedStats};
 pub use stat_cache::{CachedFile, FileStat, SqliteStatCache, StatCache, StatCacheUpdate};
 pub use store::{as_objects, ContentIndex, ObjectStore, StoreObjects};
+pub use tags::{check_tag_name, NewTag};
 pub use txn::{fault_point, CommitOutcome, CommitSettings, Published, Transaction};

@@ -582,7 +582,7 @@ fn publish_first_revision(
         timestamp: now,
         previous: None,
         expected_manifest: None,
-        history_change: HistoryChange::Publish,
+        history_change: HistoryChange::Publish(None),
         // As `cvmfs_server mkfs`: its skeleton, to be filled in with `repoinfo --set`.
         meta_info: Some(store_meta_info(store, SKELETON.as_bytes())?.to_hex()),
     })?;
@@ -748,8 +748,9 @@ pub(crate) struct PublishInput<'a> {
 
 /// What the history database records for a new revision.
 pub(crate) enum HistoryChange<'a> {
-    /// A publish: the revision becomes `trunk`, the old `trunk` becomes `trunk-previous`.
-    Publish,
+    /// A publish: the revision becomes `trunk`, the old `trunk` becomes `trunk-previous`; and
+    /// the tag named, if one is (moved when it names an earlier revision).
+    Publish(Option<&'a crate::tags::NewTag>),
     /// A rollback to this tag (see [`History::roll_back`]).
     RollBack(&'a crate::history::Tag),
 }
@@ -778,8 +779,18 @@ pub(crate) fn publish_revision(p: &PublishInput<'_>) -> Result<ContentHash> {
         history.set_previous_revision(h)?;
     }
     match p.history_change {
-        HistoryChange::Publish => {
-            history.advance_trunk(p.root.hash, p.revision, p.timestamp, p.root.size)?
+        HistoryChange::Publish(tag) => {
+            history.advance_trunk(p.root.hash, p.revision, p.timestamp, p.root.size)?;
+            if let Some(tag) = tag {
+                history.set_tag(&crate::history::Tag {
+                    name: tag.name.clone(),
+                    hash: p.root.hash,
+                    revision: p.revision,
+                    timestamp: p.timestamp,
+                    description: tag.description.clone(),
+                    size: p.root.size,
+                })?;
+            }
         }
         HistoryChange::RollBack(target) => history.roll_back(
             target,

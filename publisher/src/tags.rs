@@ -133,8 +133,26 @@ impl Repository {
     }
 }
 
+/// A tag to give a revision as it is published.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewTag {
+    pub name: String,
+    pub description: String,
+}
+
+impl NewTag {
+    /// A tag named `name` (checked as [`check_tag_name`] does).
+    pub fn new(name: &str, description: &str) -> Result<NewTag> {
+        check_tag_name(name)?;
+        Ok(NewTag {
+            name: name.to_string(),
+            description: description.to_string(),
+        })
+    }
+}
+
 /// Tag names as `cvmfs_server tag` takes them; the two it maintains itself are refused.
-fn check_tag_name(name: &str) -> Result<()> {
+pub fn check_tag_name(name: &str) -> Result<()> {
     let valid = !name.is_empty()
         && name.len() <= 255
         && !name.starts_with('-')

@@ -72,6 +72,10 @@ pub struct CommitSettings {
     pub timestamp: Option<i64>,
     /// Apply `/.cvmfsdirtab` rules when writing catalogs.
     pub apply_dirtab: bool,
+    /// A tag for the new revision (`cvmfs_server publish -a NAME -m TEXT`), in the same
+    /// history database as its `trunk`. An unchanged commit makes no revision to tag (see
+    /// [`Repository::add_tag`] to name the current one).
+    pub tag: Option<crate::tags::NewTag>,
 }
 
 impl Default for CommitSettings {
@@ -79,6 +83,7 @@ impl Default for CommitSettings {
         CommitSettings {
             timestamp: None,
             apply_dirtab: true,
+            tag: None,
         }
     }
 }
@@ -336,7 +341,7 @@ impl Transaction {
             timestamp,
             previous: Some(&self.base),
             expected_manifest: Some(&self.base_bytes),
-            history_change: HistoryChange::Publish,
+            history_change: HistoryChange::Publish(settings.tag.as_ref()),
             meta_info: self.base.meta_info.clone(),
         })?;
         Ok(CommitOutcome::Published(Published {

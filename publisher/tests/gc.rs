@@ -64,6 +64,7 @@ fn commit(txn: publisher::Transaction, timestamp: i64) -> ContentHash {
     let settings = CommitSettings {
         timestamp: Some(timestamp),
         apply_dirtab: false,
+        tag: None,
     };
     match txn.commit(&settings).unwrap() {
         CommitOutcome::Published(p) => p.root.hash,

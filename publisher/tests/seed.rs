@@ -90,6 +90,7 @@ fn publish(repo: &Repository) -> (CatalogRef, Expected) {
     let settings = CommitSettings {
         timestamp: None,
         apply_dirtab: false,
+        tag: None,
     };
     match txn.commit(&settings).unwrap() {
         CommitOutcome::Published(p) => (p.root, expected),

@@ -62,6 +62,7 @@ pub fn convert(home: &Path, g: &Global, a: &ConvertArgs, out: Output) -> Result<
     let repo = open_repo(home, &a.fqrn)?;
     let sources = sources(&a.registry, out)?;
     let refs: Vec<String> = a.images.clone();
+    let tag = a.tag.new_tag();
     let batch = Batch {
         command: "convert",
         refs: &refs,
@@ -74,6 +75,7 @@ pub fn convert(home: &Path, g: &Global, a: &ConvertArgs, out: Output) -> Result<
         failed_inputs: 0,
         // Every image is named: a signature or artifact among them fails.
         listed: Listed::None,
+        tag: tag.as_ref(),
     };
     run_batch(&repo, g, &sources, batch, &a.tuning, out)
 }
@@ -118,6 +120,7 @@ pub fn sync(home: &Path, g: &Global, a: &SyncArgs, out: Output) -> Result<i32> {
         }
     }
     from_tag_lists.retain(|r| !named.contains(r));
+    let tag = a.tag.new_tag();
     let batch = Batch {
         command: "sync",
         refs: &refs,
@@ -130,6 +133,7 @@ pub fn sync(home: &Path, g: &Global, a: &SyncArgs, out: Output) -> Result<i32> {
         },
         failed_inputs: failed,
         listed: Listed::Only(from_tag_lists),
+        tag: tag.as_ref(),
     };
     run_batch(&repo, g, &sources, batch, &a.tuning, out)
 }
@@ -306,6 +310,8 @@ pub(super) struct Batch<'a> {
     pub failed_inputs: usize,
     /// The references that came from a registry's tag list rather than being named.
     pub listed: Listed,
+    /// `--tag`: a name for the batch's revision.
+    pub tag: Option<&'a publisher::NewTag>,
 }
 
 /// Which references of a batch a registry's tag list gave (a `migrate`, a wishlist's `*`
@@ -427,6 +433,7 @@ pub(super) fn run_batch(
         ledger: ledger_use,
         failed_inputs,
         listed,
+        tag,
     } = batch;
     let started = Instant::now();
     let mut txn = super::begin(repo, !g.no_wait, out)?;
@@ -565,7 +572,11 @@ pub(super) fn run_batch(
         txn.abort();
         publisher::CommitOutcome::Unchanged { revision }
     } else {
-        txn.commit(&CommitSettings::default())?
+        let settings = CommitSettings {
+            tag: tag.cloned(),
+            ..CommitSettings::default()
+        };
+        txn.commit(&settings)?
     };
     for (text, fields) in image_events {
         out.event(&text, fields);
@@ -599,6 +610,9 @@ pub(super) fn run_batch(
         }
     );
     report_outcome(command, &what, &outcome, started, &stats, out);
+    if summary.failed == 0 || matches!(outcome, publisher::CommitOutcome::Published(_)) {
+        super::tag_revision(repo, !g.no_wait, &outcome, tag, out)?;
+    }
     super::gc::after_publish(repo, &outcome, out);
     if out.json {
         out.event(

@@ -101,6 +101,7 @@ pub fn migrate(home: &Path, g: &Global, a: &MigrateArgs, out: Output) -> Result<
             failed_inputs: std::mem::take(&mut failed_inputs),
             // Every tag of the registry: its signatures and artifacts are skipped.
             listed: Listed::All,
+            tag: None,
         };
         code |= run_batch(&repo, g, &sources, batch, &a.tuning, out)?;
     }
@@ -114,6 +115,7 @@ pub fn migrate(home: &Path, g: &Global, a: &MigrateArgs, out: Output) -> Result<
             ledger: LedgerUse::Claim,
             failed_inputs: 0,
             listed: Listed::All,
+            tag: None,
         };
         code |= run_batch(&repo, g, &sources, batch, &a.tuning, out)?;
     }
