@@ -53,7 +53,8 @@ fn swissknife_check(sk: &PathBuf, env: &Env, tag: Option<&str>) {
 }
 
 /// The sample tree (every file type, hardlinks, xattrs, chunked files), then the life of a
-/// repository: nested catalogs, an ingest with deletions, tags, a rollback and a collection.
+/// repository: nested catalogs, an ingest with deletions (tagged as it publishes), tags, a
+/// rollback and a collection.
 #[test]
 fn swissknife_accepts_published_revisions_tags_rollback_and_gc() {
     let Some(sk) = swissknife() else { return };
@@ -84,8 +85,15 @@ fn swissknife_accepts_published_revisions_tags_rollback_and_gc() {
     std::fs::remove_file(src.join("special/socket")).unwrap();
     let tar = gnu_tar(&env, &src, "src.tar", "--no-auto-compress");
     let tar = tar.to_str().unwrap();
-    env.ok(&["ingest", FQRN, tar, "--path", "/tar", "--delete", "/owned"]);
+    // Tagged in the revision's own history database (`publish -a`): the real tools find it.
+    let tag = ["--tag", "ingested", "--tag-description", "tar at /tar"];
+    env.ok(&[
+        &["ingest", FQRN, tar, "--path", "/tar", "--delete", "/owned"][..],
+        &tag,
+    ]
+    .concat());
     swissknife_check(&sk, &env, None);
+    swissknife_check(&sk, &env, Some("ingested"));
     swissknife_check(&sk, &env, Some("with-owned"));
 
     env.ok(&["rollback", FQRN, "--tag", "with-owned"]);
