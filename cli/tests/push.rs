@@ -1051,9 +1051,11 @@ fn push_as_profile(
     cmd.output().unwrap()
 }
 
-/// A loopback stand-in for an EC2 instance's metadata service (IMDSv2: a token first) and an
-/// EKS Pod Identity endpoint (`/pod`, with the pod's token), each handing out credentials
-/// whose secret names it; returns its URL and the requests it answered (`METHOD PATH`).
+/// A loopback stand-in for an EC2 instance's metadata service (IMDSv2: a token first), an
+/// EKS Pod Identity endpoint (`/pod`, with the pod's token) and the IAM Identity Center
+/// portal (role `Pusher` of account 111122223333, for the access token `sso-token`), each
+/// handing out credentials whose secret names it; returns its URL and the requests it
+/// answered (`METHOD PATH STATUS`).
 fn credential_endpoints() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -1086,6 +1088,13 @@ fn credential_endpoints() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String
                 }
                 ("GET", "/pod") if lower.contains("authorization: pod-token") => {
                     (200, credentials("pod"))
+                }
+                ("GET", p)
+                    if p == "/federation/credentials?account_id=111122223333&role_name=Pusher"
+                        && lower.contains("x-amz-sso_bearer_token: sso-token") =>
+                {
+                    let c = r#"{"roleCredentials": {"accessKeyId": "sso-key-id", "secretAccessKey": "sso-secret", "sessionToken": "sso-session-token", "expiration": 4102444800000}}"#;
+                    (200, c.to_string())
                 }
                 _ => (401, String::new()),
             };
@@ -1274,6 +1283,102 @@ fn a_role_is_assumed_with_another_roles_or_the_instances_or_the_pods_credentials
     }
     assert_eq!(assumed_roles(&s3).len(), before);
     assert_eq!(signers().len(), before);
+}
+
+#[test]
+fn an_sso_profile_pushes_with_the_role_credentials_of_its_sign_in() {
+    let (s3, env, credentials, config) = with_ci_profile();
+    std::fs::write(
+        &config,
+        "[default]\nregion = us-east-1\n\
+         [profile dev]\nregion = us-east-1\nsso_session = corp\n\
+         sso_account_id = 111122223333\nsso_role_name = Pusher\n\
+         [sso-session corp]\nsso_start_url = https://corp.awsapps.com/start\n\
+         sso_region = us-east-1\n\
+         [profile via]\nregion = us-east-1\n\
+         role_arn = arn:aws:iam::123456789012:role/from-sso\nsource_profile = dev\n",
+    )
+    .unwrap();
+    // What `aws sso login --profile dev` leaves: the token under the SHA-1 of "corp".
+    let home = env.path("sso-home");
+    let cache = home.join(".aws/sso/cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    let token = cache.join("ee0bfd2552fbd840c02cc48b6e823320543c450f.json");
+    let sign_in = |expires: &str| {
+        let text = format!(
+            r#"{{"startUrl": "https://corp.awsapps.com/start", "region": "us-east-1", "accessToken": "sso-token", "expiresAt": "{expires}"}}"#
+        );
+        std::fs::write(&token, text).unwrap();
+    };
+    sign_in("2099-01-01T00:00:00Z");
+    let (endpoints, seen) = credential_endpoints();
+    let sts_log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sts = format!(
+        "http://127.0.0.1:{}",
+        relay(s3.port, Relayed::Logged(sts_log.clone()))
+    );
+    let files = (credentials.as_path(), config.as_path());
+    let push_as = |profile: &str, prefix: &str| {
+        let vars = [
+            ("HOME", home.to_str().unwrap()),
+            ("AWS_ENDPOINT_URL_SSO", endpoints.as_str()),
+            ("AWS_ENDPOINT_URL_STS", sts.as_str()),
+        ];
+        push_as_profile(&env, &s3, files, profile, prefix, &vars)
+    };
+    let secrets = [
+        "sso-token",
+        "sso-secret",
+        "sso-session-token",
+        "profile-secret",
+    ];
+
+    let out = push_as("dev", "dev");
+    let all = output_text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(!secrets.iter().any(|s| all.contains(s)), "{all}");
+    assert_eq!(remote_manifest(&s3, "dev"), local_manifest(&env));
+    let asked = seen.lock().unwrap().clone();
+    assert_eq!(
+        asked,
+        ["GET /federation/credentials?account_id=111122223333&role_name=Pusher HTTP/1.1 200"]
+    );
+
+    // A role assumed with them: STS's request is signed with the SSO role's key.
+    let out = push_as("via", "via");
+    let all = output_text(&out);
+    assert!(out.status.success(), "{all}");
+    assert_eq!(remote_manifest(&s3, "via"), local_manifest(&env));
+    let log = String::from_utf8_lossy(&sts_log.lock().unwrap()).to_string();
+    assert!(log.contains("Credential=sso-key-id/"), "{log}");
+
+    // A sign-in that expired, or that the portal refuses, says how to sign in again.
+    sign_in("2020-01-01T00:00:00Z");
+    let out = push_as("dev", "late");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("the sign-in expired at 2020-01-01T00:00:00Z")
+            && err.contains("aws sso login --profile dev")
+            && err.contains("AWS profile 'dev' in "),
+        "{err}"
+    );
+    std::fs::write(
+        &token,
+        r#"{"accessToken": "revoked-token", "expiresAt": "2099-01-01T00:00:00Z"}"#,
+    )
+    .unwrap();
+    let out = push_as("dev", "late");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("refused the sign-in (HTTP 401 Unauthorized)")
+            && err.contains("aws sso login --profile dev"),
+        "{err}"
+    );
+    assert!(!err.contains("revoked-token"), "{err}");
 }
 
 /// Two homes publish into one storage and push it to one bucket. A push overtaken on its way by

@@ -54,6 +54,51 @@ impl Refreshing {
     }
 }
 
+/// How one request for credentials (to STS, to the SSO portal) failed.
+pub(crate) enum Attempt {
+    /// Worth another try: the connection dropped, the service answered 5xx, 429 or throttled.
+    Transient(object_store::Error),
+    Final(object_store::Error),
+}
+
+/// `once` until it succeeds, fails for good, or has failed transiently `attempts` times
+/// (1 s, then 2 s, … apart).
+pub(crate) async fn with_retries<F, R>(attempts: u64, mut once: F) -> object_store::Result<Fetched>
+where
+    F: FnMut() -> R,
+    R: std::future::Future<Output = Result<Fetched, Attempt>>,
+{
+    let mut attempt = 1;
+    loop {
+        match once().await {
+            Err(Attempt::Transient(_)) if attempt < attempts => {
+                tokio::time::sleep(Duration::from_secs(attempt)).await;
+                attempt += 1;
+            }
+            Err(Attempt::Transient(e) | Attempt::Final(e)) => return Err(e),
+            Ok(fetched) => return Ok(fetched),
+        }
+    }
+}
+
+/// Sends `request` and reads at most `max` bytes of the reply: its status, those bytes and
+/// whether that was all. A dropped connection is transient, described by `error`.
+pub(crate) async fn send_bounded(
+    http: &object_store::client::HttpClient,
+    request: object_store::client::HttpRequest,
+    max: usize,
+    error: impl Fn(String) -> object_store::Error,
+) -> Result<(http::StatusCode, Vec<u8>, bool), Attempt> {
+    let transient =
+        |e: &dyn std::error::Error| Attempt::Transient(error(crate::error::one_line(e)));
+    let response = http.execute(request).await.map_err(|e| transient(&e))?;
+    let status = response.status();
+    let (body, whole) = crate::s3_http::read_at_most(response.into_body(), max)
+        .await
+        .map_err(|e| transient(&e))?;
+    Ok((status, body, whole))
+}
+
 pub(crate) struct Fetched {
     pub credential: Arc<AwsCredential>,
     pub expires: Option<SystemTime>,

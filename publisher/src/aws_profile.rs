@@ -8,8 +8,12 @@
 //! (whose own role is assumed first when it names one: a chain of roles) or of its
 //! `credential_source` (`Environment`, `Ec2InstanceMetadata`, `EcsContainer`); else its
 //! static keys are taken (`aws_access_key_id`, `aws_secret_access_key`, `aws_session_token`),
-//! else its `credential_process` (see [`crate::aws_process`]). A profile that gets its
-//! credentials another way (SSO, `mfa_serial`) is refused by name rather than passed over.
+//! else its `credential_process` (see [`crate::aws_process`]). A profile signed in through
+//! IAM Identity Center (`sso_session` or `sso_start_url`, with `sso_account_id` and
+//! `sso_role_name`) takes the role credentials of its `aws sso login` (see
+//! [`crate::aws_sso`]), before keys, as for the AWS tools. A profile that gets its
+//! credentials another way (`mfa_serial`, `web_identity_token_file`) is refused by name
+//! rather than passed over.
 //!
 //! The files are read with the subset of INI the AWS tools write: `[section]` lines,
 //! `key = value` lines, whole-line comments (`#`, `;`) and comments after a value that follow
@@ -46,6 +50,8 @@ pub(crate) struct ProfileSettings {
     pub process: Option<(String, String)>,
     /// The role the profile assumes (then `credential` and `process` are `None`).
     pub role: Option<RoleSettings>,
+    /// The profile's IAM Identity Center role (then `credential` and `process` are `None`).
+    pub sso: Option<SsoSettings>,
     pub region: Option<String>,
 }
 
@@ -62,6 +68,24 @@ pub(crate) struct RoleSettings {
     pub origin: String,
 }
 
+/// A profile's IAM Identity Center role: what `aws sso login` signed in to, and the role
+/// whose credentials the sign-in gets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct SsoSettings {
+    pub start_url: String,
+    /// Where the portal is (`sso_region`).
+    pub region: String,
+    pub account_id: String,
+    pub role_name: String,
+    /// What names the sign-in's token in `~/.aws/sso/cache`: the `sso_session`'s name, or
+    /// the start URL of a profile without one (the AWS CLI's older form).
+    pub cache_key: String,
+    /// The profile, for `aws sso login --profile NAME`.
+    pub profile: String,
+    /// `AWS profile 'NAME' in PATH`, for messages.
+    pub origin: String,
+}
+
 /// What assumes a role: its profile's `source_profile` or `credential_source`.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum RoleSource {
@@ -71,6 +95,8 @@ pub(crate) enum RoleSource {
     Process(String, String),
     /// The role the source profile assumes in its turn.
     Role(Box<RoleSettings>),
+    /// The source profile's IAM Identity Center role.
+    Sso(SsoSettings),
     /// `credential_source = Environment`: `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`.
     Environment,
     /// `credential_source = Ec2InstanceMetadata`: the instance's role, from its metadata.
@@ -93,7 +119,13 @@ impl RoleSource {
 }
 
 /// Keys that obtain credentials in ways this reader does not follow.
-const UNSUPPORTED: [&str; 3] = ["sso_session", "sso_start_url", "web_identity_token_file"];
+const UNSUPPORTED: [&str; 1] = ["web_identity_token_file"];
+
+/// The key of an `[sso-session NAME]` section of the config file among the profiles (a
+/// profile's name, read from a text line, holds no NUL).
+fn sso_session_key(name: &str) -> String {
+    format!("\0sso-session {name}")
+}
 
 type Profiles = HashMap<String, HashMap<String, String>>;
 
@@ -149,12 +181,19 @@ pub(crate) fn profile_settings(env: &dyn Fn(&str) -> Option<String>) -> Result<P
             ..ProfileSettings::default()
         });
     }
+    if let Some(sso) = sso_settings(&files, &profile)? {
+        return Ok(ProfileSettings {
+            sso: Some(sso),
+            region,
+            ..ProfileSettings::default()
+        });
+    }
     let (credential, process) = keys_or_process(&files, &profile)?;
     Ok(ProfileSettings {
         credential,
         process,
-        role: None,
         region,
+        ..ProfileSettings::default()
     })
 }
 
@@ -280,6 +319,9 @@ fn source_of(
             .ok_or_else(|| refuse(format!("source_profile '{source}' has no role_arn")))?;
         return Ok(RoleSource::Role(Box::new(inner)));
     }
+    if let Some(sso) = sso_settings(files, source)? {
+        return Ok(RoleSource::Sso(sso));
+    }
     match keys_or_process(files, source)? {
         (Some(keys), _) => Ok(RoleSource::Keys(keys)),
         (None, Some((command, origin))) => Ok(RoleSource::Process(command, origin)),
@@ -287,6 +329,58 @@ fn source_of(
             "source_profile '{source}' has neither keys nor credential_process"
         ))),
     }
+}
+
+/// The IAM Identity Center role of `profile`, if it has `sso_session` or `sso_start_url`.
+fn sso_settings(files: &Files<'_>, profile: &str) -> Result<Option<SsoSettings>> {
+    let session = files.setting(profile, "sso_session");
+    let legacy = files.setting(profile, "sso_start_url");
+    let Some((_, origin)) = session.clone().or(legacy.clone()) else {
+        return Ok(None);
+    };
+    let refuse = |why: String| Error::Invalid(format!("{origin}: {why}"));
+    let (start_url, region, cache_key) = match session {
+        Some((name, _)) => {
+            let section = files.config.get(&sso_session_key(&name));
+            let get = |key: &str| {
+                section
+                    .and_then(|s| s.get(key))
+                    .filter(|v| !v.is_empty())
+                    .cloned()
+                    .ok_or_else(|| {
+                        refuse(format!(
+                            "sso_session '{name}' has no [sso-session {name}] section with {key}"
+                        ))
+                    })
+            };
+            (get("sso_start_url")?, get("sso_region")?, name)
+        }
+        None => {
+            let url = legacy.map(|v| v.0).unwrap_or_default();
+            let region = files
+                .setting(profile, "sso_region")
+                .ok_or_else(|| refuse("sso_start_url without sso_region".to_string()))?
+                .0;
+            (url.clone(), region, url)
+        }
+    };
+    let needed = |key: &str| {
+        files.setting(profile, key).map(|v| v.0).ok_or_else(|| {
+            refuse(format!(
+                "{key} is missing: a profile signed in through IAM Identity Center names the \
+                 account (sso_account_id) and the role (sso_role_name) whose credentials it takes"
+            ))
+        })
+    };
+    Ok(Some(SsoSettings {
+        start_url,
+        region,
+        account_id: needed("sso_account_id")?,
+        role_name: needed("sso_role_name")?,
+        cache_key,
+        profile: profile.to_string(),
+        origin,
+    }))
 }
 
 /// A profile's static keys, else its `credential_process`; an error for a profile that gets
@@ -390,12 +484,15 @@ fn parse(text: &str, path: &Path, config: bool) -> Result<Profiles> {
                 .strip_suffix(']')
                 .ok_or_else(|| malformed("a section header without its closing ']'"))?
                 .trim();
+            let after = |prefix: &str| {
+                name.strip_prefix(prefix)
+                    .filter(|rest| rest.starts_with([' ', '\t']))
+                    .map(|rest| rest.trim().to_string())
+            };
             current = if !config || name == "default" {
                 Some(name.to_string())
             } else {
-                name.strip_prefix("profile")
-                    .filter(|rest| rest.starts_with([' ', '\t']))
-                    .map(|rest| rest.trim().to_string())
+                after("profile").or_else(|| after("sso-session").map(|n| sso_session_key(&n)))
             };
             if let Some(name) = &current {
                 profiles.entry(name.clone()).or_default();
@@ -725,14 +822,74 @@ sso_session = corp
     }
 
     #[test]
+    fn an_sso_profile_names_its_sign_in_and_role() {
+        let keys = "[dev]\naws_access_key_id = K\naws_secret_access_key = S\n";
+        let config = "[profile dev]\nsso_session = corp\nsso_account_id = 111122223333\n\
+                      sso_role_name = Pusher\nregion = eu-west-1\n\
+                      [sso-session corp]\nsso_start_url = https://corp.awsapps.com/start\n\
+                      sso_region = us-east-1\nsso_registration_scopes = sso:account:access\n\
+                      [profile old]\nsso_start_url = https://old.awsapps.com/start\n\
+                      sso_region = eu-central-1\nsso_account_id = 1\nsso_role_name = R\n\
+                      [profile login-only]\nsso_session = corp\n\
+                      [profile lost]\nsso_session = gone\nsso_account_id = 1\nsso_role_name = R\n\
+                      [profile via]\nrole_arn = arn:aws:iam::2:role/x\nsource_profile = dev\n";
+        let profile = |name: &str| {
+            let (_home, env) = with_files(keys, config, &[("AWS_PROFILE", name)]);
+            settings(&env)
+        };
+        // Before keys, as for the AWS tools; the region is the profile's, not the portal's.
+        let dev = profile("dev").unwrap();
+        assert!(dev.credential.is_none());
+        assert_eq!(dev.region.as_deref(), Some("eu-west-1"));
+        let sso = dev.sso.unwrap();
+        assert_eq!(
+            (
+                sso.start_url.as_str(),
+                sso.region.as_str(),
+                sso.account_id.as_str(),
+                sso.role_name.as_str(),
+                sso.cache_key.as_str(),
+                sso.profile.as_str()
+            ),
+            (
+                "https://corp.awsapps.com/start",
+                "us-east-1",
+                "111122223333",
+                "Pusher",
+                "corp",
+                "dev"
+            )
+        );
+        // The older form: the start URL names the sign-in.
+        let old = profile("old").unwrap().sso.unwrap();
+        assert_eq!(old.cache_key, "https://old.awsapps.com/start");
+        assert_eq!(old.region, "eu-central-1");
+        // A role assumed with an SSO profile's credentials.
+        let via = profile("via").unwrap().role.unwrap();
+        assert!(matches!(&via.source, RoleSource::Sso(s) if s.profile == "dev"));
+        for (name, why) in [
+            ("login-only", "sso_account_id is missing"),
+            (
+                "lost",
+                "sso_session 'gone' has no [sso-session gone] section with sso_start_url",
+            ),
+        ] {
+            let err = profile(name).unwrap_err().to_string();
+            assert!(err.contains(why), "{name}: {err}");
+            assert!(err.contains(&format!("AWS profile '{name}' in ")), "{err}");
+        }
+    }
+
+    #[test]
     fn profiles_this_reader_cannot_follow_are_refused_without_values() {
-        let (_home, env) = with_files(CREDENTIALS, CONFIG, &[("AWS_PROFILE", "sso")]);
+        let web = "[profile web]\nweb_identity_token_file = /var/run/token\n";
+        let (_home, env) = with_files("", web, &[("AWS_PROFILE", "web")]);
         let err = settings(&env).unwrap_err().to_string();
         assert!(
-            err.contains("'sso'") && err.contains("sso_session"),
+            err.contains("'web'") && err.contains("web_identity_token_file is not supported"),
             "{err}"
         );
-        assert!(!err.contains("corp"), "{err}");
+        assert!(!err.contains("/var/run/token"), "{err}");
 
         let half = "[default]\naws_access_key_id = HALFKEY\n";
         let (_home, env) = with_files(half, "", &[]);

@@ -5,7 +5,7 @@
 //! before they expire. No message quotes a credential or the STS reply's body beyond its
 //! error code and message.
 
-use crate::aws_process::{parse_time, Fetched, Refreshing};
+use crate::aws_process::{parse_time, send_bounded, with_retries, Attempt, Fetched, Refreshing};
 use object_store::aws::{AwsAuthorizer, AwsCredential};
 use object_store::client::{HttpClient, HttpRequestBody};
 use object_store::CredentialProvider;
@@ -42,13 +42,6 @@ const MAX_REPLY: usize = 64 << 10;
 /// `AssumeRole` calls before a transient failure is final (1 s, then 2 s apart).
 const STS_ATTEMPTS: u64 = 3;
 
-/// How an `AssumeRole` call failed.
-enum Attempt {
-    /// Worth another try: the connection dropped, STS answered 5xx, 429 or `Throttling`.
-    Transient(object_store::Error),
-    Final(object_store::Error),
-}
-
 impl RoleCredentials {
     fn error(&self, why: impl std::fmt::Display) -> object_store::Error {
         object_store::Error::Generic {
@@ -84,17 +77,7 @@ impl RoleCredentials {
 
     /// `AssumeRole`, tried again after a dropped connection, a 5xx or throttling.
     async fn assume(&self) -> object_store::Result<Fetched> {
-        let mut attempt = 1;
-        loop {
-            match self.assume_once().await {
-                Err(Attempt::Transient(_)) if attempt < STS_ATTEMPTS => {
-                    tokio::time::sleep(std::time::Duration::from_secs(attempt)).await;
-                    attempt += 1;
-                }
-                Err(Attempt::Transient(e) | Attempt::Final(e)) => return Err(e),
-                Ok(fetched) => return Ok(fetched),
-            }
-        }
+        with_retries(STS_ATTEMPTS, || self.assume_once()).await
     }
 
     async fn assume_once(&self) -> Result<Fetched, Attempt> {
@@ -109,18 +92,8 @@ impl RoleCredentials {
         AwsAuthorizer::new(&source, "sts", &self.region)
             .try_authorize(&mut request, None)
             .map_err(|e| Attempt::Final(self.error(e)))?;
-        let transient =
-            |e: &dyn std::error::Error| Attempt::Transient(self.error(crate::error::one_line(e)));
-        let response = self
-            .http
-            .execute(request)
-            .await
-            .map_err(|e| transient(&e))?;
-        let status = response.status();
-        // A reply is a few hundred bytes: a longer one is cut (error) or refused.
-        let (body, whole) = crate::s3_http::read_at_most(response.into_body(), MAX_REPLY)
-            .await
-            .map_err(|e| transient(&e))?;
+        let (status, body, whole) =
+            send_bounded(&self.http, request, MAX_REPLY, |e| self.error(e)).await?;
         let text = String::from_utf8_lossy(&body);
         if !status.is_success() {
             let detail = quick_xml::de::from_str::<ErrorReply>(&text).ok();

@@ -37,6 +37,7 @@
 mod aws_process;
 mod aws_profile;
 mod aws_role;
+mod aws_sso;
 mod cache_db;
 pub mod catalog_tree;
 mod catalogs;

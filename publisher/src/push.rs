@@ -42,7 +42,7 @@
 //! # Ok(()) }
 //! ```
 
-use crate::aws_profile::{ProfileCredential, RoleSettings, RoleSource};
+use crate::aws_profile::{ProfileCredential, RoleSettings, RoleSource, SsoSettings};
 use crate::catalogs::{tree_gap, TreeGap};
 use crate::error::{Error, Result};
 use crate::gc::referenced_by_kept;
@@ -269,14 +269,15 @@ impl S3Target {
             builder = builder.with_region(region);
         }
         if !has_keys {
-            let provider = match profile.role {
-                Some(role) => {
+            let provider = match (profile.role, profile.sso) {
+                (Some(role), _) => {
                     let region = builder
                         .get_config_value(&AmazonS3ConfigKey::Region)
                         .unwrap_or_else(|| "us-east-1".to_string());
                     Some(self.role_provider(role, env, region)?)
                 }
-                None => self.profile_provider(profile.credential, profile.process)?,
+                (None, Some(sso)) => Some(self.sso_provider(sso, env)?),
+                (None, None) => self.profile_provider(profile.credential, profile.process)?,
             };
             if let Some(provider) = provider {
                 builder = builder.with_credentials(provider);
@@ -351,6 +352,37 @@ impl S3Target {
         }))
     }
 
+    /// The role credentials of an IAM Identity Center sign-in (see [`crate::aws_sso`]).
+    fn sso_provider(
+        &self,
+        sso: SsoSettings,
+        env: &HashMap<String, String>,
+    ) -> Result<Arc<CredentialSource>> {
+        let endpoint = env
+            .get("AWS_ENDPOINT_URL_SSO")
+            .or_else(|| env.get("AWS_ENDPOINT_URL"))
+            .cloned()
+            .unwrap_or_else(|| format!("https://portal.sso.{}.amazonaws.com", sso.region));
+        if !self.allow_http && endpoint.to_ascii_lowercase().starts_with("http://") {
+            return Err(Error::Invalid(format!(
+                "{}: IAM Identity Center endpoint {endpoint} (for {}) is plain HTTP, refused \
+                 without --allow-http (allow_http)",
+                self.describe(),
+                sso.origin
+            )));
+        }
+        let cache_dir = env
+            .get("HOME")
+            .map(|h| std::path::Path::new(h).join(".aws/sso/cache"));
+        Ok(Arc::new(crate::aws_sso::SsoCredentials {
+            settings: sso,
+            cache_dir,
+            endpoint,
+            http: self.http_client()?,
+            cached: Default::default(),
+        }))
+    }
+
     /// What signs the `AssumeRole` request of the role `origin` configures.
     fn role_source(
         &self,
@@ -369,6 +401,7 @@ impl S3Target {
                 .profile_provider(None, Some((command, at)))?
                 .ok_or_else(|| missing("no credential_process"))?,
             RoleSource::Role(inner) => self.role_provider(*inner, env, region.to_string())?,
+            RoleSource::Sso(sso) => self.sso_provider(sso, env)?,
             // Keys in the environment sign requests themselves (see `builder`), as for the
             // AWS tools under AWS_PROFILE: a role reached here has none to take.
             RoleSource::Environment => {
