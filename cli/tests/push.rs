@@ -1016,6 +1016,20 @@ fn push_as_profile(
     prefix: &str,
     extra: &[(&str, &str)],
 ) -> Output {
+    profile_push(env, s3, files, profile, prefix, extra)
+        .output()
+        .unwrap()
+}
+
+/// The command [`push_as_profile`] runs.
+fn profile_push(
+    env: &Env,
+    s3: &S3Server,
+    files: (&Path, &Path),
+    profile: &str,
+    prefix: &str,
+    extra: &[(&str, &str)],
+) -> Command {
     let target = format!("s3://{BUCKET}/{prefix}");
     let mut cmd = env.cmd(&[
         "--json",
@@ -1048,7 +1062,7 @@ fn push_as_profile(
         .env("AWS_CONFIG_FILE", files.1)
         .env("AWS_ENDPOINT_URL_STS", s3.endpoint());
     cmd.envs(extra.iter().copied());
-    cmd.output().unwrap()
+    cmd
 }
 
 /// A loopback stand-in for an EC2 instance's metadata service (IMDSv2: a token first), an
@@ -1379,6 +1393,58 @@ fn an_sso_profile_pushes_with_the_role_credentials_of_its_sign_in() {
         "{err}"
     );
     assert!(!err.contains("revoked-token"), "{err}");
+}
+
+#[test]
+fn a_role_with_mfa_serial_asks_for_its_code_at_the_terminal() {
+    let (s3, env, credentials, config) = with_ci_profile();
+    std::fs::write(
+        &config,
+        "[profile mfa]\nregion = us-east-1\n\
+         role_arn = arn:aws:iam::123456789012:role/guarded\nsource_profile = ci\n\
+         mfa_serial = arn:aws:iam::123456789012:mfa/operator\n",
+    )
+    .unwrap();
+    let sts_log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sts = format!(
+        "http://127.0.0.1:{}",
+        relay(s3.port, Relayed::Logged(sts_log.clone()))
+    );
+    let files = (credentials.as_path(), config.as_path());
+    let vars = [("AWS_ENDPOINT_URL_STS", sts.as_str())];
+
+    // At a terminal: asked for once, not echoed, sent with AssumeRole.
+    let cmd = profile_push(&env, &s3, files, "mfa", "mfa", &vars);
+    let prompt = "Enter MFA code for arn:aws:iam::123456789012:mfa/operator: ";
+    let out = common::on_terminal_typing(&cmd, prompt, "123456\n");
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{shown}");
+    assert_eq!(shown.matches(prompt).count(), 1, "{shown}");
+    assert!(
+        !shown.contains("123456\r") && !shown.contains("123456\n"),
+        "{shown}"
+    );
+    assert_eq!(remote_manifest(&s3, "mfa"), local_manifest(&env));
+    let log = String::from_utf8_lossy(&sts_log.lock().unwrap()).to_string();
+    assert!(
+        log.contains(
+            "SerialNumber=arn%3Aaws%3Aiam%3A%3A123456789012%3Amfa%2Foperator&TokenCode=123456"
+        ),
+        "{log}"
+    );
+
+    // Without a terminal (CI): one line that says so, before any request to STS.
+    let before = log.len();
+    let out = push_as_profile(&env, &s3, files, "mfa", "mfa-ci", &vars);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("its code is typed at a terminal, and there is none")
+            && err.contains("AWS profile 'mfa' in "),
+        "{err}"
+    );
+    assert_eq!(sts_log.lock().unwrap().len(), before);
 }
 
 /// Two homes publish into one storage and push it to one bucket. A push overtaken on its way by

@@ -12,8 +12,8 @@
 //! IAM Identity Center (`sso_session` or `sso_start_url`, with `sso_account_id` and
 //! `sso_role_name`) takes the role credentials of its `aws sso login` (see
 //! [`crate::aws_sso`]), before keys, as for the AWS tools. A profile that gets its
-//! credentials another way (`mfa_serial`, `web_identity_token_file`) is refused by name
-//! rather than passed over.
+//! credentials another way (`web_identity_token_file`) is refused by name rather than passed
+//! over.
 //!
 //! The files are read with the subset of INI the AWS tools write: `[section]` lines,
 //! `key = value` lines, whole-line comments (`#`, `;`) and comments after a value that follow
@@ -64,6 +64,8 @@ pub(crate) struct RoleSettings {
     pub external_id: Option<String>,
     pub session_name: Option<String>,
     pub duration_seconds: Option<u32>,
+    /// The MFA device whose code `AssumeRole` needs (asked for at the terminal).
+    pub mfa_serial: Option<String>,
     /// `AWS profile 'NAME' in PATH`, for messages.
     pub origin: String,
 }
@@ -249,14 +251,6 @@ fn role_in_chain(
         return Ok(None);
     };
     let refuse = |why: String| Error::Invalid(format!("{origin}: {why}"));
-    if files.setting(profile, "mfa_serial").is_some() {
-        // A code from a person at a terminal: the AWS CLI can ask for it.
-        return Err(refuse(format!(
-            "mfa_serial is not supported with role_arn; use a profile whose credential_process \
-             lets the AWS CLI assume the role (credential_process = aws configure \
-             export-credentials --profile {profile} --format process)"
-        )));
-    }
     let source_profile = files.setting(profile, "source_profile").map(|v| v.0);
     let credential_source = files.setting(profile, "credential_source").map(|v| v.0);
     chain.push(profile.to_string());
@@ -293,6 +287,7 @@ fn role_in_chain(
         external_id: files.setting(profile, "external_id").map(|v| v.0),
         session_name: files.setting(profile, "role_session_name").map(|v| v.0),
         duration_seconds,
+        mfa_serial: files.setting(profile, "mfa_serial").map(|v| v.0),
         origin,
     }))
 }
@@ -710,18 +705,16 @@ sso_session = corp
         assert_eq!(role.duration_seconds, Some(900));
         let by_process = profile("by-process").unwrap().role.unwrap();
         assert!(matches!(&by_process.source, RoleSource::Process(c, _) if c == "helper"));
-        for (name, why) in [
-            ("mfa", "mfa_serial is not supported"),
-            (
-                "nothing",
-                "source_profile 'p2' has neither keys nor credential_process",
-            ),
-        ] {
-            let err = profile(name).unwrap_err().to_string();
-            assert!(err.contains(why), "{err}");
-            assert!(err.contains(&format!("AWS profile '{name}' in ")), "{err}");
-            assert!(!err.contains("BASEKEY"), "{err}");
-        }
+        assert_eq!(role.mfa_serial, None);
+        let mfa = profile("mfa").unwrap().role.unwrap();
+        assert_eq!(mfa.mfa_serial.as_deref(), Some("arn:aws:iam::1:mfa/me"));
+        let err = profile("nothing").unwrap_err().to_string();
+        assert!(
+            err.contains("source_profile 'p2' has neither keys nor credential_process")
+                && err.contains("AWS profile 'nothing' in "),
+            "{err}"
+        );
+        assert!(!err.contains("BASEKEY"), "{err}");
     }
 
     #[test]
@@ -736,9 +729,9 @@ sso_session = corp
                       [profile a]\nrole_arn = arn:aws:iam::1:role/a\nsource_profile = b\n\
                       [profile b]\nrole_arn = arn:aws:iam::1:role/b\nsource_profile = c\n\
                       [profile c]\nrole_arn = arn:aws:iam::1:role/c\nsource_profile = a\n\
-                      [profile broken]\nrole_arn = arn:aws:iam::1:role/x\nsource_profile = sso\n\
-                      [profile sso]\nrole_arn = arn:aws:iam::1:role/y\nsource_profile = base\n\
-                      mfa_serial = arn:aws:iam::1:mfa/me\n";
+                      [profile broken]\nrole_arn = arn:aws:iam::1:role/x\nsource_profile = mid\n\
+                      [profile mid]\nrole_arn = arn:aws:iam::1:role/y\nsource_profile = web\n\
+                      [profile web]\nweb_identity_token_file = /t\n";
         let profile = |name: &str| {
             let (_home, env) = with_files(credentials, config, &[("AWS_PROFILE", name)]);
             settings(&env)
@@ -773,7 +766,8 @@ sso_session = corp
         // An error in a profile down the chain names that profile.
         let err = profile("broken").unwrap_err().to_string();
         assert!(
-            err.contains("AWS profile 'sso' in ") && err.contains("mfa_serial is not supported"),
+            err.contains("AWS profile 'web' in ")
+                && err.contains("web_identity_token_file is not supported"),
             "{err}"
         );
     }

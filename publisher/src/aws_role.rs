@@ -2,8 +2,9 @@
 //! `AssumeRole`, signed with the source profile's credentials, as the AWS tools do. The STS
 //! endpoint is `AWS_ENDPOINT_URL_STS`, else `AWS_ENDPOINT_URL`, else
 //! `https://sts.REGION.amazonaws.com`. The role's credentials are fetched again five minutes
-//! before they expire. No message quotes a credential or the STS reply's body beyond its
-//! error code and message.
+//! before they expire. A role with `mfa_serial` sends the device's code, asked for at the
+//! controlling terminal (not echoed) each time the role's credentials are fetched. No
+//! message quotes a credential or the STS reply's body beyond its error code and message.
 
 use crate::aws_process::{parse_time, send_bounded, with_retries, Attempt, Fetched, Refreshing};
 use object_store::aws::{AwsAuthorizer, AwsCredential};
@@ -17,6 +18,8 @@ pub(crate) struct RoleCredentials {
     pub session_name: String,
     pub external_id: Option<String>,
     pub duration_seconds: Option<u32>,
+    /// The MFA device whose current code goes with each `AssumeRole` (typed at the terminal).
+    pub mfa_serial: Option<String>,
     /// Credentials that sign the `AssumeRole` request.
     pub source: Arc<dyn CredentialProvider<Credential = AwsCredential>>,
     /// STS's URL and the region requests are signed for.
@@ -54,8 +57,8 @@ impl RoleCredentials {
         }
     }
 
-    /// The form of the `AssumeRole` request.
-    fn form(&self) -> String {
+    /// The form of the `AssumeRole` request, with the MFA code `mfa_code` if one is needed.
+    fn form(&self, mfa_code: Option<&str>) -> String {
         let mut fields = vec![
             ("Action", "AssumeRole".to_string()),
             ("Version", "2011-06-15".to_string()),
@@ -68,6 +71,10 @@ impl RoleCredentials {
         if let Some(d) = self.duration_seconds {
             fields.push(("DurationSeconds", d.to_string()));
         }
+        if let (Some(serial), Some(code)) = (&self.mfa_serial, mfa_code) {
+            fields.push(("SerialNumber", serial.clone()));
+            fields.push(("TokenCode", code.to_string()));
+        }
         fields
             .iter()
             .map(|(k, v)| format!("{k}={}", form_encode(v)))
@@ -77,17 +84,44 @@ impl RoleCredentials {
 
     /// `AssumeRole`, tried again after a dropped connection, a 5xx or throttling.
     async fn assume(&self) -> object_store::Result<Fetched> {
-        with_retries(STS_ATTEMPTS, || self.assume_once()).await
+        // Asked once per fetch, not per attempt: a code is good for one use.
+        let code = match &self.mfa_serial {
+            Some(serial) => Some(self.mfa_code(serial).await?),
+            None => None,
+        };
+        with_retries(STS_ATTEMPTS, || self.assume_once(code.as_deref())).await
     }
 
-    async fn assume_once(&self) -> Result<Fetched, Attempt> {
+    /// The current code of the MFA device `serial`, typed at the terminal (as the AWS CLI
+    /// asks for it).
+    async fn mfa_code(&self, serial: &str) -> object_store::Result<String> {
+        let prompt = format!("Enter MFA code for {serial}: ");
+        let typed = tokio::task::spawn_blocking(move || ask_at_terminal(&prompt)).await;
+        let code = match typed {
+            Ok(Ok(code)) => code,
+            Ok(Err(e)) => {
+                return Err(self.error(format!(
+                    "mfa_serial {serial}: its code is typed at a terminal, and there is none \
+                     ({e}); run the push where one is, or use a profile whose \
+                     credential_process hands over credentials"
+                )))
+            }
+            Err(e) => return Err(self.error(e)),
+        };
+        if code.is_empty() || !code.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(self.error(format!("mfa_serial {serial}: the code is digits")));
+        }
+        Ok(code)
+    }
+
+    async fn assume_once(&self, mfa_code: Option<&str>) -> Result<Fetched, Attempt> {
         let source = self.source.get_credential().await.map_err(Attempt::Final)?;
         let mut request = http::Request::post(self.endpoint.as_str())
             .header(
                 http::header::CONTENT_TYPE,
                 "application/x-www-form-urlencoded; charset=utf-8",
             )
-            .body(HttpRequestBody::from(self.form().into_bytes()))
+            .body(HttpRequestBody::from(self.form(mfa_code).into_bytes()))
             .map_err(|e| Attempt::Final(self.error(e)))?;
         AwsAuthorizer::new(&source, "sts", &self.region)
             .try_authorize(&mut request, None)
@@ -126,6 +160,38 @@ impl CredentialProvider for RoleCredentials {
     async fn get_credential(&self) -> object_store::Result<Arc<AwsCredential>> {
         self.cached.get(self.assume()).await
     }
+}
+
+/// A line typed at the controlling terminal after `prompt`, not echoed (as `getpass`).
+fn ask_at_terminal(prompt: &str) -> std::io::Result<String> {
+    use std::io::{BufRead, Write};
+    use std::os::fd::AsRawFd;
+    let tty = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/tty")?;
+    let fd = tty.as_raw_fd();
+    // SAFETY: `fd` is open for the whole block and `termios` is plain data the call fills.
+    let saved = unsafe {
+        let mut t: libc::termios = std::mem::zeroed();
+        (libc::tcgetattr(fd, &mut t) == 0).then_some(t)
+    };
+    if let Some(mut quiet) = saved {
+        quiet.c_lflag &= !libc::ECHO;
+        // SAFETY: as above; a failure only leaves the echo on.
+        unsafe { libc::tcsetattr(fd, libc::TCSANOW, &quiet) };
+    }
+    let mut line = String::new();
+    let read = (&tty)
+        .write_all(prompt.as_bytes())
+        .and_then(|()| std::io::BufReader::new(&tty).read_line(&mut line));
+    if let Some(t) = saved {
+        // SAFETY: as above; the terminal gets its echo back.
+        unsafe { libc::tcsetattr(fd, libc::TCSANOW, &t) };
+    }
+    let _ = (&tty).write_all(b"\n");
+    read?;
+    Ok(line.trim().to_string())
 }
 
 /// `application/x-www-form-urlencoded` of a value: unreserved bytes as they are, the rest
@@ -244,6 +310,7 @@ mod tests {
             session_name: "s".into(),
             external_id: None,
             duration_seconds: None,
+            mfa_serial: None,
             source: Arc::new(object_store::StaticCredentialProvider::new(source)),
             endpoint: url.to_string(),
             region: "us-east-1".into(),

@@ -343,6 +343,7 @@ impl S3Target {
                 .unwrap_or_else(|| format!("cvmfs-oci-{secs}")),
             external_id: role.external_id,
             duration_seconds: role.duration_seconds,
+            mfa_serial: role.mfa_serial,
             source,
             endpoint,
             region,

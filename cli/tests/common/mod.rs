@@ -328,6 +328,21 @@ pub fn edge_image(
 /// Runs `cmd` with a terminal for stdin, stdout and stderr (util-linux `script` makes one)
 /// and returns everything written there; asserts that it succeeded.
 pub fn on_terminal(cmd: &Command) -> String {
+    let out = on_terminal_typing(cmd, "", "");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{:?} on a terminal failed: {text}",
+        cmd.get_program()
+    );
+    text
+}
+
+/// Runs `cmd` on a terminal (`script`) where `typed` is typed once `cmd` has written
+/// `prompt` (at once if it is empty); its output (all it wrote to the terminal, as stdout)
+/// and exit status.
+pub fn on_terminal_typing(cmd: &Command, prompt: &str, typed: &str) -> std::process::Output {
+    use std::io::{Read, Write};
     let quote = |s: &std::ffi::OsStr| format!("'{}'", s.to_string_lossy().replace('\'', "'\\''"));
     let line: Vec<String> = std::iter::once(cmd.get_program())
         .chain(cmd.get_args())
@@ -341,13 +356,41 @@ pub fn on_terminal(cmd: &Command) -> String {
             None => script.env_remove(k),
         };
     }
-    let out = script.output().expect("script (util-linux) runs");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{line:?} on a terminal failed: {text}"
-    );
-    text
+    script
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped());
+    let mut child = script.spawn().expect("script (util-linux) runs");
+    let mut stdin = child.stdin.take().expect("piped");
+    let mut stdout = child.stdout.take().expect("piped");
+    let shown = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let reader = {
+        let shown = shown.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = stdout.read(&mut buf) {
+                shown.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !prompt.is_empty()
+        && !String::from_utf8_lossy(&shown.lock().unwrap()).contains(prompt)
+        && std::time::Instant::now() < deadline
+        && child.try_wait().expect("script").is_none()
+    {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = stdin.write_all(typed.as_bytes());
+    // Kept open until the command ends: `script` stops at the end of its input.
+    let status = child.wait().expect("script ends");
+    drop(stdin);
+    reader.join().expect("reader");
+    let stdout = shown.lock().unwrap().clone();
+    std::process::Output {
+        status,
+        stdout,
+        stderr: Vec::new(),
+    }
 }
 
 /// A process holding an exclusive `flock` on `file` until killed.
