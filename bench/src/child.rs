@@ -29,10 +29,51 @@ pub struct ChildRun {
     pub sys_s: f64,
     /// Exit code, or 128 + signal number.
     pub status: i32,
+    /// The machine's busy and idle core-seconds while the child ran (from `/proc/stat`): what
+    /// was busy beyond the child's own CPU is other processes (the registry serving it) and
+    /// the kernel's own threads (writeback of what it wrote); idle is cores left unused.
+    #[serde(default)]
+    pub machine: Option<MachineTime>,
     #[serde(skip)]
     pub stdout: String,
     #[serde(skip)]
     pub stderr: String,
+}
+
+/// Core-seconds of the whole machine over an interval.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct MachineTime {
+    pub busy_s: f64,
+    pub idle_s: f64,
+}
+
+impl MachineTime {
+    /// Busy and idle (idle + iowait) core-seconds since boot, from `/proc/stat`'s `cpu` line.
+    fn now() -> Option<MachineTime> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let ticks: Vec<f64> = stat
+            .lines()
+            .next()?
+            .split_whitespace()
+            .skip(1)
+            .take(8)
+            .map(|t| t.parse().ok())
+            .collect::<Option<_>>()?;
+        // USER_HZ, which Linux fixes at 100 for /proc/stat.
+        let idle = ticks.get(3)? + ticks.get(4)?;
+        let all: f64 = ticks.iter().sum();
+        Some(MachineTime {
+            busy_s: (all - idle) / 100.0,
+            idle_s: idle / 100.0,
+        })
+    }
+
+    fn since(self, earlier: MachineTime) -> MachineTime {
+        MachineTime {
+            busy_s: self.busy_s - earlier.busy_s,
+            idle_s: self.idle_s - earlier.idle_s,
+        }
+    }
 }
 
 impl ChildRun {
@@ -119,6 +160,7 @@ fn spawn_and_reap(cmd: &mut Command) -> Result<ChildRun, Error> {
         user_s: timeval_s(usage.ru_utime),
         sys_s: timeval_s(usage.ru_stime),
         status: code,
+        machine: None,
         stdout: String::new(),
         stderr: String::new(),
     })
@@ -168,12 +210,16 @@ pub fn run(measurer: &Path, cmd: &Command) -> Result<ChildRun, Error> {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    let machine_before = MachineTime::now();
     let mut child = wrapper
         .spawn()
         .map_err(|e| fail(format!("{}: {e}", measurer.display())))?;
     let stdout = drain(child.stdout.take());
     let stderr = drain(child.stderr.take());
     let status = child.wait().map_err(|e| fail(format!("wait: {e}")))?;
+    let machine = MachineTime::now()
+        .zip(machine_before)
+        .map(|(after, before)| after.since(before));
     let stdout = stdout.join().unwrap_or_default();
     let stderr = stderr.join().unwrap_or_default();
     let measured = std::fs::read(&out);
@@ -190,7 +236,30 @@ pub fn run(measurer: &Path, cmd: &Command) -> Result<ChildRun, Error> {
     };
     run.stdout = stdout;
     run.stderr = stderr;
+    run.machine = machine;
     Ok(run)
 }
 
 static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_machine_time_of_an_interval_adds_up_to_the_cores_time() {
+        let before = MachineTime::now().expect("/proc/stat");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let m = MachineTime::now().expect("/proc/stat").since(before);
+        assert!(m.busy_s >= 0.0 && m.idle_s >= 0.0, "{m:?}");
+        // Every core's time goes somewhere: 0.2 s per core, give or take the 10 ms ticks.
+        // The CPUs /proc/stat counts (`cpuN` lines), whatever limits this process has.
+        let stat = std::fs::read_to_string("/proc/stat").expect("/proc/stat");
+        let cores = stat
+            .lines()
+            .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
+            .count() as f64;
+        let total = m.busy_s + m.idle_s;
+        assert!(total > 0.1 * cores && total < 0.5 * cores, "{m:?}");
+    }
+}

@@ -77,6 +77,13 @@ pub fn table(results: &[CaseResult], cores: usize) -> String {
                 (run.user_s + run.sys_s) / run.wall_s.max(1e-9),
                 run.peak_rss_kib as f64 / 1024.0
             ));
+            if let Some(m) = run.machine {
+                s.push_str(&format!(
+                    "   machine meanwhile: {:.2} core-s busy beyond the tool (registry, kernel threads), {:.2} core-s idle\n",
+                    (m.busy_s - run.user_s - run.sys_s).max(0.0),
+                    m.idle_s
+                ));
+            }
         }
         if let Some(t) = &r.tool {
             s.push_str(&format!(
