@@ -1447,6 +1447,86 @@ fn a_role_with_mfa_serial_asks_for_its_code_at_the_terminal() {
     assert_eq!(sts_log.lock().unwrap().len(), before);
 }
 
+#[test]
+fn a_role_is_assumed_with_a_web_identity_token_of_a_file() {
+    let (s3, env, credentials, config) = with_ci_profile();
+    let token_file = env.path("web-identity-token");
+    std::fs::write(&token_file, "eyJ-first-token\n").unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "[profile eks]\nregion = us-east-1\n\
+             role_arn = arn:aws:iam::123456789012:role/from-token\n\
+             web_identity_token_file = {}\nrole_session_name = pod-1\n\
+             [profile cross]\nregion = us-east-1\n\
+             role_arn = arn:aws:iam::210987654321:role/cross\nsource_profile = eks\n\
+             [profile twice]\nregion = us-east-1\nrole_arn = arn:aws:iam::1:role/x\n\
+             web_identity_token_file = {0}\nsource_profile = ci\n",
+            token_file.display()
+        ),
+    )
+    .unwrap();
+    let sts_log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sts = format!(
+        "http://127.0.0.1:{}",
+        relay(s3.port, Relayed::Logged(sts_log.clone()))
+    );
+    let files = (credentials.as_path(), config.as_path());
+    let vars = [("AWS_ENDPOINT_URL_STS", sts.as_str())];
+    let sent = || String::from_utf8_lossy(&sts_log.lock().unwrap()).to_string();
+
+    // AssumeRoleWithWebIdentity: the token is the proof, the request is not signed.
+    let out = push_as_profile(&env, &s3, files, "eks", "eks", &vars);
+    let all = output_text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(!all.contains("eyJ-first-token"), "{all}");
+    assert_eq!(remote_manifest(&s3, "eks"), local_manifest(&env));
+    let log = sent();
+    assert!(
+        log.contains("Action=AssumeRoleWithWebIdentity")
+            && log.contains("RoleSessionName=pod-1")
+            && log.contains("WebIdentityToken=eyJ-first-token"),
+        "{log}"
+    );
+    assert!(!log.contains("Credential="), "{log}");
+    let roles = assumed_roles(&s3);
+    assert_eq!(roles.len(), 1);
+    assert_eq!(roles[0].0, "arn:aws:iam::123456789012:role/from-token");
+
+    // Behind another role: the token's role signs that one's AssumeRole. The file is read
+    // again: a rotated token is the one sent.
+    std::fs::write(&token_file, "eyJ-second-token\n").unwrap();
+    let out = push_as_profile(&env, &s3, files, "cross", "cross", &vars);
+    let all = output_text(&out);
+    assert!(out.status.success(), "{all}");
+    let roles = assumed_roles(&s3);
+    let log = sent();
+    assert!(log.contains("WebIdentityToken=eyJ-second-token"), "{log}");
+    assert!(
+        log.contains(&format!("Credential={}/", roles[1].1)),
+        "{log}"
+    );
+    assert_eq!(roles[2].0, "arn:aws:iam::210987654321:role/cross");
+
+    // A role takes one way to be assumed; a missing token file fails in one line.
+    let out = push_as_profile(&env, &s3, files, "twice", "twice", &vars);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("a role takes one"),
+        "{err}"
+    );
+    std::fs::remove_file(&token_file).unwrap();
+    let out = push_as_profile(&env, &s3, files, "eks", "gone", &vars);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains(&format!("web_identity_token_file {}", token_file.display()))
+            && err.contains("AWS profile 'eks' in "),
+        "{err}"
+    );
+}
+
 /// Two homes publish into one storage and push it to one bucket. A push overtaken on its way by
 /// the other home's publish and push of a later revision finds the bucket serving what the
 /// storage now holds: it succeeds and says so, instead of failing its compare-and-swap (which

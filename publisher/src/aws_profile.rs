@@ -6,14 +6,13 @@
 //! comes from the config file. A profile with `role_arn` assumes that role (see
 //! [`crate::aws_role`]), as the AWS tools do, with the credentials of its `source_profile`
 //! (whose own role is assumed first when it names one: a chain of roles) or of its
-//! `credential_source` (`Environment`, `Ec2InstanceMetadata`, `EcsContainer`); else its
+//! `credential_source` (`Environment`, `Ec2InstanceMetadata`, `EcsContainer`), or with the
+//! token of its `web_identity_token_file`; else its
 //! static keys are taken (`aws_access_key_id`, `aws_secret_access_key`, `aws_session_token`),
 //! else its `credential_process` (see [`crate::aws_process`]). A profile signed in through
 //! IAM Identity Center (`sso_session` or `sso_start_url`, with `sso_account_id` and
 //! `sso_role_name`) takes the role credentials of its `aws sso login` (see
-//! [`crate::aws_sso`]), before keys, as for the AWS tools. A profile that gets its
-//! credentials another way (`web_identity_token_file`) is refused by name rather than passed
-//! over.
+//! [`crate::aws_sso`]), before keys, as for the AWS tools.
 //!
 //! The files are read with the subset of INI the AWS tools write: `[section]` lines,
 //! `key = value` lines, whole-line comments (`#`, `;`) and comments after a value that follow
@@ -99,6 +98,9 @@ pub(crate) enum RoleSource {
     Role(Box<RoleSettings>),
     /// The source profile's IAM Identity Center role.
     Sso(SsoSettings),
+    /// `web_identity_token_file`: `AssumeRoleWithWebIdentity` with the token in that file
+    /// (read again for every request: tokens rotate), as Kubernetes projects one.
+    WebIdentity(String),
     /// `credential_source = Environment`: `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`.
     Environment,
     /// `credential_source = Ec2InstanceMetadata`: the instance's role, from its metadata.
@@ -119,9 +121,6 @@ impl RoleSource {
         }
     }
 }
-
-/// Keys that obtain credentials in ways this reader does not follow.
-const UNSUPPORTED: [&str; 1] = ["web_identity_token_file"];
 
 /// The key of an `[sso-session NAME]` section of the config file among the profiles (a
 /// profile's name, read from a text line, holds no NUL).
@@ -253,26 +252,33 @@ fn role_in_chain(
     let refuse = |why: String| Error::Invalid(format!("{origin}: {why}"));
     let source_profile = files.setting(profile, "source_profile").map(|v| v.0);
     let credential_source = files.setting(profile, "credential_source").map(|v| v.0);
+    let token_file = files
+        .setting(profile, "web_identity_token_file")
+        .map(|v| v.0);
     chain.push(profile.to_string());
-    let source = match (source_profile, credential_source) {
-        (Some(_), Some(_)) => {
+    let given = [&source_profile, &credential_source, &token_file];
+    if given.iter().filter(|g| g.is_some()).count() > 1 {
+        return Err(refuse(
+            "role_arn with more than one of source_profile, credential_source and \
+             web_identity_token_file (a role takes one)"
+                .to_string(),
+        ));
+    }
+    let source = match (source_profile, credential_source, token_file) {
+        (None, None, None) => {
             return Err(refuse(
-                "role_arn with both source_profile and credential_source (a role takes one)"
+                "role_arn without source_profile, credential_source or web_identity_token_file"
                     .to_string(),
             ))
         }
-        (None, None) => {
-            return Err(refuse(
-                "role_arn without source_profile or credential_source".to_string(),
-            ))
-        }
-        (None, Some(named)) => RoleSource::named(&named).ok_or_else(|| {
+        (_, _, Some(file)) => RoleSource::WebIdentity(file),
+        (None, Some(named), _) => RoleSource::named(&named).ok_or_else(|| {
             refuse(format!(
                 "credential_source '{named}' is none of Environment, Ec2InstanceMetadata, \
                  EcsContainer"
             ))
         })?,
-        (Some(source), None) => source_of(files, profile, &source, chain, &refuse)?,
+        (Some(source), _, _) => source_of(files, profile, &source, chain, &refuse)?,
     };
     let duration_seconds = match files.setting(profile, "duration_seconds") {
         None => None,
@@ -401,13 +407,10 @@ fn keys_or_process(files: &Files<'_>, profile: &str) -> Result<KeysOrProcess> {
             let (Some(settings), Some(path)) = (settings, path) else {
                 continue;
             };
-            if let Some(key) = UNSUPPORTED.iter().find(|k| settings.contains_key(**k)) {
+            if settings.contains_key("web_identity_token_file") {
                 return Err(Error::Invalid(format!(
-                    "AWS profile '{profile}' in {}: {key} is not supported; give the profile \
-                     aws_access_key_id and aws_secret_access_key, or set AWS_ACCESS_KEY_ID and \
-                     AWS_SECRET_ACCESS_KEY, or use a profile whose credential_process lets the \
-                     AWS CLI do it (credential_process = aws configure export-credentials \
-                     --profile {profile} --format process)",
+                    "AWS profile '{profile}' in {}: web_identity_token_file without role_arn \
+                     (the role the token assumes)",
                     path.display()
                 )));
             }
@@ -767,7 +770,7 @@ sso_session = corp
         let err = profile("broken").unwrap_err().to_string();
         assert!(
             err.contains("AWS profile 'web' in ")
-                && err.contains("web_identity_token_file is not supported"),
+                && err.contains("web_identity_token_file without role_arn"),
             "{err}"
         );
     }
@@ -782,7 +785,9 @@ sso_session = corp
                       [profile both]\nrole_arn = arn:aws:iam::1:role/b\ncredential_source = Environment\n\
                       source_profile = env\n\
                       [profile none]\nrole_arn = arn:aws:iam::1:role/n\n\
-                      [profile behind]\nrole_arn = arn:aws:iam::2:role/x\nsource_profile = ec2\n";
+                      [profile behind]\nrole_arn = arn:aws:iam::2:role/x\nsource_profile = ec2\n\
+                      [profile web]\nrole_arn = arn:aws:iam::1:role/w\n\
+                      web_identity_token_file = /var/run/secrets/token\n";
         let profile = |name: &str| {
             let (_home, env) = with_files("", config, &[("AWS_PROFILE", name)]);
             settings(&env)
@@ -791,6 +796,10 @@ sso_session = corp
             ("env", RoleSource::Environment),
             ("ec2", RoleSource::Ec2InstanceMetadata),
             ("ecs", RoleSource::EcsContainer),
+            (
+                "web",
+                RoleSource::WebIdentity("/var/run/secrets/token".to_string()),
+            ),
         ] {
             assert_eq!(profile(name).unwrap().role.unwrap().source, source);
         }
@@ -803,10 +812,13 @@ sso_session = corp
                 "odd",
                 "credential_source 'Ec2' is none of Environment, Ec2InstanceMetadata, EcsContainer",
             ),
-            ("both", "both source_profile and credential_source"),
+            (
+                "both",
+                "more than one of source_profile, credential_source and web_identity_token_file",
+            ),
             (
                 "none",
-                "role_arn without source_profile or credential_source",
+                "role_arn without source_profile, credential_source or web_identity_token_file",
             ),
         ] {
             let err = profile(name).unwrap_err().to_string();
@@ -880,7 +892,7 @@ sso_session = corp
         let (_home, env) = with_files("", web, &[("AWS_PROFILE", "web")]);
         let err = settings(&env).unwrap_err().to_string();
         assert!(
-            err.contains("'web'") && err.contains("web_identity_token_file is not supported"),
+            err.contains("'web'") && err.contains("web_identity_token_file without role_arn"),
             "{err}"
         );
         assert!(!err.contains("/var/run/token"), "{err}");

@@ -1,5 +1,7 @@
-//! Credentials of a role an AWS profile assumes (`role_arn` with `source_profile`): STS
-//! `AssumeRole`, signed with the source profile's credentials, as the AWS tools do. The STS
+//! Credentials of a role an AWS profile assumes (`role_arn`): STS `AssumeRole`, signed with
+//! the credentials of its source (`source_profile`, `credential_source`), or, for a role with
+//! `web_identity_token_file`, an unsigned `AssumeRoleWithWebIdentity` with the token that
+//! file holds, as the AWS tools do. The STS
 //! endpoint is `AWS_ENDPOINT_URL_STS`, else `AWS_ENDPOINT_URL`, else
 //! `https://sts.REGION.amazonaws.com`. The role's credentials are fetched again five minutes
 //! before they expire. A role with `mfa_serial` sends the device's code, asked for at the
@@ -20,8 +22,8 @@ pub(crate) struct RoleCredentials {
     pub duration_seconds: Option<u32>,
     /// The MFA device whose current code goes with each `AssumeRole` (typed at the terminal).
     pub mfa_serial: Option<String>,
-    /// Credentials that sign the `AssumeRole` request.
-    pub source: Arc<dyn CredentialProvider<Credential = AwsCredential>>,
+    /// What the role is assumed with.
+    pub source: RoleSigner,
     /// STS's URL and the region requests are signed for.
     pub endpoint: String,
     pub region: String,
@@ -40,6 +42,17 @@ impl std::fmt::Debug for RoleCredentials {
     }
 }
 
+/// What a role is assumed with.
+pub(crate) enum RoleSigner {
+    /// Credentials that sign an `AssumeRole` request.
+    Credentials(Arc<dyn CredentialProvider<Credential = AwsCredential>>),
+    /// A file with a web identity token (OIDC) for an unsigned `AssumeRoleWithWebIdentity`.
+    TokenFile(String),
+}
+
+/// Largest web identity token read.
+const MAX_TOKEN: u64 = 64 << 10;
+
 /// Largest STS reply read.
 const MAX_REPLY: usize = 64 << 10;
 /// `AssumeRole` calls before a transient failure is final (1 s, then 2 s apart).
@@ -57,14 +70,22 @@ impl RoleCredentials {
         }
     }
 
-    /// The form of the `AssumeRole` request, with the MFA code `mfa_code` if one is needed.
-    fn form(&self, mfa_code: Option<&str>) -> String {
+    /// The form of the `AssumeRole` request, with the MFA code `mfa_code` if one is needed,
+    /// or of `AssumeRoleWithWebIdentity` with `token`.
+    fn form(&self, mfa_code: Option<&str>, token: Option<&str>) -> String {
+        let action = match token {
+            Some(_) => "AssumeRoleWithWebIdentity",
+            None => "AssumeRole",
+        };
         let mut fields = vec![
-            ("Action", "AssumeRole".to_string()),
+            ("Action", action.to_string()),
             ("Version", "2011-06-15".to_string()),
             ("RoleArn", self.role_arn.clone()),
             ("RoleSessionName", self.session_name.clone()),
         ];
+        if let Some(token) = token {
+            fields.push(("WebIdentityToken", token.to_string()));
+        }
         if let Some(id) = &self.external_id {
             fields.push(("ExternalId", id.clone()));
         }
@@ -114,18 +135,41 @@ impl RoleCredentials {
         Ok(code)
     }
 
+    /// The web identity token of the file `path`, as it is now.
+    fn token(&self, path: &str) -> object_store::Result<String> {
+        use std::io::Read;
+        let mut token = String::new();
+        std::fs::File::open(path)
+            .and_then(|f| f.take(MAX_TOKEN + 1).read_to_string(&mut token))
+            .map_err(|e| self.error(format!("web_identity_token_file {path}: {e}")))?;
+        let token = token.trim();
+        if token.is_empty() || token.len() as u64 > MAX_TOKEN {
+            let why = format!("web_identity_token_file {path}: no token of at most 64 KiB");
+            return Err(self.error(why));
+        }
+        Ok(token.to_string())
+    }
+
     async fn assume_once(&self, mfa_code: Option<&str>) -> Result<Fetched, Attempt> {
-        let source = self.source.get_credential().await.map_err(Attempt::Final)?;
+        let token = match &self.source {
+            RoleSigner::TokenFile(path) => Some(self.token(path).map_err(Attempt::Final)?),
+            RoleSigner::Credentials(_) => None,
+        };
+        let form = self.form(mfa_code, token.as_deref());
         let mut request = http::Request::post(self.endpoint.as_str())
             .header(
                 http::header::CONTENT_TYPE,
                 "application/x-www-form-urlencoded; charset=utf-8",
             )
-            .body(HttpRequestBody::from(self.form(mfa_code).into_bytes()))
+            .body(HttpRequestBody::from(form.into_bytes()))
             .map_err(|e| Attempt::Final(self.error(e)))?;
-        AwsAuthorizer::new(&source, "sts", &self.region)
-            .try_authorize(&mut request, None)
-            .map_err(|e| Attempt::Final(self.error(e)))?;
+        // AssumeRoleWithWebIdentity is not signed: the token is the proof.
+        if let RoleSigner::Credentials(source) = &self.source {
+            let source = source.get_credential().await.map_err(Attempt::Final)?;
+            AwsAuthorizer::new(&source, "sts", &self.region)
+                .try_authorize(&mut request, None)
+                .map_err(|e| Attempt::Final(self.error(e)))?;
+        }
         let (status, body, whole) =
             send_bounded(&self.http, request, MAX_REPLY, |e| self.error(e)).await?;
         let text = String::from_utf8_lossy(&body);
@@ -203,6 +247,7 @@ fn form_encode(value: &str) -> String {
 #[derive(serde::Deserialize)]
 #[serde(rename_all = "PascalCase")]
 struct Reply {
+    #[serde(alias = "AssumeRoleWithWebIdentityResult")]
     assume_role_result: ReplyResult,
 }
 
@@ -311,7 +356,9 @@ mod tests {
             external_id: None,
             duration_seconds: None,
             mfa_serial: None,
-            source: Arc::new(object_store::StaticCredentialProvider::new(source)),
+            source: RoleSigner::Credentials(Arc::new(object_store::StaticCredentialProvider::new(
+                source,
+            ))),
             endpoint: url.to_string(),
             region: "us-east-1".into(),
             http: crate::s3_http::BoundedConnector::default()

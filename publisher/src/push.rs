@@ -43,6 +43,7 @@
 //! ```
 
 use crate::aws_profile::{ProfileCredential, RoleSettings, RoleSource, SsoSettings};
+use crate::aws_role::RoleSigner;
 use crate::catalogs::{tree_gap, TreeGap};
 use crate::error::{Error, Result};
 use crate::gc::referenced_by_kept;
@@ -321,7 +322,7 @@ impl S3Target {
         env: &HashMap<String, String>,
         region: String,
     ) -> Result<Arc<CredentialSource>> {
-        let source = self.role_source(role.source, &role.origin, env, &region)?;
+        let source = self.role_signer(role.source, &role.origin, env, &region)?;
         let endpoint = env
             .get("AWS_ENDPOINT_URL_STS")
             .or_else(|| env.get("AWS_ENDPOINT_URL"))
@@ -384,14 +385,15 @@ impl S3Target {
         }))
     }
 
-    /// What signs the `AssumeRole` request of the role `origin` configures.
-    fn role_source(
+    /// What the role `origin` configures is assumed with: credentials that sign its
+    /// `AssumeRole`, or a web identity token.
+    fn role_signer(
         &self,
         source: RoleSource,
         origin: &str,
         env: &HashMap<String, String>,
         region: &str,
-    ) -> Result<Arc<CredentialSource>> {
+    ) -> Result<RoleSigner> {
         let missing =
             |why: &str| Error::Invalid(format!("{}: role_arn of {origin}: {why}", self.describe()));
         let provider: Arc<CredentialSource> = match source {
@@ -403,6 +405,7 @@ impl S3Target {
                 .ok_or_else(|| missing("no credential_process"))?,
             RoleSource::Role(inner) => self.role_provider(*inner, env, region.to_string())?,
             RoleSource::Sso(sso) => self.sso_provider(sso, env)?,
+            RoleSource::WebIdentity(file) => return Ok(RoleSigner::TokenFile(file)),
             // Keys in the environment sign requests themselves (see `builder`), as for the
             // AWS tools under AWS_PROFILE: a role reached here has none to take.
             RoleSource::Environment => {
@@ -441,7 +444,7 @@ impl S3Target {
                 self.object_store_provider(env, region, &CONTAINER_KEYS)?
             }
         };
-        Ok(provider)
+        Ok(RoleSigner::Credentials(provider))
     }
 
     /// object_store's own provider for the instance's or the container's role: the one its
