@@ -24,6 +24,10 @@ fn main() {
     batch_scheduling();
     raise_open_file_limit();
     memory::tune_allocator();
+    // An MFA code asked for during a push is typed where no progress bar redraws over it.
+    publisher::set_terminal_prompter(Box::new(|prompt| {
+        output::without_bars(|| publisher::ask_at_terminal(prompt))
+    }));
     let out = output::Output {
         json: cli.global.json,
         // Leaked: one string for the life of the process, so that `Output` stays `Copy`.

@@ -72,6 +72,9 @@ impl Output {
         }
         bar.set_message(printable(&message));
         bar.enable_steady_tick(Duration::from_millis(120));
+        let mut live = LIVE_BARS.lock().unwrap_or_else(|p| p.into_inner());
+        live.retain(|b| b.upgrade().is_some());
+        live.push(bar.downgrade());
         bar
     }
 
@@ -112,6 +115,29 @@ fn template(bar: bool, counting: Counting) -> String {
 
 /// Updates a progress display from counters another part of the program keeps, a few times a
 /// second on its own thread, until dropped. Nothing runs when the display is hidden.
+/// The bars drawn on the terminal, to hide while something is asked there.
+static LIVE_BARS: std::sync::Mutex<Vec<indicatif::WeakProgressBar>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// Runs `f` with every progress bar hidden (not redrawn over what `f` shows and reads at the
+/// terminal), then shows them again.
+pub fn without_bars<T>(f: impl FnOnce() -> T) -> T {
+    let bars: Vec<ProgressBar> = LIVE_BARS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .filter_map(|b| b.upgrade())
+        .collect();
+    suspended(&bars, f)
+}
+
+fn suspended<T>(bars: &[ProgressBar], f: impl FnOnce() -> T) -> T {
+    match bars.split_first() {
+        None => f(),
+        Some((bar, rest)) => bar.suspend(|| suspended(rest, f)),
+    }
+}
+
 pub struct Follower {
     bar: ProgressBar,
     stop: Arc<AtomicBool>,

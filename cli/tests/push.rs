@@ -1016,12 +1016,12 @@ fn push_as_profile(
     prefix: &str,
     extra: &[(&str, &str)],
 ) -> Output {
-    profile_push(env, s3, files, profile, prefix, extra)
+    profile_push(env, s3, files, profile, prefix, extra, true)
         .output()
         .unwrap()
 }
 
-/// The command [`push_as_profile`] runs.
+/// The command [`push_as_profile`] runs (with `--json` if `json`).
 fn profile_push(
     env: &Env,
     s3: &S3Server,
@@ -1029,10 +1029,11 @@ fn profile_push(
     profile: &str,
     prefix: &str,
     extra: &[(&str, &str)],
+    json: bool,
 ) -> Command {
     let target = format!("s3://{BUCKET}/{prefix}");
     let mut cmd = env.cmd(&[
-        "--json",
+        if json { "--json" } else { "--no-wait" },
         "push",
         FQRN,
         &target,
@@ -1414,10 +1415,16 @@ fn a_role_with_mfa_serial_asks_for_its_code_at_the_terminal() {
     let vars = [("AWS_ENDPOINT_URL_STS", sts.as_str())];
 
     // At a terminal: asked for once, not echoed, sent with AssumeRole.
-    let cmd = profile_push(&env, &s3, files, "mfa", "mfa", &vars);
+    // Without --json: the push draws its progress bar on the terminal.
+    let cmd = profile_push(&env, &s3, files, "mfa", "mfa", &vars, false);
     let prompt = "Enter MFA code for arn:aws:iam::123456789012:mfa/operator: ";
-    let out = common::on_terminal_typing(&cmd, prompt, "123456\n");
+    let run = common::on_terminal_typing(&cmd, prompt, "123456\n");
+    let out = run.output;
     let shown = String::from_utf8_lossy(&out.stdout);
+    // While the code is asked for, the progress bar is hidden: nothing is drawn after the
+    // prompt (the bar's ticks would redraw its line over it).
+    let before = String::from_utf8_lossy(&run.before_typing);
+    assert!(before.ends_with(prompt), "{before:?}");
     assert!(out.status.success(), "{shown}");
     assert_eq!(shown.matches(prompt).count(), 1, "{shown}");
     assert!(

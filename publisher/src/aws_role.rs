@@ -117,7 +117,11 @@ impl RoleCredentials {
     /// asks for it).
     async fn mfa_code(&self, serial: &str) -> object_store::Result<String> {
         let prompt = format!("Enter MFA code for {serial}: ");
-        let typed = tokio::task::spawn_blocking(move || ask_at_terminal(&prompt)).await;
+        let typed = tokio::task::spawn_blocking(move || match TERMINAL_PROMPTER.get() {
+            Some(prompter) => prompter(&prompt),
+            None => ask_at_terminal(&prompt),
+        })
+        .await;
         let code = match typed {
             Ok(Ok(code)) => code,
             Ok(Err(e)) => {
@@ -206,8 +210,20 @@ impl CredentialProvider for RoleCredentials {
     }
 }
 
+/// What asks at the terminal: a line typed after a prompt.
+pub type TerminalPrompter = Box<dyn Fn(&str) -> std::io::Result<String> + Send + Sync>;
+
+static TERMINAL_PROMPTER: std::sync::OnceLock<TerminalPrompter> = std::sync::OnceLock::new();
+
+/// Sets how `push` asks for an MFA code (once per process; later calls are ignored): a
+/// program drawing progress on the terminal hides it meanwhile, then calls
+/// [`ask_at_terminal`]. Without one, [`ask_at_terminal`] asks.
+pub fn set_terminal_prompter(prompter: TerminalPrompter) {
+    let _ = TERMINAL_PROMPTER.set(prompter);
+}
+
 /// A line typed at the controlling terminal after `prompt`, not echoed (as `getpass`).
-fn ask_at_terminal(prompt: &str) -> std::io::Result<String> {
+pub fn ask_at_terminal(prompt: &str) -> std::io::Result<String> {
     use std::io::{BufRead, Write};
     use std::os::fd::AsRawFd;
     let tty = std::fs::OpenOptions::new()

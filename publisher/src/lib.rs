@@ -65,6 +65,7 @@ pub mod tempdb;
 pub mod tls;
 pub mod txn;
 
+pub use aws_role::{ask_at_terminal, set_terminal_prompter, TerminalPrompter};
 pub use check::{check_repository, verified_manifest, CheckReport};
 pub use config::{Chunking, Config, RepoHome};
 pub use content_index::{IndexSummary, SqliteContentIndex};

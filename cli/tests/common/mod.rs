@@ -328,7 +328,7 @@ pub fn edge_image(
 /// Runs `cmd` with a terminal for stdin, stdout and stderr (util-linux `script` makes one)
 /// and returns everything written there; asserts that it succeeded.
 pub fn on_terminal(cmd: &Command) -> String {
-    let out = on_terminal_typing(cmd, "", "");
+    let out = on_terminal_typing(cmd, "", "").output;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
@@ -338,10 +338,17 @@ pub fn on_terminal(cmd: &Command) -> String {
     text
 }
 
-/// Runs `cmd` on a terminal (`script`) where `typed` is typed once `cmd` has written
-/// `prompt` (at once if it is empty); its output (all it wrote to the terminal, as stdout)
-/// and exit status.
-pub fn on_terminal_typing(cmd: &Command, prompt: &str, typed: &str) -> std::process::Output {
+/// What [`on_terminal_typing`] saw.
+pub struct TerminalRun {
+    /// All `cmd` wrote to the terminal (as stdout) and its exit status.
+    pub output: std::process::Output,
+    /// What the terminal showed when `typed` was typed, half a second after the prompt.
+    pub before_typing: Vec<u8>,
+}
+
+/// Runs `cmd` on a terminal (`script`) where `typed` is typed half a second after `cmd`
+/// wrote `prompt` (at once if it is empty).
+pub fn on_terminal_typing(cmd: &Command, prompt: &str, typed: &str) -> TerminalRun {
     use std::io::{Read, Write};
     let quote = |s: &std::ffi::OsStr| format!("'{}'", s.to_string_lossy().replace('\'', "'\\''"));
     let line: Vec<String> = std::iter::once(cmd.get_program())
@@ -380,16 +387,25 @@ pub fn on_terminal_typing(cmd: &Command, prompt: &str, typed: &str) -> std::proc
     {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+    if !prompt.is_empty() {
+        // Long enough for a progress bar's ticks (120 ms) to show if they go on.
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    let before_typing = shown.lock().unwrap().clone();
     let _ = stdin.write_all(typed.as_bytes());
     // Kept open until the command ends: `script` stops at the end of its input.
     let status = child.wait().expect("script ends");
     drop(stdin);
     reader.join().expect("reader");
     let stdout = shown.lock().unwrap().clone();
-    std::process::Output {
+    let output = std::process::Output {
         status,
         stdout,
         stderr: Vec::new(),
+    };
+    TerminalRun {
+        output,
+        before_typing,
     }
 }
 
