@@ -199,6 +199,15 @@ const CONTAINER_KEYS: [(&str, AmazonS3ConfigKey); 3] = [
     ),
 ];
 
+/// What gives a profile's static keys.
+fn keys_provider(keys: ProfileCredential) -> Arc<CredentialSource> {
+    Arc::new(StaticCredentialProvider::new(AwsCredential {
+        key_id: keys.key_id,
+        secret_key: keys.secret_key,
+        token: keys.token,
+    }))
+}
+
 /// The process environment's `AWS_*` variables and `HOME`, for [`S3Target::builder`]; an
 /// empty one counts as unset, as for the AWS tools.
 fn process_env() -> HashMap<String, String> {
@@ -293,25 +302,35 @@ impl S3Target {
         credential: Option<ProfileCredential>,
         process: Option<(String, String)>,
     ) -> Result<Option<Arc<CredentialSource>>> {
-        if let Some(c) = credential {
-            let credential = AwsCredential {
-                key_id: c.key_id,
-                secret_key: c.secret_key,
-                token: c.token,
-            };
-            return Ok(Some(Arc::new(StaticCredentialProvider::new(credential))));
+        match (credential, process) {
+            (Some(keys), _) => Ok(Some(keys_provider(keys))),
+            (None, Some((command, origin))) => Ok(Some(self.process_provider(&command, origin)?)),
+            (None, None) => Ok(None),
         }
-        let Some((command, origin)) = process else {
-            return Ok(None);
-        };
-        let provider = crate::aws_process::ProcessCredentials::new(&command, origin.clone())
+    }
+
+    /// What runs `command`, the `credential_process` of `origin`.
+    fn process_provider(&self, command: &str, origin: String) -> Result<Arc<CredentialSource>> {
+        let provider = crate::aws_process::ProcessCredentials::new(command, origin.clone())
             .ok_or_else(|| {
                 Error::Invalid(format!(
                     "{}: credential_process of {origin} is not a command line",
                     self.describe()
                 ))
             })?;
-        Ok(Some(Arc::new(provider)))
+        Ok(Arc::new(provider))
+    }
+
+    /// Refuses a plain-HTTP `endpoint` of a credentials service (`what`) unless allowed.
+    fn refuse_plain_http(&self, endpoint: &str, what: &str) -> Result<()> {
+        if !self.allow_http && endpoint.to_ascii_lowercase().starts_with("http://") {
+            return Err(Error::Invalid(format!(
+                "{}: {what} endpoint {endpoint} is plain HTTP, refused without --allow-http \
+                 (allow_http)",
+                self.describe()
+            )));
+        }
+        Ok(())
     }
 
     /// The credentials of the role a profile assumes, through STS (see
@@ -328,14 +347,7 @@ impl S3Target {
             .or_else(|| env.get("AWS_ENDPOINT_URL"))
             .cloned()
             .unwrap_or_else(|| format!("https://sts.{region}.amazonaws.com"));
-        if !self.allow_http && endpoint.to_ascii_lowercase().starts_with("http://") {
-            return Err(Error::Invalid(format!(
-                "{}: STS endpoint {endpoint} (for role_arn of {}) is plain HTTP, refused \
-                 without --allow-http (allow_http)",
-                self.describe(),
-                role.origin
-            )));
-        }
+        self.refuse_plain_http(&endpoint, &format!("STS (for role_arn of {})", role.origin))?;
         let secs = since_epoch().as_secs();
         Ok(Arc::new(crate::aws_role::RoleCredentials {
             role_arn: role.role_arn,
@@ -365,14 +377,8 @@ impl S3Target {
             .or_else(|| env.get("AWS_ENDPOINT_URL"))
             .cloned()
             .unwrap_or_else(|| format!("https://portal.sso.{}.amazonaws.com", sso.region));
-        if !self.allow_http && endpoint.to_ascii_lowercase().starts_with("http://") {
-            return Err(Error::Invalid(format!(
-                "{}: IAM Identity Center endpoint {endpoint} (for {}) is plain HTTP, refused \
-                 without --allow-http (allow_http)",
-                self.describe(),
-                sso.origin
-            )));
-        }
+        let what = format!("IAM Identity Center (for {})", sso.origin);
+        self.refuse_plain_http(&endpoint, &what)?;
         let cache_dir = env
             .get("HOME")
             .map(|h| std::path::Path::new(h).join(".aws/sso/cache"));
@@ -397,12 +403,8 @@ impl S3Target {
         let missing =
             |why: &str| Error::Invalid(format!("{}: role_arn of {origin}: {why}", self.describe()));
         let provider: Arc<CredentialSource> = match source {
-            RoleSource::Keys(keys) => self
-                .profile_provider(Some(keys), None)?
-                .ok_or_else(|| missing("no keys"))?,
-            RoleSource::Process(command, at) => self
-                .profile_provider(None, Some((command, at)))?
-                .ok_or_else(|| missing("no credential_process"))?,
+            RoleSource::Keys(keys) => keys_provider(keys),
+            RoleSource::Process(command, at) => self.process_provider(&command, at)?,
             RoleSource::Role(inner) => self.role_provider(*inner, env, region.to_string())?,
             RoleSource::Sso(sso) => self.sso_provider(sso, env)?,
             RoleSource::WebIdentity(file) => return Ok(RoleSigner::TokenFile(file)),
@@ -1748,6 +1750,54 @@ mod tests {
         );
         assert_eq!(err.lines().count(), 1, "{err}");
         assert!(!err.contains("secret"), "{err}");
+    }
+
+    #[test]
+    fn credential_services_over_plain_http_need_allow_http() {
+        let home = tempfile::tempdir().unwrap();
+        let aws = home.path().join(".aws");
+        std::fs::create_dir(&aws).unwrap();
+        std::fs::write(
+            aws.join("config"),
+            "[profile role]\nrole_arn = arn:aws:iam::1:role/r\nsource_profile = role\n\
+             aws_access_key_id = K\naws_secret_access_key = S\n\
+             [profile sso]\nsso_start_url = https://x.awsapps.com/start\nsso_region = us-east-1\n\
+             sso_account_id = 1\nsso_role_name = R\n",
+        )
+        .unwrap();
+        let target = S3Target::parse("s3://bucket/repo").unwrap();
+        let allowed = S3Target {
+            allow_http: true,
+            ..target.clone()
+        };
+        for (profile, var, what) in [
+            (
+                "role",
+                "AWS_ENDPOINT_URL_STS",
+                "STS (for role_arn of AWS profile 'role' in ",
+            ),
+            (
+                "sso",
+                "AWS_ENDPOINT_URL_SSO",
+                "IAM Identity Center (for AWS profile 'sso' in ",
+            ),
+        ] {
+            let env: HashMap<String, String> = [
+                ("HOME", home.path().to_str().unwrap()),
+                ("AWS_PROFILE", profile),
+                (var, "http://127.0.0.1:9"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+            let err = target.builder(&env).err().unwrap().to_string();
+            assert!(
+                err.contains(what)
+                    && err.contains("endpoint http://127.0.0.1:9 is plain HTTP, refused"),
+                "{err}"
+            );
+            assert!(allowed.builder(&env).is_ok(), "{profile}");
+        }
     }
 
     /// A loopback stand-in for S3's `ListMultipartUploads` (`pages`: the replies to the first
