@@ -3,16 +3,16 @@
 //! (`AWS_SHARED_CREDENTIALS_FILE`, default `~/.aws/credentials`, sections `[NAME]`) and of the
 //! config file (`AWS_CONFIG_FILE`, default `~/.aws/config`, sections `[profile NAME]` and
 //! `[default]`). Keys in the credentials file win over keys in the config file; the region
-//! comes from the config file. A profile with `role_arn` assumes that role (see
-//! [`crate::aws_role`]), as the AWS tools do, with the credentials of its `source_profile`
-//! (whose own role is assumed first when it names one: a chain of roles) or of its
-//! `credential_source` (`Environment`, `Ec2InstanceMetadata`, `EcsContainer`), or with the
-//! token of its `web_identity_token_file`; else its
-//! static keys are taken (`aws_access_key_id`, `aws_secret_access_key`, `aws_session_token`),
-//! else its `credential_process` (see [`crate::aws_process`]). A profile signed in through
-//! IAM Identity Center (`sso_session` or `sso_start_url`, with `sso_account_id` and
-//! `sso_role_name`) takes the role credentials of its `aws sso login` (see
-//! [`crate::aws_sso`]), before keys, as for the AWS tools.
+//! comes from the config file. What a profile gives, as for the AWS tools:
+//! - with `role_arn`, that role (see [`crate::aws_role`]), assumed with the credentials of
+//!   its `source_profile` (whose own role is assumed first when it names one: a chain of
+//!   roles) or of its `credential_source` (`Environment`, `Ec2InstanceMetadata`,
+//!   `EcsContainer`), or with the token of its `web_identity_token_file`;
+//! - else, signed in through IAM Identity Center (`sso_session` or `sso_start_url`, with
+//!   `sso_account_id` and `sso_role_name`), the role credentials of its `aws sso login` (see
+//!   [`crate::aws_sso`]);
+//! - else its static keys (`aws_access_key_id`, `aws_secret_access_key`,
+//!   `aws_session_token`), else its `credential_process` (see [`crate::aws_process`]).
 //!
 //! The files are read with the subset of INI the AWS tools write: `[section]` lines,
 //! `key = value` lines, whole-line comments (`#`, `;`) and comments after a value that follow
@@ -58,7 +58,7 @@ pub(crate) struct ProfileSettings {
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct RoleSettings {
     pub role_arn: String,
-    /// The credentials that sign the `AssumeRole` request.
+    /// What the role is assumed with.
     pub source: RoleSource,
     pub external_id: Option<String>,
     pub session_name: Option<String>,
@@ -87,7 +87,8 @@ pub(crate) struct SsoSettings {
     pub origin: String,
 }
 
-/// What assumes a role: its profile's `source_profile` or `credential_source`.
+/// What assumes a role: its profile's `source_profile`, `credential_source` or
+/// `web_identity_token_file`.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum RoleSource {
     /// The source profile's static keys.

@@ -83,8 +83,8 @@ impl SsoCredentials {
     /// The error of a sign-in that is missing, expired or refused.
     fn sign_in(&self, what: &str) -> object_store::Error {
         self.error(format!(
-            "{what}; sign in with `aws sso login --profile {}`",
-            self.settings.profile
+            "{what}; sign in to {} with `aws sso login --profile {}`",
+            self.settings.start_url, self.settings.profile
         ))
     }
 
