@@ -964,9 +964,7 @@ fn credentials_come_from_the_aws_profile_when_the_environment_has_none() {
     assert_eq!(remote_manifest(&s3, "proc"), local_manifest(&env));
 
     let out = run_to("failing", "failing");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
-    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    let err = failed_in_one_line(&out);
     assert!(
         err.contains("credential_process of AWS profile 'failing' in")
             && err.contains("failed (exit status: 3)"),
@@ -1288,9 +1286,7 @@ fn a_role_is_assumed_with_another_roles_or_the_instances_or_the_pods_credentials
         ),
     ] {
         let out = push_as(profile, profile, vars);
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{profile}: {err}");
-        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        let err = failed_in_one_line(&out);
         assert!(
             err.contains(why) && err.contains("AWS profile '"),
             "{profile}: {err}"
@@ -1370,9 +1366,7 @@ fn an_sso_profile_pushes_with_the_role_credentials_of_its_sign_in() {
     // A sign-in that expired, or that the portal refuses, says how to sign in again.
     sign_in("2020-01-01T00:00:00Z");
     let out = push_as("dev", "late");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
-    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    let err = failed_in_one_line(&out);
     assert!(
         err.contains("the sign-in expired at 2020-01-01T00:00:00Z")
             && err.contains("aws sso login --profile dev")
@@ -1385,9 +1379,7 @@ fn an_sso_profile_pushes_with_the_role_credentials_of_its_sign_in() {
     )
     .unwrap();
     let out = push_as("dev", "late");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
-    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    let err = failed_in_one_line(&out);
     assert!(
         err.contains("refused the sign-in (HTTP 401 Unauthorized)")
             && err.contains("aws sso login --profile dev"),
@@ -1443,9 +1435,7 @@ fn a_role_with_mfa_serial_asks_for_its_code_at_the_terminal() {
     // Without a terminal (CI): one line that says so, before any request to STS.
     let before = log.len();
     let out = push_as_profile(&env, &s3, files, "mfa", "mfa-ci", &vars);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
-    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    let err = failed_in_one_line(&out);
     assert!(
         err.contains("its code is typed at a terminal, and there is none")
             && err.contains("AWS profile 'mfa' in "),
@@ -1524,9 +1514,7 @@ fn a_role_is_assumed_with_a_web_identity_token_of_a_file() {
     );
     std::fs::remove_file(&token_file).unwrap();
     let out = push_as_profile(&env, &s3, files, "eks", "gone", &vars);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
-    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    let err = failed_in_one_line(&out);
     assert!(
         err.contains(&format!("web_identity_token_file {}", token_file.display()))
             && err.contains("AWS profile 'eks' in "),
@@ -1835,6 +1823,14 @@ fn denied_delete(request: &mut Vec<u8>, from: &mut TcpStream) -> Vec<u8> {
         reply.len()
     )
     .into_bytes()
+}
+
+/// What a command that failed wrote to stderr: one line, asserted.
+fn failed_in_one_line(out: &Output) -> String {
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success(), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    err
 }
 
 /// A command's standard output and error, one after the other.
