@@ -61,6 +61,21 @@ pub(crate) enum Attempt {
     Final(object_store::Error),
 }
 
+impl Attempt {
+    /// A service's refusal with `status`: worth another try on 5xx, 429 or when it says it
+    /// was `throttled`.
+    pub(crate) fn of_status(
+        status: http::StatusCode,
+        throttled: bool,
+        e: object_store::Error,
+    ) -> Attempt {
+        match status.is_server_error() || status.as_u16() == 429 || throttled {
+            true => Attempt::Transient(e),
+            false => Attempt::Final(e),
+        }
+    }
+}
+
 /// `once` until it succeeds, fails for good, or has failed transiently `attempts` times
 /// (1 s, then 2 s, … apart).
 pub(crate) async fn with_retries<F, R>(attempts: u64, mut once: F) -> object_store::Result<Fetched>

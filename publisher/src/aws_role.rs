@@ -186,12 +186,7 @@ impl RoleCredentials {
                 .map(|e| format!(": {} {}", e.error.code, e.error.message))
                 .unwrap_or_default();
             let e = self.error(format!("HTTP {status}{detail}"));
-            return Err(
-                match status.is_server_error() || status.as_u16() == 429 || throttled {
-                    true => Attempt::Transient(e),
-                    false => Attempt::Final(e),
-                },
-            );
+            return Err(Attempt::of_status(status, throttled, e));
         }
         if !whole {
             let e = self.error(format!("a reply of more than {} KiB", MAX_REPLY >> 10));

@@ -145,10 +145,7 @@ impl SsoCredentials {
         }
         if !status.is_success() {
             let e = self.error(format!("{} answered HTTP {status}", self.endpoint));
-            return Err(match status.is_server_error() || status.as_u16() == 429 {
-                true => Attempt::Transient(e),
-                false => Attempt::Final(e),
-            });
+            return Err(Attempt::of_status(status, false, e));
         }
         if !whole {
             let e = self.error(format!("a reply of more than {} KiB", MAX_REPLY >> 10));
