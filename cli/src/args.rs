@@ -423,6 +423,13 @@ pub struct PushArgs {
     /// one push at a time goes to this bucket (kept with --auto).
     #[arg(long, requires = "target")]
     pub single_pusher: bool,
+    /// The AWS profile of ~/.aws/credentials and ~/.aws/config to take credentials from, as
+    /// the AWS tools' --profile: it wins over AWS_PROFILE and over AWS_ACCESS_KEY_ID /
+    /// AWS_SECRET_ACCESS_KEY, which then serve only a role's `credential_source =
+    /// Environment`. Kept with --auto; without a target, used instead of the push target's
+    /// for this run.
+    #[arg(long, value_name = "NAME", value_parser = clap::builder::NonEmptyStringValueParser::new())]
+    pub profile: Option<String>,
     /// Then delete the bucket's objects the local storage no longer holds (after gc).
     #[arg(long)]
     pub delete: bool,

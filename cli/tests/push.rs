@@ -1040,6 +1040,14 @@ fn profile_push(
         "--endpoint",
         &s3.endpoint(),
     ]);
+    as_profile(&mut cmd, files, profile, &s3.endpoint());
+    cmd.envs(extra.iter().copied());
+    cmd
+}
+
+/// `cmd` with no AWS settings from the test's environment but the profile `profile` of
+/// `files` (credentials, config) and STS at `sts`.
+fn as_profile(cmd: &mut Command, files: (&Path, &Path), profile: &str, sts: &str) {
     for var in [
         "AWS_ACCESS_KEY_ID",
         "AWS_SECRET_ACCESS_KEY",
@@ -1059,9 +1067,7 @@ fn profile_push(
     cmd.env("AWS_PROFILE", profile)
         .env("AWS_SHARED_CREDENTIALS_FILE", files.0)
         .env("AWS_CONFIG_FILE", files.1)
-        .env("AWS_ENDPOINT_URL_STS", s3.endpoint());
-    cmd.envs(extra.iter().copied());
-    cmd
+        .env("AWS_ENDPOINT_URL_STS", sts);
 }
 
 /// A loopback stand-in for an EC2 instance's metadata service (IMDSv2: a token first), an
@@ -1294,6 +1300,148 @@ fn a_role_is_assumed_with_another_roles_or_the_instances_or_the_pods_credentials
     }
     assert_eq!(assumed_roles(&s3).len(), before);
     assert_eq!(signers().len(), before);
+}
+
+/// The key ids that signed the requests in `log` from byte `from` on, with the service each
+/// request was signed for (`s3`, `sts`), in order.
+fn signed_by(log: &std::sync::Mutex<Vec<u8>>, from: usize) -> Vec<(String, String)> {
+    let log = log.lock().unwrap();
+    let text = String::from_utf8_lossy(&log[from.min(log.len())..]).to_string();
+    text.split("Credential=")
+        .skip(1)
+        .filter_map(|rest| {
+            let scope: Vec<&str> = rest.split([',', ' ', '&']).next()?.split('/').collect();
+            Some((scope.first()?.to_string(), scope.get(3)?.to_string()))
+        })
+        .collect()
+}
+
+/// `--profile NAME` names the profile as the AWS tools' option does: before `AWS_PROFILE` and
+/// before the environment's keys, which then serve only a role's `credential_source =
+/// Environment`. Kept with `--auto`, so the pushes after each publish take it too.
+#[test]
+fn an_explicit_profile_comes_before_the_keys_of_the_environment() {
+    let (s3, env, credentials, config) = with_ci_profile();
+    std::fs::write(
+        &config,
+        "[profile ci]\nregion = us-east-1\n\
+         [profile env]\nregion = us-east-1\n\
+         role_arn = arn:aws:iam::123456789012:role/from-env\ncredential_source = Environment\n",
+    )
+    .unwrap();
+    let files = (credentials.as_path(), config.as_path());
+    // S3 and STS behind one relay that keeps the requests: which keys signed each.
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let via = format!(
+        "http://127.0.0.1:{}",
+        relay(s3.port, Relayed::Logged(log.clone()))
+    );
+    let env_keys = [
+        ("AWS_ACCESS_KEY_ID", "env-key-id"),
+        ("AWS_SECRET_ACCESS_KEY", "env-secret"),
+    ];
+    let command = |aws_profile: &str, args: &[&str], keys: bool| {
+        let mut cmd = env.cmd(&[&["--json"][..], args].concat());
+        as_profile(&mut cmd, files, aws_profile, &via);
+        cmd.env("AWS_ENDPOINT_URL", &via);
+        if keys {
+            cmd.envs(env_keys);
+        }
+        cmd
+    };
+    let run = |aws_profile: &str, args: &[&str], keys: bool| {
+        let from = log.lock().unwrap().len();
+        let out = command(aws_profile, args, keys).output().unwrap();
+        (out, signed_by(&log, from))
+    };
+    // `push FQRN s3://BUCKET/PREFIX` with `more` arguments.
+    let push_to = |aws_profile: &str, prefix: &str, more: &[&str], keys: bool| {
+        let target = format!("s3://{BUCKET}/{prefix}");
+        let args = ["push", FQRN, &target, "--allow-http", "--public-read"];
+        run(aws_profile, &[&args[..], more].concat(), keys)
+    };
+    let pushed = |out: &Output, prefix: &str| {
+        let all = output_text(out);
+        assert!(out.status.success(), "{all}");
+        assert!(
+            !all.contains("env-secret") && !all.contains("profile-secret"),
+            "{all}"
+        );
+        assert_eq!(remote_manifest(&s3, prefix), local_manifest(&env));
+    };
+    let keys_for = |signed: &[(String, String)], service: &str| {
+        let mut keys: Vec<String> = signed
+            .iter()
+            .filter(|(_, s)| s == service)
+            .map(|(k, _)| k.clone())
+            .collect();
+        keys.dedup();
+        keys
+    };
+
+    // --profile with credential_source = Environment: the environment's keys assume the role,
+    // whose credentials sign the push.
+    let (out, signed) = push_to("ci", "env", &["--profile", "env"], true);
+    pushed(&out, "env");
+    let roles = assumed_roles(&s3);
+    assert_eq!(
+        roles.iter().map(|r| r.0.as_str()).collect::<Vec<_>>(),
+        ["arn:aws:iam::123456789012:role/from-env"]
+    );
+    assert_eq!(keys_for(&signed, "sts"), ["env-key-id"]);
+    assert_eq!(keys_for(&signed, "s3"), [roles[0].1.clone()]);
+
+    // Under AWS_PROFILE alone, as for the AWS tools, the environment's keys sign the push.
+    let (out, signed) = push_to("env", "plain", &[], true);
+    pushed(&out, "plain");
+    assert_eq!(keys_for(&signed, "s3"), ["env-key-id"]);
+    assert!(keys_for(&signed, "sts").is_empty(), "{signed:?}");
+
+    // --profile ci wins over AWS_PROFILE and the environment's keys.
+    let (out, signed) = push_to("env", "ci", &["--profile", "ci"], true);
+    pushed(&out, "ci");
+    assert_eq!(keys_for(&signed, "s3"), ["profile-key-id"]);
+    assert_eq!(assumed_roles(&s3).len(), 1);
+
+    // What cannot serve fails in one line, before any request.
+    for (profile, keys, why) in [
+        (
+            "env",
+            false,
+            "credential_source = Environment, but AWS_ACCESS_KEY_ID and \
+             AWS_SECRET_ACCESS_KEY are not set",
+        ),
+        (
+            "nosuch",
+            true,
+            "AWS profile 'nosuch' (--profile) is in neither",
+        ),
+    ] {
+        let (out, signed) = push_to("ci", "refused", &["--profile", profile], keys);
+        let err = failed_in_one_line(&out);
+        assert!(err.contains(why), "{profile}: {err}");
+        assert!(signed.is_empty(), "{profile}: {signed:?}");
+    }
+    // An empty name is refused by the argument parser (an empty AWS_PROFILE means unset).
+    let (out, signed) = push_to("ci", "refused", &["--profile", ""], true);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--profile"), "{err}");
+    assert!(signed.is_empty(), "{signed:?}");
+
+    // Kept with --auto: the pushes after a publish, and `push FQRN`, take the profile.
+    let (out, _) = push_to("env", "auto", &["--profile", "ci", "--auto"], true);
+    pushed(&out, "auto");
+    let src = env.path("src-auto");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("new"), "pushed after the publish\n").unwrap();
+    let (out, signed) = run("env", &["publish", FQRN, src.to_str().unwrap()], true);
+    pushed(&out, "auto");
+    assert_eq!(keys_for(&signed, "s3"), ["profile-key-id"]);
+    // --profile without a target: the push target's, with this profile for this run.
+    let (out, signed) = run("ci", &["push", FQRN, "--profile", "env"], true);
+    pushed(&out, "auto");
+    assert_eq!(keys_for(&signed, "sts"), ["env-key-id"]);
+    assert_eq!(assumed_roles(&s3).len(), 2);
 }
 
 #[test]

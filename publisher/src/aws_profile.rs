@@ -131,12 +131,23 @@ fn sso_session_key(name: &str) -> String {
 
 type Profiles = HashMap<String, HashMap<String, String>>;
 
-/// The settings of the profile `AWS_PROFILE` names (or `default`), `env` standing for the
-/// process environment. A profile named by `AWS_PROFILE` that neither file has is an error;
-/// a missing `default` profile (or missing files) is not: there is nothing to take.
-pub(crate) fn profile_settings(env: &dyn Fn(&str) -> Option<String>) -> Result<ProfileSettings> {
-    let named = env("AWS_PROFILE").filter(|p| !p.is_empty());
-    let profile = named.clone().unwrap_or_else(|| "default".to_string());
+/// The settings of the profile `explicit` (`--profile`) names, else `AWS_PROFILE`, else
+/// `default`, `env` standing for the process environment. A named profile that neither file
+/// has is an error; a missing `default` profile (or missing files) is not: there is nothing
+/// to take.
+pub(crate) fn profile_settings(
+    env: &dyn Fn(&str) -> Option<String>,
+    explicit: Option<&str>,
+) -> Result<ProfileSettings> {
+    let named = match explicit {
+        Some(p) => Some((p.to_string(), "--profile")),
+        None => env("AWS_PROFILE")
+            .filter(|p| !p.is_empty())
+            .map(|p| (p, "AWS_PROFILE")),
+    };
+    let profile = named
+        .as_ref()
+        .map_or_else(|| "default".to_string(), |(p, _)| p.clone());
     let home = env("HOME").filter(|h| !h.is_empty());
     let file = |var: &str, default: &str| -> Option<PathBuf> {
         let path = env(var).filter(|p| !p.is_empty());
@@ -159,13 +170,13 @@ pub(crate) fn profile_settings(env: &dyn Fn(&str) -> Option<String>) -> Result<P
     let in_credentials = credentials.get(&profile);
     let in_config = config.get(&profile);
     if in_credentials.is_none() && in_config.is_none() {
-        if named.is_some() {
+        if let Some((_, by)) = named {
             let shown = |p: &Option<PathBuf>, var: &str| match p {
                 Some(p) => p.display().to_string(),
                 None => format!("~/.aws/{var} (HOME is not set)"),
             };
             return Err(Error::Invalid(format!(
-                "AWS profile '{profile}' (AWS_PROFILE) is in neither {} nor {}",
+                "AWS profile '{profile}' ({by}) is in neither {} nor {}",
                 shown(&credentials_file, "credentials"),
                 shown(&config_file, "config")
             )));
@@ -586,7 +597,7 @@ sso_session = corp
     }
 
     fn settings(env: &HashMap<String, String>) -> Result<ProfileSettings> {
-        profile_settings(&|k| env.get(k).cloned())
+        profile_settings(&|k| env.get(k).cloned(), None)
     }
 
     fn key_of(s: &ProfileSettings) -> Option<&str> {
@@ -618,6 +629,15 @@ sso_session = corp
         // Keys in the config file's profile count when the credentials file has none.
         let (_home, env) = with_files(CREDENTIALS, CONFIG, &[("AWS_PROFILE", "config-only")]);
         assert_eq!(key_of(&settings(&env).unwrap()), Some("CONFIGKEY"));
+
+        // --profile wins over AWS_PROFILE, and a missing one is named as given there.
+        let explicit = |name| profile_settings(&|k| env.get(k).cloned(), Some(name));
+        assert_eq!(key_of(&explicit("team").unwrap()), Some("TEAMKEY"));
+        let err = explicit("nosuch").unwrap_err().to_string();
+        assert!(
+            err.contains("AWS profile 'nosuch' (--profile) is in neither"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -30,7 +30,8 @@
 //! `AWS_REGION`, ...), else from the profile `AWS_PROFILE` (default `default`) of
 //! `~/.aws/credentials` and `~/.aws/config` (`AWS_SHARED_CREDENTIALS_FILE`,
 //! `AWS_CONFIG_FILE`), else from web identity, container credentials or the instance
-//! metadata; they are never printed.
+//! metadata; they are never printed. A profile named in [`S3Target::profile`] (`--profile`)
+//! comes before the environment's keys, as with the AWS tools' `--profile`.
 //!
 //! ```no_run
 //! use publisher::{PushOptions, Repository, S3Target};
@@ -90,6 +91,10 @@ pub struct S3Target {
     /// Push even to an endpoint that ignores conditional writes: the operator sees to it
     /// that only one push at a time goes to this bucket (see [`Push::conditions_hold`]).
     pub single_pusher: bool,
+    /// The AWS profile to take credentials from (`--profile`): it wins over `AWS_PROFILE`
+    /// and over keys in the environment, which then serve only a role's
+    /// `credential_source = Environment`, as for the AWS tools. A name, not a credential.
+    pub profile: Option<String>,
 }
 
 impl S3Target {
@@ -208,6 +213,25 @@ fn keys_provider(keys: ProfileCredential) -> Arc<CredentialSource> {
     }))
 }
 
+/// Whether `key` is one of the keys themselves (the id, the secret, the session token).
+fn is_key_setting(key: &AmazonS3ConfigKey) -> bool {
+    matches!(
+        key,
+        AmazonS3ConfigKey::AccessKeyId
+            | AmazonS3ConfigKey::SecretAccessKey
+            | AmazonS3ConfigKey::Token
+    )
+}
+
+/// The keys `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` (and `AWS_SESSION_TOKEN`) of `env`.
+fn environment_keys(env: &HashMap<String, String>) -> Option<ProfileCredential> {
+    Some(ProfileCredential {
+        key_id: env.get("AWS_ACCESS_KEY_ID")?.clone(),
+        secret_key: env.get("AWS_SECRET_ACCESS_KEY")?.clone(),
+        token: env.get("AWS_SESSION_TOKEN").cloned(),
+    })
+}
+
 /// The process environment's `AWS_*` variables and `HOME`, for [`S3Target::builder`]; an
 /// empty one counts as unset, as for the AWS tools.
 fn process_env() -> HashMap<String, String> {
@@ -234,9 +258,10 @@ impl S3Target {
 
     /// The client's settings, in the order of the AWS tools: the options (`--endpoint`,
     /// `--region`), then the environment `env` (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
-    /// `AWS_SESSION_TOKEN`, `AWS_REGION`, ...), then the profile `AWS_PROFILE` of the shared
-    /// credentials and config files (see [`crate::aws_profile`]); without credentials from
-    /// any of these, the client's own chain (web identity, container, instance metadata).
+    /// `AWS_SESSION_TOKEN`, `AWS_REGION`, ...), then the profile `--profile` or `AWS_PROFILE`
+    /// names in the shared credentials and config files (see [`crate::aws_profile`]; with
+    /// `--profile`, the environment's keys are passed over); without credentials from any of
+    /// these, the client's own chain (web identity, container, instance metadata).
     fn builder(&self, env: &HashMap<String, String>) -> Result<AmazonS3Builder> {
         let mut builder = AmazonS3Builder::new().with_bucket_name(&self.bucket);
         for (key, value) in env {
@@ -245,7 +270,9 @@ impl S3Target {
                 key.starts_with("AWS_"),
                 key.to_ascii_lowercase().parse::<AmazonS3ConfigKey>(),
             ) {
-                builder = builder.with_config(config, value);
+                if self.profile.is_none() || !is_key_setting(&config) {
+                    builder = builder.with_config(config, value);
+                }
             }
         }
         if let (Some(imds), None) = (
@@ -273,8 +300,9 @@ impl S3Target {
         if has_keys && has_region {
             return Ok(builder);
         }
-        let profile = crate::aws_profile::profile_settings(&|k| env.get(k).cloned())
-            .map_err(|e| Error::Invalid(format!("{}: {e}", self.describe())))?;
+        let profile =
+            crate::aws_profile::profile_settings(&|k| env.get(k).cloned(), self.profile.as_deref())
+                .map_err(|e| Error::Invalid(format!("{}: {e}", self.describe())))?;
         if let (false, Some(region)) = (has_region, &profile.region) {
             builder = builder.with_region(region);
         }
@@ -408,15 +436,17 @@ impl S3Target {
             RoleSource::Role(inner) => self.role_provider(*inner, env, region.to_string())?,
             RoleSource::Sso(sso) => self.sso_provider(sso, env)?,
             RoleSource::WebIdentity(file) => return Ok(RoleSigner::TokenFile(file)),
-            // Keys in the environment sign requests themselves (see `builder`), as for the
-            // AWS tools under AWS_PROFILE: a role reached here has none to take.
-            RoleSource::Environment => {
-                return Err(missing(
-                    "credential_source = Environment, but AWS_ACCESS_KEY_ID and \
-                     AWS_SECRET_ACCESS_KEY are not set (when they are, they sign requests \
-                     themselves, as for the AWS tools under AWS_PROFILE)",
-                ))
-            }
+            // Keys in the environment reach a role only with --profile (see `builder`);
+            // otherwise they sign requests themselves, as for the AWS tools.
+            RoleSource::Environment => match environment_keys(env) {
+                Some(keys) => keys_provider(keys),
+                None => {
+                    return Err(missing(
+                        "credential_source = Environment, but AWS_ACCESS_KEY_ID and \
+                         AWS_SECRET_ACCESS_KEY are not set",
+                    ))
+                }
+            },
             RoleSource::Ec2InstanceMetadata => {
                 if env
                     .get("AWS_EC2_METADATA_DISABLED")

@@ -36,15 +36,22 @@ pub fn push(home: &Path, g: &Global, a: &PushArgs, out: Output) -> Result<i32> {
             allow_http: a.allow_http,
             single_pusher: a.single_pusher,
             public_read: a.public_read,
+            profile: a.profile.clone(),
             ..S3Target::parse(url)?
         },
-        None => repo.config().auto_push.clone().ok_or_else(|| {
-            anyhow!(
-                "push {}: no target given and the repository has none (push FQRN s3://BUCKET \
-                 --auto sets one)",
-                a.fqrn
-            )
-        })?,
+        None => {
+            let target = repo.config().auto_push.clone().ok_or_else(|| {
+                anyhow!(
+                    "push {}: no target given and the repository has none (push FQRN \
+                     s3://BUCKET --auto sets one)",
+                    a.fqrn
+                )
+            })?;
+            S3Target {
+                profile: a.profile.clone().or(target.profile.clone()),
+                ..target
+            }
+        }
     };
     let progress = Arc::new(PushProgress::default());
     let opts = |wait: bool| PushOptions {
