@@ -1061,6 +1061,8 @@ fn as_profile(cmd: &mut Command, files: (&Path, &Path), profile: &str, sts: &str
         "AWS_WEB_IDENTITY_TOKEN_FILE",
         "AWS_EC2_METADATA_SERVICE_ENDPOINT",
         "AWS_EC2_METADATA_DISABLED",
+        "AWS_ENDPOINT_URL_SSO",
+        "AWS_ENDPOINT_URL_SSO_OIDC",
     ] {
         cmd.env_remove(var);
     }
@@ -1090,6 +1092,16 @@ fn credential_endpoints() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String
             }
             let head = String::from_utf8_lossy(&head).to_string();
             let lower = head.to_ascii_lowercase();
+            let length = lower
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0usize);
+            let mut body = vec![0u8; length];
+            if conn.read_exact(&mut body).is_err() {
+                continue;
+            }
+            let body = String::from_utf8_lossy(&body).to_string();
             let line = head.lines().next().unwrap_or("").to_string();
             let path = line.split(' ').nth(1).unwrap_or("");
             let credentials = |who: &str| {
@@ -1115,6 +1127,17 @@ fn credential_endpoints() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String
                     let c = r#"{"roleCredentials": {"accessKeyId": "sso-key-id", "secretAccessKey": "sso-secret", "sessionToken": "sso-session-token", "expiration": 4102444800000}}"#;
                     (200, c.to_string())
                 }
+                // IAM Identity Center OIDC's CreateToken, renewing a sign-in.
+                ("POST", "/token")
+                    if body.contains(r#""grantType":"refresh_token""#)
+                        && body.contains(r#""refreshToken":"refresh-1""#)
+                        && body.contains(r#""clientId":"client-1""#)
+                        && body.contains(r#""clientSecret":"client-secret""#) =>
+                {
+                    let renewed = r#"{"accessToken": "sso-token", "expiresIn": 3600, "refreshToken": "refresh-2", "tokenType": "Bearer"}"#;
+                    (200, renewed.to_string())
+                }
+                ("POST", "/token") => (400, r#"{"error": "invalid_grant"}"#.to_string()),
                 _ => (401, String::new()),
             };
             log.lock()
@@ -1481,6 +1504,7 @@ fn an_sso_profile_pushes_with_the_role_credentials_of_its_sign_in() {
         let vars = [
             ("HOME", home.to_str().unwrap()),
             ("AWS_ENDPOINT_URL_SSO", endpoints.as_str()),
+            ("AWS_ENDPOINT_URL_SSO_OIDC", endpoints.as_str()),
             ("AWS_ENDPOINT_URL_STS", sts.as_str()),
         ];
         push_as_profile(&env, &s3, files, profile, prefix, &vars)
@@ -1510,6 +1534,72 @@ fn an_sso_profile_pushes_with_the_role_credentials_of_its_sign_in() {
     assert_eq!(remote_manifest(&s3, "via"), local_manifest(&env));
     let log = String::from_utf8_lossy(&sts_log.lock().unwrap()).to_string();
     assert!(log.contains("Credential=sso-key-id/"), "{log}");
+
+    // An expired sign-in of an sso_session is renewed with its refresh token, as by the AWS
+    // CLI, and written back (0600, its other fields kept) for the next run.
+    let renewable = |access: &str, refresh: &str, registration: &str| {
+        let text = format!(
+            r#"{{"startUrl": "https://corp.awsapps.com/start", "region": "us-east-1", "accessToken": "{access}", "expiresAt": "2020-01-01T00:00:00Z", "refreshToken": "{refresh}", "clientId": "client-1", "clientSecret": "client-secret", "registrationExpiresAt": "{registration}"}}"#
+        );
+        std::fs::write(&token, text).unwrap();
+    };
+    renewable("stale-token", "refresh-1", "2099-01-01T00:00:00Z");
+    let secrets = [&secrets[..], &["client-secret", "refresh-1", "refresh-2"]].concat();
+    let asked_now = || seen.lock().unwrap().len();
+    let before = asked_now();
+    let out = push_as("dev", "renewed");
+    let all = output_text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(!secrets.iter().any(|s| all.contains(s)), "{all}");
+    assert_eq!(remote_manifest(&s3, "renewed"), local_manifest(&env));
+    let asked = seen.lock().unwrap()[before..].to_vec();
+    assert_eq!(
+        asked,
+        [
+            "POST /token HTTP/1.1 200",
+            "GET /federation/credentials?account_id=111122223333&role_name=Pusher HTTP/1.1 200"
+        ]
+    );
+    let kept: serde_json::Value = serde_json::from_slice(&std::fs::read(&token).unwrap()).unwrap();
+    assert_eq!(kept["accessToken"], "sso-token");
+    assert_eq!(kept["refreshToken"], "refresh-2");
+    assert_eq!(kept["clientSecret"], "client-secret");
+    assert_eq!(kept["startUrl"], "https://corp.awsapps.com/start");
+    let expires = kept["expiresAt"].as_str().unwrap().to_string();
+    assert!(
+        expires.ends_with('Z') && expires.as_str() > "2026-",
+        "{expires}"
+    );
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&token).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+    // Valid for an hour now: the next push asks only the portal.
+    let before = asked_now();
+    let out = push_as("dev", "renewed");
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert!(!seen.lock().unwrap()[before..]
+        .iter()
+        .any(|r| r.contains("/token")));
+    // A refresh token the service refuses, or a registration that expired: sign in again.
+    renewable("stale-token", "revoked", "2099-01-01T00:00:00Z");
+    let err = failed_in_one_line(&push_as("dev", "late"));
+    assert!(
+        err.contains("refused to renew it (HTTP 400 Bad Request)")
+            && err.contains("aws sso login --profile dev"),
+        "{err}"
+    );
+    assert!(
+        !secrets.iter().any(|s| err.contains(s)) && !err.contains("revoked"),
+        "{err}"
+    );
+    renewable("stale-token", "refresh-1", "2020-01-01T00:00:00Z");
+    let before = asked_now();
+    let err = failed_in_one_line(&push_as("dev", "late"));
+    assert!(
+        err.contains("the sign-in expired at 2020-01-01T00:00:00Z"),
+        "{err}"
+    );
+    assert_eq!(asked_now(), before);
 
     // A sign-in that expired, or that the portal refuses, says how to sign in again.
     sign_in("2020-01-01T00:00:00Z");

@@ -78,10 +78,10 @@ impl Attempt {
 
 /// `once` until it succeeds, fails for good, or has failed transiently `attempts` times
 /// (1 s, then 2 s, … apart).
-pub(crate) async fn with_retries<F, R>(attempts: u64, mut once: F) -> object_store::Result<Fetched>
+pub(crate) async fn with_retries<T, F, R>(attempts: u64, mut once: F) -> object_store::Result<T>
 where
     F: FnMut() -> R,
-    R: std::future::Future<Output = Result<Fetched, Attempt>>,
+    R: std::future::Future<Output = Result<T, Attempt>>,
 {
     let mut attempt = 1;
     loop {

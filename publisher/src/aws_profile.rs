@@ -85,6 +85,9 @@ pub(crate) struct SsoSettings {
     pub profile: String,
     /// `AWS profile 'NAME' in PATH`, for messages.
     pub origin: String,
+    /// An `sso_session`'s sign-in, which the AWS CLI renews with its refresh token (the
+    /// older form, a start URL in the profile, has none).
+    pub renewable: bool,
 }
 
 /// What assumes a role: its profile's `source_profile`, `credential_source` or
@@ -352,7 +355,7 @@ fn sso_settings(files: &Files<'_>, profile: &str) -> Result<Option<SsoSettings>>
         return Ok(None);
     };
     let refuse = |why: String| Error::Invalid(format!("{origin}: {why}"));
-    let (start_url, region, cache_key) = match session {
+    let (start_url, region, cache_key, renewable) = match session {
         Some((name, _)) => {
             let section = files.config.get(&sso_session_key(&name));
             let get = |key: &str| {
@@ -366,7 +369,7 @@ fn sso_settings(files: &Files<'_>, profile: &str) -> Result<Option<SsoSettings>>
                         ))
                     })
             };
-            (get("sso_start_url")?, get("sso_region")?, name)
+            (get("sso_start_url")?, get("sso_region")?, name, true)
         }
         None => {
             let url = legacy.map(|v| v.0).unwrap_or_default();
@@ -374,7 +377,7 @@ fn sso_settings(files: &Files<'_>, profile: &str) -> Result<Option<SsoSettings>>
                 .setting(profile, "sso_region")
                 .ok_or_else(|| refuse("sso_start_url without sso_region".to_string()))?
                 .0;
-            (url.clone(), region, url)
+            (url.clone(), region, url, false)
         }
     };
     let needed = |key: &str| {
@@ -390,6 +393,7 @@ fn sso_settings(files: &Files<'_>, profile: &str) -> Result<Option<SsoSettings>>
         region,
         account_id: needed("sso_account_id")?,
         role_name: needed("sso_role_name")?,
+        renewable,
         cache_key,
         profile: profile.to_string(),
         origin,
@@ -887,10 +891,12 @@ sso_session = corp
                 "dev"
             )
         );
-        // The older form: the start URL names the sign-in.
+        assert!(sso.renewable);
+        // The older form: the start URL names the sign-in, which has no refresh token.
         let old = profile("old").unwrap().sso.unwrap();
         assert_eq!(old.cache_key, "https://old.awsapps.com/start");
         assert_eq!(old.region, "eu-central-1");
+        assert!(!old.renewable);
         // A role assumed with an SSO profile's credentials.
         let via = profile("via").unwrap().role.unwrap();
         assert!(matches!(&via.source, RoleSource::Sso(s) if s.profile == "dev"));

@@ -407,6 +407,13 @@ impl S3Target {
             .unwrap_or_else(|| format!("https://portal.sso.{}.amazonaws.com", sso.region));
         let what = format!("IAM Identity Center (for {})", sso.origin);
         self.refuse_plain_http(&endpoint, &what)?;
+        let oidc_endpoint = env
+            .get("AWS_ENDPOINT_URL_SSO_OIDC")
+            .or_else(|| env.get("AWS_ENDPOINT_URL"))
+            .cloned()
+            .unwrap_or_else(|| format!("https://oidc.{}.amazonaws.com", sso.region));
+        let what = format!("IAM Identity Center OIDC (for {})", sso.origin);
+        self.refuse_plain_http(&oidc_endpoint, &what)?;
         let cache_dir = env
             .get("HOME")
             .map(|h| std::path::Path::new(h).join(".aws/sso/cache"));
@@ -414,6 +421,7 @@ impl S3Target {
             settings: sso,
             cache_dir,
             endpoint,
+            oidc_endpoint,
             http: self.http_client()?,
             cached: Default::default(),
         }))
