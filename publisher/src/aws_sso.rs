@@ -375,9 +375,9 @@ mod tests {
     use super::*;
     use object_store::client::HttpConnector;
 
-    #[test]
-    fn the_token_is_found_by_the_sha1_of_its_session_and_replies_are_read() {
-        let settings = SsoSettings {
+    /// The settings of profile `dev`, signed in through session `my-sso`.
+    fn dev() -> SsoSettings {
+        SsoSettings {
             start_url: "https://example.awsapps.com/start".into(),
             region: "us-east-1".into(),
             account_id: "111122223333".into(),
@@ -386,18 +386,27 @@ mod tests {
             profile: "dev".into(),
             origin: "AWS profile 'dev' in test".into(),
             renewable: true,
-        };
-        let dir = tempfile::tempdir().unwrap();
-        let sso = SsoCredentials {
-            settings,
-            cache_dir: Some(dir.path().to_path_buf()),
+        }
+    }
+
+    /// A provider for `settings` with its token cache in `dir` (and no service to reach).
+    fn provider(settings: &SsoSettings, dir: &std::path::Path) -> SsoCredentials {
+        SsoCredentials {
+            settings: settings.clone(),
+            cache_dir: Some(dir.to_path_buf()),
             endpoint: "http://127.0.0.1:9".into(),
             oidc_endpoint: "http://127.0.0.1:9".into(),
             http: crate::s3_http::BoundedConnector::default()
                 .connect(&object_store::ClientOptions::new().with_allow_http(true))
                 .unwrap(),
             cached: Refreshing::default(),
-        };
+        }
+    }
+
+    #[test]
+    fn the_token_is_found_by_the_sha1_of_its_session_and_replies_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let sso = provider(&dev(), dir.path());
         // The AWS CLI's name for session "my-sso": the SHA-1 of the name.
         let path = dir
             .path()
@@ -443,26 +452,8 @@ mod tests {
     #[test]
     fn a_renewed_sign_in_is_written_back_whole_and_private() {
         let dir = tempfile::tempdir().unwrap();
-        let settings = SsoSettings {
-            start_url: "https://example.awsapps.com/start".into(),
-            region: "us-east-1".into(),
-            account_id: "111122223333".into(),
-            role_name: "Pusher".into(),
-            cache_key: "my-sso".into(),
-            profile: "dev".into(),
-            origin: "AWS profile 'dev' in test".into(),
-            renewable: true,
-        };
-        let sso = |settings: &SsoSettings| SsoCredentials {
-            settings: settings.clone(),
-            cache_dir: Some(dir.path().to_path_buf()),
-            endpoint: "http://127.0.0.1:9".into(),
-            oidc_endpoint: "http://127.0.0.1:9".into(),
-            http: crate::s3_http::BoundedConnector::default()
-                .connect(&object_store::ClientOptions::new())
-                .unwrap(),
-            cached: Refreshing::default(),
-        };
+        let settings = dev();
+        let sso = |settings: &SsoSettings| provider(settings, dir.path());
         let provider = sso(&settings);
         let path = provider.token_path().unwrap();
         let cached = |registration: &str, refresh: Option<&str>| {

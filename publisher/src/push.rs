@@ -349,6 +349,24 @@ impl S3Target {
         Ok(Arc::new(provider))
     }
 
+    /// The URL of the AWS service `what`: the service's own variable `var`, else
+    /// `AWS_ENDPOINT_URL`, else AWS's `default`; a plain-HTTP one is refused unless allowed.
+    fn service_endpoint(
+        &self,
+        env: &HashMap<String, String>,
+        var: &str,
+        default: String,
+        what: &str,
+    ) -> Result<String> {
+        let endpoint = env
+            .get(var)
+            .or_else(|| env.get("AWS_ENDPOINT_URL"))
+            .cloned()
+            .unwrap_or(default);
+        self.refuse_plain_http(&endpoint, what)?;
+        Ok(endpoint)
+    }
+
     /// Refuses a plain-HTTP `endpoint` of a credentials service (`what`) unless allowed.
     fn refuse_plain_http(&self, endpoint: &str, what: &str) -> Result<()> {
         if !self.allow_http && endpoint.to_ascii_lowercase().starts_with("http://") {
@@ -370,12 +388,12 @@ impl S3Target {
         region: String,
     ) -> Result<Arc<CredentialSource>> {
         let source = self.role_signer(role.source, &role.origin, env, &region)?;
-        let endpoint = env
-            .get("AWS_ENDPOINT_URL_STS")
-            .or_else(|| env.get("AWS_ENDPOINT_URL"))
-            .cloned()
-            .unwrap_or_else(|| format!("https://sts.{region}.amazonaws.com"));
-        self.refuse_plain_http(&endpoint, &format!("STS (for role_arn of {})", role.origin))?;
+        let endpoint = self.service_endpoint(
+            env,
+            "AWS_ENDPOINT_URL_STS",
+            format!("https://sts.{region}.amazonaws.com"),
+            &format!("STS (for role_arn of {})", role.origin),
+        )?;
         let secs = since_epoch().as_secs();
         Ok(Arc::new(crate::aws_role::RoleCredentials {
             role_arn: role.role_arn,
@@ -400,20 +418,18 @@ impl S3Target {
         sso: SsoSettings,
         env: &HashMap<String, String>,
     ) -> Result<Arc<CredentialSource>> {
-        let endpoint = env
-            .get("AWS_ENDPOINT_URL_SSO")
-            .or_else(|| env.get("AWS_ENDPOINT_URL"))
-            .cloned()
-            .unwrap_or_else(|| format!("https://portal.sso.{}.amazonaws.com", sso.region));
-        let what = format!("IAM Identity Center (for {})", sso.origin);
-        self.refuse_plain_http(&endpoint, &what)?;
-        let oidc_endpoint = env
-            .get("AWS_ENDPOINT_URL_SSO_OIDC")
-            .or_else(|| env.get("AWS_ENDPOINT_URL"))
-            .cloned()
-            .unwrap_or_else(|| format!("https://oidc.{}.amazonaws.com", sso.region));
-        let what = format!("IAM Identity Center OIDC (for {})", sso.origin);
-        self.refuse_plain_http(&oidc_endpoint, &what)?;
+        let endpoint = self.service_endpoint(
+            env,
+            "AWS_ENDPOINT_URL_SSO",
+            format!("https://portal.sso.{}.amazonaws.com", sso.region),
+            &format!("IAM Identity Center (for {})", sso.origin),
+        )?;
+        let oidc_endpoint = self.service_endpoint(
+            env,
+            "AWS_ENDPOINT_URL_SSO_OIDC",
+            format!("https://oidc.{}.amazonaws.com", sso.region),
+            &format!("IAM Identity Center OIDC (for {})", sso.origin),
+        )?;
         let cache_dir = env
             .get("HOME")
             .map(|h| std::path::Path::new(h).join(".aws/sso/cache"));
