@@ -1206,11 +1206,8 @@ fn a_role_is_assumed_with_another_roles_or_the_instances_or_the_pods_credentials
         push_as_profile(&env, &s3, files, profile, prefix, &vars)
     };
     let signers = || {
-        let log = String::from_utf8_lossy(&sts_log.lock().unwrap()).to_string();
-        log.split("Credential=")
-            .skip(1)
-            .filter_map(|rest| rest.split('/').next().map(str::to_string))
-            .collect::<Vec<_>>()
+        let signed = signed_by(&sts_log, 0);
+        signed.into_iter().map(|(key, _)| key).collect::<Vec<_>>()
     };
     let secrets = [
         "profile-secret",
