@@ -363,6 +363,10 @@ fn best_alternating(
     mut floor: impl FnMut() -> Result<FloorReport, Error>,
     mut run: impl FnMut() -> Result<ToolRun, Error>,
 ) -> Result<(FloorReport, Result<ToolRun, Error>), Error> {
+    let mut floor = || {
+        child::flush_writeback();
+        floor()
+    };
     let mut best_floor = floor()?;
     let mut best_run = run();
     for _ in 1..n {
