@@ -1639,7 +1639,14 @@ fn a_role_with_mfa_serial_asks_for_its_code_at_the_terminal() {
         relay(s3.port, Relayed::Logged(sts_log.clone()))
     );
     let files = (credentials.as_path(), config.as_path());
-    let vars = [("AWS_ENDPOINT_URL_STS", sts.as_str())];
+    let home = env.path("home");
+    let vars = [
+        ("AWS_ENDPOINT_URL_STS", sts.as_str()),
+        ("HOME", home.to_str().unwrap()),
+    ];
+    // Where the AWS CLI caches this role's credentials: botocore's key for its arguments.
+    let cache_dir = home.join(".aws/cli/cache");
+    let cached = cache_dir.join("a238ae6868a12e927a470bbb1363ecccd9902055.json");
 
     // At a terminal: asked for once, not echoed, sent with AssumeRole.
     // Without --json: the push draws its progress bar on the terminal.
@@ -1667,8 +1674,58 @@ fn a_role_with_mfa_serial_asks_for_its_code_at_the_terminal() {
         "{log}"
     );
 
-    // Without a terminal (CI): one line that says so, before any request to STS.
-    let before = log.len();
+    // The role's credentials went to the AWS CLI's cache, private, as botocore writes them.
+    let text = std::fs::read_to_string(&cached).expect("the AWS CLI's cache file");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&cached).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+    let entry: serde_json::Value = serde_json::from_str(&text).unwrap();
+    for field in [
+        "AccessKeyId",
+        "SecretAccessKey",
+        "SessionToken",
+        "Expiration",
+    ] {
+        assert!(entry["Credentials"][field].is_string(), "{field}");
+    }
+
+    // The next push, without a terminal, takes them from there: no code, no AssumeRole.
+    let before = sts_log.lock().unwrap().len();
+    let out = push_as_profile(&env, &s3, files, "mfa", "mfa-cached", &vars);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(sts_log.lock().unwrap().len(), before);
+    assert_eq!(remote_manifest(&s3, "mfa-cached"), local_manifest(&env));
+
+    // So do credentials the AWS CLI cached after asking for the code itself (its own
+    // format: the whole AssumeRole response, times from strftime's %Z).
+    let cli_entry = serde_json::json!({
+        "Credentials": {
+            "AccessKeyId": "ASIACLICACHED",
+            "SecretAccessKey": "cli-secret",
+            "SessionToken": "cli-token",
+            "Expiration": "2099-01-01T00:00:00UTC",
+        },
+        "AssumedRoleUser": {"AssumedRoleId": "AROA:botocore-session-1"},
+    });
+    std::fs::write(&cached, cli_entry.to_string()).unwrap();
+    let out = push_as_profile(&env, &s3, files, "mfa", "mfa-cli", &vars);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(sts_log.lock().unwrap().len(), before);
+
+    // Without a terminal (CI) and with cached credentials about to expire (botocore renews
+    // them 15 minutes before): one line that says so, before any request to STS.
+    let soon = (chrono::Utc::now() + chrono::Duration::minutes(10)).to_rfc3339();
+    let mut expiring = cli_entry.clone();
+    expiring["Credentials"]["Expiration"] = serde_json::Value::from(soon);
+    std::fs::write(&cached, expiring.to_string()).unwrap();
     let out = push_as_profile(&env, &s3, files, "mfa", "mfa-ci", &vars);
     let err = failed_in_one_line(&out);
     assert!(
@@ -1677,6 +1734,10 @@ fn a_role_with_mfa_serial_asks_for_its_code_at_the_terminal() {
         "{err}"
     );
     assert_eq!(sts_log.lock().unwrap().len(), before);
+    assert!(
+        !err.contains("cli-secret") && !err.contains("cli-token"),
+        "{err}"
+    );
 }
 
 #[test]

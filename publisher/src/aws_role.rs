@@ -5,14 +5,18 @@
 //! endpoint is `AWS_ENDPOINT_URL_STS`, else `AWS_ENDPOINT_URL`, else
 //! `https://sts.REGION.amazonaws.com`. The role's credentials are fetched again five minutes
 //! before they expire. A role with `mfa_serial` sends the device's code, asked for at the
-//! controlling terminal (not echoed) each time the role's credentials are fetched. No
+//! controlling terminal (not echoed) each time the role's credentials are fetched; such a
+//! role's credentials are shared with the AWS CLI's cache (see [`crate::aws_cli_cache`]). No
 //! message quotes a credential or the STS reply's body beyond its error code and message.
 
+use crate::aws_cli_cache;
 use crate::aws_process::{parse_time, send_bounded, with_retries, Attempt, Fetched, Refreshing};
 use object_store::aws::{AwsAuthorizer, AwsCredential};
 use object_store::client::{HttpClient, HttpRequestBody};
 use object_store::CredentialProvider;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 /// A [`CredentialProvider`] assuming a role with STS.
 pub(crate) struct RoleCredentials {
@@ -31,6 +35,9 @@ pub(crate) struct RoleCredentials {
     /// `AWS profile 'NAME' in PATH`, for messages.
     pub origin: String,
     pub cached: Refreshing,
+    /// Where the AWS CLI caches this role's credentials (`~/.aws/cli/cache`, the file's
+    /// key): shared for a role with `mfa_serial`, so that a code is typed once per session.
+    pub shared: Option<(PathBuf, String)>,
 }
 
 impl std::fmt::Debug for RoleCredentials {
@@ -103,14 +110,25 @@ impl RoleCredentials {
             .join("&")
     }
 
+    /// The credentials the AWS CLI's cache holds for this role while they last, else
     /// `AssumeRole`, tried again after a dropped connection, a 5xx or throttling.
     async fn assume(&self) -> object_store::Result<Fetched> {
+        if let Some((dir, key)) = &self.shared {
+            if let Some(cached) = aws_cli_cache::load(dir, key, SystemTime::now()) {
+                return Ok(cached);
+            }
+        }
         // Asked once per fetch, not per attempt: a code is good for one use.
         let code = match &self.mfa_serial {
             Some(serial) => Some(self.mfa_code(serial).await?),
             None => None,
         };
-        with_retries(STS_ATTEMPTS, || self.assume_once(code.as_deref())).await
+        let fetched = with_retries(STS_ATTEMPTS, || self.assume_once(code.as_deref())).await?;
+        if let Some((dir, key)) = &self.shared {
+            // Best effort: without it, the next push (or `aws`) asks for a code again.
+            let _ = aws_cli_cache::store(dir, key, &fetched);
+        }
+        Ok(fetched)
     }
 
     /// The current code of the MFA device `serial`, typed at the terminal (as the AWS CLI
@@ -377,6 +395,7 @@ mod tests {
                 .unwrap(),
             origin: "AWS profile 'r' in test".into(),
             cached: Refreshing::default(),
+            shared: None,
         };
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()

@@ -340,7 +340,10 @@ fn read_at_most(path: &std::path::Path, max: u64) -> std::io::Result<String> {
 }
 
 /// Replaces `path` with `value`'s JSON through a new file of mode 0600 beside it.
-fn write_private(path: &std::path::Path, value: &serde_json::Value) -> std::io::Result<()> {
+pub(crate) fn write_private(
+    path: &std::path::Path,
+    value: &serde_json::Value,
+) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut staged = path.as_os_str().to_owned();

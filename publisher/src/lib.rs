@@ -34,6 +34,7 @@
 //! # Ok(()) }
 //! ```
 
+mod aws_cli_cache;
 mod aws_process;
 mod aws_profile;
 mod aws_role;

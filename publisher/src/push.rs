@@ -395,6 +395,17 @@ impl S3Target {
             &format!("STS (for role_arn of {})", role.origin),
         )?;
         let secs = since_epoch().as_secs();
+        let shared = role.mfa_serial.as_deref().and_then(|serial| {
+            let args = crate::aws_cli_cache::AssumeArgs {
+                role_arn: &role.role_arn,
+                session_name: role.session_name.as_deref(),
+                external_id: role.external_id.as_deref(),
+                mfa_serial: Some(serial),
+                duration_seconds: role.duration_seconds,
+            };
+            let dir = crate::aws_cli_cache::dir(env.get("HOME")?);
+            Some((dir, crate::aws_cli_cache::key(&args)))
+        });
         Ok(Arc::new(crate::aws_role::RoleCredentials {
             role_arn: role.role_arn,
             session_name: role
@@ -409,6 +420,7 @@ impl S3Target {
             http: self.http_client()?,
             origin: role.origin,
             cached: Default::default(),
+            shared,
         }))
     }
 
