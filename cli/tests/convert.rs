@@ -2673,3 +2673,41 @@ fn all_platforms_without_the_host_platform_leaves_the_plain_tag_alone() {
     assert_eq!(id("/local/app:1@linux-arm64"), of("arm64 2\n"));
     env.check(true);
 }
+
+/// A batch whose every image fails is rolled back: the objects it stored go, and so do the
+/// layer memos that name them, so that no later run replays a layer whose objects are gone
+/// (it would find them missing and read the layer again, but only after asking the store).
+#[test]
+fn a_batch_that_fails_whole_forgets_the_memos_of_what_it_removed() {
+    let env = Env::init(&[]);
+    let layout = env.path("layout");
+    let mut top = fixtures::layers::LayerBuilder::new();
+    top.file("app/new.bin", &[b'n'; 70_000]);
+    let mut bottom = fixtures::layers::LayerBuilder::new();
+    bottom.file("base/old.bin", &[b'o'; 50_000]);
+    let bottom = fixtures::layers::gzip(&bottom.finish());
+    ImageBuilder::new()
+        .layer(
+            fixtures::layers::LayerBuilder::new().finish(),
+            Compression::Gzip,
+        )
+        .layer(top.finish(), Compression::Gzip)
+        .write_layout(&layout, "broken-base")
+        .unwrap();
+    // The bottom layer (read last) is a corrupt gzip stream: the image fails after its top
+    // layer was read, stored and recorded in the memo.
+    tamper_layout(&layout, "broken-base", |m, l| {
+        replace_layer0(m, l, fixtures::layers::corrupt(&bottom, bottom.len() / 2));
+    });
+    let before = env.snapshot();
+    let image = format!("oci:{}:broken-base", layout.display());
+    let out = env.run(&["--json", "convert", FQRN, &image]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(events(&stdout, "layer").count() >= 1, "{stdout}");
+    assert_eq!(env.snapshot(), before, "the rolled-back objects are gone");
+    let out = env.run(&["--json", "cache", "stats", FQRN]);
+    let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(stats["layers"], 0, "{stats}");
+    assert_eq!(stats["index_entries"], 0, "{stats}");
+}

@@ -12,8 +12,10 @@ pub use tracked::RollBack;
 use tracked::TrackedStore;
 pub use unsynced::Recovery;
 
-use crate::config::Config;
+use crate::config::{Config, RepoHome};
+use crate::content_index::SqliteContentIndex;
 use crate::error::{Error, Result};
+use crate::layer_memo::LayerMemo;
 use crate::local::LocalStore;
 use crate::repo::{
     load_keys, lock, now_unix, open_lock_file, publish_revision, storage_lock, HistoryChange,
@@ -127,6 +129,8 @@ pub struct Transaction {
     settled: bool,
     /// The home's state directory, which holds the unsynced mark (see [`unsynced`]).
     state_dir: std::path::PathBuf,
+    /// Whose content index and layer memo a roll back updates.
+    home: RepoHome,
     /// What the start found and repaired after another boot's unfinished transaction.
     recovery: Option<Recovery>,
     _lock: File,
@@ -138,8 +142,7 @@ impl Drop for Transaction {
     fn drop(&mut self) {
         if !self.settled {
             // Best effort: a failed deletion leaves an unreferenced object, which is allowed.
-            let report = self.store.roll_back();
-            self.clear_unsynced_after(&report);
+            self.roll_back();
         }
     }
 }
@@ -154,7 +157,7 @@ impl Transaction {
         let state_dir = repo.home().state_dir();
         let recovery = unsynced::begin(&state_dir, &store)?;
         if let Some(r) = recovery.as_ref().filter(|r| !r.removed.is_empty()) {
-            forget_removed(repo, &r.removed)?;
+            forget_removed(repo.home(), &r.removed)?;
         }
         let keys = load_keys(&config)?;
         let (base_bytes, base) = verified_manifest(&store, &config.fqrn, &keys)?;
@@ -179,6 +182,7 @@ impl Transaction {
             timestamp: None,
             settled: false,
             state_dir,
+            home: repo.home().clone(),
             recovery,
             _lock: lock,
             _storage_lock: storage_lock,
@@ -250,8 +254,21 @@ impl Transaction {
     /// scratch files (what dropping it does, with a report).
     pub fn abort(mut self) -> RollBack {
         self.settled = true;
-        let report = self.store.roll_back();
+        self.roll_back()
+    }
+
+    /// Deletes the objects this transaction created, and makes the content index and the
+    /// layer memo forget them: a memo recorded by an image of a batch that then failed whole
+    /// would otherwise name objects that are gone until the next gc.
+    fn roll_back(&self) -> RollBack {
+        let mut report = self.store.roll_back();
         self.clear_unsynced_after(&report);
+        if !report.removed.is_empty() {
+            if let Err(e) = forget_removed(&self.home, &report.removed) {
+                // Harmless if it fails: both verify what they name before it is used.
+                report.errors.push(e.to_string());
+            }
+        }
         report
     }
 
@@ -355,13 +372,12 @@ impl Transaction {
     }
 }
 
-/// Makes the content index and the layer memo forget objects the recovery deleted, so that
-/// no later run takes them as stored.
-fn forget_removed(repo: &Repository, removed: &[(ContentHash, Suffix)]) -> Result<()> {
+/// Makes the content index and the layer memo of `home` forget objects a recovery or a roll
+/// back deleted, so that no later run takes them as stored.
+fn forget_removed(home: &RepoHome, removed: &[(ContentHash, Suffix)]) -> Result<()> {
     let hashes: Vec<ContentHash> = removed.iter().map(|(h, _)| *h).collect();
-    repo.content_index()?.invalidate_all(&hashes)?;
-    repo.layer_memo()?
-        .forget_referencing(&hashes.into_iter().collect())?;
+    SqliteContentIndex::open(&home.content_db_path())?.invalidate_all(&hashes)?;
+    LayerMemo::open(&home.layer_db_path())?.forget_referencing(&hashes.into_iter().collect())?;
     Ok(())
 }
 

@@ -24,6 +24,8 @@ pub struct RollBack {
     pub temps_removed: usize,
     /// Deletions that failed (best effort: the rest still went ahead).
     pub errors: Vec<String>,
+    /// The objects deleted, for the caches that may name them.
+    pub removed: Vec<(ContentHash, Suffix)>,
 }
 
 pub(crate) struct TrackedStore {
@@ -78,7 +80,10 @@ impl TrackedStore {
         let mut report = RollBack::default();
         for (hash, suffix) in created {
             match self.local.remove_object(&hash, suffix) {
-                Ok(()) => report.objects_removed += 1,
+                Ok(()) => {
+                    report.objects_removed += 1;
+                    report.removed.push((hash, suffix));
+                }
                 Err(e) => report.errors.push(e.to_string()),
             }
         }
