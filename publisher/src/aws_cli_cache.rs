@@ -7,9 +7,8 @@
 //! mode 0600, as the AWS CLI writes it; one that cannot be read or is not what botocore writes
 //! is a miss.
 
-use crate::aws_process::{parse_time, Fetched};
+use crate::aws_process::{parse_time, sha1_hex, write_private, Fetched};
 use object_store::aws::AwsCredential;
-use sha1::{Digest, Sha1};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -58,9 +57,7 @@ pub(crate) fn key(args: &AssumeArgs<'_>) -> String {
         .iter()
         .map(|(name, value)| format!("\"{name}\": {value}"))
         .collect();
-    let json = format!("{{{}}}", body.join(", "));
-    let digest = Sha1::digest(json.as_bytes());
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+    sha1_hex(&format!("{{{}}}", body.join(", ")))
 }
 
 /// `s` as Python's `json.dumps` writes a string (`ensure_ascii`: controls, DEL and everything
@@ -157,7 +154,7 @@ pub(crate) fn store(dir: &Path, key: &str, fetched: &Fetched) -> std::io::Result
             "Expiration": expiration,
         }
     });
-    crate::aws_sso::write_private(&dir.join(format!("{key}.json")), &value)
+    write_private(&dir.join(format!("{key}.json")), &value)
 }
 
 #[cfg(test)]

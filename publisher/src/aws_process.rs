@@ -238,6 +238,41 @@ fn parse(stdout: &[u8]) -> Result<Fetched, String> {
     })
 }
 
+/// Replaces `path` with `value`'s JSON through a new file of mode 0600 beside it.
+pub(crate) fn write_private(
+    path: &std::path::Path,
+    value: &serde_json::Value,
+) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut staged = path.as_os_str().to_owned();
+    staged.push(format!(".{}.tmp", std::process::id()));
+    let staged = std::path::PathBuf::from(staged);
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&staged)
+        .and_then(|mut f| f.write_all(value.to_string().as_bytes()));
+    match written.and_then(|()| std::fs::rename(&staged, path)) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let _ = std::fs::remove_file(&staged);
+            Err(e)
+        }
+    }
+}
+
+/// The SHA-1 of `text` in hex: how the AWS CLI names its cache files (botocore's
+/// `hashlib.sha1(...).hexdigest()`).
+pub(crate) fn sha1_hex(text: &str) -> String {
+    use sha1::{Digest, Sha1};
+    Sha1::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// An RFC 3339 time (as AWS gives expirations).
 pub(crate) fn parse_time(text: &str) -> Option<SystemTime> {
     let t = chrono::DateTime::parse_from_rfc3339(text).ok()?;

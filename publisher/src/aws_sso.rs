@@ -13,12 +13,13 @@
 //! older start-URL form) or refused says to run `aws sso login --profile NAME`. No message
 //! quotes a token, a client secret or the credentials.
 
-use crate::aws_process::{send_bounded, with_retries, Attempt, Fetched, Refreshing};
+use crate::aws_process::{
+    send_bounded, sha1_hex, with_retries, write_private, Attempt, Fetched, Refreshing,
+};
 use crate::aws_profile::SsoSettings;
 use object_store::aws::AwsCredential;
 use object_store::client::{HttpClient, HttpRequestBody};
 use object_store::CredentialProvider;
-use sha1::{Digest, Sha1};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -124,7 +125,7 @@ impl SsoCredentials {
 
     /// Where `aws sso login` keeps this profile's token.
     fn token_path(&self) -> Option<PathBuf> {
-        let name = hex(&Sha1::digest(self.settings.cache_key.as_bytes()));
+        let name = sha1_hex(&self.settings.cache_key);
         Some(self.cache_dir.as_ref()?.join(format!("{name}.json")))
     }
 
@@ -337,35 +338,6 @@ fn read_at_most(path: &std::path::Path, max: u64) -> std::io::Result<String> {
         return Err(std::io::Error::other(format!("more than {max} bytes")));
     }
     Ok(text)
-}
-
-/// Replaces `path` with `value`'s JSON through a new file of mode 0600 beside it.
-pub(crate) fn write_private(
-    path: &std::path::Path,
-    value: &serde_json::Value,
-) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut staged = path.as_os_str().to_owned();
-    staged.push(format!(".{}.tmp", std::process::id()));
-    let staged = PathBuf::from(staged);
-    let written = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&staged)
-        .and_then(|mut f| f.write_all(value.to_string().as_bytes()));
-    match written.and_then(|()| std::fs::rename(&staged, path)) {
-        Ok(()) => Ok(()),
-        Err(e) => {
-            let _ = std::fs::remove_file(&staged);
-            Err(e)
-        }
-    }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A query value: unreserved bytes as they are, the rest percent-encoded.
