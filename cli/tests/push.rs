@@ -1691,13 +1691,16 @@ fn a_role_with_mfa_serial_asks_for_its_code_at_the_terminal() {
 
     // The next push, without a terminal, takes them from there: no code, no AssumeRole.
     let before = sts_log.lock().unwrap().len();
-    let out = push_as_profile(&env, &s3, files, "mfa", "mfa-cached", &vars);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(sts_log.lock().unwrap().len(), before);
+    let pushes_from_the_cache = |prefix: &str| {
+        let out = push_as_profile(&env, &s3, files, "mfa", prefix, &vars);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(sts_log.lock().unwrap().len(), before);
+    };
+    pushes_from_the_cache("mfa-cached");
     assert_eq!(remote_manifest(&s3, "mfa-cached"), local_manifest(&env));
 
     // So do credentials the AWS CLI cached after asking for the code itself (its own
@@ -1712,13 +1715,7 @@ fn a_role_with_mfa_serial_asks_for_its_code_at_the_terminal() {
         "AssumedRoleUser": {"AssumedRoleId": "AROA:botocore-session-1"},
     });
     std::fs::write(&cached, cli_entry.to_string()).unwrap();
-    let out = push_as_profile(&env, &s3, files, "mfa", "mfa-cli", &vars);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(sts_log.lock().unwrap().len(), before);
+    pushes_from_the_cache("mfa-cli");
 
     // Without a terminal (CI) and with cached credentials about to expire (botocore renews
     // them 15 minutes before): one line that says so, before any request to STS.
