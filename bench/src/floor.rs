@@ -6,6 +6,10 @@
 //! timed but not counted. Distinct contents are held in memory between the phases: this is a
 //! reference measurement, so its own peak RSS (about the distinct plaintext) does not matter.
 //!
+//! A tree's floor (case 4) also stores what it compressed, each piece as a file of its own
+//! ([`store_all`]): a repository writer cannot publish 100 000 objects without creating
+//! 100 000 files, and on this project's machine that, not compression, is most of the work.
+//!
 //! Large contents are compressed in pieces of `piece` bytes (independent zlib streams, like
 //! CVMFS chunks) so that one 200 MB file cannot serialise the floor onto one core; the CPU work
 //! is the same as compressing the file whole. `piece == 0` compresses every content whole.
@@ -67,7 +71,9 @@ pub struct FloorReport {
     pub flatten_s: f64,
     /// zlib-6 of each distinct content once, wall time on all cores.
     pub compress_s: f64,
-    /// read_s + compress_s.
+    /// Storing each compressed piece as a file (see [`store_all`]), wall time; only for a tree.
+    pub store_s: Option<f64>,
+    /// read_s + compress_s (+ store_s).
     pub floor_s: f64,
     /// CPU seconds (user + system, all threads) of the read and compress phases.
     pub cpu_s: f64,
@@ -208,11 +214,12 @@ pub fn images_floor(images: &[Image], piece: usize) -> Result<FloorReport, Error
 
     let data = store.into_data();
     let contents: Vec<&[u8]> = survivors.iter().map(|&id| &data[id as usize][..]).collect();
-    let c = compress_all(&contents, piece);
+    let c = compress_all(&contents, piece, false);
     Ok(FloorReport {
         read_s,
         flatten_s,
         compress_s: c.seconds,
+        store_s: None,
         floor_s: read_s + c.seconds,
         cpu_s: read_cpu + c.cpu_s,
         threads: rayon::current_num_threads(),
@@ -229,8 +236,9 @@ pub fn images_floor(images: &[Image], piece: usize) -> Result<FloorReport, Error
 }
 
 /// The floor of publishing a directory tree: walk + read + SHA-1 of every regular file (in
-/// parallel), then zlib-6 of each distinct content once.
-pub fn tree_floor(root: &Path, piece: usize) -> Result<FloorReport, Error> {
+/// parallel), then zlib-6 of each distinct content once, then storing each compressed piece
+/// as a file below `objects` ([`store_all`]).
+pub fn tree_floor(root: &Path, piece: usize, objects: &Path) -> Result<FloorReport, Error> {
     let store = ContentStore::default();
     let cpu0 = self_cpu_s();
     let t_read = Instant::now();
@@ -254,13 +262,15 @@ pub fn tree_floor(root: &Path, piece: usize) -> Result<FloorReport, Error> {
     let read_cpu = self_cpu_s() - cpu0;
     let data = store.into_data();
     let contents: Vec<&[u8]> = data.iter().map(|d| &d[..]).collect();
-    let c = compress_all(&contents, piece);
+    let c = compress_all(&contents, piece, true);
+    let stored = store_all(objects, &c.kept)?;
     Ok(FloorReport {
         read_s,
         flatten_s: 0.0,
         compress_s: c.seconds,
-        floor_s: read_s + c.seconds,
-        cpu_s: read_cpu + c.cpu_s,
+        store_s: Some(stored.seconds),
+        floor_s: read_s + c.seconds + stored.seconds,
+        cpu_s: read_cpu + c.cpu_s + stored.cpu_s,
         threads: rayon::current_num_threads(),
         units_read: paths.len() as u64,
         unit: "files",
@@ -279,10 +289,13 @@ struct Compressed {
     cpu_s: f64,
     bytes: u64,
     pieces: u64,
+    /// The compressed pieces, when asked to keep them.
+    kept: Vec<Vec<u8>>,
 }
 
-/// zlib-6 (stock zlib through flate2) of every content, in parallel; returns the output size.
-fn compress_all(contents: &[&[u8]], piece: usize) -> Compressed {
+/// zlib-6 (stock zlib through flate2) of every content, in parallel; returns the output size,
+/// and the output itself if `keep`.
+fn compress_all(contents: &[&[u8]], piece: usize, keep: bool) -> Compressed {
     let started = Instant::now();
     let cpu0 = self_cpu_s();
     let mut pieces: Vec<&[u8]> = Vec::with_capacity(contents.len());
@@ -295,26 +308,109 @@ fn compress_all(contents: &[&[u8]], piece: usize) -> Compressed {
     }
     // Largest first so that the long pieces do not end up alone at the tail.
     pieces.sort_unstable_by_key(|p| std::cmp::Reverse(p.len()));
-    let bytes: u64 = pieces
-        .par_iter()
-        .with_max_len(1)
-        .map(|p| zlib6_len(p))
-        .sum();
+    let (bytes, kept) = if keep {
+        let kept: Vec<Vec<u8>> = pieces
+            .par_iter()
+            .with_max_len(1)
+            .map(|p| zlib6(p))
+            .collect();
+        (kept.iter().map(|k| k.len() as u64).sum(), kept)
+    } else {
+        let bytes = pieces
+            .par_iter()
+            .with_max_len(1)
+            .map(|p| zlib6(p).len() as u64)
+            .sum();
+        (bytes, Vec::new())
+    };
     Compressed {
         seconds: started.elapsed().as_secs_f64(),
         cpu_s: self_cpu_s() - cpu0,
         bytes,
         pieces: pieces.len() as u64,
+        kept,
     }
 }
 
-/// Size of `data` compressed with zlib level 6.
-pub fn zlib6_len(data: &[u8]) -> u64 {
+/// `data` compressed with zlib level 6.
+pub fn zlib6(data: &[u8]) -> Vec<u8> {
     let mut enc = ZlibEncoder::new(
         Vec::with_capacity(data.len() / 2 + 64),
         flate2::Compression::new(6),
     );
     // Writing into a Vec cannot fail.
     let _ = enc.write_all(data);
-    enc.finish().map(|v| v.len() as u64).unwrap_or(0)
+    enc.finish().unwrap_or_default()
+}
+
+struct Stored {
+    seconds: f64,
+    cpu_s: f64,
+}
+
+/// Stores each piece as a file named by its SHA-1 in one of 256 directories below `dir`, as
+/// any repository writer must and in the plainest way that is safe: written to a scratch file
+/// in the same directory and renamed to its name, on all cores; then one `syncfs`, as before a
+/// manifest. `dir` must be new: the bench moves it aside afterwards, never deletes it before
+/// a timed run (see `cases::settle_after_deletions`).
+fn store_all(dir: &Path, pieces: &[Vec<u8>]) -> Result<Stored, Error> {
+    let started = Instant::now();
+    let cpu0 = self_cpu_s();
+    for i in 0..=255u8 {
+        let sub = dir.join(format!("{i:02x}"));
+        std::fs::create_dir_all(&sub).map_err(|e| Error::io(&sub, e))?;
+    }
+    pieces
+        .par_iter()
+        .enumerate()
+        .try_for_each(|(i, piece)| store_one(dir, i, piece))?;
+    let root = std::fs::File::open(dir).map_err(|e| Error::io(dir, e))?;
+    // SAFETY: a descriptor this function owns for the duration of the call.
+    if unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&root)) } != 0 {
+        return Err(Error::io(dir, io::Error::last_os_error()));
+    }
+    Ok(Stored {
+        seconds: started.elapsed().as_secs_f64(),
+        cpu_s: self_cpu_s() - cpu0,
+    })
+}
+
+fn store_one(dir: &Path, i: usize, piece: &[u8]) -> Result<(), Error> {
+    let name = hex::encode(Sha1::digest(piece));
+    let sub = dir.join(&name[..2]);
+    let scratch = sub.join(format!(".scratch-{i}"));
+    let mut f = std::fs::File::create_new(&scratch).map_err(|e| Error::io(&scratch, e))?;
+    f.write_all(piece).map_err(|e| Error::io(&scratch, e))?;
+    drop(f);
+    let dest = sub.join(&name[2..]);
+    std::fs::rename(&scratch, &dest).map_err(|e| Error::io(&dest, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_pieces_are_named_by_their_sha1_and_no_scratch_file_remains() {
+        let dir = std::env::temp_dir().join(format!("floor-store-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let pieces = vec![zlib6(b"one"), zlib6(b"two"), zlib6(&[7u8; 100_000])];
+        store_all(&dir, &pieces).unwrap();
+        let mut found = Vec::new();
+        for entry in walkdir::WalkDir::new(&dir).min_depth(2) {
+            let entry = entry.unwrap();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            assert!(!name.starts_with(".scratch"), "{name} left behind");
+            let sub = entry.path().parent().unwrap().file_name().unwrap();
+            let hash = format!("{}{name}", sub.to_string_lossy());
+            let bytes = std::fs::read(entry.path()).unwrap();
+            assert_eq!(hex::encode(Sha1::digest(&bytes)), hash);
+            found.push(bytes);
+        }
+        found.sort();
+        let mut expected = pieces.clone();
+        expected.sort();
+        assert_eq!(found, expected);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

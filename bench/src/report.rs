@@ -62,8 +62,14 @@ pub fn table(results: &[CaseResult], cores: usize) -> String {
     for r in results {
         s.push_str(&format!("{}: {}\n", r.case, r.title));
         if let Some(f) = &r.floor {
+            let store = f.store_s.map_or(String::new(), |st| {
+                format!(
+                    " + store {st:.2} s ({} files: scratch file + rename in 256 dirs, syncfs)",
+                    f.pieces
+                )
+            });
             s.push_str(&format!(
-                "   floor {:.2} s ({:.2} cpu s) = read {:.2} s ({} of {} {} + sha1, {:.1} MB) + zlib-6 {:.2} s ({} distinct contents, {:.1} MB -> {:.1} MB, {} pieces, {} threads); flatten {:.2} s not counted\n",
+                "   floor {:.2} s ({:.2} cpu s) = read {:.2} s ({} of {} {} + sha1, {:.1} MB) + zlib-6 {:.2} s ({} distinct contents, {:.1} MB -> {:.1} MB, {} pieces, {} threads){store}; flatten {:.2} s not counted\n",
                 f.floor_s, f.cpu_s, f.read_s, if f.unit == "layers" { "inflate+untar" } else { "walk+read" },
                 f.units_read, f.unit, mb(f.bytes_read), f.compress_s,
                 f.distinct_contents, mb(f.distinct_bytes), mb(f.compressed_bytes), f.pieces,
