@@ -18,7 +18,8 @@ struct Args {
     #[arg(long = "cvmfs-oci", default_value = "target/release/cvmfs-oci")]
     cvmfs_oci: PathBuf,
     /// Cases to run: 1 fresh convert, 2 same content re-tagged (needs 1, runs it),
-    /// 3 corpus batch (and 3L: the same from its OCI layout), 4 small-file publish, 5 registry migration of many small images.
+    /// 3 corpus batch (and 3L: the same from its OCI layout), 4 small-file publish,
+    /// 5 registry migration of many small images.
     #[arg(long, default_value = "1,2,3,4,5", value_delimiter = ',')]
     cases: Vec<u32>,
     /// Testbed outputs (oci/, corpus/oci, corpus.txt).
