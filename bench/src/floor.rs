@@ -75,7 +75,7 @@ pub struct FloorReport {
     pub store_s: Option<f64>,
     /// read_s + compress_s (+ store_s).
     pub floor_s: f64,
-    /// CPU seconds (user + system, all threads) of the read and compress phases.
+    /// CPU seconds (user + system, all threads) of the read, compress (and store) phases.
     pub cpu_s: f64,
     pub threads: usize,
     /// Distinct layers (by diff_id) or files read.
@@ -308,27 +308,20 @@ fn compress_all(contents: &[&[u8]], piece: usize, keep: bool) -> Compressed {
     }
     // Largest first so that the long pieces do not end up alone at the tail.
     pieces.sort_unstable_by_key(|p| std::cmp::Reverse(p.len()));
-    let (bytes, kept) = if keep {
-        let kept: Vec<Vec<u8>> = pieces
-            .par_iter()
-            .with_max_len(1)
-            .map(|p| zlib6(p))
-            .collect();
-        (kept.iter().map(|k| k.len() as u64).sum(), kept)
-    } else {
-        let bytes = pieces
-            .par_iter()
-            .with_max_len(1)
-            .map(|p| zlib6(p).len() as u64)
-            .sum();
-        (bytes, Vec::new())
-    };
+    let (sizes, kept): (Vec<u64>, Vec<Option<Vec<u8>>>) = pieces
+        .par_iter()
+        .with_max_len(1)
+        .map(|p| {
+            let z = zlib6(p);
+            (z.len() as u64, keep.then_some(z))
+        })
+        .unzip();
     Compressed {
         seconds: started.elapsed().as_secs_f64(),
         cpu_s: self_cpu_s() - cpu0,
-        bytes,
+        bytes: sizes.iter().sum(),
         pieces: pieces.len() as u64,
-        kept,
+        kept: kept.into_iter().flatten().collect(),
     }
 }
 
