@@ -267,10 +267,7 @@ pub(crate) fn write_private(
 /// `hashlib.sha1(...).hexdigest()`).
 pub(crate) fn sha1_hex(text: &str) -> String {
     use sha1::{Digest, Sha1};
-    Sha1::digest(text.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex::encode(Sha1::digest(text.as_bytes()))
 }
 
 /// An RFC 3339 time (as AWS gives expirations).

@@ -132,6 +132,18 @@ fn create_home_dirs(repo_home: &RepoHome) -> Result<()> {
     Ok(())
 }
 
+/// The dedup index of `home` (`state/content.db`).
+pub(crate) fn open_content_index(home: &RepoHome) -> Result<SqliteContentIndex> {
+    create_dir(&home.state_dir())?;
+    SqliteContentIndex::open(&home.content_db_path())
+}
+
+/// The layer memo of `home` (`state/layers.db`).
+pub(crate) fn open_layer_memo(home: &RepoHome) -> Result<LayerMemo> {
+    create_dir(&home.state_dir())?;
+    LayerMemo::open(&home.layer_db_path())
+}
+
 fn create_dir(path: &Path) -> Result<()> {
     fs::create_dir_all(path).map_err(|e| Error::io_path(path, e))
 }
@@ -279,8 +291,7 @@ impl Repository {
 
     /// The dedup index in `state/content.db`.
     pub fn content_index(&self) -> Result<SqliteContentIndex> {
-        create_dir(&self.home.state_dir())?;
-        SqliteContentIndex::open(&self.home.content_db_path())
+        open_content_index(&self.home)
     }
 
     /// The stat cache in `state/stat.db`, for the source tree at `root` (canonical) published
@@ -297,8 +308,7 @@ impl Repository {
 
     /// The layer memo in `state/layers.db`.
     pub fn layer_memo(&self) -> Result<LayerMemo> {
-        create_dir(&self.home.state_dir())?;
-        LayerMemo::open(&self.home.layer_db_path())
+        open_layer_memo(&self.home)
     }
 
     /// Starts a transaction (see [`Transaction`]); `wait` blocks on a busy lock.

@@ -13,13 +13,12 @@ use tracked::TrackedStore;
 pub use unsynced::Recovery;
 
 use crate::config::{Config, RepoHome};
-use crate::content_index::SqliteContentIndex;
 use crate::error::{Error, Result};
-use crate::layer_memo::LayerMemo;
 use crate::local::LocalStore;
 use crate::repo::{
-    load_keys, lock, now_unix, open_lock_file, publish_revision, storage_lock, HistoryChange,
-    PublishInput, Repository, StorageUse, MAX_CERTIFICATE_BYTES,
+    load_keys, lock, now_unix, open_content_index, open_layer_memo, open_lock_file,
+    publish_revision, storage_lock, HistoryChange, PublishInput, Repository, StorageUse,
+    MAX_CERTIFICATE_BYTES,
 };
 use crate::store::{root_files, stored_bound, ObjectStore, StoreObjects};
 use catalog_writer::hash::{ContentHash, Suffix};
@@ -376,8 +375,8 @@ impl Transaction {
 /// back deleted, so that no later run takes them as stored.
 fn forget_removed(home: &RepoHome, removed: &[(ContentHash, Suffix)]) -> Result<()> {
     let hashes: Vec<ContentHash> = removed.iter().map(|(h, _)| *h).collect();
-    SqliteContentIndex::open(&home.content_db_path())?.invalidate_all(&hashes)?;
-    LayerMemo::open(&home.layer_db_path())?.forget_referencing(&hashes.into_iter().collect())?;
+    open_content_index(home)?.invalidate_all(&hashes)?;
+    open_layer_memo(home)?.forget_referencing(&hashes.into_iter().collect())?;
     Ok(())
 }
 

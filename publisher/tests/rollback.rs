@@ -145,7 +145,7 @@ fn dropped_transaction_leaves_storage_byte_identical() {
     put(&txn, b"one", Suffix::None);
     put(&txn, b"two", Suffix::Partial);
     let report = txn.abort();
-    assert_eq!((report.objects_removed, report.errors.len()), (2, 0));
+    assert_eq!((report.objects_removed(), report.errors.len()), (2, 0));
     assert_eq!(snapshot(&storage(&repo)), before);
 }
 
@@ -271,7 +271,7 @@ fn aborted_transaction_removes_put_file_objects() {
     let path = storage(&repo).join(hash.object_path(Suffix::None));
     assert_eq!(fs::read(&path).unwrap(), obj);
     let report = txn.abort();
-    assert_eq!((report.objects_removed, report.errors.len()), (1, 0));
+    assert_eq!((report.objects_removed(), report.errors.len()), (1, 0));
     assert!(!path.exists());
     assert_eq!(snapshot(&storage(&repo)), before);
     // After the end, put_file is refused and the file is still taken away.

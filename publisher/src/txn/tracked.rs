@@ -18,14 +18,20 @@ use std::sync::{Mutex, RwLock};
 /// What [`TrackedStore::roll_back`] did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RollBack {
-    /// Objects created by the transaction and deleted now.
-    pub objects_removed: usize,
     /// Scratch files of the transaction found in `data/txn` and deleted.
     pub temps_removed: usize,
     /// Deletions that failed (best effort: the rest still went ahead).
     pub errors: Vec<String>,
-    /// The objects deleted, for the caches that may name them.
+    /// The objects created by the transaction and deleted now, for the caches that may name
+    /// them.
     pub removed: Vec<(ContentHash, Suffix)>,
+}
+
+impl RollBack {
+    /// How many objects created by the transaction were deleted.
+    pub fn objects_removed(&self) -> usize {
+        self.removed.len()
+    }
 }
 
 pub(crate) struct TrackedStore {
@@ -80,10 +86,7 @@ impl TrackedStore {
         let mut report = RollBack::default();
         for (hash, suffix) in created {
             match self.local.remove_object(&hash, suffix) {
-                Ok(()) => {
-                    report.objects_removed += 1;
-                    report.removed.push((hash, suffix));
-                }
+                Ok(()) => report.removed.push((hash, suffix)),
                 Err(e) => report.errors.push(e.to_string()),
             }
         }
